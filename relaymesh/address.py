@@ -1,0 +1,95 @@
+"""
+Peer addresses as users write them: C{host:port} or C{peer_id@host:port}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from relaymesh.peerid import InvalidPeerId, validate_peer_id
+
+#: The relay's TCP port.
+DEFAULT_PORT = 9847  # claudectl 0.49: 9847
+
+
+class InvalidAddress(ValueError):
+    """
+    A peer address that cannot be parsed; the message says why.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerAddress:
+    """
+    Where to dial a peer, and which peer to expect there.
+
+    @ivar peer_id: The peer expected at the address, or L{None} to learn it
+        from the handshake.
+    @ivar host: A host name or an IP address (IPv6 without brackets).
+    @ivar port: The TCP port.
+    """
+
+    peer_id: str | None
+    host: str
+    port: int
+
+    @property
+    def hostport(self) -> str:
+        """
+        C{host:port}, with brackets around an IPv6 address.
+        """
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        if self.peer_id is None:
+            return self.hostport
+        return f"{self.peer_id}@{self.hostport}"
+
+
+def parse_port(text: str) -> int:
+    """
+    A TCP port number from text.
+
+    @raise InvalidAddress: if it is not a number from 1 to 65535.
+    """
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise InvalidAddress(f"invalid port {text[:20]!r}: want a number from 1 to 65535")
+    return int(text)
+
+
+def parse_peer_address(text: str) -> PeerAddress:
+    """
+    Parse C{[peer_id@]host[:port]}; an IPv6 host is written in brackets.
+
+    @raise InvalidAddress: with a one-line reason.
+    """
+    original = text
+    text = text.strip()
+    if not text:
+        raise InvalidAddress("empty peer address")
+    peer_id = None
+    if "@" in text:
+        peer_id, _, text = text.rpartition("@")
+        try:
+            validate_peer_id(peer_id)
+        except InvalidPeerId as e:
+            raise InvalidAddress(f"{original!r}: {e}") from None
+    port = DEFAULT_PORT
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not host:
+            raise InvalidAddress(f"{original!r}: unclosed '[' around an IPv6 address")
+        if rest:
+            if not rest.startswith(":"):
+                raise InvalidAddress(f"{original!r}: expected ':port' after ']'")
+            port = parse_port(rest[1:])
+    elif text.count(":") > 1:
+        raise InvalidAddress(f"{original!r}: write an IPv6 address in brackets, [addr]:port")
+    else:
+        host, sep, port_text = text.partition(":")
+        if sep:
+            port = parse_port(port_text)
+    if not host or any(c.isspace() or c in "/@" for c in host):
+        raise InvalidAddress(f"{original!r}: invalid host {host!r}")
+    return PeerAddress(peer_id, host, port)

@@ -1,0 +1,683 @@
+"""
+The mesh: the registry of peers, and the interface applications use.
+
+L{Mesh} keeps one live connection per peer id, deduplicates what each peer
+sends, dispatches messages to the application's subscribers, sends the
+heartbeats, keeps every peer's latest session list, and reports peer events
+(connecting, connected, disconnected, denied, reconnect scheduled) to its
+observers and to the log, one line per event.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Callable, Iterable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from relaymesh.interfaces import IRelayMesh
+from relaymesh.protocol import INBOUND, OUTBOUND, RelayProtocol
+from relaymesh.wire import (
+    HANDSHAKE_TYPES,
+    MESSAGE_TYPES,
+    MessageIds,
+    MessageType,
+    RelayMessage,
+    dumps,
+    encode,
+)
+
+#: Seconds between heartbeats.
+DEFAULT_HEARTBEAT_INTERVAL = 30.0  # claudectl 0.49: 30 s
+
+#: Heartbeat intervals of silence after which a peer is dropped, and after
+#: which a peer's session list expires.
+DEAD_AFTER_INTERVALS = 3  # claudectl 0.49: 3
+
+#: Connected peers at most; more are refused.
+DEFAULT_MAX_PEERS = 8  # claudectl 0.49: 8
+
+#: Message ids remembered per sender for deduplication.
+DEDUP_WINDOW = 1000  # claudectl 0.49: 1000 (but shared by all peers)
+
+CONNECTING = "connecting"
+CONNECTED = "connected"
+DISCONNECTED = "disconnected"
+
+
+class MeshError(Exception):
+    """
+    A request the mesh cannot carry out; the message says why.
+    """
+
+
+class UnknownPeer(MeshError):
+    """
+    No peer with that id is known.
+    """
+
+
+class PeerNotConnected(MeshError):
+    """
+    The peer is known but not connected now.
+    """
+
+
+class UnsupportedMessageType(MeshError, ValueError):
+    """
+    An application tried to send a message type the peer does not accept.
+    """
+
+
+class RecentIds:
+    """
+    The last C{size} message ids seen, with O(1) membership and insertion.
+    """
+
+    __slots__ = ("_order", "_members", "_size")
+
+    def __init__(self, size: int = DEDUP_WINDOW) -> None:
+        self._order: collections.deque[str] = collections.deque()
+        self._members: set[str] = set()
+        self._size = size
+
+    def seen(self, message_id: str) -> bool:
+        """
+        Record C{message_id}; return whether it was already among the recent ids.
+        """
+        members = self._members
+        if message_id in members:
+            return True
+        members.add(message_id)
+        order = self._order
+        order.append(message_id)
+        if len(order) > self._size:
+            members.discard(order.popleft())
+        return False
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerEvent:
+    """
+    Something that happened to a peer.
+
+    @ivar kind: C{"connecting"}, C{"connected"}, C{"disconnected"},
+        C{"denied"} or C{"reconnect_scheduled"}.
+    @ivar peer_id: The peer's id, or L{None} when it is not known (a denied
+        connection that claimed no valid id, a dial to a bare address).
+    @ivar address: The remote C{host:port}.
+    @ivar direction: C{"inbound"} or C{"outbound"}, where it applies.
+    @ivar reason: Why (disconnected, denied).
+    @ivar delay: Seconds until the next attempt (reconnect_scheduled).
+    """
+
+    kind: str
+    peer_id: str | None
+    address: str | None = None
+    direction: str | None = None
+    reason: str | None = None
+    delay: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """
+        The event as a JSON object, without the fields that do not apply.
+        """
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerStatus:
+    """
+    A snapshot of one peer's state.
+
+    Times are clock seconds (epoch seconds with the real reactor).
+    """
+
+    peer_id: str
+    state: str
+    address: str | None
+    direction: str | None
+    since: float | None
+    last_seen: float | None
+    msgs_in: int
+    msgs_out: int
+    bytes_in: int
+    bytes_out: int
+    reconnect_attempt: int
+    next_retry_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """
+        The snapshot as a JSON object.
+        """
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerSessions:
+    """
+    A peer's latest session list, from its heartbeats.
+
+    @ivar age: Seconds since the heartbeat that carried it.
+    """
+
+    peer_id: str
+    worker_id: Any
+    sessions: list
+    age: float
+
+
+class _Peer:
+    """
+    The mesh's mutable record of one peer.
+    """
+
+    __slots__ = (
+        "peer_id",
+        "state",
+        "address",
+        "direction",
+        "since",
+        "last_seen",
+        "protocol",
+        "recent",
+        "traffic",
+        "sessions",
+        "worker_id",
+        "sessions_at",
+        "reconnect_attempt",
+        "next_retry_at",
+    )
+
+    def __init__(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self.state = DISCONNECTED
+        self.address: str | None = None
+        self.direction: str | None = None
+        self.since: float | None = None
+        self.last_seen: float | None = None
+        self.protocol: RelayProtocol | None = None
+        self.recent = RecentIds()
+        # messages in, messages out, bytes in, bytes out of closed connections
+        self.traffic = [0, 0, 0, 0]
+        self.sessions: list | None = None
+        self.worker_id: Any = None
+        self.sessions_at = 0.0
+        self.reconnect_attempt = 0
+        self.next_retry_at: float | None = None
+
+    def fold(self, protocol: RelayProtocol) -> None:
+        """
+        Add a closed connection's traffic to the totals.
+        """
+        t = self.traffic
+        t[0] += protocol.msgs_in
+        t[1] += protocol.msgs_out
+        t[2] += protocol.bytes_in
+        t[3] += protocol.bytes_out
+
+
+class Subscription:
+    """
+    A registered callback; L{cancel} removes it.
+    """
+
+    def __init__(self, registry: list, callback: Callable) -> None:
+        self._registry = registry
+        self.callback = callback
+        registry.append(callback)
+
+    def cancel(self) -> None:
+        """
+        Stop calling the callback. Cancelling twice does nothing.
+        """
+        try:
+            self._registry.remove(self.callback)
+        except ValueError:
+            pass
+
+
+@implementer(IRelayMesh)
+class Mesh:
+    """
+    The registry of peers and the application's interface to them.
+
+    @ivar identity: This node's peer id.
+    @ivar clock: The L{IReactorTime} every timer uses.
+    @ivar heartbeat_interval: Seconds between heartbeats.
+    @ivar idle_timeout: Seconds of silence after which a peer is dropped.
+    @ivar max_peers: How many connected peers an acceptor admits.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        identity: str,
+        clock: IReactorTime,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        max_peers: int = DEFAULT_MAX_PEERS,
+        ids: MessageIds | None = None,
+    ) -> None:
+        self.identity = identity
+        self.clock = clock
+        self.heartbeat_interval = heartbeat_interval
+        self.idle_timeout = heartbeat_interval * DEAD_AFTER_INTERVALS
+        self.max_peers = max_peers
+        self._ids = ids or MessageIds()
+        self._peers: dict[str, _Peer] = {}
+        self._subscribers: dict[str | None, list[Callable]] = {}
+        self._observers: list[Callable[[PeerEvent], None]] = []
+        self._sessions: list | None = None
+        self._worker_id: Any = None
+        self._heartbeat = LoopingCall(self._tick)
+        self._heartbeat.clock = clock
+
+    # -- messages ------------------------------------------------------------
+
+    def message(
+        self, msg_type: str, payload: Any, from_peer: str | None = None
+    ) -> RelayMessage:
+        """
+        A new message from this node, with a fresh id and the current time.
+        """
+        now_ms = int(self.clock.seconds() * 1000)
+        return RelayMessage(
+            self._ids.next(now_ms),
+            str(msg_type),
+            self.identity if from_peer is None else from_peer,
+            now_ms,
+            payload,
+        )
+
+    # -- heartbeats ----------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        Start sending heartbeats every L{heartbeat_interval} seconds.
+        """
+        if not self._heartbeat.running:
+            d = self._heartbeat.start(self.heartbeat_interval, now=False)
+            d.addErrback(lambda f: self.log.failure("heartbeat loop stopped", f))
+
+    def stop(self) -> None:
+        """
+        Stop sending heartbeats.
+        """
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+
+    def _heartbeat_payload(self, now: float) -> dict:
+        if self._sessions is None:
+            return {}
+        return {
+            "worker_id": self._worker_id if self._worker_id is not None else self.identity,
+            "timestamp": int(now * 1000),
+            "sessions": self._sessions,
+        }
+
+    def _tick(self) -> None:
+        now = self.clock.seconds()
+        line = encode(self.message(MessageType.HEARTBEAT, self._heartbeat_payload(now)))
+        expiry = self.idle_timeout
+        for peer in self._peers.values():
+            if peer.protocol is not None:
+                try:
+                    peer.protocol.sendEncoded(line)
+                except Exception:
+                    self.log.failure("heartbeat to {peer_id} failed", peer_id=peer.peer_id)
+            if peer.sessions is not None and now - peer.sessions_at >= expiry:
+                peer.sessions = None
+                peer.worker_id = None
+
+    def set_sessions(self, sessions: Iterable[Any] | None, worker_id: Any = None) -> None:
+        """
+        Set the session list that this node's heartbeats carry.
+
+        @param sessions: JSON-serializable session objects, or L{None} to send
+            bare heartbeats.
+        @param worker_id: The C{worker_id} the heartbeats name; this node's
+            identity by default.
+        @raise relaymesh.wire.WireError: if the list is not JSON-serializable.
+        """
+        if sessions is None:
+            self._sessions = self._worker_id = None
+            return
+        sessions = list(sessions)
+        dumps({"worker_id": worker_id, "sessions": sessions})
+        self._sessions = sessions
+        self._worker_id = worker_id
+
+    def sessions(self) -> dict[str, PeerSessions]:
+        """
+        Every peer's latest session list that has not yet expired.
+        """
+        now = self.clock.seconds()
+        return {
+            p.peer_id: PeerSessions(p.peer_id, p.worker_id, p.sessions, now - p.sessions_at)
+            for p in self._peers.values()
+            if p.sessions is not None and now - p.sessions_at < self.idle_timeout
+        }
+
+    # -- called by the protocol ----------------------------------------------
+
+    def admission_error(self, peer_id: str) -> str | None:
+        """
+        Why an inbound peer that just proved its key must still be refused,
+        or L{None} to admit it.
+        """
+        if peer_id == self.identity:
+            return f"peer claims this node's own id {peer_id}"
+        peer = self._peers.get(peer_id)
+        if peer is not None and peer.protocol is not None:
+            return None  # a reconnection replaces the old connection
+        if self.connected_count() >= self.max_peers:
+            return f"peer limit of {self.max_peers} reached"
+        return None
+
+    def peer_authenticated(self, protocol: RelayProtocol) -> bool:
+        """
+        Register a connection whose handshake succeeded.
+
+        A new connection replaces an older one of the same peer, except when
+        the two were dialled in opposite directions at about the same time
+        (both nodes list each other): then both nodes keep the connection
+        initiated by the lower peer id and close the other.
+
+        @return: whether the connection was kept.
+        """
+        peer_id = protocol.peer_id
+        peer = self._peer(peer_id)
+        old = peer.protocol
+        if old is not None and old is not protocol:
+            if self._keeps_existing(old, protocol):
+                protocol.close("duplicate connection; keeping the one initiated by the lower peer id")
+                return False
+            old.close("replaced by a newer connection")
+        peer.protocol = protocol
+        peer.state = CONNECTED
+        peer.address = protocol.address
+        peer.direction = protocol.direction
+        peer.since = protocol.connected_at
+        peer.reconnect_attempt = 0
+        peer.next_retry_at = None
+        self._emit(PeerEvent(CONNECTED, peer_id, protocol.address, protocol.direction))
+        return True
+
+    def _keeps_existing(self, old: RelayProtocol, new: RelayProtocol) -> bool:
+        if old.direction == new.direction:
+            return False
+        if self.clock.seconds() - old.connected_at >= self.heartbeat_interval:
+            return False  # the old one is likely stale: the peer dialled again
+        kept = OUTBOUND if self.identity < new.peer_id else INBOUND
+        return old.direction == kept
+
+    def connection_lost(self, protocol: RelayProtocol, reason: str) -> None:
+        """
+        Note that an authenticated connection closed.
+        """
+        peer = self._peers.get(protocol.peer_id)
+        if peer is None:
+            return
+        peer.fold(protocol)
+        if peer.protocol is not protocol:
+            return
+        peer.protocol = None
+        peer.state = DISCONNECTED
+        peer.since = self.clock.seconds()
+        peer.last_seen = protocol.last_received
+        self._emit(PeerEvent(DISCONNECTED, peer.peer_id, protocol.address, reason=reason))
+
+    def message_received(self, protocol: RelayProtocol, message: RelayMessage) -> None:
+        """
+        Deliver a message from an authenticated peer, unless it is a duplicate.
+        """
+        peer = self._peers[protocol.peer_id]
+        if peer.recent.seen(message.id):
+            return
+        msg_type = message.msg_type
+        if msg_type == "heartbeat":
+            payload = message.payload
+            if isinstance(payload, dict) and isinstance(payload.get("sessions"), list):
+                peer.sessions = payload["sessions"]
+                peer.worker_id = payload.get("worker_id")
+                peer.sessions_at = self.clock.seconds()
+        for registry in (self._subscribers.get(msg_type), self._subscribers.get(None)):
+            if registry:
+                for callback in tuple(registry):
+                    try:
+                        callback(peer.peer_id, message)
+                    except Exception:
+                        self.log.failure(
+                            "subscriber {callback!r} failed on a {msg_type} from {peer_id}",
+                            callback=callback,
+                            msg_type=msg_type,
+                            peer_id=peer.peer_id,
+                        )
+
+    # -- called by the factories ---------------------------------------------
+
+    def peer_connecting(self, peer_id: str | None, address: str) -> None:
+        """
+        Note that this node is dialling C{address} (the peer C{peer_id}).
+        """
+        if peer_id is not None:
+            peer = self._peer(peer_id)
+            if peer.protocol is not None:
+                return
+            peer.state = CONNECTING
+            peer.address = address
+            peer.direction = OUTBOUND
+        self._emit(PeerEvent(CONNECTING, peer_id, address, OUTBOUND))
+
+    def handshake_denied(
+        self, peer_id: str | None, address: str, direction: str, reason: str
+    ) -> None:
+        """
+        Note that a handshake with C{address} failed.
+        """
+        self._emit(PeerEvent("denied", peer_id, address, direction, reason=reason))
+
+    def reconnect_scheduled(
+        self, peer_id: str | None, address: str, attempt: int, delay: float
+    ) -> None:
+        """
+        Note that the next attempt to reach C{address} is C{delay} seconds away.
+        """
+        if peer_id is not None:
+            peer = self._peer(peer_id)
+            if peer.protocol is None:
+                peer.state = DISCONNECTED
+                peer.reconnect_attempt = attempt
+                peer.next_retry_at = self.clock.seconds() + delay
+        self._emit(PeerEvent("reconnect_scheduled", peer_id, address, OUTBOUND, delay=delay))
+
+    def forget(self, peer_id: str) -> None:
+        """
+        Drop a disconnected peer from the registry (a connected one stays).
+        """
+        peer = self._peers.get(peer_id)
+        if peer is not None and peer.protocol is None:
+            del self._peers[peer_id]
+
+    # -- events --------------------------------------------------------------
+
+    def watch_peers(self, callback: Callable[[PeerEvent], None]) -> Subscription:
+        """
+        Call C{callback(event)} with every L{PeerEvent} from now on.
+        """
+        return Subscription(self._observers, callback)
+
+    def _emit(self, event: PeerEvent) -> None:
+        _log_event(self.log, event)
+        for callback in tuple(self._observers):
+            try:
+                callback(event)
+            except Exception:
+                self.log.failure("peer observer {callback!r} failed", callback=callback)
+
+    # -- the application interface -------------------------------------------
+
+    def subscribe(
+        self, callback: Callable[[str, RelayMessage], None], msg_type: str | None = None
+    ) -> Subscription:
+        """
+        Call C{callback(peer_id, message)} for every new message of
+        C{msg_type} (of every type if L{None}) from any peer.
+        """
+        if msg_type is not None:
+            msg_type = str(msg_type)
+            if msg_type not in MESSAGE_TYPES:
+                raise UnsupportedMessageType(f"unknown message type {msg_type!r}")
+        return Subscription(self._subscribers.setdefault(msg_type, []), callback)
+
+    def send(self, peer_id: str, msg_type: str, payload: Any) -> str:
+        """
+        Send one message to a connected peer.
+
+        @return: the message id.
+        @raise UnknownPeer: no peer has that id.
+        @raise PeerNotConnected: the peer is not connected now.
+        @raise UnsupportedMessageType: C{msg_type} is not one the peer accepts.
+        @raise relaymesh.wire.WireError: the payload is not JSON or too long.
+        """
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            raise UnknownPeer(f"unknown peer {peer_id!r}")
+        if peer.protocol is None:
+            raise PeerNotConnected(f"peer {peer_id} is not connected")
+        message = self.message(_sendable(msg_type), payload)
+        peer.protocol.sendMessage(message)
+        return message.id
+
+    def broadcast(self, msg_type: str, payload: Any) -> dict[str, str]:
+        """
+        Send one message to every connected peer.
+
+        @return: a mapping of each peer id it went to to the message id.
+        @raise UnsupportedMessageType: C{msg_type} is not one peers accept.
+        @raise relaymesh.wire.WireError: the payload is not JSON or too long.
+        """
+        message = self.message(_sendable(msg_type), payload)
+        line = encode(message)
+        sent = {}
+        for peer in self._peers.values():
+            if peer.protocol is not None:
+                peer.protocol.sendEncoded(line)
+                sent[peer.peer_id] = message.id
+        return sent
+
+    def is_connected(self, peer_id: str) -> bool:
+        """
+        Whether the peer has a live authenticated connection.
+        """
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.protocol is not None
+
+    def connected_count(self) -> int:
+        """
+        How many peers are connected.
+        """
+        return sum(1 for p in self._peers.values() if p.protocol is not None)
+
+    def connected_peers(self) -> list[str]:
+        """
+        The ids of the connected peers, sorted.
+        """
+        return sorted(p.peer_id for p in self._peers.values() if p.protocol is not None)
+
+    def peer(self, peer_id: str) -> PeerStatus:
+        """
+        A snapshot of one peer.
+
+        @raise UnknownPeer: no peer has that id.
+        """
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            raise UnknownPeer(f"unknown peer {peer_id!r}")
+        return _status(peer)
+
+    def peers(self) -> list[PeerStatus]:
+        """
+        Snapshots of every peer the mesh knows, sorted by id.
+        """
+        return [_status(self._peers[k]) for k in sorted(self._peers)]
+
+    def disconnect(self, peer_id: str, reason: str = "disconnected by request") -> bool:
+        """
+        Close the peer's connection, if it has one.
+
+        @return: whether there was a connection to close.
+        """
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.protocol is None:
+            return False
+        peer.protocol.close(reason)
+        return True
+
+    def _peer(self, peer_id: str) -> _Peer:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            peer = self._peers[peer_id] = _Peer(peer_id)
+        return peer
+
+
+def _sendable(msg_type: Any) -> str:
+    msg_type = str(msg_type)
+    if msg_type not in MESSAGE_TYPES:
+        raise UnsupportedMessageType(f"unknown message type {msg_type!r}")
+    if msg_type in HANDSHAKE_TYPES:
+        raise UnsupportedMessageType(f"{msg_type} belongs to the handshake")
+    return msg_type
+
+
+def _status(peer: _Peer) -> PeerStatus:
+    msgs_in, msgs_out, bytes_in, bytes_out = peer.traffic
+    last_seen = peer.last_seen
+    live = peer.protocol
+    if live is not None:
+        msgs_in += live.msgs_in
+        msgs_out += live.msgs_out
+        bytes_in += live.bytes_in
+        bytes_out += live.bytes_out
+        last_seen = live.last_received
+    return PeerStatus(
+        peer_id=peer.peer_id,
+        state=peer.state,
+        address=peer.address,
+        direction=peer.direction,
+        since=peer.since,
+        last_seen=last_seen,
+        msgs_in=msgs_in,
+        msgs_out=msgs_out,
+        bytes_in=bytes_in,
+        bytes_out=bytes_out,
+        reconnect_attempt=peer.reconnect_attempt,
+        next_retry_at=peer.next_retry_at,
+    )
+
+
+_EVENT_FORMATS = {
+    CONNECTING: "connecting to {peer} at {event.address}",
+    CONNECTED: "peer {peer} connected from {event.address} ({event.direction})",
+    DISCONNECTED: "peer {peer} disconnected: {event.reason}",
+    "denied": "handshake denied with {event.address} ({event.direction}): {event.reason}",
+    "reconnect_scheduled": "reconnecting to {peer} at {event.address} in {event.delay:g} s",
+}
+
+
+def _log_event(log: Logger, event: PeerEvent) -> None:
+    emit = log.debug if event.kind == CONNECTING else log.info
+    emit(
+        _EVENT_FORMATS[event.kind],
+        event=event,
+        peer=event.peer_id or "(unknown peer)",
+        peer_id=event.peer_id,
+    )

@@ -1,0 +1,250 @@
+"""
+L{RelayService}: a whole relay node as one Twisted service.
+
+It owns the listener, one reconnecting dialler per outbound peer, the mesh
+registry and its heartbeat loop. C{twistd relaymesh} builds one; an
+application embeds one by adding it to its own service hierarchy::
+
+    from relaymesh import KeyStore, RelayService
+
+    node = RelayService(KeyStore("/var/lib/myapp/relay"), listen="tcp:9847",
+                        peers=["laptop-a3f2@192.168.1.50:9847"])
+    node.setServiceParent(application)
+    node.mesh.subscribe(on_task, "delegate_task")
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+
+from relaymesh.address import PeerAddress, parse_peer_address
+from relaymesh.factory import CONNECT_TIMEOUT, RelayClientFactory, RelayServerFactory
+from relaymesh.keystore import KeyStore, KeyStoreError
+from relaymesh.mesh import (
+    CONNECTED,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_MAX_PEERS,
+    DISCONNECTED,
+    Mesh,
+    PeerEvent,
+)
+from relaymesh.protocol import OUTBOUND, format_address
+
+#: Where a node listens unless told otherwise.
+DEFAULT_LISTEN = "tcp:9847"  # claudectl 0.49: port 9847
+
+
+class ListenerService(Service):
+    """
+    Listens on a server endpoint; fails C{startService} at once when the
+    endpoint fails at once (a port in use), so C{twistd} reports it.
+
+    @ivar port: The L{IListeningPort}, once listening.
+    """
+
+    log = Logger()
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, identity: str) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.identity = identity
+        self.port: IListeningPort | None = None
+        self.listening: Deferred = Deferred()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        failures: list = []
+        d = self.endpoint.listen(self.factory)
+        d.addCallbacks(self._listening, failures.append)
+        if failures:
+            self.running = 0
+            failures[0].raiseException()
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        self.log.info(
+            "listening on {address} as {identity}",
+            address=format_address(port.getHost()),
+            identity=self.identity,
+        )
+        self.listening.callback(port)
+        return port
+
+    def stopService(self) -> Deferred | None:
+        Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            self.listening = Deferred()
+            return port.stopListening()
+        return None
+
+
+class OutboundPeer(Service):
+    """
+    Keeps dialling one peer address with a L{RelayClientFactory}.
+    """
+
+    def __init__(self, target: PeerAddress, factory: RelayClientFactory, reactor: Any) -> None:
+        self.target = target
+        self.factory = factory
+        self._reactor = reactor
+        self.connector = None
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.factory.resetDelay()
+        self.connector = self._reactor.connectTCP(
+            self.target.host, self.target.port, self.factory, timeout=CONNECT_TIMEOUT
+        )
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.factory.stopTrying()
+        if self.connector is not None:
+            self.connector.disconnect()
+            self.connector = None
+
+
+class RelayService(MultiService):
+    """
+    A relay node: listener, outbound peers, mesh and heartbeats.
+
+    @ivar mesh: The L{Mesh}; the application's interface to the peers.
+    @ivar keystore: The L{KeyStore} with this node's identity and keys.
+    @ivar server_factory: The L{RelayServerFactory} behind the listener.
+    @ivar listener: The L{ListenerService}, or L{None} when not listening.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        keystore: KeyStore,
+        listen: str | None = DEFAULT_LISTEN,
+        peers: Iterable[PeerAddress | str] = (),
+        identity: str | None = None,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        max_peers: int = DEFAULT_MAX_PEERS,
+        reactor: Any = None,
+        jitter: float = 0.0,
+    ) -> None:
+        """
+        @param keystore: Where the identity and the keys are.
+        @param listen: A Twisted server endpoint string, or L{None} to accept
+            no connections.
+        @param peers: Addresses to keep dialling, as L{PeerAddress} or text
+            (C{host:port}, C{peer_id@host:port}).
+        @param identity: This node's peer id; the key store's by default.
+        @param heartbeat_interval: Seconds between heartbeats; a peer silent
+            for three intervals is dropped.
+        @param max_peers: Connected peers at most; more inbound are refused.
+        @param reactor: The reactor (L{IReactorTCP} and L{IReactorTime});
+            the global one by default.
+        @param jitter: Random spread of reconnection delays, 0 to 1.
+        """
+        MultiService.__init__(self)
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self._reactor = reactor
+        self.keystore = keystore
+        self._jitter = jitter
+        self.mesh = Mesh(
+            identity or keystore.identity(),
+            reactor,
+            heartbeat_interval=heartbeat_interval,
+            max_peers=max_peers,
+        )
+        self.server_factory = RelayServerFactory(self.mesh, keystore)
+        self.listener: ListenerService | None = None
+        if listen is not None:
+            self.listener = ListenerService(
+                serverFromString(reactor, listen), self.server_factory, self.mesh.identity
+            )
+            self.listener.setServiceParent(self)
+        self._outbound: dict[PeerAddress, OutboundPeer] = {}
+        for address in peers:
+            self.add_peer(address)
+        self.mesh.watch_peers(self._peer_event)
+
+    # -- outbound peers ------------------------------------------------------
+
+    def add_peer(self, address: PeerAddress | str) -> OutboundPeer:
+        """
+        Start dialling a peer (now if the service runs, else when it starts).
+
+        @raise relaymesh.address.InvalidAddress: for an address that does not
+            parse.
+        """
+        if isinstance(address, str):
+            address = parse_peer_address(address)
+        existing = self._outbound.get(address)
+        if existing is not None:
+            return existing
+        factory = RelayClientFactory(
+            self.mesh, self.keystore, address, self._reactor, jitter=self._jitter
+        )
+        outbound = self._outbound[address] = OutboundPeer(address, factory, self._reactor)
+        outbound.setServiceParent(self)
+        return outbound
+
+    def remove_peer(self, peer_id: str) -> bool:
+        """
+        Stop dialling a peer and close its connection.
+
+        @return: whether there was anything to stop or close.
+        """
+        found = False
+        for address, outbound in list(self._outbound.items()):
+            if outbound.factory.peer_id == peer_id:
+                del self._outbound[address]
+                outbound.disownServiceParent()
+                found = True
+        return self.mesh.disconnect(peer_id, "removed by request") or found
+
+    def outbound(self) -> list[OutboundPeer]:
+        """
+        The outbound peers being dialled.
+        """
+        return list(self._outbound.values())
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def startService(self) -> None:
+        self.mesh.start()
+        MultiService.startService(self)
+
+    def stopService(self) -> Deferred:
+        self.mesh.stop()
+        d = MultiService.stopService(self)
+        for peer_id in self.mesh.connected_peers():
+            self.mesh.disconnect(peer_id, "node shutting down")
+        return d
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _peer_event(self, event: PeerEvent) -> None:
+        if event.peer_id is None or event.kind not in (CONNECTED, DISCONNECTED):
+            return
+        fields: dict[str, Any] = {"last_seen": int(self._reactor.seconds() * 1000)}
+        if event.kind == CONNECTED and event.direction == OUTBOUND:
+            fields["addr"] = event.address
+        if event.kind == DISCONNECTED:
+            for outbound in self._outbound.values():
+                if outbound.factory.peer_id == event.peer_id:
+                    outbound.factory.wake()
+        try:
+            self.keystore.update_meta(event.peer_id, **fields)
+        except (KeyStoreError, OSError, ValueError) as e:
+            self.log.warn(
+                "could not record {peer_id} in the key store: {error}",
+                peer_id=event.peer_id,
+                error=e,
+            )

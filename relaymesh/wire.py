@@ -1,0 +1,324 @@
+"""
+The relay protocol's wire format: one JSON object per line.
+
+Each message is a compact JSON object with the fields C{id}, C{msg_type},
+C{from_peer}, C{timestamp} and C{payload}, followed by C{\\n}. This module
+turns lines into L{RelayMessage}s and back, and refuses every line that
+claudectl 0.49 would refuse: bad JSON, invalid UTF-8, a missing field, a field
+of the wrong type, an unknown C{msg_type}, nesting deeper than claudectl's JSON
+parser takes, or more than L{MAX_LINE_BYTES} bytes.
+
+When C{orjson} is installed it is used for speed; the bytes on the wire are
+the same either way.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import os
+import re
+from typing import Any, Callable
+
+try:  # pragma: no cover - exercised by whichever codec the machine has
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None
+
+#: The longest line, in bytes without the C{\n}, a node accepts or sends.
+MAX_LINE_BYTES = 1024 * 1024  # claudectl 0.49: 1 MiB
+
+#: The deepest nesting of arrays and objects a line may have. claudectl's JSON
+#: parser (serde_json) refuses anything deeper than 128 levels.
+MAX_NESTING = 128  # serde_json default recursion limit
+
+#: The largest timestamp claudectl accepts (an unsigned 64-bit integer).
+MAX_TIMESTAMP = 2**64 - 1
+
+
+class MessageType(str, enum.Enum):
+    """
+    The message types of the claudectl 0.49 relay protocol.
+    """
+
+    CHALLENGE = "challenge"
+    HANDSHAKE = "handshake"
+    HANDSHAKE_ACK = "handshake_ack"
+    HEARTBEAT = "heartbeat"
+    ACK = "ack"
+    DELEGATE_TASK = "delegate_task"
+    TASK_STATUS = "task_status"
+    TASK_HANDOFF = "task_handoff"
+    TASK_INTERRUPT = "task_interrupt"
+    KNOWLEDGE_SYNC = "knowledge_sync"
+    KNOWLEDGE_REQUEST = "knowledge_request"
+    KNOWLEDGE_SNAPSHOT = "knowledge_snapshot"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Every C{msg_type} a claudectl 0.49 peer understands.
+MESSAGE_TYPES = frozenset(t.value for t in MessageType)
+
+#: The types that belong to the handshake and never come from an application.
+HANDSHAKE_TYPES = frozenset(
+    {MessageType.CHALLENGE.value, MessageType.HANDSHAKE.value, MessageType.HANDSHAKE_ACK.value}
+)
+
+
+class WireError(ValueError):
+    """
+    A line or message that is not a valid relay message; the text says why.
+    """
+
+
+class RelayMessage:
+    """
+    One relay protocol message.
+
+    @ivar id: The message id, unique per sender.
+    @ivar msg_type: One of L{MESSAGE_TYPES}, as a plain string.
+    @ivar from_peer: The sender's peer id (empty in a challenge).
+    @ivar timestamp: Milliseconds since the epoch.
+    @ivar payload: Any JSON value; normally an object.
+    """
+
+    __slots__ = ("id", "msg_type", "from_peer", "timestamp", "payload")
+
+    def __init__(
+        self, id: str, msg_type: str, from_peer: str, timestamp: int, payload: Any
+    ) -> None:
+        self.id = id
+        self.msg_type = msg_type
+        self.from_peer = from_peer
+        self.timestamp = timestamp
+        self.payload = payload
+
+    def to_dict(self) -> dict[str, Any]:
+        """
+        The message as a JSON object, fields in claudectl's order.
+        """
+        return {
+            "id": self.id,
+            "msg_type": self.msg_type,
+            "from_peer": self.from_peer,
+            "timestamp": self.timestamp,
+            "payload": self.payload,
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RelayMessage):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return (
+            f"RelayMessage(id={self.id!r}, msg_type={self.msg_type!r}, "
+            f"from_peer={self.from_peer!r}, timestamp={self.timestamp!r}, "
+            f"payload={self.payload!r})"
+        )
+
+
+def _reject_constant(name: str) -> Any:
+    raise WireError(f"{name} is not valid JSON")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise WireError(f"number {text[:20]} is out of range")
+    return value
+
+
+_stdlib_decoder = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_parse_float
+)
+_stdlib_encoder = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+_LONE_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _stdlib_loads(line: bytes) -> Any:
+    text = line.decode("utf-8")  # strict: invalid UTF-8 raises
+    value = _stdlib_decoder.decode(text)
+    if _LONE_SURROGATE_HINT.search(line) is not None:
+        # A lone surrogate escape parses in Python but not in claudectl, and
+        # could never be written back out as UTF-8.
+        _stdlib_encoder.encode(value).encode("utf-8")
+    return value
+
+
+def _stdlib_dumps(value: Any) -> bytes:
+    return _stdlib_encoder.encode(value).encode("utf-8")
+
+
+if _orjson is not None:
+    _loads: Callable[[bytes], Any] = _orjson.loads
+    _dumps: Callable[[Any], bytes] = _orjson.dumps
+    CODEC = "orjson"
+else:  # pragma: no cover
+    _loads = _stdlib_loads
+    _dumps = _stdlib_dumps
+    CODEC = "json"
+
+if os.environ.get("RELAYMESH_CODEC") == "json":  # pragma: no cover
+    _loads, _dumps, CODEC = _stdlib_loads, _stdlib_dumps, "json"
+
+
+def _nesting_depth(line: bytes) -> int:
+    """
+    The deepest nesting of arrays and objects in a JSON text, ignoring
+    brackets inside strings.
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def loads(line: bytes) -> Any:
+    """
+    Parse one line of JSON the way claudectl's parser would.
+
+    @raise WireError: if the line is not valid JSON, not valid UTF-8, or
+        nested too deeply.
+    """
+    if line.count(b"[") + line.count(b"{") > MAX_NESTING and _nesting_depth(line) > MAX_NESTING:
+        raise WireError(f"JSON nested deeper than {MAX_NESTING} levels")
+    try:
+        return _loads(line)
+    except WireError:
+        raise
+    except UnicodeDecodeError as e:
+        raise WireError(f"invalid UTF-8 at byte {e.start}") from None
+    except UnicodeEncodeError:
+        raise WireError("lone UTF-16 surrogate in a string") from None
+    except RecursionError:
+        raise WireError("JSON nested too deeply") from None
+    except ValueError as e:
+        # json.JSONDecodeError and orjson.JSONDecodeError are ValueErrors, and
+        # so is int() refusing a number with thousands of digits.
+        raise WireError(f"bad JSON: {str(e).splitlines()[0][:120]}") from None
+
+
+def dumps(value: Any) -> bytes:
+    """
+    Serialize a JSON value compactly, as UTF-8, without a newline.
+
+    @raise WireError: if the value cannot be represented as JSON.
+    """
+    try:
+        return _dumps(value)
+    except (TypeError, ValueError) as e:
+        raise WireError(f"not serializable as JSON: {e}") from None
+
+
+def _field_error(name: str, expected: str, value: Any) -> WireError:
+    if value is _MISSING:
+        return WireError(f"missing field {name!r}")
+    return WireError(f"field {name!r} must be {expected}, not {type(value).__name__}")
+
+
+_MISSING = object()
+
+
+def message_from_object(obj: Any) -> RelayMessage:
+    """
+    Validate a parsed JSON value as a relay message.
+
+    Unknown extra fields are ignored, as claudectl does.
+
+    @raise WireError: naming the first field that is missing or wrong.
+    """
+    if type(obj) is not dict:
+        raise WireError(f"message must be a JSON object, not {type(obj).__name__}")
+    get = obj.get
+    msg_id = get("id", _MISSING)
+    if type(msg_id) is not str:
+        raise _field_error("id", "a string", msg_id)
+    msg_type = get("msg_type", _MISSING)
+    if type(msg_type) is not str:
+        raise _field_error("msg_type", "a string", msg_type)
+    if msg_type not in MESSAGE_TYPES:
+        raise WireError(f"unknown msg_type {msg_type[:40]!r}")
+    from_peer = get("from_peer", _MISSING)
+    if type(from_peer) is not str:
+        raise _field_error("from_peer", "a string", from_peer)
+    timestamp = get("timestamp", _MISSING)
+    if type(timestamp) is not int:
+        raise _field_error("timestamp", "an unsigned integer", timestamp)
+    if not 0 <= timestamp <= MAX_TIMESTAMP:
+        raise WireError("field 'timestamp' is out of range for an unsigned 64-bit integer")
+    payload = get("payload", _MISSING)
+    if payload is _MISSING:
+        raise WireError("missing field 'payload'")
+    return RelayMessage(msg_id, msg_type, from_peer, timestamp, payload)
+
+
+def decode(line: bytes) -> RelayMessage:
+    """
+    Parse one line (without its C{\\n}) into a L{RelayMessage}.
+
+    @raise WireError: if claudectl would not accept the line.
+    """
+    if len(line) > MAX_LINE_BYTES:
+        raise WireError(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
+    return message_from_object(loads(line))
+
+
+def encode(message: RelayMessage) -> bytes:
+    """
+    Serialize a message as one line, without the C{\\n}.
+
+    @raise WireError: if the payload is not JSON or the line would be longer
+        than L{MAX_LINE_BYTES}.
+    """
+    line = dumps(message.to_dict())
+    if len(line) > MAX_LINE_BYTES:
+        raise WireError(
+            f"message of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte line limit"
+        )
+    return line
+
+
+class MessageIds:
+    """
+    Message ids in claudectl's C{msg_<epoch ms>_<counter>} form that cannot
+    collide across nodes.
+
+    claudectl remembers recent ids across all of its peers, so two nodes
+    whose ids are only a time and a per-process counter can silently lose each
+    other's messages. Each generator adds a random 64-bit tag of its own to
+    the counter: C{msg_1764180000000_42_9f3ac1d2e4b5a6c7}. claudectl accepts
+    any string as an id.
+
+    @ivar tag: This generator's random tag, 16 hex characters.
+    """
+
+    def __init__(self, randbytes: Callable[[int], bytes] = os.urandom) -> None:
+        self.tag = randbytes(8).hex()
+        self._counter = itertools.count()
+
+    def next(self, epoch_ms: int) -> str:
+        """
+        A new id for a message sent at C{epoch_ms}.
+        """
+        return f"msg_{epoch_ms}_{next(self._counter)}_{self.tag}"
