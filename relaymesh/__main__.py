@@ -1,0 +1,10 @@
+"""
+Run the C{relaymesh} command: C{python -m relaymesh}.
+"""
+
+import sys
+
+from relaymesh.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,715 @@
+"""
+Tests for L{relaymesh.keystore}.
+"""
+
+import json
+import os
+import re
+import stat
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaymesh import keystore
+from relaymesh.keystore import (
+    CorruptKeyFile,
+    InsecureKeyFile,
+    KeyStore,
+    KeyStoreError,
+    default_data_dir,
+    generate_identity,
+    write_atomically,
+)
+from relaymesh.peerid import InvalidPeerId
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(100, 132))
+
+#: What a generated identity looks like.
+GENERATED_ID = re.compile(r"[a-z0-9_-]+-[0-9a-f]{8}\Z")
+
+
+def fixedBytes(n: int) -> bytes:
+    """
+    Stand in for C{os.urandom}: C{n} bytes 1, 2, 3, ...
+    """
+    return bytes(range(1, n + 1))
+
+
+def setEnvironment(testCase, name: str, value: str | None) -> None:
+    """
+    Set (or with L{None}, unset) an environment variable for one test.
+    """
+    old = os.environ.get(name)
+
+    def restore():
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+    testCase.addCleanup(restore)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def mode(path: str) -> int:
+    """
+    The permission bits of C{path}.
+    """
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+class DefaultDataDirTests(SynchronousTestCase):
+    """
+    Tests for L{default_data_dir}.
+    """
+
+    def test_environment(self):
+        """
+        C{$RELAYMESH_HOME} is the data directory when it is set.
+        """
+        setEnvironment(self, "RELAYMESH_HOME", "/srv/relay")
+        self.assertEqual(default_data_dir(), "/srv/relay")
+
+    def test_unset(self):
+        """
+        Without C{$RELAYMESH_HOME}, the data directory is C{~/.relaymesh}.
+        """
+        setEnvironment(self, "RELAYMESH_HOME", None)
+        setEnvironment(self, "HOME", "/home/someone")
+        self.assertEqual(default_data_dir(), "/home/someone/.relaymesh")
+
+    def test_empty(self):
+        """
+        An empty C{$RELAYMESH_HOME} counts as unset.
+        """
+        setEnvironment(self, "RELAYMESH_HOME", "")
+        setEnvironment(self, "HOME", "/home/someone")
+        self.assertEqual(default_data_dir(), "/home/someone/.relaymesh")
+
+
+class GenerateIdentityTests(SynchronousTestCase):
+    """
+    Tests for L{generate_identity}.
+    """
+
+    def test_shortHostname(self):
+        """
+        The id is the host name up to its first dot, lowercased, then a
+        dash and 8 hex digits of 4 random bytes.
+        """
+        self.assertEqual(
+            generate_identity("Build-Box.example.com", fixedBytes), "build-box-01020304"
+        )
+
+    def test_replacesOtherCharacters(self):
+        """
+        Characters other than ASCII letters, digits, C{-} and C{_} become
+        C{-}.
+        """
+        self.assertEqual(
+            generate_identity("B\u00fcro PC_1+x", fixedBytes), "b-ro-pc_1-x-01020304"
+        )
+
+    def test_emptyHostname(self):
+        """
+        An empty short host name is replaced by C{relaymesh}.
+        """
+        self.assertEqual(generate_identity("", fixedBytes), "relaymesh-01020304")
+        self.assertEqual(generate_identity(".lan", fixedBytes), "relaymesh-01020304")
+
+    def test_longHostname(self):
+        """
+        The host part is cut so that the id is at most 128 characters.
+        """
+        peer_id = generate_identity("h" * 300, fixedBytes)
+        self.assertEqual(len(peer_id), 128)
+        self.assertEqual(peer_id, "h" * 119 + "-01020304")
+
+    def test_systemHostname(self):
+        """
+        Without a host name, the system's is used.
+        """
+        self.patch(keystore.socket, "gethostname", lambda: "Laptop.local")
+        self.assertEqual(generate_identity(randbytes=fixedBytes), "laptop-01020304")
+
+    def test_random(self):
+        """
+        By default the suffix is random.
+        """
+        ids = {generate_identity("host") for _ in range(5)}
+        for peer_id in ids:
+            self.assertRegex(peer_id, r"\Ahost-[0-9a-f]{8}\Z")
+        self.assertGreater(len(ids), 1)
+
+
+class IdentityTests(SynchronousTestCase):
+    """
+    Tests for L{KeyStore.identity} and L{KeyStore.set_identity}.
+    """
+
+    def setUp(self):
+        self.path = os.path.join(self.mktemp(), "data")
+        self.store = KeyStore(self.path)
+        self.identityPath = os.path.join(self.path, "identity")
+
+    def test_created(self):
+        """
+        On first use an identity is generated from the host name and stored
+        in the C{identity} file, in a data directory of mode 0700.
+        """
+        self.patch(keystore.socket, "gethostname", lambda: "Work.Station.lan")
+        peer_id = self.store.identity()
+        self.assertRegex(peer_id, r"\Awork-[0-9a-f]{8}\Z")
+        with open(self.identityPath) as f:
+            self.assertEqual(f.read(), peer_id)
+        self.assertEqual(mode(self.path), 0o700)
+
+    def test_persistent(self):
+        """
+        The identity stays the same, for this store and any other on the
+        same directory.
+        """
+        peer_id = self.store.identity()
+        self.assertRegex(peer_id, GENERATED_ID)
+        self.assertEqual(self.store.identity(), peer_id)
+        self.assertEqual(KeyStore(self.path).identity(), peer_id)
+
+    def test_stripped(self):
+        """
+        White space around the id in the file is ignored.
+        """
+        os.makedirs(self.path)
+        with open(self.identityPath, "w") as f:
+            f.write("  laptop-a3f2\n")
+        self.assertEqual(self.store.identity(), "laptop-a3f2")
+
+    def test_invalid(self):
+        """
+        An C{identity} file without a valid id is an error naming the file.
+        """
+        os.makedirs(self.path)
+        for content in [
+            b"not valid!",
+            b"",
+            b"\n",
+            b"_pending",
+            b"x" * 129,
+            b"\xff\xfe",
+        ]:
+            with open(self.identityPath, "wb") as f:
+                f.write(content)
+            error = self.assertRaises(KeyStoreError, self.store.identity)
+            self.assertIn(self.identityPath, str(error))
+            self.assertNotIn("\n", str(error))
+            with open(self.identityPath, "rb") as f:
+                self.assertEqual(f.read(), content)
+
+    def test_setIdentity(self):
+        """
+        L{KeyStore.set_identity} stores the id that L{KeyStore.identity}
+        then returns.
+        """
+        self.store.set_identity("laptop-a3f2")
+        self.assertEqual(self.store.identity(), "laptop-a3f2")
+        self.store.set_identity("ci_runner-9d1e")
+        self.assertEqual(KeyStore(self.path).identity(), "ci_runner-9d1e")
+        self.assertEqual(mode(self.identityPath), 0o600)
+
+    def test_setInvalidIdentity(self):
+        """
+        L{KeyStore.set_identity} refuses an invalid id and keeps the old one.
+        """
+        self.store.set_identity("laptop-a3f2")
+        for bad in ["has space", "", "_pending", "../x", "y" * 129]:
+            self.assertRaises(InvalidPeerId, self.store.set_identity, bad)
+        self.assertEqual(self.store.identity(), "laptop-a3f2")
+
+    def test_dataDirectoryIsAFile(self):
+        """
+        A data directory that is a file is an L{OSError}.
+        """
+        path = self.mktemp()
+        with open(path, "w"):
+            pass
+        self.assertRaises(OSError, KeyStore(path).identity)
+
+
+class KeyTests(SynchronousTestCase):
+    """
+    Tests for peer keys: L{KeyStore.key} and L{KeyStore.set_key}.
+    """
+
+    def setUp(self):
+        self.path = self.mktemp()
+        self.store = KeyStore(self.path)
+        self.peers = os.path.join(self.path, "peers")
+        self.keyPath = os.path.join(self.peers, "ci-runner-9d1e.key")
+
+    def writeKeyFile(self, content: bytes, fileMode: int = 0o600) -> None:
+        """
+        Put a key file for C{ci-runner-9d1e} in place by hand.
+        """
+        os.makedirs(self.peers, exist_ok=True)
+        with open(self.keyPath, "wb") as f:
+            f.write(content)
+        os.chmod(self.keyPath, fileMode)
+
+    def test_absent(self):
+        """
+        A peer without a key file has no key.
+        """
+        self.assertIsNone(self.store.key("ci-runner-9d1e"))
+
+    def test_roundTrip(self):
+        """
+        A stored key is read back.
+        """
+        self.store.set_key("ci-runner-9d1e", KEY)
+        self.assertEqual(self.store.key("ci-runner-9d1e"), KEY)
+        self.assertEqual(KeyStore(self.path).key("ci-runner-9d1e"), KEY)
+
+    def test_layout(self):
+        """
+        The key is stored as 64 lowercase hex digits in
+        C{peers/<peer_id>.key}, mode 0600, in a C{peers} directory of mode
+        0700.
+        """
+        self.store.set_key("ci-runner-9d1e", OTHER_KEY)
+        with open(self.keyPath, "rb") as f:
+            self.assertEqual(f.read(), OTHER_KEY.hex().encode("ascii"))
+        self.assertEqual(mode(self.keyPath), 0o600)
+        self.assertEqual(mode(self.peers), 0o700)
+        self.assertEqual(mode(self.path), 0o700)
+
+    def test_readsClaudectlFile(self):
+        """
+        Surrounding white space and uppercase hex digits are accepted.
+        """
+        self.writeKeyFile(b"  " + KEY.hex().upper().encode() + b"\n")
+        self.assertEqual(self.store.key("ci-runner-9d1e"), KEY)
+
+    def test_replace(self):
+        """
+        Storing a key again replaces the file, and a too open old file is
+        replaced by one of mode 0600.
+        """
+        self.writeKeyFile(KEY.hex().encode(), 0o644)
+        self.store.set_key("ci-runner-9d1e", OTHER_KEY)
+        self.assertEqual(self.store.key("ci-runner-9d1e"), OTHER_KEY)
+        self.assertEqual(mode(self.keyPath), 0o600)
+
+    def test_wrongKeyLength(self):
+        """
+        Only 32-byte keys are stored.
+        """
+        for bad in [b"", KEY[:31], KEY + b"\0", KEY.hex(), None]:
+            self.assertRaises(ValueError, self.store.set_key, "ci-runner-9d1e", bad)
+        self.assertFalse(os.path.exists(self.keyPath))
+
+    def test_bytesLike(self):
+        """
+        A key may be any bytes-like object of 32 bytes.
+        """
+        self.store.set_key("ci-runner-9d1e", bytearray(KEY))
+        self.assertEqual(self.store.key("ci-runner-9d1e"), KEY)
+
+    def test_invalidPeerId(self):
+        """
+        Ids are validated before they are used in a path.
+        """
+        for bad in ["../../etc/passwd", "a/b", "", "_pending", "a.b", "z" * 129]:
+            self.assertRaises(InvalidPeerId, self.store.key, bad)
+            self.assertRaises(InvalidPeerId, self.store.set_key, bad, KEY)
+            self.assertRaises(InvalidPeerId, self.store.meta, bad)
+            self.assertRaises(InvalidPeerId, self.store.update_meta, bad, addr="x:1")
+            self.assertRaises(InvalidPeerId, self.store.forget, bad)
+            self.assertRaises(InvalidPeerId, self.store.claim_pending_key, bad)
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_insecure(self):
+        """
+        A key file that group or others may read or write is refused, with
+        a message naming the file and the C{chmod} that fixes it.
+        """
+        for fileMode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o666]:
+            self.writeKeyFile(KEY.hex().encode(), fileMode)
+            error = self.assertRaises(InsecureKeyFile, self.store.key, "ci-runner-9d1e")
+            self.assertIsInstance(error, KeyStoreError)
+            self.assertIn(f"chmod 600 {self.keyPath}", str(error))
+            self.assertNotIn("\n", str(error))
+
+    def test_ownerOnlyModes(self):
+        """
+        Modes that give access only to the owner are fine.
+        """
+        for fileMode in [0o600, 0o400]:
+            self.writeKeyFile(KEY.hex().encode(), fileMode)
+            self.assertEqual(self.store.key("ci-runner-9d1e"), KEY)
+
+    def test_corrupt(self):
+        """
+        A key file without exactly 64 hex digits is refused, with a message
+        naming the file and not showing its content.
+        """
+        good = KEY.hex()
+        for content in [
+            b"",
+            b"abc",
+            good[:63].encode(),
+            good.encode() + b"0",
+            b"zz" + good[2:].encode(),
+            good[:32].encode() + b" " + good[32:].encode(),
+            b"\xff" * 64,
+        ]:
+            self.writeKeyFile(content)
+            error = self.assertRaises(CorruptKeyFile, self.store.key, "ci-runner-9d1e")
+            self.assertIsInstance(error, KeyStoreError)
+            self.assertIn(self.keyPath, str(error))
+            self.assertNotIn(good[:16], str(error))
+            self.assertNotIn("\n", str(error))
+
+
+class AtomicWriteTests(SynchronousTestCase):
+    """
+    Tests for L{write_atomically}, which every write of the store uses.
+    """
+
+    def setUp(self):
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "target")
+
+    def test_writes(self):
+        """
+        The file gets the data, mode 0600, and no other file is left.
+        """
+        write_atomically(self.path, b"new")
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"new")
+        self.assertEqual(mode(self.path), 0o600)
+        self.assertEqual(os.listdir(self.directory), ["target"])
+
+    def test_exclusiveTemporaryFile(self):
+        """
+        The data goes first to a new file in the same directory, created
+        exclusively with mode 0600, which is then renamed over the target.
+        """
+        opened = []
+        replaced = []
+        realOpen, realReplace = os.open, os.replace
+
+        def recordOpen(path, flags, mode=0o777, *args, **kwargs):
+            opened.append((path, flags, mode))
+            return realOpen(path, flags, mode, *args, **kwargs)
+
+        def recordReplace(source, target):
+            replaced.append((source, target))
+            return realReplace(source, target)
+
+        self.patch(keystore.os, "open", recordOpen)
+        self.patch(keystore.os, "replace", recordReplace)
+        write_atomically(self.path, b"data")
+        [(temporary, flags, fileMode)] = [
+            call for call in opened if call[1] & os.O_CREAT
+        ]
+        self.assertEqual(os.path.dirname(temporary), self.directory)
+        self.assertNotEqual(temporary, self.path)
+        self.assertEqual(flags & os.O_EXCL, os.O_EXCL)
+        self.assertEqual(flags & os.O_WRONLY, os.O_WRONLY)
+        self.assertEqual(fileMode, 0o600)
+        self.assertEqual(replaced, [(temporary, self.path)])
+
+    def test_failureKeepsOldContent(self):
+        """
+        If the data cannot be flushed to disk, the old file is untouched and
+        the temporary file is removed.
+        """
+        write_atomically(self.path, b"old")
+
+        def failingFsync(fd):
+            raise OSError(5, "Input/output error")
+
+        self.patch(keystore.os, "fsync", failingFsync)
+        self.assertRaises(OSError, write_atomically, self.path, b"new")
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"old")
+        self.assertEqual(os.listdir(self.directory), ["target"])
+
+    def test_storeWritesLeaveNoTemporaryFiles(self):
+        """
+        After the store's writes, only its own files are in its directories.
+        """
+        store = KeyStore(self.directory)
+        store.set_identity("laptop-a3f2")
+        store.set_key("peer-a", KEY)
+        store.update_meta("peer-a", addr="10.0.0.7:9847")
+        store.set_pending_key(OTHER_KEY)
+        store.claim_pending_key("peer-b")
+        self.assertEqual(sorted(os.listdir(self.directory)), ["identity", "peers"])
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(self.directory, "peers"))),
+            ["peer-a.key", "peer-a.meta", "peer-b.key"],
+        )
+        for name in ["peer-a.key", "peer-a.meta", "peer-b.key"]:
+            self.assertEqual(mode(os.path.join(self.directory, "peers", name)), 0o600)
+
+
+class PendingKeyTests(SynchronousTestCase):
+    """
+    Tests for the pending pairing key.
+    """
+
+    def setUp(self):
+        self.path = self.mktemp()
+        self.store = KeyStore(self.path)
+        self.pendingPath = os.path.join(self.path, "peers", "_pending.key")
+
+    def test_none(self):
+        """
+        At first no key is pending, and there is nothing to clear or claim.
+        """
+        self.assertIsNone(self.store.pending_key())
+        self.assertFalse(self.store.clear_pending_key())
+        self.assertIsNone(self.store.claim_pending_key("peer-a"))
+        self.assertIsNone(self.store.key("peer-a"))
+
+    def test_setAndClear(self):
+        """
+        A pending key is stored in C{peers/_pending.key}, mode 0600, until
+        cleared.
+        """
+        self.store.set_pending_key(KEY)
+        self.assertEqual(self.store.pending_key(), KEY)
+        with open(self.pendingPath, "rb") as f:
+            self.assertEqual(f.read(), KEY.hex().encode())
+        self.assertEqual(mode(self.pendingPath), 0o600)
+        self.assertTrue(self.store.clear_pending_key())
+        self.assertIsNone(self.store.pending_key())
+        self.assertFalse(os.path.exists(self.pendingPath))
+
+    def test_setWrongLength(self):
+        """
+        Only a 32-byte key can be pending.
+        """
+        self.assertRaises(ValueError, self.store.set_pending_key, KEY[:8])
+        self.assertIsNone(self.store.pending_key())
+
+    def test_notAPeer(self):
+        """
+        The pending key is not listed as a peer.
+        """
+        self.store.set_pending_key(KEY)
+        self.assertEqual(self.store.peers(), [])
+
+    def test_claim(self):
+        """
+        Claiming moves the pending key to the peer's key file.
+        """
+        self.store.set_pending_key(KEY)
+        self.assertEqual(self.store.claim_pending_key("ci-runner-9d1e"), KEY)
+        self.assertEqual(self.store.key("ci-runner-9d1e"), KEY)
+        self.assertIsNone(self.store.pending_key())
+        self.assertEqual(self.store.peers(), ["ci-runner-9d1e"])
+        self.assertIsNone(self.store.claim_pending_key("someone-else"))
+        self.assertIsNone(self.store.key("someone-else"))
+
+    def test_claimReplacesOldKey(self):
+        """
+        Claiming replaces a key the peer had.
+        """
+        self.store.set_key("peer-a", OTHER_KEY)
+        self.store.set_pending_key(KEY)
+        self.store.claim_pending_key("peer-a")
+        self.assertEqual(self.store.key("peer-a"), KEY)
+
+    def test_claimCorrupt(self):
+        """
+        A damaged pending key is not claimed: the error names the pending
+        key file, which stays where it was.
+        """
+        os.makedirs(os.path.dirname(self.pendingPath))
+        with open(self.pendingPath, "wb") as f:
+            f.write(b"not a key")
+        os.chmod(self.pendingPath, 0o600)
+        error = self.assertRaises(
+            CorruptKeyFile, self.store.claim_pending_key, "peer-a"
+        )
+        self.assertIn(self.pendingPath, str(error))
+        with open(self.pendingPath, "rb") as f:
+            self.assertEqual(f.read(), b"not a key")
+        self.assertIsNone(self.store.key("peer-a"))
+        self.assertEqual(
+            os.listdir(os.path.dirname(self.pendingPath)), ["_pending.key"]
+        )
+
+    def test_claimInsecure(self):
+        """
+        A pending key others can read is not claimed.
+        """
+        self.store.set_pending_key(KEY)
+        os.chmod(self.pendingPath, 0o644)
+        self.assertRaises(InsecureKeyFile, self.store.pending_key)
+        error = self.assertRaises(
+            InsecureKeyFile, self.store.claim_pending_key, "peer-a"
+        )
+        self.assertIn(f"chmod 600 {self.pendingPath}", str(error))
+        self.assertTrue(os.path.exists(self.pendingPath))
+        self.assertIsNone(self.store.key("peer-a"))
+
+    def test_claimInvalidId(self):
+        """
+        A claim for an invalid id leaves the pending key alone.
+        """
+        self.store.set_pending_key(KEY)
+        self.assertRaises(InvalidPeerId, self.store.claim_pending_key, "_pending")
+        self.assertEqual(self.store.pending_key(), KEY)
+
+
+class MetaTests(SynchronousTestCase):
+    """
+    Tests for peer metadata.
+    """
+
+    def setUp(self):
+        self.path = self.mktemp()
+        self.store = KeyStore(self.path)
+        self.metaPath = os.path.join(self.path, "peers", "peer-a.meta")
+
+    def writeMeta(self, content: bytes) -> None:
+        """
+        Put C{peer-a}'s metadata file in place by hand.
+        """
+        os.makedirs(os.path.dirname(self.metaPath), exist_ok=True)
+        with open(self.metaPath, "wb") as f:
+            f.write(content)
+
+    def test_absent(self):
+        """
+        A peer without metadata has an empty dict.
+        """
+        self.assertEqual(self.store.meta("peer-a"), {})
+
+    def test_update(self):
+        """
+        Fields are written as indented JSON and read back.
+        """
+        result = self.store.update_meta(
+            "peer-a", addr="10.0.0.7:9847", last_seen=1764180000000
+        )
+        expected = {"addr": "10.0.0.7:9847", "last_seen": 1764180000000}
+        self.assertEqual(result, expected)
+        self.assertEqual(self.store.meta("peer-a"), expected)
+        with open(self.metaPath) as f:
+            self.assertEqual(f.read(), json.dumps(expected, indent=2))
+        self.assertEqual(
+            json.dumps(expected, indent=2),
+            '{\n  "addr": "10.0.0.7:9847",\n  "last_seen": 1764180000000\n}',
+        )
+
+    def test_merge(self):
+        """
+        An update keeps the fields it does not set, including unknown ones.
+        """
+        self.writeMeta(b'{"addr": "1.2.3.4:9847", "last_seen": 1, "note": [1, 2]}')
+        self.store.update_meta("peer-a", last_seen=2)
+        self.assertEqual(
+            self.store.meta("peer-a"),
+            {"addr": "1.2.3.4:9847", "last_seen": 2, "note": [1, 2]},
+        )
+
+    def test_unreadable(self):
+        """
+        Metadata that is not a JSON object reads as an empty dict, and an
+        update replaces it.
+        """
+        for content in [b"{not json", b"[1, 2]", b"\xff\xfe", b""]:
+            self.writeMeta(content)
+            self.assertEqual(self.store.meta("peer-a"), {})
+        self.store.update_meta("peer-a", addr="h:1")
+        self.assertEqual(self.store.meta("peer-a"), {"addr": "h:1"})
+
+    def test_fieldNamedPeerId(self):
+        """
+        A field may be called C{peer_id}: the id is positional only.
+        """
+        self.store.update_meta("peer-a", peer_id="peer-a")
+        self.assertEqual(self.store.meta("peer-a"), {"peer_id": "peer-a"})
+
+    def test_metaOnlyIsNotAPeer(self):
+        """
+        Metadata without a key does not make a peer.
+        """
+        self.store.update_meta("peer-a", addr="h:1")
+        self.assertEqual(self.store.peers(), [])
+
+
+class PeersAndForgetTests(SynchronousTestCase):
+    """
+    Tests for L{KeyStore.peers} and L{KeyStore.forget}.
+    """
+
+    def setUp(self):
+        self.path = self.mktemp()
+        self.store = KeyStore(self.path)
+        self.peers = os.path.join(self.path, "peers")
+
+    def test_noDirectory(self):
+        """
+        A store that does not exist yet has no peers.
+        """
+        self.assertEqual(self.store.peers(), [])
+
+    def test_sortedIgnoringJunk(self):
+        """
+        Peers are the valid ids with a C{.key} file, sorted; the pending key
+        and other names are ignored.
+        """
+        for peer_id in ["zeta", "Alpha", "beta_2", "m-1"]:
+            self.store.set_key(peer_id, KEY)
+        self.store.set_pending_key(KEY)
+        for name in [
+            "bad name.key",
+            ".hidden.key",
+            "a.b.key",
+            ".key",
+            "notes.txt",
+            "x" * 129 + ".key",
+            "keyless.meta",
+        ]:
+            with open(os.path.join(self.peers, name), "w") as f:
+                f.write(KEY.hex())
+        os.mkdir(os.path.join(self.peers, "directory.key"))
+        self.assertEqual(self.store.peers(), ["Alpha", "beta_2", "m-1", "zeta"])
+
+    def test_forget(self):
+        """
+        Forgetting removes the key and the metadata.
+        """
+        self.store.set_key("peer-a", KEY)
+        self.store.update_meta("peer-a", addr="h:1")
+        self.store.set_key("peer-b", OTHER_KEY)
+        self.assertTrue(self.store.forget("peer-a"))
+        self.assertIsNone(self.store.key("peer-a"))
+        self.assertEqual(self.store.meta("peer-a"), {})
+        self.assertEqual(self.store.peers(), ["peer-b"])
+        self.assertEqual(sorted(os.listdir(self.peers)), ["peer-b.key"])
+
+    def test_forgetMetaOnly(self):
+        """
+        Forgetting a peer with only metadata removes it too.
+        """
+        self.store.update_meta("peer-a", addr="h:1")
+        self.assertTrue(self.store.forget("peer-a"))
+        self.assertEqual(os.listdir(self.peers), [])
+
+    def test_forgetUnknown(self):
+        """
+        Forgetting an unknown peer removes nothing.
+        """
+        self.assertFalse(self.store.forget("peer-a"))
+        self.store.set_pending_key(KEY)
+        self.assertFalse(self.store.forget("peer-a"))
+        self.assertEqual(self.store.pending_key(), KEY)
