@@ -101,8 +101,8 @@ class FailureTracker:
         """
         now = self._clock.seconds()
         if len(self._failures) >= self.SWEEP_AT:
-            for stale in [h for h in self._failures if self._recent(h, now) is None]:
-                self._failures.pop(stale, None)
+            for tracked in list(self._failures):
+                self._recent(tracked, now)  # drops the address if nothing is recent
         times = self._failures.setdefault(host, collections.deque(maxlen=self._limit))
         times.append(now)
 

@@ -17,19 +17,19 @@ from relaymesh.peerid import InvalidPeerId, validate_peer_id
 from relaymesh.service import DEFAULT_LISTEN, RelayService
 
 
-def _positive_float(text: str) -> float:
+def _heartbeat(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{text!r} is not a positive number of seconds")
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"--heartbeat: {text!r} is not a positive number of seconds")
     return value
 
 
-def _positive_int(text: str) -> int:
+def _max_peers(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{text!r} is not a whole number of at least 1")
+        raise ValueError(f"--max-peers: {text!r} is not a whole number of at least 1")
     return int(text)
 
 
@@ -70,14 +70,14 @@ class Options(usage.Options):
             None,
             DEFAULT_HEARTBEAT_INTERVAL,
             "Seconds between heartbeats; a peer silent for 3 intervals is dropped.",
-            _positive_float,
+            _heartbeat,
         ],
         [
             "max-peers",
             None,
             DEFAULT_MAX_PEERS,
             "Connected peers at most; more inbound connections are refused.",
-            _positive_int,
+            _max_peers,
         ],
     ]
 

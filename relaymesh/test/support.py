@@ -1,0 +1,227 @@
+"""
+Helpers shared by the tests: in-memory keys, fixtures, and two nodes joined
+by an in-memory connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
+from twisted.test import iosim
+
+from relaymesh.address import PeerAddress
+from relaymesh.factory import RelayClientFactory, RelayServerFactory
+from relaymesh.mesh import Mesh
+from relaymesh.protocol import RelayProtocol
+from relaymesh.wire import RelayMessage, decode, encode
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+#: A time in 2026, so that timestamps look real.
+EPOCH = 1795718866.757
+
+
+def fixture_path(name: str) -> str:
+    """
+    The path of a file in the fixtures folder.
+    """
+    return os.path.join(FIXTURES, name)
+
+
+def load_codes() -> dict:
+    """
+    claudectl 0.49.2's codes and proofs.
+    """
+    with open(fixture_path("claudectl-0.49.2-codes.json")) as f:
+        return json.load(f)
+
+
+def load_transcript() -> list[dict]:
+    """
+    claudectl 0.49.2's recorded handshake: C{{"dir": ..., "line": ...}} per line.
+    """
+    with open(fixture_path("claudectl-0.49.2-handshake.ndjson")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class MemoryKeys:
+    """
+    An in-memory key store with the interface the factories use.
+    """
+
+    def __init__(self, keys: dict[str, bytes] | None = None, pending: bytes | None = None):
+        self.keys = dict(keys or {})
+        self.pending = pending
+        self.meta_updates: list[tuple[str, dict]] = []
+
+    def key(self, peer_id: str) -> bytes | None:
+        return self.keys.get(peer_id)
+
+    def pending_key(self) -> bytes | None:
+        return self.pending
+
+    def claim_pending_key(self, peer_id: str) -> bytes | None:
+        key, self.pending = self.pending, None
+        if key is not None:
+            self.keys[peer_id] = key
+        return key
+
+    def peers(self) -> list[str]:
+        return sorted(self.keys)
+
+    def update_meta(self, peer_id: str, **fields: Any) -> dict:
+        self.meta_updates.append((peer_id, fields))
+        return fields
+
+
+class FakeConnector:
+    """
+    Enough of an L{IConnector} for a client factory: counts connect calls.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 9847) -> None:
+        self.host = host
+        self.port = port
+        self.connects = 0
+        self.stopped = 0
+        self.factory: RelayClientFactory | None = None
+
+    def connect(self) -> None:
+        self.connects += 1
+        if self.factory is not None:
+            self.factory.startedConnecting(self)
+
+    def stopConnecting(self) -> None:
+        self.stopped += 1
+
+    def disconnect(self) -> None:
+        pass
+
+    def getDestination(self) -> IPv4Address:
+        return IPv4Address("TCP", self.host, self.port)
+
+
+def make_clock() -> Clock:
+    """
+    A clock set to L{EPOCH}.
+    """
+    clock = Clock()
+    clock.advance(EPOCH)
+    return clock
+
+
+def server_protocol(
+    factory: RelayServerFactory, host: str = "10.0.0.2", port: int = 40000
+) -> tuple[RelayProtocol, StringTransportWithDisconnection]:
+    """
+    An inbound connection from C{host:port}, on a string transport.
+    """
+    address = IPv4Address("TCP", host, port)
+    protocol = factory.buildProtocol(address)
+    return protocol, _attach(protocol, address)
+
+
+def _attach(protocol: RelayProtocol, address: IPv4Address) -> StringTransportWithDisconnection:
+    transport = StringTransportWithDisconnection(peerAddress=address)
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    return transport
+
+
+def client_protocol(
+    factory: RelayClientFactory, connector: FakeConnector | None = None
+) -> tuple[RelayProtocol, StringTransportWithDisconnection]:
+    """
+    An outbound connection of C{factory}, on a string transport.
+    """
+    connector = connector or FakeConnector(factory.target.host, factory.target.port)
+    factory.startedConnecting(connector)
+    address = connector.getDestination()
+    protocol = factory.buildProtocol(address)
+    return protocol, _attach(protocol, address)
+
+
+def written(transport: StringTransport) -> list[RelayMessage]:
+    """
+    The messages written to a string transport since the last call.
+    """
+    data = transport.value()
+    transport.clear()
+    return [decode(line) for line in data.split(b"\n") if line]
+
+
+def line(message: RelayMessage) -> bytes:
+    """
+    A message as it is on the wire, with its newline.
+    """
+    return encode(message) + b"\n"
+
+
+class Node:
+    """
+    One node for in-memory tests: a mesh, its key store and its factories.
+    """
+
+    def __init__(
+        self,
+        identity: str,
+        clock: Clock,
+        keys: MemoryKeys | None = None,
+        heartbeat_interval: float = 30.0,
+        max_peers: int = 8,
+    ) -> None:
+        self.identity = identity
+        self.clock = clock
+        self.keys = keys or MemoryKeys()
+        self.mesh = Mesh(identity, clock, heartbeat_interval, max_peers)
+        self.server = RelayServerFactory(self.mesh, self.keys)
+        self.received: list[tuple[str, RelayMessage]] = []
+        self.events: list = []
+        self.mesh.subscribe(lambda peer, msg: self.received.append((peer, msg)))
+        self.mesh.watch_peers(self.events.append)
+
+    def client(self, target: str | None, host: str = "127.0.0.1", port: int = 9847) -> RelayClientFactory:
+        return RelayClientFactory(self.mesh, self.keys, PeerAddress(target, host, port), self.clock)
+
+
+def pair_keys(a: Node, b: Node, key: bytes | None = None) -> bytes:
+    """
+    Give two nodes the same key for each other.
+    """
+    key = key or os.urandom(32)
+    a.keys.keys[b.identity] = key
+    b.keys.keys[a.identity] = key
+    return key
+
+
+def connect(
+    acceptor: Node,
+    connector: Node,
+    client: RelayClientFactory | None = None,
+    host: str = "10.0.0.2",
+) -> tuple[RelayProtocol, RelayProtocol, iosim.IOPump]:
+    """
+    Join C{connector} to C{acceptor} in memory and run the handshake.
+
+    @return: the acceptor's protocol, the connector's protocol, and the pump.
+    """
+    client = client or connector.client(acceptor.identity)
+    fake = FakeConnector(client.target.host, client.target.port)
+    client.startedConnecting(fake)
+    server_proto = acceptor.server.buildProtocol(IPv4Address("TCP", host, 40000))
+    client_proto = client.buildProtocol(fake.getDestination())
+    server_transport = iosim.FakeTransport(
+        server_proto, isServer=True, peerAddress=IPv4Address("TCP", host, 40000)
+    )
+    client_transport = iosim.FakeTransport(
+        client_proto, isServer=False, peerAddress=fake.getDestination()
+    )
+    pump = iosim.connect(
+        server_proto, server_transport, client_proto, client_transport, clock=acceptor.clock
+    )
+    return server_proto, client_proto, pump

@@ -1,0 +1,397 @@
+"""
+Tests for L{relaymesh.factory}: the acceptor's limits and the connector's
+backoff, key choice and pacing.
+"""
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaymesh.factory import (
+    LOCKOUT_FAILURES,
+    LOCKOUT_WINDOW,
+    MAX_HANDSHAKES,
+    FailureTracker,
+    RelayClientFactory,
+)
+from relaymesh.handshake import compute_proof
+from relaymesh.protocol import State
+from relaymesh.test.support import (
+    FakeConnector,
+    MemoryKeys,
+    Node,
+    client_protocol,
+    connect,
+    line,
+    make_clock,
+    pair_keys,
+    server_protocol,
+    written,
+)
+from relaymesh.wire import RelayMessage
+
+KEY = bytes(range(32))
+REFUSED = Failure(ConnectionRefusedError())
+DONE = Failure(ConnectionDone())
+
+
+def scheduled_delays(clock):
+    return [round(call.getTime() - clock.seconds(), 6) for call in clock.getDelayedCalls()]
+
+
+class FailureTrackerTests(SynchronousTestCase):
+    def test_lockout_window(self):
+        """
+        Five failures lock an address out until the first of them is 60 s
+        old; other addresses are not affected.
+        """
+        clock = make_clock()
+        tracker = FailureTracker(clock)
+        for _ in range(LOCKOUT_FAILURES - 1):
+            tracker.record("10.0.0.9")
+            clock.advance(1)
+        self.assertFalse(tracker.refused("10.0.0.9"))
+        tracker.record("10.0.0.9")
+        self.assertTrue(tracker.refused("10.0.0.9"))
+        self.assertFalse(tracker.refused("10.0.0.10"))
+        clock.advance(LOCKOUT_WINDOW - 4 - 0.001)
+        self.assertTrue(tracker.refused("10.0.0.9"))
+        clock.advance(0.001)
+        self.assertFalse(tracker.refused("10.0.0.9"))
+        self.assertEqual(tracker.count("10.0.0.9"), 4)
+
+    def test_wait(self):
+        clock = make_clock()
+        tracker = FailureTracker(clock)
+        self.assertEqual(tracker.wait("h", 4), 0.0)
+        for _ in range(4):
+            tracker.record("h")
+            clock.advance(10)
+        # failures at 0, 10, 20, 30; now 40: fewer than 4 once the first is 60 s old
+        self.assertEqual(tracker.wait("h", 4), 20.0)
+
+    def test_memory_bounded(self):
+        """
+        Stale addresses are swept, so a scan from many addresses does not
+        grow the table without bound.
+        """
+        clock = make_clock()
+        tracker = FailureTracker(clock)
+        for i in range(FailureTracker.SWEEP_AT):
+            tracker.record(f"10.1.{i // 256}.{i % 256}")
+        clock.advance(LOCKOUT_WINDOW)
+        tracker.record("10.2.0.1")
+        self.assertEqual(len(tracker._failures), 1)
+
+
+class ServerLimitTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = make_clock()
+        self.node = Node("alpha", self.clock, MemoryKeys({f"p{i}": KEY for i in range(20)}), max_peers=3)
+
+    def build(self, host="10.0.0.2"):
+        return self.node.server.buildProtocol(IPv4Address("TCP", host, 40000))
+
+    def authenticate(self, protocol, transport, peer):
+        [challenge] = written(transport)
+        proof = compute_proof(KEY, challenge.payload["nonce"])
+        protocol.dataReceived(line(RelayMessage("h", "handshake", peer, 1, {"proof": proof})))
+        return written(transport)
+
+    def test_handshake_limit(self):
+        """
+        At most 16 handshakes in progress; the 17th connection is refused
+        (closed before any byte) until one finishes.
+        """
+        self.assertEqual(MAX_HANDSHAKES, 16)
+        started = [server_protocol(self.node.server, port=40000 + i) for i in range(MAX_HANDSHAKES)]
+        self.assertIsNone(self.build())
+        started[0][1].loseConnection()
+        self.assertIsNotNone(self.build())
+
+    def test_peer_limit(self):
+        """
+        With max_peers connected peers, new connections are refused at once.
+        """
+        for i in range(3):
+            protocol, transport = server_protocol(self.node.server)
+            self.authenticate(protocol, transport, f"p{i}")
+        self.assertEqual(self.node.mesh.connected_count(), 3)
+        self.assertIsNone(self.build())
+
+    def test_peer_limit_at_handshake(self):
+        """
+        Handshakes started below the limit that would pass it are denied,
+        but a reconnection of a connected peer is admitted.
+        """
+        pending = [server_protocol(self.node.server, port=41000 + i) for i in range(5)]
+        for i, (protocol, transport) in enumerate(pending[:3]):
+            self.authenticate(protocol, transport, f"p{i}")
+        [ack] = self.authenticate(*pending[3], "p9")
+        self.assertEqual(ack.payload, {"status": "denied"})
+        self.assertIn("peer limit of 3", pending[3][0].close_reason)
+        [ack] = self.authenticate(*pending[4], "p0")
+        self.assertEqual(ack.payload, {"status": "ok"})
+
+    def test_lockout(self):
+        """
+        Five failed handshakes from one address refuse it for 60 s; another
+        address still gets in.
+        """
+        for _ in range(LOCKOUT_FAILURES):
+            protocol, transport = server_protocol(self.node.server, host="10.0.0.66")
+            protocol.dataReceived(b"nonsense\n")
+        self.assertIsNone(self.build("10.0.0.66"))
+        self.assertIsNotNone(self.build("10.0.0.67"))
+        self.clock.advance(LOCKOUT_WINDOW)
+        self.assertIsNotNone(self.build("10.0.0.66"))
+
+    def test_refused_silently(self):
+        """
+        A refused connection gets no challenge: buildProtocol returns None,
+        so Twisted closes the socket without writing.
+        """
+        for _ in range(LOCKOUT_FAILURES):
+            server_protocol(self.node.server, host="10.0.0.66")[1].loseConnection()
+        self.assertIn("too many failed handshakes", self.node.server.refusal("10.0.0.66"))
+
+
+class BackoffTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = make_clock()
+        self.node = Node("beta", self.clock, MemoryKeys({"alpha": KEY}))
+        self.factory = self.node.client("alpha")
+        self.connector = FakeConnector()
+        self.connector.factory = self.factory
+        self.connector.connect()
+
+    def fail_and_wait(self):
+        """
+        Fail the current attempt; return the delay until the next one and
+        advance to it.
+        """
+        self.factory.clientConnectionFailed(self.connector, REFUSED)
+        [delay] = scheduled_delays(self.clock)
+        self.clock.advance(delay)
+        return delay
+
+    def test_sequence(self):
+        """
+        Retries wait 5, 10, 20, 40, 60, 60, ... seconds.
+        """
+        delays = [self.fail_and_wait() for _ in range(8)]
+        self.assertEqual(delays, [5, 10, 20, 40, 60, 60, 60, 60])
+        self.assertEqual(self.connector.connects, 9)
+
+    def test_events(self):
+        """
+        Each scheduled retry is reported with its delay and attempt number.
+        """
+        self.fail_and_wait()
+        self.factory.clientConnectionFailed(self.connector, REFUSED)
+        events = [e for e in self.node.events if e.kind == "reconnect_scheduled"]
+        self.assertEqual([e.delay for e in events], [5, 10])
+        status = self.node.mesh.peer("alpha")
+        self.assertEqual(status.reconnect_attempt, 2)
+        self.assertEqual(status.state, "disconnected")
+
+    def test_denied_key_is_not_hammered(self):
+        """
+        A peer that accepts TCP and then denies the key does not reset the
+        backoff.
+        """
+        delays = []
+        for _ in range(5):
+            protocol, transport = client_protocol(self.factory, self.connector)
+            protocol.dataReceived(
+                line(RelayMessage("c", "challenge", "", 1, {"nonce": "ab" * 32}))
+                + line(RelayMessage("a", "handshake_ack", "alpha", 1, {"status": "denied"}))
+            )
+            self.factory.clientConnectionLost(self.connector, DONE)
+            [delay] = scheduled_delays(self.clock)
+            delays.append(delay)
+            self.clock.advance(delay)
+        self.assertEqual(delays, [5, 10, 20, 40, 60])
+
+    def test_reset_after_handshake(self):
+        """
+        The sequence starts over once a handshake succeeds, and a clean close
+        afterwards is retried after 5 s.
+        """
+        self.fail_and_wait()
+        self.fail_and_wait()
+        alpha = Node("alpha", self.clock, MemoryKeys({"beta": KEY}))
+        server, client, pump = connect(alpha, self.node, self.factory)
+        self.assertIs(client.state, State.CONNECTED)
+        server.transport.loseConnection()
+        pump.flush()
+        self.factory.clientConnectionLost(self.connector, DONE)
+        self.assertEqual(scheduled_delays(self.clock), [5])
+
+    def test_stop_trying(self):
+        self.factory.stopTrying()
+        self.factory.clientConnectionFailed(self.connector, REFUSED)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_jitter_bounded(self):
+        """
+        With jitter, each wait stays within 5..60 s and the spread does not
+        compound from one attempt to the next.
+        """
+        for rng_value in (0.0, 1.0):
+            factory = RelayClientFactory(
+                self.node.mesh, self.node.keys, self.factory.target, self.clock, jitter=0.5, rng=lambda: rng_value
+            )
+            connector = FakeConnector()
+            connector.factory = factory
+            delays = []
+            for _ in range(7):
+                factory.clientConnectionFailed(connector, REFUSED)
+                calls = [c for c in self.clock.getDelayedCalls() if c.active()]
+                delays.append(round(calls[-1].getTime() - self.clock.seconds(), 6))
+                for call in calls:
+                    call.cancel()
+                factory._callID = None
+            expected = [5, 5, 10, 20, 30, 30, 30] if rng_value == 0.0 else [7.5, 15, 30, 60, 60, 60, 60]
+            self.assertEqual(delays, expected)
+
+    def test_reset_backoff(self):
+        """
+        resetBackoff (after a network change) dials at once and starts the
+        sequence over.
+        """
+        for _ in range(4):
+            self.fail_and_wait()
+        self.factory.clientConnectionFailed(self.connector, REFUSED)
+        self.factory.resetBackoff()
+        self.clock.advance(0)
+        self.assertEqual(self.connector.connects, 6)
+        self.assertEqual(self.fail_and_wait(), 5)
+
+
+class KeyChoiceTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = make_clock()
+
+    def test_no_key(self):
+        """
+        Without a key for the peer, the dial is stopped before TCP connects,
+        an error is logged, and it is retried later (the key may be added).
+        """
+        node = Node("beta", self.clock)
+        factory = node.client("alpha")
+        connector = FakeConnector()
+        connector.factory = factory
+        connector.connect()
+        self.assertEqual(connector.stopped, 1)
+        factory.clientConnectionFailed(connector, REFUSED)
+        self.assertEqual(scheduled_delays(self.clock), [5])
+        node.keys.keys["alpha"] = KEY
+        self.clock.advance(5)
+        self.assertEqual(connector.stopped, 1)
+        self.assertEqual(factory._current.key, KEY)
+
+    def test_named_peer_uses_its_key_then_pending(self):
+        node = Node("beta", self.clock, MemoryKeys({"alpha": KEY, "gamma": bytes(32)}, pending=b"p" * 32))
+        factory = node.client("alpha")
+        factory.startedConnecting(FakeConnector())
+        self.assertEqual([c.key for c in factory._candidates], [KEY])
+        factory = node.client("delta")
+        factory.startedConnecting(FakeConnector())
+        self.assertEqual([c.key for c in factory._candidates], [b"p" * 32])
+
+    def test_bare_address_tries_every_key(self):
+        """
+        Without a peer id, every stored key and then the pending key is tried,
+        one connection each; the working key tells us who answered.
+        """
+        keys = MemoryKeys({"alpha": b"a" * 32, "gamma": b"g" * 32}, pending=b"p" * 32)
+        node = Node("beta", self.clock, keys)
+        factory = node.client(None)
+        connector = FakeConnector()
+        connector.factory = factory
+        connector.connect()
+        tried = []
+        acceptor = Node("gamma", self.clock, MemoryKeys({"beta": b"g" * 32}))
+        for expected in ("alpha", "gamma"):
+            tried.append(factory._current.peer_id)
+            server, client, pump = connect(acceptor, node, factory)
+            if expected == "alpha":
+                self.assertIs(client.state, State.CLOSED)
+                self.assertTrue(client.proof_rejected)
+                factory.clientConnectionLost(connector, DONE)
+                self.assertEqual(scheduled_delays(self.clock), [0])
+                self.clock.advance(0)
+        self.assertEqual(tried, ["alpha", "gamma"])
+        self.assertIs(client.state, State.CONNECTED)
+        self.assertEqual(factory.peer_id, "gamma")
+
+    def test_pending_key_claimed_by_connector(self):
+        """
+        A pending key that works for a bare address is stored as the key of
+        the peer that answered.
+        """
+        keys = MemoryKeys(pending=KEY)
+        node = Node("beta", self.clock, keys)
+        factory = node.client(None)
+        acceptor = Node("alpha", self.clock, MemoryKeys({"beta": KEY}))
+        server, client, pump = connect(acceptor, node, factory)
+        self.assertIs(client.state, State.CONNECTED)
+        self.assertEqual(keys.keys, {"alpha": KEY})
+        self.assertIsNone(keys.pending)
+
+    def test_paced_below_lockout(self):
+        """
+        Trying many keys against one address never puts five rejections
+        within the acceptor's 60 s window.
+        """
+        keys = MemoryKeys({f"k{i}": bytes([i]) * 32 for i in range(9)})
+        node = Node("beta", self.clock, keys)
+        factory = node.client(None)
+        connector = FakeConnector()
+        connector.factory = factory
+        connector.connect()
+        acceptor = Node("alpha", self.clock, MemoryKeys({"beta": b"z" * 32}))
+        rejected_at = []
+        for _ in range(8):
+            server, client, pump = connect(acceptor, node, factory)
+            self.assertTrue(client.proof_rejected)
+            rejected_at.append(self.clock.seconds())
+            factory.clientConnectionLost(connector, DONE)
+            [delay] = scheduled_delays(self.clock)
+            self.clock.advance(delay)
+        for i in range(len(rejected_at) - 4):
+            self.assertGreaterEqual(rejected_at[i + 4] - rejected_at[i], LOCKOUT_WINDOW)
+        self.assertFalse(acceptor.server.failures.refused("10.0.0.2"))
+
+
+class ParkingTests(SynchronousTestCase):
+    def test_parks_while_peer_connected_otherwise(self):
+        """
+        An outbound connection that lost to the peer's own connection does not
+        redial while that connection lives, and dials again once it ends.
+        """
+        clock = make_clock()
+        alpha, beta = Node("alpha", clock), Node("beta", clock)
+        pair_keys(alpha, beta)
+        # alpha < beta: the connection alpha initiated wins on both sides.
+        a_server, b_client, pump1 = connect(alpha, beta)
+        beta_factory = b_client.factory
+        connector = FakeConnector()
+        connector.factory = beta_factory
+        b_server, a_client, pump2 = connect(beta, alpha, host="10.0.0.3")
+        pump1.flush()
+        pump2.flush()
+        self.assertIs(b_client.state, State.CLOSED)
+        self.assertIs(a_client.state, State.CONNECTED)
+        self.assertIs(b_server.state, State.CONNECTED)
+        beta_factory.clientConnectionLost(connector, DONE)
+        self.assertTrue(beta_factory.parked)
+        self.assertNotIn(5.0, scheduled_delays(clock))
+        b_server.transport.loseConnection()
+        pump2.flush()
+        self.assertFalse(beta.mesh.is_connected("alpha"))
+        beta_factory.wake()
+        self.assertFalse(beta_factory.parked)
+        self.assertIn(5.0, scheduled_delays(clock))

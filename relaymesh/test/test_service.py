@@ -1,0 +1,197 @@
+"""
+Tests for L{relaymesh.service}, L{relaymesh.tap} and the twistd plugin.
+"""
+
+import os
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaymesh import tap
+from relaymesh.address import PeerAddress
+from relaymesh.factory import RelayClientFactory
+from relaymesh.keystore import KeyStore
+from relaymesh.service import RelayService
+from relaymesh.test.support import EPOCH, Node, connect, pair_keys
+
+
+def memory_reactor():
+    reactor = MemoryReactorClock()
+    reactor.advance(EPOCH)
+    return reactor
+
+
+class RelayServiceTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = memory_reactor()
+        self.keystore = KeyStore(self.mktemp())
+        self.keystore.set_identity("alpha")
+        self.service = RelayService(
+            self.keystore,
+            listen="tcp:9847:interface=127.0.0.1",
+            peers=["beta@10.0.0.2:9847", "10.0.0.3"],
+            reactor=self.reactor,
+        )
+
+    def test_identity_from_keystore(self):
+        self.assertEqual(self.service.mesh.identity, "alpha")
+
+    def test_start(self):
+        """
+        Starting listens on the endpoint, dials every peer with a 10 s connect
+        timeout, and starts the heartbeats.
+        """
+        self.service.startService()
+        [(port, factory, backlog, interface)] = self.reactor.tcpServers
+        self.assertEqual((port, interface), (9847, "127.0.0.1"))
+        self.assertIs(factory, self.service.server_factory)
+        dialled = [(host, port, timeout) for host, port, f, timeout, _ in self.reactor.tcpClients]
+        self.assertEqual(dialled, [("10.0.0.2", 9847, 10), ("10.0.0.3", 9847, 10)])
+        self.assertTrue(all(isinstance(c[2], RelayClientFactory) for c in self.reactor.tcpClients))
+        self.assertTrue(self.service.mesh._heartbeat.running)
+        self.assertIsNotNone(self.service.listener.port)
+
+    def test_stop(self):
+        """
+        Stopping stops listening, stops redialling and stops heartbeats.
+        """
+        self.service.startService()
+        self.service.stopService()
+        factories = [c[2] for c in self.reactor.tcpClients]
+        self.assertTrue(all(not f.continueTrying for f in factories))
+        self.assertTrue(all(c._disconnected for c in self.reactor.connectors))
+        self.assertFalse(self.service.mesh._heartbeat.running)
+        self.assertIsNone(self.service.listener.port)
+
+    def test_no_listen(self):
+        service = RelayService(self.keystore, listen=None, reactor=self.reactor)
+        service.startService()
+        self.assertEqual(self.reactor.tcpServers, [])
+        self.assertIsNone(service.listener)
+
+    def test_add_and_remove_peer(self):
+        self.service.startService()
+        outbound = self.service.add_peer("gamma@10.0.0.4:9900")
+        self.assertIs(self.service.add_peer(PeerAddress("gamma", "10.0.0.4", 9900)), outbound)
+        self.assertEqual(self.reactor.tcpClients[-1][:2], ("10.0.0.4", 9900))
+        self.assertTrue(self.service.remove_peer("gamma"))
+        self.assertFalse(outbound.factory.continueTrying)
+        self.assertNotIn(outbound, self.service.outbound())
+        self.assertFalse(self.service.remove_peer("gamma"))
+
+    def test_meta_recorded(self):
+        """
+        A peer's address (when dialled) and last-seen time go to its meta file.
+        """
+        beta = Node("beta", self.reactor)
+        self.keystore.set_key("beta", b"k" * 32)
+        beta.keys.keys["alpha"] = b"k" * 32
+        factory = self.service.outbound()[0].factory
+        alpha_side = Node("alpha", self.reactor)
+        alpha_side.mesh = self.service.mesh
+        server, client, pump = connect(beta, alpha_side, factory)
+        meta = self.keystore.meta("beta")
+        self.assertEqual(meta["addr"], "10.0.0.2:9847")
+        self.assertEqual(meta["last_seen"], int(self.reactor.seconds() * 1000))
+
+    def test_parked_factory_woken(self):
+        """
+        When a peer's winning connection ends, the parked dialler for that
+        peer dials again.
+        """
+        self.service.startService()
+        factory = self.service.outbound()[0].factory
+        factory.parked = True
+        factory.connector = self.reactor.connectors[0]
+        self.service.mesh._emit(
+            __import__("relaymesh.mesh", fromlist=["PeerEvent"]).PeerEvent("disconnected", "beta")
+        )
+        self.assertFalse(factory.parked)
+        self.assertEqual(len(self.reactor.getDelayedCalls()) >= 1, True)
+
+
+class OptionsTests(SynchronousTestCase):
+    def setUp(self):
+        self.data_dir = self.mktemp()
+
+    def parse(self, *args):
+        options = tap.Options()
+        options.parseOptions(["--data-dir", self.data_dir, *args])
+        return options
+
+    def test_defaults(self):
+        options = self.parse()
+        self.assertEqual(options["listen"], "tcp:9847")
+        self.assertEqual(options["heartbeat"], 30.0)
+        self.assertEqual(options["max-peers"], 8)
+        self.assertEqual(options["peers"], [])
+        self.assertEqual(options["identity"], KeyStore(self.data_dir).identity())
+
+    def test_data_dir_from_environment(self):
+        self.patch(os, "environ", {**os.environ, "RELAYMESH_HOME": self.data_dir})
+        options = tap.Options()
+        options.parseOptions([])
+        self.assertEqual(options["data-dir"], self.data_dir)
+
+    def test_peers(self):
+        options = self.parse("--peers", "beta@10.0.0.2:9847, 10.0.0.3", "-p", "[::1]:9900", "--peers", "10.0.0.3")
+        self.assertEqual(
+            options["peers"],
+            [PeerAddress("beta", "10.0.0.2", 9847), PeerAddress(None, "10.0.0.3", 9847), PeerAddress(None, "::1", 9900)],
+        )
+
+    def test_errors(self):
+        """
+        Each invalid value is a one-line usage error naming the option.
+        """
+        for args, fragment in [
+            (["--peers", "beta@host:99999"], "--peers"),
+            (["--peers", "../x@host"], "--peers"),
+            (["--listen", "bogus:1"], "--listen"),
+            (["--heartbeat", "0"], "heartbeat"),
+            (["--heartbeat", "soon"], "heartbeat"),
+            (["--max-peers", "-1"], "max-peers"),
+            (["--identity", "no/slashes"], "--identity"),
+        ]:
+            with self.assertRaises(usage.UsageError) as ctx:
+                self.parse(*args)
+            self.assertIn(fragment, str(ctx.exception))
+            self.assertNotIn("\n", str(ctx.exception))
+
+    def test_listen_none(self):
+        self.assertIsNone(self.parse("--listen", "none")["listen"])
+
+    def test_make_service(self):
+        options = self.parse("--identity", "node-1", "--heartbeat", "5", "--max-peers", "3", "--peers", "beta@h:1")
+        service = tap.makeService(options, reactor=memory_reactor())
+        self.assertIsInstance(service, RelayService)
+        self.assertEqual(service.mesh.identity, "node-1")
+        self.assertEqual(service.mesh.heartbeat_interval, 5.0)
+        self.assertEqual(service.mesh.idle_timeout, 15.0)
+        self.assertEqual(service.mesh.max_peers, 3)
+        self.assertEqual([o.target for o in service.outbound()], [PeerAddress("beta", "h", 1)])
+
+
+class PluginTests(SynchronousTestCase):
+    def test_discovered(self):
+        """
+        twistd finds the relaymesh plugin, which points at relaymesh.tap.
+        """
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("relaymesh", makers)
+        self.assertIsInstance(makers["relaymesh"].options(), tap.Options)
+
+    def test_no_plugins_init(self):
+        """
+        The project never ships twisted/plugins/__init__.py.
+        """
+        import relaymesh
+
+        top = os.path.dirname(os.path.dirname(os.path.abspath(relaymesh.__file__)))
+        plugin_dir = os.path.join(top, "twisted", "plugins")
+        if os.path.isdir(os.path.join(top, "relaymesh")) and os.path.isdir(plugin_dir):
+            self.assertFalse(os.path.exists(os.path.join(plugin_dir, "__init__.py")))

@@ -1,0 +1,249 @@
+"""
+Tests for L{relaymesh.wire}: the message format claudectl 0.49 speaks.
+"""
+
+import json
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaymesh import wire
+from relaymesh.test.support import load_transcript
+from relaymesh.wire import (
+    MAX_LINE_BYTES,
+    MESSAGE_TYPES,
+    MessageIds,
+    MessageType,
+    RelayMessage,
+    WireError,
+    decode,
+    encode,
+)
+
+
+def obj(**overrides):
+    base = {
+        "id": "msg_1_0",
+        "msg_type": "heartbeat",
+        "from_peer": "alpha",
+        "timestamp": 1764180000000,
+        "payload": {},
+    }
+    base.update(overrides)
+    return base
+
+
+def raw(value) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class MessageTypeTests(SynchronousTestCase):
+    def test_types(self):
+        """
+        The twelve claudectl 0.49 message types, in snake_case.
+        """
+        self.assertEqual(
+            MESSAGE_TYPES,
+            {
+                "challenge",
+                "handshake",
+                "handshake_ack",
+                "heartbeat",
+                "ack",
+                "delegate_task",
+                "task_status",
+                "task_handoff",
+                "task_interrupt",
+                "knowledge_sync",
+                "knowledge_request",
+                "knowledge_snapshot",
+            },
+        )
+        self.assertEqual(MessageType.TASK_STATUS, "task_status")
+        self.assertEqual(str(MessageType.ACK), "ack")
+
+
+class DecodeTests(SynchronousTestCase):
+    def test_transcript_lines(self):
+        """
+        Every line claudectl 0.49.2 wrote in the recorded handshake decodes,
+        and encodes back to the same bytes.
+        """
+        for entry in load_transcript():
+            data = entry["line"].encode()
+            message = decode(data)
+            self.assertIn(message.msg_type, MESSAGE_TYPES)
+            self.assertEqual(encode(message), data)
+
+    def test_field_order(self):
+        """
+        Encoded messages are compact, with the fields in claudectl's order.
+        """
+        message = RelayMessage("msg_5_1", "ack", "beta", 5, {"ack_id": "x"})
+        self.assertEqual(
+            encode(message),
+            b'{"id":"msg_5_1","msg_type":"ack","from_peer":"beta","timestamp":5,'
+            b'"payload":{"ack_id":"x"}}',
+        )
+
+    def test_non_ascii_is_utf8(self):
+        """
+        Non-ASCII text is written as UTF-8, not escaped, as serde_json does.
+        """
+        message = RelayMessage("m", "task_status", "a", 1, {"status": "fertig ✓"})
+        self.assertIn("fertig ✓".encode(), encode(message))
+
+    def test_extra_fields_ignored(self):
+        """
+        Unknown extra fields are ignored, as claudectl ignores them.
+        """
+        message = decode(raw(obj(extra=1)))
+        self.assertEqual(message.msg_type, "heartbeat")
+
+    def test_payload_any_json(self):
+        """
+        The payload may be any JSON value, including null.
+        """
+        self.assertIsNone(decode(raw(obj(payload=None))).payload)
+        self.assertEqual(decode(raw(obj(payload=[1, "a"]))).payload, [1, "a"])
+
+    def assertRefused(self, data: bytes, fragment: str):
+        with self.assertRaises(WireError) as ctx:
+            decode(data)
+        self.assertIn(fragment, str(ctx.exception))
+        self.assertNotIn("\n", str(ctx.exception))
+
+    def test_bad_json(self):
+        self.assertRefused(b'{"id":', "bad JSON")
+
+    def test_not_an_object(self):
+        self.assertRefused(b"[1,2]", "must be a JSON object")
+        self.assertRefused(b'"text"', "must be a JSON object")
+
+    def test_invalid_utf8(self):
+        self.assertRefused(raw(obj(id="x")).replace(b'"x"', b'"\xff\xfe"'), "UTF-8")
+
+    def test_lone_surrogate(self):
+        """
+        A lone surrogate escape parses in Python but not in claudectl.
+        """
+        with self.assertRaises(WireError):
+            decode(raw(obj()).replace(b'"alpha"', b'"\\ud800"'))
+
+    def test_missing_fields(self):
+        for field in ("id", "msg_type", "from_peer", "timestamp", "payload"):
+            value = obj()
+            del value[field]
+            self.assertRefused(raw(value), f"missing field {field!r}")
+
+    def test_wrong_types(self):
+        self.assertRefused(raw(obj(id=5)), "field 'id' must be a string")
+        self.assertRefused(raw(obj(msg_type=None)), "field 'msg_type' must be a string")
+        self.assertRefused(raw(obj(from_peer=[])), "field 'from_peer' must be a string")
+        self.assertRefused(raw(obj(timestamp="1")), "field 'timestamp'")
+        self.assertRefused(raw(obj(timestamp=1.5)), "field 'timestamp'")
+        self.assertRefused(raw(obj(timestamp=True)), "field 'timestamp'")
+
+    def test_timestamp_range(self):
+        """
+        claudectl's timestamp is an unsigned 64-bit integer.
+        """
+        self.assertRefused(raw(obj(timestamp=-1)), "out of range")
+        self.assertRefused(raw(obj(timestamp=2**64)), "timestamp")
+        self.assertEqual(decode(raw(obj(timestamp=2**64 - 1))).timestamp, 2**64 - 1)
+
+    def test_unknown_type(self):
+        self.assertRefused(raw(obj(msg_type="route_update")), "unknown msg_type")
+
+    def test_deep_nesting(self):
+        """
+        Nesting deeper than serde_json's 128 levels is refused before parsing.
+        """
+        payload = "[" * 200 + "]" * 200
+        data = raw(obj()).replace(b'"payload":{}', b'"payload":' + payload.encode())
+        self.assertRefused(data, "nested deeper")
+
+    def test_brackets_in_strings_do_not_count(self):
+        """
+        Brackets inside strings are not nesting.
+        """
+        message = decode(raw(obj(payload={"text": "[" * 500 + '\\"{' * 10})))
+        self.assertEqual(message.payload["text"][:3], "[[[")
+
+    def test_moderate_nesting(self):
+        value = {}
+        for _ in range(100):
+            value = {"a": value}
+        self.assertEqual(decode(raw(obj(payload=value))).msg_type, "heartbeat")
+
+    def test_huge_numbers(self):
+        """
+        Numbers outside a double's range and integers of thousands of digits
+        are refused, not turned into infinity or left to raise.
+        """
+        self.assertRefused(raw(obj()).replace(b'"payload":{}', b'"payload":1e400'), "")
+        self.assertRefused(
+            raw(obj()).replace(b'"payload":{}', b'"payload":' + b"9" * 5000), ""
+        )
+
+    def test_nan_refused(self):
+        self.assertRefused(raw(obj()).replace(b'"payload":{}', b'"payload":NaN'), "")
+
+    def test_line_limit(self):
+        """
+        A line over 1 MiB is refused; encoding refuses to produce one.
+        """
+        self.assertEqual(MAX_LINE_BYTES, 1048576)
+        self.assertRefused(b" " * (MAX_LINE_BYTES + 1), "exceeds")
+        big = RelayMessage("m", "task_status", "a", 1, {"x": "y" * MAX_LINE_BYTES})
+        with self.assertRaises(WireError):
+            encode(big)
+
+    def test_unserializable_payload(self):
+        with self.assertRaises(WireError):
+            encode(RelayMessage("m", "task_status", "a", 1, {"x": object()}))
+
+
+class StdlibCodecTests(SynchronousTestCase):
+    """
+    The standard library codec, used when orjson is not installed, refuses
+    and writes the same things.
+    """
+
+    def test_same_bytes(self):
+        value = obj(payload={"text": "héllo ✓", "n": [1, 2.5, None, True]})
+        self.assertEqual(wire._stdlib_dumps(value), wire.dumps(value))
+
+    def test_refusals(self):
+        for data in (
+            b"\xff",
+            b'{"a":NaN}',
+            b'{"a":1e400}',
+            b'{"a":"\\ud800"}',
+            b'{"a":',
+        ):
+            with self.assertRaises((ValueError, UnicodeError)):
+                wire._stdlib_loads(data)
+
+    def test_accepts_pairs(self):
+        self.assertEqual(wire._stdlib_loads(b'"\\ud83d\\ude00"'), "\U0001f600")
+
+
+class MessageIdsTests(SynchronousTestCase):
+    def test_format(self):
+        """
+        Ids keep claudectl's msg_<epoch ms>_<counter> shape, with a node tag.
+        """
+        ids = MessageIds(randbytes=lambda n: bytes(range(n)))
+        self.assertEqual(ids.next(1764180000000), "msg_1764180000000_0_0001020304050607")
+        self.assertEqual(ids.next(1764180000000), "msg_1764180000000_1_0001020304050607")
+
+    def test_nodes_do_not_collide(self):
+        """
+        Two nodes started at the same instant do not produce the same ids,
+        unlike claudectl's time-and-counter ids.
+        """
+        a, b = MessageIds(), MessageIds()
+        first = {a.next(1000) for _ in range(100)}
+        second = {b.next(1000) for _ in range(100)}
+        self.assertEqual(len(first), 100)
+        self.assertFalse(first & second)
