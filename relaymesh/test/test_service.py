@@ -9,7 +9,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from relaymesh import tap
 from relaymesh.address import PeerAddress
@@ -185,13 +185,16 @@ class PluginTests(SynchronousTestCase):
         self.assertIn("relaymesh", makers)
         self.assertIsInstance(makers["relaymesh"].options(), tap.Options)
 
-    def test_no_plugins_init(self):
+    def test_distribution_files(self):
         """
-        The project never ships twisted/plugins/__init__.py.
+        The installed distribution carries the plugin module and never a
+        twisted/plugins/__init__.py, which would replace Twisted's own.
         """
-        import relaymesh
+        from importlib import metadata
 
-        top = os.path.dirname(os.path.dirname(os.path.abspath(relaymesh.__file__)))
-        plugin_dir = os.path.join(top, "twisted", "plugins")
-        if os.path.isdir(os.path.join(top, "relaymesh")) and os.path.isdir(plugin_dir):
-            self.assertFalse(os.path.exists(os.path.join(plugin_dir, "__init__.py")))
+        try:
+            files = {str(f) for f in metadata.files("relaymesh") or ()}
+        except metadata.PackageNotFoundError:
+            raise SkipTest("relaymesh is not installed") from None
+        self.assertIn("twisted/plugins/relaymesh_plugin.py", files)
+        self.assertNotIn("twisted/plugins/__init__.py", files)
