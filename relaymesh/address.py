@@ -1,5 +1,8 @@
 """
-Peer addresses as users write them: C{host:port} or C{peer_id@host:port}.
+Peer addresses as users write them: C{[tls:|legacy:][peer_id@]host[:port]}.
+
+C{tls:} dials the peer over TLS; C{legacy:} marks a peer that speaks only
+claudectl's one-way handshake (it cannot prove the key back).
 """
 
 from __future__ import annotations
@@ -27,11 +30,16 @@ class PeerAddress:
         from the handshake.
     @ivar host: A host name or an IP address (IPv6 without brackets).
     @ivar port: The TCP port.
+    @ivar tls: Whether to dial over TLS.
+    @ivar legacy: Whether the peer is a claudectl-style peer, accepted with
+        one-way authentication.
     """
 
     peer_id: str | None
     host: str
     port: int
+    tls: bool = False
+    legacy: bool = False
 
     @property
     def hostport(self) -> str:
@@ -42,9 +50,10 @@ class PeerAddress:
         return f"{host}:{self.port}"
 
     def __str__(self) -> str:
+        prefix = "tls:" if self.tls else "legacy:" if self.legacy else ""
         if self.peer_id is None:
-            return self.hostport
-        return f"{self.peer_id}@{self.hostport}"
+            return prefix + self.hostport
+        return f"{prefix}{self.peer_id}@{self.hostport}"
 
 
 def parse_port(text: str) -> int:
@@ -60,14 +69,26 @@ def parse_port(text: str) -> int:
 
 def parse_peer_address(text: str) -> PeerAddress:
     """
-    Parse C{[peer_id@]host[:port]}; an IPv6 host is written in brackets.
+    Parse C{[tls:|legacy:][peer_id@]host[:port]}; an IPv6 host is written
+    in brackets.
 
     @raise InvalidAddress: with a one-line reason.
     """
     original = text
     text = text.strip()
+    flags = {"tls": False, "legacy": False}
+    while True:
+        scheme, sep, rest = text.partition(":")
+        if not sep or scheme not in flags or rest.isdigit():
+            break  # "tls:9847" is the host "tls" and a port
+        if flags[scheme]:
+            raise InvalidAddress(f"{original!r}: {scheme}: given twice")
+        flags[scheme] = True
+        text = rest
+    if flags["tls"] and flags["legacy"]:
+        raise InvalidAddress(f"{original!r}: a legacy (claudectl) peer cannot use TLS")
     if not text:
-        raise InvalidAddress("empty peer address")
+        raise InvalidAddress(f"empty peer address {original!r}")
     peer_id = None
     if "@" in text:
         peer_id, _, text = text.rpartition("@")
@@ -92,4 +113,4 @@ def parse_peer_address(text: str) -> PeerAddress:
             port = parse_port(port_text)
     if not host or any(c.isspace() or c in "/@" for c in host):
         raise InvalidAddress(f"{original!r}: invalid host {host!r}")
-    return PeerAddress(peer_id, host, port)
+    return PeerAddress(peer_id, host, port, **flags)
