@@ -24,6 +24,10 @@ from relaymesh.protocol import INBOUND, OUTBOUND, RelayProtocol
 #: Handshakes in progress at once; more connections are refused.
 MAX_HANDSHAKES = 16  # claudectl 0.49: 16
 
+#: Handshakes in progress from one address at once, so that one address
+#: cannot take every handshake slot (claudectl has no such limit).
+MAX_HANDSHAKES_PER_ADDRESS = 4
+
 #: Failed handshakes from one address within L{LOCKOUT_WINDOW} seconds after
 #: which that address is refused until the first of them is that old.
 LOCKOUT_FAILURES = 5  # claudectl 0.49: 5
@@ -117,7 +121,8 @@ class RelayServerFactory(Factory):
 
     A connection is refused (closed before the challenge, without a byte)
     when its address is locked out, when L{max_handshakes} handshakes are in
-    progress, or when the mesh has its maximum number of peers.
+    progress (or L{MAX_HANDSHAKES_PER_ADDRESS} from its address), or when
+    the mesh has its maximum number of peers.
     """
 
     log = Logger()
@@ -136,6 +141,7 @@ class RelayServerFactory(Factory):
         self.failures = FailureTracker(mesh.clock)
         self._randbytes = randbytes
         self._handshaking: dict[RelayProtocol, str] = {}
+        self._handshaking_per_host: collections.Counter[str] = collections.Counter()
 
     def handshakes_in_progress(self) -> int:
         """
@@ -151,6 +157,8 @@ class RelayServerFactory(Factory):
             return f"too many failed handshakes from {host}"
         if len(self._handshaking) >= self.max_handshakes:
             return f"{self.max_handshakes} handshakes already in progress"
+        if self._handshaking_per_host[host] >= MAX_HANDSHAKES_PER_ADDRESS:
+            return f"{MAX_HANDSHAKES_PER_ADDRESS} handshakes already in progress from {host}"
         if self.mesh.connected_count() >= self.mesh.max_peers:
             return f"peer limit of {self.mesh.max_peers} reached"
         return None
@@ -164,20 +172,29 @@ class RelayServerFactory(Factory):
         protocol = RelayProtocol(self.mesh, AcceptorHandshake(self.keys, self._randbytes))
         protocol.factory = self
         self._handshaking[protocol] = host
+        self._handshaking_per_host[host] += 1
         return protocol
+
+    def _finished(self, protocol: RelayProtocol) -> str | None:
+        host = self._handshaking.pop(protocol, None)
+        if host is not None:
+            self._handshaking_per_host[host] -= 1
+            if not self._handshaking_per_host[host]:
+                del self._handshaking_per_host[host]
+        return host
 
     def handshakeSucceeded(self, protocol: RelayProtocol) -> None:
         """
         The peer proved its key.
         """
-        self._handshaking.pop(protocol, None)
+        self._finished(protocol)
 
     def handshakeFailed(self, protocol: RelayProtocol, reason: str) -> None:
         """
         The connection closed before the handshake succeeded; count it
         against the address.
         """
-        host = self._handshaking.pop(protocol, None)
+        host = self._finished(protocol)
         if host is None:
             return
         self.failures.record(host)

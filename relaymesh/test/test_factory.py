@@ -12,6 +12,7 @@ from relaymesh.factory import (
     LOCKOUT_FAILURES,
     LOCKOUT_WINDOW,
     MAX_HANDSHAKES,
+    MAX_HANDSHAKES_PER_ADDRESS,
     FailureTracker,
     RelayClientFactory,
 )
@@ -105,10 +106,24 @@ class ServerLimitTests(SynchronousTestCase):
         (closed before any byte) until one finishes.
         """
         self.assertEqual(MAX_HANDSHAKES, 16)
-        started = [server_protocol(self.node.server, port=40000 + i) for i in range(MAX_HANDSHAKES)]
+        started = [
+            server_protocol(self.node.server, host=f"10.0.1.{i}", port=40000 + i)
+            for i in range(MAX_HANDSHAKES)
+        ]
         self.assertIsNone(self.build())
         started[0][1].loseConnection()
         self.assertIsNotNone(self.build())
+
+    def test_handshake_limit_per_address(self):
+        """
+        One address gets at most 4 of the handshake slots, so a flood from it
+        leaves room for everyone else.
+        """
+        for i in range(MAX_HANDSHAKES_PER_ADDRESS):
+            server_protocol(self.node.server, host="10.0.0.66", port=41000 + i)
+        self.assertIsNone(self.build("10.0.0.66"))
+        self.assertIn("from 10.0.0.66", self.node.server.refusal("10.0.0.66"))
+        self.assertIsNotNone(self.build("10.0.0.67"))
 
     def test_peer_limit(self):
         """
@@ -125,7 +140,7 @@ class ServerLimitTests(SynchronousTestCase):
         Handshakes started below the limit that would pass it are denied,
         but a reconnection of a connected peer is admitted.
         """
-        pending = [server_protocol(self.node.server, port=41000 + i) for i in range(5)]
+        pending = [server_protocol(self.node.server, host=f"10.0.2.{i}") for i in range(5)]
         for i, (protocol, transport) in enumerate(pending[:3]):
             self.authenticate(protocol, transport, f"p{i}")
         [ack] = self.authenticate(*pending[3], "p9")
