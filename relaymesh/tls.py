@@ -1,0 +1,226 @@
+"""
+TLS for relay connections: a node certificate, contexts that present it, and
+the fingerprints that bind the PSK handshake to the TLS session.
+
+Trust does not come from a certificate authority. Both sides present a
+certificate (self-signed by default, made by C{relaymesh tls-init}); neither
+rejects the other's certificate during the TLS handshake. Instead:
+
+  - the PSK handshake that runs inside TLS proves the key over both
+    certificates' fingerprints, so a man in the middle, who must show each
+    side its own certificate, cannot relay a proof (see
+    L{relaymesh.handshake});
+  - after the first successful PSK handshake, the peer's fingerprint is
+    pinned in its meta file; a different certificate later is refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+import socket
+from typing import Iterable
+
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl as twisted_ssl
+from twisted.internet.interfaces import ISSLTransport
+
+from relaymesh.keystore import write_atomically
+
+TLS_DIR = "tls"
+CERT_FILE = "cert.pem"
+KEY_FILE = "key.pem"
+
+#: Years a certificate made by L{create_certificate} is valid.
+CERT_YEARS = 10
+
+
+class TLSError(Exception):
+    """
+    A certificate or key that cannot be used; the message is one line.
+    """
+
+
+def cert_paths(data_dir: str) -> tuple[str, str]:
+    """
+    Where a node's certificate and private key live in its data directory.
+    """
+    base = os.path.join(data_dir, TLS_DIR)
+    return os.path.join(base, CERT_FILE), os.path.join(base, KEY_FILE)
+
+
+def _local_names() -> tuple[list[str], list[str]]:
+    names = {"localhost"}
+    addresses = {"127.0.0.1", "::1"}
+    host = socket.gethostname()
+    if host:
+        names.add(host)
+        names.add(host.split(".", 1)[0])
+        try:
+            for info in socket.getaddrinfo(host, None):
+                addresses.add(info[4][0].split("%", 1)[0])
+        except OSError:
+            pass
+    return sorted(names), sorted(addresses)
+
+
+def create_certificate(
+    data_dir: str,
+    common_name: str,
+    dns_names: Iterable[str] = (),
+    ip_addresses: Iterable[str] = (),
+    force: bool = False,
+) -> tuple[str, str]:
+    """
+    Make a self-signed certificate and an EC P-256 key for this node.
+
+    The certificate names the node (C{common_name}, usually its peer id) and
+    carries subjectAltNames for this host's names and addresses plus any
+    given, as service_identity requires.
+
+    @return: the certificate's and the key's paths.
+    @raise TLSError: if they exist and C{force} is false.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cert_path, key_path = cert_paths(data_dir)
+    if not force and (os.path.exists(cert_path) or os.path.exists(key_path)):
+        raise TLSError(f"{cert_path} already exists; use --force to replace it")
+    names, addresses = _local_names()
+    names = sorted(set(names) | set(dns_names))
+    addresses = sorted(set(addresses) | set(ip_addresses))
+    try:
+        ips = [ipaddress.ip_address(a) for a in addresses]
+    except ValueError as e:
+        raise TLSError(f"invalid IP address: {e}") from None
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365 * CERT_YEARS))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(n) for n in names] + [x509.IPAddress(ip) for ip in ips]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    os.makedirs(os.path.dirname(cert_path), mode=0o700, exist_ok=True)
+    write_atomically(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    write_atomically(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def fingerprint(certificate: crypto.X509 | twisted_ssl.Certificate) -> str:
+    """
+    A certificate's SHA-256 fingerprint: C{sha256:} and 64 lowercase hex
+    characters.
+    """
+    if isinstance(certificate, twisted_ssl.Certificate):
+        certificate = certificate.original
+    der = crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+class NodeCertificate:
+    """
+    A node's certificate and key, loaded, with the TLS contexts that use them.
+
+    @ivar fingerprint: The certificate's L{fingerprint}.
+    """
+
+    def __init__(self, cert_path: str, key_path: str) -> None:
+        try:
+            with open(cert_path, "rb") as f:
+                cert_pem = f.read()
+            with open(key_path, "rb") as f:
+                key_pem = f.read()
+        except OSError as e:
+            raise TLSError(
+                f"cannot read the node certificate ({e.strerror}: {e.filename}); "
+                f"run: relaymesh tls-init"
+            ) from None
+        try:
+            self.certificate = crypto.load_certificate(crypto.FILETYPE_PEM, cert_pem)
+            self.key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+        except crypto.Error:
+            raise TLSError(f"{cert_path} or {key_path} is not a PEM certificate and key") from None
+        self.fingerprint = fingerprint(self.certificate)
+
+    @classmethod
+    def from_data_dir(cls, data_dir: str) -> NodeCertificate:
+        """
+        Load the certificate that C{relaymesh tls-init} made.
+        """
+        return cls(*cert_paths(data_dir))
+
+    def _options(self) -> twisted_ssl.CertificateOptions:
+        return _AnyPeerCertificateOptions(
+            privateKey=self.key,
+            certificate=self.certificate,
+            raiseMinimumTo=twisted_ssl.TLSVersion.TLSv1_2,
+        )
+
+    def server_options(self) -> twisted_ssl.CertificateOptions:
+        """
+        Options for a listener: present our certificate, ask the connector
+        for its own (any is accepted here; the PSK handshake and pinning
+        decide).
+        """
+        return self._options()
+
+    def client_options(self) -> twisted_ssl.CertificateOptions:
+        """
+        Options for dialling a peer: present our certificate, accept any
+        server certificate (the PSK handshake and pinning decide).
+        """
+        return self._options()
+
+
+class _AnyPeerCertificateOptions(twisted_ssl.CertificateOptions):
+    """
+    Certificate options that request the peer's certificate and accept any.
+    """
+
+    def getContext(self) -> SSL.Context:
+        context = super().getContext()
+        context.set_verify(SSL.VERIFY_PEER, lambda connection, cert, errno, depth, ok: True)
+        return context
+
+
+def channel_binding(transport: object) -> tuple[str, str] | None:
+    """
+    The fingerprints of this side's and the peer's certificates on a TLS
+    transport, or L{None} if the transport is not TLS.
+
+    A side that presented no certificate is an empty string.
+    """
+    if not ISSLTransport.providedBy(transport):
+        return None
+    handle = transport.getHandle()
+    local = handle.get_certificate() if hasattr(handle, "get_certificate") else None
+    peer = transport.getPeerCertificate()
+    return (
+        fingerprint(local) if local is not None else "",
+        fingerprint(peer) if peer is not None else "",
+    )
