@@ -98,7 +98,7 @@ class ExchangeTests(SynchronousTestCase):
         with self.assertRaises(PakeError):
             acceptor.confirm("A" * 43)
         with self.assertRaises(PakeError):
-            PakeAcceptor("7-ace-act").confirm(tag)
+            PakeAcceptor("7-ace-act").confirm("A" * 43)
 
     def test_malformed(self):
         acceptor = PakeAcceptor("7-ace-act")
