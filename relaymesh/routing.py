@@ -1,0 +1,601 @@
+"""
+Multi-hop routing between nodes that announced it: pure logic, no I/O.
+
+Three parts, each usable and testable alone:
+
+  - L{RoutingTable}: a distance-vector table. Each node tells each
+    routing-capable neighbour how many hops away every destination is
+    (L{RoutingTable.advertisement_for}); from what its neighbours tell it
+    (L{RoutingTable.receive_advertisement}) it keeps the shortest route to
+    each destination. Routes learned through a neighbour are advertised back
+    to it as unreachable (split horizon with poisoned reverse); a route longer
+    than the hop limit is no route, which bounds counting to infinity; routes
+    through a neighbour that drops are withdrawn at once, and the withdrawal
+    travels on as an L{INFINITY} metric.
+  - L{SeenMessages} and L{decide}: the per-node rules for a routed message:
+    deliver it once, forward it along the route (unicast) or to every other
+    neighbour (broadcast flood), never back where it came from, never beyond
+    the hop limit.
+  - The routed envelope (L{RouteHeader}, L{encode_routed},
+    L{decode_routed}): a relay message with one extra top-level field,
+    which claudectl ignores::
+
+        {"id": ..., "msg_type": ..., "from_peer": ..., "timestamp": ...,
+         "payload": ..., "route": {"origin": "alpha", "to": "delta",
+                                   "hops": 2, "origin_id": "msg_..."}}
+
+    C{from_peer} is always the neighbour that sent this copy (the protocol
+    checks it); C{origin} and C{origin_id} name the message end to end, and
+    C{"to": null} makes it a broadcast.
+
+Hops count links: a neighbour is 1 hop away, and a routed message's C{hops}
+is the number of links it has crossed when it arrives.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+from relaymesh.peerid import is_valid_peer_id, validate_peer_id
+from relaymesh.wire import (
+    HANDSHAKE_TYPES,
+    MAX_LINE_BYTES,
+    RelayMessage,
+    WireError,
+    dumps,
+    loads,
+    message_from_object,
+)
+
+#: The capability a node announces when it routes and understands the
+#: C{route} field and advertisements.
+ROUTING_CAPABILITY = "route/1"
+
+#: The default hop limit: no route, and no routed message, goes further.
+MAX_HOPS = 8
+
+#: The metric that means "unreachable" in an advertisement. It is fixed by
+#: the protocol, not by a node's hop limit, so nodes with different limits
+#: agree on what a withdrawal is; a node's hop limit must stay below it.
+INFINITY = 16  # as in RIP
+
+#: The most hops a routed message may carry on the wire.
+MAX_WIRE_HOPS = INFINITY - 1
+
+#: The most destinations one advertisement may name.
+MAX_ROUTES = 1024
+
+#: The version of the advertisement format.
+ADVERTISEMENT_VERSION = 1
+
+#: The top-level field of a relay message that carries its L{RouteHeader}.
+ROUTE_FIELD = "route"
+
+#: The longest origin message id a route header may carry.
+MAX_ORIGIN_ID_LENGTH = 512
+
+#: Routed messages remembered per node for deduplication.
+SEEN_CAPACITY = 65536
+
+#: What L{SeenMessages.check} says about a message.
+NEW = "new"
+SHORTER = "shorter"
+DUPLICATE = "duplicate"
+
+
+class RoutingError(ValueError):
+    """
+    An advertisement or a routing request that is not valid; one line says why.
+    """
+
+
+class EnvelopeError(RoutingError, WireError):
+    """
+    A routed message whose C{route} field is not valid; one line says why.
+
+    It is a L{WireError}, so the protocol treats it as any unparseable line.
+    """
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Route:
+    """
+    The way to one destination.
+
+    @ivar destination: The node the route leads to.
+    @ivar via: The neighbour to send through; the destination itself when it
+        is a neighbour.
+    @ivar hops: The number of links to the destination, 1 for a neighbour.
+    """
+
+    destination: str
+    via: str
+    hops: int
+
+    @property
+    def direct(self) -> bool:
+        """
+        Whether the destination is a neighbour.
+        """
+        return self.via == self.destination
+
+    def to_dict(self) -> dict[str, Any]:
+        """
+        The route as a JSON object, for status displays.
+        """
+        return {"destination": self.destination, "via": self.via, "hops": self.hops}
+
+
+class RoutingTable:
+    """
+    One node's distance-vector routing table.
+
+    Call L{neighbour_up} and L{neighbour_down} as routing-capable peers
+    connect and disconnect, L{receive_advertisement} with what each sends,
+    and send each neighbour L{advertisement_for} it periodically (with the
+    heartbeat) and whenever a call returned L{True} (the table changed).
+
+    @ivar identity: This node's peer id.
+    @ivar max_hops: The hop limit.
+    """
+
+    def __init__(self, identity: str, max_hops: int = MAX_HOPS) -> None:
+        """
+        @raise relaymesh.peerid.InvalidPeerId: for an invalid identity.
+        @raise ValueError: for a hop limit outside 1 to C{INFINITY - 1}.
+        """
+        self.identity = validate_peer_id(identity)
+        if type(max_hops) is not int or not 1 <= max_hops < INFINITY:
+            raise ValueError(f"hop limit must be an integer from 1 to {INFINITY - 1}")
+        self.max_hops = max_hops
+        # What each neighbour last said: destination -> its hops from there.
+        self._vectors: dict[str, dict[str, int]] = {}
+        self._routes: dict[str, Route] = {}
+        # Per neighbour, destinations withdrawn but not yet advertised to it.
+        self._untold: dict[str, set[str]] = {}
+
+    # -- neighbours ----------------------------------------------------------
+
+    def neighbour_up(self, neighbour: str) -> bool:
+        """
+        A routing-capable peer connected.
+
+        @return: whether the routes changed.
+        @raise RoutingError: for an invalid id or this node's own.
+        """
+        self._check_neighbour_id(neighbour)
+        if neighbour in self._vectors:
+            return False
+        self._vectors[neighbour] = {}
+        self._untold[neighbour] = set()
+        return self._recompute()
+
+    def neighbour_down(self, neighbour: str) -> bool:
+        """
+        A neighbour disconnected: withdraw every route through it.
+
+        @return: whether the routes changed.
+        """
+        if neighbour not in self._vectors:
+            return False
+        del self._vectors[neighbour]
+        del self._untold[neighbour]
+        return self._recompute()
+
+    def neighbours(self) -> list[str]:
+        """
+        The routing-capable neighbours, sorted.
+        """
+        return sorted(self._vectors)
+
+    def _check_neighbour_id(self, neighbour: Any) -> None:
+        if not is_valid_peer_id(neighbour):
+            raise RoutingError("neighbour is not a valid peer id")
+        if neighbour == self.identity:
+            raise RoutingError("a node is not its own neighbour")
+
+    # -- advertisements ------------------------------------------------------
+
+    def advertisement_for(self, neighbour: str) -> dict[str, Any]:
+        """
+        What to tell C{neighbour} about the routes of this node.
+
+        Every destination this node reaches, with its hop count, except the
+        neighbour itself; routes through C{neighbour} as L{INFINITY}
+        (poisoned reverse); and routes withdrawn since the last advertisement
+        to it as L{INFINITY}. Calling this counts those withdrawals as told.
+
+        @return: C{{"v": 1, "routes": {destination: hops}}}, JSON-ready.
+        @raise RoutingError: if C{neighbour} is not a neighbour.
+        """
+        untold = self._untold.get(neighbour)
+        if untold is None:
+            raise RoutingError(f"{neighbour!r} is not a routing neighbour")
+        routes: dict[str, int] = {}
+        for destination, route in self._routes.items():
+            if destination != neighbour:
+                routes[destination] = INFINITY if route.via == neighbour else route.hops
+        for destination in untold:
+            if destination != neighbour:
+                routes.setdefault(destination, INFINITY)
+        untold.clear()
+        return {"v": ADVERTISEMENT_VERSION, "routes": dict(sorted(routes.items()))}
+
+    def receive_advertisement(self, neighbour: str, advertisement: Any) -> bool:
+        """
+        Take in what C{neighbour} says about its routes.
+
+        An advertisement replaces the neighbour's previous one: a destination
+        it no longer names is no longer reachable through it. One from a
+        peer that is not a neighbour (it never came up) is ignored.
+
+        @return: whether the routes changed.
+        @raise RoutingError: if the advertisement is malformed.
+        """
+        vector = parse_advertisement(advertisement)
+        if neighbour not in self._vectors:
+            return False
+        vector.pop(self.identity, None)
+        vector.pop(neighbour, None)
+        if vector == self._vectors[neighbour]:
+            return False
+        self._vectors[neighbour] = vector
+        return self._recompute()
+
+    def _recompute(self) -> bool:
+        """
+        Choose the best route to every destination from the neighbours'
+        vectors; note the withdrawals.
+
+        @return: whether any route changed.
+        """
+        old = self._routes
+        best: dict[str, tuple[int, int, str]] = {}
+        limit = self.max_hops
+        for neighbour, vector in self._vectors.items():
+            best[neighbour] = (1, 0, neighbour)
+            for destination, their_hops in vector.items():
+                hops = their_hops + 1
+                if hops > limit or destination in self._vectors:
+                    continue
+                current = old.get(destination)
+                # Shortest first; among equals keep the current route (no
+                # flapping), then the lowest neighbour id (deterministic).
+                key = (
+                    hops,
+                    0 if current is not None and current.via == neighbour else 1,
+                    neighbour,
+                )
+                if destination not in best or key < best[destination]:
+                    best[destination] = key
+        new = {d: Route(d, via, hops) for d, (hops, _, via) in best.items()}
+        if new == old:
+            return False
+        self._routes = new
+        withdrawn = old.keys() - new.keys()
+        for untold in self._untold.values():
+            untold.difference_update(new)
+            untold.update(withdrawn)
+        return True
+
+    # -- queries -------------------------------------------------------------
+
+    def next_hop(self, destination: str) -> str | None:
+        """
+        The neighbour to send a message for C{destination} to, or L{None}
+        when no route is known.
+        """
+        route = self._routes.get(destination)
+        return None if route is None else route.via
+
+    def route(self, destination: str) -> Route | None:
+        """
+        The route to C{destination}, or L{None}.
+        """
+        return self._routes.get(destination)
+
+    def routes(self) -> list[Route]:
+        """
+        Every route, sorted by destination.
+        """
+        return [self._routes[d] for d in sorted(self._routes)]
+
+    # -- forwarding ----------------------------------------------------------
+
+    def forward_targets(
+        self, origin: str, from_neighbour: str | None, destination: str | None, hops: int
+    ) -> list[str]:
+        """
+        The neighbours a routed message goes on to from this node.
+
+        @param origin: The node that first sent it.
+        @param from_neighbour: The neighbour it came from; L{None} when this
+            node is the origin.
+        @param destination: Its destination, or L{None} for a broadcast.
+        @param hops: The links it has crossed to get here (0 at the origin).
+        @return: no neighbour if it may not cross another link, or if it is
+            for this node; every neighbour but C{from_neighbour} and the
+            origin for a broadcast; else the next hop towards the
+            destination, unless that leads back to C{from_neighbour} or the
+            origin or is too long for the hops left. Sorted.
+        """
+        if hops >= self.max_hops:
+            return []
+        if destination is None:
+            return sorted(n for n in self._vectors if n != from_neighbour and n != origin)
+        if destination == self.identity:
+            return []
+        route = self._routes.get(destination)
+        if (
+            route is None
+            or route.via in (from_neighbour, origin)
+            or hops + route.hops > self.max_hops
+        ):
+            return []
+        return [route.via]
+
+
+def parse_advertisement(advertisement: Any) -> dict[str, int]:
+    """
+    Validate an advertisement and return its reachable destinations.
+
+    @return: destination -> hops, without the L{INFINITY} entries.
+    @raise RoutingError: naming what is wrong.
+    """
+    if type(advertisement) is not dict:
+        raise RoutingError(
+            f"advertisement must be a JSON object, not {type(advertisement).__name__}"
+        )
+    for key in advertisement:
+        if key not in ("v", "routes"):
+            raise RoutingError(f"advertisement has an unknown field {str(key)[:40]!r}")
+    version = advertisement.get("v")
+    if type(version) is not int or version != ADVERTISEMENT_VERSION:
+        raise RoutingError(f"advertisement version must be {ADVERTISEMENT_VERSION}")
+    routes = advertisement.get("routes")
+    if type(routes) is not dict:
+        raise RoutingError("advertisement field 'routes' must be a JSON object")
+    if len(routes) > MAX_ROUTES:
+        raise RoutingError(
+            f"advertisement names {len(routes)} destinations, at most {MAX_ROUTES} allowed"
+        )
+    vector = {}
+    for destination, hops in routes.items():
+        if not is_valid_peer_id(destination):
+            raise RoutingError(
+                f"advertised destination {str(destination)[:40]!r} is not a valid peer id"
+            )
+        if type(hops) is not int or not 1 <= hops <= INFINITY:
+            raise RoutingError(
+                f"advertised hops for {destination} must be an integer from 1 to {INFINITY}"
+            )
+        if hops < INFINITY:
+            vector[destination] = hops
+    return vector
+
+
+# -- deduplication and the forwarding decision --------------------------------
+
+
+class SeenMessages:
+    """
+    The routed messages a node has seen, by C{(origin, origin_id)}: O(1)
+    per check, at most C{capacity} remembered (the oldest go first).
+
+    With each it keeps the fewest hops it arrived with, so that a copy that
+    arrives later by a shorter path (links have different delays) is still
+    forwarded, and reaches what the first copy's hop budget could not, but
+    is not delivered again.
+    """
+
+    __slots__ = ("_hops", "capacity")
+
+    def __init__(self, capacity: int = SEEN_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._hops: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
+
+    def check(self, origin: str, origin_id: str, hops: int) -> str:
+        """
+        Record a message that arrived after C{hops} links.
+
+        @return: L{NEW} the first time; L{SHORTER} for a copy that came by
+            fewer hops than any before; L{DUPLICATE} otherwise.
+        """
+        key = (origin, origin_id)
+        known = self._hops.get(key)
+        if known is None:
+            self._hops[key] = hops
+            if len(self._hops) > self.capacity:
+                self._hops.popitem(last=False)
+            return NEW
+        if hops < known:
+            self._hops[key] = hops
+            return SHORTER
+        return DUPLICATE
+
+    def seen(self, origin: str, origin_id: str) -> bool:
+        """
+        Record a message; return whether it was seen before.
+        """
+        return self.check(origin, origin_id, MAX_WIRE_HOPS) != NEW
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._hops
+
+    def __len__(self) -> int:
+        return len(self._hops)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """
+    What a node does with a routed message.
+
+    @ivar deliver: Whether to hand it to this node's application.
+    @ivar targets: The neighbours to send it on to, sorted.
+    @ivar header: The L{RouteHeader} to send it with (hops counted), or
+        L{None} when there is nowhere to send it.
+    """
+
+    deliver: bool
+    targets: list[str]
+    header: RouteHeader | None
+
+
+def originate(table: RoutingTable, seen: SeenMessages, to: str | None, origin_id: str) -> Decision:
+    """
+    Where a message this node starts goes first.
+
+    The message is recorded as seen, so a copy that comes back is dropped.
+
+    @param to: The destination, or L{None} to broadcast.
+    @param origin_id: The message's id.
+    """
+    header = RouteHeader(table.identity, to, 0, origin_id)
+    seen.check(table.identity, origin_id, 0)
+    targets = table.forward_targets(table.identity, None, to, 0)
+    return Decision(False, targets, header.forwarded() if targets else None)
+
+
+def decide(
+    table: RoutingTable, seen: SeenMessages, header: RouteHeader, from_neighbour: str
+) -> Decision:
+    """
+    What to do with a routed message that came from C{from_neighbour}.
+
+    Deliver it here the first time if it is a broadcast or for this node;
+    forward it the first time, or again when it came by a shorter path,
+    as L{RoutingTable.forward_targets} says.
+    """
+    verdict = seen.check(header.origin, header.origin_id, header.hops)
+    if verdict == DUPLICATE or header.origin == table.identity:
+        return Decision(False, [], None)
+    for_here = header.to is None or header.to == table.identity
+    deliver = verdict == NEW and for_here
+    if header.to == table.identity:
+        return Decision(deliver, [], None)
+    targets = table.forward_targets(header.origin, from_neighbour, header.to, header.hops)
+    return Decision(deliver, targets, header.forwarded() if targets else None)
+
+
+# -- the routed envelope ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteHeader:
+    """
+    The C{route} field of a routed message.
+
+    @ivar origin: The node that first sent the message.
+    @ivar to: Its destination, or L{None} for a broadcast.
+    @ivar hops: The links it has crossed (at least 1 on the wire).
+    @ivar origin_id: Its id at the origin: with C{origin}, the key every
+        node deduplicates by, and what an acknowledgement names.
+    """
+
+    origin: str
+    to: str | None
+    hops: int
+    origin_id: str
+
+    def forwarded(self) -> RouteHeader:
+        """
+        The header for the next link: one more hop.
+        """
+        return dataclasses.replace(self, hops=self.hops + 1)
+
+    def to_object(self) -> dict[str, Any]:
+        """
+        The header as a JSON object.
+        """
+        return {
+            "origin": self.origin,
+            "to": self.to,
+            "hops": self.hops,
+            "origin_id": self.origin_id,
+        }
+
+
+_HEADER_FIELDS = ("origin", "to", "hops", "origin_id")
+_MISSING = object()
+
+
+def header_from_object(obj: Any) -> RouteHeader:
+    """
+    Validate a parsed C{route} field.
+
+    @raise EnvelopeError: naming the first field that is missing or wrong.
+    """
+    if type(obj) is not dict:
+        raise EnvelopeError(f"route must be a JSON object, not {type(obj).__name__}")
+    for key in obj:
+        if key not in _HEADER_FIELDS:
+            raise EnvelopeError(f"route has an unknown field {str(key)[:40]!r}")
+    values = [obj.get(name, _MISSING) for name in _HEADER_FIELDS]
+    for name, value in zip(_HEADER_FIELDS, values):
+        if value is _MISSING:
+            raise EnvelopeError(f"route is missing the field {name!r}")
+    origin, to, hops, origin_id = values
+    if not is_valid_peer_id(origin):
+        raise EnvelopeError("route field 'origin' must be a valid peer id")
+    if to is not None and not is_valid_peer_id(to):
+        raise EnvelopeError("route field 'to' must be a valid peer id or null")
+    if to == origin:
+        raise EnvelopeError("route field 'to' names the origin itself")
+    if type(hops) is not int:
+        raise EnvelopeError(f"route field 'hops' must be an integer, not {type(hops).__name__}")
+    if not 1 <= hops <= MAX_WIRE_HOPS:
+        raise EnvelopeError(f"route field 'hops' must be from 1 to {MAX_WIRE_HOPS}")
+    if type(origin_id) is not str or not origin_id:
+        raise EnvelopeError("route field 'origin_id' must be a non-empty string")
+    if len(origin_id) > MAX_ORIGIN_ID_LENGTH:
+        raise EnvelopeError(
+            f"route field 'origin_id' is longer than {MAX_ORIGIN_ID_LENGTH} characters"
+        )
+    return RouteHeader(origin, to, hops, origin_id)
+
+
+def encode_routed(message: RelayMessage, header: RouteHeader) -> bytes:
+    """
+    Serialize a message with its route header as one line, without C{\\n}.
+
+    @raise EnvelopeError: if the header is not valid on the wire, or the
+        message is a handshake message.
+    @raise WireError: if the message cannot be encoded or is too long.
+    """
+    header_from_object(header.to_object())
+    if message.msg_type in HANDSHAKE_TYPES:
+        raise EnvelopeError(f"a {message.msg_type} cannot be routed")
+    obj = message.to_dict()
+    obj[ROUTE_FIELD] = header.to_object()
+    line = dumps(obj)
+    if len(line) > MAX_LINE_BYTES:
+        raise WireError(
+            f"message of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte line limit"
+        )
+    return line
+
+
+def decode_routed(line: bytes) -> tuple[RelayMessage, RouteHeader | None]:
+    """
+    Parse one line (without its C{\\n}) into a message and its route header.
+
+    @return: the message, and its L{RouteHeader} or L{None} when the line
+        has no C{route} field.
+    @raise EnvelopeError: for a C{route} field that is not valid.
+    @raise WireError: if claudectl would not accept the line.
+    """
+    if len(line) > MAX_LINE_BYTES:
+        raise WireError(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
+    obj = loads(line)
+    message = message_from_object(obj)
+    route = obj.get(ROUTE_FIELD, _MISSING)
+    if route is _MISSING:
+        return message, None
+    if message.msg_type in HANDSHAKE_TYPES:
+        raise EnvelopeError(f"a {message.msg_type} cannot be routed")
+    return message, header_from_object(route)

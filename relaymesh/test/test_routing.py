@@ -1,0 +1,809 @@
+"""
+Tests for L{relaymesh.routing}: the distance-vector table, flooding with
+deduplication, the forwarding decision and the routed envelope.
+
+Networks are simulated in memory: every node has a L{RoutingTable}, and
+advertisements (passed through JSON, as on the wire) are exchanged until
+nothing changes; the result is checked against breadth-first search.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaymesh import wire
+from relaymesh.routing import (
+    DUPLICATE,
+    INFINITY,
+    MAX_HOPS,
+    MAX_ROUTES,
+    MAX_WIRE_HOPS,
+    NEW,
+    SHORTER,
+    EnvelopeError,
+    Route,
+    RouteHeader,
+    RoutingError,
+    RoutingTable,
+    SeenMessages,
+    decide,
+    decode_routed,
+    encode_routed,
+    header_from_object,
+    originate,
+)
+from relaymesh.wire import RelayMessage, WireError
+
+
+def bfs(edges: set[frozenset[str]], source: str) -> dict[str, int]:
+    """
+    Hop counts from C{source} to every node it can reach.
+    """
+    adjacent = collections.defaultdict(set)
+    for a, b in edges:
+        adjacent[a].add(b)
+        adjacent[b].add(a)
+    distance = {source: 0}
+    queue = collections.deque([source])
+    while queue:
+        node = queue.popleft()
+        for other in adjacent[node]:
+            if other not in distance:
+                distance[other] = distance[node] + 1
+                queue.append(other)
+    return distance
+
+
+class Network:
+    """
+    Routing tables joined by links in memory.
+    """
+
+    def __init__(self, edges, nodes=(), max_hops: int = MAX_HOPS) -> None:
+        self.edges: set[frozenset[str]] = set()
+        names = set(nodes) | {n for e in edges for n in e}
+        self.tables = {n: RoutingTable(n, max_hops) for n in sorted(names)}
+        self.max_hops = max_hops
+        for a, b in edges:
+            self.up(a, b)
+
+    def up(self, a: str, b: str) -> None:
+        self.edges.add(frozenset((a, b)))
+        self.tables[a].neighbour_up(b)
+        self.tables[b].neighbour_up(a)
+
+    def down(self, a: str, b: str) -> None:
+        self.edges.discard(frozenset((a, b)))
+        self.tables[a].neighbour_down(b)
+        self.tables[b].neighbour_down(a)
+
+    def remove_node(self, node: str) -> None:
+        for other in self.tables[node].neighbours():
+            self.down(node, other)
+
+    def send(self, a: str, b: str) -> bool:
+        """
+        Deliver C{a}'s advertisement to C{b}, through JSON.
+        """
+        advertisement = wire.loads(wire.dumps(self.tables[a].advertisement_for(b)))
+        return self.tables[b].receive_advertisement(a, advertisement)
+
+    def directed_links(self) -> list[tuple[str, str]]:
+        return sorted((a, b) for a in self.tables for b in self.tables[a].neighbours())
+
+    def converge(self, max_rounds: int = 50, check=None) -> int:
+        """
+        Exchange advertisements in synchronous rounds until none changes
+        anything.
+
+        @return: the number of rounds that changed something.
+        """
+        for rounds in range(max_rounds):
+            pending = [
+                (a, b, wire.loads(wire.dumps(self.tables[a].advertisement_for(b))))
+                for a, b in self.directed_links()
+            ]
+            changed = False
+            for a, b, advertisement in pending:
+                changed = self.tables[b].receive_advertisement(a, advertisement) or changed
+            if check is not None:
+                check()
+            if not changed:
+                return rounds
+        raise AssertionError(f"no convergence in {max_rounds} rounds")
+
+    def converge_randomly(self, rng: random.Random, max_steps: int = 20000, check=None) -> int:
+        """
+        Deliver advertisements one link at a time in random order until a
+        pass over every link changes nothing.
+        """
+        quiet = 0
+        for step in range(max_steps):
+            links = self.directed_links()
+            if not links:
+                return step
+            a, b = rng.choice(links)
+            if self.send(a, b):
+                quiet = 0
+            else:
+                quiet += 1
+            if check is not None:
+                check()
+            if quiet > 0 and quiet % len(links) == 0:
+                if not any(self.send(x, y) for x, y in links):
+                    return step
+                quiet = 0
+        raise AssertionError(f"no convergence in {max_steps} steps")
+
+    def assert_shortest(self, test: SynchronousTestCase) -> None:
+        """
+        Every node has exactly the routes BFS finds within the hop limit,
+        each with the shortest hop count, through a neighbour on a shortest
+        path.
+        """
+        distances = {n: bfs(self.edges, n) for n in self.tables}
+        for node, table in self.tables.items():
+            expected = {d: h for d, h in distances[node].items() if 0 < h <= self.max_hops}
+            found = {r.destination: r.hops for r in table.routes()}
+            test.assertEqual(found, expected, f"routes of {node}")
+            for route in table.routes():
+                test.assertIn(frozenset((node, route.via)), self.edges)
+                test.assertEqual(distances[route.via][route.destination], route.hops - 1)
+
+
+def random_graph(
+    rng: random.Random, count: int, extra: int, connected: bool = True
+) -> list[tuple[str, str]]:
+    """
+    C{count} nodes: a random spanning tree (if C{connected}) plus C{extra}
+    random links.
+    """
+    names = [f"n{i:02d}" for i in range(count)]
+    edges = set()
+    if connected:
+        for i in range(1, count):
+            edges.add(frozenset((names[i], names[rng.randrange(i)])))
+    while len(edges) < (count - 1 if connected else 0) + extra:
+        a, b = rng.sample(names, 2)
+        edges.add(frozenset((a, b)))
+    return [tuple(sorted(e)) for e in edges]
+
+
+def line(count: int) -> list[tuple[str, str]]:
+    return [(f"n{i:02d}", f"n{i + 1:02d}") for i in range(count - 1)]
+
+
+class ConvergenceTests(SynchronousTestCase):
+    def test_line(self):
+        """
+        On a line every node learns every other, hops counting links.
+        """
+        net = Network(line(5))
+        net.converge()
+        net.assert_shortest(self)
+        self.assertEqual(
+            net.tables["n00"].routes(),
+            [
+                Route("n01", "n01", 1),
+                Route("n02", "n01", 2),
+                Route("n03", "n01", 3),
+                Route("n04", "n01", 4),
+            ],
+        )
+        self.assertTrue(net.tables["n00"].route("n01").direct)
+        self.assertFalse(net.tables["n00"].route("n04").direct)
+        self.assertEqual(net.tables["n00"].next_hop("n04"), "n01")
+        self.assertIsNone(net.tables["n00"].next_hop("nowhere"))
+        self.assertEqual(
+            net.tables["n00"].route("n03").to_dict(),
+            {"destination": "n03", "via": "n01", "hops": 3},
+        )
+
+    def test_ring(self):
+        """
+        On a ring every node reaches the others the short way round.
+        """
+        edges = line(7) + [("n00", "n06")]
+        net = Network(edges)
+        net.converge()
+        net.assert_shortest(self)
+        self.assertEqual(net.tables["n00"].route("n05"), Route("n05", "n06", 2))
+
+    def test_random_graphs(self):
+        """
+        On random connected graphs, synchronous and randomly ordered
+        exchanges both end with shortest routes everywhere.
+        """
+        for seed in range(12):
+            rng = random.Random(seed)
+            edges = random_graph(rng, rng.randrange(6, 20), rng.randrange(0, 12))
+            net = Network(edges)
+            rounds = net.converge()
+            self.assertLessEqual(rounds, MAX_HOPS + 1)
+            net.assert_shortest(self)
+            net = Network(edges)
+            net.converge_randomly(rng)
+            net.assert_shortest(self)
+
+    def test_disconnected_graphs(self):
+        """
+        Nodes in different components have no routes to each other.
+        """
+        for seed in range(5):
+            rng = random.Random(100 + seed)
+            net = Network(
+                random_graph(rng, 15, 8, connected=False), nodes=[f"n{i:02d}" for i in range(15)]
+            )
+            net.converge()
+            net.assert_shortest(self)
+
+    def test_hop_limit(self):
+        """
+        Nothing further than the hop limit is routed to.
+        """
+        net = Network(line(12), max_hops=MAX_HOPS)
+        net.converge()
+        net.assert_shortest(self)
+        self.assertEqual(net.tables["n00"].route("n08").hops, MAX_HOPS)
+        self.assertIsNone(net.tables["n00"].route("n09"))
+        short = Network(line(5), max_hops=2)
+        short.converge()
+        self.assertEqual([r.destination for r in short.tables["n00"].routes()], ["n01", "n02"])
+
+    def test_hop_limit_bounds(self):
+        """
+        A hop limit must be from 1 to one less than L{INFINITY}.
+        """
+        self.assertEqual(MAX_HOPS, 8)
+        for bad in (0, INFINITY, -1, 2.5, True):
+            self.assertRaises(ValueError, RoutingTable, "alpha", bad)
+        RoutingTable("alpha", INFINITY - 1)
+
+    def test_equal_routes_do_not_flap(self):
+        """
+        Between routes of equal length a node keeps the one it has.
+        """
+        net = Network([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        net.converge()
+        first = net.tables["a"].next_hop("d")
+        self.assertEqual(first, "b")  # the lowest id, all else equal
+        net.down("a", "b")
+        net.converge()
+        self.assertEqual(net.tables["a"].next_hop("d"), "c")
+        net.up("a", "b")
+        net.converge()
+        self.assertEqual(net.tables["a"].next_hop("d"), "c")
+
+
+class WithdrawalTests(SynchronousTestCase):
+    def test_neighbour_down_withdraws_at_once(self):
+        """
+        When a neighbour drops, every route through it goes at once, and the
+        next advertisement to each other neighbour names them with an
+        infinite metric, once.
+        """
+        net = Network(line(5))
+        net.converge()
+        b = net.tables["n01"]
+        self.assertTrue(b.neighbour_down("n02"))
+        self.assertFalse(b.neighbour_down("n02"))
+        self.assertEqual(b.routes(), [Route("n00", "n00", 1)])
+        advertisement = b.advertisement_for("n00")
+        self.assertEqual(
+            advertisement, {"v": 1, "routes": {"n02": INFINITY, "n03": INFINITY, "n04": INFINITY}}
+        )
+        self.assertEqual(b.advertisement_for("n00"), {"v": 1, "routes": {}})
+
+    def test_middle_node_drops(self):
+        """
+        When the middle of a line drops, each side forgets the other side
+        and keeps its own.
+        """
+        net = Network(line(5))
+        net.converge()
+        net.remove_node("n02")
+        net.converge()
+        net.assert_shortest(self)
+        self.assertEqual([r.destination for r in net.tables["n00"].routes()], ["n01"])
+        self.assertEqual([r.destination for r in net.tables["n04"].routes()], ["n03"])
+        self.assertEqual(net.tables["n02"].routes(), [])
+
+    def test_withdrawal_travels_as_infinity(self):
+        """
+        A node that loses a route tells its neighbours with L{INFINITY},
+        and they withdraw it too.
+        """
+        net = Network(line(4))
+        net.converge()
+        net.down("n02", "n03")
+        adv = net.tables["n02"].advertisement_for("n01")
+        self.assertEqual(adv["routes"]["n03"], INFINITY)
+        self.assertTrue(net.tables["n01"].receive_advertisement("n02", adv))
+        self.assertIsNone(net.tables["n01"].route("n03"))
+        self.assertEqual(net.tables["n01"].advertisement_for("n00")["routes"]["n03"], INFINITY)
+
+    def test_failover_on_a_ring(self):
+        """
+        When a link of a ring breaks, routes go the other way round.
+        """
+        net = Network(line(6) + [("n00", "n05")])
+        net.converge()
+        self.assertEqual(net.tables["n00"].route("n01"), Route("n01", "n01", 1))
+        net.down("n00", "n01")
+        net.converge()
+        net.assert_shortest(self)
+        self.assertEqual(net.tables["n00"].route("n01"), Route("n01", "n05", 5))
+
+    def test_random_failures(self):
+        """
+        After random links and nodes fail, routes converge to the shortest
+        ones that remain.
+        """
+        for seed in range(8):
+            rng = random.Random(200 + seed)
+            net = Network(random_graph(rng, 14, 10))
+            net.converge_randomly(rng)
+            for a, b in rng.sample(sorted(tuple(sorted(e)) for e in net.edges), 4):
+                net.down(a, b)
+            net.remove_node(rng.choice(sorted(net.tables)))
+            net.converge_randomly(rng)
+            net.assert_shortest(self)
+
+    def test_count_to_infinity_is_bounded(self):
+        """
+        Where poisoned reverse cannot stop a routing loop (a triangle loses
+        the node behind one of its corners), the corners pass the stale route
+        round, one hop longer each time, but never beyond the hop limit; in
+        the end the lost node is withdrawn everywhere.
+        """
+        longest = []
+        for seed in range(30):
+            rng = random.Random(300 + seed)
+            net = Network([("a", "b"), ("b", "c"), ("a", "c"), ("c", "d")], max_hops=6)
+            net.converge()
+            net.down("c", "d")
+            seen = [0]
+
+            def check():
+                for table in net.tables.values():
+                    route = table.route("d")
+                    if route is not None:
+                        self.assertLessEqual(route.hops, 6)
+                        seen[0] = max(seen[0], route.hops)
+
+            net.converge_randomly(rng, check=check)
+            net.assert_shortest(self)
+            for node in "abc":
+                self.assertIsNone(net.tables[node].route("d"))
+            longest.append(seen[0])
+        # It does count: most orders drive a stale route up to the limit.
+        self.assertEqual(max(longest), 6)
+
+    def test_poisoned_reverse_stops_two_node_loops(self):
+        """
+        On a line, the node behind a lost one never takes the stale route
+        back: it advertised it as unreachable to the node that lost it.
+        """
+        net = Network(line(3))
+        net.converge()
+        net.down("n01", "n02")
+        self.assertFalse(net.send("n00", "n01"))
+        self.assertIsNone(net.tables["n01"].route("n02"))
+
+
+class AdvertisementTests(SynchronousTestCase):
+    def setUp(self):
+        self.net = Network(line(4))
+        self.net.converge()
+        self.b = self.net.tables["n01"]
+
+    def test_poisoned_reverse(self):
+        """
+        Routes through a neighbour are advertised back to it as unreachable;
+        the neighbour itself is left out.
+        """
+        self.assertEqual(
+            self.b.advertisement_for("n02"), {"v": 1, "routes": {"n00": 1, "n03": INFINITY}}
+        )
+        self.assertEqual(self.b.advertisement_for("n00"), {"v": 1, "routes": {"n02": 1, "n03": 2}})
+
+    def test_compact_json(self):
+        """
+        An advertisement is a small JSON object: destination to hops.
+        """
+        encoded = wire.dumps(self.b.advertisement_for("n00"))
+        self.assertEqual(encoded, b'{"v":1,"routes":{"n02":1,"n03":2}}')
+
+    def test_unknown_neighbour(self):
+        """
+        Asking for an advertisement for a non-neighbour is an error; one
+        from a non-neighbour is ignored.
+        """
+        self.assertRaises(RoutingError, self.b.advertisement_for, "n03")
+        self.assertFalse(self.b.receive_advertisement("n03", {"v": 1, "routes": {"zeta": 1}}))
+        self.assertIsNone(self.b.route("zeta"))
+
+    def test_self_and_sender_ignored(self):
+        """
+        What a neighbour says about this node or about itself changes nothing.
+        """
+        self.assertFalse(
+            self.b.receive_advertisement("n00", {"v": 1, "routes": {"n01": 1, "n00": 3}})
+        )
+        self.assertEqual(self.b.route("n00"), Route("n00", "n00", 1))
+
+    def test_unchanged_advertisement(self):
+        """
+        Receiving the same advertisement again reports no change.
+        """
+        adv = self.net.tables["n02"].advertisement_for("n01")
+        self.assertFalse(self.b.receive_advertisement("n02", adv))
+
+    def test_absent_destination_is_withdrawn(self):
+        """
+        An advertisement replaces the neighbour's last: a destination it no
+        longer names is unreachable through it.
+        """
+        self.assertTrue(self.b.receive_advertisement("n02", {"v": 1, "routes": {}}))
+        self.assertIsNone(self.b.route("n03"))
+
+    def test_neighbour_ids(self):
+        """
+        Neighbours must be valid ids other than the node's own.
+        """
+        self.assertRaises(RoutingError, self.b.neighbour_up, "n01")
+        self.assertRaises(RoutingError, self.b.neighbour_up, "bad id")
+        self.assertFalse(self.b.neighbour_up("n00"))
+        self.assertEqual(self.b.neighbours(), ["n00", "n02"])
+
+    def test_malformed_refused(self):
+        """
+        Every malformed advertisement is refused with a one-line reason, and
+        changes nothing.
+        """
+        before = self.b.routes()
+        cases = [
+            ([], "JSON object"),
+            ({"v": 2, "routes": {}}, "version"),
+            ({"v": True, "routes": {}}, "version"),
+            ({"routes": {}}, "version"),
+            ({"v": 1}, "'routes'"),
+            ({"v": 1, "routes": []}, "'routes'"),
+            ({"v": 1, "routes": {}, "extra": 1}, "unknown field"),
+            ({"v": 1, "routes": {"bad id": 1}}, "valid peer id"),
+            ({"v": 1, "routes": {"_pending": 1}}, "valid peer id"),
+            ({"v": 1, "routes": {"zeta": 0}}, "integer from 1"),
+            ({"v": 1, "routes": {"zeta": INFINITY + 1}}, "integer from 1"),
+            ({"v": 1, "routes": {"zeta": 1.0}}, "integer from 1"),
+            ({"v": 1, "routes": {"zeta": True}}, "integer from 1"),
+            ({"v": 1, "routes": {"zeta": "1"}}, "integer from 1"),
+            ({"v": 1, "routes": {f"z{i}": 1 for i in range(MAX_ROUTES + 1)}}, "at most"),
+        ]
+        for advertisement, words in cases:
+            e = self.assertRaises(RoutingError, self.b.receive_advertisement, "n02", advertisement)
+            self.assertIn(words, str(e))
+            self.assertNotIn("\n", str(e))
+        self.assertEqual(self.b.routes(), before)
+
+
+class ForwardingTests(SynchronousTestCase):
+    def setUp(self):
+        #   a - b - c - d
+        #       |
+        #       e
+        self.net = Network([("a", "b"), ("b", "c"), ("c", "d"), ("b", "e")])
+        self.net.converge()
+        self.b = self.net.tables["b"]
+
+    def test_broadcast_targets(self):
+        """
+        A broadcast goes to every neighbour but the one it came from and
+        the origin.
+        """
+        self.assertEqual(self.b.forward_targets("a", "a", None, 1), ["c", "e"])
+        self.assertEqual(self.b.forward_targets("d", "c", None, 2), ["a", "e"])
+        self.assertEqual(self.b.forward_targets("a", "c", None, 3), ["e"])
+        self.assertEqual(self.b.forward_targets("b", None, None, 0), ["a", "c", "e"])
+
+    def test_unicast_targets(self):
+        """
+        A unicast goes to the next hop, unless it is for this node, the
+        route leads back where it came from, or it has no route.
+        """
+        self.assertEqual(self.b.forward_targets("a", "a", "d", 1), ["c"])
+        self.assertEqual(self.b.forward_targets("a", "a", "b", 1), [])
+        self.assertEqual(self.b.forward_targets("e", "c", "d", 1), [])
+        self.assertEqual(self.b.forward_targets("d", "c", "a", 2), ["a"])
+        self.assertEqual(self.b.forward_targets("a", "a", "nowhere", 1), [])
+        self.assertEqual(self.b.forward_targets("c", "a", "c", 1), [])
+
+    def test_hop_limit(self):
+        """
+        A message that has crossed the hop limit goes no further, nor one
+        that cannot reach its destination within it.
+        """
+        self.assertEqual(self.b.forward_targets("a", "a", None, MAX_HOPS), [])
+        self.assertEqual(self.b.forward_targets("a", "a", None, MAX_HOPS - 1), ["c", "e"])
+        self.assertEqual(self.b.forward_targets("a", "a", "d", MAX_HOPS - 1), [])
+        self.assertEqual(self.b.forward_targets("a", "a", "d", MAX_HOPS - 2), ["c"])
+        self.assertEqual(self.b.forward_targets("a", "a", "c", MAX_HOPS - 1), ["c"])
+
+
+class SeenMessagesTests(SynchronousTestCase):
+    def test_verdicts(self):
+        """
+        The first copy is new, a copy by fewer hops is shorter, any other a
+        duplicate; keys are origin and id together.
+        """
+        seen = SeenMessages()
+        self.assertEqual(seen.check("a", "m1", 3), NEW)
+        self.assertEqual(seen.check("a", "m1", 3), DUPLICATE)
+        self.assertEqual(seen.check("a", "m1", 4), DUPLICATE)
+        self.assertEqual(seen.check("a", "m1", 2), SHORTER)
+        self.assertEqual(seen.check("a", "m1", 2), DUPLICATE)
+        self.assertEqual(seen.check("b", "m1", 5), NEW)
+        self.assertFalse(seen.seen("c", "m1"))
+        self.assertTrue(seen.seen("c", "m1"))
+        self.assertIn(("c", "m1"), seen)
+
+    def test_bounded(self):
+        """
+        Only the last C{capacity} messages are remembered.
+        """
+        seen = SeenMessages(capacity=100)
+        for i in range(1000):
+            self.assertEqual(seen.check("a", str(i), 1), NEW)
+        self.assertEqual(len(seen), 100)
+        self.assertEqual(seen.check("a", "999", 1), DUPLICATE)
+        self.assertEqual(seen.check("a", "0", 1), NEW)
+        self.assertRaises(ValueError, SeenMessages, 0)
+
+
+class Flood:
+    """
+    Routed messages moving through a converged L{Network}, one link
+    crossing at a time.
+    """
+
+    def __init__(self, net: Network) -> None:
+        self.net = net
+        self.seen = {n: SeenMessages() for n in net.tables}
+        self.delivered: collections.Counter = collections.Counter()
+        self.crossings = 0
+
+    def run(self, origin: str, to: str | None, rng: random.Random | None = None) -> None:
+        """
+        Send one message from C{origin}; deliver the copies in flight in
+        FIFO order, or in random order with C{rng}.
+        """
+        first = originate(self.net.tables[origin], self.seen[origin], to, "m1")
+        in_flight = [(origin, t, first.header) for t in first.targets]
+        while in_flight:
+            index = rng.randrange(len(in_flight)) if rng is not None else 0
+            sender, receiver, header = in_flight.pop(index)
+            self.crossings += 1
+            assert frozenset((sender, receiver)) in self.net.edges
+            # through the wire format, as between real nodes
+            header = header_from_object(wire.loads(wire.dumps(header.to_object())))
+            decision = decide(self.net.tables[receiver], self.seen[receiver], header, sender)
+            if decision.deliver:
+                self.delivered[receiver] += 1
+            assert sender not in decision.targets
+            in_flight += [(receiver, t, decision.header) for t in decision.targets]
+
+
+class FloodTests(SynchronousTestCase):
+    def test_broadcast_reaches_every_node_once(self):
+        """
+        In random connected graphs a broadcast from any node is delivered
+        exactly once at every other node and never at its origin, whatever
+        order the copies arrive in.
+        """
+        for seed in range(15):
+            rng = random.Random(400 + seed)
+            net = Network(random_graph(rng, rng.randrange(5, 25), rng.randrange(0, 25)))
+            net.converge()
+            for origin in rng.sample(sorted(net.tables), 3):
+                reach = {n for n, h in bfs(net.edges, origin).items() if 0 < h <= MAX_HOPS}
+                for order in (None, rng):
+                    flood = Flood(net)
+                    flood.run(origin, None, order)
+                    self.assertEqual(set(flood.delivered), reach)
+                    self.assertEqual(set(flood.delivered.values()), {1})
+                    self.assertLessEqual(flood.crossings, 2 * len(net.edges) * MAX_HOPS)
+
+    def test_broadcast_respects_the_hop_limit(self):
+        """
+        With a small hop limit a broadcast reaches exactly the nodes within
+        it, once each, even when a long path's copy arrives first.
+        """
+        for seed in range(15):
+            rng = random.Random(500 + seed)
+            net = Network(random_graph(rng, 20, 15), max_hops=3)
+            net.converge()
+            origin = rng.choice(sorted(net.tables))
+            reach = {n for n, h in bfs(net.edges, origin).items() if 0 < h <= 3}
+            flood = Flood(net)
+            flood.run(origin, None, rng)
+            self.assertEqual(set(flood.delivered), reach)
+            self.assertEqual(set(flood.delivered.values()), {1})
+
+    def test_shorter_copy_forwarded_not_delivered(self):
+        """
+        A copy that arrives by fewer hops than the first is forwarded again
+        (it can go further) but not delivered again.
+        """
+        net = Network(line(4), max_hops=3)
+        net.converge()
+        table, seen = net.tables["n01"], SeenMessages()
+        late = decide(table, seen, RouteHeader("zz", None, 3, "m1"), "n00")
+        self.assertEqual((late.deliver, late.targets, late.header), (True, [], None))
+        early = decide(table, seen, RouteHeader("zz", None, 1, "m1"), "n00")
+        self.assertEqual((early.deliver, early.targets), (False, ["n02"]))
+        self.assertEqual(early.header, RouteHeader("zz", None, 2, "m1"))
+        again = decide(table, seen, RouteHeader("zz", None, 1, "m1"), "n02")
+        self.assertEqual((again.deliver, again.targets), (False, []))
+
+    def test_own_message_returning_is_dropped(self):
+        """
+        A node drops a copy of a message it originated.
+        """
+        net = Network([("a", "b"), ("b", "c"), ("a", "c")])
+        net.converge()
+        seen = SeenMessages()
+        first = originate(net.tables["a"], seen, None, "m1")
+        self.assertEqual(first.targets, ["b", "c"])
+        self.assertEqual(first.header, RouteHeader("a", None, 1, "m1"))
+        back = decide(net.tables["a"], seen, RouteHeader("a", None, 2, "m1"), "c")
+        self.assertEqual((back.deliver, back.targets), (False, []))
+
+    def test_unicast_along_shortest_paths(self):
+        """
+        In random graphs a routed message from any node to any other reaches
+        it exactly once, in as many crossings as the shortest path has.
+        """
+        for seed in range(6):
+            rng = random.Random(600 + seed)
+            net = Network(random_graph(rng, 12, 8))
+            net.converge()
+            for origin in net.tables:
+                distances = bfs(net.edges, origin)
+                for to in net.tables:
+                    if to == origin:
+                        continue
+                    flood = Flood(net)
+                    flood.run(origin, to)
+                    self.assertEqual(dict(flood.delivered), {to: 1})
+                    self.assertEqual(flood.crossings, distances[to])
+
+    def test_unicast_without_route(self):
+        """
+        A message for an unknown destination goes nowhere.
+        """
+        net = Network(line(3))
+        net.converge()
+        decision = originate(net.tables["n00"], SeenMessages(), "zz", "m1")
+        self.assertEqual((decision.targets, decision.header), ([], None))
+
+
+class EnvelopeTests(SynchronousTestCase):
+    def setUp(self):
+        self.message = RelayMessage(
+            "msg_1_0_ab", "delegate_task", "beta", 1764180000000, {"task_id": "t"}
+        )
+        self.header = RouteHeader("alpha", "delta", 2, "msg_0_7_cd")
+
+    def test_round_trip(self):
+        """
+        A routed message decodes to the same message and header.
+        """
+        line = encode_routed(self.message, self.header)
+        self.assertEqual(decode_routed(line), (self.message, self.header))
+        broadcast = RouteHeader("alpha", None, 1, "x")
+        self.assertEqual(
+            decode_routed(encode_routed(self.message, broadcast)), (self.message, broadcast)
+        )
+
+    def test_layout(self):
+        """
+        The header is one more top-level field after claudectl's five.
+        """
+        line = encode_routed(self.message, self.header)
+        self.assertTrue(line.startswith(wire.encode(self.message)[:-1] + b',"route":{'))
+        self.assertEqual(
+            wire.loads(line)["route"],
+            {"origin": "alpha", "to": "delta", "hops": 2, "origin_id": "msg_0_7_cd"},
+        )
+
+    def test_plain_readers_accept_it(self):
+        """
+        A reader that knows nothing of routing (claudectl, L{wire.decode})
+        reads a routed line as the plain message.
+        """
+        self.assertEqual(wire.decode(encode_routed(self.message, self.header)), self.message)
+
+    def test_unrouted_line(self):
+        """
+        A line without a C{route} field has no header.
+        """
+        self.assertEqual(decode_routed(wire.encode(self.message)), (self.message, None))
+
+    def test_forwarded(self):
+        """
+        Forwarding adds a hop and keeps the rest.
+        """
+        self.assertEqual(self.header.forwarded(), RouteHeader("alpha", "delta", 3, "msg_0_7_cd"))
+
+    def test_malformed_refused(self):
+        """
+        Every wrong C{route} field is refused with a one-line
+        L{EnvelopeError}, which is a L{WireError}.
+        """
+        good = self.header.to_object()
+        cases = [
+            ([], "JSON object"),
+            (None, "JSON object"),
+            ({**good, "ttl": 3}, "unknown field"),
+            ({k: v for k, v in good.items() if k != "origin"}, "missing the field 'origin'"),
+            ({k: v for k, v in good.items() if k != "to"}, "missing the field 'to'"),
+            ({k: v for k, v in good.items() if k != "hops"}, "missing the field 'hops'"),
+            ({k: v for k, v in good.items() if k != "origin_id"}, "missing the field 'origin_id'"),
+            ({**good, "origin": "a b"}, "'origin'"),
+            ({**good, "origin": "_pending"}, "'origin'"),
+            ({**good, "origin": 7}, "'origin'"),
+            ({**good, "origin": "x" * 129}, "'origin'"),
+            ({**good, "to": ""}, "'to'"),
+            ({**good, "to": ["delta"]}, "'to'"),
+            ({**good, "to": "alpha"}, "origin itself"),
+            ({**good, "hops": 0}, "from 1 to"),
+            ({**good, "hops": -1}, "from 1 to"),
+            ({**good, "hops": MAX_WIRE_HOPS + 1}, "from 1 to"),
+            ({**good, "hops": 2.0}, "integer"),
+            ({**good, "hops": True}, "integer"),
+            ({**good, "hops": "2"}, "integer"),
+            ({**good, "origin_id": ""}, "'origin_id'"),
+            ({**good, "origin_id": 5}, "'origin_id'"),
+            ({**good, "origin_id": "m" * 513}, "longer"),
+        ]
+        base = self.message.to_dict()
+        for route, words in cases:
+            line = wire.dumps({**base, "route": route})
+            e = self.assertRaises(EnvelopeError, decode_routed, line)
+            self.assertIsInstance(e, WireError)
+            self.assertIn(words, str(e))
+            self.assertNotIn("\n", str(e))
+        self.assertEqual(header_from_object({**good, "hops": MAX_WIRE_HOPS}).hops, MAX_WIRE_HOPS)
+
+    def test_bad_message_refused(self):
+        """
+        The message itself is checked as strictly as any line, and no
+        handshake message is routed.
+        """
+        self.assertRaises(WireError, decode_routed, b'{"id":"x","route":{}}')
+        self.assertRaises(WireError, decode_routed, b"not json")
+        challenge = RelayMessage("c", "challenge", "", 1, {})
+        line = wire.dumps({**challenge.to_dict(), "route": self.header.to_object()})
+        self.assertRaises(EnvelopeError, decode_routed, line)
+        self.assertRaises(EnvelopeError, encode_routed, challenge, self.header)
+
+    def test_encode_checks_the_header(self):
+        """
+        A header that would be refused on the wire is not encoded.
+        """
+        self.assertRaises(
+            EnvelopeError, encode_routed, self.message, RouteHeader("alpha", None, 0, "x")
+        )
+        self.assertRaises(
+            EnvelopeError, encode_routed, self.message, RouteHeader("alpha", "alpha", 1, "x")
+        )
+
+    def test_too_long(self):
+        """
+        A routed line over the 1 MiB limit is refused both ways.
+        """
+        big = RelayMessage("m", "delegate_task", "beta", 1, "x" * wire.MAX_LINE_BYTES)
+        self.assertRaises(WireError, encode_routed, big, self.header)
+        self.assertRaises(WireError, decode_routed, b" " * (wire.MAX_LINE_BYTES + 1))
