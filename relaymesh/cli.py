@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, TextIO
@@ -230,37 +231,70 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     )
 
 
+def add_peers_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{peers}' options, which choose the running node to ask.
+
+    @param parser: C{peers}' parser.
+    """
+    from relaymesh.cli_live import add_node_arguments
+
+    add_node_arguments(parser)
+
+
 def run_peers(context: Context, args: argparse.Namespace) -> None:
     """
-    List the paired peers and say whether a pending key is armed.
+    List the peers: live from the running node, if one answers; otherwise
+    the paired peers from the key store. Either way, say whether a pending
+    key is armed.
 
     @param context: the command's context.
     @param args: the parsed arguments.
     """
+    from relaymesh.cli_live import live_peers
+
+    if live_peers(context, args):
+        return
+    from relaymesh.invite import FORM_DESCRIPTIONS
+
     store = context.store
     peers = []
     for peer_id in store.peers():
         meta = store.meta(peer_id)
         addr = meta.get("addr")
+        via = meta.get("paired_via")
         peers.append(
             {
                 "peer_id": peer_id,
                 "addr": addr if isinstance(addr, str) else None,
                 "last_seen": format_last_seen(meta.get("last_seen")),
+                "paired_at": format_last_seen(meta.get("paired_at")),
+                "paired_via": via if isinstance(via, str) else None,
             }
         )
-    pending = store.pending_key() is not None
+    pending = bool(store.armed_keys(time.time()))
+    expires_at = store.armed_until() if pending else None
     if peers:
-        rows = [("PEER ID", "ADDRESS", "LAST SEEN")]
+        rows = [("PEER ID", "ADDRESS", "LAST SEEN", "PAIRED", "VIA")]
         rows += [
-            (p["peer_id"], p["addr"] or "-", p["last_seen"] or "never") for p in peers
+            (
+                p["peer_id"],
+                p["addr"] or "-",
+                p["last_seen"] or "never",
+                p["paired_at"] or "-",
+                FORM_DESCRIPTIONS.get(p["paired_via"], p["paired_via"] or "-"),
+            )
+            for p in peers
         ]
         listing = _table(rows)
     else:
         listing = "No paired peers."
     state = "armed" if pending else "none"
+    until = None if expires_at is None else format_last_seen(int(expires_at * 1000))
+    if until is not None:
+        state = f"armed until {until}"
     context.emit(
-        {"peers": peers, "pending": pending},
+        {"peers": peers, "pending": pending, "pending_expires_at": until},
         f"{listing}\nPending pairing key: {state}",
     )
 
@@ -277,16 +311,26 @@ def add_forget_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("peer_id", metavar="PEER_ID", help="the peer to forget")
 
 
+#: Called as C{hook(context, peer_id)} by C{forget}, after the key store's
+#: files for the peer are gone, to remove what other parts keep for it (its
+#: outbox, say); each returns whether it removed anything.
+FORGET_HOOKS: list[Callable[[Context, str], bool]] = []
+
+
 def run_forget(context: Context, args: argparse.Namespace) -> None:
     """
-    Remove a peer's key and metadata.
+    Remove a peer's key and metadata (its pinned certificate with it), its
+    other files in the key store, and what L{FORGET_HOOKS} remove.
 
     @param context: the command's context.
     @param args: the parsed arguments, with C{peer_id}.
     @raise CommandError: if nothing is stored for that peer.
     """
     peer_id = validate_peer_id(args.peer_id)
-    if not context.store.forget(peer_id):
+    removed = context.store.forget(peer_id)
+    for hook in FORGET_HOOKS:
+        removed = hook(context, peer_id) or removed
+    if not removed:
         raise CommandError(f"no such peer: {peer_id}")
     context.emit({"forgotten": peer_id}, f"Forgot {peer_id}.")
 
@@ -305,11 +349,24 @@ register_command(
         run_accept,
     )
 )
-register_command(Command("peers", "list the paired peers", _no_arguments, run_peers))
+register_command(
+    Command(
+        "peers",
+        "list the peers (live from a running node, else the paired ones)",
+        add_peers_arguments,
+        run_peers,
+    )
+)
 register_command(
     Command("forget", "remove a peer's key", add_forget_arguments, run_forget)
 )
 
+
+# The live commands, which talk to a running node, register themselves.
+from relaymesh import cli_live  # noqa: E402,F401
+
+# So do the pairing and discovery commands: invite, join, discover.
+from relaymesh import cli_pairing  # noqa: E402,F401
 
 # The parser
 

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from relaymesh.address import PeerAddress, parse_peer_address
+from relaymesh.discovery import Announcer
 from relaymesh.factory import CONNECT_TIMEOUT, RelayClientFactory, RelayServerFactory
 from relaymesh.keystore import KeyStore, KeyStoreError
 from relaymesh.mesh import (
@@ -38,6 +39,14 @@ from relaymesh.protocol import OUTBOUND, format_address
 
 #: Where a node listens unless told otherwise.
 DEFAULT_LISTEN = "tcp:9847"  # claudectl 0.49: port 9847
+
+#: Where C{twistd relaymesh} serves its control API unless told otherwise:
+#: loopback only (L{RelayService} itself serves none unless asked).
+DEFAULT_API = "tcp:9849:interface=127.0.0.1"
+
+#: Where it serves it when that port is taken (another node on the host):
+#: any free loopback port, which the node writes to DATA_DIR/api-url.
+DEFAULT_API_FALLBACK = "tcp:0:interface=127.0.0.1"
 
 
 class ListenerService(Service):
@@ -119,6 +128,9 @@ class RelayService(MultiService):
     @ivar keystore: The L{KeyStore} with this node's identity and keys.
     @ivar server_factory: The L{RelayServerFactory} behind the listener.
     @ivar listener: The L{ListenerService}, or L{None} when not listening.
+    @ivar api: The L{relaymesh.api.ApiService}, or L{None} without an API.
+    @ivar announcer: The L{relaymesh.discovery.Announcer}, or L{None} when
+        the node does not announce itself.
     """
 
     log = Logger()
@@ -133,6 +145,11 @@ class RelayService(MultiService):
         max_peers: int = DEFAULT_MAX_PEERS,
         reactor: Any = None,
         jitter: float = 0.0,
+        api: str | None = None,
+        api_token_file: str | None = None,
+        metrics_public: bool = False,
+        api_fallback: str | None = None,
+        announce_to: tuple[str, int] | None = None,
     ) -> None:
         """
         @param keystore: Where the identity and the keys are.
@@ -147,6 +164,18 @@ class RelayService(MultiService):
         @param reactor: The reactor (L{IReactorTCP} and L{IReactorTime});
             the global one by default.
         @param jitter: Random spread of reconnection delays, 0 to 1.
+        @param api: A Twisted server endpoint string for the control API,
+            dashboard and metrics (L{relaymesh.api}), or L{None} (the
+            default) for none.
+        @param api_token_file: The API token file; C{DATA_DIR/api-token}
+            if L{None}.
+        @param metrics_public: Whether C{/metrics} is served without the
+            API token.
+        @param api_fallback: Where to serve the API if C{api} cannot be
+            listened on (its port is taken), or L{None} to fail then.
+        @param announce_to: Where to announce the node on the LAN by UDP
+            (an IPv4 address and port, see L{relaymesh.discovery}), or
+            L{None} (the default) not to; only a listening node announces.
         """
         MultiService.__init__(self)
         if reactor is None:
@@ -169,6 +198,25 @@ class RelayService(MultiService):
                 serverFromString(reactor, listen), self.server_factory, self.mesh.identity
             )
             self.listener.setServiceParent(self)
+        self.announcer: Announcer | None = None
+        if announce_to is not None and self.listener is not None:
+            self.announcer = Announcer(
+                self.mesh.identity, self._listening_port, reactor, target=announce_to
+            )
+            self.announcer.setServiceParent(self)
+        self.api = None
+        if api is not None:
+            from relaymesh.api import ApiService
+
+            self.api = ApiService(
+                self,
+                serverFromString(reactor, api),
+                reactor,
+                token_file=api_token_file,
+                metrics_public=metrics_public,
+                fallback=None if api_fallback is None else serverFromString(reactor, api_fallback),
+            )
+            self.api.setServiceParent(self)
         self._outbound: dict[PeerAddress, OutboundPeer] = {}
         for address in peers:
             self.add_peer(address)
@@ -227,6 +275,13 @@ class RelayService(MultiService):
         for peer_id in self.mesh.connected_peers():
             self.mesh.disconnect(peer_id, "node shutting down")
         return d
+
+    def _listening_port(self) -> int | None:
+        """
+        The TCP port the listener has, for announcements; L{None} if none.
+        """
+        port = self.listener.port if self.listener is not None else None
+        return None if port is None else port.getHost().port
 
     # -- bookkeeping ---------------------------------------------------------
 

@@ -4,6 +4,7 @@ The C{twistd relaymesh} plugin's options and service maker.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
@@ -11,10 +12,11 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
 from relaymesh.address import InvalidAddress, PeerAddress, parse_peer_address
+from relaymesh.discovery import ANNOUNCE_PORT, BROADCAST_ADDRESS, parse_target
 from relaymesh.keystore import KeyStore, KeyStoreError, default_data_dir
 from relaymesh.mesh import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_PEERS
 from relaymesh.peerid import InvalidPeerId, validate_peer_id
-from relaymesh.service import DEFAULT_LISTEN, RelayService
+from relaymesh.service import DEFAULT_API, DEFAULT_API_FALLBACK, DEFAULT_LISTEN, RelayService
 
 
 def _heartbeat(text: str) -> float:
@@ -79,6 +81,32 @@ class Options(usage.Options):
             "Connected peers at most; more inbound connections are refused.",
             _max_peers,
         ],
+        [
+            "api",
+            None,
+            DEFAULT_API,
+            "Where the control API, dashboard and metrics listen: a Twisted server "
+            "endpoint string, or 'none' [default: if its port is taken, any free "
+            "loopback port, written to DATA_DIR/api-url].",
+        ],
+        [
+            "api-token-file",
+            None,
+            None,
+            "The API token file [default: DATA_DIR/api-token, made on first start].",
+        ],
+        [
+            "announce-to",
+            None,
+            BROADCAST_ADDRESS,
+            f"Where LAN announcements go: an IPv4 address, with :PORT [default port "
+            f"{ANNOUNCE_PORT}].",
+        ],
+    ]
+
+    optFlags = [
+        ["metrics-public", None, "Serve /metrics without the API token."],
+        ["no-announce", None, "Do not announce this node on the LAN (UDP broadcast)."],
     ]
 
     def __init__(self) -> None:
@@ -109,6 +137,12 @@ class Options(usage.Options):
                 serverFromString(MemoryReactor(), listen)
             except (ValueError, KeyError, TypeError) as e:
                 raise usage.UsageError(f"--listen: invalid endpoint {listen!r}: {e}") from None
+        self._check_api()
+        try:
+            self["announce-to"] = parse_target(self["announce-to"])
+        except ValueError as e:
+            raise usage.UsageError(f"--announce-to: {e}") from None
+        self["no-announce"] = bool(self["no-announce"])
         self["data-dir"] = self["data-dir"] or default_data_dir()
         keystore = KeyStore(self["data-dir"])
         try:
@@ -119,6 +153,23 @@ class Options(usage.Options):
         except (InvalidPeerId, KeyStoreError, OSError) as e:
             raise usage.UsageError(f"--identity: {e}") from None
         self["keystore"] = keystore
+
+    def _check_api(self) -> None:
+        api = self["api"]
+        if api.strip().lower() == "none":
+            self["api"] = None
+        else:
+            try:
+                serverFromString(MemoryReactor(), api)
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--api: invalid endpoint {api!r}: {e}") from None
+        token_file = self["api-token-file"]
+        if token_file is not None:
+            if not token_file.strip():
+                raise usage.UsageError("--api-token-file must not be empty")
+            if os.path.isdir(token_file):
+                raise usage.UsageError(f"--api-token-file: {token_file} is a directory")
+        self["metrics-public"] = bool(self["metrics-public"])
 
 
 def makeService(options: Options, reactor: Any = None) -> RelayService:
@@ -134,4 +185,9 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
         heartbeat_interval=options["heartbeat"],
         max_peers=options["max-peers"],
         reactor=reactor,
+        api=options["api"],
+        api_token_file=options["api-token-file"],
+        metrics_public=options["metrics-public"],
+        api_fallback=DEFAULT_API_FALLBACK if options["api"] == DEFAULT_API else None,
+        announce_to=None if options["no-announce"] else options["announce-to"],
     )

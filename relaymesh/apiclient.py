@@ -1,0 +1,212 @@
+"""
+A small synchronous client of a running node's control API, for the
+command line.
+
+It uses only the standard library. L{NodeClient.call} answers one request;
+L{NodeClient.events} follows C{/api/events}. Which node: the URL given, else
+C{$RELAYMESH_API}, else the URL a node running with the data directory wrote
+to its C{api-url} file, else C{http://127.0.0.1:9849}. The token is read from
+the token file (C{DATA_DIR/api-token} unless another is given).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+from typing import Any, Iterator
+from urllib.parse import quote, urlsplit
+
+#: The environment variable naming the node's API URL.
+API_ENV = "RELAYMESH_API"
+
+#: The API URL when nothing else names one.
+DEFAULT_API_URL = "http://127.0.0.1:9849"
+
+#: The files a node keeps in its data directory (see relaymesh.api).
+TOKEN_FILE = "api-token"
+URL_FILE = "api-url"
+
+#: Seconds to wait for an answer.
+TIMEOUT = 10.0
+
+#: Seconds an event stream may stay silent (the node sends a keepalive
+#: every 15 s) before the node is taken to be gone.
+STREAM_TIMEOUT = 60.0
+
+
+class NodeNotRunning(Exception):
+    """
+    No node answers at the URL.
+
+    @ivar url: The URL tried.
+    """
+
+    def __init__(self, url: str, reason: str = "") -> None:
+        Exception.__init__(self, f"no node is running at {url}" + (f" ({reason})" if reason else ""))
+        self.url = url
+
+
+class ApiRequestError(Exception):
+    """
+    The node refused a request.
+
+    @ivar status: The HTTP status.
+    @ivar message: The node's one-line reason.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        Exception.__init__(self, message)
+        self.status = status
+        self.message = message
+
+
+class TokenMissing(Exception):
+    """
+    There is no token file; the message says where it was looked for.
+    """
+
+
+def _read_first_line(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4096).decode("utf-8", "replace").strip() or None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def resolve_url(data_dir: str, api: str | None = None) -> str:
+    """
+    The API URL to use (see the module's docstring for the order).
+    """
+    for candidate in (api, os.environ.get(API_ENV), _read_first_line(os.path.join(data_dir, URL_FILE))):
+        if candidate:
+            return candidate.rstrip("/")
+    return DEFAULT_API_URL
+
+
+def read_token(path: str) -> str:
+    """
+    The token in a token file.
+
+    @raise TokenMissing: if there is no such file or it is empty.
+    @raise OSError: if it cannot be read.
+    """
+    token = _read_first_line(path)
+    if token is None:
+        raise TokenMissing(f"no API token at {path}")
+    return token
+
+
+class NodeClient:
+    """
+    Talks to one node's API.
+
+    @ivar url: The API's base URL, e.g. C{http://127.0.0.1:9849}.
+    """
+
+    def __init__(self, url: str, token: str, timeout: float = TIMEOUT) -> None:
+        """
+        @raise ValueError: if the URL is not an http or https URL.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"--api: {url!r} is not an http:// URL")
+        self.url = url.rstrip("/")
+        self._parts = parts
+        self._token = token
+        self._timeout = timeout
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        kind = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
+        return kind(self._parts.hostname, self._parts.port, timeout=timeout)
+
+    def _send(self, method: str, path: str, body: Any, timeout: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        connection = self._connection(timeout)
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        try:
+            connection.request(method, self._parts.path.rstrip("/") + path, body=data, headers=headers)
+            return connection, connection.getresponse()
+        except (ConnectionRefusedError, socket.gaierror) as e:
+            connection.close()
+            raise NodeNotRunning(self.url) from e
+        except (OSError, http.client.HTTPException) as e:
+            connection.close()
+            raise NodeNotRunning(self.url, _reason(e)) from e
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """
+        Make one request; return the JSON answer.
+
+        @raise NodeNotRunning: if nothing answers.
+        @raise ApiRequestError: if the node refuses the request.
+        """
+        connection, response = self._send(method, path, body, self._timeout)
+        try:
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise NodeNotRunning(self.url, _reason(e)) from e
+        finally:
+            connection.close()
+        try:
+            value = json.loads(raw) if raw else None
+        except ValueError:
+            value = None
+        if response.status >= 400:
+            message = value.get("error") if isinstance(value, dict) else None
+            raise ApiRequestError(response.status, message or f"HTTP {response.status} {response.reason}")
+        if value is None:
+            raise ApiRequestError(response.status, f"{self.url} did not answer JSON: is it a relaymesh node?")
+        return value
+
+    def events(self, types: list[str] | None = None, timeout: float = STREAM_TIMEOUT) -> Iterator[dict]:
+        """
+        Follow C{/api/events}: yield each event's JSON object.
+
+        The iterator ends when the node closes the stream.
+
+        @raise NodeNotRunning: if nothing answers, or the stream goes silent.
+        @raise ApiRequestError: if the node refuses the request.
+        """
+        path = "/api/events"
+        if types:
+            path += "?types=" + quote(",".join(types), safe=",")
+        connection, response = self._send("GET", path, None, timeout)
+        try:
+            if response.status >= 400:
+                raw = response.read()
+                try:
+                    message = json.loads(raw).get("error")
+                except (ValueError, AttributeError):
+                    message = None
+                raise ApiRequestError(response.status, message or f"HTTP {response.status}")
+            data: list[str] = []
+            while True:
+                try:
+                    line = response.readline()
+                except (OSError, http.client.HTTPException) as e:
+                    raise NodeNotRunning(self.url, _reason(e)) from e
+                if not line:
+                    return
+                text = line.decode("utf-8", "replace").rstrip("\r\n")
+                if text.startswith("data:"):
+                    data.append(text[5:].lstrip(" "))
+                elif not text and data:
+                    try:
+                        yield json.loads("\n".join(data))
+                    except ValueError:
+                        pass
+                    data = []
+        finally:
+            connection.close()
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, socket.timeout):
+        return "no answer in time"
+    return str(error) or type(error).__name__

@@ -1,0 +1,462 @@
+"""
+The live C{relaymesh} commands: they talk to a running node through its
+control API (L{relaymesh.api}), with the token from its token file.
+
+    relaymesh status
+    relaymesh peers                         (live; the stored list without a node)
+    relaymesh send PEER MSG_TYPE JSON
+    relaymesh broadcast MSG_TYPE JSON
+    relaymesh watch [--types T,...] [--heartbeats] [--count N]
+    relaymesh connect peer_id@host:port [--wait SECONDS]
+    relaymesh disconnect PEER
+
+C{--api URL} chooses the node (see L{relaymesh.apiclient.resolve_url}). When
+no node answers, a command prints one line saying so and how to start one,
+and exits with status 1; a request the node refuses is a user error (status
+2) like the offline commands' errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shlex
+import sys
+import time
+from datetime import datetime
+from typing import Any, Callable
+from urllib.parse import quote
+
+from relaymesh.apiclient import (
+    API_ENV,
+    TOKEN_FILE,
+    ApiRequestError,
+    NodeClient,
+    NodeNotRunning,
+    TokenMissing,
+    read_token,
+    resolve_url,
+)
+from relaymesh.cli import PROG, Command, CommandError, Context, _table, register_command
+
+#: Exit status when no node is running.
+EXIT_NOT_RUNNING = 1
+
+#: Seconds between looks at the peer list while C{connect --wait} waits.
+WAIT_STEP = 0.25
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Add the options that choose the node: C{--api} and C{--api-token-file}.
+    """
+    parser.add_argument(
+        "--api",
+        metavar="URL",
+        help="the node's API, e.g. http://127.0.0.1:9849 (default: $RELAYMESH_API, "
+        "else the node running with the data directory, else http://127.0.0.1:9849)",
+    )
+    parser.add_argument(
+        "--api-token-file",
+        metavar="FILE",
+        help="the API token file (default: DATA_DIR/api-token)",
+    )
+
+
+def _token_file(context: Context, args: argparse.Namespace) -> str:
+    return getattr(args, "api_token_file", None) or os.path.join(context.data_dir, TOKEN_FILE)
+
+
+def client(context: Context, args: argparse.Namespace) -> NodeClient:
+    """
+    A client of the node the arguments choose.
+
+    @raise TokenMissing: if there is no token file.
+    @raise CommandError: if the URL is not usable.
+    """
+    url = resolve_url(context.data_dir, getattr(args, "api", None))
+    token = read_token(_token_file(context, args))
+    try:
+        return NodeClient(url, token)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+
+
+def _start_hint(context: Context, args: argparse.Namespace) -> str:
+    command = "twist relaymesh"
+    if getattr(args, "data_dir", None):
+        command += f" --data-dir {shlex.quote(context.data_dir)}"
+    return command
+
+
+def not_running(context: Context, args: argparse.Namespace, error: Exception) -> int:
+    """
+    Say on one line that no node runs, and how to start one.
+    """
+    if isinstance(error, TokenMissing):
+        what = f"no node is running for {context.data_dir} ({error})"
+    else:
+        what = str(error)
+    context.stderr.write(f"{PROG}: {what}; start one with: {_start_hint(context, args)}\n")
+    return EXIT_NOT_RUNNING
+
+
+def refused(error: ApiRequestError, context: Context, args: argparse.Namespace) -> CommandError:
+    """
+    The user error a refused request stands for.
+    """
+    if error.status == 401:
+        return CommandError(
+            f"the node refused the API token in {_token_file(context, args)}: "
+            "is it the token of the node at that address?"
+        )
+    return CommandError(error.message)
+
+
+def live(run: Callable[[Context, argparse.Namespace, NodeClient], int | None]) -> Callable:
+    """
+    Make a command that talks to a node: give it a client, and turn "no
+    node" and refused requests into the right messages and statuses.
+    """
+
+    @functools.wraps(run)
+    def command(context: Context, args: argparse.Namespace) -> int | None:
+        try:
+            return run(context, args, client(context, args))
+        except (NodeNotRunning, TokenMissing) as e:
+            return not_running(context, args, e)
+        except ApiRequestError as e:
+            raise refused(e, context, args) from None
+
+    return command
+
+
+# -- formatting ----------------------------------------------------------------
+
+
+def ago(seconds: float | None, now: float | None = None) -> str:
+    """
+    How long ago an epoch time was, for people: C{"12 s ago"}.
+    """
+    if seconds is None:
+        return "never"
+    delta = max(0.0, (time.time() if now is None else now) - seconds)
+    if delta < 60:
+        return f"{delta:.0f} s ago"
+    if delta < 3600:
+        return f"{delta // 60:.0f} min ago"
+    if delta < 86400:
+        return f"{delta // 3600:.0f} h ago"
+    return f"{delta // 86400:.0f} d ago"
+
+
+def duration(seconds: float) -> str:
+    """
+    A duration for people: C{"2h 5m"}, C{"3m 12s"}, C{"40s"}.
+    """
+    seconds = int(seconds)
+    hours, minutes, secs = seconds // 3600, seconds % 3600 // 60, seconds % 60
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def _compact(value: Any, limit: int = 200) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """
+    One line for an event of /api/events.
+    """
+    kind = event.get("event")
+    moment = event.get("time")
+    stamp = datetime.fromtimestamp(moment).strftime("%H:%M:%S") if isinstance(moment, (int, float)) else "--:--:--"
+    peer = event.get("peer_id") or "(unknown peer)"
+    if kind == "message":
+        message = event.get("message") or {}
+        text = (
+            f"message from {event.get('from')}: {message.get('msg_type')} "
+            f"{_compact(message.get('payload'))} ({message.get('id')})"
+        )
+    elif kind == "peer_connected":
+        text = f"{peer} connected ({event.get('direction')}, {event.get('address')})"
+    elif kind == "peer_disconnected":
+        text = f"{peer} disconnected: {event.get('reason')}"
+    elif kind == "peer_denied":
+        text = f"handshake denied with {event.get('address')} ({event.get('direction')}): {event.get('reason')}"
+    elif kind == "peer_reconnect_scheduled":
+        text = f"reconnecting to {event.get('peer_id') or event.get('address')} in {event.get('delay'):g} s"
+    elif kind == "peer_connecting":
+        text = f"dialling {event.get('peer_id') or ''} at {event.get('address')}".replace("  ", " ")
+    else:
+        text = _compact(event)
+    return f"{stamp} {text}"
+
+
+def _payload(text: str) -> Any:
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise CommandError(f"JSON: the payload is not valid JSON ({e})") from None
+
+
+# -- status --------------------------------------------------------------------
+
+
+@live
+def run_status(context: Context, args: argparse.Namespace, node: NodeClient) -> None:
+    """
+    Print the node's identity, addresses, uptime and counts.
+    """
+    s = node.call("GET", "/api/status")
+    peers = s.get("peers", {})
+    rows = [
+        ("Node:", f"{s['identity']} (relaymesh {s['version']})"),
+        ("Relay:", s.get("listen") or "not listening"),
+        ("API:", node.url),
+        ("Up:", duration(s.get("uptime", 0))),
+        (
+            "Peers:",
+            f"{peers.get('connected', 0)} connected of {peers.get('known', 0)} known, "
+            f"{peers.get('dialled', 0)} dialled",
+        ),
+        ("Workers:", str(s.get("workers", 0))),
+    ]
+    context.emit(s, _table(rows))
+
+
+# -- peers (live) --------------------------------------------------------------
+
+
+def wants_live_peers(context: Context, args: argparse.Namespace) -> bool:
+    """
+    Whether C{peers} should ask a node: an API was named, or the data
+    directory has a token (a node has run with it).
+    """
+    return bool(
+        getattr(args, "api", None)
+        or os.environ.get(API_ENV)
+        or os.path.exists(_token_file(context, args))
+    )
+
+
+def live_peers(context: Context, args: argparse.Namespace) -> bool:
+    """
+    Print the live peer list if a node runs.
+
+    @return: whether it did; L{False} means no node answered, and the caller
+        shows the stored list.
+    @raise CommandError: if the node refused the request.
+    """
+    if not wants_live_peers(context, args):
+        return False
+    try:
+        peers = client(context, args).call("GET", "/api/peers")["peers"]
+    except (NodeNotRunning, TokenMissing):
+        return False
+    except ApiRequestError as e:
+        raise refused(e, context, args) from None
+    pending = context.store.pending_key() is not None
+    if peers:
+        rows = [("PEER ID", "STATE", "ADDRESS", "LAST SEEN", "RTT", "MSGS IN/OUT")]
+        for p in peers:
+            rtt = "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.1f} ms"
+            rows.append(
+                (
+                    p["peer_id"],
+                    p["state"],
+                    p.get("address") or "-",
+                    ago(p.get("last_seen")),
+                    rtt,
+                    f"{p.get('msgs_in', 0)}/{p.get('msgs_out', 0)}",
+                )
+            )
+        listing = _table(rows)
+    else:
+        listing = "No peers."
+    state = "armed" if pending else "none"
+    context.emit(
+        {"peers": peers, "pending": pending, "live": True},
+        f"{listing}\nPending pairing key: {state}",
+    )
+    return True
+
+
+# -- send and broadcast ----------------------------------------------------------
+
+
+def add_send_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    C{send PEER MSG_TYPE JSON}.
+    """
+    parser.add_argument("peer_id", metavar="PEER", help="the connected peer to send to")
+    parser.add_argument("msg_type", metavar="MSG_TYPE", help="a relay message type, e.g. task_status")
+    parser.add_argument("payload", metavar="JSON", help="the payload as JSON ('-' reads it from standard input)")
+    add_node_arguments(parser)
+
+
+@live
+def run_send(context: Context, args: argparse.Namespace, node: NodeClient) -> None:
+    """
+    Send one message to one peer.
+    """
+    answer = node.call(
+        "POST", "/api/send", {"to": args.peer_id, "msg_type": args.msg_type, "payload": _payload(args.payload)}
+    )
+    context.emit(answer, f"Sent {args.msg_type} {answer['id']} to {answer['to']}.")
+
+
+def add_broadcast_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    C{broadcast MSG_TYPE JSON}.
+    """
+    parser.add_argument("msg_type", metavar="MSG_TYPE", help="a relay message type, e.g. knowledge_sync")
+    parser.add_argument("payload", metavar="JSON", help="the payload as JSON ('-' reads it from standard input)")
+    add_node_arguments(parser)
+
+
+@live
+def run_broadcast(context: Context, args: argparse.Namespace, node: NodeClient) -> None:
+    """
+    Send one message to every connected peer.
+    """
+    answer = node.call("POST", "/api/broadcast", {"msg_type": args.msg_type, "payload": _payload(args.payload)})
+    peers = sorted(answer.get("ids", {}))
+    if peers:
+        text = f"Sent {args.msg_type} {answer['id']} to {len(peers)} peer{'s' if len(peers) != 1 else ''}: {', '.join(peers)}."
+    else:
+        text = "No peer is connected: nothing was sent."
+    context.emit(answer, text)
+
+
+# -- watch -----------------------------------------------------------------------
+
+
+def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    C{watch [--types T,...] [--heartbeats] [--count N]}.
+    """
+    parser.add_argument(
+        "--types",
+        metavar="TYPES",
+        help="only these events, comma-separated: message, connected, disconnected, "
+        "denied, reconnect_scheduled, connecting",
+    )
+    parser.add_argument("--heartbeats", action="store_true", help="show heartbeat messages too")
+    parser.add_argument("--count", metavar="N", type=int, help="stop after N events")
+    add_node_arguments(parser)
+
+
+@live
+def run_watch(context: Context, args: argparse.Namespace, node: NodeClient) -> int | None:
+    """
+    Follow the node's events, one line each (a JSON object with --json).
+    """
+    types = [t for t in (args.types or "").split(",") if t.strip()] or None
+    shown = 0
+    out = context.stdout
+    try:
+        for event in node.events(types):
+            message = event.get("message")
+            if not args.heartbeats and isinstance(message, dict) and message.get("msg_type") == "heartbeat":
+                continue
+            out.write((json.dumps(event, ensure_ascii=False) if context.json_output else describe_event(event)) + "\n")
+            out.flush()
+            shown += 1
+            if args.count is not None and shown >= args.count:
+                return None
+    except KeyboardInterrupt:
+        return None
+    context.stderr.write(f"{PROG}: the node at {node.url} closed the event stream\n")
+    return EXIT_NOT_RUNNING
+
+
+# -- connect and disconnect ------------------------------------------------------
+
+
+def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    C{connect peer_id@host:port [--wait SECONDS]}.
+    """
+    parser.add_argument("addr", metavar="PEER_ID@HOST:PORT", help="the peer to dial")
+    parser.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="wait up to this long for the peer to connect (exit status 1 if it does not)",
+    )
+    add_node_arguments(parser)
+
+
+@live
+def run_connect(context: Context, args: argparse.Namespace, node: NodeClient) -> int | None:
+    """
+    Make the node dial a peer (until it is disconnected or the node stops).
+    """
+    answer = node.call("POST", "/api/peers", {"addr": args.addr})
+    peer_id = answer.get("peer_id")
+    if args.wait > 0 and peer_id:
+        deadline = time.monotonic() + args.wait
+        while True:
+            try:
+                state = node.call("GET", f"/api/peers/{quote(peer_id, safe='')}")["state"]
+            except ApiRequestError as e:
+                if e.status != 404:
+                    raise
+                state = "connecting"
+            if state == "connected":
+                context.emit({**answer, "state": state}, f"Connected to {peer_id}.")
+                return None
+            if time.monotonic() >= deadline:
+                context.emit(
+                    {**answer, "state": state},
+                    f"{peer_id} is not connected after {args.wait:g} s ({state}); the node keeps dialling it.",
+                )
+                return EXIT_NOT_RUNNING
+            time.sleep(WAIT_STEP)
+    context.emit(answer, f"Dialling {answer['addr']}; see its state with: {PROG} peers")
+    return None
+
+
+def add_disconnect_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    C{disconnect PEER}.
+    """
+    parser.add_argument("peer_id", metavar="PEER", help="the peer to disconnect")
+    add_node_arguments(parser)
+
+
+@live
+def run_disconnect(context: Context, args: argparse.Namespace, node: NodeClient) -> None:
+    """
+    Close a peer's connection and stop dialling it.
+    """
+    answer = node.call("DELETE", f"/api/peers/{quote(args.peer_id, safe='')}")
+    done = []
+    if answer.get("was_connected"):
+        done.append(f"Disconnected {args.peer_id}")
+    if answer.get("stopped_dialling"):
+        done.append(f"stopped dialling {args.peer_id}" if done else f"Stopped dialling {args.peer_id}")
+    text = "; ".join(done) + "." if done else f"{args.peer_id} was neither connected nor dialled."
+    context.emit(answer, text)
+
+
+register_command(Command("status", "show a running node's status", add_node_arguments, run_status))
+register_command(Command("send", "send a message to a peer through a running node", add_send_arguments, run_send))
+register_command(
+    Command("broadcast", "send a message to every connected peer", add_broadcast_arguments, run_broadcast)
+)
+register_command(Command("watch", "follow a running node's messages and peer events", add_watch_arguments, run_watch))
+register_command(Command("connect", "make a running node dial a peer", add_connect_arguments, run_connect))
+register_command(
+    Command("disconnect", "disconnect a peer and stop dialling it", add_disconnect_arguments, run_disconnect)
+)

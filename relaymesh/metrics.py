@@ -1,0 +1,279 @@
+"""
+A node's Prometheus metrics, and the round-trip times they report.
+
+Each node has its own L{CollectorRegistry} (never the library's global one),
+so several nodes in one process, and tests, do not clash. Most numbers are
+read when Prometheus scrapes, from counters the mesh keeps anyway
+(L{relaymesh.mesh.Mesh.peers}); only what the mesh does not count is fed
+from its events: handshakes by result, reconnection attempts, delivered
+messages by type, and round-trip times.
+
+Round-trip times are measured honestly or not at all. The relay protocol has
+no ping: a claudectl peer answers nothing to a heartbeat. The one reply that
+names what it answers is C{ack} (payload C{{"ack_id": ID}}), so
+L{RoundTrips} times an C{ack} against the message of ours it names, whose id
+carries the millisecond it was made and this node's random tag. A peer that
+never acks has no round-trip time (L{None}), rather than a guessed one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from twisted.internet.interfaces import IReactorTime
+
+from relaymesh._version import __version__
+from relaymesh.mesh import CONNECTED, Mesh, PeerEvent, PeerStatus
+from relaymesh.wire import MessageType, RelayMessage
+
+#: Buckets of the round-trip time histogram, in seconds.
+RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: An ack naming a message of ours older than this many heartbeat intervals
+#: is not timed: it cannot be an answer to a live exchange.
+RTT_MAX_INTERVALS = 3
+
+_OUR_ID = re.compile(r"msg_(\d+)_\d+_([0-9a-f]+)\Z")
+
+
+def _id_tag(message_id: str) -> str | None:
+    match = _OUR_ID.match(message_id)
+    return None if match is None else match.group(2)
+
+
+class RoundTrips:
+    """
+    Round-trip times from this node's messages to the peers' acks of them.
+
+    @ivar last: The latest round-trip time per peer id, in seconds.
+    """
+
+    def __init__(self, mesh: Mesh, clock: IReactorTime) -> None:
+        """
+        @param mesh: The node's mesh; acks are read from it.
+        @param clock: The clock the mesh stamps its messages with.
+        """
+        self._mesh = mesh
+        self._clock = clock
+        # The tag every id this mesh makes ends with; a message made here
+        # for the purpose is never sent.
+        self._tag = _id_tag(mesh.message(MessageType.ACK, {}).id)
+        self._observers: list[Callable[[str, float], None]] = []
+        self.last: dict[str, float] = {}
+        self._subscription = mesh.subscribe(self._ack, MessageType.ACK.value)
+
+    def observe(self, callback: Callable[[str, float], None]) -> None:
+        """
+        Call C{callback(peer_id, seconds)} with every round-trip time measured.
+        """
+        self._observers.append(callback)
+
+    def rtt_ms(self, peer_id: str) -> float | None:
+        """
+        The peer's latest round-trip time in milliseconds, or L{None} if it
+        never acked a message of ours.
+        """
+        seconds = self.last.get(peer_id)
+        return None if seconds is None else round(seconds * 1000, 3)
+
+    def _ack(self, peer_id: str, message: RelayMessage) -> None:
+        payload = message.payload
+        acked = payload.get("ack_id") if isinstance(payload, dict) else None
+        if not isinstance(acked, str) or self._tag is None:
+            return
+        match = _OUR_ID.match(acked)
+        if match is None or match.group(2) != self._tag:
+            return  # not one of ours: nothing to time it against
+        seconds = self._clock.seconds() - int(match.group(1)) / 1000
+        if not 0 <= seconds <= RTT_MAX_INTERVALS * self._mesh.heartbeat_interval:
+            return
+        self.last[peer_id] = seconds
+        for callback in tuple(self._observers):
+            callback(peer_id, seconds)
+
+    def stop(self) -> None:
+        """
+        Stop reading acks.
+        """
+        self._subscription.cancel()
+
+
+class _Snapshot:
+    """
+    What a scrape reports that is read from the mesh, taken in the reactor
+    thread so that the exposition may run in another.
+    """
+
+    __slots__ = ("peers", "connected", "uptime", "delivered")
+
+    def __init__(
+        self,
+        peers: list[PeerStatus],
+        connected: int,
+        uptime: float,
+        delivered: dict[tuple[str, str], int],
+    ) -> None:
+        self.peers = peers
+        self.connected = connected
+        self.uptime = uptime
+        self.delivered = delivered
+
+
+class _MeshCollector:
+    """
+    The metrics read from the mesh's own counters at scrape time.
+    """
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # the families depend on the peers; describe none up front
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._metrics.snapshot
+        identity = self._metrics.identity
+        info = GaugeMetricFamily(
+            "relaymesh_node_info", "This node's identity and version.", labels=["identity", "version"]
+        )
+        info.add_metric([identity, __version__], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "relaymesh_uptime_seconds", "Seconds since the node started.", value=snapshot.uptime
+        )
+        yield GaugeMetricFamily(
+            "relaymesh_peers_connected", "Peers connected now.", value=snapshot.connected
+        )
+        up = GaugeMetricFamily(
+            "relaymesh_peer_up", "Whether the peer is connected (1) or not (0).", labels=["peer"]
+        )
+        attempt = GaugeMetricFamily(
+            "relaymesh_peer_reconnect_attempt",
+            "The peer's current reconnection attempt (0 once connected).",
+            labels=["peer"],
+        )
+        messages = CounterMetricFamily(
+            "relaymesh_messages",
+            "Relay messages (handshake included) received (in) and sent (out), per peer.",
+            labels=["peer", "direction"],
+        )
+        octets = CounterMetricFamily(
+            "relaymesh_bytes",
+            "Relay protocol bytes received (in) and sent (out), per peer.",
+            labels=["peer", "direction"],
+        )
+        for peer in snapshot.peers:
+            name = peer.peer_id
+            up.add_metric([name], 1 if peer.state == CONNECTED else 0)
+            attempt.add_metric([name], peer.reconnect_attempt)
+            messages.add_metric([name, "in"], peer.msgs_in)
+            messages.add_metric([name, "out"], peer.msgs_out)
+            octets.add_metric([name, "in"], peer.bytes_in)
+            octets.add_metric([name, "out"], peer.bytes_out)
+        by_type = CounterMetricFamily(
+            "relaymesh_messages_received_by_type",
+            "Messages delivered to the application (duplicates dropped), per peer and type.",
+            labels=["peer", "msg_type"],
+        )
+        for (peer_id, msg_type), count in sorted(snapshot.delivered.items()):
+            by_type.add_metric([peer_id, msg_type], count)
+        yield from (up, attempt, messages, octets, by_type)
+
+
+class NodeMetrics:
+    """
+    One node's metrics, in a registry of its own.
+
+    Call L{refresh} in the reactor thread before each exposition: it reads
+    the mesh once, and the exposition reports that reading.
+
+    @ivar registry: The node's L{CollectorRegistry}.
+    @ivar snapshot: The latest reading of the mesh.
+    """
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        clock: IReactorTime,
+        round_trips: RoundTrips | None = None,
+        started_at: float | None = None,
+    ) -> None:
+        """
+        @param mesh: The node's mesh.
+        @param clock: Its clock.
+        @param round_trips: Where round-trip times come from; one is made
+            for the mesh if L{None}.
+        @param started_at: When the node started (clock seconds); now if
+            L{None}.
+        """
+        self._mesh = mesh
+        self._clock = clock
+        self.identity = mesh.identity
+        self.started_at = clock.seconds() if started_at is None else started_at
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.handshakes = Counter(
+            "relaymesh_handshakes",
+            "Relay handshakes by result (ok, denied) and direction.",
+            ["result", "direction"],
+            registry=self.registry,
+        )
+        self.reconnects = Counter(
+            "relaymesh_reconnect_attempts",
+            "Reconnection attempts scheduled, per peer.",
+            ["peer"],
+            registry=self.registry,
+        )
+        self.rtt = Histogram(
+            "relaymesh_rtt_seconds",
+            "Round trip from a message of this node to the peer's ack naming it.",
+            ["peer"],
+            buckets=RTT_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_MeshCollector(self))
+        # (peer, msg_type) -> messages delivered: one dict update per message
+        # on the hot path, exposed at scrape time
+        self.delivered: dict[tuple[str, str], int] = {}
+        self.round_trips = round_trips or RoundTrips(mesh, clock)
+        self.round_trips.observe(self._round_trip)
+        self._subscriptions = [mesh.watch_peers(self._peer_event), mesh.subscribe(self._message)]
+        self.snapshot = _Snapshot([], 0, 0.0, {})
+
+    def refresh(self) -> None:
+        """
+        Read the mesh's peers for the next exposition (in the reactor thread).
+        """
+        mesh = self._mesh
+        self.snapshot = _Snapshot(
+            mesh.peers(),
+            mesh.connected_count(),
+            self._clock.seconds() - self.started_at,
+            dict(self.delivered),
+        )
+
+    def stop(self) -> None:
+        """
+        Stop listening to the mesh.
+        """
+        for subscription in self._subscriptions:
+            subscription.cancel()
+
+    def _peer_event(self, event: PeerEvent) -> None:
+        if event.kind == CONNECTED:
+            self.handshakes.labels("ok", event.direction or "").inc()
+        elif event.kind == "denied":
+            # Not labelled by peer: a denied peer id is whatever was claimed.
+            self.handshakes.labels("denied", event.direction or "").inc()
+        elif event.kind == "reconnect_scheduled":
+            self.reconnects.labels(event.peer_id or event.address or "").inc()
+
+    def _message(self, peer_id: str, message: RelayMessage) -> None:
+        key = (peer_id, message.msg_type)
+        delivered = self.delivered
+        delivered[key] = delivered.get(key, 0) + 1
+
+    def _round_trip(self, peer_id: str, seconds: float) -> None:
+        self.rtt.labels(peer_id).observe(seconds)

@@ -1,0 +1,938 @@
+"""
+Tests for L{relaymesh.api}: every endpoint and every error status, over real
+HTTP on 127.0.0.1, against a node whose mesh runs on a memory clock; and the
+event stream's keepalives, filters and slow-client limit on a fake request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import types
+from io import BytesIO
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.test.requesthelper import DummyChannel
+
+from relaymesh import api, tap
+from relaymesh.api import (
+    MAX_BODY,
+    ApiError,
+    ApiService,
+    ControlPlane,
+    EventStream,
+    as_api_error,
+    load_token,
+    make_site,
+    parse_event_types,
+)
+from relaymesh.keystore import KeyStore
+from relaymesh.mesh import PeerEvent, PeerNotConnected, UnknownPeer, UnsupportedMessageType
+from relaymesh.service import RelayService
+from relaymesh.test.support import EPOCH, Node, connect
+from relaymesh.wire import RelayMessage, WireError
+
+TOKEN = "test-token-0123456789"
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01) -> defer.Deferred:
+    """
+    Fire once C{predicate()} is true (real time); fail after C{timeout} s.
+    """
+    deadline = reactor.seconds() + timeout
+
+    def check():
+        if predicate():
+            loop.stop()
+        elif reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {predicate.__doc__ or predicate}")
+
+    loop = task.LoopingCall(check)
+    return loop.start(interval)
+
+
+class StreamReader(Protocol):
+    """
+    Collects a streamed response body and splits it into SSE events.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.done = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason) -> None:
+        self.done.callback(None)
+
+    def events(self) -> list[dict]:
+        found = []
+        for block in self.data.split(b"\n\n"):
+            lines = [line[6:] for line in block.split(b"\n") if line.startswith(b"data: ")]
+            if lines:
+                found.append(json.loads(b"\n".join(lines)))
+        return found
+
+    def close(self) -> defer.Deferred:
+        self.transport.stopProducing()
+        return self.done
+
+
+class ApiHarness:
+    """
+    A node "alpha" (mesh on a memory clock, not started) with its control
+    plane served over real HTTP on 127.0.0.1, and an in-memory peer "beta".
+    """
+
+    def __init__(self, case: TestCase, **control_args) -> None:
+        self.case = case
+        self.clock = MemoryReactorClock()
+        self.clock.advance(EPOCH)
+        self.keystore = KeyStore(case.mktemp())
+        self.keystore.set_identity("alpha")
+        self.node = RelayService(self.keystore, listen=None, reactor=self.clock)
+        self.control = ControlPlane(self.node, self.clock, token=TOKEN, **control_args)
+        self.site = make_site(self.control)
+        self.channels: list = []
+        build = self.site.buildProtocol
+
+        def tracking(addr):
+            channel = build(addr)
+            self.channels.append(channel)
+            return channel
+
+        self.site.buildProtocol = tracking
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        self.agent = Agent(reactor, pool=self.pool)
+        self.readers: list[StreamReader] = []
+        case.addCleanup(self.close)
+
+    @defer.inlineCallbacks
+    def close(self):
+        self.control.close_streams()
+        for reader in self.readers:
+            if not reader.done.called:
+                reader.transport.stopProducing()
+            yield reader.done
+        yield self.pool.closeCachedConnections()
+        transports = [getattr(c, "transport", None) for c in self.channels]
+        transports = [t for t in transports if t is not None]
+        for transport in transports:
+            if transport.connected:
+                transport.abortConnection()
+        yield self.port.stopListening()
+        yield wait_for(lambda: not any(t.connected for t in transports), 5)
+
+    # -- the peer ------------------------------------------------------------
+
+    def connect_beta(self, name: str = "beta", host: str = "10.0.0.2"):
+        """
+        Pair and connect an in-memory peer; return it and the link.
+        """
+        peer = Node(name, self.clock)
+        key = os.urandom(32)
+        self.keystore.set_key(name, key)
+        peer.keys.keys["alpha"] = key
+        alpha = types.SimpleNamespace(
+            identity="alpha", clock=self.clock, server=self.node.server_factory, mesh=self.node.mesh
+        )
+        link = connect(alpha, peer, host=host)
+        return peer, link
+
+    # -- HTTP ----------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def request(self, method: str, path: str, body=None, token: str | None = TOKEN, raw: bytes | None = None, headers=None):
+        """
+        Make a request; fire with C{(status, JSON body, response)}.
+        """
+        h = Headers(headers or {})
+        if token is not None:
+            h.addRawHeader(b"authorization", f"Bearer {token}".encode())
+        producer = None
+        if raw is None and body is not None:
+            raw = json.dumps(body).encode()
+        if raw is not None:
+            producer = FileBodyProducer(BytesIO(raw))
+            h.addRawHeader(b"content-type", b"application/json")
+        response = yield self.agent.request(method.encode(), (self.url + path).encode(), h, producer)
+        data = yield readBody(response)
+        try:
+            value = json.loads(data)
+        except ValueError:
+            value = data
+        return response.code, value, response
+
+    @defer.inlineCallbacks
+    def stream(self, path: str = "/api/events", token: str | None = TOKEN, headers=None):
+        """
+        Open an event stream; fire with C{(response, StreamReader)}.
+        """
+        h = Headers(headers or {})
+        if token is not None:
+            h.addRawHeader(b"authorization", f"Bearer {token}".encode())
+        response = yield self.agent.request(b"GET", (self.url + path).encode(), h)
+        reader = StreamReader()
+        self.readers.append(reader)
+        response.deliverBody(reader)
+        return response, reader
+
+
+class StatusTests(TestCase):
+    timeout = 20
+
+    def setUp(self):
+        self.h = ApiHarness(self)
+
+    @defer.inlineCallbacks
+    def test_status(self):
+        """
+        GET /api/status names the node, its version, addresses, uptime and counts.
+        """
+        from relaymesh._version import __version__
+
+        self.h.connect_beta()
+        self.h.clock.advance(12.5)
+        code, body, _ = yield self.h.request("GET", "/api/status")
+        self.assertEqual(code, 200)
+        self.assertEqual((body["identity"], body["version"]), ("alpha", __version__))
+        self.assertEqual(body["uptime"], 12.5)
+        self.assertIsNone(body["listen"])
+        self.assertEqual(body["peers"], {"known": 1, "connected": 1, "dialled": 0})
+        for key in ("api", "started_at", "workers", "event_streams", "heartbeat_interval", "max_peers"):
+            self.assertIn(key, body)
+
+    @defer.inlineCallbacks
+    def test_missing_token(self):
+        """
+        Without a token: 401, a JSON error and a WWW-Authenticate header.
+        """
+        code, body, response = yield self.h.request("GET", "/api/status", token=None)
+        self.assertEqual(code, 401)
+        self.assertIn("API token", body["error"])
+        self.assertEqual(response.headers.getRawHeaders(b"www-authenticate"), [b'Bearer realm="relaymesh"'])
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
+
+    @defer.inlineCallbacks
+    def test_wrong_token(self):
+        for path in ["/api/status", "/api/peers", "/api/workers", "/api/events", "/api/nothing-here"]:
+            code, body, _ = yield self.h.request("GET", path, token="wrong")
+            self.assertEqual((path, code), (path, 401))
+            self.assertIn("error", body)
+        code, body, _ = yield self.h.request("GET", "/api/status", token=None, headers={"authorization": ["Basic eDp5"]})
+        self.assertEqual(code, 401)
+
+    @defer.inlineCallbacks
+    def test_cookie_not_enough(self):
+        """
+        The token cookie is taken by /api/events only.
+        """
+        cookie = {"cookie": [f"relaymesh_token_9849={TOKEN}"]}
+        code, _, _ = yield self.h.request("GET", "/api/status", token=None, headers=cookie)
+        self.assertEqual(code, 401)
+        code, _, _ = yield self.h.request("POST", "/api/broadcast", {"msg_type": "ack"}, token=None, headers=cookie)
+        self.assertEqual(code, 401)
+
+    @defer.inlineCallbacks
+    def test_not_found_and_method(self):
+        code, body, _ = yield self.h.request("GET", "/api/nothing-here")
+        self.assertEqual(code, 404)
+        self.assertIn("/api/nothing-here", body["error"])
+        for path in ["/nothing", "/api", "/api/"]:
+            code, body, _ = yield self.h.request("GET", path)
+            self.assertEqual((path, code), (path, 404))
+            self.assertIn("error", body)
+        code, body, response = yield self.h.request("DELETE", "/api/status")
+        self.assertEqual(code, 405)
+        self.assertIn("DELETE", body["error"])
+        self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"GET"])
+        code, body, _ = yield self.h.request("GET", "/api/status/extra")
+        self.assertEqual(code, 404)
+
+
+class PeersTests(TestCase):
+    timeout = 20
+
+    def setUp(self):
+        self.h = ApiHarness(self)
+
+    @defer.inlineCallbacks
+    def test_list(self):
+        """
+        Connected peers show their state, address, direction, times and
+        traffic; a paired peer never seen is listed as disconnected with the
+        address and last-seen time from its metadata.
+        """
+        self.h.connect_beta()
+        self.h.keystore.set_key("gamma", os.urandom(32))
+        self.h.keystore.update_meta("gamma", addr="10.0.0.9:9847", last_seen=1795000000000)
+        code, body, _ = yield self.h.request("GET", "/api/peers")
+        self.assertEqual(code, 200)
+        beta, gamma = body["peers"]
+        self.assertEqual(
+            (beta["peer_id"], beta["state"], beta["address"], beta["direction"]),
+            ("beta", "connected", "10.0.0.2:40000", "inbound"),
+        )
+        self.assertEqual(beta["connected_since"], round(self.h.clock.seconds(), 3))
+        self.assertGreater(beta["msgs_in"], 0)
+        self.assertGreater(beta["bytes_out"], 0)
+        self.assertIsNone(beta["rtt_ms"])
+        self.assertTrue(beta["paired"])
+        for key in ("last_seen", "msgs_out", "bytes_in", "reconnect_attempt", "next_retry_at", "dialled"):
+            self.assertIn(key, beta)
+        self.assertEqual(
+            (gamma["peer_id"], gamma["state"], gamma["address"], gamma["last_seen"]),
+            ("gamma", "disconnected", "10.0.0.9:9847", 1795000000.0),
+        )
+
+    @defer.inlineCallbacks
+    def test_one_peer(self):
+        self.h.connect_beta()
+        code, body, _ = yield self.h.request("GET", "/api/peers/beta")
+        self.assertEqual((code, body["state"]), (200, "connected"))
+        code, body, _ = yield self.h.request("GET", "/api/peers/nobody")
+        self.assertEqual(code, 404)
+        self.assertIn("nobody", body["error"])
+
+    @defer.inlineCallbacks
+    def test_connect(self):
+        """
+        POST /api/peers dials a peer at run time (202), once per address.
+        """
+        self.h.keystore.set_key("gamma", os.urandom(32))
+        code, body, _ = yield self.h.request("POST", "/api/peers", {"addr": "gamma@127.0.0.1:9900"})
+        self.assertEqual(code, 202)
+        self.assertEqual(body, {"addr": "gamma@127.0.0.1:9900", "peer_id": "gamma", "already_dialled": False})
+        [outbound] = self.h.node.outbound()
+        self.assertEqual((outbound.target.peer_id, outbound.target.port), ("gamma", 9900))
+        code, body, _ = yield self.h.request("POST", "/api/peers", {"addr": "gamma@127.0.0.1:9900"})
+        self.assertEqual((code, body["already_dialled"]), (202, True))
+        self.assertEqual(len(self.h.node.outbound()), 1)
+        code, body, _ = yield self.h.request("GET", "/api/peers/gamma")
+        self.assertEqual((body["dialled"], body["address"], body["direction"]), (True, "127.0.0.1:9900", "outbound"))
+
+    @defer.inlineCallbacks
+    def test_connect_errors(self):
+        """
+        A bad address or a peer without a key is a 400 naming the field.
+        """
+        code, body, _ = yield self.h.request("POST", "/api/peers", {"addr": "gamma@host:99999"})
+        self.assertEqual(code, 400)
+        self.assertIn("port", body["error"])
+        code, body, _ = yield self.h.request("POST", "/api/peers", {"addr": "delta@127.0.0.1:9900"})
+        self.assertEqual(code, 400)
+        self.assertIn("'addr'", body["error"])
+        self.assertIn("pair first", body["error"])
+        code, body, _ = yield self.h.request("POST", "/api/peers", {"address": "x"})
+        self.assertEqual((code, body["error"]), (400, "unknown field 'address'"))
+        self.assertEqual(self.h.node.outbound(), [])
+
+    @defer.inlineCallbacks
+    def test_disconnect(self):
+        """
+        DELETE /api/peers/PEER_ID closes the connection and stops dialling.
+        """
+        beta, (server, client, pump) = self.h.connect_beta()
+        self.h.node.add_peer("beta@10.0.0.2:9847")
+        code, body, _ = yield self.h.request("DELETE", "/api/peers/beta")
+        self.assertEqual(code, 200)
+        self.assertEqual(body, {"peer_id": "beta", "was_connected": True, "stopped_dialling": True})
+        pump.flush()
+        self.assertFalse(self.h.node.mesh.is_connected("beta"))
+        self.assertEqual(self.h.node.outbound(), [])
+        code, body, _ = yield self.h.request("DELETE", "/api/peers/nobody")
+        self.assertEqual(code, 404)
+        code, body, _ = yield self.h.request("DELETE", "/api/peers/bad%2Fid")
+        self.assertEqual(code, 404)
+
+
+class SendTests(TestCase):
+    timeout = 20
+
+    def setUp(self):
+        self.h = ApiHarness(self)
+        self.beta, (self.server, self.client, self.pump) = self.h.connect_beta()
+
+    @defer.inlineCallbacks
+    def test_send(self):
+        code, body, _ = yield self.h.request(
+            "POST", "/api/send", {"to": "beta", "msg_type": "task_status", "payload": {"task_id": "t1"}}
+        )
+        self.assertEqual(code, 200)
+        self.assertEqual(body["to"], "beta")
+        self.pump.flush()
+        [(peer, message)] = [r for r in self.beta.received if r[1].msg_type == "task_status"]
+        self.assertEqual((peer, message.id, message.payload), ("alpha", body["id"], {"task_id": "t1"}))
+
+    @defer.inlineCallbacks
+    def test_send_default_payload(self):
+        code, body, _ = yield self.h.request("POST", "/api/send", {"to": "beta", "msg_type": "ack"})
+        self.assertEqual(code, 200)
+        self.pump.flush()
+        self.assertEqual(self.beta.received[-1][1].payload, {})
+
+    @defer.inlineCallbacks
+    def test_unknown_peer(self):
+        code, body, _ = yield self.h.request("POST", "/api/send", {"to": "nobody", "msg_type": "task_status", "payload": {}})
+        self.assertEqual(code, 404)
+        self.assertIn("nobody", body["error"])
+
+    @defer.inlineCallbacks
+    def test_not_connected(self):
+        self.server.transport.loseConnection()
+        self.pump.flush()
+        code, body, _ = yield self.h.request("POST", "/api/send", {"to": "beta", "msg_type": "task_status", "payload": {}})
+        self.assertEqual(code, 409)
+        self.assertIn("not connected", body["error"])
+
+    @defer.inlineCallbacks
+    def test_unsupported_type(self):
+        for msg_type in ["challenge", "frobnicate"]:
+            code, body, _ = yield self.h.request("POST", "/api/send", {"to": "beta", "msg_type": msg_type, "payload": {}})
+            self.assertEqual(code, 400)
+            self.assertIn(msg_type, body["error"])
+
+    @defer.inlineCallbacks
+    def test_broadcast(self):
+        gamma, (_, _, pump_g) = self.h.connect_beta("gamma", host="10.0.0.3")
+        code, body, _ = yield self.h.request("POST", "/api/broadcast", {"msg_type": "knowledge_sync", "payload": {"k": 1}})
+        self.assertEqual(code, 200)
+        self.assertEqual(sorted(body["ids"]), ["beta", "gamma"])
+        self.assertEqual(set(body["ids"].values()), {body["id"]})
+        self.pump.flush()
+        pump_g.flush()
+        for peer in (self.beta, gamma):
+            self.assertEqual(peer.received[-1][1].id, body["id"])
+        code, body, _ = yield self.h.request("POST", "/api/broadcast", {"msg_type": "handshake", "payload": {}})
+        self.assertEqual(code, 400)
+
+    @defer.inlineCallbacks
+    def test_broadcast_nobody(self):
+        self.server.transport.loseConnection()
+        self.pump.flush()
+        code, body, _ = yield self.h.request("POST", "/api/broadcast", {"msg_type": "knowledge_sync", "payload": {}})
+        self.assertEqual((code, body), (200, {"id": None, "ids": {}}))
+
+
+class BodyTests(TestCase):
+    """
+    Malformed, oversized and mistyped request bodies.
+    """
+
+    timeout = 20
+
+    def setUp(self):
+        self.h = ApiHarness(self)
+
+    @defer.inlineCallbacks
+    def test_too_large(self):
+        raw = b'{"msg_type": "ack", "payload": "' + b"x" * MAX_BODY + b'"}'
+        code, body, _ = yield self.h.request("POST", "/api/broadcast", raw=raw)
+        self.assertEqual(code, 413)
+        self.assertIn("over", body["error"])
+
+    def test_too_large_chunked(self):
+        """
+        A body without a Content-Length is cut off at the limit too.
+        """
+        request = api.ApiRequest(DummyChannel(), False)
+        request.gotLength(None)
+        request.handleContentChunk(b"x" * MAX_BODY)
+        self.assertFalse(request.body_too_large)
+        request.handleContentChunk(b"y")
+        self.assertTrue(request.body_too_large)
+        self.assertEqual(request.content.tell(), MAX_BODY)
+
+    @defer.inlineCallbacks
+    def test_malformed(self):
+        for raw in [b"{", b"", b"[1, 2]", b'{"msg_type": NaN}', b"\xff"]:
+            code, body, _ = yield self.h.request("POST", "/api/broadcast", raw=raw)
+            self.assertEqual((raw, code), (raw, 400))
+            self.assertIn("malformed JSON", body["error"])
+
+    @defer.inlineCallbacks
+    def test_fields(self):
+        cases = [
+            ("/api/send", {"to": "beta", "msg_type": "ack", "extra": 1}, "unknown field 'extra'"),
+            ("/api/send", {"msg_type": "ack"}, "missing field 'to'"),
+            ("/api/send", {"to": 7, "msg_type": "ack"}, "field 'to' must be a string"),
+            ("/api/broadcast", {"msg_type": True}, "field 'msg_type' must be a string"),
+            ("/api/peers", {"addr": ["x"]}, "field 'addr' must be a string"),
+        ]
+        for path, value, error in cases:
+            code, body, _ = yield self.h.request("POST", path, value)
+            self.assertEqual((path, code), (path, 400))
+            self.assertIn(error, body["error"])
+        code, body, _ = yield self.h.request("PUT", "/api/sessions", {"sessions": "all"})
+        self.assertEqual(code, 400)
+        self.assertIn("'sessions'", body["error"])
+
+
+class SessionsTests(TestCase):
+    timeout = 20
+
+    def setUp(self):
+        self.h = ApiHarness(self)
+        self.beta, (self.server, self.client, self.pump) = self.h.connect_beta()
+
+    @defer.inlineCallbacks
+    def test_put_sessions(self):
+        """
+        PUT /api/sessions sets what this node's heartbeats carry.
+        """
+        sessions = [{"id": "s1", "cwd": "/src"}]
+        code, body, _ = yield self.h.request("PUT", "/api/sessions", {"sessions": sessions, "worker_id": "w-1"})
+        self.assertEqual((code, body), (200, {"sessions": 1, "worker_id": "w-1"}))
+        self.h.node.mesh.start()
+        self.addCleanup(self.h.node.mesh.stop)
+        self.h.clock.advance(self.h.node.mesh.heartbeat_interval)
+        self.pump.flush()
+        [view] = self.beta.mesh.sessions().values()
+        self.assertEqual((view.worker_id, view.sessions), ("w-1", sessions))
+        code, body, _ = yield self.h.request("PUT", "/api/sessions", {"sessions": None})
+        self.assertEqual((code, body), (200, {"sessions": None, "worker_id": None}))
+
+    @defer.inlineCallbacks
+    def test_workers(self):
+        """
+        GET /api/workers lists every peer's latest session list and its age.
+        """
+        code, body, _ = yield self.h.request("GET", "/api/workers")
+        self.assertEqual((code, body), (200, {"workers": []}))
+        self.beta.mesh.set_sessions([{"id": "s9"}], "beta-worker")
+        self.beta.mesh.start()
+        self.addCleanup(self.beta.mesh.stop)
+        self.h.clock.advance(self.beta.mesh.heartbeat_interval)
+        self.pump.flush()
+        self.h.clock.advance(2)
+        code, body, _ = yield self.h.request("GET", "/api/workers")
+        self.assertEqual(
+            body["workers"], [{"peer_id": "beta", "worker_id": "beta-worker", "sessions": [{"id": "s9"}], "age": 2.0}]
+        )
+
+
+class EventsTests(TestCase):
+    """
+    GET /api/events over real HTTP.
+    """
+
+    timeout = 20
+
+    def setUp(self):
+        self.h = ApiHarness(self)
+
+    @defer.inlineCallbacks
+    def test_stream(self):
+        """
+        Peer events and received messages arrive as C{data:} lines.
+        """
+        response, reader = yield self.h.stream()
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/event-stream; charset=utf-8"])
+        yield wait_for(lambda: b"relaymesh events" in reader.data)
+        self.assertEqual(len(self.h.control.streams), 1)
+        beta, (server, client, pump) = self.h.connect_beta()
+        beta.mesh.send("alpha", "task_status", {"task_id": "t1"})
+        pump.flush()
+        yield wait_for(lambda: any(e["event"] == "message" for e in reader.events()))
+        events = reader.events()
+        connected = [e for e in events if e["event"] == "peer_connected"]
+        self.assertEqual(
+            connected,
+            [
+                {
+                    "event": "peer_connected",
+                    "peer_id": "beta",
+                    "address": "10.0.0.2:40000",
+                    "direction": "inbound",
+                    "time": round(self.h.clock.seconds(), 3),
+                }
+            ],
+        )
+        [message] = [e for e in events if e["event"] == "message"]
+        self.assertEqual(message["from"], "beta")
+        self.assertEqual(message["message"]["msg_type"], "task_status")
+        self.assertEqual(message["message"]["payload"], {"task_id": "t1"})
+        self.assertEqual(set(message["message"]), {"id", "msg_type", "from_peer", "timestamp", "payload"})
+        server.transport.loseConnection()
+        pump.flush()
+        yield wait_for(lambda: any(e["event"] == "peer_disconnected" for e in reader.events()))
+        yield reader.close()
+        yield wait_for(lambda: not self.h.control.streams)
+
+    @defer.inlineCallbacks
+    def test_types_filter(self):
+        response, reader = yield self.h.stream("/api/events?types=connected,disconnected")
+        yield wait_for(lambda: b"relaymesh events" in reader.data)
+        beta, (server, client, pump) = self.h.connect_beta()
+        beta.mesh.send("alpha", "task_status", {})
+        pump.flush()
+        server.transport.loseConnection()
+        pump.flush()
+        yield wait_for(lambda: len(reader.events()) == 2)
+        self.assertEqual([e["event"] for e in reader.events()], ["peer_connected", "peer_disconnected"])
+
+    @defer.inlineCallbacks
+    def test_unknown_type(self):
+        code, body, _ = yield self.h.request("GET", "/api/events?types=message,bogus")
+        self.assertEqual(code, 400)
+        self.assertIn("'bogus'", body["error"])
+
+    @defer.inlineCallbacks
+    def test_cookie(self):
+        """
+        A browser's EventSource sends the token as a cookie.
+        """
+        response, reader = yield self.h.stream(token=None, headers={"cookie": [f"a=b; relaymesh_token_1234={TOKEN}"]})
+        self.assertEqual(response.code, 200)
+        yield wait_for(lambda: b"relaymesh events" in reader.data)
+        response, reader = yield self.h.stream(token=None, headers={"cookie": ["relaymesh_token_1234=nope"]})
+        self.assertEqual(response.code, 401)
+
+    @defer.inlineCallbacks
+    def test_closed_on_stop(self):
+        """
+        Closing the streams (the node stops) ends them cleanly.
+        """
+        response, reader = yield self.h.stream()
+        yield wait_for(lambda: bool(self.h.control.streams))
+        self.h.control.close_streams()
+        yield reader.done
+        self.assertEqual(self.h.control.streams, set())
+
+
+class FakeRequest:
+    """
+    Just enough of a request for an L{EventStream}.
+    """
+
+    def __init__(self) -> None:
+        self.transport = StringTransport()
+        self.headers: dict[bytes, bytes] = {}
+        self.written: list[bytes] = []
+        self.producer = None
+        self.finished = False
+        self._notify: list[defer.Deferred] = []
+
+    def setHeader(self, name, value):
+        self.headers[name] = value
+
+    def registerProducer(self, producer, streaming):
+        self.producer = (producer, streaming)
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data):
+        assert not self.finished
+        self.written.append(data)
+
+    def finish(self):
+        self.finished = True
+        for d in self._notify:
+            d.callback(None)
+
+    def notifyFinish(self):
+        d = defer.Deferred()
+        self._notify.append(d)
+        return d
+
+    def lose(self):
+        for d in self._notify:
+            d.errback(Exception("connection lost"))
+
+    def events(self):
+        return [json.loads(w[6:]) for w in self.written if w.startswith(b"data: ")]
+
+
+class EventStreamTests(SynchronousTestCase):
+    """
+    L{EventStream} on a fake request and a memory clock.
+    """
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clock.advance(EPOCH)
+        self.node = Node("alpha", self.clock)
+        self.request = FakeRequest()
+
+    def stream(self, wanted=None, max_backlog=1000):
+        stream = EventStream(self.request, self.node.mesh, self.clock, wanted, 15.0, max_backlog)
+        stream.start()
+        return stream
+
+    def message(self, size=10):
+        return RelayMessage("msg_1_0", "task_status", "beta", 1, {"x": "y" * size})
+
+    def test_producer(self):
+        stream = self.stream()
+        self.assertEqual(self.request.producer, (stream, True))
+        self.assertEqual(self.request.headers[b"content-type"], b"text/event-stream; charset=utf-8")
+
+    def test_keepalive(self):
+        self.stream()
+        del self.request.written[:]
+        self.clock.advance(14.9)
+        self.assertEqual(self.request.written, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.request.written, [b": keepalive\n\n"])
+
+    def test_events(self):
+        stream = self.stream()
+        self.node.mesh._emit(PeerEvent("reconnect_scheduled", "beta", "10.0.0.2:9847", "outbound", delay=5.0))
+        self.node.mesh._emit(PeerEvent("denied", None, "10.0.0.9:1", "inbound", reason="bad proof"))
+        stream._message("beta", self.message())
+        self.assertEqual(
+            self.request.events(),
+            [
+                {
+                    "event": "peer_reconnect_scheduled",
+                    "peer_id": "beta",
+                    "address": "10.0.0.2:9847",
+                    "direction": "outbound",
+                    "delay": 5.0,
+                    "time": round(EPOCH, 3),
+                },
+                {
+                    "event": "peer_denied",
+                    "address": "10.0.0.9:1",
+                    "direction": "inbound",
+                    "reason": "bad proof",
+                    "time": round(EPOCH, 3),
+                },
+                {"event": "message", "from": "beta", "message": self.message().to_dict(), "time": round(EPOCH, 3)},
+            ],
+        )
+
+    def test_filter(self):
+        subscribers = list(self.node.mesh._subscribers.get(None, []))
+        self.stream(frozenset({"peer_denied"}))
+        self.assertEqual(self.node.mesh._subscribers.get(None, []), subscribers)
+        self.node.mesh._emit(PeerEvent("connecting", "beta", "10.0.0.2:9847", "outbound"))
+        self.node.mesh._emit(PeerEvent("denied", "beta", "10.0.0.2:9847", "outbound", reason="no"))
+        self.assertEqual([e["event"] for e in self.request.events()], ["peer_denied"])
+
+    def test_slow_client(self):
+        """
+        A paused client that falls more than the backlog behind is dropped
+        (its connection aborted), and the stream stops following the mesh.
+        """
+        observers = len(self.node.mesh._observers)
+        stream = self.stream(max_backlog=1000)
+        stream.pauseProducing()
+        stream.send({"a": "x" * 500})
+        self.assertFalse(self.request.transport.disconnecting)
+        stream.resumeProducing()
+        stream.pauseProducing()
+        stream.send({"a": "x" * 500})
+        stream.send({"a": "x" * 500})
+        self.assertIsNotNone(stream.dropped)
+        self.assertTrue(self.request.transport.disconnecting)
+        count = len(self.request.written)
+        stream._message("beta", self.message())
+        self.clock.advance(60)
+        self.assertEqual(len(self.request.written), count)
+        self.assertEqual(len(self.node.mesh._observers), observers)
+
+    def test_client_gone(self):
+        """
+        When the client goes, the subscriptions and the keepalive end.
+        """
+        observers = len(self.node.mesh._observers)
+        stream = self.stream()
+        self.assertEqual(len(self.node.mesh._observers), observers + 1)
+        self.request.lose()
+        self.assertEqual(len(self.node.mesh._observers), observers)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        stream.send({"late": True})
+        self.assertEqual(self.request.events(), [])
+
+
+class ErrorMappingTests(SynchronousTestCase):
+    def test_mapping(self):
+        """
+        One table maps the mesh's exceptions to statuses.
+        """
+        for error, status in [
+            (UnknownPeer("unknown peer 'x'"), 404),
+            (PeerNotConnected("peer x is not connected"), 409),
+            (UnsupportedMessageType("unknown message type 'y'"), 400),
+            (WireError("message too long"), 400),
+        ]:
+            self.assertEqual(as_api_error(error).status, status)
+            self.assertEqual(as_api_error(error).message, str(error))
+        self.assertIsNone(as_api_error(RuntimeError("x")))
+        self.assertEqual(as_api_error(ApiError(418, "teapot")).status, 418)
+
+    def test_event_types(self):
+        self.assertIsNone(parse_event_types([]))
+        self.assertEqual(parse_event_types([b"message,connected", b"peer_denied"]), {"message", "peer_connected", "peer_denied"})
+        with self.assertRaises(ApiError) as ctx:
+            parse_event_types([b"message,nope"])
+        self.assertEqual(ctx.exception.status, 400)
+
+
+class DashboardTests(TestCase):
+    timeout = 20
+
+    def setUp(self):
+        self.h = ApiHarness(self)
+
+    @defer.inlineCallbacks
+    def test_page(self):
+        """
+        GET / serves the dashboard without a token, under a policy that lets
+        it load nothing from outside the node; it refers to nothing outside.
+        """
+        code, body, response = yield self.h.request("GET", "/", token=None)
+        self.assertEqual(code, 200)
+        self.assertTrue(body.startswith(b"<!DOCTYPE html>"))
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/html; charset=utf-8"])
+        [policy] = response.headers.getRawHeaders(b"content-security-policy")
+        self.assertIn(b"default-src 'none'", policy)
+        self.assertIn(b"connect-src 'self'", policy)
+        for needle in [b"http://", b"https://", b"//cdn", b"@import", b"src=\"http"]:
+            self.assertNotIn(needle, body)
+        for needle in [b"/api/events", b"/api/peers", b"/api/workers", b"EventSource", b"sessionStorage"]:
+            self.assertIn(needle, body)
+
+    @defer.inlineCallbacks
+    def test_head_and_post(self):
+        code, _, _ = yield self.h.request("HEAD", "/", token=None)
+        self.assertEqual(code, 200)
+        code, _, _ = yield self.h.request("POST", "/", token=None, raw=b"{}")
+        self.assertEqual(code, 405)
+
+
+class TokenTests(SynchronousTestCase):
+    def test_created_private(self):
+        path = os.path.join(self.mktemp(), "api-token")
+        token = load_token(path)
+        self.assertGreaterEqual(len(token), 40)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(load_token(path), token)
+
+    def test_not_created(self):
+        self.assertRaises(FileNotFoundError, load_token, self.mktemp(), create=False)
+
+    def test_empty(self):
+        path = self.mktemp()
+        with open(path, "w"):
+            pass
+        from relaymesh.keystore import KeyStoreError
+
+        self.assertRaises(KeyStoreError, load_token, path)
+
+
+class ApiServiceTests(SynchronousTestCase):
+    """
+    The API as a child service of L{RelayService}, and the plugin options.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(EPOCH)
+        self.keystore = KeyStore(self.mktemp())
+        self.keystore.set_identity("alpha")
+
+    def test_default_off(self):
+        node = RelayService(self.keystore, listen=None, reactor=self.reactor)
+        self.assertIsNone(node.api)
+
+    def test_start_and_stop(self):
+        """
+        Starting makes the token file (mode 0600), listens, and records the
+        API's URL in the data directory; stopping removes the URL.
+        """
+        node = RelayService(self.keystore, listen=None, api="tcp:9849:interface=127.0.0.1", reactor=self.reactor)
+        self.assertIsInstance(node.api, ApiService)
+        node.startService()
+        [(port, factory, _, interface)] = self.reactor.tcpServers
+        self.assertEqual((port, interface), (9849, "127.0.0.1"))
+        token_file = os.path.join(self.keystore.path, "api-token")
+        self.assertEqual(stat.S_IMODE(os.stat(token_file).st_mode), 0o600)
+        self.assertEqual(node.api.control.token, load_token(token_file))
+        url_file = os.path.join(self.keystore.path, "api-url")
+        with open(url_file) as f:
+            self.assertEqual(f.read().strip(), "http://127.0.0.1:9849")
+        node.stopService()
+        self.assertFalse(os.path.exists(url_file))
+
+    def test_token_file_option(self):
+        path = os.path.join(self.mktemp(), "token")
+        node = RelayService(self.keystore, listen=None, api="tcp:0", api_token_file=path, reactor=self.reactor)
+        node.startService()
+        self.addCleanup(node.stopService)
+        self.assertEqual(node.api.control.token, load_token(path))
+
+    def test_port_taken(self):
+        """
+        A port that is taken fails the start, unless a fallback is given.
+        """
+
+        class Taken(MemoryReactorClock):
+            def listenTCP(self, port, factory, backlog=50, interface=""):
+                if port == 9849:
+                    raise CannotListenError(interface, port, OSError("in use"))
+                return MemoryReactorClock.listenTCP(self, port, factory, backlog, interface)
+
+        reactor_ = Taken()
+        node = RelayService(self.keystore, listen=None, api="tcp:9849", reactor=reactor_)
+        self.assertRaises(CannotListenError, node.startService)
+        node = RelayService(
+            self.keystore,
+            listen=None,
+            api="tcp:9849:interface=127.0.0.1",
+            api_fallback="tcp:0:interface=127.0.0.1",
+            reactor=reactor_,
+        )
+        node.startService()
+        self.addCleanup(node.stopService)
+        self.assertEqual([s[0] for s in reactor_.tcpServers], [0])
+        self.flushLoggedErrors()
+
+    def parse(self, *args):
+        options = tap.Options()
+        options.parseOptions(["--data-dir", self.keystore.path, *args])
+        return options
+
+    def test_options(self):
+        options = self.parse()
+        self.assertEqual(options["api"], "tcp:9849:interface=127.0.0.1")
+        self.assertIsNone(options["api-token-file"])
+        self.assertFalse(options["metrics-public"])
+        node = tap.makeService(options, reactor=self.reactor)
+        self.assertIsNotNone(node.api)
+        self.assertIsNotNone(node.api.fallback)
+        options = self.parse("--api", "tcp:7000", "--api-token-file", "/tmp/x-token", "--metrics-public")
+        self.assertEqual((options["api"], options["api-token-file"], options["metrics-public"]), ("tcp:7000", "/tmp/x-token", True))
+        node = tap.makeService(options, reactor=self.reactor)
+        self.assertIsNone(node.api.fallback)
+        self.assertTrue(node.api.control.metrics_public)
+        self.assertEqual(node.api.token_file, "/tmp/x-token")
+        self.assertIsNone(self.parse("--api", "none")["api"])
+        self.assertIsNone(tap.makeService(self.parse("--api", "None"), reactor=self.reactor).api)
+
+    def test_option_errors(self):
+        for args, fragment in [
+            (["--api", "bogus:1"], "--api"),
+            (["--api-token-file", ""], "--api-token-file"),
+            (["--api-token-file", self.mktemp() + "/"], "--api-token-file"),
+        ]:
+            if args[-1].endswith("/"):
+                os.makedirs(args[-1])
+            with self.assertRaises(usage.UsageError) as ctx:
+                self.parse(*args)
+            self.assertIn(fragment, str(ctx.exception))
+            self.assertNotIn("\n", str(ctx.exception))

@@ -1,0 +1,337 @@
+"""
+Tests for L{relaymesh.cli_live} and L{relaymesh.apiclient}: the live
+commands against real nodes in this process, over loopback HTTP. Each
+command runs in a thread, as a shell user runs it beside the node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from io import StringIO
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from relaymesh.apiclient import NodeClient, NodeNotRunning, TokenMissing, read_token, resolve_url
+from relaymesh.cli import main
+from relaymesh.cli_live import describe_event, duration
+from relaymesh.keystore import KeyStore
+from relaymesh.service import RelayService
+from relaymesh.test.test_api import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveCommandTests(TestCase):
+    """
+    Two nodes, alpha and beta (which dials alpha), each with its API on a
+    free loopback port, driven with the C{relaymesh} command.
+    """
+
+    timeout = 30
+
+    def setUp(self):
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "RELAYMESH_API"})
+        self.alpha = self.make_node("alpha")
+        alpha_port = self.alpha.listener.port.getHost().port
+        self.beta = self.make_node("beta", peers=[f"alpha@127.0.0.1:{alpha_port}"], start=False)
+        self.pair(self.alpha, self.beta)
+        self.beta.startService()
+        return wait_for(lambda: self.alpha.mesh.is_connected("beta") and self.beta.mesh.is_connected("alpha"), 10)
+
+    def make_node(self, identity: str, peers=(), start: bool = True) -> RelayService:
+        keystore = KeyStore(self.mktemp())
+        keystore.set_identity(identity)
+        node = RelayService(
+            keystore,
+            listen="tcp:0:interface=127.0.0.1",
+            api="tcp:0:interface=127.0.0.1",
+            peers=peers,
+            reactor=reactor,
+        )
+        if start:
+            node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        return node
+
+    @staticmethod
+    def pair(a: RelayService, b: RelayService) -> None:
+        key = os.urandom(32)
+        a.keystore.set_key(b.mesh.identity, key)
+        b.keystore.set_key(a.mesh.identity, key)
+
+    def run_cli(self, node: RelayService | str, *argv: str) -> defer.Deferred:
+        """
+        Run C{relaymesh --data-dir DIR ARGV...} in a thread; fire with
+        C{(status, stdout, stderr)}.
+        """
+        data_dir = node if isinstance(node, str) else node.keystore.path
+        stdout, stderr = StringIO(), StringIO()
+
+        def run():
+            status = main(["--data-dir", data_dir, *argv], stdout=stdout, stderr=stderr)
+            return status, stdout.getvalue(), stderr.getvalue()
+
+        return threads.deferToThread(run)
+
+    @defer.inlineCallbacks
+    def test_watch_and_send(self):
+        """
+        The README's walk-through: watch on one node, send from the other,
+        see the message arrive, one line per event.
+        """
+        watching = self.run_cli(self.alpha, "watch", "--count", "1")
+        yield wait_for(lambda: bool(self.alpha.api.control.streams), 10)
+        status, out, err = yield self.run_cli(self.beta, "send", "alpha", "task_status", '{"task_id": "t1", "status": "done"}')
+        self.assertEqual((status, err), (0, ""))
+        self.assertRegex(out, r"^Sent task_status msg_\d+_\d+_[0-9a-f]+ to alpha\.\n$")
+        message_id = out.split()[2]
+        status, out, err = yield watching
+        self.assertEqual((status, err), (0, ""))
+        self.assertRegex(
+            out,
+            r"^\d\d:\d\d:\d\d message from beta: task_status "
+            r'\{"task_id":"t1","status":"done"\} \(' + message_id + r"\)\n$",
+        )
+
+    @defer.inlineCallbacks
+    def test_watch_json_and_types(self):
+        watching = self.run_cli(self.alpha, "--json", "watch", "--types", "disconnected", "--count", "1")
+        yield wait_for(lambda: bool(self.alpha.api.control.streams), 10)
+        self.beta.mesh.send("alpha", "task_status", {})  # filtered out
+        self.alpha.mesh.disconnect("beta")
+        status, out, err = yield watching
+        self.assertEqual((status, err), (0, ""))
+        event = json.loads(out)
+        self.assertEqual((event["event"], event["peer_id"]), ("peer_disconnected", "beta"))
+
+    @defer.inlineCallbacks
+    def test_watch_stream_ends(self):
+        """
+        When the node stops, watch says the stream closed, status 1.
+        """
+        watching = self.run_cli(self.alpha, "watch")
+        yield wait_for(lambda: bool(self.alpha.api.control.streams), 10)
+        self.alpha.api.control.close_streams()
+        status, out, err = yield watching
+        self.assertEqual(status, 1)
+        self.assertIn("closed the event stream", err)
+
+    @defer.inlineCallbacks
+    def test_status(self):
+        status, out, err = yield self.run_cli(self.alpha, "status")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("alpha (relaymesh ", out)
+        self.assertIn("1 connected of 1 known", out)
+        self.assertIn(self.alpha.api.control.api_address, out)
+        status, out, err = yield self.run_cli(self.alpha, "status", "--json")
+        self.assertEqual(json.loads(out)["identity"], "alpha")
+
+    @defer.inlineCallbacks
+    def test_peers_live(self):
+        status, out, err = yield self.run_cli(self.alpha, "peers")
+        self.assertEqual((status, err), (0, ""))
+        header, row, pending = out.splitlines()
+        self.assertEqual(header.split(), ["PEER", "ID", "STATE", "ADDRESS", "LAST", "SEEN", "RTT", "MSGS", "IN/OUT"])
+        self.assertEqual(row.split()[:2], ["beta", "connected"])
+        self.assertEqual(pending, "Pending pairing key: none")
+        status, out, err = yield self.run_cli(self.alpha, "peers", "--json")
+        body = json.loads(out)
+        self.assertTrue(body["live"])
+        self.assertEqual(body["peers"][0]["state"], "connected")
+
+    @defer.inlineCallbacks
+    def test_peers_offline(self):
+        """
+        Without a running node, peers lists the stored peers, as before.
+        """
+        data_dir = self.alpha.keystore.path
+        yield self.alpha.stopService()
+        with open(os.path.join(data_dir, "api-token")) as f:
+            self.assertTrue(f.read().strip())  # a node ran here
+        status, out, err = yield self.run_cli(data_dir, "peers", "--api", f"http://127.0.0.1:{free_port()}")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("PEER ID  ADDRESS  LAST SEEN", out)
+        self.assertIn("beta", out)
+
+    @defer.inlineCallbacks
+    def test_broadcast(self):
+        received = []
+        self.alpha.mesh.subscribe(lambda peer, m: received.append((peer, m.msg_type)), "knowledge_sync")
+        status, out, err = yield self.run_cli(self.beta, "broadcast", "knowledge_sync", '{"k": 1}')
+        self.assertEqual((status, err), (0, ""))
+        self.assertRegex(out, r"^Sent knowledge_sync msg_\S+ to 1 peer: alpha\.\n$")
+        yield wait_for(lambda: received == [("beta", "knowledge_sync")], 5)
+
+    @defer.inlineCallbacks
+    def test_send_errors(self):
+        """
+        Refused requests are user errors (status 2) with the node's reason.
+        """
+        for args, fragment in [
+            (["send", "nobody", "task_status", "{}"], "unknown peer 'nobody'"),
+            (["send", "alpha", "challenge", "{}"], "handshake"),
+            (["send", "alpha", "task_status", "{nope"], "not valid JSON"),
+            (["broadcast", "frobnicate", "{}"], "frobnicate"),
+        ]:
+            status, out, err = yield self.run_cli(self.beta, *args)
+            self.assertEqual((args, status, out), (args, 2, ""))
+            self.assertTrue(err.startswith("relaymesh: error: "), err)
+            self.assertIn(fragment, err)
+            self.assertEqual(err.count("\n"), 1)
+        self.alpha.mesh.disconnect("beta")
+        yield wait_for(lambda: not self.beta.mesh.is_connected("alpha"), 5)
+        status, out, err = yield self.run_cli(self.beta, "send", "alpha", "task_status", "{}")
+        self.assertEqual(status, 2)
+        self.assertIn("not connected", err)
+
+    @defer.inlineCallbacks
+    def test_wrong_token(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("not-the-token\n")
+        status, out, err = yield self.run_cli(self.alpha, "status", "--api-token-file", path)
+        self.assertEqual(status, 2)
+        self.assertIn("refused the API token", err)
+
+    @defer.inlineCallbacks
+    def test_connect_and_disconnect(self):
+        """
+        connect makes the node dial a new peer at run time; disconnect
+        closes it and stops the dialling.
+        """
+        gamma = self.make_node("gamma")
+        self.pair(self.alpha, gamma)
+        port = gamma.listener.port.getHost().port
+        status, out, err = yield self.run_cli(self.alpha, "connect", f"gamma@127.0.0.1:{port}", "--wait", "10")
+        self.assertEqual((status, out, err), (0, "Connected to gamma.\n", ""))
+        self.assertTrue(gamma.mesh.is_connected("alpha"))
+        status, out, err = yield self.run_cli(self.alpha, "disconnect", "gamma")
+        self.assertEqual((status, out, err), (0, "Disconnected gamma; stopped dialling gamma.\n", ""))
+        self.assertEqual([o.target.peer_id for o in self.alpha.outbound()], [])
+        yield wait_for(lambda: not gamma.mesh.is_connected("alpha"), 5)
+        status, out, err = yield self.run_cli(self.alpha, "disconnect", "gamma")
+        self.assertEqual(out, "gamma was neither connected nor dialled.\n")
+        status, out, err = yield self.run_cli(self.alpha, "disconnect", "nobody")
+        self.assertEqual(status, 2)
+        self.assertIn("unknown peer", err)
+        status, out, err = yield self.run_cli(self.alpha, "connect", "delta@127.0.0.1:1")
+        self.assertEqual(status, 2)
+        self.assertIn("pair first", err)
+
+    @defer.inlineCallbacks
+    def test_connect_plain(self):
+        gamma = self.make_node("gamma")
+        self.pair(self.alpha, gamma)
+        port = gamma.listener.port.getHost().port
+        status, out, err = yield self.run_cli(self.alpha, "connect", f"gamma@127.0.0.1:{port}")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("Dialling gamma@127.0.0.1:", out)
+        yield wait_for(lambda: self.alpha.mesh.is_connected("gamma"), 10)
+
+
+class NotRunningTests(SynchronousTestCase):
+    """
+    With no node to talk to, every live command says so on one line, with
+    how to start one, and exits with status 1.
+    """
+
+    def setUp(self):
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "RELAYMESH_API"})
+        self.data_dir = self.mktemp()
+        os.makedirs(self.data_dir)
+
+    def run_cli(self, *argv):
+        stdout, stderr = StringIO(), StringIO()
+        status = main(["--data-dir", self.data_dir, *argv], stdout=stdout, stderr=stderr)
+        return status, stdout.getvalue(), stderr.getvalue()
+
+    def test_no_token(self):
+        for argv in [
+            ["status"],
+            ["send", "beta", "task_status", "{}"],
+            ["broadcast", "task_status", "{}"],
+            ["watch"],
+            ["connect", "beta@127.0.0.1:9847"],
+            ["disconnect", "beta"],
+        ]:
+            status, out, err = self.run_cli(*argv)
+            self.assertEqual((argv, status, out), (argv, 1, ""))
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertIn("no node is running", err)
+            self.assertIn(f"start one with: twist relaymesh --data-dir {self.data_dir}", err)
+
+    def test_nothing_listening(self):
+        with open(os.path.join(self.data_dir, "api-token"), "w") as f:
+            f.write("token\n")
+        url = f"http://127.0.0.1:{free_port()}"
+        status, out, err = self.run_cli("status", "--api", url)
+        self.assertEqual(status, 1)
+        self.assertEqual(err, f"relaymesh: no node is running at {url}; start one with: twist relaymesh --data-dir {self.data_dir}\n")
+
+    def test_peers_falls_back(self):
+        KeyStore(self.data_dir).set_key("beta", os.urandom(32))
+        with open(os.path.join(self.data_dir, "api-token"), "w") as f:
+            f.write("token\n")
+        with open(os.path.join(self.data_dir, "api-url"), "w") as f:
+            f.write(f"http://127.0.0.1:{free_port()}\n")
+        status, out, err = self.run_cli("peers")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("beta", out)
+        self.assertIn("Pending pairing key: none", out)
+
+    def test_bad_url(self):
+        with open(os.path.join(self.data_dir, "api-token"), "w") as f:
+            f.write("token\n")
+        status, out, err = self.run_cli("status", "--api", "ftp://x")
+        self.assertEqual(status, 2)
+        self.assertIn("not an http:// URL", err)
+
+
+class ClientTests(SynchronousTestCase):
+    def test_resolve_url(self):
+        """
+        --api, then $RELAYMESH_API, then the data directory's api-url, then
+        the default.
+        """
+        data_dir = self.mktemp()
+        os.makedirs(data_dir)
+        environ = {k: v for k, v in os.environ.items() if k != "RELAYMESH_API"}
+        self.patch(os, "environ", environ)
+        self.assertEqual(resolve_url(data_dir), "http://127.0.0.1:9849")
+        with open(os.path.join(data_dir, "api-url"), "w") as f:
+            f.write("http://127.0.0.1:5000\n")
+        self.assertEqual(resolve_url(data_dir), "http://127.0.0.1:5000")
+        environ["RELAYMESH_API"] = "http://[::1]:6000/"
+        self.assertEqual(resolve_url(data_dir), "http://[::1]:6000")
+        self.assertEqual(resolve_url(data_dir, "http://h:7"), "http://h:7")
+
+    def test_token(self):
+        path = self.mktemp()
+        self.assertRaises(TokenMissing, read_token, path)
+        with open(path, "w") as f:
+            f.write("  abc \n")
+        self.assertEqual(read_token(path), "abc")
+
+    def test_refused(self):
+        client = NodeClient(f"http://127.0.0.1:{free_port()}", "t", timeout=2)
+        self.assertRaises(NodeNotRunning, client.call, "GET", "/api/status")
+        self.assertRaises(ValueError, NodeClient, "127.0.0.1:9849", "t")
+
+    def test_describe(self):
+        self.assertEqual(
+            describe_event(
+                {"event": "peer_reconnect_scheduled", "peer_id": "b", "address": "h:1", "delay": 5.0, "time": 0}
+            )[9:],
+            "reconnecting to b in 5 s",
+        )
+        self.assertEqual(describe_event({"event": "peer_denied", "address": "h:1", "direction": "inbound", "reason": "no"})[9:],
+                         "handshake denied with h:1 (inbound): no")
+        self.assertEqual(duration(3725), "1h 2m")
+        self.assertEqual(duration(65), "1m 5s")

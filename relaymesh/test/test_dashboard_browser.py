@@ -1,0 +1,327 @@
+"""
+The mesh dashboard in a real headless browser.
+
+Two C{relaymesh} nodes run as processes on loopback ports; headless Chromium,
+driven through chromedriver's W3C WebDriver protocol (plain HTTP, spoken
+here with the standard library), opens the dashboard of the first, signs in
+with its token, and watches the second connect, go away when it is stopped,
+and come back when it is started again. It takes the screenshot the
+documentation shows (to the path in C{$RELAYMESH_DASHBOARD_SCREENSHOT}, if
+set).
+
+Without Chromium and chromedriver the test is skipped, unless
+C{$RELAYMESH_REQUIRE_BROWSER} is C{1} (as in CI), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+import relaymesh
+from relaymesh.apiclient import ApiRequestError, NodeClient, NodeNotRunning
+from relaymesh.keystore import KeyStore
+
+#: Seconds the whole test may take.
+BUDGET = 60.0
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-proxy-server",
+    "--window-size=1280,600",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_browser() -> tuple[str, str]:
+    """
+    The Chromium binary and chromedriver.
+
+    @raise SkipTest: if either is missing (a failure under
+        C{RELAYMESH_REQUIRE_BROWSER=1}).
+    """
+    browser = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
+    driver = shutil.which("chromedriver")
+    if browser and driver:
+        return browser, driver
+    missing = "chromium" if not browser else "chromedriver"
+    reason = f"no {missing} on PATH (Debian: apt-get install chromium chromium-driver)"
+    if os.environ.get("RELAYMESH_REQUIRE_BROWSER") == "1":
+        raise AssertionError(f"RELAYMESH_REQUIRE_BROWSER=1 but {reason}")
+    raise SkipTest(reason)
+
+
+class WebDriverError(Exception):
+    pass
+
+
+class WebDriver:
+    """
+    A minimal W3C WebDriver client: the few commands this test needs.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.session: str | None = None
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def call(self, method: str, path: str, body=None, timeout: float = 30):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with self._opener.open(request, timeout=timeout) as response:
+                return json.loads(response.read())["value"]
+        except urllib.error.HTTPError as e:
+            raise WebDriverError(f"{method} {path}: {e.code} {e.read()[:500]!r}") from None
+
+    def ready(self) -> bool:
+        try:
+            return bool(self.call("GET", "/status", timeout=2).get("ready"))
+        except (OSError, WebDriverError, ValueError):
+            return False
+
+    def start(self, binary: str, args: list[str]) -> None:
+        options = {"binary": binary, "args": args}
+        value = self.call(
+            "POST",
+            "/session",
+            {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}},
+        )
+        self.session = value["sessionId"]
+
+    def _s(self, path: str) -> str:
+        return f"/session/{self.session}{path}"
+
+    def get(self, url: str) -> None:
+        self.call("POST", self._s("/url"), {"url": url})
+
+    def find(self, css: str) -> str:
+        value = self.call("POST", self._s("/element"), {"using": "css selector", "value": css})
+        return next(iter(value.values()))
+
+    def type(self, element: str, text: str) -> None:
+        self.call("POST", self._s(f"/element/{element}/value"), {"text": text})
+
+    def click(self, element: str) -> None:
+        self.call("POST", self._s(f"/element/{element}/click"), {})
+
+    def script(self, source: str, *args):
+        return self.call("POST", self._s("/execute/sync"), {"script": source, "args": list(args)})
+
+    def screenshot(self) -> bytes:
+        return base64.b64decode(self.call("GET", self._s("/screenshot")))
+
+    def quit(self) -> None:
+        if self.session is not None:
+            try:
+                self.call("DELETE", self._s(""), timeout=10)
+            except (OSError, WebDriverError):
+                pass
+            self.session = None
+
+
+STATE_OF = """
+var row = document.querySelector('tr[data-peer="' + arguments[0] + '"] .state');
+return row ? row.textContent : null;
+"""
+
+
+class DashboardBrowserTests(SynchronousTestCase):
+    """
+    Two nodes as processes, and the first one's dashboard in Chromium.
+    """
+
+    def setUp(self):
+        self.browser, self.driver_path = find_browser()
+        self.deadline = time.monotonic() + BUDGET
+        self.base = os.path.abspath(self.mktemp())
+        os.makedirs(self.base)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(relaymesh.__file__)))
+        self.env = {k: v for k, v in os.environ.items() if k != "RELAYMESH_API"}
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        self.processes: list[subprocess.Popen] = []
+        self.addCleanup(self.stop_all)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            self.stop(process)
+
+    @staticmethod
+    def stop(process: subprocess.Popen) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def wait(self, what: str, predicate, limit: float = 20.0, interval: float = 0.1):
+        """
+        Return C{predicate()} once it is true; fail after C{limit} seconds
+        or when the test's budget is spent.
+        """
+        end = min(time.monotonic() + limit, self.deadline)
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > end:
+                self.fail(f"timed out waiting for {what}")
+            time.sleep(interval)
+
+    def node(self, name: str, data_dir: str, *args: str) -> subprocess.Popen:
+        log = open(os.path.join(self.base, f"{name}.log"), "ab")
+        self.addCleanup(log.close)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "twisted", "--log-format", "text", "relaymesh", "--data-dir", data_dir, *args],
+            env=self.env,
+            cwd=self.base,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        return process
+
+    def client(self, data_dir: str, api_port: int) -> NodeClient:
+        path = os.path.join(data_dir, "api-token")
+        self.wait(f"{path}", lambda: os.path.exists(path) and open(path).read().strip())
+        with open(path) as f:
+            return NodeClient(f"http://127.0.0.1:{api_port}", f.read().strip(), timeout=5)
+
+    @staticmethod
+    def answers(client: NodeClient) -> bool:
+        try:
+            client.call("GET", "/api/status")
+            return True
+        except (NodeNotRunning, ApiRequestError):
+            return False
+
+    def test_dashboard(self):
+        started = time.monotonic()
+        home_a, home_b = os.path.join(self.base, "a"), os.path.join(self.base, "b")
+        alpha, beta = KeyStore(home_a), KeyStore(home_b)
+        alpha.set_identity("laptop-a3f2")
+        beta.set_identity("buildbox-7c1e")
+        key = os.urandom(32)
+        alpha.set_key("buildbox-7c1e", key)
+        beta.set_key("laptop-a3f2", key)
+        relay_a, api_a, api_b, driver_port = free_port(), free_port(), free_port(), free_port()
+        common = ["--heartbeat", "1"]
+        self.node("a", home_a, "--listen", f"tcp:{relay_a}:interface=127.0.0.1", "--api", f"tcp:{api_a}:interface=127.0.0.1", *common)
+        beta_args = [
+            "--listen", "none",
+            "--api", f"tcp:{api_b}:interface=127.0.0.1",
+            "--peers", f"laptop-a3f2@127.0.0.1:{relay_a}",
+            *common,
+        ]  # fmt: skip
+        beta_process = self.node("b", home_b, *beta_args)
+        node_a = self.client(home_a, api_a)
+        node_b = self.client(home_b, api_b)
+        self.wait("node a's API", lambda: self.answers(node_a))
+        self.wait("node b's API", lambda: self.answers(node_b))
+        sessions = [
+            {"id": "sess-41", "cwd": "~/src/relaymesh", "status": "running", "model": "claude"},
+            {"id": "sess-42", "cwd": "~/src/website", "status": "idle"},
+        ]
+        node_b.call("PUT", "/api/sessions", {"sessions": sessions, "worker_id": "buildbox"})
+
+        driver_log = os.path.join(self.base, "chromedriver.log")
+        self.processes.append(
+            subprocess.Popen(
+                [self.driver_path, f"--port={driver_port}", f"--log-path={driver_log}"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        driver = WebDriver(f"http://127.0.0.1:{driver_port}")
+        self.wait("chromedriver", driver.ready)
+        profile = tempfile.mkdtemp(prefix="chromium-", dir=self.base)
+        driver.start(self.browser, CHROMIUM_FLAGS + [f"--user-data-dir={profile}"])
+        self.addCleanup(driver.quit)
+
+        # Sign in once with the token, as a person does.
+        origin = f"http://127.0.0.1:{api_a}"
+        driver.get(origin + "/")
+        with open(os.path.join(home_a, "api-token")) as f:
+            token = f.read().strip()
+        driver.type(driver.find("#token"), token)
+        driver.click(driver.find("#connect"))
+        self.wait("the live pill", lambda: driver.script("return document.getElementById('live').textContent") == "live")
+        self.wait("buildbox connected", lambda: driver.script(STATE_OF, "buildbox-7c1e") == "connected")
+        self.wait(
+            "buildbox's sessions",
+            lambda: driver.script("return !!document.querySelector('#workers [data-peer=\"buildbox-7c1e\"]')"),
+        )
+        self.assertEqual(driver.script("return sessionStorage.length"), 1)
+
+        # Stop the other node: it goes disconnected, without a reload.
+        self.stop(beta_process)
+        self.wait("buildbox disconnected", lambda: driver.script(STATE_OF, "buildbox-7c1e") == "disconnected")
+        self.wait(
+            "the disconnection in the feed",
+            lambda: driver.script("return document.querySelectorAll('#feed li[data-event=\"peer_disconnected\"]').length"),
+        )
+        # Start it again: it comes back.
+        self.node("b2", home_b, *beta_args)
+        self.wait("buildbox connected again", lambda: driver.script(STATE_OF, "buildbox-7c1e") == "connected")
+        self.assertGreaterEqual(
+            driver.script("return document.querySelectorAll('#feed li[data-event=\"peer_connected\"]').length"), 1
+        )
+        # It works on: a message, and the restarted node's sessions.
+        self.wait("node b's API again", lambda: self.answers(node_b))
+        node_b.call("PUT", "/api/sessions", {"sessions": sessions, "worker_id": "buildbox"})
+        node_b.call(
+            "POST",
+            "/api/send",
+            {"to": "laptop-a3f2", "msg_type": "task_status", "payload": {"task_id": "t-17", "status": "done"}},
+        )
+        self.wait(
+            "the message in the feed",
+            lambda: driver.script("return document.querySelectorAll('#feed li[data-event=\"message\"]').length"),
+        )
+        self.wait(
+            "buildbox's sessions",
+            lambda: driver.script("return !!document.querySelector('#workers [data-peer=\"buildbox-7c1e\"]')"),
+        )
+        time.sleep(0.6)  # let the traffic counters catch up with the message
+        screenshot = driver.screenshot()
+        self.assertEqual(screenshot[:8], b"\x89PNG\r\n\x1a\n")
+        target = os.environ.get("RELAYMESH_DASHBOARD_SCREENSHOT") or os.path.join(self.base, "dashboard.png")
+        with open(target, "wb") as f:
+            f.write(screenshot)
+        self.assertEqual(driver.script("return performance.getEntriesByType('navigation').length"), 1)
+        outside = driver.script(
+            "return performance.getEntriesByType('resource').map(function (e) { return e.name; })"
+            ".filter(function (n) { return n.indexOf(location.origin + '/') !== 0; })"
+        )
+        self.assertEqual(outside, [])
+        self.assertLess(time.monotonic() - started, BUDGET)
