@@ -294,7 +294,7 @@ class PeersCommandTests(CommandTestsMixin, SynchronousTestCase):
         self.assertEqual(out, "No paired peers.\nPending pairing key: none\n")
         self.assertEqual(
             json.loads(self.assertSucceeds("peers", "--json")),
-            {"peers": [], "pending": False},
+            {"peers": [], "pending": False, "pending_expires_at": None},
         )
 
     def populate(self) -> None:
@@ -317,9 +317,9 @@ class PeersCommandTests(CommandTestsMixin, SynchronousTestCase):
         out = self.assertSucceeds("peers")
         self.assertEqual(
             out,
-            "PEER ID         ADDRESS        LAST SEEN\n"
-            "b               -              never\n"
-            "ci-runner-9d1e  10.0.0.7:9847  2025-11-26T18:00:00Z\n"
+            "PEER ID         ADDRESS        LAST SEEN             PAIRED  VIA\n"
+            "b               -              never                 -       -\n"
+            "ci-runner-9d1e  10.0.0.7:9847  2025-11-26T18:00:00Z  -       -\n"
             "Pending pairing key: armed\n",
         )
 
@@ -333,14 +333,23 @@ class PeersCommandTests(CommandTestsMixin, SynchronousTestCase):
             json.loads(out),
             {
                 "peers": [
-                    {"peer_id": "b", "addr": None, "last_seen": None},
+                    {
+                        "peer_id": "b",
+                        "addr": None,
+                        "last_seen": None,
+                        "paired_at": None,
+                        "paired_via": None,
+                    },
                     {
                         "peer_id": "ci-runner-9d1e",
                         "addr": "10.0.0.7:9847",
                         "last_seen": "2025-11-26T18:00:00Z",
+                        "paired_at": None,
+                        "paired_via": None,
                     },
                 ],
                 "pending": True,
+                "pending_expires_at": None,
             },
         )
 
@@ -349,11 +358,21 @@ class PeersCommandTests(CommandTestsMixin, SynchronousTestCase):
         Metadata of the wrong types shows as unknown.
         """
         self.store.set_key("peer-a", PAIR_KEY)
-        self.store.update_meta("peer-a", addr=5, last_seen="yesterday")
+        self.store.update_meta(
+            "peer-a", addr=5, last_seen="yesterday", paired_at=-1, paired_via=7
+        )
         out = self.assertSucceeds("peers", "--json")
         self.assertEqual(
             json.loads(out)["peers"],
-            [{"peer_id": "peer-a", "addr": None, "last_seen": None}],
+            [
+                {
+                    "peer_id": "peer-a",
+                    "addr": None,
+                    "last_seen": None,
+                    "paired_at": None,
+                    "paired_via": None,
+                }
+            ],
         )
 
     def test_insecurePendingKey(self):

@@ -1,0 +1,484 @@
+"""
+The pairing and discovery commands of C{relaymesh}: C{invite}, C{join} and
+C{discover}, added to L{relaymesh.cli.COMMANDS}.
+
+C{join} and C{discover} run the reactor for as long as they need it
+(L{run_reactor}); every other step, and every time they read
+(L{clock}), can be replaced in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import os
+import time
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.python.failure import Failure
+
+from relaymesh.address import DEFAULT_PORT
+from relaymesh import cli
+from relaymesh.cli import (
+    PROG,
+    Command,
+    CommandError,
+    Context,
+    _table,
+    format_last_seen,
+    register_command,
+)
+from relaymesh.discovery import ANNOUNCE_PORT, DEFAULT_LISTEN_SECONDS, discover
+from relaymesh.invite import (
+    DEFAULT_EXPIRY,
+    FORM_DESCRIPTIONS,
+    InviteForms,
+    JoinError,
+    arm_invite,
+    ask_node_to_dial,
+    default_invite_host,
+    join_directly,
+    local_node,
+    local_node_port,
+    make_invite,
+    parse_join_input,
+)
+
+#: What tells the time: epoch seconds.
+clock: Callable[[], float] = time.time
+
+#: What C{--qr} and C{--qr-png} say when the C{qrcode} package is missing.
+QR_MISSING = "--qr needs the qrcode package: pip install 'relaymesh[qr]'"
+
+#: Modules of light border around a QR code (the standard asks for 4; 2 is
+#: enough for phone cameras and keeps the code small in a terminal).
+QR_BORDER = 2
+
+
+def run_reactor(work: Callable[[Any], Deferred]) -> Any:
+    """
+    Run the global reactor until C{work(reactor)}'s L{Deferred} fires.
+
+    @param work: starts the work and returns its L{Deferred}.
+    @return: its result.
+    @raise Exception: its error.
+    """
+    from twisted.internet import task
+
+    outcome: list = []
+
+    def main(reactor: Any) -> Deferred:
+        return maybeDeferred(work, reactor).addBoth(outcome.append)
+
+    try:
+        task.react(main)
+    except SystemExit:
+        pass
+    [result] = outcome
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+def _positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 7 * 24 * 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes from 0 to 10080")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 to 3600")
+    return value
+
+
+def _iso(seconds: float) -> str:
+    return format_last_seen(int(seconds * 1000)) or "?"
+
+
+def _duration(seconds: float) -> str:
+    """
+    Say how long C{seconds} is, in whole units: C{10 minutes}, C{90 seconds}.
+    """
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    count = round(seconds)
+    return f"{count} second{'s' if count != 1 else ''}"
+
+
+# QR codes
+
+
+def qr_matrix(data: str) -> list[list[bool]]:
+    """
+    The modules of a QR code of C{data}, with its border; C{True} is dark.
+
+    @raise CommandError: if the C{qrcode} package is missing.
+    """
+    try:
+        import qrcode
+    except ImportError:
+        raise CommandError(QR_MISSING) from None
+    qr = qrcode.QRCode(border=QR_BORDER, error_correction=qrcode.constants.ERROR_CORRECT_M)
+    qr.add_data(data)
+    qr.make(fit=True)
+    return qr.get_matrix()
+
+
+def render_qr(matrix: list[list[bool]], encoding: str | None = "utf-8") -> str:
+    """
+    Draw a QR code for a terminal.
+
+    Light modules are drawn, dark ones left blank, so that the code reads
+    right in the usual light-on-dark terminal (phone cameras also read it
+    the other way round). With block characters two rows of modules share
+    a line; where the output encoding has none, C{##} is one module.
+
+    @param matrix: the modules, C{True} for dark.
+    @param encoding: the output's encoding.
+    @return: the lines, each ending in a newline.
+    """
+    try:
+        "\u2580\u2584\u2588".encode(encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "".join(
+            "".join("  " if dark else "##" for dark in row).rstrip() + "\n" for row in matrix
+        )
+    blocks = {
+        (False, False): "\u2588",  # full block: both light
+        (False, True): "\u2580",  # upper half: the upper one light
+        (True, False): "\u2584",  # lower half: the lower one light
+        (True, True): " ",
+    }
+    lines = []
+    for top in range(0, len(matrix), 2):
+        upper = matrix[top]
+        lower = matrix[top + 1] if top + 1 < len(matrix) else [True] * len(upper)
+        lines.append("".join(blocks[u, d] for u, d in zip(upper, lower)).rstrip() + "\n")
+    return "".join(lines)
+
+
+def save_qr_png(data: str, path: str) -> None:
+    """
+    Save a QR code of C{data} as a PNG file.
+
+    @raise CommandError: if C{qrcode} or C{pypng} is missing.
+    @raise OSError: if the file cannot be written.
+    """
+    try:
+        import qrcode
+        from qrcode.image.pure import PyPNGImage
+    except ImportError:
+        raise CommandError(QR_MISSING) from None
+    if importlib.util.find_spec("png") is None:  # qrcode's PNG writer needs pypng
+        raise CommandError(QR_MISSING)
+    image = qrcode.make(
+        data,
+        image_factory=PyPNGImage,
+        border=QR_BORDER,
+        error_correction=qrcode.constants.ERROR_CORRECT_M,
+    )
+    buffer = io.BytesIO()
+    image.save(buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+# invite
+
+
+def add_invite_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{invite}'s options.
+    """
+    parser.add_argument(
+        "--host",
+        metavar="H",
+        help="the address peers dial (default: the first non-loopback IPv4 address)",
+    )
+    parser.add_argument(
+        "--port",
+        metavar="P",
+        type=_port,
+        help=f"the port peers dial (default: the running node's, else {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--expires",
+        metavar="MINUTES",
+        type=_positive_minutes,
+        default=DEFAULT_EXPIRY / 60,
+        help=f"minutes until the invite stops working (default {DEFAULT_EXPIRY / 60:g})",
+    )
+    parser.add_argument(
+        "--words",
+        action="store_true",
+        help="suggest the word phrase (32-bit, easy to read out) for the other node",
+    )
+    parser.add_argument("--qr", action="store_true", help="draw a QR code of the relaymesh link")
+    parser.add_argument(
+        "--qr-png", metavar="FILE", help="save a QR code of the relaymesh link as PNG"
+    )
+
+
+def run_invite(context: Context, args: argparse.Namespace) -> None:
+    """
+    Make an invite in every form, arm its keys and print it.
+
+    @param context: the command's context.
+    @param args: the parsed arguments.
+    """
+    store = context.store
+    identity = store.identity()
+    host = args.host if args.host is not None else default_invite_host()
+    port = args.port
+    if port is None:
+        port = local_node_port(context.data_dir, identity) or DEFAULT_PORT
+    now = clock()
+    invite = make_invite(identity, host, port, now, args.expires * 60)
+    if args.words and invite.words is None:
+        raise CommandError(f"--words: no word phrase for this address: {invite.no_legacy_reason}")
+    qr = None
+    if args.qr:
+        encoding = None if context.json_output else getattr(context.stdout, "encoding", None)
+        qr = render_qr(qr_matrix(invite.relaymesh_link), encoding or "utf-8")
+    if args.qr_png is not None:
+        save_qr_png(invite.relaymesh_link, args.qr_png)
+    arm_invite(store, invite)
+    suggested = invite.words if args.words else invite.relaymesh_link
+    data = {
+        "identity": identity,
+        "host": invite.host,
+        "port": invite.port,
+        "addr": invite.addr,
+        "expires_at": _iso(invite.expires_at),
+        "expires_in": round(invite.expires_at - now, 3),
+        "relaymesh_link": invite.relaymesh_link,
+        "link": invite.link,
+        "pair_code": invite.pair_code,
+        "peer": invite.peer,
+        "relay_code": invite.relay_code,
+        "words": invite.words,
+        "legacy_forms": [] if invite.relay_code is None else ["relay_code", "words"],
+        "join": f"{PROG} join {suggested}",
+    }
+    if qr is not None:
+        data["qr"] = qr
+    if args.qr_png is not None:
+        data["qr_png"] = args.qr_png
+    context.emit(data, (qr or "") + _invite_text(invite, now, suggested, args.qr_png))
+
+
+def _invite_text(invite: InviteForms, now: float, suggested: str, png: str | None) -> str:
+    legacy = " (32-bit legacy form)"
+    if invite.relay_code is not None:
+        relay_code, words = invite.relay_code + legacy, invite.words + legacy
+    else:
+        relay_code = words = f"none: {invite.no_legacy_reason}"
+    rows = [
+        ("Identity:", invite.identity),
+        ("Address:", invite.addr),
+        ("Expires:", f"{_iso(invite.expires_at)} (in {_duration(invite.expires_at - now)})"),
+        ("", ""),
+        ("relaymesh link:", invite.relaymesh_link),
+        ("cctl:// link:", invite.link),
+        ("Pair code:", f"{invite.pair_code} (with --peer {invite.peer})"),
+        ("Relay code:", relay_code),
+        ("Word phrase:", words),
+    ]
+    lines = [_table(rows), ""]
+    if invite.relay_code is not None:
+        lines.append(
+            "Relay codes and word phrases are claudectl's 32-bit legacy forms: "
+            "prefer a link."
+        )
+    if png is not None:
+        lines.append(f"QR code of the relaymesh link saved to {png}.")
+    lines.append(f"On the other node, run: {PROG} join {suggested}")
+    lines.append(f"From claudectl, run:    claudectl relay join {invite.link}")
+    return "\n".join(lines)
+
+
+# join
+
+
+def add_join_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{join}'s arguments: the invite, and C{--peer} for a pair code.
+    """
+    parser.add_argument(
+        "invite",
+        metavar="INPUT",
+        help="a relaymesh:// or cctl:// link, a relay code, a word phrase, or a pair code",
+    )
+    parser.add_argument(
+        "--peer",
+        metavar="ID@HOST:PORT",
+        help="the inviting node, when INPUT is a bare pair code",
+    )
+
+
+def run_join(context: Context, args: argparse.Namespace) -> None:
+    """
+    Pair with the node that printed an invite.
+
+    @param context: the command's context.
+    @param args: the parsed arguments, with C{invite} and C{peer}.
+    @raise CommandError: if the join fails.
+    """
+    invite = parse_join_input(args.invite, args.peer)
+    store = context.store
+    try:
+        result = run_reactor(lambda reactor: join_directly(store, invite, reactor))
+    except JoinError as e:
+        raise CommandError(str(e)) from None
+    node = local_node(context.data_dir, store.identity())
+    dialling = node is not None and ask_node_to_dial(node, result)
+    text = f"Paired with {result.peer_id} ({result.addr})"
+    if dialling:
+        text += f"\nThe running node is connecting to {result.peer_id}."
+    else:
+        text += f"\nA node on this key store connects to it when run with --peers {result.peer}"
+    context.emit(
+        {
+            "peer_id": result.peer_id,
+            "addr": result.addr,
+            "peer": result.peer,
+            "form": result.form,
+            "paired_via": FORM_DESCRIPTIONS.get(result.form, result.form),
+            "node_dialling": dialling,
+        },
+        text,
+    )
+
+
+# discover
+
+
+def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{discover}'s options.
+    """
+    parser.add_argument(
+        "--seconds",
+        metavar="N",
+        type=_seconds,
+        default=DEFAULT_LISTEN_SECONDS,
+        help=f"how long to listen (default {DEFAULT_LISTEN_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--port",
+        metavar="P",
+        type=_port,
+        default=ANNOUNCE_PORT,
+        help=f"the UDP port announcements go to (default {ANNOUNCE_PORT})",
+    )
+
+
+def run_discover(context: Context, args: argparse.Namespace) -> None:
+    """
+    Listen for node announcements and list the nodes heard.
+
+    @param context: the command's context.
+    @param args: the parsed arguments, with C{seconds} and C{port}.
+    """
+    own = context.store.identity()
+    try:
+        sightings = run_reactor(
+            lambda reactor: discover(reactor, args.seconds, args.port, ignore=own)
+        )
+    except CannotListenError as e:
+        raise CommandError(f"cannot listen on UDP port {args.port}: {e.socketError}") from None
+    if sightings:
+        rows = [("IDENTITY", "ADDRESS", "VERSION")]
+        rows += [(s.identity, s.addr, s.version or "-") for s in sightings]
+        text = _table(rows)
+    else:
+        text = f"No nodes heard in {args.seconds:g} s."
+    context.emit({"nodes": [s.to_dict() for s in sightings], "seconds": args.seconds}, text)
+
+
+# forget: the peer's messages waiting in the outbox
+
+
+@inlineCallbacks
+def forget_outbox(data_dir: str, peer_id: str, reactor: Any):
+    """
+    Drop the messages waiting in the node's outbox for a forgotten peer.
+
+    @param data_dir: the node's data directory, which holds the outbox.
+    @param peer_id: the peer.
+    @param reactor: an L{IReactorThreads} and L{IReactorTime}.
+    @return: a L{Deferred} firing with how many messages were dropped.
+    """
+    from relaymesh.store import STORE_FILE, open_store
+
+    store = yield open_store(os.path.join(data_dir, STORE_FILE), reactor)
+    try:
+        dropped = yield store.forget_peer(peer_id)
+    finally:
+        yield store.close()
+    return dropped
+
+
+def forget_outbox_hook(context: Context, peer_id: str) -> bool:
+    """
+    C{forget}'s hook for the outbox: drop the peer's waiting messages, if
+    this data directory has an outbox.
+
+    @return: whether any message was dropped.
+    @raise CommandError: if the outbox cannot be used.
+    """
+    try:
+        from relaymesh.store import STORE_FILE, StoreError
+    except ImportError:
+        return False
+    if not os.path.exists(os.path.join(context.data_dir, STORE_FILE)):
+        return False
+    try:
+        dropped = run_reactor(lambda reactor: forget_outbox(context.data_dir, peer_id, reactor))
+    except StoreError as e:
+        raise CommandError(f"cannot drop the outbox messages for {peer_id}: {e}") from None
+    return dropped > 0
+
+
+cli.FORGET_HOOKS.append(forget_outbox_hook)
+
+
+register_command(
+    Command(
+        "invite",
+        "print an invite in every form and arm its keys",
+        add_invite_arguments,
+        run_invite,
+    )
+)
+register_command(
+    Command("join", "pair with the node that printed an invite", add_join_arguments, run_join)
+)
+register_command(
+    Command(
+        "discover",
+        "list the nodes announcing themselves on the LAN",
+        add_discover_arguments,
+        run_discover,
+    )
+)
