@@ -367,6 +367,7 @@ from relaymesh import cli_live  # noqa: E402,F401
 
 # So do the pairing and discovery commands: invite, join, discover.
 from relaymesh import cli_pairing  # noqa: E402,F401
+from relaymesh import cli_security  # noqa: E402,F401
 
 # The parser
 

@@ -16,7 +16,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaymesh.address import PeerAddress
-from relaymesh.handshake import AcceptorHandshake, ConnectorHandshake, KeyLookup
+from relaymesh.handshake import (
+    LEGACY_FIELD,
+    STRONG_FORM,
+    AcceptorHandshake,
+    ConnectorHandshake,
+    KeyLookup,
+)
 from relaymesh.keystore import KeyStoreError
 from relaymesh.mesh import Mesh
 from relaymesh.protocol import INBOUND, OUTBOUND, RelayProtocol
@@ -169,7 +175,12 @@ class RelayServerFactory(Factory):
         if reason is not None:
             self.log.debug("refused connection from {host}: {reason}", host=host, reason=reason)
             return None
-        protocol = RelayProtocol(self.mesh, AcceptorHandshake(self.keys, self._randbytes))
+        protocol = RelayProtocol(
+            self.mesh,
+            AcceptorHandshake(
+                self.keys, self._randbytes, clock=self.mesh.clock, identity=self.mesh.identity
+            ),
+        )
         protocol.factory = self
         self._handshaking[protocol] = host
         self._handshaking_per_host[host] += 1
@@ -205,11 +216,12 @@ class RelayServerFactory(Factory):
 
 class _Candidate(NamedTuple):
     """
-    A key to try: the peer it belongs to (L{None} for the pending key).
+    A key to try: the peer it belongs to (L{None} for the pending key), and
+    the key (L{None} to pair with the factory's strong code instead).
     """
 
     peer_id: str | None
-    key: bytes
+    key: bytes | None
 
 
 class RelayClientFactory(ReconnectingClientFactory):
@@ -257,8 +269,10 @@ class RelayClientFactory(ReconnectingClientFactory):
         clock: IReactorTime,
         jitter: float = 0.0,
         rng: Callable[[], float] = random.random,
+        strong_code: str | None = None,
     ) -> None:
         self.mesh = mesh
+        self.strong_code = strong_code
         self.keys = keys
         self.target = target
         self.peer_id = target.peer_id
@@ -274,6 +288,8 @@ class RelayClientFactory(ReconnectingClientFactory):
     # -- choosing a key ------------------------------------------------------
 
     def _load_candidates(self) -> list[_Candidate]:
+        if self.strong_code is not None:
+            return [_Candidate(None, None)]
         keys = self.keys
         if self.peer_id is not None:
             owners: list[str | None] = [self.peer_id]
@@ -317,10 +333,33 @@ class RelayClientFactory(ReconnectingClientFactory):
         candidate = self._current
         expected = candidate.peer_id if candidate.peer_id is not None else self.peer_id
         protocol = RelayProtocol(
-            self.mesh, ConnectorHandshake(self.mesh.identity, candidate.key, expected)
+            self.mesh,
+            ConnectorHandshake(
+                self.mesh.identity,
+                candidate.key,
+                expected,
+                legacy=self._is_legacy(expected),
+                keys=self.keys,
+                strong_code=self.strong_code if candidate.key is None else None,
+            ),
         )
         protocol.factory = self
         return protocol
+
+    def _is_legacy(self, peer_id: str | None) -> bool:
+        """
+        Whether the peer is a claudectl-style peer that does not prove the key
+        back: marked C{legacy:} in the address or C{"legacy": true} in its
+        meta file.
+        """
+        if self.target.legacy:
+            return True
+        if peer_id is None:
+            return False
+        try:
+            return self.keys.meta(peer_id).get(LEGACY_FIELD) is True
+        except (KeyStoreError, OSError, ValueError):
+            return False
 
     # -- handshake outcome ---------------------------------------------------
 
@@ -329,17 +368,32 @@ class RelayClientFactory(ReconnectingClientFactory):
         Start the backoff over, learn the peer's id, and keep a pending key
         that worked as that peer's key.
         """
+        if not protocol.handshake.mutual:
+            self.log.warn(
+                "{peer_id} is a legacy peer: it did not prove that it holds the key "
+                "(one-way authentication, as claudectl does)",
+                peer_id=protocol.peer_id,
+            )
         self.resetDelay()
         self._index = 0
-        if self._current is not None and self._current.peer_id is None:
-            try:
-                self.keys.claim_pending_key(protocol.peer_id)
-            except (KeyStoreError, OSError) as e:
-                self.log.error(
-                    "could not store the key of {peer_id}: {error}",
-                    peer_id=protocol.peer_id,
-                    error=e,
+        try:
+            new_key = protocol.handshake.new_key
+            if new_key is not None:
+                self.strong_code = None
+                self.keys.set_key(protocol.peer_id, new_key)
+                self.keys.update_meta(
+                    protocol.peer_id,
+                    paired_at=int(self.clock.seconds() * 1000),
+                    paired_via=STRONG_FORM,
                 )
+            elif self._current is not None and self._current.peer_id is None:
+                self.keys.claim_pending_key(protocol.peer_id)
+        except (KeyStoreError, OSError) as e:
+            self.log.error(
+                "could not store the key of {peer_id}: {error}",
+                peer_id=protocol.peer_id,
+                error=e,
+            )
         self.peer_id = protocol.peer_id
 
     def handshakeFailed(self, protocol: RelayProtocol, reason: str) -> None:

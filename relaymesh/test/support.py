@@ -16,6 +16,7 @@ from twisted.test import iosim
 
 from relaymesh.address import PeerAddress
 from relaymesh.factory import RelayClientFactory, RelayServerFactory
+from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey
 from relaymesh.mesh import Mesh
 from relaymesh.protocol import RelayProtocol
 from relaymesh.wire import RelayMessage, decode, encode
@@ -58,9 +59,25 @@ class MemoryKeys:
         self.keys = dict(keys or {})
         self.pending = pending
         self.meta_updates: list[tuple[str, dict]] = []
+        #: Armed keys besides C{pending}, as C{(form, key)}; see L{arm}.
+        self.extra: list[tuple[str, bytes]] = []
+        self.pending_form = PAIR_CODE_FORM
+        self.expires_at: float | None = None
+        self.metas: dict[str, dict] = {}
+        self.strong_code: str | None = None
 
     def key(self, peer_id: str) -> bytes | None:
         return self.keys.get(peer_id)
+
+    def set_key(self, peer_id: str, key: bytes) -> None:
+        self.keys[peer_id] = key
+
+    def take_strong_code(self, now: float) -> str | None:
+        code, self.strong_code = self.strong_code, None
+        return code
+
+    def meta(self, peer_id: str) -> dict:
+        return dict(self.metas.get(peer_id, {}))
 
     def pending_key(self) -> bytes | None:
         return self.pending
@@ -71,12 +88,41 @@ class MemoryKeys:
             self.keys[peer_id] = key
         return key
 
+    # Armed keys, as in KeyStore: the pending key and an invite's extra keys
+
+    def arm(self, keys: list[tuple[str, bytes]], expires_at: float | None = None) -> None:
+        (self.pending_form, self.pending), *self.extra = keys
+        self.expires_at = expires_at
+
+    def armed_keys(self, now: float) -> list[ArmedKey]:
+        if self.expires_at is not None and now >= self.expires_at:
+            self.disarm()
+        armed = [] if self.pending is None else [ArmedKey(self.pending_form, self.pending)]
+        if self.pending is not None:
+            armed += [ArmedKey(form, key, form) for form, key in self.extra]
+        return armed
+
+    def claim_armed_key(self, peer_id: str, armed: ArmedKey, now: float) -> bytes | None:
+        if armed not in self.armed_keys(now):
+            return None
+        self.keys[peer_id] = armed.key
+        self.disarm()
+        self.update_meta(peer_id, paired_at=int(now * 1000), paired_via=armed.form)
+        return armed.key
+
+    def disarm(self) -> bool:
+        armed = self.pending is not None
+        self.pending, self.extra, self.expires_at = None, [], None
+        self.pending_form = PAIR_CODE_FORM
+        return armed
+
     def peers(self) -> list[str]:
         return sorted(self.keys)
 
     def update_meta(self, peer_id: str, **fields: Any) -> dict:
         self.meta_updates.append((peer_id, fields))
-        return fields
+        self.metas.setdefault(peer_id, {}).update(fields)
+        return self.meta(peer_id)
 
 
 class FakeConnector:
@@ -185,8 +231,12 @@ class Node:
         self.mesh.subscribe(lambda peer, msg: self.received.append((peer, msg)))
         self.mesh.watch_peers(self.events.append)
 
-    def client(self, target: str | None, host: str = "127.0.0.1", port: int = 9847) -> RelayClientFactory:
-        return RelayClientFactory(self.mesh, self.keys, PeerAddress(target, host, port), self.clock)
+    def client(
+        self, target: str | None, host: str = "127.0.0.1", port: int = 9847, legacy: bool = False
+    ) -> RelayClientFactory:
+        return RelayClientFactory(
+            self.mesh, self.keys, PeerAddress(target, host, port, legacy=legacy), self.clock
+        )
 
 
 def pair_keys(a: Node, b: Node, key: bytes | None = None) -> bytes:

@@ -157,7 +157,7 @@ class ChunkingFuzzTests(SynchronousTestCase):
         """
         clock = make_clock()
         node = Node("beta", clock, MemoryKeys({"alpha": KEY}))
-        protocol, transport = client_protocol(node.client("alpha"))
+        protocol, transport = client_protocol(node.client("alpha", legacy=True))
         nonce = "ab" * 32
         payloads = data.draw(st.lists(json_values, max_size=8))
         stream = line(RelayMessage("c", "challenge", "", 1, {"nonce": nonce}))

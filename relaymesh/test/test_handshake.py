@@ -18,6 +18,8 @@ from relaymesh.test.support import (
     MemoryKeys,
     Node,
     client_protocol,
+    connect,
+    line,
     load_codes,
     load_transcript,
     make_clock,
@@ -81,7 +83,8 @@ class AcceptorHandshakeTests(SynchronousTestCase):
         return {"proof": compute_proof(key, self.handshake.nonce), "version": "x"}
 
     def test_stored_key(self):
-        self.assertEqual(self.handshake.verify(handshake_message("beta", self.proof(self.key))), "beta")
+        verdict = self.handshake.verify(handshake_message("beta", self.proof(self.key)))
+        self.assertEqual((verdict.peer_id, verdict.ack), ("beta", {"status": "ok"}))
         self.assertFalse(self.handshake.paired)
         self.assertEqual(self.keys.pending, self.pending)
 
@@ -105,7 +108,7 @@ class AcceptorHandshakeTests(SynchronousTestCase):
         and the pending key is gone.
         """
         self.assertEqual(
-            self.handshake.verify(handshake_message("newcomer", self.proof(self.pending))),
+            self.handshake.verify(handshake_message("newcomer", self.proof(self.pending))).peer_id,
             "newcomer",
         )
         self.assertTrue(self.handshake.paired)
@@ -155,11 +158,24 @@ class ConnectorHandshakeTests(SynchronousTestCase):
         with self.assertRaises(HandshakeFailed):
             handshake.answer(RelayMessage("c", "heartbeat", "", 1, {"nonce": "ab" * 32}))
 
-    def test_ack(self):
-        self.assertEqual(ConnectorHandshake("beta", bytes(32)).check_ack(self.ack("alpha")), "alpha")
-        self.assertEqual(
-            ConnectorHandshake("beta", bytes(32), "alpha").check_ack(self.ack("alpha")), "alpha"
-        )
+    def test_ack_legacy(self):
+        """
+        A legacy (claudectl) acceptor's bare ok is enough only for a
+        connector told to expect a legacy peer.
+        """
+        for expected in (None, "alpha"):
+            handshake = ConnectorHandshake("beta", bytes(32), expected, legacy=True)
+            handshake.answer(self.challenge({"nonce": "ab" * 32}))
+            self.assertEqual(handshake.check_ack(self.ack("alpha")), ("alpha", None))
+            self.assertFalse(handshake.mutual)
+
+    def test_ack_without_proof_refused(self):
+        handshake = ConnectorHandshake("beta", bytes(32), "alpha")
+        handshake.answer(self.challenge({"nonce": "ab" * 32}))
+        with self.assertRaises(HandshakeFailed) as ctx:
+            handshake.check_ack(self.ack("alpha"))
+        self.assertIn("did not prove that it holds the key", str(ctx.exception))
+        self.assertIn("legacy:alpha@", str(ctx.exception))
 
     def test_ack_refusals(self):
         for handshake, ack, fragment in [
@@ -168,6 +184,7 @@ class ConnectorHandshakeTests(SynchronousTestCase):
             (ConnectorHandshake("beta", bytes(32)), self.ack("../x"), "invalid peer id"),
             (ConnectorHandshake("beta", bytes(32)), self.ack("beta"), "own id"),
         ]:
+            handshake.answer(self.challenge({"nonce": "ab" * 32}))
             with self.assertRaises(HandshakeFailed) as ctx:
                 handshake.check_ack(ack)
             self.assertIn(fragment, str(ctx.exception))
@@ -212,12 +229,13 @@ class TranscriptTests(SynchronousTestCase):
         lines, _ = transcript()
         clock = make_clock()
         node = Node(CONNECTOR, clock, MemoryKeys({ACCEPTOR: TRANSCRIPT_KEY}))
-        protocol, transport = client_protocol(node.client(ACCEPTOR))
+        protocol, transport = client_protocol(node.client(ACCEPTOR, legacy=True))
         self.assertEqual(transport.value(), b"")
         protocol.dataReceived(lines[0] + b"\n")
         [handshake] = written(transport)
         recorded = decode(lines[1])
         self.assertEqual(handshake.msg_type, "handshake")
+        self.assertEqual(sorted(handshake.payload), ["proof", "version"])
         self.assertEqual(handshake.from_peer, CONNECTOR)
         self.assertEqual(handshake.payload["proof"], recorded.payload["proof"])
         protocol.dataReceived(lines[2] + b"\n" + lines[3] + b"\n")
@@ -226,6 +244,37 @@ class TranscriptTests(SynchronousTestCase):
         [(peer, heartbeat)] = node.received
         self.assertEqual((peer, heartbeat.msg_type), (ACCEPTOR, "heartbeat"))
 
+    def test_claudectl_acceptor_refused_unless_legacy(self):
+        """
+        A claudectl acceptor does not prove the key back; a connector that
+        expects a relaymesh peer closes the connection and says why.
+        """
+        lines, _ = transcript()
+        node = Node(CONNECTOR, make_clock(), MemoryKeys({ACCEPTOR: TRANSCRIPT_KEY}))
+        protocol, transport = client_protocol(node.client(ACCEPTOR))
+        protocol.dataReceived(lines[0] + b"\n")
+        [handshake] = written(transport)
+        self.assertEqual(handshake.payload["proof"], decode(lines[1]).payload["proof"])
+        self.assertEqual(handshake.payload["caps"], ["mutual-auth/1"])
+        protocol.dataReceived(lines[2] + b"\n")
+        self.assertIs(protocol.state, State.CLOSED)
+        self.assertIn("did not prove", protocol.close_reason)
+
+    def test_acceptor_answers_claudectl_connector_plainly(self):
+        """
+        To a claudectl connector (no nonce of its own) our ack is exactly
+        claudectl's: the status and nothing else.
+        """
+        lines, _ = transcript()
+        node = Node(ACCEPTOR, make_clock(), MemoryKeys({CONNECTOR: TRANSCRIPT_KEY}))
+        nonce = decode(lines[0]).payload["nonce"]
+        node.server._randbytes = lambda n: bytes.fromhex(nonce)
+        protocol, transport = server_protocol(node.server)
+        written(transport)
+        protocol.dataReceived(lines[1] + b"\n")
+        [ack] = written(transport)
+        self.assertEqual(ack.payload, {"status": "ok"})
+
     def test_byte_by_byte(self):
         """
         The transcript delivered one byte at a time works the same.
@@ -233,10 +282,230 @@ class TranscriptTests(SynchronousTestCase):
         lines, _ = transcript()
         clock = make_clock()
         node = Node(CONNECTOR, clock, MemoryKeys({ACCEPTOR: TRANSCRIPT_KEY}))
-        protocol, transport = client_protocol(node.client(ACCEPTOR), FakeConnector())
+        protocol, transport = client_protocol(node.client(ACCEPTOR, legacy=True), FakeConnector())
         for line in (lines[0], lines[2], lines[3]):
             for i in range(len(line)):
                 protocol.dataReceived(line[i : i + 1])
             protocol.dataReceived(b"\n")
         self.assertIs(protocol.state, State.CONNECTED)
         self.assertEqual(len(node.received), 1)
+
+
+class MutualAuthenticationTests(SynchronousTestCase):
+    """
+    Two relaymesh nodes prove the key to each other.
+    """
+
+    def setUp(self):
+        self.clock = make_clock()
+        self.alpha = Node("alpha", self.clock, MemoryKeys({"beta": TRANSCRIPT_KEY}))
+        self.beta = Node("beta", self.clock, MemoryKeys({"alpha": TRANSCRIPT_KEY}))
+
+    def test_both_prove(self):
+        """
+        The connector sends its nonce and capabilities; the acceptor answers
+        with its own proof and capabilities; both learn the other's.
+        """
+        server, client, pump = connect(self.alpha, self.beta)
+        self.assertIs(client.state, State.CONNECTED)
+        self.assertTrue(client.handshake.mutual)
+        self.assertTrue(server.handshake.mutual)
+        self.assertEqual(server.handshake.peer_capabilities, {"mutual-auth/1"})
+        self.assertEqual(client.handshake.peer_capabilities, {"mutual-auth/1"})
+
+    def exchange(self, tamper):
+        """
+        Run beta's connector against alpha's acceptor by hand, letting
+        C{tamper} change the ack before beta checks it.
+        """
+        acceptor = AcceptorHandshake(self.alpha.keys, identity="alpha")
+        connector = ConnectorHandshake("beta", TRANSCRIPT_KEY, "alpha")
+        challenge = RelayMessage("c", "challenge", "", 1, acceptor.challenge_payload())
+        handshake = RelayMessage("h", "handshake", "beta", 1, connector.answer(challenge))
+        verdict = acceptor.verify(handshake)
+        ack = RelayMessage("a", "handshake_ack", "alpha", 1, tamper(dict(verdict.ack), handshake))
+        return connector.check_ack(ack)
+
+    def test_wrong_acceptor_proof(self):
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.exchange(lambda ack, hs: {**ack, "proof": "0" * 64})
+        self.assertIn("wrong proof", str(ctx.exception))
+
+    def test_reflection_refused(self):
+        """
+        The connector's own proof sent back as the acceptor's is refused:
+        the two directions use different labels.
+        """
+        with self.assertRaises(HandshakeFailed):
+            self.exchange(lambda ack, hs: {**ack, "proof": hs.payload["proof"]})
+
+    def test_replay_refused(self):
+        """
+        An acceptor proof from another connection (other nonces) is refused.
+        """
+        old = self.exchange(lambda ack, hs: ack)
+        self.assertEqual(old, ("alpha", None))
+        captured = {}
+
+        def capture(ack, hs):
+            captured["proof"] = ack["proof"]
+            return ack
+
+        self.exchange(capture)
+        with self.assertRaises(HandshakeFailed):
+            self.exchange(lambda ack, hs: {**ack, "proof": captured["proof"]})
+
+    def test_legacy_marked_in_meta(self):
+        """
+        A peer whose meta file says legacy is dialled with claudectl's bare
+        handshake and accepted with one-way authentication.
+        """
+        self.beta.keys.update_meta("alpha", legacy=True)
+        factory = self.beta.client("alpha")
+        protocol, transport = client_protocol(factory)
+        protocol.dataReceived(line(RelayMessage("c", "challenge", "", 1, {"nonce": "ab" * 32})))
+        [handshake] = written(transport)
+        self.assertEqual(sorted(handshake.payload), ["proof", "version"])
+        protocol.dataReceived(line(RelayMessage("a", "handshake_ack", "alpha", 1, {"status": "ok"})))
+        self.assertIs(protocol.state, State.CONNECTED)
+        self.assertFalse(protocol.handshake.mutual)
+
+    def test_malformed_extensions(self):
+        acceptor = AcceptorHandshake(self.alpha.keys, identity="alpha")
+        proof = compute_proof(TRANSCRIPT_KEY, acceptor.nonce)
+        for extra in ({"nonce": "xyz"}, {"caps": "all"}, {"caps": [1]}, {"caps": ["x"] * 33}):
+            with self.assertRaises(HandshakeFailed):
+                acceptor.verify(handshake_message("beta", {"proof": proof, **extra}))
+
+
+SERVER_FP = "sha256:" + "1" * 64
+CLIENT_FP = "sha256:" + "2" * 64
+MITM_FP = "sha256:" + "6" * 64
+
+
+class ChannelBindingTests(SynchronousTestCase):
+    """
+    Over TLS the proofs cover both certificates, and fingerprints are pinned.
+    """
+
+    def setUp(self):
+        self.alpha_keys = MemoryKeys({"beta": TRANSCRIPT_KEY})
+        self.beta_keys = MemoryKeys({"alpha": TRANSCRIPT_KEY})
+
+    def run_handshake(self, acceptor_sees, connector_sees):
+        acceptor = AcceptorHandshake(self.alpha_keys, identity="alpha")
+        connector = ConnectorHandshake("beta", TRANSCRIPT_KEY, "alpha", keys=self.beta_keys)
+        challenge = RelayMessage("c", "challenge", "", 1, acceptor.challenge_payload())
+        handshake = RelayMessage("h", "handshake", "beta", 1, connector.answer(challenge, connector_sees))
+        verdict = acceptor.verify(handshake, acceptor_sees)
+        ack = RelayMessage("a", "handshake_ack", "alpha", 1, verdict.ack)
+        return connector.check_ack(ack, connector_sees)
+
+    def test_bound_and_pinned(self):
+        self.assertEqual(self.run_handshake((SERVER_FP, CLIENT_FP), (SERVER_FP, CLIENT_FP)), ("alpha", None))
+        self.assertEqual(self.alpha_keys.meta("beta")["tls_fingerprint"], CLIENT_FP)
+        self.assertEqual(self.beta_keys.meta("alpha")["tls_fingerprint"], SERVER_FP)
+
+    def test_man_in_the_middle(self):
+        """
+        A relay that terminates TLS on both sides with its own certificate
+        cannot pass the connector's proof on: each side saw other
+        certificates.
+        """
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.run_handshake((SERVER_FP, MITM_FP), (MITM_FP, CLIENT_FP))
+        self.assertIn("wrong proof", str(ctx.exception))
+
+    def test_plain_proof_refused_over_tls(self):
+        """
+        claudectl's unbound proof does not pass over TLS.
+        """
+        acceptor = AcceptorHandshake(self.alpha_keys, identity="alpha")
+        proof = compute_proof(TRANSCRIPT_KEY, acceptor.nonce)
+        with self.assertRaises(HandshakeFailed):
+            acceptor.verify(handshake_message("beta", {"proof": proof}), (SERVER_FP, CLIENT_FP))
+        with self.assertRaises(HandshakeFailed):
+            acceptor.verify(handshake_message("beta", {"proof": proof, "nonce": "cd" * 32}), (SERVER_FP, CLIENT_FP))
+
+    def test_changed_certificate_refused(self):
+        """
+        Once pinned, another certificate is refused loudly, on both sides.
+        """
+        self.run_handshake((SERVER_FP, CLIENT_FP), (SERVER_FP, CLIENT_FP))
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.run_handshake((SERVER_FP, MITM_FP), (SERVER_FP, MITM_FP))
+        self.assertIn("TLS CERTIFICATE OF beta CHANGED", str(ctx.exception))
+        self.assertIn("relaymesh tls-unpin beta", str(ctx.exception))
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.run_handshake((MITM_FP, CLIENT_FP), (MITM_FP, CLIENT_FP))
+        self.assertIn("TLS CERTIFICATE OF alpha CHANGED", str(ctx.exception))
+
+
+class StrongPairingTests(SynchronousTestCase):
+    """
+    Pairing with a one-time code and SPAKE2, inside the handshake.
+    """
+
+    def setUp(self):
+        self.clock = make_clock()
+        self.alpha = Node("alpha", self.clock, MemoryKeys())
+        self.alpha.keys.strong_code = "7-ace-act"
+        self.beta = Node("beta", self.clock, MemoryKeys())
+
+    def run_pairing(self, code):
+        acceptor = AcceptorHandshake(self.alpha.keys, identity="alpha")
+        connector = ConnectorHandshake("beta", None, strong_code=code)
+        challenge = RelayMessage("c", "challenge", "", 1, acceptor.challenge_payload())
+        first = RelayMessage("h", "handshake", "beta", 1, connector.answer(challenge))
+        verdict = acceptor.verify(first)
+        self.assertIsNone(verdict.peer_id)
+        self.assertEqual(verdict.ack["status"], "pake")
+        peer, reply = connector.check_ack(RelayMessage("a", "handshake_ack", "alpha", 1, verdict.ack))
+        self.assertIsNone(peer)
+        verdict = acceptor.verify(RelayMessage("h2", "handshake", "beta", 1, reply))
+        done = connector.check_ack(RelayMessage("a2", "handshake_ack", "alpha", 1, verdict.ack))
+        return connector, done
+
+    def test_pairs(self):
+        """
+        Both sides end with the same fresh key; the acceptor stores it with
+        the pairing recorded, and the code is used up.
+        """
+        connector, done = self.run_pairing("7-ace-act")
+        self.assertEqual(done, ("alpha", None))
+        self.assertTrue(connector.mutual)
+        self.assertEqual(self.alpha.keys.keys["beta"], connector.new_key)
+        self.assertEqual(len(connector.new_key), 32)
+        self.assertEqual(self.alpha.keys.meta("beta")["paired_via"], "strong_code")
+        self.assertIsNone(self.alpha.keys.strong_code)
+
+    def test_wrong_code_uses_it_up(self):
+        """
+        A wrong guess fails and disarms the code: the right code does not
+        work afterwards either.
+        """
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.run_pairing("8-ace-act")
+        self.assertIn("does not match", str(ctx.exception))
+        self.assertEqual(self.alpha.keys.keys, {})
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.run_pairing("7-ace-act")
+        self.assertIn("no strong code is armed", str(ctx.exception))
+
+    def test_over_the_protocol(self):
+        """
+        The same through two RelayProtocols joined in memory.
+        """
+        client_factory = self.beta.client(None)
+        client_factory.strong_code = "7-ace-act"
+        server, client, pump = connect(self.alpha, self.beta, client_factory)
+        self.assertIs(client.state, State.CONNECTED)
+        self.assertIs(server.state, State.CONNECTED)
+        self.assertEqual(self.beta.keys.keys["alpha"], self.alpha.keys.keys["beta"])
+        self.assertEqual(self.beta.keys.meta("alpha")["paired_via"], "strong_code")
+
+    def test_already_paired(self):
+        self.alpha.keys.keys["beta"] = TRANSCRIPT_KEY
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.run_pairing("7-ace-act")
+        self.assertIn("already paired", str(ctx.exception))

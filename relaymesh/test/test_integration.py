@@ -175,6 +175,7 @@ class TwistdTests(TestCase):
                 "relaymesh",
                 "--data-dir",
                 home,
+                "--no-announce",  # tests never broadcast on the LAN
                 *args,
             ],
             env=self.env,
@@ -300,8 +301,9 @@ class RawPeerTests(TestCase):
     @defer.inlineCallbacks
     def test_raw_acceptor(self):
         """
-        Our connector answers a claudectl-style challenge with the right proof,
-        accepts its ack, exchanges heartbeats, and reschedules after the
+        Our connector, told the peer is legacy, answers a claudectl-style
+        challenge with exactly claudectl's handshake and the right proof,
+        accepts its bare ack, exchanges heartbeats, and reschedules after the
         acceptor closes.
         """
         key = os.urandom(32)
@@ -323,7 +325,7 @@ class RawPeerTests(TestCase):
             protocol.Factory.forProtocol(Acceptor)
         )
         self.addCleanup(port.stopListening)
-        node = self.node("laptop", listen=None, peers=[f"claude-box@127.0.0.1:{port.getHost().port}"])
+        node = self.node("laptop", listen=None, peers=[f"legacy:claude-box@127.0.0.1:{port.getHost().port}"])
         node.keystore.set_key("claude-box", key)
         events = []
         node.mesh.watch_peers(events.append)
@@ -333,6 +335,7 @@ class RawPeerTests(TestCase):
         yield wait_for(lambda: any(m["msg_type"] == "heartbeat" for m in peers[0].lines), 5)
         handshake = peers[0].lines[0]
         self.assertEqual(list(handshake), ["id", "msg_type", "from_peer", "timestamp", "payload"])
+        self.assertEqual(list(handshake["payload"]), ["proof", "version"])
         self.assertEqual(handshake["from_peer"], "laptop")
         peers[0].transport.loseConnection()
         yield wait_for(lambda: any(e.kind == "reconnect_scheduled" for e in events), 5)

@@ -713,3 +713,39 @@ class PeersAndForgetTests(SynchronousTestCase):
         self.store.set_pending_key(KEY)
         self.assertFalse(self.store.forget("peer-a"))
         self.assertEqual(self.store.pending_key(), KEY)
+
+
+class StrongCodeTests(SynchronousTestCase):
+    """
+    The armed strong pairing code: one try, then gone; expiry honoured.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+
+    def test_one_try(self):
+        self.assertIsNone(self.store.take_strong_code(100.0))
+        self.store.arm_strong_code("7-ace-act", expires_at=200.0)
+        self.assertTrue(self.store.strong_code_armed(100.0))
+        path = os.path.join(self.store.path, "strong-code")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(self.store.take_strong_code(100.0), "7-ace-act")
+        self.assertIsNone(self.store.take_strong_code(100.0))
+        self.assertFalse(self.store.strong_code_armed(100.0))
+
+    def test_expired(self):
+        self.store.arm_strong_code("7-ace-act", expires_at=200.0)
+        self.assertFalse(self.store.strong_code_armed(200.0))
+        self.assertIsNone(self.store.take_strong_code(200.0))
+        self.assertFalse(os.path.exists(os.path.join(self.store.path, "strong-code")))
+
+    def test_no_expiry(self):
+        self.store.arm_strong_code("7-ace-act", expires_at=None)
+        self.assertEqual(self.store.take_strong_code(1e12), "7-ace-act")
+
+    def test_damaged(self):
+        self.store.arm_strong_code("7-ace-act", expires_at=None)
+        with open(os.path.join(self.store.path, "strong-code"), "w") as f:
+            f.write("{")
+        with self.assertRaises(KeyStoreError):
+            self.store.take_strong_code(0)

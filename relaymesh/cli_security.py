@@ -1,0 +1,89 @@
+"""
+C{relaymesh tls-init} and C{tls-unpin}: this node's TLS certificate, and
+the certificates pinned for peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from relaymesh.cli import PROG, Command, CommandError, Context, register_command
+from relaymesh.handshake import PIN_FIELD
+from relaymesh.peerid import validate_peer_id
+from relaymesh.tls import NodeCertificate, TLSError, create_certificate
+
+
+def add_tls_init_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{tls-init}'s options.
+    """
+    parser.add_argument(
+        "--dns", metavar="NAME", action="append", default=[],
+        help="another DNS name peers dial this node by (repeatable)",
+    )
+    parser.add_argument(
+        "--ip", metavar="ADDRESS", action="append", default=[],
+        help="another IP address peers dial this node at (repeatable)",
+    )
+    parser.add_argument(
+        "--force", action="store_true",
+        help="replace an existing certificate (peers that pinned the old one will refuse the new one)",
+    )
+
+
+def run_tls_init(context: Context, args: argparse.Namespace) -> None:
+    """
+    Create the node's self-signed certificate and key in the data directory.
+    """
+    identity = context.store.identity()
+    try:
+        cert_path, key_path = create_certificate(
+            context.data_dir, identity, args.dns, args.ip, force=args.force
+        )
+    except TLSError as e:
+        raise CommandError(str(e)) from None
+    fingerprint = NodeCertificate(cert_path, key_path).fingerprint
+    context.emit(
+        {"certificate": cert_path, "key": key_path, "fingerprint": fingerprint},
+        f"Certificate: {cert_path}\nKey: {key_path}\nFingerprint: {fingerprint}\n"
+        f"Start the node with --tls (or listen on tls:PORT) and dial peers as tls:ID@HOST:PORT.\n"
+        f"Peers pin this fingerprint on first contact; compare it out of band if you can "
+        f"({PROG} tls-init --json prints it).",
+    )
+
+
+def add_tls_unpin_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{tls-unpin}'s argument: the peer.
+    """
+    parser.add_argument("peer_id", metavar="PEER_ID", help="the peer whose certificate changed")
+
+
+def run_tls_unpin(context: Context, args: argparse.Namespace) -> None:
+    """
+    Forget the certificate fingerprint pinned for a peer, so that its next
+    successful handshake pins the certificate it presents then.
+    """
+    peer_id = validate_peer_id(args.peer_id)
+    meta = context.store.meta(peer_id)
+    pinned = meta.pop(PIN_FIELD, None)
+    if pinned is None:
+        raise CommandError(f"no certificate is pinned for {peer_id}")
+    context.store.replace_meta(peer_id, meta)
+    context.emit(
+        {"peer_id": peer_id, "unpinned": pinned},
+        f"Unpinned {pinned} for {peer_id}; its next handshake pins the certificate it presents.",
+    )
+
+
+register_command(
+    Command("tls-init", "make this node's TLS certificate", add_tls_init_arguments, run_tls_init)
+)
+register_command(
+    Command(
+        "tls-unpin",
+        "forget the TLS certificate pinned for a peer",
+        add_tls_unpin_arguments,
+        run_tls_unpin,
+    )
+)

@@ -1,0 +1,48 @@
+"""
+Tests for C{relaymesh tls-init} and C{relaymesh tls-unpin}.
+"""
+
+import io
+import json
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaymesh.cli import main
+from relaymesh.keystore import KeyStore
+from relaymesh.tls import NodeCertificate
+
+
+class TLSCommandTests(SynchronousTestCase):
+    def setUp(self):
+        self.data_dir = self.mktemp()
+
+    def run_cli(self, *args):
+        out, err = io.StringIO(), io.StringIO()
+        status = main(["--data-dir", self.data_dir, *args], out, err)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_init(self):
+        status, out, err = self.run_cli("--json", "tls-init", "--dns", "relay.example", "--ip", "192.0.2.1")
+        self.assertEqual((status, err), (0, ""))
+        result = json.loads(out)
+        self.assertEqual(result["fingerprint"], NodeCertificate.from_data_dir(self.data_dir).fingerprint)
+        status, out, err = self.run_cli("tls-init")
+        self.assertEqual(status, 2)
+        self.assertIn("already exists; use --force", err)
+        self.assertEqual(self.run_cli("tls-init", "--force")[0], 0)
+
+    def test_init_bad_ip(self):
+        status, out, err = self.run_cli("tls-init", "--ip", "nope")
+        self.assertEqual(status, 2)
+        self.assertEqual(len(err.splitlines()), 1)
+
+    def test_unpin(self):
+        store = KeyStore(self.data_dir)
+        store.update_meta("beta", addr="h:1", tls_fingerprint="sha256:" + "1" * 64)
+        status, out, err = self.run_cli("tls-unpin", "beta")
+        self.assertEqual(status, 0, err)
+        self.assertEqual(store.meta("beta"), {"addr": "h:1"})
+        status, out, err = self.run_cli("tls-unpin", "beta")
+        self.assertEqual(status, 2)
+        self.assertIn("no certificate is pinned for beta", err)
+        self.assertEqual(self.run_cli("tls-unpin", "../x")[0], 2)
