@@ -15,7 +15,7 @@ application embeds one by adding it to its own service hierarchy::
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -36,6 +36,11 @@ from relaymesh.mesh import (
     PeerEvent,
 )
 from relaymesh.protocol import OUTBOUND, format_address
+from relaymesh.tls import NodeCertificate, TLSError, TLSServerFactory
+
+#: The prefix of a listen description served over TLS with the node's
+#: certificate: C{tls:9847}, C{tls:9847:interface=127.0.0.1}.
+TLS_LISTEN_PREFIX = "tls:"
 
 #: Where a node listens unless told otherwise.
 DEFAULT_LISTEN = "tcp:9847"  # claudectl 0.49: port 9847
@@ -96,21 +101,39 @@ class ListenerService(Service):
 
 class OutboundPeer(Service):
     """
-    Keeps dialling one peer address with a L{RelayClientFactory}.
+    Keeps dialling one peer address with a L{RelayClientFactory}, over TLS
+    when the address says C{tls:}.
+
+    (A L{ReconnectingClientFactory} cannot use client endpoints, so the
+    reactor's C{connectTCP} and C{connectSSL} dial directly.)
     """
 
-    def __init__(self, target: PeerAddress, factory: RelayClientFactory, reactor: Any) -> None:
+    def __init__(
+        self,
+        target: PeerAddress,
+        factory: RelayClientFactory,
+        reactor: Any,
+        certificate: NodeCertificate | None = None,
+    ) -> None:
+        if target.tls and certificate is None:
+            raise TLSError(f"{target} needs this node's certificate: run relaymesh tls-init")
         self.target = target
         self.factory = factory
         self._reactor = reactor
+        self._certificate = certificate
         self.connector = None
 
     def startService(self) -> None:
         Service.startService(self)
         self.factory.resetDelay()
-        self.connector = self._reactor.connectTCP(
-            self.target.host, self.target.port, self.factory, timeout=CONNECT_TIMEOUT
-        )
+        host, port = self.target.host, self.target.port
+        if self.target.tls:
+            assert self._certificate is not None
+            self.connector = self._reactor.connectSSL(
+                host, port, self.factory, self._certificate.client_options(), timeout=CONNECT_TIMEOUT
+            )
+        else:
+            self.connector = self._reactor.connectTCP(host, port, self.factory, timeout=CONNECT_TIMEOUT)
 
     def stopService(self) -> None:
         Service.stopService(self)
@@ -138,7 +161,7 @@ class RelayService(MultiService):
     def __init__(
         self,
         keystore: KeyStore,
-        listen: str | None = DEFAULT_LISTEN,
+        listen: str | Sequence[str] | None = DEFAULT_LISTEN,
         peers: Iterable[PeerAddress | str] = (),
         identity: str | None = None,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
@@ -150,11 +173,13 @@ class RelayService(MultiService):
         metrics_public: bool = False,
         api_fallback: str | None = None,
         announce_to: tuple[str, int] | None = None,
+        tls: NodeCertificate | None = None,
     ) -> None:
         """
         @param keystore: Where the identity and the keys are.
-        @param listen: A Twisted server endpoint string, or L{None} to accept
-            no connections.
+        @param listen: Where to accept peers: a Twisted server endpoint
+            string, C{tls:PORT[:interface=ADDR]} for TLS with this node's
+            certificate, a list of them, or L{None} to accept no connections.
         @param peers: Addresses to keep dialling, as L{PeerAddress} or text
             (C{host:port}, C{peer_id@host:port}).
         @param identity: This node's peer id; the key store's by default.
@@ -176,6 +201,8 @@ class RelayService(MultiService):
         @param announce_to: Where to announce the node on the LAN by UDP
             (an IPv4 address and port, see L{relaymesh.discovery}), or
             L{None} (the default) not to; only a listening node announces.
+        @param tls: This node's certificate, for C{tls:} listeners and
+            C{tls:} peers (L{relaymesh.tls.NodeCertificate}).
         """
         MultiService.__init__(self)
         if reactor is None:
@@ -185,6 +212,7 @@ class RelayService(MultiService):
         self._reactor = reactor
         self.keystore = keystore
         self._jitter = jitter
+        self.certificate = tls
         self.mesh = Mesh(
             identity or keystore.identity(),
             reactor,
@@ -192,12 +220,14 @@ class RelayService(MultiService):
             max_peers=max_peers,
         )
         self.server_factory = RelayServerFactory(self.mesh, keystore)
-        self.listener: ListenerService | None = None
-        if listen is not None:
-            self.listener = ListenerService(
-                serverFromString(reactor, listen), self.server_factory, self.mesh.identity
-            )
-            self.listener.setServiceParent(self)
+        if listen is None:
+            listen = []
+        elif isinstance(listen, str):
+            listen = [listen]
+        self.listeners = [self._listener(description) for description in listen]
+        for listener in self.listeners:
+            listener.setServiceParent(self)
+        self.listener: ListenerService | None = self.listeners[0] if self.listeners else None
         self.announcer: Announcer | None = None
         if announce_to is not None and self.listener is not None:
             self.announcer = Announcer(
@@ -222,6 +252,22 @@ class RelayService(MultiService):
             self.add_peer(address)
         self.mesh.watch_peers(self._peer_event)
 
+    def _listener(self, description: str) -> ListenerService:
+        """
+        A listener for one endpoint description; C{tls:} ones wrap a TCP
+        listener in TLS with this node's certificate, asking the connector
+        for its certificate too (for the channel binding and pinning).
+        """
+        factory: Any = self.server_factory
+        if description.startswith(TLS_LISTEN_PREFIX):
+            if self.certificate is None:
+                raise TLSError(f"{description} needs this node's certificate: run relaymesh tls-init")
+            description = "tcp:" + description[len(TLS_LISTEN_PREFIX) :]
+            factory = TLSServerFactory(self.certificate.server_options(), False, factory)
+        return ListenerService(
+            serverFromString(self._reactor, description), factory, self.mesh.identity
+        )
+
     # -- outbound peers ------------------------------------------------------
 
     def add_peer(self, address: PeerAddress | str) -> OutboundPeer:
@@ -239,7 +285,8 @@ class RelayService(MultiService):
         factory = RelayClientFactory(
             self.mesh, self.keystore, address, self._reactor, jitter=self._jitter
         )
-        outbound = self._outbound[address] = OutboundPeer(address, factory, self._reactor)
+        outbound = OutboundPeer(address, factory, self._reactor, self.certificate)
+        self._outbound[address] = outbound
         outbound.setServiceParent(self)
         return outbound
 

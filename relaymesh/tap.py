@@ -4,6 +4,7 @@ The C{twistd relaymesh} plugin's options and service maker.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -16,7 +17,14 @@ from relaymesh.discovery import ANNOUNCE_PORT, BROADCAST_ADDRESS, parse_target
 from relaymesh.keystore import KeyStore, KeyStoreError, default_data_dir
 from relaymesh.mesh import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_PEERS
 from relaymesh.peerid import InvalidPeerId, validate_peer_id
-from relaymesh.service import DEFAULT_API, DEFAULT_API_FALLBACK, DEFAULT_LISTEN, RelayService
+from relaymesh.service import (
+    DEFAULT_API,
+    DEFAULT_API_FALLBACK,
+    DEFAULT_LISTEN,
+    TLS_LISTEN_PREFIX,
+    RelayService,
+)
+from relaymesh.tls import NodeCertificate, TLSError
 
 
 def _heartbeat(text: str) -> float:
@@ -48,12 +56,6 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        [
-            "listen",
-            "l",
-            DEFAULT_LISTEN,
-            "Where to listen: a Twisted server endpoint string, or 'none'.",
-        ],
         [
             "data-dir",
             "d",
@@ -105,6 +107,13 @@ class Options(usage.Options):
     ]
 
     optFlags = [
+        [
+            "tls",
+            None,
+            "Use this node's certificate (relaymesh tls-init): listen on tls:9847 "
+            "unless --listen says otherwise, and dial every peer not marked legacy: "
+            "over TLS.",
+        ],
         ["metrics-public", None, "Serve /metrics without the API token."],
         ["no-announce", None, "Do not announce this node on the LAN (UDP broadcast)."],
     ]
@@ -112,6 +121,17 @@ class Options(usage.Options):
     def __init__(self) -> None:
         usage.Options.__init__(self)
         self["peers"] = []
+        self["listen"] = []
+
+    def opt_listen(self, value: str) -> None:
+        """
+        Where to accept peers (repeatable): a Twisted server endpoint string
+        (tcp:9847, ssl:9847:privateKey=...:certKey=...), tls:PORT for TLS with
+        this node's certificate, or none [default: tcp:9847].
+        """
+        self["listen"].append(value)
+
+    opt_l = opt_listen
 
     def opt_peers(self, value: str) -> None:
         """
@@ -129,14 +149,8 @@ class Options(usage.Options):
     opt_p = opt_peers
 
     def postOptions(self) -> None:
-        listen = self["listen"]
-        if listen.strip().lower() == "none":
-            self["listen"] = None
-        else:
-            try:
-                serverFromString(MemoryReactor(), listen)
-            except (ValueError, KeyError, TypeError) as e:
-                raise usage.UsageError(f"--listen: invalid endpoint {listen!r}: {e}") from None
+        self["tls"] = bool(self["tls"])
+        self._check_listen()
         self._check_api()
         try:
             self["announce-to"] = parse_target(self["announce-to"])
@@ -153,16 +167,40 @@ class Options(usage.Options):
         except (InvalidPeerId, KeyStoreError, OSError) as e:
             raise usage.UsageError(f"--identity: {e}") from None
         self["keystore"] = keystore
+        self._check_tls()
+
+    def _check_listen(self) -> None:
+        listen = self["listen"] or [TLS_LISTEN_PREFIX + "9847" if self["tls"] else DEFAULT_LISTEN]
+        if [item.strip().lower() for item in listen] == ["none"]:
+            self["listen"] = []
+            return
+        for item in listen:
+            plain = "tcp:" + item[len(TLS_LISTEN_PREFIX) :] if item.startswith(TLS_LISTEN_PREFIX) else item
+            _endpoint("--listen", plain)
+        self["listen"] = listen
+
+    def _check_tls(self) -> None:
+        """
+        With --tls, dial every peer not marked legacy over TLS; load the
+        node certificate wherever TLS is used.
+        """
+        if self["tls"]:
+            self["peers"] = [
+                p if p.legacy else dataclasses.replace(p, tls=True) for p in self["peers"]
+            ]
+        uses_tls = any(p.tls for p in self["peers"]) or any(
+            item.startswith(TLS_LISTEN_PREFIX) for item in self["listen"]
+        )
+        self["certificate"] = None
+        if uses_tls:
+            try:
+                self["certificate"] = NodeCertificate.from_data_dir(self["data-dir"])
+            except TLSError as e:
+                raise usage.UsageError(f"--tls: {e}") from None
 
     def _check_api(self) -> None:
         api = self["api"]
-        if api.strip().lower() == "none":
-            self["api"] = None
-        else:
-            try:
-                serverFromString(MemoryReactor(), api)
-            except (ValueError, KeyError, TypeError) as e:
-                raise usage.UsageError(f"--api: invalid endpoint {api!r}: {e}") from None
+        self["api"] = None if api.strip().lower() == "none" else _endpoint("--api", api)
         token_file = self["api-token-file"]
         if token_file is not None:
             if not token_file.strip():
@@ -170,6 +208,19 @@ class Options(usage.Options):
             if os.path.isdir(token_file):
                 raise usage.UsageError(f"--api-token-file: {token_file} is a directory")
         self["metrics-public"] = bool(self["metrics-public"])
+
+
+def _endpoint(option: str, description: str) -> str:
+    """
+    Check that a server endpoint description parses, without listening.
+
+    @raise usage.UsageError: naming the option, if it does not.
+    """
+    try:
+        serverFromString(MemoryReactor(), description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise usage.UsageError(f"{option}: invalid endpoint {description!r}: {e}") from None
+    return description
 
 
 def makeService(options: Options, reactor: Any = None) -> RelayService:
@@ -190,4 +241,5 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
         metrics_public=options["metrics-public"],
         api_fallback=DEFAULT_API_FALLBACK if options["api"] == DEFAULT_API else None,
         announce_to=None if options["no-announce"] else options["announce-to"],
+        tls=options["certificate"],
     )

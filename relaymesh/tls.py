@@ -26,6 +26,7 @@ from typing import Iterable
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl as twisted_ssl
 from twisted.internet.interfaces import ISSLTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from relaymesh.keystore import write_atomically
 
@@ -202,10 +203,30 @@ class _AnyPeerCertificateOptions(twisted_ssl.CertificateOptions):
     Certificate options that request the peer's certificate and accept any.
     """
 
+    _verify_set = False
+
     def getContext(self) -> SSL.Context:
+        # The base class builds one context and hands it out every time; it
+        # can be changed only before its first connection.
         context = super().getContext()
-        context.set_verify(SSL.VERIFY_PEER, lambda connection, cert, errno, depth, ok: True)
+        if not self._verify_set:
+            context.set_verify(SSL.VERIFY_PEER, lambda connection, cert, errno, depth, ok: True)
+            self._verify_set = True
         return context
+
+
+class TLSServerFactory(TLSMemoryBIOFactory):
+    """
+    Wraps the relay's server factory in TLS, and keeps its refusals: when the
+    wrapped factory refuses a connection (returns L{None}), so does this one,
+    and Twisted closes the socket before any TLS byte.
+    """
+
+    def buildProtocol(self, addr: object) -> TLSMemoryBIOProtocol | None:
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)
 
 
 def channel_binding(transport: object) -> tuple[str, str] | None:

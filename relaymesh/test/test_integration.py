@@ -372,3 +372,60 @@ class RawPeerTests(TestCase):
         self.assertEqual(node.keystore.key("ci-runner"), key)
         client.transport.loseConnection()
         yield client.closed
+
+
+class TLSTests(TestCase):
+    """
+    Two nodes over TLS on loopback, with self-signed certificates.
+    """
+
+    timeout = 20
+
+    def node(self, identity: str, **kwargs) -> RelayService:
+        from relaymesh.tls import NodeCertificate, create_certificate
+
+        data_dir = self.mktemp()
+        keystore = KeyStore(data_dir)
+        keystore.set_identity(identity)
+        create_certificate(data_dir, identity)
+        node = RelayService(
+            keystore, reactor=reactor, tls=NodeCertificate.from_data_dir(data_dir), **kwargs
+        )
+        return node
+
+    @defer.inlineCallbacks
+    def test_tls_mutual_and_pinned(self):
+        """
+        The nodes connect over TLS, both prove the key bound to both
+        certificates, and each pins the other's fingerprint; a changed
+        certificate is then refused.
+        """
+        alpha = self.node("alpha", listen="tls:0:interface=127.0.0.1")
+        alpha.startService()
+        self.addCleanup(alpha.stopService)
+        port = alpha.listener.port.getHost().port
+        key = os.urandom(32)
+        alpha.keystore.set_key("beta", key)
+        beta = self.node("beta", listen=None, peers=[f"tls:alpha@127.0.0.1:{port}"])
+        beta.keystore.set_key("alpha", key)
+        events = []
+        beta.mesh.watch_peers(events.append)
+        beta.startService()
+        self.addCleanup(beta.stopService)
+        yield wait_for(lambda: beta.mesh.is_connected("alpha"), 10)
+        client = beta.mesh._peers["alpha"].protocol
+        self.assertTrue(client.handshake.mutual)
+        self.assertEqual(beta.keystore.meta("alpha")["tls_fingerprint"], alpha.certificate.fingerprint)
+        self.assertEqual(alpha.keystore.meta("beta")["tls_fingerprint"], beta.certificate.fingerprint)
+        got = []
+        alpha.mesh.subscribe(lambda peer, m: got.append(m.payload), "task_status")
+        beta.mesh.send("alpha", "task_status", {"secret": "over tls"})
+        yield wait_for(lambda: got, 5)
+
+        # beta pinned another certificate for alpha: the next handshake fails.
+        beta.keystore.update_meta("alpha", tls_fingerprint="sha256:" + "0" * 64)
+        client.close("closed by the test")
+        yield wait_for(lambda: any(e.kind == "denied" for e in events), 15)
+        [denied] = [e for e in events if e.kind == "denied"]
+        self.assertIn("TLS CERTIFICATE OF alpha CHANGED", denied.reason)
+        self.assertFalse(beta.mesh.is_connected("alpha"))

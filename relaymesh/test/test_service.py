@@ -16,6 +16,7 @@ from relaymesh.address import PeerAddress
 from relaymesh.factory import RelayClientFactory
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
+from relaymesh.tls import TLSServerFactory
 from relaymesh.test.support import EPOCH, Node, connect, pair_keys
 
 
@@ -125,7 +126,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_defaults(self):
         options = self.parse()
-        self.assertEqual(options["listen"], "tcp:9847")
+        self.assertEqual(options["listen"], ["tcp:9847"])
         self.assertEqual(options["heartbeat"], 30.0)
         self.assertEqual(options["max-peers"], 8)
         self.assertEqual(options["peers"], [])
@@ -163,7 +164,47 @@ class OptionsTests(SynchronousTestCase):
             self.assertNotIn("\n", str(ctx.exception))
 
     def test_listen_none(self):
-        self.assertIsNone(self.parse("--listen", "none")["listen"])
+        self.assertEqual(self.parse("--listen", "none")["listen"], [])
+
+    def test_several_listeners(self):
+        options = self.parse("--listen", "tcp:9850", "-l", "tcp:9851:interface=127.0.0.1")
+        self.assertEqual(options["listen"], ["tcp:9850", "tcp:9851:interface=127.0.0.1"])
+        service = tap.makeService(options, reactor=memory_reactor())
+        self.assertEqual(len(service.listeners), 2)
+
+    def test_tls_needs_certificate(self):
+        """
+        --tls, a tls: listener or a tls: peer without tls-init is a one-line
+        error that says what to run.
+        """
+        for args in (["--tls"], ["--listen", "tls:9850"], ["--peers", "tls:b@h:1"]):
+            with self.assertRaises(usage.UsageError) as ctx:
+                self.parse(*args)
+            self.assertIn("relaymesh tls-init", str(ctx.exception))
+
+    def test_tls(self):
+        """
+        --tls listens on tls:9847 and dials every peer over TLS except
+        legacy ones.
+        """
+        from relaymesh.tls import create_certificate
+
+        create_certificate(self.data_dir, "node")
+        options = self.parse("--tls", "--no-announce", "--api", "none", "--peers", "b@h:1,legacy:c@h:2,tls:d@h:3")
+        self.assertEqual(options["listen"], ["tls:9847"])
+        self.assertEqual(
+            [(str(p), p.tls) for p in options["peers"]],
+            [("tls:b@h:1", True), ("legacy:c@h:2", False), ("tls:d@h:3", True)],
+        )
+        reactor = memory_reactor()
+        service = tap.makeService(options, reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual([c[:2] for c in reactor.sslClients], [("h", 1), ("h", 3)])
+        self.assertEqual([c[:2] for c in reactor.tcpClients], [("h", 2)])
+        [(port, factory, backlog, interface)] = reactor.tcpServers
+        self.assertEqual(port, 9847)
+        self.assertIsInstance(factory, TLSServerFactory)
 
     def test_make_service(self):
         options = self.parse("--identity", "node-1", "--heartbeat", "5", "--max-peers", "3", "--peers", "beta@h:1")

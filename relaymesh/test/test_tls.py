@@ -121,3 +121,21 @@ class ChannelBindingTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(seen[b"client"], (server_cert.fingerprint, client_cert.fingerprint))
         self.assertEqual(seen[b"server"], (client_cert.fingerprint, server_cert.fingerprint))
+
+
+class ContextTests(SynchronousTestCase):
+    def test_context_reused(self):
+        """
+        Every connection gets the same context, which asks for the peer's
+        certificate; asking again does not try to change a used context.
+        """
+        from OpenSSL import SSL
+
+        data_dir = self.mktemp()
+        os.makedirs(data_dir)
+        create_certificate(data_dir, "n")
+        options = NodeCertificate.from_data_dir(data_dir).server_options()
+        first = options.getContext()
+        SSL.Connection(first, None)  # a used context can no longer be changed
+        self.assertIs(options.getContext(), first)
+        self.assertEqual(first.get_verify_mode(), SSL.VERIFY_PEER)
