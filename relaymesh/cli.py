@@ -153,13 +153,38 @@ def run_identity(context: Context, args: argparse.Namespace) -> None:
 # pair
 
 
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{pair}'s options: C{--strong} for a one-time SPAKE2 code.
+
+    @param parser: C{pair}'s parser.
+    """
+    parser.add_argument(
+        "--strong",
+        action="store_true",
+        help="arm a one-time strong code (relaymesh peers only) instead of a 64-bit pair code",
+    )
+    parser.add_argument(
+        "--expires",
+        metavar="MINUTES",
+        type=float,
+        default=10.0,
+        help="minutes until the strong code stops working (default 10)",
+    )
+
+
 def run_pair(context: Context, args: argparse.Namespace) -> None:
     """
-    Arm a new pair code's key as the pending key and print the code.
+    Arm a new pair code's key as the pending key and print the code; with
+    C{--strong}, arm a one-time strong code instead.
 
     @param context: the command's context.
     @param args: the parsed arguments.
     """
+    if args.strong:
+        from relaymesh.cli_pairing import run_strong_pair
+
+        return run_strong_pair(context, args)
     identity = context.store.identity()
     code = generate_pair_code()
     context.store.set_pending_key(parse_pair_code(code))
@@ -339,7 +364,7 @@ register_command(
     Command("identity", "print this node's peer id", _no_arguments, run_identity)
 )
 register_command(
-    Command("pair", "make a pair code and arm its key", _no_arguments, run_pair)
+    Command("pair", "make a pair code and arm its key", add_pair_arguments, run_pair)
 )
 register_command(
     Command(

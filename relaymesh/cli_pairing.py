@@ -31,6 +31,7 @@ from relaymesh.cli import (
     format_last_seen,
     register_command,
 )
+from relaymesh.codes import InvalidCode
 from relaymesh.discovery import ANNOUNCE_PORT, DEFAULT_LISTEN_SECONDS, discover
 from relaymesh.invite import (
     DEFAULT_EXPIRY,
@@ -46,6 +47,7 @@ from relaymesh.invite import (
     make_invite,
     parse_join_input,
 )
+from relaymesh.pake import generate_strong_code
 
 #: What tells the time: epoch seconds.
 clock: Callable[[], float] = time.time
@@ -233,9 +235,9 @@ def add_invite_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="suggest the word phrase (32-bit, easy to read out) for the other node",
     )
-    parser.add_argument("--qr", action="store_true", help="draw a QR code of the relaymesh link")
+    parser.add_argument("--qr", action="store_true", help="draw a QR code of the strong link")
     parser.add_argument(
-        "--qr-png", metavar="FILE", help="save a QR code of the relaymesh link as PNG"
+        "--qr-png", metavar="FILE", help="save a QR code of the strong link as PNG"
     )
 
 
@@ -259,11 +261,11 @@ def run_invite(context: Context, args: argparse.Namespace) -> None:
     qr = None
     if args.qr:
         encoding = None if context.json_output else getattr(context.stdout, "encoding", None)
-        qr = render_qr(qr_matrix(invite.relaymesh_link), encoding or "utf-8")
+        qr = render_qr(qr_matrix(invite.strong_link), encoding or "utf-8")
     if args.qr_png is not None:
-        save_qr_png(invite.relaymesh_link, args.qr_png)
+        save_qr_png(invite.strong_link, args.qr_png)
     arm_invite(store, invite)
-    suggested = invite.words if args.words else invite.relaymesh_link
+    suggested = invite.words if args.words else invite.strong_link
     data = {
         "identity": identity,
         "host": invite.host,
@@ -271,6 +273,8 @@ def run_invite(context: Context, args: argparse.Namespace) -> None:
         "addr": invite.addr,
         "expires_at": _iso(invite.expires_at),
         "expires_in": round(invite.expires_at - now, 3),
+        "strong_link": invite.strong_link,
+        "strong_code": invite.strong_code,
         "relaymesh_link": invite.relaymesh_link,
         "link": invite.link,
         "pair_code": invite.pair_code,
@@ -298,7 +302,9 @@ def _invite_text(invite: InviteForms, now: float, suggested: str, png: str | Non
         ("Address:", invite.addr),
         ("Expires:", f"{_iso(invite.expires_at)} (in {_duration(invite.expires_at - now)})"),
         ("", ""),
-        ("relaymesh link:", invite.relaymesh_link),
+        ("Strong link:", f"{invite.strong_link} (one try; relaymesh only)"),
+        ("Strong code:", f"{invite.strong_code} (with --peer {invite.peer})"),
+        ("relaymesh link:", f"{invite.relaymesh_link} (64-bit)"),
         ("cctl:// link:", invite.link),
         ("Pair code:", f"{invite.pair_code} (with --peer {invite.peer})"),
         ("Relay code:", relay_code),
@@ -311,10 +317,38 @@ def _invite_text(invite: InviteForms, now: float, suggested: str, png: str | Non
             "prefer a link."
         )
     if png is not None:
-        lines.append(f"QR code of the relaymesh link saved to {png}.")
+        lines.append(f"QR code of the strong link saved to {png}.")
     lines.append(f"On the other node, run: {PROG} join {suggested}")
     lines.append(f"From claudectl, run:    claudectl relay join {invite.link}")
     return "\n".join(lines)
+
+
+def run_strong_pair(context: Context, args: argparse.Namespace) -> None:
+    """
+    C{relaymesh pair --strong}: arm a one-time strong code and print it with
+    the command the other node runs.
+
+    @param context: the command's context.
+    @param args: the parsed arguments, with C{expires} in minutes.
+    """
+    if not args.expires > 0:
+        raise CommandError(f"--expires: {args.expires:g} is not a positive number of minutes")
+    store = context.store
+    identity = store.identity()
+    code = generate_strong_code()
+    now = clock()
+    store.arm_strong_code(code, expires_at=now + args.expires * 60)
+    try:
+        host = default_invite_host()
+    except InvalidCode:
+        host = "HOST"
+    port = local_node_port(context.data_dir, identity) or DEFAULT_PORT
+    peer = f"{identity}@{host}:{port}"
+    context.emit(
+        {"strong_code": code, "identity": identity, "peer": peer, "expires_at": _iso(now + args.expires * 60)},
+        f"Strong code: {code} (one try; expires in {_duration(args.expires * 60)})\n"
+        f"On the other node, run: {PROG} join {code} --peer {peer}",
+    )
 
 
 # join

@@ -82,18 +82,21 @@ class Invite:
 
     @ivar host: the address to connect to.
     @ivar port: the TCP port to connect to.
-    @ivar key: the 32-byte pre-shared key.
+    @ivar key: the 32-byte pre-shared key; L{None} for a strong code.
     @ivar identity: the inviting node's peer id, if the form carries it
         (only links do).
     @ivar form: the form decoded: L{FORM_LINK}, L{FORM_WORDS} or
-        L{FORM_RELAY_CODE}.
+        L{FORM_RELAY_CODE} (and relaymesh's own forms).
+    @ivar strong_code: a one-time code to pair with by SPAKE2 instead of a
+        key (relaymesh only), or L{None}.
     """
 
     host: str
     port: int
-    key: bytes
+    key: bytes | None
     identity: str | None
     form: str
+    strong_code: str | None = None
 
     @property
     def addr(self) -> str:

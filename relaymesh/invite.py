@@ -70,9 +70,10 @@ from relaymesh.codes import (
     wordlist,
 )
 from relaymesh.factory import CONNECT_TIMEOUT
-from relaymesh.handshake import ConnectorHandshake
+from relaymesh.handshake import STRONG_FORM, ConnectorHandshake
 from relaymesh.keystore import PAIR_CODE_FORM, KeyStore
 from relaymesh.mesh import Mesh
+from relaymesh.pake import InvalidStrongCode, generate_strong_code, normalize_strong_code
 from relaymesh.protocol import HANDSHAKE_TIMEOUT, RelayProtocol
 
 #: How long an invite's keys stay armed, in seconds.
@@ -83,10 +84,12 @@ RELAYMESH_LINK_SCHEME = "relaymesh://"
 
 #: The kinds of secret a relaymesh link carries, after the address.
 LINK_KIND_KEY = "k"  # /k/<16 hex digits>: the 64-bit pair code prefix
-LINK_KIND_STRONG = "s"  # /s/<code>: a strong one-time code (not used yet)
+LINK_KIND_STRONG = "s"  # /s/<code>: a strong one-time code for SPAKE2
 
 #: The forms a joining node pairs with; recorded as its C{paired_via}.
 FORM_RELAYMESH_LINK = "relaymesh_link"
+FORM_STRONG_LINK = "strong_link"  # a relaymesh link with a strong code
+FORM_STRONG_CODE = STRONG_FORM  # a bare strong code with --peer
 FORM_PAIR_CODE = PAIR_CODE_FORM
 
 #: The forms of the keys an invite arms; recorded as the joiner's
@@ -97,6 +100,8 @@ ARMED_INVITE_LEGACY = "invite_legacy"  # the relay code and the word phrase
 
 #: How each C{paired_via} value reads in C{relaymesh peers}.
 FORM_DESCRIPTIONS = {
+    FORM_STRONG_CODE: "strong code",
+    FORM_STRONG_LINK: "relaymesh link (strong code)",
     FORM_RELAYMESH_LINK: "relaymesh link",
     FORM_LINK: "cctl:// link",
     FORM_RELAY_CODE: "relay code",
@@ -105,6 +110,9 @@ FORM_DESCRIPTIONS = {
     ARMED_INVITE: "invite link or pair code",
     ARMED_INVITE_LEGACY: "relay code or word phrase",
 }
+
+#: The forms only a relaymesh node prints: its peer must prove the key back.
+RELAYMESH_FORMS = (FORM_RELAYMESH_LINK, FORM_STRONG_LINK, FORM_STRONG_CODE)
 
 #: The forms whose key has only 32 bits of secret.
 LEGACY_FORMS = (FORM_RELAY_CODE, FORM_WORDS)
@@ -137,6 +145,24 @@ def encode_relaymesh_link(identity: str, host: str, port: int, prefix: bytes) ->
     return RELAYMESH_LINK_SCHEME + link[len(LINK_SCHEME) :]
 
 
+def encode_strong_link(identity: str, host: str, port: int, code: str) -> str:
+    """
+    Make a relaymesh invite link carrying a strong one-time code.
+
+    @return: C{relaymesh://ID@HOST:PORT/s/<code>}.
+    """
+    base = encode_relaymesh_link(identity, host, port, bytes(PAIR_CODE_BYTES))
+    return base.rsplit("/" + LINK_KIND_KEY + "/", 1)[0] + f"/{LINK_KIND_STRONG}/{normalize_strong_code(code)}"
+
+
+def looks_like_strong_code(text: str) -> bool:
+    """
+    Whether C{text} is meant as a strong code: a number and two words.
+    """
+    parts = text.strip().split("-")
+    return len(parts) == 3 and parts[0].isdigit() and all(p.isalpha() for p in parts[1:])
+
+
 def decode_relaymesh_link(text: str) -> Invite:
     """
     Decode a relaymesh invite link.
@@ -154,10 +180,13 @@ def decode_relaymesh_link(text: str) -> Invite:
     _, slash, after = rest.partition("/")
     kind = after.partition("/")[0]
     if slash and kind == LINK_KIND_STRONG:
-        raise InvalidCode(
-            "this invite link carries a strong one-time code (/s/), which this "
-            "version of relaymesh cannot use; ask for a link with /k/"
-        )
+        address, _, code = rest.partition("/" + LINK_KIND_STRONG + "/")
+        try:
+            code = normalize_strong_code(code)
+        except InvalidStrongCode as e:
+            raise InvalidCode(str(e)) from None
+        invite = decode_invite_link(LINK_SCHEME + address + "/k/" + "0" * 16)
+        return dataclasses.replace(invite, key=None, form=FORM_STRONG_LINK, strong_code=code)
     if slash and kind != LINK_KIND_KEY:
         raise InvalidCode(f"unknown code kind {kind[:10]!r} in relaymesh invite link (want /k/)")
     invite = decode_invite_link(LINK_SCHEME + rest)
@@ -211,6 +240,15 @@ def parse_join_input(text: str, peer: str | None = None) -> Invite:
             "empty invite: give a relaymesh:// or cctl:// link, a relay code, "
             "a word phrase, or a pair code with --peer"
         )
+    if looks_like_strong_code(text):
+        try:
+            code = normalize_strong_code(text)
+        except InvalidStrongCode as e:
+            raise InvalidCode(str(e)) from None
+        if peer is None:
+            raise InvalidCode("a strong code needs --peer ID@HOST:PORT (the inviting node's id and address)")
+        invite = _pair_code_invite(None, peer)
+        return dataclasses.replace(invite, form=FORM_STRONG_CODE, strong_code=code)
     if looks_like_pair_code(text) or (peer is not None and _hex_only(text)):
         key = parse_pair_code(text)
         if peer is None:
@@ -240,7 +278,7 @@ def _no_words(text: str) -> bool:
     return not any(part.strip().lower() in words for part in text.split("-"))
 
 
-def _pair_code_invite(key: bytes, peer: str) -> Invite:
+def _pair_code_invite(key: bytes | None, peer: str) -> Invite:
     try:
         address = parse_peer_address(peer)
     except InvalidAddress as e:
@@ -262,7 +300,9 @@ class InviteForms:
     @ivar host: the address peers dial.
     @ivar port: the TCP port peers dial.
     @ivar expires_at: when the keys stop working (epoch seconds).
-    @ivar relaymesh_link: the relaymesh link.
+    @ivar relaymesh_link: the relaymesh link with the 64-bit pair code.
+    @ivar strong_code: the one-time strong code (SPAKE2).
+    @ivar strong_link: the relaymesh link with the strong code.
     @ivar link: the claudectl C{cctl://} link.
     @ivar pair_code: the pair code, for C{join CODE --peer ID@HOST:PORT}.
     @ivar relay_code: the claudectl relay code (32-bit), or L{None} if the
@@ -277,6 +317,8 @@ class InviteForms:
     port: int
     expires_at: float
     relaymesh_link: str
+    strong_code: str
+    strong_link: str
     link: str
     pair_code: str
     relay_code: str | None
@@ -307,6 +349,7 @@ def make_invite(
     now: float,
     expires_in: float = DEFAULT_EXPIRY,
     randbytes: Callable[[int], bytes] = os.urandom,
+    strong_code: str | None = None,
 ) -> InviteForms:
     """
     Make a new invite in every form.
@@ -326,6 +369,7 @@ def make_invite(
     """
     prefix = randbytes(PAIR_CODE_BYTES)
     seed = randbytes(SEED_BYTES)
+    strong_code = strong_code or generate_strong_code()
     link = encode_invite_link(identity, host, port, prefix)
     keys = [(ARMED_INVITE, derive_pair_key(prefix))]
     relay_code = words = reason = None
@@ -342,6 +386,8 @@ def make_invite(
         port=port,
         expires_at=now + expires_in,
         relaymesh_link=encode_relaymesh_link(identity, host, port, prefix),
+        strong_code=strong_code,
+        strong_link=encode_strong_link(identity, host, port, strong_code),
         link=link,
         pair_code=format_pair_code(prefix),
         relay_code=relay_code,
@@ -359,6 +405,7 @@ def arm_invite(store: KeyStore, invite: InviteForms) -> None:
     @param invite: the invite.
     """
     store.arm(list(invite.keys), expires_at=invite.expires_at)
+    store.arm_strong_code(invite.strong_code, expires_at=invite.expires_at)
 
 
 # The address to invite to
@@ -508,7 +555,8 @@ class JoinFactory(ClientFactory):
             self.mesh.identity,
             self.invite.key,
             self.invite.identity,
-            accept_one_way=self.invite.form != FORM_RELAYMESH_LINK,
+            strong_code=self.invite.strong_code,
+            accept_one_way=self.invite.form not in RELAYMESH_FORMS,
         )
         protocol = RelayProtocol(self.mesh, handshake)
         protocol.factory = self
@@ -597,7 +645,7 @@ def join_directly(
     protocol = None
     try:
         protocol = yield factory.done
-        store.set_key(protocol.peer_id, invite.key)
+        store.set_key(protocol.peer_id, protocol.handshake.psk)
         store.update_meta(
             protocol.peer_id,
             addr=invite.addr,

@@ -46,3 +46,33 @@ class TLSCommandTests(SynchronousTestCase):
         self.assertEqual(status, 2)
         self.assertIn("no certificate is pinned for beta", err)
         self.assertEqual(self.run_cli("tls-unpin", "../x")[0], 2)
+
+
+class StrongPairCommandTests(SynchronousTestCase):
+    def test_pair_strong(self):
+        """
+        C{pair --strong} arms a one-time code and prints the join command.
+        """
+        from relaymesh import cli_pairing
+        from relaymesh.pake import normalize_strong_code
+
+        data_dir = self.mktemp()
+        self.patch(cli_pairing, "default_invite_host", lambda: "192.0.2.5")
+        self.patch(cli_pairing, "clock", lambda: 1000.0)
+        out, err = io.StringIO(), io.StringIO()
+        status = main(["--data-dir", data_dir, "--json", "pair", "--strong", "--expires", "5"], out, err)
+        self.assertEqual((status, err.getvalue()), (0, ""))
+        result = json.loads(out.getvalue())
+        code = result["strong_code"]
+        self.assertEqual(normalize_strong_code(code), code)
+        store = KeyStore(data_dir)
+        self.assertEqual(result["peer"], f"{store.identity()}@192.0.2.5:9847")
+        self.assertTrue(store.strong_code_armed(1299.0))
+        self.assertFalse(store.strong_code_armed(1300.0))
+        self.assertIsNone(store.pending_key())
+
+    def test_bad_expiry(self):
+        out, err = io.StringIO(), io.StringIO()
+        status = main(["--data-dir", self.mktemp(), "pair", "--strong", "--expires", "0"], out, err)
+        self.assertEqual(status, 2)
+        self.assertIn("--expires", err.getvalue())

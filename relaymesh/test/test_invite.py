@@ -52,6 +52,8 @@ from relaymesh.invite import (
     JoinResult,
     arm_invite,
     decode_relaymesh_link,
+    encode_strong_link,
+    FORM_STRONG_LINK,
     default_invite_host,
     encode_relaymesh_link,
     join_directly,
@@ -148,9 +150,25 @@ class RelaymeshLinkTests(SynchronousTestCase):
 
     def test_strongCodeKind(self):
         """
-        A C{/s/} link (a strong one-time code) is refused by name.
+        A C{/s/} link carries a strong one-time code and no key; a bad code
+        in it is refused naming what is wrong.
         """
-        self.assertMalformed("relaymesh://n@h:1/s/7-ace-act", "strong one-time code (/s/)")
+        link = encode_strong_link("n", "h", 1, "7-ACE-act")
+        self.assertEqual(link, "relaymesh://n@h:1/s/7-ace-act")
+        invite = decode_relaymesh_link(link)
+        self.assertEqual(
+            (invite.host, invite.port, invite.identity, invite.key, invite.strong_code, invite.form),
+            ("h", 1, "n", None, "7-ace-act", FORM_STRONG_LINK),
+        )
+        self.assertEqual(parse_join_input(link), invite)
+        self.assertMalformed("relaymesh://n@h:1/s/7-ace-zzzzz", "unknown word 'zzzzz'")
+
+    def test_bareStrongCode(self):
+        invite = parse_join_input("7-ace-act", "alpha@10.0.0.2:9847")
+        self.assertEqual((invite.identity, invite.strong_code, invite.form), ("alpha", "7-ace-act", "strong_code"))
+        with self.assertRaises(InvalidCode) as ctx:
+            parse_join_input("7-ace-act")
+        self.assertIn("needs --peer", str(ctx.exception))
 
     def test_unknownKind(self):
         """
@@ -692,6 +710,33 @@ class JoinTests(SynchronousTestCase):
         factory.clientConnectionLost(None, Failure(ConnectionRefusedError()))
         return d
 
+    def test_strongLink(self):
+        """
+        The strong link pairs by SPAKE2: both sides store the same new key,
+        which is none of the invite's 64-bit or 32-bit keys, and the code
+        and every other armed key are used up.
+        """
+        printed = self.invite()
+        result = self.successResultOf(self.join(parse_join_input(printed.strong_link)))
+        self.assertEqual(result, JoinResult("alpha", "10.0.0.2:9847", FORM_STRONG_LINK))
+        key = self.storeB.key("alpha")
+        self.assertEqual(key, self.storeA.key("beta"))
+        self.assertNotIn(key, [k for _, k in printed.keys])
+        self.assertEqual(self.storeA.meta("beta")["paired_via"], "strong_code")
+        self.assertFalse(self.storeB.meta("alpha")["legacy"])
+        self.assertFalse(self.storeA.strong_code_armed(self.reactor.seconds()))
+
+    def test_strongCodeWrongGuess(self):
+        """
+        A wrong strong code fails, and uses the code up.
+        """
+        printed = self.invite()
+        number, *words = printed.strong_code.split("-")
+        wrong = "-".join([str(int(number) % 999 + 1)] + words)
+        self.failureResultOf(self.join(parse_join_input(wrong, "alpha@10.0.0.2:9847")), JoinError)
+        self.assertIsNone(self.storeB.key("alpha"))
+        self.assertFalse(self.storeA.strong_code_armed(self.reactor.seconds()))
+
     def test_everyForm(self):
         """
         Each printed form pairs: both sides store the same key, and each
@@ -881,7 +926,9 @@ class InviteCommandTests(CommandTestsMixin, SynchronousTestCase):
         self.assertRegex(result["relay_code"], r"\A[A-Z2-7]{3}(-[A-Z2-7]{3}){4}\Z")
         self.assertEqual(len(result["words"].split("-")), 9)
         self.assertEqual(result["legacy_forms"], ["relay_code", "words"])
-        self.assertEqual(result["join"], "relaymesh join " + result["relaymesh_link"])
+        self.assertRegex(result["strong_link"], r"\Arelaymesh://laptop-a3f2@192\.168\.1\.50:9847/s/\d+-[a-z]+-[a-z]+\Z")
+        self.assertTrue(result["strong_link"].endswith("/s/" + result["strong_code"]))
+        self.assertEqual(result["join"], "relaymesh join " + result["strong_link"])
 
     def test_armsEveryPrintedForm(self):
         """
@@ -910,7 +957,8 @@ class InviteCommandTests(CommandTestsMixin, SynchronousTestCase):
         self.assertEqual(lines[0], "Identity:        laptop-a3f2")
         self.assertEqual(lines[1], "Address:         192.168.1.50:9900")
         self.assertEqual(lines[2], "Expires:         2026-11-26T18:57:46Z (in 10 minutes)")
-        self.assertRegex(out, r"relaymesh link:  relaymesh://laptop-a3f2@192\.168\.1\.50:9900/k/[0-9a-f]{16}\n")
+        self.assertRegex(out, r"Strong link:     relaymesh://laptop-a3f2@192\.168\.1\.50:9900/s/\S+ \(one try; relaymesh only\)\n")
+        self.assertRegex(out, r"relaymesh link:  relaymesh://laptop-a3f2@192\.168\.1\.50:9900/k/[0-9a-f]{16} \(64-bit\)\n")
         self.assertRegex(out, r"cctl:// link:    cctl://laptop-a3f2@192\.168\.1\.50:9900/k/[0-9a-f]{16}\n")
         self.assertRegex(out, r"Pair code:       [0-9a-f-]{19} \(with --peer laptop-a3f2@192\.168\.1\.50:9900\)\n")
         self.assertRegex(out, r"Relay code:      [A-Z2-7-]{19} \(32-bit legacy form\)\n")
@@ -968,14 +1016,14 @@ class InviteCommandTests(CommandTestsMixin, SynchronousTestCase):
 
     def test_qr(self):
         """
-        C{--qr} draws the relaymesh link's QR code: light modules as blocks,
+        C{--qr} draws the strong link's QR code: light modules as blocks,
         two rows a line.
         """
         requireModules("qrcode")
         stdout, stderr = StringIO(), StringIO()
         main(["invite", "--qr", "--host", "10.0.0.7", "--data-dir", self.dataDir], stdout=stdout, stderr=stderr)
         out = stdout.getvalue()
-        link = out.split("relaymesh link:  ")[1].split("\n")[0]
+        link = out.split("Strong link:     ")[1].split(" ")[0]
         matrix = cli_pairing.qr_matrix(link)
         drawn = out[: out.index("Identity:")]
         self.assertEqual(drawn, cli_pairing.render_qr(matrix))
@@ -995,7 +1043,7 @@ class InviteCommandTests(CommandTestsMixin, SynchronousTestCase):
         """
         requireModules("qrcode")
         result = self.invite("--qr")
-        self.assertEqual(result["qr"], cli_pairing.render_qr(cli_pairing.qr_matrix(result["relaymesh_link"])))
+        self.assertEqual(result["qr"], cli_pairing.render_qr(cli_pairing.qr_matrix(result["strong_link"])))
 
     def test_qrPng(self):
         """
@@ -1008,7 +1056,7 @@ class InviteCommandTests(CommandTestsMixin, SynchronousTestCase):
         with open(path, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         out = self.assertSucceeds("invite", "--host", "10.0.0.7", "--qr-png", path)
-        self.assertIn(f"QR code of the relaymesh link saved to {path}.", out)
+        self.assertIn(f"QR code of the strong link saved to {path}.", out)
 
     def test_qrMissing(self):
         """
