@@ -6,6 +6,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relaymesh.handshake import (
     AcceptorHandshake,
+    acceptor_proof,
+    connector_proof,
     ConnectorHandshake,
     HandshakeFailed,
     compute_proof,
@@ -509,3 +511,32 @@ class StrongPairingTests(SynchronousTestCase):
         with self.assertRaises(HandshakeFailed) as ctx:
             self.run_pairing("7-ace-act")
         self.assertIn("already paired", str(ctx.exception))
+
+
+class DocumentedExampleTests(SynchronousTestCase):
+    """
+    The byte-level examples in docs/protocol.rst are what the code computes.
+    """
+
+    NONCE = "9f242fb8bfee69aeb49a319fdd21cc7d6398705d4aa6cfcb472cc44ac5625bee"
+    BINDING = ("sha256:" + "11" * 32, "sha256:" + "22" * 32)
+
+    def test_plain(self):
+        self.assertEqual(
+            acceptor_proof(TRANSCRIPT_KEY, self.NONCE, "5c" * 32, CONNECTOR, ACCEPTOR),
+            "497242a9173a7485d87897d3b6a65a937e8d7cef0ba9634154b2152f87b5abf1",
+        )
+        self.assertEqual(
+            connector_proof(TRANSCRIPT_KEY, self.NONCE, "5c" * 32, CONNECTOR),
+            "3e1b4b957d3d544477c47f508af0373be828750164a4b0819859880ba6a3c348",
+        )
+
+    def test_tls(self):
+        self.assertEqual(
+            connector_proof(TRANSCRIPT_KEY, self.NONCE, "5c" * 32, CONNECTOR, self.BINDING),
+            "a8b97e9559ac8854b60ef356b622e072409eb1fffa1e282575490a413b26a8e9",
+        )
+        self.assertEqual(
+            acceptor_proof(TRANSCRIPT_KEY, self.NONCE, "5c" * 32, CONNECTOR, ACCEPTOR, self.BINDING),
+            "eeebafd293c4f7d4f494215d3c9374e065f8caaddc15ffe6b9b0733de02f913b",
+        )
