@@ -48,6 +48,7 @@ from relaymesh.invite import (
     parse_join_input,
 )
 from relaymesh.pake import generate_strong_code
+from relaymesh.tls import NodeCertificate, TLSError
 
 #: What tells the time: epoch seconds.
 clock: Callable[[], float] = time.time
@@ -366,7 +367,12 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--peer",
         metavar="ID@HOST:PORT",
-        help="the inviting node, when INPUT is a bare pair code",
+        help="the inviting node, when INPUT is a bare pair code or strong code",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="join over TLS with this node's certificate (relaymesh tls-init)",
     )
 
 
@@ -380,8 +386,16 @@ def run_join(context: Context, args: argparse.Namespace) -> None:
     """
     invite = parse_join_input(args.invite, args.peer)
     store = context.store
+    certificate = None
+    if args.tls:
+        try:
+            certificate = NodeCertificate.from_data_dir(context.data_dir)
+        except TLSError as e:
+            raise CommandError(str(e)) from None
     try:
-        result = run_reactor(lambda reactor: join_directly(store, invite, reactor))
+        result = run_reactor(
+            lambda reactor: join_directly(store, invite, reactor, certificate=certificate)
+        )
     except JoinError as e:
         raise CommandError(str(e)) from None
     node = local_node(context.data_dir, store.identity())

@@ -75,6 +75,7 @@ from relaymesh.keystore import PAIR_CODE_FORM, KeyStore
 from relaymesh.mesh import Mesh
 from relaymesh.pake import InvalidStrongCode, generate_strong_code, normalize_strong_code
 from relaymesh.protocol import HANDSHAKE_TIMEOUT, RelayProtocol
+from relaymesh.tls import NodeCertificate
 
 #: How long an invite's keys stay armed, in seconds.
 DEFAULT_EXPIRY = 600.0
@@ -537,7 +538,7 @@ class JoinFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, mesh: Mesh, invite: Invite) -> None:
+    def __init__(self, mesh: Mesh, invite: Invite, keys: KeyStore | None = None) -> None:
         """
         @param mesh: a mesh with this node's identity, for the protocol.
         @param invite: what to join: the address, the key and, if known,
@@ -545,6 +546,7 @@ class JoinFactory(ClientFactory):
         """
         self.mesh = mesh
         self.invite = invite
+        self.keys = keys
         self.done: Deferred = Deferred()
         self.closed: Deferred = Deferred()
 
@@ -555,6 +557,7 @@ class JoinFactory(ClientFactory):
             self.mesh.identity,
             self.invite.key,
             self.invite.identity,
+            keys=self.keys,
             strong_code=self.invite.strong_code,
             accept_one_way=self.invite.form not in RELAYMESH_FORMS,
         )
@@ -614,6 +617,7 @@ def join_directly(
     reactor: Any,
     connect_timeout: float = JOIN_CONNECT_TIMEOUT,
     timeout: float = JOIN_TIMEOUT,
+    certificate: NodeCertificate | None = None,
 ):
     """
     Pair with an inviting node over one connection of our own.
@@ -627,14 +631,21 @@ def join_directly(
     @param reactor: an L{IReactorTCP} and L{IReactorTime}.
     @param connect_timeout: seconds for TCP to connect.
     @param timeout: seconds for the whole join.
+    @param certificate: this node's certificate, to join over TLS (the
+        peer's certificate is then pinned); plain TCP if L{None}.
     @return: a L{Deferred} firing with a L{JoinResult}, or failing with a
         L{JoinError}.
     """
     identity = store.identity()
     if invite.identity == identity:
         raise JoinError(f"this invite is from this node itself ({identity})")
-    factory = JoinFactory(Mesh(identity, reactor), invite)
-    connector = reactor.connectTCP(invite.host, invite.port, factory, timeout=connect_timeout)
+    factory = JoinFactory(Mesh(identity, reactor), invite, keys=store)
+    if certificate is not None:
+        connector = reactor.connectSSL(
+            invite.host, invite.port, factory, certificate.client_options(), timeout=connect_timeout
+        )
+    else:
+        connector = reactor.connectTCP(invite.host, invite.port, factory, timeout=connect_timeout)
 
     def give_up() -> None:
         if not factory.done.called:

@@ -429,3 +429,30 @@ class TLSTests(TestCase):
         [denied] = [e for e in events if e.kind == "denied"]
         self.assertIn("TLS CERTIFICATE OF alpha CHANGED", denied.reason)
         self.assertFalse(beta.mesh.is_connected("alpha"))
+
+    @defer.inlineCallbacks
+    def test_join_with_strong_code_over_tls(self):
+        """
+        The README's path: a TLS node arms a strong code; another node joins
+        over TLS with it; both hold the same new key and pin each other.
+        """
+        from relaymesh.invite import join_directly, parse_join_input
+        from relaymesh.tls import NodeCertificate, create_certificate
+
+        alpha = self.node("alpha", listen="tls:0:interface=127.0.0.1")
+        alpha.startService()
+        self.addCleanup(alpha.stopService)
+        port = alpha.listener.port.getHost().port
+        alpha.keystore.arm_strong_code("417-gem-oak", expires_at=reactor.seconds() + 600)
+        data_dir = self.mktemp()
+        beta = KeyStore(data_dir)
+        beta.set_identity("beta")
+        create_certificate(data_dir, "beta")
+        certificate = NodeCertificate.from_data_dir(data_dir)
+        invite = parse_join_input("417-gem-oak", f"alpha@127.0.0.1:{port}")
+        result = yield join_directly(beta, invite, reactor, certificate=certificate)
+        self.assertEqual(result.peer_id, "alpha")
+        self.assertEqual(beta.key("alpha"), alpha.keystore.key("beta"))
+        self.assertEqual(beta.meta("alpha")["tls_fingerprint"], alpha.certificate.fingerprint)
+        self.assertEqual(alpha.keystore.meta("beta")["tls_fingerprint"], certificate.fingerprint)
+        self.assertEqual(alpha.keystore.meta("beta")["paired_via"], "strong_code")

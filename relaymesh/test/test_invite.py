@@ -1112,7 +1112,7 @@ class JoinCommandTests(CommandTestsMixin, SynchronousTestCase):
             result.raiseException()
         return result
 
-    def fakeJoin(self, store, invite, reactor):
+    def fakeJoin(self, store, invite, reactor, certificate=None):
         self.joined.append(invite)
         return succeed(JoinResult(invite.identity or "alpha", invite.addr, invite.form))
 
@@ -1182,7 +1182,7 @@ class JoinCommandTests(CommandTestsMixin, SynchronousTestCase):
         A refused key is one error line, exit status 2.
         """
 
-        def denied(store, invite, reactor):
+        def denied(store, invite, reactor, certificate=None):
             from twisted.internet.defer import fail
 
             return fail(JoinDenied("10.0.0.2:9847 refused the key of this relay code: ..."))
