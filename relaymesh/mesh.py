@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relaymesh.interfaces import IRelayMesh
-from relaymesh.protocol import INBOUND, OUTBOUND, RelayProtocol
+from relaymesh.protocol import INBOUND, OUTBOUND, RelayProtocol, WriteBatch
 from relaymesh.wire import (
     HANDSHAKE_TYPES,
     MESSAGE_TYPES,
@@ -76,6 +76,10 @@ class UnsupportedMessageType(MeshError, ValueError):
 class RecentIds:
     """
     The last C{size} message ids seen, with O(1) membership and insertion.
+
+    Memory is bounded by C{size} ids: a full window of claudectl-style ids
+    takes about 120 KB, which is why a peer gets one only once it sends
+    something other than heartbeats (see L{Mesh.message_received}).
     """
 
     __slots__ = ("_order", "_members", "_size")
@@ -204,7 +208,9 @@ class _Peer:
         self.since: float | None = None
         self.last_seen: float | None = None
         self.protocol: RelayProtocol | None = None
-        self.recent = RecentIds()
+        # made on the first message that is not a heartbeat: most of an idle
+        # peer's memory would otherwise be this window
+        self.recent: RecentIds | None = None
         # messages in, messages out, bytes in, bytes out of closed connections
         self.traffic = [0, 0, 0, 0]
         self.sessions: list | None = None
@@ -229,10 +235,15 @@ class Subscription:
     A registered callback; L{cancel} removes it.
     """
 
-    def __init__(self, registry: list, callback: Callable) -> None:
+    def __init__(
+        self, registry: list, callback: Callable, changed: Callable[[], None] | None = None
+    ) -> None:
         self._registry = registry
+        self._changed = changed
         self.callback = callback
         registry.append(callback)
+        if changed is not None:
+            changed()
 
     def cancel(self) -> None:
         """
@@ -241,7 +252,9 @@ class Subscription:
         try:
             self._registry.remove(self.callback)
         except ValueError:
-            pass
+            return
+        if self._changed is not None:
+            self._changed()
 
 
 @implementer(IRelayMesh)
@@ -254,6 +267,8 @@ class Mesh:
     @ivar heartbeat_interval: Seconds between heartbeats.
     @ivar idle_timeout: Seconds of silence after which a peer is dropped.
     @ivar max_peers: How many connected peers an acceptor admits.
+    @ivar writes: The L{WriteBatch} this mesh's connections share (see
+        L{batch}).
     """
 
     log = Logger()
@@ -274,6 +289,10 @@ class Mesh:
         self._ids = ids or MessageIds()
         self._peers: dict[str, _Peer] = {}
         self._subscribers: dict[str | None, list[Callable]] = {}
+        # msg_type -> the callbacks for it, specific ones first, as a tuple;
+        # built on first use, dropped whenever a subscription changes
+        self._callbacks: dict[str, tuple[Callable, ...]] = {}
+        self.writes = WriteBatch()
         self._observers: list[Callable[[PeerEvent], None]] = []
         self._sessions: list | None = None
         self._worker_id: Any = None
@@ -438,10 +457,16 @@ class Mesh:
     def message_received(self, protocol: RelayProtocol, message: RelayMessage) -> None:
         """
         Deliver a message from an authenticated peer, unless it is a duplicate.
+
+        Heartbeats are not deduplicated: delivering one twice only refreshes
+        the same session list and liveness again, which is harmless, while
+        remembering their ids would cost every idle peer a full window
+        (about 120 KB) within 1000 heartbeats. Every other message is
+        checked against the last L{DEDUP_WINDOW} ids from the same peer.
         """
+        # Runs for every message: no allocation beyond the dedup window's
+        # entry, no logging, the subscribers looked up once per type.
         peer = self._peers[protocol.peer_id]
-        if peer.recent.seen(message.id):
-            return
         msg_type = message.msg_type
         if msg_type == "heartbeat":
             payload = message.payload
@@ -449,18 +474,27 @@ class Mesh:
                 peer.sessions = payload["sessions"]
                 peer.worker_id = payload.get("worker_id")
                 peer.sessions_at = self.clock.seconds()
-        for registry in (self._subscribers.get(msg_type), self._subscribers.get(None)):
-            if registry:
-                for callback in tuple(registry):
-                    try:
-                        callback(peer.peer_id, message)
-                    except Exception:
-                        self.log.failure(
-                            "subscriber {callback!r} failed on a {msg_type} from {peer_id}",
-                            callback=callback,
-                            msg_type=msg_type,
-                            peer_id=peer.peer_id,
-                        )
+        else:
+            recent = peer.recent
+            if recent is None:
+                recent = peer.recent = RecentIds()
+            if recent.seen(message.id):
+                return
+        callbacks = self._callbacks.get(msg_type)
+        if callbacks is None:
+            callbacks = self._callbacks[msg_type] = tuple(
+                self._subscribers.get(msg_type, ())
+            ) + tuple(self._subscribers.get(None, ()))
+        for callback in callbacks:
+            try:
+                callback(peer.peer_id, message)
+            except Exception:
+                self.log.failure(
+                    "subscriber {callback!r} failed on a {msg_type} from {peer_id}",
+                    callback=callback,
+                    msg_type=msg_type,
+                    peer_id=peer.peer_id,
+                )
 
     # -- called by the factories ---------------------------------------------
 
@@ -531,12 +565,17 @@ class Mesh:
         """
         Call C{callback(peer_id, message)} for every new message of
         C{msg_type} (of every type if L{None}) from any peer.
+
+        A subscription made or cancelled while a message is being delivered
+        applies from the next message on.
         """
         if msg_type is not None:
             msg_type = str(msg_type)
             if msg_type not in MESSAGE_TYPES:
                 raise UnsupportedMessageType(f"unknown message type {msg_type!r}")
-        return Subscription(self._subscribers.setdefault(msg_type, []), callback)
+        return Subscription(
+            self._subscribers.setdefault(msg_type, []), callback, self._callbacks.clear
+        )
 
     def send(self, peer_id: str, msg_type: str, payload: Any) -> str:
         """
@@ -556,6 +595,15 @@ class Mesh:
         message = self.message(_sendable(msg_type), payload)
         peer.protocol.sendMessage(message)
         return message.id
+
+    def batch(self) -> WriteBatch:
+        """
+        Coalesce sends: inside C{with mesh.batch():}, what is sent to each
+        peer is written to its connection in one piece when the block ends
+        (or whenever 64 KiB are waiting for it), rather than message by
+        message. Incoming data is always handled inside a batch.
+        """
+        return self.writes
 
     def broadcast(self, msg_type: str, payload: Any) -> dict[str, str]:
         """

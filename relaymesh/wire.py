@@ -168,30 +168,82 @@ if os.environ.get("RELAYMESH_CODEC") == "json":  # pragma: no cover
     _loads, _dumps, CODEC = _stdlib_loads, _stdlib_dumps, "json"
 
 
+#: A JSON string, or an unterminated one running to the end of the line.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S][^"\\]*)*(?:"|\\?\Z)')
+#: Every byte but the four brackets, for C{bytes.translate} to delete.
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+#: How each byte changes the nesting depth.
+_DEPTH_STEP = [0] * 256
+_DEPTH_STEP[0x5B] = _DEPTH_STEP[0x7B] = 1
+_DEPTH_STEP[0x5D] = _DEPTH_STEP[0x7D] = -1
+
+
 def _nesting_depth(line: bytes) -> int:
     """
     The deepest nesting of arrays and objects in a JSON text, ignoring
     brackets inside strings.
     """
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in line:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return deepest
+    # Done in C, not byte by byte in Python: strings (with their escapes, and
+    # an unterminated one up to the end) are cut out, every byte but the
+    # brackets is deleted, and the running sum of +1/-1 steps gives the depth.
+    brackets = _JSON_STRING.sub(b"", line).translate(None, _NOT_BRACKETS)
+    return max(0, max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0))
+
+
+def _too_deep(line: bytes) -> bool:
+    """
+    Whether a JSON text nests deeper than L{MAX_NESTING}.
+    """
+    return line.count(b"[") + line.count(b"{") > MAX_NESTING and _nesting_depth(line) > MAX_NESTING
+
+
+#: The shortest valid JSON text nested deeper than L{MAX_NESTING}: that many
+#: opening brackets plus as many closing ones.
+_SHORTEST_TOO_DEEP = 2 * (MAX_NESTING + 1)
+
+
+def _may_be_too_deep(line: bytes) -> bool:
+    """
+    A cheap test that is true of every valid JSON text nested deeper than
+    L{MAX_NESTING}, and false of nearly every message.
+    """
+    # This runs on every line, so it is shaped by what lines look like: a
+    # line shorter than _SHORTEST_TOO_DEEP cannot be both valid and too deep
+    # (the parser refuses it, and _parse_error then still names the
+    # nesting), and a typical message has a handful of brackets, which
+    # bytes.find (memchr) skips to much faster than bytes.count walks the
+    # whole line.
+    if len(line) < _SHORTEST_TOO_DEEP:
+        return False
+    find = line.find
+    seen = 0
+    for opener in (b"{", b"["):
+        at = find(opener)
+        while at >= 0:
+            seen += 1
+            if seen > 16:
+                return line.count(b"[") + line.count(b"{") > MAX_NESTING
+            at = find(opener, at + 1)
+    return False
+
+
+def _parse_error(line: bytes, error: Exception) -> WireError:
+    """
+    The L{WireError} that says why the parser refused C{line}.
+    """
+    if isinstance(error, WireError):
+        return error
+    if _too_deep(line):
+        return WireError(f"JSON nested deeper than {MAX_NESTING} levels")
+    if isinstance(error, UnicodeDecodeError):
+        return WireError(f"invalid UTF-8 at byte {error.start}")
+    if isinstance(error, UnicodeEncodeError):
+        return WireError("lone UTF-16 surrogate in a string")
+    if isinstance(error, RecursionError):
+        return WireError("JSON nested too deeply")
+    # json.JSONDecodeError and orjson.JSONDecodeError are ValueErrors, and so
+    # is int() refusing a number with thousands of digits.
+    return WireError(f"bad JSON: {str(error).splitlines()[0][:120]}")
 
 
 def loads(line: bytes) -> Any:
@@ -201,22 +253,12 @@ def loads(line: bytes) -> Any:
     @raise WireError: if the line is not valid JSON, not valid UTF-8, or
         nested too deeply.
     """
-    if line.count(b"[") + line.count(b"{") > MAX_NESTING and _nesting_depth(line) > MAX_NESTING:
+    if _may_be_too_deep(line) and _nesting_depth(line) > MAX_NESTING:
         raise WireError(f"JSON nested deeper than {MAX_NESTING} levels")
     try:
         return _loads(line)
-    except WireError:
-        raise
-    except UnicodeDecodeError as e:
-        raise WireError(f"invalid UTF-8 at byte {e.start}") from None
-    except UnicodeEncodeError:
-        raise WireError("lone UTF-16 surrogate in a string") from None
-    except RecursionError:
-        raise WireError("JSON nested too deeply") from None
-    except ValueError as e:
-        # json.JSONDecodeError and orjson.JSONDecodeError are ValueErrors, and
-        # so is int() refusing a number with thousands of digits.
-        raise WireError(f"bad JSON: {str(e).splitlines()[0][:120]}") from None
+    except (ValueError, RecursionError) as e:
+        raise _parse_error(line, e) from None
 
 
 def dumps(value: Any) -> bytes:
@@ -281,7 +323,39 @@ def decode(line: bytes) -> RelayMessage:
     """
     if len(line) > MAX_LINE_BYTES:
         raise WireError(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
-    return message_from_object(loads(line))
+    # Every message takes this path, so it is written for speed: loads()
+    # inlined, then plain subscripts and type checks, no other calls.
+    # Anything that is not a well-formed message (not an object, a field
+    # missing or of the wrong type) falls through to message_from_object,
+    # which names what is wrong.
+    if (
+        len(line) >= _SHORTEST_TOO_DEEP
+        and _may_be_too_deep(line)
+        and _nesting_depth(line) > MAX_NESTING
+    ):
+        raise WireError(f"JSON nested deeper than {MAX_NESTING} levels")
+    try:
+        obj = _loads(line)
+    except (ValueError, RecursionError) as e:
+        raise _parse_error(line, e) from None
+    try:
+        msg_id = obj["id"]
+        msg_type = obj["msg_type"]
+        from_peer = obj["from_peer"]
+        timestamp = obj["timestamp"]
+        payload = obj["payload"]
+    except (KeyError, TypeError, IndexError):
+        return message_from_object(obj)
+    if (
+        type(msg_id) is str
+        and type(msg_type) is str
+        and msg_type in MESSAGE_TYPES
+        and type(from_peer) is str
+        and type(timestamp) is int
+        and 0 <= timestamp <= MAX_TIMESTAMP
+    ):
+        return RelayMessage(msg_id, msg_type, from_peer, timestamp, payload)
+    return message_from_object(obj)
 
 
 def encode(message: RelayMessage) -> bytes:

@@ -318,3 +318,56 @@ class HeartbeatTests(MeshTestCase):
         self.flush()
         self.assertEqual(self.alpha.received[0][1].payload, {})
         self.beta.mesh.stop()
+
+
+class HotPathTests(MeshTestCase):
+    """
+    What message_received does for every message: deduplication with
+    bounded memory, and the subscribers looked up once per type.
+    """
+
+    def test_heartbeats_not_remembered(self):
+        """
+        Heartbeats are delivered even when their id repeats, and an idle
+        peer that only sends heartbeats holds no duplicate window.
+        """
+        beat = RelayMessage("hb-1", "heartbeat", "beta", 1, {"sessions": [], "worker_id": "w"})
+        self.inject(self.ab, beat)
+        self.inject(self.ab, beat)
+        self.assertEqual([m.id for _, m in self.alpha.received], ["hb-1", "hb-1"])
+        self.assertIsNone(self.alpha.mesh._peers["beta"].recent)
+        self.assertIn("beta", self.alpha.mesh.sessions())
+
+    def test_window_made_on_first_message(self):
+        self.inject(self.ab, RelayMessage("t-1", "task_status", "beta", 1, {}))
+        self.inject(self.ab, RelayMessage("t-1", "task_status", "beta", 1, {}))
+        self.assertEqual(len(self.alpha.received), 1)
+        self.assertEqual(len(self.alpha.mesh._peers["beta"].recent), 1)
+
+    def test_subscription_changes_apply_to_the_next_message(self):
+        mesh = self.alpha.mesh
+        late = []
+
+        def first(peer_id, message):
+            if message.id == "1":
+                mesh.subscribe(lambda p, m: late.append(m.id), "task_status")
+
+        subscription = mesh.subscribe(first, "task_status")
+        self.inject(self.ab, RelayMessage("1", "task_status", "beta", 1, {}))
+        self.inject(self.ab, RelayMessage("2", "task_status", "beta", 1, {}))
+        self.assertEqual(late, ["2"])
+        subscription.cancel()
+        mesh.subscribe(lambda p, m: late.append("all:" + m.id))
+        self.inject(self.ab, RelayMessage("3", "task_status", "beta", 1, {}))
+        self.assertEqual(late, ["2", "3", "all:3"])
+
+    def test_batched_sends_arrive_in_order(self):
+        mesh = self.alpha.mesh
+        with mesh.batch():
+            for i in range(30):
+                mesh.send("beta", "task_status", {"n": i})
+            mesh.broadcast("knowledge_sync", {"n": 30})
+        self.flush()
+        self.assertEqual([m.payload["n"] for _, m in self.beta.received], list(range(31)))
+        self.assertEqual([m.payload["n"] for _, m in self.gamma.received], [30])
+

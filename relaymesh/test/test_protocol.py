@@ -3,10 +3,12 @@ Tests for L{relaymesh.protocol.RelayProtocol}: framing, the handshake state
 machine, and what ends a connection.
 """
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaymesh.handshake import compute_proof
-from relaymesh.protocol import HANDSHAKE_TIMEOUT, State
+from relaymesh.protocol import FLUSH_BYTES, HANDSHAKE_TIMEOUT, State
 from relaymesh.test.support import (
     MemoryKeys,
     Node,
@@ -335,3 +337,283 @@ class TwoNodesTests(SynchronousTestCase):
         self.assertEqual(len([m for _, m in alpha.received if m.msg_type == "heartbeat"]), 20)
         alpha.mesh.stop()
         beta.mesh.stop()
+
+
+class _Connected:
+    """
+    An acceptor connection to beta that has finished its handshake, on a
+    string transport that records every C{write} call.
+    """
+
+    def setUp(self):
+        self.clock = make_clock()
+        self.node = Node("alpha", self.clock, MemoryKeys({"beta": KEY, "gamma": KEY}))
+        self.protocol, self.transport = self.connected("beta")
+
+    def connected(self, peer):
+        protocol, transport = server_protocol(self.node.server)
+        [challenge] = written(transport)
+        proof = compute_proof(KEY, challenge.payload["nonce"])
+        protocol.dataReceived(line(RelayMessage("h", "handshake", peer, 1, {"proof": proof})))
+        written(transport)
+        transport.writes = []
+        original = transport.write
+
+        def write(data):
+            transport.writes.append(data)
+            original(data)
+
+        transport.write = write
+        return protocol, transport
+
+    def stream(self, count, peer="beta", size=0):
+        return b"".join(
+            line(RelayMessage(f"m{i}", "task_status", peer, 1, {"n": i, "pad": "x" * size}))
+            for i in range(count)
+        )
+
+    def delivered(self):
+        return [m.payload["n"] for _, m in self.node.received]
+
+
+class FramingTests(_Connected, SynchronousTestCase):
+    """
+    The line splitting that replaces L{LineOnlyReceiver}'s: however a stream
+    is cut into chunks, the same messages come out in order, and the 1 MiB
+    limit holds on complete lines and on the unfinished rest.
+    """
+
+    def test_many_lines_one_chunk(self):
+        self.protocol.dataReceived(self.stream(500))
+        self.assertEqual(self.delivered(), list(range(500)))
+        self.assertEqual(self.protocol._buffer, b"")
+
+    def test_cut_at_every_offset(self):
+        """
+        A stream of three messages cut in two at every offset, and sent one
+        byte at a time, gives the three messages.
+        """
+        data = self.stream(3)
+        for cut in range(len(data) + 1):
+            self.setUp()
+            self.protocol.dataReceived(data[:cut])
+            self.protocol.dataReceived(data[cut:])
+            self.assertEqual(self.delivered(), [0, 1, 2], f"cut at {cut}")
+        self.setUp()
+        for i in range(len(data)):
+            self.protocol.dataReceived(data[i : i + 1])
+        self.assertEqual(self.delivered(), [0, 1, 2])
+
+    def test_long_line_in_small_chunks(self):
+        data = self.stream(2, size=200_000)
+        for i in range(0, len(data), 1000):
+            self.protocol.dataReceived(data[i : i + 1000])
+        self.assertEqual(self.delivered(), [0, 1])
+        self.assertEqual(self.protocol._buffer, b"")
+
+    def test_line_of_exactly_the_limit(self):
+        """
+        A complete line of exactly 1 MiB is taken, whether it arrives whole
+        or in pieces.
+        """
+        message = RelayMessage("big", "task_status", "beta", 1, {"n": 0, "pad": ""})
+        pad = MAX_LINE_BYTES - len(line(message)) + 1
+        data = line(RelayMessage("big", "task_status", "beta", 1, {"n": 0, "pad": "x" * pad}))
+        self.assertEqual(len(data), MAX_LINE_BYTES + 1)
+        self.protocol.dataReceived(data[:700_000])
+        self.protocol.dataReceived(data[700_000:])
+        self.assertEqual(self.delivered(), [0])
+        self.assertIs(self.protocol.state, State.CONNECTED)
+
+    def test_complete_line_over_the_limit(self):
+        """
+        A line one byte over 1 MiB closes the connection, after the lines
+        before it and before any after it, even when it arrives whole.
+        """
+        data = self.stream(2) + b"x" * (MAX_LINE_BYTES + 1) + b"\n" + self.stream(1)
+        self.protocol.dataReceived(data)
+        self.assertEqual(self.delivered(), [0, 1])
+        self.assertIs(self.protocol.state, State.CLOSED)
+        self.assertIn("longer than", self.protocol.close_reason)
+
+    def test_line_over_the_limit_across_chunks(self):
+        self.protocol.dataReceived(b"x" * 600_000)
+        self.protocol.dataReceived(b"x" * (MAX_LINE_BYTES + 1 - 600_000) + b"\n")
+        self.assertIs(self.protocol.state, State.CLOSED)
+        self.assertIn("longer than", self.protocol.close_reason)
+
+    def test_unfinished_rest_over_the_limit(self):
+        """
+        The unfinished line after the last complete one counts against the
+        limit: exactly 1 MiB may wait, one byte more may not.
+        """
+        self.protocol.dataReceived(self.stream(1) + b"x" * MAX_LINE_BYTES)
+        self.assertEqual(self.delivered(), [0])
+        self.assertIs(self.protocol.state, State.CONNECTED)
+        self.protocol.dataReceived(b"x")
+        self.assertIs(self.protocol.state, State.CLOSED)
+        self.assertEqual(self.protocol._buffer, b"")
+
+    def test_nothing_after_a_bad_line(self):
+        self.protocol.dataReceived(self.stream(2) + b"{bad\n" + self.stream(1))
+        self.assertEqual(self.delivered(), [0, 1])
+        self.assertIs(self.protocol.state, State.CLOSED)
+
+    def test_arrival_noted_per_complete_line(self):
+        """
+        The idle clock restarts when a line is complete, not on a fragment.
+        """
+        data = self.stream(1)
+        self.clock.advance(10)
+        self.protocol.dataReceived(data[:5])
+        self.assertEqual(self.protocol.last_received, self.clock.seconds() - 10)
+        self.clock.advance(10)
+        self.protocol.dataReceived(data[5:])
+        self.assertEqual(self.protocol.last_received, self.clock.seconds())
+
+
+class CoalescingTests(_Connected, SynchronousTestCase):
+    """
+    What a connection sends inside a batch goes to its transport in one
+    C{write}, in order, never more than L{FLUSH_BYTES} waiting.
+    """
+
+    def test_outside_a_batch_at_once(self):
+        self.node.mesh.send("beta", "ack", {"n": 1})
+        self.node.mesh.send("beta", "ack", {"n": 2})
+        self.assertEqual(len(self.transport.writes), 2)
+        self.assertEqual([m.payload["n"] for m in written(self.transport)], [1, 2])
+
+    def test_one_write_per_batch(self):
+        mesh = self.node.mesh
+        with mesh.batch():
+            with mesh.batch():
+                for i in range(50):
+                    mesh.send("beta", "ack", {"n": i})
+            self.assertEqual(self.transport.writes, [])
+            self.assertEqual(self.protocol.msgs_out, 52)  # challenge, ack, 50
+        self.assertEqual(len(self.transport.writes), 1)
+        self.assertEqual([m.payload["n"] for m in written(self.transport)], list(range(50)))
+
+    def test_flushed_when_full(self):
+        """
+        A batch writes a connection's lines once FLUSH_BYTES are waiting,
+        and the rest at its end, all in order.
+        """
+        mesh = self.node.mesh
+        pad = "x" * 1000
+        with mesh.batch():
+            for i in range(200):
+                mesh.send("beta", "ack", {"n": i, "pad": pad})
+            during = len(self.transport.writes)
+        self.assertGreater(during, 0)
+        self.assertTrue(all(len(w) < FLUSH_BYTES + 1100 for w in self.transport.writes))
+        self.assertEqual([m.payload["n"] for m in written(self.transport)], list(range(200)))
+
+    def test_replies_to_a_chunk_in_one_write(self):
+        """
+        Everything the messages of one chunk make the node send, to this
+        peer and to others, is written once per connection.
+        """
+        other, other_transport = self.connected("gamma")
+        mesh = self.node.mesh
+
+        def answer(peer_id, message):
+            mesh.send(peer_id, "ack", {"n": message.payload["n"]})
+            mesh.send("gamma", "task_status", {"n": message.payload["n"]})
+
+        mesh.subscribe(answer, "task_status")
+        self.protocol.dataReceived(self.stream(20))
+        self.assertEqual(len(self.transport.writes), 1)
+        self.assertEqual(len(other_transport.writes), 1)
+        self.assertEqual([m.payload["n"] for m in written(self.transport)], list(range(20)))
+        self.assertEqual([m.payload["n"] for m in written(other_transport)], list(range(20)))
+
+    def test_close_writes_what_waits(self):
+        with self.node.mesh.batch():
+            self.node.mesh.send("beta", "ack", {"n": 1})
+            self.protocol.close("done")
+        self.assertEqual([m.payload for m in written(self.transport)], [{"n": 1}])
+        self.assertIs(self.protocol.state, State.CLOSED)
+
+    def test_abort_discards_what_waits(self):
+        with self.node.mesh.batch():
+            self.node.mesh.send("beta", "ack", {"n": 1})
+            self.protocol.abort("gone")
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_flushed_when_the_batch_raises(self):
+        with self.assertRaises(ZeroDivisionError):
+            with self.node.mesh.batch():
+                self.node.mesh.send("beta", "ack", {"n": 1})
+                1 / 0
+        self.assertEqual([m.payload for m in written(self.transport)], [{"n": 1}])
+        self.node.mesh.send("beta", "ack", {"n": 2})
+        self.assertEqual([m.payload for m in written(self.transport)], [{"n": 2}])
+
+
+class _TCPishTransport(StringTransport):
+    """
+    A string transport with the TCP option a real connection has.
+    """
+
+    nodelay = False
+
+    def setTcpNoDelay(self, enabled):
+        self.nodelay = enabled
+
+
+class BackpressureTests(SynchronousTestCase):
+    """
+    The protocol is its transport's streaming producer, so that it knows
+    when the send buffer is full.
+    """
+
+    def setUp(self):
+        self.node = Node("alpha", make_clock(), MemoryKeys({"beta": KEY}))
+        self.transport = _TCPishTransport(peerAddress=IPv4Address("TCP", "10.0.0.2", 4000))
+        self.protocol = self.node.server.buildProtocol(self.transport.getPeer())
+        self.protocol.makeConnection(self.transport)
+
+    def test_registered(self):
+        self.assertIs(self.transport.producer, self.protocol)
+        self.assertTrue(self.transport.streaming)
+        self.assertTrue(self.transport.nodelay)
+
+    def test_pause_and_resume(self):
+        self.assertTrue(self.protocol.writable)
+        self.assertIsNone(self.successResultOf(self.protocol.whenWritable()))
+        self.protocol.pauseProducing()
+        self.assertFalse(self.protocol.writable)
+        waiting = self.protocol.whenWritable()
+        self.assertNoResult(waiting)
+        self.protocol.resumeProducing()
+        self.assertTrue(self.protocol.writable)
+        self.assertIsNone(self.successResultOf(waiting))
+
+    def test_close_wakes_waiters(self):
+        self.protocol.pauseProducing()
+        waiting = self.protocol.whenWritable()
+        self.protocol.connectionLost(None)
+        self.successResultOf(waiting)
+        self.successResultOf(self.protocol.whenWritable())
+
+    def test_close_steps_aside(self):
+        """
+        A transport with a producer registered would wait for it before
+        closing: close() unregisters first.
+        """
+        self.protocol.close("bye")
+        self.assertIsNone(self.transport.producer)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_resumed_while_closing(self):
+        """
+        A transport told to close by someone else while it had us paused
+        resumes us when its buffer drains; we unregister so that it closes.
+        """
+        self.protocol.pauseProducing()
+        self.transport.loseConnection()
+        self.protocol.resumeProducing()
+        self.assertIsNone(self.transport.producer)
+

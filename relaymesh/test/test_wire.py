@@ -4,6 +4,8 @@ Tests for L{relaymesh.wire}: the message format claudectl 0.49 speaks.
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaymesh import wire
@@ -247,3 +249,127 @@ class MessageIdsTests(SynchronousTestCase):
         second = {b.next(1000) for _ in range(100)}
         self.assertEqual(len(first), 100)
         self.assertFalse(first & second)
+
+
+def reference_depth(line: bytes) -> int:
+    """
+    The nesting depth the plain way, byte by byte: what
+    L{wire._nesting_depth} must agree with.
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+class NestingTests(SynchronousTestCase):
+    """
+    The nesting check on the fast path refuses exactly what serde_json
+    refuses, with the same reason, whatever the line's length.
+    """
+
+    def test_depth_like_the_reference(self):
+        for text in (
+            b"",
+            b"[]",
+            b'{"a":[1,{"b":"]]]"}]}',
+            b'["\\"]',
+            b'["\\\"[[["]',
+            b'"unterminated [[[',
+            b'"ends in a backslash\\',
+            b"]]][[[",
+            b'\\"[["',
+            "[\u00e9\u2713]".encode(),
+        ):
+            self.assertEqual(wire._nesting_depth(text), reference_depth(text), text)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b"a", b",", b"\xc3\xa9"]), max_size=60))
+    def test_depth_property(self, pieces):
+        text = b"".join(pieces)
+        self.assertEqual(wire._nesting_depth(text), reference_depth(text))
+
+    def nested(self, depth: int) -> bytes:
+        payload = "[" * (depth - 1) + "]" * (depth - 1)
+        return raw(obj()).replace(b'"payload":{}', b'"payload":' + payload.encode())
+
+    def test_limit(self):
+        """
+        128 levels (the message object counts as one) are taken; 129 are not.
+        """
+        self.assertEqual(decode(self.nested(128)).msg_type, "heartbeat")
+        with self.assertRaises(WireError) as ctx:
+            decode(self.nested(129))
+        self.assertIn("nested deeper", str(ctx.exception))
+
+    def test_short_deep_line_named_as_before(self):
+        """
+        A line too short to be valid JSON nested that deep is still refused
+        as too deep, not as bad JSON.
+        """
+        with self.assertRaises(WireError) as ctx:
+            decode(b"[" * 200)
+        self.assertIn("nested deeper", str(ctx.exception))
+
+    def test_many_shallow_brackets(self):
+        """
+        A payload with hundreds of small objects is shallow and is taken.
+        """
+        message = decode(raw(obj(payload={"units": [{"k": i} for i in range(400)]})))
+        self.assertEqual(len(message.payload["units"]), 400)
+
+    def test_brackets_in_a_long_string(self):
+        message = decode(raw(obj(payload={"text": "[{" * 300})))
+        self.assertEqual(len(message.payload["text"]), 600)
+
+
+class FastPathTests(SynchronousTestCase):
+    """
+    L{decode}'s fast path gives what the field-by-field validation gives:
+    the same message, or the same refusal.
+    """
+
+    def test_same_refusals(self):
+        cases = [
+            [1, 2],
+            "text",
+            None,
+            obj(id=5),
+            obj(msg_type=["heartbeat"]),
+            obj(msg_type={"a": 1}),
+            obj(msg_type="bogus"),
+            obj(from_peer=None),
+            obj(timestamp=-1),
+            obj(timestamp=2**64),
+            obj(timestamp=True),
+            obj(timestamp=1.0),
+        ]
+        for field in ("id", "msg_type", "from_peer", "timestamp", "payload"):
+            value = obj()
+            del value[field]
+            cases.append(value)
+        for case in cases:
+            with self.assertRaises(WireError) as fast:
+                decode(raw(case))
+            with self.assertRaises(WireError) as slow:
+                wire.message_from_object(wire.loads(raw(case)))
+            self.assertEqual(str(fast.exception), str(slow.exception), case)
+
+    def test_same_message(self):
+        for case in (obj(), obj(payload=None), obj(payload=[1, {"a": "b"}], extra=True)):
+            self.assertEqual(decode(raw(case)), wire.message_from_object(wire.loads(raw(case))))
+
