@@ -63,6 +63,11 @@ HANDSHAKE_TIMEOUT = 30.0  # claudectl 0.49: 30 s read timeout on the acceptor
 INBOUND = "inbound"
 OUTBOUND = "outbound"
 
+#: Bytes written to a connection while its transport's send buffer is full
+#: (the peer is not reading) after which the connection is dropped, so a
+#: peer that stops reading cannot make the node buffer without bound.
+MAX_SEND_BACKLOG = 16 * 1024 * 1024
+
 #: Bytes of outbound lines a connection holds in a batch before it writes
 #: them to its transport anyway, so that the batch never buffers without
 #: bound; the transport's own buffer is what pauses a producer.
@@ -194,6 +199,7 @@ class RelayProtocol(LineOnlyReceiver):
         self._pending_bytes = 0
         self._producing = False
         self.writable = True
+        self._backlog = 0
         self._writable_waiters: list[Deferred] = []
         self._dispatch = {
             State.AWAITING_CHALLENGE: self._challengeReceived,
@@ -473,6 +479,12 @@ class RelayProtocol(LineOnlyReceiver):
         """
         self.msgs_out += 1
         self.bytes_out += len(line) + 1
+        if not self.writable:
+            self._backlog += len(line) + 1
+            if self._backlog > MAX_SEND_BACKLOG:
+                if self.close_reason is None:
+                    self.abort(f"peer is not reading: over {MAX_SEND_BACKLOG} bytes waiting to be sent")
+                return
         pending = self._pending
         if not self._writes.depth and not pending:
             self.transport.write(line + b"\n")
@@ -509,6 +521,7 @@ class RelayProtocol(LineOnlyReceiver):
         whoever waits in L{whenWritable} is told.
         """
         self.writable = True
+        self._backlog = 0
         if self.transport.disconnecting:
             # A transport that was told to close while it had us paused
             # resumes us instead of closing; stepping aside lets it close.

@@ -228,3 +228,68 @@ class FloodTests(TestCase):
                 f"\nendless line: connection closed after the peer had written "
                 f"{sent['bytes'] / 1048576:.1f} MiB; resident memory grew by {growth / 1048576:.1f} MiB"
             )
+
+    @defer.inlineCallbacks
+    def test_peer_that_stops_reading(self):
+        """
+        An authenticated peer that stops reading is dropped once 16 MiB wait
+        for it, instead of the node buffering without bound; others carry on.
+        """
+        import hashlib
+        import hmac
+        import json
+
+        keystore = KeyStore(self.mktemp())
+        keystore.set_identity("alpha")
+        key = os.urandom(32)
+        keystore.set_key("sloth", key)
+        alpha = RelayService(keystore, listen="tcp:0:interface=127.0.0.1", reactor=reactor)
+        events = []
+        alpha.mesh.watch_peers(events.append)
+        alpha.startService()
+        self.addCleanup(alpha.stopService)
+        port = alpha.listener.port.getHost().port
+
+        class Sloth(protocol.Protocol):
+            buffer = b""
+
+            def dataReceived(self, data):
+                self.buffer += data
+                if b"\n" in self.buffer:
+                    challenge = json.loads(self.buffer.split(b"\n")[0])
+                    nonce = challenge["payload"]["nonce"]
+                    proof = hmac.new(key, nonce.encode(), hashlib.sha256).hexdigest()
+                    self.transport.write(
+                        b'{"id":"h","msg_type":"handshake","from_peer":"sloth","timestamp":1,"payload":{"proof":"%s"}}\n'
+                        % proof.encode()
+                    )
+                    self.transport.pauseProducing()  # and never read again
+                    self.buffer = b""
+
+        client = yield protocol.ClientCreator(reactor, Sloth).connectTCP("127.0.0.1", port)
+        self.addCleanup(client.transport.loseConnection)
+        yield wait_for(lambda: alpha.mesh.is_connected("sloth"), 10)
+        before = rss_bytes()
+        blob = "x" * (512 * 1024)
+        sent = 0
+        while alpha.mesh.is_connected("sloth") and sent < 256 * 1024 * 1024:
+            alpha.mesh.send("sloth", "task_status", {"blob": blob})
+            sent += len(blob)
+            if sent % (8 * 1024 * 1024) == 0:
+                yield task_deferLater(0.01)
+        growth = rss_bytes() - before
+        self.assertFalse(alpha.mesh.is_connected("sloth"))
+        [dropped] = [e for e in events if e.kind == "disconnected"]
+        self.assertIn("peer is not reading", dropped.reason)
+        self.assertLess(growth, 96 * 1024 * 1024)
+        if REPORT:
+            print(
+                f"\nstopped reading: dropped after the node had queued {sent / 1048576:.0f} MiB "
+                f"for it; resident memory grew by {growth / 1048576:.1f} MiB"
+            )
+
+
+def task_deferLater(seconds: float) -> defer.Deferred:
+    from twisted.internet import task
+
+    return task.deferLater(reactor, seconds, lambda: None)

@@ -617,3 +617,47 @@ class BackpressureTests(SynchronousTestCase):
         self.protocol.resumeProducing()
         self.assertIsNone(self.transport.producer)
 
+
+
+class SendBacklogTests(SynchronousTestCase):
+    """
+    A peer that stops reading is dropped once too much waits for it.
+    """
+
+    def setUp(self):
+        self.clock = make_clock()
+        self.node = Node("alpha", self.clock, MemoryKeys({"beta": KEY}))
+        self.protocol, self.transport = server_protocol(self.node.server)
+        [challenge] = written(self.transport)
+        proof = compute_proof(KEY, challenge.payload["nonce"])
+        self.protocol.dataReceived(line(RelayMessage("h", "handshake", "beta", 1, {"proof": proof})))
+        written(self.transport)
+
+    def test_backlog_limit(self):
+        from relaymesh.protocol import MAX_SEND_BACKLOG
+
+        blob = "x" * (1024 * 1024 - 200)
+        self.protocol.pauseProducing()
+        sent = 0
+        while self.protocol.state is State.CONNECTED:
+            self.node.mesh.send("beta", "task_status", {"blob": blob})
+            sent += len(blob)
+            self.assertLess(sent, MAX_SEND_BACKLOG + 4 * len(blob))
+        self.assertTrue(self.transport.disconnected)
+        self.assertIn("peer is not reading", self.protocol.close_reason)
+        self.assertFalse(self.node.mesh.is_connected("beta"))
+
+    def test_draining_resets(self):
+        """
+        A peer that reads slowly but does read is kept.
+        """
+        from relaymesh.protocol import MAX_SEND_BACKLOG
+
+        blob = "x" * (1024 * 1024 - 200)
+        for _ in range(3):
+            self.protocol.pauseProducing()
+            for _ in range(MAX_SEND_BACKLOG // len(blob) - 1):
+                self.node.mesh.send("beta", "task_status", {"blob": blob})
+            self.protocol.resumeProducing()
+            self.transport.clear()
+        self.assertIs(self.protocol.state, State.CONNECTED)
