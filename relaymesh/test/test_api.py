@@ -37,6 +37,7 @@ from relaymesh.api import (
 from relaymesh.keystore import KeyStore
 from relaymesh.mesh import PeerEvent, PeerNotConnected, UnknownPeer, UnsupportedMessageType
 from relaymesh.service import RelayService
+from relaymesh.test import realtime
 from relaymesh.test.support import EPOCH, Node, connect
 from relaymesh.wire import RelayMessage, WireError
 
@@ -47,16 +48,7 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01) -> defer.D
     """
     Fire once C{predicate()} is true (real time); fail after C{timeout} s.
     """
-    deadline = reactor.seconds() + timeout
-
-    def check():
-        if predicate():
-            loop.stop()
-        elif reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {predicate.__doc__ or predicate}")
-
-    loop = task.LoopingCall(check)
-    return loop.start(interval)
+    return realtime.wait_for(predicate, timeout, interval)
 
 
 class StreamReader(Protocol):

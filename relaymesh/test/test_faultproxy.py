@@ -16,6 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from relaymesh.test.faultproxy import FaultProxy
+from relaymesh.test.realtime import wait_for
 
 #: Seconds any one wait in these tests may take.
 WAIT = 5.0
@@ -25,16 +26,7 @@ def until(predicate, timeout: float = WAIT, what: str = "") -> defer.Deferred:
     """
     Fire once C{predicate()} is true; fail after C{timeout} seconds.
     """
-    deadline = reactor.seconds() + timeout
-
-    def check():
-        if predicate():
-            loop.stop()
-        elif reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-
-    loop = task.LoopingCall(check)
-    return loop.start(0.005)
+    return wait_for(predicate, timeout, 0.005, what)
 
 
 class Peer(Protocol):

@@ -21,7 +21,7 @@ from relaymesh.factory import RelayClientFactory
 from relaymesh.keystore import KeyStore
 from relaymesh.mesh import Mesh
 from relaymesh.service import RelayService
-from relaymesh.test.test_integration import wait_for
+from relaymesh.test.realtime import sleep, wait_for
 
 REPORT = os.environ.get("RELAYMESH_FLOOD_REPORT") == "1"
 
@@ -276,7 +276,7 @@ class FloodTests(TestCase):
             alpha.mesh.send("sloth", "task_status", {"blob": blob})
             sent += len(blob)
             if sent % (8 * 1024 * 1024) == 0:
-                yield task_deferLater(0.01)
+                yield sleep(0.01)
         growth = rss_bytes() - before
         self.assertFalse(alpha.mesh.is_connected("sloth"))
         [dropped] = [e for e in events if e.kind == "disconnected"]
@@ -288,8 +288,3 @@ class FloodTests(TestCase):
                 f"for it; resident memory grew by {growth / 1048576:.1f} MiB"
             )
 
-
-def task_deferLater(seconds: float) -> defer.Deferred:
-    from twisted.internet import task
-
-    return task.deferLater(reactor, seconds, lambda: None)

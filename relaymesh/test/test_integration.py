@@ -13,42 +13,15 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 
-from twisted.internet import defer, endpoints, protocol, reactor, task
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.trial.unittest import TestCase
 
-import relaymesh
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
-
-
-def free_port() -> int:
-    """
-    A TCP port on 127.0.0.1 that nothing listens on right now.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.02) -> defer.Deferred:
-    """
-    Fire once C{predicate()} is true; fail after C{timeout} seconds.
-    """
-    deadline = reactor.seconds() + timeout
-
-    def check():
-        if predicate():
-            loop.stop()
-        elif reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {predicate.__doc__ or predicate}")
-
-    loop = task.LoopingCall(check)
-    return loop.start(interval)
+from relaymesh.test.realtime import ProcessesMixin, free_port, log_lines, wait_for
 
 
 class InProcessTests(TestCase):
@@ -115,15 +88,7 @@ class InProcessTests(TestCase):
         self.assertFalse(beta.mesh.is_connected("alpha"))
 
 
-def _log_lines(path: str) -> list[str]:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read().splitlines()
-    except FileNotFoundError:
-        return []
-
-
-class TwistdTests(TestCase):
+class TwistdTests(ProcessesMixin, TestCase):
     """
     Two C{twistd relaymesh} processes, paired with C{relaymesh pair} and
     C{relaymesh accept}, as the README describes.
@@ -132,69 +97,14 @@ class TwistdTests(TestCase):
     timeout = 60
 
     def setUp(self):
-        if not hasattr(signal, "SIGTERM") or sys.platform == "win32":
-            raise SkipTest("needs POSIX processes")
-        self.base = os.path.abspath(self.mktemp())
-        os.makedirs(self.base)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(relaymesh.__file__)))
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-        self.processes: list[subprocess.Popen] = []
+        self.setUpProcesses()
 
-    def tearDown(self):
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    def relaymesh(self, home: str, *args: str) -> str:
+        return self.cli(home, *args).stdout
 
-    def cli(self, home: str, *args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "relaymesh", "--data-dir", home, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        self.assertEqual(result.returncode, 0, result.stderr)
-        return result.stdout
-
-    def twistd(self, name: str, home: str, *args: str) -> tuple[subprocess.Popen, str]:
-        logfile = os.path.join(self.base, f"{name}.log")
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
-                "-n",
-                "--pidfile=",
-                f"--logfile={logfile}",
-                "relaymesh",
-                "--data-dir",
-                home,
-                "--no-announce",  # tests never broadcast on the LAN
-                *args,
-            ],
-            env=self.env,
-            cwd=self.base,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.processes.append(process)
-        return process, logfile
-
-    def wait_log(self, logfile: str, pattern: str, timeout: float, after: int = 0) -> defer.Deferred:
-        regex = re.compile(pattern)
-
-        def found():
-            return any(regex.search(line) for line in _log_lines(logfile)[after:])
-
-        found.__doc__ = f"{pattern!r} in {os.path.basename(logfile)}"
-        return wait_for(found, timeout, 0.05)
+    def node(self, name: str, home: str, *args: str) -> tuple[subprocess.Popen, str]:
+        # tests never broadcast on the LAN, nor take the API's default port
+        return self.twistd(name, home, "--no-announce", "--api", "none", *args)
 
     @defer.inlineCallbacks
     def test_pair_connect_and_reconnect(self):
@@ -205,17 +115,17 @@ class TwistdTests(TestCase):
         """
         home_a = os.path.join(self.base, "a")
         home_b = os.path.join(self.base, "b")
-        self.cli(home_a, "identity")
-        self.cli(home_b, "identity")
+        self.relaymesh(home_a, "identity")
+        self.relaymesh(home_b, "identity")
         id_a = KeyStore(home_a).identity()
-        code = re.search(r"[0-9a-f]{4}(?:-[0-9a-f]{4}){3}", self.cli(home_a, "pair")).group(0)
-        self.cli(home_b, "accept", code, id_a)
+        code = re.search(r"[0-9a-f]{4}(?:-[0-9a-f]{4}){3}", self.relaymesh(home_a, "pair")).group(0)
+        self.relaymesh(home_b, "accept", code, id_a)
         port = free_port()
         listen = f"tcp:{port}:interface=127.0.0.1"
 
-        a, log_a = self.twistd("a", home_a, "--listen", listen, "--heartbeat", "1")
+        a, log_a = self.node("a", home_a, "--listen", listen, "--heartbeat", "1")
         yield self.wait_log(log_a, rf"listening on 127\.0\.0\.1:{port} as {id_a}", 15)
-        b, log_b = self.twistd(
+        b, log_b = self.node(
             "b", home_b, "--listen", "none", "--heartbeat", "1", "--peers", f"{id_a}@127.0.0.1:{port}"
         )
         id_b = KeyStore(home_b).identity()
@@ -228,11 +138,11 @@ class TwistdTests(TestCase):
         a.send_signal(signal.SIGTERM)
         # twistd shuts down cleanly, then re-raises the signal as its exit status.
         self.assertEqual((yield deferred_wait(a)), -signal.SIGTERM)
-        self.assertIn("Server Shut Down.", _log_lines(log_a)[-1])
+        self.assertIn("Server Shut Down.", log_lines(log_a)[-1])
         stopped = time.monotonic()
-        mark = len(_log_lines(log_b))
+        mark = len(log_lines(log_b))
         yield self.wait_log(log_b, rf"reconnecting to {id_a} at 127\.0\.0\.1:{port} in 5 s", 5, after=mark - 2)
-        a, log_a = self.twistd("a2", home_a, "--listen", listen, "--heartbeat", "1")
+        a, log_a = self.node("a2", home_a, "--listen", listen, "--heartbeat", "1")
         yield self.wait_log(log_b, rf"peer {id_a} connected", 15, after=mark)
         elapsed = time.monotonic() - stopped
         self.assertGreaterEqual(elapsed, 4.5)  # the first retry waits 5 s

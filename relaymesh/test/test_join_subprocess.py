@@ -11,67 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import re
-import signal
 import socket
-import subprocess
-import sys
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import SkipTest, TestCase
 
-import relaymesh
 from relaymesh import tap
 from relaymesh.keystore import KeyStore
+from relaymesh.test.realtime import ProcessesMixin, free_port, log_lines, sleep, wait_for
 
 #: Seconds between heartbeats in these nodes: a link that carries none is
 #: dropped after three.
 HEARTBEAT = 0.5
-
-
-def free_port(kind: int = socket.SOCK_STREAM, low: int = 0, high: int = 0) -> int:
-    """
-    A port on 127.0.0.1 that nothing uses right now; from C{low} to C{high}
-    if given.
-    """
-    candidates = [0] if not low else random.sample(range(low, high + 1), high + 1 - low)
-    for candidate in candidates:
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise SkipTest(f"no free port from {low} to {high}")
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05) -> defer.Deferred:
-    """
-    Fire once C{predicate()} is true; fail after C{timeout} seconds.
-    """
-    deadline = reactor.seconds() + timeout
-
-    def check():
-        if predicate():
-            loop.stop()
-        elif reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {predicate.__doc__ or predicate}")
-
-    loop = task.LoopingCall(check)
-    return loop.start(interval)
-
-
-def sleep(seconds: float) -> defer.Deferred:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-def log_lines(path: str) -> list[str]:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read().splitlines()
-    except FileNotFoundError:
-        return []
 
 
 def has_api_option() -> bool:
@@ -81,7 +32,7 @@ def has_api_option() -> bool:
     return any(option[0] == "api" for option in tap.Options.optParameters)
 
 
-class InviteJoinTests(TestCase):
+class InviteJoinTests(ProcessesMixin, TestCase):
     """
     Two nodes paired with C{invite} and C{join}.
     """
@@ -89,84 +40,20 @@ class InviteJoinTests(TestCase):
     timeout = 90
 
     def setUp(self):
-        if not hasattr(signal, "SIGTERM") or sys.platform == "win32":
-            raise SkipTest("needs POSIX processes")
-        self.base = os.path.abspath(self.mktemp())
-        os.makedirs(self.base)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(relaymesh.__file__)))
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-        self.env.pop("RELAYMESH_API", None)
-        self.processes: list[subprocess.Popen] = []
-        self.addCleanup(self.stopProcesses)
-
-    def stopProcesses(self):
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        self.setUpProcesses()
 
     def home(self, name: str) -> str:
         home = os.path.join(self.base, name)
         self.cli(home, "identity")
         return home
 
-    def cli(self, home: str, *args: str, status: int = 0) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [sys.executable, "-m", "relaymesh", "--data-dir", home, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=45,
-            stdin=subprocess.DEVNULL,
-        )
-        self.assertEqual(result.returncode, status, result.stderr)
-        return result
-
     def node(self, name: str, home: str, *args: str) -> str:
         """
         Start C{twistd relaymesh} in the foreground; return its log file.
         """
-        logfile = os.path.join(self.base, f"{name}.log")
         if has_api_option() and "--api" not in args:
             args = ("--api", "none", *args)
-        self.processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
-                    "-n",
-                    "--pidfile=",
-                    f"--logfile={logfile}",
-                    "relaymesh",
-                    "--data-dir",
-                    home,
-                    "--heartbeat",
-                    str(HEARTBEAT),
-                    *args,
-                ],
-                env=self.env,
-                cwd=self.base,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        return logfile
-
-    def wait_log(self, logfile: str, pattern: str, timeout: float = 15) -> defer.Deferred:
-        regex = re.compile(pattern)
-
-        def found():
-            return any(regex.search(line) for line in log_lines(logfile))
-
-        found.__doc__ = f"{pattern!r} in {os.path.basename(logfile)}"
-        return wait_for(found, timeout)
+        return self.twistd(name, home, "--heartbeat", str(HEARTBEAT), *args)[1]
 
     @defer.inlineCallbacks
     def assertConnectedWithHeartbeats(self, home_a: str, log_a: str, home_b: str, log_b: str, port_a: int):

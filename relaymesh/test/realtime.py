@@ -1,0 +1,167 @@
+"""
+Helpers for the tests that use the real reactor, real sockets on 127.0.0.1
+and real processes: waiting with a bound, free ports, and C{twistd
+relaymesh} processes stopped by their own handles.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+from typing import Callable
+
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import SkipTest
+
+import relaymesh
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout: float, interval: float = 0.02, what: str = ""
+) -> defer.Deferred:
+    """
+    Fire once C{predicate()} is true; fail after C{timeout} seconds.
+
+    @param what: what is awaited, for the failure message (else the
+        predicate's docstring).
+    """
+    deadline = reactor.seconds() + timeout
+
+    def check() -> None:
+        if predicate():
+            loop.stop()
+        elif reactor.seconds() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what or predicate.__doc__ or predicate}"
+            )
+
+    loop = task.LoopingCall(check)
+    return loop.start(interval)
+
+
+def sleep(seconds: float) -> defer.Deferred:
+    """
+    Fire after C{seconds} of real time.
+    """
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def free_port(kind: int = socket.SOCK_STREAM, low: int = 0, high: int = 0) -> int:
+    """
+    A port on 127.0.0.1 that nothing uses right now; from C{low} to C{high}
+    if given.
+    """
+    candidates = [0] if not low else random.sample(range(low, high + 1), high + 1 - low)
+    for candidate in candidates:
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise SkipTest(f"no free port from {low} to {high}")
+
+
+def log_lines(path: str) -> list[str]:
+    """
+    The lines of a log file so far (none if it does not exist yet).
+    """
+    try:
+        with open(path, errors="replace") as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+class ProcessesMixin:
+    """
+    For a trial C{TestCase}: runs the C{relaymesh} command and C{twistd
+    relaymesh} nodes as processes of the relaymesh under test, in a private
+    folder, and stops each node by its own handle when the test ends.
+
+    @ivar base: The test's folder.
+    @ivar env: The environment the processes get.
+    """
+
+    def setUpProcesses(self) -> None:
+        if not hasattr(signal, "SIGTERM") or sys.platform == "win32":
+            raise SkipTest("needs POSIX processes")
+        self.base = os.path.abspath(self.mktemp())
+        os.makedirs(self.base)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(relaymesh.__file__)))
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        self.env.pop("RELAYMESH_API", None)
+        self.processes: list[subprocess.Popen] = []
+        self.addCleanup(self.stopProcesses)
+
+    def stopProcesses(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+    def cli(self, home: str, *args: str, status: int = 0) -> subprocess.CompletedProcess:
+        """
+        Run C{relaymesh --data-dir HOME ARGS}; check its exit status.
+        """
+        result = subprocess.run(
+            [sys.executable, "-m", "relaymesh", "--data-dir", home, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=45,
+            stdin=subprocess.DEVNULL,
+        )
+        self.assertEqual(result.returncode, status, result.stderr)
+        return result
+
+    def twistd(self, name: str, home: str, *args: str) -> tuple[subprocess.Popen, str]:
+        """
+        Start C{twistd -n relaymesh --data-dir HOME ARGS}, logging to a file.
+
+        @return: the process and its log file.
+        """
+        logfile = os.path.join(self.base, f"{name}.log")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
+                "-n",
+                "--pidfile=",
+                f"--logfile={logfile}",
+                "relaymesh",
+                "--data-dir",
+                home,
+                *args,
+            ],
+            env=self.env,
+            cwd=self.base,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.processes.append(process)
+        return process, logfile
+
+    def wait_log(self, logfile: str, pattern: str, timeout: float = 15, after: int = 0) -> defer.Deferred:
+        """
+        Fire once a line of the log (from line C{after} on) matches C{pattern}.
+        """
+        regex = re.compile(pattern)
+        return wait_for(
+            lambda: any(regex.search(line) for line in log_lines(logfile)[after:]),
+            timeout,
+            0.05,
+            what=f"{pattern!r} in {os.path.basename(logfile)}",
+        )
