@@ -16,6 +16,7 @@ from twisted.test import iosim
 
 from relaymesh.address import PeerAddress
 from relaymesh.factory import RelayClientFactory, RelayServerFactory
+from relaymesh.handshake import compute_proof
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey
 from relaymesh.mesh import Mesh
 from relaymesh.protocol import RelayProtocol
@@ -190,6 +191,33 @@ def client_protocol(
     address = connector.getDestination()
     protocol = factory.buildProtocol(address)
     return protocol, _attach(protocol, address)
+
+
+def authenticate(
+    protocol: RelayProtocol, transport: StringTransport, peer: str, key: bytes
+) -> list[RelayMessage]:
+    """
+    Answer the challenge an acceptor wrote with C{peer}'s handshake proving
+    C{key}, as claudectl would.
+
+    @return: what the acceptor wrote back (its ack).
+    """
+    [challenge] = written(transport)
+    proof = compute_proof(key, challenge.payload["nonce"])
+    protocol.dataReceived(line(RelayMessage("h", "handshake", peer, 1, {"proof": proof})))
+    return written(transport)
+
+
+def accepted(
+    node: Node, peer: str, key: bytes, host: str = "10.0.0.2"
+) -> tuple[RelayProtocol, StringTransportWithDisconnection]:
+    """
+    An inbound connection to C{node} from C{peer} that finished its
+    handshake, with the transport's output cleared.
+    """
+    protocol, transport = server_protocol(node.server, host=host)
+    authenticate(protocol, transport, peer, key)
+    return protocol, transport
 
 
 def written(transport: StringTransport) -> list[RelayMessage]:

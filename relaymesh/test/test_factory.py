@@ -16,9 +16,9 @@ from relaymesh.factory import (
     FailureTracker,
     RelayClientFactory,
 )
-from relaymesh.handshake import compute_proof
 from relaymesh.protocol import State
 from relaymesh.test.support import (
+    authenticate,
     FakeConnector,
     MemoryKeys,
     Node,
@@ -28,7 +28,6 @@ from relaymesh.test.support import (
     make_clock,
     pair_keys,
     server_protocol,
-    written,
 )
 from relaymesh.wire import RelayMessage
 
@@ -95,10 +94,7 @@ class ServerLimitTests(SynchronousTestCase):
         return self.node.server.buildProtocol(IPv4Address("TCP", host, 40000))
 
     def authenticate(self, protocol, transport, peer):
-        [challenge] = written(transport)
-        proof = compute_proof(KEY, challenge.payload["nonce"])
-        protocol.dataReceived(line(RelayMessage("h", "handshake", peer, 1, {"proof": proof})))
-        return written(transport)
+        return authenticate(protocol, transport, peer, KEY)
 
     def test_handshake_limit(self):
         """

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relaymesh.handshake import compute_proof
 from relaymesh.protocol import FLUSH_BYTES, HANDSHAKE_TIMEOUT, State
 from relaymesh.test.support import (
+    accepted,
     MemoryKeys,
     Node,
     client_protocol,
@@ -154,12 +155,7 @@ class ConnectedTests(SynchronousTestCase):
         self.other, self.other_transport = self.connected("gamma")
 
     def connected(self, peer):
-        protocol, transport = server_protocol(self.node.server)
-        [challenge] = written(transport)
-        proof = compute_proof(KEY, challenge.payload["nonce"])
-        protocol.dataReceived(line(RelayMessage("h", "handshake", peer, 1, {"proof": proof})))
-        written(transport)
-        return protocol, transport
+        return accepted(self.node, peer, KEY)
 
     def message(self, msg_type="task_status", peer="beta", id="m1"):
         return line(RelayMessage(id, msg_type, peer, 1, {"task_id": "t"}))
@@ -351,11 +347,7 @@ class _Connected:
         self.protocol, self.transport = self.connected("beta")
 
     def connected(self, peer):
-        protocol, transport = server_protocol(self.node.server)
-        [challenge] = written(transport)
-        proof = compute_proof(KEY, challenge.payload["nonce"])
-        protocol.dataReceived(line(RelayMessage("h", "handshake", peer, 1, {"proof": proof})))
-        written(transport)
+        protocol, transport = accepted(self.node, peer, KEY)
         transport.writes = []
         original = transport.write
 
@@ -627,11 +619,7 @@ class SendBacklogTests(SynchronousTestCase):
     def setUp(self):
         self.clock = make_clock()
         self.node = Node("alpha", self.clock, MemoryKeys({"beta": KEY}))
-        self.protocol, self.transport = server_protocol(self.node.server)
-        [challenge] = written(self.transport)
-        proof = compute_proof(KEY, challenge.payload["nonce"])
-        self.protocol.dataReceived(line(RelayMessage("h", "handshake", "beta", 1, {"proof": proof})))
-        written(self.transport)
+        self.protocol, self.transport = accepted(self.node, "beta", KEY)
 
     def test_backlog_limit(self):
         from relaymesh.protocol import MAX_SEND_BACKLOG
