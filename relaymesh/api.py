@@ -5,11 +5,12 @@ L{ApiService} serves, on its own endpoint (loopback by default)::
 
     GET    /                    the dashboard (a static page; no token needed)
     GET    /api/status          identity, version, addresses, uptime, counts
-    GET    /api/peers           every known peer with its state and traffic
+    GET    /api/peers           every known peer with its state, traffic and route
+                                (via: the neighbour it is reached through, hops)
     POST   /api/peers           {"addr": "peer_id@host:port"}: dial a peer
     GET    /api/peers/PEER_ID   one peer
     DELETE /api/peers/PEER_ID   disconnect a peer and stop dialling it
-    POST   /api/send            {"to", "msg_type", "payload"}
+    POST   /api/send            {"to", "msg_type", "payload", "reliable"}
     POST   /api/broadcast       {"msg_type", "payload"}
     GET    /api/events          Server-Sent Events: messages and peer events
     PUT    /api/sessions        {"sessions": [...], "worker_id": ...}
@@ -38,6 +39,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -435,6 +437,8 @@ class ControlPlane:
             "next_retry_at": _time(status["next_retry_at"]),
             "paired": peer_id in paired,
             "dialled": peer_id in dialled,
+            "via": status["via"],
+            "hops": status["hops"],
         }
 
     def _unseen(self, peer_id: str, paired: set, dialled: dict) -> dict[str, Any]:
@@ -464,6 +468,8 @@ class ControlPlane:
                 "bytes_out": 0,
                 "reconnect_attempt": 0,
                 "next_retry_at": None,
+                "via": None,
+                "hops": None,
             },
             paired,
             dialled,
@@ -651,11 +657,45 @@ _PAYLOAD = Field("payload", (object,), "a JSON value", required=False, default={
 _MSG_TYPE = Field("msg_type", (str,), "a string: a relay message type")
 
 
+_RELIABLE = Field("reliable", (bool,), "true or false", required=False, default=False)
+
+
 class Send(ApiResource):
-    def do_POST(self, request: ApiRequest) -> dict:
-        body = read_body(request, [Field("to", (str,), "a string: a peer id"), _MSG_TYPE, _PAYLOAD])
-        message_id = self.control.mesh.send(body["to"], body["msg_type"], body["payload"])
-        return {"id": message_id, "to": body["to"]}
+    """
+    Send one message; with C{"reliable": true} (to a peer that announced
+    C{ack/1}) the answer comes once the message is in the durable outbox,
+    or is a 503 if the outbox cannot take it.
+    """
+
+    def do_POST(self, request: ApiRequest) -> dict | int:
+        body = read_body(
+            request, [Field("to", (str,), "a string: a peer id"), _MSG_TYPE, _PAYLOAD, _RELIABLE]
+        )
+        to = body["to"]
+        if not body["reliable"]:
+            message_id = self.control.mesh.send(to, body["msg_type"], body["payload"])
+            return {"id": message_id, "to": to}
+        delivery = self.control.mesh.send_reliable(to, body["msg_type"], body["payload"])
+        finished: list[bool] = []
+        request.notifyFinish().addBoth(finished.append)
+
+        def answer(data: bytes) -> None:
+            if not finished:
+                request.write(data)
+                request.finish()
+
+        def accepted(message_id: str) -> None:
+            answer(write_json(request, {"id": message_id, "to": to, "reliable": True}))
+
+        def refused(failure: Failure) -> None:
+            error = ApiError(
+                http.SERVICE_UNAVAILABLE,
+                f"the outbox did not take the message: {failure.getErrorMessage()}",
+            )
+            answer(write_error(request, error))
+
+        delivery.accepted().addCallbacks(accepted, refused)
+        return NOT_DONE_YET
 
 
 class Broadcast(ApiResource):

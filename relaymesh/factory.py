@@ -155,6 +155,12 @@ class RelayServerFactory(Factory):
         """
         return len(self._handshaking)
 
+    def handshaking(self) -> list[RelayProtocol]:
+        """
+        The inbound connections that have not finished their handshake.
+        """
+        return list(self._handshaking)
+
     def refusal(self, host: str) -> str | None:
         """
         Why a new connection from C{host} is refused now, or L{None}.
@@ -178,7 +184,11 @@ class RelayServerFactory(Factory):
         protocol = RelayProtocol(
             self.mesh,
             AcceptorHandshake(
-                self.keys, self._randbytes, clock=self.mesh.clock, identity=self.mesh.identity
+                self.keys,
+                self._randbytes,
+                clock=self.mesh.clock,
+                identity=self.mesh.identity,
+                capabilities=self.mesh.capabilities,
             ),
         )
         protocol.factory = self
@@ -341,6 +351,7 @@ class RelayClientFactory(ReconnectingClientFactory):
                 legacy=self._is_legacy(expected),
                 keys=self.keys,
                 strong_code=self.strong_code if candidate.key is None else None,
+                capabilities=self.mesh.capabilities,
             ),
         )
         protocol.factory = self

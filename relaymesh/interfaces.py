@@ -27,6 +27,18 @@ class IRelayMesh(Interface):
         @raise relaymesh.wire.WireError: the payload is not JSON or too long.
         """
 
+    def send_reliable(peer_id, msg_type, payload):
+        """
+        Send C{payload} as a C{msg_type} message that reaches the peer's
+        application exactly once, to a peer that announced C{ack/1}.
+
+        @return: a L{relaymesh.delivery.Delivery}, whose C{accepted()} fires
+            once the message is durable and C{delivered()} once the peer
+            acknowledged it.
+        @raise relaymesh.mesh.ReliableUnsupported: this node has no outbox,
+            or the peer did not announce C{ack/1}.
+        """
+
     def broadcast(msg_type, payload):
         """
         Send one message to every connected peer.

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from relaymesh.handshake import DEFAULT_CAPABILITIES
 from relaymesh.interfaces import IRelayMesh
 from relaymesh.protocol import INBOUND, OUTBOUND, RelayProtocol, WriteBatch
+from relaymesh.routing import ROUTE_FIELD
 from relaymesh.wire import (
     HANDSHAKE_TYPES,
     MESSAGE_TYPES,
@@ -30,6 +32,18 @@ from relaymesh.wire import (
     dumps,
     encode,
 )
+
+if TYPE_CHECKING:
+    from relaymesh.delivery import Delivery, ReliableDelivery
+    from relaymesh.router import Router
+    from relaymesh.routing import Route
+
+#: The top-level field that marks a message as reliable (L{relaymesh.delivery}).
+RELIABLE_FIELD = "reliable"
+
+#: The top-level heartbeat field that carries a route advertisement to a
+#: routing neighbour (L{relaymesh.router}).
+ADVERTISEMENT_FIELD = "routes"
 
 #: Seconds between heartbeats.
 DEFAULT_HEARTBEAT_INTERVAL = 30.0  # claudectl 0.49: 30 s
@@ -47,6 +61,8 @@ DEDUP_WINDOW = 1000  # claudectl 0.49: 1000 (but shared by all peers)
 CONNECTING = "connecting"
 CONNECTED = "connected"
 DISCONNECTED = "disconnected"
+#: The state of a node that is no peer of this one but reachable through one.
+ROUTED = "routed"
 
 
 class MeshError(Exception):
@@ -70,6 +86,19 @@ class PeerNotConnected(MeshError):
 class UnsupportedMessageType(MeshError, ValueError):
     """
     An application tried to send a message type the peer does not accept.
+    """
+
+
+class ReliableUnsupported(UnsupportedMessageType):
+    """
+    A reliable message for a peer that did not announce C{ack/1}, for a node
+    without an outbox, or of a type that is never sent reliably.
+    """
+
+
+class DeliveryTimeout(MeshError):
+    """
+    A reliable message was not acknowledged before its deadline.
     """
 
 
@@ -142,6 +171,11 @@ class PeerStatus:
     A snapshot of one peer's state.
 
     Times are clock seconds (epoch seconds with the real reactor).
+
+    @ivar via: The neighbour messages for it go through: itself when it is
+        connected, the next hop when it is reachable only through routing
+        (state L{ROUTED}), L{None} when it is unreachable.
+    @ivar hops: Links to it: 1 when connected, L{None} when unreachable.
     """
 
     peer_id: str
@@ -156,6 +190,8 @@ class PeerStatus:
     bytes_out: int
     reconnect_attempt: int
     next_retry_at: float | None
+    via: str | None = None
+    hops: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """
@@ -198,6 +234,7 @@ class _Peer:
         "sessions_at",
         "reconnect_attempt",
         "next_retry_at",
+        "capabilities",
     )
 
     def __init__(self, peer_id: str) -> None:
@@ -218,6 +255,8 @@ class _Peer:
         self.sessions_at = 0.0
         self.reconnect_attempt = 0
         self.next_retry_at: float | None = None
+        # what its latest authenticated connection announced
+        self.capabilities: frozenset[str] = frozenset()
 
     def fold(self, protocol: RelayProtocol) -> None:
         """
@@ -269,6 +308,10 @@ class Mesh:
     @ivar max_peers: How many connected peers an acceptor admits.
     @ivar writes: The L{WriteBatch} this mesh's connections share (see
         L{batch}).
+    @ivar reliable: The L{relaymesh.delivery.ReliableDelivery} once the node
+        has an outbox (see L{enable_reliable}), else L{None}.
+    @ivar router: The L{relaymesh.router.Router} once the node routes (see
+        L{enable_routing}), else L{None}.
     """
 
     log = Logger()
@@ -298,6 +341,54 @@ class Mesh:
         self._worker_id: Any = None
         self._heartbeat = LoopingCall(self._tick)
         self._heartbeat.clock = clock
+        self.reliable: ReliableDelivery | None = None
+        self.router: Router | None = None
+        # the capabilities whose peers send top-level fields this node reads
+        self._field_capabilities: frozenset[str] = frozenset()
+
+    # -- capabilities --------------------------------------------------------
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """
+        What this node announces in its handshakes.
+        """
+        return DEFAULT_CAPABILITIES + tuple(sorted(self._field_capabilities))
+
+    def enable_reliable(self, reliable: ReliableDelivery) -> None:
+        """
+        Send and acknowledge reliable messages from now on, and announce
+        C{ack/1} in the handshakes that start from now on.
+        """
+        self.reliable = reliable
+        self._field_capabilities |= {reliable.capability}
+
+    def enable_routing(self, router: Router) -> None:
+        """
+        Route through, and advertise routes to, peers that announce
+        C{route/1}, in the handshakes that start from now on.
+        """
+        self.router = router
+        self._field_capabilities |= {router.capability}
+
+    def reads_fields(self, capabilities: frozenset[str]) -> bool:
+        """
+        Whether messages from a peer that announced C{capabilities} may carry
+        top-level fields this node reads (see L{fields_received}).
+        """
+        return not self._field_capabilities.isdisjoint(capabilities)
+
+    def announced(self, peer_id: str, capability: str) -> bool:
+        """
+        Whether the peer's latest authenticated connection announced
+        C{capability} (and this node announces it too).
+        """
+        peer = self._peers.get(peer_id)
+        return (
+            peer is not None
+            and capability in peer.capabilities
+            and capability in self._field_capabilities
+        )
 
     # -- messages ------------------------------------------------------------
 
@@ -320,18 +411,23 @@ class Mesh:
 
     def start(self) -> None:
         """
-        Start sending heartbeats every L{heartbeat_interval} seconds.
+        Start sending heartbeats every L{heartbeat_interval} seconds (and
+        early route advertisements, on a node that routes).
         """
+        if self.router is not None:
+            self.router.start()
         if not self._heartbeat.running:
             d = self._heartbeat.start(self.heartbeat_interval, now=False)
             d.addErrback(lambda f: self.log.failure("heartbeat loop stopped", f))
 
     def stop(self) -> None:
         """
-        Stop sending heartbeats.
+        Stop sending heartbeats (and early route advertisements).
         """
         if self._heartbeat.running:
             self._heartbeat.stop()
+        if self.router is not None:
+            self.router.stop()
 
     def _heartbeat_payload(self, now: float) -> dict:
         if self._sessions is None:
@@ -344,17 +440,48 @@ class Mesh:
 
     def _tick(self) -> None:
         now = self.clock.seconds()
-        line = encode(self.message(MessageType.HEARTBEAT, self._heartbeat_payload(now)))
+        heartbeat = self.message(MessageType.HEARTBEAT, self._heartbeat_payload(now))
+        line = encode(heartbeat)
+        router = self.router
+        if router is not None:
+            router.advertised_now()
         expiry = self.idle_timeout
         for peer in self._peers.values():
             if peer.protocol is not None:
                 try:
-                    peer.protocol.sendEncoded(line)
+                    if router is not None and router.is_neighbour(peer.peer_id):
+                        peer.protocol.sendEncoded(router.heartbeat_line(peer.peer_id, heartbeat))
+                    else:
+                        peer.protocol.sendEncoded(line)
                 except Exception:
                     self.log.failure("heartbeat to {peer_id} failed", peer_id=peer.peer_id)
             if peer.sessions is not None and now - peer.sessions_at >= expiry:
                 peer.sessions = None
                 peer.worker_id = None
+
+    def advertise(self) -> None:
+        """
+        Send every routing neighbour a heartbeat with this node's routes now
+        (the routing table changed).
+        """
+        router = self.router
+        if router is None:
+            return
+        heartbeat = self.message(
+            MessageType.HEARTBEAT, self._heartbeat_payload(self.clock.seconds())
+        )
+        with self.writes:
+            for peer in self._peers.values():
+                if peer.protocol is not None and router.is_neighbour(peer.peer_id):
+                    peer.protocol.sendEncoded(router.heartbeat_line(peer.peer_id, heartbeat))
+
+    def routes_changed(self) -> None:
+        """
+        The routing table changed: reliable messages that have not gone out
+        yet may now have a way to their destination.
+        """
+        if self.reliable is not None:
+            self.reliable.retry_unsent()
 
     def set_sessions(self, sessions: Iterable[Any] | None, worker_id: Any = None) -> None:
         """
@@ -427,7 +554,17 @@ class Mesh:
         peer.since = protocol.connected_at
         peer.reconnect_attempt = 0
         peer.next_retry_at = None
+        peer.capabilities = protocol.handshake.peer_capabilities
         self._emit(PeerEvent(CONNECTED, peer_id, protocol.address, protocol.direction))
+        router = self.router
+        if router is not None:
+            if self.announced(peer_id, router.capability):
+                router.neighbour_up(peer_id)
+            else:
+                router.neighbour_down(peer_id)
+        reliable = self.reliable
+        if reliable is not None and self.announced(peer_id, reliable.capability):
+            reliable.peer_up(peer_id)
         return True
 
     def _keeps_existing(self, old: RelayProtocol, new: RelayProtocol) -> bool:
@@ -453,6 +590,8 @@ class Mesh:
         peer.since = self.clock.seconds()
         peer.last_seen = protocol.last_received
         self._emit(PeerEvent(DISCONNECTED, peer.peer_id, protocol.address, reason=reason))
+        if self.router is not None:
+            self.router.neighbour_down(peer.peer_id)
 
     def message_received(self, protocol: RelayProtocol, message: RelayMessage) -> None:
         """
@@ -480,6 +619,44 @@ class Mesh:
                 recent = peer.recent = RecentIds()
             if recent.seen(message.id):
                 return
+        self.deliver(peer.peer_id, message)
+
+    def fields_received(
+        self, protocol: RelayProtocol, message: RelayMessage, fields: dict[str, Any]
+    ) -> None:
+        """
+        Take a message from a peer whose messages may carry top-level fields
+        this node reads (L{reads_fields}): C{fields} is the whole JSON object.
+
+        From a routing neighbour, a message with a C{route} field goes to
+        L{router}, and the C{routes} of a heartbeat update its table. A
+        reliable message goes to L{reliable}, which delivers and
+        acknowledges it; an C{ack} of a message in the outbox is taken by
+        it; everything else goes on as L{message_received} says.
+        """
+        router = self.router
+        if router is not None and router.is_neighbour(protocol.peer_id):
+            if fields.get(ROUTE_FIELD) is not None:
+                router.routed(protocol, message, fields)
+                return
+            if message.msg_type == "heartbeat" and ADVERTISEMENT_FIELD in fields:
+                router.advertised(protocol.peer_id, fields[ADVERTISEMENT_FIELD])
+        reliable = self.reliable
+        if reliable is not None:
+            msg_type = message.msg_type
+            if msg_type == "ack":
+                if reliable.acknowledged(protocol.peer_id, message.payload):
+                    return
+            elif fields.get(RELIABLE_FIELD) is True and msg_type != "heartbeat":
+                reliable.received(protocol.peer_id, message)
+                return
+        self.message_received(protocol, message)
+
+    def deliver(self, peer_id: str, message: RelayMessage) -> None:
+        """
+        Hand a new message to the subscribers of its type.
+        """
+        msg_type = message.msg_type
         callbacks = self._callbacks.get(msg_type)
         if callbacks is None:
             callbacks = self._callbacks[msg_type] = tuple(
@@ -487,13 +664,13 @@ class Mesh:
             ) + tuple(self._subscribers.get(None, ()))
         for callback in callbacks:
             try:
-                callback(peer.peer_id, message)
+                callback(peer_id, message)
             except Exception:
                 self.log.failure(
                     "subscriber {callback!r} failed on a {msg_type} from {peer_id}",
                     callback=callback,
                     msg_type=msg_type,
-                    peer_id=peer.peer_id,
+                    peer_id=peer_id,
                 )
 
     # -- called by the factories ---------------------------------------------
@@ -579,7 +756,9 @@ class Mesh:
 
     def send(self, peer_id: str, msg_type: str, payload: Any) -> str:
         """
-        Send one message to a connected peer.
+        Send one message to a connected peer, or, on a node that routes, to
+        a node reachable through a routing neighbour (see
+        L{relaymesh.router}).
 
         @return: the message id.
         @raise UnknownPeer: no peer has that id.
@@ -588,13 +767,70 @@ class Mesh:
         @raise relaymesh.wire.WireError: the payload is not JSON or too long.
         """
         peer = self._peers.get(peer_id)
-        if peer is None:
-            raise UnknownPeer(f"unknown peer {peer_id!r}")
-        if peer.protocol is None:
+        if peer is None or peer.protocol is None:
+            router = self.router
+            if router is not None and router.route(peer_id) is not None:
+                return router.send(peer_id, self.message(_sendable(msg_type), payload))
+            if peer is None:
+                raise UnknownPeer(f"unknown peer {peer_id!r}")
             raise PeerNotConnected(f"peer {peer_id} is not connected")
         message = self.message(_sendable(msg_type), payload)
         peer.protocol.sendMessage(message)
         return message.id
+
+    def send_reliable(self, peer_id: str, msg_type: str, payload: Any) -> Delivery:
+        """
+        Send one message so that it reaches the peer's application exactly
+        once, across lost connections and restarts of either node (see
+        L{relaymesh.delivery}).
+
+        The message is written once it is in the durable outbox; if the
+        peer is not connected now, when it reconnects. On a node that
+        routes, a node that is not a peer but reachable gets it through its
+        route, acknowledged end to end.
+
+        @return: a L{relaymesh.delivery.Delivery}: its C{accepted()} fires
+            with the message id once the message is durable, its
+            C{delivered()} once the peer acknowledged it, or fails with
+            L{DeliveryTimeout} at the deadline.
+        @raise UnknownPeer: no peer has that id, and no route leads to it.
+        @raise ReliableUnsupported: this node has no outbox, the peer's
+            latest connection did not announce C{ack/1}, or C{msg_type} is
+            C{heartbeat} or C{ack}.
+        @raise UnsupportedMessageType: C{msg_type} is not one peers accept.
+        @raise relaymesh.wire.WireError: the payload is not JSON or too long.
+        """
+        if self.reliable is None:
+            raise ReliableUnsupported("this node has no outbox for reliable messages")
+        return self.reliable.send(peer_id, msg_type, payload)
+
+    def send_line(self, peer_id: str, line: bytes) -> bool:
+        """
+        Write an encoded message (without its C{\\n}) to a connected peer.
+
+        @return: whether the peer was connected.
+        """
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.protocol is None:
+            return False
+        peer.protocol.sendEncoded(line)
+        return True
+
+    def knows(self, peer_id: str) -> bool:
+        """
+        Whether the mesh has a record of the peer (connected or not).
+        """
+        return peer_id in self._peers
+
+    @staticmethod
+    def sendable(msg_type: Any) -> str:
+        """
+        C{msg_type} as a string, if an application may send it.
+
+        @raise UnsupportedMessageType: if it is unknown or belongs to the
+            handshake.
+        """
+        return _sendable(msg_type)
 
     def batch(self) -> WriteBatch:
         """
@@ -609,16 +845,26 @@ class Mesh:
         """
         Send one message to every connected peer.
 
+        On a node that routes, the routing neighbours get it in a routed
+        envelope that floods the mesh, so every routing node delivers it
+        exactly once; the other peers get it plain.
+
         @return: a mapping of each peer id it went to to the message id.
         @raise UnsupportedMessageType: C{msg_type} is not one peers accept.
         @raise relaymesh.wire.WireError: the payload is not JSON or too long.
         """
         message = self.message(_sendable(msg_type), payload)
         line = encode(message)
+        routed_line, neighbours = None, frozenset()
+        if self.router is not None:
+            routed_line, neighbours = self.router.flood_line(message)
         sent = {}
         for peer in self._peers.values():
             if peer.protocol is not None:
-                peer.protocol.sendEncoded(line)
+                if peer.peer_id in neighbours:
+                    peer.protocol.sendEncoded(routed_line)
+                else:
+                    peer.protocol.sendEncoded(line)
                 sent[peer.peer_id] = message.id
         return sent
 
@@ -635,6 +881,12 @@ class Mesh:
         """
         return sum(1 for p in self._peers.values() if p.protocol is not None)
 
+    def connections(self) -> list[RelayProtocol]:
+        """
+        The live authenticated connections.
+        """
+        return [p.protocol for p in self._peers.values() if p.protocol is not None]
+
     def connected_peers(self) -> list[str]:
         """
         The ids of the connected peers, sorted.
@@ -648,15 +900,29 @@ class Mesh:
         @raise UnknownPeer: no peer has that id.
         """
         peer = self._peers.get(peer_id)
+        route = self.router.route(peer_id) if self.router is not None else None
         if peer is None:
-            raise UnknownPeer(f"unknown peer {peer_id!r}")
-        return _status(peer)
+            if route is None:
+                raise UnknownPeer(f"unknown peer {peer_id!r}")
+            return _routed_status(route)
+        return _status(peer, route)
 
     def peers(self) -> list[PeerStatus]:
         """
-        Snapshots of every peer the mesh knows, sorted by id.
+        Snapshots of every peer the mesh knows, and of every node reachable
+        through routing (state L{ROUTED}), sorted by id.
         """
-        return [_status(self._peers[k]) for k in sorted(self._peers)]
+        statuses = [_status(self._peers[k], None) for k in self._peers]
+        if self.router is not None:
+            routes = {r.destination: r for r in self.router.table.routes()}
+            statuses = [
+                dataclasses.replace(s, via=routes[s.peer_id].via, hops=routes[s.peer_id].hops)
+                if s.state != CONNECTED and s.peer_id in routes
+                else s
+                for s in statuses
+            ]
+            statuses += [_routed_status(r) for d, r in routes.items() if d not in self._peers]
+        return sorted(statuses, key=lambda s: s.peer_id)
 
     def disconnect(self, peer_id: str, reason: str = "disconnected by request") -> bool:
         """
@@ -686,16 +952,18 @@ def _sendable(msg_type: Any) -> str:
     return msg_type
 
 
-def _status(peer: _Peer) -> PeerStatus:
+def _status(peer: _Peer, route: Route | None) -> PeerStatus:
     msgs_in, msgs_out, bytes_in, bytes_out = peer.traffic
     last_seen = peer.last_seen
     live = peer.protocol
+    via, hops = (None, None) if route is None else (route.via, route.hops)
     if live is not None:
         msgs_in += live.msgs_in
         msgs_out += live.msgs_out
         bytes_in += live.bytes_in
         bytes_out += live.bytes_out
         last_seen = live.last_received
+        via, hops = peer.peer_id, 1
     return PeerStatus(
         peer_id=peer.peer_id,
         state=peer.state,
@@ -709,6 +977,30 @@ def _status(peer: _Peer) -> PeerStatus:
         bytes_out=bytes_out,
         reconnect_attempt=peer.reconnect_attempt,
         next_retry_at=peer.next_retry_at,
+        via=via,
+        hops=hops,
+    )
+
+
+def _routed_status(route: Route) -> PeerStatus:
+    """
+    The snapshot of a node known only through routing.
+    """
+    return PeerStatus(
+        peer_id=route.destination,
+        state=ROUTED,
+        address=None,
+        direction=None,
+        since=None,
+        last_seen=None,
+        msgs_in=0,
+        msgs_out=0,
+        bytes_in=0,
+        bytes_out=0,
+        reconnect_attempt=0,
+        next_retry_at=None,
+        via=route.via,
+        hops=route.hops,
     )
 
 

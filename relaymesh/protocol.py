@@ -51,6 +51,7 @@ from relaymesh.wire import (
     RelayMessage,
     WireError,
     decode,
+    decode_fields,
     encode,
 )
 
@@ -166,6 +167,9 @@ class RelayProtocol(LineOnlyReceiver):
     @ivar close_reason: Why this side closed the connection, if it did.
     @ivar proof_rejected: Whether the acceptor answered our proof with
         anything but an ok from the expected peer.
+    @ivar reads_fields: Whether the peer's messages may carry top-level
+        fields this node reads (see L{relaymesh.mesh.Mesh.reads_fields});
+        set when the handshake succeeds.
     @ivar writable: Whether the transport's send buffer has room; it turns
         false when the transport pauses this protocol as a producer, and true
         again when the buffer has drained (L{whenWritable}).
@@ -192,6 +196,7 @@ class RelayProtocol(LineOnlyReceiver):
         self.last_received = 0.0
         self.close_reason: str | None = None
         self.proof_rejected = False
+        self.reads_fields = False
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
         self._timer: IDelayedCall | None = None
         self._writes: WriteBatch = getattr(mesh, "writes", None) or WriteBatch()
@@ -201,6 +206,7 @@ class RelayProtocol(LineOnlyReceiver):
         self.writable = True
         self._backlog = 0
         self._writable_waiters: list[Deferred] = []
+        self._closed_waiters: list[Deferred] = []
         self._dispatch = {
             State.AWAITING_CHALLENGE: self._challengeReceived,
             State.AWAITING_HANDSHAKE: self._handshakeReceived,
@@ -236,6 +242,9 @@ class RelayProtocol(LineOnlyReceiver):
         self._pending = []
         self._producing = False
         self._wakeWriters()
+        closed, self._closed_waiters = self._closed_waiters, []
+        for d in closed:
+            d.callback(None)
         why = self.close_reason or _describe(reason)
         if previous is State.CONNECTED:
             self.mesh.connection_lost(self, why)
@@ -337,6 +346,9 @@ class RelayProtocol(LineOnlyReceiver):
     def lineReceived(self, line: bytes) -> None:
         if self.close_reason is not None:
             return
+        if self.reads_fields:
+            self._fieldsLineReceived(line)
+            return
         self.bytes_in += len(line) + 1
         try:
             message = decode(line)
@@ -353,6 +365,25 @@ class RelayProtocol(LineOnlyReceiver):
                 self._messageReceived(message)
         else:
             self._dispatch[self.state](message)
+
+    def _fieldsLineReceived(self, line: bytes) -> None:
+        """
+        What L{lineReceived} does for a peer whose messages may carry top-level fields
+        this node reads (L{relaymesh.mesh.Mesh.reads_fields}): the message
+        goes to the mesh with the whole JSON object. Peers without such
+        capabilities (claudectl) keep the faster path.
+        """
+        self.bytes_in += len(line) + 1
+        try:
+            message, fields = decode_fields(line)
+        except WireError as e:
+            self._violation(f"unparseable line: {e}")
+            return
+        self.msgs_in += 1
+        if message.from_peer == self.peer_id and message.msg_type not in HANDSHAKE_TYPES:
+            self.mesh.fields_received(self, message, fields)
+        else:
+            self._messageReceived(message)
 
     def _violation(self, reason: str) -> None:
         if self.state is State.CONNECTED:
@@ -428,6 +459,7 @@ class RelayProtocol(LineOnlyReceiver):
         self.state = State.CONNECTED
         self.connected_at = self.clock.seconds()
         self.factory.handshakeSucceeded(self)
+        self.reads_fields = self.mesh.reads_fields(self.handshake.peer_capabilities)
         if self.mesh.peer_authenticated(self):
             self._armIdleTimer()
 
@@ -545,6 +577,18 @@ class RelayProtocol(LineOnlyReceiver):
             return d
         d = Deferred()
         self._writable_waiters.append(d)
+        return d
+
+    def whenClosed(self) -> Deferred:
+        """
+        A L{Deferred} that fires (with L{None}) once the connection is
+        closed: at once if it is.
+        """
+        d: Deferred = Deferred()
+        if self.state is State.CLOSED:
+            d.callback(None)
+        else:
+            self._closed_waiters.append(d)
         return d
 
     def _wakeWriters(self) -> None:

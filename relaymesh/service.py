@@ -15,15 +15,23 @@ application embeds one by adding it to its own service hierarchy::
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable, Sequence
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relaymesh.address import PeerAddress, parse_peer_address
+from relaymesh.delivery import (
+    DEFAULT_DELIVERY_TIMEOUT,
+    DEFAULT_RESEND_AFTER,
+    DEFAULT_SCAN_INTERVAL,
+    ReliableDelivery,
+)
 from relaymesh.discovery import Announcer
 from relaymesh.factory import CONNECT_TIMEOUT, RelayClientFactory, RelayServerFactory
 from relaymesh.keystore import KeyStore, KeyStoreError
@@ -35,7 +43,10 @@ from relaymesh.mesh import (
     Mesh,
     PeerEvent,
 )
-from relaymesh.protocol import OUTBOUND, format_address
+from relaymesh.protocol import OUTBOUND, State, format_address
+from relaymesh.router import Router
+from relaymesh.routing import MAX_HOPS
+from relaymesh.store import STORE_FILE, Store, open_store
 from relaymesh.tls import NodeCertificate, TLSError, TLSServerFactory
 
 #: The prefix of a listen description served over TLS with the node's
@@ -44,6 +55,10 @@ TLS_LISTEN_PREFIX = "tls:"
 
 #: Where a node listens unless told otherwise.
 DEFAULT_LISTEN = "tcp:9847"  # claudectl 0.49: port 9847
+
+#: Seconds a stopping node waits for its connections to close before it
+#: aborts them.
+SHUTDOWN_TIMEOUT = 5.0
 
 #: Where C{twistd relaymesh} serves its control API unless told otherwise:
 #: loopback only (L{RelayService} itself serves none unless asked).
@@ -154,7 +169,13 @@ class RelayService(MultiService):
     @ivar api: The L{relaymesh.api.ApiService}, or L{None} without an API.
     @ivar announcer: The L{relaymesh.discovery.Announcer}, or L{None} when
         the node does not announce itself.
+    @ivar store: The open L{relaymesh.store.Store} of a node with an outbox
+        while it runs, else L{None}.
+    @ivar shutdown_timeout: Seconds L{stopService} waits for connections to
+        close before it aborts them.
     """
+
+    shutdown_timeout = SHUTDOWN_TIMEOUT
 
     log = Logger()
 
@@ -174,6 +195,11 @@ class RelayService(MultiService):
         api_fallback: str | None = None,
         announce_to: tuple[str, int] | None = None,
         tls: NodeCertificate | None = None,
+        outbox: bool = False,
+        delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
+        resend_after: float = DEFAULT_RESEND_AFTER,
+        routing: bool = False,
+        max_hops: int = MAX_HOPS,
     ) -> None:
         """
         @param keystore: Where the identity and the keys are.
@@ -203,6 +229,19 @@ class RelayService(MultiService):
             L{None} (the default) not to; only a listening node announces.
         @param tls: This node's certificate, for C{tls:} listeners and
             C{tls:} peers (L{relaymesh.tls.NodeCertificate}).
+        @param outbox: Whether the node sends and acknowledges reliable
+            messages (L{relaymesh.delivery}), with its outbox and delivered
+            ids in C{DATA_DIR/state.sqlite3}; the reactor must then run
+            threads. C{twistd relaymesh} turns it on; an embedding
+            application asks for it.
+        @param delivery_timeout: Seconds after which an unacknowledged
+            reliable message is given up.
+        @param resend_after: Seconds after which an unacknowledged reliable
+            message is sent again.
+        @param routing: Whether the node routes messages between peers
+            that announce C{route/1} (L{relaymesh.router}). C{twistd
+            relaymesh} turns it on.
+        @param max_hops: The hop limit of routes and routed messages.
         """
         MultiService.__init__(self)
         if reactor is None:
@@ -219,6 +258,8 @@ class RelayService(MultiService):
             heartbeat_interval=heartbeat_interval,
             max_peers=max_peers,
         )
+        if routing:
+            self.mesh.enable_routing(Router(self.mesh, max_hops))
         self.server_factory = RelayServerFactory(self.mesh, keystore)
         if listen is None:
             listen = []
@@ -247,6 +288,14 @@ class RelayService(MultiService):
                 fallback=None if api_fallback is None else serverFromString(reactor, api_fallback),
             )
             self.api.setServiceParent(self)
+        self._outbox = outbox
+        self._delivery_timeout = delivery_timeout
+        self._resend_after = resend_after
+        self.store: Store | None = None
+        # the store being opened, until the node starts or stops
+        self._opening: Deferred[Store] | None = None
+        self._start_waiters: list[Deferred[None]] = []
+        self._start_failure: Failure | None = None
         self._outbound: dict[PeerAddress, OutboundPeer] = {}
         for address in peers:
             self.add_peer(address)
@@ -313,15 +362,126 @@ class RelayService(MultiService):
     # -- lifecycle -----------------------------------------------------------
 
     def startService(self) -> None:
+        """
+        Start the node: at once without an outbox; with one, open the store
+        first and start the heartbeats, listeners and diallers once it is
+        open and its outbox loaded, so that every handshake announces
+        C{ack/1} (see L{whenStarted}).
+        """
+        self._start_failure = None
+        if not self._outbox:
+            self._start()
+            return
+        path = os.path.join(self.keystore.path, STORE_FILE)
+        try:
+            os.makedirs(self.keystore.path, exist_ok=True)
+        except OSError as e:
+            self._failed(Failure(e))
+            return
+        opening = self._opening = open_store(path, self._reactor)
+        opening.addCallback(self._store_opened).addErrback(self._failed)
+
+    def _store_opened(self, store: Store) -> Deferred[None] | None:
+        if self._opening is None:  # stopped meanwhile
+            return store.close()
+        self.store = store
+        reliable = ReliableDelivery(
+            self.mesh,
+            store,
+            delivery_timeout=self._delivery_timeout,
+            resend_after=self._resend_after,
+            scan_interval=min(DEFAULT_SCAN_INTERVAL, self._resend_after),
+        )
+
+        def loaded(_: None) -> None:
+            if self.store is not store:  # stopped meanwhile
+                return
+            self._opening = None
+            self.mesh.enable_reliable(reliable)
+            self._start()
+
+        return reliable.start().addCallback(loaded)
+
+    def _start(self) -> None:
         self.mesh.start()
         MultiService.startService(self)
+        waiters, self._start_waiters = self._start_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _failed(self, failure: Failure) -> None:
+        self._opening = None
+        self._start_failure = failure
+        self.log.failure(
+            "cannot open the outbox in {path}; the node does not start",
+            failure,
+            path=self.keystore.path,
+        )
+        store, self.store = self.store, None
+        if store is not None:
+            store.close()
+        waiters, self._start_waiters = self._start_waiters, []
+        for d in waiters:
+            d.errback(failure)
+
+    def whenStarted(self) -> Deferred[None]:
+        """
+        A L{Deferred} that fires once the listeners and diallers run (at
+        once if they do), or fails with the error that kept the outbox
+        from opening.
+        """
+        if self.running:
+            return succeed(None)
+        if self._start_failure is not None:
+            return fail(self._start_failure)
+        d: Deferred[None] = Deferred()
+        self._start_waiters.append(d)
+        return d
 
     def stopService(self) -> Deferred:
+        """
+        Stop the node gracefully: stop listening, dialling, heartbeats and
+        the outbox scan; close every connection after what is already
+        written to it (L{RelayProtocol.close}), and abort those still open
+        L{shutdown_timeout} seconds later; then close the store, which
+        writes every outbox and delivered-id change already made.
+
+        @return: a L{Deferred} that fires once all of that is done.
+        """
+        self._opening = None
         self.mesh.stop()
-        d = MultiService.stopService(self)
-        for peer_id in self.mesh.connected_peers():
-            self.mesh.disconnect(peer_id, "node shutting down")
-        return d
+        if self.mesh.reliable is not None:
+            self.mesh.reliable.stop()
+        stopped = MultiService.stopService(self)
+        connections = self.mesh.connections() + self.server_factory.handshaking()
+        for protocol in connections:
+            protocol.close("node shutting down")
+        d = gatherResults([stopped, self._closed(connections)], consumeErrors=True)
+        store, self.store = self.store, None
+        if store is not None:
+            d.addBoth(lambda result: store.close().addCallback(lambda _: result))
+        return d.addCallback(lambda _: None)
+
+    def _closed(self, connections: list[Any]) -> Deferred[None]:
+        """
+        Fire once every one of C{connections} is closed, aborting those
+        still open after L{shutdown_timeout} seconds.
+        """
+        if not connections:
+            return succeed(None)
+
+        def abort() -> None:
+            for protocol in connections:
+                if protocol.state is not State.CLOSED:
+                    protocol.abort(f"not closed within {self.shutdown_timeout:g} s of shutdown")
+
+        timer = self._reactor.callLater(self.shutdown_timeout, abort)
+
+        def done(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return gatherResults([p.whenClosed() for p in connections]).addCallback(done)
 
     def _listening_port(self) -> int | None:
         """

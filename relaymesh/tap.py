@@ -116,6 +116,17 @@ class Options(usage.Options):
         ],
         ["metrics-public", None, "Serve /metrics without the API token."],
         ["no-announce", None, "Do not announce this node on the LAN (UDP broadcast)."],
+        [
+            "no-outbox",
+            None,
+            "Send and acknowledge no reliable messages (keep no outbox in "
+            "DATA_DIR/state.sqlite3; ack/1 is not announced).",
+        ],
+        [
+            "no-routing",
+            None,
+            "Route no messages between peers (route/1 is not announced).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -242,4 +253,6 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
         api_fallback=DEFAULT_API_FALLBACK if options["api"] == DEFAULT_API else None,
         announce_to=None if options["no-announce"] else options["announce-to"],
         tls=options["certificate"],
+        outbox=not options["no-outbox"],
+        routing=not options["no-routing"],
     )

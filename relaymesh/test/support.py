@@ -5,21 +5,27 @@ by an in-memory connection.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.test import iosim
 
 from relaymesh.address import PeerAddress
+from relaymesh.delivery import ReliableDelivery
 from relaymesh.factory import RelayClientFactory, RelayServerFactory
 from relaymesh.handshake import compute_proof
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey
 from relaymesh.mesh import Mesh
 from relaymesh.protocol import RelayProtocol
+from relaymesh.router import Router
+from relaymesh.routing import MAX_HOPS
+from relaymesh.store import DuplicateMessage, OutboxEntry, StoreClosed
 from relaymesh.wire import RelayMessage, decode, encode
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -124,6 +130,62 @@ class MemoryKeys:
         self.meta_updates.append((peer_id, fields))
         self.metas.setdefault(peer_id, {}).update(fields)
         return self.meta(peer_id)
+
+
+class MemoryStore:
+    """
+    An in-memory store with the interface of L{relaymesh.store.Store} that
+    L{ReliableDelivery} uses; every call fires at once.
+
+    @ivar outbox: msg_id -> L{OutboxEntry}, in put order.
+    @ivar delivered: The C{(origin, msg_id)} pairs marked delivered.
+    @ivar closed: Whether L{close} was called; calls then fail.
+    """
+
+    def __init__(self) -> None:
+        self.outbox: dict[str, OutboxEntry] = {}
+        self.delivered: set[tuple[str, str]] = set()
+        self.closed = False
+
+    def _refuse(self) -> Deferred | None:
+        return fail(StoreClosed("store is closed")) if self.closed else None
+
+    def put(self, entry: OutboxEntry) -> Deferred[None]:
+        refused = self._refuse()
+        if refused is not None:
+            return refused
+        if entry.msg_id in self.outbox:
+            return fail(DuplicateMessage(f"message {entry.msg_id!r} is already in the outbox"))
+        entry.check()
+        self.outbox[entry.msg_id] = entry
+        return succeed(None)
+
+    def remove(self, msg_id: str) -> Deferred[bool]:
+        return self._refuse() or succeed(self.outbox.pop(msg_id, None) is not None)
+
+    def pending(self, peer_id: str | None = None) -> Deferred[list[OutboxEntry]]:
+        return self._refuse() or succeed(
+            [e for e in self.outbox.values() if peer_id is None or e.peer_id == peer_id]
+        )
+
+    def bump_attempts(self, msg_id: str) -> Deferred[int | None]:
+        entry = self.outbox.get(msg_id)
+        if entry is None:
+            return self._refuse() or succeed(None)
+        entry = self.outbox[msg_id] = dataclasses.replace(entry, attempts=entry.attempts + 1)
+        return self._refuse() or succeed(entry.attempts)
+
+    def mark_delivered(self, origin: str, msg_id: str, now: float) -> Deferred[bool]:
+        refused = self._refuse()
+        if refused is not None:
+            return refused
+        new = (origin, msg_id) not in self.delivered
+        self.delivered.add((origin, msg_id))
+        return succeed(new)
+
+    def close(self) -> Deferred[None]:
+        self.closed = True
+        return succeed(None)
 
 
 class FakeConnector:
@@ -248,11 +310,30 @@ class Node:
         keys: MemoryKeys | None = None,
         heartbeat_interval: float = 30.0,
         max_peers: int = 8,
+        store: MemoryStore | None = None,
+        routing: bool = False,
+        max_hops: int = MAX_HOPS,
     ) -> None:
+        """
+        @param store: With a store, the node sends and acknowledges reliable
+            messages (L{ReliableDelivery}, as C{self.reliable}).
+        @param routing: Whether the node routes (L{Router}, as
+            C{self.router}), with hop limit C{max_hops}.
+        """
         self.identity = identity
         self.clock = clock
         self.keys = keys or MemoryKeys()
         self.mesh = Mesh(identity, clock, heartbeat_interval, max_peers)
+        self.store = store
+        self.reliable: ReliableDelivery | None = None
+        if store is not None:
+            self.reliable = ReliableDelivery(self.mesh, store)
+            self.reliable.start()
+            self.mesh.enable_reliable(self.reliable)
+        self.router: Router | None = None
+        if routing:
+            self.router = Router(self.mesh, max_hops)
+            self.mesh.enable_routing(self.router)
         self.server = RelayServerFactory(self.mesh, self.keys)
         self.received: list[tuple[str, RelayMessage]] = []
         self.events: list = []

@@ -34,11 +34,13 @@ from relaymesh.api import (
     make_site,
     parse_event_types,
 )
+from relaymesh.delivery import ReliableDelivery
 from relaymesh.keystore import KeyStore
 from relaymesh.mesh import PeerEvent, PeerNotConnected, UnknownPeer, UnsupportedMessageType
 from relaymesh.service import RelayService
 from relaymesh.test import realtime
-from relaymesh.test.support import EPOCH, Node, connect
+from relaymesh.router import ADVERTISE_MIN_INTERVAL, Router
+from relaymesh.test.support import EPOCH, MemoryStore, Node, connect, pair_keys
 from relaymesh.wire import RelayMessage, WireError
 
 TOKEN = "test-token-0123456789"
@@ -128,11 +130,12 @@ class ApiHarness:
 
     # -- the peer ------------------------------------------------------------
 
-    def connect_beta(self, name: str = "beta", host: str = "10.0.0.2"):
+    def connect_beta(self, name: str = "beta", host: str = "10.0.0.2", **node_args):
         """
-        Pair and connect an in-memory peer; return it and the link.
+        Pair and connect an in-memory peer (L{Node} takes C{node_args});
+        return it and the link.
         """
-        peer = Node(name, self.clock)
+        peer = Node(name, self.clock, **node_args)
         key = os.urandom(32)
         self.keystore.set_key(name, key)
         peer.keys.keys["alpha"] = key
@@ -179,6 +182,58 @@ class ApiHarness:
         self.readers.append(reader)
         response.deliverBody(reader)
         return response, reader
+
+
+class ReliableSendTests(TestCase):
+    """
+    POST /api/send with C{"reliable": true}, alpha and beta both with an
+    in-memory outbox.
+    """
+
+    timeout = 20
+
+    def setUp(self):
+        self.h = ApiHarness(self)
+        self.store = MemoryStore()
+        mesh = self.h.node.mesh
+        mesh.enable_reliable(ReliableDelivery(mesh, self.store))
+        self.beta, (self.server, self.client, self.pump) = self.h.connect_beta(store=MemoryStore())
+
+    def send(self, to="beta", **extra):
+        body = {"to": to, "msg_type": "delegate_task", "payload": {"task_id": "t1"}, "reliable": True}
+        body.update(extra)
+        return self.h.request("POST", "/api/send", body)
+
+    @defer.inlineCallbacks
+    def test_answered_once_durable(self):
+        code, body, _ = yield self.send()
+        self.assertEqual(code, 200)
+        self.assertEqual((body["to"], body["reliable"]), ("beta", True))
+        self.assertEqual(list(self.store.outbox), [body["id"]])
+        self.pump.flush()
+        [message] = [m for _, m in self.beta.received if m.msg_type == "delegate_task"]
+        self.assertEqual(message.id, body["id"])
+        self.assertEqual(self.store.outbox, {})
+
+    @defer.inlineCallbacks
+    def test_peer_without_ack(self):
+        self.h.connect_beta("gamma", host="10.0.0.3")
+        code, body, _ = yield self.send("gamma")
+        self.assertEqual(code, 400)
+        self.assertIn("ack/1", body["error"])
+
+    @defer.inlineCallbacks
+    def test_outbox_refuses(self):
+        self.store.close()
+        code, body, _ = yield self.send()
+        self.assertEqual(code, 503)
+        self.assertIn("outbox", body["error"])
+
+    @defer.inlineCallbacks
+    def test_not_a_boolean(self):
+        code, body, _ = yield self.send(reliable="yes")
+        self.assertEqual(code, 400)
+        self.assertEqual(body["error"], "field 'reliable' must be true or false")
 
 
 class StatusTests(TestCase):
@@ -287,6 +342,27 @@ class PeersTests(TestCase):
             (gamma["peer_id"], gamma["state"], gamma["address"], gamma["last_seen"]),
             ("gamma", "disconnected", "10.0.0.9:9847", 1795000000.0),
         )
+
+    @defer.inlineCallbacks
+    def test_routes(self):
+        """
+        A node reachable only through a routing neighbour is listed as
+        routed, with the neighbour it goes through and its hops; a
+        connected peer is one hop away through itself.
+        """
+        self.h.node.mesh.enable_routing(Router(self.h.node.mesh))
+        beta, (_, _, pump) = self.h.connect_beta(routing=True)
+        gamma = Node("gamma", self.h.clock, routing=True)
+        pair_keys(beta, gamma)
+        _, _, pump_g = connect(beta, gamma, host="10.0.0.3")
+        for _ in range(4):
+            pump.flush()
+            pump_g.flush()
+            self.h.clock.advance(ADVERTISE_MIN_INTERVAL)
+        code, body, _ = yield self.h.request("GET", "/api/peers")
+        self.assertEqual(code, 200)
+        views = {p["peer_id"]: (p["state"], p["via"], p["hops"]) for p in body["peers"]}
+        self.assertEqual(views, {"beta": ("connected", "beta", 1), "gamma": ("routed", "beta", 2)})
 
     @defer.inlineCallbacks
     def test_one_peer(self):

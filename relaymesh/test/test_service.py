@@ -3,19 +3,24 @@ Tests for L{relaymesh.service}, L{relaymesh.tap} and the twistd plugin.
 """
 
 import os
+import types
 
 from twisted.application.service import IServiceMaker
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from relaymesh import tap
 from relaymesh.address import PeerAddress
+from relaymesh.delivery import ACK_CAPABILITY
 from relaymesh.factory import RelayClientFactory
 from relaymesh.keystore import KeyStore
-from relaymesh.service import RelayService
+from relaymesh.service import SHUTDOWN_TIMEOUT, RelayService
+from relaymesh.store import STORE_FILE, StoreError
 from relaymesh.tls import TLSServerFactory
 from relaymesh.test.support import EPOCH, Node, connect, pair_keys
 
@@ -190,7 +195,9 @@ class OptionsTests(SynchronousTestCase):
         from relaymesh.tls import create_certificate
 
         create_certificate(self.data_dir, "node")
-        options = self.parse("--tls", "--no-announce", "--api", "none", "--peers", "b@h:1,legacy:c@h:2,tls:d@h:3")
+        options = self.parse(
+            "--tls", "--no-announce", "--no-outbox", "--api", "none", "--peers", "b@h:1,legacy:c@h:2,tls:d@h:3"
+        )
         self.assertEqual(options["listen"], ["tls:9847"])
         self.assertEqual(
             [(str(p), p.tls) for p in options["peers"]],
@@ -239,3 +246,147 @@ class PluginTests(SynchronousTestCase):
             raise SkipTest("relaymesh is not installed") from None
         self.assertIn("twisted/plugins/relaymesh_plugin.py", files)
         self.assertNotIn("twisted/plugins/__init__.py", files)
+
+
+class OutboxOptionTests(SynchronousTestCase):
+    def setUp(self):
+        self.data_dir = self.mktemp()
+
+    def make(self, *args):
+        options = tap.Options()
+        options.parseOptions(["--data-dir", self.data_dir, "--no-announce", "--api", "none", *args])
+        return tap.makeService(options, reactor=memory_reactor())
+
+    def test_twistd_keeps_an_outbox(self):
+        """
+        C{twistd relaymesh} keeps an outbox unless told C{--no-outbox}; the
+        node then starts its listeners only once the store is open.
+        """
+        with_outbox = self.make()
+        self.assertTrue(with_outbox._outbox)
+        self.assertFalse(self.make("--no-outbox")._outbox)
+
+    def test_twistd_routes(self):
+        """
+        C{twistd relaymesh} routes (and announces C{route/1}) unless told
+        C{--no-routing}.
+        """
+        self.assertIsNotNone(self.make().mesh.router)
+        self.assertIn("route/1", self.make().mesh.capabilities)
+        self.assertIsNone(self.make("--no-routing").mesh.router)
+        self.assertNotIn("route/1", self.make("--no-routing").mesh.capabilities)
+
+
+class OutboxServiceTests(TestCase):
+    """
+    A node with an outbox on the real reactor (the store runs a thread).
+    """
+
+    timeout = 10
+
+    def make(self, **kwargs):
+        keystore = KeyStore(self.mktemp())
+        keystore.set_identity("alpha")
+        return RelayService(keystore, listen="tcp:0:interface=127.0.0.1", reactor=reactor, outbox=True, **kwargs)
+
+    @defer.inlineCallbacks
+    def test_store_opened_before_listening(self):
+        """
+        The listener starts once the store is open, and handshakes from then
+        on announce C{ack/1}; stopping closes the store.
+        """
+        node = self.make()
+        node.startService()
+        self.assertIsNone(node.listener.port)
+        self.assertNotIn(ACK_CAPABILITY, node.mesh.capabilities)
+        yield node.whenStarted()
+        self.assertIsNotNone(node.listener.port)
+        self.assertIn(ACK_CAPABILITY, node.mesh.capabilities)
+        self.assertTrue(os.path.exists(os.path.join(node.keystore.path, STORE_FILE)))
+        store = node.store
+        yield node.stopService()
+        self.assertTrue(store.closed)
+        self.assertIsNone(node.store)
+
+    @defer.inlineCallbacks
+    def test_stopped_while_opening(self):
+        """
+        A node stopped before its store is open never starts listening, and
+        the store is closed once it opens.
+        """
+        node = self.make()
+        node.startService()
+        yield node.stopService()
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertIsNone(node.listener.port)
+        self.assertFalse(node.running)
+        self.assertIsNone(node.store)
+
+    @defer.inlineCallbacks
+    def test_store_cannot_open(self):
+        """
+        A data directory where the store cannot be made: the node does not
+        start, says why, and whenStarted() fails.
+        """
+        node = self.make()
+        os.makedirs(os.path.join(node.keystore.path, STORE_FILE))
+        node.startService()
+        with self.assertRaises(StoreError):
+            yield node.whenStarted()
+        self.assertIsNone(node.listener.port)
+        self.flushLoggedErrors(StoreError)
+
+
+class GracefulStopTests(SynchronousTestCase):
+    """
+    Stopping a node with live connections, on a memory reactor whose clock
+    the test moves.
+    """
+
+    def setUp(self):
+        self.reactor = memory_reactor()
+        keystore = KeyStore(self.mktemp())
+        keystore.set_identity("alpha")
+        self.service = RelayService(keystore, listen=None, reactor=self.reactor)
+        self.service.startService()
+        self.peer = Node("beta", self.reactor)
+        key = os.urandom(32)
+        keystore.set_key("beta", key)
+        self.peer.keys.keys["alpha"] = key
+        alpha = types.SimpleNamespace(
+            identity="alpha", clock=self.reactor, server=self.service.server_factory, mesh=self.service.mesh
+        )
+        self.server, self.client, self.pump = connect(alpha, self.peer)
+        self.assertTrue(self.service.mesh.is_connected("beta"))
+
+    def test_closes_after_pending_data(self):
+        """
+        Stopping closes each connection after what was already written to
+        it, and fires once it is closed.
+        """
+        self.service.mesh.send("beta", "task_status", {"task_id": "t1"})
+        d = self.service.stopService()
+        self.assertNoResult(d)
+        self.pump.flush()
+        self.successResultOf(d)
+        self.assertEqual([m.msg_type for _, m in self.peer.received], ["task_status"])
+        self.assertEqual(self.server.close_reason, "node shutting down")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_aborts_what_does_not_close(self):
+        """
+        A connection still open L{SHUTDOWN_TIMEOUT} seconds after the stop
+        began is aborted, and the stop completes.
+        """
+        transport = self.server.transport
+        transport.loseConnection = lambda: None  # a peer that never lets go
+        aborted = []
+        transport.abortConnection = lambda: (aborted.append(True), self.server.connectionLost(None))
+        d = self.service.stopService()
+        self.reactor.advance(SHUTDOWN_TIMEOUT - 0.1)
+        self.assertNoResult(d)
+        self.assertEqual(aborted, [])
+        self.reactor.advance(0.1)
+        self.assertEqual(aborted, [True])
+        self.successResultOf(d)
+        self.assertFalse(self.service.mesh.is_connected("beta"))

@@ -158,7 +158,7 @@ class DecodeTests(SynchronousTestCase):
 
     def test_deep_nesting(self):
         """
-        Nesting deeper than serde_json's 128 levels is refused before parsing.
+        Nesting deeper than serde_json's 128 levels is refused.
         """
         payload = "[" * 200 + "]" * 200
         data = raw(obj()).replace(b'"payload":{}', b'"payload":' + payload.encode())
@@ -324,6 +324,23 @@ class NestingTests(SynchronousTestCase):
         with self.assertRaises(WireError) as ctx:
             decode(b"[" * 200)
         self.assertIn("nested deeper", str(ctx.exception))
+
+    def test_deep_anywhere(self):
+        """
+        Depth is found wherever it is: in an extra field, or among many
+        items of the payload, and on the standard library's codec too.
+        """
+        deep = [[[]]]
+        for _ in range(130):
+            deep = [deep]
+        cases = [obj(extra=deep), obj(payload=[1] * 40 + [deep]), obj(payload={"k": deep}), obj(payload=deep)]
+        for codec in (wire._loads, wire._stdlib_loads):
+            self.patch(wire, "_loads", codec)
+            for case in cases:
+                with self.assertRaises(WireError) as ctx:
+                    decode(raw(case))
+                self.assertIn("nested deeper", str(ctx.exception))
+            self.assertEqual(len(decode(raw(obj(payload=[1] * 32))).payload), 32)
 
     def test_many_shallow_brackets(self):
         """

@@ -1,0 +1,465 @@
+"""
+Reliable delivery between nodes that announce the C{ack/1} capability.
+
+A reliable message is an ordinary relay message with one extra top-level
+field, C{"reliable": true} (claudectl ignores unknown fields, but it only
+ever goes to peers that announced C{ack/1}). The sender puts it in its
+durable outbox (L{relaymesh.store}) before it writes it, and keeps it there
+until the receiver answers with an C{ack} whose payload is
+C{{"ack_id": ID}}. It is sent again when the peer (re)authenticates, and
+when it has waited L{DEFAULT_RESEND_AFTER} seconds without an ack; it is
+given up at its deadline (L{DEFAULT_DELIVERY_TIMEOUT} after it was sent).
+
+A node that routes (L{relaymesh.router}) also sends reliable messages to
+nodes it reaches only through a route: the message travels in the route
+envelope with its C{reliable} field, and the ack comes back the same way.
+
+The receiver records C{(origin, id)} of every reliable message in its
+durable delivered-id record before it hands the message to the application,
+hands it over only if the record is new, and acknowledges it either way: a
+message sent again after a lost ack, a reconnection or a restart of either
+side reaches the application once.
+
+L{ReliableDelivery} holds this logic for one node; the L{relaymesh.mesh.Mesh}
+calls it, and the application sees it through
+L{relaymesh.mesh.Mesh.send_reliable} and the L{Delivery} that returns.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaymesh.mesh import (
+    RELIABLE_FIELD,
+    DeliveryTimeout,
+    MeshError,
+    ReliableUnsupported,
+    UnknownPeer,
+)
+from relaymesh.store import OutboxEntry
+from relaymesh.wire import MAX_LINE_BYTES, MessageType, WireError, decode_fields, dumps
+
+if TYPE_CHECKING:
+    from relaymesh.mesh import Mesh
+    from relaymesh.store import Store
+    from relaymesh.wire import RelayMessage
+
+#: The capability a node announces when it sends and acknowledges reliable
+#: messages.
+ACK_CAPABILITY = "ack/1"
+
+#: The payload field of an C{ack} that names the acknowledged message.
+ACK_ID_FIELD = "ack_id"  # claudectl 0.49: {"ack_id": ID}
+
+#: Seconds after which an unacknowledged message is given up.
+DEFAULT_DELIVERY_TIMEOUT = 300.0
+
+#: Seconds an unacknowledged message waits before it is sent again on the
+#: same connection.
+DEFAULT_RESEND_AFTER = 30.0
+
+#: Seconds between two scans of the outbox for overdue and expired messages.
+DEFAULT_SCAN_INTERVAL = 5.0
+
+#: The message types that are never sent reliably: liveness and the acks
+#: themselves.
+UNRELIABLE_TYPES = frozenset({MessageType.HEARTBEAT.value, MessageType.ACK.value})
+
+
+def routed_origin_id(msg_id: str, sends: int) -> str:
+    """
+    The origin id of a reliable message's copy sent through a route after
+    C{sends} earlier copies: its id the first time, C{ID/N} after.
+    """
+    return msg_id if not sends else f"{msg_id}/{sends}"
+
+
+class Delivery:
+    """
+    The fate of one reliable message, as L{relaymesh.mesh.Mesh.send_reliable}
+    returns it.
+
+    Each of L{accepted} and L{delivered} returns a new L{Deferred}, so an
+    application asks only for what it waits for, and one that asks for
+    nothing leaves no unhandled failure behind.
+
+    @ivar msg_id: The message id; an ack names it.
+    @ivar peer_id: The destination.
+    """
+
+    __slots__ = ("msg_id", "peer_id", "_accepted", "_delivered", "_waiters")
+
+    def __init__(self, msg_id: str, peer_id: str) -> None:
+        self.msg_id = msg_id
+        self.peer_id = peer_id
+        # None while unknown; then True, or the Failure.
+        self._accepted: bool | Failure | None = None
+        self._delivered: bool | Failure | None = None
+        self._waiters: list[tuple[bool, Deferred[str]]] = []
+
+    def accepted(self) -> Deferred[str]:
+        """
+        A L{Deferred} that fires with L{msg_id} once the message is in the
+        durable outbox (it survives a crash from then on), or fails with the
+        L{relaymesh.store.StoreError} that kept it out.
+        """
+        return self._wait(False, self._accepted)
+
+    def delivered(self) -> Deferred[str]:
+        """
+        A L{Deferred} that fires with L{msg_id} once the peer acknowledged
+        the message, or fails with L{relaymesh.mesh.DeliveryTimeout} at its
+        deadline (or with the error that kept it out of the outbox).
+
+        It does not fire if the node stops first; the message stays in the
+        outbox and is sent again after a restart.
+        """
+        return self._wait(True, self._delivered)
+
+    def _wait(self, delivered: bool, outcome: bool | Failure | None) -> Deferred[str]:
+        if outcome is True:
+            return succeed(self.msg_id)
+        if isinstance(outcome, Failure):
+            return fail(outcome)
+        d: Deferred[str] = Deferred()
+        self._waiters.append((delivered, d))
+        return d
+
+    def _settle(self, delivered: bool, outcome: bool | Failure) -> None:
+        if delivered:
+            self._delivered = outcome
+        else:
+            self._accepted = outcome
+        waiting, self._waiters = self._waiters, []
+        for for_delivery, d in waiting:
+            if for_delivery != delivered:
+                self._waiters.append((for_delivery, d))
+            elif outcome is True:
+                d.callback(self.msg_id)
+            else:
+                d.errback(outcome)
+
+
+class _Outgoing:
+    """
+    One message in the outbox, as the reactor thread sees it.
+
+    @ivar entry: What the store holds.
+    @ivar delivery: The application's L{Delivery}; L{None} for a message
+        found in the outbox at start-up.
+    @ivar last_sent: When it was last written (clock seconds), or L{None}.
+    @ivar sends: How many times it has been written (counting those of
+        earlier runs that the store recorded).
+    """
+
+    __slots__ = ("entry", "delivery", "last_sent", "sends")
+
+    def __init__(self, entry: OutboxEntry, delivery: Delivery | None) -> None:
+        self.entry = entry
+        self.delivery = delivery
+        self.last_sent: float | None = None
+        self.sends = entry.attempts
+
+
+class ReliableDelivery:
+    """
+    One node's reliable delivery: its outbox in memory and on disk, the
+    acknowledgements, the resending and the receiver's duplicate check.
+
+    The in-memory outbox mirrors the store's, so that sending again never
+    waits on the disk; one L{LoopingCall} scans it every
+    L{scan_interval} seconds (no timer per message).
+
+    @ivar mesh: The node's L{relaymesh.mesh.Mesh}.
+    @ivar store: The open L{relaymesh.store.Store} (or a fake with its
+        interface).
+    @ivar delivery_timeout: Seconds from sending to giving up.
+    @ivar resend_after: Seconds an unacknowledged message waits before it is
+        sent again.
+    @ivar scan_interval: Seconds between outbox scans.
+    """
+
+    log = Logger()
+
+    #: The capability this delivery gives the node.
+    capability = ACK_CAPABILITY
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        store: Store,
+        delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
+        resend_after: float = DEFAULT_RESEND_AFTER,
+        scan_interval: float = DEFAULT_SCAN_INTERVAL,
+    ) -> None:
+        self.mesh = mesh
+        self.clock = mesh.clock
+        self.store = store
+        self.delivery_timeout = delivery_timeout
+        self.resend_after = resend_after
+        self.scan_interval = scan_interval
+        # msg_id -> _Outgoing, oldest first (insertion order)
+        self._outbox: dict[str, _Outgoing] = {}
+        self._scan = LoopingCall(self.scan)
+        self._scan.clock = self.clock
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """
+        Load what the outbox holds from an earlier run and start scanning it.
+
+        @return: a L{Deferred} that fires once the outbox is loaded.
+        """
+
+        def loaded(entries: list[OutboxEntry]) -> None:
+            for entry in entries:
+                self._outbox.setdefault(entry.msg_id, _Outgoing(entry, None))
+            if entries:
+                self.log.info(
+                    "outbox holds {count} unacknowledged messages from an earlier run",
+                    count=len(entries),
+                )
+            if not self._scan.running:
+                d = self._scan.start(self.scan_interval, now=False)
+                d.addErrback(lambda f: self.log.failure("outbox scan stopped", f))
+
+        return self.store.pending().addCallback(loaded)
+
+    def stop(self) -> None:
+        """
+        Stop scanning the outbox. What it holds stays on disk.
+        """
+        if self._scan.running:
+            self._scan.stop()
+
+    def pending(self) -> list[OutboxEntry]:
+        """
+        The messages waiting for an acknowledgement, oldest first.
+        """
+        return [outgoing.entry for outgoing in self._outbox.values()]
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, peer_id: str, msg_type: str, payload: Any) -> Delivery:
+        """
+        Send a message reliably; see L{relaymesh.mesh.Mesh.send_reliable}.
+        """
+        if self.mesh.knows(peer_id):
+            if not self.mesh.announced(peer_id, ACK_CAPABILITY):
+                raise ReliableUnsupported(
+                    f"peer {peer_id} did not announce {ACK_CAPABILITY}: it cannot acknowledge "
+                    "reliable messages"
+                )
+        elif self.mesh.router is None or self.mesh.router.route(peer_id) is None:
+            raise UnknownPeer(f"unknown peer {peer_id!r}")
+        if msg_type in UNRELIABLE_TYPES:
+            raise ReliableUnsupported(f"a {msg_type} cannot be sent reliably")
+        message = self.mesh.message(self.mesh.sendable(msg_type), payload)
+        fields = message.to_dict()
+        fields[RELIABLE_FIELD] = True
+        line = dumps(fields)
+        if len(line) > MAX_LINE_BYTES:
+            raise WireError(
+                f"message of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte line limit"
+            )
+        now = self.clock.seconds()
+        entry = OutboxEntry(
+            message.id,
+            peer_id,
+            self.mesh.identity,
+            message.msg_type,
+            line,
+            created=now,
+            deadline=now + self.delivery_timeout,
+        )
+        delivery = Delivery(message.id, peer_id)
+        self.store.put(entry).addCallbacks(
+            self._stored,
+            self._refused,
+            callbackArgs=(entry, delivery),
+            errbackArgs=(delivery,),
+        )
+        return delivery
+
+    def _stored(self, _: None, entry: OutboxEntry, delivery: Delivery) -> None:
+        outgoing = self._outbox[entry.msg_id] = _Outgoing(entry, delivery)
+        delivery._settle(False, True)
+        self._write(outgoing, self.clock.seconds())
+
+    def _refused(self, failure: Failure, delivery: Delivery) -> None:
+        self.log.warn(
+            "reliable message {msg_id} to {peer_id} not accepted: {error}",
+            msg_id=delivery.msg_id,
+            peer_id=delivery.peer_id,
+            error=failure.getErrorMessage(),
+        )
+        delivery._settle(False, failure)
+        delivery._settle(True, failure)
+
+    def _write(self, outgoing: _Outgoing, now: float) -> None:
+        """
+        Write a message to its destination if it is connected and takes
+        reliable messages now, else through the next hop if a route leads
+        there.
+
+        Each copy sent through a route carries an origin id of its own
+        (L{routed_origin_id}), so that the nodes on the way, which forward a
+        routed message only once, forward it again; its id, which the ack
+        names and the receiver deduplicates by, stays the same.
+        """
+        entry = outgoing.entry
+        peer_id = entry.peer_id
+        direct = self.mesh.announced(peer_id, ACK_CAPABILITY) and self.mesh.send_line(
+            peer_id, entry.line
+        )
+        if not direct and not self._send_routed(outgoing):
+            return
+        outgoing.sends += 1
+        if outgoing.last_sent is not None:
+            self.store.bump_attempts(entry.msg_id).addErrback(self._log_store_failure)
+        outgoing.last_sent = now
+
+    def _send_routed(self, outgoing: _Outgoing) -> bool:
+        """
+        Send a message through the next hop towards its destination.
+
+        @return: whether a route led there.
+        """
+        router = self.mesh.router
+        entry = outgoing.entry
+        if router is None or router.route(entry.peer_id) is None:
+            return False
+        message, _ = decode_fields(entry.line)
+        return router.send_reliable(
+            entry.peer_id, message, routed_origin_id(entry.msg_id, outgoing.sends)
+        )
+
+    def retry_unsent(self) -> None:
+        """
+        The routes changed: send the messages that have not gone out yet
+        and whose destination may now be reachable.
+        """
+        now = self.clock.seconds()
+        with self.mesh.batch():
+            for outgoing in list(self._outbox.values()):
+                if outgoing.last_sent is None:
+                    self._write(outgoing, now)
+
+    def peer_up(self, peer_id: str) -> None:
+        """
+        A peer that announced C{ack/1} authenticated: send it every message
+        still waiting for it, oldest first.
+        """
+        now = self.clock.seconds()
+        with self.mesh.batch():
+            for outgoing in list(self._outbox.values()):
+                if outgoing.entry.peer_id == peer_id:
+                    self._write(outgoing, now)
+
+    def scan(self) -> None:
+        """
+        Give up the messages past their deadline; send again those sent more
+        than L{resend_after} seconds ago (or never) to a connected peer.
+        """
+        now = self.clock.seconds()
+        resend_before = now - self.resend_after
+        with self.mesh.batch():
+            for outgoing in list(self._outbox.values()):
+                if now >= outgoing.entry.deadline:
+                    self._give_up(outgoing)
+                elif outgoing.last_sent is None or outgoing.last_sent <= resend_before:
+                    self._write(outgoing, now)
+
+    def _give_up(self, outgoing: _Outgoing) -> None:
+        entry = outgoing.entry
+        del self._outbox[entry.msg_id]
+        self.store.remove(entry.msg_id).addErrback(self._log_store_failure)
+        self.log.warn(
+            "gave up on reliable message {msg_id} ({msg_type}) to {peer_id}: "
+            "no acknowledgement within {timeout:g} s",
+            msg_id=entry.msg_id,
+            msg_type=entry.msg_type,
+            peer_id=entry.peer_id,
+            timeout=entry.deadline - entry.created,
+        )
+        if outgoing.delivery is not None:
+            outgoing.delivery._settle(
+                True,
+                Failure(
+                    DeliveryTimeout(
+                        f"no acknowledgement of {entry.msg_id} from {entry.peer_id} "
+                        f"within {entry.deadline - entry.created:g} s"
+                    )
+                ),
+            )
+
+    # -- receiving -----------------------------------------------------------
+
+    def acknowledged(self, peer_id: str, payload: Any) -> bool:
+        """
+        Take an C{ack} from C{peer_id}.
+
+        @return: whether it acknowledged a message in the outbox (it is then
+            not an application's message).
+        """
+        if type(payload) is not dict:
+            return False
+        ack_id = payload.get(ACK_ID_FIELD)
+        if type(ack_id) is not str:
+            return False
+        outgoing = self._outbox.get(ack_id)
+        if outgoing is None or outgoing.entry.peer_id != peer_id:
+            return False
+        del self._outbox[ack_id]
+        self.store.remove(ack_id).addErrback(self._log_store_failure)
+        if outgoing.delivery is not None:
+            outgoing.delivery._settle(True, True)
+        return True
+
+    def received(self, peer_id: str, message: RelayMessage) -> None:
+        """
+        Take a reliable message from C{peer_id} (its neighbour, or the
+        origin of a routed message): record it, deliver it to the
+        application if it is new, acknowledge it either way (directly, or
+        through a route).
+
+        Nothing is acknowledged if the record cannot be written; the sender
+        then sends it again.
+        """
+        self.store.mark_delivered(peer_id, message.id, self.clock.seconds()).addCallbacks(
+            self._marked,
+            self._not_marked,
+            callbackArgs=(peer_id, message),
+            errbackArgs=(peer_id, message),
+        )
+
+    def _marked(self, new: bool, peer_id: str, message: RelayMessage) -> None:
+        if new:
+            self.mesh.deliver(peer_id, message)
+        try:
+            self.mesh.send(peer_id, MessageType.ACK.value, {ACK_ID_FIELD: message.id})
+        except MeshError as e:
+            self.log.debug(
+                "ack of {msg_id} to {peer_id} not sent: {error}",
+                msg_id=message.id,
+                peer_id=peer_id,
+                error=e,
+            )
+
+    def _not_marked(self, failure: Failure, peer_id: str, message: RelayMessage) -> None:
+        self.log.warn(
+            "reliable message {msg_id} from {peer_id} not recorded, so not acknowledged: "
+            "{error}",
+            msg_id=message.id,
+            peer_id=peer_id,
+            error=failure.getErrorMessage(),
+        )
+
+    def _log_store_failure(self, failure: Failure) -> None:
+        self.log.warn("outbox update failed: {error}", error=failure.getErrorMessage())
