@@ -316,7 +316,7 @@ class ReliableDelivery:
         entry = outgoing.entry
         peer_id = entry.peer_id
         direct = self.mesh.announced(peer_id, ACK_CAPABILITY) and self.mesh.send_line(
-            peer_id, entry.line
+            peer_id, entry.line, entry.msg_type
         )
         if not direct and not self._send_routed(outgoing):
             return

@@ -58,6 +58,8 @@ DEFAULT_MAX_PEERS = 8  # claudectl 0.49: 8
 #: Message ids remembered per sender for deduplication.
 DEDUP_WINDOW = 1000  # claudectl 0.49: 1000 (but shared by all peers)
 
+_HEARTBEAT = MessageType.HEARTBEAT.value
+
 CONNECTING = "connecting"
 CONNECTED = "connected"
 DISCONNECTED = "disconnected"
@@ -176,6 +178,8 @@ class PeerStatus:
         connected, the next hop when it is reachable only through routing
         (state L{ROUTED}), L{None} when it is unreachable.
     @ivar hops: Links to it: 1 when connected, L{None} when unreachable.
+    @ivar by_type: Traffic per message type: C{{msg_type: {"msgs_in",
+        "bytes_in", "msgs_out", "bytes_out"}}}.
     """
 
     peer_id: str
@@ -192,6 +196,7 @@ class PeerStatus:
     next_retry_at: float | None
     via: str | None = None
     hops: int | None = None
+    by_type: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """
@@ -229,6 +234,7 @@ class _Peer:
         "protocol",
         "recent",
         "traffic",
+        "traffic_by_type",
         "sessions",
         "worker_id",
         "sessions_at",
@@ -250,6 +256,8 @@ class _Peer:
         self.recent: RecentIds | None = None
         # messages in, messages out, bytes in, bytes out of closed connections
         self.traffic = [0, 0, 0, 0]
+        # msg_type -> [msgs_in, bytes_in, msgs_out, bytes_out] of closed connections
+        self.traffic_by_type: dict[str, list[int]] = {}
         self.sessions: list | None = None
         self.worker_id: Any = None
         self.sessions_at = 0.0
@@ -267,6 +275,7 @@ class _Peer:
         t[1] += protocol.msgs_out
         t[2] += protocol.bytes_in
         t[3] += protocol.bytes_out
+        _add_by_type(self.traffic_by_type, protocol.by_type)
 
 
 class Subscription:
@@ -450,9 +459,9 @@ class Mesh:
             if peer.protocol is not None:
                 try:
                     if router is not None and router.is_neighbour(peer.peer_id):
-                        peer.protocol.sendEncoded(router.heartbeat_line(peer.peer_id, heartbeat))
+                        peer.protocol.sendEncoded(router.heartbeat_line(peer.peer_id, heartbeat), _HEARTBEAT)
                     else:
-                        peer.protocol.sendEncoded(line)
+                        peer.protocol.sendEncoded(line, _HEARTBEAT)
                 except Exception:
                     self.log.failure("heartbeat to {peer_id} failed", peer_id=peer.peer_id)
             if peer.sessions is not None and now - peer.sessions_at >= expiry:
@@ -473,7 +482,7 @@ class Mesh:
         with self.writes:
             for peer in self._peers.values():
                 if peer.protocol is not None and router.is_neighbour(peer.peer_id):
-                    peer.protocol.sendEncoded(router.heartbeat_line(peer.peer_id, heartbeat))
+                    peer.protocol.sendEncoded(router.heartbeat_line(peer.peer_id, heartbeat), _HEARTBEAT)
 
     def routes_changed(self) -> None:
         """
@@ -804,16 +813,17 @@ class Mesh:
             raise ReliableUnsupported("this node has no outbox for reliable messages")
         return self.reliable.send(peer_id, msg_type, payload)
 
-    def send_line(self, peer_id: str, line: bytes) -> bool:
+    def send_line(self, peer_id: str, line: bytes, msg_type: str) -> bool:
         """
-        Write an encoded message (without its C{\\n}) to a connected peer.
+        Write an encoded message (without its C{\\n}) of type C{msg_type} to a
+        connected peer.
 
         @return: whether the peer was connected.
         """
         peer = self._peers.get(peer_id)
         if peer is None or peer.protocol is None:
             return False
-        peer.protocol.sendEncoded(line)
+        peer.protocol.sendEncoded(line, msg_type)
         return True
 
     def knows(self, peer_id: str) -> bool:
@@ -862,9 +872,9 @@ class Mesh:
         for peer in self._peers.values():
             if peer.protocol is not None:
                 if peer.peer_id in neighbours:
-                    peer.protocol.sendEncoded(routed_line)
+                    peer.protocol.sendEncoded(routed_line, message.msg_type)
                 else:
-                    peer.protocol.sendEncoded(line)
+                    peer.protocol.sendEncoded(line, message.msg_type)
                 sent[peer.peer_id] = message.id
         return sent
 
@@ -952,11 +962,22 @@ def _sendable(msg_type: Any) -> str:
     return msg_type
 
 
+_BY_TYPE_FIELDS = ("msgs_in", "bytes_in", "msgs_out", "bytes_out")
+
+
+def _add_by_type(totals: dict[str, list[int]], counts: dict[str, list[int]]) -> None:
+    for msg_type, values in counts.items():
+        total = totals.setdefault(msg_type, [0, 0, 0, 0])
+        for i, value in enumerate(values):
+            total[i] += value
+
+
 def _status(peer: _Peer, route: Route | None) -> PeerStatus:
     msgs_in, msgs_out, bytes_in, bytes_out = peer.traffic
     last_seen = peer.last_seen
     live = peer.protocol
     via, hops = (None, None) if route is None else (route.via, route.hops)
+    by_type = {t: list(v) for t, v in peer.traffic_by_type.items()}
     if live is not None:
         msgs_in += live.msgs_in
         msgs_out += live.msgs_out
@@ -964,6 +985,7 @@ def _status(peer: _Peer, route: Route | None) -> PeerStatus:
         bytes_out += live.bytes_out
         last_seen = live.last_received
         via, hops = peer.peer_id, 1
+        _add_by_type(by_type, live.by_type)
     return PeerStatus(
         peer_id=peer.peer_id,
         state=peer.state,
@@ -979,6 +1001,7 @@ def _status(peer: _Peer, route: Route | None) -> PeerStatus:
         next_retry_at=peer.next_retry_at,
         via=via,
         hops=hops,
+        by_type={t: dict(zip(_BY_TYPE_FIELDS, v)) for t, v in sorted(by_type.items())},
     )
 
 

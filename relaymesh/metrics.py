@@ -180,7 +180,24 @@ class _MeshCollector:
         )
         for (peer_id, msg_type), count in sorted(snapshot.delivered.items()):
             by_type.add_metric([peer_id, msg_type], count)
-        yield from (up, attempt, messages, octets, by_type)
+        messages_by_type = CounterMetricFamily(
+            "relaymesh_messages_by_type",
+            "Relay messages received (in) and sent (out), per peer and type.",
+            labels=["peer", "msg_type", "direction"],
+        )
+        bytes_by_type = CounterMetricFamily(
+            "relaymesh_bytes_by_type",
+            "Relay protocol bytes received (in) and sent (out), per peer and type.",
+            labels=["peer", "msg_type", "direction"],
+        )
+        for peer in snapshot.peers:
+            for msg_type, counts in peer.by_type.items():
+                labels = [peer.peer_id, msg_type]
+                messages_by_type.add_metric(labels + ["in"], counts["msgs_in"])
+                messages_by_type.add_metric(labels + ["out"], counts["msgs_out"])
+                bytes_by_type.add_metric(labels + ["in"], counts["bytes_in"])
+                bytes_by_type.add_metric(labels + ["out"], counts["bytes_out"])
+        yield from (up, attempt, messages, octets, by_type, messages_by_type, bytes_by_type)
 
 
 class NodeMetrics:

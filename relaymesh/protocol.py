@@ -165,6 +165,8 @@ class RelayProtocol(LineOnlyReceiver):
     @ivar connected_at: When the handshake finished (clock seconds).
     @ivar last_received: When the last line arrived (clock seconds).
     @ivar close_reason: Why this side closed the connection, if it did.
+    @ivar by_type: For each message type, messages and bytes in and out:
+        C{[msgs_in, bytes_in, msgs_out, bytes_out]}.
     @ivar proof_rejected: Whether the acceptor answered our proof with
         anything but an ok from the expected peer.
     @ivar reads_fields: Whether the peer's messages may carry top-level
@@ -198,6 +200,7 @@ class RelayProtocol(LineOnlyReceiver):
         self.proof_rejected = False
         self.reads_fields = False
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
+        self.by_type: dict[str, list[int]] = {}
         self._timer: IDelayedCall | None = None
         self._writes: WriteBatch = getattr(mesh, "writes", None) or WriteBatch()
         self._pending: list[bytes] = []
@@ -356,6 +359,11 @@ class RelayProtocol(LineOnlyReceiver):
             self._violation(f"unparseable line: {e}")
             return
         self.msgs_in += 1
+        counts = self.by_type.get(message.msg_type)
+        if counts is None:
+            counts = self.by_type[message.msg_type] = [0, 0, 0, 0]
+        counts[0] += 1
+        counts[1] += len(line) + 1
         if self.state is _CONNECTED:
             # Nearly every line: _messageReceived's checks, inlined; it runs
             # only to refuse the message and say why.
@@ -380,6 +388,11 @@ class RelayProtocol(LineOnlyReceiver):
             self._violation(f"unparseable line: {e}")
             return
         self.msgs_in += 1
+        counts = self.by_type.get(message.msg_type)
+        if counts is None:
+            counts = self.by_type[message.msg_type] = [0, 0, 0, 0]
+        counts[0] += 1
+        counts[1] += len(line) + 1
         if message.from_peer == self.peer_id and message.msg_type not in HANDSHAKE_TYPES:
             self.mesh.fields_received(self, message, fields)
         else:
@@ -500,17 +513,23 @@ class RelayProtocol(LineOnlyReceiver):
 
         @raise WireError: if the message cannot be encoded or is too long.
         """
-        self.sendEncoded(encode(message))
+        self.sendEncoded(encode(message), message.msg_type)
 
-    def sendEncoded(self, line: bytes) -> None:
+    def sendEncoded(self, line: bytes, msg_type: str) -> None:
         """
-        Write one already encoded message line (without its C{\\n}).
+        Write one already encoded message line (without its C{\\n}) of type
+        C{msg_type} (counted in L{by_type}).
 
         Outside a L{WriteBatch} the line goes to the transport at once;
         inside one it waits for the end of the batch (see L{flush}).
         """
         self.msgs_out += 1
         self.bytes_out += len(line) + 1
+        counts = self.by_type.get(msg_type)
+        if counts is None:
+            counts = self.by_type[msg_type] = [0, 0, 0, 0]
+        counts[2] += 1
+        counts[3] += len(line) + 1
         if not self.writable:
             self._backlog += len(line) + 1
             if self._backlog > MAX_SEND_BACKLOG:

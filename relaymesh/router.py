@@ -203,7 +203,7 @@ class Router:
         assert decision.header is not None
         line = encode_routed(message, decision.header)
         for target in decision.targets:
-            self.mesh.send_line(target, line)
+            self.mesh.send_line(target, line, message.msg_type)
         return message.id
 
     def send_reliable(self, to: str, message: RelayMessage, origin_id: str) -> bool:
@@ -222,7 +222,7 @@ class Router:
         fields[ROUTE_FIELD] = decision.header.to_object()
         line = dumps(fields)
         for target in decision.targets:
-            self.mesh.send_line(target, line)
+            self.mesh.send_line(target, line, message.msg_type)
         return True
 
     def flood_line(self, message: RelayMessage) -> tuple[bytes | None, frozenset[str]]:
@@ -294,7 +294,7 @@ class Router:
             copy[ROUTE_FIELD] = decision.header.to_object()
             line = dumps(copy)
             for target in decision.targets:
-                self.mesh.send_line(target, line)
+                self.mesh.send_line(target, line, message.msg_type)
         elif fresh and header.to is not None and header.to != self.mesh.identity:
             self._dropped(header, message.msg_type, neighbour)
 

@@ -105,6 +105,36 @@ class ScrapeTimeTests(MetricsTestCase):
         self.assertEqual(self.sample("relaymesh_messages_received_by_type_total", peer="beta", msg_type="task_status"), 2)
         self.assertEqual(self.sample("relaymesh_messages_received_by_type_total", peer="beta", msg_type="delegate_task"), 1)
 
+    def test_traffic_by_type(self):
+        """
+        Messages and bytes in and out per peer and type, across reconnects.
+        """
+        server, client, pump = self.join()
+        self.beta.mesh.send("alpha", "task_status", {"n": 1})
+        self.alpha.mesh.send("beta", "ack", {"ack_id": "x"})
+        self.alpha.mesh.broadcast("knowledge_sync", {"u": 1})
+        pump.flush()
+
+        def sample(msg_type, direction, what="messages"):
+            return self.sample(f"relaymesh_{what}_by_type_total", peer="beta", msg_type=msg_type, direction=direction)
+
+        self.assertEqual(sample("task_status", "in"), 1)
+        self.assertEqual(sample("task_status", "out"), 0)
+        self.assertEqual(sample("ack", "out"), 1)
+        self.assertEqual(sample("knowledge_sync", "out"), 1)
+        self.assertEqual(sample("handshake", "in"), 1)
+        self.assertEqual(sample("handshake_ack", "out"), 1)
+        status = self.alpha.mesh.peer("beta")
+        self.assertEqual(sum(c["bytes_in"] for c in status.by_type.values()), status.bytes_in)
+        self.assertEqual(sum(c["bytes_out"] for c in status.by_type.values()), status.bytes_out)
+        self.assertGreater(sample("task_status", "in", "bytes"), 0)
+        server.transport.loseConnection()
+        pump.flush()
+        self.join()
+        self.beta.mesh.send("alpha", "task_status", {"n": 2})
+        self.link[2].flush()
+        self.assertEqual(sample("task_status", "in"), 2)
+
 
 class EventCounterTests(MetricsTestCase):
     def test_handshakes(self):
