@@ -355,3 +355,87 @@ class LineTests(FaultTestCase):
             across_unacknowledged_at_kill=unacknowledged,
             reliable_messages=len(across) + len(left) + len(right),
         )
+
+
+def via(mesh, destination: str) -> str | None:
+    """
+    The next hop of C{mesh}'s route to C{destination}, or L{None}.
+    """
+    route = mesh.router.route(destination)
+    return None if route is None else route.via
+
+
+class RingTests(FaultTestCase):
+    """
+    Five routing nodes in a ring, n1 — n2 — n3 — n4 — n5 — n1, each dialling
+    the one before it and n1 dialling n5.
+    """
+
+    NAMES = ["n1", "n2", "n3", "n4", "n5"]
+
+    @defer.inlineCallbacks
+    def start_ring(self):
+        nodes, ports = {}, {name: free_port() for name in self.NAMES}
+        links = list(zip(self.NAMES, self.NAMES[1:])) + [(self.NAMES[-1], self.NAMES[0])]
+        for before, after in links:
+            self.pair(before, after)
+        dials = {after: before for before, after in links}
+        for name in self.NAMES:
+            nodes[name] = yield self.start(
+                name,
+                listen=f"tcp:{ports[name]}:interface=127.0.0.1",
+                peers=[f"{dials[name]}@127.0.0.1:{ports[dials[name]]}"],
+                routing=True,
+            )
+        return nodes
+
+    @defer.inlineCallbacks
+    def test_middle_node_killed(self):
+        """
+        n2 streams 50 reliable messages to n4 through n3 (two hops; the other
+        way round, through n1 and n5, is three). n3 stops when n4 has 10 of
+        them, so messages and acks on their way through it are lost. n2's
+        route to n4 turns to the other way round; what was not acknowledged
+        is sent again that way, and 50 more messages sent once the route has
+        turned go that way too: n4 has every message exactly once, and
+        n2's outbox ends empty.
+        """
+        nodes = yield self.start_ring()
+        n2, n4 = nodes["n2"].mesh, nodes["n4"].mesh
+        yield wait_for(lambda: via(n2, "n4") == "n3", 10, what="n2's route to n4 through n3")
+        self.assertEqual(n2.router.route("n4").hops, 2)
+
+        stopping: list[defer.Deferred] = []
+
+        def kill_mid_stream(peer, message):
+            if len(self.received["n4"]) == 10 and not stopping:
+                stopping.append(nodes["n3"].stopService())
+
+        n4.subscribe(kill_mid_stream, "delegate_task")
+        before = [n2.send_reliable("n4", "delegate_task", {"n": n}) for n in range(STREAM // 4)]
+        yield wait_for(lambda: bool(stopping), 10)
+        killed = reactor.seconds()
+        yield stopping[0]
+        delivered_at_kill = len(self.received["n4"])
+        unacknowledged = len(n2.reliable.pending())
+        yield wait_for(
+            lambda: via(n2, "n4") == "n1" and via(n4, "n2") == "n5",
+            10,
+            what="the routes between n2 and n4 the other way round",
+        )
+        rerouted = reactor.seconds() - killed
+        self.assertEqual(n2.router.route("n4").hops, 3)
+        self.assertEqual(n4.router.route("n2").hops, 3)
+        after = [n2.send_reliable("n4", "delegate_task", {"n": n}) for n in range(STREAM // 4)]
+        yield defer.gatherResults([d.delivered() for d in before + after])
+        completed = reactor.seconds() - killed
+        self.assert_exactly_once("n4", [d.msg_id for d in before + after])
+        self.assertEqual(n2.reliable.pending(), [])
+        report(
+            "5-node ring, middle node killed",
+            rerouted_s=rerouted,
+            stream_completed_s=completed,
+            delivered_at_kill=delivered_at_kill,
+            unacknowledged_at_kill=unacknowledged,
+            reliable_messages=len(before) + len(after),
+        )
