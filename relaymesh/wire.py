@@ -322,17 +322,27 @@ def decode(line: bytes) -> RelayMessage:
     """
     if len(line) > MAX_LINE_BYTES:
         raise WireError(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
-    # Every message takes this path, so it is written for speed: loads()
-    # inlined, then plain subscripts and type checks. Anything that is not a
-    # well-formed message (not an object, a field missing or of the wrong
-    # type) goes to _refuse, which names what is wrong. The nesting limit is
-    # checked after parsing (orjson stops at 1024 levels, json at the
-    # recursion limit; both are refused as too deep): a typical message is
-    # plainly shallow (_shallow), and only other lines are scanned.
+    # Every message takes this path, so it is written for speed: the parse
+    # inlined, then _checked. The nesting limit is checked after parsing
+    # (orjson stops at 1024 levels, json at the recursion limit; both are
+    # refused as too deep).
     try:
         obj = _loads(line)
     except (ValueError, RecursionError) as e:
         raise _parse_error(line, e) from None
+    return _checked(line, obj)
+
+
+def _checked(line: bytes, obj: Any) -> RelayMessage:
+    """
+    The message a parsed line holds, checked the way claudectl checks it.
+
+    @raise WireError: if it is nested too deeply, or not a message.
+    """
+    # Plain subscripts and type checks for a well-formed message; anything
+    # else (not an object, a field missing or of the wrong type) goes to
+    # _refuse, which names what is wrong. A typical message is plainly
+    # shallow (_shallow); only other lines are scanned for their depth.
     try:
         msg_id = obj["id"]
         msg_type = obj["msg_type"]
@@ -362,25 +372,38 @@ def decode(line: bytes) -> RelayMessage:
 
 def _shallow(obj: dict, payload: Any) -> bool:
     """
-    Whether a parsed message is plainly within the nesting limit: it has
-    only the five fields, and its payload is a scalar, or an object or
-    array of at most 32 scalars.
+    Whether a parsed message is plainly within the nesting limit: its
+    payload, and any field besides the five (a routing header, say), is a
+    scalar, or an object or array of at most 32 scalars.
     """
     # Looking at a few parsed values costs the same for any line length;
     # scanning a 4 KiB line for brackets cost about 15% of receiving it.
-    if len(obj) != 5:
+    if len(obj) == 5:
+        return _flat(payload)
+    if len(obj) > 16:
         return False
-    kind = type(payload)
+    for value in obj.values():
+        if not _flat(value):
+            return False
+    return True
+
+
+def _flat(value: Any) -> bool:
+    """
+    Whether a parsed value is a scalar, or an object or array of at most 32
+    scalars.
+    """
+    kind = type(value)
     if kind is dict:
-        values = payload.values()
+        values = value.values()
     elif kind is list:
-        values = payload
+        values = value
     else:
         return True
     if len(values) > 32:
         return False
-    for value in values:
-        kind = type(value)
+    for item in values:
+        kind = type(item)
         if kind is dict or kind is list:
             return False
     return True
@@ -406,8 +429,11 @@ def decode_fields(line: bytes) -> tuple[RelayMessage, dict[str, Any]]:
     """
     if len(line) > MAX_LINE_BYTES:
         raise WireError(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
-    obj = loads(line)
-    return message_from_object(obj), obj
+    try:
+        obj = _loads(line)
+    except (ValueError, RecursionError) as e:
+        raise _parse_error(line, e) from None
+    return _checked(line, obj), obj
 
 
 def encode(message: RelayMessage) -> bytes:

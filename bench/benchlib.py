@@ -1,0 +1,286 @@
+"""
+What the benchmark scripts share: messages, keys, the raw handshake, and how
+a worker process reports to C{run.py}.
+
+A worker prints C{READY {json}} once it can be used (a listener gives its
+port) and C{RESULT {json}} with its measurements; C{run.py} reads both from
+its standard output. Workers that step through phases (the memory bench)
+print C{STEP {json}} and wait for a line on their standard input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import resource
+import socket
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # measure this checkout, installed or not
+
+#: The key every benchmark peer shares with every other.
+KEY = bytes(range(32))
+
+#: The peer ids of the benchmark nodes.
+SINK_ID = "bench-sink"
+SOURCE_ID = "bench-source"
+
+#: A plausible epoch-millisecond timestamp for pre-encoded messages.
+EPOCH_MS = 1764180000000
+
+#: The message type of the throughput and load traffic, and of the probes
+#: the echo node answers (with an C{ack}).
+DATA_TYPE = "task_status"
+PROBE_TYPE = "delegate_task"
+
+
+def codec(name: str | None = None):
+    """
+    C{(name, loads, dumps)} of a JSON codec: the one relaymesh uses unless
+    C{name} (C{"orjson"} or C{"json"}) says otherwise. C{dumps} is compact
+    and returns bytes, as on the wire.
+    """
+    if name is None:
+        from relaymesh.wire import CODEC
+
+        name = CODEC
+    if name == "orjson":
+        import orjson
+
+        return "orjson", orjson.loads, orjson.dumps
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    return "json", json.loads, lambda value: encoder.encode(value).encode()
+
+
+def cpu_seconds() -> float:
+    """
+    User plus system CPU seconds this process has used.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """
+    The resident memory of a process, from C{/proc}.
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_ticks(pid: int) -> int:
+    """
+    Clock ticks of CPU a process has used (user + system), from C{/proc}.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def report(kind: str, **fields) -> None:
+    """
+    Tell C{run.py} something: C{READY}, C{STEP} or C{RESULT}.
+    """
+    sys.stdout.write(f"{kind} {json.dumps(fields)}\n")
+    sys.stdout.flush()
+
+
+def raise_fd_limit() -> None:
+    """
+    Allow as many open sockets as the hard limit does.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def payload_for(size: int, msg_type: str = DATA_TYPE, peer_id: str = SOURCE_ID) -> dict:
+    """
+    A payload that makes a whole message line (without its newline) about
+    C{size} bytes long, as relaymesh would encode it.
+    """
+    _, _, dumps = codec()
+    payload = {"task_id": "bench", "status": "running", "detail": ""}
+    sample = dumps(
+        {
+            "id": f"msg_{EPOCH_MS}_100000_0123456789abcdef",
+            "msg_type": msg_type,
+            "from_peer": peer_id,
+            "timestamp": EPOCH_MS,
+            "payload": payload,
+        }
+    )
+    payload["detail"] = "x" * max(0, size - len(sample))
+    return payload
+
+
+def encoded_lines(
+    count: int,
+    size: int,
+    peer_id: str = SOURCE_ID,
+    msg_type: str = DATA_TYPE,
+    start: int = 0,
+    payload: dict | None = None,
+) -> bytes:
+    """
+    C{count} distinct message lines of about C{size} bytes, newlines
+    included, as one block: what a sender would write, made in advance.
+    Every line has the same length (the counter in the id has a fixed
+    width), so a paced sender can cut the block at line boundaries.
+    """
+    _, _, dumps = codec()
+    if payload is None:
+        payload = payload_for(size, msg_type, peer_id)
+    tag = os.urandom(8).hex()
+    template = (
+        b'{"id":"msg_%d_%%09d_%s","msg_type":"%s","from_peer":"%s","timestamp":%d,"payload":%s}\n'
+        % (EPOCH_MS, tag.encode(), msg_type.encode(), peer_id.encode(), EPOCH_MS, dumps(payload))
+    )
+    return b"".join([template % i for i in range(start, start + count)])
+
+
+def proof(key: bytes, nonce: str) -> str:
+    """
+    The relay handshake's proof: hex HMAC-SHA256 of the nonce.
+    """
+    return hmac.new(key, nonce.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def handshake_line(peer_id: str, nonce: str, key: bytes = KEY) -> bytes:
+    """
+    The connector's C{handshake} line answering a challenge's nonce.
+    """
+    return b'{"id":"msg_%d_0_bench","msg_type":"handshake","from_peer":"%s","timestamp":%d,"payload":{"proof":"%s","version":"bench"}}\n' % (
+        EPOCH_MS,
+        peer_id.encode(),
+        EPOCH_MS,
+        proof(key, nonce).encode(),
+    )
+
+
+def nonce_of(challenge: bytes) -> str:
+    """
+    The nonce of a C{challenge} line.
+    """
+    return json.loads(challenge)["payload"]["nonce"]
+
+
+def read_line(sock: socket.socket, buffer: bytearray) -> bytes:
+    """
+    One line from a blocking socket; what follows stays in C{buffer}.
+    """
+    while True:
+        end = buffer.find(b"\n")
+        if end >= 0:
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            return line
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("connection closed during the handshake")
+        buffer += data
+
+
+def raw_handshake(sock: socket.socket, peer_id: str, key: bytes = KEY) -> bytearray:
+    """
+    Authenticate a blocking socket as C{peer_id}, as a claudectl connector
+    does, written from the protocol description (no relaymesh code).
+
+    @return: bytes that arrived after the ack.
+    """
+    buffer = bytearray()
+    challenge = read_line(sock, buffer)
+    sock.sendall(handshake_line(peer_id, nonce_of(challenge), key))
+    ack = json.loads(read_line(sock, buffer))
+    if ack.get("payload", {}).get("status") != "ok":
+        raise ConnectionError(f"handshake refused: {ack!r}")
+    return buffer
+
+
+def connect(port: int, host: str = "127.0.0.1") -> socket.socket:
+    """
+    A blocking TCP connection with Nagle's algorithm off.
+    """
+    sock = socket.create_connection((host, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def listener(host: str = "127.0.0.1") -> socket.socket:
+    """
+    A listening socket on a free port.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(4096)
+    return sock
+
+
+class Stopwatch:
+    """
+    When something started and ended, in wall and CPU seconds.
+    """
+
+    def __init__(self) -> None:
+        self.wall0 = self.cpu0 = self.wall1 = self.cpu1 = 0.0
+
+    def start(self) -> None:
+        self.wall0 = time.perf_counter()
+        self.cpu0 = cpu_seconds()
+
+    def stop(self) -> None:
+        self.wall1 = time.perf_counter()
+        self.cpu1 = cpu_seconds()
+
+    def fields(self, count: int) -> dict:
+        """
+        The figures for C{count} messages.
+        """
+        wall = max(self.wall1 - self.wall0, 1e-9)
+        return {
+            "count": count,
+            "seconds": wall,
+            "rate": count / wall,
+            "cpu": self.cpu1 - self.cpu0,
+            "cpu_per_million": (self.cpu1 - self.cpu0) / max(count, 1) * 1e6,
+        }
+
+
+def quiet_twisted_logs() -> None:
+    """
+    Send Twisted's warnings and errors to stderr and drop the rest, so that
+    nothing is buffered waiting for an observer.
+    """
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr),
+        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """
+    The value below which C{fraction} of C{values} lie (nearest rank).
+    """
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = min(len(ordered) - 1, max(0, int(round(fraction * len(ordered) + 0.5)) - 1))
+    return ordered[rank]

@@ -1,0 +1,350 @@
+"""
+The minimal-Twisted baselines: the least a Twisted program can do for each
+benchmark, and so the ceiling for relaymesh on this stack.
+
+Every line is decoded with the JSON codec relaymesh uses (C{--codec} picks
+another); nothing is validated, deduplicated or authenticated except where
+the role says so. Roles mirror C{node.py}:
+
+  - C{sink}: a C{LineOnlyReceiver} that decodes each line and counts it;
+  - C{source}: builds each message as a dict, encodes it and writes it,
+    pausing while the transport's buffer is full;
+  - C{echo} / C{prober}: decode each line; answer or time C{delegate_task};
+  - C{broadcast}: encode each message once and write it to every peer;
+  - C{hold}: accept connections and decode their lines (memory);
+  - C{hmac}: the relay handshake (challenge, HMAC-SHA256 proof, ack) with
+    keys in memory, then nothing;
+  - C{middle}: dial a sink, accept a source, decode each line from the
+    source and write it to the sink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import os
+import time
+
+import benchlib
+from benchlib import DATA_TYPE, EPOCH_MS, KEY, PROBE_TYPE, Stopwatch, report
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ClientFactory, Factory
+from twisted.protocols.basic import LineOnlyReceiver
+from zope.interface import implementer
+
+CODEC_NAME = None
+loads = dumps = None
+
+
+class Lines(LineOnlyReceiver):
+    """
+    A line receiver with the relay protocol's framing.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1024 * 1024
+
+
+@implementer(IPushProducer)
+class Writer(Lines):
+    """
+    A line receiver that knows whether its transport's buffer is full.
+    """
+
+    writable = True
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        self.waiters: list[Deferred] = []
+        self.factory.connected(self)
+
+    def pauseProducing(self) -> None:
+        self.writable = False
+
+    def resumeProducing(self) -> None:
+        self.writable = True
+        waiters, self.waiters = self.waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def whenWritable(self) -> Deferred:
+        d = Deferred()
+        if self.writable:
+            d.callback(None)
+        else:
+            self.waiters.append(d)
+        return d
+
+    def connectionLost(self, reason=None) -> None:
+        self.factory.lost(self)
+
+
+def message(i: int, msg_type: str, payload, peer_id: str, tag: str) -> bytes:
+    """
+    One message, built and encoded the plain way.
+    """
+    return dumps(
+        {
+            "id": f"msg_{EPOCH_MS}_{i}_{tag}",
+            "msg_type": msg_type,
+            "from_peer": peer_id,
+            "timestamp": int(time.time() * 1000),
+            "payload": payload,
+        }
+    )
+
+
+def pump(protocols, send, count: int, batch: int, done) -> None:
+    remaining = [count]
+
+    def more(_=None) -> None:
+        while remaining[0] > 0:
+            for protocol in protocols:
+                if not protocol.writable:
+                    protocol.whenWritable().addCallback(more)
+                    return
+            n = min(batch, remaining[0])
+            for _ in range(n):
+                send()
+            remaining[0] -= n
+        done()
+
+    more()
+
+
+def stop_soon() -> None:
+    if reactor.running:
+        reactor.callLater(0, reactor.stop)
+
+
+def listen(factory) -> int:
+    return reactor.listenTCP(0, factory, backlog=4096, interface="127.0.0.1").getHost().port
+
+
+# -- roles -------------------------------------------------------------------
+
+
+def sink(options) -> None:
+    watch = Stopwatch()
+    expect = options.expect
+    seen = [0]
+
+    class Sink(Lines):
+        def lineReceived(self, line: bytes) -> None:
+            loads(line)
+            seen[0] += 1
+            if seen[0] == 1:
+                watch.start()
+            elif seen[0] == expect:
+                watch.stop()
+                report("RESULT", codec=CODEC_NAME, **watch.fields(expect - 1))
+                stop_soon()
+
+    report("READY", port=listen(Factory.forProtocol(Sink)))
+
+
+class _Client(ClientFactory):
+    protocol = Writer
+
+    def __init__(self, connected, lost) -> None:
+        self.connected = connected
+        self._lost = lost
+
+    def lost(self, protocol) -> None:
+        self._lost()
+
+    def clientConnectionFailed(self, connector, reason) -> None:
+        self._lost()
+
+
+def source(options) -> None:
+    payload = benchlib.payload_for(options.size)
+    tag = os.urandom(8).hex()
+    watch = Stopwatch()
+    counter = iter(range(options.count))
+
+    def connected(protocol) -> None:
+        write = protocol.transport.write
+
+        def send() -> None:
+            write(message(next(counter), DATA_TYPE, payload, benchlib.SOURCE_ID, tag) + b"\n")
+
+        watch.start()
+        pump([protocol], send, options.count, options.batch, lambda: None)
+
+    def lost() -> None:
+        watch.stop()
+        report("RESULT", **watch.fields(options.count))
+        stop_soon()
+
+    reactor.connectTCP("127.0.0.1", options.port, _Client(connected, lost))
+
+
+def echo(options) -> None:
+    class Echo(Lines):
+        def lineReceived(self, line: bytes) -> None:
+            obj = loads(line)
+            if obj["msg_type"] == PROBE_TYPE:
+                reply = message(0, "ack", {"ack_id": obj["id"]}, benchlib.SINK_ID, "echo")
+                self.transport.write(reply + b"\n")
+
+    report("READY", port=listen(Factory.forProtocol(Echo)))
+
+
+def prober(options) -> None:
+    payload = benchlib.payload_for(options.size, PROBE_TYPE)
+    rtts: list[float] = []
+    total = options.count + options.warmup
+
+    class Prober(Writer):
+        def connectionMade(self) -> None:
+            self.probe()
+
+        def probe(self) -> None:
+            self.sent_at = time.perf_counter()
+            self.transport.write(
+                message(len(rtts), PROBE_TYPE, payload, benchlib.SOURCE_ID, "probe") + b"\n"
+            )
+
+        def lineReceived(self, line: bytes) -> None:
+            loads(line)
+            rtts.append(time.perf_counter() - self.sent_at)
+            if len(rtts) < total:
+                reactor.callLater(options.gap, self.probe)
+            else:
+                measured = rtts[options.warmup :]
+                report(
+                    "RESULT",
+                    count=len(measured),
+                    p50=benchlib.percentile(measured, 0.50),
+                    p99=benchlib.percentile(measured, 0.99),
+                    max=max(measured),
+                )
+                stop_soon()
+
+    factory = _Client(None, stop_soon)
+    factory.protocol = Prober
+    reactor.connectTCP("127.0.0.1", options.port, factory)
+
+
+def broadcast(options) -> None:
+    payload = benchlib.payload_for(options.size, peer_id=benchlib.SINK_ID)
+    watch = Stopwatch()
+    peers: list = []
+    counter = iter(range(options.count))
+
+    def finished() -> None:
+        watch.stop()
+        report("RESULT", **watch.fields(options.count))
+
+    def send() -> None:
+        line = message(next(counter), DATA_TYPE, payload, benchlib.SINK_ID, "bcast") + b"\n"
+        for protocol in peers:
+            protocol.transport.write(line)
+
+    class Peers(Factory):
+        protocol = Writer
+
+        def connected(self, protocol) -> None:
+            peers.append(protocol)
+            if len(peers) == options.peers:
+                watch.start()
+                pump(peers, send, options.count, options.batch, finished)
+
+        def lost(self, protocol) -> None:
+            pass
+
+    report("READY", port=listen(Peers()))
+
+
+def hold(options) -> None:
+    class Hold(Lines):
+        def lineReceived(self, line: bytes) -> None:
+            loads(line)
+
+    report("READY", port=listen(Factory.forProtocol(Hold)))
+
+
+def hmac_acceptor(options) -> None:
+    class Acceptor(Lines):
+        def connectionMade(self) -> None:
+            self.nonce = os.urandom(32).hex()
+            self.transport.write(message(0, "challenge", {"nonce": self.nonce}, "", "hs") + b"\n")
+
+        def lineReceived(self, line: bytes) -> None:
+            if self.nonce is None:
+                return
+            obj = loads(line)
+            expected = benchlib.proof(KEY, self.nonce)
+            ok = hmac.compare_digest(expected, obj["payload"]["proof"])
+            self.nonce = None
+            status = "ok" if ok else "denied"
+            self.transport.write(
+                message(1, "handshake_ack", {"status": status}, benchlib.SINK_ID, "hs") + b"\n"
+            )
+
+    report("READY", port=listen(Factory.forProtocol(Acceptor)))
+
+
+def middle(options) -> None:
+    class Forward(Lines):
+        def lineReceived(self, line: bytes) -> None:
+            loads(line)
+            self.factory.sink.transport.write(line + b"\n")
+
+    def connected(protocol) -> None:
+        factory = Factory.forProtocol(Forward)
+        factory.sink = protocol
+        report("READY", port=listen(factory))
+
+    reactor.connectTCP("127.0.0.1", options.port, _Client(connected, stop_soon))
+
+
+ROLES = {
+    "sink": sink,
+    "source": source,
+    "echo": echo,
+    "prober": prober,
+    "broadcast": broadcast,
+    "hold": hold,
+    "hmac": hmac_acceptor,
+    "middle": middle,
+}
+
+
+def main() -> None:
+    global CODEC_NAME, loads, dumps
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("role", choices=sorted(ROLES))
+    parser.add_argument("--codec", choices=("orjson", "json"))
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--expect", type=int, default=0)
+    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--peers", type=int, default=1)
+    parser.add_argument("--gap", type=float, default=0.001)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    options = parser.parse_args()
+    CODEC_NAME, loads, dumps = benchlib.codec(options.codec)
+    benchlib.raise_fd_limit()
+    benchlib.quiet_twisted_logs()
+
+    def expired() -> None:
+        report("RESULT", error=f"timed out after {options.timeout:g} s")
+        stop_soon()
+
+    reactor.callLater(options.timeout, expired)
+    reactor.callWhenRunning(ROLES[options.role], options)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,390 @@
+"""
+relaymesh nodes for the benchmarks, one role per process.
+
+Each node is built from relaymesh's public pieces (L{Mesh},
+L{RelayServerFactory}, L{RelayClientFactory}, or a whole L{RelayService}
+with a L{KeyStore} in a temporary directory) on the real reactor, listening
+on 127.0.0.1. Roles:
+
+  - C{sink}: accept peers, count the C{task_status} messages delivered to a
+    subscriber, report the rate once C{--expect} have arrived;
+  - C{source}: dial a sink and send C{--count} messages with C{Mesh.send}
+    (in batches, pausing while the connection's send buffer is full);
+  - C{echo}: accept peers, answer every C{delegate_task} with an C{ack};
+  - C{prober}: dial an echo node and time C{--count} round trips;
+  - C{broadcast}: accept C{--peers} peers, then C{Mesh.broadcast}
+    C{--count} messages;
+  - C{hold}: accept peers and do nothing else (memory, handshakes);
+    C{--service} builds a whole L{RelayService} on a L{KeyStore};
+  - C{middle}: dial a sink, accept a source, and route between them
+    (C{--routing} on the sink and the source too: the source then sends to
+    the sink, which is not its peer, through the middle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import shutil
+import tempfile
+import time
+
+import benchlib
+from benchlib import DATA_TYPE, KEY, PROBE_TYPE, SINK_ID, SOURCE_ID, Stopwatch, report
+
+from twisted.internet import reactor
+
+from relaymesh.address import PeerAddress
+from relaymesh.factory import RelayClientFactory, RelayServerFactory
+from relaymesh.keystore import KeyStore
+from relaymesh.mesh import Mesh
+
+
+class BenchKeys(KeyStore):
+    """
+    A key store in a temporary directory that holds the bench key for
+    every peer id, without a key file for each (thousands of bench peers).
+    """
+
+    def __init__(self, identity: str) -> None:
+        KeyStore.__init__(self, os.path.join(temporary_directory(), "relay"))
+        self.set_identity(identity)
+
+    def key(self, peer_id):
+        stored = KeyStore.key(self, peer_id)
+        return KEY if stored is None else stored
+
+
+def temporary_directory() -> str:
+    """
+    A directory that is removed when the process exits.
+    """
+    path = tempfile.mkdtemp(prefix="relaymesh-bench-")
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+MIDDLE_ID = "bench-middle"
+
+
+def make_mesh(identity: str, routing: bool = False) -> Mesh:
+    """
+    A mesh for a benchmark node: no heartbeats during a run, no peer limit;
+    with C{routing}, a router too.
+    """
+    mesh = Mesh(identity, reactor, heartbeat_interval=3600.0, max_peers=1_000_000)
+    if routing:
+        try:
+            from relaymesh.router import Router
+
+            mesh.enable_routing(Router(mesh))
+        except (ImportError, AttributeError) as e:
+            report("RESULT", error=f"routing is not available: {e}")
+            stop_soon()
+        mesh.start()
+    return mesh
+
+
+class Server(RelayServerFactory):
+    """
+    The acceptor factory, keeping the protocols it built.
+    """
+
+    def __init__(self, mesh: Mesh) -> None:
+        RelayServerFactory.__init__(self, mesh, BenchKeys(mesh.identity))
+        self.protocols: list = []
+
+    def buildProtocol(self, addr):
+        protocol = RelayServerFactory.buildProtocol(self, addr)
+        if protocol is not None:
+            self.protocols.append(protocol)
+        return protocol
+
+
+def listen(mesh: Mesh) -> tuple[Server, int]:
+    """
+    Accept peers on a free port of 127.0.0.1.
+    """
+    factory = Server(mesh)
+    port = reactor.listenTCP(0, factory, backlog=4096, interface="127.0.0.1")
+    return factory, port.getHost().port
+
+
+class Dialer(RelayClientFactory):
+    """
+    Dials one benchmark node once: reports the authenticated protocol, and
+    stops when the connection ends.
+    """
+
+    def __init__(self, mesh: Mesh, port: int, peer_id: str, connected, lost) -> None:
+        RelayClientFactory.__init__(
+            self, mesh, BenchKeys(mesh.identity), PeerAddress(peer_id, "127.0.0.1", port), reactor
+        )
+        self._connected = connected
+        self._lost = lost
+
+    def handshakeSucceeded(self, protocol) -> None:
+        RelayClientFactory.handshakeSucceeded(self, protocol)
+        # the mesh registers the connection right after this returns
+        reactor.callLater(0, self._connected, protocol)
+
+    def clientConnectionLost(self, connector, reason) -> None:
+        self.stopTrying()
+        self._lost()
+
+    def clientConnectionFailed(self, connector, reason) -> None:
+        self.stopTrying()
+        self._lost()
+
+
+def dial(mesh: Mesh, port: int, peer_id: str, connected, lost) -> Dialer:
+    factory = Dialer(mesh, port, peer_id, connected, lost)
+    reactor.connectTCP("127.0.0.1", port, factory)
+    return factory
+
+
+def stop_soon() -> None:
+    if reactor.running:
+        reactor.callLater(0, reactor.stop)
+
+
+def deadline(seconds: float) -> None:
+    """
+    Give up (and say so) if the run takes longer than C{seconds}.
+    """
+
+    def expired() -> None:
+        report("RESULT", error=f"timed out after {seconds:g} s")
+        stop_soon()
+
+    reactor.callLater(seconds, expired)
+
+
+def pump(mesh: Mesh, protocols, send, count: int, batch: int, done) -> None:
+    """
+    Call C{send()} C{count} times in batches of C{batch} (one L{Mesh.batch}
+    each), waiting whenever a connection's send buffer is full.
+    """
+    remaining = [count]
+
+    def more(_=None) -> None:
+        while remaining[0] > 0:
+            for protocol in protocols:
+                if not protocol.writable:
+                    protocol.whenWritable().addCallback(more)
+                    return
+            n = min(batch, remaining[0])
+            with mesh.batch():
+                for _ in range(n):
+                    send()
+            remaining[0] -= n
+        done()
+
+    more()
+
+
+# -- roles -------------------------------------------------------------------
+
+
+def sink(options) -> None:
+    mesh = make_mesh(SINK_ID, options.routing)
+    watch = Stopwatch()
+    expect = options.expect
+    seen = [0]
+
+    def count(peer_id, message) -> None:
+        seen[0] += 1
+        if seen[0] == 1:
+            watch.start()
+        elif seen[0] == expect:
+            watch.stop()
+            report("RESULT", **watch.fields(expect - 1))
+            stop_soon()
+
+    mesh.subscribe(count, DATA_TYPE)
+    _, port = listen(mesh)
+    report("READY", port=port)
+
+
+def source(options) -> None:
+    mesh = make_mesh(SOURCE_ID, options.routing)
+    payload = benchlib.payload_for(options.size)
+    watch = Stopwatch()
+    send = mesh.send
+    peer = MIDDLE_ID if options.routing else SINK_ID
+
+    def connected(protocol, waited: float = 0.0) -> None:
+        if options.routing and mesh.router.route(SINK_ID) is None:
+            if waited > 10:
+                report("RESULT", error="no route to the sink within 10 s")
+                stop_soon()
+            else:
+                reactor.callLater(0.05, connected, protocol, waited + 0.05)
+            return
+        started.append(True)
+        watch.start()
+        pump(
+            mesh,
+            [protocol],
+            lambda: send(SINK_ID, DATA_TYPE, payload),
+            options.count,
+            options.batch,
+            lambda: None,
+        )
+
+    def lost() -> None:
+        watch.stop()
+        if started:
+            report("RESULT", **watch.fields(options.count))
+        else:
+            report("RESULT", error="the connection ended before the handshake finished")
+        stop_soon()
+
+    started: list = []
+    dial(mesh, options.port, peer, connected, lost)
+
+
+def echo(options) -> None:
+    mesh = make_mesh(SINK_ID)
+
+    def answer(peer_id, message) -> None:
+        mesh.send(peer_id, "ack", {"ack_id": message.id})
+
+    mesh.subscribe(answer, PROBE_TYPE)
+    _, port = listen(mesh)
+    report("READY", port=port)
+
+
+def prober(options) -> None:
+    mesh = make_mesh(SOURCE_ID)
+    payload = benchlib.payload_for(options.size, PROBE_TYPE)
+    rtts: list[float] = []
+    sent_at = [0.0]
+    total = options.count + options.warmup
+
+    def probe() -> None:
+        sent_at[0] = time.perf_counter()
+        mesh.send(SINK_ID, PROBE_TYPE, payload)
+
+    def acked(peer_id, message) -> None:
+        rtts.append(time.perf_counter() - sent_at[0])
+        if len(rtts) < total:
+            reactor.callLater(options.gap, probe)
+        else:
+            measured = rtts[options.warmup :]
+            report(
+                "RESULT",
+                count=len(measured),
+                p50=benchlib.percentile(measured, 0.50),
+                p99=benchlib.percentile(measured, 0.99),
+                max=max(measured),
+            )
+            stop_soon()
+
+    mesh.subscribe(acked, "ack")
+    dial(mesh, options.port, SINK_ID, lambda protocol: probe(), stop_soon)
+
+
+def broadcast(options) -> None:
+    mesh = make_mesh(SINK_ID)
+    payload = benchlib.payload_for(options.size, peer_id=SINK_ID)
+    factory, port = listen(mesh)
+    watch = Stopwatch()
+
+    def finished() -> None:
+        watch.stop()
+        report("RESULT", **watch.fields(options.count))
+
+    def event(peer_event) -> None:
+        if peer_event.kind == "connected" and mesh.connected_count() == options.peers:
+            watch.start()
+            protocols = [p for p in factory.protocols if p.peer_id is not None]
+            pump(
+                mesh,
+                protocols,
+                lambda: mesh.broadcast(DATA_TYPE, payload),
+                options.count,
+                options.batch,
+                finished,
+            )
+
+    mesh.watch_peers(event)
+    report("READY", port=port)
+
+
+def hold(options) -> None:
+    if options.service:
+        from relaymesh.service import RelayService
+
+        keystore = KeyStore(os.path.join(temporary_directory(), "relay"))
+        keystore.set_identity(SINK_ID)
+        for i in range(options.keys):
+            keystore.set_key(f"bench-hs-{i}", KEY)
+        node = RelayService(
+            keystore,
+            listen="tcp:0:interface=127.0.0.1",
+            heartbeat_interval=3600.0,
+            max_peers=1_000_000,
+            reactor=reactor,
+        )
+        node.startService()
+
+        def listening(port) -> None:
+            report("READY", port=port.getHost().port)
+
+        node.listener.listening.addCallback(listening)
+        return
+    mesh = make_mesh(SINK_ID)
+    factory, port = listen(mesh)
+    for i in range(options.keys):
+        factory.keys.set_key(f"bench-hs-{i}", KEY)  # read from its file, as in a real node
+    report("READY", port=port)
+
+
+def middle(options) -> None:
+    mesh = make_mesh(MIDDLE_ID, routing=True)
+
+    def connected(protocol) -> None:
+        _, port = listen(mesh)
+        report("READY", port=port)
+
+    dial(mesh, options.port, SINK_ID, connected, stop_soon)
+
+
+ROLES = {
+    "sink": sink,
+    "source": source,
+    "echo": echo,
+    "prober": prober,
+    "broadcast": broadcast,
+    "hold": hold,
+    "middle": middle,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("role", choices=sorted(ROLES))
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--expect", type=int, default=0)
+    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--peers", type=int, default=1)
+    parser.add_argument("--gap", type=float, default=0.001)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--keys", type=int, default=16)
+    parser.add_argument("--service", action="store_true")
+    parser.add_argument("--routing", action="store_true")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    options = parser.parse_args()
+    benchlib.raise_fd_limit()
+    benchlib.quiet_twisted_logs()
+    deadline(options.timeout)
+    reactor.callWhenRunning(ROLES[options.role], options)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+"""
+Raw-socket baselines and load generators: plain Python sockets, no Twisted,
+no JSON on the hot path.
+
+Baselines (the transport limit):
+
+  - C{sink}: accept connections, count newlines;
+  - C{echo}: answer every C{delegate_task} line with a prepared C{ack};
+  - C{fanout-send}: accept C{--peers} connections, send each the same lines;
+  - C{hmac}: the relay handshake with keys in memory (selectors loop);
+  - C{hold}: accept connections, read and drop what they send;
+  - C{middle}: connect to a sink, accept one source, copy its bytes over.
+
+Load generators (used against relaymesh and the baselines alike; with
+C{--handshake} each connection first authenticates as claudectl would):
+
+  - C{source}: send C{--count} prepared lines over C{--conns} connections,
+    as fast as the receiver takes them or paced at C{--rate} per second;
+  - C{prober}: time C{--count} round trips of a probe and its answer;
+  - C{fanout-recv}: C{--peers} connections, each counting C{--expect} lines;
+  - C{hammer}: C{--conns} concurrent connectors doing handshakes in a loop
+    for C{--duration} seconds;
+  - C{idle}: connect idle peers in steps (C{--steps 1,10,100,1000}), each
+    sending C{--heartbeats} heartbeats, pausing after each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import socket
+import struct
+import sys
+import time
+
+import benchlib
+from benchlib import PROBE_TYPE, SOURCE_ID, Stopwatch, report
+
+LINGER_RESET = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT pile-up
+
+
+def deadline_passed(start: float, timeout: float) -> bool:
+    return time.monotonic() - start > timeout
+
+
+def accept_all(server: socket.socket, count: int) -> list[socket.socket]:
+    peers = []
+    while len(peers) < count:
+        sock, _ = server.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peers.append(sock)
+    return peers
+
+
+def open_peers(options, count: int, prefix: str) -> list[tuple[socket.socket, bytearray]]:
+    """
+    C{count} connections to C{--port}, authenticated if C{--handshake}.
+    """
+    peers = []
+    for i in range(count):
+        sock = benchlib.connect(options.port)
+        rest = bytearray()
+        if options.handshake:
+            rest = benchlib.raw_handshake(sock, f"{prefix}-{i}")
+        peers.append((sock, rest))
+    return peers
+
+
+# -- baselines ---------------------------------------------------------------
+
+
+def sink(options) -> None:
+    server = benchlib.listener()
+    report("READY", port=server.getsockname()[1])
+    peers = accept_all(server, options.conns)
+    sel = selectors.DefaultSelector()
+    for sock in peers:
+        sel.register(sock, selectors.EVENT_READ)
+    buffer = bytearray(1 << 20)
+    seen = 0
+    watch = Stopwatch()
+    while seen < options.expect:
+        for key, _ in sel.select(timeout=options.timeout):
+            n = key.fileobj.recv_into(buffer)
+            if not n:
+                sel.unregister(key.fileobj)
+                continue
+            if not seen:
+                watch.start()
+            seen += buffer.count(b"\n", 0, n)
+        if not sel.get_map():
+            break
+    watch.stop()
+    report("RESULT", **watch.fields(seen))
+
+
+def echo(options) -> None:
+    server = benchlib.listener()
+    server.setblocking(False)
+    report("READY", port=server.getsockname()[1])
+    ack = (
+        b'{"id":"msg_1_0_echo","msg_type":"ack","from_peer":"bench-sink",'
+        b'"timestamp":1,"payload":{"ack_id":"x"}}\n'
+    )
+    marker = b'"msg_type":"' + PROBE_TYPE.encode() + b'"'
+    sel = selectors.DefaultSelector()
+    sel.register(server, selectors.EVENT_READ)
+    tails: dict = {}
+    while True:
+        for key, _ in sel.select():
+            sock = key.fileobj
+            if sock is server:
+                peer, _ = server.accept()
+                peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sel.register(peer, selectors.EVENT_READ)
+                tails[peer] = b""
+                continue
+            data = sock.recv(1 << 20)
+            if not data:
+                sel.unregister(sock)
+                sock.close()
+                continue
+            # a marker may straddle two reads: keep fewer bytes than one
+            text = tails[sock] + data
+            probes = text.count(marker)
+            tails[sock] = text[-len(marker) + 1 :]
+            if probes:
+                sock.sendall(ack * probes)
+
+
+def fanout_send(options) -> None:
+    server = benchlib.listener()
+    report("READY", port=server.getsockname()[1])
+    peers = accept_all(server, options.peers)
+    block = benchlib.encoded_lines(options.count, options.size, benchlib.SINK_ID)
+    watch = Stopwatch()
+    watch.start()
+    view = memoryview(block)
+    for offset in range(0, len(block), 65536):
+        piece = view[offset : offset + 65536]
+        for sock in peers:
+            sock.sendall(piece)
+    watch.stop()
+    report("RESULT", **watch.fields(options.count))
+    time.sleep(options.linger)
+
+
+def hmac_acceptor(options) -> None:
+    server = benchlib.listener()
+    server.setblocking(False)
+    report("READY", port=server.getsockname()[1])
+    sel = selectors.DefaultSelector()
+    sel.register(server, selectors.EVENT_READ)
+    state: dict = {}
+    while True:
+        for key, _ in sel.select():
+            sock = key.fileobj
+            if sock is server:
+                try:
+                    peer, _ = server.accept()
+                except BlockingIOError:
+                    continue
+                nonce = os.urandom(32).hex()
+                peer.send(
+                    b'{"id":"msg_1_0_hs","msg_type":"challenge","from_peer":"","timestamp":1,'
+                    b'"payload":{"nonce":"%s"}}\n' % nonce.encode()
+                )
+                state[peer] = [nonce, b""]
+                sel.register(peer, selectors.EVENT_READ)
+                continue
+            try:
+                data = sock.recv(65536)
+            except ConnectionError:
+                data = b""
+            entry = state.get(sock)
+            if not data or entry is None:
+                sel.unregister(sock)
+                state.pop(sock, None)
+                sock.close()
+                continue
+            entry[1] += data
+            if entry[0] and b"\n" in entry[1]:
+                line = entry[1].split(b"\n", 1)[0]
+                at = line.find(b'"proof":"') + 9
+                ok = benchlib.proof(benchlib.KEY, entry[0]).encode() == line[at : at + 64]
+                entry[0] = None
+                sock.send(
+                    b'{"id":"msg_1_1_hs","msg_type":"handshake_ack","from_peer":"bench-sink",'
+                    b'"timestamp":1,"payload":{"status":"%s"}}\n' % (b"ok" if ok else b"denied")
+                )
+
+
+def hold(options) -> None:
+    server = benchlib.listener()
+    server.setblocking(False)
+    report("READY", port=server.getsockname()[1])
+    sel = selectors.DefaultSelector()
+    sel.register(server, selectors.EVENT_READ)
+    while True:
+        for key, _ in sel.select():
+            sock = key.fileobj
+            if sock is server:
+                try:
+                    peer, _ = server.accept()
+                except BlockingIOError:
+                    continue
+                sel.register(peer, selectors.EVENT_READ)
+                continue
+            if not sock.recv(1 << 16):
+                sel.unregister(sock)
+                sock.close()
+
+
+def middle(options) -> None:
+    sink = benchlib.connect(options.port)
+    server = benchlib.listener()
+    report("READY", port=server.getsockname()[1])
+    source, _ = server.accept()
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    while True:
+        n = source.recv_into(buffer)
+        if not n:
+            break
+        sink.sendall(view[:n])
+
+
+# -- load generators ---------------------------------------------------------
+
+
+def source(options) -> None:
+    conns = options.conns
+    peers = open_peers(options, conns, "bench-src")
+    share = [options.count // conns + (1 if i < options.count % conns else 0) for i in range(conns)]
+    blocks = [
+        memoryview(benchlib.encoded_lines(n, options.size, f"bench-src-{i}" if options.handshake else SOURCE_ID))
+        for i, n in enumerate(share)
+    ]
+    report("READY")
+    watch = Stopwatch()
+    watch.start()
+    if options.rate:
+        paced(options, peers[0][0], blocks[0])
+    else:
+        chunk = 1 << 18 if conns == 1 else max(4096, (1 << 20) // conns)
+        offsets = [0] * conns
+        active = list(range(conns))
+        while active:
+            for i in list(active):
+                block = blocks[i]
+                piece = block[offsets[i] : offsets[i] + chunk]
+                peers[i][0].sendall(piece)
+                offsets[i] += len(piece)
+                if offsets[i] >= len(block):
+                    active.remove(i)
+    watch.stop()
+    report("RESULT", **watch.fields(options.count))
+    time.sleep(options.linger)
+
+
+def paced(options, sock: socket.socket, block: memoryview) -> None:
+    """
+    Send lines at C{--rate} per second until C{--duration} passes, cycling
+    through the prepared block (its ids repeat only after many thousands
+    of lines, far outside any duplicate window).
+    """
+    data = bytes(block)
+    line_size = data.index(b"\n") + 1
+    per_tick = max(1, int(options.rate / 1000))
+    start = time.perf_counter()
+    sent = 0
+    offset = 0
+    while True:
+        now = time.perf_counter() - start
+        if now >= options.duration:
+            break
+        due = int(now * options.rate) - sent
+        if due > 0:
+            due = min(due, per_tick * 10)
+            size = due * line_size
+            if offset + size > len(data):
+                offset = 0
+            # whole lines only: prepared lines all have the same length
+            sock.sendall(data[offset : offset + size])
+            offset += size
+            sent += due
+        time.sleep(0.0005)
+
+
+def prober(options) -> None:
+    sock = benchlib.connect(options.port)
+    block = benchlib.encoded_lines(options.count + options.warmup, options.size, msg_type=PROBE_TYPE)
+    lines = block.split(b"\n")[:-1]
+    report("READY")
+    rtts = []
+    for line in lines:
+        start = time.perf_counter()
+        sock.sendall(line + b"\n")
+        while not sock.recv(65536).endswith(b"\n"):
+            pass
+        rtts.append(time.perf_counter() - start)
+        time.sleep(options.gap)
+    measured = rtts[options.warmup :]
+    report(
+        "RESULT",
+        count=len(measured),
+        p50=benchlib.percentile(measured, 0.50),
+        p99=benchlib.percentile(measured, 0.99),
+        max=max(measured),
+    )
+
+
+def fanout_recv(options) -> None:
+    peers = open_peers(options, options.peers, "bench-fan")
+    report("READY")
+    sel = selectors.DefaultSelector()
+    counts = {}
+    for sock, rest in peers:
+        sel.register(sock, selectors.EVENT_READ)
+        counts[sock] = bytes(rest).count(b"\n")
+    buffer = bytearray(1 << 20)
+    total = options.expect * options.peers
+    seen = sum(counts.values())
+    watch = Stopwatch()
+    started = False
+    start = time.monotonic()
+    while seen < total and not deadline_passed(start, options.timeout):
+        for key, _ in sel.select(timeout=1.0):
+            n = key.fileobj.recv_into(buffer)
+            if not n:
+                sel.unregister(key.fileobj)
+                continue
+            if not started:
+                watch.start()
+                started = True
+            lines = buffer.count(b"\n", 0, n)
+            counts[key.fileobj] += lines
+            seen += lines
+    watch.stop()
+    report("RESULT", **watch.fields(seen), complete=seen >= total)
+
+
+def hammer(options) -> None:
+    address = ("127.0.0.1", options.port)
+    sel = selectors.DefaultSelector()
+    done = failed = 0
+    report("READY")
+
+    def start(i: int) -> None:
+        sock = socket.socket()
+        # each connector from its own loopback address: acceptors may limit
+        # the handshakes in progress per address
+        sock.bind((f"127.1.0.{i + 1}", 0))
+        sock.setblocking(False)
+        sock.connect_ex(address)
+        sel.register(sock, selectors.EVENT_READ, [i, b"", False])
+
+    def finish(sock: socket.socket) -> None:
+        sel.unregister(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        sock.close()
+
+    for i in range(options.conns):
+        start(i)
+    began = time.perf_counter()
+    cpu0 = benchlib.cpu_seconds()
+    while time.perf_counter() - began < options.duration:
+        for key, _ in sel.select(timeout=0.5):
+            sock = key.fileobj
+            entry = key.data
+            try:
+                data = sock.recv(4096)
+            except ConnectionError:
+                data = b""
+            if not data:
+                failed += 1
+                finish(sock)
+                start(entry[0])
+                continue
+            entry[1] += data
+            if not entry[2]:
+                end = entry[1].find(b"\n")
+                if end < 0:
+                    continue
+                line = entry[1][:end]
+                at = line.find(b'"nonce":"') + 9
+                nonce = line[at : at + 64].decode()
+                entry[1] = entry[1][end + 1 :]
+                entry[2] = True
+                sock.send(benchlib.handshake_line(f"bench-hs-{entry[0]}", nonce))
+            if entry[2] and b"\n" in entry[1]:
+                if b'"status":"ok"' in entry[1]:
+                    done += 1
+                else:
+                    failed += 1
+                finish(sock)
+                start(entry[0])
+    elapsed = time.perf_counter() - began
+    report(
+        "RESULT",
+        count=done,
+        failed=failed,
+        seconds=elapsed,
+        rate=done / elapsed,
+        cpu=benchlib.cpu_seconds() - cpu0,
+    )
+
+
+def idle(options) -> None:
+    steps = [int(s) for s in options.steps.split(",")]
+    peers: list[socket.socket] = []
+    report("READY")
+    for target in steps:
+        while len(peers) < target:
+            i = len(peers)
+            sock = benchlib.connect(options.port)
+            if options.handshake:
+                benchlib.raw_handshake(sock, f"bench-idle-{i}")
+            peer_id = f"bench-idle-{i}"
+            beats = benchlib.encoded_lines(
+                options.heartbeats, 0, peer_id, "heartbeat", payload={}
+            )
+            sock.sendall(beats)
+            peers.append(sock)
+        report("STEP", peers=len(peers))
+        if not sys.stdin.readline():
+            break
+    for sock in peers:
+        sock.close()
+
+
+ROLES = {
+    "sink": sink,
+    "echo": echo,
+    "fanout-send": fanout_send,
+    "hmac": hmac_acceptor,
+    "hold": hold,
+    "middle": middle,
+    "source": source,
+    "prober": prober,
+    "fanout-recv": fanout_recv,
+    "hammer": hammer,
+    "idle": idle,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("role", choices=sorted(ROLES))
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--handshake", action="store_true")
+    parser.add_argument("--expect", type=int, default=0)
+    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--conns", type=int, default=1)
+    parser.add_argument("--peers", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--gap", type=float, default=0.001)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--steps", default="1,10,100,1000")
+    parser.add_argument("--heartbeats", type=int, default=1000)
+    parser.add_argument("--linger", type=float, default=0.0)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    options = parser.parse_args()
+    benchlib.raise_fd_limit()
+    ROLES[options.role](options)
+
+
+if __name__ == "__main__":
+    main()
