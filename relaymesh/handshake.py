@@ -222,8 +222,9 @@ class KeyLookup(Protocol):
     def meta(self, peer_id: str) -> dict:
         """What is recorded about C{peer_id} besides its key."""
 
-    def update_meta(self, peer_id: str, **fields: Any) -> dict:
-        """Record fields about C{peer_id}."""
+    def update_meta(self, peer_id: str, *, sync: bool = True, **fields: Any) -> dict:
+        """Record fields about C{peer_id} (flushed to disk unless C{sync}
+        is false)."""
 
 
 def check_pin(keys: KeyLookup, peer_id: str, fingerprint: str) -> None:

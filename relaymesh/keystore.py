@@ -200,7 +200,7 @@ def _temporary_path(path: str, purpose: str = "tmp") -> str:
     return os.path.join(directory, f".{name}.{secrets.token_hex(8)}.{purpose}")
 
 
-def write_atomically(path: str, data: bytes) -> None:
+def write_atomically(path: str, data: bytes, sync: bool = True) -> None:
     """
     Replace the file at C{path} with C{data}, all at once, mode 0600.
 
@@ -210,6 +210,9 @@ def write_atomically(path: str, data: bytes) -> None:
 
     @param path: the file to write.
     @param data: its new content.
+    @param sync: whether to flush the file and its directory to disk; a
+        reader still never sees a part without it, but a crash may lose
+        the change.
     @raise OSError: if the file cannot be written; C{path} is unchanged.
     """
     temporary = _temporary_path(path)
@@ -220,7 +223,8 @@ def write_atomically(path: str, data: bytes) -> None:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temporary, path)
@@ -230,7 +234,8 @@ def write_atomically(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
-    _fsync_directory(os.path.dirname(path) or ".")
+    if sync:
+        _fsync_directory(os.path.dirname(path) or ".")
 
 
 def _link_or_replace(source: str, target: str) -> None:
@@ -760,24 +765,27 @@ class KeyStore:
             return {}
         return value if isinstance(value, dict) else {}
 
-    def replace_meta(self, peer_id: str, meta: dict) -> None:
+    def replace_meta(self, peer_id: str, meta: dict, sync: bool = True) -> None:
         """
         Write a peer's metadata as given, dropping fields not in C{meta}.
 
         @param peer_id: the peer's id.
         @param meta: the whole metadata object.
+        @param sync: whether to flush it to disk (see L{write_atomically}).
         """
         path = self._meta_path(peer_id)
         self._ensure_peers_directory()
-        write_atomically(path, json.dumps(meta, indent=2, ensure_ascii=False).encode())
+        write_atomically(path, json.dumps(meta, indent=2, ensure_ascii=False).encode(), sync)
 
-    def update_meta(self, peer_id: str, /, **fields) -> dict:
+    def update_meta(self, peer_id: str, /, *, sync: bool = True, **fields) -> dict:
         """
         Set some metadata fields of a peer, keeping the others.
 
         The file is written as indented JSON, like claudectl writes it.
 
         @param peer_id: the peer's id.
+        @param sync: whether to flush the file to disk (L{write_atomically});
+            bookkeeping such as C{last_seen} can do without.
         @param fields: the fields to set, e.g. C{addr="10.0.0.7:9847"},
             C{last_seen=1764180000000} (epoch milliseconds).
         @return: the metadata now stored.
@@ -785,7 +793,7 @@ class KeyStore:
         """
         merged = self.meta(peer_id)
         merged.update(fields)
-        self.replace_meta(peer_id, merged)
+        self.replace_meta(peer_id, merged, sync)
         return merged
 
     # Listing and removal

@@ -469,17 +469,34 @@ def wait_until(
     Fire with the seconds it took once C{predicate()} is true, or with
     L{None} after C{timeout} seconds.
     """
+    return wait_until_each(reactor, [predicate], timeout, interval).addCallback(lambda t: t[0])
+
+
+def wait_until_each(
+    reactor: Any,
+    predicates: list[Callable[[], object]],
+    timeout: float,
+    interval: float = POLL_INTERVAL,
+) -> Deferred[list[float | None]]:
+    """
+    Poll several predicates together, and fire with the seconds each took to
+    first become true (L{None} for one that did not within C{timeout}).
+
+    Checking them at the same instants keeps their times comparable: one
+    that implies another is never timed earlier than it.
+    """
     started = reactor.seconds()
-    done: Deferred[float | None] = Deferred()
+    times: list[float | None] = [None] * len(predicates)
+    done: Deferred[list[float | None]] = Deferred()
 
     def check() -> None:
         now = reactor.seconds()
-        if predicate():
+        for i, predicate in enumerate(predicates):
+            if times[i] is None and predicate():
+                times[i] = now - started
+        if all(t is not None for t in times) or now - started > timeout:
             loop.stop()
-            done.callback(now - started)
-        elif now - started > timeout:
-            loop.stop()
-            done.callback(None)
+            done.callback(times)
 
     loop = task.LoopingCall(check)
     loop.clock = reactor
@@ -901,11 +918,8 @@ def simulate(
         left = reactor.seconds()
         yield mesh.stop_node(leaver)
         stopped = reactor.seconds() - left
-        live, whole = yield defer.gatherResults(
-            [
-                wait_until(reactor, mesh.converged(ignore=[leaver]), timeout),
-                wait_until(reactor, mesh.converged(), timeout),
-            ]
+        live, whole = yield wait_until_each(
+            reactor, [mesh.converged(ignore=[leaver]), mesh.converged()], timeout
         )
         report.leave_live_converged_s = None if live is None else stopped + live
         report.leave_converged_s = None if whole is None else stopped + whole

@@ -126,7 +126,7 @@ class MemoryKeys:
     def peers(self) -> list[str]:
         return sorted(self.keys)
 
-    def update_meta(self, peer_id: str, **fields: Any) -> dict:
+    def update_meta(self, peer_id: str, *, sync: bool = True, **fields: Any) -> dict:
         self.meta_updates.append((peer_id, fields))
         self.metas.setdefault(peer_id, {}).update(fields)
         return self.meta(peer_id)
