@@ -284,3 +284,18 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = min(len(ordered) - 1, max(0, int(round(fraction * len(ordered) + 0.5)) - 1))
     return ordered[rank]
+
+
+def report_round_trips(rtts: list[float], warmup: int) -> None:
+    """
+    Report the round trips measured after the first C{warmup}: count, p50,
+    p99 and the longest.
+    """
+    measured = rtts[warmup:]
+    report(
+        "RESULT",
+        count=len(measured),
+        p50=percentile(measured, 0.50),
+        p99=percentile(measured, 0.99),
+        max=max(measured),
+    )

@@ -218,14 +218,7 @@ def prober(options) -> None:
             if len(rtts) < total:
                 reactor.callLater(options.gap, self.probe)
             else:
-                measured = rtts[options.warmup :]
-                report(
-                    "RESULT",
-                    count=len(measured),
-                    p50=benchlib.percentile(measured, 0.50),
-                    p99=benchlib.percentile(measured, 0.99),
-                    max=max(measured),
-                )
+                benchlib.report_round_trips(rtts, options.warmup)
                 stop_soon()
 
     factory = _Client(None, stop_soon)

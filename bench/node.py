@@ -272,14 +272,7 @@ def prober(options) -> None:
         if len(rtts) < total:
             reactor.callLater(options.gap, probe)
         else:
-            measured = rtts[options.warmup :]
-            report(
-                "RESULT",
-                count=len(measured),
-                p50=benchlib.percentile(measured, 0.50),
-                p99=benchlib.percentile(measured, 0.99),
-                max=max(measured),
-            )
+            benchlib.report_round_trips(rtts, options.warmup)
             stop_soon()
 
     mesh.subscribe(acked, "ack")

@@ -301,14 +301,7 @@ def prober(options) -> None:
             pass
         rtts.append(time.perf_counter() - start)
         time.sleep(options.gap)
-    measured = rtts[options.warmup :]
-    report(
-        "RESULT",
-        count=len(measured),
-        p50=benchlib.percentile(measured, 0.50),
-        p99=benchlib.percentile(measured, 0.99),
-        max=max(measured),
-    )
+    benchlib.report_round_trips(rtts, options.warmup)
 
 
 def fanout_recv(options) -> None:

@@ -349,12 +349,17 @@ class RelayProtocol(LineOnlyReceiver):
     def lineReceived(self, line: bytes) -> None:
         if self.close_reason is not None:
             return
-        if self.reads_fields:
-            self._fieldsLineReceived(line)
-            return
-        self.bytes_in += len(line) + 1
+        size = len(line) + 1
+        self.bytes_in += size
+        fields = None
         try:
-            message = decode(line)
+            if self.reads_fields:
+                # A peer whose messages may carry top-level fields this node
+                # reads (see Mesh.reads_fields): the mesh gets the whole
+                # object. claudectl peers keep the faster plain decode.
+                message, fields = decode_fields(line)
+            else:
+                message = decode(line)
         except WireError as e:
             self._violation(f"unparseable line: {e}")
             return
@@ -363,40 +368,19 @@ class RelayProtocol(LineOnlyReceiver):
         if counts is None:
             counts = self.by_type[message.msg_type] = [0, 0, 0, 0]
         counts[0] += 1
-        counts[1] += len(line) + 1
+        counts[1] += size
         if self.state is _CONNECTED:
             # Nearly every line: _messageReceived's checks, inlined; it runs
             # only to refuse the message and say why.
             if message.from_peer == self.peer_id and message.msg_type not in HANDSHAKE_TYPES:
-                self.mesh.message_received(self, message)
+                if fields is None:
+                    self.mesh.message_received(self, message)
+                else:
+                    self.mesh.fields_received(self, message, fields)
             else:
                 self._messageReceived(message)
         else:
             self._dispatch[self.state](message)
-
-    def _fieldsLineReceived(self, line: bytes) -> None:
-        """
-        What L{lineReceived} does for a peer whose messages may carry top-level fields
-        this node reads (L{relaymesh.mesh.Mesh.reads_fields}): the message
-        goes to the mesh with the whole JSON object. Peers without such
-        capabilities (claudectl) keep the faster path.
-        """
-        self.bytes_in += len(line) + 1
-        try:
-            message, fields = decode_fields(line)
-        except WireError as e:
-            self._violation(f"unparseable line: {e}")
-            return
-        self.msgs_in += 1
-        counts = self.by_type.get(message.msg_type)
-        if counts is None:
-            counts = self.by_type[message.msg_type] = [0, 0, 0, 0]
-        counts[0] += 1
-        counts[1] += len(line) + 1
-        if message.from_peer == self.peer_id and message.msg_type not in HANDSHAKE_TYPES:
-            self.mesh.fields_received(self, message, fields)
-        else:
-            self._messageReceived(message)
 
     def _violation(self, reason: str) -> None:
         if self.state is State.CONNECTED:
