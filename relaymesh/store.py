@@ -355,7 +355,9 @@ class Store:
         def opened(found: int) -> Store:
             if self._state == _NEW:  # not closed meanwhile
                 self._state = _OPEN
-            if found != schema.version:
+            if found == 0:
+                self.log.info("created store {path} (schema {new})", path=self.path, new=schema.version)
+            elif found != schema.version:
                 self.log.info(
                     "store {path} migrated from schema {old} to {new}",
                     path=self.path,
