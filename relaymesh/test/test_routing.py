@@ -35,6 +35,7 @@ from relaymesh.routing import (
     header_from_object,
     originate,
 )
+from relaymesh.simulation import distances
 from relaymesh.wire import RelayMessage, WireError
 
 
@@ -46,15 +47,7 @@ def bfs(edges: set[frozenset[str]], source: str) -> dict[str, int]:
     for a, b in edges:
         adjacent[a].add(b)
         adjacent[b].add(a)
-    distance = {source: 0}
-    queue = collections.deque([source])
-    while queue:
-        node = queue.popleft()
-        for other in adjacent[node]:
-            if other not in distance:
-                distance[other] = distance[node] + 1
-                queue.append(other)
-    return distance
+    return distances(adjacent, source)
 
 
 class Network:
