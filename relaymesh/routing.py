@@ -506,7 +506,9 @@ class RouteHeader:
         """
         The header for the next link: one more hop.
         """
-        return dataclasses.replace(self, hops=self.hops + 1)
+        # Per forwarded message: a plain constructor call costs a fraction of
+        # dataclasses.replace, which showed in the middle node's profile.
+        return RouteHeader(self.origin, self.to, self.hops + 1, self.origin_id)
 
     def to_object(self) -> dict[str, Any]:
         """
