@@ -10,6 +10,7 @@ print C{STEP {json}} and wait for a line on their standard input.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -299,3 +300,27 @@ def report_round_trips(rtts: list[float], warmup: int) -> None:
         p99=percentile(measured, 0.99),
         max=max(measured),
     )
+
+
+def pump(protocols, send, count: int, batch: int, done, batched=contextlib.nullcontext) -> None:
+    """
+    Call C{send()} C{count} times, C{batch} calls at a time (each group
+    inside C{batched()}, e.g. a relaymesh C{Mesh.batch}), waiting whenever
+    one of the C{protocols}' send buffers is full; then C{done()}.
+    """
+    remaining = [count]
+
+    def more(_=None) -> None:
+        while remaining[0] > 0:
+            for protocol in protocols:
+                if not protocol.writable:
+                    protocol.whenWritable().addCallback(more)
+                    return
+            n = min(batch, remaining[0])
+            with batched():
+                for _ in range(n):
+                    send()
+            remaining[0] -= n
+        done()
+
+    more()

@@ -100,24 +100,6 @@ def message(i: int, msg_type: str, payload, peer_id: str, tag: str) -> bytes:
     )
 
 
-def pump(protocols, send, count: int, batch: int, done) -> None:
-    remaining = [count]
-
-    def more(_=None) -> None:
-        while remaining[0] > 0:
-            for protocol in protocols:
-                if not protocol.writable:
-                    protocol.whenWritable().addCallback(more)
-                    return
-            n = min(batch, remaining[0])
-            for _ in range(n):
-                send()
-            remaining[0] -= n
-        done()
-
-    more()
-
-
 def stop_soon() -> None:
     if reactor.running:
         reactor.callLater(0, reactor.stop)
@@ -176,7 +158,7 @@ def source(options) -> None:
             write(message(next(counter), DATA_TYPE, payload, benchlib.SOURCE_ID, tag) + b"\n")
 
         watch.start()
-        pump([protocol], send, options.count, options.batch, lambda: None)
+        benchlib.pump([protocol], send, options.count, options.batch, lambda: None)
 
     def lost() -> None:
         watch.stop()
@@ -248,7 +230,7 @@ def broadcast(options) -> None:
             peers.append(protocol)
             if len(peers) == options.peers:
                 watch.start()
-                pump(peers, send, options.count, options.batch, finished)
+                benchlib.pump(peers, send, options.count, options.batch, finished)
 
         def lost(self, protocol) -> None:
             pass

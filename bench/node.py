@@ -161,29 +161,6 @@ def deadline(seconds: float) -> None:
     reactor.callLater(seconds, expired)
 
 
-def pump(mesh: Mesh, protocols, send, count: int, batch: int, done) -> None:
-    """
-    Call C{send()} C{count} times in batches of C{batch} (one L{Mesh.batch}
-    each), waiting whenever a connection's send buffer is full.
-    """
-    remaining = [count]
-
-    def more(_=None) -> None:
-        while remaining[0] > 0:
-            for protocol in protocols:
-                if not protocol.writable:
-                    protocol.whenWritable().addCallback(more)
-                    return
-            n = min(batch, remaining[0])
-            with mesh.batch():
-                for _ in range(n):
-                    send()
-            remaining[0] -= n
-        done()
-
-    more()
-
-
 # -- roles -------------------------------------------------------------------
 
 
@@ -224,13 +201,13 @@ def source(options) -> None:
             return
         started.append(True)
         watch.start()
-        pump(
-            mesh,
+        benchlib.pump(
             [protocol],
             lambda: send(SINK_ID, DATA_TYPE, payload),
             options.count,
             options.batch,
             lambda: None,
+            batched=mesh.batch,
         )
 
     def lost() -> None:
@@ -293,13 +270,13 @@ def broadcast(options) -> None:
         if peer_event.kind == "connected" and mesh.connected_count() == options.peers:
             watch.start()
             protocols = [p for p in factory.protocols if p.peer_id is not None]
-            pump(
-                mesh,
+            benchlib.pump(
                 protocols,
                 lambda: mesh.broadcast(DATA_TYPE, payload),
                 options.count,
                 options.batch,
                 finished,
+                batched=mesh.batch,
             )
 
     mesh.watch_peers(event)

@@ -324,6 +324,35 @@ class MessageFigures:
     hops_max: int
     seconds: float
 
+    @classmethod
+    def of(
+        cls,
+        kind: str,
+        sent: int,
+        expected: int,
+        delivered: int,
+        duplicates: int,
+        hops: list[int],
+        took: float | None,
+        timeout: float,
+    ) -> MessageFigures:
+        """
+        The figures of a round, derived from what was counted.
+
+        @param took: seconds the round took, or L{None} if it hit C{timeout}.
+        """
+        return cls(
+            kind=kind,
+            sent=sent,
+            expected=expected,
+            delivered=delivered,
+            duplicates=duplicates,
+            delivery_ratio=delivered / expected if expected else 1.0,
+            hops_mean=statistics.fmean(hops) if hops else 0.0,
+            hops_max=max(hops, default=0),
+            seconds=timeout if took is None else took,
+        )
+
     def text(self, name: str) -> str:
         """
         The figures as one line of text for a reader, headed C{name}.
@@ -749,17 +778,8 @@ def broadcast_round(mesh: SimulatedMesh, source: str, tag: str, timeout: float):
     )
     yield task.deferLater(mesh.reactor, DUPLICATE_GRACE, lambda: None)
     delivered, duplicates = mesh.copies(tag, list(mesh.nodes))
-    hops = list(receivers.values())
-    return MessageFigures(
-        kind="broadcast",
-        sent=1,
-        expected=len(receivers),
-        delivered=delivered,
-        duplicates=duplicates,
-        delivery_ratio=delivered / len(receivers) if receivers else 1.0,
-        hops_mean=statistics.fmean(hops) if hops else 0.0,
-        hops_max=max(hops, default=0),
-        seconds=timeout if took is None else took,
+    return MessageFigures.of(
+        "broadcast", 1, len(receivers), delivered, duplicates, list(receivers.values()), took, timeout
     )
 
 
@@ -810,17 +830,8 @@ def routed_round(
     yield task.deferLater(mesh.reactor, DUPLICATE_GRACE, lambda: None)
     delivered = sum(1 for destination, tag in tags if mesh.received[destination, tag])
     duplicates = sum(max(0, mesh.received[destination, tag] - 1) for destination, tag in tags)
-    return MessageFigures(
-        kind="reliable" if reliable else "routed",
-        sent=len(pairs),
-        expected=len(pairs),
-        delivered=delivered,
-        duplicates=duplicates,
-        delivery_ratio=delivered / len(pairs) if pairs else 1.0,
-        hops_mean=statistics.fmean(hops) if hops else 0.0,
-        hops_max=max(hops, default=0),
-        seconds=timeout if took is None else took,
-    )
+    kind = "reliable" if reliable else "routed"
+    return MessageFigures.of(kind, len(pairs), len(pairs), delivered, duplicates, hops, took, timeout)
 
 
 # -- the whole run -------------------------------------------------------------

@@ -110,6 +110,31 @@ class FaultTestCase(TestCase):
         self.addCleanup(proxy.stop)
         return proxy
 
+    def stop_after(
+        self, receiver: RelayService, count: int, victim: RelayService, also=None
+    ) -> defer.Deferred:
+        """
+        Stop C{victim} (after calling C{also()}, if given) as soon as
+        C{receiver}'s application has had C{count} delegate_task messages.
+
+        @return: a Deferred firing with the time the stop began, once the
+            victim has stopped.
+        """
+        stopping: list[defer.Deferred] = []
+        began: list[float] = []
+
+        def check(peer, message):
+            if len(self.received[receiver.mesh.identity]) == count and not stopping:
+                began.append(reactor.seconds())
+                if also is not None:
+                    also()
+                stopping.append(victim.stopService())
+
+        receiver.mesh.subscribe(check, "delegate_task")
+        d = wait_for(lambda: bool(stopping), 10)
+        d.addCallback(lambda _: stopping[0])
+        return d.addCallback(lambda _: began[0])
+
     def assert_exactly_once(self, identity: str, ids: list[str]) -> None:
         counts = self.received[identity]
         self.assertEqual(sorted(counts), sorted(ids), "messages lost or unexpected")
@@ -167,19 +192,11 @@ class RestartTests(FaultTestCase):
         beta = yield self.start("beta", peers=[f"alpha@127.0.0.1:{proxy.port}"])
         yield wait_for(lambda: beta.mesh.is_connected("alpha"), 10)
 
-        stopping: list[defer.Deferred] = []
-
-        def crash_mid_stream(peer, message):
-            if len(self.received["alpha"]) == STREAM // 4 and not stopping:
-                proxy.reset()
-                stopping.append(alpha.stopService())
-
-        alpha.mesh.subscribe(crash_mid_stream, "delegate_task")
+        crashed = self.stop_after(alpha, STREAM // 4, alpha, also=proxy.reset)
         deliveries = [
             beta.mesh.send_reliable("alpha", "delegate_task", {"n": n}) for n in range(STREAM)
         ]
-        yield wait_for(lambda: bool(stopping), 10)
-        yield stopping[0]
+        yield crashed
         stopped_at = reactor.seconds()
         delivered_before = len(self.received["alpha"])
         unacknowledged = len(beta.mesh.reliable.pending())
@@ -307,17 +324,9 @@ class LineTests(FaultTestCase):
         yield wait_for(lambda: n1.router.route("n5") is not None, 10)
         self.assertEqual(n1.peer("n5").hops, 4)
 
-        stopping: list[defer.Deferred] = []
-
-        def kill_mid_stream(peer, message):
-            if len(self.received["n5"]) == 10 and not stopping:
-                stopping.append(nodes["n3"].stopService())
-
-        n5.subscribe(kill_mid_stream, "delegate_task")
+        stopped = self.stop_after(nodes["n5"], 10, nodes["n3"])
         across = [n1.send_reliable("n5", "delegate_task", {"n": n}) for n in range(STREAM // 4)]
-        yield wait_for(lambda: bool(stopping), 10)
-        killed = reactor.seconds()
-        yield stopping[0]
+        killed = yield stopped
         yield wait_for(
             lambda: n1.router.route("n5") is None
             and n1.router.route("n4") is None
@@ -405,17 +414,9 @@ class RingTests(FaultTestCase):
         yield wait_for(lambda: via(n2, "n4") == "n3", 10, what="n2's route to n4 through n3")
         self.assertEqual(n2.router.route("n4").hops, 2)
 
-        stopping: list[defer.Deferred] = []
-
-        def kill_mid_stream(peer, message):
-            if len(self.received["n4"]) == 10 and not stopping:
-                stopping.append(nodes["n3"].stopService())
-
-        n4.subscribe(kill_mid_stream, "delegate_task")
+        stopped = self.stop_after(nodes["n4"], 10, nodes["n3"])
         before = [n2.send_reliable("n4", "delegate_task", {"n": n}) for n in range(STREAM // 4)]
-        yield wait_for(lambda: bool(stopping), 10)
-        killed = reactor.seconds()
-        yield stopping[0]
+        killed = yield stopped
         delivered_at_kill = len(self.received["n4"])
         unacknowledged = len(n2.reliable.pending())
         yield wait_for(
