@@ -76,7 +76,7 @@ def make_mesh(identity: str, routing: bool = False) -> Mesh:
     mesh = Mesh(identity, reactor, heartbeat_interval=3600.0, max_peers=1_000_000)
     if routing:
         try:
-            from relaymesh.router import Router
+            from relaymesh.routing.router import Router
 
             mesh.enable_routing(Router(mesh))
         except (ImportError, AttributeError) as e:

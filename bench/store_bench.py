@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet import defer, task  # noqa: E402
 
-from relaymesh.store import OutboxEntry, open_store  # noqa: E402
+from relaymesh.reliable.store import OutboxEntry, open_store  # noqa: E402
 
 
 def entries(count: int, prefix: str) -> list[OutboxEntry]:

@@ -28,7 +28,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from relaymesh.handshake import VERSION
+from relaymesh.handshake.roles import VERSION
 from relaymesh.peerid import is_valid_peer_id
 
 #: The UDP port announcements go to.

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaymesh.address import PeerAddress
-from relaymesh.handshake import (
+from relaymesh.handshake.roles import (
     LEGACY_FIELD,
     STRONG_FORM,
     AcceptorHandshake,
@@ -25,7 +25,7 @@ from relaymesh.handshake import (
 )
 from relaymesh.keystore import KeyStoreError
 from relaymesh.mesh import Mesh
-from relaymesh.protocol import INBOUND, OUTBOUND, RelayProtocol
+from relaymesh.connection import INBOUND, OUTBOUND, RelayProtocol
 
 #: Handshakes in progress at once; more connections are refused.
 MAX_HANDSHAKES = 16  # claudectl 0.49: 16

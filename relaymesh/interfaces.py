@@ -32,7 +32,7 @@ class IRelayMesh(Interface):
         Send C{payload} as a C{msg_type} message that reaches the peer's
         application exactly once, to a peer that announced C{ack/1}.
 
-        @return: a L{relaymesh.delivery.Delivery}, whose C{accepted()} fires
+        @return: a L{relaymesh.reliable.outbox.Delivery}, whose C{accepted()} fires
             once the message is durable and C{delivered()} once the peer
             acknowledged it.
         @raise relaymesh.mesh.ReliableUnsupported: this node has no outbox,

@@ -70,11 +70,11 @@ from relaymesh.codes import (
     wordlist,
 )
 from relaymesh.factory import CONNECT_TIMEOUT
-from relaymesh.handshake import STRONG_FORM, ConnectorHandshake
+from relaymesh.handshake.roles import STRONG_FORM, ConnectorHandshake
 from relaymesh.keystore import PAIR_CODE_FORM, KeyStore
 from relaymesh.mesh import Mesh
-from relaymesh.pake import InvalidStrongCode, generate_strong_code, normalize_strong_code
-from relaymesh.protocol import HANDSHAKE_TIMEOUT, RelayProtocol
+from relaymesh.handshake.pake import InvalidStrongCode, generate_strong_code, normalize_strong_code
+from relaymesh.connection import HANDSHAKE_TIMEOUT, RelayProtocol
 from relaymesh.tls import NodeCertificate
 
 #: How long an invite's keys stay armed, in seconds.
@@ -705,7 +705,7 @@ def local_node(data_dir: str, identity: str) -> Any | None:
     """
     The control API of the node running on this key store, if one runs.
 
-    The API client (L{relaymesh.apiclient}) finds the node's URL and token
+    The API client (L{relaymesh.control.client}) finds the node's URL and token
     through the data directory; a node is used only if it answers with
     this key store's identity.
 
@@ -714,7 +714,7 @@ def local_node(data_dir: str, identity: str) -> Any | None:
     @return: a C{NodeClient}, or L{None} if no such node answers.
     """
     try:
-        from relaymesh import apiclient
+        from relaymesh.control import client as apiclient
     except ImportError:
         return None
     try:
@@ -760,7 +760,7 @@ def ask_node_to_dial(node: Any, result: JoinResult) -> bool:
     @param result: the pairing.
     @return: whether the node took the request.
     """
-    from relaymesh import apiclient
+    from relaymesh.control import client as apiclient
 
     try:
         node.call("POST", "/api/peers", {"addr": result.peer})

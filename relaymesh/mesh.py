@@ -19,10 +19,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relaymesh.handshake import DEFAULT_CAPABILITIES
+from relaymesh.handshake.roles import DEFAULT_CAPABILITIES
 from relaymesh.interfaces import IRelayMesh
-from relaymesh.protocol import INBOUND, OUTBOUND, RelayProtocol, WriteBatch
-from relaymesh.routing import ROUTE_FIELD
+from relaymesh.connection import INBOUND, OUTBOUND, RelayProtocol, WriteBatch
+from relaymesh.routing.table import ROUTE_FIELD
 from relaymesh.wire import (
     HANDSHAKE_TYPES,
     MESSAGE_TYPES,
@@ -34,15 +34,15 @@ from relaymesh.wire import (
 )
 
 if TYPE_CHECKING:
-    from relaymesh.delivery import Delivery, ReliableDelivery
-    from relaymesh.router import Router
-    from relaymesh.routing import Route
+    from relaymesh.reliable.outbox import Delivery, ReliableDelivery
+    from relaymesh.routing.router import Router
+    from relaymesh.routing.table import Route
 
-#: The top-level field that marks a message as reliable (L{relaymesh.delivery}).
+#: The top-level field that marks a message as reliable (L{relaymesh.reliable.outbox}).
 RELIABLE_FIELD = "reliable"
 
 #: The top-level heartbeat field that carries a route advertisement to a
-#: routing neighbour (L{relaymesh.router}).
+#: routing neighbour (L{relaymesh.routing.router}).
 ADVERTISEMENT_FIELD = "routes"
 
 #: Seconds between heartbeats.
@@ -317,9 +317,9 @@ class Mesh:
     @ivar max_peers: How many connected peers an acceptor admits.
     @ivar writes: The L{WriteBatch} this mesh's connections share (see
         L{batch}).
-    @ivar reliable: The L{relaymesh.delivery.ReliableDelivery} once the node
+    @ivar reliable: The L{relaymesh.reliable.outbox.ReliableDelivery} once the node
         has an outbox (see L{enable_reliable}), else L{None}.
-    @ivar router: The L{relaymesh.router.Router} once the node routes (see
+    @ivar router: The L{relaymesh.routing.router.Router} once the node routes (see
         L{enable_routing}), else L{None}.
     """
 
@@ -767,7 +767,7 @@ class Mesh:
         """
         Send one message to a connected peer, or, on a node that routes, to
         a node reachable through a routing neighbour (see
-        L{relaymesh.router}).
+        L{relaymesh.routing.router}).
 
         @return: the message id.
         @raise UnknownPeer: no peer has that id.
@@ -791,14 +791,14 @@ class Mesh:
         """
         Send one message so that it reaches the peer's application exactly
         once, across lost connections and restarts of either node (see
-        L{relaymesh.delivery}).
+        L{relaymesh.reliable.outbox}).
 
         The message is written once it is in the durable outbox; if the
         peer is not connected now, when it reconnects. On a node that
         routes, a node that is not a peer but reachable gets it through its
         route, acknowledged end to end.
 
-        @return: a L{relaymesh.delivery.Delivery}: its C{accepted()} fires
+        @return: a L{relaymesh.reliable.outbox.Delivery}: its C{accepted()} fires
             with the message id once the message is durable, its
             C{delivered()} once the peer acknowledged it, or fails with
             L{DeliveryTimeout} at the deadline.

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaymesh.address import PeerAddress, parse_peer_address
-from relaymesh.delivery import (
+from relaymesh.reliable.outbox import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_RESEND_AFTER,
     DEFAULT_SCAN_INTERVAL,
@@ -43,10 +43,10 @@ from relaymesh.mesh import (
     Mesh,
     PeerEvent,
 )
-from relaymesh.protocol import OUTBOUND, State, format_address
-from relaymesh.router import Router
-from relaymesh.routing import MAX_HOPS
-from relaymesh.store import STORE_FILE, Store, open_store
+from relaymesh.connection import OUTBOUND, State, format_address
+from relaymesh.routing.router import Router
+from relaymesh.routing.table import MAX_HOPS
+from relaymesh.reliable.store import STORE_FILE, Store, open_store
 from relaymesh.tls import NodeCertificate, TLSError, TLSServerFactory
 
 #: The prefix of a listen description served over TLS with the node's
@@ -166,10 +166,10 @@ class RelayService(MultiService):
     @ivar keystore: The L{KeyStore} with this node's identity and keys.
     @ivar server_factory: The L{RelayServerFactory} behind the listener.
     @ivar listener: The L{ListenerService}, or L{None} when not listening.
-    @ivar api: The L{relaymesh.api.ApiService}, or L{None} without an API.
+    @ivar api: The L{relaymesh.control.api.ApiService}, or L{None} without an API.
     @ivar announcer: The L{relaymesh.discovery.Announcer}, or L{None} when
         the node does not announce itself.
-    @ivar store: The open L{relaymesh.store.Store} of a node with an outbox
+    @ivar store: The open L{relaymesh.reliable.store.Store} of a node with an outbox
         while it runs, else L{None}.
     @ivar shutdown_timeout: Seconds L{stopService} waits for connections to
         close before it aborts them.
@@ -216,7 +216,7 @@ class RelayService(MultiService):
             the global one by default.
         @param jitter: Random spread of reconnection delays, 0 to 1.
         @param api: A Twisted server endpoint string for the control API,
-            dashboard and metrics (L{relaymesh.api}), or L{None} (the
+            dashboard and metrics (L{relaymesh.control.api}), or L{None} (the
             default) for none.
         @param api_token_file: The API token file; C{DATA_DIR/api-token}
             if L{None}.
@@ -230,7 +230,7 @@ class RelayService(MultiService):
         @param tls: This node's certificate, for C{tls:} listeners and
             C{tls:} peers (L{relaymesh.tls.NodeCertificate}).
         @param outbox: Whether the node sends and acknowledges reliable
-            messages (L{relaymesh.delivery}), with its outbox and delivered
+            messages (L{relaymesh.reliable.outbox}), with its outbox and delivered
             ids in C{DATA_DIR/state.sqlite3}; the reactor must then run
             threads. C{twistd relaymesh} turns it on; an embedding
             application asks for it.
@@ -239,7 +239,7 @@ class RelayService(MultiService):
         @param resend_after: Seconds after which an unacknowledged reliable
             message is sent again.
         @param routing: Whether the node routes messages between peers
-            that announce C{route/1} (L{relaymesh.router}). C{twistd
+            that announce C{route/1} (L{relaymesh.routing.router}). C{twistd
             relaymesh} turns it on.
         @param max_hops: The hop limit of routes and routed messages.
         """
@@ -277,7 +277,7 @@ class RelayService(MultiService):
             self.announcer.setServiceParent(self)
         self.api = None
         if api is not None:
-            from relaymesh.api import ApiService
+            from relaymesh.control.api import ApiService
 
             self.api = ApiService(
                 self,

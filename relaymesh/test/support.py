@@ -17,15 +17,15 @@ from twisted.internet.testing import StringTransport, StringTransportWithDisconn
 from twisted.test import iosim
 
 from relaymesh.address import PeerAddress
-from relaymesh.delivery import ReliableDelivery
+from relaymesh.reliable.outbox import ReliableDelivery
 from relaymesh.factory import RelayClientFactory, RelayServerFactory
-from relaymesh.handshake import compute_proof
+from relaymesh.handshake.roles import compute_proof
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey
 from relaymesh.mesh import Mesh
-from relaymesh.protocol import RelayProtocol
-from relaymesh.router import Router
-from relaymesh.routing import MAX_HOPS
-from relaymesh.store import DuplicateMessage, OutboxEntry, StoreClosed
+from relaymesh.connection import RelayProtocol
+from relaymesh.routing.router import Router
+from relaymesh.routing.table import MAX_HOPS
+from relaymesh.reliable.store import DuplicateMessage, OutboxEntry, StoreClosed
 from relaymesh.wire import RelayMessage, decode, encode
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -134,7 +134,7 @@ class MemoryKeys:
 
 class MemoryStore:
     """
-    An in-memory store with the interface of L{relaymesh.store.Store} that
+    An in-memory store with the interface of L{relaymesh.reliable.store.Store} that
     L{ReliableDelivery} uses; every call fires at once.
 
     @ivar outbox: msg_id -> L{OutboxEntry}, in put order.

@@ -1,5 +1,5 @@
 """
-Tests for L{relaymesh.api}: every endpoint and every error status, over real
+Tests for L{relaymesh.control.api}: every endpoint and every error status, over real
 HTTP on 127.0.0.1, against a node whose mesh runs on a memory clock; and the
 event stream's keepalives, filters and slow-client limit on a fake request.
 """
@@ -22,8 +22,9 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, read
 from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyChannel
 
-from relaymesh import api, tap
-from relaymesh.api import (
+from relaymesh import tap
+from relaymesh.control import api
+from relaymesh.control.api import (
     MAX_BODY,
     ApiError,
     ApiService,
@@ -34,12 +35,12 @@ from relaymesh.api import (
     make_site,
     parse_event_types,
 )
-from relaymesh.delivery import ReliableDelivery
+from relaymesh.reliable.outbox import ReliableDelivery
 from relaymesh.keystore import KeyStore
 from relaymesh.mesh import PeerEvent, PeerNotConnected, UnknownPeer, UnsupportedMessageType
 from relaymesh.service import RelayService
 from relaymesh.test import realtime
-from relaymesh.router import ADVERTISE_MIN_INTERVAL, Router
+from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL, Router
 from relaymesh.test.support import EPOCH, MemoryStore, Node, connect, pair_keys
 from relaymesh.wire import RelayMessage, WireError
 

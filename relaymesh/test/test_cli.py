@@ -12,8 +12,9 @@ from io import StringIO
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh import cli
-from relaymesh.cli import COMMANDS, Command, CommandError, format_last_seen, main
+import relaymesh
+from relaymesh.cli import main as cli
+from relaymesh.cli.main import COMMANDS, Command, CommandError, format_last_seen, main
 from relaymesh.codes import parse_pair_code
 from relaymesh.keystore import KeyStore
 
@@ -24,7 +25,7 @@ PAIR_KEY = bytes.fromhex(
 CODE_PATTERN = r"[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}"
 
 #: The directory holding the relaymesh package.
-PROJECT_ROOT = FilePath(cli.__file__).parent().parent().path
+PROJECT_ROOT = FilePath(relaymesh.__file__).parent().parent().path
 
 
 class CommandTestsMixin:

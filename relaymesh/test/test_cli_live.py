@@ -1,5 +1,5 @@
 """
-Tests for L{relaymesh.cli_live} and L{relaymesh.apiclient}: the live
+Tests for L{relaymesh.cli.live} and L{relaymesh.control.client}: the live
 commands against real nodes in this process, over loopback HTTP. Each
 command runs in a thread, as a shell user runs it beside the node.
 """
@@ -14,9 +14,9 @@ from io import StringIO
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaymesh.apiclient import NodeClient, NodeNotRunning, TokenMissing, read_token, resolve_url
-from relaymesh.cli import main
-from relaymesh.cli_live import describe_event, duration
+from relaymesh.control.client import NodeClient, NodeNotRunning, TokenMissing, read_token, resolve_url
+from relaymesh.cli.main import main
+from relaymesh.cli.live import describe_event, duration
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
 from relaymesh.test.test_api import wait_for

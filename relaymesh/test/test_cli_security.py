@@ -7,7 +7,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.cli import main
+from relaymesh.cli.main import main
 from relaymesh.keystore import KeyStore
 from relaymesh.tls import NodeCertificate
 
@@ -53,8 +53,8 @@ class StrongPairCommandTests(SynchronousTestCase):
         """
         C{pair --strong} arms a one-time code and prints the join command.
         """
-        from relaymesh import cli_pairing
-        from relaymesh.pake import normalize_strong_code
+        from relaymesh.cli import pairing as cli_pairing
+        from relaymesh.handshake.pake import normalize_strong_code
 
         data_dir = self.mktemp()
         self.patch(cli_pairing, "default_invite_host", lambda: "192.0.2.5")

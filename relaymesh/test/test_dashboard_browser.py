@@ -31,7 +31,7 @@ import urllib.request
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import relaymesh
-from relaymesh.apiclient import ApiRequestError, NodeClient, NodeNotRunning
+from relaymesh.control.client import ApiRequestError, NodeClient, NodeNotRunning
 from relaymesh.keystore import KeyStore
 
 #: Seconds the whole test may take.

@@ -1,5 +1,5 @@
 """
-Tests for L{relaymesh.delivery}: reliable messages between nodes that
+Tests for L{relaymesh.reliable.outbox}: reliable messages between nodes that
 announce C{ack/1}, in memory, with a L{task.Clock} and an in-memory store.
 """
 
@@ -8,7 +8,7 @@ import json
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.delivery import (
+from relaymesh.reliable.outbox import (
     ACK_CAPABILITY,
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_RESEND_AFTER,
@@ -16,14 +16,14 @@ from relaymesh.delivery import (
     Delivery,
     ReliableDelivery,
 )
-from relaymesh.handshake import DEFAULT_CAPABILITIES
+from relaymesh.handshake.roles import DEFAULT_CAPABILITIES
 from relaymesh.mesh import (
     DeliveryTimeout,
     ReliableUnsupported,
     UnknownPeer,
     UnsupportedMessageType,
 )
-from relaymesh.store import StoreClosed, StoreError
+from relaymesh.reliable.store import StoreClosed, StoreError
 from relaymesh.test.support import MemoryStore, Node, connect, make_clock, pair_keys
 
 TASK = {"task_id": "t1", "prompt": "hello", "cwd": "/tmp"}

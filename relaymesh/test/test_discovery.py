@@ -16,8 +16,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaymesh import cli_pairing, tap
-from relaymesh.cli import main
+from relaymesh import tap
+from relaymesh.cli import pairing as cli_pairing
+from relaymesh.cli.main import main
 from relaymesh.discovery import (
     ANNOUNCE_INTERVAL,
     ANNOUNCE_PORT,
@@ -31,7 +32,7 @@ from relaymesh.discovery import (
     parse_announcement,
     parse_target,
 )
-from relaymesh.handshake import VERSION
+from relaymesh.handshake.roles import VERSION
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
 from relaymesh.test.support import EPOCH

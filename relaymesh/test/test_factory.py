@@ -16,7 +16,7 @@ from relaymesh.factory import (
     FailureTracker,
     RelayClientFactory,
 )
-from relaymesh.protocol import State
+from relaymesh.connection import State
 from relaymesh.test.support import (
     authenticate,
     FakeConnector,

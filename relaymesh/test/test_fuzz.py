@@ -1,5 +1,5 @@
 """
-Property-based and fuzz tests of L{relaymesh.protocol.RelayProtocol}.
+Property-based and fuzz tests of L{relaymesh.connection.RelayProtocol}.
 
 Random and mutated lines, valid streams cut into random chunks, and random
 handshake orderings go into an acceptor; the properties: nothing raises out
@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.handshake import compute_proof
-from relaymesh.protocol import State
+from relaymesh.handshake.roles import compute_proof
+from relaymesh.connection import State
 from relaymesh.test.support import (
     MemoryKeys,
     Node,

@@ -1,10 +1,10 @@
 """
-Tests for L{relaymesh.handshake}, against claudectl 0.49.2's own transcript.
+Tests for L{relaymesh.handshake.roles}, against claudectl 0.49.2's own transcript.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.handshake import (
+from relaymesh.handshake.roles import (
     AcceptorHandshake,
     acceptor_proof,
     connector_proof,
@@ -14,7 +14,7 @@ from relaymesh.handshake import (
     new_nonce,
     verify_proof,
 )
-from relaymesh.protocol import State
+from relaymesh.connection import State
 from relaymesh.test.support import (
     FakeConnector,
     MemoryKeys,

@@ -1,7 +1,7 @@
 """
 Tests for L{relaymesh.invite}, the armed keys it relies on (in
-L{relaymesh.keystore} and L{relaymesh.handshake}), and the C{invite} and
-C{join} commands (L{relaymesh.cli_pairing}), with C{peers} and C{forget}.
+L{relaymesh.keystore} and L{relaymesh.handshake.roles}), and the C{invite} and
+C{join} commands (L{relaymesh.cli.pairing}), with C{peers} and C{forget}.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from relaymesh import cli, cli_pairing
-from relaymesh.cli import main
+from relaymesh.cli import main as cli, pairing as cli_pairing
+from relaymesh.cli.main import main
 from relaymesh.codes import (
     FORM_LINK,
     FORM_RELAY_CODE,
@@ -39,7 +39,7 @@ from relaymesh.codes import (
     format_pair_code,
     parse_pair_code,
 )
-from relaymesh.handshake import AcceptorHandshake, HandshakeFailed, compute_proof
+from relaymesh.handshake.roles import AcceptorHandshake, HandshakeFailed, compute_proof
 from relaymesh.invite import (
     ARMED_INVITE,
     ARMED_INVITE_LEGACY,
@@ -62,7 +62,7 @@ from relaymesh.invite import (
     parse_join_input,
 )
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey, KeyStore
-from relaymesh.protocol import State
+from relaymesh.connection import State
 from relaymesh.test.support import EPOCH, MemoryKeys, Node, load_codes
 from relaymesh.wire import RelayMessage
 
@@ -1199,7 +1199,7 @@ class PeersAndForgetTests(CommandTestsMixin, SynchronousTestCase):
 
     def setUp(self):
         CommandTestsMixin.setUp(self)
-        from relaymesh import cli_live
+        from relaymesh.cli import live as cli_live
 
         self.patch(cli_live, "live_peers", lambda context, args: False)
 
@@ -1275,7 +1275,7 @@ class ForgetOutboxTests(TestCase):
         Only the forgotten peer's messages are dropped.
         """
         try:
-            from relaymesh.store import STORE_FILE, OutboxEntry, open_store
+            from relaymesh.reliable.store import STORE_FILE, OutboxEntry, open_store
         except ImportError:
             raise SkipTest("no outbox in this relaymesh")
         from twisted.internet import reactor
@@ -1305,7 +1305,7 @@ class ForgetOutboxTests(TestCase):
         self.assertFalse(cli_pairing.forget_outbox_hook(context, "beta"))
         self.assertEqual(ran, [])
         try:
-            from relaymesh.store import STORE_FILE
+            from relaymesh.reliable.store import STORE_FILE
         except ImportError:
             raise SkipTest("no outbox in this relaymesh")
         os.makedirs(context.data_dir)

@@ -15,7 +15,7 @@ from relaymesh.mesh import (
     UnknownPeer,
     UnsupportedMessageType,
 )
-from relaymesh.protocol import State
+from relaymesh.connection import State
 from relaymesh.test.support import Node, connect, line, make_clock, pair_keys
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage, WireError
 

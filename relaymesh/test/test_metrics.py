@@ -1,5 +1,5 @@
 """
-Tests for L{relaymesh.metrics}: a registry per node, numbers read from the
+Tests for L{relaymesh.control.metrics}: a registry per node, numbers read from the
 mesh at scrape time, counters fed by its events, honest round-trip times,
 and C{/metrics} over HTTP through C{prometheus_client}'s Twisted resource.
 """
@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaymesh.metrics import NodeMetrics, RoundTrips
+from relaymesh.control.metrics import NodeMetrics, RoundTrips
 from relaymesh.test.support import Node, connect, make_clock, pair_keys
 from relaymesh.test.test_api import TOKEN, ApiHarness
 

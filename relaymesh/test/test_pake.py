@@ -1,11 +1,11 @@
 """
-Tests for L{relaymesh.pake}: strong one-time codes and SPAKE2 pairing.
+Tests for L{relaymesh.handshake.pake}: strong one-time codes and SPAKE2 pairing.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaymesh.codes import wordlist
-from relaymesh.pake import (
+from relaymesh.handshake.pake import (
     InvalidStrongCode,
     PakeAcceptor,
     PakeConnector,

@@ -1,5 +1,5 @@
 """
-Tests for L{relaymesh.protocol.RelayProtocol}: framing, the handshake state
+Tests for L{relaymesh.connection.RelayProtocol}: framing, the handshake state
 machine, and what ends a connection.
 """
 
@@ -7,8 +7,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.handshake import compute_proof
-from relaymesh.protocol import FLUSH_BYTES, HANDSHAKE_TIMEOUT, State
+from relaymesh.handshake.roles import compute_proof
+from relaymesh.connection import FLUSH_BYTES, HANDSHAKE_TIMEOUT, State
 from relaymesh.test.support import (
     accepted,
     MemoryKeys,
@@ -622,7 +622,7 @@ class SendBacklogTests(SynchronousTestCase):
         self.protocol, self.transport = accepted(self.node, "beta", KEY)
 
     def test_backlog_limit(self):
-        from relaymesh.protocol import MAX_SEND_BACKLOG
+        from relaymesh.connection import MAX_SEND_BACKLOG
 
         blob = "x" * (1024 * 1024 - 200)
         self.protocol.pauseProducing()
@@ -639,7 +639,7 @@ class SendBacklogTests(SynchronousTestCase):
         """
         A peer that reads slowly but does read is kept.
         """
-        from relaymesh.protocol import MAX_SEND_BACKLOG
+        from relaymesh.connection import MAX_SEND_BACKLOG
 
         blob = "x" * (1024 * 1024 - 200)
         for _ in range(3):

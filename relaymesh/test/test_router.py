@@ -1,5 +1,5 @@
 """
-Tests for L{relaymesh.router}: multi-hop routing between in-memory nodes
+Tests for L{relaymesh.routing.router}: multi-hop routing between in-memory nodes
 that announce C{route/1}, on a L{task.Clock}.
 """
 
@@ -9,15 +9,15 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.delivery import (
+from relaymesh.reliable.outbox import (
     DEFAULT_RESEND_AFTER,
     DEFAULT_SCAN_INTERVAL,
     routed_origin_id,
 )
-from relaymesh.handshake import DEFAULT_CAPABILITIES
+from relaymesh.handshake.roles import DEFAULT_CAPABILITIES
 from relaymesh.mesh import ROUTED, UnknownPeer
-from relaymesh.router import ADVERTISE_MIN_INTERVAL
-from relaymesh.routing import MAX_HOPS, ROUTING_CAPABILITY, RouteHeader, encode_routed
+from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL
+from relaymesh.routing.table import MAX_HOPS, ROUTING_CAPABILITY, RouteHeader, encode_routed
 from relaymesh.test.support import MemoryStore, Node, connect, make_clock, pair_keys
 
 #: The five fields of a claudectl message, in its order.

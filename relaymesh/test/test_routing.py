@@ -1,5 +1,5 @@
 """
-Tests for L{relaymesh.routing}: the distance-vector table, flooding with
+Tests for L{relaymesh.routing.table}: the distance-vector table, flooding with
 deduplication, the forwarding decision and the routed envelope.
 
 Networks are simulated in memory: every node has a L{RoutingTable}, and
@@ -15,7 +15,7 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaymesh import wire
-from relaymesh.routing import (
+from relaymesh.routing.table import (
     DUPLICATE,
     INFINITY,
     MAX_HOPS,
@@ -35,7 +35,7 @@ from relaymesh.routing import (
     header_from_object,
     originate,
 )
-from relaymesh.simulation import distances
+from tools.simulate import distances
 from relaymesh.wire import RelayMessage, WireError
 
 

@@ -16,11 +16,11 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from relaymesh import tap
 from relaymesh.address import PeerAddress
-from relaymesh.delivery import ACK_CAPABILITY
+from relaymesh.reliable.outbox import ACK_CAPABILITY
 from relaymesh.factory import RelayClientFactory
 from relaymesh.keystore import KeyStore
 from relaymesh.service import SHUTDOWN_TIMEOUT, RelayService
-from relaymesh.store import STORE_FILE, StoreError
+from relaymesh.reliable.store import STORE_FILE, StoreError
 from relaymesh.tls import TLSServerFactory
 from relaymesh.test.support import EPOCH, Node, connect, pair_keys
 

@@ -1,5 +1,5 @@
 """
-Tests for L{relaymesh.simulation}: the graph helpers on their own, and two
+Tests for L{tools.simulate}: the graph helpers on their own, and two
 whole meshes on real sockets on 127.0.0.1 (a random one of 50 nodes and a
 ring of 30), whose figures are printed when C{RELAYMESH_SIM_REPORT=1}.
 """
@@ -14,8 +14,8 @@ import sys
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaymesh.router import ADVERTISE_MIN_INTERVAL
-from relaymesh.simulation import (
+from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL
+from tools.simulate import (
     RANDOM,
     RANDOM_DEGREE,
     RING,

@@ -1,5 +1,5 @@
 """
-Tests for L{relaymesh.store}: the outbox and the delivered-id record in
+Tests for L{relaymesh.reliable.store}: the outbox and the delivered-id record in
 SQLite, reached through one worker thread.
 
 These run on the real reactor (the worker hands results back through it);
@@ -22,8 +22,8 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 import relaymesh
-from relaymesh import store as store_module
-from relaymesh.store import (
+from relaymesh.reliable import store as store_module
+from relaymesh.reliable.store import (
     MAX_BATCH,
     SCHEMA,
     SCHEMA_VERSION,
@@ -575,7 +575,7 @@ class OrderingAndBatchingTests(StoreTestCase):
 CHILD_OUTBOX = r"""
 import sys
 from twisted.internet import defer, task
-from relaymesh.store import OutboxEntry, open_store
+from relaymesh.reliable.store import OutboxEntry, open_store
 
 path, total, in_flight = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
@@ -605,7 +605,7 @@ task.react(main)
 CHILD_DELIVERED = r"""
 import sys
 from twisted.internet import defer, task
-from relaymesh.store import open_store
+from relaymesh.reliable.store import open_store
 
 path, total, in_flight = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 

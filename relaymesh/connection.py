@@ -36,7 +36,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relaymesh.handshake import (
+from relaymesh.handshake.roles import (
     ACK_DENIED,
     AcceptorHandshake,
     Binding,

@@ -49,9 +49,9 @@ from relaymesh._version import __version__
 from relaymesh.address import InvalidAddress, PeerAddress, parse_peer_address
 from relaymesh.keystore import KeyStoreError, write_atomically
 from relaymesh.mesh import CONNECTED, PeerEvent, PeerNotConnected, UnknownPeer, UnsupportedMessageType
-from relaymesh.metrics import NodeMetrics, RoundTrips
+from relaymesh.control.metrics import NodeMetrics, RoundTrips
 from relaymesh.peerid import InvalidPeerId, is_valid_peer_id
-from relaymesh.protocol import format_address
+from relaymesh.connection import format_address
 from relaymesh.service import ListenerService
 from relaymesh.wire import RelayMessage, WireError, loads
 
@@ -940,7 +940,7 @@ class Dashboard(Resource):
 
     def __init__(self) -> None:
         Resource.__init__(self)
-        self.page = resources.files("relaymesh").joinpath("dashboard.html").read_bytes()
+        self.page = resources.files("relaymesh.control").joinpath("dashboard.html").read_bytes()
 
     def render_GET(self, request: Request) -> bytes:
         if request.postpath not in ([], [b""]):

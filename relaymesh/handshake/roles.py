@@ -23,11 +23,11 @@ relaymesh adds, in payload fields claudectl ignores:
     fingerprints, so a man in the middle cannot relay them; the peer's
     fingerprint is pinned on first success;
   - strong pairing: a connector that holds a one-time code runs SPAKE2
-    (L{relaymesh.pake}) inside the handshake to agree on a new key.
+    (L{relaymesh.handshake.pake}) inside the handshake to agree on a new key.
 
 docs/protocol.rst shows every variant byte by byte. The two roles are plain
 objects with no I/O: L{AcceptorHandshake} and L{ConnectorHandshake}.
-L{relaymesh.protocol.RelayProtocol} feeds them messages and puts what they
+L{relaymesh.connection.RelayProtocol} feeds them messages and puts what they
 return on the wire.
 """
 
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from relaymesh._version import __version__
 from relaymesh.keystore import KeyStoreError
-from relaymesh.pake import PakeAcceptor, PakeConnector, PakeError
+from relaymesh.handshake.pake import PakeAcceptor, PakeConnector, PakeError
 from relaymesh.peerid import is_valid_peer_id
 from relaymesh.wire import MessageType, RelayMessage
 

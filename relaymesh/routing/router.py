@@ -1,5 +1,5 @@
 """
-Multi-hop routing in a running node: L{relaymesh.routing}'s table, duplicate
+Multi-hop routing in a running node: L{relaymesh.routing.table}'s table, duplicate
 memory and forwarding rules, wired to the mesh, for peers that announce the
 C{route/1} capability.
 
@@ -14,9 +14,9 @@ C{route/1} capability.
     the neighbours in the envelope and goes plain to the other peers.
   - A routed message that arrives is delivered once (to the application as
     coming from its origin, with its origin id) and forwarded as
-    L{relaymesh.routing.decide} says: never back, never twice, never
+    L{relaymesh.routing.table.decide} says: never back, never twice, never
     beyond the hop limit.
-  - A reliable message (L{relaymesh.delivery}) for a node reached through a
+  - A reliable message (L{relaymesh.reliable.outbox}) for a node reached through a
     route keeps its C{reliable} field on the way; its destination hands it
     to the reliable delivery, which delivers it once and acknowledges every
     copy, and the ack comes back to the origin as any message does.
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from relaymesh.delivery import UNRELIABLE_TYPES
+from relaymesh.reliable.outbox import UNRELIABLE_TYPES
 from relaymesh.mesh import ADVERTISEMENT_FIELD, RELIABLE_FIELD, PeerNotConnected
-from relaymesh.routing import (
+from relaymesh.routing.table import (
     MAX_HOPS,
     ROUTE_FIELD,
     ROUTING_CAPABILITY,
@@ -50,7 +50,7 @@ from relaymesh.wire import MessageType, RelayMessage, dumps
 
 if TYPE_CHECKING:
     from relaymesh.mesh import Mesh
-    from relaymesh.protocol import RelayProtocol
+    from relaymesh.connection import RelayProtocol
 
 #: Seconds at least between two advertisements sent because the table
 #: changed (the heartbeats carry one every interval besides).
@@ -246,7 +246,7 @@ class Router:
         """
         Take a routed message from a neighbour (C{fields} is its whole JSON
         object): deliver it here the first time if it is for this node (or
-        a broadcast), forward it as L{relaymesh.routing.decide} says, and log
+        a broadcast), forward it as L{relaymesh.routing.table.decide} says, and log
         why one that can go no further is dropped. A malformed C{route}
         field ends the connection, as any unparseable line does.
 

@@ -4,13 +4,13 @@ Reliable delivery between nodes that announce the C{ack/1} capability.
 A reliable message is an ordinary relay message with one extra top-level
 field, C{"reliable": true} (claudectl ignores unknown fields, but it only
 ever goes to peers that announced C{ack/1}). The sender puts it in its
-durable outbox (L{relaymesh.store}) before it writes it, and keeps it there
+durable outbox (L{relaymesh.reliable.store}) before it writes it, and keeps it there
 until the receiver answers with an C{ack} whose payload is
 C{{"ack_id": ID}}. It is sent again when the peer (re)authenticates, and
 when it has waited L{DEFAULT_RESEND_AFTER} seconds without an ack; it is
 given up at its deadline (L{DEFAULT_DELIVERY_TIMEOUT} after it was sent).
 
-A node that routes (L{relaymesh.router}) also sends reliable messages to
+A node that routes (L{relaymesh.routing.router}) also sends reliable messages to
 nodes it reaches only through a route: the message travels in the route
 envelope with its C{reliable} field, and the ack comes back the same way.
 
@@ -41,12 +41,12 @@ from relaymesh.mesh import (
     ReliableUnsupported,
     UnknownPeer,
 )
-from relaymesh.store import OutboxEntry
+from relaymesh.reliable.store import OutboxEntry
 from relaymesh.wire import MAX_LINE_BYTES, MessageType, WireError, decode_fields, dumps
 
 if TYPE_CHECKING:
     from relaymesh.mesh import Mesh
-    from relaymesh.store import Store
+    from relaymesh.reliable.store import Store
     from relaymesh.wire import RelayMessage
 
 #: The capability a node announces when it sends and acknowledges reliable
@@ -106,7 +106,7 @@ class Delivery:
         """
         A L{Deferred} that fires with L{msg_id} once the message is in the
         durable outbox (it survives a crash from then on), or fails with the
-        L{relaymesh.store.StoreError} that kept it out.
+        L{relaymesh.reliable.store.StoreError} that kept it out.
         """
         return self._wait(False, self._accepted)
 
@@ -176,7 +176,7 @@ class ReliableDelivery:
     L{scan_interval} seconds (no timer per message).
 
     @ivar mesh: The node's L{relaymesh.mesh.Mesh}.
-    @ivar store: The open L{relaymesh.store.Store} (or a fake with its
+    @ivar store: The open L{relaymesh.reliable.store.Store} (or a fake with its
         interface).
     @ivar delivery_timeout: Seconds from sending to giving up.
     @ivar resend_after: Seconds an unacknowledged message waits before it is

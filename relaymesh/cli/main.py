@@ -182,7 +182,7 @@ def run_pair(context: Context, args: argparse.Namespace) -> None:
     @param args: the parsed arguments.
     """
     if args.strong:
-        from relaymesh.cli_pairing import run_strong_pair
+        from relaymesh.cli.pairing import run_strong_pair
 
         return run_strong_pair(context, args)
     identity = context.store.identity()
@@ -262,7 +262,7 @@ def add_peers_arguments(parser: argparse.ArgumentParser) -> None:
 
     @param parser: C{peers}' parser.
     """
-    from relaymesh.cli_live import add_node_arguments
+    from relaymesh.cli.live import add_node_arguments
 
     add_node_arguments(parser)
 
@@ -276,7 +276,7 @@ def run_peers(context: Context, args: argparse.Namespace) -> None:
     @param context: the command's context.
     @param args: the parsed arguments.
     """
-    from relaymesh.cli_live import live_peers
+    from relaymesh.cli.live import live_peers
 
     if live_peers(context, args):
         return
@@ -388,11 +388,11 @@ register_command(
 
 
 # The live commands, which talk to a running node, register themselves.
-from relaymesh import cli_live  # noqa: E402,F401
+from relaymesh.cli import live as cli_live  # noqa: E402,F401
 
 # So do the pairing and discovery commands: invite, join, discover.
-from relaymesh import cli_pairing  # noqa: E402,F401
-from relaymesh import cli_security  # noqa: E402,F401
+from relaymesh.cli import pairing as cli_pairing  # noqa: E402,F401
+from relaymesh.cli import security as cli_security  # noqa: E402,F401
 
 # The parser
 

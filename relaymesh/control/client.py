@@ -24,7 +24,7 @@ API_ENV = "RELAYMESH_API"
 #: The API URL when nothing else names one.
 DEFAULT_API_URL = "http://127.0.0.1:9849"
 
-#: The files a node keeps in its data directory (see relaymesh.api).
+#: The files a node keeps in its data directory (see relaymesh.control.api).
 TOKEN_FILE = "api-token"
 URL_FILE = "api-url"
 

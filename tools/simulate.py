@@ -18,8 +18,8 @@ random graph or a ring, lets the routing tables converge, and measures:
 
 Run it by hand::
 
-    python -m relaymesh.simulation --nodes 200 --topology random --seed 1
-    python -m relaymesh.simulation --nodes 30 --topology ring --json
+    python -m tools.simulate --nodes 200 --topology random --seed 1
+    python -m tools.simulate --nodes 30 --topology ring --json
 
 Each node listens once and each link is one connection, so 200 nodes of
 degree 3 hold about 800 sockets: the simulation raises the soft limit of
@@ -48,7 +48,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 
 from relaymesh.keystore import KeyStore
 from relaymesh.mesh import DEFAULT_MAX_PEERS, PeerNotConnected, UnknownPeer
-from relaymesh.routing import INFINITY
+from relaymesh.routing.table import INFINITY
 from relaymesh.service import RelayService
 
 #: The two topologies L{build_topology} makes.
@@ -64,7 +64,7 @@ MIN_NODES = 4
 RANDOM_DEGREE = 3
 
 #: The hop limit of the simulated nodes: the highest the protocol allows
-#: (L{relaymesh.routing.INFINITY} - 1), so that a random mesh of a few
+#: (L{relaymesh.routing.table.INFINITY} - 1), so that a random mesh of a few
 #: hundred nodes and a ring of 30 are within reach end to end. The default
 #: of a node, 8, would cut the larger meshes into neighbourhoods.
 SIMULATION_MAX_HOPS = INFINITY - 1
@@ -958,7 +958,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     The options of the command line; exits with a usage message if wrong.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m relaymesh.simulation",
+        prog="python -m tools.simulate",
         description="Run many routing nodes in one process on loopback TCP and "
         "report delivery, duplicates, hop counts and convergence times.",
     )

@@ -21,8 +21,8 @@ from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from relaymesh.address import DEFAULT_PORT
-from relaymesh import cli
-from relaymesh.cli import (
+from relaymesh.cli import main as cli
+from relaymesh.cli.main import (
     PROG,
     Command,
     CommandError,
@@ -47,7 +47,7 @@ from relaymesh.invite import (
     make_invite,
     parse_join_input,
 )
-from relaymesh.pake import generate_strong_code
+from relaymesh.handshake.pake import generate_strong_code
 from relaymesh.tls import NodeCertificate, TLSError
 
 #: What tells the time: epoch seconds.
@@ -477,7 +477,7 @@ def forget_outbox(data_dir: str, peer_id: str, reactor: Any):
     @param reactor: an L{IReactorThreads} and L{IReactorTime}.
     @return: a L{Deferred} firing with how many messages were dropped.
     """
-    from relaymesh.store import STORE_FILE, open_store
+    from relaymesh.reliable.store import STORE_FILE, open_store
 
     store = yield open_store(os.path.join(data_dir, STORE_FILE), reactor)
     try:
@@ -496,7 +496,7 @@ def forget_outbox_hook(context: Context, peer_id: str) -> bool:
     @raise CommandError: if the outbox cannot be used.
     """
     try:
-        from relaymesh.store import STORE_FILE, StoreError
+        from relaymesh.reliable.store import STORE_FILE, StoreError
     except ImportError:
         return False
     if not os.path.exists(os.path.join(context.data_dir, STORE_FILE)):

@@ -1,6 +1,6 @@
 """
 The live C{relaymesh} commands: they talk to a running node through its
-control API (L{relaymesh.api}), with the token from its token file.
+control API (L{relaymesh.control.api}), with the token from its token file.
 
     relaymesh status
     relaymesh peers                         (live; the stored list without a node)
@@ -10,7 +10,7 @@ control API (L{relaymesh.api}), with the token from its token file.
     relaymesh connect peer_id@host:port [--wait SECONDS]
     relaymesh disconnect PEER
 
-C{--api URL} chooses the node (see L{relaymesh.apiclient.resolve_url}). When
+C{--api URL} chooses the node (see L{relaymesh.control.client.resolve_url}). When
 no node answers, a command prints one line saying so and how to start one,
 and exits with status 1; a request the node refuses is a user error (status
 2) like the offline commands' errors.
@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any, Callable
 from urllib.parse import quote
 
-from relaymesh.apiclient import (
+from relaymesh.control.client import (
     API_ENV,
     TOKEN_FILE,
     ApiRequestError,
@@ -39,7 +39,7 @@ from relaymesh.apiclient import (
     read_token,
     resolve_url,
 )
-from relaymesh.cli import PROG, Command, CommandError, Context, _table, register_command
+from relaymesh.cli.main import PROG, Command, CommandError, Context, _table, register_command
 
 #: Exit status when no node is running.
 EXIT_NOT_RUNNING = 1

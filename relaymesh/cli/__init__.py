@@ -1,0 +1,3 @@
+"""
+The C{relaymesh} command line.
+"""

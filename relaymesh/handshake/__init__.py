@@ -1,0 +1,3 @@
+"""
+The pre-shared key handshake: proofs, strong pairing, and the two roles.
+"""

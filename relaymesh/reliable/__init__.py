@@ -1,0 +1,3 @@
+"""
+Reliable delivery: the durable store and the outbox.
+"""

@@ -1,0 +1,3 @@
+"""
+Multi-hop routing: the table, the envelope, and the router that runs them.
+"""
