@@ -46,8 +46,7 @@ class PeerAddress:
         """
         C{host:port}, with brackets around an IPv6 address.
         """
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
     def __str__(self) -> str:
         prefix = "tls:" if self.tls else "legacy:" if self.legacy else ""
@@ -114,3 +113,21 @@ def parse_peer_address(text: str) -> PeerAddress:
     if not host or any(c.isspace() or c in "/@" for c in host):
         raise InvalidAddress(f"{original!r}: invalid host {host!r}")
     return PeerAddress(peer_id, host, port, **flags)
+
+
+def format_hostport(host: str, port: int) -> str:
+    """
+    C{host:port}, with brackets around an IPv6 address.
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def format_address(address: object) -> str:
+    """
+    C{host:port} for an IPv4 or IPv6 address object, C{str()} for others.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if not isinstance(host, str) or not isinstance(port, int):
+        return str(address)
+    return format_hostport(host, port)

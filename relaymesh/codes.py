@@ -30,6 +30,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from relaymesh.address import format_hostport
 from relaymesh.peerid import validate_peer_id
 
 KEY_LENGTH = 32  # claudectl: 32-byte PSK
@@ -103,7 +104,7 @@ class Invite:
         """
         The address as C{host:port}, with brackets around an IPv6 host.
         """
-        return _join_host_port(self.host, self.port)
+        return format_hostport(self.host, self.port)
 
 
 # Keys
@@ -425,7 +426,7 @@ def encode_invite_link(identity: str, host: str, port: int, prefix: bytes) -> st
         host = host[1:-1]
     _check_host(host)
     prefix = _exact_bytes(prefix, PAIR_CODE_BYTES, "a pair code prefix")
-    address = _join_host_port(host, port)
+    address = format_hostport(host, port)
     return f"{LINK_SCHEME}{identity}@{address}{LINK_KEY_SEPARATOR}{prefix.hex()}"
 
 
@@ -520,10 +521,6 @@ def _check_port(port: int) -> None:
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise InvalidCode(f"bad port {port!r}: a TCP port is 1 to 65535")
-
-
-def _join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # Telling the forms apart

@@ -36,6 +36,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from relaymesh.address import format_address
 from relaymesh.handshake.roles import (
     ACK_DENIED,
     AcceptorHandshake,
@@ -132,19 +133,6 @@ class WriteBatch:
 
 
 _CONNECTED = State.CONNECTED
-
-
-def format_address(address: Any) -> str:
-    """
-    C{host:port} for an IPv4 or IPv6 address object, C{str()} for others.
-    """
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None or port is None:
-        return str(address)
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
 
 
 @implementer(IPushProducer)

@@ -28,6 +28,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from relaymesh.address import format_hostport
 from relaymesh.handshake.roles import VERSION
 from relaymesh.peerid import is_valid_peer_id
 
@@ -135,7 +136,7 @@ class Sighting:
         """
         C{host:port}, with brackets around an IPv6 host.
         """
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
     def to_dict(self) -> dict[str, Any]:
         """

@@ -15,6 +15,7 @@ class IRelayMesh(Interface):
 
     identity = Attribute("This node's peer id (str).")
     heartbeat_interval = Attribute("Seconds between heartbeats (float).")
+    max_peers = Attribute("How many connected peers an acceptor admits (int).")
 
     def send(peer_id, msg_type, payload):
         """
@@ -88,6 +89,11 @@ class IRelayMesh(Interface):
         @rtype: L{relaymesh.mesh.PeerStatus}
         """
 
+    def connected_count():
+        """
+        How many peers are connected now (int).
+        """
+
     def is_connected(peer_id):
         """
         Whether the peer has a live authenticated connection.
@@ -97,4 +103,45 @@ class IRelayMesh(Interface):
         """
         Close the peer's current connection (an outbound peer reconnects;
         use the service to stop dialling it).
+        """
+
+
+class INode(Interface):
+    """
+    A running node as its control plane (L{relaymesh.control}) sees it: the
+    mesh, the key store, where it listens and whom it dials.
+    """
+
+    mesh = Attribute("The node's L{IRelayMesh}.")
+    keystore = Attribute("The node's L{relaymesh.keystore.KeyStore}.")
+
+    def listening_address():
+        """
+        Where the node accepts peers, as C{host:port}.
+
+        @return: the address of its first listener (str), or L{None} when it
+            does not listen (yet).
+        """
+
+    def dialled():
+        """
+        The peer addresses the node keeps dialling.
+
+        @return: a list of L{relaymesh.address.PeerAddress}, each with the
+            peer id learned from its first handshake where the address named
+            none.
+        """
+
+    def add_peer(address):
+        """
+        Start dialling a L{relaymesh.address.PeerAddress} (or its text).
+
+        @raise relaymesh.address.InvalidAddress: for text that does not parse.
+        """
+
+    def remove_peer(peer_id):
+        """
+        Stop dialling a peer and close its connection.
+
+        @return: whether there was anything to stop or close.
         """

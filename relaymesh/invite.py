@@ -45,7 +45,7 @@ from twisted.internet.interfaces import IAddress, IConnector
 from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
-from relaymesh.address import InvalidAddress, parse_peer_address
+from relaymesh.address import InvalidAddress, format_hostport, parse_peer_address
 from relaymesh.codes import (
     FORM_LINK,
     FORM_RELAY_CODE,
@@ -332,8 +332,7 @@ class InviteForms:
         """
         C{host:port}, with brackets around an IPv6 host.
         """
-        host = self.host.strip("[]")
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return format_hostport(self.host.strip("[]"), self.port)
 
     @property
     def peer(self) -> str:

@@ -15,6 +15,7 @@ application embeds one by adding it to its own service hierarchy::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Iterable, Sequence
 
@@ -24,6 +25,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from relaymesh.address import PeerAddress, parse_peer_address
 from relaymesh.reliable.outbox import (
@@ -34,6 +36,7 @@ from relaymesh.reliable.outbox import (
 )
 from relaymesh.discovery import Announcer
 from relaymesh.factory import CONNECT_TIMEOUT, RelayClientFactory, RelayServerFactory
+from relaymesh.interfaces import INode
 from relaymesh.keystore import KeyStore, KeyStoreError
 from relaymesh.mesh import (
     CONNECTED,
@@ -43,7 +46,9 @@ from relaymesh.mesh import (
     Mesh,
     PeerEvent,
 )
-from relaymesh.connection import OUTBOUND, State, format_address
+from relaymesh.address import format_address
+from relaymesh.connection import OUTBOUND, State
+from relaymesh.listener import ListenerService
 from relaymesh.routing.router import Router
 from relaymesh.routing.table import MAX_HOPS
 from relaymesh.reliable.store import STORE_FILE, Store, open_store
@@ -67,51 +72,6 @@ DEFAULT_API = "tcp:9849:interface=127.0.0.1"
 #: Where it serves it when that port is taken (another node on the host):
 #: any free loopback port, which the node writes to DATA_DIR/api-url.
 DEFAULT_API_FALLBACK = "tcp:0:interface=127.0.0.1"
-
-
-class ListenerService(Service):
-    """
-    Listens on a server endpoint; fails C{startService} at once when the
-    endpoint fails at once (a port in use), so C{twistd} reports it.
-
-    @ivar port: The L{IListeningPort}, once listening.
-    """
-
-    log = Logger()
-
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, identity: str) -> None:
-        self.endpoint = endpoint
-        self.factory = factory
-        self.identity = identity
-        self.port: IListeningPort | None = None
-        self.listening: Deferred = Deferred()
-
-    def startService(self) -> None:
-        Service.startService(self)
-        failures: list = []
-        d = self.endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, failures.append)
-        if failures:
-            self.running = 0
-            failures[0].raiseException()
-
-    def _listening(self, port: IListeningPort) -> IListeningPort:
-        self.port = port
-        self.log.info(
-            "listening on {address} as {identity}",
-            address=format_address(port.getHost()),
-            identity=self.identity,
-        )
-        self.listening.callback(port)
-        return port
-
-    def stopService(self) -> Deferred | None:
-        Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            self.listening = Deferred()
-            return port.stopListening()
-        return None
 
 
 class OutboundPeer(Service):
@@ -158,6 +118,7 @@ class OutboundPeer(Service):
             self.connector = None
 
 
+@implementer(INode)
 class RelayService(MultiService):
     """
     A relay node: listener, outbound peers, mesh and heartbeats.
@@ -360,6 +321,26 @@ class RelayService(MultiService):
         The outbound peers being dialled.
         """
         return list(self._outbound.values())
+
+    def dialled(self) -> list[PeerAddress]:
+        """
+        The addresses being dialled, each with the peer id learned from its
+        first handshake where the address named none (see L{INode}).
+        """
+        return [
+            dataclasses.replace(o.target, peer_id=o.factory.peer_id)
+            if o.target.peer_id is None and o.factory.peer_id is not None
+            else o.target
+            for o in self._outbound.values()
+        ]
+
+    def listening_address(self) -> str | None:
+        """
+        Where the first listener accepts peers, as C{host:port}, or
+        L{None} (see L{INode}).
+        """
+        port = self.listener.port if self.listener is not None else None
+        return None if port is None else format_address(port.getHost())
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -51,8 +51,8 @@ from relaymesh.keystore import KeyStoreError, write_atomically
 from relaymesh.mesh import CONNECTED, PeerEvent, PeerNotConnected, UnknownPeer, UnsupportedMessageType
 from relaymesh.control.metrics import NodeMetrics, RoundTrips
 from relaymesh.peerid import InvalidPeerId, is_valid_peer_id
-from relaymesh.connection import format_address
-from relaymesh.service import ListenerService
+from relaymesh.address import format_address
+from relaymesh.listener import ListenerService
 from relaymesh.wire import RelayMessage, WireError, loads
 
 #: The token file's name in the data directory.
