@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -156,7 +156,7 @@ class RelayService(MultiService):
         api_fallback: str | None = None,
         announce_to: tuple[str, int] | None = None,
         tls: NodeCertificate | None = None,
-        outbox: bool = False,
+        outbox: bool | Callable[[str, Any], Deferred[Store]] = False,
         delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
         resend_after: float = DEFAULT_RESEND_AFTER,
         routing: bool = False,
@@ -193,7 +193,9 @@ class RelayService(MultiService):
         @param outbox: Whether the node sends and acknowledges reliable
             messages (L{relaymesh.reliable.outbox}), with its outbox and delivered
             ids in C{DATA_DIR/state.sqlite3}; the reactor must then run
-            threads. C{twistd relaymesh} turns it on; an embedding
+            threads. Instead of C{True}, a function C{(path, reactor)}
+            returning a L{Deferred} that fires with an open store opens a
+            store of its own (an in-memory one in tests and simulations). C{twistd relaymesh} turns it on; an embedding
             application asks for it.
         @param delivery_timeout: Seconds after which an unacknowledged
             reliable message is given up.
@@ -361,7 +363,8 @@ class RelayService(MultiService):
         except OSError as e:
             self._failed(Failure(e))
             return
-        opening = self._opening = open_store(path, self._reactor)
+        opener = open_store if self._outbox is True else self._outbox
+        opening = self._opening = opener(path, self._reactor)
         opening.addCallback(self._store_opened).addErrback(self._failed)
 
     def _store_opened(self, store: Store) -> Deferred[None] | None:
