@@ -36,7 +36,8 @@ from benchlib import DATA_TYPE, KEY, PROBE_TYPE, SINK_ID, SOURCE_ID, Stopwatch, 
 from twisted.internet import reactor
 
 from relaymesh.address import PeerAddress
-from relaymesh.factory import RelayClientFactory, RelayServerFactory
+from relaymesh.acceptor import RelayServerFactory
+from relaymesh.dialer import RelayClientFactory
 from relaymesh.keystore import KeyStore
 from relaymesh.mesh import Mesh
 

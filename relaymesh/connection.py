@@ -27,7 +27,7 @@ tells whether the transport's send buffer is full.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -37,13 +37,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaymesh.address import format_address
-from relaymesh.handshake.roles import (
-    ACK_DENIED,
-    AcceptorHandshake,
-    Binding,
-    ConnectorHandshake,
-    HandshakeFailed,
-)
+from relaymesh.counters import Traffic
+from relaymesh.events import Direction
+from relaymesh.handshake.acceptor import AcceptorHandshake
+from relaymesh.handshake.base import Authenticated, HandshakeFailed
+from relaymesh.handshake.connector import ConnectorHandshake
+from relaymesh.handshake.proofs import ACK_DENIED, Binding
+from relaymesh.interfaces import IHandshakeObserver, ILinkOwner
 from relaymesh.tls import channel_binding
 from relaymesh.wire import (
     HANDSHAKE_TYPES,
@@ -56,14 +56,8 @@ from relaymesh.wire import (
     encode,
 )
 
-if TYPE_CHECKING:
-    from relaymesh.mesh import Mesh
-
 #: Seconds a connection may take from TCP connect to a finished handshake.
 HANDSHAKE_TIMEOUT = 30.0  # claudectl 0.49: 30 s read timeout on the acceptor
-
-INBOUND = "inbound"
-OUTBOUND = "outbound"
 
 #: Bytes written to a connection while its transport's send buffer is full
 #: (the peer is not reading) after which the connection is dropped, so a
@@ -143,18 +137,22 @@ class RelayProtocol(LineOnlyReceiver):
     The factory that builds it is told how the handshake ends through
     C{handshakeSucceeded(protocol)} and C{handshakeFailed(protocol, reason)}.
 
-    @ivar mesh: The node's L{relaymesh.mesh.Mesh}.
+    @ivar owner: The node's L{ILinkOwner} (its mesh): the registry of
+        authenticated peers and the path of their messages.
+    @ivar factory: The L{IHandshakeObserver} told how the handshake ends.
     @ivar handshake: An L{AcceptorHandshake} or a L{ConnectorHandshake}; it
         decides the role.
-    @ivar direction: L{INBOUND} for the acceptor, L{OUTBOUND} for the connector.
+    @ivar direction: L{Direction.INBOUND} for the acceptor,
+        L{Direction.OUTBOUND} for the connector.
     @ivar state: The current L{State}.
     @ivar peer_id: The authenticated peer id, once L{State.CONNECTED}.
     @ivar address: The remote address as C{host:port}.
     @ivar connected_at: When the handshake finished (clock seconds).
     @ivar last_received: When the last line arrived (clock seconds).
     @ivar close_reason: Why this side closed the connection, if it did.
-    @ivar by_type: For each message type, messages and bytes in and out:
-        C{[msgs_in, bytes_in, msgs_out, bytes_out]}.
+    @ivar traffic: The L{Traffic} of this connection.
+    @ivar outcome: The L{Authenticated} outcome of the handshake, once it
+        succeeded.
     @ivar proof_rejected: Whether the acceptor answered our proof with
         anything but an ok from the expected peer.
     @ivar reads_fields: Whether the peer's messages may carry top-level
@@ -170,15 +168,17 @@ class RelayProtocol(LineOnlyReceiver):
 
     log = Logger()
 
-    def __init__(self, mesh: Mesh, handshake: AcceptorHandshake | ConnectorHandshake):
-        self.mesh = mesh
-        self.clock = mesh.clock
+    factory: IHandshakeObserver
+
+    def __init__(self, owner: ILinkOwner, handshake: AcceptorHandshake | ConnectorHandshake):
+        self.owner = owner
+        self.clock = owner.clock
         self.handshake = handshake
         if isinstance(handshake, AcceptorHandshake):
-            self.direction = INBOUND
+            self.direction = Direction.INBOUND
             self.state = State.AWAITING_HANDSHAKE
         else:
-            self.direction = OUTBOUND
+            self.direction = Direction.OUTBOUND
             self.state = State.AWAITING_CHALLENGE
         self.peer_id: str | None = None
         self.address = "?"
@@ -187,10 +187,10 @@ class RelayProtocol(LineOnlyReceiver):
         self.close_reason: str | None = None
         self.proof_rejected = False
         self.reads_fields = False
-        self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
-        self.by_type: dict[str, list[int]] = {}
+        self.traffic = Traffic()
+        self.outcome: Authenticated | None = None
         self._timer: IDelayedCall | None = None
-        self._writes: WriteBatch = getattr(mesh, "writes", None) or WriteBatch()
+        self._writes: WriteBatch = owner.writes
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._producing = False
@@ -220,9 +220,9 @@ class RelayProtocol(LineOnlyReceiver):
             self._producing = True
         self.last_received = self.clock.seconds()
         self._timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self._handshakeTimedOut)
-        if self.direction == INBOUND:
+        if self.direction is Direction.INBOUND:
             self.sendMessage(
-                self.mesh.message(
+                self.owner.message(
                     MessageType.CHALLENGE, self.handshake.challenge_payload(), from_peer=""
                 )
             )
@@ -238,7 +238,7 @@ class RelayProtocol(LineOnlyReceiver):
             d.callback(None)
         why = self.close_reason or _describe(reason)
         if previous is State.CONNECTED:
-            self.mesh.connection_lost(self, why)
+            self.owner.connection_lost(self, why)
         elif previous is not State.CLOSED:
             self._handshakeEnded(why)
 
@@ -338,7 +338,6 @@ class RelayProtocol(LineOnlyReceiver):
         if self.close_reason is not None:
             return
         size = len(line) + 1
-        self.bytes_in += size
         fields = None
         try:
             if self.reads_fields:
@@ -351,20 +350,15 @@ class RelayProtocol(LineOnlyReceiver):
         except WireError as e:
             self._violation(f"unparseable line: {e}")
             return
-        self.msgs_in += 1
-        counts = self.by_type.get(message.msg_type)
-        if counts is None:
-            counts = self.by_type[message.msg_type] = [0, 0, 0, 0]
-        counts[0] += 1
-        counts[1] += size
+        self.traffic.received(message.msg_type, size)
         if self.state is _CONNECTED:
             # Nearly every line: _messageReceived's checks, inlined; it runs
             # only to refuse the message and say why.
             if message.from_peer == self.peer_id and message.msg_type not in HANDSHAKE_TYPES:
                 if fields is None:
-                    self.mesh.message_received(self, message)
+                    self.owner.message_received(self, message)
                 else:
-                    self.mesh.fields_received(self, message, fields)
+                    self.owner.fields_received(self, message, fields)
             else:
                 self._messageReceived(message)
         else:
@@ -385,24 +379,26 @@ class RelayProtocol(LineOnlyReceiver):
         The TLS certificate fingerprints as (server, client), or L{None}.
         """
         binding = channel_binding(self.transport)
-        if binding is None or self.direction == INBOUND:
+        if binding is None or self.direction is Direction.INBOUND:
             return binding
         return binding[1], binding[0]
 
     def _handshakeReceived(self, message: RelayMessage) -> None:
         try:
             verdict = self.handshake.verify(message, self._binding())
-            if verdict.peer_id is not None:
-                refusal = self.mesh.admission_error(verdict.peer_id)
+            outcome = verdict.outcome
+            if outcome is not None:
+                refusal = self.owner.admission_error(outcome.peer_id)
                 if refusal is not None:
                     raise HandshakeFailed(refusal)
+                self.factory.handshakeVerified(self, outcome)
         except HandshakeFailed as e:
             self._sendAck({"status": ACK_DENIED})
             self.close(str(e))
             return
         self._sendAck(verdict.ack)
-        if verdict.peer_id is not None:
-            self._authenticated(verdict.peer_id)
+        if outcome is not None:
+            self._authenticated(outcome)
 
     def _challengeReceived(self, message: RelayMessage) -> None:
         try:
@@ -411,19 +407,25 @@ class RelayProtocol(LineOnlyReceiver):
             self.close(str(e))
             return
         self.state = State.AWAITING_ACK
-        self.sendMessage(self.mesh.message(MessageType.HANDSHAKE, payload))
+        self.sendMessage(self.owner.message(MessageType.HANDSHAKE, payload))
 
     def _ackReceived(self, message: RelayMessage) -> None:
         try:
-            peer_id, reply = self.handshake.check_ack(message, self._binding())
+            outcome, reply = self.handshake.check_ack(message, self._binding())
         except HandshakeFailed as e:
             self.proof_rejected = message.msg_type == MessageType.HANDSHAKE_ACK
             self.close(str(e))
             return
-        if reply is not None:
-            self.sendMessage(self.mesh.message(MessageType.HANDSHAKE, reply))
+        if outcome is None:
+            assert reply is not None
+            self.sendMessage(self.owner.message(MessageType.HANDSHAKE, reply))
             return
-        self._authenticated(peer_id)
+        try:
+            self.factory.handshakeVerified(self, outcome)
+        except HandshakeFailed as e:
+            self.close(str(e))
+            return
+        self._authenticated(outcome)
 
     def _messageReceived(self, message: RelayMessage) -> None:
         if message.msg_type in HANDSHAKE_TYPES:
@@ -431,21 +433,22 @@ class RelayProtocol(LineOnlyReceiver):
         elif message.from_peer != self.peer_id:
             self._violation(f"message claims to be from {message.from_peer[:40]!r}")
         else:
-            self.mesh.message_received(self, message)
+            self.owner.message_received(self, message)
 
     # -- handshake outcome ---------------------------------------------------
 
-    def _sendAck(self, payload: dict) -> None:
-        self.sendMessage(self.mesh.message(MessageType.HANDSHAKE_ACK, payload))
+    def _sendAck(self, payload: dict[str, Any]) -> None:
+        self.sendMessage(self.owner.message(MessageType.HANDSHAKE_ACK, payload))
 
-    def _authenticated(self, peer_id: str) -> None:
+    def _authenticated(self, outcome: Authenticated) -> None:
         self._cancelTimer()
-        self.peer_id = peer_id
+        self.outcome = outcome
+        self.peer_id = outcome.peer_id
         self.state = State.CONNECTED
         self.connected_at = self.clock.seconds()
         self.factory.handshakeSucceeded(self)
-        self.reads_fields = self.mesh.reads_fields(self.handshake.peer_capabilities)
-        if self.mesh.peer_authenticated(self):
+        self.reads_fields = self.owner.reads_fields(outcome.capabilities)
+        if self.owner.peer_authenticated(self):
             self._armIdleTimer()
 
     def _handshakeEnded(self, reason: str) -> None:
@@ -458,7 +461,7 @@ class RelayProtocol(LineOnlyReceiver):
     # -- liveness ------------------------------------------------------------
 
     def _armIdleTimer(self) -> None:
-        due = self.last_received + self.mesh.idle_timeout
+        due = self.last_received + self.owner.idle_timeout
         self._timer = self.clock.callLater(
             max(0.0, due - self.clock.seconds()), self._idleCheck
         )
@@ -466,7 +469,7 @@ class RelayProtocol(LineOnlyReceiver):
     def _idleCheck(self) -> None:
         self._timer = None
         silent = self.clock.seconds() - self.last_received
-        if silent >= self.mesh.idle_timeout:
+        if silent >= self.owner.idle_timeout:
             self.abort(f"no message for {silent:g} s")
         else:
             self._armIdleTimer()
@@ -490,18 +493,12 @@ class RelayProtocol(LineOnlyReceiver):
     def sendEncoded(self, line: bytes, msg_type: str) -> None:
         """
         Write one already encoded message line (without its C{\\n}) of type
-        C{msg_type} (counted in L{by_type}).
+        C{msg_type} (counted in L{traffic}).
 
         Outside a L{WriteBatch} the line goes to the transport at once;
         inside one it waits for the end of the batch (see L{flush}).
         """
-        self.msgs_out += 1
-        self.bytes_out += len(line) + 1
-        counts = self.by_type.get(msg_type)
-        if counts is None:
-            counts = self.by_type[msg_type] = [0, 0, 0, 0]
-        counts[2] += 1
-        counts[3] += len(line) + 1
+        self.traffic.sent(msg_type, len(line) + 1)
         if not self.writable:
             self._backlog += len(line) + 1
             if self._backlog > MAX_SEND_BACKLOG:

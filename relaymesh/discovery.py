@@ -29,7 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from relaymesh.address import format_hostport
-from relaymesh.handshake.roles import VERSION
+from relaymesh.handshake.proofs import VERSION
 from relaymesh.peerid import is_valid_peer_id
 
 #: The UDP port announcements go to.

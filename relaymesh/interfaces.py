@@ -2,7 +2,16 @@
 The interfaces an embedding application may rely on.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ContextManager, Protocol
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from relaymesh.wire import RelayMessage
 
 
 class IRelayMesh(Interface):
@@ -145,3 +154,138 @@ class INode(Interface):
 
         @return: whether there was anything to stop or close.
         """
+
+
+class ILinkOwner(Interface):
+    """
+    What a connection (L{relaymesh.connection.RelayProtocol}) needs from the
+    node it belongs to: the registry of authenticated peers and the path of
+    their messages. L{relaymesh.mesh.Mesh} provides it.
+    """
+
+    identity = Attribute("This node's peer id (str).")
+    clock = Attribute("The IReactorTime every timer of the connection uses.")
+    idle_timeout = Attribute("Seconds of silence after which a connected peer is dropped.")
+    writes = Attribute("The WriteBatch the node's connections share.")
+    capabilities = Attribute("What this node announces in its handshakes (tuple of str).")
+
+    def message(msg_type, payload, from_peer=None):
+        """
+        A new message from this node, with a fresh id and the current time.
+        """
+
+    def admission_error(peer_id):
+        """
+        Why an inbound peer that just proved its key must still be refused,
+        or L{None} to admit it.
+        """
+
+    def reads_fields(capabilities):
+        """
+        Whether messages from a peer that announced C{capabilities} may carry
+        top-level fields this node reads.
+        """
+
+    def peer_authenticated(connection):
+        """
+        Register a connection whose handshake succeeded.
+
+        @return: whether the connection was kept.
+        """
+
+    def message_received(connection, message):
+        """
+        Take a message from an authenticated connection.
+        """
+
+    def fields_received(connection, message, fields):
+        """
+        Take a message whose top-level fields (C{fields}, the whole JSON
+        object) this node reads.
+        """
+
+    def connection_lost(connection, reason):
+        """
+        Note that an authenticated connection closed.
+        """
+
+
+class IHandshakeObserver(Interface):
+    """
+    What a connection tells the factory that made it about its handshake.
+    """
+
+    def handshakeVerified(connection, outcome):
+        """
+        The peer proved its key (L{relaymesh.handshake.base.Authenticated}):
+        record what the outcome leaves to record, before the connection
+        goes on.
+
+        @raise relaymesh.handshake.base.HandshakeFailed: if it cannot be
+            recorded; the handshake then fails.
+        """
+
+    def handshakeSucceeded(connection):
+        """
+        The connection is authenticated.
+        """
+
+    def handshakeFailed(connection, reason):
+        """
+        The connection closed before its handshake succeeded.
+        """
+
+
+class ExtensionHost(Protocol):
+    """
+    What the node's extensions (L{relaymesh.routing.router.Router},
+    L{relaymesh.reliable.outbox.ReliableDelivery}) may use of the mesh that
+    runs them. L{relaymesh.mesh.Mesh} provides it.
+    """
+
+    identity: str
+    clock: IReactorTime
+
+    def message(self, msg_type: str, payload: Any, from_peer: str | None = None) -> RelayMessage:
+        """A new message from this node, with a fresh id and the time."""
+
+    def sendable(self, msg_type: Any) -> str:
+        """C{msg_type} as a string, if an application may send it."""
+
+    def knows(self, peer_id: str) -> bool:
+        """Whether the mesh has a record of the peer."""
+
+    def announced(self, peer_id: str, capability: str) -> bool:
+        """Whether the peer's latest connection announced C{capability}."""
+
+    def send(self, peer_id: str, msg_type: str, payload: Any) -> str:
+        """Send a message to a peer, or through a route to a node."""
+
+    def send_line(self, peer_id: str, line: bytes, msg_type: str) -> bool:
+        """Write an encoded message to a connected peer; whether it was."""
+
+    def routable(self, peer_id: str) -> bool:
+        """Whether a route leads to C{peer_id}."""
+
+    def send_routed(
+        self, to: str, message: RelayMessage, origin_id: str, fields: dict[str, Any]
+    ) -> bool:
+        """Send C{message} with extra top-level C{fields} through a route
+        under C{origin_id}; whether a route led there."""
+
+    def deliver(self, peer_id: str, message: RelayMessage) -> None:
+        """Hand a message to the application's subscribers."""
+
+    def routes_changed(self) -> None:
+        """The routing table changed."""
+
+    def advertise(self) -> None:
+        """Send every routing neighbour this node's routes now."""
+
+    def batch(self) -> ContextManager[object]:
+        """A block whose writes are coalesced."""
+
+    def receive_routed(self, origin: str, message: RelayMessage, fields: dict[str, Any]) -> bool:
+        """A routed message for this node, as its origin sent it, with the
+        top-level fields it carried: whether an extension took it (a
+        reliable message, an ack of the outbox)."""

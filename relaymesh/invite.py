@@ -69,8 +69,9 @@ from relaymesh.codes import (
     parse_pair_code,
     wordlist,
 )
-from relaymesh.factory import CONNECT_TIMEOUT
-from relaymesh.handshake.roles import STRONG_FORM, ConnectorHandshake
+from relaymesh.dialer import CONNECT_TIMEOUT
+from relaymesh.handshake.connector import ConnectorHandshake
+from relaymesh.handshake.proofs import STRONG_FORM
 from relaymesh.keystore import PAIR_CODE_FORM, KeyStore
 from relaymesh.mesh import Mesh
 from relaymesh.handshake.pake import InvalidStrongCode, generate_strong_code, normalize_strong_code

@@ -27,31 +27,26 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relaymesh.address import PeerAddress, parse_peer_address
+from relaymesh.acceptor import RelayServerFactory
+from relaymesh.address import PeerAddress, format_address, parse_peer_address
+from relaymesh.connection import State
+from relaymesh.dialer import CONNECT_TIMEOUT, RelayClientFactory
+from relaymesh.discovery import Announcer
+from relaymesh.events import Direction, EventKind, PeerEvent
+from relaymesh.heartbeats import DEFAULT_HEARTBEAT_INTERVAL
+from relaymesh.interfaces import INode
+from relaymesh.keystore import KeyStore, KeyStoreError
+from relaymesh.listener import ListenerService
+from relaymesh.mesh import DEFAULT_MAX_PEERS, Mesh
 from relaymesh.reliable.outbox import (
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_RESEND_AFTER,
     DEFAULT_SCAN_INTERVAL,
     ReliableDelivery,
 )
-from relaymesh.discovery import Announcer
-from relaymesh.factory import CONNECT_TIMEOUT, RelayClientFactory, RelayServerFactory
-from relaymesh.interfaces import INode
-from relaymesh.keystore import KeyStore, KeyStoreError
-from relaymesh.mesh import (
-    CONNECTED,
-    DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_MAX_PEERS,
-    DISCONNECTED,
-    Mesh,
-    PeerEvent,
-)
-from relaymesh.address import format_address
-from relaymesh.connection import OUTBOUND, State
-from relaymesh.listener import ListenerService
+from relaymesh.reliable.store import STORE_FILE, Store, open_store
 from relaymesh.routing.router import Router
 from relaymesh.routing.table import MAX_HOPS
-from relaymesh.reliable.store import STORE_FILE, Store, open_store
 from relaymesh.tls import NodeCertificate, TLSError, TLSServerFactory
 
 #: The prefix of a listen description served over TLS with the node's
@@ -479,15 +474,15 @@ class RelayService(MultiService):
     # -- bookkeeping ---------------------------------------------------------
 
     def _peer_event(self, event: PeerEvent) -> None:
-        if event.peer_id is None or event.kind not in (CONNECTED, DISCONNECTED):
+        if event.peer_id is None or event.kind not in (EventKind.CONNECTED, EventKind.DISCONNECTED):
             return
-        if event.kind == DISCONNECTED:
+        if event.kind is EventKind.DISCONNECTED:
             for outbound in self._outbound.values():
                 if outbound.factory.peer_id == event.peer_id:
                     outbound.factory.wake()
         now = self._reactor.seconds()
         fields: dict[str, Any] = {"last_seen": int(now * 1000)}
-        if event.kind == CONNECTED and event.direction == OUTBOUND:
+        if event.kind is EventKind.CONNECTED and event.direction is Direction.OUTBOUND:
             fields["addr"] = event.address
         # last_seen is bookkeeping: written without fsync, and for a peer
         # that comes and goes, at most once a heartbeat interval (it cost a

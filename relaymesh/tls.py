@@ -9,7 +9,7 @@ rejects the other's certificate during the TLS handshake. Instead:
   - the PSK handshake that runs inside TLS proves the key over both
     certificates' fingerprints, so a man in the middle, who must show each
     side its own certificate, cannot relay a proof (see
-    L{relaymesh.handshake.roles});
+    L{relaymesh.handshake});
   - after the first successful PSK handshake, the peer's fingerprint is
     pinned in its meta file; a different certificate later is refused.
 """

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from relaymesh.cli.main import PROG, Command, CommandError, Context, register_command
-from relaymesh.handshake.roles import PIN_FIELD
+from relaymesh.handshake.proofs import PIN_FIELD
 from relaymesh.peerid import validate_peer_id
 from relaymesh.tls import NodeCertificate, TLSError, create_certificate
 

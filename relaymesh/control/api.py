@@ -48,7 +48,9 @@ from zope.interface import implementer
 from relaymesh._version import __version__
 from relaymesh.address import InvalidAddress, PeerAddress, parse_peer_address
 from relaymesh.keystore import KeyStoreError, write_atomically
-from relaymesh.mesh import CONNECTED, PeerEvent, PeerNotConnected, UnknownPeer, UnsupportedMessageType
+from relaymesh.errors import PeerNotConnected, UnknownPeer, UnsupportedMessageType
+from relaymesh.events import PeerEvent, PeerState
+CONNECTED = PeerState.CONNECTED
 from relaymesh.control.metrics import NodeMetrics, RoundTrips
 from relaymesh.peerid import InvalidPeerId, is_valid_peer_id
 from relaymesh.address import format_address

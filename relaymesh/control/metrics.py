@@ -26,7 +26,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from twisted.internet.interfaces import IReactorTime
 
 from relaymesh._version import __version__
-from relaymesh.mesh import CONNECTED, Mesh, PeerEvent, PeerStatus
+from relaymesh.events import PeerEvent, PeerStatus
+from relaymesh.events import PeerState
+CONNECTED = PeerState.CONNECTED
+from relaymesh.mesh import Mesh
 from relaymesh.wire import MessageType, RelayMessage
 
 #: Buckets of the round-trip time histogram, in seconds.

@@ -27,34 +27,23 @@ L{relaymesh.mesh.Mesh.send_reliable} and the L{Delivery} that returns.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relaymesh.mesh import (
+from relaymesh.errors import DeliveryTimeout, MeshError, ReliableUnsupported, UnknownPeer
+from relaymesh.interfaces import ExtensionHost
+from relaymesh.reliable.fields import (
+    ACK_CAPABILITY,
+    ACK_ID_FIELD,
     RELIABLE_FIELD,
-    DeliveryTimeout,
-    MeshError,
-    ReliableUnsupported,
-    UnknownPeer,
+    UNRELIABLE_TYPES,
 )
-from relaymesh.reliable.store import OutboxEntry
-from relaymesh.wire import MAX_LINE_BYTES, MessageType, WireError, decode_fields, dumps
-
-if TYPE_CHECKING:
-    from relaymesh.mesh import Mesh
-    from relaymesh.reliable.store import Store
-    from relaymesh.wire import RelayMessage
-
-#: The capability a node announces when it sends and acknowledges reliable
-#: messages.
-ACK_CAPABILITY = "ack/1"
-
-#: The payload field of an C{ack} that names the acknowledged message.
-ACK_ID_FIELD = "ack_id"  # claudectl 0.49: {"ack_id": ID}
+from relaymesh.reliable.store import OutboxEntry, Store
+from relaymesh.wire import MAX_LINE_BYTES, MessageType, RelayMessage, WireError, decode_fields, dumps
 
 #: Seconds after which an unacknowledged message is given up.
 DEFAULT_DELIVERY_TIMEOUT = 300.0
@@ -65,10 +54,6 @@ DEFAULT_RESEND_AFTER = 30.0
 
 #: Seconds between two scans of the outbox for overdue and expired messages.
 DEFAULT_SCAN_INTERVAL = 5.0
-
-#: The message types that are never sent reliably: liveness and the acks
-#: themselves.
-UNRELIABLE_TYPES = frozenset({MessageType.HEARTBEAT.value, MessageType.ACK.value})
 
 
 def routed_origin_id(msg_id: str, sends: int) -> str:
@@ -175,7 +160,7 @@ class ReliableDelivery:
     waits on the disk; one L{LoopingCall} scans it every
     L{scan_interval} seconds (no timer per message).
 
-    @ivar mesh: The node's L{relaymesh.mesh.Mesh}.
+    @ivar mesh: The node's L{ExtensionHost} (its mesh).
     @ivar store: The open L{relaymesh.reliable.store.Store} (or a fake with its
         interface).
     @ivar delivery_timeout: Seconds from sending to giving up.
@@ -191,7 +176,7 @@ class ReliableDelivery:
 
     def __init__(
         self,
-        mesh: Mesh,
+        mesh: ExtensionHost,
         store: Store,
         delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
         resend_after: float = DEFAULT_RESEND_AFTER,
@@ -256,7 +241,7 @@ class ReliableDelivery:
                     f"peer {peer_id} did not announce {ACK_CAPABILITY}: it cannot acknowledge "
                     "reliable messages"
                 )
-        elif self.mesh.router is None or self.mesh.router.route(peer_id) is None:
+        elif not self.mesh.routable(peer_id):
             raise UnknownPeer(f"unknown peer {peer_id!r}")
         if msg_type in UNRELIABLE_TYPES:
             raise ReliableUnsupported(f"a {msg_type} cannot be sent reliably")
@@ -331,13 +316,15 @@ class ReliableDelivery:
 
         @return: whether a route led there.
         """
-        router = self.mesh.router
         entry = outgoing.entry
-        if router is None or router.route(entry.peer_id) is None:
+        if not self.mesh.routable(entry.peer_id):
             return False
         message, _ = decode_fields(entry.line)
-        return router.send_reliable(
-            entry.peer_id, message, routed_origin_id(entry.msg_id, outgoing.sends)
+        return self.mesh.send_routed(
+            entry.peer_id,
+            message,
+            routed_origin_id(entry.msg_id, outgoing.sends),
+            {RELIABLE_FIELD: True},
         )
 
     def retry_unsent(self) -> None:
@@ -400,6 +387,22 @@ class ReliableDelivery:
             )
 
     # -- receiving -----------------------------------------------------------
+
+    def take(self, peer_id: str, message: RelayMessage, fields: dict[str, Any]) -> bool:
+        """
+        Look at a message from C{peer_id} (a peer, or the origin of a routed
+        message) that may carry top-level fields: an C{ack} of a message in
+        the outbox, and a reliable message, are taken.
+
+        @return: whether the message was taken (it goes no further).
+        """
+        msg_type = message.msg_type
+        if msg_type == MessageType.ACK.value:
+            return self.acknowledged(peer_id, message.payload)
+        if fields.get(RELIABLE_FIELD) is True and msg_type not in UNRELIABLE_TYPES:
+            self.received(peer_id, message)
+            return True
+        return False
 
     def acknowledged(self, peer_id: str, payload: Any) -> bool:
         """

@@ -24,13 +24,15 @@ C{route/1} capability.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from relaymesh.reliable.outbox import UNRELIABLE_TYPES
-from relaymesh.mesh import ADVERTISEMENT_FIELD, RELIABLE_FIELD, PeerNotConnected
+from relaymesh.connection import RelayProtocol
+from relaymesh.errors import PeerNotConnected
+from relaymesh.interfaces import ExtensionHost
+from relaymesh.reliable.fields import RELIABLE_FIELD
 from relaymesh.routing.table import (
     MAX_HOPS,
     ROUTE_FIELD,
@@ -48,9 +50,9 @@ from relaymesh.routing.table import (
 )
 from relaymesh.wire import MessageType, RelayMessage, dumps
 
-if TYPE_CHECKING:
-    from relaymesh.mesh import Mesh
-    from relaymesh.connection import RelayProtocol
+#: The top-level heartbeat field that carries a route advertisement to a
+#: routing neighbour.
+ADVERTISEMENT_FIELD = "routes"
 
 #: Seconds at least between two advertisements sent because the table
 #: changed (the heartbeats carry one every interval besides).
@@ -62,7 +64,7 @@ class Router:
     One node's routing: its L{RoutingTable}, its L{SeenMessages}, and the
     rate-limited advertisements.
 
-    @ivar mesh: The node's L{relaymesh.mesh.Mesh}.
+    @ivar mesh: The node's L{ExtensionHost} (its mesh).
     @ivar table: The L{RoutingTable}.
     @ivar seen: The routed messages seen, by origin and origin id.
     @ivar advertise_interval: Seconds at least between two early
@@ -76,7 +78,7 @@ class Router:
 
     def __init__(
         self,
-        mesh: Mesh,
+        mesh: ExtensionHost,
         max_hops: int = MAX_HOPS,
         advertise_interval: float = ADVERTISE_MIN_INTERVAL,
     ) -> None:
@@ -147,13 +149,32 @@ class Router:
         if changed:
             self._changed()
 
-    def heartbeat_line(self, peer_id: str, heartbeat: RelayMessage) -> bytes:
+    def heartbeat_fields(self, peer_id: str) -> dict[str, Any] | None:
         """
-        The heartbeat for a neighbour, with this node's advertisement for it.
+        The top-level fields of a heartbeat to C{peer_id}: this node's
+        advertisement for it if it is a neighbour, else L{None}.
         """
-        fields = heartbeat.to_dict()
-        fields[ADVERTISEMENT_FIELD] = self.table.advertisement_for(peer_id)
-        return dumps(fields)
+        if peer_id not in self._neighbours:
+            return None
+        return {ADVERTISEMENT_FIELD: self.table.advertisement_for(peer_id)}
+
+    def take(self, protocol: RelayProtocol, message: RelayMessage, fields: dict[str, Any]) -> bool:
+        """
+        Look at a message from a peer whose top-level fields this node reads:
+        a neighbour's routed message is taken (L{routed}); the advertisement
+        a neighbour's heartbeat carries updates the table.
+
+        @return: whether the message was taken (it goes no further).
+        """
+        peer_id = protocol.peer_id
+        if peer_id is None or peer_id not in self._neighbours:
+            return False
+        if fields.get(ROUTE_FIELD) is not None:
+            self.routed(protocol, message, fields)
+            return True
+        if message.msg_type == MessageType.HEARTBEAT.value and ADVERTISEMENT_FIELD in fields:
+            self.advertised(peer_id, fields[ADVERTISEMENT_FIELD])
+        return False
 
     def _changed(self) -> None:
         """
@@ -170,10 +191,10 @@ class Router:
 
     def _advertise(self) -> None:
         self._advertise_call = None
-        self.advertised_now()
+        self.heartbeat_sent()
         self.mesh.advertise()
 
-    def advertised_now(self) -> None:
+    def heartbeat_sent(self) -> None:
         """
         Note that every neighbour was just told the routes (a heartbeat).
         """
@@ -186,6 +207,20 @@ class Router:
         The route to C{destination}, or L{None}.
         """
         return self.table.route(destination)
+
+    def next_hop(self, destination: str) -> tuple[str, int] | None:
+        """
+        The neighbour the route to C{destination} goes through and its
+        length in hops, or L{None} without a route.
+        """
+        route = self.table.route(destination)
+        return None if route is None else (route.via, route.hops)
+
+    def next_hops(self) -> dict[str, tuple[str, int]]:
+        """
+        L{next_hop} of every destination a route leads to.
+        """
+        return {r.destination: (r.via, r.hops) for r in self.table.routes()}
 
     # -- sending -------------------------------------------------------------
 
@@ -206,10 +241,13 @@ class Router:
             self.mesh.send_line(target, line, message.msg_type)
         return message.id
 
-    def send_reliable(self, to: str, message: RelayMessage, origin_id: str) -> bool:
+    def send_with_fields(
+        self, to: str, message: RelayMessage, origin_id: str, extra: dict[str, Any]
+    ) -> bool:
         """
-        Send a copy of a reliable message of this node (C{"reliable": true}
-        kept) towards C{to} through the next hop, under C{origin_id}.
+        Send a copy of a message of this node with extra top-level fields
+        (a reliable message's C{"reliable": true}) towards C{to} through the
+        next hop, under C{origin_id}.
 
         @return: whether a route led there.
         """
@@ -218,7 +256,7 @@ class Router:
             return False
         assert decision.header is not None
         fields = message.to_dict()
-        fields[RELIABLE_FIELD] = True
+        fields.update(extra)
         fields[ROUTE_FIELD] = decision.header.to_object()
         line = dumps(fields)
         for target in decision.targets:
@@ -270,17 +308,12 @@ class Router:
             return
         fresh = (header.origin, header.origin_id) not in self.seen
         decision = decide(self.table, self.seen, header, neighbour)
-        reliable = self.mesh.reliable
         reliable_copy = fields.get(RELIABLE_FIELD) is True
-        if header.to == self.mesh.identity and reliable is not None:
-            if reliable_copy and message.msg_type not in UNRELIABLE_TYPES:
-                reliable.received(header.origin, self._end_to_end(header, message, message.id))
-                return
-            if (
-                decision.deliver
-                and message.msg_type == MessageType.ACK.value
-                and reliable.acknowledged(header.origin, message.payload)
-            ):
+        if header.to == self.mesh.identity and (reliable_copy or decision.deliver):
+            # a reliable copy is handed over every time (its copies differ
+            # in origin id): the reliable delivery delivers it once
+            msg_id = message.id if reliable_copy else header.origin_id
+            if self.mesh.receive_routed(header.origin, self._end_to_end(header, message, msg_id), fields):
                 return
         if decision.deliver:
             self.mesh.deliver(header.origin, self._end_to_end(header, message, header.origin_id))

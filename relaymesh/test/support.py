@@ -18,8 +18,9 @@ from twisted.test import iosim
 
 from relaymesh.address import PeerAddress
 from relaymesh.reliable.outbox import ReliableDelivery
-from relaymesh.factory import RelayClientFactory, RelayServerFactory
-from relaymesh.handshake.roles import compute_proof
+from relaymesh.acceptor import RelayServerFactory
+from relaymesh.dialer import RelayClientFactory
+from relaymesh.handshake.proofs import compute_proof
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey
 from relaymesh.mesh import Mesh
 from relaymesh.connection import RelayProtocol

@@ -16,7 +16,7 @@ from relaymesh.reliable.outbox import (
     Delivery,
     ReliableDelivery,
 )
-from relaymesh.handshake.roles import DEFAULT_CAPABILITIES
+from relaymesh.handshake.proofs import DEFAULT_CAPABILITIES
 from relaymesh.mesh import (
     DeliveryTimeout,
     ReliableUnsupported,

@@ -32,7 +32,7 @@ from relaymesh.discovery import (
     parse_announcement,
     parse_target,
 )
-from relaymesh.handshake.roles import VERSION
+from relaymesh.handshake.proofs import VERSION
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
 from relaymesh.test.support import EPOCH

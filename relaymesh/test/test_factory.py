@@ -8,14 +8,9 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.factory import (
-    LOCKOUT_FAILURES,
-    LOCKOUT_WINDOW,
-    MAX_HANDSHAKES,
-    MAX_HANDSHAKES_PER_ADDRESS,
-    FailureTracker,
-    RelayClientFactory,
-)
+from relaymesh.acceptor import FailureTracker, LOCKOUT_FAILURES, LOCKOUT_WINDOW, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS
+
+from relaymesh.dialer import RelayClientFactory
 from relaymesh.connection import State
 from relaymesh.test.support import (
     authenticate,

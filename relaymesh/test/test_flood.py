@@ -17,7 +17,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import SkipTest, TestCase
 
 from relaymesh.address import PeerAddress
-from relaymesh.factory import RelayClientFactory
+from relaymesh.dialer import RelayClientFactory
 from relaymesh.keystore import KeyStore
 from relaymesh.mesh import Mesh
 from relaymesh.service import RelayService

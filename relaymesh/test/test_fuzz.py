@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.handshake.roles import compute_proof
+from relaymesh.handshake.proofs import compute_proof
 from relaymesh.connection import State
 from relaymesh.test.support import (
     MemoryKeys,

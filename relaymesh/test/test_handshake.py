@@ -1,19 +1,16 @@
 """
-Tests for L{relaymesh.handshake.roles}, against claudectl 0.49.2's own transcript.
+Tests for L{relaymesh.handshake}, against claudectl 0.49.2's own transcript.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.handshake.roles import (
-    AcceptorHandshake,
-    acceptor_proof,
-    connector_proof,
-    ConnectorHandshake,
-    HandshakeFailed,
-    compute_proof,
-    new_nonce,
-    verify_proof,
-)
+from relaymesh.handshake.acceptor import AcceptorHandshake
+
+from relaymesh.handshake.base import HandshakeFailed
+
+from relaymesh.handshake.connector import ConnectorHandshake
+
+from relaymesh.handshake.proofs import acceptor_proof, compute_proof, connector_proof, new_nonce, verify_proof
 from relaymesh.connection import State
 from relaymesh.test.support import (
     FakeConnector,

@@ -1,6 +1,6 @@
 """
 Tests for L{relaymesh.invite}, the armed keys it relies on (in
-L{relaymesh.keystore} and L{relaymesh.handshake.roles}), and the C{invite} and
+L{relaymesh.keystore} and L{relaymesh.handshake}), and the C{invite} and
 C{join} commands (L{relaymesh.cli.pairing}), with C{peers} and C{forget}.
 """
 
@@ -39,7 +39,9 @@ from relaymesh.codes import (
     format_pair_code,
     parse_pair_code,
 )
-from relaymesh.handshake.roles import AcceptorHandshake, HandshakeFailed, compute_proof
+from relaymesh.handshake.acceptor import AcceptorHandshake
+from relaymesh.handshake.base import HandshakeFailed
+from relaymesh.handshake.proofs import compute_proof
 from relaymesh.invite import (
     ARMED_INVITE,
     ARMED_INVITE_LEGACY,

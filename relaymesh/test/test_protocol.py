@@ -7,7 +7,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.handshake.roles import compute_proof
+from relaymesh.handshake.proofs import compute_proof
 from relaymesh.connection import FLUSH_BYTES, HANDSHAKE_TIMEOUT, State
 from relaymesh.test.support import (
     accepted,

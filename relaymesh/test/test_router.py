@@ -14,7 +14,7 @@ from relaymesh.reliable.outbox import (
     DEFAULT_SCAN_INTERVAL,
     routed_origin_id,
 )
-from relaymesh.handshake.roles import DEFAULT_CAPABILITIES
+from relaymesh.handshake.proofs import DEFAULT_CAPABILITIES
 from relaymesh.mesh import ROUTED, UnknownPeer
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL
 from relaymesh.routing.table import MAX_HOPS, ROUTING_CAPABILITY, RouteHeader, encode_routed

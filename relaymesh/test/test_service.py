@@ -17,7 +17,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from relaymesh import tap
 from relaymesh.address import PeerAddress
 from relaymesh.reliable.outbox import ACK_CAPABILITY
-from relaymesh.factory import RelayClientFactory
+from relaymesh.dialer import RelayClientFactory
 from relaymesh.keystore import KeyStore
 from relaymesh.service import SHUTDOWN_TIMEOUT, RelayService
 from relaymesh.reliable.store import STORE_FILE, StoreError

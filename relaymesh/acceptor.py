@@ -1,0 +1,222 @@
+"""
+The acceptor: the server factory that admits inbound peers within
+claudectl's limits, and the lockout of addresses that fail handshakes.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Callable
+
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from relaymesh import pairing
+from relaymesh.connection import RelayProtocol
+from relaymesh.events import Direction
+from relaymesh.handshake.acceptor import AcceptorHandshake
+from relaymesh.handshake.base import Authenticated, KeyLookup
+from relaymesh.interfaces import IHandshakeObserver
+from relaymesh.mesh import Mesh
+
+#: Handshakes in progress at once; more connections are refused.
+MAX_HANDSHAKES = 16  # claudectl 0.49: 16
+
+#: Handshakes in progress from one address at once, so that one address
+#: cannot take every handshake slot (claudectl has no such limit).
+MAX_HANDSHAKES_PER_ADDRESS = 4
+
+#: Failed handshakes from one address within L{LOCKOUT_WINDOW} seconds after
+#: which that address is refused until the first of them is that old.
+LOCKOUT_FAILURES = 5  # claudectl 0.49: 5
+LOCKOUT_WINDOW = 60.0  # claudectl 0.49: 60 s
+
+class FailureTracker:
+    """
+    Failed handshakes per address, for the lockout.
+
+    An address with L{LOCKOUT_FAILURES} failures in the last
+    L{LOCKOUT_WINDOW} seconds is refused; that is, until the first of those
+    failures is L{LOCKOUT_WINDOW} seconds old.
+    """
+
+    #: Addresses tracked before stale ones are swept.
+    SWEEP_AT = 1024
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        limit: int = LOCKOUT_FAILURES,
+        window: float = LOCKOUT_WINDOW,
+    ) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._window = window
+        self._failures: dict[str, collections.deque[float]] = {}
+
+    def _recent(self, host: str, now: float) -> collections.deque[float] | None:
+        times = self._failures.get(host)
+        if times is not None:
+            while times and now - times[0] >= self._window:
+                times.popleft()
+            if not times:
+                del self._failures[host]
+                return None
+        return times
+
+    def refused(self, host: str) -> bool:
+        """
+        Whether C{host} is locked out now.
+        """
+        times = self._recent(host, self._clock.seconds())
+        return times is not None and len(times) >= self._limit
+
+    def count(self, host: str) -> int:
+        """
+        How many failures from C{host} are recent enough to count.
+        """
+        times = self._recent(host, self._clock.seconds())
+        return 0 if times is None else len(times)
+
+    def wait(self, host: str, below: int) -> float:
+        """
+        Seconds until fewer than C{below} recent failures from C{host} count.
+        """
+        now = self._clock.seconds()
+        times = self._recent(host, now)
+        if times is None or len(times) < below:
+            return 0.0
+        return times[len(times) - below] + self._window - now
+
+    def record(self, host: str) -> None:
+        """
+        Count one failed handshake from C{host}.
+        """
+        now = self._clock.seconds()
+        if len(self._failures) >= self.SWEEP_AT:
+            for tracked in list(self._failures):
+                self._recent(tracked, now)  # drops the address if nothing is recent
+        times = self._failures.setdefault(host, collections.deque(maxlen=self._limit))
+        times.append(now)
+
+
+def _host(address: IAddress) -> str:
+    return getattr(address, "host", None) or str(address)
+
+
+@implementer(IHandshakeObserver)
+class RelayServerFactory(Factory):
+    """
+    Accepts inbound peers, within claudectl's limits.
+
+    A connection is refused (closed before the challenge, without a byte)
+    when its address is locked out, when L{max_handshakes} handshakes are in
+    progress (or L{MAX_HANDSHAKES_PER_ADDRESS} from its address), or when
+    the mesh has its maximum number of peers.
+    """
+
+    log = Logger()
+    noisy = False
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        keys: KeyLookup,
+        max_handshakes: int = MAX_HANDSHAKES,
+        randbytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.mesh = mesh
+        self.keys = keys
+        self.max_handshakes = max_handshakes
+        self.failures = FailureTracker(mesh.clock)
+        self._randbytes = randbytes
+        self._handshaking: dict[RelayProtocol, str] = {}
+        self._handshaking_per_host: collections.Counter[str] = collections.Counter()
+
+    def handshakes_in_progress(self) -> int:
+        """
+        How many inbound connections have not finished their handshake.
+        """
+        return len(self._handshaking)
+
+    def handshaking(self) -> list[RelayProtocol]:
+        """
+        The inbound connections that have not finished their handshake.
+        """
+        return list(self._handshaking)
+
+    def refusal(self, host: str) -> str | None:
+        """
+        Why a new connection from C{host} is refused now, or L{None}.
+        """
+        if self.failures.refused(host):
+            return f"too many failed handshakes from {host}"
+        if len(self._handshaking) >= self.max_handshakes:
+            return f"{self.max_handshakes} handshakes already in progress"
+        if self._handshaking_per_host[host] >= MAX_HANDSHAKES_PER_ADDRESS:
+            return f"{MAX_HANDSHAKES_PER_ADDRESS} handshakes already in progress from {host}"
+        if self.mesh.connected_count() >= self.mesh.max_peers:
+            return f"peer limit of {self.mesh.max_peers} reached"
+        return None
+
+    def buildProtocol(self, addr: IAddress) -> RelayProtocol | None:
+        host = _host(addr)
+        reason = self.refusal(host)
+        if reason is not None:
+            self.log.debug("refused connection from {host}: {reason}", host=host, reason=reason)
+            return None
+        protocol = RelayProtocol(
+            self.mesh,
+            AcceptorHandshake(
+                self.keys,
+                self._randbytes,
+                clock=self.mesh.clock,
+                identity=self.mesh.identity,
+                capabilities=self.mesh.capabilities,
+            ),
+        )
+        protocol.factory = self
+        self._handshaking[protocol] = host
+        self._handshaking_per_host[host] += 1
+        return protocol
+
+    def _finished(self, protocol: RelayProtocol) -> str | None:
+        host = self._handshaking.pop(protocol, None)
+        if host is not None:
+            self._handshaking_per_host[host] -= 1
+            if not self._handshaking_per_host[host]:
+                del self._handshaking_per_host[host]
+        return host
+
+    def handshakeVerified(self, protocol: RelayProtocol, outcome: Authenticated) -> None:
+        """
+        The peer proved its key: record what it paired or pinned before the
+        ack says ok (L{relaymesh.pairing.record}).
+
+        @raise relaymesh.pairing.PairingFailed: if that cannot be recorded.
+        """
+        pairing.record(self.keys, outcome, self.mesh.clock.seconds())
+
+    def handshakeSucceeded(self, protocol: RelayProtocol) -> None:
+        """
+        The peer proved its key.
+        """
+        self._finished(protocol)
+
+    def handshakeFailed(self, protocol: RelayProtocol, reason: str) -> None:
+        """
+        The connection closed before the handshake succeeded; count it
+        against the address.
+        """
+        host = self._finished(protocol)
+        if host is None:
+            return
+        self.failures.record(host)
+        handshake = protocol.handshake
+        claimed = handshake.claimed_peer if isinstance(handshake, AcceptorHandshake) else None
+        self.mesh.handshake_denied(claimed, protocol.address, Direction.INBOUND, reason)
+
+

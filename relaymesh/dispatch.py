@@ -1,0 +1,135 @@
+"""
+Dispatch: what each peer sent recently (for deduplication), and the
+application's subscriptions, by message type.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable, Generic, TypeVar
+
+from twisted.logger import Logger
+
+from relaymesh.errors import UnsupportedMessageType
+from relaymesh.wire import MESSAGE_TYPES, RelayMessage
+
+#: Message ids remembered per sender for deduplication.
+DEDUP_WINDOW = 1000  # claudectl 0.49: 1000 (but shared by all peers)
+
+T = TypeVar("T")
+
+MessageCallback = Callable[[str, RelayMessage], None]
+
+
+class RecentIds:
+    """
+    The last C{size} message ids seen, with O(1) membership and insertion.
+
+    Memory is bounded by C{size} ids: a full window of claudectl-style ids
+    takes about 120 KB, which is why a peer gets one only once it sends
+    something other than heartbeats (see L{relaymesh.mesh.Mesh.message_received}).
+    """
+
+    __slots__ = ("_order", "_members", "_size")
+
+    def __init__(self, size: int = DEDUP_WINDOW) -> None:
+        self._order: collections.deque[str] = collections.deque()
+        self._members: set[str] = set()
+        self._size = size
+
+    def seen(self, message_id: str) -> bool:
+        """
+        Record C{message_id}; return whether it was already among the recent ids.
+        """
+        members = self._members
+        if message_id in members:
+            return True
+        members.add(message_id)
+        order = self._order
+        order.append(message_id)
+        if len(order) > self._size:
+            members.discard(order.popleft())
+        return False
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+class Subscription(Generic[T]):
+    """
+    A registered callback; L{cancel} removes it.
+    """
+
+    def __init__(
+        self, registry: list[T], callback: T, changed: Callable[[], None] | None = None
+    ) -> None:
+        self._registry = registry
+        self._changed = changed
+        self.callback = callback
+        registry.append(callback)
+        if changed is not None:
+            changed()
+
+    def cancel(self) -> None:
+        """
+        Stop calling the callback. Cancelling twice does nothing.
+        """
+        try:
+            self._registry.remove(self.callback)
+        except ValueError:
+            return
+        if self._changed is not None:
+            self._changed()
+
+
+class Dispatcher:
+    """
+    The application's subscriptions, and the delivery of a message to them.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str | None, list[MessageCallback]] = {}
+        # msg_type -> the callbacks for it, specific ones first, as a tuple;
+        # built on first use, dropped whenever a subscription changes
+        self._callbacks: dict[str, tuple[MessageCallback, ...]] = {}
+
+    def subscribe(
+        self, callback: MessageCallback, msg_type: str | None = None
+    ) -> Subscription[MessageCallback]:
+        """
+        Call C{callback(peer_id, message)} for every new message of
+        C{msg_type} (of every type if L{None}).
+
+        @raise UnsupportedMessageType: for a type that is not a relay type.
+        """
+        if msg_type is not None:
+            msg_type = str(msg_type)
+            if msg_type not in MESSAGE_TYPES:
+                raise UnsupportedMessageType(f"unknown message type {msg_type!r}")
+        return Subscription(
+            self._subscribers.setdefault(msg_type, []), callback, self._callbacks.clear
+        )
+
+    def deliver(self, peer_id: str, message: RelayMessage) -> None:
+        """
+        Hand a message to the subscribers of its type; a subscriber that
+        raises is logged, and the others still get the message.
+        """
+        msg_type = message.msg_type
+        callbacks = self._callbacks.get(msg_type)
+        if callbacks is None:
+            callbacks = self._callbacks[msg_type] = tuple(
+                self._subscribers.get(msg_type, ())
+            ) + tuple(self._subscribers.get(None, ()))
+        for callback in callbacks:
+            try:
+                callback(peer_id, message)
+            except Exception:
+                self.log.failure(
+                    "subscriber {callback!r} failed on a {msg_type} from {peer_id}",
+                    callback=callback,
+                    msg_type=msg_type,
+                    peer_id=peer_id,
+                )

@@ -1,0 +1,133 @@
+"""
+The handshake's cryptography and constants: nonces, claudectl's connector
+proof, relaymesh's labelled proofs, and constant-time comparison.
+
+claudectl's handshake: the acceptor sends a C{challenge} with a fresh 32-byte
+nonce (64 lowercase hex characters); the connector answers with a
+C{handshake} whose proof is C{HMAC-SHA256(psk, ascii(nonce))} in lowercase
+hex. relaymesh's proofs are HMACs over NUL-separated fields under a label per
+direction, so that one direction's proof never serves as the other's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from typing import Callable
+
+from relaymesh._version import __version__
+
+#: Bytes of randomness in a challenge nonce.
+NONCE_BYTES = 32  # claudectl 0.49: 32
+
+#: Bytes in a pre-shared key.
+PSK_BYTES = 32  # claudectl 0.49: 32
+
+#: What this node says it is in the handshake's C{version} field.
+VERSION = f"relaymesh-{__version__}"
+
+#: The capability of answering the connector's nonce with a proof.
+CAP_MUTUAL_AUTH = "mutual-auth/1"
+
+#: The capabilities a node announces unless told otherwise.
+DEFAULT_CAPABILITIES = (CAP_MUTUAL_AUTH,)
+
+#: At most this many capabilities, each at most this long, are read.
+MAX_CAPABILITIES = 32
+MAX_CAPABILITY_LENGTH = 64
+
+#: Labels that keep each direction's proof from serving as the other's.
+CONNECTOR_LABEL = b"relaymesh/1 connector proof"
+ACCEPTOR_LABEL = b"relaymesh/1 acceptor proof"
+
+#: The meta field where a peer's TLS certificate fingerprint is pinned.
+PIN_FIELD = "tls_fingerprint"
+
+#: The meta field that marks a claudectl-style peer (one-way authentication).
+LEGACY_FIELD = "legacy"
+
+HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
+
+ACK_OK = "ok"
+ACK_DENIED = "denied"
+ACK_PAKE = "pake"
+
+#: How a peer that paired with a strong code is recorded (C{paired_via}).
+STRONG_FORM = "strong_code"
+
+#: (server certificate fingerprint, client certificate fingerprint).
+Binding = tuple[str, str]
+
+
+def new_nonce(randbytes: Callable[[int], bytes] = os.urandom) -> str:
+    """
+    A fresh challenge nonce: 32 random bytes as 64 lowercase hex characters.
+    """
+    return randbytes(NONCE_BYTES).hex()
+
+
+def compute_proof(psk: bytes, nonce: str) -> str:
+    """
+    claudectl's connector proof for a nonce: lowercase hex of
+    HMAC-SHA256(key=psk, message=the ASCII bytes of the nonce string).
+    """
+    return hmac.new(psk, nonce.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def _mac(psk: bytes, label: bytes, *parts: str) -> str:
+    message = label + b"".join(b"\x00" + part.encode("utf-8") for part in parts)
+    return hmac.new(psk, message, hashlib.sha256).hexdigest()
+
+
+def connector_proof(
+    psk: bytes,
+    nonce: str,
+    connector_nonce: str | None = None,
+    connector: str = "",
+    binding: Binding | None = None,
+) -> str:
+    """
+    The connector's proof: claudectl's over plain TCP; over TLS, bound to
+    both nonces, the connector's id and both certificates.
+    """
+    if binding is None:
+        return compute_proof(psk, nonce)
+    return _mac(psk, CONNECTOR_LABEL, nonce, connector_nonce or "", connector, *binding)
+
+
+def acceptor_proof(
+    psk: bytes,
+    nonce: str,
+    connector_nonce: str,
+    connector: str,
+    acceptor: str,
+    binding: Binding | None = None,
+) -> str:
+    """
+    The acceptor's proof for mutual authentication: over both nonces, both
+    ids and (over TLS) both certificates, under the acceptor's own label.
+    """
+    return _mac(psk, ACCEPTOR_LABEL, nonce, connector_nonce, connector, acceptor, *(binding or ()))
+
+
+def same_proof(expected: str, given: object) -> bool:
+    """
+    Compare a proof in constant time; anything but an ASCII string is wrong.
+    """
+    if not isinstance(given, str):
+        return False
+    try:
+        data = given.encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(expected.encode("ascii"), data)
+
+
+def verify_proof(psk: bytes, nonce: str, proof: object) -> bool:
+    """
+    Whether C{proof} is claudectl's proof of C{psk} for C{nonce}, compared in
+    constant time.
+    """
+    return same_proof(compute_proof(psk, nonce), proof)
