@@ -13,7 +13,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 import relaymesh
-from relaymesh.cli import main as cli_main
+from relaymesh.cli import keys, live, main as cli_main, pairing, security
 from relaymesh.cli.base import Command, CommandError, format_last_seen
 from relaymesh.cli.main import COMMANDS, main
 from relaymesh.codes import parse_pair_code
@@ -476,6 +476,45 @@ class ParserTests(CommandTestsMixin, SynchronousTestCase):
 
         status, out, err = self.runCommand("--version", dataDir=False)
         self.assertEqual((status, out), (0, f"relaymesh {__version__}\n"))
+
+    def test_commandTable(self):
+        """
+        L{COMMANDS} lists every command module's commands once, in the
+        order of the modules, and C{--help} lists them all in that order
+        with their help.
+        """
+        names = [command.name for command in COMMANDS]
+        self.assertEqual(
+            names,
+            [
+                "identity",
+                "pair",
+                "accept",
+                "peers",
+                "forget",
+                "status",
+                "send",
+                "broadcast",
+                "watch",
+                "connect",
+                "disconnect",
+                "invite",
+                "join",
+                "discover",
+                "tls-init",
+                "tls-unpin",
+            ],
+        )
+        self.assertEqual(len(set(names)), len(names))
+        self.assertEqual(
+            COMMANDS, keys.COMMANDS + live.COMMANDS + pairing.COMMANDS + security.COMMANDS
+        )
+        status, out, err = self.runCommand("--help", dataDir=False)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(re.findall(r"^    (\S+)  ", out, re.MULTILINE), names)
+        words = " ".join(out.split())
+        for command in COMMANDS:
+            self.assertIn(f" {command.name} {command.help} ", words + " ")
 
     def test_tableCommand(self):
         """
