@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, Callable
 from urllib.parse import quote
 
+from relaymesh.cli.base import PROG, Command, CommandError, Context, format_table
 from relaymesh.control.client import (
     API_ENV,
     TOKEN_FILE,
@@ -39,7 +40,6 @@ from relaymesh.control.client import (
     read_token,
     resolve_url,
 )
-from relaymesh.cli.main import PROG, Command, CommandError, Context, _table, register_command
 
 #: Exit status when no node is running.
 EXIT_NOT_RUNNING = 1
@@ -230,7 +230,7 @@ def run_status(context: Context, args: argparse.Namespace, node: NodeClient) -> 
         ),
         ("Workers:", str(s.get("workers", 0))),
     ]
-    context.emit(s, _table(rows))
+    context.emit(s, format_table(rows))
 
 
 # -- peers (live) --------------------------------------------------------------
@@ -279,7 +279,7 @@ def live_peers(context: Context, args: argparse.Namespace) -> bool:
                     f"{p.get('msgs_in', 0)}/{p.get('msgs_out', 0)}",
                 )
             )
-        listing = _table(rows)
+        listing = format_table(rows)
     else:
         listing = "No peers."
     state = "armed" if pending else "none"
@@ -450,13 +450,13 @@ def run_disconnect(context: Context, args: argparse.Namespace, node: NodeClient)
     context.emit(answer, text)
 
 
-register_command(Command("status", "show a running node's status", add_node_arguments, run_status))
-register_command(Command("send", "send a message to a peer through a running node", add_send_arguments, run_send))
-register_command(
-    Command("broadcast", "send a message to every connected peer", add_broadcast_arguments, run_broadcast)
-)
-register_command(Command("watch", "follow a running node's messages and peer events", add_watch_arguments, run_watch))
-register_command(Command("connect", "make a running node dial a peer", add_connect_arguments, run_connect))
-register_command(
-    Command("disconnect", "disconnect a peer and stop dialling it", add_disconnect_arguments, run_disconnect)
+#: The commands that talk to a running node, in the order the help lists them
+#: (C{peers}, which asks a node when one runs, is in L{relaymesh.cli.keys}).
+COMMANDS = (
+    Command("status", "show a running node's status", add_node_arguments, run_status),
+    Command("send", "send a message to a peer through a running node", add_send_arguments, run_send),
+    Command("broadcast", "send a message to every connected peer", add_broadcast_arguments, run_broadcast),
+    Command("watch", "follow a running node's messages and peer events", add_watch_arguments, run_watch),
+    Command("connect", "make a running node dial a peer", add_connect_arguments, run_connect),
+    Command("disconnect", "disconnect a peer and stop dialling it", add_disconnect_arguments, run_disconnect),
 )

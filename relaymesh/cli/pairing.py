@@ -1,6 +1,6 @@
 """
 The pairing and discovery commands of C{relaymesh}: C{invite}, C{join} and
-C{discover}, added to L{relaymesh.cli.COMMANDS}.
+C{discover}, and the strong code of C{pair --strong}.
 
 C{join} and C{discover} run the reactor for as long as they need it
 (L{run_reactor}); every other step, and every time they read
@@ -12,24 +12,20 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.error import CannotListenError
-from twisted.python.failure import Failure
 
 from relaymesh.address import DEFAULT_PORT
-from relaymesh.cli import main as cli
-from relaymesh.cli.main import (
+from relaymesh.cli.base import (
     PROG,
     Command,
     CommandError,
     Context,
-    _table,
     format_last_seen,
-    register_command,
+    format_table,
+    run_reactor,
 )
 from relaymesh.codes import InvalidCode
 from relaymesh.discovery import ANNOUNCE_PORT, DEFAULT_LISTEN_SECONDS, discover
@@ -59,31 +55,6 @@ QR_MISSING = "--qr needs the qrcode package: pip install 'relaymesh[qr]'"
 #: Modules of light border around a QR code (the standard asks for 4; 2 is
 #: enough for phone cameras and keeps the code small in a terminal).
 QR_BORDER = 2
-
-
-def run_reactor(work: Callable[[Any], Deferred]) -> Any:
-    """
-    Run the global reactor until C{work(reactor)}'s L{Deferred} fires.
-
-    @param work: starts the work and returns its L{Deferred}.
-    @return: its result.
-    @raise Exception: its error.
-    """
-    from twisted.internet import task
-
-    outcome: list = []
-
-    def main(reactor: Any) -> Deferred:
-        return maybeDeferred(work, reactor).addBoth(outcome.append)
-
-    try:
-        task.react(main)
-    except SystemExit:
-        pass
-    [result] = outcome
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
 
 
 def _positive_minutes(text: str) -> float:
@@ -311,7 +282,7 @@ def _invite_text(invite: InviteForms, now: float, suggested: str, png: str | Non
         ("Relay code:", relay_code),
         ("Word phrase:", words),
     ]
-    lines = [_table(rows), ""]
+    lines = [format_table(rows), ""]
     if invite.relay_code is not None:
         lines.append(
             "Relay codes and word phrases are claudectl's 32-bit legacy forms: "
@@ -458,75 +429,25 @@ def run_discover(context: Context, args: argparse.Namespace) -> None:
     if sightings:
         rows = [("IDENTITY", "ADDRESS", "VERSION")]
         rows += [(s.identity, s.addr, s.version or "-") for s in sightings]
-        text = _table(rows)
+        text = format_table(rows)
     else:
         text = f"No nodes heard in {args.seconds:g} s."
     context.emit({"nodes": [s.to_dict() for s in sightings], "seconds": args.seconds}, text)
 
 
-# forget: the peer's messages waiting in the outbox
-
-
-@inlineCallbacks
-def forget_outbox(data_dir: str, peer_id: str, reactor: Any):
-    """
-    Drop the messages waiting in the node's outbox for a forgotten peer.
-
-    @param data_dir: the node's data directory, which holds the outbox.
-    @param peer_id: the peer.
-    @param reactor: an L{IReactorThreads} and L{IReactorTime}.
-    @return: a L{Deferred} firing with how many messages were dropped.
-    """
-    from relaymesh.reliable.store import STORE_FILE, open_store
-
-    store = yield open_store(os.path.join(data_dir, STORE_FILE), reactor)
-    try:
-        dropped = yield store.forget_peer(peer_id)
-    finally:
-        yield store.close()
-    return dropped
-
-
-def forget_outbox_hook(context: Context, peer_id: str) -> bool:
-    """
-    C{forget}'s hook for the outbox: drop the peer's waiting messages, if
-    this data directory has an outbox.
-
-    @return: whether any message was dropped.
-    @raise CommandError: if the outbox cannot be used.
-    """
-    try:
-        from relaymesh.reliable.store import STORE_FILE, StoreError
-    except ImportError:
-        return False
-    if not os.path.exists(os.path.join(context.data_dir, STORE_FILE)):
-        return False
-    try:
-        dropped = run_reactor(lambda reactor: forget_outbox(context.data_dir, peer_id, reactor))
-    except StoreError as e:
-        raise CommandError(f"cannot drop the outbox messages for {peer_id}: {e}") from None
-    return dropped > 0
-
-
-cli.FORGET_HOOKS.append(forget_outbox_hook)
-
-
-register_command(
+#: The pairing and discovery commands, in the order the help lists them.
+COMMANDS = (
     Command(
         "invite",
         "print an invite in every form and arm its keys",
         add_invite_arguments,
         run_invite,
-    )
-)
-register_command(
-    Command("join", "pair with the node that printed an invite", add_join_arguments, run_join)
-)
-register_command(
+    ),
+    Command("join", "pair with the node that printed an invite", add_join_arguments, run_join),
     Command(
         "discover",
         "list the nodes announcing themselves on the LAN",
         add_discover_arguments,
         run_discover,
-    )
+    ),
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from relaymesh.cli.main import PROG, Command, CommandError, Context, register_command
+from relaymesh.cli.base import PROG, Command, CommandError, Context
 from relaymesh.handshake.proofs import PIN_FIELD
 from relaymesh.peerid import validate_peer_id
 from relaymesh.tls import NodeCertificate, TLSError, create_certificate
@@ -76,14 +76,13 @@ def run_tls_unpin(context: Context, args: argparse.Namespace) -> None:
     )
 
 
-register_command(
-    Command("tls-init", "make this node's TLS certificate", add_tls_init_arguments, run_tls_init)
-)
-register_command(
+#: The TLS commands, in the order the help lists them.
+COMMANDS = (
+    Command("tls-init", "make this node's TLS certificate", add_tls_init_arguments, run_tls_init),
     Command(
         "tls-unpin",
         "forget the TLS certificate pinned for a peer",
         add_tls_unpin_arguments,
         run_tls_unpin,
-    )
+    ),
 )

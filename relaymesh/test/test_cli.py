@@ -13,8 +13,9 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 import relaymesh
-from relaymesh.cli import main as cli
-from relaymesh.cli.main import COMMANDS, Command, CommandError, format_last_seen, main
+from relaymesh.cli import keys, live, main as cli_main, pairing, security
+from relaymesh.cli.base import Command, CommandError, format_last_seen
+from relaymesh.cli.main import COMMANDS, main
 from relaymesh.codes import parse_pair_code
 from relaymesh.keystore import KeyStore
 
@@ -476,10 +477,50 @@ class ParserTests(CommandTestsMixin, SynchronousTestCase):
         status, out, err = self.runCommand("--version", dataDir=False)
         self.assertEqual((status, out), (0, f"relaymesh {__version__}\n"))
 
-    def test_registerCommand(self):
+    def test_commandTable(self):
         """
-        Other modules can add subcommands, with their own arguments, and
-        their L{CommandError}s are reported like the built-in ones.
+        L{COMMANDS} lists every command module's commands once, in the
+        order of the modules, and C{--help} lists them all in that order
+        with their help.
+        """
+        names = [command.name for command in COMMANDS]
+        self.assertEqual(
+            names,
+            [
+                "identity",
+                "pair",
+                "accept",
+                "peers",
+                "forget",
+                "status",
+                "send",
+                "broadcast",
+                "watch",
+                "connect",
+                "disconnect",
+                "invite",
+                "join",
+                "discover",
+                "tls-init",
+                "tls-unpin",
+            ],
+        )
+        self.assertEqual(len(set(names)), len(names))
+        self.assertEqual(
+            COMMANDS, keys.COMMANDS + live.COMMANDS + pairing.COMMANDS + security.COMMANDS
+        )
+        status, out, err = self.runCommand("--help", dataDir=False)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(re.findall(r"^    (\S+)  ", out, re.MULTILINE), names)
+        words = " ".join(out.split())
+        for command in COMMANDS:
+            self.assertIn(f" {command.name} {command.help} ", words + " ")
+
+    def test_tableCommand(self):
+        """
+        A command in the table runs with its own arguments, its exit status
+        is the command's, and its L{CommandError}s are reported like the
+        built-in ones.
         """
         calls = []
 
@@ -493,11 +534,9 @@ class ParserTests(CommandTestsMixin, SynchronousTestCase):
             context.emit({"word": args.word}, args.word.upper())
             return 3
 
-        command = cli.register_command(
-            Command("echo", "echo a word", addArguments, run)
+        self.patch(
+            cli_main, "COMMANDS", COMMANDS + (Command("echo", "echo a word", addArguments, run),)
         )
-        self.addCleanup(COMMANDS.pop, "echo")
-        self.assertIs(COMMANDS["echo"], command)
         self.assertEqual(self.runCommand("echo", "hi"), (3, "HI\n", ""))
         self.assertEqual(
             self.runCommand("echo", "hi", "--json"), (3, '{"word": "hi"}\n', "")
@@ -506,11 +545,6 @@ class ParserTests(CommandTestsMixin, SynchronousTestCase):
             self.runCommand("echo", "fail"), (2, "", "relaymesh: error: it failed\n")
         )
         self.assertEqual(calls[0], (self.dataDir, False, "hi"))
-        self.assertRaises(
-            ValueError,
-            cli.register_command,
-            Command("echo", "again", addArguments, run),
-        )
 
 
 class FormatLastSeenTests(SynchronousTestCase):

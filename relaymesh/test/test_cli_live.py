@@ -19,7 +19,7 @@ from relaymesh.cli.main import main
 from relaymesh.cli.live import describe_event, duration
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
-from relaymesh.test.test_api import wait_for
+from relaymesh.test.realtime import wait_for
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from relaymesh.cli import main as cli, pairing as cli_pairing
+from relaymesh.cli import base as cli_base, keys as cli_keys, pairing as cli_pairing
 from relaymesh.cli.main import main
 from relaymesh.codes import (
     FORM_LINK,
@@ -920,7 +920,7 @@ class InviteCommandTests(CommandTestsMixin, SynchronousTestCase):
         self.assertEqual(result["identity"], "laptop-a3f2")
         self.assertEqual((result["host"], result["port"], result["addr"]), ("192.168.1.50", 9847, "192.168.1.50:9847"))
         self.assertEqual(result["expires_in"], 600)
-        self.assertEqual(result["expires_at"], cli.format_last_seen(int((EPOCH + 600) * 1000)))
+        self.assertEqual(result["expires_at"], cli_base.format_last_seen(int((EPOCH + 600) * 1000)))
         self.assertRegex(result["relaymesh_link"], r"\Arelaymesh://laptop-a3f2@192\.168\.1\.50:9847/k/[0-9a-f]{16}\Z")
         self.assertEqual(result["link"], "cctl://" + result["relaymesh_link"][len("relaymesh://"):])
         self.assertEqual(result["link"][-16:], result["pair_code"].replace("-", ""))
@@ -1233,7 +1233,7 @@ class PeersAndForgetTests(CommandTestsMixin, SynchronousTestCase):
         now = time.time()
         self.store.arm([("invite", KEY)], expires_at=now + 600)
         out = self.assertSucceeds("peers")
-        until = cli.format_last_seen(int((now + 600) * 1000))
+        until = cli_base.format_last_seen(int((now + 600) * 1000))
         self.assertTrue(out.endswith(f"Pending pairing key: armed until {until}\n"), out)
         self.assertEqual(json.loads(self.assertSucceeds("peers", "--json"))["pending_expires_at"], until)
         self.store.arm([("invite", KEY)], expires_at=now - 1)
@@ -1249,7 +1249,7 @@ class PeersAndForgetTests(CommandTestsMixin, SynchronousTestCase):
         with open(os.path.join(self.dataDir, "peers", "beta.cert"), "w") as f:
             f.write("pinned")
         hooked = []
-        self.patch(cli, "FORGET_HOOKS", [lambda context, peer_id: hooked.append(peer_id) or False])
+        self.patch(cli_keys, "FORGET_HOOKS", [lambda context, peer_id: hooked.append(peer_id) or False])
         self.assertEqual(self.assertSucceeds("forget", "beta"), "Forgot beta.\n")
         self.assertEqual(os.listdir(os.path.join(self.dataDir, "peers")), [])
         self.assertEqual(hooked, ["beta"])
@@ -1258,9 +1258,9 @@ class PeersAndForgetTests(CommandTestsMixin, SynchronousTestCase):
         """
         A peer known only to a hook (say, with an outbox left) is forgotten.
         """
-        self.patch(cli, "FORGET_HOOKS", [lambda context, peer_id: True])
+        self.patch(cli_keys, "FORGET_HOOKS", [lambda context, peer_id: True])
         self.assertEqual(self.assertSucceeds("forget", "beta"), "Forgot beta.\n")
-        self.patch(cli, "FORGET_HOOKS", [])
+        self.patch(cli_keys, "FORGET_HOOKS", [])
         self.assertFailsWith("no such peer: beta", "forget", "beta")
 
 
@@ -1289,7 +1289,7 @@ class ForgetOutboxTests(TestCase):
         for msg_id, peer in [("m1", "beta"), ("m2", "beta"), ("m3", "gamma")]:
             yield store.put(OutboxEntry(msg_id, peer, "alpha", "delegate_task", b"{}", 1.0, 2.0))
         yield store.close()
-        dropped = yield cli_pairing.forget_outbox(dataDir, "beta", reactor)
+        dropped = yield cli_keys.forget_outbox(dataDir, "beta", reactor)
         self.assertEqual(dropped, 2)
         store = yield open_store(path, reactor)
         left = yield store.pending()
@@ -1301,10 +1301,10 @@ class ForgetOutboxTests(TestCase):
         The hook runs only where there is an outbox, and says whether it
         dropped anything.
         """
-        context = cli.Context(self.mktemp(), False, StringIO(), StringIO())
+        context = cli_base.Context(self.mktemp(), False, StringIO(), StringIO())
         ran = []
-        self.patch(cli_pairing, "run_reactor", lambda work: ran.append(work) or 2)
-        self.assertFalse(cli_pairing.forget_outbox_hook(context, "beta"))
+        self.patch(cli_keys, "run_reactor", lambda work: ran.append(work) or 2)
+        self.assertFalse(cli_keys.forget_outbox_hook(context, "beta"))
         self.assertEqual(ran, [])
         try:
             from relaymesh.reliable.store import STORE_FILE
@@ -1312,6 +1312,6 @@ class ForgetOutboxTests(TestCase):
             raise SkipTest("no outbox in this relaymesh")
         os.makedirs(context.data_dir)
         open(os.path.join(context.data_dir, STORE_FILE), "wb").close()
-        self.assertTrue(cli_pairing.forget_outbox_hook(context, "beta"))
+        self.assertTrue(cli_keys.forget_outbox_hook(context, "beta"))
         self.assertEqual(len(ran), 1)
-        self.assertIn(cli_pairing.forget_outbox_hook, cli.FORGET_HOOKS)
+        self.assertIn(cli_keys.forget_outbox_hook, cli_keys.FORGET_HOOKS)

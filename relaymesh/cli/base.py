@@ -1,0 +1,160 @@
+"""
+What every C{relaymesh} command module shares: the L{Command} type, the
+L{Context} a command runs with, user errors and exit statuses, and the
+helpers that lay out results.
+
+Errors meant for users (L{CommandError}, bad peer ids and codes, key store
+and file system errors: L{USER_ERRORS}) end a command with one line on
+standard error, C{relaymesh: error: ...}, and exit status L{EXIT_ERROR}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, TextIO
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.failure import Failure
+
+from relaymesh.codes import InvalidCode
+from relaymesh.keystore import KeyStore, KeyStoreError
+from relaymesh.peerid import InvalidPeerId
+
+PROG = "relaymesh"
+EXIT_OK = 0
+EXIT_ERROR = 2  # the same as argparse's usage errors
+
+
+class CommandError(Exception):
+    """
+    A command cannot do what was asked; the message is one line for users.
+    """
+
+
+#: The exceptions reported as C{relaymesh: error: ...} instead of a traceback.
+USER_ERRORS = (CommandError, InvalidPeerId, InvalidCode, KeyStoreError, OSError)
+
+
+class Context:
+    """
+    What a running command works with: the key store and the output.
+
+    @ivar data_dir: the key store's directory.
+    @ivar json_output: whether to print results as JSON.
+    @ivar stdout: where results go.
+    @ivar stderr: where diagnostics go.
+    """
+
+    def __init__(
+        self, data_dir: str, json_output: bool, stdout: TextIO, stderr: TextIO
+    ):
+        """
+        @param data_dir: the key store's directory.
+        @param json_output: whether to print results as JSON.
+        @param stdout: where results go.
+        @param stderr: where diagnostics go.
+        """
+        self.data_dir = data_dir
+        self.json_output = json_output
+        self.stdout = stdout
+        self.stderr = stderr
+        self._store: KeyStore | None = None
+
+    @property
+    def store(self) -> KeyStore:
+        """
+        The key store in L{data_dir}.
+        """
+        if self._store is None:
+            self._store = KeyStore(self.data_dir)
+        return self._store
+
+    def emit(self, data: dict, text: str) -> None:
+        """
+        Print a command's result.
+
+        @param data: the result as a JSON object, printed on one line with
+            C{--json}.
+        @param text: the result for people, printed otherwise.
+        """
+        if self.json_output:
+            self.stdout.write(json.dumps(data) + "\n")
+        else:
+            self.stdout.write(text.rstrip("\n") + "\n")
+
+
+@dataclass(frozen=True)
+class Command:
+    """
+    A subcommand of C{relaymesh}.
+
+    @ivar name: the subcommand's name.
+    @ivar help: one line saying what it does.
+    @ivar add_arguments: adds the subcommand's arguments to its parser.
+    @ivar run: does the work; returns the exit status (L{None} for 0) and
+        raises one of L{USER_ERRORS} to fail with a message.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[Context, argparse.Namespace], "int | None"]
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    """
+    Lay rows out in left-aligned columns two spaces apart.
+
+    @param rows: the rows, each with as many cells as the first.
+    @return: the lines, without a final newline.
+    """
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+        for row in rows
+    )
+
+
+def format_last_seen(value: object) -> str | None:
+    """
+    Show a C{last_seen} value from a peer's metadata.
+
+    @param value: epoch milliseconds.
+    @return: ISO 8601 UTC time to the second, e.g. C{2025-11-26T18:00:00Z};
+        L{None} if C{value} is not a usable time.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    try:
+        moment = datetime.fromtimestamp(value / 1000, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_reactor(work: Callable[[Any], Deferred]) -> Any:
+    """
+    Run the global reactor until C{work(reactor)}'s L{Deferred} fires.
+
+    @param work: starts the work and returns its L{Deferred}.
+    @return: its result.
+    @raise Exception: its error.
+    """
+    from twisted.internet import task
+
+    outcome: list = []
+
+    def main(reactor: Any) -> Deferred:
+        return maybeDeferred(work, reactor).addBoth(outcome.append)
+
+    try:
+        task.react(main)
+    except SystemExit:
+        pass
+    [result] = outcome
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
