@@ -4,15 +4,18 @@ authentication outcome (L{relaymesh.handshake.base.Authenticated}) is
 written to the key store.
 
 A key paired in the handshake becomes the peer's key (an armed key is
-claimed and every armed key disarmed; a strong pairing's new key is stored
-with C{paired_at} and C{paired_via}; a pending key proved by a connector is
-claimed), and a certificate seen for the first time is pinned.
+claimed and every armed key disarmed; a pending key proved by a connector
+is claimed; a key paired any other way (a strong pairing's new key, an
+invite's key a join proved) is stored with C{paired_at} and C{paired_via}),
+and a certificate seen for the first time is pinned.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from relaymesh.handshake.base import PENDING_FORM, Authenticated, HandshakeFailed, KeyLookup
-from relaymesh.handshake.proofs import PIN_FIELD, STRONG_FORM
+from relaymesh.handshake.proofs import PIN_FIELD
 from relaymesh.keystore import KeyStoreError
 
 
@@ -23,13 +26,15 @@ class PairingFailed(HandshakeFailed):
     """
 
 
-def record(keys: KeyLookup, outcome: Authenticated, now: float) -> None:
+def record(keys: KeyLookup, outcome: Authenticated, now: float, **meta: Any) -> None:
     """
     Write what C{outcome} leaves to record.
 
     @param keys: The key store.
     @param outcome: A successful handshake's outcome.
     @param now: The time, in clock seconds, recorded as C{paired_at}.
+    @param meta: More fields to record about a peer paired by this
+        handshake (a join records the address and whether it is legacy).
     @raise PairingFailed: if the key store refuses, or the armed key the
         peer proved was claimed by another handshake meanwhile.
     """
@@ -38,11 +43,13 @@ def record(keys: KeyLookup, outcome: Authenticated, now: float) -> None:
         if outcome.armed is not None:
             if keys.claim_armed_key(peer_id, outcome.armed, now) is None:
                 raise PairingFailed(f"the pairing key {peer_id} proved was claimed meanwhile")
-        elif outcome.paired_via == STRONG_FORM:
-            keys.set_key(peer_id, outcome.key)
-            keys.update_meta(peer_id, paired_at=int(now * 1000), paired_via=STRONG_FORM)
         elif outcome.paired_via == PENDING_FORM:
             keys.claim_pending_key(peer_id)
+        elif outcome.paired_via is not None:
+            keys.set_key(peer_id, outcome.key)
+            keys.update_meta(
+                peer_id, paired_at=int(now * 1000), paired_via=outcome.paired_via, **meta
+            )
         if outcome.pin is not None:
             keys.update_meta(peer_id, **{PIN_FIELD: outcome.pin})
     except (KeyStoreError, OSError, ValueError) as e:

@@ -23,11 +23,9 @@ Open a store with L{open_store}; every method returns a L{Deferred}::
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import sqlite3
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -36,15 +34,31 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from relaymesh.peerid import is_valid_peer_id
-from relaymesh.wire import MAX_LINE_BYTES
+from relaymesh.reliable.entry import (
+    ENTRY_COLUMNS,
+    OutboxEntry,
+    check_msg_id,
+    check_origin,
+    check_time,
+)
+from relaymesh.reliable.errors import DuplicateMessage, SchemaTooNew, StoreClosed, StoreError
+from relaymesh.reliable.schema import SCHEMA, Schema, migrate
+
+__all__ = [
+    "STORE_FILE",
+    "DuplicateMessage",
+    "OutboxEntry",
+    "SchemaTooNew",
+    "Store",
+    "StoreClosed",
+    "StoreError",
+    "open_store",
+]
 
 T = TypeVar("T")
 
 #: The store's file name in the node's data directory.
 STORE_FILE = "state.sqlite3"
-
-#: The schema version this code writes and understands.
-SCHEMA_VERSION = 1
 
 #: How long a delivered message id is remembered, in seconds. It must exceed
 #: the longest delivery deadline a sender uses, or a late retransmission
@@ -63,9 +77,6 @@ BUSY_TIMEOUT = 5.0
 #: Permission bits of a store file this module creates: it holds messages.
 FILE_MODE = 0o600
 
-#: The longest message id kept.
-MAX_MSG_ID_LENGTH = 512
-
 # Every commit is flushed to disk before a put's Deferred fires: with WAL,
 # synchronous=FULL fsyncs the log on each commit. NORMAL would fsync only at
 # checkpoints; a commit would still survive the process being killed (the
@@ -74,204 +85,6 @@ MAX_MSG_ID_LENGTH = 512
 # "accepted" would be silently lost.
 _SYNCHRONOUS = "FULL"
 
-
-class StoreError(Exception):
-    """
-    The store cannot do what was asked; the message is one line.
-    """
-
-
-class StoreClosed(StoreError):
-    """
-    The store is closed (or closing) and takes no more calls.
-    """
-
-
-class SchemaTooNew(StoreError):
-    """
-    The database was written by a newer relaymesh than this one.
-    """
-
-
-class DuplicateMessage(StoreError):
-    """
-    The outbox already holds a message with that id.
-    """
-
-
-@dataclasses.dataclass(frozen=True)
-class OutboxEntry:
-    """
-    One reliable message waiting for its acknowledgement.
-
-    @ivar msg_id: The message id the acknowledgement names; unique in the
-        outbox.
-    @ivar peer_id: The destination peer.
-    @ivar origin: The node that first sent it (this node, unless forwarded).
-    @ivar msg_type: The message type, for status displays.
-    @ivar line: The encoded message, without its C{\\n}, as it is sent again.
-    @ivar created: When it was accepted (clock seconds); the outbox order.
-    @ivar deadline: When delivery is given up (clock seconds).
-    @ivar attempts: How many times it has been sent so far.
-    """
-
-    msg_id: str
-    peer_id: str
-    origin: str
-    msg_type: str
-    line: bytes
-    created: float
-    deadline: float
-    attempts: int = 0
-
-    def check(self) -> None:
-        """
-        Check every field's type and range.
-
-        @raise StoreError: naming the first field that is wrong.
-        """
-        _check_msg_id(self.msg_id)
-        for name in ("peer_id", "origin"):
-            if not is_valid_peer_id(getattr(self, name)):
-                raise StoreError(f"outbox entry field {name!r} is not a valid peer id")
-        if type(self.msg_type) is not str or not self.msg_type:
-            raise StoreError("outbox entry field 'msg_type' must be a non-empty string")
-        if type(self.line) is not bytes or not self.line:
-            raise StoreError("outbox entry field 'line' must be non-empty bytes")
-        if len(self.line) > MAX_LINE_BYTES:
-            raise StoreError(f"outbox entry line of {len(self.line)} bytes is too long")
-        for name in ("created", "deadline"):
-            _check_time(name, getattr(self, name))
-        if type(self.attempts) is not int or self.attempts < 0:
-            raise StoreError("outbox entry field 'attempts' must be a non-negative integer")
-
-    def _row(self) -> tuple:
-        return (
-            self.msg_id,
-            self.peer_id,
-            self.origin,
-            self.msg_type,
-            self.line,
-            float(self.created),
-            float(self.deadline),
-            self.attempts,
-        )
-
-
-_ENTRY_COLUMNS = "msg_id, peer_id, origin, msg_type, line, created, deadline, attempts"
-
-
-def _entry(row: tuple) -> OutboxEntry:
-    msg_id, peer_id, origin, msg_type, line, created, deadline, attempts = row
-    return OutboxEntry(msg_id, peer_id, origin, msg_type, bytes(line), created, deadline, attempts)
-
-
-def _check_msg_id(msg_id: Any) -> None:
-    if type(msg_id) is not str or not msg_id:
-        raise StoreError("message id must be a non-empty string")
-    if len(msg_id) > MAX_MSG_ID_LENGTH:
-        raise StoreError(f"message id of {len(msg_id)} characters is too long")
-
-
-def _check_time(name: str, value: Any) -> None:
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise StoreError(f"{name!r} must be a finite number of seconds")
-
-
-# -- the schema ---------------------------------------------------------------
-
-
-def _schema_1(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        "CREATE TABLE outbox ("
-        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"  # ties on 'created' keep put order
-        " msg_id TEXT NOT NULL UNIQUE,"
-        " peer_id TEXT NOT NULL,"
-        " origin TEXT NOT NULL,"
-        " msg_type TEXT NOT NULL,"
-        " line BLOB NOT NULL,"
-        " created REAL NOT NULL,"
-        " deadline REAL NOT NULL,"
-        " attempts INTEGER NOT NULL DEFAULT 0)"
-    )
-    conn.execute("CREATE INDEX outbox_by_peer ON outbox (peer_id, created, seq)")
-    conn.execute("CREATE INDEX outbox_by_deadline ON outbox (deadline)")
-    conn.execute(
-        "CREATE TABLE delivered ("
-        " origin TEXT NOT NULL,"
-        " msg_id TEXT NOT NULL,"
-        " delivered_at REAL NOT NULL,"
-        " PRIMARY KEY (origin, msg_id)) WITHOUT ROWID"
-    )
-    conn.execute("CREATE INDEX delivered_by_time ON delivered (delivered_at)")
-
-
-@dataclasses.dataclass(frozen=True)
-class Schema:
-    """
-    A schema version and the steps that reach it.
-
-    @ivar version: The version the steps end at.
-    @ivar migrations: For each version from 1 to L{version}, a function that
-        takes a connection (inside a transaction) from the version before to
-        that one. A new version adds a step; existing steps never change.
-    """
-
-    version: int
-    migrations: Mapping[int, Callable[[sqlite3.Connection], None]]
-
-    def __post_init__(self) -> None:
-        if sorted(self.migrations) != list(range(1, self.version + 1)):
-            raise ValueError(f"schema {self.version} needs one migration per version from 1")
-
-
-#: The schema this code uses.
-SCHEMA = Schema(SCHEMA_VERSION, {1: _schema_1})
-
-
-def _current_version(conn: sqlite3.Connection, path: str) -> int:
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "schema_version" not in tables:
-        if tables - {"sqlite_sequence"}:
-            raise StoreError(f"{path} is an SQLite database but not a relaymesh store")
-        return 0
-    rows = conn.execute("SELECT version FROM schema_version").fetchall()
-    if len(rows) != 1 or type(rows[0][0]) is not int or rows[0][0] < 1:
-        raise StoreError(f"{path} has a damaged schema_version table")
-    return rows[0][0]
-
-
-def _migrate(conn: sqlite3.Connection, path: str, schema: Schema) -> int:
-    """
-    Bring the database to C{schema.version} in one transaction.
-
-    @return: the version it was at.
-    @raise SchemaTooNew: if it is at a version newer than C{schema}.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        found = _current_version(conn, path)
-        if found > schema.version:
-            raise SchemaTooNew(
-                f"{path} has schema version {found}, newer than version {schema.version} "
-                "that this relaymesh understands; upgrade relaymesh"
-            )
-        for version in range(found + 1, schema.version + 1):
-            schema.migrations[version](conn)
-        if found == 0:
-            conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (schema.version,))
-        elif found < schema.version:
-            conn.execute("UPDATE schema_version SET version = ?", (schema.version,))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return found
-
-
-# -- the store ----------------------------------------------------------------
 
 _NEW, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
 
@@ -310,7 +123,6 @@ class Store:
     @ivar path: The database file.
     @ivar retention: Seconds a delivered id is remembered.
     @ivar transactions: Transactions committed so far.
-    @ivar calls: Calls carried out so far.
     """
 
     log = Logger()
@@ -331,7 +143,6 @@ class Store:
         self.path = path
         self.retention = retention
         self.transactions = 0
-        self.calls = 0
         self._reactor = reactor
         self._batching = batch
         self._max_batch = max_batch
@@ -390,7 +201,7 @@ class Store:
             if mode.lower() != "wal" and path != ":memory:":
                 raise StoreError(f"{path}: cannot use write-ahead logging (journal mode {mode})")
             conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS}")
-            found = _migrate(conn, path, schema)
+            found = migrate(conn, path, schema)
         except BaseException:
             conn.close()
             raise
@@ -527,7 +338,6 @@ class Store:
                 d.errback(failure)
             return
         self.transactions += 1
-        self.calls += len(deferreds)
         for d, (ok, value) in zip(deferreds, outcome):
             if ok:
                 d.callback(value)
@@ -552,11 +362,11 @@ class Store:
             entry.check()
         except StoreError:
             return fail()
-        row = entry._row()
+        row = entry.row()
 
         def op(conn: sqlite3.Connection) -> None:
             try:
-                conn.execute(f"INSERT INTO outbox ({_ENTRY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", row)
+                conn.execute(f"INSERT INTO outbox ({ENTRY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", row)
             except sqlite3.IntegrityError:
                 raise DuplicateMessage(f"message {row[0]!r} is already in the outbox") from None
 
@@ -569,31 +379,12 @@ class Store:
         @return: a L{Deferred} firing with whether it was there.
         """
         try:
-            _check_msg_id(msg_id)
+            check_msg_id(msg_id)
         except StoreError:
             return fail()
         return self._call(
             lambda conn: conn.execute("DELETE FROM outbox WHERE msg_id = ?", (msg_id,)).rowcount > 0
         )
-
-    def get(self, msg_id: str) -> Deferred[OutboxEntry | None]:
-        """
-        One outbox entry.
-
-        @return: a L{Deferred} firing with the L{OutboxEntry}, or L{None}.
-        """
-        try:
-            _check_msg_id(msg_id)
-        except StoreError:
-            return fail()
-
-        def op(conn: sqlite3.Connection) -> OutboxEntry | None:
-            row = conn.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM outbox WHERE msg_id = ?", (msg_id,)
-            ).fetchone()
-            return None if row is None else _entry(row)
-
-        return self._call(op)
 
     def pending(self, peer_id: str | None = None) -> Deferred[list[OutboxEntry]]:
         """
@@ -603,31 +394,15 @@ class Store:
         @return: a L{Deferred} firing with a list of L{OutboxEntry}.
         """
         if peer_id is None:
-            query, args = f"SELECT {_ENTRY_COLUMNS} FROM outbox ORDER BY created, seq", ()
+            query, args = f"SELECT {ENTRY_COLUMNS} FROM outbox ORDER BY created, seq", ()
         elif is_valid_peer_id(peer_id):
-            query = f"SELECT {_ENTRY_COLUMNS} FROM outbox WHERE peer_id = ? ORDER BY created, seq"
+            query = f"SELECT {ENTRY_COLUMNS} FROM outbox WHERE peer_id = ? ORDER BY created, seq"
             args = (peer_id,)
         else:
             return fail(StoreError("peer_id is not a valid peer id"))
-        return self._call(lambda conn: [_entry(row) for row in conn.execute(query, args)])
-
-    def expired(self, now: float) -> Deferred[list[OutboxEntry]]:
-        """
-        The messages whose deadline is at or before C{now}, earliest first.
-
-        They stay in the outbox until L{remove}d.
-
-        @return: a L{Deferred} firing with a list of L{OutboxEntry}.
-        """
-        try:
-            _check_time("now", now)
-        except StoreError:
-            return fail()
-        query = (
-            f"SELECT {_ENTRY_COLUMNS} FROM outbox"
-            " WHERE deadline <= ? ORDER BY deadline, created, seq"
+        return self._call(
+            lambda conn: [OutboxEntry.from_row(row) for row in conn.execute(query, args)]
         )
-        return self._call(lambda conn: [_entry(row) for row in conn.execute(query, (float(now),))])
 
     def bump_attempts(self, msg_id: str) -> Deferred[int | None]:
         """
@@ -637,7 +412,7 @@ class Store:
             message is not in the outbox.
         """
         try:
-            _check_msg_id(msg_id)
+            check_msg_id(msg_id)
         except StoreError:
             return fail()
 
@@ -667,12 +442,6 @@ class Store:
             lambda conn: conn.execute("DELETE FROM outbox WHERE peer_id = ?", (peer_id,)).rowcount
         )
 
-    def outbox_size(self) -> Deferred[int]:
-        """
-        How many messages wait in the outbox.
-        """
-        return self._call(lambda conn: conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
-
     # -- delivered ids -------------------------------------------------------
 
     def mark_delivered(self, origin: str, msg_id: str, now: float) -> Deferred[bool]:
@@ -690,9 +459,9 @@ class Store:
             record is on disk.
         """
         try:
-            _check_origin(origin)
-            _check_msg_id(msg_id)
-            _check_time("now", now)
+            check_origin(origin)
+            check_msg_id(msg_id)
+            check_time("now", now)
         except StoreError:
             return fail()
         row = (origin, msg_id, float(now))
@@ -709,22 +478,6 @@ class Store:
             )
         return d
 
-    def was_delivered(self, origin: str, msg_id: str) -> Deferred[bool]:
-        """
-        Whether a message was recorded as delivered (and not yet pruned).
-        """
-        try:
-            _check_origin(origin)
-            _check_msg_id(msg_id)
-        except StoreError:
-            return fail()
-        return self._call(
-            lambda conn: conn.execute(
-                "SELECT 1 FROM delivered WHERE origin = ? AND msg_id = ?", (origin, msg_id)
-            ).fetchone()
-            is not None
-        )
-
     def prune_delivered(self, now: float) -> Deferred[int]:
         """
         Forget delivered ids recorded more than L{retention} seconds before
@@ -733,7 +486,7 @@ class Store:
         @return: a L{Deferred} firing with how many were forgotten.
         """
         try:
-            _check_time("now", now)
+            check_time("now", now)
         except StoreError:
             return fail()
         self._marks_since_prune = 0
@@ -743,17 +496,6 @@ class Store:
                 "DELETE FROM delivered WHERE delivered_at < ?", (cutoff,)
             ).rowcount
         )
-
-    def delivered_count(self) -> Deferred[int]:
-        """
-        How many delivered ids are remembered.
-        """
-        return self._call(lambda conn: conn.execute("SELECT count(*) FROM delivered").fetchone()[0])
-
-
-def _check_origin(origin: Any) -> None:
-    if not is_valid_peer_id(origin):
-        raise StoreError("origin is not a valid peer id")
 
 
 def _as_store_failure(f: Failure, path: str) -> Failure:

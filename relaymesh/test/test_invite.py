@@ -1,6 +1,7 @@
 """
-Tests for L{relaymesh.invite}, the armed keys it relies on (in
-L{relaymesh.keystore} and L{relaymesh.handshake}), and the C{invite} and
+Tests for L{relaymesh.invite}, L{relaymesh.joinforms} and L{relaymesh.join},
+the armed keys they rely on (in L{relaymesh.armed} and
+L{relaymesh.handshake}), and the C{invite} and
 C{join} commands (L{relaymesh.cli.pairing}), with C{peers} and C{forget}.
 """
 
@@ -42,25 +43,18 @@ from relaymesh.codes import (
 from relaymesh.handshake.acceptor import AcceptorHandshake
 from relaymesh.handshake.base import HandshakeFailed
 from relaymesh.handshake.proofs import compute_proof
-from relaymesh.invite import (
+from relaymesh.invite import DEFAULT_EXPIRY, arm_invite, default_invite_host, make_invite
+from relaymesh.join import JOIN_TIMEOUT, JoinDenied, JoinError, JoinResult, join_directly
+from relaymesh.joinforms import (
     ARMED_INVITE,
     ARMED_INVITE_LEGACY,
-    DEFAULT_EXPIRY,
     FORM_PAIR_CODE,
     FORM_RELAYMESH_LINK,
-    JOIN_TIMEOUT,
-    JoinDenied,
-    JoinError,
-    JoinResult,
-    arm_invite,
-    decode_relaymesh_link,
-    encode_strong_link,
     FORM_STRONG_LINK,
-    default_invite_host,
+    decode_relaymesh_link,
     encode_relaymesh_link,
-    join_directly,
+    encode_strong_link,
     looks_like_pair_code,
-    make_invite,
     parse_join_input,
 )
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey, KeyStore

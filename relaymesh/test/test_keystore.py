@@ -1,5 +1,6 @@
 """
-Tests for L{relaymesh.keystore}.
+Tests for L{relaymesh.keystore}, the files it keeps (L{relaymesh.keyfiles},
+L{relaymesh.armed}) and how it writes them (L{relaymesh.files}).
 """
 
 import json
@@ -9,16 +10,10 @@ import stat
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh import keystore
-from relaymesh.keystore import (
-    CorruptKeyFile,
-    InsecureKeyFile,
-    KeyStore,
-    KeyStoreError,
-    default_data_dir,
-    generate_identity,
-    write_atomically,
-)
+from relaymesh import files, keystore
+from relaymesh.files import write_atomically
+from relaymesh.keyfiles import CorruptKeyFile, InsecureKeyFile, KeyStoreError
+from relaymesh.keystore import KeyStore, default_data_dir, generate_identity
 from relaymesh.peerid import InvalidPeerId
 
 KEY = bytes(range(32))
@@ -409,8 +404,8 @@ class AtomicWriteTests(SynchronousTestCase):
             replaced.append((source, target))
             return realReplace(source, target)
 
-        self.patch(keystore.os, "open", recordOpen)
-        self.patch(keystore.os, "replace", recordReplace)
+        self.patch(files.os, "open", recordOpen)
+        self.patch(files.os, "replace", recordReplace)
         write_atomically(self.path, b"data")
         [(temporary, flags, fileMode)] = [
             call for call in opened if call[1] & os.O_CREAT
@@ -432,7 +427,7 @@ class AtomicWriteTests(SynchronousTestCase):
         def failingFsync(fd):
             raise OSError(5, "Input/output error")
 
-        self.patch(keystore.os, "fsync", failingFsync)
+        self.patch(files.os, "fsync", failingFsync)
         self.assertRaises(OSError, write_atomically, self.path, b"new")
         with open(self.path, "rb") as f:
             self.assertEqual(f.read(), b"old")
@@ -749,3 +744,23 @@ class StrongCodeTests(SynchronousTestCase):
             f.write("{")
         with self.assertRaises(KeyStoreError):
             self.store.take_strong_code(0)
+
+
+class ReexportTests(SynchronousTestCase):
+    """
+    L{relaymesh.keystore} still offers the names that moved out of it.
+    """
+
+    def test_moved(self):
+        """
+        The atomic write, the key file errors and the armed keys' names are
+        the same objects from L{relaymesh.keystore} as from their modules.
+        """
+        from relaymesh import armed, keyfiles
+
+        self.assertIs(keystore.write_atomically, files.write_atomically)
+        self.assertIs(keystore.KeyStoreError, keyfiles.KeyStoreError)
+        self.assertIs(keystore.InsecureKeyFile, keyfiles.InsecureKeyFile)
+        self.assertIs(keystore.CorruptKeyFile, keyfiles.CorruptKeyFile)
+        self.assertIs(keystore.ArmedKey, armed.ArmedKey)
+        self.assertEqual(keystore.PAIR_CODE_FORM, armed.PAIR_CODE_FORM)

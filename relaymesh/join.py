@@ -1,0 +1,341 @@
+"""
+Joining: the one-shot connection that pairs with an inviting node.
+
+C{relaymesh join} pairs with the inviting node over one connection of its
+own (L{join_directly}), made with L{RelayProtocol} and
+L{ConnectorHandshake}. Then, if a node runs on the same key store and
+offers its control API (L{local_node}), it is asked to dial the new peer
+(L{ask_node_to_dial}), so that it keeps a connection to it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+import dataclasses
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IAddress, IConnector
+from twisted.internet.protocol import ClientFactory
+from twisted.python.failure import Failure
+
+from relaymesh import pairing
+from relaymesh.codes import Invite
+from relaymesh.connection import HANDSHAKE_TIMEOUT, RelayProtocol
+from relaymesh.dialer import CONNECT_TIMEOUT
+from relaymesh.handshake.base import Authenticated
+from relaymesh.handshake.connector import ConnectorHandshake
+from relaymesh.joinforms import FORM_DESCRIPTIONS, LEGACY_FORMS, RELAYMESH_FORMS
+from relaymesh.keystore import KeyStore
+from relaymesh.mesh import Mesh
+from relaymesh.tls import NodeCertificate
+
+#: Seconds a join may take in all; its TCP connection must be made sooner.
+JOIN_TIMEOUT = HANDSHAKE_TIMEOUT  # claudectl 0.49: 30 s read timeout
+JOIN_CONNECT_TIMEOUT = CONNECT_TIMEOUT  # claudectl 0.49: 10 s
+
+
+class JoinError(Exception):
+    """
+    A join that did not pair; the message is one line for users.
+    """
+
+
+class JoinDenied(JoinError):
+    """
+    The inviting node refused the key.
+    """
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    """
+    A finished pairing.
+
+    @ivar peer_id: the inviting node's peer id.
+    @ivar addr: where it listens, C{host:port}.
+    @ivar form: the form joined with, now its C{paired_via}.
+    @ivar through: C{"direct"}, or C{"node"} when the running node paired.
+    """
+
+    peer_id: str
+    addr: str
+    form: str
+    through: str = "direct"
+
+    @property
+    def peer(self) -> str:
+        """
+        C{ID@HOST:PORT}, for C{--peers}.
+        """
+        return f"{self.peer_id}@{self.addr}"
+
+
+def denial_message(invite: Invite) -> str:
+    """
+    Say why an invite's key may have been refused.
+
+    @param invite: the invite joined with.
+    @return: one line.
+    """
+    if invite.form in LEGACY_FORMS:
+        what = FORM_DESCRIPTIONS[invite.form]
+        return (
+            f"{invite.addr} refused the key of this {what}: it may have expired or been "
+            f"used; and claudectl 0.49 relay codes and word phrases cannot pair at all, "
+            f"so if claudectl printed it, join with its invite link (cctl://...) instead"
+        )
+    return (
+        f"{invite.addr} refused the key: the invite may have expired, been used "
+        f"already, or been replaced by a newer one"
+    )
+
+
+class JoinFactory(ClientFactory):
+    """
+    Makes one connection to an inviting node and runs the connector's side
+    of the handshake with the invite's key.
+
+    @ivar done: fires with the L{RelayProtocol} once the handshake
+        succeeds, or fails with a L{JoinError}.
+    @ivar closed: fires once the connection is gone (or was never made).
+    """
+
+    noisy = False
+
+    def __init__(self, mesh: Mesh, invite: Invite, keys: KeyStore | None = None) -> None:
+        """
+        @param mesh: a mesh with this node's identity, for the protocol.
+        @param invite: what to join: the address, the key and, if known,
+            the peer id that must answer.
+        """
+        self.mesh = mesh
+        self.invite = invite
+        self.keys = keys
+        self.done: Deferred = Deferred()
+        self.closed: Deferred = Deferred()
+
+    def buildProtocol(self, addr: IAddress) -> RelayProtocol:
+        # Only a relaymesh link promises a relaymesh node, which proves the key
+        # back; claudectl's forms may come from claudectl, which cannot.
+        handshake = ConnectorHandshake(
+            self.mesh.identity,
+            self.invite.key,
+            self.invite.identity,
+            keys=self.keys,
+            strong_code=self.invite.strong_code,
+            accept_one_way=self.invite.form not in RELAYMESH_FORMS,
+        )
+        protocol = RelayProtocol(self.mesh, handshake)
+        protocol.factory = self
+        return protocol
+
+    def handshakeVerified(self, protocol: RelayProtocol, outcome: Authenticated) -> None:
+        """
+        The inviting node proved the key: nothing is recorded until the
+        join ends (L{join_directly} records the key with the address).
+        """
+
+    def handshakeSucceeded(self, protocol: RelayProtocol) -> None:
+        """
+        The inviting node took the key.
+        """
+        if not self.done.called:
+            self.done.callback(protocol)
+
+    def handshakeFailed(self, protocol: RelayProtocol, reason: str) -> None:
+        """
+        The connection ended before the handshake succeeded.
+        """
+        if self.done.called:
+            return
+        if protocol.proof_rejected and reason.startswith("the peer denied"):
+            self.done.errback(JoinDenied(denial_message(self.invite)))
+        elif protocol.traffic.msgs_in == 0:
+            self.done.errback(
+                JoinError(
+                    f"{self.invite.addr} closed the connection before the handshake "
+                    f"({reason}): it may be at its peer limit, or refusing this address "
+                    f"for a minute after failed attempts"
+                )
+            )
+        else:
+            self.done.errback(JoinError(f"the handshake with {self.invite.addr} failed: {reason}"))
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        if not self.done.called:
+            self.done.errback(
+                JoinError(f"cannot connect to {self.invite.addr}: {_describe(reason)}")
+            )
+        self._closed()
+
+    def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
+        self._closed()
+
+    def _closed(self) -> None:
+        if not self.closed.called:
+            self.closed.callback(None)
+
+
+def _describe(reason: Failure) -> str:
+    return " ".join(reason.getErrorMessage().split()).rstrip(".") or "failed"
+
+
+@inlineCallbacks
+def join_directly(
+    store: KeyStore,
+    invite: Invite,
+    reactor: Any,
+    connect_timeout: float = JOIN_CONNECT_TIMEOUT,
+    timeout: float = JOIN_TIMEOUT,
+    certificate: NodeCertificate | None = None,
+):
+    """
+    Pair with an inviting node over one connection of our own.
+
+    On success the key is stored for the peer id that answered, with meta
+    C{addr}, C{paired_at} (epoch milliseconds) and C{paired_via}; then the
+    connection is closed.
+
+    @param store: this node's key store.
+    @param invite: what to join.
+    @param reactor: an L{IReactorTCP} and L{IReactorTime}.
+    @param connect_timeout: seconds for TCP to connect.
+    @param timeout: seconds for the whole join.
+    @param certificate: this node's certificate, to join over TLS (the
+        peer's certificate is then pinned); plain TCP if L{None}.
+    @return: a L{Deferred} firing with a L{JoinResult}, or failing with a
+        L{JoinError}.
+    """
+    identity = store.identity()
+    if invite.identity == identity:
+        raise JoinError(f"this invite is from this node itself ({identity})")
+    factory = JoinFactory(Mesh(identity, reactor), invite, keys=store)
+    if certificate is not None:
+        connector = reactor.connectSSL(
+            invite.host, invite.port, factory, certificate.client_options(), timeout=connect_timeout
+        )
+    else:
+        connector = reactor.connectTCP(invite.host, invite.port, factory, timeout=connect_timeout)
+
+    def give_up() -> None:
+        if not factory.done.called:
+            factory.done.errback(JoinError(f"no answer from {invite.addr} within {timeout:g} s"))
+        connector.disconnect()
+
+    timer = reactor.callLater(timeout, give_up)
+    protocol = None
+    try:
+        protocol = yield factory.done
+        outcome = dataclasses.replace(protocol.outcome, paired_via=invite.form)
+        pairing.record(
+            store,
+            outcome,
+            reactor.seconds(),
+            addr=invite.addr,
+            # A peer that did not prove the key back is dialled as claudectl is.
+            legacy=not outcome.mutual,
+        )
+    finally:
+        if timer.active():
+            timer.cancel()
+        if protocol is not None:
+            protocol.close("paired")
+        yield _at_most(factory.closed, CLOSE_WAIT, reactor)
+    return JoinResult(protocol.peer_id, invite.addr, invite.form)
+
+
+#: Seconds to wait for the connection to close after a join.
+CLOSE_WAIT = 5.0
+
+
+def _at_most(d: Deferred, seconds: float, clock: Any) -> Deferred:
+    """
+    A L{Deferred} firing with L{None} when C{d} fires or C{seconds} pass,
+    whichever is first.
+    """
+    done: Deferred = Deferred()
+
+    def fire(_: object = None) -> None:
+        if not done.called:
+            done.callback(None)
+
+    late = clock.callLater(seconds, fire)
+    d.addBoth(fire)
+    return done.addBoth(lambda _: late.cancel() if late.active() else None)
+
+
+# The running local node
+
+
+#: Seconds to wait for the local node's API.
+LOCAL_NODE_TIMEOUT = 5.0
+
+
+def local_node(data_dir: str, identity: str) -> Any | None:
+    """
+    The control API of the node running on this key store, if one runs.
+
+    The API client (L{relaymesh.control.client}) finds the node's URL and token
+    through the data directory; a node is used only if it answers with
+    this key store's identity.
+
+    @param data_dir: the key store's directory.
+    @param identity: this node's peer id.
+    @return: a C{NodeClient}, or L{None} if no such node answers.
+    """
+    try:
+        from relaymesh.control import client as apiclient
+    except ImportError:
+        return None
+    try:
+        token = apiclient.read_token(os.path.join(data_dir, apiclient.TOKEN_FILE))
+        client = apiclient.NodeClient(
+            apiclient.resolve_url(data_dir), token, timeout=LOCAL_NODE_TIMEOUT
+        )
+        status = client.call("GET", "/api/status")
+    except (
+        apiclient.TokenMissing,
+        apiclient.NodeNotRunning,
+        apiclient.ApiRequestError,
+        OSError,
+        ValueError,
+    ):
+        return None
+    if not isinstance(status, dict) or status.get("identity") != identity:
+        return None
+    client.status = status
+    return client
+
+
+def local_node_port(data_dir: str, identity: str) -> int | None:
+    """
+    The TCP port the node running on this key store accepts peers on.
+
+    @return: the port, or L{None} if no node answers or it does not listen.
+    """
+    node = local_node(data_dir, identity)
+    listen = node.status.get("listen") if node is not None else None
+    if not isinstance(listen, str):
+        return None
+    port = listen.rpartition(":")[2]
+    return int(port) if port.isdigit() and 0 < int(port) < 65536 else None
+
+
+def ask_node_to_dial(node: Any, result: JoinResult) -> bool:
+    """
+    Ask the running node to dial a peer just paired with, so that it keeps
+    a connection to it.
+
+    @param node: the node's API client, from L{local_node}.
+    @param result: the pairing.
+    @return: whether the node took the request.
+    """
+    from relaymesh.control import client as apiclient
+
+    try:
+        node.call("POST", "/api/peers", {"addr": result.peer})
+    except (apiclient.NodeNotRunning, apiclient.ApiRequestError, OSError):
+        return False
+    return True
