@@ -29,12 +29,14 @@ nothing else in relaymesh imports it.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import os
 from typing import Any, Callable
 
 from twisted.internet import error
+from twisted.internet.base import DelayedCall
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
@@ -112,7 +114,29 @@ class MemoryNetwork(Clock):
         """
         Schedule a call, after which the network pumps what it wrote.
         """
-        return Clock.callLater(self, delay, self._run, callable, args, kw)
+        call = DelayedCall(
+            self.seconds() + delay,
+            self._run,
+            (callable, args, kw),
+            {},
+            self.calls.remove,
+            self._moved,
+            self.seconds,
+        )
+        bisect.insort_right(self.calls, call, key=DelayedCall.getTime)
+        return call
+
+    def _moved(self, call: DelayedCall) -> None:
+        # reset() or delay() changed its time: put it back in order
+        self.calls.remove(call)
+        bisect.insort_right(self.calls, call, key=DelayedCall.getTime)
+
+    def _sortCalls(self) -> None:
+        """
+        Nothing to sort: L{callLater} and L{_moved} keep the pending calls
+        in order (L{Clock} sorts them all after every call, which takes
+        most of the time of a network with thousands of timers).
+        """
 
     def _run(self, callable: Callable[..., object], args: tuple, kw: dict) -> None:
         callable(*args, **kw)
@@ -139,21 +163,6 @@ class MemoryNetwork(Clock):
         while self.calls and self.calls[0].getTime() <= target:
             Clock.advance(self, self.calls[0].getTime() - self.rightNow)
         Clock.advance(self, target - self.rightNow)
-
-    def run_until(self, predicate: Callable[[], object], timeout: float, step: float) -> float | None:
-        """
-        Advance in steps of C{step} seconds until C{predicate()} is true.
-
-        @return: the seconds it took (0 if it was true at once), or L{None}
-            if it was still false after C{timeout} seconds.
-        """
-        started = self.seconds()
-        self.flush()
-        while not predicate():
-            if self.seconds() - started >= timeout:
-                return None
-            self.advance(step)
-        return self.seconds() - started
 
     def _pump(self) -> None:
         for _ in range(FLUSH_LIMIT):
