@@ -1,31 +1,31 @@
 """
-A mesh of many routing nodes in one process, on real TCP sockets on
-127.0.0.1, and the figures of what it does.
+A mesh of many routing nodes in one process, on the in-memory network of
+L{relaymesh.testing}, and the figures of what it does.
 
-Each node is a whole L{RelayService} with C{routing=True} (and an outbox on
-the nodes that send or receive reliable messages), listening on a free
-loopback port; each link of the topology is one authenticated TCP
-connection, dialled by one of its two ends. L{simulate} builds a connected
-random graph or a ring, lets the routing tables converge, and measures:
+Each node is a whole L{RelayService} with C{routing=True} (and an
+in-memory outbox on the nodes that send or receive reliable messages),
+listening on the in-memory network; each link of the topology is one
+authenticated connection, dialled by one of its two ends. Time is the
+network's clock: the run is deterministic for a seed, takes seconds of CPU
+for a few hundred nodes, and every time it reports is in simulated
+seconds. L{simulate} builds a connected random graph or a ring, lets the
+routing tables converge, and measures:
 
   - a broadcast: how many of the nodes within the hop limit of its source
     got it, and how many copies the applications saw twice;
   - routed messages, ordinary and reliable, between random pairs of nodes
     with no direct link: delivery ratio, duplicates and hop counts;
-  - the time every routing table takes to agree with the shortest paths of
-    the live graph (a breadth-first search, cut at the hop limit) after the
-    mesh starts, after a node joins, and after a node leaves.
+  - the simulated time every routing table takes to agree with the
+    shortest paths of the live graph (a breadth-first search, cut at the
+    hop limit) after the mesh starts, after a node joins, and after a node
+    leaves.
 
-Run it by hand::
+Run it from a checkout::
 
-    python -m tools.simulate --nodes 200 --topology random --seed 1
+    python tools/simulate.py --nodes 200 --topology random --seed 1
     python -m tools.simulate --nodes 30 --topology ring --json
 
-Each node listens once and each link is one connection, so 200 nodes of
-degree 3 hold about 800 sockets: the simulation raises the soft limit of
-open files to the hard limit when it needs more than the soft limit
-(L{ensure_fd_limit}; the command line says so). Every node is stopped at
-the end, within a bounded time.
+It exits with status 1 if a check failed (L{SimulationReport.failures}).
 """
 
 from __future__ import annotations
@@ -36,32 +36,34 @@ import dataclasses
 import json
 import os
 import random
-import resource
-import shutil
 import statistics
 import sys
-import tempfile
-from typing import Any, Callable, Iterable
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from twisted.internet import defer, task
-from twisted.internet.defer import Deferred, inlineCallbacks
+if __package__ in (None, ""):  # run as python tools/simulate.py: import from the checkout
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from relaymesh.keystore import KeyStore
-from relaymesh.mesh import DEFAULT_MAX_PEERS, PeerNotConnected, UnknownPeer
-from relaymesh.routing.table import INFINITY
-from relaymesh.service import RelayService
+from twisted.internet.defer import Deferred, DeferredList, gatherResults  # noqa: E402
 
-#: The two topologies L{build_topology} makes.
-RANDOM = "random"
-RING = "ring"
-TOPOLOGIES = (RANDOM, RING)
-
-#: The fewest nodes a simulated mesh has: one joins late and one leaves,
-#: and a routed pair needs a node between its ends.
-MIN_NODES = 4
-
-#: The mean degree of a random topology.
-RANDOM_DEGREE = 3
+from relaymesh.mesh import DEFAULT_MAX_PEERS, PeerNotConnected, UnknownPeer  # noqa: E402
+from relaymesh.routing.table import INFINITY  # noqa: E402
+from relaymesh.service import RelayService  # noqa: E402
+from relaymesh.testing import MemoryNetwork, connect_nodes, memory_node  # noqa: E402
+from tools.topology import (  # noqa: E402
+    MIN_NODES,
+    RANDOM,
+    TOPOLOGIES,
+    SimulationError,
+    Topology,
+    all_distances,
+    build_topology,
+    consistent,
+    distances,
+    expected_routes,
+    removable,
+    routed_pairs,
+)
 
 #: The hop limit of the simulated nodes: the highest the protocol allows
 #: (L{relaymesh.routing.table.INFINITY} - 1), so that a random mesh of a few
@@ -87,19 +89,20 @@ SIMULATION_RESEND_AFTER = 1.0
 #: aborts them (5 s in production).
 SIMULATION_SHUTDOWN_TIMEOUT = 1.0
 
-#: Where every node listens: any free port on the loopback interface.
-LOOPBACK_LISTEN = "tcp:0:interface=127.0.0.1"
-
-#: Seconds at most to wait for the links, the routing tables or the
+#: Simulated seconds at most to wait for the routing tables or the
 #: messages of one phase.
 PHASE_TIMEOUT = 60.0
 
-#: Seconds between two checks of a condition being waited for.
+#: Simulated seconds between two checks of a condition being waited for.
 POLL_INTERVAL = 0.05
 
-#: Seconds to keep counting after the last expected copy arrived, so that a
-#: late duplicate is seen.
+#: Simulated seconds to keep counting after the last expected copy
+#: arrived, so that a late duplicate is seen.
 DUPLICATE_GRACE = 1.0
+
+#: The clock's time when a simulation starts: a time in 2026, so that the
+#: nodes' timestamps look real.
+SIMULATION_START = 1795718866.757
 
 #: Routed pairs per message round (fewer if the graph has fewer).
 DEFAULT_PAIRS = 50
@@ -109,186 +112,6 @@ SIMULATION_MESSAGE_TYPE = "delegate_task"
 
 #: The payload field that names a simulated message.
 TAG_FIELD = "sim"
-
-#: File descriptors a node needs at most besides its links: its listener,
-#: its store (database, journal, worker wake-up) and some slack.
-FDS_PER_NODE = 6
-
-#: File descriptors one link needs: a socket at each end.
-FDS_PER_LINK = 2
-
-
-class SimulationError(Exception):
-    """
-    The simulation cannot run as asked; one line says why.
-    """
-
-
-# -- topologies ----------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Topology:
-    """
-    An undirected graph of named nodes.
-
-    @ivar names: The node names, in order.
-    @ivar edges: The links, each a pair of names in the order of C{names}.
-    """
-
-    names: tuple[str, ...]
-    edges: tuple[tuple[str, str], ...]
-
-    def neighbours(self, live: Iterable[str] | None = None) -> dict[str, set[str]]:
-        """
-        The adjacency of the graph, restricted to the C{live} nodes if given.
-        """
-        alive = set(self.names if live is None else live)
-        adjacency: dict[str, set[str]] = {name: set() for name in self.names if name in alive}
-        for a, b in self.edges:
-            if a in alive and b in alive:
-                adjacency[a].add(b)
-                adjacency[b].add(a)
-        return adjacency
-
-    def degree_mean(self) -> float:
-        """
-        The mean number of links per node.
-        """
-        return 2 * len(self.edges) / len(self.names)
-
-
-def node_name(index: int) -> str:
-    """
-    The peer id of the C{index}-th simulated node.
-    """
-    return f"n{index:03d}"
-
-
-def build_topology(kind: str, count: int, rng: random.Random) -> Topology:
-    """
-    A connected graph of C{count} nodes.
-
-    @param kind: L{RANDOM}: a random spanning tree (each node linked to a
-        random earlier one) plus random extra links up to a mean degree of
-        L{RANDOM_DEGREE}; L{RING}: each node linked to the next, the last
-        to the first.
-    @raise SimulationError: for an unknown kind or too few nodes.
-    """
-    if count < MIN_NODES:
-        raise SimulationError(f"a simulated mesh needs at least {MIN_NODES} nodes")
-    names = tuple(node_name(i) for i in range(count))
-    if kind == RING:
-        edges = {tuple(sorted((names[i], names[(i + 1) % count]))) for i in range(count)}
-    elif kind == RANDOM:
-        order = list(names)
-        rng.shuffle(order)
-        edges = set()
-        for i in range(1, count):
-            edges.add(tuple(sorted((order[i], rng.choice(order[:i])))))
-        wanted = min(round(count * RANDOM_DEGREE / 2), count * (count - 1) // 2)
-        while len(edges) < wanted:
-            a, b = rng.sample(names, 2)
-            edges.add(tuple(sorted((a, b))))
-    else:
-        raise SimulationError(f"unknown topology {kind!r}: one of {', '.join(TOPOLOGIES)}")
-    return Topology(names, tuple(sorted(edges)))  # type: ignore[arg-type]
-
-
-def distances(adjacency: dict[str, set[str]], source: str) -> dict[str, int]:
-    """
-    The hops from C{source} to every node it reaches (breadth first).
-    """
-    found = {source: 0}
-    queue = collections.deque([source])
-    while queue:
-        here = queue.popleft()
-        for there in adjacency[here]:
-            if there not in found:
-                found[there] = found[here] + 1
-                queue.append(there)
-    return found
-
-
-def all_distances(adjacency: dict[str, set[str]]) -> dict[str, dict[str, int]]:
-    """
-    The hops between every pair of nodes that reach each other.
-    """
-    return {name: distances(adjacency, name) for name in adjacency}
-
-
-def is_connected(adjacency: dict[str, set[str]]) -> bool:
-    """
-    Whether every node reaches every other.
-    """
-    if not adjacency:
-        return True
-    return len(distances(adjacency, next(iter(adjacency)))) == len(adjacency)
-
-
-def removable(
-    topology: Topology, live: Iterable[str], rng: random.Random, exclude: Iterable[str] = ()
-) -> str:
-    """
-    A random live node, not one of C{exclude}, whose removal leaves the live
-    graph connected.
-
-    @raise SimulationError: if every such node is a cut vertex.
-    """
-    alive = sorted(live)
-    candidates = [name for name in alive if name not in set(exclude)]
-    for name in rng.sample(candidates, len(candidates)):
-        rest = [n for n in alive if n != name]
-        if is_connected(topology.neighbours(rest)):
-            return name
-    raise SimulationError("every node of the graph holds it together")
-
-
-def expected_routes(
-    adjacency: dict[str, set[str]], max_hops: int
-) -> dict[str, dict[str, int]]:
-    """
-    The routing table every live node should converge to: each destination
-    within the hop limit and its shortest distance.
-    """
-    return {
-        name: {d: hops for d, hops in found.items() if 0 < hops <= max_hops}
-        for name, found in all_distances(adjacency).items()
-    }
-
-
-def consistent(
-    tables: dict[str, dict[str, tuple[str, int]]],
-    expected: dict[str, dict[str, int]],
-    far: dict[str, dict[str, int]],
-    ignore: frozenset[str] = frozenset(),
-) -> bool:
-    """
-    Whether the routing tables agree with the shortest paths.
-
-    @param tables: per node, destination -> (next hop, hops) as it is now.
-    @param expected: per node, destination -> shortest hops, within the
-        hop limit (L{expected_routes}).
-    @param far: per node, the shortest hops to every node it reaches
-        (L{all_distances}), to check that each next hop is on a shortest
-        path.
-    @param ignore: Destinations whose routes are not checked (a node that
-        left, whose stale routes are being counted to infinity).
-    """
-    for name, want in expected.items():
-        table = tables[name]
-        if ignore:
-            table = {d: entry for d, entry in table.items() if d not in ignore}
-        if len(table) != len(want):
-            return False
-        for destination, hops in want.items():
-            entry = table.get(destination)
-            if entry is None or entry[1] != hops:
-                return False
-            via = entry[0]
-            if far.get(via, {}).get(destination) != hops - 1:
-                return False
-    return True
 
 
 # -- figures -------------------------------------------------------------------
@@ -310,8 +133,8 @@ class MessageFigures:
         route the source had when it sent, for a routed message; the
         distance from the source, for a broadcast).
     @ivar hops_max: The longest of those distances.
-    @ivar seconds: Seconds from the first send to the last expected copy
-        (or to the bound, if some never came).
+    @ivar seconds: Simulated seconds from the first send to the last
+        expected copy (or to the bound, if some never came).
     """
 
     kind: str
@@ -367,19 +190,17 @@ class MessageFigures:
 @dataclasses.dataclass
 class SimulationReport:
     """
-    The figures of one simulated mesh.
+    The figures of one simulated mesh; times are simulated seconds, but
+    for L{cpu_s}.
 
     @ivar nodes: Nodes in the topology (one of them joins late).
     @ivar topology: L{RANDOM} or L{RING}.
     @ivar seed: The random seed.
-    @ivar links: Links (TCP connections) in the whole topology.
+    @ivar links: Links (connections) in the whole topology.
     @ivar degree_mean: Mean links per node.
     @ivar diameter: The longest shortest path of the whole topology.
     @ivar max_hops: The nodes' hop limit.
     @ivar heartbeat: Seconds between heartbeats.
-    @ivar fd_limit: The soft limit of open files during the run.
-    @ivar fd_limit_raised: Whether the simulation raised it to run.
-    @ivar startup_s: Seconds to start every node but the joiner.
     @ivar linked_s: Seconds from the first dial until every link was up.
     @ivar converged_s: Seconds from the first dial until every table agreed
         with the shortest paths.
@@ -395,7 +216,10 @@ class SimulationReport:
         (the routes to the node that left withdrawn too: they count up to
         the hop limit, see C{docs/reliability.rst}).
     @ivar reliable_after_leave: Reliable routed messages once it had left.
-    @ivar stopped_s: Seconds to stop every node.
+    @ivar stopped: Whether every node stopped (within the shutdown timeout).
+    @ivar simulated_s: Simulated seconds of the whole run.
+    @ivar cpu_s: CPU seconds the whole run took (the one figure that
+        varies from run to run).
     """
 
     nodes: int
@@ -406,9 +230,6 @@ class SimulationReport:
     diameter: int
     max_hops: int
     heartbeat: float
-    fd_limit: int
-    fd_limit_raised: bool
-    startup_s: float = 0.0
     linked_s: float | None = None
     converged_s: float | None = None
     broadcast: MessageFigures | None = None
@@ -420,13 +241,47 @@ class SimulationReport:
     leave_live_converged_s: float | None = None
     leave_converged_s: float | None = None
     reliable_after_leave: MessageFigures | None = None
-    stopped_s: float = 0.0
+    stopped: bool = False
+    simulated_s: float = 0.0
+    cpu_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """
         The figures as JSON-ready data.
         """
         return dataclasses.asdict(self)
+
+    def failures(self) -> list[str]:
+        """
+        The checks that failed, one line each: every table converged after
+        the start, the join and the leave; the broadcast and the reliable
+        messages reached every node they were meant for, exactly once; no
+        ordinary routed message was duplicated; every node stopped.
+        """
+        failed = [
+            f"the tables did not converge {when}"
+            for when, took in (
+                ("after the start", self.converged_s),
+                (f"after {self.joined} joined", self.join_converged_s),
+                (f"on the live nodes after {self.left} left", self.leave_live_converged_s),
+                (f"after {self.left} left", self.leave_converged_s),
+            )
+            if took is None
+        ]
+        for name, figures in (
+            ("broadcast", self.broadcast),
+            ("reliable", self.reliable),
+            ("reliable after the leave", self.reliable_after_leave),
+        ):
+            if figures is None:
+                failed.append(f"no {name} round")
+            elif figures.delivered != figures.expected or figures.duplicates:
+                failed.append(figures.text(name))
+        if self.routed is None or self.routed.duplicates:
+            failed.append("ordinary routed messages were duplicated or not sent")
+        if not self.stopped:
+            failed.append("not every node stopped")
+        return failed
 
     def text(self) -> str:
         """
@@ -439,10 +294,8 @@ class SimulationReport:
         lines = [
             f"{self.topology} mesh of {self.nodes} nodes (seed {self.seed}): {self.links} links, "
             f"mean degree {self.degree_mean:.2f}, diameter {self.diameter}, "
-            f"hop limit {self.max_hops}, heartbeat {self.heartbeat:g} s, "
-            f"open-file limit {self.fd_limit}{' (raised)' if self.fd_limit_raised else ''}",
-            f"started in {self.startup_s:.2f} s; links up in {seconds(self.linked_s)}; "
-            f"tables converged in {seconds(self.converged_s)}",
+            f"hop limit {self.max_hops}, heartbeat {self.heartbeat:g} s (simulated seconds)",
+            f"links up in {seconds(self.linked_s)}; tables converged in {seconds(self.converged_s)}",
             f"{self.joined} joined: converged in {seconds(self.join_converged_s)}",
         ]
         for figures in (self.broadcast, self.routed, self.reliable):
@@ -455,150 +308,140 @@ class SimulationReport:
         )
         if self.reliable_after_leave is not None:
             lines.append(self.reliable_after_leave.text("reliable after the leave"))
-        lines.append(f"stopped in {self.stopped_s:.2f} s")
-        return "\n".join(lines)
-
-
-# -- file descriptors ----------------------------------------------------------
-
-
-def needed_fds(topology: Topology) -> int:
-    """
-    About how many file descriptors the simulation of C{topology} opens.
-    """
-    return len(topology.names) * FDS_PER_NODE + len(topology.edges) * FDS_PER_LINK
-
-
-def ensure_fd_limit(needed: int) -> tuple[int, bool]:
-    """
-    Raise the soft limit of open files to the hard limit if C{needed} is
-    above it.
-
-    @return: the soft limit now, and whether it was raised.
-    @raise SimulationError: if even the hard limit is too low.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if needed <= soft:
-        return soft, False
-    if hard != resource.RLIM_INFINITY and needed > hard:
-        raise SimulationError(
-            f"the simulation needs about {needed} open files; the hard limit is {hard}"
+        lines.append(
+            f"{'stopped' if self.stopped else 'NOT stopped'}; {self.simulated_s:.1f} simulated "
+            f"seconds in {self.cpu_s:.1f} s of CPU"
         )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0], True
+        return "\n".join(lines)
 
 
 # -- waiting -------------------------------------------------------------------
 
 
-def wait_until(
-    reactor: Any, predicate: Callable[[], object], timeout: float, interval: float = POLL_INTERVAL
-) -> Deferred[float | None]:
-    """
-    Fire with the seconds it took once C{predicate()} is true, or with
-    L{None} after C{timeout} seconds.
-    """
-    return wait_until_each(reactor, [predicate], timeout, interval).addCallback(lambda t: t[0])
-
-
 def wait_until_each(
-    reactor: Any,
+    network: MemoryNetwork,
     predicates: list[Callable[[], object]],
     timeout: float,
     interval: float = POLL_INTERVAL,
-) -> Deferred[list[float | None]]:
+) -> list[float | None]:
     """
-    Poll several predicates together, and fire with the seconds each took to
-    first become true (L{None} for one that did not within C{timeout}).
+    Advance the network's clock by C{interval} until every predicate is
+    true, or for C{timeout} seconds at most.
 
     Checking them at the same instants keeps their times comparable: one
     that implies another is never timed earlier than it.
-    """
-    started = reactor.seconds()
-    times: list[float | None] = [None] * len(predicates)
-    done: Deferred[list[float | None]] = Deferred()
 
-    def check() -> None:
-        now = reactor.seconds()
+    @return: the seconds each took to first become true (L{None} for one
+        that did not within C{timeout}).
+    """
+    started = network.seconds()
+    times: list[float | None] = [None] * len(predicates)
+    network.flush()
+    while True:
+        # to the millisecond: the clock's floats count from 2026
+        elapsed = round(network.seconds() - started, 3)
         for i, predicate in enumerate(predicates):
             if times[i] is None and predicate():
-                times[i] = now - started
-        if all(t is not None for t in times) or now - started > timeout:
-            loop.stop()
-            done.callback(times)
+                times[i] = elapsed
+        if all(t is not None for t in times) or elapsed >= timeout:
+            return times
+        network.advance(interval)
 
-    loop = task.LoopingCall(check)
-    loop.clock = reactor
-    loop.start(interval)
-    return done
+
+def wait_until(
+    network: MemoryNetwork, predicate: Callable[[], object], timeout: float
+) -> float | None:
+    """
+    L{wait_until_each} for one predicate.
+    """
+    return wait_until_each(network, [predicate], timeout)[0]
+
+
+def settled(network: MemoryNetwork, d: Deferred[Any], timeout: float) -> bool:
+    """
+    Advance the clock until C{d} fires (C{timeout} seconds at most); whether
+    it succeeded.
+    """
+    outcome: list[bool] = []
+    d.addCallbacks(lambda _: outcome.append(True), lambda _: outcome.append(False))
+    wait_until(network, lambda: outcome, timeout)
+    return outcome == [True]
 
 
 # -- the mesh ------------------------------------------------------------------
 
 
+class Tables(Mapping[str, dict[str, tuple[str, int]]]):
+    """
+    Every running node's routing table as it is now, read from its
+    L{relaymesh.mesh.Mesh.peers} when looked up: destination -> (next hop,
+    hops) of every peer or routed node it can reach.
+    """
+
+    def __init__(self, nodes: dict[str, RelayService]) -> None:
+        self._nodes = nodes
+
+    def __getitem__(self, name: str) -> dict[str, tuple[str, int]]:
+        return {
+            status.peer_id: (status.via, status.hops)
+            for status in self._nodes[name].mesh.peers()
+            if status.via is not None and status.hops is not None
+        }
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+
 class SimulatedMesh:
     """
-    The nodes of a L{Topology} in one reactor, and what their applications
-    received.
+    The nodes of a L{Topology} on one in-memory network, and what their
+    applications received.
 
+    @ivar network: The L{MemoryNetwork}, also the nodes' clock.
     @ivar topology: The graph.
     @ivar nodes: The running nodes, by name.
-    @ivar ports: The port each node listens on, once started.
     @ivar received: Per C{(node, tag)}, how many times that node's
         application got the message with that tag.
     """
 
     def __init__(
         self,
-        reactor: Any,
+        network: MemoryNetwork,
         topology: Topology,
-        directory: str,
         heartbeat: float = SIMULATION_HEARTBEAT,
         max_hops: int = SIMULATION_MAX_HOPS,
         outbox: Iterable[str] = (),
     ) -> None:
         """
-        @param directory: Where the nodes' data directories go.
         @param outbox: The nodes that get an outbox (reliable messages).
         """
-        self.reactor = reactor
+        self.network = network
         self.topology = topology
-        self.directory = directory
         self.heartbeat = heartbeat
         self.max_hops = max_hops
         self.outbox = frozenset(outbox)
         self.nodes: dict[str, RelayService] = {}
-        self.ports: dict[str, int] = {}
         self.received: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.keystores = {name: self._keystore(name) for name in topology.names}
-        for a, b in topology.edges:
-            key = os.urandom(32)
-            self.keystores[a].set_key(b, key)
-            self.keystores[b].set_key(a, key)
-
-    def _keystore(self, name: str) -> KeyStore:
-        keystore = KeyStore(os.path.join(self.directory, name))
-        keystore.set_identity(name)
-        return keystore
 
     # -- nodes and links -----------------------------------------------------
 
-    def start(self, names: Iterable[str]) -> Deferred[None]:
+    def start(self, names: Iterable[str]) -> None:
         """
-        Start the named nodes, listening on free ports, without links.
+        Start the named nodes, listening, without links.
         """
-        started = []
         adjacency = self.topology.neighbours()
         for name in names:
-            node = RelayService(
-                self.keystores[name],
-                listen=LOOPBACK_LISTEN,
-                reactor=self.reactor,
+            node = memory_node(
+                self.network,
+                name,
+                outbox=name in self.outbox,
                 heartbeat_interval=self.heartbeat,
                 # a node of a random graph may have more links than the
                 # default limit of peers
                 max_peers=max(DEFAULT_MAX_PEERS, len(adjacency[name])),
-                outbox=name in self.outbox,
                 resend_after=SIMULATION_RESEND_AFTER,
                 routing=True,
                 max_hops=self.max_hops,
@@ -607,13 +450,7 @@ class SimulatedMesh:
             node.mesh.subscribe(self._counter(name), SIMULATION_MESSAGE_TYPE)
             self.nodes[name] = node
             node.startService()
-            started.append(node.whenStarted().addCallback(self._listening, name))
-        return defer.gatherResults(started, consumeErrors=True).addCallback(lambda _: None)
-
-    def _listening(self, _: None, name: str) -> None:
-        listener = self.nodes[name].listener
-        assert listener is not None and listener.port is not None
-        self.ports[name] = listener.port.getHost().port
+        self.network.flush()
 
     def _counter(self, name: str) -> Callable[[str, Any], None]:
         received = self.received
@@ -627,16 +464,14 @@ class SimulatedMesh:
 
     def dial(self, name: str, targets: Iterable[str]) -> None:
         """
-        Make node C{name} dial each of C{targets} (running nodes).
+        Pair node C{name} with each of C{targets} (running nodes) and make it
+        dial them.
         """
         node = self.nodes[name]
         for target in targets:
-            outbound = node.add_peer(f"{target}@127.0.0.1:{self.ports[target]}")
+            outbound = connect_nodes(self.network, self.nodes[target], node)
             outbound.factory.initialDelay = SIMULATION_RETRY_DELAY
             outbound.factory.maxDelay = SIMULATION_RETRY_MAX_DELAY
-            # the dialler started with the default delay: take the short one
-            # for its first retry too (an acceptor takes only a few handshakes
-            # from one address at a time, and every node here is 127.0.0.1)
             outbound.factory.resetDelay()
 
     def link(self, names: Iterable[str]) -> None:
@@ -664,7 +499,7 @@ class SimulatedMesh:
         """
         nodes, self.nodes = self.nodes, {}
         stopping = [node.stopService() for node in nodes.values() if node.running]
-        return defer.gatherResults(stopping, consumeErrors=True).addCallback(lambda _: None)
+        return gatherResults(stopping, consumeErrors=True)
 
     # -- state ---------------------------------------------------------------
 
@@ -684,17 +519,6 @@ class SimulatedMesh:
                 return False
         return True
 
-    def tables(self) -> dict[str, dict[str, tuple[str, int]]]:
-        """
-        Every running node's routing table: destination -> (next hop, hops).
-        """
-        tables = {}
-        for name, node in self.nodes.items():
-            router = node.mesh.router
-            assert router is not None
-            tables[name] = {r.destination: (r.via, r.hops) for r in router.table.routes()}
-        return tables
-
     def converged(self, ignore: Iterable[str] = ()) -> Callable[[], bool]:
         """
         A predicate: whether every running node's table agrees with the
@@ -706,7 +530,7 @@ class SimulatedMesh:
         far = all_distances(adjacency)
         expected = expected_routes(adjacency, self.max_hops)
         ignored = frozenset(ignore)
-        return lambda: consistent(self.tables(), expected, far, ignored)
+        return lambda: consistent(Tables(self.nodes), expected, far, ignored)
 
     def copies(self, tag: str, receivers: Iterable[str]) -> tuple[int, int]:
         """
@@ -725,34 +549,6 @@ class SimulatedMesh:
 # -- rounds of messages ----------------------------------------------------------
 
 
-def routed_pairs(
-    topology: Topology,
-    live: Iterable[str],
-    max_hops: int,
-    rng: random.Random,
-    count: int,
-    among: Iterable[str] | None = None,
-) -> list[tuple[str, str, int]]:
-    """
-    Up to C{count} random (source, destination, distance) with no direct
-    link and within the hop limit.
-
-    @param among: The nodes that may be sources and destinations (all live
-        ones if L{None}).
-    """
-    live = list(live)
-    adjacency = topology.neighbours(live)
-    candidates = sorted(set(live if among is None else among) & set(live))
-    pairs = []
-    for source in candidates:
-        found = distances(adjacency, source)
-        for destination in candidates:
-            if 2 <= found.get(destination, 0) <= max_hops:
-                pairs.append((source, destination, found[destination]))
-    rng.shuffle(pairs)
-    return pairs[:count]
-
-
 def outbox_nodes(topology: Topology, rng: random.Random, count: int) -> list[str]:
     """
     The nodes that get an outbox: enough random ones to make C{count}
@@ -762,49 +558,44 @@ def outbox_nodes(topology: Topology, rng: random.Random, count: int) -> list[str
     return sorted(rng.sample(topology.names, size))
 
 
-@inlineCallbacks
-def broadcast_round(mesh: SimulatedMesh, source: str, tag: str, timeout: float):
+def broadcast_round(mesh: SimulatedMesh, source: str, tag: str, timeout: float) -> MessageFigures:
     """
     Broadcast one message from C{source} and count who got it.
-
-    @return: a Deferred firing with its L{MessageFigures}.
     """
-    adjacency = mesh.topology.neighbours(mesh.live())
-    found = distances(adjacency, source)
+    found = distances(mesh.topology.neighbours(mesh.live()), source)
     receivers = {n: d for n, d in found.items() if 0 < d <= mesh.max_hops}
     mesh.nodes[source].mesh.broadcast(SIMULATION_MESSAGE_TYPE, {TAG_FIELD: tag})
-    took = yield wait_until(
-        mesh.reactor, lambda: mesh.copies(tag, receivers)[0] == len(receivers), timeout
+    took = wait_until(
+        mesh.network, lambda: mesh.copies(tag, receivers)[0] == len(receivers), timeout
     )
-    yield task.deferLater(mesh.reactor, DUPLICATE_GRACE, lambda: None)
+    mesh.network.advance(DUPLICATE_GRACE)
     delivered, duplicates = mesh.copies(tag, list(mesh.nodes))
     return MessageFigures.of(
         "broadcast", 1, len(receivers), delivered, duplicates, list(receivers.values()), took, timeout
     )
 
 
-@inlineCallbacks
 def routed_round(
     mesh: SimulatedMesh,
     pairs: list[tuple[str, str, int]],
     prefix: str,
     reliable: bool,
     timeout: float,
-):
+) -> MessageFigures:
     """
     Send one message (reliable or not) along each pair and count what the
     destinations' applications got; a reliable round also waits for every
     acknowledgement.
-
-    @return: a Deferred firing with its L{MessageFigures}.
     """
     tags, hops, deliveries = [], [], []
     for i, (source, destination, _) in enumerate(pairs):
         tag = f"{prefix}{i}"
         tags.append((destination, tag))
         sender = mesh.nodes[source].mesh
-        route = sender.router.route(destination) if sender.router is not None else None
-        hops.append(route.hops if route is not None else 0)
+        try:
+            hops.append(sender.peer(destination).hops or 0)
+        except UnknownPeer:
+            hops.append(0)
         payload = {TAG_FIELD: tag}
         try:
             if reliable:
@@ -821,13 +612,13 @@ def routed_round(
 
     acknowledged: list[bool] = []
     if deliveries:
-        acks = defer.DeferredList([d.delivered() for d in deliveries], consumeErrors=True)
+        acks = DeferredList([d.delivered() for d in deliveries], consumeErrors=True)
         acks.addCallback(lambda _: acknowledged.append(True))
 
-    took = yield wait_until(
-        mesh.reactor, lambda: arrived() and (not deliveries or bool(acknowledged)), timeout
+    took = wait_until(
+        mesh.network, lambda: arrived() and (not deliveries or bool(acknowledged)), timeout
     )
-    yield task.deferLater(mesh.reactor, DUPLICATE_GRACE, lambda: None)
+    mesh.network.advance(DUPLICATE_GRACE)
     delivered = sum(1 for destination, tag in tags if mesh.received[destination, tag])
     duplicates = sum(max(0, mesh.received[destination, tag] - 1) for destination, tag in tags)
     kind = "reliable" if reliable else "routed"
@@ -837,21 +628,19 @@ def routed_round(
 # -- the whole run -------------------------------------------------------------
 
 
-@inlineCallbacks
 def simulate(
-    reactor: Any,
     count: int,
     kind: str,
     seed: int,
-    directory: str,
     heartbeat: float = SIMULATION_HEARTBEAT,
     max_hops: int = SIMULATION_MAX_HOPS,
     pairs: int = DEFAULT_PAIRS,
     timeout: float = PHASE_TIMEOUT,
     progress: Callable[[str], object] = lambda line: None,
-):
+) -> SimulationReport:
     """
-    Build a mesh of C{count} nodes, run every scenario, stop every node.
+    Build a mesh of C{count} nodes on a new in-memory network, run every
+    scenario, stop every node.
 
     One node (not a cut vertex) is held back; the others start and link,
     timed until their tables converge. Then the held-back node joins, timed
@@ -860,16 +649,14 @@ def simulate(
     another node leaves, timed until the tables converge again; last,
     reliable routed messages go round the changed mesh.
 
-    @param directory: An empty directory for the nodes' data.
     @param pairs: Routed messages per round.
-    @param timeout: Seconds at most per phase.
+    @param timeout: Simulated seconds at most per phase.
     @param progress: Called with a line of text as each phase ends.
-    @return: a Deferred firing with the L{SimulationReport}.
     @raise SimulationError: if the simulation cannot run as asked.
     """
+    cpu = time.process_time()
     rng = random.Random(seed)
     topology = build_topology(kind, count, rng)
-    fd_limit, raised = ensure_fd_limit(needed_fds(topology))
     report = SimulationReport(
         nodes=count,
         topology=kind,
@@ -879,43 +666,37 @@ def simulate(
         diameter=max(max(d.values()) for d in all_distances(topology.neighbours()).values()),
         max_hops=max_hops,
         heartbeat=heartbeat,
-        fd_limit=fd_limit,
-        fd_limit_raised=raised,
     )
     joiner = removable(topology, topology.names, rng)
     first = [name for name in topology.names if name != joiner]
-    mesh = SimulatedMesh(
-        reactor, topology, directory, heartbeat, max_hops, outbox_nodes(topology, rng, pairs)
-    )
+    network = MemoryNetwork()
+    network.advance(SIMULATION_START)
+    began = network.seconds()
+    mesh = SimulatedMesh(network, topology, heartbeat, max_hops, outbox_nodes(topology, rng, pairs))
     try:
-        started = reactor.seconds()
-        yield mesh.start(first)
-        report.startup_s = reactor.seconds() - started
+        mesh.start(first)
         progress(f"{len(first)} nodes started")
 
-        dialled = reactor.seconds()
         mesh.link(first)
-        report.linked_s = yield wait_until(reactor, mesh.links_up, timeout)
-        converged = yield wait_until(reactor, mesh.converged(), timeout)
-        if converged is not None:
-            report.converged_s = reactor.seconds() - dialled
-        progress(f"links up after {report.linked_s} s")
-        progress(f"tables converged after {report.converged_s} s")
+        linked, converged = wait_until_each(network, [mesh.links_up, mesh.converged()], timeout)
+        report.linked_s = linked
+        report.converged_s = converged
+        progress(f"links up after {linked} s, tables converged after {converged} s")
 
         report.joined = joiner
-        yield mesh.start([joiner])
-        joined = reactor.seconds()
+        mesh.start([joiner])
+        joined = network.seconds()
         mesh.dial(joiner, sorted(topology.neighbours()[joiner]))
-        converged = yield wait_until(reactor, mesh.converged(), timeout)
-        report.join_converged_s = None if converged is None else reactor.seconds() - joined
+        converged = wait_until(network, mesh.converged(), timeout)
+        report.join_converged_s = None if converged is None else round(network.seconds() - joined, 3)
         progress(f"{joiner} joined, converged after {report.join_converged_s} s")
 
         names = topology.names
-        report.broadcast = yield broadcast_round(mesh, rng.choice(names), "b", timeout)
-        report.routed = yield routed_round(
+        report.broadcast = broadcast_round(mesh, rng.choice(names), "b", timeout)
+        report.routed = routed_round(
             mesh, routed_pairs(topology, names, max_hops, rng, pairs), "r", False, timeout
         )
-        report.reliable = yield routed_round(
+        report.reliable = routed_round(
             mesh,
             routed_pairs(topology, names, max_hops, rng, pairs, among=mesh.outbox),
             "a",
@@ -926,11 +707,11 @@ def simulate(
 
         leaver = removable(topology, mesh.live(), rng, exclude=[joiner])
         report.left = leaver
-        left = reactor.seconds()
-        yield mesh.stop_node(leaver)
-        stopped = reactor.seconds() - left
-        live, whole = yield wait_until_each(
-            reactor, [mesh.converged(ignore=[leaver]), mesh.converged()], timeout
+        left = network.seconds()
+        settled(network, mesh.stop_node(leaver), timeout)
+        stopped = round(network.seconds() - left, 3)
+        live, whole = wait_until_each(
+            network, [mesh.converged(ignore=[leaver]), mesh.converged()], timeout
         )
         report.leave_live_converged_s = None if live is None else stopped + live
         report.leave_converged_s = None if whole is None else stopped + whole
@@ -939,7 +720,7 @@ def simulate(
             f"{report.leave_live_converged_s} s, all after {report.leave_converged_s} s"
         )
 
-        report.reliable_after_leave = yield routed_round(
+        report.reliable_after_leave = routed_round(
             mesh,
             routed_pairs(topology, mesh.live(), max_hops, rng, pairs, among=mesh.outbox),
             "l",
@@ -947,9 +728,9 @@ def simulate(
             timeout,
         )
     finally:
-        stopping = reactor.seconds()
-        yield mesh.stop()
-        report.stopped_s = reactor.seconds() - stopping
+        report.stopped = settled(network, mesh.stop(), SIMULATION_SHUTDOWN_TIMEOUT)
+        report.simulated_s = round(network.seconds() - began, 3)
+        report.cpu_s = time.process_time() - cpu
     return report
 
 
@@ -958,9 +739,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     The options of the command line; exits with a usage message if wrong.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m tools.simulate",
-        description="Run many routing nodes in one process on loopback TCP and "
-        "report delivery, duplicates, hop counts and convergence times.",
+        prog="python tools/simulate.py",
+        description="Run many routing nodes in one process on an in-memory network and "
+        "report delivery, duplicates, hop counts and convergence times (simulated seconds).",
     )
     parser.add_argument("--nodes", type=int, default=50, help="nodes in the mesh (default 50)")
     parser.add_argument("--topology", choices=TOPOLOGIES, default=RANDOM)
@@ -981,7 +762,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         "--pairs", type=int, default=DEFAULT_PAIRS, help="routed messages per round"
     )
     parser.add_argument(
-        "--timeout", type=float, default=PHASE_TIMEOUT, help="seconds at most per phase"
+        "--timeout",
+        type=float,
+        default=PHASE_TIMEOUT,
+        help="simulated seconds at most per phase",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     options = parser.parse_args(argv)
@@ -994,38 +778,37 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return options
 
 
-def main(reactor: Any, argv: list[str]) -> Deferred[None]:
+def main(argv: list[str]) -> int:
     """
-    Run one simulation as the command line asks, in a temporary directory
-    removed afterwards, and print its figures.
+    Run one simulation as the command line asks and print its figures, then
+    the checks that failed, on standard error.
+
+    @return: the exit status: 0 if every check passed, else 1.
     """
     options = parse_arguments(argv)
-    directory = tempfile.mkdtemp(prefix="relaymesh-simulation-")
-
-    def show(report: SimulationReport) -> None:
-        if report.fd_limit_raised:
-            sys.stderr.write(f"raised the open-file limit to {report.fd_limit}\n")
-        if options.json:
-            sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
-        else:
-            sys.stdout.write(report.text() + "\n")
-
-    d = simulate(
-        reactor,
-        options.nodes,
-        options.topology,
-        options.seed,
-        directory,
-        heartbeat=options.heartbeat,
-        max_hops=options.max_hops,
-        pairs=options.pairs,
-        timeout=options.timeout,
-        progress=lambda line: sys.stderr.write(line + "\n"),
-    )
-    d.addCallback(show)
-    d.addBoth(lambda result: (shutil.rmtree(directory, ignore_errors=True), result)[1])
-    return d
+    try:
+        report = simulate(
+            options.nodes,
+            options.topology,
+            options.seed,
+            heartbeat=options.heartbeat,
+            max_hops=options.max_hops,
+            pairs=options.pairs,
+            timeout=options.timeout,
+            progress=lambda line: sys.stderr.write(line + "\n"),
+        )
+    except SimulationError as e:
+        sys.stderr.write(f"simulate: {e}\n")
+        return 2
+    if options.json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write(report.text() + "\n")
+    failed = report.failures()
+    for line in failed:
+        sys.stderr.write(f"FAILED: {line}\n")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    task.react(main, (sys.argv[1:],))
+    sys.exit(main(sys.argv[1:]))

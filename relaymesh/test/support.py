@@ -1,17 +1,14 @@
 """
-Helpers shared by the tests: in-memory keys, fixtures, and two nodes joined
+Helpers shared by the tests: fixtures, and two nodes joined
 by an in-memory connection.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.test import iosim
@@ -21,12 +18,11 @@ from relaymesh.reliable.outbox import ReliableDelivery
 from relaymesh.acceptor import RelayServerFactory
 from relaymesh.dialer import RelayClientFactory
 from relaymesh.handshake.proofs import compute_proof
-from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey
 from relaymesh.mesh import Mesh
 from relaymesh.connection import RelayProtocol
 from relaymesh.routing.router import Router
 from relaymesh.routing.table import MAX_HOPS
-from relaymesh.reliable.store import DuplicateMessage, OutboxEntry, StoreClosed
+from relaymesh.testing import MemoryKeys, MemoryStore
 from relaymesh.wire import RelayMessage, decode, encode
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -56,137 +52,6 @@ def load_transcript() -> list[dict]:
     """
     with open(fixture_path("claudectl-0.49.2-handshake.ndjson")) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-class MemoryKeys:
-    """
-    An in-memory key store with the interface the factories use.
-    """
-
-    def __init__(self, keys: dict[str, bytes] | None = None, pending: bytes | None = None):
-        self.keys = dict(keys or {})
-        self.pending = pending
-        self.meta_updates: list[tuple[str, dict]] = []
-        #: Armed keys besides C{pending}, as C{(form, key)}; see L{arm}.
-        self.extra: list[tuple[str, bytes]] = []
-        self.pending_form = PAIR_CODE_FORM
-        self.expires_at: float | None = None
-        self.metas: dict[str, dict] = {}
-        self.strong_code: str | None = None
-
-    def key(self, peer_id: str) -> bytes | None:
-        return self.keys.get(peer_id)
-
-    def set_key(self, peer_id: str, key: bytes) -> None:
-        self.keys[peer_id] = key
-
-    def take_strong_code(self, now: float) -> str | None:
-        code, self.strong_code = self.strong_code, None
-        return code
-
-    def meta(self, peer_id: str) -> dict:
-        return dict(self.metas.get(peer_id, {}))
-
-    def pending_key(self) -> bytes | None:
-        return self.pending
-
-    def claim_pending_key(self, peer_id: str) -> bytes | None:
-        key, self.pending = self.pending, None
-        if key is not None:
-            self.keys[peer_id] = key
-        return key
-
-    # Armed keys, as in KeyStore: the pending key and an invite's extra keys
-
-    def arm(self, keys: list[tuple[str, bytes]], expires_at: float | None = None) -> None:
-        (self.pending_form, self.pending), *self.extra = keys
-        self.expires_at = expires_at
-
-    def armed_keys(self, now: float) -> list[ArmedKey]:
-        if self.expires_at is not None and now >= self.expires_at:
-            self.disarm()
-        armed = [] if self.pending is None else [ArmedKey(self.pending_form, self.pending)]
-        if self.pending is not None:
-            armed += [ArmedKey(form, key, form) for form, key in self.extra]
-        return armed
-
-    def claim_armed_key(self, peer_id: str, armed: ArmedKey, now: float) -> bytes | None:
-        if armed not in self.armed_keys(now):
-            return None
-        self.keys[peer_id] = armed.key
-        self.disarm()
-        self.update_meta(peer_id, paired_at=int(now * 1000), paired_via=armed.form)
-        return armed.key
-
-    def disarm(self) -> bool:
-        armed = self.pending is not None
-        self.pending, self.extra, self.expires_at = None, [], None
-        self.pending_form = PAIR_CODE_FORM
-        return armed
-
-    def peers(self) -> list[str]:
-        return sorted(self.keys)
-
-    def update_meta(self, peer_id: str, *, sync: bool = True, **fields: Any) -> dict:
-        self.meta_updates.append((peer_id, fields))
-        self.metas.setdefault(peer_id, {}).update(fields)
-        return self.meta(peer_id)
-
-
-class MemoryStore:
-    """
-    An in-memory store with the interface of L{relaymesh.reliable.store.Store} that
-    L{ReliableDelivery} uses; every call fires at once.
-
-    @ivar outbox: msg_id -> L{OutboxEntry}, in put order.
-    @ivar delivered: The C{(origin, msg_id)} pairs marked delivered.
-    @ivar closed: Whether L{close} was called; calls then fail.
-    """
-
-    def __init__(self) -> None:
-        self.outbox: dict[str, OutboxEntry] = {}
-        self.delivered: set[tuple[str, str]] = set()
-        self.closed = False
-
-    def _refuse(self) -> Deferred | None:
-        return fail(StoreClosed("store is closed")) if self.closed else None
-
-    def put(self, entry: OutboxEntry) -> Deferred[None]:
-        refused = self._refuse()
-        if refused is not None:
-            return refused
-        if entry.msg_id in self.outbox:
-            return fail(DuplicateMessage(f"message {entry.msg_id!r} is already in the outbox"))
-        entry.check()
-        self.outbox[entry.msg_id] = entry
-        return succeed(None)
-
-    def remove(self, msg_id: str) -> Deferred[bool]:
-        return self._refuse() or succeed(self.outbox.pop(msg_id, None) is not None)
-
-    def pending(self, peer_id: str | None = None) -> Deferred[list[OutboxEntry]]:
-        return self._refuse() or succeed(
-            [e for e in self.outbox.values() if peer_id is None or e.peer_id == peer_id]
-        )
-
-    def bump_attempts(self, msg_id: str) -> Deferred[int | None]:
-        entry = self.outbox.get(msg_id)
-        if entry is None:
-            return self._refuse() or succeed(None)
-        entry = self.outbox[msg_id] = dataclasses.replace(entry, attempts=entry.attempts + 1)
-        return self._refuse() or succeed(entry.attempts)
-
-    def mark_delivered(self, origin: str, msg_id: str, now: float) -> Deferred[bool]:
-        refused = self._refuse()
-        if refused is not None:
-            return refused
-        new = (origin, msg_id) not in self.delivered
-        self.delivered.add((origin, msg_id))
-        return succeed(new)
-
-    def close(self) -> Deferred[None]:
-        self.closed = True
-        return succeed(None)
 
 
 class FakeConnector:

@@ -1,38 +1,71 @@
 """
-Tests for L{tools.simulate}: the graph helpers on their own, and two
-whole meshes on real sockets on 127.0.0.1 (a random one of 50 nodes and a
-ring of 30), whose figures are printed when C{RELAYMESH_SIM_REPORT=1}.
+Tests for C{tools/simulate.py} and C{tools/topology.py} of a checkout: the
+graph helpers on their own, and two whole meshes on the in-memory network
+of L{relaymesh.testing} (a random one of 50 nodes and a ring of 30), whose
+figures are printed when C{RELAYMESH_SIM_REPORT=1}. Skipped where relaymesh
+is installed without its checkout's C{tools/}.
 """
 
 from __future__ import annotations
 
+import importlib
+import io
 import os
 import random
-import resource
 import sys
 
-from twisted.internet import defer, reactor
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
+import relaymesh
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL
-from tools.simulate import (
-    RANDOM,
-    RANDOM_DEGREE,
-    RING,
-    SIMULATION_MAX_HOPS,
-    SimulationError,
-    SimulationReport,
-    Topology,
-    all_distances,
-    build_topology,
-    consistent,
-    ensure_fd_limit,
-    expected_routes,
-    is_connected,
-    removable,
-    routed_pairs,
-    simulate,
-)
+
+#: The checkout relaymesh was imported from, if it is one.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(relaymesh.__file__)))
+
+
+def _load_tools():
+    """
+    Import C{tools.simulate} and C{tools.topology} from the checkout.
+
+    @return: the two modules, or L{None} without a checkout.
+    """
+    if not os.path.isfile(os.path.join(CHECKOUT, "tools", "simulate.py")):
+        return None
+    if CHECKOUT not in sys.path:
+        sys.path.insert(0, CHECKOUT)
+    return importlib.import_module("tools.simulate"), importlib.import_module("tools.topology")
+
+
+_tools = _load_tools()
+
+#: Why the tests are skipped, or L{None}.
+SKIP = None if _tools is not None else f"no tools/simulate.py next to {relaymesh.__file__}: not a checkout"
+
+if _tools is not None:
+    simulate_module, topology = _tools
+    RANDOM = topology.RANDOM
+    RANDOM_DEGREE = topology.RANDOM_DEGREE
+    RING = topology.RING
+    SimulationError = topology.SimulationError
+    Topology = topology.Topology
+    all_distances = topology.all_distances
+    build_topology = topology.build_topology
+    consistent = topology.consistent
+    expected_routes = topology.expected_routes
+    is_connected = topology.is_connected
+    removable = topology.removable
+    routed_pairs = topology.routed_pairs
+    simulate = simulate_module.simulate
+
+    #: Nodes of the ring: the largest whose diameter (15) is within the
+    #: protocol's highest hop limit, so that a broadcast reaches every node.
+    RING_NODES = 2 * simulate_module.SIMULATION_MAX_HOPS
+
+    #: Simulated seconds within which the tables must agree again after a
+    #: join or a leave: a withdrawal may count up to the hop limit, one
+    #: early advertisement (at most one per interval) per step, plus the
+    #: detection.
+    CONVERGENCE_BOUND = simulate_module.SIMULATION_MAX_HOPS * ADVERTISE_MIN_INTERVAL + 5.0
 
 #: The environment variable that makes the tests print their figures.
 REPORT_VARIABLE = "RELAYMESH_SIM_REPORT"
@@ -40,26 +73,17 @@ REPORT_VARIABLE = "RELAYMESH_SIM_REPORT"
 #: Nodes of the random mesh.
 RANDOM_NODES = 50
 
-#: Nodes of the ring: the largest whose diameter (15) is within the
-#: protocol's highest hop limit, so that a broadcast reaches every node.
-RING_NODES = 2 * SIMULATION_MAX_HOPS
-
 #: The fixed seed of both meshes.
 SEED = 7
 
 #: Routed messages per round.
 PAIRS = 40
 
-#: Seconds at most per phase of a simulation.
+#: Simulated seconds at most per phase of a simulation.
 PHASE_BOUND = 30.0
 
-#: Seconds within which the tables must agree again after a join or a
-#: leave: a withdrawal may count up to the hop limit, one early
-#: advertisement (at most one per interval) per step, plus the detection.
-CONVERGENCE_BOUND = SIMULATION_MAX_HOPS * ADVERTISE_MIN_INTERVAL + 5.0
 
-
-def report(result: SimulationReport) -> None:
+def report(result) -> None:
     """
     Print a simulation's figures when C{RELAYMESH_SIM_REPORT=1}.
     """
@@ -71,6 +95,8 @@ class TopologyTests(SynchronousTestCase):
     """
     The graphs and the shortest paths the tables are checked against.
     """
+
+    skip = SKIP
 
     def test_random_is_connected(self):
         """
@@ -151,33 +177,22 @@ class TopologyTests(SynchronousTestCase):
             self.assertEqual(far[source][destination], hops)
             self.assertTrue(2 <= hops <= 3)
 
-    def test_fd_limit_enough(self):
-        """
-        A limit already high enough is left alone.
-        """
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        self.assertEqual(ensure_fd_limit(1), (soft, False))
 
-
-class MeshSimulationTests(TestCase):
+class MeshSimulationTests(SynchronousTestCase):
     """
-    Whole meshes of routing nodes with outboxes on loopback: every reliable
-    routed message and every broadcast reaches every node within the hop
-    limit exactly once, and the tables agree with the shortest paths again
-    within L{CONVERGENCE_BOUND} after a node joins and after one leaves.
+    Whole meshes of routing nodes with outboxes on the in-memory network:
+    every reliable routed message and every broadcast reaches every node
+    within the hop limit exactly once, and the tables agree with the
+    shortest paths again within L{CONVERGENCE_BOUND} simulated seconds
+    after a node joins and after one leaves.
     """
 
-    timeout = 120
+    skip = SKIP
 
-    @defer.inlineCallbacks
     def run_mesh(self, count: int, kind: str):
-        directory = self.mktemp()
-        os.makedirs(directory)
-        result = yield simulate(
-            reactor, count, kind, SEED, directory, pairs=PAIRS, timeout=PHASE_BOUND
-        )
+        result = simulate(count, kind, SEED, pairs=PAIRS, timeout=PHASE_BOUND)
         report(result)
-        self.assertIsNotNone(result.converged_s, "the tables never converged")
+        self.assertEqual(result.failures(), [])
         for figures in (result.broadcast, result.reliable, result.reliable_after_leave):
             self.assertEqual(figures.delivered, figures.expected, figures)
             self.assertEqual(figures.duplicates, 0, figures)
@@ -198,11 +213,56 @@ class MeshSimulationTests(TestCase):
         """
         A random mesh of 50 nodes, mean degree 3.
         """
-        return self.run_mesh(RANDOM_NODES, RANDOM)
+        self.run_mesh(RANDOM_NODES, RANDOM)
 
     def test_ring(self):
         """
         A ring of 30 nodes (a line of 29 until the last one joins): the
         broadcast and the longest routes cross the whole hop limit.
         """
-        return self.run_mesh(RING_NODES, RING)
+        result = self.run_mesh(RING_NODES, RING)
+        self.assertEqual(result.broadcast.hops_max, simulate_module.SIMULATION_MAX_HOPS)
+
+    def test_deterministic(self):
+        """
+        The same seed gives the same figures, but for the CPU time.
+        """
+        runs = [simulate(8, RANDOM, SEED, pairs=4).to_dict() for _ in range(2)]
+        for run in runs:
+            del run["cpu_s"]
+        self.assertEqual(runs[0], runs[1])
+
+
+class CommandLineTests(SynchronousTestCase):
+    """
+    The command line: its figures, and its exit status.
+    """
+
+    skip = SKIP
+
+    def test_checks_pass(self):
+        """
+        A mesh that passes every check exits with 0 and prints its figures.
+        """
+        out, err = self.capture()
+        self.assertEqual(simulate_module.main(["--nodes", "6", "--pairs", "3", "--json"]), 0)
+        self.assertIn('"nodes": 6', out.getvalue())
+        self.assertNotIn("FAILED", err.getvalue())
+
+    def test_failure_exits_nonzero(self):
+        """
+        A failed check is named on standard error and the exit status is 1:
+        here, phases bounded too short for the tables to converge.
+        """
+        out, err = self.capture()
+        status = simulate_module.main(
+            ["--nodes", "6", "--topology", "ring", "--pairs", "3", "--timeout", "0.01"]
+        )
+        self.assertEqual(status, 1)
+        self.assertIn("FAILED: the tables did not converge", err.getvalue())
+
+    def capture(self):
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        return out, err
