@@ -476,13 +476,13 @@ class RelayService(MultiService):
     def _peer_event(self, event: PeerEvent) -> None:
         if event.peer_id is None or event.kind not in (EventKind.CONNECTED, EventKind.DISCONNECTED):
             return
-        if event.kind is EventKind.DISCONNECTED:
+        if event.kind == EventKind.DISCONNECTED:
             for outbound in self._outbound.values():
                 if outbound.factory.peer_id == event.peer_id:
                     outbound.factory.wake()
         now = self._reactor.seconds()
         fields: dict[str, Any] = {"last_seen": int(now * 1000)}
-        if event.kind is EventKind.CONNECTED and event.direction is Direction.OUTBOUND:
+        if event.kind == EventKind.CONNECTED and event.direction == Direction.OUTBOUND:
             fields["addr"] = event.address
         # last_seen is bookkeeping: written without fsync, and for a peer
         # that comes and goes, at most once a heartbeat interval (it cost a

@@ -52,6 +52,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
+from relaymesh.connection import RelayProtocol
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey
 from relaymesh.reliable.store import DuplicateMessage, OutboxEntry, StoreClosed
 from relaymesh.service import OutboundPeer, RelayService
@@ -559,6 +560,13 @@ def connect_nodes(
     return outbound
 
 
+def _owners(connection: MemoryConnection) -> set[object]:
+    """
+    The meshes that own the two ends of a connection.
+    """
+    return {p.owner for p in connection.protocols() if isinstance(p, RelayProtocol)}
+
+
 def links_between(network: MemoryNetwork, a: RelayService, b: RelayService) -> list[MemoryConnection]:
     """
     The open connections between two nodes, in either direction.
@@ -567,7 +575,7 @@ def links_between(network: MemoryNetwork, a: RelayService, b: RelayService) -> l
     return [
         connection
         for connection in network.connections()
-        if {getattr(p, "mesh", None) for p in connection.protocols()} == meshes
+        if _owners(connection) == meshes
     ]
 
 
@@ -592,7 +600,7 @@ def lose_node(network: MemoryNetwork, node: RelayService) -> Deferred[None]:
     @return: L{RelayService.stopService}'s L{Deferred}.
     """
     for connection in network.connections():
-        if node.mesh in {getattr(p, "mesh", None) for p in connection.protocols()}:
+        if node.mesh in _owners(connection):
             connection.cut()
     return node.stopService()
 

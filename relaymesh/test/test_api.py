@@ -785,9 +785,9 @@ class EventStreamTests(SynchronousTestCase):
         )
 
     def test_filter(self):
-        subscribers = list(self.node.mesh._subscribers.get(None, []))
+        subscribers = list(self.node.mesh._dispatch._subscribers.get(None, []))
         self.stream(frozenset({"peer_denied"}))
-        self.assertEqual(self.node.mesh._subscribers.get(None, []), subscribers)
+        self.assertEqual(self.node.mesh._dispatch._subscribers.get(None, []), subscribers)
         self.node.mesh._emit(PeerEvent("connecting", "beta", "10.0.0.2:9847", "outbound"))
         self.node.mesh._emit(PeerEvent("denied", "beta", "10.0.0.2:9847", "outbound", reason="no"))
         self.assertEqual([e["event"] for e in self.request.events()], ["peer_denied"])

@@ -1,5 +1,5 @@
 """
-Tests for L{relaymesh.factory}: the acceptor's limits and the connector's
+Tests for L{relaymesh.acceptor} and L{relaymesh.dialer}: the acceptor's limits and the connector's
 backoff, key choice and pacing.
 """
 
@@ -261,19 +261,6 @@ class BackoffTests(SynchronousTestCase):
                 factory._callID = None
             expected = [5, 5, 10, 20, 30, 30, 30] if rng_value == 0.0 else [7.5, 15, 30, 60, 60, 60, 60]
             self.assertEqual(delays, expected)
-
-    def test_reset_backoff(self):
-        """
-        resetBackoff (after a network change) dials at once and starts the
-        sequence over.
-        """
-        for _ in range(4):
-            self.fail_and_wait()
-        self.factory.clientConnectionFailed(self.connector, REFUSED)
-        self.factory.resetBackoff()
-        self.clock.advance(0)
-        self.assertEqual(self.connector.connects, 6)
-        self.assertEqual(self.fail_and_wait(), 5)
 
 
 class KeyChoiceTests(SynchronousTestCase):

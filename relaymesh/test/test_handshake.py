@@ -10,6 +10,8 @@ from relaymesh.handshake.base import HandshakeFailed
 
 from relaymesh.handshake.connector import ConnectorHandshake
 
+from relaymesh import pairing
+from relaymesh.armed import PAIR_CODE_FORM
 from relaymesh.handshake.proofs import acceptor_proof, compute_proof, connector_proof, new_nonce, verify_proof
 from relaymesh.connection import State
 from relaymesh.test.support import (
@@ -83,8 +85,8 @@ class AcceptorHandshakeTests(SynchronousTestCase):
 
     def test_stored_key(self):
         verdict = self.handshake.verify(handshake_message("beta", self.proof(self.key)))
-        self.assertEqual((verdict.peer_id, verdict.ack), ("beta", {"status": "ok"}))
-        self.assertFalse(self.handshake.paired)
+        self.assertEqual((verdict.outcome.peer_id, verdict.ack), ("beta", {"status": "ok"}))
+        self.assertIsNone(verdict.outcome.paired_via)
         self.assertEqual(self.keys.pending, self.pending)
 
     def test_no_impersonation(self):
@@ -106,11 +108,12 @@ class AcceptorHandshakeTests(SynchronousTestCase):
         An unknown peer that proves the pending key gets it as its own key,
         and the pending key is gone.
         """
-        self.assertEqual(
-            self.handshake.verify(handshake_message("newcomer", self.proof(self.pending))).peer_id,
-            "newcomer",
-        )
-        self.assertTrue(self.handshake.paired)
+        outcome = self.handshake.verify(handshake_message("newcomer", self.proof(self.pending))).outcome
+        self.assertEqual(outcome.peer_id, "newcomer")
+        self.assertEqual(outcome.paired_via, PAIR_CODE_FORM)
+        # the role writes nothing; recording the outcome claims the key
+        self.assertEqual(self.keys.pending, self.pending)
+        pairing.record(self.keys, outcome, 0)
         self.assertEqual(self.keys.keys["newcomer"], self.pending)
         self.assertIsNone(self.keys.pending)
 
@@ -165,7 +168,8 @@ class ConnectorHandshakeTests(SynchronousTestCase):
         for expected in (None, "alpha"):
             handshake = ConnectorHandshake("beta", bytes(32), expected, legacy=True)
             handshake.answer(self.challenge({"nonce": "ab" * 32}))
-            self.assertEqual(handshake.check_ack(self.ack("alpha")), ("alpha", None))
+            outcome, reply = handshake.check_ack(self.ack("alpha"))
+            self.assertEqual((outcome.peer_id, reply), ("alpha", None))
             self.assertFalse(handshake.mutual)
 
     def test_ack_without_proof_refused(self):
@@ -307,10 +311,10 @@ class MutualAuthenticationTests(SynchronousTestCase):
         """
         server, client, pump = connect(self.alpha, self.beta)
         self.assertIs(client.state, State.CONNECTED)
-        self.assertTrue(client.handshake.mutual)
-        self.assertTrue(server.handshake.mutual)
-        self.assertEqual(server.handshake.peer_capabilities, {"mutual-auth/1"})
-        self.assertEqual(client.handshake.peer_capabilities, {"mutual-auth/1"})
+        self.assertTrue(client.outcome.mutual)
+        self.assertTrue(server.outcome.mutual)
+        self.assertEqual(server.outcome.capabilities, {"mutual-auth/1"})
+        self.assertEqual(client.outcome.capabilities, {"mutual-auth/1"})
 
     def exchange(self, tamper):
         """
@@ -342,8 +346,8 @@ class MutualAuthenticationTests(SynchronousTestCase):
         """
         An acceptor proof from another connection (other nonces) is refused.
         """
-        old = self.exchange(lambda ack, hs: ack)
-        self.assertEqual(old, ("alpha", None))
+        outcome, reply = self.exchange(lambda ack, hs: ack)
+        self.assertEqual((outcome.peer_id, reply), ("alpha", None))
         captured = {}
 
         def capture(ack, hs):
@@ -397,8 +401,11 @@ class ChannelBindingTests(SynchronousTestCase):
         challenge = RelayMessage("c", "challenge", "", 1, acceptor.challenge_payload())
         handshake = RelayMessage("h", "handshake", "beta", 1, connector.answer(challenge, connector_sees))
         verdict = acceptor.verify(handshake, acceptor_sees)
+        pairing.record(self.alpha_keys, verdict.outcome, 0)
         ack = RelayMessage("a", "handshake_ack", "alpha", 1, verdict.ack)
-        return connector.check_ack(ack, connector_sees)
+        outcome, reply = connector.check_ack(ack, connector_sees)
+        pairing.record(self.beta_keys, outcome, 0)
+        return outcome.peer_id, reply
 
     def test_bound_and_pinned(self):
         self.assertEqual(self.run_handshake((SERVER_FP, CLIENT_FP), (SERVER_FP, CLIENT_FP)), ("alpha", None))
@@ -457,13 +464,15 @@ class StrongPairingTests(SynchronousTestCase):
         challenge = RelayMessage("c", "challenge", "", 1, acceptor.challenge_payload())
         first = RelayMessage("h", "handshake", "beta", 1, connector.answer(challenge))
         verdict = acceptor.verify(first)
-        self.assertIsNone(verdict.peer_id)
+        self.assertIsNone(verdict.outcome)
         self.assertEqual(verdict.ack["status"], "pake")
         peer, reply = connector.check_ack(RelayMessage("a", "handshake_ack", "alpha", 1, verdict.ack))
         self.assertIsNone(peer)
         verdict = acceptor.verify(RelayMessage("h2", "handshake", "beta", 1, reply))
-        done = connector.check_ack(RelayMessage("a2", "handshake_ack", "alpha", 1, verdict.ack))
-        return connector, done
+        pairing.record(self.alpha.keys, verdict.outcome, 0)
+        outcome, reply = connector.check_ack(RelayMessage("a2", "handshake_ack", "alpha", 1, verdict.ack))
+        self.assertEqual(outcome.paired_via, "strong_code")
+        return connector, (outcome.peer_id, reply)
 
     def test_pairs(self):
         """
@@ -473,8 +482,8 @@ class StrongPairingTests(SynchronousTestCase):
         connector, done = self.run_pairing("7-ace-act")
         self.assertEqual(done, ("alpha", None))
         self.assertTrue(connector.mutual)
-        self.assertEqual(self.alpha.keys.keys["beta"], connector.new_key)
-        self.assertEqual(len(connector.new_key), 32)
+        self.assertEqual(self.alpha.keys.keys["beta"], connector.psk)
+        self.assertEqual(len(connector.psk), 32)
         self.assertEqual(self.alpha.keys.meta("beta")["paired_via"], "strong_code")
         self.assertIsNone(self.alpha.keys.strong_code)
 

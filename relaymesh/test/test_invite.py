@@ -40,6 +40,7 @@ from relaymesh.codes import (
     format_pair_code,
     parse_pair_code,
 )
+from relaymesh import pairing
 from relaymesh.handshake.acceptor import AcceptorHandshake
 from relaymesh.handshake.base import HandshakeFailed
 from relaymesh.handshake.proofs import compute_proof
@@ -596,8 +597,9 @@ class AcceptorArmedKeyTests(SynchronousTestCase):
 
     def verify(self, peer: str, key: bytes) -> str:
         acceptor = AcceptorHandshake(self.keys, clock=self.clock)
-        self.acceptor = acceptor
-        return acceptor.verify(handshake(peer, key, acceptor.nonce))
+        verdict = acceptor.verify(handshake(peer, key, acceptor.nonce))
+        pairing.record(self.keys, verdict.outcome, self.clock.seconds())
+        return verdict.outcome
 
     def test_eachArmedKey(self):
         """
@@ -606,9 +608,9 @@ class AcceptorArmedKeyTests(SynchronousTestCase):
         """
         for key, form in [(OTHER, "invite"), (bytes(32), "invite_legacy")]:
             self.setUp()
-            self.assertEqual(self.verify("newcomer", key).peer_id, "newcomer")
-            self.assertTrue(self.acceptor.paired)
-            self.assertEqual(self.acceptor.paired_via, form)
+            outcome = self.verify("newcomer", key)
+            self.assertEqual(outcome.peer_id, "newcomer")
+            self.assertEqual(outcome.paired_via, form)
             self.assertEqual(self.keys.keys["newcomer"], key)
             self.assertEqual(self.keys.armed_keys(EPOCH), [])
             self.assertEqual(
@@ -646,7 +648,10 @@ class AcceptorArmedKeyTests(SynchronousTestCase):
         store = KeyStore(self.mktemp())
         store.arm([("invite", OTHER), ("invite_legacy", bytes(32))], expires_at=EPOCH + 600)
         acceptor = AcceptorHandshake(store, clock=self.clock)
-        self.assertEqual(acceptor.verify(handshake("gamma", bytes(32), acceptor.nonce)).peer_id, "gamma")
+        outcome = acceptor.verify(handshake("gamma", bytes(32), acceptor.nonce)).outcome
+        self.assertEqual(outcome.peer_id, "gamma")
+        self.assertIsNone(store.key("gamma"))  # the role itself writes nothing
+        pairing.record(store, outcome, self.clock.seconds())
         self.assertEqual(store.key("gamma"), bytes(32))
         self.assertEqual(store.meta("gamma")["paired_via"], "invite_legacy")
         self.assertIsNone(store.pending_key())
@@ -658,8 +663,9 @@ class AcceptorArmedKeyTests(SynchronousTestCase):
         keys = MemoryKeys(pending=OTHER)
         self.clock.advance(86400 * 365)
         acceptor = AcceptorHandshake(keys, clock=self.clock)
-        self.assertEqual(acceptor.verify(handshake("n", OTHER, acceptor.nonce)).peer_id, "n")
-        self.assertEqual(acceptor.paired_via, PAIR_CODE_FORM)
+        outcome = acceptor.verify(handshake("n", OTHER, acceptor.nonce)).outcome
+        self.assertEqual(outcome.peer_id, "n")
+        self.assertEqual(outcome.paired_via, PAIR_CODE_FORM)
 
 
 class JoinTests(SynchronousTestCase):

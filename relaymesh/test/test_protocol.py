@@ -483,7 +483,7 @@ class CoalescingTests(_Connected, SynchronousTestCase):
                 for i in range(50):
                     mesh.send("beta", "ack", {"n": i})
             self.assertEqual(self.transport.writes, [])
-            self.assertEqual(self.protocol.msgs_out, 52)  # challenge, ack, 50
+            self.assertEqual(self.protocol.traffic.msgs_out, 52)  # challenge, ack, 50
         self.assertEqual(len(self.transport.writes), 1)
         self.assertEqual([m.payload["n"] for m in written(self.transport)], list(range(50)))
 

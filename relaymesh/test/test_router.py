@@ -15,7 +15,10 @@ from relaymesh.reliable.outbox import (
     routed_origin_id,
 )
 from relaymesh.handshake.proofs import DEFAULT_CAPABILITIES
-from relaymesh.mesh import ROUTED, UnknownPeer
+from relaymesh.errors import UnknownPeer
+from relaymesh.events import PeerState
+
+ROUTED = PeerState.ROUTED
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL
 from relaymesh.routing.table import MAX_HOPS, ROUTING_CAPABILITY, RouteHeader, encode_routed
 from relaymesh.test.support import MemoryStore, Node, connect, make_clock, pair_keys

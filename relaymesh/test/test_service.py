@@ -58,7 +58,7 @@ class RelayServiceTests(SynchronousTestCase):
         dialled = [(host, port, timeout) for host, port, f, timeout, _ in self.reactor.tcpClients]
         self.assertEqual(dialled, [("10.0.0.2", 9847, 10), ("10.0.0.3", 9847, 10)])
         self.assertTrue(all(isinstance(c[2], RelayClientFactory) for c in self.reactor.tcpClients))
-        self.assertTrue(self.service.mesh._heartbeat.running)
+        self.assertTrue(self.service.mesh._heartbeats._loop.running)
         self.assertIsNotNone(self.service.listener.port)
 
     def test_stop(self):
@@ -70,7 +70,7 @@ class RelayServiceTests(SynchronousTestCase):
         factories = [c[2] for c in self.reactor.tcpClients]
         self.assertTrue(all(not f.continueTrying for f in factories))
         self.assertTrue(all(c._disconnected for c in self.reactor.connectors))
-        self.assertFalse(self.service.mesh._heartbeat.running)
+        self.assertFalse(self.service.mesh._heartbeats._loop.running)
         self.assertIsNone(self.service.listener.port)
 
     def test_no_listen(self):

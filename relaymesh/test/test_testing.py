@@ -9,7 +9,9 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaymesh.dialer import RETRY_FACTOR, RETRY_INITIAL_DELAY
-from relaymesh.mesh import CONNECTED, DISCONNECTED
+from relaymesh.events import EventKind
+
+CONNECTED, DISCONNECTED = EventKind.CONNECTED, EventKind.DISCONNECTED
 from relaymesh.reliable.store import OutboxEntry, StoreClosed
 from relaymesh.testing import (
     MemoryNetwork,
@@ -198,8 +200,8 @@ class NodesTests(SynchronousTestCase):
         """
         self.start()
         connect_nodes(self.network, self.alice, self.bob)
-        self.assertEqual(self.alice.mesh.connected_peers(), ["bob"])
-        self.assertEqual(self.bob.mesh.connected_peers(), ["alice"])
+        self.assertEqual(sorted(c.peer_id for c in self.alice.mesh.connections()), ["bob"])
+        self.assertEqual(sorted(c.peer_id for c in self.bob.mesh.connections()), ["alice"])
         self.bob.mesh.send("alice", TASK, {"n": 1})
         delivery = self.alice.mesh.send_reliable("bob", TASK, {"n": 2})
         self.network.flush()
@@ -226,7 +228,7 @@ class NodesTests(SynchronousTestCase):
         self.alice.startService()
         self.addCleanup(self.alice.stopService)
         self.network.advance(1)
-        self.assertEqual(self.bob.mesh.connected_peers(), ["alice"])
+        self.assertEqual(sorted(c.peer_id for c in self.bob.mesh.connections()), ["alice"])
 
     def test_cut_is_noticed(self) -> None:
         """
@@ -236,14 +238,14 @@ class NodesTests(SynchronousTestCase):
         self.start()
         connect_nodes(self.network, self.alice, self.bob)
         self.assertEqual(cut_link(self.network, self.alice, self.bob), 1)
-        self.assertEqual(self.alice.mesh.connected_peers(), [])
-        self.assertEqual(self.bob.mesh.connected_peers(), [])
+        self.assertEqual(sorted(c.peer_id for c in self.alice.mesh.connections()), [])
+        self.assertEqual(sorted(c.peer_id for c in self.bob.mesh.connections()), [])
         self.assertEqual(
             [e.kind for e in self.events if e.kind in (CONNECTED, DISCONNECTED)],
             [CONNECTED, DISCONNECTED],
         )
         self.network.advance(RETRY_INITIAL_DELAY)
-        self.assertEqual(self.bob.mesh.connected_peers(), ["alice"])
+        self.assertEqual(sorted(c.peer_id for c in self.bob.mesh.connections()), ["alice"])
         self.assertEqual(len(links_between(self.network, self.alice, self.bob)), 1)
 
     def test_lose_node(self) -> None:
@@ -254,9 +256,9 @@ class NodesTests(SynchronousTestCase):
         self.start()
         connect_nodes(self.network, self.alice, self.bob)
         self.successResultOf(lose_node(self.network, self.alice))
-        self.assertEqual(self.bob.mesh.connected_peers(), [])
+        self.assertEqual(sorted(c.peer_id for c in self.bob.mesh.connections()), [])
         self.network.advance(RETRY_INITIAL_DELAY)
-        self.assertEqual(self.bob.mesh.connected_peers(), [])
+        self.assertEqual(sorted(c.peer_id for c in self.bob.mesh.connections()), [])
         self.assertEqual(self.network.connections(), [])
 
     def test_graceful_stop(self) -> None:
@@ -269,7 +271,7 @@ class NodesTests(SynchronousTestCase):
         stopped = self.alice.stopService()
         self.network.flush()
         self.successResultOf(stopped)
-        self.assertEqual(self.bob.mesh.connected_peers(), [])
+        self.assertEqual(sorted(c.peer_id for c in self.bob.mesh.connections()), [])
         self.assertEqual(self.network.connections(), [])
 
 
