@@ -1,5 +1,5 @@
 """
-Tests for L{relaymesh.control.api}: every endpoint and every error status, over real
+Tests for the control API (L{relaymesh.control}): every endpoint and every error status, over real
 HTTP on 127.0.0.1, against a node whose mesh runs on a memory clock; and the
 event stream's keepalives, filters and slow-client limit on a fake request.
 """
@@ -9,180 +9,28 @@ from __future__ import annotations
 import json
 import os
 import stat
-import types
-from io import BytesIO
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
-from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
-from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyChannel
 
 from relaymesh import tap
-from relaymesh.control import api
-from relaymesh.control.api import (
-    MAX_BODY,
-    ApiError,
-    ApiService,
-    ControlPlane,
-    EventStream,
-    as_api_error,
-    load_token,
-    make_site,
-    parse_event_types,
-)
-from relaymesh.reliable.outbox import ReliableDelivery
+from relaymesh.control.auth import load_token
+from relaymesh.control.requests import MAX_BODY, ApiError, ApiRequest, as_api_error
+from relaymesh.control.service import ApiService
+from relaymesh.control.sse import EventStream, parse_event_types
+from relaymesh.errors import PeerNotConnected, UnknownPeer, UnsupportedMessageType
+from relaymesh.events import Direction, EventKind, PeerEvent
 from relaymesh.keystore import KeyStore
-from relaymesh.mesh import PeerEvent, PeerNotConnected, UnknownPeer, UnsupportedMessageType
-from relaymesh.service import RelayService
-from relaymesh.test import realtime
+from relaymesh.reliable.outbox import ReliableDelivery
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL, Router
+from relaymesh.service import RelayService
+from relaymesh.test.apisupport import TOKEN, ApiHarness, wait_for
 from relaymesh.test.support import EPOCH, MemoryStore, Node, connect, pair_keys
 from relaymesh.wire import RelayMessage, WireError
-
-TOKEN = "test-token-0123456789"
-
-
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01) -> defer.Deferred:
-    """
-    Fire once C{predicate()} is true (real time); fail after C{timeout} s.
-    """
-    return realtime.wait_for(predicate, timeout, interval)
-
-
-class StreamReader(Protocol):
-    """
-    Collects a streamed response body and splits it into SSE events.
-    """
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.done = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason) -> None:
-        self.done.callback(None)
-
-    def events(self) -> list[dict]:
-        found = []
-        for block in self.data.split(b"\n\n"):
-            lines = [line[6:] for line in block.split(b"\n") if line.startswith(b"data: ")]
-            if lines:
-                found.append(json.loads(b"\n".join(lines)))
-        return found
-
-    def close(self) -> defer.Deferred:
-        self.transport.stopProducing()
-        return self.done
-
-
-class ApiHarness:
-    """
-    A node "alpha" (mesh on a memory clock, not started) with its control
-    plane served over real HTTP on 127.0.0.1, and an in-memory peer "beta".
-    """
-
-    def __init__(self, case: TestCase, **control_args) -> None:
-        self.case = case
-        self.clock = MemoryReactorClock()
-        self.clock.advance(EPOCH)
-        self.keystore = KeyStore(case.mktemp())
-        self.keystore.set_identity("alpha")
-        self.node = RelayService(self.keystore, listen=None, reactor=self.clock)
-        self.control = ControlPlane(self.node, self.clock, token=TOKEN, **control_args)
-        self.site = make_site(self.control)
-        self.channels: list = []
-        build = self.site.buildProtocol
-
-        def tracking(addr):
-            channel = build(addr)
-            self.channels.append(channel)
-            return channel
-
-        self.site.buildProtocol = tracking
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.agent = Agent(reactor, pool=self.pool)
-        self.readers: list[StreamReader] = []
-        case.addCleanup(self.close)
-
-    @defer.inlineCallbacks
-    def close(self):
-        self.control.close_streams()
-        for reader in self.readers:
-            if not reader.done.called:
-                reader.transport.stopProducing()
-            yield reader.done
-        yield self.pool.closeCachedConnections()
-        transports = [getattr(c, "transport", None) for c in self.channels]
-        transports = [t for t in transports if t is not None]
-        for transport in transports:
-            if transport.connected:
-                transport.abortConnection()
-        yield self.port.stopListening()
-        yield wait_for(lambda: not any(t.connected for t in transports), 5)
-
-    # -- the peer ------------------------------------------------------------
-
-    def connect_beta(self, name: str = "beta", host: str = "10.0.0.2", **node_args):
-        """
-        Pair and connect an in-memory peer (L{Node} takes C{node_args});
-        return it and the link.
-        """
-        peer = Node(name, self.clock, **node_args)
-        key = os.urandom(32)
-        self.keystore.set_key(name, key)
-        peer.keys.keys["alpha"] = key
-        alpha = types.SimpleNamespace(
-            identity="alpha", clock=self.clock, server=self.node.server_factory, mesh=self.node.mesh
-        )
-        link = connect(alpha, peer, host=host)
-        return peer, link
-
-    # -- HTTP ----------------------------------------------------------------
-
-    @defer.inlineCallbacks
-    def request(self, method: str, path: str, body=None, token: str | None = TOKEN, raw: bytes | None = None, headers=None):
-        """
-        Make a request; fire with C{(status, JSON body, response)}.
-        """
-        h = Headers(headers or {})
-        if token is not None:
-            h.addRawHeader(b"authorization", f"Bearer {token}".encode())
-        producer = None
-        if raw is None and body is not None:
-            raw = json.dumps(body).encode()
-        if raw is not None:
-            producer = FileBodyProducer(BytesIO(raw))
-            h.addRawHeader(b"content-type", b"application/json")
-        response = yield self.agent.request(method.encode(), (self.url + path).encode(), h, producer)
-        data = yield readBody(response)
-        try:
-            value = json.loads(data)
-        except ValueError:
-            value = data
-        return response.code, value, response
-
-    @defer.inlineCallbacks
-    def stream(self, path: str = "/api/events", token: str | None = TOKEN, headers=None):
-        """
-        Open an event stream; fire with C{(response, StreamReader)}.
-        """
-        h = Headers(headers or {})
-        if token is not None:
-            h.addRawHeader(b"authorization", f"Bearer {token}".encode())
-        response = yield self.agent.request(b"GET", (self.url + path).encode(), h)
-        reader = StreamReader()
-        self.readers.append(reader)
-        response.deliverBody(reader)
-        return response, reader
 
 
 class ReliableSendTests(TestCase):
@@ -515,7 +363,7 @@ class BodyTests(TestCase):
         """
         A body without a Content-Length is cut off at the limit too.
         """
-        request = api.ApiRequest(DummyChannel(), False)
+        request = ApiRequest(DummyChannel(), False)
         request.gotLength(None)
         request.handleContentChunk(b"x" * MAX_BODY)
         self.assertFalse(request.body_too_large)
@@ -759,8 +607,12 @@ class EventStreamTests(SynchronousTestCase):
 
     def test_events(self):
         stream = self.stream()
-        self.node.mesh._emit(PeerEvent("reconnect_scheduled", "beta", "10.0.0.2:9847", "outbound", delay=5.0))
-        self.node.mesh._emit(PeerEvent("denied", None, "10.0.0.9:1", "inbound", reason="bad proof"))
+        self.node.mesh._emit(
+            PeerEvent(
+                EventKind.RECONNECT_SCHEDULED, "beta", "10.0.0.2:9847", Direction.OUTBOUND, delay=5.0
+            )
+        )
+        self.node.mesh._emit(PeerEvent(EventKind.DENIED, None, "10.0.0.9:1", Direction.INBOUND, reason="bad proof"))
         stream._message("beta", self.message())
         self.assertEqual(
             self.request.events(),
@@ -788,8 +640,8 @@ class EventStreamTests(SynchronousTestCase):
         subscribers = list(self.node.mesh._subscribers.get(None, []))
         self.stream(frozenset({"peer_denied"}))
         self.assertEqual(self.node.mesh._subscribers.get(None, []), subscribers)
-        self.node.mesh._emit(PeerEvent("connecting", "beta", "10.0.0.2:9847", "outbound"))
-        self.node.mesh._emit(PeerEvent("denied", "beta", "10.0.0.2:9847", "outbound", reason="no"))
+        self.node.mesh._emit(PeerEvent(EventKind.CONNECTING, "beta", "10.0.0.2:9847", Direction.OUTBOUND))
+        self.node.mesh._emit(PeerEvent(EventKind.DENIED, "beta", "10.0.0.2:9847", Direction.OUTBOUND, reason="no"))
         self.assertEqual([e["event"] for e in self.request.events()], ["peer_denied"])
 
     def test_slow_client(self):
