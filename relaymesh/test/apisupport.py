@@ -1,7 +1,8 @@
 """
 Helpers for tests of the control API (L{relaymesh.control}): a node with
 its control plane served over real HTTP, a reader of event streams, and a
-wait on a condition in real time.
+wait on a condition in real time; and a fake node and mesh with only
+what the control plane may use of them (L{INode}, L{IRelayMesh}).
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
+from zope.interface import implementer
 
+from relaymesh.address import PeerAddress, parse_peer_address
 from relaymesh.control.plane import ControlPlane
 from relaymesh.control.resources import make_site
+from relaymesh.events import PeerEvent, PeerSessions, PeerStatus
+from relaymesh.interfaces import INode
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
 from relaymesh.test import realtime
@@ -165,3 +170,102 @@ class ApiHarness:
         response.deliverBody(reader)
         return response, reader
 
+
+class _Subscription:
+    """
+    One callback of a L{FakeMesh}; C{cancel()} removes it.
+    """
+
+    def __init__(self, callbacks: list, callback) -> None:
+        self._callbacks = callbacks
+        self._callback = callback
+        callbacks.append(callback)
+
+    def cancel(self) -> None:
+        if self._callback in self._callbacks:
+            self._callbacks.remove(self._callback)
+
+
+class FakeMesh:
+    """
+    The part of an L{IRelayMesh} the control plane's views and event streams
+    use: the test sets its peers, session lists and connected peers, and
+    hands messages and peer events to its subscribers.
+
+    @ivar subscribers: The message callbacks.
+    @ivar watchers: The peer event callbacks.
+    """
+
+    identity = "alpha"
+    heartbeat_interval = 30.0
+    max_peers = 8
+
+    def __init__(self) -> None:
+        self.statuses: list[PeerStatus] = []
+        self.session_lists: dict[str, PeerSessions] = {}
+        self.connected: set[str] = set()
+        self.subscribers: list = []
+        self.watchers: list = []
+
+    def subscribe(self, callback, msg_type=None) -> _Subscription:
+        return _Subscription(self.subscribers, callback)
+
+    def watch_peers(self, callback) -> _Subscription:
+        return _Subscription(self.watchers, callback)
+
+    def deliver(self, peer_id: str, message) -> None:
+        for callback in list(self.subscribers):
+            callback(peer_id, message)
+
+    def emit(self, event: PeerEvent) -> None:
+        for callback in list(self.watchers):
+            callback(event)
+
+    def peers(self) -> list[PeerStatus]:
+        return sorted(self.statuses, key=lambda s: s.peer_id)
+
+    def sessions(self) -> dict[str, PeerSessions]:
+        return dict(self.session_lists)
+
+    def is_connected(self, peer_id: str) -> bool:
+        return peer_id in self.connected
+
+    def disconnect(self, peer_id: str, reason: str = "disconnected by request") -> bool:
+        was = peer_id in self.connected
+        self.connected.discard(peer_id)
+        return was
+
+
+@implementer(INode)
+class FakeNode:
+    """
+    An L{INode} over a L{FakeMesh} and a real key store, whose dialled
+    addresses and listening address the test sets.
+
+    @ivar addresses: What L{dialled} returns.
+    @ivar listening: What L{listening_address} returns.
+    """
+
+    def __init__(self, keystore: KeyStore, mesh: FakeMesh | None = None) -> None:
+        self.keystore = keystore
+        self.mesh = mesh or FakeMesh()
+        self.addresses: list[PeerAddress] = []
+        self.listening: str | None = None
+
+    def listening_address(self) -> str | None:
+        return self.listening
+
+    def dialled(self) -> list[PeerAddress]:
+        return list(self.addresses)
+
+    def add_peer(self, address: PeerAddress | str) -> None:
+        if isinstance(address, str):
+            address = parse_peer_address(address)
+        if address not in self.addresses:
+            self.addresses.append(address)
+
+    def remove_peer(self, peer_id: str) -> bool:
+        kept = [a for a in self.addresses if a.peer_id != peer_id]
+        found = len(kept) != len(self.addresses)
+        self.addresses = kept
+        return self.mesh.disconnect(peer_id) or found

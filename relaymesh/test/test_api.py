@@ -18,17 +18,17 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyChannel
 
 from relaymesh import tap
-from relaymesh.control.auth import load_token
+from relaymesh.control.auth import load_token, token_is_private
 from relaymesh.control.requests import MAX_BODY, ApiError, ApiRequest, as_api_error
 from relaymesh.control.service import ApiService
-from relaymesh.control.sse import EventStream, parse_event_types
+from relaymesh.control.sse import EventStream, message_object, parse_event_types
 from relaymesh.errors import PeerNotConnected, UnknownPeer, UnsupportedMessageType
 from relaymesh.events import Direction, EventKind, PeerEvent
 from relaymesh.keystore import KeyStore
 from relaymesh.reliable.outbox import ReliableDelivery
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL, Router
 from relaymesh.service import RelayService
-from relaymesh.test.apisupport import TOKEN, ApiHarness, wait_for
+from relaymesh.test.apisupport import TOKEN, ApiHarness, FakeMesh, wait_for
 from relaymesh.test.support import EPOCH, MemoryStore, Node, connect, pair_keys
 from relaymesh.wire import RelayMessage, WireError
 
@@ -575,17 +575,17 @@ class FakeRequest:
 
 class EventStreamTests(SynchronousTestCase):
     """
-    L{EventStream} on a fake request and a memory clock.
+    L{EventStream} on a fake request, a fake mesh and a memory clock.
     """
 
     def setUp(self):
         self.clock = task.Clock()
         self.clock.advance(EPOCH)
-        self.node = Node("alpha", self.clock)
+        self.mesh = FakeMesh()
         self.request = FakeRequest()
 
     def stream(self, wanted=None, max_backlog=1000):
-        stream = EventStream(self.request, self.node.mesh, self.clock, wanted, 15.0, max_backlog)
+        stream = EventStream(self.request, self.mesh, self.clock, wanted, 15.0, max_backlog)
         stream.start()
         return stream
 
@@ -606,14 +606,16 @@ class EventStreamTests(SynchronousTestCase):
         self.assertEqual(self.request.written, [b": keepalive\n\n"])
 
     def test_events(self):
-        stream = self.stream()
-        self.node.mesh._emit(
+        self.stream()
+        self.mesh.emit(
             PeerEvent(
                 EventKind.RECONNECT_SCHEDULED, "beta", "10.0.0.2:9847", Direction.OUTBOUND, delay=5.0
             )
         )
-        self.node.mesh._emit(PeerEvent(EventKind.DENIED, None, "10.0.0.9:1", Direction.INBOUND, reason="bad proof"))
-        stream._message("beta", self.message())
+        self.mesh.emit(
+            PeerEvent(EventKind.DENIED, None, "10.0.0.9:1", Direction.INBOUND, reason="bad proof")
+        )
+        self.mesh.deliver("beta", self.message())
         self.assertEqual(
             self.request.events(),
             [
@@ -637,11 +639,17 @@ class EventStreamTests(SynchronousTestCase):
         )
 
     def test_filter(self):
-        subscribers = list(self.node.mesh._subscribers.get(None, []))
+        """
+        A stream that wants only peer events does not subscribe to messages,
+        and sends only the kinds it wants.
+        """
         self.stream(frozenset({"peer_denied"}))
-        self.assertEqual(self.node.mesh._subscribers.get(None, []), subscribers)
-        self.node.mesh._emit(PeerEvent(EventKind.CONNECTING, "beta", "10.0.0.2:9847", Direction.OUTBOUND))
-        self.node.mesh._emit(PeerEvent(EventKind.DENIED, "beta", "10.0.0.2:9847", Direction.OUTBOUND, reason="no"))
+        self.assertEqual(self.mesh.subscribers, [])
+        self.assertEqual(len(self.mesh.watchers), 1)
+        self.mesh.emit(PeerEvent(EventKind.CONNECTING, "beta", "10.0.0.2:9847", Direction.OUTBOUND))
+        self.mesh.emit(
+            PeerEvent(EventKind.DENIED, "beta", "10.0.0.2:9847", Direction.OUTBOUND, reason="no")
+        )
         self.assertEqual([e["event"] for e in self.request.events()], ["peer_denied"])
 
     def test_slow_client(self):
@@ -649,7 +657,6 @@ class EventStreamTests(SynchronousTestCase):
         A paused client that falls more than the backlog behind is dropped
         (its connection aborted), and the stream stops following the mesh.
         """
-        observers = len(self.node.mesh._observers)
         stream = self.stream(max_backlog=1000)
         stream.pauseProducing()
         stream.send({"a": "x" * 500})
@@ -661,20 +668,19 @@ class EventStreamTests(SynchronousTestCase):
         self.assertIsNotNone(stream.dropped)
         self.assertTrue(self.request.transport.disconnecting)
         count = len(self.request.written)
-        stream._message("beta", self.message())
+        stream.send(message_object("beta", self.message(), self.clock.seconds()))
         self.clock.advance(60)
         self.assertEqual(len(self.request.written), count)
-        self.assertEqual(len(self.node.mesh._observers), observers)
+        self.assertEqual((self.mesh.subscribers, self.mesh.watchers), ([], []))
 
     def test_client_gone(self):
         """
         When the client goes, the subscriptions and the keepalive end.
         """
-        observers = len(self.node.mesh._observers)
         stream = self.stream()
-        self.assertEqual(len(self.node.mesh._observers), observers + 1)
+        self.assertEqual((len(self.mesh.subscribers), len(self.mesh.watchers)), (1, 1))
         self.request.lose()
-        self.assertEqual(len(self.node.mesh._observers), observers)
+        self.assertEqual((self.mesh.subscribers, self.mesh.watchers), ([], []))
         self.assertEqual(self.clock.getDelayedCalls(), [])
         stream.send({"late": True})
         self.assertEqual(self.request.events(), [])
@@ -754,6 +760,16 @@ class TokenTests(SynchronousTestCase):
         from relaymesh.keystore import KeyStoreError
 
         self.assertRaises(KeyStoreError, load_token, path)
+
+    def test_private(self):
+        """
+        A token file others may read is not private; one made here is.
+        """
+        path = os.path.join(self.mktemp(), "api-token")
+        load_token(path)
+        self.assertTrue(token_is_private(path))
+        os.chmod(path, 0o644)
+        self.assertFalse(token_is_private(path))
 
 
 class ApiServiceTests(SynchronousTestCase):
