@@ -26,6 +26,14 @@ class IRelayMesh(Interface):
     heartbeat_interval = Attribute("Seconds between heartbeats (float).")
     max_peers = Attribute("How many connected peers an acceptor admits (int).")
 
+    def message(msg_type, payload, from_peer=None):
+        """
+        Make (without sending) a new message from this node, with a fresh id
+        and the current time.
+
+        @rtype: L{relaymesh.wire.RelayMessage}
+        """
+
     def send(peer_id, msg_type, payload):
         """
         Send C{payload} as a C{msg_type} message to a connected peer.

@@ -4,7 +4,7 @@ A node's Prometheus metrics, and the round-trip times they report.
 Each node has its own L{CollectorRegistry} (never the library's global one),
 so several nodes in one process, and tests, do not clash. Most numbers are
 read when Prometheus scrapes, from counters the mesh keeps anyway
-(L{relaymesh.mesh.Mesh.peers}); only what the mesh does not count is fed
+(L{IRelayMesh.peers}); only what the mesh does not count is fed
 from its events: handshakes by result, reconnection attempts, delivered
 messages by type, and round-trip times.
 
@@ -26,10 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from twisted.internet.interfaces import IReactorTime
 
 from relaymesh._version import __version__
-from relaymesh.events import PeerEvent, PeerStatus
-from relaymesh.events import PeerState
-CONNECTED = PeerState.CONNECTED
-from relaymesh.mesh import Mesh
+from relaymesh.events import EventKind, PeerEvent, PeerState, PeerStatus
+from relaymesh.interfaces import IRelayMesh
 from relaymesh.wire import MessageType, RelayMessage
 
 #: Buckets of the round-trip time histogram, in seconds.
@@ -54,9 +52,10 @@ class RoundTrips:
     @ivar last: The latest round-trip time per peer id, in seconds.
     """
 
-    def __init__(self, mesh: Mesh, clock: IReactorTime) -> None:
+    def __init__(self, mesh: IRelayMesh, clock: IReactorTime) -> None:
         """
-        @param mesh: The node's mesh; acks are read from it.
+        @param mesh: The node's mesh; acks are read from it, and
+            L{IRelayMesh.message} tells the tag of this node's message ids.
         @param clock: The clock the mesh stamps its messages with.
         """
         self._mesh = mesh
@@ -170,7 +169,7 @@ class _MeshCollector:
         )
         for peer in snapshot.peers:
             name = peer.peer_id
-            up.add_metric([name], 1 if peer.state == CONNECTED else 0)
+            up.add_metric([name], 1 if peer.state == PeerState.CONNECTED else 0)
             attempt.add_metric([name], peer.reconnect_attempt)
             messages.add_metric([name, "in"], peer.msgs_in)
             messages.add_metric([name, "out"], peer.msgs_out)
@@ -216,7 +215,7 @@ class NodeMetrics:
 
     def __init__(
         self,
-        mesh: Mesh,
+        mesh: IRelayMesh,
         clock: IReactorTime,
         round_trips: RoundTrips | None = None,
         started_at: float | None = None,
@@ -282,12 +281,12 @@ class NodeMetrics:
             subscription.cancel()
 
     def _peer_event(self, event: PeerEvent) -> None:
-        if event.kind == CONNECTED:
+        if event.kind == EventKind.CONNECTED:
             self.handshakes.labels("ok", event.direction or "").inc()
-        elif event.kind == "denied":
+        elif event.kind == EventKind.DENIED:
             # Not labelled by peer: a denied peer id is whatever was claimed.
             self.handshakes.labels("denied", event.direction or "").inc()
-        elif event.kind == "reconnect_scheduled":
+        elif event.kind == EventKind.RECONNECT_SCHEDULED:
             self.reconnects.labels(event.peer_id or event.address or "").inc()
 
     def _message(self, peer_id: str, message: RelayMessage) -> None:

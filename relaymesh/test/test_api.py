@@ -1,5 +1,5 @@
 """
-Tests for L{relaymesh.control.api}: every endpoint and every error status, over real
+Tests for the control API (L{relaymesh.control}): every endpoint and every error status, over real
 HTTP on 127.0.0.1, against a node whose mesh runs on a memory clock; and the
 event stream's keepalives, filters and slow-client limit on a fake request.
 """
@@ -9,180 +9,28 @@ from __future__ import annotations
 import json
 import os
 import stat
-import types
-from io import BytesIO
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
-from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
-from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyChannel
 
 from relaymesh import tap
-from relaymesh.control import api
-from relaymesh.control.api import (
-    MAX_BODY,
-    ApiError,
-    ApiService,
-    ControlPlane,
-    EventStream,
-    as_api_error,
-    load_token,
-    make_site,
-    parse_event_types,
-)
-from relaymesh.reliable.outbox import ReliableDelivery
+from relaymesh.control.auth import load_token, token_is_private
+from relaymesh.control.requests import MAX_BODY, ApiError, ApiRequest, as_api_error
+from relaymesh.control.service import ApiService
+from relaymesh.control.sse import EventStream, message_object, parse_event_types
+from relaymesh.errors import PeerNotConnected, UnknownPeer, UnsupportedMessageType
+from relaymesh.events import Direction, EventKind, PeerEvent
 from relaymesh.keystore import KeyStore
-from relaymesh.mesh import PeerEvent, PeerNotConnected, UnknownPeer, UnsupportedMessageType
-from relaymesh.service import RelayService
-from relaymesh.test import realtime
+from relaymesh.reliable.outbox import ReliableDelivery
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL, Router
+from relaymesh.service import RelayService
+from relaymesh.test.apisupport import TOKEN, ApiHarness, FakeMesh, wait_for
 from relaymesh.test.support import EPOCH, MemoryStore, Node, connect, pair_keys
 from relaymesh.wire import RelayMessage, WireError
-
-TOKEN = "test-token-0123456789"
-
-
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01) -> defer.Deferred:
-    """
-    Fire once C{predicate()} is true (real time); fail after C{timeout} s.
-    """
-    return realtime.wait_for(predicate, timeout, interval)
-
-
-class StreamReader(Protocol):
-    """
-    Collects a streamed response body and splits it into SSE events.
-    """
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.done = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason) -> None:
-        self.done.callback(None)
-
-    def events(self) -> list[dict]:
-        found = []
-        for block in self.data.split(b"\n\n"):
-            lines = [line[6:] for line in block.split(b"\n") if line.startswith(b"data: ")]
-            if lines:
-                found.append(json.loads(b"\n".join(lines)))
-        return found
-
-    def close(self) -> defer.Deferred:
-        self.transport.stopProducing()
-        return self.done
-
-
-class ApiHarness:
-    """
-    A node "alpha" (mesh on a memory clock, not started) with its control
-    plane served over real HTTP on 127.0.0.1, and an in-memory peer "beta".
-    """
-
-    def __init__(self, case: TestCase, **control_args) -> None:
-        self.case = case
-        self.clock = MemoryReactorClock()
-        self.clock.advance(EPOCH)
-        self.keystore = KeyStore(case.mktemp())
-        self.keystore.set_identity("alpha")
-        self.node = RelayService(self.keystore, listen=None, reactor=self.clock)
-        self.control = ControlPlane(self.node, self.clock, token=TOKEN, **control_args)
-        self.site = make_site(self.control)
-        self.channels: list = []
-        build = self.site.buildProtocol
-
-        def tracking(addr):
-            channel = build(addr)
-            self.channels.append(channel)
-            return channel
-
-        self.site.buildProtocol = tracking
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        self.agent = Agent(reactor, pool=self.pool)
-        self.readers: list[StreamReader] = []
-        case.addCleanup(self.close)
-
-    @defer.inlineCallbacks
-    def close(self):
-        self.control.close_streams()
-        for reader in self.readers:
-            if not reader.done.called:
-                reader.transport.stopProducing()
-            yield reader.done
-        yield self.pool.closeCachedConnections()
-        transports = [getattr(c, "transport", None) for c in self.channels]
-        transports = [t for t in transports if t is not None]
-        for transport in transports:
-            if transport.connected:
-                transport.abortConnection()
-        yield self.port.stopListening()
-        yield wait_for(lambda: not any(t.connected for t in transports), 5)
-
-    # -- the peer ------------------------------------------------------------
-
-    def connect_beta(self, name: str = "beta", host: str = "10.0.0.2", **node_args):
-        """
-        Pair and connect an in-memory peer (L{Node} takes C{node_args});
-        return it and the link.
-        """
-        peer = Node(name, self.clock, **node_args)
-        key = os.urandom(32)
-        self.keystore.set_key(name, key)
-        peer.keys.keys["alpha"] = key
-        alpha = types.SimpleNamespace(
-            identity="alpha", clock=self.clock, server=self.node.server_factory, mesh=self.node.mesh
-        )
-        link = connect(alpha, peer, host=host)
-        return peer, link
-
-    # -- HTTP ----------------------------------------------------------------
-
-    @defer.inlineCallbacks
-    def request(self, method: str, path: str, body=None, token: str | None = TOKEN, raw: bytes | None = None, headers=None):
-        """
-        Make a request; fire with C{(status, JSON body, response)}.
-        """
-        h = Headers(headers or {})
-        if token is not None:
-            h.addRawHeader(b"authorization", f"Bearer {token}".encode())
-        producer = None
-        if raw is None and body is not None:
-            raw = json.dumps(body).encode()
-        if raw is not None:
-            producer = FileBodyProducer(BytesIO(raw))
-            h.addRawHeader(b"content-type", b"application/json")
-        response = yield self.agent.request(method.encode(), (self.url + path).encode(), h, producer)
-        data = yield readBody(response)
-        try:
-            value = json.loads(data)
-        except ValueError:
-            value = data
-        return response.code, value, response
-
-    @defer.inlineCallbacks
-    def stream(self, path: str = "/api/events", token: str | None = TOKEN, headers=None):
-        """
-        Open an event stream; fire with C{(response, StreamReader)}.
-        """
-        h = Headers(headers or {})
-        if token is not None:
-            h.addRawHeader(b"authorization", f"Bearer {token}".encode())
-        response = yield self.agent.request(b"GET", (self.url + path).encode(), h)
-        reader = StreamReader()
-        self.readers.append(reader)
-        response.deliverBody(reader)
-        return response, reader
 
 
 class ReliableSendTests(TestCase):
@@ -515,7 +363,7 @@ class BodyTests(TestCase):
         """
         A body without a Content-Length is cut off at the limit too.
         """
-        request = api.ApiRequest(DummyChannel(), False)
+        request = ApiRequest(DummyChannel(), False)
         request.gotLength(None)
         request.handleContentChunk(b"x" * MAX_BODY)
         self.assertFalse(request.body_too_large)
@@ -727,17 +575,17 @@ class FakeRequest:
 
 class EventStreamTests(SynchronousTestCase):
     """
-    L{EventStream} on a fake request and a memory clock.
+    L{EventStream} on a fake request, a fake mesh and a memory clock.
     """
 
     def setUp(self):
         self.clock = task.Clock()
         self.clock.advance(EPOCH)
-        self.node = Node("alpha", self.clock)
+        self.mesh = FakeMesh()
         self.request = FakeRequest()
 
     def stream(self, wanted=None, max_backlog=1000):
-        stream = EventStream(self.request, self.node.mesh, self.clock, wanted, 15.0, max_backlog)
+        stream = EventStream(self.request, self.mesh, self.clock, wanted, 15.0, max_backlog)
         stream.start()
         return stream
 
@@ -758,10 +606,16 @@ class EventStreamTests(SynchronousTestCase):
         self.assertEqual(self.request.written, [b": keepalive\n\n"])
 
     def test_events(self):
-        stream = self.stream()
-        self.node.mesh._emit(PeerEvent("reconnect_scheduled", "beta", "10.0.0.2:9847", "outbound", delay=5.0))
-        self.node.mesh._emit(PeerEvent("denied", None, "10.0.0.9:1", "inbound", reason="bad proof"))
-        stream._message("beta", self.message())
+        self.stream()
+        self.mesh.emit(
+            PeerEvent(
+                EventKind.RECONNECT_SCHEDULED, "beta", "10.0.0.2:9847", Direction.OUTBOUND, delay=5.0
+            )
+        )
+        self.mesh.emit(
+            PeerEvent(EventKind.DENIED, None, "10.0.0.9:1", Direction.INBOUND, reason="bad proof")
+        )
+        self.mesh.deliver("beta", self.message())
         self.assertEqual(
             self.request.events(),
             [
@@ -785,11 +639,17 @@ class EventStreamTests(SynchronousTestCase):
         )
 
     def test_filter(self):
-        subscribers = list(self.node.mesh._dispatch._subscribers.get(None, []))
+        """
+        A stream that wants only peer events does not subscribe to messages,
+        and sends only the kinds it wants.
+        """
         self.stream(frozenset({"peer_denied"}))
-        self.assertEqual(self.node.mesh._dispatch._subscribers.get(None, []), subscribers)
-        self.node.mesh._emit(PeerEvent("connecting", "beta", "10.0.0.2:9847", "outbound"))
-        self.node.mesh._emit(PeerEvent("denied", "beta", "10.0.0.2:9847", "outbound", reason="no"))
+        self.assertEqual(self.mesh.subscribers, [])
+        self.assertEqual(len(self.mesh.watchers), 1)
+        self.mesh.emit(PeerEvent(EventKind.CONNECTING, "beta", "10.0.0.2:9847", Direction.OUTBOUND))
+        self.mesh.emit(
+            PeerEvent(EventKind.DENIED, "beta", "10.0.0.2:9847", Direction.OUTBOUND, reason="no")
+        )
         self.assertEqual([e["event"] for e in self.request.events()], ["peer_denied"])
 
     def test_slow_client(self):
@@ -797,7 +657,6 @@ class EventStreamTests(SynchronousTestCase):
         A paused client that falls more than the backlog behind is dropped
         (its connection aborted), and the stream stops following the mesh.
         """
-        observers = len(self.node.mesh._observers)
         stream = self.stream(max_backlog=1000)
         stream.pauseProducing()
         stream.send({"a": "x" * 500})
@@ -809,20 +668,19 @@ class EventStreamTests(SynchronousTestCase):
         self.assertIsNotNone(stream.dropped)
         self.assertTrue(self.request.transport.disconnecting)
         count = len(self.request.written)
-        stream._message("beta", self.message())
+        stream.send(message_object("beta", self.message(), self.clock.seconds()))
         self.clock.advance(60)
         self.assertEqual(len(self.request.written), count)
-        self.assertEqual(len(self.node.mesh._observers), observers)
+        self.assertEqual((self.mesh.subscribers, self.mesh.watchers), ([], []))
 
     def test_client_gone(self):
         """
         When the client goes, the subscriptions and the keepalive end.
         """
-        observers = len(self.node.mesh._observers)
         stream = self.stream()
-        self.assertEqual(len(self.node.mesh._observers), observers + 1)
+        self.assertEqual((len(self.mesh.subscribers), len(self.mesh.watchers)), (1, 1))
         self.request.lose()
-        self.assertEqual(len(self.node.mesh._observers), observers)
+        self.assertEqual((self.mesh.subscribers, self.mesh.watchers), ([], []))
         self.assertEqual(self.clock.getDelayedCalls(), [])
         stream.send({"late": True})
         self.assertEqual(self.request.events(), [])
@@ -902,6 +760,16 @@ class TokenTests(SynchronousTestCase):
         from relaymesh.keystore import KeyStoreError
 
         self.assertRaises(KeyStoreError, load_token, path)
+
+    def test_private(self):
+        """
+        A token file others may read is not private; one made here is.
+        """
+        path = os.path.join(self.mktemp(), "api-token")
+        load_token(path)
+        self.assertTrue(token_is_private(path))
+        os.chmod(path, 0o644)
+        self.assertFalse(token_is_private(path))
 
 
 class ApiServiceTests(SynchronousTestCase):

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh.control.metrics import NodeMetrics, RoundTrips
 from relaymesh.test.support import Node, connect, make_clock, pair_keys
-from relaymesh.test.test_api import TOKEN, ApiHarness
+from relaymesh.test.apisupport import TOKEN, ApiHarness
 
 
 class MetricsTestCase(SynchronousTestCase):

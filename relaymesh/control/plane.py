@@ -1,0 +1,102 @@
+"""
+L{ControlPlane}: what the API's resources share about the node they serve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.server import Request
+
+from relaymesh.control.auth import authorize
+from relaymesh.control.metrics import NodeMetrics, RoundTrips
+from relaymesh.control.sse import KEEPALIVE_INTERVAL, MAX_STREAM_BACKLOG, EventStream
+from relaymesh.control.views import NodeViews
+from relaymesh.interfaces import INode
+
+
+class ControlPlane:
+    """
+    What the API serves, in one place: the node, its token, its clock, its
+    views, its metrics and the open event streams.
+
+    @ivar node: The node (L{INode}).
+    @ivar mesh: The node's mesh (L{relaymesh.interfaces.IRelayMesh}).
+    @ivar clock: The node's clock.
+    @ivar token: The API token, or L{None} until it is loaded.
+    @ivar metrics_public: Whether /metrics is served without the token.
+    @ivar keepalive_interval: Seconds between an event stream's keepalives.
+    @ivar max_stream_backlog: Bytes an event stream client may fall behind.
+    @ivar started_at: When the control plane was made (clock seconds).
+    @ivar round_trips: The node's L{RoundTrips}.
+    @ivar metrics: The node's L{NodeMetrics}.
+    @ivar views: The node's L{NodeViews}.
+    @ivar streams: The open L{EventStream}s.
+    @ivar api_address: Where the API listens (C{host:port}), once it does.
+    """
+
+    def __init__(
+        self,
+        node: INode,
+        clock: IReactorTime,
+        token: str | None = None,
+        metrics_public: bool = False,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        max_stream_backlog: int = MAX_STREAM_BACKLOG,
+    ) -> None:
+        self.node = node
+        self.mesh = node.mesh
+        self.clock = clock
+        self.token = token
+        self.metrics_public = metrics_public
+        self.keepalive_interval = keepalive_interval
+        self.max_stream_backlog = max_stream_backlog
+        self.started_at = clock.seconds()
+        self.round_trips = RoundTrips(self.mesh, clock)
+        self.metrics = NodeMetrics(self.mesh, clock, self.round_trips, self.started_at)
+        self.views = NodeViews(node, clock, self.round_trips.rtt_ms, self.started_at)
+        self.streams: set[EventStream] = set()
+        self.api_address: str | None = None
+
+    def authorize(self, request: Request, allow_cookie: bool = False) -> None:
+        """
+        Check the request's bearer token (or, if allowed, its token cookie).
+
+        @raise relaymesh.control.requests.ApiError: 401 if the token is
+            missing or wrong.
+        """
+        authorize(request, self.token, allow_cookie)
+
+    def status(self) -> dict[str, Any]:
+        """
+        The node at a glance (see L{NodeViews.status}).
+        """
+        return self.views.status(self.api_address, len(self.streams))
+
+    def open_stream(self, request: Request, wanted: frozenset[str] | None) -> EventStream:
+        """
+        Start answering a request with an event stream, kept in L{streams}
+        until it ends.
+
+        @param wanted: The event types to send (L{None}: all).
+        """
+        stream = EventStream(
+            request,
+            self.mesh,
+            self.clock,
+            wanted,
+            self.keepalive_interval,
+            self.max_stream_backlog,
+        )
+        self.streams.add(stream)
+        stream.finished.addBoth(lambda _: self.streams.discard(stream))
+        stream.start()
+        return stream
+
+    def close_streams(self) -> None:
+        """
+        End every open event stream (the node is stopping).
+        """
+        for stream in list(self.streams):
+            stream.close()

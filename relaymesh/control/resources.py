@@ -1,0 +1,385 @@
+"""
+The API's L{twisted.web} resources, and the site that serves them.
+
+Every C{/api} resource checks the token and answers JSON (see
+L{relaymesh.control.api} for the endpoints); C{/} is the dashboard page and
+C{/metrics} the Prometheus exposition.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, Callable
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from relaymesh.control.plane import ControlPlane
+from relaymesh.control.requests import (
+    ApiError,
+    ApiRequest,
+    Field,
+    as_api_error,
+    read_body,
+    write_error,
+    write_json,
+)
+from relaymesh.control.sse import parse_event_types
+from relaymesh.errors import UnknownPeer
+from relaymesh.peerid import is_valid_peer_id
+
+
+class ApiResource(Resource):
+    """
+    One API resource: checks the token, dispatches on the method to
+    C{do_GET}, C{do_POST}, ... and answers JSON.
+
+    A handler returns the JSON value to answer with 200, a C{(status,
+    value)} pair, or C{NOT_DONE_YET}; it raises L{ApiError} or a mesh
+    exception (see L{relaymesh.control.requests.ERROR_STATUS}) to refuse.
+
+    @cvar public: Whether it needs no token.
+    @cvar cookie_auth: Whether the token may come in a cookie.
+    @ivar control: The L{ControlPlane} it serves.
+    """
+
+    isLeaf = True
+    public = False
+    cookie_auth = False
+    log = Logger()
+
+    def __init__(self, control: ControlPlane) -> None:
+        Resource.__init__(self)
+        self.control = control
+
+    def _methods(self) -> list[str]:
+        return sorted(name[3:] for name in dir(self) if name.startswith("do_"))
+
+    def render(self, request: Request) -> bytes | int:
+        method = request.method.decode("ascii", "replace")
+        handler = getattr(self, "do_" + ("GET" if method == "HEAD" else method), None)
+        try:
+            if not self.public:
+                self.control.authorize(request, allow_cookie=self.cookie_auth)
+            if request.postpath not in ([], [b""]):
+                path = request.path.decode("ascii", "replace")
+                raise ApiError(http.NOT_FOUND, f"no such resource: {path}")
+            if handler is None:
+                request.setHeader(b"allow", ", ".join(self._methods()).encode("ascii"))
+                raise ApiError(http.NOT_ALLOWED, f"method {method} not allowed here")
+            result = handler(request)
+        except Exception as e:
+            error = as_api_error(e)
+            if error is None:
+                self.log.failure("{method} {path} failed", method=method, path=request.path)
+                error = ApiError(http.INTERNAL_SERVER_ERROR, f"internal error: {type(e).__name__}")
+            return write_error(request, error)
+        if result is NOT_DONE_YET:
+            return NOT_DONE_YET
+        status, value = result if isinstance(result, tuple) else (http.OK, result)
+        return write_json(request, value, status)
+
+
+class NotFound(ApiResource):
+    """
+    Any path the API does not have: 404 (401 first without the token).
+    """
+
+    def render(self, request: Request) -> bytes:
+        try:
+            self.control.authorize(request)
+        except ApiError as e:
+            return write_error(request, e)
+        path = request.path.decode("ascii", "replace")
+        return write_error(request, ApiError(http.NOT_FOUND, f"no such resource: {path}"))
+
+
+class Status(ApiResource):
+    """
+    C{/api/status}: the node at a glance.
+    """
+
+    def do_GET(self, request: Request) -> dict[str, Any]:
+        return self.control.status()
+
+
+class Peers(ApiResource):
+    """
+    The peer list; dial a new peer; C{/api/peers/PEER_ID} is L{Peer}.
+    """
+
+    isLeaf = False
+
+    def getChild(self, name: bytes, request: Request) -> Resource:
+        if name == b"":
+            return self
+        return Peer(self.control, name.decode("ascii", "replace"))
+
+    def do_GET(self, request: Request) -> dict[str, Any]:
+        return {"peers": self.control.views.peer_list()}
+
+    def do_POST(self, request: Request) -> tuple[int, dict[str, Any]]:
+        body = read_body(request, [Field("addr", (str,), "a string: peer_id@host:port")])
+        return http.ACCEPTED, self.control.views.connect(body["addr"])
+
+
+class Peer(ApiResource):
+    """
+    One peer: look at it, or disconnect it.
+
+    @ivar peer_id: The peer id the path names (not checked yet).
+    """
+
+    def __init__(self, control: ControlPlane, peer_id: str) -> None:
+        ApiResource.__init__(self, control)
+        self.peer_id = peer_id
+
+    def _known_id(self) -> str:
+        if not is_valid_peer_id(self.peer_id):
+            raise UnknownPeer(f"unknown peer {self.peer_id[:130]!r}")
+        return self.peer_id
+
+    def do_GET(self, request: Request) -> dict[str, Any]:
+        return self.control.views.peer_view(self._known_id())
+
+    def do_DELETE(self, request: Request) -> dict[str, Any]:
+        return self.control.views.disconnect(self._known_id())
+
+
+_PAYLOAD = Field("payload", (object,), "a JSON value", required=False, default={})
+_MSG_TYPE = Field("msg_type", (str,), "a string: a relay message type")
+_RELIABLE = Field("reliable", (bool,), "true or false", required=False, default=False)
+
+
+class Send(ApiResource):
+    """
+    Send one message; with C{"reliable": true} (to a peer that announced
+    C{ack/1}) the answer comes once the message is in the durable outbox,
+    or is a 503 if the outbox cannot take it.
+    """
+
+    def do_POST(self, request: Request) -> dict[str, Any] | int:
+        body = read_body(
+            request, [Field("to", (str,), "a string: a peer id"), _MSG_TYPE, _PAYLOAD, _RELIABLE]
+        )
+        to = body["to"]
+        if not body["reliable"]:
+            message_id = self.control.mesh.send(to, body["msg_type"], body["payload"])
+            return {"id": message_id, "to": to}
+        delivery = self.control.mesh.send_reliable(to, body["msg_type"], body["payload"])
+        finished: list[object] = []
+        request.notifyFinish().addBoth(finished.append)
+
+        def answer(data: bytes) -> None:
+            if not finished:
+                request.write(data)
+                request.finish()
+
+        def accepted(message_id: str) -> None:
+            answer(write_json(request, {"id": message_id, "to": to, "reliable": True}))
+
+        def refused(failure: Failure) -> None:
+            error = ApiError(
+                http.SERVICE_UNAVAILABLE,
+                f"the outbox did not take the message: {failure.getErrorMessage()}",
+            )
+            answer(write_error(request, error))
+
+        delivery.accepted().addCallbacks(accepted, refused)
+        return NOT_DONE_YET
+
+
+class Broadcast(ApiResource):
+    """
+    C{/api/broadcast}: send one message to every connected peer.
+    """
+
+    def do_POST(self, request: Request) -> dict[str, Any]:
+        body = read_body(request, [_MSG_TYPE, _PAYLOAD])
+        sent = self.control.mesh.broadcast(body["msg_type"], body["payload"])
+        ids = set(sent.values())
+        return {"id": ids.pop() if ids else None, "ids": sent}
+
+
+class Sessions(ApiResource):
+    """
+    C{/api/sessions}: set the session list this node's heartbeats carry.
+    """
+
+    def do_PUT(self, request: Request) -> dict[str, Any]:
+        body = read_body(
+            request,
+            [
+                Field("sessions", (list, type(None)), "an array of sessions, or null"),
+                Field("worker_id", (str, type(None)), "a string", required=False),
+            ],
+        )
+        sessions, worker_id = body["sessions"], body["worker_id"]
+        self.control.mesh.set_sessions(sessions, worker_id)
+        return {"sessions": None if sessions is None else len(sessions), "worker_id": worker_id}
+
+
+class Workers(ApiResource):
+    """
+    C{/api/workers}: every peer's latest session list.
+    """
+
+    def do_GET(self, request: Request) -> dict[str, Any]:
+        return {"workers": self.control.views.workers()}
+
+
+class Events(ApiResource):
+    """
+    The event stream (L{relaymesh.control.sse}); the token may also come in
+    a cookie, because a browser's C{EventSource} cannot send headers.
+    """
+
+    cookie_auth = True
+
+    def do_GET(self, request: Request) -> int:
+        self.control.open_stream(request, parse_event_types(request.args.get(b"types", [])))
+        return NOT_DONE_YET
+
+
+class Dashboard(Resource):
+    """
+    The dashboard page: static, so it needs no token; the data it shows
+    does. Its policy lets it load nothing from outside the node.
+
+    @ivar page: The page's bytes.
+    """
+
+    isLeaf = True
+    POLICY = (
+        b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        b"connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        b"frame-ancestors 'none'"
+    )
+
+    def __init__(self) -> None:
+        Resource.__init__(self)
+        self.page = resources.files("relaymesh.control").joinpath("dashboard.html").read_bytes()
+
+    def render_GET(self, request: Request) -> bytes:
+        if request.postpath not in ([], [b""]):
+            return write_error(request, ApiError(http.NOT_FOUND, "no such resource"))
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", self.POLICY)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        request.setHeader(b"cache-control", b"no-store")
+        return self.page
+
+    render_HEAD = render_GET
+
+
+class Metrics(Resource):
+    """
+    C{/metrics}: the node's registry in the Prometheus text format, through
+    the C{prometheus_client} Twisted resource; the token is needed unless the
+    metrics are public.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, control: ControlPlane, exposition: Callable[[], Resource] | None = None
+    ) -> None:
+        """
+        @param control: The control plane whose metrics to expose.
+        @param exposition: Makes the resource that renders the registry;
+            C{prometheus_client}'s if L{None}.
+        """
+        Resource.__init__(self)
+        self.control = control
+        self._make_exposition = exposition or self._prometheus_resource
+        self._exposition: Resource | None = None
+
+    def _prometheus_resource(self) -> Resource:
+        # Imported late: it reads the global reactor, which twistd installs
+        # only after the plugin is loaded.
+        from prometheus_client.twisted import MetricsResource
+
+        return MetricsResource(registry=self.control.metrics.registry)
+
+    def render(self, request: Request) -> bytes | int:
+        try:
+            if not self.control.metrics_public:
+                self.control.authorize(request)
+            if request.method not in (b"GET", b"HEAD"):
+                request.setHeader(b"allow", b"GET, HEAD")
+                raise ApiError(http.NOT_ALLOWED, "method not allowed here")
+        except ApiError as e:
+            return write_error(request, e)
+        self.control.metrics.refresh()
+        if self._exposition is None:
+            self._exposition = self._make_exposition()
+        return self._exposition.render(request)
+
+
+class Root(Resource):
+    """
+    C{/}: the dashboard, C{/api/...} and C{/metrics}.
+    """
+
+    def __init__(self, control: ControlPlane) -> None:
+        Resource.__init__(self)
+        self.control = control
+        self.putChild(b"", Dashboard())
+        self.putChild(b"metrics", Metrics(control))
+        api = _Directory(control)
+        endpoints: list[tuple[bytes, type[ApiResource]]] = [
+            (b"status", Status),
+            (b"peers", Peers),
+            (b"send", Send),
+            (b"broadcast", Broadcast),
+            (b"events", Events),
+            (b"sessions", Sessions),
+            (b"workers", Workers),
+        ]
+        for name, endpoint in endpoints:
+            api.putChild(name, endpoint(control))
+        self.putChild(b"api", api)
+
+    def getChild(self, name: bytes, request: Request) -> Resource:
+        return NotFound(self.control)
+
+
+class _Directory(Resource):
+    """
+    C{/api}: its children, and a JSON 404 for itself and anything else.
+    """
+
+    def __init__(self, control: ControlPlane) -> None:
+        Resource.__init__(self)
+        self.control = control
+
+    def getChild(self, name: bytes, request: Request) -> Resource:
+        return NotFound(self.control)
+
+    def render(self, request: Request) -> bytes:
+        return NotFound(self.control).render(request)
+
+
+class ApiSite(Site):
+    """
+    The API's site: L{ApiRequest}s, no tracebacks shown, and no access log
+    lines in the node's log.
+    """
+
+    requestFactory = ApiRequest
+    displayTracebacks = False
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        pass
+
+
+def make_site(control: ControlPlane) -> ApiSite:
+    """
+    The site serving the control plane.
+    """
+    return ApiSite(Root(control))

@@ -1,0 +1,146 @@
+"""
+L{ApiService}: the control plane of a node, served on an endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.logger import Logger
+
+from relaymesh.address import format_address
+from relaymesh.control.auth import load_token, token_is_private, token_path
+from relaymesh.control.plane import ControlPlane
+from relaymesh.control.resources import make_site
+from relaymesh.interfaces import INode
+from relaymesh.keystore import write_atomically
+from relaymesh.listener import ListenerService
+
+#: The file in the data directory where a running node writes its API's URL,
+#: so that the command line finds the node of a data directory.
+URL_FILE = "api-url"
+
+
+def api_url(address: object) -> str | None:
+    """
+    The URL a client on this host reaches a listening address at, or
+    L{None} for an address that is not TCP.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        return None
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+class ApiService(ListenerService):
+    """
+    Serves the control plane of a node on an endpoint.
+
+    On start it loads (or makes) the token; once listening it writes the
+    API's URL to the data directory's L{URL_FILE}, and removes it on stop.
+
+    @ivar control: The L{ControlPlane}.
+    @ivar data_dir: The node's data directory.
+    @ivar token_file: Where the token is kept.
+    @ivar url_file: Where the API's URL is written.
+    @ivar fallback: Where to listen if the endpoint cannot, if anywhere.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        node: INode,
+        endpoint: IStreamServerEndpoint,
+        clock: IReactorTime,
+        token_file: str | None = None,
+        metrics_public: bool = False,
+        fallback: IStreamServerEndpoint | None = None,
+    ) -> None:
+        """
+        @param node: The node (L{relaymesh.service.RelayService}).
+        @param endpoint: Where to listen.
+        @param clock: The node's clock.
+        @param token_file: The token file; C{DATA_DIR/api-token} if L{None}.
+        @param metrics_public: Whether /metrics needs no token.
+        @param fallback: Where to listen if C{endpoint} cannot (its port is
+            taken, by another node on the host, say), or L{None} to fail.
+        """
+        self.fallback = fallback
+        self.control = ControlPlane(node, clock, metrics_public=metrics_public)
+        self.data_dir = node.keystore.path
+        self.token_file = token_file or token_path(self.data_dir)
+        self.url_file = os.path.join(self.data_dir, URL_FILE)
+        self._url: str | None = None
+        ListenerService.__init__(self, endpoint, make_site(self.control), node.mesh.identity)
+
+    def startService(self) -> None:
+        """
+        Load (or make) the token, and listen: on the fallback endpoint if
+        the endpoint cannot.
+        """
+        self.control.token = load_token(self.token_file)
+        if not token_is_private(self.token_file):
+            self.log.warn(
+                "API token file {path} is readable by other users; run: chmod 600 {path}",
+                path=self.token_file,
+            )
+        try:
+            ListenerService.startService(self)
+        except CannotListenError as e:
+            if self.fallback is None:
+                raise
+            self.log.warn(
+                "cannot serve the control API where asked ({error}); using a free port instead",
+                error=e,
+            )
+            self.endpoint, self.fallback = self.fallback, None
+            ListenerService.startService(self)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        address = port.getHost()
+        self.control.api_address = format_address(address)
+        self.log.info(
+            "control API, dashboard and metrics on {url}",
+            url=api_url(address) or self.control.api_address,
+        )
+        self._url = api_url(address)
+        if self._url is not None:
+            try:
+                write_atomically(self.url_file, self._url.encode("ascii") + b"\n")
+            except OSError as e:
+                self.log.warn("could not write {path}: {error}", path=self.url_file, error=e)
+        self.listening.callback(port)
+        return port
+
+    def stopService(self) -> Deferred[None] | None:
+        """
+        End the event streams, remove the URL file (if it still names this
+        API), and stop listening.
+        """
+        self.control.close_streams()
+        if self._url is not None:
+            _remove_if_holds(self.url_file, self._url)
+            self._url = None
+        return ListenerService.stopService(self)
+
+
+def _remove_if_holds(path: str, text: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            if f.read(4096).decode("ascii", "replace").strip() != text:
+                return
+        os.unlink(path)
+    except OSError:
+        pass

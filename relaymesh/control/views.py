@@ -1,0 +1,245 @@
+"""
+What the API shows of a node and what it asks of it: the status, the peer
+list, the workers; dialling and disconnecting a peer.
+
+It sees the node only through L{INode} and its mesh only through
+L{IRelayMesh}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web import http
+
+from relaymesh._version import __version__
+from relaymesh.address import PeerAddress, parse_peer_address
+from relaymesh.control.requests import ApiError
+from relaymesh.errors import UnknownPeer
+from relaymesh.events import Direction, PeerState, PeerStatus
+from relaymesh.interfaces import INode
+from relaymesh.keystore import KeyStoreError
+
+
+def _time(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+class NodeViews:
+    """
+    The API's views of a node, and its actions on it, as JSON objects.
+
+    A peer is known if the mesh has seen it, if it is paired (has a key in
+    the key store) or if the node dials it.
+
+    @ivar node: The node.
+    @ivar started_at: When the node started (clock seconds).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        node: INode,
+        clock: IReactorTime,
+        rtt_ms: Callable[[str], float | None],
+        started_at: float,
+    ) -> None:
+        """
+        @param node: The node.
+        @param clock: Its clock.
+        @param rtt_ms: A peer's latest round-trip time in milliseconds, or
+            L{None} (L{relaymesh.control.metrics.RoundTrips.rtt_ms}).
+        @param started_at: When the node started (clock seconds).
+        """
+        self.node = node
+        self.started_at = started_at
+        self._clock = clock
+        self._rtt_ms = rtt_ms
+
+    def status(self, api_address: str | None, event_streams: int) -> dict[str, Any]:
+        """
+        The node at a glance.
+
+        @param api_address: Where the API listens (C{host:port}), if it does.
+        @param event_streams: How many event streams are open.
+        """
+        mesh = self.node.mesh
+        now = self._clock.seconds()
+        peers = self.peer_list()
+        return {
+            "identity": mesh.identity,
+            "version": __version__,
+            "listen": self.node.listening_address(),
+            "api": api_address,
+            "started_at": _time(self.started_at),
+            "uptime": round(now - self.started_at, 3),
+            "peers": {
+                "known": len(peers),
+                "connected": sum(1 for p in peers if p["state"] == PeerState.CONNECTED),
+                "dialled": len(self.node.dialled()),
+            },
+            "workers": len(mesh.sessions()),
+            "event_streams": event_streams,
+            "heartbeat_interval": mesh.heartbeat_interval,
+            "max_peers": mesh.max_peers,
+        }
+
+    def peer_list(self) -> list[dict[str, Any]]:
+        """
+        Every known peer: connected or seen by the mesh, paired, or dialled.
+        """
+        paired = set(self._paired())
+        dialled = self._dialled()
+        views = {p.peer_id: self._view(p, paired, dialled) for p in self.node.mesh.peers()}
+        for peer_id in (paired | set(dialled)) - set(views):
+            views[peer_id] = self._view(self._unseen(peer_id, paired, dialled), paired, dialled)
+        return [views[k] for k in sorted(views)]
+
+    def peer_view(self, peer_id: str) -> dict[str, Any]:
+        """
+        One known peer.
+
+        @raise UnknownPeer: if no peer has that id.
+        """
+        for view in self.peer_list():
+            if view["peer_id"] == peer_id:
+                return view
+        raise UnknownPeer(f"unknown peer {peer_id!r}")
+
+    def workers(self) -> list[dict[str, Any]]:
+        """
+        Every peer's latest unexpired session list, with its age in seconds.
+        """
+        return [
+            {
+                "peer_id": s.peer_id,
+                "worker_id": s.worker_id,
+                "sessions": s.sessions,
+                "age": round(s.age, 3),
+            }
+            for _, s in sorted(self.node.mesh.sessions().items())
+        ]
+
+    # -- actions -------------------------------------------------------------
+
+    def connect(self, text: str) -> dict[str, Any]:
+        """
+        Start dialling a peer address.
+
+        @param text: The address, C{[tls:|legacy:][peer_id@]host[:port]}.
+        @raise relaymesh.address.InvalidAddress: if it does not parse.
+        @raise ApiError: 400 if no key could authenticate to it.
+        """
+        address = parse_peer_address(text)
+        if not self._has_key_for(address):
+            who = address.peer_id or address.hostport
+            raise ApiError(
+                http.BAD_REQUEST,
+                f"field 'addr': no key for {who} and no pending pairing key; pair first "
+                "(relaymesh pair / relaymesh accept)",
+            )
+        before = len(self.node.dialled())
+        self.node.add_peer(address)
+        known = len(self.node.dialled()) == before
+        return {"addr": str(address), "peer_id": address.peer_id, "already_dialled": known}
+
+    def disconnect(self, peer_id: str) -> dict[str, Any]:
+        """
+        Close a peer's connection and stop dialling it.
+
+        @raise UnknownPeer: if no peer has that id.
+        """
+        self.peer_view(peer_id)  # raises UnknownPeer
+        was_connected = self.node.mesh.is_connected(peer_id)
+        was_dialled = peer_id in self._dialled()
+        self.node.remove_peer(peer_id)
+        return {"peer_id": peer_id, "was_connected": was_connected, "stopped_dialling": was_dialled}
+
+    # -- reading the node ----------------------------------------------------
+
+    def _paired(self) -> list[str]:
+        try:
+            return self.node.keystore.peers()
+        except (KeyStoreError, OSError) as e:
+            self.log.warn("cannot list the paired peers: {error}", error=e)
+            return []
+
+    def _dialled(self) -> dict[str, PeerAddress]:
+        """
+        The dialled addresses whose peer id is known, by peer id.
+        """
+        return {a.peer_id: a for a in self.node.dialled() if a.peer_id is not None}
+
+    def _has_key_for(self, address: PeerAddress) -> bool:
+        keystore = self.node.keystore
+        try:
+            if keystore.pending_key() is not None:
+                return True
+            if address.peer_id is not None:
+                return keystore.key(address.peer_id) is not None
+            return bool(keystore.peers())
+        except (KeyStoreError, OSError) as e:
+            raise ApiError(http.INTERNAL_SERVER_ERROR, f"cannot read the key store: {e}") from None
+
+    def _view(
+        self, status: PeerStatus, paired: set[str], dialled: dict[str, PeerAddress]
+    ) -> dict[str, Any]:
+        peer_id = status.peer_id
+        connected = status.state == PeerState.CONNECTED
+        return {
+            "peer_id": peer_id,
+            "state": status.state,
+            "address": status.address,
+            "direction": status.direction,
+            "connected_since": _time(status.since) if connected else None,
+            "state_since": _time(status.since),
+            "last_seen": _time(status.last_seen),
+            "rtt_ms": self._rtt_ms(peer_id),
+            "msgs_in": status.msgs_in,
+            "msgs_out": status.msgs_out,
+            "bytes_in": status.bytes_in,
+            "bytes_out": status.bytes_out,
+            "reconnect_attempt": status.reconnect_attempt,
+            "next_retry_at": _time(status.next_retry_at),
+            "paired": peer_id in paired,
+            "dialled": peer_id in dialled,
+            "via": status.via,
+            "hops": status.hops,
+        }
+
+    def _unseen(
+        self, peer_id: str, paired: set[str], dialled: dict[str, PeerAddress]
+    ) -> PeerStatus:
+        """
+        The status of a peer the mesh has not seen: disconnected, at the
+        address it is dialled at or its key store metadata names.
+        """
+        meta: dict[str, Any] = {}
+        if peer_id in paired:
+            try:
+                meta = self.node.keystore.meta(peer_id)
+            except (KeyStoreError, OSError, ValueError):
+                meta = {}
+        address = meta.get("addr") if isinstance(meta.get("addr"), str) else None
+        if peer_id in dialled:
+            address = dialled[peer_id].hostport
+        last_seen = meta.get("last_seen")
+        if isinstance(last_seen, bool) or not isinstance(last_seen, int):
+            last_seen = None
+        return PeerStatus(
+            peer_id=peer_id,
+            state=PeerState.DISCONNECTED,
+            address=address,
+            direction=Direction.OUTBOUND if peer_id in dialled else None,
+            since=None,
+            last_seen=None if last_seen is None else last_seen / 1000,
+            msgs_in=0,
+            msgs_out=0,
+            bytes_in=0,
+            bytes_out=0,
+            reconnect_attempt=0,
+            next_retry_at=None,
+        )
