@@ -217,6 +217,6 @@ class RelayServerFactory(Factory):
         self.failures.record(host)
         handshake = protocol.handshake
         claimed = handshake.claimed_peer if isinstance(handshake, AcceptorHandshake) else None
-        self.mesh.handshake_denied(claimed, protocol.address, Direction.INBOUND, reason)
+        self.mesh.registry.handshake_denied(claimed, protocol.address, Direction.INBOUND, reason)
 
 

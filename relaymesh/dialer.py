@@ -149,7 +149,7 @@ class RelayClientFactory(ReconnectingClientFactory):
             connector.stopConnecting()
             return
         self._current = self._candidates[self._index]
-        self.mesh.peer_connecting(self.peer_id, self.target.hostport)
+        self.mesh.registry.peer_connecting(self.peer_id, self.target.hostport)
 
     def buildProtocol(self, addr: IAddress) -> RelayProtocol:
         candidate = self._current
@@ -221,7 +221,7 @@ class RelayClientFactory(ReconnectingClientFactory):
         """
         Report the failure; if our proof was refused, move on to the next key.
         """
-        self.mesh.handshake_denied(self.peer_id, protocol.address, Direction.OUTBOUND, reason)
+        self.mesh.registry.handshake_denied(self.peer_id, protocol.address, Direction.OUTBOUND, reason)
         if protocol.proof_rejected:
             self._rejections.record(self.target.host)
             self._index += 1
@@ -277,7 +277,7 @@ class RelayClientFactory(ReconnectingClientFactory):
         """
         ReconnectingClientFactory.retry(self, connector)
         if self.continueTrying and (self.maxRetries is None or self.retries <= self.maxRetries):
-            self.mesh.reconnect_scheduled(self.peer_id, self.target.hostport, self.retries, wait)
+            self.mesh.registry.reconnect_scheduled(self.peer_id, self.target.hostport, self.retries, wait)
 
     def wake(self) -> None:
         """

@@ -35,11 +35,11 @@ from relaymesh.errors import (
     UnknownPeer,
     UnsupportedMessageType,
 )
-from relaymesh.events import Direction, EventKind, PeerEvent, PeerSessions, PeerState, PeerStatus
+from relaymesh.events import PeerEvent, PeerSessions, PeerStatus
 from relaymesh.handshake.proofs import DEFAULT_CAPABILITIES
 from relaymesh.heartbeats import DEAD_AFTER_INTERVALS, DEFAULT_HEARTBEAT_INTERVAL, Heartbeats
 from relaymesh.interfaces import ILinkOwner, IRelayMesh
-from relaymesh.registry import PeerRecord, log_event, routed_status
+from relaymesh.registry import Registry, routed_status
 from relaymesh.wire import HANDSHAKE_TYPES, MESSAGE_TYPES, MessageIds, RelayMessage, encode
 
 __all__ = [
@@ -120,6 +120,8 @@ class Mesh:
         L{enable_reliable}), else L{None}.
     @ivar router: The router once the node routes (see L{enable_routing}),
         else L{None}.
+    @ivar registry: The L{Registry} of peers and connections, to which the
+        factories report dialling and failed handshakes.
     """
 
     log = Logger()
@@ -138,10 +140,10 @@ class Mesh:
         self.idle_timeout = heartbeat_interval * DEAD_AFTER_INTERVALS
         self.max_peers = max_peers
         self._ids = ids or MessageIds()
-        self._peers: dict[str, PeerRecord] = {}
+        self.registry = Registry(identity, clock, max_peers, heartbeat_interval)
+        self._peers = self.registry.records
         self._dispatch = Dispatcher()
         self.writes = WriteBatch()
-        self._observers: list[Callable[[PeerEvent], None]] = []
         self._heartbeats = Heartbeats(
             clock, heartbeat_interval, identity, self.message, self._peers, self.writes
         )
@@ -267,45 +269,19 @@ class Mesh:
         Why an inbound peer that just proved its key must still be refused,
         or L{None} to admit it.
         """
-        if peer_id == self.identity:
-            return f"peer claims this node's own id {peer_id}"
-        peer = self._peers.get(peer_id)
-        if peer is not None and peer.protocol is not None:
-            return None  # a reconnection replaces the old connection
-        if self.connected_count() >= self.max_peers:
-            return f"peer limit of {self.max_peers} reached"
-        return None
+        return self.registry.admission_error(peer_id)
 
     def peer_authenticated(self, protocol: RelayProtocol) -> bool:
         """
-        Register a connection whose handshake succeeded.
-
-        A new connection replaces an older one of the same peer, except when
-        the two were dialled in opposite directions at about the same time
-        (both nodes list each other): then both nodes keep the connection
-        initiated by the lower peer id and close the other.
+        Register a connection whose handshake succeeded (L{Registry.add}),
+        and tell the extensions the peer is up.
 
         @return: whether the connection was kept.
         """
+        if not self.registry.add(protocol):
+            return False
         peer_id = protocol.peer_id
-        outcome = protocol.outcome
-        assert peer_id is not None and outcome is not None
-        peer = self._peer(peer_id)
-        old = peer.protocol
-        if old is not None and old is not protocol:
-            if self._keeps_existing(old, protocol):
-                protocol.close("duplicate connection; keeping the one initiated by the lower peer id")
-                return False
-            old.close("replaced by a newer connection")
-        peer.protocol = protocol
-        peer.state = PeerState.CONNECTED
-        peer.address = protocol.address
-        peer.direction = protocol.direction
-        peer.since = protocol.connected_at
-        peer.reconnect_attempt = 0
-        peer.next_retry_at = None
-        peer.capabilities = outcome.capabilities
-        self._emit(PeerEvent(EventKind.CONNECTED, peer_id, protocol.address, protocol.direction))
+        assert peer_id is not None
         router = self.router
         if router is not None:
             if self.announced(peer_id, router.capability):
@@ -317,32 +293,13 @@ class Mesh:
             reliable.peer_up(peer_id)
         return True
 
-    def _keeps_existing(self, old: RelayProtocol, new: RelayProtocol) -> bool:
-        if old.direction == new.direction or old.connected_at is None:
-            return False
-        if self.clock.seconds() - old.connected_at >= self.heartbeat_interval:
-            return False  # the old one is likely stale: the peer dialled again
-        assert new.peer_id is not None
-        kept = Direction.OUTBOUND if self.identity < new.peer_id else Direction.INBOUND
-        return old.direction == kept
-
     def connection_lost(self, protocol: RelayProtocol, reason: str) -> None:
         """
         Note that an authenticated connection closed.
         """
-        peer = self._peers.get(protocol.peer_id or "")
-        if peer is None:
-            return
-        peer.traffic.add(protocol.traffic)
-        if peer.protocol is not protocol:
-            return
-        peer.protocol = None
-        peer.state = PeerState.DISCONNECTED
-        peer.since = self.clock.seconds()
-        peer.last_seen = protocol.last_received
-        self._emit(PeerEvent(EventKind.DISCONNECTED, peer.peer_id, protocol.address, reason=reason))
-        if self.router is not None:
-            self.router.neighbour_down(peer.peer_id)
+        if self.registry.remove(protocol, reason) and self.router is not None:
+            assert protocol.peer_id is not None
+            self.router.neighbour_down(protocol.peer_id)
 
     def message_received(self, protocol: RelayProtocol, message: RelayMessage) -> None:
         """
@@ -424,10 +381,10 @@ class Mesh:
 
         @return: whether the peer was connected.
         """
-        peer = self._peers.get(peer_id)
-        if peer is None or peer.protocol is None:
+        protocol = self.registry.connection(peer_id)
+        if protocol is None:
             return False
-        peer.protocol.sendEncoded(line, msg_type)
+        protocol.sendEncoded(line, msg_type)
         return True
 
     def knows(self, peer_id: str) -> bool:
@@ -460,55 +417,6 @@ class Mesh:
         """
         return self.writes
 
-    # -- called by the factories ---------------------------------------------
-
-    def peer_connecting(self, peer_id: str | None, address: str) -> None:
-        """
-        Note that this node is dialling C{address} (the peer C{peer_id}).
-        """
-        if peer_id is not None:
-            peer = self._peer(peer_id)
-            if peer.protocol is not None:
-                return
-            peer.state = PeerState.CONNECTING
-            peer.address = address
-            peer.direction = Direction.OUTBOUND
-        self._emit(PeerEvent(EventKind.CONNECTING, peer_id, address, Direction.OUTBOUND))
-
-    def handshake_denied(
-        self, peer_id: str | None, address: str, direction: Direction, reason: str
-    ) -> None:
-        """
-        Note that a handshake with C{address} failed.
-        """
-        self._emit(PeerEvent(EventKind.DENIED, peer_id, address, direction, reason=reason))
-
-    def reconnect_scheduled(
-        self, peer_id: str | None, address: str, attempt: int, delay: float
-    ) -> None:
-        """
-        Note that the next attempt to reach C{address} is C{delay} seconds away.
-        """
-        if peer_id is not None:
-            peer = self._peer(peer_id)
-            if peer.protocol is None:
-                peer.state = PeerState.DISCONNECTED
-                peer.reconnect_attempt = attempt
-                peer.next_retry_at = self.clock.seconds() + delay
-        self._emit(
-            PeerEvent(
-                EventKind.RECONNECT_SCHEDULED, peer_id, address, Direction.OUTBOUND, delay=delay
-            )
-        )
-
-    def forget(self, peer_id: str) -> None:
-        """
-        Drop a disconnected peer from the registry (a connected one stays).
-        """
-        peer = self._peers.get(peer_id)
-        if peer is not None and peer.protocol is None:
-            del self._peers[peer_id]
-
     # -- events --------------------------------------------------------------
 
     def watch_peers(
@@ -517,15 +425,7 @@ class Mesh:
         """
         Call C{callback(event)} with every L{PeerEvent} from now on.
         """
-        return Subscription(self._observers, callback)
-
-    def _emit(self, event: PeerEvent) -> None:
-        log_event(self.log, event)
-        for callback in tuple(self._observers):
-            try:
-                callback(event)
-            except Exception:
-                self.log.failure("peer observer {callback!r} failed", callback=callback)
+        return self.registry.watch(callback)
 
     # -- the application interface (IRelayMesh) ------------------------------
 
@@ -609,33 +509,33 @@ class Mesh:
         if self.router is not None:
             routed_line, neighbours = self.router.flood_line(message)
         sent = {}
-        for peer in self._peers.values():
-            if peer.protocol is not None:
-                if routed_line is not None and peer.peer_id in neighbours:
-                    peer.protocol.sendEncoded(routed_line, message.msg_type)
-                else:
-                    peer.protocol.sendEncoded(line, message.msg_type)
-                sent[peer.peer_id] = message.id
+        for protocol in self.registry.live():
+            peer_id = protocol.peer_id
+            assert peer_id is not None
+            if routed_line is not None and peer_id in neighbours:
+                protocol.sendEncoded(routed_line, message.msg_type)
+            else:
+                protocol.sendEncoded(line, message.msg_type)
+            sent[peer_id] = message.id
         return sent
 
     def is_connected(self, peer_id: str) -> bool:
         """
         Whether the peer has a live authenticated connection.
         """
-        peer = self._peers.get(peer_id)
-        return peer is not None and peer.protocol is not None
+        return self.registry.connection(peer_id) is not None
 
     def connected_count(self) -> int:
         """
         How many peers are connected.
         """
-        return sum(1 for p in self._peers.values() if p.protocol is not None)
+        return self.registry.connected_count()
 
     def connections(self) -> list[RelayProtocol]:
         """
         The live authenticated connections.
         """
-        return [p.protocol for p in self._peers.values() if p.protocol is not None]
+        return list(self.registry.live())
 
     def peer(self, peer_id: str) -> PeerStatus:
         """
@@ -656,10 +556,7 @@ class Mesh:
         Snapshots of every peer the mesh knows, and of every node reachable
         through routing (state L{PeerState.ROUTED}), sorted by id.
         """
-        hops = self.router.next_hops() if self.router is not None else {}
-        statuses = [peer.status(*hops.get(peer_id, (None, None))) for peer_id, peer in self._peers.items()]
-        statuses += [routed_status(d, *hop) for d, hop in hops.items() if d not in self._peers]
-        return sorted(statuses, key=lambda s: s.peer_id)
+        return self.registry.statuses(self.router.next_hops() if self.router is not None else {})
 
     def disconnect(self, peer_id: str, reason: str = "disconnected by request") -> bool:
         """
@@ -667,14 +564,8 @@ class Mesh:
 
         @return: whether there was a connection to close.
         """
-        peer = self._peers.get(peer_id)
-        if peer is None or peer.protocol is None:
+        protocol = self.registry.connection(peer_id)
+        if protocol is None:
             return False
-        peer.protocol.close(reason)
+        protocol.close(reason)
         return True
-
-    def _peer(self, peer_id: str) -> PeerRecord:
-        peer = self._peers.get(peer_id)
-        if peer is None:
-            peer = self._peers[peer_id] = PeerRecord(peer_id)
-        return peer

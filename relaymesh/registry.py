@@ -1,18 +1,20 @@
 """
-The registry's records: one L{PeerRecord} per peer the mesh knows, the
-snapshots made from them (L{relaymesh.events.PeerStatus}), and the log line
-of each peer event.
+The registry of peers: one L{PeerRecord} per peer the mesh knows, one live
+connection per peer (with the tie-break of a simultaneous connect), the
+snapshots made from the records (L{relaymesh.events.PeerStatus}), and the
+peer events, told to observers and logged one line each.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterator
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from relaymesh.connection import RelayProtocol
 from relaymesh.counters import Traffic
-from relaymesh.dispatch import RecentIds
+from relaymesh.dispatch import RecentIds, Subscription
 from relaymesh.events import Direction, EventKind, PeerEvent, PeerState, PeerStatus
 
 
@@ -139,3 +141,210 @@ def log_event(log: Logger, event: PeerEvent) -> None:
         peer=event.peer_id or "(unknown peer)",
         peer_id=event.peer_id,
     )
+
+
+PeerObserver = Callable[[PeerEvent], None]
+
+
+class Registry:
+    """
+    The peers a node knows and their live connections.
+
+    @ivar identity: This node's peer id.
+    @ivar clock: The clock of the snapshots' times.
+    @ivar max_peers: How many connected peers an acceptor admits.
+    @ivar fresh_for: Seconds during which a connection counts as just made,
+        for the tie-break of a simultaneous connect (a heartbeat interval).
+    """
+
+    log = Logger()
+
+    def __init__(self, identity: str, clock: IReactorTime, max_peers: int, fresh_for: float) -> None:
+        self.identity = identity
+        self.clock = clock
+        self.max_peers = max_peers
+        self.fresh_for = fresh_for
+        self.records: dict[str, PeerRecord] = {}
+        self._observers: list[PeerObserver] = []
+
+    # -- the records ---------------------------------------------------------
+
+    def record(self, peer_id: str) -> PeerRecord:
+        """
+        The record of C{peer_id}, made if there is none.
+        """
+        peer = self.records.get(peer_id)
+        if peer is None:
+            peer = self.records[peer_id] = PeerRecord(peer_id)
+        return peer
+
+    def live(self) -> Iterator[RelayProtocol]:
+        """
+        The live authenticated connections.
+        """
+        for peer in self.records.values():
+            if peer.protocol is not None:
+                yield peer.protocol
+
+    def connection(self, peer_id: str) -> RelayProtocol | None:
+        """
+        The peer's live authenticated connection, or L{None}.
+        """
+        peer = self.records.get(peer_id)
+        return None if peer is None else peer.protocol
+
+    def connected_count(self) -> int:
+        """
+        How many peers are connected.
+        """
+        return sum(1 for _ in self.live())
+
+    # -- connections ---------------------------------------------------------
+
+    def admission_error(self, peer_id: str) -> str | None:
+        """
+        Why an inbound peer that just proved its key must still be refused,
+        or L{None} to admit it.
+        """
+        if peer_id == self.identity:
+            return f"peer claims this node's own id {peer_id}"
+        if self.connection(peer_id) is not None:
+            return None  # a reconnection replaces the old connection
+        if self.connected_count() >= self.max_peers:
+            return f"peer limit of {self.max_peers} reached"
+        return None
+
+    def add(self, protocol: RelayProtocol) -> bool:
+        """
+        Make an authenticated connection its peer's live one.
+
+        A new connection replaces an older one of the same peer, except when
+        the two were dialled in opposite directions at about the same time
+        (both nodes list each other): then both nodes keep the connection
+        initiated by the lower peer id and close the other.
+
+        @return: whether the connection was kept.
+        """
+        peer_id = protocol.peer_id
+        outcome = protocol.outcome
+        assert peer_id is not None and outcome is not None
+        peer = self.record(peer_id)
+        old = peer.protocol
+        if old is not None and old is not protocol:
+            if self._keeps_existing(old, protocol):
+                protocol.close("duplicate connection; keeping the one initiated by the lower peer id")
+                return False
+            old.close("replaced by a newer connection")
+        peer.protocol = protocol
+        peer.state = PeerState.CONNECTED
+        peer.address = protocol.address
+        peer.direction = protocol.direction
+        peer.since = protocol.connected_at
+        peer.reconnect_attempt = 0
+        peer.next_retry_at = None
+        peer.capabilities = outcome.capabilities
+        self.emit(PeerEvent(EventKind.CONNECTED, peer_id, protocol.address, protocol.direction))
+        return True
+
+    def _keeps_existing(self, old: RelayProtocol, new: RelayProtocol) -> bool:
+        if old.direction == new.direction or old.connected_at is None:
+            return False
+        if self.clock.seconds() - old.connected_at >= self.fresh_for:
+            return False  # the old one is likely stale: the peer dialled again
+        assert new.peer_id is not None
+        kept = Direction.OUTBOUND if self.identity < new.peer_id else Direction.INBOUND
+        return old.direction == kept
+
+    def remove(self, protocol: RelayProtocol, reason: str) -> bool:
+        """
+        Note that an authenticated connection closed.
+
+        @return: whether it was its peer's live connection (the peer is now
+            disconnected).
+        """
+        peer = self.records.get(protocol.peer_id or "")
+        if peer is None:
+            return False
+        peer.traffic.add(protocol.traffic)
+        if peer.protocol is not protocol:
+            return False
+        peer.protocol = None
+        peer.state = PeerState.DISCONNECTED
+        peer.since = self.clock.seconds()
+        peer.last_seen = protocol.last_received
+        self.emit(PeerEvent(EventKind.DISCONNECTED, peer.peer_id, protocol.address, reason=reason))
+        return True
+
+    # -- what the factories report -------------------------------------------
+
+    def peer_connecting(self, peer_id: str | None, address: str) -> None:
+        """
+        Note that this node is dialling C{address} (the peer C{peer_id}).
+        """
+        if peer_id is not None:
+            peer = self.record(peer_id)
+            if peer.protocol is not None:
+                return
+            peer.state = PeerState.CONNECTING
+            peer.address = address
+            peer.direction = Direction.OUTBOUND
+        self.emit(PeerEvent(EventKind.CONNECTING, peer_id, address, Direction.OUTBOUND))
+
+    def handshake_denied(
+        self, peer_id: str | None, address: str, direction: Direction, reason: str
+    ) -> None:
+        """
+        Note that a handshake with C{address} failed.
+        """
+        self.emit(PeerEvent(EventKind.DENIED, peer_id, address, direction, reason=reason))
+
+    def reconnect_scheduled(
+        self, peer_id: str | None, address: str, attempt: int, delay: float
+    ) -> None:
+        """
+        Note that the next attempt to reach C{address} is C{delay} seconds away.
+        """
+        if peer_id is not None:
+            peer = self.record(peer_id)
+            if peer.protocol is None:
+                peer.state = PeerState.DISCONNECTED
+                peer.reconnect_attempt = attempt
+                peer.next_retry_at = self.clock.seconds() + delay
+        self.emit(
+            PeerEvent(
+                EventKind.RECONNECT_SCHEDULED, peer_id, address, Direction.OUTBOUND, delay=delay
+            )
+        )
+
+    # -- events --------------------------------------------------------------
+
+    def watch(self, callback: PeerObserver) -> Subscription[PeerObserver]:
+        """
+        Call C{callback(event)} with every L{PeerEvent} from now on.
+        """
+        return Subscription(self._observers, callback)
+
+    def emit(self, event: PeerEvent) -> None:
+        """
+        Log an event and tell every observer; an observer that raises is
+        logged, and the others are still told.
+        """
+        log_event(self.log, event)
+        for callback in tuple(self._observers):
+            try:
+                callback(event)
+            except Exception:
+                self.log.failure("peer observer {callback!r} failed", callback=callback)
+
+    # -- snapshots -----------------------------------------------------------
+
+    def statuses(self, hops: dict[str, tuple[str, int]]) -> list[PeerStatus]:
+        """
+        Snapshots of every peer known, and of every node C{hops} reaches
+        (destination -> (next hop, hops)) that is not one, sorted by id.
+        """
+        statuses = [
+            peer.status(*hops.get(peer_id, (None, None))) for peer_id, peer in self.records.items()
+        ]
+        statuses += [routed_status(d, *hop) for d, hop in hops.items() if d not in self.records]
+        return sorted(statuses, key=lambda s: s.peer_id)

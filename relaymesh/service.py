@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterable, Sequence
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer

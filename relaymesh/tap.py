@@ -9,7 +9,6 @@ import os
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
 from relaymesh.address import InvalidAddress, PeerAddress, parse_peer_address
@@ -228,7 +227,9 @@ def _endpoint(option: str, description: str) -> str:
     @raise usage.UsageError: naming the option, if it does not.
     """
     try:
-        serverFromString(MemoryReactor(), description)
+        # Parsing a description only builds an endpoint object; nothing
+        # listens on it, so it needs no reactor.
+        serverFromString(None, description)
     except (ValueError, KeyError, TypeError) as e:
         raise usage.UsageError(f"{option}: invalid endpoint {description!r}: {e}") from None
     return description

@@ -22,7 +22,7 @@ from relaymesh.keystore import KeyStore
 from relaymesh.mesh import UnknownPeer
 from relaymesh.service import RelayService
 from relaymesh.test.faultproxy import FaultProxy
-from relaymesh.test.test_integration import free_port, wait_for
+from relaymesh.test.realtime import free_port, wait_for
 
 #: The environment variable that makes the tests print their figures.
 REPORT_VARIABLE = "RELAYMESH_FAULT_REPORT"

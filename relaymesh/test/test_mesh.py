@@ -159,16 +159,6 @@ class RegistryTests(MeshTestCase):
     def test_own_id_refused(self):
         self.assertIn("own id", self.alpha.mesh.admission_error("alpha"))
 
-    def test_forget(self):
-        self.alpha.mesh.forget("beta")
-        self.assertTrue(self.alpha.mesh.is_connected("beta"))
-        self.drop(self.ab)
-        self.alpha.mesh.forget("beta")
-        with self.assertRaises(UnknownPeer):
-            self.alpha.mesh.peer("beta")
-
-
-class DeliveryTests(MeshTestCase):
     def test_dedup_per_sender(self):
         """
         The same id from two different peers is delivered twice (claudectl

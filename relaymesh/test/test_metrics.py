@@ -146,9 +146,9 @@ class EventCounterTests(MetricsTestCase):
         self.assertEqual(self.sample("relaymesh_handshakes_total", result="denied", direction="inbound"), 1)
 
     def test_reconnects(self):
-        self.alpha.mesh.reconnect_scheduled("gamma", "10.0.0.3:9847", 1, 5.0)
-        self.alpha.mesh.reconnect_scheduled("gamma", "10.0.0.3:9847", 2, 10.0)
-        self.alpha.mesh.reconnect_scheduled(None, "10.0.0.4:9847", 1, 5.0)
+        self.alpha.mesh.registry.reconnect_scheduled("gamma", "10.0.0.3:9847", 1, 5.0)
+        self.alpha.mesh.registry.reconnect_scheduled("gamma", "10.0.0.3:9847", 2, 10.0)
+        self.alpha.mesh.registry.reconnect_scheduled(None, "10.0.0.4:9847", 1, 5.0)
         self.assertEqual(self.sample("relaymesh_reconnect_attempts_total", peer="gamma"), 2)
         self.assertEqual(self.sample("relaymesh_reconnect_attempts_total", peer="10.0.0.4:9847"), 1)
         self.assertEqual(self.sample("relaymesh_peer_reconnect_attempt", peer="gamma"), 2)

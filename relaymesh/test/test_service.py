@@ -113,7 +113,7 @@ class RelayServiceTests(SynchronousTestCase):
         factory = self.service.outbound()[0].factory
         factory.parked = True
         factory.connector = self.reactor.connectors[0]
-        self.service.mesh._emit(
+        self.service.mesh.registry.emit(
             __import__("relaymesh.mesh", fromlist=["PeerEvent"]).PeerEvent("disconnected", "beta")
         )
         self.assertFalse(factory.parked)
