@@ -32,13 +32,13 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
-from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaymesh.address import format_address
 from relaymesh.counters import Traffic
 from relaymesh.events import Direction
+from relaymesh.framing import LineFramer
 from relaymesh.handshake.acceptor import AcceptorHandshake
 from relaymesh.handshake.base import Authenticated, HandshakeFailed
 from relaymesh.handshake.connector import ConnectorHandshake
@@ -47,7 +47,6 @@ from relaymesh.interfaces import IHandshakeObserver, ILinkOwner
 from relaymesh.tls import channel_binding
 from relaymesh.wire import (
     HANDSHAKE_TYPES,
-    MAX_LINE_BYTES,
     MessageType,
     RelayMessage,
     WireError,
@@ -130,7 +129,7 @@ _CONNECTED = State.CONNECTED
 
 
 @implementer(IPushProducer)
-class RelayProtocol(LineOnlyReceiver):
+class RelayProtocol(LineFramer):
     """
     One relay protocol connection: framing, handshake, then messages.
 
@@ -162,9 +161,6 @@ class RelayProtocol(LineOnlyReceiver):
         false when the transport pauses this protocol as a producer, and true
         again when the buffer has drained (L{whenWritable}).
     """
-
-    delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE_BYTES
 
     log = Logger()
 
@@ -263,72 +259,24 @@ class RelayProtocol(LineOnlyReceiver):
 
     # -- inbound -------------------------------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
+    def stopped(self) -> bool:
         """
-        Split bytes into lines and hand each to L{lineReceived}.
+        Whether no more lines are to be handled: this side closed, or the
+        transport is going away.
+        """
+        return (
+            self.close_reason is not None
+            or self.state is State.CLOSED
+            or bool(self.transport.disconnecting)
+        )
 
-        This replaces L{LineOnlyReceiver}'s loop, which joins the partial line
-        to every chunk and splits the lot into a list. Here each line is
-        sliced once out of the chunk it ends in (found with C{bytes.find}
-        from an offset); only a line that spans chunks is assembled, in a
-        C{bytearray} so that a long one is not copied again with every chunk.
-        The limit holds as before: a complete line, or the unfinished rest,
-        longer than C{MAX_LENGTH} goes to L{lineLengthExceeded}; no line after
-        the one that closed the connection is processed. Whatever the lines
-        make this node send is coalesced (L{WriteBatch}). The time the lines
-        arrived is noted once per chunk.
+    def linesArriving(self) -> WriteBatch:
         """
-        if self.close_reason is not None or self.state is State.CLOSED:
-            return
-        transport = self.transport
-        if transport.disconnecting:
-            return
-        end = data.find(b"\n")
-        if end < 0:
-            self._keepPartial(data)
-            return
+        Note when lines arrived (once per chunk), and coalesce whatever they
+        make this node send (L{WriteBatch}).
+        """
         self.last_received = self.clock.seconds()
-        limit = self.MAX_LENGTH
-        lineReceived = self.lineReceived
-        with self._writes:
-            start = 0
-            partial = self._buffer
-            if partial:
-                self._buffer = b""
-                if len(partial) + end > limit:
-                    self.lineLengthExceeded(b"".join((partial, data[:end])))
-                    return
-                lineReceived(b"".join((partial, data[:end])))
-                if self.close_reason is not None or transport.disconnecting:
-                    return
-                start = end + 1
-                end = data.find(b"\n", start)
-            find = data.find
-            while end >= 0:
-                if end - start > limit:
-                    self.lineLengthExceeded(data[start:end])
-                    return
-                lineReceived(data[start:end])
-                if self.close_reason is not None or transport.disconnecting:
-                    return
-                start = end + 1
-                end = find(b"\n", start)
-            if start < len(data):
-                self._keepPartial(data[start:])
-
-    def _keepPartial(self, data: bytes) -> None:
-        """
-        Keep the start of a line until its end arrives.
-        """
-        partial = self._buffer
-        if not partial:
-            self._buffer = partial = data
-        else:
-            if type(partial) is not bytearray:
-                self._buffer = partial = bytearray(partial)
-            partial += data
-        if len(partial) > self.MAX_LENGTH:
-            self.lineLengthExceeded(partial)
+        return self._writes
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._buffer = b""

@@ -11,7 +11,7 @@ from typing import Callable, Generic, TypeVar
 from twisted.logger import Logger
 
 from relaymesh.errors import UnsupportedMessageType
-from relaymesh.wire import MESSAGE_TYPES, RelayMessage
+from relaymesh.wire import HANDSHAKE_TYPES, MESSAGE_TYPES, RelayMessage
 
 #: Message ids remembered per sender for deduplication.
 DEDUP_WINDOW = 1000  # claudectl 0.49: 1000 (but shared by all peers)
@@ -19,6 +19,21 @@ DEDUP_WINDOW = 1000  # claudectl 0.49: 1000 (but shared by all peers)
 T = TypeVar("T")
 
 MessageCallback = Callable[[str, RelayMessage], None]
+
+
+def sendable(msg_type: object) -> str:
+    """
+    C{msg_type} as a string, if an application may send it.
+
+    @raise UnsupportedMessageType: if it is unknown or belongs to the
+        handshake.
+    """
+    msg_type = str(msg_type)
+    if msg_type not in MESSAGE_TYPES:
+        raise UnsupportedMessageType(f"unknown message type {msg_type!r}")
+    if msg_type in HANDSHAKE_TYPES:
+        raise UnsupportedMessageType(f"{msg_type} belongs to the handshake")
+    return msg_type
 
 
 class RecentIds:

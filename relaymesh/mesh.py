@@ -26,7 +26,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relaymesh.connection import RelayProtocol, WriteBatch
-from relaymesh.dispatch import DEDUP_WINDOW, Dispatcher, MessageCallback, RecentIds, Subscription
+from relaymesh.dispatch import (
+    DEDUP_WINDOW,
+    Dispatcher,
+    MessageCallback,
+    RecentIds,
+    Subscription,
+    sendable,
+)
 from relaymesh.errors import (
     DeliveryTimeout,
     MeshError,
@@ -40,7 +47,7 @@ from relaymesh.handshake.proofs import DEFAULT_CAPABILITIES
 from relaymesh.heartbeats import DEAD_AFTER_INTERVALS, DEFAULT_HEARTBEAT_INTERVAL, Heartbeats
 from relaymesh.interfaces import ILinkOwner, IRelayMesh
 from relaymesh.registry import Registry, routed_status
-from relaymesh.wire import HANDSHAKE_TYPES, MESSAGE_TYPES, MessageIds, RelayMessage, encode
+from relaymesh.wire import MessageIds, RelayMessage, encode
 
 __all__ = [
     "DEAD_AFTER_INTERVALS",
@@ -393,20 +400,9 @@ class Mesh:
         """
         return peer_id in self._peers
 
-    @staticmethod
-    def sendable(msg_type: Any) -> str:
-        """
-        C{msg_type} as a string, if an application may send it.
-
-        @raise UnsupportedMessageType: if it is unknown or belongs to the
-            handshake.
-        """
-        msg_type = str(msg_type)
-        if msg_type not in MESSAGE_TYPES:
-            raise UnsupportedMessageType(f"unknown message type {msg_type!r}")
-        if msg_type in HANDSHAKE_TYPES:
-            raise UnsupportedMessageType(f"{msg_type} belongs to the handshake")
-        return msg_type
+    #: C{msg_type} as a string, if an application may send it
+    #: (L{relaymesh.dispatch.sendable}).
+    sendable = staticmethod(sendable)
 
     def batch(self) -> WriteBatch:
         """
@@ -467,24 +463,13 @@ class Mesh:
     def send_reliable(self, peer_id: str, msg_type: str, payload: Any) -> Any:
         """
         Send one message so that it reaches the peer's application exactly
-        once, across lost connections and restarts of either node (see
+        once, across lost connections and restarts of either node, through
+        the reliable delivery (see L{IRelayMesh.send_reliable} and
         L{relaymesh.reliable.outbox}).
 
-        The message is written once it is in the durable outbox; if the
-        peer is not connected now, when it reconnects. On a node that
-        routes, a node that is not a peer but reachable gets it through its
-        route, acknowledged end to end.
-
-        @return: a L{relaymesh.reliable.outbox.Delivery}: its C{accepted()}
-            fires with the message id once the message is durable, its
-            C{delivered()} once the peer acknowledged it, or fails with
-            L{DeliveryTimeout} at the deadline.
-        @raise UnknownPeer: no peer has that id, and no route leads to it.
-        @raise ReliableUnsupported: this node has no outbox, the peer's
-            latest connection did not announce C{ack/1}, or C{msg_type} is
-            C{heartbeat} or C{ack}.
-        @raise UnsupportedMessageType: C{msg_type} is not one peers accept.
-        @raise relaymesh.wire.WireError: the payload is not JSON or too long.
+        @return: a L{relaymesh.reliable.outbox.Delivery}.
+        @raise ReliableUnsupported: this node has no outbox, the peer did not
+            announce C{ack/1}, or C{msg_type} is C{heartbeat} or C{ack}.
         """
         if self.reliable is None:
             raise ReliableUnsupported("this node has no outbox for reliable messages")
