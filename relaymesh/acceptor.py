@@ -136,12 +136,6 @@ class RelayServerFactory(Factory):
         self._handshaking: dict[RelayProtocol, str] = {}
         self._handshaking_per_host: collections.Counter[str] = collections.Counter()
 
-    def handshakes_in_progress(self) -> int:
-        """
-        How many inbound connections have not finished their handshake.
-        """
-        return len(self._handshaking)
-
     def handshaking(self) -> list[RelayProtocol]:
         """
         The inbound connections that have not finished their handshake.

@@ -5,10 +5,11 @@ its routing tables are checked against.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import random
 from typing import Iterable, Mapping
+
+from relaymesh.testing import hop_distances as distances
 
 #: The two topologies L{build_topology} makes.
 RANDOM = "random"
@@ -95,21 +96,6 @@ def build_topology(kind: str, count: int, rng: random.Random) -> Topology:
     else:
         raise SimulationError(f"unknown topology {kind!r}: one of {', '.join(TOPOLOGIES)}")
     return Topology(names, tuple(sorted(edges)))  # type: ignore[arg-type]
-
-
-def distances(adjacency: dict[str, set[str]], source: str) -> dict[str, int]:
-    """
-    The hops from C{source} to every node it reaches (breadth first).
-    """
-    found = {source: 0}
-    queue = collections.deque([source])
-    while queue:
-        here = queue.popleft()
-        for there in adjacency[here]:
-            if there not in found:
-                found[there] = found[here] + 1
-                queue.append(there)
-    return found
 
 
 def all_distances(adjacency: dict[str, set[str]]) -> dict[str, dict[str, int]]:

@@ -22,9 +22,6 @@ from relaymesh._version import __version__
 #: Bytes of randomness in a challenge nonce.
 NONCE_BYTES = 32  # claudectl 0.49: 32
 
-#: Bytes in a pre-shared key.
-PSK_BYTES = 32  # claudectl 0.49: 32
-
 #: What this node says it is in the handshake's C{version} field.
 VERSION = f"relaymesh-{__version__}"
 
@@ -123,11 +120,3 @@ def same_proof(expected: str, given: object) -> bool:
     except UnicodeEncodeError:
         return False
     return hmac.compare_digest(expected.encode("ascii"), data)
-
-
-def verify_proof(psk: bytes, nonce: str, proof: object) -> bool:
-    """
-    Whether C{proof} is claudectl's proof of C{psk} for C{nonce}, compared in
-    constant time.
-    """
-    return same_proof(compute_proof(psk, nonce), proof)

@@ -110,12 +110,6 @@ class Router:
 
     # -- neighbours and advertisements ---------------------------------------
 
-    def is_neighbour(self, peer_id: str) -> bool:
-        """
-        Whether the peer is a connected routing neighbour.
-        """
-        return peer_id in self._neighbours
-
     def neighbour_up(self, peer_id: str) -> None:
         """
         A peer that announced C{route/1} authenticated.

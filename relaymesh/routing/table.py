@@ -17,7 +17,7 @@ Three parts, each usable and testable alone:
     neighbour (broadcast flood), never back where it came from, never beyond
     the hop limit.
   - The routed envelope (L{RouteHeader}, L{encode_routed},
-    L{decode_routed}): a relay message with one extra top-level field,
+    L{header_from_object}): a relay message with one extra top-level field,
     which claudectl ignores::
 
         {"id": ..., "msg_type": ..., "from_peer": ..., "timestamp": ...,
@@ -45,8 +45,6 @@ from relaymesh.wire import (
     RelayMessage,
     WireError,
     dumps,
-    loads,
-    message_from_object,
 )
 
 #: The capability a node announces when it routes and understands the
@@ -580,24 +578,3 @@ def encode_routed(message: RelayMessage, header: RouteHeader) -> bytes:
             f"message of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte line limit"
         )
     return line
-
-
-def decode_routed(line: bytes) -> tuple[RelayMessage, RouteHeader | None]:
-    """
-    Parse one line (without its C{\\n}) into a message and its route header.
-
-    @return: the message, and its L{RouteHeader} or L{None} when the line
-        has no C{route} field.
-    @raise EnvelopeError: for a C{route} field that is not valid.
-    @raise WireError: if claudectl would not accept the line.
-    """
-    if len(line) > MAX_LINE_BYTES:
-        raise WireError(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
-    obj = loads(line)
-    message = message_from_object(obj)
-    route = obj.get(ROUTE_FIELD, _MISSING)
-    if route is _MISSING:
-        return message, None
-    if message.msg_type in HANDSHAKE_TYPES:
-        raise EnvelopeError(f"a {message.msg_type} cannot be routed")
-    return message, header_from_object(route)

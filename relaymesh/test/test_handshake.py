@@ -12,7 +12,13 @@ from relaymesh.handshake.connector import ConnectorHandshake
 
 from relaymesh import pairing
 from relaymesh.armed import PAIR_CODE_FORM
-from relaymesh.handshake.proofs import acceptor_proof, compute_proof, connector_proof, new_nonce, verify_proof
+from relaymesh.handshake.proofs import (
+    acceptor_proof,
+    compute_proof,
+    connector_proof,
+    new_nonce,
+    same_proof,
+)
 from relaymesh.connection import State
 from relaymesh.test.support import (
     FakeConnector,
@@ -39,6 +45,13 @@ CONNECTOR = "ci-runner-9d1e"
 def transcript():
     lines = load_transcript()
     return [entry["line"].encode() for entry in lines], [entry["dir"] for entry in lines]
+
+
+def verify_proof(psk: bytes, nonce: str, proof: object) -> bool:
+    """
+    Check a connector's claudectl proof as the acceptor does.
+    """
+    return same_proof(compute_proof(psk, nonce), proof)
 
 
 class ProofTests(SynchronousTestCase):

@@ -70,7 +70,7 @@ class AcceptorTests(SynchronousTestCase):
         self.assertEqual((ack.msg_type, ack.from_peer, ack.payload), ("handshake_ack", "alpha", {"status": "ok"}))
         self.assertIs(self.protocol.state, State.CONNECTED)
         self.assertEqual(self.protocol.peer_id, "beta")
-        self.assertEqual(self.node.server.handshakes_in_progress(), 0)
+        self.assertEqual(len(self.node.server.handshaking()), 0)
         self.assertEqual([e.kind for e in self.node.events], ["connected"])
 
     def test_wrong_key(self):
@@ -97,7 +97,7 @@ class AcceptorTests(SynchronousTestCase):
     def test_close_before_handshake_counts(self):
         self.transport.loseConnection()
         self.assertEqual(self.node.server.failures.count("10.0.0.2"), 1)
-        self.assertEqual(self.node.server.handshakes_in_progress(), 0)
+        self.assertEqual(len(self.node.server.handshaking()), 0)
 
     def test_lines_after_close_ignored(self):
         """
