@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -27,46 +27,25 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaymesh.acceptor import RelayServerFactory
+from relaymesh.bookkeeping import LastSeen
+from relaymesh.config import (
+    DEFAULT_LISTEN,
+    TLS_LISTEN_PREFIX,
+    NodeConfig,
+)
 from relaymesh.address import PeerAddress, format_address, parse_peer_address
 from relaymesh.connection import State
 from relaymesh.dialer import CONNECT_TIMEOUT, RelayClientFactory
 from relaymesh.discovery import Announcer
-from relaymesh.events import Direction, EventKind, PeerEvent
-from relaymesh.heartbeats import DEFAULT_HEARTBEAT_INTERVAL
+from relaymesh.events import EventKind, PeerEvent
 from relaymesh.interfaces import INode
-from relaymesh.keystore import KeyStore, KeyStoreError
+from relaymesh.keystore import KeyStore
 from relaymesh.listener import ListenerService
-from relaymesh.mesh import DEFAULT_MAX_PEERS, Mesh
-from relaymesh.reliable.outbox import (
-    DEFAULT_DELIVERY_TIMEOUT,
-    DEFAULT_RESEND_AFTER,
-    DEFAULT_SCAN_INTERVAL,
-    ReliableDelivery,
-)
+from relaymesh.mesh import Mesh
+from relaymesh.reliable.outbox import DEFAULT_SCAN_INTERVAL, ReliableDelivery
 from relaymesh.reliable.store import STORE_FILE, Store, open_store
 from relaymesh.routing.router import Router
-from relaymesh.routing.table import MAX_HOPS
 from relaymesh.tls import NodeCertificate, TLSError, TLSServerFactory
-
-#: The prefix of a listen description served over TLS with the node's
-#: certificate: C{tls:9847}, C{tls:9847:interface=127.0.0.1}.
-TLS_LISTEN_PREFIX = "tls:"
-
-#: Where a node listens unless told otherwise.
-DEFAULT_LISTEN = "tcp:9847"  # claudectl 0.49: port 9847
-
-#: Seconds a stopping node waits for its connections to close before it
-#: aborts them.
-SHUTDOWN_TIMEOUT = 5.0
-
-#: Where C{twistd relaymesh} serves its control API unless told otherwise:
-#: loopback only (L{RelayService} itself serves none unless asked).
-DEFAULT_API = "tcp:9849:interface=127.0.0.1"
-
-#: Where it serves it when that port is taken (another node on the host):
-#: any free loopback port, which the node writes to DATA_DIR/api-url.
-DEFAULT_API_FALLBACK = "tcp:0:interface=127.0.0.1"
-
 
 class OutboundPeer(Service):
     """
@@ -128,9 +107,9 @@ class RelayService(MultiService):
         while it runs, else L{None}.
     @ivar shutdown_timeout: Seconds L{stopService} waits for connections to
         close before it aborts them.
+    @ivar config: The L{NodeConfig} the node was built from.
+    @ivar last_seen: The L{LastSeen} bookkeeping of the peers.
     """
-
-    shutdown_timeout = SHUTDOWN_TIMEOUT
 
     log = Logger()
 
@@ -139,126 +118,85 @@ class RelayService(MultiService):
         keystore: KeyStore,
         listen: str | Sequence[str] | None = DEFAULT_LISTEN,
         peers: Iterable[PeerAddress | str] = (),
-        identity: str | None = None,
-        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
-        max_peers: int = DEFAULT_MAX_PEERS,
         reactor: Any = None,
-        jitter: float = 0.0,
-        api: str | None = None,
-        api_token_file: str | None = None,
-        metrics_public: bool = False,
-        api_fallback: str | None = None,
-        announce_to: tuple[str, int] | None = None,
-        tls: NodeCertificate | None = None,
-        outbox: bool | Callable[[str, Any], Deferred[Store]] = False,
-        delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
-        resend_after: float = DEFAULT_RESEND_AFTER,
-        routing: bool = False,
-        max_hops: int = MAX_HOPS,
+        config: NodeConfig | None = None,
+        **options: Any,
     ) -> None:
         """
         @param keystore: Where the identity and the keys are.
-        @param listen: Where to accept peers: a Twisted server endpoint
-            string, C{tls:PORT[:interface=ADDR]} for TLS with this node's
-            certificate, a list of them, or L{None} to accept no connections.
+        @param listen: Where to accept peers (see L{NodeConfig.listen}): one
+            description, several, or L{None} to accept no connections.
         @param peers: Addresses to keep dialling, as L{PeerAddress} or text
             (C{host:port}, C{peer_id@host:port}).
-        @param identity: This node's peer id; the key store's by default.
-        @param heartbeat_interval: Seconds between heartbeats; a peer silent
-            for three intervals is dropped.
-        @param max_peers: Connected peers at most; more inbound are refused.
         @param reactor: The reactor (L{IReactorTCP} and L{IReactorTime});
             the global one by default.
-        @param jitter: Random spread of reconnection delays, 0 to 1.
-        @param api: A Twisted server endpoint string for the control API,
-            dashboard and metrics (L{relaymesh.control.api}), or L{None} (the
-            default) for none.
-        @param api_token_file: The API token file; C{DATA_DIR/api-token}
-            if L{None}.
-        @param metrics_public: Whether C{/metrics} is served without the
-            API token.
-        @param api_fallback: Where to serve the API if C{api} cannot be
-            listened on (its port is taken), or L{None} to fail then.
-        @param announce_to: Where to announce the node on the LAN by UDP
-            (an IPv4 address and port, see L{relaymesh.discovery}), or
-            L{None} (the default) not to; only a listening node announces.
-        @param tls: This node's certificate, for C{tls:} listeners and
-            C{tls:} peers (L{relaymesh.tls.NodeCertificate}).
-        @param outbox: Whether the node sends and acknowledges reliable
-            messages (L{relaymesh.reliable.outbox}), with its outbox and delivered
-            ids in C{DATA_DIR/state.sqlite3}; the reactor must then run
-            threads. Instead of C{True}, a function C{(path, reactor)}
-            returning a L{Deferred} that fires with an open store opens a
-            store of its own (an in-memory one in tests and simulations). C{twistd relaymesh} turns it on; an embedding
-            application asks for it.
-        @param delivery_timeout: Seconds after which an unacknowledged
-            reliable message is given up.
-        @param resend_after: Seconds after which an unacknowledged reliable
-            message is sent again.
-        @param routing: Whether the node routes messages between peers
-            that announce C{route/1} (L{relaymesh.routing.router}). C{twistd
-            relaymesh} turns it on.
-        @param max_hops: The hop limit of routes and routed messages.
+        @param config: The whole L{NodeConfig}, instead of C{listen},
+            C{peers} and C{options}.
+        @param options: The other fields of L{NodeConfig}: C{identity},
+            C{heartbeat_interval}, C{max_peers}, C{jitter}, C{api},
+            C{outbox}, C{routing}, C{tls}, ...
+        @raise relaymesh.address.InvalidAddress: for a peer that does not
+            parse.
+        @raise TypeError: for an unknown option, or options besides a
+            C{config}.
         """
         MultiService.__init__(self)
+        if config is None:
+            config = NodeConfig.make(listen, peers, **options)
+        elif options or peers or listen != DEFAULT_LISTEN:
+            raise TypeError("give either a NodeConfig or options, not both")
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
         self._reactor = reactor
+        self.config = config
         self.keystore = keystore
-        self._jitter = jitter
-        self.certificate = tls
+        self.certificate = config.tls
+        self.shutdown_timeout = config.shutdown_timeout
         self.mesh = Mesh(
-            identity or keystore.identity(),
+            config.identity or keystore.identity(),
             reactor,
-            heartbeat_interval=heartbeat_interval,
-            max_peers=max_peers,
+            heartbeat_interval=config.heartbeat_interval,
+            max_peers=config.max_peers,
         )
-        if routing:
-            self.mesh.enable_routing(Router(self.mesh, max_hops))
+        if config.routing:
+            self.mesh.enable_routing(Router(self.mesh, config.max_hops))
         self.server_factory = RelayServerFactory(self.mesh, keystore)
-        if listen is None:
-            listen = []
-        elif isinstance(listen, str):
-            listen = [listen]
-        self.listeners = [self._listener(description) for description in listen]
+        self.listeners = [self._listener(description) for description in config.listen]
         for listener in self.listeners:
             listener.setServiceParent(self)
         self.listener: ListenerService | None = self.listeners[0] if self.listeners else None
         self.announcer: Announcer | None = None
-        if announce_to is not None and self.listener is not None:
+        if config.announce_to is not None and self.listener is not None:
             self.announcer = Announcer(
-                self.mesh.identity, self._listening_port, reactor, target=announce_to
+                self.mesh.identity, self._listening_port, reactor, target=config.announce_to
             )
             self.announcer.setServiceParent(self)
         self.api = None
-        if api is not None:
+        if config.api is not None:
             from relaymesh.control.api import ApiService
 
+            fallback = config.api_fallback
             self.api = ApiService(
                 self,
-                serverFromString(reactor, api),
+                serverFromString(reactor, config.api),
                 reactor,
-                token_file=api_token_file,
-                metrics_public=metrics_public,
-                fallback=None if api_fallback is None else serverFromString(reactor, api_fallback),
+                token_file=config.api_token_file,
+                metrics_public=config.metrics_public,
+                fallback=None if fallback is None else serverFromString(reactor, fallback),
             )
             self.api.setServiceParent(self)
-        self._outbox = outbox
-        self._delivery_timeout = delivery_timeout
-        self._resend_after = resend_after
         self.store: Store | None = None
         # the store being opened, until the node starts or stops
         self._opening: Deferred[Store] | None = None
         self._start_waiters: list[Deferred[None]] = []
         self._start_failure: Failure | None = None
         self._outbound: dict[PeerAddress, OutboundPeer] = {}
-        # peer id -> (when its meta was last written, the addr written)
-        self._meta_written: dict[str, tuple[float, str | None]] = {}
-        for address in peers:
+        for address in config.peers:
             self.add_peer(address)
-        self.mesh.watch_peers(self._peer_event)
+        self.mesh.watch_peers(self._wake_parked)
+        self.last_seen = LastSeen(self.mesh, keystore, reactor, config.heartbeat_interval)
 
     def _listener(self, description: str) -> ListenerService:
         """
@@ -290,9 +228,12 @@ class RelayService(MultiService):
         existing = self._outbound.get(address)
         if existing is not None:
             return existing
+        config = self.config
         factory = RelayClientFactory(
-            self.mesh, self.keystore, address, self._reactor, jitter=self._jitter
+            self.mesh, self.keystore, address, self._reactor, jitter=config.jitter
         )
+        factory.initialDelay = factory.delay = config.retry_initial_delay
+        factory.maxDelay = config.retry_max_delay
         outbound = OutboundPeer(address, factory, self._reactor, self.certificate)
         self._outbound[address] = outbound
         outbound.setServiceParent(self)
@@ -348,16 +289,19 @@ class RelayService(MultiService):
         C{ack/1} (see L{whenStarted}).
         """
         self._start_failure = None
-        if not self._outbox:
+        outbox = self.config.outbox
+        if not outbox:
             self._start()
             return
         path = os.path.join(self.keystore.path, STORE_FILE)
-        try:
-            os.makedirs(self.keystore.path, exist_ok=True)
-        except OSError as e:
-            self._failed(Failure(e))
-            return
-        opener = open_store if self._outbox is True else self._outbox
+        opener = outbox
+        if outbox is True:
+            opener = open_store
+            try:
+                os.makedirs(self.keystore.path, exist_ok=True)
+            except OSError as e:
+                self._failed(Failure(e))
+                return
         opening = self._opening = opener(path, self._reactor)
         opening.addCallback(self._store_opened).addErrback(self._failed)
 
@@ -368,9 +312,9 @@ class RelayService(MultiService):
         reliable = ReliableDelivery(
             self.mesh,
             store,
-            delivery_timeout=self._delivery_timeout,
-            resend_after=self._resend_after,
-            scan_interval=min(DEFAULT_SCAN_INTERVAL, self._resend_after),
+            delivery_timeout=self.config.delivery_timeout,
+            resend_after=self.config.resend_after,
+            scan_interval=min(DEFAULT_SCAN_INTERVAL, self.config.resend_after),
         )
 
         def loaded(_: None) -> None:
@@ -472,34 +416,12 @@ class RelayService(MultiService):
 
     # -- bookkeeping ---------------------------------------------------------
 
-    def _peer_event(self, event: PeerEvent) -> None:
-        if event.peer_id is None or event.kind not in (EventKind.CONNECTED, EventKind.DISCONNECTED):
-            return
-        if event.kind == EventKind.DISCONNECTED:
+    def _wake_parked(self, event: PeerEvent) -> None:
+        """
+        A peer's connection ended: a dialler of that peer waiting for it to
+        end (it lost a simultaneous connect) dials again.
+        """
+        if event.kind == EventKind.DISCONNECTED and event.peer_id is not None:
             for outbound in self._outbound.values():
                 if outbound.factory.peer_id == event.peer_id:
                     outbound.factory.wake()
-        now = self._reactor.seconds()
-        fields: dict[str, Any] = {"last_seen": int(now * 1000)}
-        if event.kind == EventKind.CONNECTED and event.direction == Direction.OUTBOUND:
-            fields["addr"] = event.address
-        # last_seen is bookkeeping: written without fsync, and for a peer
-        # that comes and goes, at most once a heartbeat interval (it cost a
-        # node ~70% of its time under a flood of short connections).
-        written_at, written_addr = self._meta_written.get(event.peer_id, (None, None))
-        addr = fields.get("addr", written_addr)
-        if (
-            written_at is not None
-            and now - written_at < self.mesh.heartbeat_interval
-            and addr == written_addr
-        ):
-            return
-        self._meta_written[event.peer_id] = (now, addr)
-        try:
-            self.keystore.update_meta(event.peer_id, sync=False, **fields)
-        except (KeyStoreError, OSError, ValueError) as e:
-            self.log.warn(
-                "could not record {peer_id} in the key store: {error}",
-                peer_id=event.peer_id,
-                error=e,
-            )

@@ -14,15 +14,17 @@ from twisted.python import usage
 from relaymesh.address import InvalidAddress, PeerAddress, parse_peer_address
 from relaymesh.discovery import ANNOUNCE_PORT, BROADCAST_ADDRESS, parse_target
 from relaymesh.keystore import KeyStore, KeyStoreError, default_data_dir
-from relaymesh.mesh import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_PEERS
+from relaymesh.heartbeats import DEFAULT_HEARTBEAT_INTERVAL
+from relaymesh.mesh import DEFAULT_MAX_PEERS
 from relaymesh.peerid import InvalidPeerId, validate_peer_id
-from relaymesh.service import (
+from relaymesh.config import (
     DEFAULT_API,
     DEFAULT_API_FALLBACK,
     DEFAULT_LISTEN,
     TLS_LISTEN_PREFIX,
-    RelayService,
+    NodeConfig,
 )
+from relaymesh.service import RelayService
 from relaymesh.tls import NodeCertificate, TLSError
 
 
@@ -239,15 +241,20 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
     """
     Build the node described by the options.
     """
+    return RelayService(options["keystore"], reactor=reactor, config=node_config(options))
+
+
+def node_config(options: Options) -> NodeConfig:
+    """
+    The L{NodeConfig} the options describe.
+    """
     peers: list[PeerAddress] = options["peers"]
-    return RelayService(
-        options["keystore"],
-        listen=options["listen"],
-        peers=peers,
+    return NodeConfig.make(
+        options["listen"],
+        peers,
         identity=options["identity"],
         heartbeat_interval=options["heartbeat"],
         max_peers=options["max-peers"],
-        reactor=reactor,
         api=options["api"],
         api_token_file=options["api-token-file"],
         metrics_public=options["metrics-public"],

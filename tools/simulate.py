@@ -445,8 +445,10 @@ class SimulatedMesh:
                 resend_after=SIMULATION_RESEND_AFTER,
                 routing=True,
                 max_hops=self.max_hops,
+                retry_initial_delay=SIMULATION_RETRY_DELAY,
+                retry_max_delay=SIMULATION_RETRY_MAX_DELAY,
+                shutdown_timeout=SIMULATION_SHUTDOWN_TIMEOUT,
             )
-            node.shutdown_timeout = SIMULATION_SHUTDOWN_TIMEOUT
             node.mesh.subscribe(self._counter(name), SIMULATION_MESSAGE_TYPE)
             self.nodes[name] = node
             node.startService()
@@ -469,10 +471,7 @@ class SimulatedMesh:
         """
         node = self.nodes[name]
         for target in targets:
-            outbound = connect_nodes(self.network, self.nodes[target], node)
-            outbound.factory.initialDelay = SIMULATION_RETRY_DELAY
-            outbound.factory.maxDelay = SIMULATION_RETRY_MAX_DELAY
-            outbound.factory.resetDelay()
+            connect_nodes(self.network, self.nodes[target], node)
 
     def link(self, names: Iterable[str]) -> None:
         """

@@ -6,8 +6,8 @@ import os
 import types
 
 from twisted.application.service import IServiceMaker
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.internet import defer, reactor
@@ -19,10 +19,13 @@ from relaymesh.address import PeerAddress
 from relaymesh.reliable.outbox import ACK_CAPABILITY
 from relaymesh.dialer import RelayClientFactory
 from relaymesh.keystore import KeyStore
-from relaymesh.service import SHUTDOWN_TIMEOUT, RelayService
+from relaymesh.bookkeeping import LastSeen
+from relaymesh.config import SHUTDOWN_TIMEOUT, NodeConfig
+from relaymesh.events import Direction, EventKind, PeerEvent
+from relaymesh.service import RelayService
 from relaymesh.reliable.store import STORE_FILE, StoreError
 from relaymesh.tls import TLSServerFactory
-from relaymesh.test.support import EPOCH, Node, connect, pair_keys
+from relaymesh.test.support import EPOCH, Node, connect
 
 
 def memory_reactor():
@@ -118,6 +121,145 @@ class RelayServiceTests(SynchronousTestCase):
         )
         self.assertFalse(factory.parked)
         self.assertEqual(len(self.reactor.getDelayedCalls()) >= 1, True)
+
+
+class NodeConfigTests(SynchronousTestCase):
+    """
+    A node is built from one L{NodeConfig}; its keyword arguments make one.
+    """
+
+    def setUp(self):
+        self.keystore = KeyStore(self.mktemp())
+        self.keystore.set_identity("alpha")
+
+    def test_keywords_make_a_config(self):
+        service = RelayService(
+            self.keystore, listen="tcp:9850", peers=["beta@10.0.0.2"], reactor=memory_reactor(),
+            heartbeat_interval=10, routing=True,
+        )
+        self.assertEqual(
+            service.config,
+            NodeConfig(
+                listen=("tcp:9850",),
+                peers=(PeerAddress("beta", "10.0.0.2", 9847),),
+                heartbeat_interval=10,
+                routing=True,
+            ),
+        )
+        self.assertEqual(service.mesh.heartbeat_interval, 10)
+
+    def test_from_a_config(self):
+        """
+        A config given whole builds the same node; listening nowhere is an
+        empty C{listen}.
+        """
+        config = NodeConfig.make(None, ["beta@10.0.0.2:9850"], max_peers=3)
+        service = RelayService(self.keystore, reactor=memory_reactor(), config=config)
+        self.assertIs(service.config, config)
+        self.assertEqual(service.listeners, [])
+        self.assertEqual(service.mesh.max_peers, 3)
+        self.assertEqual([a.port for a in service.dialled()], [9850])
+
+    def test_not_both(self):
+        """
+        A config and options together, or an option a config does not have,
+        are refused.
+        """
+        self.assertRaises(
+            TypeError, RelayService, self.keystore, config=NodeConfig(), max_peers=3
+        )
+        self.assertRaises(TypeError, RelayService, self.keystore, hearbeat_interval=3)
+
+    def test_retry_delays(self):
+        """
+        The backoff's first and longest waits come from the config.
+        """
+        reactor = memory_reactor()
+        service = RelayService(
+            self.keystore, listen=None, peers=["beta@10.0.0.2"], reactor=reactor,
+            retry_initial_delay=1, retry_max_delay=3,
+        )
+        [outbound] = service.outbound()
+        self.assertEqual((outbound.factory.delay, outbound.factory.maxDelay), (1, 3))
+
+    def test_twistd_options(self):
+        """
+        C{twistd relaymesh}'s options make the config its node is built from.
+        """
+        options = tap.Options()
+        options.parseOptions(
+            ["--data-dir", self.keystore.path, "--listen", "tcp:9851", "--no-outbox", "--api", "none"]
+        )
+        config = tap.node_config(options)
+        self.assertEqual((config.listen, config.outbox, config.routing), (("tcp:9851",), False, True))
+
+
+class LastSeenTests(SynchronousTestCase):
+    """
+    The peers' last-seen bookkeeping, apart from the node.
+    """
+
+    def setUp(self):
+        self.reactor = memory_reactor()
+        self.keystore = KeyStore(self.mktemp())
+        self.keystore.set_identity("alpha")
+        self.keystore.set_key("beta", bytes(32))
+        self.mesh = Node("alpha", self.reactor).mesh
+        self.book = LastSeen(self.mesh, self.keystore, self.reactor, 30)
+
+    def event(self, kind, direction=None, address="10.0.0.2:9847"):
+        self.book.peer_event(PeerEvent(kind, "beta", address, direction))
+
+    def test_connect_and_disconnect(self):
+        """
+        A connect of a dialled peer records its address and the time; a
+        disconnect a heartbeat interval later records the time again.
+        """
+        self.event(EventKind.CONNECTED, Direction.OUTBOUND)
+        self.assertEqual(
+            self.keystore.meta("beta"),
+            {"addr": "10.0.0.2:9847", "last_seen": int(EPOCH * 1000)},
+        )
+        self.reactor.advance(30)
+        self.event(EventKind.DISCONNECTED)
+        self.assertEqual(self.keystore.meta("beta")["last_seen"], int((EPOCH + 30) * 1000))
+
+    def test_at_most_once_an_interval(self):
+        """
+        A peer that comes and goes is written at most once an interval, but
+        a new address is written at once.
+        """
+        self.event(EventKind.CONNECTED, Direction.OUTBOUND)
+        self.reactor.advance(5)
+        self.event(EventKind.DISCONNECTED)
+        self.assertEqual(self.keystore.meta("beta")["last_seen"], int(EPOCH * 1000))
+        self.event(EventKind.CONNECTED, Direction.OUTBOUND, "10.0.0.9:9847")
+        self.assertEqual(self.keystore.meta("beta")["addr"], "10.0.0.9:9847")
+
+    def test_inbound_and_other_events(self):
+        """
+        An inbound connect records no address; events without a peer, or of
+        other kinds, record nothing.
+        """
+        self.event(EventKind.CONNECTED, Direction.INBOUND)
+        self.assertNotIn("addr", self.keystore.meta("beta"))
+        self.keystore.replace_meta("beta", {})
+        self.reactor.advance(60)
+        self.event(EventKind.RECONNECT_SCHEDULED)
+        self.book.peer_event(PeerEvent(EventKind.CONNECTED, None, "10.0.0.3:9847"))
+        self.assertEqual(self.keystore.meta("beta"), {})
+
+    def test_key_store_refusal_logged(self):
+        """
+        A meta file that cannot be written is logged; the node goes on.
+        """
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        os.makedirs(self.keystore.meta_path("gamma"))
+        self.book.peer_event(PeerEvent(EventKind.CONNECTED, "gamma", "10.0.0.3:9847"))
+        [warning] = [e for e in logged if "could not record" in e["log_format"]]
+        self.assertEqual(warning["peer_id"], "gamma")
+        self.event(EventKind.CONNECTED, Direction.OUTBOUND)
+        self.assertEqual(self.keystore.meta("beta")["addr"], "10.0.0.2:9847")
 
 
 class OptionsTests(SynchronousTestCase):
@@ -263,8 +405,8 @@ class OutboxOptionTests(SynchronousTestCase):
         node then starts its listeners only once the store is open.
         """
         with_outbox = self.make()
-        self.assertTrue(with_outbox._outbox)
-        self.assertFalse(self.make("--no-outbox")._outbox)
+        self.assertTrue(with_outbox.config.outbox)
+        self.assertFalse(self.make("--no-outbox").config.outbox)
 
     def test_twistd_routes(self):
         """
