@@ -11,6 +11,7 @@ record is written by L{relaymesh.pairing.record}.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -45,6 +46,28 @@ if TYPE_CHECKING:
     from relaymesh.keystore import ArmedKey
 
 
+class Step(enum.Enum):
+    """
+    Where the acceptor's side of one handshake stands.
+    """
+
+    AWAITING_HANDSHAKE = "awaiting the connector's handshake"
+    AWAITING_CONFIRMATION = "awaiting the confirmation of strong pairing"
+    AUTHENTICATED = "authenticated"
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Handshake:
+    """
+    A connector's C{handshake}, as every round reads it first.
+    """
+
+    claimed: str
+    payload: dict[str, Any]
+    connector_nonce: str | None
+
+
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """
@@ -66,6 +89,7 @@ class AcceptorHandshake:
     @ivar nonce: The nonce of this connection's challenge.
     @ivar claimed_peer: The peer id the connector claimed, once it did.
     @ivar peer_capabilities: What the connector announced.
+    @ivar step: Where the handshake stands (L{Step}).
     """
 
     def __init__(
@@ -91,6 +115,7 @@ class AcceptorHandshake:
         self.capabilities = capabilities
         self.claimed_peer: str | None = None
         self.peer_capabilities: frozenset[str] = frozenset()
+        self.step = Step.AWAITING_HANDSHAKE
         self._pake: PakeAcceptor | None = None
 
     def challenge_payload(self) -> dict[str, Any]:
@@ -101,18 +126,37 @@ class AcceptorHandshake:
 
     def verify(self, message: RelayMessage, binding: Binding | None = None) -> Verdict:
         """
-        Check a C{handshake} from the connector.
+        Check a C{handshake} from the connector: the round L{step} expects
+        (see L{_ROUNDS}).
 
-        Only the key stored for the claimed id is tried; only if there is
-        none, every key armed for pairing (L{_pair}), or a strong code.
+        In the first round only the key stored for the claimed id is tried;
+        only if there is none, every key armed for pairing (L{_pair}); or the
+        connector starts strong pairing, which a second round confirms.
 
         @param binding: the TLS fingerprints (server, client), or L{None}
             over plain TCP.
         @raise HandshakeFailed: with the reason to log; the caller answers
-            C{denied} and closes.
+            C{denied} and closes. The handshake is then L{Step.FAILED}.
         """
-        if message.msg_type != MessageType.HANDSHAKE:
-            raise HandshakeFailed(f"expected handshake, got {message.msg_type}")
+        round = self._ROUNDS.get(self.step)
+        if round is None:
+            raise HandshakeFailed(f"handshake message when {self.step.value}")
+        try:
+            if message.msg_type != MessageType.HANDSHAKE:
+                raise HandshakeFailed(f"expected handshake, got {message.msg_type}")
+            verdict = round(self, self._read(message, binding), binding)
+        except HandshakeFailed:
+            self.step = Step.FAILED
+            raise
+        self.step = Step.AWAITING_CONFIRMATION if verdict.outcome is None else Step.AUTHENTICATED
+        return verdict
+
+    def _read(self, message: RelayMessage, binding: Binding | None) -> _Handshake:
+        """
+        What every round checks first: the claimed id (the same in both
+        rounds), the payload, the connector's nonce (required over TLS) and
+        capabilities.
+        """
         claimed = message.from_peer
         if not is_valid_peer_id(claimed):
             raise HandshakeFailed(f"invalid peer id {claimed[:40]!r}")
@@ -126,29 +170,66 @@ class AcceptorHandshake:
         self.peer_capabilities = read_capabilities(payload)
         if binding is not None and connector_nonce is None:
             raise HandshakeFailed(f"handshake from {claimed} over TLS lacks its nonce")
-        if "pake" in payload and self._pake is None:
-            return self._pake_round(claimed, payload, connector_nonce)
-        proof = payload.get("proof")
+        return _Handshake(claimed, payload, connector_nonce)
+
+    def _proof_checker(
+        self, handshake: _Handshake, binding: Binding | None
+    ) -> Callable[[bytes], bool]:
+        """
+        A check of whether the handshake's proof proves a key.
+
+        @raise HandshakeFailed: if it carries no proof.
+        """
+        proof = handshake.payload.get("proof")
         if not isinstance(proof, str):
-            raise HandshakeFailed(f"handshake from {claimed} has no proof")
+            raise HandshakeFailed(f"handshake from {handshake.claimed} has no proof")
 
         def proves(key: bytes) -> bool:
-            return same_proof(connector_proof(key, self.nonce, connector_nonce, claimed, binding), proof)
+            expected = connector_proof(
+                key, self.nonce, handshake.connector_nonce, handshake.claimed, binding
+            )
+            return same_proof(expected, proof)
 
-        armed: ArmedKey | None = None
-        paired_via: str | None = None
-        if self._pake is not None:
-            key = self._finish_pake(claimed, payload, proves)
-            paired_via = STRONG_FORM
-        else:
-            stored = self._stored_key(claimed)
-            if stored is not None:
-                if not proves(stored):
-                    raise HandshakeFailed(f"wrong proof for the key of {claimed}")
-                key = stored
-            else:
-                armed = self._pair(claimed, proves)
-                key, paired_via = armed.key, armed.form
+        return proves
+
+    def _first_round(self, handshake: _Handshake, binding: Binding | None) -> Verdict:
+        """
+        The connector's first C{handshake}: a proof of the claimed peer's
+        key or of an armed key, or the start of strong pairing.
+        """
+        if "pake" in handshake.payload:
+            return self._pake_round(handshake)
+        proves = self._proof_checker(handshake, binding)
+        claimed = handshake.claimed
+        stored = self._stored_key(claimed)
+        if stored is not None:
+            if not proves(stored):
+                raise HandshakeFailed(f"wrong proof for the key of {claimed}")
+            return self._authenticated(handshake, binding, stored)
+        armed = self._pair(claimed, proves)
+        return self._authenticated(handshake, binding, armed.key, armed.form, armed)
+
+    def _confirmation(self, handshake: _Handshake, binding: Binding | None) -> Verdict:
+        """
+        Strong pairing's second C{handshake}: the connector's confirmation
+        and its proof of the new key.
+        """
+        key = self._finish_pake(handshake.claimed, handshake.payload, self._proof_checker(handshake, binding))
+        return self._authenticated(handshake, binding, key, STRONG_FORM)
+
+    def _authenticated(
+        self,
+        handshake: _Handshake,
+        binding: Binding | None,
+        key: bytes,
+        paired_via: str | None = None,
+        armed: ArmedKey | None = None,
+    ) -> Verdict:
+        """
+        The ok ack (with this side's proof, for a connector that sent its
+        nonce) and the outcome.
+        """
+        claimed, connector_nonce = handshake.claimed, handshake.connector_nonce
         pin = pin_to_record(self._keys, claimed, binding[1]) if binding is not None else None
         ack: dict[str, Any] = {"status": ACK_OK}
         if connector_nonce is not None:
@@ -191,12 +272,13 @@ class AcceptorHandshake:
             raise HandshakeFailed(f"no key for peer {claimed}")
         return matches[0]
 
-    def _pake_round(self, claimed: str, payload: dict[str, Any], connector_nonce: str | None) -> Verdict:
+    def _pake_round(self, handshake: _Handshake) -> Verdict:
         """
         The first round of strong pairing: answer the connector's SPAKE2
         message. The armed code is used up by this one try.
         """
-        if connector_nonce is None:
+        claimed, payload = handshake.claimed, handshake.payload
+        if handshake.connector_nonce is None:
             raise HandshakeFailed(f"strong pairing from {claimed} lacks its nonce")
         if self._stored_key(claimed) is not None:
             raise HandshakeFailed(f"{claimed} is already paired; forget it before pairing again")
@@ -230,3 +312,10 @@ class AcceptorHandshake:
         if not proves(key):
             raise HandshakeFailed(f"wrong proof after strong pairing with {claimed}")
         return key
+
+    #: The state table: the round each step takes a C{handshake} in. A
+    #: handshake message in any other step (authenticated, failed) is refused.
+    _ROUNDS: dict[Step, Callable[[AcceptorHandshake, _Handshake, Binding | None], Verdict]] = {
+        Step.AWAITING_HANDSHAKE: _first_round,
+        Step.AWAITING_CONFIRMATION: _confirmation,
+    }

@@ -10,6 +10,7 @@ record is written by L{relaymesh.pairing.record}.
 
 from __future__ import annotations
 
+import enum
 import os
 from typing import Any, Callable
 
@@ -38,6 +39,20 @@ from relaymesh.peerid import is_valid_peer_id
 from relaymesh.wire import MessageType, RelayMessage
 
 
+class Step(enum.Enum):
+    """
+    Where the connector's side of one handshake stands: it answers one
+    challenge, then takes one ack, or two with strong pairing (the first
+    answers its SPAKE2 message, the second its confirmation).
+    """
+
+    AWAITING_CHALLENGE = "awaiting the challenge"
+    AWAITING_ACK = "awaiting the ack"
+    AWAITING_CONFIRMED_ACK = "awaiting the ack of the strong pairing confirmation"
+    AUTHENTICATED = "authenticated"
+    FAILED = "failed"
+
+
 class ConnectorHandshake:
     """
     The connecting side of one handshake.
@@ -54,6 +69,7 @@ class ConnectorHandshake:
         pairing agreed on a new key), or L{None} for a peer's own key.
     @ivar mutual: Whether the acceptor proved the key.
     @ivar peer_capabilities: What the acceptor announced.
+    @ivar step: Where the handshake stands (L{Step}).
     """
 
     def __init__(
@@ -95,6 +111,7 @@ class ConnectorHandshake:
         self.paired_via = paired_via
         self.mutual = False
         self.peer_capabilities: frozenset[str] = frozenset()
+        self.step = Step.AWAITING_CHALLENGE
         self._keys = keys
         self._nonce = new_nonce(randbytes)
         self._challenge: str | None = None
@@ -108,8 +125,25 @@ class ConnectorHandshake:
         version.
 
         @raise HandshakeFailed: if the message is not a challenge with a
-            64-hex-character nonce.
+            64-hex-character nonce, or comes when no challenge is awaited.
         """
+        self._expect((Step.AWAITING_CHALLENGE,), "challenge")
+        try:
+            payload = self._answer(message, binding)
+        except HandshakeFailed:
+            self.step = Step.FAILED
+            raise
+        self.step = Step.AWAITING_ACK
+        return payload
+
+    def _expect(self, steps: tuple[Step, ...], what: str) -> None:
+        """
+        Refuse a message that comes in a step that does not take it.
+        """
+        if self.step not in steps:
+            raise HandshakeFailed(f"{what} when {self.step.value}")
+
+    def _answer(self, message: RelayMessage, binding: Binding | None) -> dict[str, Any]:
         if message.msg_type != MessageType.CHALLENGE:
             raise HandshakeFailed(f"expected challenge, got {message.msg_type}")
         payload = message.payload
@@ -144,13 +178,26 @@ class ConnectorHandshake:
             L{None} and the payload of the next C{handshake} to send (strong
             pairing).
         @raise HandshakeFailed: if it denied us, answered as the wrong or an
-            invalid peer id, or (unless legacy) did not prove the key.
+            invalid peer id, or (unless legacy) did not prove the key; or
+            if no ack is awaited.
         """
+        self._expect((Step.AWAITING_ACK, Step.AWAITING_CONFIRMED_ACK), "handshake_ack")
+        try:
+            outcome, reply = self._check_ack(message, binding)
+        except HandshakeFailed:
+            self.step = Step.FAILED
+            raise
+        self.step = Step.AUTHENTICATED if outcome is not None else Step.AWAITING_CONFIRMED_ACK
+        return outcome, reply
+
+    def _check_ack(
+        self, message: RelayMessage, binding: Binding | None
+    ) -> tuple[Authenticated | None, dict[str, Any] | None]:
         if message.msg_type != MessageType.HANDSHAKE_ACK:
             raise HandshakeFailed(f"expected handshake_ack, got {message.msg_type}")
         payload = message.payload
         status = payload.get("status") if isinstance(payload, dict) else None
-        if status == ACK_PAKE and self._pake is not None and self.psk is None:
+        if status == ACK_PAKE and self.step is Step.AWAITING_ACK and self._pake is not None:
             return None, self._finish_pake(message, payload, binding)
         if status != ACK_OK:
             raise HandshakeFailed(f"the peer denied the handshake (status {status!r})")

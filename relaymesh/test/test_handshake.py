@@ -4,11 +4,12 @@ Tests for L{relaymesh.handshake}, against claudectl 0.49.2's own transcript.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.handshake.acceptor import AcceptorHandshake
+from relaymesh.handshake.acceptor import AcceptorHandshake, Step
 
 from relaymesh.handshake.base import HandshakeFailed
 
 from relaymesh.handshake.connector import ConnectorHandshake
+from relaymesh.handshake.connector import Step as ConnectorStep
 
 from relaymesh import pairing
 from relaymesh.armed import PAIR_CODE_FORM
@@ -109,12 +110,15 @@ class AcceptorHandshakeTests(SynchronousTestCase):
         that peer has a key.
         """
         for key in (self.pending, bytes(32)):
+            self.handshake = AcceptorHandshake(self.keys)
             with self.assertRaises(HandshakeFailed) as ctx:
                 self.handshake.verify(handshake_message("beta", self.proof(key)))
             self.assertIn("wrong proof", str(ctx.exception))
         self.keys.keys["gamma"] = bytes(32)
-        with self.assertRaises(HandshakeFailed):
+        self.handshake = AcceptorHandshake(self.keys)
+        with self.assertRaises(HandshakeFailed) as ctx:
             self.handshake.verify(handshake_message("gamma", self.proof(self.key)))
+        self.assertIn("wrong proof", str(ctx.exception))
 
     def test_pending_key_claimed(self):
         """
@@ -138,8 +142,10 @@ class AcceptorHandshakeTests(SynchronousTestCase):
 
     def test_invalid_ids(self):
         for claimed in ("", "_pending", "../etc", "a" * 129, "sp ace"):
-            with self.assertRaises(HandshakeFailed):
+            self.handshake = AcceptorHandshake(self.keys)
+            with self.assertRaises(HandshakeFailed) as ctx:
                 self.handshake.verify(handshake_message(claimed, self.proof(self.pending)))
+            self.assertIn("invalid peer id", str(ctx.exception))
         self.assertEqual(self.keys.pending, self.pending)
 
     def test_not_a_handshake(self):
@@ -148,8 +154,28 @@ class AcceptorHandshakeTests(SynchronousTestCase):
 
     def test_missing_proof(self):
         for payload in ({}, {"proof": 5}, [], "proof"):
-            with self.assertRaises(HandshakeFailed):
+            self.handshake = AcceptorHandshake(self.keys)
+            with self.assertRaises(HandshakeFailed) as ctx:
                 self.handshake.verify(handshake_message("beta", payload))
+            self.assertIn("has no proof", str(ctx.exception))
+
+    def test_state_table(self):
+        """
+        The acceptor takes a handshake only while it waits for one: after it
+        authenticated the peer, or after a failure, any other is refused.
+        """
+        self.assertIs(self.handshake.step, Step.AWAITING_HANDSHAKE)
+        self.handshake.verify(handshake_message("beta", self.proof(self.key)))
+        self.assertIs(self.handshake.step, Step.AUTHENTICATED)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.handshake.verify(handshake_message("beta", self.proof(self.key)))
+        self.assertIn("when authenticated", str(ctx.exception))
+        failed = AcceptorHandshake(self.keys)
+        self.assertRaises(HandshakeFailed, failed.verify, handshake_message("beta", {}))
+        self.assertIs(failed.step, Step.FAILED)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            failed.verify(handshake_message("beta", {"proof": compute_proof(self.key, failed.nonce)}))
+        self.assertIn("when failed", str(ctx.exception))
 
 
 class ConnectorHandshakeTests(SynchronousTestCase):
@@ -204,6 +230,39 @@ class ConnectorHandshakeTests(SynchronousTestCase):
             with self.assertRaises(HandshakeFailed) as ctx:
                 handshake.check_ack(ack)
             self.assertIn(fragment, str(ctx.exception))
+
+
+    def test_state_table(self):
+        """
+        The connector answers one challenge, then takes acks; anything out
+        of turn, or anything after the handshake ended, is refused.
+        """
+        handshake = ConnectorHandshake("beta", bytes(32), "alpha")
+        self.assertIs(handshake.step, ConnectorStep.AWAITING_CHALLENGE)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            handshake.check_ack(self.ack("alpha"))
+        self.assertIn("handshake_ack when awaiting the challenge", str(ctx.exception))
+        handshake.answer(self.challenge({"nonce": "ab" * 32}))
+        self.assertIs(handshake.step, ConnectorStep.AWAITING_ACK)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            handshake.answer(self.challenge({"nonce": "cd" * 32}))
+        self.assertIn("challenge when awaiting the ack", str(ctx.exception))
+        self.assertRaises(HandshakeFailed, handshake.check_ack, self.ack("alpha", "denied"))
+        self.assertIs(handshake.step, ConnectorStep.FAILED)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            handshake.check_ack(self.ack("alpha"))
+        self.assertIn("when failed", str(ctx.exception))
+
+    def test_pake_ack_only_when_pairing(self):
+        """
+        A C{pake} ack to a connector that proves a key is a denial, not the
+        start of strong pairing.
+        """
+        handshake = ConnectorHandshake("beta", bytes(32), "alpha")
+        handshake.answer(self.challenge({"nonce": "ab" * 32}))
+        with self.assertRaises(HandshakeFailed) as ctx:
+            handshake.check_ack(self.ack("alpha", "pake"))
+        self.assertIn("denied", str(ctx.exception))
 
 
 class TranscriptTests(SynchronousTestCase):
