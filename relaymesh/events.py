@@ -124,6 +124,39 @@ class PeerStatus:
     hops: int | None = None
     by_type: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def without_traffic(
+        cls,
+        peer_id: str,
+        state: PeerState,
+        address: str | None = None,
+        direction: Direction | None = None,
+        last_seen: float | None = None,
+        via: str | None = None,
+        hops: int | None = None,
+    ) -> PeerStatus:
+        """
+        The snapshot of a peer no connection of this node has carried
+        traffic for: one known only through routing, or only from the key
+        store.
+        """
+        return cls(
+            peer_id=peer_id,
+            state=state,
+            address=address,
+            direction=direction,
+            since=None,
+            last_seen=last_seen,
+            msgs_in=0,
+            msgs_out=0,
+            bytes_in=0,
+            bytes_out=0,
+            reconnect_attempt=0,
+            next_retry_at=None,
+            via=via,
+            hops=hops,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """
         The snapshot as a JSON object.

@@ -103,22 +103,7 @@ def routed_status(destination: str, via: str, hops: int) -> PeerStatus:
     """
     The snapshot of a node known only through routing.
     """
-    return PeerStatus(
-        peer_id=destination,
-        state=PeerState.ROUTED,
-        address=None,
-        direction=None,
-        since=None,
-        last_seen=None,
-        msgs_in=0,
-        msgs_out=0,
-        bytes_in=0,
-        bytes_out=0,
-        reconnect_attempt=0,
-        next_retry_at=None,
-        via=via,
-        hops=hops,
-    )
+    return PeerStatus.without_traffic(destination, PeerState.ROUTED, via=via, hops=hops)
 
 
 _EVENT_FORMATS = {

@@ -229,17 +229,10 @@ class NodeViews:
         last_seen = meta.get("last_seen")
         if isinstance(last_seen, bool) or not isinstance(last_seen, int):
             last_seen = None
-        return PeerStatus(
-            peer_id=peer_id,
-            state=PeerState.DISCONNECTED,
+        return PeerStatus.without_traffic(
+            peer_id,
+            PeerState.DISCONNECTED,
             address=address,
             direction=Direction.OUTBOUND if peer_id in dialled else None,
-            since=None,
             last_seen=None if last_seen is None else last_seen / 1000,
-            msgs_in=0,
-            msgs_out=0,
-            bytes_in=0,
-            bytes_out=0,
-            reconnect_attempt=0,
-            next_retry_at=None,
         )
