@@ -1,8 +1,8 @@
 """
 L{RelayProtocol}: one relay connection, in either role.
 
-The protocol splits bytes into lines, lines into messages (L{relaymesh.wire}),
-and feeds them to a state machine::
+The protocol splits bytes into lines (L{relaymesh.framing.LineFramer}), lines
+into messages (L{relaymesh.wire}), and feeds them to a state machine::
 
     acceptor:  AWAITING_HANDSHAKE --handshake ok--> CONNECTED --> CLOSED
     connector: AWAITING_CHALLENGE --challenge--> AWAITING_ACK --ack ok--> CONNECTED --> CLOSED
@@ -11,9 +11,12 @@ Any line that is not a valid message, any message that does not fit the
 state, a handshake that does not finish within L{HANDSHAKE_TIMEOUT} seconds,
 and a connected peer silent for the mesh's idle timeout all end the
 connection with a logged reason. Nothing a peer sends raises out of
-C{dataReceived}. Once connected, messages go to the mesh
-(L{relaymesh.mesh.Mesh}), which owns the registry and the application's
-callbacks.
+C{dataReceived}. The handshake itself is the roles' business
+(L{relaymesh.handshake}); the factory that made the connection hears how it
+ends (L{relaymesh.interfaces.IHandshakeObserver}). Once connected, messages
+go to the connection's owner (L{relaymesh.interfaces.ILinkOwner}, the
+node's mesh), which owns the registry and the application's callbacks. The
+connection counts its traffic in a L{relaymesh.counters.Traffic}.
 
 Outbound lines are coalesced: inside a L{WriteBatch} (every C{dataReceived}
 runs in one, and L{relaymesh.mesh.Mesh.batch} opens one for an application)

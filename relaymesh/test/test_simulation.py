@@ -2,8 +2,8 @@
 Tests for C{tools/simulate.py} and C{tools/topology.py} of a checkout: the
 graph helpers on their own, and two whole meshes on the in-memory network
 of L{relaymesh.testing} (a random one of 50 nodes and a ring of 30), whose
-figures are printed when C{RELAYMESH_SIM_REPORT=1}. Skipped where relaymesh
-is installed without its checkout's C{tools/}.
+figures are printed when C{RELAYMESH_SIM_REPORT=1}. Skipped where there is
+no checkout (relaymesh installed alone, tests started elsewhere).
 """
 
 from __future__ import annotations
@@ -19,8 +19,28 @@ from twisted.trial.unittest import SynchronousTestCase
 import relaymesh
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL
 
-#: The checkout relaymesh was imported from, if it is one.
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(relaymesh.__file__)))
+def _checkout() -> str | None:
+    """
+    The checkout whose C{tools/} to test: the one relaymesh was imported
+    from, or else the one the tests were started in (where an installed
+    relaymesh is tested, as CI does), or L{None}.
+    """
+    imported_from = os.path.dirname(os.path.dirname(os.path.abspath(relaymesh.__file__)))
+    here = os.path.abspath(os.getcwd())
+    candidates = [imported_from, here]
+    while os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+        candidates.append(here)
+    for candidate in candidates:
+        if os.path.isfile(os.path.join(candidate, "tools", "simulate.py")) and os.path.isfile(
+            os.path.join(candidate, "relaymesh", "__init__.py")
+        ):
+            return candidate
+    return None
+
+
+#: The checkout C{tools/} comes from, if there is one.
+CHECKOUT = _checkout()
 
 
 def _load_tools():
@@ -29,17 +49,17 @@ def _load_tools():
 
     @return: the two modules, or L{None} without a checkout.
     """
-    if not os.path.isfile(os.path.join(CHECKOUT, "tools", "simulate.py")):
+    if CHECKOUT is None:
         return None
     if CHECKOUT not in sys.path:
-        sys.path.insert(0, CHECKOUT)
+        sys.path.append(CHECKOUT)
     return importlib.import_module("tools.simulate"), importlib.import_module("tools.topology")
 
 
 _tools = _load_tools()
 
 #: Why the tests are skipped, or L{None}.
-SKIP = None if _tools is not None else f"no tools/simulate.py next to {relaymesh.__file__}: not a checkout"
+SKIP = None if _tools is not None else "no checkout with tools/simulate.py: relaymesh is installed alone"
 
 if _tools is not None:
     simulate_module, topology = _tools
