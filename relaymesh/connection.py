@@ -136,8 +136,10 @@ class RelayProtocol(LineFramer):
     """
     One relay protocol connection: framing, handshake, then messages.
 
-    The factory that builds it is told how the handshake ends through
-    C{handshakeSucceeded(protocol)} and C{handshakeFailed(protocol, reason)}.
+    The factory that builds it (an L{IHandshakeObserver}) is told how the
+    handshake ends: C{handshakeVerified(protocol, outcome)} once the peer
+    proved its key (to record the outcome), then C{handshakeSucceeded(protocol)},
+    or C{handshakeFailed(protocol, reason)}.
 
     @ivar owner: The node's L{ILinkOwner} (its mesh): the registry of
         authenticated peers and the path of their messages.

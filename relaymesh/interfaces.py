@@ -171,11 +171,9 @@ class ILinkOwner(Interface):
     their messages. L{relaymesh.mesh.Mesh} provides it.
     """
 
-    identity = Attribute("This node's peer id (str).")
     clock = Attribute("The IReactorTime every timer of the connection uses.")
     idle_timeout = Attribute("Seconds of silence after which a connected peer is dropped.")
     writes = Attribute("The WriteBatch the node's connections share.")
-    capabilities = Attribute("What this node announces in its handshakes (tuple of str).")
 
     def message(msg_type, payload, from_peer=None):
         """

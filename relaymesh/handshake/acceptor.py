@@ -138,13 +138,13 @@ class AcceptorHandshake:
         @raise HandshakeFailed: with the reason to log; the caller answers
             C{denied} and closes. The handshake is then L{Step.FAILED}.
         """
-        round = self._ROUNDS.get(self.step)
-        if round is None:
+        take_round = self._ROUNDS.get(self.step)
+        if take_round is None:
             raise HandshakeFailed(f"handshake message when {self.step.value}")
         try:
             if message.msg_type != MessageType.HANDSHAKE:
                 raise HandshakeFailed(f"expected handshake, got {message.msg_type}")
-            verdict = round(self, self._read(message, binding), binding)
+            verdict = take_round(self, self._read(message, binding), binding)
         except HandshakeFailed:
             self.step = Step.FAILED
             raise
