@@ -4,9 +4,14 @@ Tests for L{relaymesh.testing}: whole nodes on the in-memory network.
 
 from __future__ import annotations
 
-from twisted.internet import error
+from OpenSSL import SSL
+from twisted.internet import error, ssl
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from relaymesh.dialer import RETRY_FACTOR, RETRY_INITIAL_DELAY
 from relaymesh.events import EventKind
@@ -25,6 +30,7 @@ from relaymesh.testing import (
     memory_store_opener,
 )
 from relaymesh.test.support import EPOCH
+from relaymesh.tls import NodeCertificate, channel_binding, create_certificate
 
 #: The message type the tests send.
 TASK = "delegate_task"
@@ -166,6 +172,209 @@ class MemoryNetworkTests(SynchronousTestCase):
         self.assertEqual([client.received for client in clients], [b"bye", b""])
         self.assertEqual(len(dialler.lost), 2)
         self.assertEqual(self.network.connections(), [])
+
+
+class LineEnd(LineReceiver):
+    """
+    One end of a connection that speaks lines, and records them and how
+    often and why it was closed.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.lost: list[Failure] = []
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.append(line)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
+        self.lost.append(reason)
+
+
+@implementer(IPushProducer)
+class Producer:
+    """
+    A streaming producer that records whether it is paused.
+    """
+
+    paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class StartTLSTests(SynchronousTestCase):
+    """
+    C{startTLS} on the transports of a L{MemoryNetwork} runs real TLS over
+    the connection, as on a TCP transport.
+    """
+
+    def setUp(self) -> None:
+        self.network = MemoryNetwork()
+        self.alice = self.certificate("alice")
+        self.bob = self.certificate("bob")
+        self.dialler = Dialler()
+        self.dialler.protocol = LineEnd
+        port = self.network.listenTCP(0, Factory.forProtocol(LineEnd)).getHost().port
+        self.network.connectTCP("127.0.0.1", port, self.dialler)
+        self.network.flush()
+        [self.connection] = self.network.connections()
+        self.server, self.client = self.connection.protocols()
+        self.crossed: list[bytes] = []
+        for transport in (self.connection.server, self.connection.client):
+            self.record(transport)
+
+    def certificate(self, name: str) -> NodeCertificate:
+        return NodeCertificate(*create_certificate(self.mktemp(), name))
+
+    def record(self, transport) -> None:
+        """
+        Keep every chunk of bytes the network delivers to C{transport}.
+        """
+        deliver = transport.bufferReceived
+
+        def recording(data: bytes) -> None:
+            self.crossed.append(data)
+            deliver(data)
+
+        transport.bufferReceived = recording
+
+    def upgrade(self) -> None:
+        """
+        Say a line each way in clear; the server answers, starts TLS and
+        writes a line; the client starts TLS when it has the answer, and
+        writes a line.
+        """
+        self.client.sendLine(b"hello")
+        self.network.flush()
+        self.server.sendLine(b"go ahead")
+        self.server.transport.startTLS(self.alice.server_options())
+        self.server.sendLine(b"server secret")
+        self.network.flush()
+        self.assertEqual((self.server.lines, self.client.lines), ([b"hello"], [b"go ahead"]))
+        self.client.transport.startTLS(self.bob.client_options())
+        self.client.sendLine(b"client secret")
+        self.network.flush()
+
+    def assertLostOnce(self, *reasons: type[Exception]) -> None:
+        """
+        Each end, and the dialling factory, were told the connection is
+        lost exactly once, the server with the first reason and the client
+        with the second; the network no longer carries it.
+        """
+        [server_reason], [client_reason] = self.server.lost, self.client.lost
+        server_reason.trap(reasons[0])
+        client_reason.trap(reasons[1])
+        self.assertEqual(len(self.dialler.lost), 1)
+        self.assertEqual(self.network.connections(), [])
+
+    def test_lines_after_the_switch_are_encrypted(self) -> None:
+        """
+        What each end wrote before C{startTLS} crosses in clear; what it
+        wrote after arrives, and never crosses the link in clear.
+        """
+        self.upgrade()
+        self.assertEqual(self.server.lines, [b"hello", b"client secret"])
+        self.assertEqual(self.client.lines, [b"go ahead", b"server secret"])
+        self.assertEqual(self.crossed[:2], [b"hello\r\n", b"go ahead\r\n"])
+        after = b"".join(self.crossed[2:])
+        self.assertTrue(after.startswith(b"\x16\x03"), after[:8])
+        self.assertNotIn(b"secret", after)
+
+    def test_transport_after_the_switch(self) -> None:
+        """
+        The application keeps its transport, which now provides
+        L{ISSLTransport}, and the channel binding on each end names its own
+        certificate and its peer's; the connection still names the
+        application protocols and addresses.
+        """
+        self.assertFalse(ISSLTransport.providedBy(self.client.transport))
+        self.assertIsNone(channel_binding(self.client.transport))
+        self.upgrade()
+        self.assertIs(self.server.transport, self.connection.server)
+        self.assertIs(self.client.transport, self.connection.client)
+        self.assertTrue(ISSLTransport.providedBy(self.client.transport))
+        self.assertEqual(channel_binding(self.server.transport), (self.alice.fingerprint, self.bob.fingerprint))
+        self.assertEqual(channel_binding(self.client.transport), (self.bob.fingerprint, self.alice.fingerprint))
+        self.assertEqual(self.connection.protocols(), (self.server, self.client))
+        self.assertEqual(self.server.transport.getPeer(), self.client.transport.getHost())
+        self.client.transport.setTcpNoDelay(True)
+
+    def test_producer_follows_the_switch(self) -> None:
+        """
+        A producer registered before C{startTLS} stays registered through
+        the TLS layer, which pauses it as the link does, until it is
+        unregistered.
+        """
+        producer = Producer()
+        self.client.transport.registerProducer(producer, True)
+        self.upgrade()
+        self.connection.client.producer.pauseProducing()
+        self.assertTrue(producer.paused)
+        self.client.transport.unregisterProducer()
+        self.assertIsNone(self.connection.client.producer)
+
+    def test_lose(self) -> None:
+        """
+        Closing an end after the switch closes both, once each, after
+        what was written arrives.
+        """
+        self.upgrade()
+        self.client.sendLine(b"last words")
+        self.client.transport.loseConnection()
+        self.client.transport.loseConnection()
+        self.network.flush()
+        self.assertEqual(self.server.lines[-1], b"last words")
+        self.assertLostOnce(error.ConnectionDone, error.ConnectionDone)
+
+    def test_abort(self) -> None:
+        """
+        Aborting an end after the switch closes both, once each. The TLS
+        layer of the aborting end, as over TCP, reports the TLS stream cut
+        short (L{error.ConnectionLost}) instead of the abort.
+        """
+        self.upgrade()
+        self.server.transport.abortConnection()
+        self.network.flush()
+        self.assertLostOnce(error.ConnectionLost, error.ConnectionLost)
+
+    def test_cut(self) -> None:
+        """
+        Cutting the connection after the switch closes both ends, once
+        each, with L{error.ConnectionLost}.
+        """
+        self.upgrade()
+        self.connection.cut()
+        self.network.flush()
+        self.assertLostOnce(error.ConnectionLost, error.ConnectionLost)
+
+    def test_handshake_failure(self) -> None:
+        """
+        When the client does not trust the server's certificate, the
+        handshake fails and both ends are closed, once each, with the TLS
+        error: the client's own, and the alert it sent the server.
+        """
+        self.server.transport.startTLS(self.alice.server_options())
+        distrust = ssl.CertificateOptions(verify=True, caCerts=[self.bob.certificate])
+        self.client.transport.startTLS(distrust)
+        self.client.sendLine(b"never")
+        self.network.flush()
+        self.assertEqual(self.server.lines, [])
+        self.assertLostOnce(SSL.Error, SSL.Error)
+        self.assertNotIn(b"never", b"".join(self.crossed))
+
+    def test_twice(self) -> None:
+        """
+        TLS starts once per connection.
+        """
+        self.client.transport.startTLS(self.bob.client_options())
+        self.assertRaises(RuntimeError, self.client.transport.startTLS, self.bob.client_options())
 
 
 class NodesTests(SynchronousTestCase):

@@ -1,7 +1,8 @@
 """
 L{MemoryNetwork}: a reactor for tests that keeps time like
 L{twisted.internet.task.Clock} and carries TCP connections in memory over
-L{twisted.test.iosim}'s transports.
+L{twisted.test.iosim}'s transports, which can upgrade to real TLS in band
+(L{twisted.internet.interfaces.ITLSTransport.startTLS}).
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ from twisted.internet.interfaces import (
     IConnector,
     IDelayedCall,
     IListeningPort,
+    IOpenSSLContextFactory,
+    IProducer,
     IReactorTCP,
     IReactorTime,
+    ISSLTransport,
 )
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test import iosim
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 
 #: The address every connection of a L{MemoryNetwork} comes from, and the
@@ -364,41 +369,160 @@ class MemoryConnector:
 class _Transport(iosim.FakeTransport):
     """
     One end of a L{MemoryConnection}: tells the network when it has
-    something to pump.
+    something to pump, and upgrades to TLS on L{startTLS}.
 
+    After L{startTLS}, as on a TCP transport of a real reactor
+    (L{twisted.internet._newtls}), L{protocol} is a
+    L{twisted.protocols.tls.TLSMemoryBIOProtocol} that wraps the
+    application's protocol: what the network delivers goes through it, and
+    what the application writes, closes or produces through this transport
+    goes to it; the TLS layer itself writes to the link through a
+    L{_BelowTLS}. The application keeps this transport as its own.
+
+    @ivar application: The application's protocol, with or without TLS.
     @ivar aborted: Whether L{abortConnection} dropped it.
+    @ivar TLS: Whether L{startTLS} was called; use L{ISSLTransport} to
+        check for TLS instead.
     """
 
     aborted = False
+    TLS = False
 
     def __init__(self, connection: MemoryConnection, protocol: Protocol, isServer: bool,
                  hostAddress: IPv4Address, peerAddress: IPv4Address) -> None:
         iosim.FakeTransport.__init__(self, protocol, isServer, hostAddress, peerAddress)
         self._connection = connection
+        self.application = protocol
 
     def write(self, data: bytes) -> None:
+        """
+        Send C{data}: encrypted after L{startTLS}, in clear before.
+        """
+        if self.TLS:
+            if not self.disconnected:
+                self.protocol.write(data)
+        else:
+            self._send(data)
+
+    def loseConnection(self) -> None:
+        """
+        Close once what was written is delivered; after L{startTLS}, the
+        TLS layer first sends its close_notify and waits for the peer's.
+        """
+        if self.TLS:
+            if not self.disconnecting and not self.disconnected:
+                self.protocol.loseConnection()
+        else:
+            self._lose()
+
+    def abortConnection(self) -> None:
+        """
+        Close at once, discarding what was written and not yet delivered
+        (with TLS too: as on a real reactor, nothing is sent).
+        """
+        self.stream = []
+        self.aborted = True
+        self._lose()
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """
+        Register C{producer}: with the TLS layer after L{startTLS}.
+        """
+        if self.TLS:
+            self.protocol.registerProducer(producer, streaming)
+        else:
+            iosim.FakeTransport.registerProducer(self, producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        """
+        Unregister the producer: from the TLS layer after L{startTLS}.
+        """
+        if self.TLS:
+            self.protocol.unregisterProducer()
+        else:
+            iosim.FakeTransport.unregisterProducer(self)
+
+    def startTLS(self, contextFactory: IOpenSSLContextFactory, normal: bool = True) -> None:
+        """
+        Run TLS over this connection from now on, as
+        L{twisted.internet._newtls.startTLS} does for TCP: what was written
+        before goes out first, in clear; from now on the bytes written, and
+        those received, go through a TLS layer between this transport and
+        the application's protocol. The transport then provides
+        L{ISSLTransport}, with C{getHandle} and C{getPeerCertificate}.
+
+        @param contextFactory: The TLS options, for instance a
+            L{twisted.internet.ssl.CertificateOptions}.
+        @param normal: Whether the dialling end is the TLS client (else the
+            accepting end is).
+        @raise RuntimeError: if TLS has started already.
+        """
+        if self.TLS:
+            raise RuntimeError("TLS has started on this connection already")
+        producer, streaming = self.producer, self.streamingProducer
+        if producer is not None:
+            self.unregisterProducer()
+        # The factory's clock times the layer's buffered writes: the
+        # network, so that they go out when it runs (the default is the
+        # global reactor, which a test does not run).
+        client = not self.isServer if normal else self.isServer
+        factory = TLSMemoryBIOFactory(contextFactory, client, None, clock=self._connection.clock)
+        tls = factory.protocol(factory, self.protocol, False)
+        self.protocol = tls
+        self.getHandle = tls.getHandle
+        self.getPeerCertificate = tls.getPeerCertificate
+        alsoProvides(self, ISSLTransport)
+        self.TLS = True
+        tls.makeConnection(_BelowTLS(self))
+        if producer is not None:
+            self.registerProducer(producer, streaming)
+
+    def _send(self, data: bytes) -> None:
         if data and not self.disconnecting:
             iosim.FakeTransport.write(self, data)
             self._connection.changed()
 
-    def loseConnection(self) -> None:
+    def _lose(self) -> None:
         if not self.disconnecting:
             self.disconnecting = True
             self._connection.changed()
 
-    def abortConnection(self) -> None:
-        """
-        Close at once, discarding what was written and not yet delivered.
-        """
-        self.stream = []
-        self.aborted = True
-        self.loseConnection()
+
+class _BelowTLS:
+    """
+    The transport of the TLS layer of a L{_Transport}: the link itself,
+    bypassing the TLS that L{_Transport} now applies to the application's
+    writes (the role of L{twisted.internet._newtls._BypassTLS}).
+    """
+
+    def __init__(self, transport: _Transport) -> None:
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> object:
+        # getPeer, getHost, abortConnection, ... are the link's own
+        return getattr(self._transport, name)
+
+    def write(self, data: bytes) -> None:
+        self._transport._send(data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        self._transport._send(b"".join(iovec))
+
+    def loseConnection(self) -> None:
+        self._transport._lose()
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        iosim.FakeTransport.registerProducer(self._transport, producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        iosim.FakeTransport.unregisterProducer(self._transport)
 
 
 class MemoryConnection:
     """
     A TCP connection of a L{MemoryNetwork}: two L{iosim.FakeTransport}s
-    between which the network pumps bytes.
+    between which the network pumps bytes, encrypted from the moment an
+    end calls C{startTLS}.
 
     A protocol that the accepting factory did not build (it refused the
     connection) is replaced by one that closes at once, as the listening
@@ -418,6 +542,13 @@ class MemoryConnection:
         self.server = _Transport(self, server_protocol or Protocol(), True, server_address, client_address)
         self.client = _Transport(self, client_protocol or Protocol(), False, client_address, server_address)
         self.closed = False
+
+    @property
+    def clock(self) -> MemoryNetwork:
+        """
+        The network the connection belongs to, whose time it keeps.
+        """
+        return self._network
 
     def start(self) -> None:
         """
@@ -462,9 +593,10 @@ class MemoryConnection:
 
     def protocols(self) -> tuple[Protocol, Protocol]:
         """
-        The accepting and the dialling end's protocols.
+        The accepting and the dialling end's protocols (the applications',
+        not a TLS layer in between).
         """
-        return self.server.protocol, self.client.protocol
+        return self.server.application, self.client.application
 
     def _close(self, closer: _Transport, closer_reason: Exception, other_reason: Exception) -> None:
         self.closed = True
