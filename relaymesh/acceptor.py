@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Factory
@@ -21,6 +21,9 @@ from relaymesh.handshake.acceptor import AcceptorHandshake
 from relaymesh.handshake.base import Authenticated, KeyLookup
 from relaymesh.interfaces import IHandshakeObserver
 from relaymesh.mesh import Mesh
+
+if TYPE_CHECKING:
+    from relaymesh.tls import NodeCertificate
 
 #: Handshakes in progress at once; more connections are refused.
 MAX_HANDSHAKES = 16  # claudectl 0.49: 16
@@ -116,6 +119,9 @@ class RelayServerFactory(Factory):
     when its address is locked out, when L{max_handshakes} handshakes are in
     progress (or L{MAX_HANDSHAKES_PER_ADDRESS} from its address), or when
     the mesh has its maximum number of peers.
+
+    With this node's C{certificate}, the challenge offers relaymesh
+    connectors the in-band upgrade to TLS.
     """
 
     log = Logger()
@@ -127,8 +133,10 @@ class RelayServerFactory(Factory):
         keys: KeyLookup,
         max_handshakes: int = MAX_HANDSHAKES,
         randbytes: Callable[[int], bytes] = os.urandom,
+        certificate: NodeCertificate | None = None,
     ) -> None:
         self.mesh = mesh
+        self.certificate = certificate
         self.keys = keys
         self.max_handshakes = max_handshakes
         self.failures = FailureTracker(mesh.clock)
@@ -170,7 +178,9 @@ class RelayServerFactory(Factory):
                 clock=self.mesh.clock,
                 identity=self.mesh.identity,
                 capabilities=self.mesh.capabilities,
+                issued=self.mesh.issued_nonces,
             ),
+            self.certificate,
         )
         protocol.factory = self
         self._handshaking[protocol] = host

@@ -7,6 +7,11 @@ into messages (L{relaymesh.wire}), and feeds them to a state machine::
     acceptor:  AWAITING_HANDSHAKE --handshake ok--> CONNECTED --> CLOSED
     connector: AWAITING_CHALLENGE --challenge--> AWAITING_ACK --ack ok--> CONNECTED --> CLOSED
 
+Over plain TCP a relaymesh pair first upgrades the connection to TLS in
+band (the C{starttls} exchange, then L{ITLSTransport.startTLS}), and the
+handshake starts over inside it; see L{relaymesh.handshake}. Before the
+handshake succeeds, lines are limited to L{HANDSHAKE_MAX_LINE} bytes.
+
 Any line that is not a valid message, any message that does not fit the
 state, a handshake that does not finish within L{HANDSHAKE_TIMEOUT} seconds,
 and a connected peer silent for the mesh's idle timeout all end the
@@ -18,22 +23,17 @@ go to the connection's owner (L{relaymesh.interfaces.ILinkOwner}, the
 node's mesh), which owns the registry and the application's callbacks. The
 connection counts its traffic in a L{relaymesh.counters.Traffic}.
 
-Outbound lines are coalesced: inside a L{WriteBatch} (every C{dataReceived}
-runs in one, and L{relaymesh.mesh.Mesh.batch} opens one for an application)
-each connection collects what it sends and hands it to its transport in one
-C{write} when the batch ends, or sooner once L{FLUSH_BYTES} are waiting.
-Outside a batch every line is written at once. The protocol registers itself
-as a streaming producer with its transport, so L{RelayProtocol.writable}
-tells whether the transport's send buffer is full.
+Outbound lines are coalesced per burst of work and follow the transport's
+backpressure: see L{relaymesh.outbound}.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITLSTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -45,11 +45,14 @@ from relaymesh.framing import LineFramer
 from relaymesh.handshake.acceptor import AcceptorHandshake
 from relaymesh.handshake.base import Authenticated, HandshakeFailed
 from relaymesh.handshake.connector import ConnectorHandshake
-from relaymesh.handshake.proofs import ACK_DENIED, Binding
+from relaymesh.handshake.connector import Step as ConnectorStep
+from relaymesh.handshake.proofs import ACK_DENIED, STARTTLS_FIELD, Binding
 from relaymesh.interfaces import IHandshakeObserver, ILinkOwner
+from relaymesh.outbound import LineWriter, WriteBatch
 from relaymesh.tls import channel_binding
 from relaymesh.wire import (
     HANDSHAKE_TYPES,
+    MAX_LINE_BYTES,
     MessageType,
     RelayMessage,
     WireError,
@@ -58,19 +61,18 @@ from relaymesh.wire import (
     encode,
 )
 
+if TYPE_CHECKING:
+    from twisted.internet.ssl import CertificateOptions
+
+    from relaymesh.tls import NodeCertificate
+
 #: Seconds a connection may take from TCP connect to a finished handshake.
 HANDSHAKE_TIMEOUT = 30.0  # claudectl 0.49: 30 s read timeout on the acceptor
 
-#: Bytes written to a connection while its transport's send buffer is full
-#: (the peer is not reading) after which the connection is dropped, so a
-#: peer that stops reading cannot make the node buffer without bound.
-MAX_SEND_BACKLOG = 16 * 1024 * 1024
-
-#: Bytes of outbound lines a connection holds in a batch before it writes
-#: them to its transport anyway, so that the batch never buffers without
-#: bound; the transport's own buffer is what pauses a producer.
-FLUSH_BYTES = 65536  # Twisted's FileDescriptor.bufferSize
-
+#: Bytes a line may have before the handshake succeeded: every handshake
+#: message fits in well under this, and a peer that has proved nothing
+#: cannot make the node parse more.
+HANDSHAKE_MAX_LINE = 8192
 
 class State(enum.Enum):
     """
@@ -84,55 +86,11 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class WriteBatch:
-    """
-    Coalesces what connections write during one burst of work.
-
-    Inside C{with batch:} (blocks may nest), each L{RelayProtocol} sharing
-    the batch collects the lines it sends, and writes them to its transport
-    with one C{write} when the outermost block ends, or as soon as it holds
-    L{FLUSH_BYTES}. One C{transport.write} per burst instead of per message
-    saves most of the cost of sending a small message.
-
-    @ivar depth: How many C{with} blocks are open.
-    """
-
-    __slots__ = ("depth", "_waiting")
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self._waiting: list[RelayProtocol] = []
-
-    def __enter__(self) -> WriteBatch:
-        self.depth += 1
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.depth -= 1
-        if not self.depth and self._waiting:
-            self.flush()
-
-    def hold(self, protocol: RelayProtocol) -> None:
-        """
-        Note that C{protocol} has lines waiting for the end of the batch.
-        """
-        self._waiting.append(protocol)
-
-    def flush(self) -> None:
-        """
-        Write every connection's waiting lines now.
-        """
-        while self._waiting:
-            waiting, self._waiting = self._waiting, []
-            for protocol in waiting:
-                protocol.flush()
-
-
 _CONNECTED = State.CONNECTED
 
 
 @implementer(IPushProducer)
-class RelayProtocol(LineFramer):
+class RelayProtocol(LineFramer, LineWriter):
     """
     One relay protocol connection: framing, handshake, then messages.
 
@@ -162,17 +120,29 @@ class RelayProtocol(LineFramer):
     @ivar reads_fields: Whether the peer's messages may carry top-level
         fields this node reads (see L{relaymesh.mesh.Mesh.reads_fields});
         set when the handshake succeeds.
-    @ivar writable: Whether the transport's send buffer has room; it turns
-        false when the transport pauses this protocol as a producer, and true
-        again when the buffer has drained (L{whenWritable}).
+    @ivar writable: Whether the transport's send buffer has room (see
+        L{relaymesh.outbound.LineWriter}).
+    @ivar certificate: This node's certificate, for the TLS upgrade; without
+        one the acceptor offers no upgrade and the connector cannot take it.
+    @ivar encrypted: Whether the connection runs over TLS.
     """
 
     log = Logger()
 
     factory: IHandshakeObserver
 
-    def __init__(self, owner: ILinkOwner, handshake: AcceptorHandshake | ConnectorHandshake):
+    MAX_LENGTH = HANDSHAKE_MAX_LINE
+
+    def __init__(
+        self,
+        owner: ILinkOwner,
+        handshake: AcceptorHandshake | ConnectorHandshake,
+        certificate: NodeCertificate | None = None,
+    ):
         self.owner = owner
+        self.certificate = certificate
+        self.encrypted = False
+        self._upgrade: CertificateOptions | None = None
         self.clock = owner.clock
         self.handshake = handshake
         if isinstance(handshake, AcceptorHandshake):
@@ -191,13 +161,7 @@ class RelayProtocol(LineFramer):
         self.traffic = Traffic()
         self.outcome: Authenticated | None = None
         self._timer: IDelayedCall | None = None
-        self._writes: WriteBatch = owner.writes
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._producing = False
-        self.writable = True
-        self._backlog = 0
-        self._writable_waiters: list[Deferred] = []
+        self._initOutbound(owner.writes)
         self._closed_waiters: list[Deferred] = []
         self._dispatch = {
             State.AWAITING_CHALLENGE: self._challengeReceived,
@@ -215,25 +179,62 @@ class RelayProtocol(LineFramer):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
-        register = getattr(self.transport, "registerProducer", None)
-        if register is not None:
-            register(self, True)
-            self._producing = True
+        self._startProducing()
         self.last_received = self.clock.seconds()
         self._timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self._handshakeTimedOut)
-        if self.direction is Direction.INBOUND:
-            self.sendMessage(
-                self.owner.message(
-                    MessageType.CHALLENGE, self.handshake.challenge_payload(), from_peer=""
-                )
-            )
+        self.encrypted = channel_binding(self.transport) is not None
+        if isinstance(self.handshake, AcceptorHandshake):
+            self.handshake.can_upgrade = self._canUpgrade()
+            self._sendChallenge()
+
+    def _canUpgrade(self) -> bool:
+        """
+        Whether this connection can switch to TLS: it is plain TCP, and this
+        node has a certificate to present.
+        """
+        return (
+            self.certificate is not None
+            and not self.encrypted
+            and ITLSTransport.providedBy(self.transport)
+        )
+
+    def _sendChallenge(self) -> None:
+        assert isinstance(self.handshake, AcceptorHandshake)
+        self.sendMessage(
+            self.owner.message(MessageType.CHALLENGE, self.handshake.challenge_payload(), from_peer="")
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        LineFramer.dataReceived(self, data)
+        if self._upgrade is not None and self.close_reason is None:
+            self._startTLS()
+
+    def _startTLS(self) -> None:
+        """
+        Switch to TLS, after the last line in clear (the C{starttls} request
+        or its ack) was handled and written; the handshake starts over
+        inside TLS.
+        """
+        options, self._upgrade = self._upgrade, None
+        self.flush()
+        try:
+            self.transport.startTLS(options)
+            self.handshake.upgraded()
+        except Exception as e:  # a transport or TLS library refusing
+            self.abort(f"cannot start TLS: {e}")
+            return
+        self.encrypted = True
+        if isinstance(self.handshake, AcceptorHandshake):
+            self._sendChallenge()
+        else:
+            self.state = State.AWAITING_CHALLENGE
 
     def connectionLost(self, reason: Failure = None) -> None:
+        if isinstance(self.handshake, AcceptorHandshake):
+            self.handshake.retire()
         previous, self.state = self.state, State.CLOSED
         self._cancelTimer()
-        self._pending = []
-        self._producing = False
-        self._wakeWriters()
+        self._closeOutbound()
         closed, self._closed_waiters = self._closed_waiters, []
         for d in closed:
             d.callback(None)
@@ -272,8 +273,18 @@ class RelayProtocol(LineFramer):
         return (
             self.close_reason is not None
             or self.state is State.CLOSED
+            or self._upgrade is not None
             or bool(self.transport.disconnecting)
         )
+
+    def stoppedBefore(self, unread: bytes) -> None:
+        """
+        Nothing may follow the last line in clear before the switch to TLS:
+        bytes there were put on the wire by someone else.
+        """
+        if self._upgrade is not None and unread:
+            self._upgrade = None
+            self.abort("bytes in clear after the TLS upgrade was agreed (injected on the path?)")
 
     def linesArriving(self) -> WriteBatch:
         """
@@ -350,12 +361,19 @@ class RelayProtocol(LineFramer):
             self.close(str(e))
             return
         self._sendAck(verdict.ack)
-        if outcome is not None:
+        if verdict.upgrade:
+            assert self.certificate is not None
+            self._upgrade = self.certificate.server_options()
+        elif outcome is not None:
             self._authenticated(outcome)
 
     def _challengeReceived(self, message: RelayMessage) -> None:
         try:
             payload = self.handshake.answer(message, self._binding())
+            if payload.get(STARTTLS_FIELD) is True and not self._canUpgrade():
+                raise HandshakeFailed(
+                    f"{self.address} offers TLS, but this node has no certificate to upgrade with"
+                )
         except HandshakeFailed as e:
             self.close(str(e))
             return
@@ -370,8 +388,12 @@ class RelayProtocol(LineFramer):
             self.close(str(e))
             return
         if outcome is None:
-            assert reply is not None
-            self.sendMessage(self.owner.message(MessageType.HANDSHAKE, reply))
+            if self.handshake.step is ConnectorStep.UPGRADING:
+                assert self.certificate is not None
+                self._upgrade = self.certificate.client_options()
+            else:
+                assert reply is not None
+                self.sendMessage(self.owner.message(MessageType.HANDSHAKE, reply))
             return
         try:
             self.factory.handshakeVerified(self, outcome)
@@ -396,6 +418,7 @@ class RelayProtocol(LineFramer):
     def _authenticated(self, outcome: Authenticated) -> None:
         self._cancelTimer()
         self.outcome = outcome
+        self.MAX_LENGTH = MAX_LINE_BYTES
         self.peer_id = outcome.peer_id
         self.state = State.CONNECTED
         self.connected_at = self.clock.seconds()
@@ -443,83 +466,6 @@ class RelayProtocol(LineFramer):
         """
         self.sendEncoded(encode(message), message.msg_type)
 
-    def sendEncoded(self, line: bytes, msg_type: str) -> None:
-        """
-        Write one already encoded message line (without its C{\\n}) of type
-        C{msg_type} (counted in L{traffic}).
-
-        Outside a L{WriteBatch} the line goes to the transport at once;
-        inside one it waits for the end of the batch (see L{flush}).
-        """
-        self.traffic.sent(msg_type, len(line) + 1)
-        if not self.writable:
-            self._backlog += len(line) + 1
-            if self._backlog > MAX_SEND_BACKLOG:
-                if self.close_reason is None:
-                    self.abort(f"peer is not reading: over {MAX_SEND_BACKLOG} bytes waiting to be sent")
-                return
-        pending = self._pending
-        if not self._writes.depth and not pending:
-            self.transport.write(line + b"\n")
-            return
-        pending.append(line)
-        self._pending_bytes += len(line) + 1
-        if not self._writes.depth or self._pending_bytes >= FLUSH_BYTES:
-            self.flush()
-        elif len(pending) == 1:
-            self._writes.hold(self)
-
-    def flush(self) -> None:
-        """
-        Write the lines waiting for the end of a batch, in one C{write}.
-        """
-        pending = self._pending
-        if pending:
-            pending.append(b"")  # so that the join ends with a newline
-            self._pending = []
-            self._pending_bytes = 0
-            self.transport.write(b"\n".join(pending))
-
-    # -- backpressure (IPushProducer, as seen by our transport) --------------
-
-    def pauseProducing(self) -> None:
-        """
-        The transport's send buffer is full: L{writable} turns false.
-        """
-        self.writable = False
-
-    def resumeProducing(self) -> None:
-        """
-        The transport's send buffer has drained: L{writable} turns true, and
-        whoever waits in L{whenWritable} is told.
-        """
-        self.writable = True
-        self._backlog = 0
-        if self.transport.disconnecting:
-            # A transport that was told to close while it had us paused
-            # resumes us instead of closing; stepping aside lets it close.
-            self._stopProducing()
-        self._wakeWriters()
-
-    def stopProducing(self) -> None:
-        """
-        The transport is going away; nothing to stop, as nothing is read
-        on our behalf.
-        """
-
-    def whenWritable(self) -> Deferred:
-        """
-        A L{Deferred} that fires (with L{None}) once the transport's send
-        buffer has room: at once if it has, or when the connection closes.
-        """
-        if self.writable or self.state is State.CLOSED:
-            d: Deferred = Deferred()
-            d.callback(None)
-            return d
-        d = Deferred()
-        self._writable_waiters.append(d)
-        return d
-
     def whenClosed(self) -> Deferred:
         """
         A L{Deferred} that fires (with L{None}) once the connection is
@@ -532,15 +478,6 @@ class RelayProtocol(LineFramer):
             self._closed_waiters.append(d)
         return d
 
-    def _wakeWriters(self) -> None:
-        waiters, self._writable_waiters = self._writable_waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def _stopProducing(self) -> None:
-        if self._producing:
-            self._producing = False
-            self.transport.unregisterProducer()
 
 
 def _describe(reason: Failure | None) -> str:

@@ -6,7 +6,7 @@ address with claudectl's backoff, and chooses the key to prove.
 from __future__ import annotations
 
 import random
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.interfaces import IAddress, IConnector, IReactorTime
 from twisted.internet.protocol import ReconnectingClientFactory
@@ -15,7 +15,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaymesh import pairing
-from relaymesh.acceptor import LOCKOUT_FAILURES, FailureTracker
 from relaymesh.address import PeerAddress
 from relaymesh.connection import RelayProtocol
 from relaymesh.events import Direction
@@ -26,6 +25,9 @@ from relaymesh.interfaces import IHandshakeObserver
 from relaymesh.keystore import KeyStoreError
 from relaymesh.mesh import Mesh
 
+if TYPE_CHECKING:
+    from relaymesh.tls import NodeCertificate
+
 #: Reconnection backoff: 5, 10, 20, 40, 60, 60, ... seconds.
 RETRY_INITIAL_DELAY = 5.0  # claudectl 0.49: 5 s
 RETRY_MAX_DELAY = 60.0  # claudectl 0.49: 60 s
@@ -33,16 +35,6 @@ RETRY_FACTOR = 2.0  # claudectl 0.49: doubling
 
 #: Seconds to wait for TCP to connect.
 CONNECT_TIMEOUT = 10  # claudectl 0.49: 10 s
-
-
-class _Candidate(NamedTuple):
-    """
-    A key to try: the peer it belongs to (L{None} for the pending key), and
-    the key (L{None} to pair with the factory's strong code instead).
-    """
-
-    peer_id: str | None
-    key: bytes | None
 
 
 @implementer(IHandshakeObserver)
@@ -56,10 +48,10 @@ class RelayClientFactory(ReconnectingClientFactory):
     not hammered.
 
     With a peer id in the address, the key stored for it (or else the pending
-    key) is proved, and the acceptor must answer as that id. Without one,
-    every stored key and then the pending key is tried in turn, one
-    connection each, paced so that fewer than the acceptor's lockout number
-    of failures fall within its lockout window.
+    key) is proved, and the acceptor must name itself as that id. Without
+    one, the key of whichever peer the acceptor names itself as (or else the
+    pending key) is proved; an acceptor that does not name itself (claudectl)
+    gets no proof unless the address is C{legacy:} with the peer's id.
 
     When the peer is connected through another connection (it dialled us at
     the same time and that connection won), this factory waits, and dials
@@ -92,8 +84,10 @@ class RelayClientFactory(ReconnectingClientFactory):
         jitter: float = 0.0,
         rng: Callable[[], float] = random.random,
         strong_code: str | None = None,
+        certificate: NodeCertificate | None = None,
     ) -> None:
         self.mesh = mesh
+        self.certificate = certificate
         self.strong_code = strong_code
         self.keys = keys
         self.target = target
@@ -102,88 +96,83 @@ class RelayClientFactory(ReconnectingClientFactory):
         self.jitter_fraction = jitter
         self._rng = rng
         self.parked = False
-        self._candidates: list[_Candidate] = []
-        self._index = 0
-        self._rejections = FailureTracker(clock)
-        self._current: _Candidate | None = None
+        self._key: bytes | None = None
+        self._paired_via: str | None = None
 
     # -- choosing a key ------------------------------------------------------
 
-    def _load_candidates(self) -> list[_Candidate]:
-        if self.strong_code is not None:
-            return [_Candidate(None, None)]
-        keys = self.keys
-        if self.peer_id is not None:
-            owners: list[str | None] = [self.peer_id]
-        else:
-            owners = list(keys.peers())
-        candidates = []
-        for owner in owners:
-            try:
-                key = keys.key(owner)
-            except KeyStoreError as e:
-                self.log.error("cannot use the key of {peer_id}: {error}", peer_id=owner, error=e)
-                continue
-            if key is not None:
-                candidates.append(_Candidate(owner, key))
-        if self.peer_id is None or not candidates:
-            try:
-                pending = keys.pending_key()
-            except KeyStoreError as e:
-                self.log.error("cannot use the pending key: {error}", error=e)
-                pending = None
-            if pending is not None:
-                candidates.append(_Candidate(None, pending))
-        return candidates
+    def _choose_key(self) -> bool:
+        """
+        The key to prove to the peer named in the address: its own, or the
+        pending key (L{None} for a bare address or a strong code, when the
+        handshake finds it). Whether there is something to prove.
+        """
+        self._key, self._paired_via = None, None
+        if self.strong_code is not None or self.peer_id is None:
+            return True
+        try:
+            self._key = self.keys.key(self.peer_id)
+            if self._key is None:
+                self._key = self.keys.pending_key()
+                self._paired_via = PENDING_FORM
+        except KeyStoreError as e:
+            self.log.error("cannot use the key of {peer_id}: {error}", peer_id=self.peer_id, error=e)
+            return False
+        if self._key is None:
+            self.log.error(
+                "no key to connect to {peer_id}: pair first (relaymesh invite / relaymesh join)",
+                peer_id=self.peer_id,
+            )
+            return False
+        return True
 
     def startedConnecting(self, connector: IConnector) -> None:
-        if self._index == 0 or self._index >= len(self._candidates):
-            self._index = 0
-            self._candidates = self._load_candidates()
-        if not self._candidates:
-            who = self.peer_id or self.target.hostport
-            self.log.error(
-                "no key to connect to {who}: pair first (relaymesh pair / relaymesh accept)",
-                who=who,
-            )
+        if not self._choose_key():
             connector.stopConnecting()
             return
-        self._current = self._candidates[self._index]
         self.mesh.registry.peer_connecting(self.peer_id, self.target.hostport)
 
     def buildProtocol(self, addr: IAddress) -> RelayProtocol:
-        candidate = self._current
-        expected = candidate.peer_id if candidate.peer_id is not None else self.peer_id
         protocol = RelayProtocol(
             self.mesh,
             ConnectorHandshake(
                 self.mesh.identity,
-                candidate.key,
-                expected,
-                legacy=self._is_legacy(expected),
+                self._key,
+                self.peer_id,
+                legacy=self._key is not None and self._is_legacy(self.peer_id),
                 keys=self.keys,
-                strong_code=self.strong_code if candidate.key is None else None,
+                strong_code=self.strong_code,
                 capabilities=self.mesh.capabilities,
-                paired_via=PENDING_FORM if candidate.peer_id is None and candidate.key else None,
+                paired_via=self._paired_via,
+                issued=self.mesh.issued_nonces,
             ),
+            self.certificate,
         )
         protocol.factory = self
         return protocol
 
     def _is_legacy(self, peer_id: str | None) -> bool:
         """
-        Whether the peer is a claudectl-style peer that does not prove the key
-        back: marked C{legacy:} in the address or C{"legacy": true} in its
-        meta file.
+        Whether the peer's key may be proved in claudectl's one-way form: it
+        is marked legacy (C{"legacy": true} in its meta file), or the address
+        says C{legacy:} and the key was never used with a relaymesh peer.
+        A key that was is not downgraded by an address: only
+        C{relaymesh mark-legacy} does that.
         """
-        if self.target.legacy:
-            return True
         if peer_id is None:
             return False
         try:
-            return self.keys.meta(peer_id).get(LEGACY_FIELD) is True
+            marked = self.keys.meta(peer_id).get(LEGACY_FIELD)
         except (KeyStoreError, OSError, ValueError):
             return False
+        if self.target.legacy and marked is False:
+            self.log.error(
+                "{peer_id} is dialled as legacy:, but its key was used with a relaymesh peer, "
+                "so it is not proved in claudectl's one-way form; if {peer_id} is now a "
+                "claudectl peer, run: relaymesh mark-legacy {peer_id}",
+                peer_id=peer_id,
+            )
+        return marked is True or (self.target.legacy and marked is None)
 
     # -- handshake outcome ---------------------------------------------------
 
@@ -214,17 +203,13 @@ class RelayClientFactory(ReconnectingClientFactory):
                 peer_id=protocol.peer_id,
             )
         self.resetDelay()
-        self._index = 0
         self.peer_id = outcome.peer_id
 
     def handshakeFailed(self, protocol: RelayProtocol, reason: str) -> None:
         """
-        Report the failure; if our proof was refused, move on to the next key.
+        Report the failure.
         """
         self.mesh.registry.handshake_denied(self.peer_id, protocol.address, Direction.OUTBOUND, reason)
-        if protocol.proof_rejected:
-            self._rejections.record(self.target.host)
-            self._index += 1
 
     # -- scheduling ----------------------------------------------------------
 
@@ -235,26 +220,7 @@ class RelayClientFactory(ReconnectingClientFactory):
         if self.peer_id is not None and self.mesh.is_connected(self.peer_id):
             self.parked = True
             return
-        if 0 < self._index < len(self._candidates):
-            self._next_key(connector)
-        else:
-            self._index = 0
-            self.retry()
-
-    def _next_key(self, connector: IConnector) -> None:
-        # Stay below the acceptor's lockout: fewer than LOCKOUT_FAILURES
-        # rejections of ours in any LOCKOUT_WINDOW.
-        wait = self._rejections.wait(self.target.host, LOCKOUT_FAILURES - 1)
-        self._schedule(connector, wait)
-
-    def _schedule(self, connector: IConnector, wait: float) -> None:
-        """
-        Dial again after C{wait} seconds, leaving the backoff as it is.
-        """
-        planned, retries = self.delay, self.retries
-        self.delay = wait
-        self._retry(connector, wait)
-        self.delay, self.retries = planned, retries
+        self.retry()
 
     def retry(self, connector: IConnector | None = None) -> None:
         """

@@ -26,9 +26,10 @@ class LineFramer(LineOnlyReceiver):
     L{lineLengthExceeded}.
 
     Subclasses override L{lineReceived} and L{lineLengthExceeded} as with
-    L{LineOnlyReceiver}, and may override two more hooks: L{stopped} (no line
-    after one that makes it true is delivered) and L{linesArriving} (a
-    context wrapped around the delivery of a chunk's lines).
+    L{LineOnlyReceiver}, and may override three more hooks: L{stopped} (no
+    line after one that makes it true is delivered), L{stoppedBefore} (told
+    what was left unread then) and L{linesArriving} (a context wrapped
+    around the delivery of a chunk's lines).
     """
 
     delimiter = b"\n"
@@ -40,6 +41,12 @@ class LineFramer(LineOnlyReceiver):
         transport is disconnecting.
         """
         return bool(self.transport.disconnecting)
+
+    def stoppedBefore(self, unread: bytes) -> None:
+        """
+        Delivery stopped (L{stopped} turned true) with C{unread} bytes of
+        the chunk left after the last line delivered; they are dropped.
+        """
 
     def linesArriving(self) -> ContextManager[object]:
         """
@@ -70,6 +77,7 @@ class LineFramer(LineOnlyReceiver):
                     return
                 lineReceived(b"".join((partial, data[:end])))
                 if stopped():
+                    self.stoppedBefore(data[end + 1 :])
                     return
                 start = end + 1
                 end = data.find(b"\n", start)
@@ -80,6 +88,7 @@ class LineFramer(LineOnlyReceiver):
                     return
                 lineReceived(data[start:end])
                 if stopped():
+                    self.stoppedBefore(data[end + 1 :])
                     return
                 start = end + 1
                 end = find(b"\n", start)

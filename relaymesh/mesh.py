@@ -43,6 +43,7 @@ from relaymesh.errors import (
     UnsupportedMessageType,
 )
 from relaymesh.events import PeerEvent, PeerSessions, PeerStatus
+from relaymesh.handshake.base import IssuedNonces
 from relaymesh.handshake.proofs import DEFAULT_CAPABILITIES
 from relaymesh.heartbeats import DEAD_AFTER_INTERVALS, DEFAULT_HEARTBEAT_INTERVAL, Heartbeats
 from relaymesh.interfaces import ILinkOwner, IRelayMesh
@@ -129,6 +130,8 @@ class Mesh:
         else L{None}.
     @ivar registry: The L{Registry} of peers and connections, to which the
         factories report dialling and failed handshakes.
+    @ivar issued_nonces: The challenge nonces this node's acceptors issued,
+        which its connectors refuse to answer (reflection).
     """
 
     log = Logger()
@@ -147,6 +150,7 @@ class Mesh:
         self.idle_timeout = heartbeat_interval * DEAD_AFTER_INTERVALS
         self.max_peers = max_peers
         self._ids = ids or MessageIds()
+        self.issued_nonces = IssuedNonces()
         self.registry = Registry(identity, clock, max_peers, heartbeat_interval)
         self._peers = self.registry.records
         self._dispatch = Dispatcher()

@@ -7,7 +7,10 @@ A key paired in the handshake becomes the peer's key (an armed key is
 claimed and every armed key disarmed; a pending key proved by a connector
 is claimed; a key paired any other way (a strong pairing's new key, an
 invite's key a join proved) is stored with C{paired_at} and C{paired_via}),
-and a certificate seen for the first time is pinned.
+and a certificate seen for the first time is pinned. Whether the peer may
+use claudectl's one-way form is recorded too: a key proved that way is a
+legacy (claudectl) peer's, and one proved with relaymesh's proofs is no
+longer proved that way.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from relaymesh.handshake.base import PENDING_FORM, Authenticated, HandshakeFailed, KeyLookup
-from relaymesh.handshake.proofs import PIN_FIELD
+from relaymesh.handshake.proofs import LEGACY_FIELD, PIN_FIELD
 from relaymesh.keystore import KeyStoreError
 
 
@@ -50,7 +53,13 @@ def record(keys: KeyLookup, outcome: Authenticated, now: float, **meta: Any) -> 
             keys.update_meta(
                 peer_id, paired_at=int(now * 1000), paired_via=outcome.paired_via, **meta
             )
+        fields: dict[str, Any] = {}
         if outcome.pin is not None:
-            keys.update_meta(peer_id, **{PIN_FIELD: outcome.pin})
+            fields[PIN_FIELD] = outcome.pin
+        legacy = not outcome.mutual
+        if keys.meta(peer_id).get(LEGACY_FIELD) is not legacy:
+            fields[LEGACY_FIELD] = legacy
+        if fields:
+            keys.update_meta(peer_id, **fields)
     except (KeyStoreError, OSError, ValueError) as e:
         raise PairingFailed(f"could not store the key of {peer_id}: {e}") from None

@@ -91,6 +91,20 @@ class OutboundPeer(Service):
             self.connector = None
 
 
+def _node_certificate(keystore: Any, identity: str) -> NodeCertificate:
+    """
+    The node's certificate for the TLS upgrade of its links: the one in its
+    data directory, made there on the first start; a key store without a
+    directory gets one that lives in memory.
+
+    @raise TLSError: if the certificate cannot be read or made.
+    """
+    data_dir = getattr(keystore, "path", None)
+    if not isinstance(data_dir, str):
+        return NodeCertificate.generate(identity)
+    return NodeCertificate.for_data_dir(data_dir, identity)
+
+
 @implementer(INode)
 class RelayService(MultiService):
     """
@@ -152,17 +166,18 @@ class RelayService(MultiService):
         self._reactor = reactor
         self.config = config
         self.keystore = keystore
-        self.certificate = config.tls
+        identity = config.identity or keystore.identity()
+        self.certificate = config.tls or _node_certificate(keystore, identity)
         self.shutdown_timeout = config.shutdown_timeout
         self.mesh = Mesh(
-            config.identity or keystore.identity(),
+            identity,
             reactor,
             heartbeat_interval=config.heartbeat_interval,
             max_peers=config.max_peers,
         )
         if config.routing:
             self.mesh.enable_routing(Router(self.mesh, config.max_hops))
-        self.server_factory = RelayServerFactory(self.mesh, keystore)
+        self.server_factory = RelayServerFactory(self.mesh, keystore, certificate=self.certificate)
         self.listeners = [self._listener(description) for description in config.listen]
         for listener in self.listeners:
             listener.setServiceParent(self)
@@ -230,7 +245,12 @@ class RelayService(MultiService):
             return existing
         config = self.config
         factory = RelayClientFactory(
-            self.mesh, self.keystore, address, self._reactor, jitter=config.jitter
+            self.mesh,
+            self.keystore,
+            address,
+            self._reactor,
+            jitter=config.jitter,
+            certificate=self.certificate,
         )
         factory.initialDelay = factory.delay = config.retry_initial_delay
         factory.maxDelay = config.retry_max_delay

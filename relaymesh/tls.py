@@ -84,11 +84,6 @@ def create_certificate(
     @return: the certificate's and the key's paths.
     @raise TLSError: if they exist and C{force} is false.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     cert_path, key_path = cert_paths(data_dir)
     if not force and (os.path.exists(cert_path) or os.path.exists(key_path)):
         raise TLSError(f"{cert_path} already exists; use --force to replace it")
@@ -99,10 +94,28 @@ def create_certificate(
         ips = [ipaddress.ip_address(a) for a in addresses]
     except ValueError as e:
         raise TLSError(f"invalid IP address: {e}") from None
+    cert_pem, key_pem = _self_signed(common_name, names, ips)
+    os.makedirs(os.path.dirname(cert_path), mode=0o700, exist_ok=True)
+    write_atomically(key_path, key_pem)
+    write_atomically(cert_path, cert_pem)
+    return cert_path, key_path
+
+
+def _self_signed(
+    common_name: str, names: Iterable[str] = (), ips: Iterable[ipaddress._BaseAddress] = ()
+) -> tuple[bytes, bytes]:
+    """
+    A self-signed certificate and its EC P-256 key, as PEM.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
@@ -110,26 +123,18 @@ def create_certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=365 * CERT_YEARS))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(n) for n in names] + [x509.IPAddress(ip) for ip in ips]
-            ),
-            critical=False,
-        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
     )
-    os.makedirs(os.path.dirname(cert_path), mode=0o700, exist_ok=True)
-    write_atomically(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+    alternatives = [x509.DNSName(n) for n in names] + [x509.IPAddress(ip) for ip in ips]
+    if alternatives:
+        builder = builder.add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
+    certificate = builder.sign(key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
-    write_atomically(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
+    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 def fingerprint(certificate: crypto.X509 | twisted_ssl.Certificate) -> str:
@@ -161,19 +166,56 @@ class NodeCertificate:
                 f"cannot read the node certificate ({e.strerror}: {e.filename}); "
                 f"run: relaymesh tls-init"
             ) from None
+        self._load(cert_pem, key_pem, f"{cert_path} or {key_path}")
+
+    def _load(self, cert_pem: bytes, key_pem: bytes, where: str) -> None:
         try:
             self.certificate = crypto.load_certificate(crypto.FILETYPE_PEM, cert_pem)
             self.key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
         except crypto.Error:
-            raise TLSError(f"{cert_path} or {key_path} is not a PEM certificate and key") from None
+            raise TLSError(f"{where} is not a PEM certificate and key") from None
         self.fingerprint = fingerprint(self.certificate)
+        self._server: twisted_ssl.CertificateOptions | None = None
+        self._client: twisted_ssl.CertificateOptions | None = None
 
     @classmethod
     def from_data_dir(cls, data_dir: str) -> NodeCertificate:
         """
-        Load the certificate that C{relaymesh tls-init} made.
+        Load the certificate that C{relaymesh tls-init} (or the node's
+        first start) made.
         """
         return cls(*cert_paths(data_dir))
+
+    @classmethod
+    def for_data_dir(cls, data_dir: str, common_name: str) -> NodeCertificate:
+        """
+        Load the node's certificate, making it first if there is none yet:
+        what a node does on its first start, so that its links are private
+        with no set-up step.
+
+        @raise TLSError: if a certificate exists and cannot be read, or
+            none can be written.
+        """
+        cert_path, key_path = cert_paths(data_dir)
+        if not (os.path.exists(cert_path) or os.path.exists(key_path)):
+            try:
+                create_certificate(data_dir, common_name)
+            except OSError as e:
+                raise TLSError(
+                    f"cannot create the node certificate ({e.strerror}: {e.filename})"
+                ) from None
+        return cls(cert_path, key_path)
+
+    @classmethod
+    def generate(cls, common_name: str) -> NodeCertificate:
+        """
+        A new certificate that lives only in memory: for a node without a
+        data directory (its peers pin the certificate, so a restarted node
+        with a new one is refused by them until unpinned).
+        """
+        certificate = cls.__new__(cls)
+        certificate._load(*_self_signed(common_name), "a generated certificate")
+        return certificate
 
     def _options(self) -> twisted_ssl.CertificateOptions:
         return _AnyPeerCertificateOptions(
@@ -186,16 +228,20 @@ class NodeCertificate:
         """
         Options for a listener: present our certificate, ask the connector
         for its own (any is accepted here; the PSK handshake and pinning
-        decide).
+        decide). One set of options serves every connection.
         """
-        return self._options()
+        if self._server is None:
+            self._server = self._options()
+        return self._server
 
     def client_options(self) -> twisted_ssl.CertificateOptions:
         """
         Options for dialling a peer: present our certificate, accept any
         server certificate (the PSK handshake and pinning decide).
         """
-        return self._options()
+        if self._client is None:
+            self._client = self._options()
+        return self._client
 
 
 class _AnyPeerCertificateOptions(twisted_ssl.CertificateOptions):

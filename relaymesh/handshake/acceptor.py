@@ -6,6 +6,14 @@ C{handshake} messages and returns a L{Verdict}: the ack to send and, once
 the connector proved a key, the L{Authenticated} outcome. It reads keys and
 takes the one-time strong code; everything else the outcome leaves to
 record is written by L{relaymesh.pairing.record}.
+
+Over plain TCP the challenge names this node and offers the TLS upgrade
+(L{CAP_STARTTLS}). A relaymesh connector takes it: the acceptor answers
+C{starttls}, the connection switches to TLS (L{AcceptorHandshake.upgraded})
+and the handshake starts again inside it with a fresh challenge. Proofs are
+checked only inside TLS, except claudectl's one-way proof, which is accepted
+in clear for a peer whose key is marked legacy, or for a key armed for
+pairing (which then becomes a legacy peer's key).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from relaymesh.handshake.base import (
     Authenticated,
     HandshakeFailed,
+    IssuedNonces,
     KeyLookup,
     pin_to_record,
     read_capabilities,
@@ -26,12 +35,18 @@ from relaymesh.handshake.base import (
 )
 from relaymesh.handshake.pake import PakeAcceptor, PakeError
 from relaymesh.handshake.proofs import (
+    ACCEPTOR_FIELD,
     ACK_OK,
     ACK_PAKE,
+    ACK_STARTTLS,
+    CAP_STARTTLS,
     DEFAULT_CAPABILITIES,
+    LEGACY_FIELD,
+    STARTTLS_FIELD,
     STRONG_FORM,
     Binding,
     acceptor_proof,
+    compute_proof,
     connector_proof,
     new_nonce,
     same_proof,
@@ -52,6 +67,7 @@ class Step(enum.Enum):
     """
 
     AWAITING_HANDSHAKE = "awaiting the connector's handshake"
+    UPGRADING = "upgrading to TLS"
     AWAITING_CONFIRMATION = "awaiting the confirmation of strong pairing"
     AUTHENTICATED = "authenticated"
     FAILED = "failed"
@@ -75,18 +91,23 @@ class Verdict:
 
     @ivar ack: The payload of the C{handshake_ack} to send.
     @ivar outcome: The L{Authenticated} outcome, or L{None} when the exchange
-        goes on (strong pairing's first round).
+        goes on (the TLS upgrade, strong pairing's first round).
+    @ivar upgrade: Whether the connection is to switch to TLS once the ack
+        is sent.
     """
 
     ack: dict[str, Any]
     outcome: Authenticated | None = None
+    upgrade: bool = False
 
 
 class AcceptorHandshake:
     """
     The accepting side of one handshake.
 
-    @ivar nonce: The nonce of this connection's challenge.
+    @ivar nonce: The nonce of this connection's current challenge.
+    @ivar can_upgrade: Whether the TLS upgrade is offered (this node has a
+        certificate and the transport can start TLS).
     @ivar claimed_peer: The peer id the connector claimed, once it did.
     @ivar peer_capabilities: What the connector announced.
     @ivar step: Where the handshake stands (L{Step}).
@@ -99,30 +120,68 @@ class AcceptorHandshake:
         clock: IReactorTime | None = None,
         identity: str = "",
         capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES,
+        issued: IssuedNonces | None = None,
+        can_upgrade: bool = False,
     ):
         """
         @param keys: where the keys are.
         @param randbytes: a function returning that many random bytes.
         @param clock: what tells the time for the armed keys' expiry; the
             system clock if L{None}.
-        @param identity: this node's peer id, which the acceptor's proof names.
+        @param identity: this node's peer id, which the challenge and both
+            proofs name.
         @param capabilities: what this node announces.
+        @param issued: where this node notes the nonces it issued, so that
+            its connectors refuse them (see L{IssuedNonces}).
+        @param can_upgrade: offer the TLS upgrade.
         """
         self._keys = keys
         self._now = clock.seconds if clock is not None else time.time
-        self.nonce = new_nonce(randbytes)
+        self._randbytes = randbytes
+        self._issued = issued if issued is not None else IssuedNonces()
+        self.nonce = self._new_nonce()
         self.identity = identity
         self.capabilities = capabilities
+        self.can_upgrade = can_upgrade
         self.claimed_peer: str | None = None
         self.peer_capabilities: frozenset[str] = frozenset()
         self.step = Step.AWAITING_HANDSHAKE
         self._pake: PakeAcceptor | None = None
+        self._encrypted = False
+
+    def _new_nonce(self) -> str:
+        nonce = new_nonce(self._randbytes)
+        self._issued.issue(nonce)
+        return nonce
 
     def challenge_payload(self) -> dict[str, Any]:
         """
-        The payload of the C{challenge} to send first.
+        The payload of the C{challenge} to send: the nonce (all claudectl
+        reads), this node's id, and its capabilities, with the TLS upgrade
+        in clear if offered.
         """
-        return {"nonce": self.nonce}
+        caps = list(self.capabilities)
+        if self.can_upgrade and not self._encrypted:
+            caps.append(CAP_STARTTLS)
+        return {"nonce": self.nonce, ACCEPTOR_FIELD: self.identity, "caps": caps}
+
+    def upgraded(self) -> None:
+        """
+        The connection switched to TLS: start over with a fresh nonce; from
+        now on every proof must be bound to the TLS session.
+        """
+        if self.step is not Step.UPGRADING:
+            raise HandshakeFailed(f"TLS upgrade when {self.step.value}")
+        self._issued.retire(self.nonce)
+        self.nonce = self._new_nonce()
+        self._encrypted = True
+        self.step = Step.AWAITING_HANDSHAKE
+
+    def retire(self) -> None:
+        """
+        The handshake is over (or the connection is): forget its nonce.
+        """
+        self._issued.retire(self.nonce)
 
     def verify(self, message: RelayMessage, binding: Binding | None = None) -> Verdict:
         """
@@ -148,7 +207,13 @@ class AcceptorHandshake:
         except HandshakeFailed:
             self.step = Step.FAILED
             raise
-        self.step = Step.AWAITING_CONFIRMATION if verdict.outcome is None else Step.AUTHENTICATED
+        if verdict.upgrade:
+            self.step = Step.UPGRADING
+        elif verdict.outcome is None:
+            self.step = Step.AWAITING_CONFIRMATION
+        else:
+            self.step = Step.AUTHENTICATED
+            self.retire()
         return verdict
 
     def _read(self, message: RelayMessage, binding: Binding | None) -> _Handshake:
@@ -170,6 +235,8 @@ class AcceptorHandshake:
         self.peer_capabilities = read_capabilities(payload)
         if binding is not None and connector_nonce is None:
             raise HandshakeFailed(f"handshake from {claimed} over TLS lacks its nonce")
+        if binding is None and self._encrypted:
+            raise HandshakeFailed(f"handshake from {claimed} outside the TLS session it upgraded to")
         return _Handshake(claimed, payload, connector_nonce)
 
     def _proof_checker(
@@ -184,30 +251,78 @@ class AcceptorHandshake:
         if not isinstance(proof, str):
             raise HandshakeFailed(f"handshake from {handshake.claimed} has no proof")
 
-        def proves(key: bytes) -> bool:
-            expected = connector_proof(
-                key, self.nonce, handshake.connector_nonce, handshake.claimed, binding
-            )
-            return same_proof(expected, proof)
+        connector_nonce = handshake.connector_nonce
+        if connector_nonce is None:
+
+            def proves(key: bytes) -> bool:
+                return same_proof(compute_proof(key, self.nonce), proof)
+
+        else:
+
+            def proves(key: bytes) -> bool:
+                expected = connector_proof(
+                    key, self.nonce, connector_nonce, handshake.claimed, self.identity, binding
+                )
+                return same_proof(expected, proof)
 
         return proves
 
     def _first_round(self, handshake: _Handshake, binding: Binding | None) -> Verdict:
         """
-        The connector's first C{handshake}: a proof of the claimed peer's
-        key or of an armed key, or the start of strong pairing.
+        The connector's first C{handshake} (or its first inside TLS): the
+        request to upgrade, a proof of the claimed peer's key or of an armed
+        key, or the start of strong pairing.
         """
+        if binding is None:
+            return self._plain_round(handshake)
         if "pake" in handshake.payload:
             return self._pake_round(handshake)
+        return self._proof_round(handshake, binding)
+
+    def _plain_round(self, handshake: _Handshake) -> Verdict:
+        """
+        A C{handshake} in clear: the request for the TLS upgrade, or
+        claudectl's one-way proof. Nothing else is proved in clear, so
+        nothing a relaymesh node proves can be read or reflected there.
+        """
+        claimed, payload = handshake.claimed, handshake.payload
+        if payload.get(STARTTLS_FIELD) is True:
+            if not self.can_upgrade:
+                raise HandshakeFailed(f"{claimed} asked for TLS, which this listener cannot start")
+            return Verdict({"status": ACK_STARTTLS}, upgrade=True)
+        if "pake" in payload or handshake.connector_nonce is not None:
+            raise HandshakeFailed(
+                f"{claimed} tried to authenticate in clear without upgrading to TLS "
+                f"(a relaymesh node's upgrade stripped on the path?)"
+            )
+        return self._proof_round(handshake, None)
+
+    def _proof_round(self, handshake: _Handshake, binding: Binding | None) -> Verdict:
+        """
+        A proof of the claimed peer's key, or of a key armed for pairing:
+        bound to the TLS session, or claudectl's one-way proof in clear,
+        which only a key marked legacy (or armed) may give.
+        """
         proves = self._proof_checker(handshake, binding)
         claimed = handshake.claimed
         stored = self._stored_key(claimed)
         if stored is not None:
+            if binding is None and not self._is_legacy(claimed):
+                raise HandshakeFailed(
+                    f"{claimed} sent claudectl's one-way proof, but its key is not marked legacy; "
+                    f"if {claimed} is a claudectl peer, run: relaymesh mark-legacy {claimed}"
+                )
             if not proves(stored):
                 raise HandshakeFailed(f"wrong proof for the key of {claimed}")
             return self._authenticated(handshake, binding, stored)
         armed = self._pair(claimed, proves)
         return self._authenticated(handshake, binding, armed.key, armed.form, armed)
+
+    def _is_legacy(self, claimed: str) -> bool:
+        try:
+            return self._keys.meta(claimed).get(LEGACY_FIELD) is True
+        except (KeyStoreError, OSError, ValueError) as e:
+            raise HandshakeFailed(f"cannot read what is recorded about {claimed}: {e}") from None
 
     def _confirmation(self, handshake: _Handshake, binding: Binding | None) -> Verdict:
         """
@@ -240,6 +355,7 @@ class AcceptorHandshake:
             key,
             self.peer_capabilities,
             mutual=connector_nonce is not None,
+            encrypted=binding is not None,
             paired_via=paired_via,
             armed=armed,
             pin=pin,
@@ -316,6 +432,6 @@ class AcceptorHandshake:
     #: The state table: the round each step takes a C{handshake} in. A
     #: handshake message in any other step (authenticated, failed) is refused.
     _ROUNDS: dict[Step, Callable[[AcceptorHandshake, _Handshake, Binding | None], Verdict]] = {
-        Step.AWAITING_HANDSHAKE: _first_round,
+        Step.AWAITING_HANDSHAKE: _first_round,  # in clear, then inside TLS
         Step.AWAITING_CONFIRMATION: _confirmation,
     }

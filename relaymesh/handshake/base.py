@@ -81,9 +81,12 @@ class Authenticated:
     @ivar peer_id: The authenticated peer.
     @ivar key: The key both sides proved.
     @ivar capabilities: What the peer announced.
-    @ivar mutual: Whether the peer proved the key to this side as the
-        acceptor (always, for the connector role's peer: see
-        L{relaymesh.handshake.connector.ConnectorHandshake.mutual}).
+    @ivar mutual: Whether both sides proved the key with relaymesh's
+        labelled proofs; false for claudectl's one-way form, which only a
+        peer marked legacy may use.
+    @ivar encrypted: Whether the connection runs over TLS (a C{tls:}
+        listener, or the in-band upgrade), with both proofs bound to both
+        certificates.
     @ivar paired_via: How the key was paired in this handshake: an armed
         key's form, L{relaymesh.handshake.proofs.STRONG_FORM}, or
         L{PENDING_FORM}; L{None} for a key that was already the peer's.
@@ -97,9 +100,38 @@ class Authenticated:
     key: bytes
     capabilities: frozenset[str]
     mutual: bool
+    encrypted: bool = False
     paired_via: str | None = None
     armed: ArmedKey | None = None
     pin: str | None = None
+
+
+class IssuedNonces:
+    """
+    The challenge nonces this node's acceptors issued for handshakes still
+    in progress.
+
+    A connector checks every challenge against them: a challenge that
+    carries a nonce this node issued is one of its own, reflected by the
+    other end to have this node prove a key to itself.
+    """
+
+    def __init__(self) -> None:
+        self._nonces: set[str] = set()
+
+    def issue(self, nonce: str) -> None:
+        """Note a nonce sent in a challenge."""
+        self._nonces.add(nonce)
+
+    def retire(self, nonce: str) -> None:
+        """Forget a nonce whose handshake has ended."""
+        self._nonces.discard(nonce)
+
+    def __contains__(self, nonce: object) -> bool:
+        return nonce in self._nonces
+
+    def __len__(self) -> int:
+        return len(self._nonces)
 
 
 def read_capabilities(payload: dict[str, Any]) -> frozenset[str]:

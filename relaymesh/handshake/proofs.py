@@ -5,8 +5,14 @@ proof, relaymesh's labelled proofs, and constant-time comparison.
 claudectl's handshake: the acceptor sends a C{challenge} with a fresh 32-byte
 nonce (64 lowercase hex characters); the connector answers with a
 C{handshake} whose proof is C{HMAC-SHA256(psk, ascii(nonce))} in lowercase
-hex. relaymesh's proofs are HMACs over NUL-separated fields under a label per
-direction, so that one direction's proof never serves as the other's.
+hex. That proof names neither side, so it can be reflected: relaymesh proves
+it only to a peer whose key is marked legacy (L{LEGACY_FIELD}).
+
+Between relaymesh nodes both proofs are HMACs over NUL-separated fields
+(both nonces, both peer ids, both TLS certificate fingerprints) under a
+label per direction, so that one direction's proof never serves as the
+other's, and a proof made for one connection, one pair of peers or one TLS
+session proves nothing in another.
 """
 
 from __future__ import annotations
@@ -25,24 +31,40 @@ NONCE_BYTES = 32  # claudectl 0.49: 32
 #: What this node says it is in the handshake's C{version} field.
 VERSION = f"relaymesh-{__version__}"
 
-#: The capability of answering the connector's nonce with a proof.
-CAP_MUTUAL_AUTH = "mutual-auth/1"
+#: The capability of proving the key both ways with labelled proofs that
+#: name both peers (version 2: the connector's proof names the acceptor).
+CAP_MUTUAL_AUTH = "mutual-auth/2"
+
+#: The capability, offered in a plain-TCP challenge, of upgrading the
+#: connection to TLS before any proof (L{STARTTLS_FIELD}).
+CAP_STARTTLS = "starttls/1"
 
 #: The capabilities a node announces unless told otherwise.
 DEFAULT_CAPABILITIES = (CAP_MUTUAL_AUTH,)
+
+#: The challenge field in which a relaymesh acceptor names itself; claudectl
+#: connectors read only the nonce, so they ignore it.
+ACCEPTOR_FIELD = "peer"
+
+#: The handshake field with which a connector asks for the TLS upgrade.
+STARTTLS_FIELD = "starttls"
 
 #: At most this many capabilities, each at most this long, are read.
 MAX_CAPABILITIES = 32
 MAX_CAPABILITY_LENGTH = 64
 
 #: Labels that keep each direction's proof from serving as the other's.
-CONNECTOR_LABEL = b"relaymesh/1 connector proof"
-ACCEPTOR_LABEL = b"relaymesh/1 acceptor proof"
+CONNECTOR_LABEL = b"relaymesh/2 connector proof"
+ACCEPTOR_LABEL = b"relaymesh/2 acceptor proof"
 
 #: The meta field where a peer's TLS certificate fingerprint is pinned.
 PIN_FIELD = "tls_fingerprint"
 
-#: The meta field that marks a claudectl-style peer (one-way authentication).
+#: The meta field that says whether a peer's key may be proved in
+#: claudectl's one-way form: C{true} for a claudectl peer (paired from a
+#: claudectl form, dialled as C{legacy:}, or marked by the user), C{false}
+#: once the key was used with a relaymesh peer (then only the user's
+#: explicit word marks it legacy again); absent for a key never used.
 LEGACY_FIELD = "legacy"
 
 HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
@@ -50,6 +72,7 @@ HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
 ACK_OK = "ok"
 ACK_DENIED = "denied"
 ACK_PAKE = "pake"
+ACK_STARTTLS = "starttls"
 
 #: How a peer that paired with a strong code is recorded (C{paired_via}).
 STRONG_FORM = "strong_code"
@@ -81,17 +104,18 @@ def _mac(psk: bytes, label: bytes, *parts: str) -> str:
 def connector_proof(
     psk: bytes,
     nonce: str,
-    connector_nonce: str | None = None,
-    connector: str = "",
+    connector_nonce: str,
+    connector: str,
+    acceptor: str,
     binding: Binding | None = None,
 ) -> str:
     """
-    The connector's proof: claudectl's over plain TCP; over TLS, bound to
-    both nonces, the connector's id and both certificates.
+    The connector's proof between relaymesh nodes: over both nonces, both
+    ids and (over TLS) both certificates, under the connector's own label.
+
+    (claudectl's unlabelled proof is L{compute_proof}.)
     """
-    if binding is None:
-        return compute_proof(psk, nonce)
-    return _mac(psk, CONNECTOR_LABEL, nonce, connector_nonce or "", connector, *binding)
+    return _mac(psk, CONNECTOR_LABEL, nonce, connector_nonce, connector, acceptor, *(binding or ()))
 
 
 def acceptor_proof(

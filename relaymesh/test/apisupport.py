@@ -14,7 +14,7 @@ from io import BytesIO
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactorClock
+from relaymesh.testing import MemoryNetwork
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
@@ -76,7 +76,7 @@ class ApiHarness:
 
     def __init__(self, case: TestCase, **control_args) -> None:
         self.case = case
-        self.clock = MemoryReactorClock()
+        self.clock = MemoryNetwork()
         self.clock.advance(EPOCH)
         self.keystore = KeyStore(case.mktemp())
         self.keystore.set_identity("alpha")

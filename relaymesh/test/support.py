@@ -9,20 +9,19 @@ import json
 import os
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
-from twisted.test import iosim
 
 from relaymesh.address import PeerAddress
 from relaymesh.reliable.outbox import ReliableDelivery
 from relaymesh.acceptor import RelayServerFactory
 from relaymesh.dialer import RelayClientFactory
-from relaymesh.handshake.proofs import compute_proof
+from relaymesh.handshake.proofs import LEGACY_FIELD, compute_proof
 from relaymesh.mesh import Mesh
 from relaymesh.connection import RelayProtocol
 from relaymesh.routing.router import Router
 from relaymesh.routing.table import MAX_HOPS
-from relaymesh.testing import MemoryKeys, MemoryStore
+from relaymesh.testing import MemoryKeys, MemoryNetwork, MemoryStore
+from relaymesh.tls import NodeCertificate
 from relaymesh.wire import RelayMessage, decode, encode
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -81,11 +80,12 @@ class FakeConnector:
         return IPv4Address("TCP", self.host, self.port)
 
 
-def make_clock() -> Clock:
+def make_clock() -> MemoryNetwork:
     """
-    A clock set to L{EPOCH}.
+    A clock set to L{EPOCH}: an in-memory network's, so that L{connect}
+    can carry connections (and their TLS) on it.
     """
-    clock = Clock()
+    clock = MemoryNetwork()
     clock.advance(EPOCH)
     return clock
 
@@ -140,9 +140,11 @@ def accepted(
     node: Node, peer: str, key: bytes, host: str = "10.0.0.2"
 ) -> tuple[RelayProtocol, StringTransportWithDisconnection]:
     """
-    An inbound connection to C{node} from C{peer} that finished its
-    handshake, with the transport's output cleared.
+    An inbound connection to C{node} from C{peer}, a claudectl peer (its key
+    marked legacy), that finished its handshake, with the transport's
+    output cleared.
     """
+    node.keys.metas.setdefault(peer, {})[LEGACY_FIELD] = True
     protocol, transport = server_protocol(node.server, host=host)
     authenticate(protocol, transport, peer, key)
     return protocol, transport
@@ -172,19 +174,22 @@ class Node:
     def __init__(
         self,
         identity: str,
-        clock: Clock,
+        clock: MemoryNetwork,
         keys: MemoryKeys | None = None,
         heartbeat_interval: float = 30.0,
         max_peers: int = 8,
         store: MemoryStore | None = None,
         routing: bool = False,
         max_hops: int = MAX_HOPS,
+        certificate: NodeCertificate | None = None,
     ) -> None:
         """
         @param store: With a store, the node sends and acknowledges reliable
             messages (L{ReliableDelivery}, as C{self.reliable}).
         @param routing: Whether the node routes (L{Router}, as
             C{self.router}), with hop limit C{max_hops}.
+        @param certificate: The node's certificate (a node that restarts
+            keeps its own, or its peers refuse it); a new one by default.
         """
         self.identity = identity
         self.clock = clock
@@ -200,7 +205,8 @@ class Node:
         if routing:
             self.router = Router(self.mesh, max_hops)
             self.mesh.enable_routing(self.router)
-        self.server = RelayServerFactory(self.mesh, self.keys)
+        self.certificate = certificate or NodeCertificate.generate(identity)
+        self.server = RelayServerFactory(self.mesh, self.keys, certificate=self.certificate)
         self.received: list[tuple[str, RelayMessage]] = []
         self.events: list = []
         self.mesh.subscribe(lambda peer, msg: self.received.append((peer, msg)))
@@ -210,7 +216,11 @@ class Node:
         self, target: str | None, host: str = "127.0.0.1", port: int = 9847, legacy: bool = False
     ) -> RelayClientFactory:
         return RelayClientFactory(
-            self.mesh, self.keys, PeerAddress(target, host, port, legacy=legacy), self.clock
+            self.mesh,
+            self.keys,
+            PeerAddress(target, host, port, legacy=legacy),
+            self.clock,
+            certificate=self.certificate,
         )
 
 
@@ -229,24 +239,22 @@ def connect(
     connector: Node,
     client: RelayClientFactory | None = None,
     host: str = "10.0.0.2",
-) -> tuple[RelayProtocol, RelayProtocol, iosim.IOPump]:
+) -> tuple[RelayProtocol, RelayProtocol, MemoryNetwork]:
     """
-    Join C{connector} to C{acceptor} in memory and run the handshake.
+    Join C{connector} to C{acceptor} in memory (on the acceptor's clock,
+    a L{MemoryNetwork}) and run the handshake, TLS upgrade included.
 
-    @return: the acceptor's protocol, the connector's protocol, and the pump.
+    @return: the acceptor's protocol, the connector's protocol, and the
+        network, whose C{flush} delivers what is in flight.
     """
+    network = acceptor.clock
+    assert isinstance(network, MemoryNetwork), "connect() needs nodes on make_clock()"
     client = client or connector.client(acceptor.identity)
     fake = FakeConnector(client.target.host, client.target.port)
     client.startedConnecting(fake)
-    server_proto = acceptor.server.buildProtocol(IPv4Address("TCP", host, 40000))
+    client_address = IPv4Address("TCP", host, 40000)
+    server_proto = acceptor.server.buildProtocol(client_address)
     client_proto = client.buildProtocol(fake.getDestination())
-    server_transport = iosim.FakeTransport(
-        server_proto, isServer=True, peerAddress=IPv4Address("TCP", host, 40000)
-    )
-    client_transport = iosim.FakeTransport(
-        client_proto, isServer=False, peerAddress=fake.getDestination()
-    )
-    pump = iosim.connect(
-        server_proto, server_transport, client_proto, client_transport, clock=acceptor.clock
-    )
-    return server_proto, client_proto, pump
+    network.join(server_proto, client_proto, client_address, fake.getDestination())
+    network.flush()
+    return server_proto, client_proto, network

@@ -307,7 +307,7 @@ class SendTests(TestCase):
 
     @defer.inlineCallbacks
     def test_not_connected(self):
-        self.server.transport.loseConnection()
+        self.server.close("closed by the test")
         self.pump.flush()
         code, body, _ = yield self.h.request("POST", "/api/send", {"to": "beta", "msg_type": "task_status", "payload": {}})
         self.assertEqual(code, 409)
@@ -336,7 +336,7 @@ class SendTests(TestCase):
 
     @defer.inlineCallbacks
     def test_broadcast_nobody(self):
-        self.server.transport.loseConnection()
+        self.server.close("closed by the test")
         self.pump.flush()
         code, body, _ = yield self.h.request("POST", "/api/broadcast", {"msg_type": "knowledge_sync", "payload": {}})
         self.assertEqual((code, body), (200, {"id": None, "ids": {}}))
@@ -482,7 +482,7 @@ class EventsTests(TestCase):
         self.assertEqual(message["message"]["msg_type"], "task_status")
         self.assertEqual(message["message"]["payload"], {"task_id": "t1"})
         self.assertEqual(set(message["message"]), {"id", "msg_type", "from_peer", "timestamp", "payload"})
-        server.transport.loseConnection()
+        server.close("closed by the test")
         pump.flush()
         yield wait_for(lambda: any(e["event"] == "peer_disconnected" for e in reader.events()))
         yield reader.close()
@@ -495,7 +495,7 @@ class EventsTests(TestCase):
         beta, (server, client, pump) = self.h.connect_beta()
         beta.mesh.send("alpha", "task_status", {})
         pump.flush()
-        server.transport.loseConnection()
+        server.close("closed by the test")
         pump.flush()
         yield wait_for(lambda: len(reader.events()) == 2)
         self.assertEqual([e["event"] for e in reader.events()], ["peer_connected", "peer_disconnected"])

@@ -31,10 +31,19 @@ TASK = {"task_id": "t1", "prompt": "hello", "cwd": "/tmp"}
 
 def lines(transport) -> list[dict]:
     """
-    The JSON objects waiting in an in-memory transport, without taking them.
+    The JSON objects written to an in-memory transport since the test
+    started recording it (before TLS), without taking them.
     """
-    data = b"".join(transport.stream)
+    data = b"".join(transport.recorded)
     return [json.loads(line) for line in data.split(b"\n") if line]
+
+
+def record(link) -> None:
+    """
+    Start recording what each end of a link writes.
+    """
+    for protocol in link[:2]:
+        protocol.transport.recorded = []
 
 
 class ReliableTestCase(SynchronousTestCase):
@@ -48,6 +57,7 @@ class ReliableTestCase(SynchronousTestCase):
         self.beta = Node("beta", self.clock, store=MemoryStore())
         pair_keys(self.alpha, self.beta)
         self.link = connect(self.alpha, self.beta)
+        record(self.link)
 
     def flush(self):
         self.link[2].flush()
@@ -56,12 +66,11 @@ class ReliableTestCase(SynchronousTestCase):
         """
         Close the link (what is in flight is lost) and join the nodes again.
         """
-        server, client, pump = self.link
-        server.transport.stream.clear()
-        client.transport.stream.clear()
-        server.transport.loseConnection()
-        pump.flush()
+        server, client, network = self.link
+        server.transport.link.cut()
+        network.flush()
         self.link = connect(self.alpha, self.beta)
+        record(self.link)
 
     def tasks(self, node):
         return [m for _, m in node.received if m.msg_type == "delegate_task"]
@@ -93,11 +102,12 @@ class CapabilityTests(ReliableTestCase):
         """
         gamma = Node("gamma", self.clock)
         pair_keys(self.alpha, gamma)
-        server, _, _ = connect(self.alpha, gamma, host="10.0.0.3")
+        link = connect(self.alpha, gamma, host="10.0.0.3")
+        record(link)
         self.assertRaises(
             ReliableUnsupported, self.alpha.mesh.send_reliable, "gamma", "delegate_task", TASK
         )
-        self.assertEqual(server.transport.stream, [])
+        self.assertEqual(lines(link[0].transport), [])
         self.assertEqual(self.alpha.store.outbox, {})
 
     def test_refused_types_and_peers(self):
@@ -150,7 +160,7 @@ class DeliveryTests(ReliableTestCase):
         acknowledged again but not delivered again.
         """
         delivery = self.alpha.mesh.send_reliable("beta", "delegate_task", TASK)
-        raw = b"".join(self.link[0].transport.stream)
+        raw = b"".join(self.link[0].transport.recorded)
         self.flush()
         self.link[1].dataReceived(raw)
         self.assertEqual(len(self.tasks(self.beta)), 1)
@@ -198,8 +208,7 @@ class DeliveryTests(ReliableTestCase):
         """
         delivery = self.alpha.mesh.send_reliable("beta", "delegate_task", TASK)
         server, client, pump = self.link
-        client.dataReceived(b"".join(server.transport.stream))
-        server.transport.stream.clear()
+        client.dataReceived(b"".join(server.transport.recorded))
         self.assertEqual(len(self.tasks(self.beta)), 1)
         self.reconnect()
         self.flush()
@@ -212,7 +221,7 @@ class DeliveryTests(ReliableTestCase):
         outbox and goes out when it reconnects.
         """
         server, _, pump = self.link
-        server.transport.loseConnection()
+        server.close("closed by the test")
         pump.flush()
         delivery = self.alpha.mesh.send_reliable("beta", "delegate_task", TASK)
         self.successResultOf(delivery.accepted())
@@ -286,7 +295,7 @@ class DeliveryTests(ReliableTestCase):
         delivery = self.alpha.mesh.send_reliable("beta", "delegate_task", TASK)
         self.failureResultOf(delivery.accepted(), StoreClosed)
         self.failureResultOf(delivery.delivered(), StoreClosed)
-        self.assertEqual(self.link[0].transport.stream, [])
+        self.assertEqual(lines(self.link[0].transport), [])
 
     def test_outbox_survives_restart(self):
         """
@@ -294,15 +303,15 @@ class DeliveryTests(ReliableTestCase):
         them when their peer connects; the ack empties the outbox.
         """
         store = MemoryStore()
-        first = Node("alpha", self.clock, store=store)
+        first = Node("alpha", self.clock, store=store, certificate=self.alpha.certificate)
         pair_keys(first, self.beta)
         server, _, pump = connect(first, self.beta, host="10.0.0.4")
-        server.transport.loseConnection()
+        server.close("closed by the test")
         pump.flush()
         msg_id = first.mesh.send_reliable("beta", "delegate_task", TASK).msg_id
         first.reliable.stop()
 
-        again = Node("alpha", self.clock, store=store)
+        again = Node("alpha", self.clock, store=store, certificate=self.alpha.certificate)
         pair_keys(again, self.beta)
         self.assertEqual([e.msg_id for e in again.reliable.pending()], [msg_id])
         _, _, pump = connect(again, self.beta, host="10.0.0.4")

@@ -59,7 +59,7 @@ class MeshTestCase(SynchronousTestCase):
         """
         Close a link from alpha's side and let both ends notice.
         """
-        link[0].transport.loseConnection()
+        link[0].close("closed by the test")
         link[2].flush()
 
     def inject(self, link, message):
@@ -127,7 +127,13 @@ class RegistryTests(MeshTestCase):
         self.assertIs(self.ab[1].state, State.CLOSED)
         self.assertEqual(self.alpha.mesh.peer("beta").direction, "outbound")
         self.assertEqual(self.beta.mesh.peer("alpha").direction, "inbound")
-        self.assertEqual([e.kind for e in self.alpha.events if e.peer_id == "beta"], ["connected", "connected"])
+        kinds = [e.kind for e in self.alpha.events if e.peer_id == "beta"]
+        # Whether alpha hears the losing link close before the winning
+        # link's ack (a disconnected event between) depends on the order in
+        # which the two links deliver; either way beta ends connected once
+        # per link.
+        self.assertEqual([k for k in kinds if k == "connected"], ["connected", "connected"])
+        self.assertEqual(kinds[-1], "connected")
 
     def test_simultaneous_connect_loser_closed(self):
         """

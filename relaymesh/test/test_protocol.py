@@ -8,7 +8,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaymesh.handshake.proofs import compute_proof
-from relaymesh.connection import FLUSH_BYTES, HANDSHAKE_TIMEOUT, State
+from relaymesh.connection import HANDSHAKE_TIMEOUT, State
+from relaymesh.outbound import FLUSH_BYTES
 from relaymesh.test.support import (
     accepted,
     MemoryKeys,
@@ -622,7 +623,7 @@ class SendBacklogTests(SynchronousTestCase):
         self.protocol, self.transport = accepted(self.node, "beta", KEY)
 
     def test_backlog_limit(self):
-        from relaymesh.connection import MAX_SEND_BACKLOG
+        from relaymesh.outbound import MAX_SEND_BACKLOG
 
         blob = "x" * (1024 * 1024 - 200)
         self.protocol.pauseProducing()
@@ -639,7 +640,7 @@ class SendBacklogTests(SynchronousTestCase):
         """
         A peer that reads slowly but does read is kept.
         """
-        from relaymesh.connection import MAX_SEND_BACKLOG
+        from relaymesh.outbound import MAX_SEND_BACKLOG
 
         blob = "x" * (1024 * 1024 - 200)
         for _ in range(3):

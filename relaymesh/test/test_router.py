@@ -52,7 +52,7 @@ class Mesh:
 
     def drop(self, acceptor, connector):
         server, _, pump = self.links.pop((acceptor, connector))
-        server.transport.loseConnection()
+        server.close("closed by the test")
         pump.flush()
         self.settle()
 
@@ -270,12 +270,15 @@ class RoutedReliableTests(SynchronousTestCase):
         without delivering it twice.
         """
         beta_side, gamma_side, _ = self.net.links["beta", "gamma"]
+        beta_side.transport.recorded = []
+        for side in (beta_side, gamma_side):
+            side.transport.lose_writes = True
         delivery = self.alpha.mesh.send_reliable("gamma", "delegate_task", {})
-        self.net.links["beta", "alpha"][2].flush()
-        gamma_side.dataReceived(b"".join(beta_side.transport.stream))  # beta's copy reaches gamma
-        beta_side.transport.stream.clear()
-        gamma_side.transport.stream.clear()  # ... and gamma's ack is lost
         self.net.flush()
+        gamma_side.dataReceived(b"".join(beta_side.transport.recorded))  # beta's copy reaches gamma
+        self.net.flush()  # ... and gamma's ack is lost
+        for side in (beta_side, gamma_side):
+            side.transport.lose_writes = False
         self.assertEqual(len(self.net.got("gamma")), 1)
         self.assertNoResult(delivery.delivered())
         self.net.clock.advance(DEFAULT_RESEND_AFTER + DEFAULT_SCAN_INTERVAL)
@@ -301,19 +304,20 @@ class RoutedReliableTests(SynchronousTestCase):
         """
         store = MemoryStore()
         first = Node("alpha2", self.net.clock, store=store, routing=True)
+        certificate = first.certificate  # the restarted node keeps it
         self.net.nodes["alpha2"] = first
         pair_keys(self.net.nodes["beta"], first)
         # first learns gamma through beta, sends to it, and goes away before
         # the message leaves its buffer
         self.net.link("beta", "alpha2", host="10.0.8.2")
+        self.net.links["beta", "alpha2"][1].transport.lose_writes = True
         first.mesh.send_reliable("gamma", "delegate_task", {})
-        self.net.links["beta", "alpha2"][1].transport.stream.clear()
         first.reliable.stop()
         self.net.drop("beta", "alpha2")
         self.assertEqual(len(store.outbox), 1)
         self.assertEqual(self.net.got("gamma"), [])
 
-        again = Node("alpha2", self.net.clock, store=store, routing=True)
+        again = Node("alpha2", self.net.clock, store=store, routing=True, certificate=certificate)
         self.net.nodes["alpha2"] = again
         pair_keys(self.net.nodes["beta"], again)
         self.assertEqual(len(again.reliable.pending()), 1)
@@ -335,9 +339,10 @@ class AdvertisementTests(SynchronousTestCase):
         net.clock.advance(ADVERTISE_MIN_INTERVAL)
         beta = net.nodes["beta"]
         to_alpha = net.links["beta", "alpha"][0].transport
+        to_alpha.recorded = []
 
         def adverts():
-            lines = [json.loads(line) for line in b"".join(to_alpha.stream).split(b"\n") if line]
+            lines = [json.loads(line) for line in b"".join(to_alpha.recorded).split(b"\n") if line]
             return [line["routes"]["routes"] for line in lines if "routes" in line]
 
         for name, host in (("gamma", "10.0.7.2"), ("delta", "10.0.7.3")):

@@ -224,6 +224,24 @@ class MemoryNetwork(Clock):
         connector.connected(connection)
         connection.start()
 
+    def join(
+        self,
+        server_protocol: Protocol,
+        client_protocol: Protocol,
+        client_address: IPv4Address,
+        server_address: IPv4Address,
+    ) -> MemoryConnection:
+        """
+        Connect two protocols built by hand (not by a listener and a dial),
+        as the accepting and the dialling end of a new connection.
+        """
+        connection = MemoryConnection(
+            self, server_protocol, client_protocol, client_address, server_address, None
+        )
+        self._connections[connection] = None
+        connection.start()
+        return connection
+
     def _unlisten(self, port: MemoryPort) -> None:
         if self._listening.get(port.port) is port:
             del self._listening[port.port]
@@ -388,6 +406,14 @@ class _Transport(iosim.FakeTransport):
     aborted = False
     TLS = False
 
+    #: When a list, every write of the application is also appended to it
+    #: as it was written (before TLS): what a test reads of the traffic.
+    recorded: list[bytes] | None = None
+
+    #: When true, what the application writes is lost on the way, as a
+    #: failing link would lose it (TLS, below, stays intact).
+    lose_writes = False
+
     def __init__(self, connection: MemoryConnection, protocol: Protocol, isServer: bool,
                  hostAddress: IPv4Address, peerAddress: IPv4Address) -> None:
         iosim.FakeTransport.__init__(self, protocol, isServer, hostAddress, peerAddress)
@@ -398,6 +424,10 @@ class _Transport(iosim.FakeTransport):
         """
         Send C{data}: encrypted after L{startTLS}, in clear before.
         """
+        if self.recorded is not None:
+            self.recorded.append(data)
+        if self.lose_writes:
+            return
         if self.TLS:
             if not self.disconnected:
                 self.protocol.write(data)
@@ -477,6 +507,13 @@ class _Transport(iosim.FakeTransport):
         if producer is not None:
             self.registerProducer(producer, streaming)
 
+    @property
+    def link(self) -> MemoryConnection:
+        """
+        The connection this transport is an end of.
+        """
+        return self._connection
+
     def _send(self, data: bytes) -> None:
         if data and not self.disconnecting:
             iosim.FakeTransport.write(self, data)
@@ -535,7 +572,7 @@ class MemoryConnection:
 
     def __init__(self, network: MemoryNetwork, server_protocol: Protocol | None,
                  client_protocol: Protocol | None, client_address: IPv4Address,
-                 server_address: IPv4Address, connector: MemoryConnector) -> None:
+                 server_address: IPv4Address, connector: MemoryConnector | None) -> None:
         self._network = network
         self._connector = connector
         self._refused = [server_protocol is None, client_protocol is None]
@@ -607,4 +644,5 @@ class MemoryConnection:
         closer.protocol.connectionLost(Failure(closer_reason))
         other.protocol.connectionLost(Failure(other_reason))
         client_reason = closer_reason if closer is self.client else other_reason
-        self._connector.lost(Failure(client_reason))
+        if self._connector is not None:
+            self._connector.lost(Failure(client_reason))
