@@ -29,7 +29,7 @@ from relaymesh.handshake.connector import ConnectorHandshake
 from relaymesh.joinforms import FORM_DESCRIPTIONS, LEGACY_FORMS, RELAYMESH_FORMS
 from relaymesh.keystore import KeyStore
 from relaymesh.mesh import Mesh
-from relaymesh.tls import NodeCertificate
+from relaymesh.tls import NodeCertificate, TLSError
 
 #: Seconds a join may take in all; its TCP connection must be made sooner.
 JOIN_TIMEOUT = HANDSHAKE_TIMEOUT  # claudectl 0.49: 30 s read timeout
@@ -104,30 +104,42 @@ class JoinFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, mesh: Mesh, invite: Invite, keys: KeyStore | None = None) -> None:
+    def __init__(
+        self,
+        mesh: Mesh,
+        invite: Invite,
+        keys: KeyStore | None = None,
+        certificate: NodeCertificate | None = None,
+    ) -> None:
         """
         @param mesh: a mesh with this node's identity, for the protocol.
         @param invite: what to join: the address, the key and, if known,
             the peer id that must answer.
+        @param certificate: this node's certificate, for the upgrade to TLS
+            that a relaymesh node offers.
         """
         self.mesh = mesh
+        self.certificate = certificate
         self.invite = invite
         self.keys = keys
         self.done: Deferred = Deferred()
         self.closed: Deferred = Deferred()
 
     def buildProtocol(self, addr: IAddress) -> RelayProtocol:
-        # Only a relaymesh link promises a relaymesh node, which proves the key
-        # back; claudectl's forms may come from claudectl, which cannot.
+        # A relaymesh node names itself, upgrades to TLS and proves the key
+        # back, whatever the form. Only claudectl's forms may come from
+        # claudectl, which does none of that: to an acceptor that does not
+        # name itself, their key is proved in claudectl's one-way form.
         handshake = ConnectorHandshake(
             self.mesh.identity,
             self.invite.key,
             self.invite.identity,
+            legacy=self.invite.key is not None and self.invite.form not in RELAYMESH_FORMS,
             keys=self.keys,
             strong_code=self.invite.strong_code,
-            accept_one_way=self.invite.form not in RELAYMESH_FORMS,
+            issued=self.mesh.issued_nonces,
         )
-        protocol = RelayProtocol(self.mesh, handshake)
+        protocol = RelayProtocol(self.mesh, handshake, self.certificate)
         protocol.factory = self
         return protocol
 
@@ -203,20 +215,27 @@ def join_directly(
     @param reactor: an L{IReactorTCP} and L{IReactorTime}.
     @param connect_timeout: seconds for TCP to connect.
     @param timeout: seconds for the whole join.
-    @param certificate: this node's certificate, to join over TLS (the
-        peer's certificate is then pinned); plain TCP if L{None}.
+    @param certificate: this node's certificate, to join over a C{tls:}
+        connection; without one, the join dials plain TCP and upgrades to TLS
+        in band with the certificate of the key store's directory (made if
+        there is none yet). The peer's certificate is then pinned.
     @return: a L{Deferred} firing with a L{JoinResult}, or failing with a
         L{JoinError}.
     """
     identity = store.identity()
     if invite.identity == identity:
         raise JoinError(f"this invite is from this node itself ({identity})")
-    factory = JoinFactory(Mesh(identity, reactor), invite, keys=store)
     if certificate is not None:
+        factory = JoinFactory(Mesh(identity, reactor), invite, keys=store, certificate=certificate)
         connector = reactor.connectSSL(
             invite.host, invite.port, factory, certificate.client_options(), timeout=connect_timeout
         )
     else:
+        try:
+            own = NodeCertificate.for_data_dir(store.path, identity)
+        except TLSError as e:
+            raise JoinError(str(e)) from None
+        factory = JoinFactory(Mesh(identity, reactor), invite, keys=store, certificate=own)
         connector = reactor.connectTCP(invite.host, invite.port, factory, timeout=connect_timeout)
 
     def give_up() -> None:
@@ -234,8 +253,6 @@ def join_directly(
             outcome,
             reactor.seconds(),
             addr=invite.addr,
-            # A peer that did not prove the key back is dialled as claudectl is.
-            legacy=not outcome.mutual,
         )
     finally:
         if timer.active():

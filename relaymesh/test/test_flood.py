@@ -21,6 +21,7 @@ from relaymesh.dialer import RelayClientFactory
 from relaymesh.keystore import KeyStore
 from relaymesh.mesh import Mesh
 from relaymesh.service import RelayService
+from relaymesh.tls import NodeCertificate
 from relaymesh.test.realtime import sleep, wait_for
 
 REPORT = os.environ.get("RELAYMESH_FLOOD_REPORT") == "1"
@@ -154,7 +155,13 @@ class FloodTests(TestCase):
         beta_keys.set_identity("beta")
         beta_keys.set_key("alpha", key)
         beta_mesh = Mesh("beta", reactor)
-        factory = RelayClientFactory(beta_mesh, beta_keys, PeerAddress("alpha", "127.0.0.1", port), reactor)
+        factory = RelayClientFactory(
+            beta_mesh,
+            beta_keys,
+            PeerAddress("alpha", "127.0.0.1", port),
+            reactor,
+            certificate=NodeCertificate.generate("beta"),
+        )
         connector = reactor.connectTCP("127.0.0.1", port, factory, timeout=5, bindAddress=("127.0.0.2", 0))
         self.addCleanup(factory.stopTrying)
         self.addCleanup(connector.disconnect)
@@ -243,6 +250,7 @@ class FloodTests(TestCase):
         keystore.set_identity("alpha")
         key = os.urandom(32)
         keystore.set_key("sloth", key)
+        keystore.update_meta("sloth", legacy=True)  # a claudectl-style peer
         alpha = RelayService(keystore, listen="tcp:0:interface=127.0.0.1", reactor=reactor)
         events = []
         alpha.mesh.watch_peers(events.append)

@@ -1,8 +1,19 @@
 """
 Tests for L{relaymesh.handshake}, against claudectl 0.49.2's own transcript.
+
+The rules handshake v2 added (the in-band TLS upgrade, what may be proved
+in clear, reflected nonces, the bare dial's key) are tested in
+L{relaymesh.test.test_handshake_v2}.
 """
 
+import hashlib
+import hmac
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import alsoProvides
 
 from relaymesh.handshake.acceptor import AcceptorHandshake, Step
 
@@ -14,6 +25,7 @@ from relaymesh.handshake.connector import Step as ConnectorStep
 from relaymesh import pairing
 from relaymesh.armed import PAIR_CODE_FORM
 from relaymesh.handshake.proofs import (
+    VERSION,
     acceptor_proof,
     compute_proof,
     connector_proof,
@@ -42,6 +54,11 @@ TRANSCRIPT_KEY = bytes.fromhex(
 ACCEPTOR = "laptop-a3f2"
 CONNECTOR = "ci-runner-9d1e"
 
+SERVER_FP = "sha256:" + "1" * 64
+CLIENT_FP = "sha256:" + "2" * 64
+MITM_FP = "sha256:" + "6" * 64
+BINDING = (SERVER_FP, CLIENT_FP)
+
 
 def transcript():
     lines = load_transcript()
@@ -53,6 +70,41 @@ def verify_proof(psk: bytes, nonce: str, proof: object) -> bool:
     Check a connector's claudectl proof as the acceptor does.
     """
     return same_proof(compute_proof(psk, nonce), proof)
+
+
+def message(msg_type, from_peer, payload):
+    return RelayMessage("m1", msg_type, from_peer, 1, payload)
+
+
+def handshake_message(from_peer, payload, msg_type="handshake"):
+    return message(msg_type, from_peer, payload)
+
+
+def upgrade(test, acceptor, connector, claimed="beta"):
+    """
+    Run the C{starttls} round in clear between two handshake objects, check
+    that both agree to switch to TLS, and switch them.
+    """
+    challenge = message("challenge", "", acceptor.challenge_payload())
+    verdict = acceptor.verify(handshake_message(claimed, connector.answer(challenge)))
+    test.assertEqual((verdict.ack, verdict.upgrade, verdict.outcome), ({"status": "starttls"}, True, None))
+    test.assertEqual(connector.check_ack(message("handshake_ack", acceptor.identity, verdict.ack)), (None, None))
+    acceptor.upgraded()
+    connector.upgraded()
+
+
+def tls_capable(protocol, host="10.0.0.2"):
+    """
+    Connect C{protocol} to a string transport that can start TLS (it notes
+    the options in C{tls_started} and goes on writing in clear).
+    """
+    transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", host, 40000))
+    transport.tls_started = []
+    transport.startTLS = lambda options, normal=True: transport.tls_started.append(options)
+    alsoProvides(transport, ITLSTransport)
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    return transport
 
 
 class ProofTests(SynchronousTestCase):
@@ -82,25 +134,60 @@ class ProofTests(SynchronousTestCase):
         self.assertEqual(new_nonce(lambda n: b"\xab" * n), "ab" * 32)
         self.assertNotEqual(new_nonce(), new_nonce())
 
-
-def handshake_message(from_peer, payload, msg_type="handshake"):
-    return RelayMessage("m1", msg_type, from_peer, 1, payload)
+    def test_labelled_proofs_name_both_peers(self):
+        """
+        The connector's proof names the acceptor too: a proof made for one
+        acceptor, one connector or one TLS session proves nothing for
+        another, and neither direction's proof is the other's or claudectl's.
+        """
+        na, nc = "ab" * 32, "cd" * 32
+        proof = connector_proof(TRANSCRIPT_KEY, na, nc, "beta", "alpha", BINDING)
+        others = [
+            connector_proof(TRANSCRIPT_KEY, na, nc, "beta", "gamma", BINDING),
+            connector_proof(TRANSCRIPT_KEY, na, nc, "gamma", "alpha", BINDING),
+            connector_proof(TRANSCRIPT_KEY, na, nc, "alpha", "beta", BINDING),
+            connector_proof(TRANSCRIPT_KEY, na, nc, "beta", "alpha", (SERVER_FP, MITM_FP)),
+            connector_proof(TRANSCRIPT_KEY, nc, na, "beta", "alpha", BINDING),
+            acceptor_proof(TRANSCRIPT_KEY, na, nc, "beta", "alpha", BINDING),
+            compute_proof(TRANSCRIPT_KEY, na),
+        ]
+        self.assertEqual(len(set(others + [proof])), len(others) + 1)
 
 
 class AcceptorHandshakeTests(SynchronousTestCase):
+    """
+    The acceptor and a claudectl connector: claudectl's one-way proof in
+    clear, from a peer whose key is marked legacy (or of an armed key).
+    """
+
     def setUp(self):
         self.key = bytes(range(32))
         self.pending = bytes(range(1, 33))
         self.keys = MemoryKeys({"beta": self.key}, pending=self.pending)
-        self.handshake = AcceptorHandshake(self.keys)
+        self.keys.metas["beta"] = {"legacy": True}
+        self.handshake = AcceptorHandshake(self.keys, identity="alpha")
 
     def proof(self, key):
         return {"proof": compute_proof(key, self.handshake.nonce), "version": "x"}
+
+    def test_challenge(self):
+        """
+        The challenge carries the nonce (all claudectl reads), this node's
+        id and its capabilities, with the TLS upgrade only when offered.
+        """
+        nonce = self.handshake.nonce
+        self.assertRegex(nonce, r"\A[0-9a-f]{64}\Z")
+        self.assertEqual(
+            self.handshake.challenge_payload(), {"nonce": nonce, "peer": "alpha", "caps": ["mutual-auth/2"]}
+        )
+        offering = AcceptorHandshake(self.keys, identity="alpha", can_upgrade=True)
+        self.assertEqual(offering.challenge_payload()["caps"], ["mutual-auth/2", "starttls/1"])
 
     def test_stored_key(self):
         verdict = self.handshake.verify(handshake_message("beta", self.proof(self.key)))
         self.assertEqual((verdict.outcome.peer_id, verdict.ack), ("beta", {"status": "ok"}))
         self.assertIsNone(verdict.outcome.paired_via)
+        self.assertEqual((verdict.outcome.mutual, verdict.outcome.encrypted), (False, False))
         self.assertEqual(self.keys.pending, self.pending)
 
     def test_no_impersonation(self):
@@ -110,12 +197,13 @@ class AcceptorHandshakeTests(SynchronousTestCase):
         that peer has a key.
         """
         for key in (self.pending, bytes(32)):
-            self.handshake = AcceptorHandshake(self.keys)
+            self.handshake = AcceptorHandshake(self.keys, identity="alpha")
             with self.assertRaises(HandshakeFailed) as ctx:
                 self.handshake.verify(handshake_message("beta", self.proof(key)))
             self.assertIn("wrong proof", str(ctx.exception))
         self.keys.keys["gamma"] = bytes(32)
-        self.handshake = AcceptorHandshake(self.keys)
+        self.keys.metas["gamma"] = {"legacy": True}
+        self.handshake = AcceptorHandshake(self.keys, identity="alpha")
         with self.assertRaises(HandshakeFailed) as ctx:
             self.handshake.verify(handshake_message("gamma", self.proof(self.key)))
         self.assertIn("wrong proof", str(ctx.exception))
@@ -123,7 +211,8 @@ class AcceptorHandshakeTests(SynchronousTestCase):
     def test_pending_key_claimed(self):
         """
         An unknown peer that proves the pending key gets it as its own key,
-        and the pending key is gone.
+        and the pending key is gone; proved in claudectl's form, the key is
+        recorded as a legacy peer's.
         """
         outcome = self.handshake.verify(handshake_message("newcomer", self.proof(self.pending))).outcome
         self.assertEqual(outcome.peer_id, "newcomer")
@@ -133,6 +222,7 @@ class AcceptorHandshakeTests(SynchronousTestCase):
         pairing.record(self.keys, outcome, 0)
         self.assertEqual(self.keys.keys["newcomer"], self.pending)
         self.assertIsNone(self.keys.pending)
+        self.assertIs(self.keys.meta("newcomer")["legacy"], True)
 
     def test_unknown_peer(self):
         self.keys.pending = None
@@ -149,8 +239,9 @@ class AcceptorHandshakeTests(SynchronousTestCase):
         self.assertEqual(self.keys.pending, self.pending)
 
     def test_not_a_handshake(self):
-        with self.assertRaises(HandshakeFailed):
+        with self.assertRaises(HandshakeFailed) as ctx:
             self.handshake.verify(handshake_message("beta", self.proof(self.key), "heartbeat"))
+        self.assertIn("expected handshake, got heartbeat", str(ctx.exception))
 
     def test_missing_proof(self):
         for payload in ({}, {"proof": 5}, [], "proof"):
@@ -163,6 +254,7 @@ class AcceptorHandshakeTests(SynchronousTestCase):
         """
         The acceptor takes a handshake only while it waits for one: after it
         authenticated the peer, or after a failure, any other is refused.
+        (The steps of the TLS upgrade: L{test_handshake_v2}.)
         """
         self.assertIs(self.handshake.step, Step.AWAITING_HANDSHAKE)
         self.handshake.verify(handshake_message("beta", self.proof(self.key)))
@@ -182,22 +274,47 @@ class ConnectorHandshakeTests(SynchronousTestCase):
     def challenge(self, payload):
         return RelayMessage("c", "challenge", "", 1, payload)
 
+    def named(self, peer="alpha"):
+        """
+        A relaymesh acceptor's challenge inside TLS (no upgrade offered).
+        """
+        return self.challenge({"nonce": "ab" * 32, "peer": peer, "caps": ["mutual-auth/2"]})
+
     def ack(self, peer, status="ok"):
         return RelayMessage("a", "handshake_ack", peer, 1, {"status": status})
 
     def test_answer(self):
-        handshake = ConnectorHandshake("beta", bytes(32))
+        """
+        To a claudectl acceptor (no name in the challenge) a legacy peer's
+        key is proved exactly as claudectl does; to a relaymesh acceptor in
+        clear only the TLS upgrade is asked for; inside TLS the labelled
+        proof names both peers and carries the connector's nonce.
+        """
+        handshake = ConnectorHandshake("beta", bytes(32), legacy=True)
         payload = handshake.answer(self.challenge({"nonce": "ab" * 32}))
-        self.assertEqual(payload["proof"], compute_proof(bytes(32), "ab" * 32))
+        self.assertEqual(payload, {"proof": compute_proof(bytes(32), "ab" * 32), "version": VERSION})
         self.assertTrue(payload["version"].startswith("relaymesh-"))
+        handshake = ConnectorHandshake("beta", bytes(32), legacy=True)
+        payload = handshake.answer(
+            self.challenge({"nonce": "ab" * 32, "peer": "alpha", "caps": ["mutual-auth/2", "starttls/1"]})
+        )
+        self.assertEqual(payload, {"starttls": True, "version": VERSION})
+        handshake = ConnectorHandshake("beta", bytes(32))
+        payload = handshake.answer(self.named(), BINDING)
+        self.assertEqual(sorted(payload), ["caps", "nonce", "proof", "version"])
+        self.assertEqual(
+            payload["proof"], connector_proof(bytes(32), "ab" * 32, payload["nonce"], "beta", "alpha", BINDING)
+        )
 
     def test_bad_challenges(self):
         handshake = ConnectorHandshake("beta", bytes(32))
         for payload in ({}, {"nonce": 5}, {"nonce": "zz" * 32}, {"nonce": "ab"}, None):
-            with self.assertRaises(HandshakeFailed):
+            with self.assertRaises(HandshakeFailed) as ctx:
                 handshake.answer(self.challenge(payload))
-        with self.assertRaises(HandshakeFailed):
+            self.assertIn("no 64-hex-character nonce", str(ctx.exception))
+        with self.assertRaises(HandshakeFailed) as ctx:
             handshake.answer(RelayMessage("c", "heartbeat", "", 1, {"nonce": "ab" * 32}))
+        self.assertIn("expected challenge", str(ctx.exception))
 
     def test_ack_legacy(self):
         """
@@ -210,14 +327,18 @@ class ConnectorHandshakeTests(SynchronousTestCase):
             outcome, reply = handshake.check_ack(self.ack("alpha"))
             self.assertEqual((outcome.peer_id, reply), ("alpha", None))
             self.assertFalse(handshake.mutual)
+            self.assertEqual((outcome.mutual, outcome.encrypted), (False, False))
 
     def test_ack_without_proof_refused(self):
+        """
+        A relaymesh acceptor's ok must prove the key.
+        """
         handshake = ConnectorHandshake("beta", bytes(32), "alpha")
-        handshake.answer(self.challenge({"nonce": "ab" * 32}))
+        handshake.answer(self.named(), BINDING)
         with self.assertRaises(HandshakeFailed) as ctx:
-            handshake.check_ack(self.ack("alpha"))
-        self.assertIn("did not prove that it holds the key", str(ctx.exception))
-        self.assertIn("legacy:alpha@", str(ctx.exception))
+            handshake.check_ack(self.ack("alpha"), BINDING)
+        self.assertIn("alpha did not prove that it holds the key", str(ctx.exception))
+        self.assertFalse(handshake.mutual)
 
     def test_ack_refusals(self):
         for handshake, ack, fragment in [
@@ -226,18 +347,18 @@ class ConnectorHandshakeTests(SynchronousTestCase):
             (ConnectorHandshake("beta", bytes(32)), self.ack("../x"), "invalid peer id"),
             (ConnectorHandshake("beta", bytes(32)), self.ack("beta"), "own id"),
         ]:
-            handshake.answer(self.challenge({"nonce": "ab" * 32}))
+            handshake.answer(self.named(), BINDING)
             with self.assertRaises(HandshakeFailed) as ctx:
-                handshake.check_ack(ack)
+                handshake.check_ack(ack, BINDING)
             self.assertIn(fragment, str(ctx.exception))
-
 
     def test_state_table(self):
         """
         The connector answers one challenge, then takes acks; anything out
-        of turn, or anything after the handshake ended, is refused.
+        of turn, or anything after the handshake ended, is refused. (The
+        steps of the TLS upgrade: L{test_handshake_v2}.)
         """
-        handshake = ConnectorHandshake("beta", bytes(32), "alpha")
+        handshake = ConnectorHandshake("beta", bytes(32), "alpha", legacy=True)
         self.assertIs(handshake.step, ConnectorStep.AWAITING_CHALLENGE)
         with self.assertRaises(HandshakeFailed) as ctx:
             handshake.check_ack(self.ack("alpha"))
@@ -259,31 +380,47 @@ class ConnectorHandshakeTests(SynchronousTestCase):
         start of strong pairing.
         """
         handshake = ConnectorHandshake("beta", bytes(32), "alpha")
-        handshake.answer(self.challenge({"nonce": "ab" * 32}))
+        handshake.answer(self.named(), BINDING)
         with self.assertRaises(HandshakeFailed) as ctx:
-            handshake.check_ack(self.ack("alpha", "pake"))
+            handshake.check_ack(self.ack("alpha", "pake"), BINDING)
         self.assertIn("denied", str(ctx.exception))
 
 
 class TranscriptTests(SynchronousTestCase):
     """
     Replays of the real exchange between a claudectl 0.49.2 acceptor
-    (C{laptop-a3f2}) and connector (C{ci-runner-9d1e}).
+    (C{laptop-a3f2}) and connector (C{ci-runner-9d1e}). A claudectl peer's
+    key is marked legacy.
     """
+
+    def acceptor(self, lines):
+        """
+        Our acceptor, with claudectl's nonce and the connector's key marked
+        legacy.
+        """
+        node = Node(ACCEPTOR, make_clock(), MemoryKeys({CONNECTOR: TRANSCRIPT_KEY}))
+        node.keys.metas[CONNECTOR] = {"legacy": True}
+        nonce = decode(lines[0]).payload["nonce"]
+        node.server._randbytes = lambda n: bytes.fromhex(nonce)
+        return node
 
     def test_our_acceptor_accepts_claudectl_connector(self):
         """
         Our acceptor, with claudectl's nonce, accepts the recorded connector's
-        bytes and answers like claudectl did.
+        bytes and answers like claudectl did. Its challenge is claudectl's
+        with this node's name and capabilities added, which claudectl does
+        not read.
         """
         lines, directions = transcript()
-        nonce = decode(lines[0]).payload["nonce"]
-        clock = make_clock()
-        node = Node(ACCEPTOR, clock, MemoryKeys({CONNECTOR: TRANSCRIPT_KEY}))
-        node.server._randbytes = lambda n: bytes.fromhex(nonce)
+        node = self.acceptor(lines)
         protocol, transport = server_protocol(node.server)
         [challenge] = written(transport)
-        self.assertEqual(challenge.to_dict()["payload"], decode(lines[0]).payload)
+        recorded_challenge = decode(lines[0])
+        self.assertEqual(
+            challenge.to_dict()["payload"],
+            {**recorded_challenge.payload, "peer": ACCEPTOR, "caps": ["mutual-auth/2"]},
+        )
+        self.assertEqual(challenge.msg_type, recorded_challenge.msg_type)
         self.assertEqual(challenge.from_peer, "")
         self.assertEqual(directions[1], "connector->acceptor")
         protocol.dataReceived(lines[1] + b"\n")
@@ -295,6 +432,44 @@ class TranscriptTests(SynchronousTestCase):
         )
         self.assertIs(protocol.state, State.CONNECTED)
         self.assertTrue(node.mesh.is_connected(CONNECTOR))
+        self.assertIs(node.keys.meta(CONNECTOR)["legacy"], True)
+
+    def test_claudectl_connector_ignores_the_upgrade(self):
+        """
+        Where our acceptor can upgrade, it offers TLS; claudectl's connector
+        does not read the offer, and its handshake is accepted in clear as
+        before, answered with claudectl's ack and no TLS.
+        """
+        lines, _ = transcript()
+        node = self.acceptor(lines)
+        protocol = node.server.buildProtocol(IPv4Address("TCP", "10.0.0.2", 40000))
+        transport = tls_capable(protocol)
+        [challenge] = written(transport)
+        self.assertEqual(challenge.payload["caps"], ["mutual-auth/2", "starttls/1"])
+        self.assertEqual(challenge.payload["nonce"], decode(lines[0]).payload["nonce"])
+        protocol.dataReceived(lines[1] + b"\n")
+        [ack] = written(transport)
+        self.assertEqual((ack.from_peer, ack.payload), (ACCEPTOR, {"status": "ok"}))
+        self.assertEqual(transport.tls_started, [])
+        self.assertIs(protocol.state, State.CONNECTED)
+        self.assertFalse(protocol.encrypted)
+
+    def test_unmarked_claudectl_connector_refused(self):
+        """
+        claudectl's one-way proof from a peer whose key is not marked legacy
+        is denied, and the reason says how to mark it.
+        """
+        lines, _ = transcript()
+        node = self.acceptor(lines)
+        node.keys.metas[CONNECTOR] = {}
+        protocol, transport = server_protocol(node.server)
+        written(transport)
+        protocol.dataReceived(lines[1] + b"\n")
+        [ack] = written(transport)
+        self.assertEqual(ack.payload, {"status": "denied"})
+        self.assertIs(protocol.state, State.CLOSED)
+        self.assertIn(f"relaymesh mark-legacy {CONNECTOR}", protocol.close_reason)
+        self.assertFalse(node.mesh.is_connected(CONNECTOR))
 
     def test_our_connector_matches_claudectl_connector(self):
         """
@@ -318,22 +493,22 @@ class TranscriptTests(SynchronousTestCase):
         self.assertEqual(protocol.peer_id, ACCEPTOR)
         [(peer, heartbeat)] = node.received
         self.assertEqual((peer, heartbeat.msg_type), (ACCEPTOR, "heartbeat"))
+        self.assertIs(node.keys.meta(ACCEPTOR)["legacy"], True)
 
     def test_claudectl_acceptor_refused_unless_legacy(self):
         """
-        A claudectl acceptor does not prove the key back; a connector that
-        expects a relaymesh peer closes the connection and says why.
+        A claudectl acceptor does not name itself; a connector that expects
+        a relaymesh peer proves nothing to it, closes the connection and
+        says how to dial a claudectl peer.
         """
         lines, _ = transcript()
         node = Node(CONNECTOR, make_clock(), MemoryKeys({ACCEPTOR: TRANSCRIPT_KEY}))
         protocol, transport = client_protocol(node.client(ACCEPTOR))
         protocol.dataReceived(lines[0] + b"\n")
-        [handshake] = written(transport)
-        self.assertEqual(handshake.payload["proof"], decode(lines[1]).payload["proof"])
-        self.assertEqual(handshake.payload["caps"], ["mutual-auth/1"])
-        protocol.dataReceived(lines[2] + b"\n")
+        self.assertEqual(transport.value(), b"")
         self.assertIs(protocol.state, State.CLOSED)
-        self.assertIn("did not prove", protocol.close_reason)
+        self.assertIn(f"{ACCEPTOR} did not name itself", protocol.close_reason)
+        self.assertIn(f"legacy:{ACCEPTOR}@HOST:PORT", protocol.close_reason)
 
     def test_acceptor_answers_claudectl_connector_plainly(self):
         """
@@ -341,9 +516,7 @@ class TranscriptTests(SynchronousTestCase):
         claudectl's: the status and nothing else.
         """
         lines, _ = transcript()
-        node = Node(ACCEPTOR, make_clock(), MemoryKeys({CONNECTOR: TRANSCRIPT_KEY}))
-        nonce = decode(lines[0]).payload["nonce"]
-        node.server._randbytes = lambda n: bytes.fromhex(nonce)
+        node = self.acceptor(lines)
         protocol, transport = server_protocol(node.server)
         written(transport)
         protocol.dataReceived(lines[1] + b"\n")
@@ -368,7 +541,7 @@ class TranscriptTests(SynchronousTestCase):
 
 class MutualAuthenticationTests(SynchronousTestCase):
     """
-    Two relaymesh nodes prove the key to each other.
+    Two relaymesh nodes prove the key to each other, inside TLS.
     """
 
     def setUp(self):
@@ -379,27 +552,42 @@ class MutualAuthenticationTests(SynchronousTestCase):
     def test_both_prove(self):
         """
         The connector sends its nonce and capabilities; the acceptor answers
-        with its own proof and capabilities; both learn the other's.
+        with its own proof and capabilities; both learn the other's, over
+        the TLS the connection upgraded to.
         """
         server, client, pump = connect(self.alpha, self.beta)
         self.assertIs(client.state, State.CONNECTED)
-        self.assertTrue(client.outcome.mutual)
-        self.assertTrue(server.outcome.mutual)
-        self.assertEqual(server.outcome.capabilities, {"mutual-auth/1"})
-        self.assertEqual(client.outcome.capabilities, {"mutual-auth/1"})
+        self.assertIs(server.state, State.CONNECTED)
+        for outcome in (client.outcome, server.outcome):
+            self.assertEqual((outcome.mutual, outcome.encrypted), (True, True))
+            self.assertEqual(outcome.capabilities, {"mutual-auth/2"})
+        self.assertTrue(client.encrypted and server.encrypted)
+
+    def test_legacy_mark_cleared(self):
+        """
+        A key marked legacy that is proved with relaymesh's proofs is no
+        longer proved in claudectl's form, on either side.
+        """
+        self.alpha.keys.metas["beta"] = {"legacy": True}
+        self.beta.keys.metas["alpha"] = {"legacy": True}
+        server, client, pump = connect(self.alpha, self.beta)
+        self.assertIs(client.state, State.CONNECTED)
+        self.assertIs(self.alpha.keys.meta("beta")["legacy"], False)
+        self.assertIs(self.beta.keys.meta("alpha")["legacy"], False)
 
     def exchange(self, tamper):
         """
-        Run beta's connector against alpha's acceptor by hand, letting
-        C{tamper} change the ack before beta checks it.
+        Run beta's connector against alpha's acceptor by hand, through the
+        TLS upgrade, letting C{tamper} change the ack before beta checks it.
         """
-        acceptor = AcceptorHandshake(self.alpha.keys, identity="alpha")
+        acceptor = AcceptorHandshake(self.alpha.keys, identity="alpha", can_upgrade=True)
         connector = ConnectorHandshake("beta", TRANSCRIPT_KEY, "alpha")
+        upgrade(self, acceptor, connector)
         challenge = RelayMessage("c", "challenge", "", 1, acceptor.challenge_payload())
-        handshake = RelayMessage("h", "handshake", "beta", 1, connector.answer(challenge))
-        verdict = acceptor.verify(handshake)
+        handshake = RelayMessage("h", "handshake", "beta", 1, connector.answer(challenge, BINDING))
+        verdict = acceptor.verify(handshake, BINDING)
         ack = RelayMessage("a", "handshake_ack", "alpha", 1, tamper(dict(verdict.ack), handshake))
-        return connector.check_ack(ack)
+        return connector.check_ack(ack, BINDING)
 
     def test_wrong_acceptor_proof(self):
         with self.assertRaises(HandshakeFailed) as ctx:
@@ -411,8 +599,9 @@ class MutualAuthenticationTests(SynchronousTestCase):
         The connector's own proof sent back as the acceptor's is refused:
         the two directions use different labels.
         """
-        with self.assertRaises(HandshakeFailed):
+        with self.assertRaises(HandshakeFailed) as ctx:
             self.exchange(lambda ack, hs: {**ack, "proof": hs.payload["proof"]})
+        self.assertIn("wrong proof", str(ctx.exception))
 
     def test_replay_refused(self):
         """
@@ -427,8 +616,9 @@ class MutualAuthenticationTests(SynchronousTestCase):
             return ack
 
         self.exchange(capture)
-        with self.assertRaises(HandshakeFailed):
+        with self.assertRaises(HandshakeFailed) as ctx:
             self.exchange(lambda ack, hs: {**ack, "proof": captured["proof"]})
+        self.assertIn("wrong proof", str(ctx.exception))
 
     def test_legacy_marked_in_meta(self):
         """
@@ -446,16 +636,23 @@ class MutualAuthenticationTests(SynchronousTestCase):
         self.assertFalse(protocol.handshake.mutual)
 
     def test_malformed_extensions(self):
-        acceptor = AcceptorHandshake(self.alpha.keys, identity="alpha")
-        proof = compute_proof(TRANSCRIPT_KEY, acceptor.nonce)
-        for extra in ({"nonce": "xyz"}, {"caps": "all"}, {"caps": [1]}, {"caps": ["x"] * 33}):
-            with self.assertRaises(HandshakeFailed):
-                acceptor.verify(handshake_message("beta", {"proof": proof, **extra}))
-
-
-SERVER_FP = "sha256:" + "1" * 64
-CLIENT_FP = "sha256:" + "2" * 64
-MITM_FP = "sha256:" + "6" * 64
+        """
+        A nonce or capability list that is not what it should be is refused,
+        in clear (from a legacy peer) as inside TLS.
+        """
+        self.alpha.keys.metas["beta"] = {"legacy": True}
+        for extra, fragment in [
+            ({"nonce": "xyz"}, "nonce is not 64 hex characters"),
+            ({"caps": "all"}, "malformed capability list"),
+            ({"caps": [1]}, "malformed capability list"),
+            ({"caps": ["x"] * 33}, "malformed capability list"),
+        ]:
+            for binding in (None, BINDING):
+                acceptor = AcceptorHandshake(self.alpha.keys, identity="alpha")
+                proof = compute_proof(TRANSCRIPT_KEY, acceptor.nonce)
+                with self.assertRaises(HandshakeFailed) as ctx:
+                    acceptor.verify(handshake_message("beta", {"proof": proof, **extra}), binding)
+                self.assertIn(fragment, str(ctx.exception))
 
 
 class ChannelBindingTests(SynchronousTestCase):
@@ -477,6 +674,7 @@ class ChannelBindingTests(SynchronousTestCase):
         ack = RelayMessage("a", "handshake_ack", "alpha", 1, verdict.ack)
         outcome, reply = connector.check_ack(ack, connector_sees)
         pairing.record(self.beta_keys, outcome, 0)
+        self.assertEqual((outcome.encrypted, verdict.outcome.encrypted), (True, True))
         return outcome.peer_id, reply
 
     def test_bound_and_pinned(self):
@@ -496,14 +694,20 @@ class ChannelBindingTests(SynchronousTestCase):
 
     def test_plain_proof_refused_over_tls(self):
         """
-        claudectl's unbound proof does not pass over TLS.
+        claudectl's unbound proof does not pass over TLS, even for a key
+        marked legacy.
         """
+        self.alpha_keys.metas["beta"] = {"legacy": True}
         acceptor = AcceptorHandshake(self.alpha_keys, identity="alpha")
         proof = compute_proof(TRANSCRIPT_KEY, acceptor.nonce)
-        with self.assertRaises(HandshakeFailed):
-            acceptor.verify(handshake_message("beta", {"proof": proof}), (SERVER_FP, CLIENT_FP))
-        with self.assertRaises(HandshakeFailed):
-            acceptor.verify(handshake_message("beta", {"proof": proof, "nonce": "cd" * 32}), (SERVER_FP, CLIENT_FP))
+        with self.assertRaises(HandshakeFailed) as ctx:
+            acceptor.verify(handshake_message("beta", {"proof": proof}), BINDING)
+        self.assertIn("over TLS lacks its nonce", str(ctx.exception))
+        acceptor = AcceptorHandshake(self.alpha_keys, identity="alpha")
+        proof = compute_proof(TRANSCRIPT_KEY, acceptor.nonce)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            acceptor.verify(handshake_message("beta", {"proof": proof, "nonce": "cd" * 32}), BINDING)
+        self.assertIn("wrong proof", str(ctx.exception))
 
     def test_changed_certificate_refused(self):
         """
@@ -521,7 +725,8 @@ class ChannelBindingTests(SynchronousTestCase):
 
 class StrongPairingTests(SynchronousTestCase):
     """
-    Pairing with a one-time code and SPAKE2, inside the handshake.
+    Pairing with a one-time code and SPAKE2, inside the handshake (inside
+    the TLS the connection upgraded to).
     """
 
     def setUp(self):
@@ -531,18 +736,21 @@ class StrongPairingTests(SynchronousTestCase):
         self.beta = Node("beta", self.clock, MemoryKeys())
 
     def run_pairing(self, code):
-        acceptor = AcceptorHandshake(self.alpha.keys, identity="alpha")
+        acceptor = AcceptorHandshake(self.alpha.keys, identity="alpha", can_upgrade=True)
         connector = ConnectorHandshake("beta", None, strong_code=code)
+        upgrade(self, acceptor, connector)
         challenge = RelayMessage("c", "challenge", "", 1, acceptor.challenge_payload())
-        first = RelayMessage("h", "handshake", "beta", 1, connector.answer(challenge))
-        verdict = acceptor.verify(first)
+        first = RelayMessage("h", "handshake", "beta", 1, connector.answer(challenge, BINDING))
+        verdict = acceptor.verify(first, BINDING)
         self.assertIsNone(verdict.outcome)
         self.assertEqual(verdict.ack["status"], "pake")
-        peer, reply = connector.check_ack(RelayMessage("a", "handshake_ack", "alpha", 1, verdict.ack))
+        ack = RelayMessage("a", "handshake_ack", "alpha", 1, verdict.ack)
+        peer, reply = connector.check_ack(ack, BINDING)
         self.assertIsNone(peer)
-        verdict = acceptor.verify(RelayMessage("h2", "handshake", "beta", 1, reply))
+        verdict = acceptor.verify(RelayMessage("h2", "handshake", "beta", 1, reply), BINDING)
         pairing.record(self.alpha.keys, verdict.outcome, 0)
-        outcome, reply = connector.check_ack(RelayMessage("a2", "handshake_ack", "alpha", 1, verdict.ack))
+        ack = RelayMessage("a2", "handshake_ack", "alpha", 1, verdict.ack)
+        outcome, reply = connector.check_ack(ack, BINDING)
         self.assertEqual(outcome.paired_via, "strong_code")
         return connector, (outcome.peer_id, reply)
 
@@ -557,6 +765,7 @@ class StrongPairingTests(SynchronousTestCase):
         self.assertEqual(self.alpha.keys.keys["beta"], connector.psk)
         self.assertEqual(len(connector.psk), 32)
         self.assertEqual(self.alpha.keys.meta("beta")["paired_via"], "strong_code")
+        self.assertIs(self.alpha.keys.meta("beta")["legacy"], False)
         self.assertIsNone(self.alpha.keys.strong_code)
 
     def test_wrong_code_uses_it_up(self):
@@ -581,6 +790,7 @@ class StrongPairingTests(SynchronousTestCase):
         server, client, pump = connect(self.alpha, self.beta, client_factory)
         self.assertIs(client.state, State.CONNECTED)
         self.assertIs(server.state, State.CONNECTED)
+        self.assertTrue(client.encrypted and server.encrypted)
         self.assertEqual(self.beta.keys.keys["alpha"], self.alpha.keys.keys["beta"])
         self.assertEqual(self.beta.keys.meta("alpha")["paired_via"], "strong_code")
 
@@ -593,28 +803,42 @@ class StrongPairingTests(SynchronousTestCase):
 
 class DocumentedExampleTests(SynchronousTestCase):
     """
-    The byte-level examples in docs/protocol.rst are what the code computes.
+    The byte-level examples of the handshake (docs/protocol.rst) are what
+    the code computes, and what the documented formulas give: claudectl's
+    proof of the transcript's nonce, and version 2's labelled proofs of it
+    with the connector nonce C{5c5c…5c} and the fingerprints
+    C{sha256:1111…11} (server) and C{sha256:2222…22} (client).
     """
 
     NONCE = "9f242fb8bfee69aeb49a319fdd21cc7d6398705d4aa6cfcb472cc44ac5625bee"
+    CONNECTOR_NONCE = "5c" * 32
     BINDING = ("sha256:" + "11" * 32, "sha256:" + "22" * 32)
 
-    def test_plain(self):
-        self.assertEqual(
-            acceptor_proof(TRANSCRIPT_KEY, self.NONCE, "5c" * 32, CONNECTOR, ACCEPTOR),
-            "497242a9173a7485d87897d3b6a65a937e8d7cef0ba9634154b2152f87b5abf1",
-        )
-        self.assertEqual(
-            connector_proof(TRANSCRIPT_KEY, self.NONCE, "5c" * 32, CONNECTOR),
-            "3e1b4b957d3d544477c47f508af0373be828750164a4b0819859880ba6a3c348",
-        )
+    CLAUDECTL = "3e1b4b957d3d544477c47f508af0373be828750164a4b0819859880ba6a3c348"
+    CONNECTOR_TLS = "dda2afbf6f643ebd7f326bd1b4a2433dbdf2a57ada47a775f6b95a2f191617ec"
+    ACCEPTOR_TLS = "df2615ab58a134443d1631fa2e259d1a7b6640d912647fbbe89be1828b2de534"
+
+    def documented(self, label, *fields):
+        """
+        HMAC-SHA256(psk, label 0x00 field 0x00 field ...), as documented.
+        """
+        data = label + b"".join(b"\x00" + field.encode("ascii") for field in fields)
+        return hmac.new(TRANSCRIPT_KEY, data, hashlib.sha256).hexdigest()
+
+    def test_claudectl(self):
+        self.assertEqual(compute_proof(TRANSCRIPT_KEY, self.NONCE), self.CLAUDECTL)
+        self.assertEqual(hmac.new(TRANSCRIPT_KEY, self.NONCE.encode(), hashlib.sha256).hexdigest(), self.CLAUDECTL)
+        self.assertEqual(decode(transcript()[0][1]).payload["proof"], self.CLAUDECTL)
 
     def test_tls(self):
+        fields = (self.NONCE, self.CONNECTOR_NONCE, CONNECTOR, ACCEPTOR, *self.BINDING)
         self.assertEqual(
-            connector_proof(TRANSCRIPT_KEY, self.NONCE, "5c" * 32, CONNECTOR, self.BINDING),
-            "a8b97e9559ac8854b60ef356b622e072409eb1fffa1e282575490a413b26a8e9",
+            connector_proof(TRANSCRIPT_KEY, self.NONCE, self.CONNECTOR_NONCE, CONNECTOR, ACCEPTOR, self.BINDING),
+            self.CONNECTOR_TLS,
         )
+        self.assertEqual(self.documented(b"relaymesh/2 connector proof", *fields), self.CONNECTOR_TLS)
         self.assertEqual(
-            acceptor_proof(TRANSCRIPT_KEY, self.NONCE, "5c" * 32, CONNECTOR, ACCEPTOR, self.BINDING),
-            "eeebafd293c4f7d4f494215d3c9374e065f8caaddc15ffe6b9b0733de02f913b",
+            acceptor_proof(TRANSCRIPT_KEY, self.NONCE, self.CONNECTOR_NONCE, CONNECTOR, ACCEPTOR, self.BINDING),
+            self.ACCEPTOR_TLS,
         )
+        self.assertEqual(self.documented(b"relaymesh/2 acceptor proof", *fields), self.ACCEPTOR_TLS)

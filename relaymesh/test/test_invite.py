@@ -20,7 +20,6 @@ from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionRefusedError, UserError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
-from twisted.test import iosim
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from relaymesh.cli import base as cli_base, keys as cli_keys, pairing as cli_pairing
@@ -61,6 +60,7 @@ from relaymesh.joinforms import (
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey, KeyStore
 from relaymesh.connection import State
 from relaymesh.test.support import EPOCH, MemoryKeys, Node, load_codes
+from relaymesh.testing import MemoryNetwork
 from relaymesh.wire import RelayMessage
 
 VECTORS = load_codes()
@@ -614,7 +614,12 @@ class AcceptorArmedKeyTests(SynchronousTestCase):
             self.assertEqual(self.keys.keys["newcomer"], key)
             self.assertEqual(self.keys.armed_keys(EPOCH), [])
             self.assertEqual(
-                self.keys.meta_updates, [("newcomer", {"paired_at": int(EPOCH * 1000), "paired_via": form})]
+                self.keys.meta_updates,
+                [
+                    ("newcomer", {"paired_at": int(EPOCH * 1000), "paired_via": form}),
+                    # proved in claudectl's one-way form: a legacy peer's key
+                    ("newcomer", {"legacy": True}),
+                ],
             )
 
     def test_onlyOnce(self):
@@ -701,14 +706,10 @@ class JoinTests(SynchronousTestCase):
         server = self.alpha.server.buildProtocol(address)
         client = factory.buildProtocol(IPv4Address("TCP", host, port))
         self.client = client
-        pump = iosim.connect(
-            server,
-            iosim.FakeTransport(server, isServer=True, peerAddress=address),
-            client,
-            iosim.FakeTransport(client, isServer=False, peerAddress=IPv4Address("TCP", host, port)),
-            clock=self.reactor,
-        )
-        pump.flush()
+        # the bytes (and the TLS upgrade) go over an in-memory link
+        network = MemoryNetwork()
+        network.join(server, client, address, IPv4Address("TCP", host, port))
+        network.flush()
         factory.clientConnectionLost(None, Failure(ConnectionRefusedError()))
         return d
 
@@ -764,6 +765,8 @@ class JoinTests(SynchronousTestCase):
                     "paired_at": int(EPOCH * 1000),
                     "paired_via": form,
                     "legacy": False,  # a relaymesh node proved the key back
+                    # over the TLS it upgraded to, with this certificate
+                    "tls_fingerprint": self.alpha.certificate.fingerprint,
                 },
             )
             self.assertEqual(self.storeA.meta("beta")["paired_via"], armed)
