@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relaymesh import pairing
-from relaymesh.connection import RelayProtocol
+from relaymesh.connection import HANDSHAKE_MAX_LINE, RelayProtocol
 from relaymesh.events import Direction
 from relaymesh.handshake.acceptor import AcceptorHandshake
 from relaymesh.handshake.base import Authenticated, KeyLookup
@@ -36,6 +36,54 @@ MAX_HANDSHAKES_PER_ADDRESS = 4
 #: which that address is refused until the first of them is that old.
 LOCKOUT_FAILURES = 5  # claudectl 0.49: 5
 LOCKOUT_WINDOW = 60.0  # claudectl 0.49: 60 s
+
+#: Bytes of lines from connections that have not authenticated that the
+#: node parses per second, every such connection together, and the burst
+#: it allows: a flood of connections from many addresses (which the
+#: lockout does not stop) cannot keep the reactor busy parsing JSON.
+PREAUTH_BYTES_PER_SECOND = 512 * 1024
+PREAUTH_BURST = 1024 * 1024
+
+
+class ParseBudget:
+    """
+    A token bucket of bytes that unauthenticated connections may have
+    parsed: it fills at C{rate} bytes per second up to C{burst}.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        rate: float = PREAUTH_BYTES_PER_SECOND,
+        burst: float = PREAUTH_BURST,
+    ) -> None:
+        self._clock = clock
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at = clock.seconds()
+
+    def _fill(self) -> float:
+        now = self._clock.seconds()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        return self._tokens
+
+    def exhausted(self) -> bool:
+        """
+        Whether less is left than a new connection's longest line.
+        """
+        return self._fill() < HANDSHAKE_MAX_LINE
+
+    def spend(self, size: int) -> bool:
+        """
+        Take C{size} bytes from the budget; whether there were enough.
+        """
+        if self._fill() < size:
+            return False
+        self._tokens -= size
+        return True
+
 
 class FailureTracker:
     """
@@ -117,8 +165,9 @@ class RelayServerFactory(Factory):
 
     A connection is refused (closed before the challenge, without a byte)
     when its address is locked out, when L{max_handshakes} handshakes are in
-    progress (or L{MAX_HANDSHAKES_PER_ADDRESS} from its address), or when
-    the mesh has its maximum number of peers.
+    progress (or L{MAX_HANDSHAKES_PER_ADDRESS} from its address), when the
+    unauthenticated connections used up their L{ParseBudget}, or when the
+    mesh has its maximum number of peers.
 
     With this node's C{certificate}, the challenge offers relaymesh
     connectors the in-band upgrade to TLS.
@@ -140,6 +189,7 @@ class RelayServerFactory(Factory):
         self.keys = keys
         self.max_handshakes = max_handshakes
         self.failures = FailureTracker(mesh.clock)
+        self.parse_budget = ParseBudget(mesh.clock)
         self._randbytes = randbytes
         self._handshaking: dict[RelayProtocol, str] = {}
         self._handshaking_per_host: collections.Counter[str] = collections.Counter()
@@ -156,6 +206,8 @@ class RelayServerFactory(Factory):
         """
         if self.failures.refused(host):
             return f"too many failed handshakes from {host}"
+        if self.parse_budget.exhausted():
+            return "too much handshake traffic from unauthenticated connections"
         if len(self._handshaking) >= self.max_handshakes:
             return f"{self.max_handshakes} handshakes already in progress"
         if self._handshaking_per_host[host] >= MAX_HANDSHAKES_PER_ADDRESS:
@@ -183,6 +235,7 @@ class RelayServerFactory(Factory):
             self.certificate,
         )
         protocol.factory = self
+        protocol.parse_budget = self.parse_budget
         self._handshaking[protocol] = host
         self._handshaking_per_host[host] += 1
         return protocol

@@ -133,6 +133,11 @@ class RelayProtocol(LineFramer, LineWriter):
 
     MAX_LENGTH = HANDSHAKE_MAX_LINE
 
+    #: What lines before authentication may cost, shared by every inbound
+    #: connection of a listener (L{relaymesh.acceptor.ParseBudget}), or
+    #: L{None}.
+    parse_budget: Any = None
+
     def __init__(
         self,
         owner: ILinkOwner,
@@ -301,6 +306,10 @@ class RelayProtocol(LineFramer, LineWriter):
     def lineReceived(self, line: bytes) -> None:
         if self.close_reason is not None:
             return
+        if self.state is not _CONNECTED and self.parse_budget is not None:
+            if not self.parse_budget.spend(len(line)):
+                self.abort("too much handshake traffic from unauthenticated connections")
+                return
         size = len(line) + 1
         fields = None
         try:

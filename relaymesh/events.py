@@ -106,6 +106,11 @@ class PeerStatus:
     @ivar hops: Links to it: 1 when connected, L{None} when unreachable.
     @ivar by_type: Traffic per message type: C{{msg_type: {"msgs_in",
         "bytes_in", "msgs_out", "bytes_out"}}}.
+    @ivar encrypted: Whether its live connection runs over TLS (the
+        default between relaymesh nodes); L{None} when not connected.
+    @ivar mutual: Whether its live connection's handshake proved the key
+        both ways; false for a claudectl peer (one-way, in clear); L{None}
+        when not connected.
     """
 
     peer_id: str
@@ -123,6 +128,8 @@ class PeerStatus:
     via: str | None = None
     hops: int | None = None
     by_type: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    encrypted: bool | None = None
+    mutual: bool | None = None
 
     @classmethod
     def without_traffic(

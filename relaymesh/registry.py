@@ -76,10 +76,13 @@ class PeerRecord:
         traffic.add(self.traffic)
         last_seen = self.last_seen
         live = self.protocol
+        encrypted = mutual = None
         if live is not None:
             traffic.add(live.traffic)
             last_seen = live.last_received
             via, hops = self.peer_id, 1
+            if live.outcome is not None:
+                encrypted, mutual = live.outcome.encrypted, live.outcome.mutual
         return PeerStatus(
             peer_id=self.peer_id,
             state=self.state,
@@ -96,6 +99,8 @@ class PeerRecord:
             via=via,
             hops=hops,
             by_type=traffic.by_type_dict(),
+            encrypted=encrypted,
+            mutual=mutual,
         )
 
 

@@ -179,9 +179,12 @@ class MemoryNetwork(Clock):
     ) -> MemoryConnector:
         """
         Dial C{host:port}; the dial is answered at the next instant the
-        network runs, so C{timeout} never expires.
+        network runs, so C{timeout} never expires. The connection comes from
+        the host of C{bindAddress} if given, else from the network's host.
         """
         connector = MemoryConnector(self, host, port, factory)
+        if bindAddress is not None:
+            connector.source_host = bindAddress[0]
         connector.connect()
         return connector
 
@@ -210,7 +213,9 @@ class MemoryNetwork(Clock):
                 error.ConnectionRefusedError(f"nothing listens on {connector.host}:{connector.port}")
             )
             return
-        client_address = IPv4Address("TCP", self.host, next(self._next_client_port))
+        client_address = IPv4Address(
+            "TCP", connector.source_host or self.host, next(self._next_client_port)
+        )
         server_address = IPv4Address("TCP", connector.host, connector.port)
         connection = MemoryConnection(
             self,
@@ -311,6 +316,8 @@ class MemoryConnector:
         self._attempt: IDelayedCall | None = None
         self._connection: MemoryConnection | None = None
         self._factory_started = False
+        #: The address the connection comes from, if not the network's.
+        self.source_host: str | None = None
 
     def connect(self) -> None:
         """

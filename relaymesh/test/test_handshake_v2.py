@@ -1,0 +1,735 @@
+"""
+Tests for the rules of handshake v2 (L{relaymesh.handshake}): the in-band
+TLS upgrade and the proofs bound to it, what may still be proved in clear
+(claudectl's one-way proof, of a key marked legacy or armed), reflected
+nonces, and the key a bare dial proves. Most drive the handshake objects
+with no I/O, the TLS session stood for by the fingerprints it binds.
+"""
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import alsoProvides
+
+from relaymesh import pairing
+from relaymesh.connection import State
+from relaymesh.handshake.acceptor import AcceptorHandshake, Step
+from relaymesh.handshake.base import PENDING_FORM, HandshakeFailed, IssuedNonces
+from relaymesh.handshake.connector import ConnectorHandshake
+from relaymesh.handshake.connector import Step as ConnectorStep
+from relaymesh.handshake.proofs import (
+    VERSION,
+    acceptor_proof,
+    compute_proof,
+    connector_proof,
+)
+from relaymesh.test.support import (
+    MemoryKeys,
+    Node,
+    client_protocol,
+    line,
+    load_transcript,
+    make_clock,
+    server_protocol,
+    written,
+)
+from relaymesh.wire import RelayMessage, decode
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+PENDING = b"p" * 32
+
+SERVER_FP = "sha256:" + "1" * 64
+CLIENT_FP = "sha256:" + "2" * 64
+MITM_FP = "sha256:" + "6" * 64
+BINDING = (SERVER_FP, CLIENT_FP)
+
+
+def message(msg_type, from_peer, payload):
+    return RelayMessage("m1", msg_type, from_peer, 1, payload)
+
+
+def challenge(payload):
+    return message("challenge", "", payload)
+
+
+def ack(peer, payload):
+    return message("handshake_ack", peer, payload)
+
+
+def named(peer="alpha", nonce="ab" * 32, starttls=True):
+    """
+    A relaymesh acceptor's challenge, with the TLS upgrade offered (in
+    clear) or not (inside TLS, or stripped on the path).
+    """
+    caps = ["mutual-auth/2"] + (["starttls/1"] if starttls else [])
+    return challenge({"nonce": nonce, "peer": peer, "caps": caps})
+
+
+def tls_capable(protocol, host="10.0.0.2"):
+    """
+    Connect C{protocol} to a string transport that can start TLS (it notes
+    the options in C{tls_started} and goes on writing in clear).
+    """
+    transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", host, 40000))
+    transport.tls_started = []
+    transport.startTLS = lambda options, normal=True: transport.tls_started.append(options)
+    alsoProvides(transport, ITLSTransport)
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    return transport
+
+
+class _Pair:
+    """
+    An acceptor C{alpha} that can upgrade and a connector C{beta}, run
+    through the rounds by hand.
+    """
+
+    def acceptor(self, keys, identity="alpha", issued=None):
+        return AcceptorHandshake(keys, identity=identity, can_upgrade=True, issued=issued)
+
+    def upgrade(self, acceptor, connector, claimed="beta"):
+        """
+        The C{starttls} round in clear, checked; both sides then upgraded.
+        """
+        verdict = acceptor.verify(message("handshake", claimed, connector.answer(challenge(acceptor.challenge_payload()))))
+        self.assertEqual((verdict.ack, verdict.upgrade, verdict.outcome), ({"status": "starttls"}, True, None))
+        self.assertEqual(connector.check_ack(ack(acceptor.identity, verdict.ack)), (None, None))
+        acceptor.upgraded()
+        connector.upgraded()
+
+    def prove(self, acceptor, connector, claimed="beta"):
+        """
+        The round inside TLS: the connector's proof and the acceptor's ack.
+
+        @return: both outcomes, the acceptor's first.
+        """
+        answer = connector.answer(challenge(acceptor.challenge_payload()), BINDING)
+        verdict = acceptor.verify(message("handshake", claimed, answer), BINDING)
+        outcome, reply = connector.check_ack(ack(acceptor.identity, verdict.ack), BINDING)
+        self.assertIsNone(reply)
+        return verdict.outcome, outcome
+
+
+class StartTLSTests(_Pair, SynchronousTestCase):
+    """
+    The C{starttls} round, and the handshake that starts over inside TLS.
+    """
+
+    def test_round(self):
+        """
+        In clear the connector asks only for TLS and proves nothing; the
+        acceptor acks C{starttls}; inside TLS it challenges again, with a
+        fresh nonce and no upgrade offered, and both prove the key.
+        """
+        acceptor = self.acceptor(MemoryKeys({"beta": KEY}))
+        connector = ConnectorHandshake("beta", KEY, "alpha")
+        first = acceptor.challenge_payload()
+        self.assertEqual(first["caps"], ["mutual-auth/2", "starttls/1"])
+        request = connector.answer(challenge(first))
+        self.assertEqual(request, {"starttls": True, "version": VERSION})
+        verdict = acceptor.verify(message("handshake", "beta", request))
+        self.assertEqual(verdict.ack, {"status": "starttls"})
+        self.assertEqual((verdict.upgrade, verdict.outcome), (True, None))
+        self.assertEqual(connector.check_ack(ack("alpha", verdict.ack)), (None, None))
+        acceptor.upgraded()
+        connector.upgraded()
+        second = acceptor.challenge_payload()
+        self.assertNotEqual(second["nonce"], first["nonce"])
+        self.assertEqual(second, {"nonce": acceptor.nonce, "peer": "alpha", "caps": ["mutual-auth/2"]})
+        accepted, connected = self.prove(acceptor, connector)
+        for outcome, peer in ((accepted, "beta"), (connected, "alpha")):
+            self.assertEqual((outcome.peer_id, outcome.key), (peer, KEY))
+            self.assertEqual((outcome.mutual, outcome.encrypted), (True, True))
+        self.assertTrue(connector.encrypted and connector.mutual)
+
+    def test_listener_without_tls(self):
+        """
+        An acceptor that cannot start TLS offers no upgrade and refuses a
+        request for one.
+        """
+        acceptor = AcceptorHandshake(MemoryKeys({"beta": KEY}), identity="alpha")
+        self.assertNotIn("starttls/1", acceptor.challenge_payload()["caps"])
+        with self.assertRaises(HandshakeFailed) as ctx:
+            acceptor.verify(message("handshake", "beta", {"starttls": True, "version": VERSION}))
+        self.assertIn("beta asked for TLS, which this listener cannot start", str(ctx.exception))
+        self.assertIs(acceptor.step, Step.FAILED)
+
+    def test_nothing_in_clear_after_the_upgrade(self):
+        """
+        Once upgraded, neither side takes a handshake message from outside
+        the TLS session, nor a request to upgrade again.
+        """
+        acceptor = self.acceptor(MemoryKeys({"beta": KEY}))
+        connector = ConnectorHandshake("beta", KEY, "alpha")
+        self.upgrade(acceptor, connector)
+        proof = {"proof": compute_proof(KEY, acceptor.nonce), "nonce": "cd" * 32}
+        with self.assertRaises(HandshakeFailed) as ctx:
+            acceptor.verify(message("handshake", "beta", proof))
+        self.assertIn("outside the TLS session it upgraded to", str(ctx.exception))
+        with self.assertRaises(HandshakeFailed) as ctx:
+            connector.answer(named(starttls=False))
+        self.assertIn("challenge outside the TLS session", str(ctx.exception))
+        again = self.acceptor(MemoryKeys({"beta": KEY}))
+        self.upgrade(again, ConnectorHandshake("beta", KEY, "alpha"))
+        with self.assertRaises(HandshakeFailed) as ctx:
+            again.verify(message("handshake", "beta", {"starttls": True}), BINDING)
+        self.assertIn("over TLS lacks its nonce", str(ctx.exception))
+
+    def test_upgrade_not_acked(self):
+        """
+        An acceptor that answers the request for TLS with anything but
+        C{starttls} ends the handshake.
+        """
+        for status in ("ok", "denied", None):
+            connector = ConnectorHandshake("beta", KEY, "alpha")
+            connector.answer(named())
+            with self.assertRaises(HandshakeFailed) as ctx:
+                connector.check_ack(ack("alpha", {"status": status}))
+            self.assertIn(f"the peer did not start TLS (status {status!r})", str(ctx.exception))
+            self.assertIs(connector.step, ConnectorStep.FAILED)
+
+    def test_same_connector_inside(self):
+        """
+        The connector that proves inside TLS is the one that asked for it.
+        """
+        acceptor = self.acceptor(MemoryKeys({"beta": KEY, "gamma": KEY}))
+        connector = ConnectorHandshake("gamma", KEY, "alpha")
+        self.upgrade(acceptor, ConnectorHandshake("beta", KEY, "alpha"))
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.prove(acceptor, connector, claimed="gamma")
+        self.assertIn("gamma continued the handshake of beta", str(ctx.exception))
+
+
+class StateTableTests(_Pair, SynchronousTestCase):
+    """
+    The steps of both sides with the upgrade, and what each step refuses.
+    """
+
+    def test_acceptor(self):
+        acceptor = self.acceptor(MemoryKeys({"beta": KEY}))
+        connector = ConnectorHandshake("beta", KEY, "alpha")
+        self.assertIs(acceptor.step, Step.AWAITING_HANDSHAKE)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            acceptor.upgraded()
+        self.assertIn("TLS upgrade when awaiting the connector's handshake", str(ctx.exception))
+        request = connector.answer(challenge(acceptor.challenge_payload()))
+        acceptor.verify(message("handshake", "beta", request))
+        self.assertIs(acceptor.step, Step.UPGRADING)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            acceptor.verify(message("handshake", "beta", request))
+        self.assertIn("handshake message when upgrading to TLS", str(ctx.exception))
+        acceptor.upgraded()
+        self.assertIs(acceptor.step, Step.AWAITING_HANDSHAKE)
+        connector.check_ack(ack("alpha", {"status": "starttls"}))
+        connector.upgraded()
+        self.prove(acceptor, connector)
+        self.assertIs(acceptor.step, Step.AUTHENTICATED)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            acceptor.upgraded()
+        self.assertIn("TLS upgrade when authenticated", str(ctx.exception))
+        failed = self.acceptor(MemoryKeys({"beta": KEY}))
+        self.upgrade(failed, ConnectorHandshake("beta", KEY, "alpha"))
+        self.assertRaises(HandshakeFailed, failed.verify, message("handshake", "beta", {"nonce": "cd" * 32}), BINDING)
+        self.assertIs(failed.step, Step.FAILED)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            failed.upgraded()
+        self.assertIn("TLS upgrade when failed", str(ctx.exception))
+
+    def test_connector(self):
+        acceptor = self.acceptor(MemoryKeys({"beta": KEY}))
+        connector = ConnectorHandshake("beta", KEY, "alpha")
+        with self.assertRaises(HandshakeFailed) as ctx:
+            connector.upgraded()
+        self.assertIn("TLS upgrade when awaiting the challenge", str(ctx.exception))
+        request = connector.answer(challenge(acceptor.challenge_payload()))
+        self.assertIs(connector.step, ConnectorStep.AWAITING_UPGRADE)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            connector.answer(named())
+        self.assertIn("challenge when awaiting the answer to the TLS upgrade", str(ctx.exception))
+        verdict = acceptor.verify(message("handshake", "beta", request))
+        self.assertEqual(connector.check_ack(ack("alpha", verdict.ack)), (None, None))
+        self.assertIs(connector.step, ConnectorStep.UPGRADING)
+        for refused, fragment in [
+            (lambda: connector.answer(named()), "challenge when upgrading to TLS"),
+            (lambda: connector.check_ack(ack("alpha", {"status": "ok"})), "handshake_ack when upgrading to TLS"),
+        ]:
+            with self.assertRaises(HandshakeFailed) as ctx:
+                refused()
+            self.assertIn(fragment, str(ctx.exception))
+        self.assertIs(connector.step, ConnectorStep.UPGRADING)
+        acceptor.upgraded()
+        connector.upgraded()
+        self.assertIs(connector.step, ConnectorStep.AWAITING_CHALLENGE)
+        answer = connector.answer(challenge(acceptor.challenge_payload()), BINDING)
+        self.assertIs(connector.step, ConnectorStep.AWAITING_ACK)
+        verdict = acceptor.verify(message("handshake", "beta", answer), BINDING)
+        connector.check_ack(ack("alpha", verdict.ack), BINDING)
+        self.assertIs(connector.step, ConnectorStep.AUTHENTICATED)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            connector.check_ack(ack("alpha", verdict.ack), BINDING)
+        self.assertIn("handshake_ack when authenticated", str(ctx.exception))
+
+
+class ClearProofTests(SynchronousTestCase):
+    """
+    What the acceptor takes in clear: claudectl's one-way proof, of a key
+    marked legacy or armed for pairing; nothing of relaymesh's.
+    """
+
+    def setUp(self):
+        self.keys = MemoryKeys({"beta": KEY})
+        self.keys.metas["beta"] = {"legacy": True}
+        self.acceptor = AcceptorHandshake(self.keys, identity="alpha", can_upgrade=True)
+
+    def verify(self, payload, claimed="beta"):
+        return self.acceptor.verify(message("handshake", claimed, payload))
+
+    def test_labelled_proof_refused(self):
+        """
+        A labelled proof (with the connector's nonce) is refused in clear,
+        even right, even for a legacy key: the upgrade was stripped.
+        """
+        nonce = "cd" * 32
+        proof = connector_proof(KEY, self.acceptor.nonce, nonce, "beta", "alpha")
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.verify({"proof": proof, "nonce": nonce, "caps": ["mutual-auth/2"]})
+        self.assertIn("beta tried to authenticate in clear without upgrading to TLS", str(ctx.exception))
+        self.assertIs(self.acceptor.step, Step.FAILED)
+
+    def test_pake_refused(self):
+        self.keys.strong_code = "7-ace-act"
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.verify({"pake": "00" * 33, "nonce": "cd" * 32}, claimed="newcomer")
+        self.assertIn("tried to authenticate in clear", str(ctx.exception))
+        self.assertEqual(self.keys.strong_code, "7-ace-act")
+
+    def test_unmarked_key_refused(self):
+        """
+        claudectl's proof of a key not marked legacy (never used, or used
+        with relaymesh) is refused, right or wrong, and the reason says how
+        to mark a claudectl peer.
+        """
+        for meta in ({}, {"legacy": False}, {"legacy": "true"}):
+            self.keys.metas["beta"] = meta
+            for key in (KEY, OTHER_KEY):
+                self.acceptor = AcceptorHandshake(self.keys, identity="alpha")
+                with self.assertRaises(HandshakeFailed) as ctx:
+                    self.verify({"proof": compute_proof(key, self.acceptor.nonce)})
+                self.assertIn("sent claudectl's one-way proof, but its key is not marked legacy", str(ctx.exception))
+                self.assertIn("relaymesh mark-legacy beta", str(ctx.exception))
+
+    def test_armed_key_pairs(self):
+        """
+        claudectl's proof of a key armed for pairing (not the first armed)
+        pairs the peer; recorded, the key is claimed, every armed key
+        disarmed, and the peer marked legacy.
+        """
+        self.keys.arm([("pair_code", PENDING), ("invite", OTHER_KEY)])
+        outcome = self.verify({"proof": compute_proof(OTHER_KEY, self.acceptor.nonce)}, claimed="gamma").outcome
+        self.assertEqual((outcome.peer_id, outcome.key, outcome.paired_via), ("gamma", OTHER_KEY, "invite"))
+        self.assertFalse(outcome.mutual)
+        pairing.record(self.keys, outcome, 0)
+        self.assertEqual(self.keys.keys["gamma"], OTHER_KEY)
+        self.assertIsNone(self.keys.pending)
+        self.assertEqual(self.keys.meta("gamma")["paired_via"], "invite")
+        self.assertIs(self.keys.meta("gamma")["legacy"], True)
+
+
+class LegacyRecordTests(_Pair, SynchronousTestCase):
+    """
+    What L{pairing.record} writes of the legacy mark.
+    """
+
+    def test_cleared_by_relaymesh_proofs(self):
+        """
+        A key marked legacy and then proved inside TLS is no longer legacy
+        (for claudectl's form marking it: L{ClearProofTests}).
+        """
+        keys = MemoryKeys({"beta": KEY})
+        keys.metas["beta"] = {"legacy": True}
+        acceptor = self.acceptor(keys)
+        connector = ConnectorHandshake("beta", KEY, "alpha")
+        self.upgrade(acceptor, connector)
+        accepted, _ = self.prove(acceptor, connector)
+        pairing.record(keys, accepted, 0)
+        self.assertIs(keys.meta("beta")["legacy"], False)
+
+    def test_written_only_when_changed(self):
+        """
+        A key already recorded as not legacy is not written again: only the
+        certificate seen for the first time is pinned.
+        """
+        keys = MemoryKeys({"beta": KEY})
+        keys.metas["beta"] = {"legacy": False}
+        acceptor = self.acceptor(keys)
+        connector = ConnectorHandshake("beta", KEY, "alpha")
+        self.upgrade(acceptor, connector)
+        accepted, _ = self.prove(acceptor, connector)
+        pairing.record(keys, accepted, 0)
+        self.assertEqual(keys.meta_updates, [("beta", {"tls_fingerprint": CLIENT_FP})])
+
+
+class ConnectorRulesTests(_Pair, SynchronousTestCase):
+    """
+    What the connector refuses to answer, before it proves anything.
+    """
+
+    def refused(self, connector, challenge_message, fragment, binding=None):
+        with self.assertRaises(HandshakeFailed) as ctx:
+            connector.answer(challenge_message, binding)
+        self.assertIn(fragment, str(ctx.exception))
+        self.assertIs(connector.step, ConnectorStep.FAILED)
+
+    def test_stripped_upgrade(self):
+        """
+        A relaymesh acceptor (it names itself) that offers no upgrade in
+        clear had it stripped on the path: nothing is proved, not even for
+        a legacy key.
+        """
+        for legacy in (False, True):
+            self.refused(
+                ConnectorHandshake("beta", KEY, "alpha", legacy=legacy),
+                named(starttls=False),
+                "alpha named itself but offered no TLS upgrade (stripped on the path?)",
+            )
+
+    def test_unnamed_acceptor(self):
+        """
+        An acceptor that does not name itself (claudectl) gets claudectl's
+        proof only of a key marked legacy; otherwise the reason says how to
+        dial a claudectl peer. A bare dial has no key to prove to it.
+        """
+        unnamed = challenge({"nonce": "ab" * 32})
+        self.refused(ConnectorHandshake("beta", KEY, "alpha"), unnamed, "dial it as legacy:alpha@HOST:PORT")
+        self.refused(ConnectorHandshake("beta", KEY), unnamed, "the peer did not name itself as a relaymesh node")
+        bare = ConnectorHandshake("beta", keys=MemoryKeys({"alpha": KEY}, pending=PENDING), legacy=True)
+        self.refused(bare, unnamed, "legacy:ID@HOST:PORT")
+        self.refused(ConnectorHandshake("beta", KEY, "alpha"), unnamed, "invalid peer id None", BINDING)
+        answer = ConnectorHandshake("beta", KEY, "alpha", legacy=True).answer(unnamed)
+        self.assertEqual(answer, {"proof": compute_proof(KEY, "ab" * 32), "version": VERSION})
+
+    def test_issued_nonce(self):
+        """
+        A challenge carrying a nonce this node's acceptor issued is its own
+        reflected: refused in clear and inside TLS, named or not, legacy or
+        not; once the acceptor's handshake is over, the nonce is forgotten.
+        """
+        issued = IssuedNonces()
+        acceptor = self.acceptor(MemoryKeys({"beta": KEY}), issued=issued)
+        mine = acceptor.nonce
+        self.assertIn(mine, issued)
+        for reflected, binding in [
+            (challenge({"nonce": mine}), None),
+            (named("mallory", mine), None),
+            (named("mallory", mine, starttls=False), BINDING),
+        ]:
+            connector = ConnectorHandshake("alpha", KEY, "mallory", legacy=True, issued=issued)
+            self.refused(connector, reflected, "a nonce this node issued itself (a reflection attempt)", binding)
+        acceptor.retire()
+        self.assertNotIn(mine, issued)
+        connector = ConnectorHandshake("alpha", KEY, "mallory", legacy=True, issued=issued)
+        self.assertIn("proof", connector.answer(challenge({"nonce": mine})))
+
+    def test_issued_across_the_upgrade(self):
+        """
+        The acceptor's nonce inside TLS is issued too; the one in clear is
+        forgotten with the upgrade, and the last once authenticated.
+        """
+        issued = IssuedNonces()
+        acceptor = self.acceptor(MemoryKeys({"beta": KEY}), issued=issued)
+        connector = ConnectorHandshake("beta", KEY, "alpha")
+        first = acceptor.nonce
+        self.upgrade(acceptor, connector)
+        self.assertNotIn(first, issued)
+        self.assertIn(acceptor.nonce, issued)
+        self.assertEqual(len(issued), 1)
+        self.prove(acceptor, connector)
+        self.assertEqual(len(issued), 0)
+
+    def test_acceptor_named_otherwise(self):
+        """
+        An acceptor that names itself as another peer than the one dialled,
+        or as this node, is refused at the challenge.
+        """
+        self.refused(ConnectorHandshake("beta", KEY, "alpha"), named("gamma"), "expected peer alpha but gamma answered")
+        self.refused(ConnectorHandshake("beta", KEY), named("beta"), "the peer answered with this node's own id beta")
+        self.refused(ConnectorHandshake("beta", KEY), named("../x"), "invalid peer id '../x'")
+        self.refused(ConnectorHandshake("beta", KEY, "alpha"), named("gamma", starttls=False), "gamma", BINDING)
+
+    def answered(self):
+        """
+        A bare connector (no peer expected) that proved its key inside TLS
+        to C{alpha}, and alpha's verdict.
+        """
+        acceptor = self.acceptor(MemoryKeys({"beta": KEY}))
+        connector = ConnectorHandshake("beta", KEY)
+        self.upgrade(acceptor, connector)
+        answer = connector.answer(challenge(acceptor.challenge_payload()), BINDING)
+        verdict = acceptor.verify(message("handshake", "beta", answer), BINDING)
+        return acceptor, connector, answer, verdict
+
+    def test_ack_from_another(self):
+        """
+        The ack must come from the peer the challenge named, even on a bare
+        dial: alpha's own ack relayed as gamma's, or gamma's proof, is
+        refused, as is gamma's answer in strong pairing.
+        """
+        acceptor, connector, answer, verdict = self.answered()
+        outcome, _ = connector.check_ack(ack("alpha", verdict.ack), BINDING)
+        self.assertEqual(outcome.peer_id, "alpha")
+        for forged in (False, True):
+            acceptor, connector, answer, verdict = self.answered()
+            payload = dict(verdict.ack)
+            if forged:  # what gamma would prove, were it in the middle
+                payload["proof"] = acceptor_proof(KEY, acceptor.nonce, answer["nonce"], "beta", "gamma", BINDING)
+            with self.assertRaises(HandshakeFailed) as ctx:
+                connector.check_ack(ack("gamma", payload), BINDING)
+            self.assertIn("alpha named itself in the challenge but gamma answered", str(ctx.exception))
+            self.assertFalse(connector.mutual)
+        pake = ConnectorHandshake("beta", strong_code="7-ace-act")
+        self.upgrade(self.acceptor(MemoryKeys()), pake)
+        pake.answer(named(starttls=False), BINDING)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            pake.check_ack(ack("gamma", {"status": "pake", "pake": "00" * 33}), BINDING)
+        self.assertIn("alpha named itself in the challenge but gamma answered", str(ctx.exception))
+
+
+class BareDialKeyTests(_Pair, SynchronousTestCase):
+    """
+    A bare dial (no peer id) proves the key of the peer the acceptor names,
+    or else the pending key; it chooses only inside TLS.
+    """
+
+    def setUp(self):
+        self.keys = MemoryKeys({"alpha": KEY, "gamma": OTHER_KEY}, pending=PENDING)
+
+    def test_named_peers_key(self):
+        for name, key in (("alpha", KEY), ("gamma", OTHER_KEY)):
+            acceptor = self.acceptor(MemoryKeys({"beta": key}), identity=name)
+            connector = ConnectorHandshake("beta", keys=self.keys)
+            self.upgrade(acceptor, connector)
+            self.assertIsNone(connector.psk)
+            accepted, connected = self.prove(acceptor, connector)
+            self.assertEqual((connected.peer_id, connected.key, connected.paired_via), (name, key, None))
+            self.assertEqual((accepted.peer_id, accepted.key), ("beta", key))
+        self.assertEqual(self.keys.pending, PENDING)
+
+    def test_pending_key(self):
+        """
+        To an acceptor it has no key for, it proves the pending key, which
+        recorded becomes that peer's key, on both sides.
+        """
+        delta_keys = MemoryKeys(pending=PENDING)
+        acceptor = self.acceptor(delta_keys, identity="delta")
+        connector = ConnectorHandshake("beta", keys=self.keys)
+        self.upgrade(acceptor, connector)
+        accepted, connected = self.prove(acceptor, connector)
+        self.assertEqual((connected.peer_id, connected.key, connected.paired_via), ("delta", PENDING, PENDING_FORM))
+        pairing.record(self.keys, connected, 0)
+        pairing.record(delta_keys, accepted, 0)
+        self.assertEqual((self.keys.keys["delta"], self.keys.pending), (PENDING, None))
+        self.assertEqual((delta_keys.keys["beta"], delta_keys.pending), (PENDING, None))
+        self.assertIs(self.keys.meta("delta")["legacy"], False)
+
+    def test_no_key(self):
+        self.keys.pending = None
+        connector = ConnectorHandshake("beta", keys=self.keys)
+        self.upgrade(self.acceptor(MemoryKeys(), identity="delta"), connector)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            connector.answer(named("delta", starttls=False), BINDING)
+        self.assertIn("no key for delta: pair first", str(ctx.exception))
+        self.assertIsNone(connector.psk)
+
+
+class ReflectionTests(SynchronousTestCase):
+    """
+    A node whose connector is sent a challenge its own acceptor issued (the
+    peer reflects it, to have the node prove a key to itself) refuses it.
+    """
+
+    def setUp(self):
+        self.alpha = Node("alpha", make_clock(), MemoryKeys({"mallory": KEY}))
+        self.alpha.keys.metas["mallory"] = {"legacy": True}
+        self.inbound, transport = server_protocol(self.alpha.server)
+        [mine] = written(transport)
+        self.nonce = mine.payload["nonce"]
+
+    def test_reflected(self):
+        for payload in (
+            {"nonce": self.nonce},
+            {"nonce": self.nonce, "peer": "mallory", "caps": ["mutual-auth/2", "starttls/1"]},
+        ):
+            protocol, transport = client_protocol(self.alpha.client("mallory"))
+            protocol.dataReceived(line(challenge(payload)))
+            self.assertEqual(transport.value(), b"")
+            self.assertIs(protocol.state, State.CLOSED)
+            self.assertIn("a nonce this node issued itself", protocol.close_reason)
+
+    def test_forgotten_when_closed(self):
+        """
+        Once the inbound connection is closed its nonce is forgotten: a
+        claudectl acceptor's challenge is answered again.
+        """
+        self.inbound.transport.loseConnection()
+        self.assertNotIn(self.nonce, self.alpha.mesh.issued_nonces)
+        protocol, transport = client_protocol(self.alpha.client("mallory"))
+        protocol.dataReceived(line(challenge({"nonce": self.nonce})))
+        [answer] = written(transport)
+        self.assertEqual(answer.payload["proof"], compute_proof(KEY, self.nonce))
+
+
+class UpgradingAcceptorTests(SynchronousTestCase):
+    """
+    An acceptor whose transport can start TLS, with claudectl's nonce and
+    its recorded connector's key marked legacy.
+    """
+
+    ACCEPTOR, CONNECTOR = "laptop-a3f2", "ci-runner-9d1e"
+
+    def setUp(self):
+        self.lines = [entry["line"].encode() for entry in load_transcript()]
+        key = bytes.fromhex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+        self.node = Node(self.ACCEPTOR, make_clock(), MemoryKeys({self.CONNECTOR: key}))
+        self.node.keys.metas[self.CONNECTOR] = {"legacy": True}
+        self.node.server._randbytes = lambda n: bytes.fromhex(decode(self.lines[0]).payload["nonce"])
+        self.protocol = self.node.server.buildProtocol(IPv4Address("TCP", "10.0.0.2", 40000))
+        self.transport = tls_capable(self.protocol)
+        [self.challenge] = written(self.transport)
+
+    def test_claudectl_ignores_the_upgrade(self):
+        """
+        claudectl does not read the offer: its handshake is accepted in
+        clear, answered with claudectl's ack, and TLS is not started.
+        """
+        self.assertEqual(self.challenge.payload["caps"], ["mutual-auth/2", "starttls/1"])
+        self.assertEqual(self.challenge.payload["nonce"], decode(self.lines[0]).payload["nonce"])
+        self.protocol.dataReceived(self.lines[1] + b"\n")
+        [answer] = written(self.transport)
+        recorded = decode(self.lines[2])
+        self.assertEqual((answer.from_peer, answer.payload), (recorded.from_peer, recorded.payload))
+        self.assertEqual(self.transport.tls_started, [])
+        self.assertIs(self.protocol.state, State.CONNECTED)
+        self.assertFalse(self.protocol.encrypted)
+
+    def test_unmarked_claudectl_refused(self):
+        self.node.keys.metas[self.CONNECTOR] = {}
+        self.protocol.dataReceived(self.lines[1] + b"\n")
+        [answer] = written(self.transport)
+        self.assertEqual(answer.payload, {"status": "denied"})
+        self.assertIn(f"relaymesh mark-legacy {self.CONNECTOR}", self.protocol.close_reason)
+        self.assertFalse(self.node.mesh.is_connected(self.CONNECTOR))
+
+    def request(self, after=b""):
+        request = message("handshake", self.CONNECTOR, {"starttls": True, "version": VERSION})
+        self.protocol.dataReceived(line(request) + after)
+
+    def test_upgrades(self):
+        """
+        A relaymesh connector's request is acked in clear, then TLS starts
+        with the listener's options, and a fresh challenge follows in it.
+        """
+        self.request()
+        [starttls, fresh] = written(self.transport)
+        self.assertEqual((starttls.msg_type, starttls.payload), ("handshake_ack", {"status": "starttls"}))
+        self.assertEqual(self.transport.tls_started, [self.node.certificate.server_options()])
+        self.assertEqual(fresh.msg_type, "challenge")
+        self.assertNotEqual(fresh.payload["nonce"], self.challenge.payload["nonce"])
+        self.assertEqual(fresh.payload["caps"], ["mutual-auth/2"])
+        self.assertTrue(self.protocol.encrypted)
+        self.assertIs(self.protocol.state, State.AWAITING_HANDSHAKE)
+
+    def test_bytes_in_clear_after_the_request(self):
+        """
+        Bytes that follow the request in clear were put there by someone on
+        the path: the connection is dropped and TLS never starts.
+        """
+        self.request(after=self.lines[1] + b"\n")
+        self.assertEqual(self.transport.tls_started, [])
+        self.assertIs(self.protocol.state, State.CLOSED)
+        self.assertIn("bytes in clear after the TLS upgrade was agreed", self.protocol.close_reason)
+        self.assertFalse(self.node.mesh.is_connected(self.CONNECTOR))
+
+
+class ChannelBindingTests(SynchronousTestCase):
+    """
+    Over TLS the proofs cover both certificates, and fingerprints are pinned
+    (here as on a C{tls:} listener, TLS from the start).
+    """
+
+    def setUp(self):
+        self.alpha_keys = MemoryKeys({"beta": KEY})
+        self.beta_keys = MemoryKeys({"alpha": KEY})
+
+    def run_handshake(self, acceptor_sees, connector_sees):
+        acceptor = AcceptorHandshake(self.alpha_keys, identity="alpha")
+        connector = ConnectorHandshake("beta", KEY, "alpha", keys=self.beta_keys)
+        answer = connector.answer(challenge(acceptor.challenge_payload()), connector_sees)
+        verdict = acceptor.verify(message("handshake", "beta", answer), acceptor_sees)
+        pairing.record(self.alpha_keys, verdict.outcome, 0)
+        outcome, reply = connector.check_ack(ack("alpha", verdict.ack), connector_sees)
+        pairing.record(self.beta_keys, outcome, 0)
+        self.assertEqual((outcome.encrypted, verdict.outcome.encrypted), (True, True))
+        return outcome.peer_id, reply
+
+    def test_bound_and_pinned(self):
+        self.assertEqual(self.run_handshake(BINDING, BINDING), ("alpha", None))
+        self.assertEqual(self.alpha_keys.meta("beta")["tls_fingerprint"], CLIENT_FP)
+        self.assertEqual(self.beta_keys.meta("alpha")["tls_fingerprint"], SERVER_FP)
+
+    def test_man_in_the_middle(self):
+        """
+        A relay that terminates TLS on both sides with its own certificate
+        cannot pass the connector's proof on: each side saw other
+        certificates.
+        """
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.run_handshake((SERVER_FP, MITM_FP), (MITM_FP, CLIENT_FP))
+        self.assertIn("wrong proof", str(ctx.exception))
+
+    def test_plain_proof_refused_over_tls(self):
+        """
+        claudectl's unbound proof does not pass over TLS, even for a key
+        marked legacy.
+        """
+        self.alpha_keys.metas["beta"] = {"legacy": True}
+        for extra, fragment in (({}, "over TLS lacks its nonce"), ({"nonce": "cd" * 32}, "wrong proof")):
+            acceptor = AcceptorHandshake(self.alpha_keys, identity="alpha")
+            proof = compute_proof(KEY, acceptor.nonce)
+            with self.assertRaises(HandshakeFailed) as ctx:
+                acceptor.verify(message("handshake", "beta", {"proof": proof, **extra}), BINDING)
+            self.assertIn(fragment, str(ctx.exception))
+
+    def test_labelled_proofs_name_both_peers(self):
+        """
+        A proof made for one acceptor, one connector or one TLS session
+        proves nothing for another; neither direction's is the other's or
+        claudectl's.
+        """
+        na, nc = "ab" * 32, "cd" * 32
+        proof = connector_proof(KEY, na, nc, "beta", "alpha", BINDING)
+        others = [
+            connector_proof(KEY, na, nc, "beta", "gamma", BINDING),
+            connector_proof(KEY, na, nc, "gamma", "alpha", BINDING),
+            connector_proof(KEY, na, nc, "alpha", "beta", BINDING),
+            connector_proof(KEY, na, nc, "beta", "alpha", (SERVER_FP, MITM_FP)),
+            connector_proof(KEY, nc, na, "beta", "alpha", BINDING),
+            acceptor_proof(KEY, na, nc, "beta", "alpha", BINDING),
+            compute_proof(KEY, na),
+        ]
+        self.assertEqual(len(set(others + [proof])), len(others) + 1)
+
+    def test_changed_certificate_refused(self):
+        """
+        Once pinned, another certificate is refused loudly, on both sides.
+        """
+        self.run_handshake(BINDING, BINDING)
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.run_handshake((SERVER_FP, MITM_FP), (SERVER_FP, MITM_FP))
+        self.assertIn("TLS CERTIFICATE OF beta CHANGED", str(ctx.exception))
+        self.assertIn("relaymesh tls-unpin beta", str(ctx.exception))
+        with self.assertRaises(HandshakeFailed) as ctx:
+            self.run_handshake((MITM_FP, CLIENT_FP), (MITM_FP, CLIENT_FP))
+        self.assertIn("TLS CERTIFICATE OF alpha CHANGED", str(ctx.exception))
