@@ -400,9 +400,12 @@ class Mesh:
 
     def knows(self, peer_id: str) -> bool:
         """
-        Whether the mesh has a record of the peer (connected or not).
+        Whether the peer authenticated since the mesh started (connected
+        now or not), so that its capabilities are known; a peer that is
+        only being dialled is not known yet.
         """
-        return peer_id in self._peers
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.since is not None
 
     #: C{msg_type} as a string, if an application may send it
     #: (L{relaymesh.dispatch.sendable}).

@@ -335,6 +335,7 @@ class RelayService(MultiService):
             delivery_timeout=self.config.delivery_timeout,
             resend_after=self.config.resend_after,
             scan_interval=min(DEFAULT_SCAN_INTERVAL, self.config.resend_after),
+            keys=self.keystore,
         )
 
         def loaded(_: None) -> None:

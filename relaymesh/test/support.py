@@ -198,7 +198,7 @@ class Node:
         self.store = store
         self.reliable: ReliableDelivery | None = None
         if store is not None:
-            self.reliable = ReliableDelivery(self.mesh, store)
+            self.reliable = ReliableDelivery(self.mesh, store, keys=self.keys)
             self.reliable.start()
             self.mesh.enable_reliable(self.reliable)
         self.router: Router | None = None
