@@ -284,7 +284,7 @@ class ReliableDelivery:
         appears.
 
         @raise UnknownPeer: the peer has neither connected since the node
-            started nor a key in the key store, and no route leads to it.
+            started nor a key in the key store.
         @raise ReliableUnsupported: its latest connection did not announce
             C{ack/1}, or C{msg_type} is never reliable.
         """
@@ -294,7 +294,7 @@ class ReliableDelivery:
                     f"peer {peer_id} did not announce {ACK_CAPABILITY}: it cannot acknowledge "
                     "reliable messages"
                 )
-        elif not self._paired(peer_id) and not self.mesh.routable(peer_id):
+        elif not self._paired(peer_id):
             raise UnknownPeer(
                 f"unknown peer {peer_id!r}: it is not paired with this node (no key for it)"
             )

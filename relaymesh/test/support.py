@@ -203,7 +203,7 @@ class Node:
             self.mesh.enable_reliable(self.reliable)
         self.router: Router | None = None
         if routing:
-            self.router = Router(self.mesh, max_hops)
+            self.router = Router(self.mesh, max_hops, keys=self.keys)
             self.mesh.enable_routing(self.router)
         self.certificate = certificate or NodeCertificate.generate(identity)
         self.server = RelayServerFactory(self.mesh, self.keys, certificate=self.certificate)
