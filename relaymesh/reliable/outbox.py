@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 
 from relaymesh.errors import DeliveryTimeout, MeshError, ReliableUnsupported, UnknownPeer
 from relaymesh.interfaces import ExtensionHost, PairwiseKeys
+from relaymesh.keyfiles import KeyStoreError
 from relaymesh.printable import printable
 from relaymesh.reliable.errors import OutboxFull
 from relaymesh.reliable.fields import (
@@ -270,7 +271,7 @@ class ReliableDelivery:
             return False
         try:
             return self._keys.key(peer_id) is not None
-        except (OSError, ValueError):
+        except (KeyStoreError, OSError, ValueError):  # unreadable or unsafe key file: no key
             return False
 
     def send(self, peer_id: str, msg_type: str, payload: Any) -> Delivery:

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from relaymesh.interfaces import PairwiseKeys
+from relaymesh.keyfiles import KeyStoreError
 from relaymesh.wire import RelayMessage, WireError, dumps, loads
 
 #: The label every routed key derivation and every associated data starts with.
@@ -208,7 +209,7 @@ class Sealer:
             return None
         try:
             return self._keys.key(peer_id)
-        except (OSError, ValueError):
+        except (KeyStoreError, OSError, ValueError):  # unreadable or unsafe key file: no key
             return None
 
     def _key(self, peer_id: str, sender: str, receiver: str) -> bytes:

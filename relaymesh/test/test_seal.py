@@ -14,6 +14,7 @@ import struct
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaymesh import wire
+from relaymesh.keyfiles import CorruptKeyFile
 from relaymesh.routing.seal import (
     FORGED,
     LABEL,
@@ -290,3 +291,25 @@ class VectorTests(SynchronousTestCase):
             )
             opened = sealer(destination, {origin: psk}).open(origin, relayed, v["origin_id"], sealed)
             self.assertEqual(opened, (v["payload"], v["fields"]))
+
+
+class BrokenKeyStoreTests(SynchronousTestCase):
+    def test_unreadable_key_is_no_key(self):
+        """
+        A key the store cannot give (a damaged or unsafe key file) counts
+        as no key: nothing raises out of the sealer.
+        """
+        class Broken:
+            def key(self, peer_id):
+                raise CorruptKeyFile("peers/gamma.key does not hold 64 hex characters")
+
+        broken = Sealer("alpha", Broken())
+        self.assertFalse(broken.paired("gamma"))
+        message = RelayMessage("m", "delegate_task", "alpha", 1, {})
+        e = self.assertRaises(SealError, broken.seal, "gamma", message, "m", {})
+        self.assertEqual(e.reason, UNPAIRED)
+        sealed = sealer("gamma", {"alpha": PSK}).seal("alpha", message, "m", {})
+        e = self.assertRaises(SealError, broken.open, "gamma", message, "m", sealed)
+        self.assertEqual(e.reason, UNPAIRED)
+        sealed = sealer("gamma", {"alpha": b"short"})
+        self.assertRaises(SealError, sealed.seal, "alpha", message, "m", {})
