@@ -509,10 +509,7 @@ class Mesh:
         return sent
 
     def routed_rejected(self) -> dict[str, int]:
-        """
-        Routed messages for this node refused because their origin could not
-        be authenticated, by reason (none on a node that does not route).
-        """
+        """Routed messages for this node refused (origin not authenticated), by reason."""
         return dict(self.router.rejected) if self.router is not None else {}
 
     def is_connected(self, peer_id: str) -> bool:
