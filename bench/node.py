@@ -79,7 +79,7 @@ def make_mesh(identity: str, routing: bool = False) -> Mesh:
         try:
             from relaymesh.routing.router import Router
 
-            mesh.enable_routing(Router(mesh))
+            mesh.enable_routing(Router(mesh, keys=BenchKeys(identity)))
         except (ImportError, AttributeError) as e:
             report("RESULT", error=f"routing is not available: {e}")
             stop_soon()

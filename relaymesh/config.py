@@ -84,7 +84,7 @@ class NodeConfig:
     @ivar resend_after: Seconds after which an unacknowledged reliable
         message is sent again.
     @ivar routing: Whether the node routes messages between peers that
-        announce C{route/1} (L{relaymesh.routing}).
+        announce C{route/2} (L{relaymesh.routing}).
     @ivar max_hops: The hop limit of routes and routed messages.
     @ivar shutdown_timeout: Seconds a stopping node waits for its
         connections to close before it aborts them.

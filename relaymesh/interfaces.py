@@ -242,6 +242,18 @@ class IHandshakeObserver(Interface):
         """
 
 
+class PairwiseKeys(Protocol):
+    """
+    Where routing and reliable delivery look up the key this node shares
+    with a peer (the key store, or a fake in tests): a routed message is
+    sealed with it end to end, and a peer with a key is a peer this node
+    may queue reliable messages for.
+    """
+
+    def key(self, peer_id: str) -> bytes | None:
+        """The 32-byte key shared with C{peer_id}, or L{None} if unpaired."""
+
+
 class ExtensionHost(Protocol):
     """
     What the node's extensions (L{relaymesh.routing.router.Router},
@@ -259,7 +271,8 @@ class ExtensionHost(Protocol):
         """C{msg_type} as a string, if an application may send it."""
 
     def knows(self, peer_id: str) -> bool:
-        """Whether the mesh has a record of the peer."""
+        """Whether the peer authenticated since the mesh started (so that
+        its capabilities are known)."""
 
     def announced(self, peer_id: str, capability: str) -> bool:
         """Whether the peer's latest connection announced C{capability}."""

@@ -19,7 +19,7 @@ as they always were.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -81,6 +81,7 @@ class RoutingExtension(Protocol):
     """
 
     capability: str
+    rejected: Mapping[str, int]
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -95,7 +96,7 @@ class RoutingExtension(Protocol):
     def send_with_fields(
         self, to: str, message: RelayMessage, origin_id: str, extra: dict[str, Any]
     ) -> bool: ...
-    def flood_line(self, message: RelayMessage) -> tuple[bytes | None, frozenset[str]]: ...
+    def broadcast_routed(self, message: RelayMessage, connected: frozenset[str]) -> list[str]: ...
 
 
 class ReliableExtension(Protocol):
@@ -183,7 +184,7 @@ class Mesh:
     def enable_routing(self, router: RoutingExtension) -> None:
         """
         Route through, and advertise routes to, peers that announce
-        C{route/1}, in the handshakes that start from now on.
+        C{route/2}, in the handshakes that start from now on.
         """
         self.router = router
         self._heartbeats.extensions.append(router)
@@ -400,9 +401,12 @@ class Mesh:
 
     def knows(self, peer_id: str) -> bool:
         """
-        Whether the mesh has a record of the peer (connected or not).
+        Whether the peer authenticated since the mesh started (connected
+        now or not), so that its capabilities are known; a peer that is
+        only being dialled is not known yet.
         """
-        return peer_id in self._peers
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.since is not None
 
     #: C{msg_type} as a string, if an application may send it
     #: (L{relaymesh.dispatch.sendable}).
@@ -483,9 +487,9 @@ class Mesh:
         """
         Send one message to every connected peer.
 
-        On a node that routes, the routing neighbours get it in a routed
-        envelope that floods the mesh, so every routing node delivers it
-        exactly once; the other peers get it plain.
+        On a node that routes, every other node a route leads to and with
+        which this node shares a key gets it too, sealed for it (see
+        L{relaymesh.routing.router.Router.broadcast_routed}).
 
         @return: a mapping of each peer id it went to to the message id.
         @raise UnsupportedMessageType: C{msg_type} is not one peers accept.
@@ -493,20 +497,20 @@ class Mesh:
         """
         message = self.message(self.sendable(msg_type), payload)
         line = encode(message)
-        routed_line: bytes | None = None
-        neighbours: frozenset[str] = frozenset()
-        if self.router is not None:
-            routed_line, neighbours = self.router.flood_line(message)
         sent = {}
         for protocol in self.registry.live():
             peer_id = protocol.peer_id
             assert peer_id is not None
-            if routed_line is not None and peer_id in neighbours:
-                protocol.sendEncoded(routed_line, message.msg_type)
-            else:
-                protocol.sendEncoded(line, message.msg_type)
+            protocol.sendEncoded(line, message.msg_type)
             sent[peer_id] = message.id
+        if self.router is not None:
+            for peer_id in self.router.broadcast_routed(message, frozenset(sent)):
+                sent[peer_id] = message.id
         return sent
+
+    def routed_rejected(self) -> dict[str, int]:
+        """Routed messages for this node refused (origin not authenticated), by reason."""
+        return dict(self.router.rejected) if self.router is not None else {}
 
     def is_connected(self, peer_id: str) -> bool:
         """

@@ -176,7 +176,7 @@ class RelayService(MultiService):
             max_peers=config.max_peers,
         )
         if config.routing:
-            self.mesh.enable_routing(Router(self.mesh, config.max_hops))
+            self.mesh.enable_routing(Router(self.mesh, config.max_hops, keys=keystore))
         self.server_factory = RelayServerFactory(self.mesh, keystore, certificate=self.certificate)
         self.listeners = [self._listener(description) for description in config.listen]
         for listener in self.listeners:
@@ -335,6 +335,7 @@ class RelayService(MultiService):
             delivery_timeout=self.config.delivery_timeout,
             resend_after=self.config.resend_after,
             scan_interval=min(DEFAULT_SCAN_INTERVAL, self.config.resend_after),
+            keys=self.keystore,
         )
 
         def loaded(_: None) -> None:

@@ -126,7 +126,7 @@ class Options(usage.Options):
         [
             "no-routing",
             None,
-            "Route no messages between peers (route/1 is not announced).",
+            "Route no messages between peers (route/2 is not announced).",
         ],
     ]
 

@@ -5,7 +5,11 @@ L{relaymesh.testing}, and the figures of what it does.
 Each node is a whole L{RelayService} with C{routing=True} (and an
 in-memory outbox on the nodes that send or receive reliable messages),
 listening on the in-memory network; each link of the topology is one
-authenticated connection, dialled by one of its two ends. Time is the
+authenticated connection, dialled by one of its two ends. Every node is
+paired with every other (a key for each pair in their key stores), linked
+or not: routed messages are sealed end to end with the key their origin
+and destination share, and a broadcast reaches the nodes its source is
+paired with. Time is the
 network's clock: the run is deterministic for a seed, takes seconds of CPU
 for a few hundred nodes, and every time it reports is in simulated
 seconds. L{simulate} builds a connected random graph or a ring, lets the
@@ -450,6 +454,8 @@ class SimulatedMesh:
                 shutdown_timeout=SIMULATION_SHUTDOWN_TIMEOUT,
             )
             node.mesh.subscribe(self._counter(name), SIMULATION_MESSAGE_TYPE)
+            for other in self.nodes.values():
+                pair(node, other)
             self.nodes[name] = node
             node.startService()
         self.network.flush()
@@ -543,6 +549,16 @@ class SimulatedMesh:
                 delivered += 1
                 duplicates += count - 1
         return delivered, duplicates
+
+
+def pair(a: RelayService, b: RelayService) -> None:
+    """
+    Give two nodes a key for each other, as pairing does, whether or not
+    they will ever connect.
+    """
+    key = os.urandom(32)
+    a.keystore.set_key(b.mesh.identity, key)
+    b.keystore.set_key(a.mesh.identity, key)
 
 
 # -- rounds of messages ----------------------------------------------------------

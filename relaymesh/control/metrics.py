@@ -109,7 +109,7 @@ class _Snapshot:
     thread so that the exposition may run in another.
     """
 
-    __slots__ = ("peers", "connected", "uptime", "delivered")
+    __slots__ = ("peers", "connected", "uptime", "delivered", "routed_rejected")
 
     def __init__(
         self,
@@ -117,11 +117,13 @@ class _Snapshot:
         connected: int,
         uptime: float,
         delivered: dict[tuple[str, str], int],
+        routed_rejected: dict[str, int] | None = None,
     ) -> None:
         self.peers = peers
         self.connected = connected
         self.uptime = uptime
         self.delivered = delivered
+        self.routed_rejected = routed_rejected or {}
 
 
 class _MeshCollector:
@@ -199,7 +201,15 @@ class _MeshCollector:
                 messages_by_type.add_metric(labels + ["out"], counts["msgs_out"])
                 bytes_by_type.add_metric(labels + ["in"], counts["bytes_in"])
                 bytes_by_type.add_metric(labels + ["out"], counts["bytes_out"])
-        yield from (up, attempt, messages, octets, by_type, messages_by_type, bytes_by_type)
+        rejected = CounterMetricFamily(
+            "relaymesh_routed_rejected",
+            "Routed messages for this node dropped because their origin could not be "
+            "authenticated, by reason (unpaired, forged, malformed).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(snapshot.routed_rejected.items()):
+            rejected.add_metric([reason], count)
+        yield from (up, attempt, messages, octets, by_type, messages_by_type, bytes_by_type, rejected)
 
 
 class NodeMetrics:
@@ -266,11 +276,14 @@ class NodeMetrics:
         Read the mesh's peers for the next exposition (in the reactor thread).
         """
         mesh = self._mesh
+        # a mesh that routes counts the routed messages it refused
+        routed_rejected = getattr(mesh, "routed_rejected", None)
         self.snapshot = _Snapshot(
             mesh.peers(),
             mesh.connected_count(),
             self._clock.seconds() - self.started_at,
             dict(self.delivered),
+            routed_rejected() if routed_rejected is not None else {},
         )
 
     def stop(self) -> None:

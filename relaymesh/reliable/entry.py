@@ -10,10 +10,11 @@ from typing import Any
 
 from relaymesh.peerid import is_valid_peer_id
 from relaymesh.reliable.errors import StoreError
+from relaymesh.reliable.fields import MAX_ID_LENGTH
 from relaymesh.wire import MAX_LINE_BYTES
 
 #: The longest message id kept.
-MAX_MSG_ID_LENGTH = 512
+MAX_MSG_ID_LENGTH = MAX_ID_LENGTH
 
 #: The outbox columns an entry is stored in, in L{OutboxEntry.row} order.
 ENTRY_COLUMNS = "msg_id, peer_id, origin, msg_type, line, created, deadline, attempts"
@@ -102,7 +103,9 @@ def check_msg_id(msg_id: Any) -> None:
     if type(msg_id) is not str or not msg_id:
         raise StoreError("message id must be a non-empty string")
     if len(msg_id) > MAX_MSG_ID_LENGTH:
-        raise StoreError(f"message id of {len(msg_id)} characters is too long")
+        raise StoreError(
+            f"message id of {len(msg_id)} characters is too long (at most {MAX_MSG_ID_LENGTH})"
+        )
 
 
 def check_time(name: str, value: Any) -> None:

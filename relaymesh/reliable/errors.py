@@ -25,3 +25,9 @@ class DuplicateMessage(StoreError):
     """
     The outbox already holds a message with that id.
     """
+
+
+class OutboxFull(StoreError):
+    """
+    The outbox holds as many messages for a destination as it takes.
+    """

@@ -17,3 +17,9 @@ ACK_ID_FIELD = "ack_id"  # claudectl 0.49: {"ack_id": ID}
 
 #: The message types that are never sent reliably.
 UNRELIABLE_TYPES = frozenset({MessageType.HEARTBEAT.value, MessageType.ACK.value})
+
+#: The longest message id a reliable message, or a routed one, may carry:
+#: longer ones are refused, so that a peer cannot make the delivered-id
+#: record or the routers' memory of messages grow by sending long ids.
+#: (This node's own ids are about 40 characters.)
+MAX_ID_LENGTH = 128

@@ -11,8 +11,18 @@ when it has waited L{DEFAULT_RESEND_AFTER} seconds without an ack; it is
 given up at its deadline (L{DEFAULT_DELIVERY_TIMEOUT} after it was sent).
 
 A node that routes (L{relaymesh.routing.router}) also sends reliable messages to
-nodes it reaches only through a route: the message travels in the route
-envelope with its C{reliable} field, and the ack comes back the same way.
+nodes it is paired with but reaches only through a route: the message
+travels in the route envelope, sealed with its C{reliable} field, and the
+ack comes back the same way. A message for a paired peer that is neither
+connected nor routable waits in the outbox until it connects or a route to
+it appears.
+
+Everything a peer can make this node keep is bounded: a received reliable
+message whose id is longer than L{MAX_ID_LENGTH} is refused (neither
+recorded nor acknowledged), the store keeps at most
+L{relaymesh.reliable.store.MAX_DELIVERED_PER_ORIGIN} delivered ids per
+origin, and the outbox holds at most L{MAX_QUEUED_PER_PEER} messages per
+destination (the next send fails with L{OutboxFull}).
 
 The receiver records C{(origin, id)} of every reliable message in its
 durable delivered-id record before it hands the message to the application,
@@ -27,6 +37,7 @@ L{relaymesh.mesh.Mesh.send_reliable} and the L{Delivery} that returns.
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -35,10 +46,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaymesh.errors import DeliveryTimeout, MeshError, ReliableUnsupported, UnknownPeer
-from relaymesh.interfaces import ExtensionHost
+from relaymesh.interfaces import ExtensionHost, PairwiseKeys
+from relaymesh.keyfiles import KeyStoreError
+from relaymesh.printable import printable
+from relaymesh.reliable.errors import OutboxFull
 from relaymesh.reliable.fields import (
     ACK_CAPABILITY,
     ACK_ID_FIELD,
+    MAX_ID_LENGTH,
     RELIABLE_FIELD,
     UNRELIABLE_TYPES,
 )
@@ -54,6 +69,11 @@ DEFAULT_RESEND_AFTER = 30.0
 
 #: Seconds between two scans of the outbox for overdue and expired messages.
 DEFAULT_SCAN_INTERVAL = 5.0
+
+#: Messages at most waiting in the outbox for one destination; the next
+#: send to it fails with L{OutboxFull} until some are acknowledged or given
+#: up.
+MAX_QUEUED_PER_PEER = 1000
 
 
 def routed_origin_id(msg_id: str, sends: int) -> str:
@@ -167,6 +187,7 @@ class ReliableDelivery:
     @ivar resend_after: Seconds an unacknowledged message waits before it is
         sent again.
     @ivar scan_interval: Seconds between outbox scans.
+    @ivar max_queued: Messages at most waiting for one destination.
     """
 
     log = Logger()
@@ -181,15 +202,27 @@ class ReliableDelivery:
         delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
         resend_after: float = DEFAULT_RESEND_AFTER,
         scan_interval: float = DEFAULT_SCAN_INTERVAL,
+        keys: PairwiseKeys | None = None,
+        max_queued: int = MAX_QUEUED_PER_PEER,
     ) -> None:
+        """
+        @param keys: The keys this node shares with its peers (the key
+            store): a peer with a key takes reliable messages even before it
+            has connected in this run. With L{None}, only peers that have
+            connected do.
+        """
         self.mesh = mesh
         self.clock = mesh.clock
         self.store = store
         self.delivery_timeout = delivery_timeout
         self.resend_after = resend_after
         self.scan_interval = scan_interval
+        self.max_queued = max_queued
+        self._keys = keys
         # msg_id -> _Outgoing, oldest first (insertion order)
         self._outbox: dict[str, _Outgoing] = {}
+        # destination -> messages accepted for it and not yet settled
+        self._queued: collections.Counter[str] = collections.Counter()
         self._scan = LoopingCall(self.scan)
         self._scan.clock = self.clock
 
@@ -204,7 +237,9 @@ class ReliableDelivery:
 
         def loaded(entries: list[OutboxEntry]) -> None:
             for entry in entries:
-                self._outbox.setdefault(entry.msg_id, _Outgoing(entry, None))
+                if entry.msg_id not in self._outbox:
+                    self._outbox[entry.msg_id] = _Outgoing(entry, None)
+                    self._queued[entry.peer_id] += 1
             if entries:
                 self.log.info(
                     "outbox holds {count} unacknowledged messages from an earlier run",
@@ -231,9 +266,28 @@ class ReliableDelivery:
 
     # -- sending -------------------------------------------------------------
 
+    def _paired(self, peer_id: str) -> bool:
+        if self._keys is None or peer_id == self.mesh.identity:
+            return False
+        try:
+            return self._keys.key(peer_id) is not None
+        except (KeyStoreError, OSError, ValueError):  # unreadable or unsafe key file: no key
+            return False
+
     def send(self, peer_id: str, msg_type: str, payload: Any) -> Delivery:
         """
         Send a message reliably; see L{relaymesh.mesh.Mesh.send_reliable}.
+
+        A peer that connected since the node started must have announced
+        C{ack/1}; one that has not connected yet must be paired (it may
+        then never take the message: it waits until the deadline). The
+        message waits in the outbox until the peer connects or a route to it
+        appears.
+
+        @raise UnknownPeer: the peer has neither connected since the node
+            started nor a key in the key store.
+        @raise ReliableUnsupported: its latest connection did not announce
+            C{ack/1}, or C{msg_type} is never reliable.
         """
         if self.mesh.knows(peer_id):
             if not self.mesh.announced(peer_id, ACK_CAPABILITY):
@@ -241,8 +295,10 @@ class ReliableDelivery:
                     f"peer {peer_id} did not announce {ACK_CAPABILITY}: it cannot acknowledge "
                     "reliable messages"
                 )
-        elif not self.mesh.routable(peer_id):
-            raise UnknownPeer(f"unknown peer {peer_id!r}")
+        elif not self._paired(peer_id):
+            raise UnknownPeer(
+                f"unknown peer {peer_id!r}: it is not paired with this node (no key for it)"
+            )
         if msg_type in UNRELIABLE_TYPES:
             raise ReliableUnsupported(f"a {msg_type} cannot be sent reliably")
         message = self.mesh.message(self.mesh.sendable(msg_type), payload)
@@ -264,11 +320,23 @@ class ReliableDelivery:
             deadline=now + self.delivery_timeout,
         )
         delivery = Delivery(message.id, peer_id)
+        if self._queued[peer_id] >= self.max_queued:
+            self._refused(
+                Failure(
+                    OutboxFull(
+                        f"the outbox holds {self._queued[peer_id]} messages for {peer_id}, "
+                        f"at most {self.max_queued}: wait for them to be acknowledged"
+                    )
+                ),
+                delivery,
+            )
+            return delivery
+        self._queued[peer_id] += 1
         self.store.put(entry).addCallbacks(
             self._stored,
             self._refused,
             callbackArgs=(entry, delivery),
-            errbackArgs=(delivery,),
+            errbackArgs=(delivery, peer_id),
         )
         return delivery
 
@@ -277,7 +345,17 @@ class ReliableDelivery:
         delivery._settle(False, True)
         self._write(outgoing, self.clock.seconds())
 
-    def _refused(self, failure: Failure, delivery: Delivery) -> None:
+    def _settled(self, peer_id: str) -> None:
+        """
+        A message for C{peer_id} left the outbox (or never got in).
+        """
+        self._queued[peer_id] -= 1
+        if self._queued[peer_id] <= 0:
+            del self._queued[peer_id]
+
+    def _refused(self, failure: Failure, delivery: Delivery, queued: str | None = None) -> None:
+        if queued is not None:
+            self._settled(queued)
         self.log.warn(
             "reliable message {msg_id} to {peer_id} not accepted: {error}",
             msg_id=delivery.msg_id,
@@ -366,6 +444,7 @@ class ReliableDelivery:
     def _give_up(self, outgoing: _Outgoing) -> None:
         entry = outgoing.entry
         del self._outbox[entry.msg_id]
+        self._settled(entry.peer_id)
         self.store.remove(entry.msg_id).addErrback(self._log_store_failure)
         self.log.warn(
             "gave up on reliable message {msg_id} ({msg_type}) to {peer_id}: "
@@ -420,6 +499,7 @@ class ReliableDelivery:
         if outgoing is None or outgoing.entry.peer_id != peer_id:
             return False
         del self._outbox[ack_id]
+        self._settled(peer_id)
         self.store.remove(ack_id).addErrback(self._log_store_failure)
         if outgoing.delivery is not None:
             outgoing.delivery._settle(True, True)
@@ -433,8 +513,21 @@ class ReliableDelivery:
         through a route).
 
         Nothing is acknowledged if the record cannot be written; the sender
-        then sends it again.
+        then sends it again. A message whose id is longer than
+        L{MAX_ID_LENGTH} is refused with a log line: neither recorded,
+        delivered nor acknowledged.
         """
+        if len(message.id) > MAX_ID_LENGTH:
+            self.log.warn(
+                "refusing reliable {msg_type} from {peer_id}: its id of {length} characters "
+                "is longer than {limit} ({msg_id})",
+                msg_type=message.msg_type,
+                peer_id=peer_id,
+                length=len(message.id),
+                limit=MAX_ID_LENGTH,
+                msg_id=printable(message.id, 40),
+            )
+            return
         self.store.mark_delivered(peer_id, message.id, self.clock.seconds()).addCallbacks(
             self._marked,
             self._not_marked,
@@ -459,7 +552,7 @@ class ReliableDelivery:
         self.log.warn(
             "reliable message {msg_id} from {peer_id} not recorded, so not acknowledged: "
             "{error}",
-            msg_id=message.id,
+            msg_id=printable(message.id),
             peer_id=peer_id,
             error=failure.getErrorMessage(),
         )

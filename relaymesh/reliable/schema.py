@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 from relaymesh.reliable.errors import SchemaTooNew, StoreError
 
 #: The schema version this code writes and understands.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _schema_1(conn: sqlite3.Connection) -> None:
@@ -46,6 +46,30 @@ def _schema_1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX delivered_by_time ON delivered (delivered_at)")
 
 
+def _schema_2(conn: sqlite3.Connection) -> None:
+    """
+    Version 2: delivered ids numbered in the order they were recorded
+    (C{seq}), so that the oldest of an origin can be dropped when it has
+    too many.
+    """
+    conn.execute(
+        "CREATE TABLE delivered_v2 ("
+        " seq INTEGER PRIMARY KEY,"
+        " origin TEXT NOT NULL,"
+        " msg_id TEXT NOT NULL,"
+        " delivered_at REAL NOT NULL,"
+        " UNIQUE (origin, msg_id))"
+    )
+    conn.execute(
+        "INSERT INTO delivered_v2 (origin, msg_id, delivered_at)"
+        " SELECT origin, msg_id, delivered_at FROM delivered ORDER BY delivered_at"
+    )
+    conn.execute("DROP TABLE delivered")
+    conn.execute("ALTER TABLE delivered_v2 RENAME TO delivered")
+    conn.execute("CREATE INDEX delivered_by_origin ON delivered (origin, seq)")
+    conn.execute("CREATE INDEX delivered_by_time ON delivered (delivered_at)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Schema:
     """
@@ -66,7 +90,7 @@ class Schema:
 
 
 #: The schema this code uses.
-SCHEMA = Schema(SCHEMA_VERSION, {1: _schema_1})
+SCHEMA = Schema(SCHEMA_VERSION, {1: _schema_1, 2: _schema_2})
 
 
 def _current_version(conn: sqlite3.Connection, path: str) -> int:

@@ -68,6 +68,12 @@ DELIVERED_RETENTION = 7 * 24 * 3600.0
 #: Delivered ids recorded between two automatic prunings of old ones.
 PRUNE_EVERY = 1000
 
+#: Delivered ids kept at most per origin: recording one more drops that
+#: origin's oldest, so that a peer sending reliable messages with ever new
+#: ids cannot grow the record without bound (each id is at most
+#: L{relaymesh.reliable.fields.MAX_ID_LENGTH} characters).
+MAX_DELIVERED_PER_ORIGIN = 10_000
+
 #: Calls written in one transaction at most; a longer burst takes several.
 MAX_BATCH = 512
 
@@ -96,6 +102,7 @@ def open_store(
     batch: bool = True,
     retention: float = DELIVERED_RETENTION,
     schema: Schema = SCHEMA,
+    max_delivered: int = MAX_DELIVERED_PER_ORIGIN,
 ) -> Deferred[Store]:
     """
     Open (creating or migrating it if needed) the store at C{path}.
@@ -106,10 +113,13 @@ def open_store(
         transaction; L{False} commits every call on its own.
     @param retention: Seconds a delivered id is remembered.
     @param schema: The schema to bring the file to; L{SCHEMA} but in tests.
+    @param max_delivered: Delivered ids kept at most per origin.
     @return: a L{Deferred} that fires with the open L{Store}, or fails with a
         L{StoreError} (L{SchemaTooNew} for a file from a newer relaymesh).
     """
-    return Store(path, reactor, batch=batch, retention=retention)._open(schema)
+    return Store(
+        path, reactor, batch=batch, retention=retention, max_delivered=max_delivered
+    )._open(schema)
 
 
 class Store:
@@ -122,6 +132,7 @@ class Store:
 
     @ivar path: The database file.
     @ivar retention: Seconds a delivered id is remembered.
+    @ivar max_delivered: Delivered ids kept at most per origin.
     @ivar transactions: Transactions committed so far.
     """
 
@@ -134,14 +145,21 @@ class Store:
         batch: bool = True,
         retention: float = DELIVERED_RETENTION,
         max_batch: int = MAX_BATCH,
+        max_delivered: int = MAX_DELIVERED_PER_ORIGIN,
     ) -> None:
         """
         A store not yet open; L{open_store} builds and opens one.
 
         @param max_batch: Calls written in one transaction at most.
+        @param max_delivered: Delivered ids kept at most per origin.
         """
         self.path = path
         self.retention = retention
+        self.max_delivered = max_delivered
+        # Touched only by the worker thread: delivered ids per origin, read
+        # from the file when first needed (and again after a pruning or a
+        # failed transaction).
+        self._delivered_counts: dict[str, int] | None = None
         self.transactions = 0
         self._reactor = reactor
         self._batching = batch
@@ -317,6 +335,7 @@ class Store:
                     results.append((False, e))
             conn.execute("COMMIT")
         except BaseException:
+            self._delivered_counts = None
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
@@ -450,7 +469,9 @@ class Store:
 
         Deliver the message to the application only if this fires with
         L{True}; acknowledge it either way. Every L{PRUNE_EVERY} calls, ids
-        older than L{retention} are pruned in the same transaction.
+        older than L{retention} are pruned in the same transaction. An
+        origin keeps at most L{max_delivered} ids: a new one drops its
+        oldest.
 
         @param origin: The node that first sent the message.
         @param msg_id: Its id at the origin.
@@ -465,12 +486,20 @@ class Store:
         except StoreError:
             return fail()
         row = (origin, msg_id, float(now))
-        d = self._call(
-            lambda conn: conn.execute(
-                "INSERT OR IGNORE INTO delivered (origin, msg_id, delivered_at) VALUES (?,?,?)", row
-            ).rowcount
-            == 1
-        )
+
+        def op(conn: sqlite3.Connection) -> bool:
+            if (
+                conn.execute(
+                    "INSERT OR IGNORE INTO delivered (origin, msg_id, delivered_at) VALUES (?,?,?)",
+                    row,
+                ).rowcount
+                != 1
+            ):
+                return False
+            self._count_delivered(conn, origin)
+            return True
+
+        d = self._call(op)
         self._marks_since_prune += 1
         if self._marks_since_prune >= PRUNE_EVERY:
             self.prune_delivered(now).addErrback(
@@ -491,11 +520,47 @@ class Store:
             return fail()
         self._marks_since_prune = 0
         cutoff = float(now) - self.retention
-        return self._call(
-            lambda conn: conn.execute(
-                "DELETE FROM delivered WHERE delivered_at < ?", (cutoff,)
-            ).rowcount
-        )
+
+        def op(conn: sqlite3.Connection) -> int:
+            pruned = conn.execute("DELETE FROM delivered WHERE delivered_at < ?", (cutoff,)).rowcount
+            if pruned:
+                self._delivered_counts = None
+            return pruned
+
+        return self._call(op)
+
+    def _count_delivered(self, conn: sqlite3.Connection, origin: str) -> None:
+        """
+        In the worker: count one more delivered id of C{origin}, and drop
+        its oldest beyond L{max_delivered}.
+        """
+        counts = self._delivered_counts
+        if counts is None:
+            counts = self._delivered_counts = dict(
+                conn.execute("SELECT origin, COUNT(*) FROM delivered GROUP BY origin").fetchall()
+            )
+        else:
+            counts[origin] = counts.get(origin, 0) + 1
+        excess = counts[origin] - self.max_delivered
+        if excess > 0:
+            conn.execute(
+                "DELETE FROM delivered WHERE seq IN"
+                " (SELECT seq FROM delivered WHERE origin = ? ORDER BY seq LIMIT ?)",
+                (origin, excess),
+            )
+            counts[origin] = self.max_delivered
+
+    def delivered_count(self, origin: str | None = None) -> Deferred[int]:
+        """
+        How many delivered ids are kept, of C{origin} or of all origins.
+        """
+        if origin is None:
+            query, args = "SELECT COUNT(*) FROM delivered", ()
+        elif is_valid_peer_id(origin):
+            query, args = "SELECT COUNT(*) FROM delivered WHERE origin = ?", (origin,)
+        else:
+            return fail(StoreError("origin is not a valid peer id"))
+        return self._call(lambda conn: conn.execute(query, args).fetchone()[0])
 
 
 def _as_store_failure(f: Failure, path: str) -> Failure:

@@ -1,38 +1,51 @@
 """
 Multi-hop routing in a running node: L{relaymesh.routing.table}'s table, duplicate
 memory and forwarding rules, wired to the mesh, for peers that announce the
-C{route/1} capability.
+C{route/2} capability, with every routed message sealed end to end
+(L{relaymesh.routing.seal}).
 
-  - A peer that announced C{route/1} is a routing neighbour while it is
+  - A peer that announced C{route/2} is a routing neighbour while it is
     connected.
   - This node tells each neighbour its routes in a top-level C{routes} field
     of the heartbeats it sends that neighbour (claudectl peers keep getting
     the shared, unchanged heartbeat line), and sooner, in an extra heartbeat,
-    when its table changes (at most once per L{ADVERTISE_MIN_INTERVAL}).
-  - A message for a node that is not connected but reachable goes to the
-    next hop in a routed envelope (the C{route} field); a broadcast floods to
-    the neighbours in the envelope and goes plain to the other peers.
-  - A routed message that arrives is delivered once (to the application as
-    coming from its origin, with its origin id) and forwarded as
+    when its table changes (at most once per L{ADVERTISE_MIN_INTERVAL}). It
+    takes at most L{relaymesh.routing.table.MAX_ROUTES} destinations from
+    one neighbour, and names at most as many itself.
+  - A message for a node that is not connected but reachable, and with
+    which this node shares a key, goes to the next hop in a routed envelope
+    (the C{route} field), its payload sealed for the destination (the
+    C{sealed} field). A broadcast goes plain to the connected peers and
+    sealed to every other paired node a route leads to.
+  - A routed message for another node is forwarded unread as
     L{relaymesh.routing.table.decide} says: never back, never twice, never
     beyond the hop limit.
+  - A routed message for this node is delivered only if it opens with the
+    key shared with its origin (else it is dropped, logged and counted in
+    L{Router.rejected}), once per origin and id (to the application as
+    coming from its origin, with its origin id).
   - A reliable message (L{relaymesh.reliable.outbox}) for a node reached through a
-    route keeps its C{reliable} field on the way; its destination hands it
-    to the reliable delivery, which delivers it once and acknowledges every
-    copy, and the ack comes back to the origin as any message does.
+    route carries its C{reliable} field inside the seal; its destination
+    hands it to the reliable delivery, which delivers it once and
+    acknowledges every copy, and the ack comes back to the origin sealed in
+    its turn.
 """
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from relaymesh.connection import RelayProtocol
-from relaymesh.errors import PeerNotConnected
-from relaymesh.interfaces import ExtensionHost
+from relaymesh.dispatch import RecentIds
+from relaymesh.errors import PeerNotConnected, UnknownPeer
+from relaymesh.interfaces import ExtensionHost, PairwiseKeys
+from relaymesh.printable import printable
 from relaymesh.reliable.fields import RELIABLE_FIELD
+from relaymesh.routing.seal import Sealer, SealError
 from relaymesh.routing.table import (
     MAX_HOPS,
     ROUTE_FIELD,
@@ -43,12 +56,12 @@ from relaymesh.routing.table import (
     RoutingError,
     RoutingTable,
     SeenMessages,
+    check_envelope,
     decide,
     encode_routed,
-    header_from_object,
     originate,
 )
-from relaymesh.wire import MessageType, RelayMessage, dumps
+from relaymesh.wire import MessageType, RelayMessage, WireError
 
 #: The top-level heartbeat field that carries a route advertisement to a
 #: routing neighbour.
@@ -58,17 +71,26 @@ ADVERTISEMENT_FIELD = "routes"
 #: changed (the heartbeats carry one every interval besides).
 ADVERTISE_MIN_INTERVAL = 1.0
 
+#: Ids of authenticated routed messages remembered per origin, to deliver
+#: each once (a copy that came two ways, or a replay).
+DELIVERED_WINDOW = 4096
+
 
 class Router:
     """
-    One node's routing: its L{RoutingTable}, its L{SeenMessages}, and the
-    rate-limited advertisements.
+    One node's routing: its L{RoutingTable}, its L{SeenMessages}, its
+    L{Sealer}, and the rate-limited advertisements.
 
     @ivar mesh: The node's L{ExtensionHost} (its mesh).
     @ivar table: The L{RoutingTable}.
-    @ivar seen: The routed messages seen, by origin and origin id.
+    @ivar seen: The routed messages passed on, by origin, destination and
+        origin id.
+    @ivar sealer: Seals this node's routed messages and opens those for it.
     @ivar advertise_interval: Seconds at least between two early
         advertisements.
+    @ivar rejected: Routed messages for this node refused because their
+        origin could not be authenticated, by reason
+        (L{relaymesh.routing.seal.UNPAIRED}, C{FORGED}, C{MALFORMED}).
     """
 
     log = Logger()
@@ -81,12 +103,21 @@ class Router:
         mesh: ExtensionHost,
         max_hops: int = MAX_HOPS,
         advertise_interval: float = ADVERTISE_MIN_INTERVAL,
+        keys: PairwiseKeys | None = None,
     ) -> None:
+        """
+        @param keys: The keys this node shares with its peers (the key
+            store), with which routed messages are sealed and opened; with
+            L{None}, the node only relays.
+        """
         self.mesh = mesh
         self.clock = mesh.clock
         self.table = RoutingTable(mesh.identity, max_hops)
         self.seen = SeenMessages()
+        self.sealer = Sealer(mesh.identity, keys)
         self.advertise_interval = advertise_interval
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self._delivered: dict[str, RecentIds] = {}
         self._last_advertised = float("-inf")
         self._advertise_call: IDelayedCall | None = None
         self._neighbours: set[str] = set()
@@ -112,7 +143,7 @@ class Router:
 
     def neighbour_up(self, peer_id: str) -> None:
         """
-        A peer that announced C{route/1} authenticated.
+        A peer that announced C{route/2} authenticated.
         """
         self._neighbours.add(peer_id)
         if self.table.neighbour_up(peer_id):
@@ -129,17 +160,28 @@ class Router:
     def advertised(self, peer_id: str, advertisement: Any) -> None:
         """
         Take the advertisement a neighbour's heartbeat carried; a malformed
-        one is logged and ignored.
+        one is logged and ignored; destinations beyond the limit are
+        refused, with a log line when their number changes.
         """
+        excess_before = self.table.excess.get(peer_id, 0)
         try:
             changed = self.table.receive_advertisement(peer_id, advertisement)
         except RoutingError as e:
             self.log.warn(
                 "ignoring a malformed route advertisement from {peer_id}: {error}",
                 peer_id=peer_id,
-                error=e,
+                error=printable(str(e)),
             )
             return
+        excess = self.table.excess.get(peer_id, 0)
+        if excess and excess != excess_before:
+            self.log.warn(
+                "refusing {excess} destinations advertised by {peer_id}: "
+                "at most {limit} are taken from one neighbour (the nearest)",
+                excess=excess,
+                peer_id=peer_id,
+                limit=self.table.max_routes,
+            )
         if changed:
             self._changed()
 
@@ -216,59 +258,104 @@ class Router:
         """
         return {r.destination: (r.via, r.hops) for r in self.table.routes()}
 
+    def paired(self, peer_id: str) -> bool:
+        """
+        Whether this node shares a key with C{peer_id}, so that it can send
+        it routed messages and take routed messages from it.
+        """
+        return self.sealer.paired(peer_id)
+
     # -- sending -------------------------------------------------------------
 
     def send(self, to: str, message: RelayMessage) -> str:
         """
         Send a message of this node to a destination that is not a
-        connected peer, through the next hop.
+        connected peer, sealed, through the next hop.
 
         @return: the message id.
+        @raise UnknownPeer: no key is shared with C{to}.
         @raise PeerNotConnected: no route leads there.
+        @raise WireError: the sealed message would be too long.
         """
-        decision = originate(self.table, self.seen, to, message.id)
-        if not decision.targets:
+        if not self.sealer.paired(to):
+            raise UnknownPeer(
+                f"peer {to} is not paired with this node: a message through a route is "
+                "sealed with the key its two ends share"
+            )
+        if not self._send_sealed(to, message, message.id, {}):
             raise PeerNotConnected(f"peer {to} is not connected and no route leads to it")
-        assert decision.header is not None
-        line = encode_routed(message, decision.header)
-        for target in decision.targets:
-            self.mesh.send_line(target, line, message.msg_type)
         return message.id
 
     def send_with_fields(
         self, to: str, message: RelayMessage, origin_id: str, extra: dict[str, Any]
     ) -> bool:
         """
-        Send a copy of a message of this node with extra top-level fields
-        (a reliable message's C{"reliable": true}) towards C{to} through the
-        next hop, under C{origin_id}.
+        Send a copy of a message of this node with extra end-to-end fields
+        (a reliable message's C{"reliable": true}, sealed with the payload)
+        towards C{to} through the next hop, under C{origin_id}.
+
+        @return: whether it went: a route led there, and a key is shared
+            with C{to}.
+        """
+        try:
+            return self._send_sealed(to, message, origin_id, extra)
+        except (SealError, WireError) as e:
+            self.log.warn(
+                "routed copy of {msg_id} to {to} not sent: {error}",
+                msg_id=printable(message.id),
+                to=to,
+                error=e,
+            )
+            return False
+
+    def _send_sealed(
+        self, to: str, message: RelayMessage, origin_id: str, extra: dict[str, Any]
+    ) -> bool:
+        """
+        Seal C{message} for C{to} and send it to the next hop.
 
         @return: whether a route led there.
+        @raise SealError: no key is shared with C{to}.
+        @raise WireError: the line would be too long.
         """
         decision = originate(self.table, self.seen, to, origin_id)
         if not decision.targets:
             return False
         assert decision.header is not None
-        fields = message.to_dict()
-        fields.update(extra)
-        fields[ROUTE_FIELD] = decision.header.to_object()
-        line = dumps(fields)
+        sealed = self.sealer.seal(to, message, origin_id, extra)
+        line = encode_routed(message, decision.header, sealed)
         for target in decision.targets:
             self.mesh.send_line(target, line, message.msg_type)
         return True
 
-    def flood_line(self, message: RelayMessage) -> tuple[bytes | None, frozenset[str]]:
+    def broadcast_routed(self, message: RelayMessage, connected: frozenset[str]) -> list[str]:
         """
-        Start a broadcast of this node's C{message} through the neighbours.
+        The routed part of a broadcast of this node's C{message}: a sealed
+        copy to every node a route leads to that is not in C{connected}
+        (they get the plain message) and with which this node shares a key.
+        A flood cannot be authenticated with pairwise keys, so a broadcast
+        is one sealed message per paired destination; a node this one is
+        not paired with gets no copy.
 
-        @return: the routed line, and the neighbours it is for (none: no
-            line).
+        @return: the destinations a copy went to, sorted.
         """
-        decision = originate(self.table, self.seen, None, message.id)
-        if not decision.targets:
-            return None, frozenset()
-        assert decision.header is not None
-        return encode_routed(message, decision.header), frozenset(decision.targets)
+        sent = []
+        for route in self.table.routes():
+            to = route.destination
+            if to in connected or not self.sealer.paired(to):
+                continue
+            try:
+                went = self._send_sealed(to, message, message.id, {})
+            except (SealError, WireError) as e:
+                self.log.warn(
+                    "broadcast {msg_id} not sent through routes: {error}",
+                    msg_id=message.id,
+                    error=e,
+                )
+                break
+            if went:
+                sent.append(to)
+        return sent
 
     # -- receiving -----------------------------------------------------------
 
@@ -277,63 +364,88 @@ class Router:
     ) -> None:
         """
         Take a routed message from a neighbour (C{fields} is its whole JSON
-        object): deliver it here the first time if it is for this node (or
-        a broadcast), forward it as L{relaymesh.routing.table.decide} says, and log
-        why one that can go no further is dropped. A malformed C{route}
-        field ends the connection, as any unparseable line does.
-
-        A reliable message for this node goes to the mesh's reliable
-        delivery every time it comes (its copies differ in origin id), which
-        delivers it once and acknowledges each copy through the routes; an
-        C{ack} for this node of a message in the outbox is taken by it. A
-        reliable message keeps its C{reliable} field as it is forwarded.
+        object): open it if it is for this node (L{_arrived}), else forward
+        it unread as L{relaymesh.routing.table.decide} says, and log why one
+        that can go no further is dropped. A malformed C{route} or
+        C{sealed} field ends the connection, as any unparseable line does.
         """
         neighbour = protocol.peer_id
         assert neighbour is not None
         try:
-            header = header_from_object(fields[ROUTE_FIELD])
+            header, sealed = check_envelope(message, fields)
         except EnvelopeError as e:
             self.log.warn(
-                "closing connection to {peer_id}: bad route field: {error}",
+                "closing connection to {peer_id}: bad routed message: {error}",
                 peer_id=neighbour,
-                error=e,
+                error=printable(str(e)),
             )
-            protocol.close(f"bad route field: {e}")
+            protocol.close(f"bad routed message: {e}")
             return
-        fresh = (header.origin, header.origin_id) not in self.seen
+        fresh = (header.origin, header.to, header.origin_id) not in self.seen
         decision = decide(self.table, self.seen, header, neighbour)
-        reliable_copy = fields.get(RELIABLE_FIELD) is True
-        if header.to == self.mesh.identity and (reliable_copy or decision.deliver):
-            # a reliable copy is handed over every time (its copies differ
-            # in origin id): the reliable delivery delivers it once
-            msg_id = message.id if reliable_copy else header.origin_id
-            if self.mesh.receive_routed(header.origin, self._end_to_end(header, message, msg_id), fields):
-                return
         if decision.deliver:
-            self.mesh.deliver(header.origin, self._end_to_end(header, message, header.origin_id))
-        if decision.targets:
+            self._arrived(header, message, sealed, neighbour)
+        elif decision.targets:
             assert decision.header is not None
             copy = RelayMessage(
-                message.id, message.msg_type, self.mesh.identity, message.timestamp, message.payload
-            ).to_dict()
-            if reliable_copy:
-                copy[RELIABLE_FIELD] = True
-            copy[ROUTE_FIELD] = decision.header.to_object()
-            line = dumps(copy)
+                message.id, message.msg_type, self.mesh.identity, message.timestamp, None
+            )
+            try:
+                line = encode_routed(copy, decision.header, sealed)
+            except WireError as e:  # this node's id made the line too long
+                self.log.warn(
+                    "dropping routed {msg_type} {origin_id} from {origin}: {error}",
+                    msg_type=message.msg_type,
+                    origin_id=printable(header.origin_id),
+                    origin=header.origin,
+                    error=e,
+                )
+                return
             for target in decision.targets:
                 self.mesh.send_line(target, line, message.msg_type)
-        elif fresh and header.to is not None and header.to != self.mesh.identity:
+        elif fresh and header.origin != self.mesh.identity:
             self._dropped(header, message.msg_type, neighbour)
 
-    @staticmethod
-    def _end_to_end(header: RouteHeader, message: RelayMessage, msg_id: str) -> RelayMessage:
+    def _arrived(
+        self, header: RouteHeader, message: RelayMessage, sealed: str, neighbour: str
+    ) -> None:
         """
-        A routed message as its origin sent it, for the application.
+        A routed message for this node: open it with the key shared with
+        its origin, or drop, log and count it; hand a reliable one to the
+        reliable delivery every time (its copies differ in origin id, and
+        each is acknowledged), and deliver any other once per origin and id.
         """
-        return RelayMessage(msg_id, message.msg_type, header.origin, message.timestamp, message.payload)
+        origin = header.origin
+        try:
+            payload, extra = self.sealer.open(origin, message, header.origin_id, sealed)
+        except SealError as e:
+            self.rejected[e.reason] += 1
+            self.log.warn(
+                "rejecting routed {msg_type} {origin_id} from {origin} "
+                "(came from {neighbour}): {why}",
+                msg_type=message.msg_type,
+                origin_id=printable(header.origin_id),
+                origin=printable(origin),
+                neighbour=neighbour,
+                why=printable(str(e)),
+            )
+            return
+        reliable = extra.get(RELIABLE_FIELD) is True
+        msg_id = message.id if reliable else header.origin_id
+        end_to_end = RelayMessage(msg_id, message.msg_type, origin, message.timestamp, payload)
+        if reliable and self.mesh.receive_routed(origin, end_to_end, extra):
+            return
+        recent = self._delivered.get(origin)
+        if recent is None:
+            recent = self._delivered[origin] = RecentIds(DELIVERED_WINDOW)
+        if recent.seen(msg_id):
+            return
+        if not reliable and self.mesh.receive_routed(origin, end_to_end, extra):
+            return
+        self.mesh.deliver(origin, end_to_end)
 
     def _dropped(self, header: RouteHeader, msg_type: str, neighbour: str) -> None:
-        route = self.table.route(header.to) if header.to is not None else None
+        route = self.table.route(header.to)
         if header.hops >= self.table.max_hops or (
             route is not None and header.hops + route.hops > self.table.max_hops
         ):
@@ -344,11 +456,10 @@ class Router:
             "dropping routed {msg_type} {origin_id} from {origin} to {to} "
             "(came from {neighbour} after {hops} hops): {why}",
             msg_type=msg_type,
-            origin_id=header.origin_id,
+            origin_id=printable(header.origin_id),
             origin=header.origin,
             to=header.to,
             neighbour=neighbour,
             hops=header.hops,
             why=why,
         )
-

@@ -13,20 +13,22 @@ Three parts, each usable and testable alone:
     through a neighbour that drops are withdrawn at once, and the withdrawal
     travels on as an L{INFINITY} metric.
   - L{SeenMessages} and L{decide}: the per-node rules for a routed message:
-    deliver it once, forward it along the route (unicast) or to every other
-    neighbour (broadcast flood), never back where it came from, never beyond
-    the hop limit.
+    forward it along the route once, never back where it came from, never
+    beyond the hop limit; take it here if it is for this node (its origin
+    is authenticated, and copies dropped, by the router, see
+    L{relaymesh.routing.seal}).
   - The routed envelope (L{RouteHeader}, L{encode_routed},
-    L{header_from_object}): a relay message with one extra top-level field,
-    which claudectl ignores::
+    L{header_from_object}): a relay message with two extra top-level fields,
+    which claudectl ignores (it never gets one)::
 
         {"id": ..., "msg_type": ..., "from_peer": ..., "timestamp": ...,
-         "payload": ..., "route": {"origin": "alpha", "to": "delta",
-                                   "hops": 2, "origin_id": "msg_..."}}
+         "payload": null, "route": {"origin": "alpha", "to": "delta",
+                                    "hops": 2, "origin_id": "msg_..."},
+         "sealed": "..."}
 
     C{from_peer} is always the neighbour that sent this copy (the protocol
-    checks it); C{origin} and C{origin_id} name the message end to end, and
-    C{"to": null} makes it a broadcast.
+    checks it); C{origin} and C{origin_id} name the message end to end;
+    C{sealed} is its payload, sealed for C{to} by C{origin}.
 
 Hops count links: a neighbour is 1 hop away, and a routed message's C{hops}
 is the number of links it has crossed when it arrives.
@@ -39,6 +41,7 @@ import dataclasses
 from typing import Any
 
 from relaymesh.peerid import is_valid_peer_id, validate_peer_id
+from relaymesh.reliable.fields import MAX_ID_LENGTH
 from relaymesh.wire import (
     HANDSHAKE_TYPES,
     MAX_LINE_BYTES,
@@ -48,8 +51,9 @@ from relaymesh.wire import (
 )
 
 #: The capability a node announces when it routes and understands the
-#: C{route} field and advertisements.
-ROUTING_CAPABILITY = "route/1"
+#: C{route} and C{sealed} fields and advertisements. (C{route/1}, whose
+#: routed messages were not sealed, is no longer spoken.)
+ROUTING_CAPABILITY = "route/2"
 
 #: The default hop limit: no route, and no routed message, goes further.
 MAX_HOPS = 8
@@ -62,8 +66,10 @@ INFINITY = 16  # as in RIP
 #: The most hops a routed message may carry on the wire.
 MAX_WIRE_HOPS = INFINITY - 1
 
-#: The most destinations one advertisement may name.
-MAX_ROUTES = 1024
+#: The most destinations a node accepts from one neighbour's advertisement
+#: (the nearest; the rest are refused), and the most entries an
+#: advertisement of its own names (the nearest first).
+MAX_ROUTES = 256
 
 #: The version of the advertisement format.
 ADVERTISEMENT_VERSION = 1
@@ -71,8 +77,12 @@ ADVERTISEMENT_VERSION = 1
 #: The top-level field of a relay message that carries its L{RouteHeader}.
 ROUTE_FIELD = "route"
 
-#: The longest origin message id a route header may carry.
-MAX_ORIGIN_ID_LENGTH = 512
+#: The top-level field of a routed message that carries its sealed payload
+#: (L{relaymesh.routing.seal}).
+SEALED_FIELD = "sealed"
+
+#: The longest message id, and origin id, a routed message may carry.
+MAX_ORIGIN_ID_LENGTH = MAX_ID_LENGTH
 
 #: Routed messages remembered per node for deduplication.
 SEEN_CAPACITY = 65536
@@ -137,9 +147,15 @@ class RoutingTable:
 
     @ivar identity: This node's peer id.
     @ivar max_hops: The hop limit.
+    @ivar max_routes: The most destinations taken from one neighbour, and
+        the most entries of an advertisement (L{MAX_ROUTES}).
+    @ivar excess: Per neighbour, how many reachable destinations its latest
+        advertisement named beyond L{max_routes} (refused).
     """
 
-    def __init__(self, identity: str, max_hops: int = MAX_HOPS) -> None:
+    def __init__(
+        self, identity: str, max_hops: int = MAX_HOPS, max_routes: int = MAX_ROUTES
+    ) -> None:
         """
         @raise relaymesh.peerid.InvalidPeerId: for an invalid identity.
         @raise ValueError: for a hop limit outside 1 to C{INFINITY - 1}.
@@ -147,7 +163,11 @@ class RoutingTable:
         self.identity = validate_peer_id(identity)
         if type(max_hops) is not int or not 1 <= max_hops < INFINITY:
             raise ValueError(f"hop limit must be an integer from 1 to {INFINITY - 1}")
+        if type(max_routes) is not int or max_routes < 1:
+            raise ValueError("the route limit must be a positive integer")
         self.max_hops = max_hops
+        self.max_routes = max_routes
+        self.excess: dict[str, int] = {}
         # What each neighbour last said: destination -> its hops from there.
         self._vectors: dict[str, dict[str, int]] = {}
         self._routes: dict[str, Route] = {}
@@ -180,6 +200,7 @@ class RoutingTable:
             return False
         del self._vectors[neighbour]
         del self._untold[neighbour]
+        self.excess.pop(neighbour, None)
         return self._recompute()
 
     def neighbours(self) -> list[str]:
@@ -205,20 +226,40 @@ class RoutingTable:
         (poisoned reverse); and routes withdrawn since the last advertisement
         to it as L{INFINITY}. Calling this counts those withdrawals as told.
 
+        It names at most L{max_routes} destinations, so that every receiver
+        takes all of it: the nearest reachable ones first (by hops, then
+        id), then the L{INFINITY} entries while there is room. A destination
+        left out is unreachable through this node for the receiver, as an
+        advertisement replaces the one before, so the L{INFINITY} entries
+        only say so sooner.
+
         @return: C{{"v": 1, "routes": {destination: hops}}}, JSON-ready.
         @raise RoutingError: if C{neighbour} is not a neighbour.
         """
         untold = self._untold.get(neighbour)
         if untold is None:
             raise RoutingError(f"{neighbour!r} is not a routing neighbour")
-        routes: dict[str, int] = {}
+        reachable: list[tuple[int, str]] = []
+        unreachable: list[str] = []
         for destination, route in self._routes.items():
-            if destination != neighbour:
-                routes[destination] = INFINITY if route.via == neighbour else route.hops
-        for destination in untold:
-            if destination != neighbour:
-                routes.setdefault(destination, INFINITY)
+            if destination == neighbour:
+                continue
+            if route.via == neighbour:
+                unreachable.append(destination)
+            else:
+                reachable.append((route.hops, destination))
+        unreachable.extend(d for d in untold if d != neighbour and d not in self._routes)
         untold.clear()
+        limit = self.max_routes
+        if len(reachable) > limit:
+            reachable.sort()
+            del reachable[limit:]
+        routes = {destination: hops for hops, destination in reachable}
+        room = limit - len(routes)
+        if len(unreachable) > room:
+            unreachable.sort()
+            del unreachable[room:]
+        routes.update((destination, INFINITY) for destination in unreachable)
         return {"v": ADVERTISEMENT_VERSION, "routes": dict(sorted(routes.items()))}
 
     def receive_advertisement(self, neighbour: str, advertisement: Any) -> bool:
@@ -227,7 +268,9 @@ class RoutingTable:
 
         An advertisement replaces the neighbour's previous one: a destination
         it no longer names is no longer reachable through it. One from a
-        peer that is not a neighbour (it never came up) is ignored.
+        peer that is not a neighbour (it never came up) is ignored. Of the
+        destinations it names reachable, the nearest L{max_routes} are taken
+        and the others refused (counted in L{excess}).
 
         @return: whether the routes changed.
         @raise RoutingError: if the advertisement is malformed.
@@ -237,6 +280,13 @@ class RoutingTable:
             return False
         vector.pop(self.identity, None)
         vector.pop(neighbour, None)
+        excess = len(vector) - self.max_routes
+        if excess > 0:
+            nearest = sorted(vector.items(), key=lambda item: (item[1], item[0]))
+            vector = dict(nearest[: self.max_routes])
+            self.excess[neighbour] = excess
+        else:
+            self.excess.pop(neighbour, None)
         if vector == self._vectors[neighbour]:
             return False
         self._vectors[neighbour] = vector
@@ -303,7 +353,7 @@ class RoutingTable:
     # -- forwarding ----------------------------------------------------------
 
     def forward_targets(
-        self, origin: str, from_neighbour: str | None, destination: str | None, hops: int
+        self, origin: str, from_neighbour: str | None, destination: str, hops: int
     ) -> list[str]:
         """
         The neighbours a routed message goes on to from this node.
@@ -311,19 +361,14 @@ class RoutingTable:
         @param origin: The node that first sent it.
         @param from_neighbour: The neighbour it came from; L{None} when this
             node is the origin.
-        @param destination: Its destination, or L{None} for a broadcast.
+        @param destination: Its destination.
         @param hops: The links it has crossed to get here (0 at the origin).
         @return: no neighbour if it may not cross another link, or if it is
-            for this node; every neighbour but C{from_neighbour} and the
-            origin for a broadcast; else the next hop towards the
-            destination, unless that leads back to C{from_neighbour} or the
-            origin or is too long for the hops left. Sorted.
+            for this node; else the next hop towards the destination, unless
+            that leads back to C{from_neighbour} or the origin or is too long
+            for the hops left.
         """
-        if hops >= self.max_hops:
-            return []
-        if destination is None:
-            return sorted(n for n in self._vectors if n != from_neighbour and n != origin)
-        if destination == self.identity:
+        if hops >= self.max_hops or destination == self.identity:
             return []
         route = self._routes.get(destination)
         if (
@@ -355,10 +400,8 @@ def parse_advertisement(advertisement: Any) -> dict[str, int]:
     routes = advertisement.get("routes")
     if type(routes) is not dict:
         raise RoutingError("advertisement field 'routes' must be a JSON object")
-    if len(routes) > MAX_ROUTES:
-        raise RoutingError(
-            f"advertisement names {len(routes)} destinations, at most {MAX_ROUTES} allowed"
-        )
+    # No limit on the entries here: the receiver takes the nearest it
+    # accepts (RoutingTable.max_routes); the line limit bounds the work.
     vector = {}
     for destination, hops in routes.items():
         if not is_valid_peer_id(destination):
@@ -379,13 +422,19 @@ def parse_advertisement(advertisement: Any) -> dict[str, int]:
 
 class SeenMessages:
     """
-    The routed messages a node has seen, by C{(origin, origin_id)}: O(1)
-    per check, at most C{capacity} remembered (the oldest go first).
+    The routed messages a node has passed on, by C{(origin, destination,
+    origin_id)}: O(1) per check, at most C{capacity} remembered (the oldest
+    go first).
 
     With each it keeps the fewest hops it arrived with, so that a copy that
     arrives later by a shorter path (links have different delays) is still
-    forwarded, and reaches what the first copy's hop budget could not, but
-    is not delivered again.
+    forwarded, and reaches what the first copy's hop budget could not.
+
+    A relay cannot tell a true message from a forged one, so this memory
+    only keeps it from forwarding a message twice; what a destination
+    delivers is deduplicated after its origin is authenticated (see
+    L{relaymesh.routing.router}), so that forged messages cannot push true
+    ones out of the memory it delivers by.
     """
 
     __slots__ = ("_hops", "capacity")
@@ -394,16 +443,16 @@ class SeenMessages:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        self._hops: collections.OrderedDict[tuple[str, str], int] = collections.OrderedDict()
+        self._hops: collections.OrderedDict[tuple[str, str, str], int] = collections.OrderedDict()
 
-    def check(self, origin: str, origin_id: str, hops: int) -> str:
+    def check(self, origin: str, to: str, origin_id: str, hops: int) -> str:
         """
-        Record a message that arrived after C{hops} links.
+        Record a message for C{to} that arrived after C{hops} links.
 
         @return: L{NEW} the first time; L{SHORTER} for a copy that came by
             fewer hops than any before; L{DUPLICATE} otherwise.
         """
-        key = (origin, origin_id)
+        key = (origin, to, origin_id)
         known = self._hops.get(key)
         if known is None:
             self._hops[key] = hops
@@ -415,13 +464,7 @@ class SeenMessages:
             return SHORTER
         return DUPLICATE
 
-    def seen(self, origin: str, origin_id: str) -> bool:
-        """
-        Record a message; return whether it was seen before.
-        """
-        return self.check(origin, origin_id, MAX_WIRE_HOPS) != NEW
-
-    def __contains__(self, key: tuple[str, str]) -> bool:
+    def __contains__(self, key: tuple[str, str, str]) -> bool:
         return key in self._hops
 
     def __len__(self) -> int:
@@ -433,7 +476,8 @@ class Decision:
     """
     What a node does with a routed message.
 
-    @ivar deliver: Whether to hand it to this node's application.
+    @ivar deliver: Whether it is for this node (to be opened, and delivered
+        if its origin is authenticated and it is new).
     @ivar targets: The neighbours to send it on to, sorted.
     @ivar header: The L{RouteHeader} to send it with (hops counted), or
         L{None} when there is nowhere to send it.
@@ -444,17 +488,16 @@ class Decision:
     header: RouteHeader | None
 
 
-def originate(table: RoutingTable, seen: SeenMessages, to: str | None, origin_id: str) -> Decision:
+def originate(table: RoutingTable, seen: SeenMessages, to: str, origin_id: str) -> Decision:
     """
-    Where a message this node starts goes first.
+    Where a message this node starts for C{to} goes first.
 
     The message is recorded as seen, so a copy that comes back is dropped.
 
-    @param to: The destination, or L{None} to broadcast.
     @param origin_id: The message's id.
     """
     header = RouteHeader(table.identity, to, 0, origin_id)
-    seen.check(table.identity, origin_id, 0)
+    seen.check(table.identity, to, origin_id, 0)
     targets = table.forward_targets(table.identity, None, to, 0)
     return Decision(False, targets, header.forwarded() if targets else None)
 
@@ -465,19 +508,20 @@ def decide(
     """
     What to do with a routed message that came from C{from_neighbour}.
 
-    Deliver it here the first time if it is a broadcast or for this node;
-    forward it the first time, or again when it came by a shorter path,
-    as L{RoutingTable.forward_targets} says.
+    Take it here if it is for this node (the caller authenticates it and
+    drops copies); else forward it the first time, or again when it came
+    by a shorter path, as L{RoutingTable.forward_targets} says. A message
+    of this node's own that comes back is dropped.
     """
-    verdict = seen.check(header.origin, header.origin_id, header.hops)
-    if verdict == DUPLICATE or header.origin == table.identity:
+    if header.origin == table.identity:
         return Decision(False, [], None)
-    for_here = header.to is None or header.to == table.identity
-    deliver = verdict == NEW and for_here
     if header.to == table.identity:
-        return Decision(deliver, [], None)
+        return Decision(True, [], None)
+    verdict = seen.check(header.origin, header.to, header.origin_id, header.hops)
+    if verdict == DUPLICATE:
+        return Decision(False, [], None)
     targets = table.forward_targets(header.origin, from_neighbour, header.to, header.hops)
-    return Decision(deliver, targets, header.forwarded() if targets else None)
+    return Decision(False, targets, header.forwarded() if targets else None)
 
 
 # -- the routed envelope ------------------------------------------------------
@@ -489,14 +533,16 @@ class RouteHeader:
     The C{route} field of a routed message.
 
     @ivar origin: The node that first sent the message.
-    @ivar to: Its destination, or L{None} for a broadcast.
+    @ivar to: Its destination.
     @ivar hops: The links it has crossed (at least 1 on the wire).
-    @ivar origin_id: Its id at the origin: with C{origin}, the key every
-        node deduplicates by, and what an acknowledgement names.
+    @ivar origin_id: Its id at the origin: with C{origin} and C{to}, the
+        key relays deduplicate by, and what the destination delivers it
+        under (a reliable message's copies differ in it: see
+        L{relaymesh.reliable.outbox.routed_origin_id}).
     """
 
     origin: str
-    to: str | None
+    to: str
     hops: int
     origin_id: str
 
@@ -542,8 +588,8 @@ def header_from_object(obj: Any) -> RouteHeader:
     origin, to, hops, origin_id = values
     if not is_valid_peer_id(origin):
         raise EnvelopeError("route field 'origin' must be a valid peer id")
-    if to is not None and not is_valid_peer_id(to):
-        raise EnvelopeError("route field 'to' must be a valid peer id or null")
+    if not is_valid_peer_id(to):
+        raise EnvelopeError("route field 'to' must be a valid peer id")
     if to == origin:
         raise EnvelopeError("route field 'to' names the origin itself")
     if type(hops) is not int:
@@ -559,22 +605,56 @@ def header_from_object(obj: Any) -> RouteHeader:
     return RouteHeader(origin, to, hops, origin_id)
 
 
-def encode_routed(message: RelayMessage, header: RouteHeader) -> bytes:
+def check_envelope(message: RelayMessage, fields: dict[str, Any]) -> tuple[RouteHeader, str]:
     """
-    Serialize a message with its route header as one line, without C{\\n}.
+    Validate a routed message as it arrived: its C{route} header, its id,
+    its type, and its C{sealed} field, checked only for its type (relays
+    pass it on unread; its destination opens it).
 
-    @raise EnvelopeError: if the header is not valid on the wire, or the
-        message is a handshake message.
-    @raise WireError: if the message cannot be encoded or is too long.
+    @param fields: The message's whole JSON object.
+    @return: the header and the C{sealed} text.
+    @raise EnvelopeError: naming what is wrong.
+    """
+    header = header_from_object(fields.get(ROUTE_FIELD))
+    if len(message.id) > MAX_ORIGIN_ID_LENGTH:
+        raise EnvelopeError(f"a routed message id is at most {MAX_ORIGIN_ID_LENGTH} characters")
+    if message.msg_type in HANDSHAKE_TYPES:
+        raise EnvelopeError(f"a {message.msg_type} cannot be routed")
+    sealed = fields.get(SEALED_FIELD)
+    if type(sealed) is not str or not sealed:
+        raise EnvelopeError(f"a routed message needs a non-empty string {SEALED_FIELD!r} field")
+    return header, sealed
+
+
+def encode_routed(message: RelayMessage, header: RouteHeader, sealed: str) -> bytes:
+    """
+    Serialize a routed message as one line, without C{\\n}: the message's
+    id, type and timestamp, a C{null} payload, its route header and the
+    C{sealed} box that holds its payload.
+
+    @param message: The message; its payload is not written (it travels in
+        C{sealed}), and C{from_peer} is this node, the neighbour sending.
+    @raise EnvelopeError: if the header is not valid on the wire, the id
+        is too long, or the message is a handshake message.
+    @raise WireError: if the line would be too long.
     """
     header_from_object(header.to_object())
     if message.msg_type in HANDSHAKE_TYPES:
         raise EnvelopeError(f"a {message.msg_type} cannot be routed")
-    obj = message.to_dict()
-    obj[ROUTE_FIELD] = header.to_object()
+    if len(message.id) > MAX_ORIGIN_ID_LENGTH:
+        raise EnvelopeError(f"a routed message id is at most {MAX_ORIGIN_ID_LENGTH} characters")
+    obj = {
+        "id": message.id,
+        "msg_type": message.msg_type,
+        "from_peer": message.from_peer,
+        "timestamp": message.timestamp,
+        "payload": None,
+        ROUTE_FIELD: header.to_object(),
+        SEALED_FIELD: sealed,
+    }
     line = dumps(obj)
     if len(line) > MAX_LINE_BYTES:
         raise WireError(
-            f"message of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte line limit"
+            f"routed message of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte line limit"
         )
     return line

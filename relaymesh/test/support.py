@@ -198,12 +198,12 @@ class Node:
         self.store = store
         self.reliable: ReliableDelivery | None = None
         if store is not None:
-            self.reliable = ReliableDelivery(self.mesh, store)
+            self.reliable = ReliableDelivery(self.mesh, store, keys=self.keys)
             self.reliable.start()
             self.mesh.enable_reliable(self.reliable)
         self.router: Router | None = None
         if routing:
-            self.router = Router(self.mesh, max_hops)
+            self.router = Router(self.mesh, max_hops, keys=self.keys)
             self.mesh.enable_routing(self.router)
         self.certificate = certificate or NodeCertificate.generate(identity)
         self.server = RelayServerFactory(self.mesh, self.keys, certificate=self.certificate)

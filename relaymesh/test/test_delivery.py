@@ -8,8 +8,10 @@ import json
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from relaymesh.reliable.errors import OutboxFull
 from relaymesh.reliable.outbox import (
     ACK_CAPABILITY,
+    MAX_QUEUED_PER_PEER,
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_RESEND_AFTER,
     DEFAULT_SCAN_INTERVAL,
@@ -296,6 +298,62 @@ class DeliveryTests(ReliableTestCase):
         self.failureResultOf(delivery.accepted(), StoreClosed)
         self.failureResultOf(delivery.delivered(), StoreClosed)
         self.assertEqual(lines(self.link[0].transport), [])
+
+    def test_outbox_full(self):
+        """
+        At most C{max_queued} messages wait for one destination: the next
+        one is refused with L{OutboxFull}, naming the limit, and nothing is
+        written; once one is acknowledged there is room again. Other
+        destinations are not affected.
+        """
+        self.alpha.reliable.max_queued = 2
+        gamma = Node("gamma", self.clock, store=MemoryStore())
+        pair_keys(self.alpha, gamma)
+        first = [self.alpha.mesh.send_reliable("beta", "delegate_task", TASK) for _ in range(2)]
+        written = len(lines(self.link[0].transport))
+        refused = self.alpha.mesh.send_reliable("beta", "delegate_task", TASK)
+        e = self.failureResultOf(refused.accepted(), OutboxFull).value
+        self.assertIn("at most 2", str(e))
+        self.failureResultOf(refused.delivered(), OutboxFull)
+        self.assertEqual(len(lines(self.link[0].transport)), written)
+        self.assertEqual(len(self.alpha.store.outbox), 2)
+        self.successResultOf(self.alpha.mesh.send_reliable("gamma", "delegate_task", TASK).accepted())
+        self.flush()
+        for delivery in first:
+            self.successResultOf(delivery.delivered())
+        self.successResultOf(self.alpha.mesh.send_reliable("beta", "delegate_task", TASK).accepted())
+        self.assertEqual(MAX_QUEUED_PER_PEER, 1000)
+
+    def test_long_id_refused(self):
+        """
+        A reliable message whose id is longer than 128 characters is
+        neither recorded, delivered nor acknowledged, with a log line.
+        """
+        fields = self.beta.mesh.message("delegate_task", TASK).to_dict()
+        fields["id"] = "m" * 129
+        fields["reliable"] = True
+        self.link[0].dataReceived(json.dumps(fields).encode() + b"\n")
+        self.assertEqual(self.alpha.store.delivered, set())
+        self.assertEqual(self.tasks(self.alpha), [])
+        self.assertEqual(lines(self.link[0].transport), [])
+        fields["id"] = "m" * 128
+        self.link[0].dataReceived(json.dumps(fields).encode() + b"\n")
+        self.assertEqual(len(self.tasks(self.alpha)), 1)
+
+    def test_paired_peer_not_yet_connected(self):
+        """
+        A paired peer that has not connected since the node started takes
+        reliable messages: they wait until it connects.
+        """
+        gamma = Node("gamma", self.clock, store=MemoryStore())
+        pair_keys(self.alpha, gamma)
+        delivery = self.alpha.mesh.send_reliable("gamma", "delegate_task", TASK)
+        self.successResultOf(delivery.accepted())
+        self.clock.advance(DEFAULT_RESEND_AFTER + DEFAULT_SCAN_INTERVAL)
+        server, _, pump = connect(self.alpha, gamma, host="10.0.0.5")
+        pump.flush()
+        self.successResultOf(delivery.delivered())
+        self.assertEqual(len(self.tasks(gamma)), 1)
 
     def test_outbox_survives_restart(self):
         """

@@ -299,6 +299,7 @@ class LineTests(FaultTestCase):
         for before, name in zip([None] + self.NAMES, self.NAMES):
             if before is not None:
                 self.pair(before, name)
+        self.pair("n1", "n5")  # the ends of the stream: routed messages are sealed end to end
         for before, name in zip([None] + self.NAMES, self.NAMES):
             ports[name] = free_port()
             peers = [] if before is None else [f"{before}@127.0.0.1:{ports[before]}"]
@@ -336,7 +337,7 @@ class LineTests(FaultTestCase):
         )
         withdrawn = reactor.seconds() - killed
         self.assertRaises(UnknownPeer, n1.send, "n5", "delegate_task", {})
-        self.assertRaises(UnknownPeer, n1.send_reliable, "n4", "delegate_task", {})
+        self.assertRaises(UnknownPeer, n1.send_reliable, "n4", "delegate_task", {})  # not paired
         left = [n1.send_reliable("n2", "delegate_task", {"n": n}) for n in range(STREAM // 4)]
         right = [n5.send_reliable("n4", "delegate_task", {"n": n}) for n in range(STREAM // 4)]
         yield defer.gatherResults([d.delivered() for d in left + right])
@@ -388,6 +389,7 @@ class RingTests(FaultTestCase):
         links = list(zip(self.NAMES, self.NAMES[1:])) + [(self.NAMES[-1], self.NAMES[0])]
         for before, after in links:
             self.pair(before, after)
+        self.pair("n2", "n4")  # the ends of the stream: routed messages are sealed end to end
         dials = {after: before for before, after in links}
         for name in self.NAMES:
             nodes[name] = yield self.start(

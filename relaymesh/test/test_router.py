@@ -1,6 +1,6 @@
 """
 Tests for L{relaymesh.routing.router}: multi-hop routing between in-memory nodes
-that announce C{route/1}, on a L{task.Clock}.
+that announce C{route/2}, on a L{task.Clock}.
 """
 
 import json
@@ -15,7 +15,7 @@ from relaymesh.reliable.outbox import (
     routed_origin_id,
 )
 from relaymesh.handshake.proofs import DEFAULT_CAPABILITIES
-from relaymesh.errors import UnknownPeer
+from relaymesh.errors import PeerNotConnected, UnknownPeer
 from relaymesh.events import PeerState
 
 ROUTED = PeerState.ROUTED
@@ -29,7 +29,9 @@ CLAUDECTL_FIELDS = ["id", "msg_type", "from_peer", "timestamp", "payload"]
 
 class Mesh:
     """
-    In-memory routing nodes and the links between them.
+    In-memory routing nodes and the links between them. Every node is
+    paired with every other (routed messages are sealed end to end), linked
+    or not.
     """
 
     def __init__(self, names, reliable=False):
@@ -41,6 +43,9 @@ class Mesh:
             name: Node(name, self.clock, routing=True, store=MemoryStore() if reliable else None)
             for name in names
         }
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                pair_keys(self.nodes[a], self.nodes[b])
         self.links = {}
 
     def link(self, acceptor, connector, host=None):
@@ -124,7 +129,8 @@ class LineTests(SynchronousTestCase):
         server, _, _ = self.net.links["beta", "alpha"]
         message = self.alpha.message("delegate_task", {})
         header = RouteHeader("alpha", "gamma", MAX_HOPS, message.id)
-        server.dataReceived(encode_routed(message, header) + b"\n")
+        sealed = self.net.nodes["alpha"].router.sealer.seal("gamma", message, message.id, {})
+        server.dataReceived(encode_routed(message, header, sealed) + b"\n")
         self.net.flush()
         self.assertEqual(self.net.got("gamma"), [])
         [event] = [e for e in self.log if "dropping routed" in e.get("log_format", "")]
@@ -152,7 +158,46 @@ class LineTests(SynchronousTestCase):
         fields = self.alpha.message("delegate_task", {}).to_dict()
         fields["route"] = {"origin": "alpha"}
         server.dataReceived(json.dumps(fields).encode() + b"\n")
-        self.assertIn("bad route field", server.close_reason)
+        self.assertIn("bad routed message: route is missing", server.close_reason)
+
+    def test_unsealed_routed_message_closes(self):
+        """
+        A routed message without its C{sealed} field is malformed: it ends
+        the neighbour's connection.
+        """
+        server, _, _ = self.net.links["beta", "alpha"]
+        fields = self.alpha.message("delegate_task", {}).to_dict()
+        fields["route"] = RouteHeader("alpha", "gamma", 1, fields["id"]).to_object()
+        server.dataReceived(json.dumps(fields).encode() + b"\n")
+        self.assertIn("'sealed'", server.close_reason)
+
+    def test_unpaired_destination_refused(self):
+        """
+        A node routes its own messages only to destinations it shares a key
+        with; it still relays for others.
+        """
+        del self.net.nodes["alpha"].keys.keys["gamma"]
+        e = self.assertRaises(UnknownPeer, self.alpha.send, "gamma", "delegate_task", {})
+        self.assertIn("not paired", str(e))
+        gamma = self.net.nodes["gamma"].mesh
+        del self.net.nodes["gamma"].keys.keys["beta"]
+        del self.net.nodes["beta"].keys.keys["gamma"]
+        gamma_alpha = gamma.send("alpha", "delegate_task", {"via": "beta"})
+        self.net.flush()
+        # alpha no longer shares a key with gamma: it refuses gamma's message
+        self.assertEqual(self.net.got("alpha"), [])
+        self.assertEqual(self.net.nodes["alpha"].router.rejected, {"unpaired": 1})
+        self.assertTrue(gamma_alpha)
+
+    def test_no_route(self):
+        """
+        A paired destination with no route is not connected.
+        """
+        self.net.nodes["alpha"].keys.keys["zeta"] = b"k" * 32
+        self.assertRaises(UnknownPeer, self.alpha.send, "zeta", "delegate_task", {})
+        self.assertRaises(
+            PeerNotConnected, self.net.nodes["alpha"].router.send, "zeta", self.alpha.message("delegate_task", {})
+        )
 
 
 class ClaudectlPeerTests(SynchronousTestCase):
@@ -203,15 +248,16 @@ class RingTests(SynchronousTestCase):
     def test_broadcast_exactly_once(self):
         """
         A broadcast reaches every other node of the ring exactly once,
-        though two copies travel towards the far node, and never comes back
-        to its origin.
+        under one id: the neighbours plain, the far node sealed through a
+        route; nothing comes back to its origin.
         """
         names = ["alpha", "beta", "gamma", "delta"]
         net = Mesh(names)
         for a, b in zip(names, names[1:] + names[:1]):
             net.link(a, b)
         sent = net.nodes["alpha"].mesh.broadcast("knowledge_sync", {"k": 1})
-        self.assertEqual(sorted(sent), ["beta", "delta"])
+        self.assertEqual(sorted(sent), ["beta", "delta", "gamma"])
+        self.assertEqual(len(set(sent.values())), 1)
         net.flush()
         for name in names:
             got = [(p, m.id) for p, m in net.got(name, "knowledge_sync")]
@@ -290,12 +336,23 @@ class RoutedReliableTests(SynchronousTestCase):
         self.assertEqual(routed_origin_id("msg_1_2_x", 0), "msg_1_2_x")
         self.assertEqual(routed_origin_id("msg_1_2_x", 3), "msg_1_2_x/3")
 
-    def test_no_route_no_send(self):
+    def test_no_route_queued(self):
         """
-        A destination neither connected nor routable is refused.
+        A paired destination neither connected nor routable is accepted:
+        the message waits, and goes as soon as a route appears. One this
+        node is not paired with is refused.
         """
         self.net.drop("beta", "gamma")
-        self.assertRaises(UnknownPeer, self.alpha.mesh.send_reliable, "gamma", "delegate_task", {})
+        delivery = self.alpha.mesh.send_reliable("gamma", "delegate_task", {})
+        self.successResultOf(delivery.accepted())
+        self.assertNoResult(delivery.delivered())
+        self.net.link("beta", "gamma", host="10.0.9.3")
+        self.successResultOf(delivery.delivered())
+        self.assertEqual(len(self.net.got("gamma")), 1)
+        e = self.assertRaises(
+            UnknownPeer, self.alpha.mesh.send_reliable, "nobody", "delegate_task", {}
+        )
+        self.assertIn("not paired", str(e))
 
     def test_outbox_from_an_earlier_run_waits_for_a_route(self):
         """
@@ -307,6 +364,7 @@ class RoutedReliableTests(SynchronousTestCase):
         certificate = first.certificate  # the restarted node keeps it
         self.net.nodes["alpha2"] = first
         pair_keys(self.net.nodes["beta"], first)
+        pair_keys(self.net.nodes["gamma"], first)
         # first learns gamma through beta, sends to it, and goes away before
         # the message leaves its buffer
         self.net.link("beta", "alpha2", host="10.0.8.2")
@@ -320,6 +378,7 @@ class RoutedReliableTests(SynchronousTestCase):
         again = Node("alpha2", self.net.clock, store=store, routing=True, certificate=certificate)
         self.net.nodes["alpha2"] = again
         pair_keys(self.net.nodes["beta"], again)
+        pair_keys(self.net.nodes["gamma"], again)
         self.assertEqual(len(again.reliable.pending()), 1)
         self.net.link("beta", "alpha2", host="10.0.8.3")
         self.net.flush()

@@ -410,13 +410,13 @@ class OutboxOptionTests(SynchronousTestCase):
 
     def test_twistd_routes(self):
         """
-        C{twistd relaymesh} routes (and announces C{route/1}) unless told
+        C{twistd relaymesh} routes (and announces C{route/2}) unless told
         C{--no-routing}.
         """
         self.assertIsNotNone(self.make().mesh.router)
-        self.assertIn("route/1", self.make().mesh.capabilities)
+        self.assertIn("route/2", self.make().mesh.capabilities)
         self.assertIsNone(self.make("--no-routing").mesh.router)
-        self.assertNotIn("route/1", self.make("--no-routing").mesh.capabilities)
+        self.assertNotIn("route/2", self.make("--no-routing").mesh.capabilities)
 
 
 class OutboxServiceTests(TestCase):

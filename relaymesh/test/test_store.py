@@ -289,6 +289,121 @@ class DeliveredTests(StoreTestCase):
         self.assertEqual(len((yield self.recorded(store))), 10)
 
 
+class DeliveredBoundTests(StoreTestCase):
+    """
+    What one origin can make the delivered record keep is bounded: ids of
+    at most 128 characters, at most L{Store.max_delivered} of them.
+    """
+
+    @defer.inlineCallbacks
+    def test_long_id_refused(self):
+        """
+        An id over 128 characters is refused with a one-line error naming
+        the limit, and nothing is recorded.
+        """
+        store = yield self.open()
+        e = yield self.assertFailure(store.mark_delivered("alpha", "m" * 129, 1.0), StoreError)
+        self.assertIn("at most 128", str(e))
+        self.assertTrue((yield store.mark_delivered("alpha", "m" * 128, 1.0)))
+        self.assertEqual((yield self.recorded(store)), {("alpha", "m" * 128)})
+
+    @defer.inlineCallbacks
+    def test_oldest_dropped(self):
+        """
+        Beyond C{max_delivered} ids of one origin, recording one more drops
+        that origin's oldest; other origins keep theirs.
+        """
+        self.assertEqual(store_module.MAX_DELIVERED_PER_ORIGIN, 10_000)
+        store = yield self.open(max_delivered=3)
+        yield store.mark_delivered("gamma", "g0", 0.0)
+        for i in range(5):
+            self.assertTrue((yield store.mark_delivered("alpha", f"a{i}", 1.0)))
+        self.assertEqual(
+            (yield self.recorded(store)), {("gamma", "g0"), ("alpha", "a2"), ("alpha", "a3"), ("alpha", "a4")}
+        )
+        self.assertEqual((yield store.delivered_count("alpha")), 3)
+        self.assertEqual((yield store.delivered_count()), 4)
+        # a copy of a kept id is still known; an id already dropped is not
+        self.assertFalse((yield store.mark_delivered("alpha", "a4", 2.0)))
+        self.assertTrue((yield store.mark_delivered("alpha", "a0", 2.0)))
+        self.assertEqual((yield store.delivered_count("alpha")), 3)
+
+    @defer.inlineCallbacks
+    def test_bound_kept_across_reopening_and_pruning(self):
+        """
+        The count per origin is read again from the file after a restart
+        and after a pruning, so the bound holds across both.
+        """
+        store = yield self.open(max_delivered=4, retention=60.0)
+        for i in range(4):
+            yield store.mark_delivered("alpha", f"a{i}", float(i))
+        yield store.close()
+        store = yield self.open(max_delivered=4, retention=60.0)
+        yield store.mark_delivered("alpha", "a4", 10.0)
+        self.assertEqual((yield store.delivered_count("alpha")), 4)
+        self.assertEqual((yield store.prune_delivered(62.5)), 2)  # a1 and a2
+        for i in range(5, 9):
+            yield store.mark_delivered("alpha", f"a{i}", 70.0)
+        self.assertEqual(
+            (yield self.recorded(store)), {("alpha", f"a{i}") for i in range(5, 9)}
+        )
+
+    @defer.inlineCallbacks
+    def test_flood_of_long_fresh_ids(self):
+        """
+        A peer sending reliable messages with ever new 500-character ids
+        leaves nothing behind; with ids at the limit it leaves at most
+        C{max_delivered} rows, and the file stops growing.
+        """
+        store = yield self.open(max_delivered=200)
+        refused = yield defer.DeferredList(
+            [store.mark_delivered("carol", f"{i:06d}" + "x" * 494, 1.0) for i in range(300)],
+            consumeErrors=True,
+        )
+        self.assertEqual({ok for ok, _ in refused}, {False})
+        self.assertEqual((yield store.delivered_count()), 0)
+        for burst in range(4):
+            yield defer.gatherResults(
+                [
+                    store.mark_delivered("carol", f"{burst}-{i:06d}".ljust(128, "y"), 1.0)
+                    for i in range(300)
+                ]
+            )
+            self.assertEqual((yield store.delivered_count("carol")), 200)
+            if burst == 1:
+                size = os.path.getsize(self.path) + os.path.getsize(self.path + "-wal")
+        yield store.close()
+        conn = self.raw()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.assertLessEqual(os.path.getsize(self.path), size)
+
+
+class MigrationTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_version_1_delivered_kept(self):
+        """
+        A store of schema 1 opens at schema 2 with its delivered ids and its
+        outbox, numbered oldest first, and the bound applies from then on.
+        """
+        v1 = Schema(1, {1: SCHEMA.migrations[1]})
+        store = yield self.open(schema=v1)
+        yield store.put(entry("m1"))
+        for i, at in enumerate([5.0, 1.0, 3.0]):
+            yield store.mark_delivered("alpha", f"a{i}", at)
+        yield store.close()
+        store = yield self.open(max_delivered=2)
+        self.assertEqual((yield store.pending()), [entry("m1")])
+        self.assertEqual(
+            self.raw().execute("SELECT msg_id FROM delivered ORDER BY seq").fetchall(),
+            [("a1",), ("a2",), ("a0",)],
+        )
+        self.assertFalse((yield store.mark_delivered("alpha", "a0", 9.0)))
+        self.assertTrue((yield store.mark_delivered("alpha", "a3", 9.0)))
+        self.assertEqual(
+            (yield self.recorded(store)), {("alpha", "a0"), ("alpha", "a3")}
+        )
+
+
 class DurabilityTests(StoreTestCase):
     @defer.inlineCallbacks
     def test_survives_close_and_reopen(self):
@@ -402,15 +517,16 @@ class SchemaTests(StoreTestCase):
         store = yield self.open()
         yield store.put(entry("m1"))
         yield store.close()
-        v2 = Schema(2, {**SCHEMA.migrations, 2: add_priority})
-        store = yield self.open(schema=v2)
+        newer = SCHEMA_VERSION + 1
+        v_next = Schema(newer, {**SCHEMA.migrations, newer: add_priority})
+        store = yield self.open(schema=v_next)
         self.assertEqual((yield store.pending()), [entry("m1")])
         yield store.close()
-        store = yield self.open(schema=v2)
+        store = yield self.open(schema=v_next)
         yield store.close()
         self.assertEqual(calls, [1])
         self.assertEqual(
-            self.raw().execute("SELECT version FROM schema_version").fetchall(), [(2,)]
+            self.raw().execute("SELECT version FROM schema_version").fetchall(), [(newer,)]
         )
         yield self.assertFailure(open_store(self.path, reactor), SchemaTooNew)
 
@@ -426,13 +542,17 @@ class SchemaTests(StoreTestCase):
 
         store = yield self.open()
         yield store.close()
+        newer = SCHEMA_VERSION + 1
         e = yield self.assertFailure(
-            open_store(self.path, reactor, schema=Schema(2, {**SCHEMA.migrations, 2: broken})),
+            open_store(
+                self.path, reactor, schema=Schema(newer, {**SCHEMA.migrations, newer: broken})
+            ),
             StoreError,
         )
         self.assertIn("step two went wrong", str(e))
         self.assertEqual(
-            self.raw().execute("SELECT version FROM schema_version").fetchall(), [(1,)]
+            self.raw().execute("SELECT version FROM schema_version").fetchall(),
+            [(SCHEMA_VERSION,)],
         )
         columns = [row[1] for row in self.raw().execute("PRAGMA table_info(outbox)")]
         self.assertNotIn("half", columns)

@@ -12,7 +12,14 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, fail, succeed
 
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey
-from relaymesh.reliable.store import DuplicateMessage, OutboxEntry, StoreClosed
+from relaymesh.reliable.entry import check_msg_id, check_origin
+from relaymesh.reliable.store import (
+    MAX_DELIVERED_PER_ORIGIN,
+    DuplicateMessage,
+    OutboxEntry,
+    StoreClosed,
+    StoreError,
+)
 from relaymesh.testing.network import MemoryNetworkError
 
 
@@ -131,14 +138,18 @@ class MemoryStore:
     use; every call fires at once.
 
     @ivar outbox: msg_id -> L{OutboxEntry}, in put order.
-    @ivar delivered: The C{(origin, msg_id)} pairs marked delivered.
+    @ivar delivered: The C{(origin, msg_id)} pairs marked delivered: at
+        most L{max_delivered} per origin, the oldest dropped first, as the
+        real store keeps them.
     @ivar closed: Whether L{close} was called; calls then fail with
         L{StoreClosed}.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_delivered: int = MAX_DELIVERED_PER_ORIGIN) -> None:
         self.outbox: dict[str, OutboxEntry] = {}
         self.delivered: set[tuple[str, str]] = set()
+        self.max_delivered = max_delivered
+        self._by_origin: dict[str, dict[str, None]] = {}
         self.closed = False
 
     def _refuse(self) -> Deferred | None:
@@ -188,9 +199,21 @@ class MemoryStore:
         refused = self._refuse()
         if refused is not None:
             return refused
-        new = (origin, msg_id) not in self.delivered
+        try:
+            check_origin(origin)
+            check_msg_id(msg_id)
+        except StoreError:
+            return fail()
+        if (origin, msg_id) in self.delivered:
+            return succeed(False)
         self.delivered.add((origin, msg_id))
-        return succeed(new)
+        ids = self._by_origin.setdefault(origin, {})
+        ids[msg_id] = None
+        if len(ids) > self.max_delivered:
+            oldest = next(iter(ids))
+            del ids[oldest]
+            self.delivered.discard((origin, oldest))
+        return succeed(True)
 
     def close(self) -> Deferred[None]:
         """
