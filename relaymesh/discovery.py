@@ -28,7 +28,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from relaymesh.address import format_hostport
+from relaymesh.address import InvalidAddress, format_hostport, parse_port
 from relaymesh.handshake.proofs import VERSION
 from relaymesh.peerid import is_valid_peer_id
 
@@ -341,7 +341,8 @@ def parse_target(text: str) -> tuple[str, int]:
         raise ValueError(f"{text!r}: want an IPv4 address, optionally with :PORT") from None
     port = ANNOUNCE_PORT
     if colon:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"{text!r}: invalid port {port_text[:10]!r}")
-        port = int(port_text)
+        try:
+            port = parse_port(port_text)
+        except InvalidAddress:
+            raise ValueError(f"{text!r}: invalid port {port_text[:10]!r}") from None
     return host, port

@@ -21,6 +21,7 @@ from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
 from relaymesh import pairing
+from relaymesh.address import InvalidAddress, parse_port
 from relaymesh.codes import Invite
 from relaymesh.connection import HANDSHAKE_TIMEOUT, RelayProtocol
 from relaymesh.dialer import CONNECT_TIMEOUT
@@ -319,8 +320,10 @@ def local_node_port(data_dir: str, identity: str) -> int | None:
     listen = node.status.get("listen") if node is not None else None
     if not isinstance(listen, str):
         return None
-    port = listen.rpartition(":")[2]
-    return int(port) if port.isdigit() and 0 < int(port) < 65536 else None
+    try:
+        return parse_port(listen.rpartition(":")[2])
+    except InvalidAddress:
+        return None
 
 
 def ask_node_to_dial(node: Any, result: JoinResult) -> bool:

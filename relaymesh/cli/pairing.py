@@ -17,7 +17,7 @@ from typing import Callable
 
 from twisted.internet.error import CannotListenError
 
-from relaymesh.address import DEFAULT_PORT
+from relaymesh.address import DEFAULT_PORT, InvalidAddress, parse_port
 from relaymesh.cli.base import (
     PROG,
     Command,
@@ -68,9 +68,10 @@ def _positive_minutes(text: str) -> float:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
-    return int(text)
+    try:
+        return parse_port(text)
+    except InvalidAddress:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a port from 1 to 65535") from None
 
 
 def _seconds(text: str) -> float:
