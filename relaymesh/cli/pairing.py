@@ -15,6 +15,7 @@ import io
 import time
 from typing import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 
 from relaymesh.address import DEFAULT_PORT, InvalidAddress, parse_port
@@ -28,7 +29,13 @@ from relaymesh.cli.base import (
     run_reactor,
 )
 from relaymesh.codes import InvalidCode
-from relaymesh.discovery import ANNOUNCE_PORT, DEFAULT_LISTEN_SECONDS, discover
+from relaymesh.discovery import (
+    ANNOUNCE_PORT,
+    DEFAULT_LISTEN_SECONDS,
+    MAX_SIGHTINGS,
+    SightingTable,
+    discover,
+)
 from relaymesh.invite import (
     DEFAULT_EXPIRY,
     FORM_DESCRIPTIONS,
@@ -44,6 +51,7 @@ from relaymesh.invite import (
     parse_join_input,
 )
 from relaymesh.handshake.pake import generate_strong_code
+from relaymesh.printable import printable
 from relaymesh.tls import NodeCertificate, TLSError
 
 #: What tells the time: epoch seconds.
@@ -421,19 +429,35 @@ def run_discover(context: Context, args: argparse.Namespace) -> None:
     @param args: the parsed arguments, with C{seconds} and C{port}.
     """
     own = context.store.identity()
+    tables: list[SightingTable] = []
+
+    def listen(reactor) -> Deferred:
+        tables.append(SightingTable(reactor))
+        return discover(reactor, args.seconds, args.port, ignore=own, table=tables[0])
+
     try:
-        sightings = run_reactor(
-            lambda reactor: discover(reactor, args.seconds, args.port, ignore=own)
-        )
+        sightings = run_reactor(listen)
     except CannotListenError as e:
         raise CommandError(f"cannot listen on UDP port {args.port}: {e.socketError}") from None
+    turned_away = tables[0].turned_away if tables else 0
     if sightings:
+        # What a node announces is printed escaped, whatever parsing let by.
         rows = [("IDENTITY", "ADDRESS", "VERSION")]
-        rows += [(s.identity, s.addr, s.version or "-") for s in sightings]
+        rows += [
+            (printable(s.identity), printable(s.addr), printable(s.version) or "-")
+            for s in sightings
+        ]
         text = format_table(rows)
     else:
         text = f"No nodes heard in {args.seconds:g} s."
-    context.emit({"nodes": [s.to_dict() for s in sightings], "seconds": args.seconds}, text)
+    data = {"nodes": [s.to_dict() for s in sightings], "seconds": args.seconds}
+    if turned_away:
+        text += (
+            f"\n{turned_away} more announcements were not kept: the list was full "
+            f"({MAX_SIGHTINGS} nodes). Something on this network sends many of them."
+        )
+        data["turned_away"] = turned_away
+    context.emit(data, text)
 
 
 #: The pairing and discovery commands, in the order the help lists them.
