@@ -25,11 +25,12 @@ from relaymesh.address import InvalidAddress, parse_port
 from relaymesh.codes import Invite
 from relaymesh.connection import HANDSHAKE_TIMEOUT, RelayProtocol
 from relaymesh.dialer import CONNECT_TIMEOUT
-from relaymesh.handshake.base import Authenticated
+from relaymesh.handshake.base import Authenticated, HandshakeFailed
 from relaymesh.handshake.connector import ConnectorHandshake
 from relaymesh.joinforms import FORM_DESCRIPTIONS, LEGACY_FORMS, RELAYMESH_FORMS
-from relaymesh.keystore import KeyStore
+from relaymesh.keystore import KeyStore, KeyStoreError
 from relaymesh.mesh import Mesh
+from relaymesh.printable import printable
 from relaymesh.tls import NodeCertificate
 
 #: Seconds a join may take in all; its TCP connection must be made sooner.
@@ -49,6 +50,43 @@ class JoinDenied(JoinError):
     """
 
 
+class AlreadyPaired(JoinError):
+    """
+    The inviting node is a peer this node is already paired with, and the
+    join was not asked to replace its key.
+
+    @ivar peer_id: that peer.
+    """
+
+    def __init__(self, message: str, peer_id: str) -> None:
+        super().__init__(message)
+        self.peer_id = peer_id
+
+
+def already_paired(peer_id: str) -> AlreadyPaired:
+    """
+    The refusal to join a peer already paired with, before connecting.
+    """
+    return AlreadyPaired(
+        f"already paired with {peer_id}: joining would replace its key; "
+        f"run relaymesh forget {peer_id} first, or join again with --replace",
+        peer_id,
+    )
+
+
+def paired_meanwhile(peer_id: str, addr: str) -> AlreadyPaired:
+    """
+    The refusal to store the key of a peer already paired with, learnt only
+    from the handshake (the invite did not name it).
+    """
+    return AlreadyPaired(
+        f"{addr} is {peer_id}, already paired with this node: kept its key and "
+        f"stored no new one, but the invite is used up; to replace the key, "
+        f"ask {peer_id} for a new invite and join it with --replace",
+        peer_id,
+    )
+
+
 @dataclass(frozen=True)
 class JoinResult:
     """
@@ -58,12 +96,14 @@ class JoinResult:
     @ivar addr: where it listens, C{host:port}.
     @ivar form: the form joined with, now its C{paired_via}.
     @ivar through: C{"direct"}, or C{"node"} when the running node paired.
+    @ivar replaced: whether a key already stored for the peer was replaced.
     """
 
     peer_id: str
     addr: str
     form: str
     through: str = "direct"
+    replaced: bool = False
 
     @property
     def peer(self) -> str:
@@ -101,21 +141,30 @@ class JoinFactory(ClientFactory):
     @ivar done: fires with the L{RelayProtocol} once the handshake
         succeeds, or fails with a L{JoinError}.
     @ivar closed: fires once the connection is gone (or was never made).
+    @ivar replace: whether a key already stored for the peer that answers
+        may be replaced.
     """
 
     noisy = False
 
-    def __init__(self, mesh: Mesh, invite: Invite, keys: KeyStore | None = None) -> None:
+    def __init__(
+        self, mesh: Mesh, invite: Invite, keys: KeyStore | None = None, replace: bool = False
+    ) -> None:
         """
         @param mesh: a mesh with this node's identity, for the protocol.
         @param invite: what to join: the address, the key and, if known,
             the peer id that must answer.
+        @param keys: this node's key store.
+        @param replace: whether to replace a key already stored for the
+            peer that answers; if not, such a join fails (L{AlreadyPaired}).
         """
         self.mesh = mesh
         self.invite = invite
         self.keys = keys
+        self.replace = replace
         self.done: Deferred = Deferred()
         self.closed: Deferred = Deferred()
+        self._refusal: JoinError | None = None
 
     def buildProtocol(self, addr: IAddress) -> RelayProtocol:
         # Only a relaymesh link promises a relaymesh node, which proves the key
@@ -136,7 +185,22 @@ class JoinFactory(ClientFactory):
         """
         The inviting node proved the key: nothing is recorded until the
         join ends (L{join_directly} records the key with the address).
+
+        A form that does not name the inviting node (a relay code, a word
+        phrase) tells who it is only now: if that is a peer already paired
+        with, and the join may not replace its key, the join ends here.
+
+        @raise HandshakeFailed: for such a peer.
         """
+        if self.replace or self.keys is None:
+            return
+        try:
+            known = self.keys.key(outcome.peer_id) is not None
+        except (KeyStoreError, OSError) as e:
+            raise HandshakeFailed(f"cannot read the key of {outcome.peer_id}: {e}") from None
+        if known:
+            self._refusal = paired_meanwhile(outcome.peer_id, self.invite.addr)
+            raise HandshakeFailed(str(self._refusal))
 
     def handshakeSucceeded(self, protocol: RelayProtocol) -> None:
         """
@@ -151,7 +215,10 @@ class JoinFactory(ClientFactory):
         """
         if self.done.called:
             return
-        if protocol.proof_rejected and reason.startswith("the peer denied"):
+        reason = printable(reason, REASON_LIMIT)
+        if self._refusal is not None:
+            self.done.errback(self._refusal)
+        elif protocol.proof_rejected and reason.startswith("the peer denied"):
             self.done.errback(JoinDenied(denial_message(self.invite)))
         elif protocol.traffic.msgs_in == 0:
             self.done.errback(
@@ -180,7 +247,11 @@ class JoinFactory(ClientFactory):
 
 
 def _describe(reason: Failure) -> str:
-    return " ".join(reason.getErrorMessage().split()).rstrip(".") or "failed"
+    return printable(" ".join(reason.getErrorMessage().split()).rstrip(".") or "failed", REASON_LIMIT)
+
+
+#: Characters of a reason from the network kept in a join's error.
+REASON_LIMIT = 300
 
 
 @inlineCallbacks
@@ -191,6 +262,7 @@ def join_directly(
     connect_timeout: float = JOIN_CONNECT_TIMEOUT,
     timeout: float = JOIN_TIMEOUT,
     certificate: NodeCertificate | None = None,
+    replace: bool = False,
 ):
     """
     Pair with an inviting node over one connection of our own.
@@ -199,6 +271,11 @@ def join_directly(
     C{addr}, C{paired_at} (epoch milliseconds) and C{paired_via}; then the
     connection is closed.
 
+    A peer already paired with keeps its key unless C{replace}: when the
+    invite names the peer, the join is refused before connecting; when it
+    does not (a relay code, a word phrase), once the handshake says who
+    answered, and then the new key is not stored.
+
     @param store: this node's key store.
     @param invite: what to join.
     @param reactor: an L{IReactorTCP} and L{IReactorTime}.
@@ -206,13 +283,17 @@ def join_directly(
     @param timeout: seconds for the whole join.
     @param certificate: this node's certificate, to join over TLS (the
         peer's certificate is then pinned); plain TCP if L{None}.
+    @param replace: whether to replace the key of a peer already paired
+        with.
     @return: a L{Deferred} firing with a L{JoinResult}, or failing with a
-        L{JoinError}.
+        L{JoinError} (L{AlreadyPaired} for a peer already paired with).
     """
     identity = store.identity()
     if invite.identity == identity:
         raise JoinError(f"this invite is from this node itself ({identity})")
-    factory = JoinFactory(Mesh(identity, reactor), invite, keys=store)
+    if invite.identity is not None and _has_key(store, invite.identity) and not replace:
+        raise already_paired(invite.identity)
+    factory = JoinFactory(Mesh(identity, reactor), invite, keys=store, replace=replace)
     if certificate is not None:
         connector = reactor.connectSSL(
             invite.host, invite.port, factory, certificate.client_options(), timeout=connect_timeout
@@ -227,9 +308,11 @@ def join_directly(
 
     timer = reactor.callLater(timeout, give_up)
     protocol = None
+    replaced = False
     try:
         protocol = yield factory.done
         outcome = dataclasses.replace(protocol.outcome, paired_via=invite.form)
+        replaced = _has_key(store, outcome.peer_id)
         pairing.record(
             store,
             outcome,
@@ -244,7 +327,19 @@ def join_directly(
         if protocol is not None:
             protocol.close("paired")
         yield _at_most(factory.closed, CLOSE_WAIT, reactor)
-    return JoinResult(protocol.peer_id, invite.addr, invite.form)
+    return JoinResult(protocol.peer_id, invite.addr, invite.form, replaced=replaced)
+
+
+def _has_key(store: KeyStore, peer_id: str) -> bool:
+    """
+    Whether a key is stored for C{peer_id}.
+
+    @raise JoinError: if the key store cannot say.
+    """
+    try:
+        return store.key(peer_id) is not None
+    except (KeyStoreError, OSError) as e:
+        raise JoinError(f"cannot read the key of {peer_id}: {e}") from None
 
 
 #: Seconds to wait for the connection to close after a join.
@@ -272,6 +367,9 @@ def _at_most(d: Deferred, seconds: float, clock: Any) -> Deferred:
 
 #: Seconds to wait for the local node's API.
 LOCAL_NODE_TIMEOUT = 5.0
+
+#: The HTTP status of a peer the node does not know.
+NOT_FOUND = 404
 
 
 def local_node(data_dir: str, identity: str) -> Any | None:
@@ -331,6 +429,11 @@ def ask_node_to_dial(node: Any, result: JoinResult) -> bool:
     Ask the running node to dial a peer just paired with, so that it keeps
     a connection to it.
 
+    When the pairing replaced the peer's key, the node is first asked to
+    close its connection to the peer and stop dialling it
+    (C{DELETE /api/peers/ID}): a connection made with the old key would
+    otherwise go on, and the old dialler would keep its address.
+
     @param node: the node's API client, from L{local_node}.
     @param result: the pairing.
     @return: whether the node took the request.
@@ -338,6 +441,13 @@ def ask_node_to_dial(node: Any, result: JoinResult) -> bool:
     from relaymesh.control import client as apiclient
 
     try:
+        if result.replaced:
+            try:
+                node.call("DELETE", f"/api/peers/{result.peer_id}")
+            except apiclient.ApiRequestError as e:
+                if e.status != NOT_FOUND:
+                    raise
+                # the node knows nothing of the peer: nothing to close
         node.call("POST", "/api/peers", {"addr": result.peer})
     except (apiclient.NodeNotRunning, apiclient.ApiRequestError, OSError):
         return False

@@ -354,6 +354,11 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="join over TLS with this node's certificate (relaymesh tls-init)",
     )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the key of a peer already paired with (refused otherwise)",
+    )
 
 
 def run_join(context: Context, args: argparse.Namespace) -> None:
@@ -374,28 +379,34 @@ def run_join(context: Context, args: argparse.Namespace) -> None:
             raise CommandError(str(e)) from None
     try:
         result = run_reactor(
-            lambda reactor: join_directly(store, invite, reactor, certificate=certificate)
+            lambda reactor: join_directly(
+                store, invite, reactor, certificate=certificate, replace=args.replace
+            )
         )
     except JoinError as e:
         raise CommandError(str(e)) from None
     node = local_node(context.data_dir, store.identity())
     dialling = node is not None and ask_node_to_dial(node, result)
-    text = f"Paired with {result.peer_id} ({result.addr})"
-    if dialling:
-        text += f"\nThe running node is connecting to {result.peer_id}."
+    peer_id, addr, peer = printable(result.peer_id), printable(result.addr), printable(result.peer)
+    if result.replaced:
+        text = f"Replaced the key of {peer_id}: paired again with {peer_id} ({addr})"
     else:
-        text += f"\nA node on this key store connects to it when run with --peers {result.peer}"
-    context.emit(
-        {
-            "peer_id": result.peer_id,
-            "addr": result.addr,
-            "peer": result.peer,
-            "form": result.form,
-            "paired_via": FORM_DESCRIPTIONS.get(result.form, result.form),
-            "node_dialling": dialling,
-        },
-        text,
-    )
+        text = f"Paired with {peer_id} ({addr})"
+    if dialling:
+        new_key = " with the new key" if result.replaced else ""
+        text += f"\nThe running node is connecting to {peer_id}{new_key}."
+    else:
+        text += f"\nA node on this key store connects to it when run with --peers {peer}"
+    data = {
+        "peer_id": result.peer_id,
+        "addr": result.addr,
+        "peer": result.peer,
+        "form": result.form,
+        "paired_via": FORM_DESCRIPTIONS.get(result.form, result.form),
+        "node_dialling": dialling,
+        "replaced": result.replaced,
+    }
+    context.emit(data, text)
 
 
 # discover
