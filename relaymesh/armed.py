@@ -125,6 +125,37 @@ def _slots(note: dict) -> list[str]:
     return [slot for slot in slots if isinstance(slot, str) and _FORM.match(slot)]
 
 
+def _take_key_file(
+    files: KeyFiles, path: str, peer_id: str, expected: bytes | None
+) -> bytes | None:
+    """
+    Take an armed key file with one rename and store its key as C{peer_id}'s.
+
+    @param files: the data directory's files.
+    @param path: the armed key file.
+    @param expected: the key the file must hold, or L{None} for any.
+    @return: the key, or L{None} if the file is gone or holds another.
+    """
+    key_path = files.key_path(peer_id)
+    claimed = temporary_path(path, "claim")
+    try:
+        os.rename(path, claimed)
+    except FileNotFoundError:
+        return None
+    try:
+        key = read_key_file(claimed, shown_as=path)
+        if key is None or (expected is not None and key != expected):
+            os.replace(claimed, path)
+            return None
+        files.write_key_file(key_path, key)
+    except BaseException:
+        if os.path.exists(claimed):
+            os.replace(claimed, path)
+        raise
+    os.unlink(claimed)
+    return key
+
+
 class PairingSlots:
     """
     The keys and the strong code armed for pairing in one data directory.
@@ -203,38 +234,11 @@ class PairingSlots:
         if pending is not None and self._invite_of(note, pending) is not None:
             form = note.get("pending_form")
             form = form if isinstance(form, str) else PAIR_CODE_FORM
-            return self._claim_invite_key(peer_id, ArmedKey(form, pending, None, note["invite"]), now)
-        key = self._take_key_file(None, peer_id, None)
+            armed = ArmedKey(form, pending, None, note["invite"])
+            return self._claim_invite_key(peer_id, armed, now)
+        key = _take_key_file(self.files, self._pending_path(), peer_id, None)
         if key is not None:
             self._disarm_invite(note)
-        return key
-
-    def _take_key_file(self, slot: str | None, peer_id: str, expected: bytes | None) -> bytes | None:
-        """
-        Take an armed key file with one rename and store its key as
-        C{peer_id}'s.
-
-        @param expected: the key the file must hold, or L{None} for any.
-        @return: the key, or L{None} if the file is gone or holds another.
-        """
-        key_path = self.files.key_path(peer_id)
-        path = self._armed_path(slot)
-        claimed = temporary_path(path, "claim")
-        try:
-            os.rename(path, claimed)
-        except FileNotFoundError:
-            return None
-        try:
-            key = read_key_file(claimed, shown_as=path)
-            if key is None or (expected is not None and key != expected):
-                os.replace(claimed, path)
-                return None
-            self.files.write_key_file(key_path, key)
-        except BaseException:
-            if os.path.exists(claimed):
-                os.replace(claimed, path)
-            raise
-        os.unlink(claimed)
         return key
 
     # Armed keys: the pending key, and the extra keys of an invite
@@ -393,7 +397,7 @@ class PairingSlots:
         if armed.invite is not None:
             key = self._claim_invite_key(peer_id, armed, now)
         else:
-            key = self._take_key_file(armed.slot, peer_id, armed.key)
+            key = _take_key_file(self.files, self._armed_path(armed.slot), peer_id, armed.key)
             if key is not None:
                 self.disarm()
         if key is not None:
@@ -424,7 +428,7 @@ class PairingSlots:
             if not current or (now is not None and expired(note, now)):
                 key = None
             else:
-                key = self._take_key_file(armed.slot, peer_id, armed.key)
+                key = _take_key_file(self.files, self._armed_path(armed.slot), peer_id, armed.key)
         except BaseException:
             self.tickets.give_back(armed.invite)
             raise

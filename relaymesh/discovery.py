@@ -259,7 +259,8 @@ class SightingTable:
         The latest sighting of each entry, sorted by identity, address and
         port.
         """
-        return sorted((s for s, _ in self._entries.values()), key=lambda s: (s.identity, s.host, s.port))
+        heard = (sighting for sighting, _ in self._entries.values())
+        return sorted(heard, key=lambda s: (s.identity, s.host, s.port))
 
 
 class AnnouncementSender(DatagramProtocol):
