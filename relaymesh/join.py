@@ -80,7 +80,7 @@ def paired_meanwhile(peer_id: str, addr: str) -> AlreadyPaired:
     from the handshake (the invite did not name it).
     """
     return AlreadyPaired(
-        f"{addr} is {peer_id}, already paired with this node: kept its key and "
+        f"{printable(addr)} is {peer_id}, already paired with this node: kept its key and "
         f"stored no new one, but the invite is used up; to replace the key, "
         f"ask {peer_id} for a new invite and join it with --replace",
         peer_id,
@@ -123,12 +123,12 @@ def denial_message(invite: Invite) -> str:
     if invite.form in LEGACY_FORMS:
         what = FORM_DESCRIPTIONS[invite.form]
         return (
-            f"{invite.addr} refused the key of this {what}: it may have expired or been "
+            f"{printable(invite.addr)} refused the key of this {what}: it may have expired or been "
             f"used; and claudectl 0.49 relay codes and word phrases cannot pair at all, "
             f"so if claudectl printed it, join with its invite link (cctl://...) instead"
         )
     return (
-        f"{invite.addr} refused the key: the invite may have expired, been used "
+        f"{printable(invite.addr)} refused the key: the invite may have expired, been used "
         f"already, or been replaced by a newer one"
     )
 
@@ -143,6 +143,7 @@ class JoinFactory(ClientFactory):
     @ivar closed: fires once the connection is gone (or was never made).
     @ivar replace: whether a key already stored for the peer that answers
         may be replaced.
+    @ivar shown_addr: the address joined, escaped for an error message.
     """
 
     noisy = False
@@ -162,6 +163,7 @@ class JoinFactory(ClientFactory):
         self.invite = invite
         self.keys = keys
         self.replace = replace
+        self.shown_addr = printable(invite.addr)
         self.done: Deferred = Deferred()
         self.closed: Deferred = Deferred()
         self._refusal: JoinError | None = None
@@ -223,18 +225,18 @@ class JoinFactory(ClientFactory):
         elif protocol.traffic.msgs_in == 0:
             self.done.errback(
                 JoinError(
-                    f"{self.invite.addr} closed the connection before the handshake "
+                    f"{self.shown_addr} closed the connection before the handshake "
                     f"({reason}): it may be at its peer limit, or refusing this address "
                     f"for a minute after failed attempts"
                 )
             )
         else:
-            self.done.errback(JoinError(f"the handshake with {self.invite.addr} failed: {reason}"))
+            self.done.errback(JoinError(f"the handshake with {self.shown_addr} failed: {reason}"))
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         if not self.done.called:
             self.done.errback(
-                JoinError(f"cannot connect to {self.invite.addr}: {_describe(reason)}")
+                JoinError(f"cannot connect to {self.shown_addr}: {_describe(reason)}")
             )
         self._closed()
 
@@ -247,7 +249,8 @@ class JoinFactory(ClientFactory):
 
 
 def _describe(reason: Failure) -> str:
-    return printable(" ".join(reason.getErrorMessage().split()).rstrip(".") or "failed", REASON_LIMIT)
+    text = " ".join(reason.getErrorMessage().split()).rstrip(".") or "failed"
+    return printable(text, REASON_LIMIT)
 
 
 #: Characters of a reason from the network kept in a join's error.
@@ -303,7 +306,9 @@ def join_directly(
 
     def give_up() -> None:
         if not factory.done.called:
-            factory.done.errback(JoinError(f"no answer from {invite.addr} within {timeout:g} s"))
+            factory.done.errback(
+                JoinError(f"no answer from {factory.shown_addr} within {timeout:g} s")
+            )
         connector.disconnect()
 
     timer = reactor.callLater(timeout, give_up)

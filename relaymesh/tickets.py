@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from relaymesh.files import remove_file, write_atomically
 from relaymesh.keyfiles import KeyStoreError
+from relaymesh.printable import printable
 
 #: An invite's ticket is C{invite-<invite>.ticket} in the data directory,
 #: and C{invite-<invite>.taken} while a claim that took it is under way.
@@ -133,13 +134,17 @@ class UsedInvite:
         Say in one line that the invite was used, how and when.
         """
         if self.form == IN_USE_FORM:
-            return "this invite was already used: another pairing took it a moment ago; make a new invite"
+            return (
+                "this invite was already used: another pairing took it a moment ago; "
+                "make a new invite"
+            )
         when = "" if self.at is None else " at " + _utc(self.at)
         how = _USED_WITH.get(self.form, self.form)
         if self.peer_id is None:
-            what = f"{how} was tried{when}" if self.form == STRONG_CODE_FORM else f"{how} was used{when}"
+            verb = "tried" if self.form == STRONG_CODE_FORM else "used"
+            what = f"{how} was {verb}{when}"
         else:
-            what = f"{self.peer_id} paired with {how}{when}"
+            what = f"{printable(self.peer_id)} paired with {how}{when}"
         return f"this invite was already used: {what}; make a new invite"
 
 
