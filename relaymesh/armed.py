@@ -260,6 +260,14 @@ class PairingSlots:
         """
         return read_json(self._note_path())
 
+    def _still_armed(self, note: dict, invite: str) -> bool:
+        """
+        Whether C{note} arms C{invite} and its pending key is still there:
+        claudectl sharing the data directory may have taken it (or
+        C{relaymesh pair} replaced it), which ends the invite too.
+        """
+        return invite_named(note) == invite and self._invite_of(note, self.pending_key()) == invite
+
     def _invite_of(self, note: dict, pending: bytes | None) -> str | None:
         """
         The invite C{note} arms, if C{pending} is still its pending key.
@@ -424,7 +432,7 @@ class PairingSlots:
             return None
         note = self._armed_note()
         try:
-            current = invite_named(note) == armed.invite
+            current = self._still_armed(note, armed.invite)
             if not current or (now is not None and expired(note, now)):
                 key = None
             else:
@@ -570,15 +578,17 @@ class PairingSlots:
             if refused is not None:
                 raise refused
             return None
-        self.tickets.record_use(
-            UsedInvite(invite, STRONG_CODE_FORM, None, now, number(note.get("expires_at")), True)
-        )
+        armed = self._armed_note()
+        current = self._still_armed(armed, invite)
+        if current:
+            self.tickets.record_use(
+                UsedInvite(invite, STRONG_CODE_FORM, None, now, number(note.get("expires_at")), True)
+            )
         self.strong_code.take()
         self.tickets.discard(invite)
-        armed = self._armed_note()
         if invite_named(armed) == invite:
             self._disarm_invite(armed)
-        return note["code"]
+        return note["code"] if current else None
 
 
 class StrongCodeFile:

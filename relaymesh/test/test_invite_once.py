@@ -273,6 +273,24 @@ class AloneTests(SynchronousTestCase):
         self.assertEqual(store.claim_armed_key("beta", armed, EPOCH), bytes(32))
 
 
+    def test_claudectlTakesPendingKey(self):
+        """
+        claudectl sharing the data directory knows only C{_pending.key}: when
+        it takes that key, the invite is over, its strong code and other
+        keys with it.
+        """
+        store = KeyStore(self.mktemp())
+        invite = make_invite("alpha", "10.0.0.2", 9847, EPOCH)
+        store.arm(list(invite.keys), invite.expires_at, invite.strong_code)
+        [_, legacy] = store.armed_keys(EPOCH)
+        os.unlink(os.path.join(store.path, "peers", "_pending.key"))  # claudectl's claim
+        self.assertIsNone(store.take_strong_code(EPOCH))
+        self.assertIsNone(store.claim_armed_key("gamma", legacy, EPOCH))
+        self.assertEqual(store.armed_keys(EPOCH), [])
+        self.assertEqual(store.peers(), [])
+        self.assertFalse(store.strong_code_armed(EPOCH))
+
+
 #: A claim made by one process: it arms nothing, reads the armed keys,
 #: waits for the go file, then claims the key of its form, or takes the
 #: strong code; it prints what came of it.
