@@ -581,9 +581,8 @@ class PairingSlots:
         armed = self._armed_note()
         current = self._still_armed(armed, invite)
         if current:
-            self.tickets.record_use(
-                UsedInvite(invite, STRONG_CODE_FORM, None, now, number(note.get("expires_at")), True)
-            )
+            expires_at = number(note.get("expires_at"))
+            self.tickets.record_use(UsedInvite(invite, STRONG_CODE_FORM, None, now, expires_at, True))
         self.strong_code.take()
         self.tickets.discard(invite)
         if invite_named(armed) == invite:

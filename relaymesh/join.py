@@ -80,8 +80,8 @@ def paired_meanwhile(peer_id: str, addr: str) -> AlreadyPaired:
     from the handshake (the invite did not name it).
     """
     return AlreadyPaired(
-        f"{printable(addr)} is {peer_id}, already paired with this node: kept its key and "
-        f"stored no new one, but the invite is used up; to replace the key, "
+        f"{printable(addr)} is {peer_id}, already paired with this node: kept its key "
+        f"and stored no new one, but the invite is used up; to replace the key, "
         f"ask {peer_id} for a new invite and join it with --replace",
         peer_id,
     )
@@ -120,15 +120,16 @@ def denial_message(invite: Invite) -> str:
     @param invite: the invite joined with.
     @return: one line.
     """
+    addr = printable(invite.addr)
     if invite.form in LEGACY_FORMS:
         what = FORM_DESCRIPTIONS[invite.form]
         return (
-            f"{printable(invite.addr)} refused the key of this {what}: it may have expired or been "
+            f"{addr} refused the key of this {what}: it may have expired or been "
             f"used; and claudectl 0.49 relay codes and word phrases cannot pair at all, "
             f"so if claudectl printed it, join with its invite link (cctl://...) instead"
         )
     return (
-        f"{printable(invite.addr)} refused the key: the invite may have expired, been used "
+        f"{addr} refused the key: the invite may have expired, been used "
         f"already, or been replaced by a newer one"
     )
 
