@@ -14,6 +14,9 @@ from relaymesh.peerid import InvalidPeerId, validate_peer_id
 #: The relay's TCP port.
 DEFAULT_PORT = 9847  # claudectl 0.49: 9847
 
+#: The most digits a port is written with.
+MAX_PORT_DIGITS = 5
+
 
 class InvalidAddress(ValueError):
     """
@@ -55,13 +58,26 @@ class PeerAddress:
         return f"{prefix}{self.peer_id}@{self.hostport}"
 
 
+def is_port_text(text: str) -> bool:
+    """
+    Whether C{text} is written as a port may be: one to five ASCII digits.
+
+    C{str.isdigit} alone is not enough: it is true of C{"\u00b2"} (which
+    C{int} refuses) and of other scripts' digits (which C{int} reads), and
+    of digit strings too long for C{int} to read at all.
+    """
+    return 0 < len(text) <= MAX_PORT_DIGITS and text.isascii() and text.isdigit()
+
+
 def parse_port(text: str) -> int:
     """
-    A TCP port number from text.
+    A TCP or UDP port number from text: the one parser for every port read
+    from a user or the network.
 
-    @raise InvalidAddress: if it is not a number from 1 to 65535.
+    @raise InvalidAddress: if it is not a number from 1 to 65535 in ASCII
+        digits.
     """
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not is_port_text(text) or not 0 < int(text) < 65536:
         raise InvalidAddress(f"invalid port {text[:20]!r}: want a number from 1 to 65535")
     return int(text)
 
@@ -79,7 +95,9 @@ def parse_peer_address(text: str) -> PeerAddress:
     while True:
         scheme, sep, rest = text.partition(":")
         if not sep or scheme not in flags or rest.isdigit():
-            break  # "tls:9847" is the host "tls" and a port
+            # "tls:9847" is the host "tls" and a port (and "tls:\u00b2" a
+            # bad port, refused below, rather than the host "\u00b2")
+            break
         if flags[scheme]:
             raise InvalidAddress(f"{original!r}: {scheme}: given twice")
         flags[scheme] = True

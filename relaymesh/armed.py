@@ -7,11 +7,20 @@ They are kept beside the peers' keys::
     peers/_pending.key      the pending pairing key, claimed by the first
                             peer that proves it holds it
     peers/_pending.<form>.key   more armed keys of an invite (relaymesh only)
-    peers/_pending.meta     JSON note on the armed keys: their forms and
-                            when they expire (relaymesh only)
-    strong-code             the armed strong pairing code and its expiry
+    peers/_pending.meta     JSON note on the armed keys: their forms, when
+                            they expire and which invite they are (relaymesh
+                            only)
+    strong-code             the armed strong pairing code, its expiry and
+                            the invite it belongs to
 
-Each is taken with one rename, so of two claims at once only one gets it.
+An invite is used once, whichever of its forms is used: claiming any of its
+keys, or taking its strong code for an attempt, first takes the invite's
+ticket (L{relaymesh.tickets}) with one rename, so of two claims at once, in
+one process or several, only one gets it; every other form of the invite
+is then disarmed, and a later claim is told the invite was used
+(L{InviteUsed}). A pending key armed without an invite (by C{relaymesh
+pair}, or by claudectl sharing the data directory) and a strong code armed
+alone (C{pair --strong}) are each taken with one rename of their own file.
 This module does not depend on Twisted.
 """
 
@@ -19,15 +28,10 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
-from relaymesh.files import (
-    make_private_directory,
-    remove_file,
-    temporary_path,
-    write_atomically,
-)
+from relaymesh.files import make_private_directory, remove_file, temporary_path, write_atomically
 from relaymesh.keyfiles import (
     KEY_SUFFIX,
     META_SUFFIX,
@@ -37,12 +41,36 @@ from relaymesh.keyfiles import (
     read_key_file,
 )
 from relaymesh.peerid import PENDING
+from relaymesh.tickets import (
+    STRONG_CODE_FORM,
+    InviteTickets,
+    InviteUsed,
+    UsedInvite,
+    expired,
+    invite_named,
+    new_invite_id,
+    number,
+    read_json,
+)
 
-#: The note on the armed keys: the form each was handed out in and when they
-#: expire (JSON). claudectl never reads it: C{_pending} is no peer id.
+__all__ = [
+    "ARMED_KEY_PREFIX",
+    "ARMED_NOTE_FILE",
+    "PAIR_CODE_FORM",
+    "STRONG_CODE_FILE",
+    "STRONG_CODE_FORM",
+    "ArmedKey",
+    "InviteUsed",
+    "PairingSlots",
+    "UsedInvite",
+]
+
+#: The note on the armed keys: the form each was handed out in, when they
+#: expire and which invite they are (JSON). claudectl never reads it:
+#: C{_pending} is no peer id.
 ARMED_NOTE_FILE = PENDING + META_SUFFIX
 
-#: The armed strong pairing code and its expiry (JSON, mode 0600).
+#: The armed strong pairing code, its expiry and its invite (JSON, mode 0600).
 STRONG_CODE_FILE = "strong-code"
 
 #: Armed keys besides the pending key are kept as C{peers/_pending.<form>.key}.
@@ -68,16 +96,16 @@ class ArmedKey:
     @ivar key: the 32-byte key.
     @ivar slot: L{None} for the pending key (C{peers/_pending.key}), else
         the name of its C{peers/_pending.<slot>.key} file.
+    @ivar invite: the invite the key is a form of, or L{None} for a pending
+        key armed on its own.
     """
 
     form: str
     key: bytes
     slot: str | None = None
-
-
-def _expired(note: dict, now: float) -> bool:
-    expires_at = note.get("expires_at")
-    return isinstance(expires_at, (int, float)) and not isinstance(expires_at, bool) and now >= expires_at
+    # Bookkeeping, not part of which key it is: an armed key is the same
+    # key whichever invite id it was armed under.
+    invite: str | None = field(default=None, compare=False)
 
 
 def _fingerprint(key: bytes) -> str:
@@ -97,12 +125,45 @@ def _slots(note: dict) -> list[str]:
     return [slot for slot in slots if isinstance(slot, str) and _FORM.match(slot)]
 
 
+def _take_key_file(
+    files: KeyFiles, path: str, peer_id: str, expected: bytes | None
+) -> bytes | None:
+    """
+    Take an armed key file with one rename and store its key as C{peer_id}'s.
+
+    @param files: the data directory's files.
+    @param path: the armed key file.
+    @param expected: the key the file must hold, or L{None} for any.
+    @return: the key, or L{None} if the file is gone or holds another.
+    """
+    key_path = files.key_path(peer_id)
+    claimed = temporary_path(path, "claim")
+    try:
+        os.rename(path, claimed)
+    except FileNotFoundError:
+        return None
+    try:
+        key = read_key_file(claimed, shown_as=path)
+        if key is None or (expected is not None and key != expected):
+            os.replace(claimed, path)
+            return None
+        files.write_key_file(key_path, key)
+    except BaseException:
+        if os.path.exists(claimed):
+            os.replace(claimed, path)
+        raise
+    os.unlink(claimed)
+    return key
+
+
 class PairingSlots:
     """
     The keys and the strong code armed for pairing in one data directory.
 
     @ivar files: the data directory's files, where a claimed key is stored
         as the peer's.
+    @ivar tickets: the invites' tickets and the note of who used the last.
+    @ivar strong_code: the strong code's file.
     """
 
     def __init__(self, files: KeyFiles) -> None:
@@ -110,6 +171,8 @@ class PairingSlots:
         @param files: the data directory's files.
         """
         self.files = files
+        self.tickets = InviteTickets(files.path)
+        self.strong_code = StrongCodeFile(files.path)
 
     # The pending key
 
@@ -129,7 +192,8 @@ class PairingSlots:
 
     def set_pending_key(self, key: bytes) -> None:
         """
-        Arm C{key} as the pending pairing key, replacing any other.
+        Arm C{key} as the pending pairing key, replacing any other (and so
+        the invite it was the pending key of).
 
         @param key: the 32-byte key.
         @raise ValueError: if C{key} is not 32 bytes.
@@ -144,38 +208,37 @@ class PairingSlots:
         """
         return remove_file(self._pending_path())
 
-    def claim_pending_key(self, peer_id: str) -> bytes | None:
+    def claim_pending_key(self, peer_id: str, now: float | None = None) -> bytes | None:
         """
         Make the pending pairing key the key of C{peer_id}.
 
         The pending key is taken with one rename, so of two claims at once
-        only one gets it.
+        only one gets it. If it is an invite's, the invite's ticket is taken
+        first and every other form of the invite disarmed, as
+        L{claim_armed_key} does.
 
         @param peer_id: the peer that proved it holds the pending key.
+        @param now: the time (epoch seconds), noted as when an invite was
+            used, if known.
         @return: the key, now stored for C{peer_id}; L{None} if no key was
             pending.
+        @raise InviteUsed: if the pending key's invite was used meanwhile.
         @raise relaymesh.peerid.InvalidPeerId: if C{peer_id} is not valid.
         @raise relaymesh.keyfiles.InsecureKeyFile: if the pending key file is
             open to others.
         @raise relaymesh.keyfiles.CorruptKeyFile: if the pending key file is
             damaged.
         """
-        key_path = self.files.key_path(peer_id)
-        pending = self._pending_path()
-        claimed = temporary_path(pending, "claim")
-        try:
-            os.rename(pending, claimed)
-        except FileNotFoundError:
-            return None
-        try:
-            key = read_key_file(claimed, shown_as=pending)
-            if key is None:
-                return None
-            self.files.write_key_file(key_path, key)
-        except BaseException:
-            os.replace(claimed, pending)
-            raise
-        os.unlink(claimed)
+        note = self._armed_note()
+        pending = self.pending_key()
+        if pending is not None and self._invite_of(note, pending) is not None:
+            form = note.get("pending_form")
+            form = form if isinstance(form, str) else PAIR_CODE_FORM
+            armed = ArmedKey(form, pending, None, note["invite"])
+            return self._claim_invite_key(peer_id, armed, now)
+        key = _take_key_file(self.files, self._pending_path(), peer_id, None)
+        if key is not None:
+            self._disarm_invite(note)
         return key
 
     # Armed keys: the pending key, and the extra keys of an invite
@@ -195,26 +258,46 @@ class PairingSlots:
         The armed keys' note, or an empty dict if there is none or it is
         damaged.
         """
-        try:
-            with open(self._note_path(), "rb") as f:
-                note = json.loads(f.read())
-        except (FileNotFoundError, ValueError):
-            return {}
-        return note if isinstance(note, dict) else {}
+        return read_json(self._note_path())
 
-    def arm(self, keys: Sequence[tuple[str, bytes]], expires_at: float | None = None) -> None:
+    def _still_armed(self, note: dict, invite: str) -> bool:
         """
-        Arm keys for pairing, replacing whatever was armed.
+        Whether C{note} arms C{invite} and its pending key is still there:
+        claudectl sharing the data directory may have taken it (or
+        C{relaymesh pair} replaced it), which ends the invite too.
+        """
+        return invite_named(note) == invite and self._invite_of(note, self.pending_key()) == invite
+
+    def _invite_of(self, note: dict, pending: bytes | None) -> str | None:
+        """
+        The invite C{note} arms, if C{pending} is still its pending key.
+        """
+        if pending is None or note.get("pending_fingerprint") != _fingerprint(pending):
+            return None
+        return invite_named(note)
+
+    def arm(
+        self,
+        keys: Sequence[tuple[str, bytes]],
+        expires_at: float | None = None,
+        strong_code: str | None = None,
+    ) -> None:
+        """
+        Arm the keys of one invite for pairing, replacing whatever was armed.
 
         The first key becomes the pending key (C{peers/_pending.key}, the one
         claudectl and C{relaymesh pair} use); the others are kept beside it.
-        All of them expire together; claiming one disarms them all.
+        All of them expire together, and the invite is used once: claiming
+        one key, or taking its strong code for an attempt, disarms them all.
 
         @param keys: C{(form, key)} pairs: how each key is handed out
             (lowercase letters, digits and C{_}; each form once) and the
             32-byte key.
         @param expires_at: when they stop working (epoch seconds), or
             L{None} for never.
+        @param strong_code: the invite's one-time strong code, in its
+            canonical form, armed as part of it; L{None} leaves a strong
+            code armed on its own (C{pair --strong}) as it is.
         @raise ValueError: for no keys, a bad form or a key not 32 bytes.
         """
         keys = [(form, check_key(key)) for form, key in keys]
@@ -226,25 +309,33 @@ class PairingSlots:
         ):
             raise ValueError(f"invalid armed key forms {forms!r}")
         self.disarm()
+        invite = new_invite_id()
         (form, pending), extra = keys[0], keys[1:]
         for slot, key in extra:
             self.files.write_key_file(self._armed_path(slot), key)
         self.files.write_key_file(self._pending_path(), pending)
+        if strong_code is not None:
+            self.strong_code.write(strong_code, expires_at, invite)
         note = {
             "expires_at": expires_at,
             "pending_form": form,
             "pending_fingerprint": _fingerprint(pending),
             "slots": [slot for slot, _ in extra],
+            "invite": invite,
+            "strong_code": strong_code is not None,
         }
         write_atomically(self._note_path(), json.dumps(note, indent=2).encode())
+        self.tickets.issue(invite)  # last: from now on it can be used
 
     def armed_keys(self, now: float) -> list[ArmedKey]:
         """
         Return the keys armed for pairing, the pending key first.
 
-        Keys whose time is up are disarmed first. So are an invite's extra
-        keys once its pending key has gone or been replaced (claimed or
-        re-armed, by claudectl too): they live only as long as it does.
+        Keys whose time is up are disarmed first. So are an invite's other
+        forms once its pending key has gone or been replaced (claimed or
+        re-armed, by claudectl too): they live only as long as it does. An
+        invite whose ticket is gone (it is used, or being used) arms
+        nothing.
 
         @param now: the time (epoch seconds).
         @return: the armed keys; a pending key armed without a note (by
@@ -260,10 +351,11 @@ class PairingSlots:
         noted = bool(note) and pending is not None and (
             note.get("pending_fingerprint") == _fingerprint(pending)
         )
-        expires_at = note.get("expires_at")
-        expired = isinstance(expires_at, (int, float)) and now >= expires_at
-        if note and (expired or not noted):
-            self._disarm_extra(note)
+        invite = invite_named(note) if noted else None
+        if invite is not None and not self.tickets.valid(invite) and not expired(note, now):
+            return []  # used, or being used: whoever took the ticket disarms it
+        if note and (expired(note, now) or not noted):
+            self._disarm_invite(note)
             if noted:
                 self.clear_pending_key()
                 pending = None
@@ -273,12 +365,12 @@ class PairingSlots:
             form = note.get("pending_form") if noted else None
             if not isinstance(form, str) or _FORM.match(form) is None:
                 form = PAIR_CODE_FORM
-            armed.append(ArmedKey(form, pending))
+            armed.append(ArmedKey(form, pending, None, invite if noted else None))
         if noted:
             for slot in _slots(note):
                 key = read_key_file(self._armed_path(slot))
                 if key is not None:
-                    armed.append(ArmedKey(slot, key, slot))
+                    armed.append(ArmedKey(slot, key, slot, invite))
         return armed
 
     def armed_until(self) -> float | None:
@@ -288,55 +380,100 @@ class PairingSlots:
         @return: epoch seconds; L{None} if they never expire or none are
             armed with a note.
         """
-        expires_at = self._armed_note().get("expires_at")
-        if isinstance(expires_at, (int, float)) and not isinstance(expires_at, bool):
-            return float(expires_at)
-        return None
+        return number(self._armed_note().get("expires_at"))
 
     def claim_armed_key(self, peer_id: str, armed: ArmedKey, now: float) -> bytes | None:
         """
         Make an armed key the key of C{peer_id} and disarm all the others.
 
-        The key is taken with one rename, so of two claims at once only one
-        gets it. The peer's meta records C{paired_at} (epoch milliseconds)
-        and C{paired_via} (the key's form).
+        The key of an invite is claimed by taking the invite's ticket first,
+        with one rename: of two claims of the same invite at once, with the
+        same form or two, in this process or another, only one gets it. Then
+        every form of the invite is disarmed, its strong code included, and
+        who used it is noted. A pending key armed on its own is taken with
+        one rename of its file. The peer's meta records C{paired_at} (epoch
+        milliseconds) and C{paired_via} (the key's form).
 
         @param peer_id: the peer that proved it holds the key.
         @param armed: the key it proved, from L{armed_keys}.
         @param now: the time (epoch seconds).
         @return: the key, now stored for C{peer_id}; L{None} if that key is
-            no longer armed.
+            no longer armed (expired, replaced).
+        @raise InviteUsed: if the key's invite was used meanwhile.
         @raise relaymesh.peerid.InvalidPeerId: if C{peer_id} is not valid.
         """
-        key_path = self.files.key_path(peer_id)
-        path = self._armed_path(armed.slot)
-        claimed = temporary_path(path, "claim")
-        try:
-            os.rename(path, claimed)
-        except FileNotFoundError:
-            return None
-        try:
-            key = read_key_file(claimed, shown_as=path)
-            if key != armed.key:
-                os.replace(claimed, path)
-                return None
-            self.files.write_key_file(key_path, key)
-        except BaseException:
-            if os.path.exists(claimed):
-                os.replace(claimed, path)
-            raise
-        os.unlink(claimed)
-        self.disarm()
-        self.files.update_meta(peer_id, paired_at=int(now * 1000), paired_via=armed.form)
+        if armed.invite is not None:
+            key = self._claim_invite_key(peer_id, armed, now)
+        else:
+            key = _take_key_file(self.files, self._armed_path(armed.slot), peer_id, armed.key)
+            if key is not None:
+                self.disarm()
+        if key is not None:
+            self.files.update_meta(peer_id, paired_at=int(now * 1000), paired_via=armed.form)
         return key
+
+    def _claim_invite_key(self, peer_id: str, armed: ArmedKey, now: float | None) -> bytes | None:
+        """
+        Use an invite by one of its keys: take its ticket, then the key.
+
+        @param now: the time, to check the invite's expiry against and to
+            note as when it was used; L{None} if unknown (no check).
+        @return: the key, now stored for C{peer_id}; L{None} if the invite
+            expired or was replaced, or the key is no longer its.
+        @raise InviteUsed: if the ticket is gone and the invite is noted as
+            used.
+        """
+        assert armed.invite is not None
+        self.files.key_path(peer_id)  # an invalid id uses nothing up
+        if not self.tickets.take(armed.invite):
+            refused = self.tickets.refused(armed.invite, now)
+            if refused is not None:
+                raise refused
+            return None
+        note = self._armed_note()
+        try:
+            current = self._still_armed(note, armed.invite)
+            if not current or (now is not None and expired(note, now)):
+                key = None
+            else:
+                key = _take_key_file(self.files, self._armed_path(armed.slot), peer_id, armed.key)
+        except BaseException:
+            self.tickets.give_back(armed.invite)
+            raise
+        if key is not None:
+            self.tickets.record_use(
+                UsedInvite(
+                    armed.invite,
+                    armed.form,
+                    peer_id,
+                    now,
+                    number(note.get("expires_at")),
+                    note.get("strong_code") is True,
+                )
+            )
+        self.tickets.discard(armed.invite)
+        if invite_named(note) == armed.invite:
+            self._disarm_invite(note)
+        return key
+
+    def used_invite(self, now: float) -> UsedInvite | None:
+        """
+        Who used the last invite, while it would still have worked: for a
+        refusal to say why nothing is armed.
+
+        @param now: the time (epoch seconds).
+        """
+        return self.tickets.used(now)
 
     def disarm(self) -> bool:
         """
-        Remove every armed key (the pending key included) and their note.
+        Remove every armed key (the pending key included), their note, the
+        invites' tickets and the strong code of an invite (a strong code
+        armed on its own stays).
 
         @return: whether anything was armed.
         """
-        removed = self._disarm_extra(self._armed_note())
+        removed = self._disarm_invite(self._armed_note(), keep_pending=False)
         try:
             entries = list(os.scandir(self.files.peers_path()))
         except (FileNotFoundError, NotADirectoryError):
@@ -346,32 +483,47 @@ class PairingSlots:
             if name.startswith(ARMED_KEY_PREFIX) and name.endswith(KEY_SUFFIX):
                 if _FORM.match(name[len(ARMED_KEY_PREFIX) : -len(KEY_SUFFIX)]):
                     removed = remove_file(entry.path) or removed
+        removed = self.tickets.clear() or removed
         return self.clear_pending_key() or removed
 
-    def _disarm_extra(self, note: dict) -> bool:
+    def _disarm_invite(self, note: dict, keep_pending: bool = True) -> bool:
         """
-        Remove the extra keys named in C{note}, and the note.
+        Remove the forms of the invite C{note} arms: its extra keys, its
+        note, its ticket, its strong code and, if it is still the one the
+        note names, its pending key.
+
+        @param keep_pending: keep a pending key the note does not name (one
+            armed since by C{relaymesh pair} or claudectl).
         """
         removed = False
         for slot in _slots(note):
             removed = remove_file(self._armed_path(slot)) or removed
+        invite = invite_named(note)
+        if invite is not None:
+            if self.strong_code.invite() == invite:
+                removed = remove_file(self.strong_code.path) or removed
+            self.tickets.take(invite)
+            self.tickets.discard(invite)
+        try:
+            pending = self.pending_key()
+        except KeyStoreError:
+            pending = None
+        if note and pending is not None and (
+            not keep_pending or note.get("pending_fingerprint") == _fingerprint(pending)
+        ):
+            removed = self.clear_pending_key() or removed
         return remove_file(self._note_path()) or removed
 
     # The strong pairing code: a one-time password for SPAKE2
 
-    def _strong_code_path(self) -> str:
-        return os.path.join(self.files.path, STRONG_CODE_FILE)
-
     def arm_strong_code(self, code: str, expires_at: float | None) -> None:
         """
-        Arm a one-time strong pairing code, replacing any other.
+        Arm a one-time strong pairing code on its own, replacing any other.
 
         @param code: the code, in its canonical form.
         @param expires_at: when it stops working (epoch seconds), or L{None}.
         """
-        make_private_directory(self.files.path)
-        note = {"code": code, "expires_at": expires_at}
-        write_atomically(self._strong_code_path(), json.dumps(note).encode())
+        self.strong_code.write(code, expires_at, None)
 
     def strong_code_armed(self, now: float) -> bool:
         """
@@ -380,38 +532,123 @@ class PairingSlots:
         @param now: the time (epoch seconds).
         @raise relaymesh.keyfiles.KeyStoreError: if the code's file is damaged.
         """
-        note = self._strong_code_note()
-        return note is not None and not _expired(note, now)
-
-    def _strong_code_note(self) -> dict | None:
-        try:
-            with open(self._strong_code_path(), "rb") as f:
-                note = json.loads(f.read())
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            raise KeyStoreError(f"{self._strong_code_path()} is damaged; delete it") from None
-        if not isinstance(note, dict) or not isinstance(note.get("code"), str):
-            raise KeyStoreError(f"{self._strong_code_path()} is damaged; delete it")
-        return note
+        note = self.strong_code.read()
+        return note is not None and not expired(note, now)
 
     def take_strong_code(self, now: float) -> str | None:
         """
         Take the armed strong pairing code for one attempt: it is disarmed
         whether the attempt succeeds or not.
 
+        The code of an invite is that invite's use: taking it takes the
+        invite's ticket and disarms its other forms, since nothing here
+        learns whether the attempt succeeds, and a failed attempt is someone
+        guessing.
+
         @param now: the time (epoch seconds).
         @return: the code, or L{None} if none is armed or it expired.
+        @raise InviteUsed: if the code's invite was used already (the code
+            is then disarmed too).
         @raise relaymesh.keyfiles.KeyStoreError: if the code's file is damaged.
         """
-        note = self._strong_code_note()
+        note = self.strong_code.read()
         if note is None:
+            # Gone: never armed, taken for an attempt, or its invite used.
+            used = self.tickets.used(now)
+            if used is not None and used.had_strong_code:
+                raise InviteUsed(used)
+            armed = self._armed_note()
+            invite = invite_named(armed)
+            if invite is not None and armed.get("strong_code") is True:
+                refused = self.tickets.refused(invite, now)
+                if refused is not None:
+                    raise refused
             return None
-        path = self._strong_code_path()
-        claimed = temporary_path(path, "claim")
+        if expired(note, now):
+            self.strong_code.take()
+            return None
+        invite = invite_named(note)
+        if invite is None:
+            return note["code"] if self.strong_code.take() else None
+        # The code of an invite: its ticket first, so that whoever finds
+        # the code or the ticket gone can tell the invite was used.
+        if not self.tickets.take(invite):
+            # whoever took the ticket disarms the code with the invite
+            refused = self.tickets.refused(invite, now)
+            if refused is not None:
+                raise refused
+            return None
+        armed = self._armed_note()
+        current = self._still_armed(armed, invite)
+        if current:
+            expires_at = number(note.get("expires_at"))
+            self.tickets.record_use(UsedInvite(invite, STRONG_CODE_FORM, None, now, expires_at, True))
+        self.strong_code.take()
+        self.tickets.discard(invite)
+        if invite_named(armed) == invite:
+            self._disarm_invite(armed)
+        return note["code"] if current else None
+
+
+class StrongCodeFile:
+    """
+    The file of the armed strong pairing code: C{{"code": ..., "expires_at":
+    ..., "invite": ...}}, the invite only for the code of an invite.
+
+    @ivar path: the file.
+    """
+
+    def __init__(self, data_dir: str) -> None:
+        """
+        @param data_dir: the data directory it is in.
+        """
+        self.data_dir = data_dir
+        self.path = os.path.join(data_dir, STRONG_CODE_FILE)
+
+    def write(self, code: str, expires_at: float | None, invite: str | None) -> None:
+        """
+        Arm C{code}, replacing any other.
+        """
+        make_private_directory(self.data_dir)
+        note = {"code": code, "expires_at": expires_at}
+        if invite is not None:
+            note["invite"] = invite
+        write_atomically(self.path, json.dumps(note).encode())
+
+    def read(self) -> dict | None:
+        """
+        The file's content, or L{None} if there is none.
+
+        @raise KeyStoreError: if it is damaged.
+        """
         try:
-            os.rename(path, claimed)
+            with open(self.path, "rb") as f:
+                note = json.loads(f.read())
         except FileNotFoundError:
-            return None  # another attempt took it first
+            return None
+        except ValueError:
+            raise KeyStoreError(f"{self.path} is damaged; delete it") from None
+        if not isinstance(note, dict) or not isinstance(note.get("code"), str):
+            raise KeyStoreError(f"{self.path} is damaged; delete it")
+        return note
+
+    def invite(self) -> str | None:
+        """
+        The invite the armed code belongs to, if any (and if the file is
+        readable).
+        """
+        return invite_named(read_json(self.path))
+
+    def take(self) -> bool:
+        """
+        Remove the code with one rename, so that one attempt gets it.
+
+        @return: whether this call took it.
+        """
+        claimed = temporary_path(self.path, "claim")
+        try:
+            os.rename(self.path, claimed)
+        except FileNotFoundError:
+            return False
         os.unlink(claimed)
-        return None if _expired(note, now) else note["code"]
+        return True

@@ -30,7 +30,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from relaymesh.address import format_hostport
+from relaymesh.address import format_hostport, is_port_text
 from relaymesh.peerid import validate_peer_id
 
 KEY_LENGTH = 32  # claudectl: 32-byte PSK
@@ -61,7 +61,6 @@ WORDLIST_RESOURCE = "wordlist.txt"
 
 _BASE32_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_PORT = re.compile(r"[0-9]{1,5}\Z")
 _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z"
@@ -492,8 +491,8 @@ def _split_host_port(text: str) -> tuple[str, int]:
             _check_host(host)
         except InvalidCode:
             raise InvalidCode(f"bad host {host!r} in invite link") from None
-    if _PORT.match(port_text) is None:
-        raise InvalidCode(f"bad port {port_text!r} in invite link")
+    if not is_port_text(port_text):
+        raise InvalidCode(f"bad port {port_text[:20]!r} in invite link")
     port = int(port_text)
     try:
         _check_port(port)

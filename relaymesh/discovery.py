@@ -10,27 +10,37 @@ where, and pairing still needs an invite.
 L{Announcer} is a service that sends one every L{ANNOUNCE_INTERVAL} seconds;
 L{AnnouncementReceiver} parses what arrives, ignoring its own node and
 anything malformed; L{discover} listens for a while and returns what it
-heard.
+heard, kept in a L{SightingTable}.
+
+Anyone on the network can send announcements, with any source address, as
+fast as the network carries them. So a datagram that cannot be one is
+dropped before any JSON is parsed, and the table is bounded: at most
+L{MAX_SIGHTINGS} entries, at most L{MAX_SIGHTINGS_PER_SOURCE} of them from
+one source address; a newcomer takes the place of an entry not heard for
+L{SIGHTING_EXPIRY} seconds, or else is turned away and counted. Nodes heard
+before a flood keep their place as long as they go on announcing.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet import task
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from relaymesh.address import format_hostport
+from relaymesh.address import InvalidAddress, format_hostport, parse_port
 from relaymesh.handshake.proofs import VERSION
 from relaymesh.peerid import is_valid_peer_id
+from relaymesh.printable import printable
 
 #: The UDP port announcements go to.
 ANNOUNCE_PORT = 9848  # claudectl 0.49: 9848
@@ -53,6 +63,21 @@ MAX_ANNOUNCEMENT_BYTES = 2048
 
 #: Longest version string accepted.
 MAX_VERSION_LENGTH = 64
+
+#: Most C{{} and C{[} in an announcement: it is one flat JSON object, and
+#: deeper nesting would only make the parser recurse.
+MAX_BRACKETS = 8
+
+#: Most sightings a L{SightingTable} keeps.
+MAX_SIGHTINGS = 256
+
+#: Most sightings one source address may have in a L{SightingTable}: one
+#: host runs a few nodes at most.
+MAX_SIGHTINGS_PER_SOURCE = 8
+
+#: Seconds after which a sighting not heard again may make room for a
+#: newcomer: three announcement intervals.
+SIGHTING_EXPIRY = 3 * ANNOUNCE_INTERVAL
 
 
 class InvalidAnnouncement(ValueError):
@@ -89,14 +114,17 @@ def parse_announcement(data: bytes) -> Announcement:
 
     @param data: the datagram.
     @return: the announcement.
-    @raise InvalidAnnouncement: if it is not one: no C{CCTL}, not a JSON
-        object, an invalid peer id, a port that is no TCP port, a version
-        that is not a short string.
+    @raise InvalidAnnouncement: if it is not one: too long, no C{CCTL},
+        brackets enough for more than a flat object (checked before any
+        parsing), not a JSON object, an invalid peer id, a port that is no
+        TCP port, a version that is not a short string.
     """
     if len(data) > MAX_ANNOUNCEMENT_BYTES:
         raise InvalidAnnouncement(f"{len(data)} bytes is too long")
     if not data.startswith(ANNOUNCE_MAGIC):
         raise InvalidAnnouncement("does not start with CCTL")
+    if data.count(b"{") + data.count(b"[") > MAX_BRACKETS:
+        raise InvalidAnnouncement("nested too deeply to be an announcement")
     try:
         body = json.loads(data[len(ANNOUNCE_MAGIC) :].decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -149,6 +177,90 @@ class Sighting:
             "port": self.port,
             "version": self.version,
         }
+
+
+class SightingTable:
+    """
+    The nodes heard, bounded however many announcements arrive.
+
+    Each identity, address and port is one entry, refreshed each time it is
+    heard again. A new entry from a source address that has
+    L{MAX_SIGHTINGS_PER_SOURCE} already replaces that address's oldest; in
+    a full table it replaces the entry heard longest ago if that one has
+    not been heard for L{SIGHTING_EXPIRY} seconds, and is turned away (and
+    counted in L{turned_away}) otherwise.
+
+    @ivar turned_away: how many new entries found the table full.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        capacity: int = MAX_SIGHTINGS,
+        per_source: int = MAX_SIGHTINGS_PER_SOURCE,
+        expiry: float = SIGHTING_EXPIRY,
+    ) -> None:
+        """
+        @param clock: what tells the time.
+        @param capacity: most entries kept.
+        @param per_source: most entries from one source address.
+        @param expiry: seconds after which an entry not heard again may be
+            replaced.
+        @raise ValueError: for a capacity or per-source limit below one.
+        """
+        if capacity < 1 or per_source < 1:
+            raise ValueError("a sighting table keeps at least one entry, and one per source")
+        self._clock = clock
+        self.capacity = capacity
+        self.per_source = per_source
+        self.expiry = expiry
+        self.turned_away = 0
+        # Least recently heard first.
+        self._entries: OrderedDict[tuple[str, str, int], tuple[Sighting, float]] = OrderedDict()
+        self._by_source: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, sighting: Sighting) -> bool:
+        """
+        Note that C{sighting} was heard now.
+
+        @return: whether it is in the table.
+        """
+        now = self._clock.seconds()
+        key = (sighting.identity, sighting.host, sighting.port)
+        if key in self._entries:
+            self._entries[key] = (sighting, now)
+            self._entries.move_to_end(key)
+            return True
+        if self._by_source.get(sighting.host, 0) >= self.per_source:
+            self._remove(next(k for k in self._entries if k[1] == sighting.host))
+        elif len(self._entries) >= self.capacity:
+            oldest = next(iter(self._entries))
+            if now - self._entries[oldest][1] < self.expiry:
+                self.turned_away += 1
+                return False
+            self._remove(oldest)
+        self._entries[key] = (sighting, now)
+        self._by_source[sighting.host] = self._by_source.get(sighting.host, 0) + 1
+        return True
+
+    def _remove(self, key: tuple[str, str, int]) -> None:
+        del self._entries[key]
+        left = self._by_source[key[1]] - 1
+        if left:
+            self._by_source[key[1]] = left
+        else:
+            del self._by_source[key[1]]
+
+    def sightings(self) -> list[Sighting]:
+        """
+        The latest sighting of each entry, sorted by identity, address and
+        port.
+        """
+        heard = (sighting for sighting, _ in self._entries.values())
+        return sorted(heard, key=lambda s: (s.identity, s.host, s.port))
 
 
 class AnnouncementSender(DatagramProtocol):
@@ -244,6 +356,11 @@ class Announcer(Service):
 class AnnouncementReceiver(DatagramProtocol):
     """
     Hears announcements and reports each one from another node.
+
+    A datagram that is no announcement is counted and dropped without a log
+    line: anyone can send them as fast as the network carries them.
+
+    @ivar malformed: how many datagrams were not announcements.
     """
 
     log = Logger()
@@ -256,12 +373,13 @@ class AnnouncementReceiver(DatagramProtocol):
         """
         self.on_sighting = on_sighting
         self.ignore = ignore
+        self.malformed = 0
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:
             announcement = parse_announcement(datagram)
-        except InvalidAnnouncement as e:
-            self.log.debug("ignored a datagram from {addr}: {error}", addr=addr, error=e)
+        except InvalidAnnouncement:
+            self.malformed += 1
             return
         if announcement.identity == self.ignore:
             return
@@ -269,7 +387,9 @@ class AnnouncementReceiver(DatagramProtocol):
         try:
             self.on_sighting(sighting)
         except Exception:
-            self.log.failure("handling an announcement from {addr} failed", addr=addr)
+            self.log.failure(
+                "handling an announcement from {addr} failed", addr=printable(sighting.addr)
+            )
 
 
 def listen_for_announcements(
@@ -295,6 +415,7 @@ def discover(
     port: int = ANNOUNCE_PORT,
     ignore: str | None = None,
     interface: str = "",
+    table: SightingTable | None = None,
 ) -> Deferred:
     """
     Listen for announcements for a while.
@@ -304,20 +425,19 @@ def discover(
     @param port: the UDP port.
     @param ignore: this node's own identity, to leave out.
     @param interface: the address to bind, all by default.
+    @param table: where to keep what is heard (to read its counts after);
+        a new L{SightingTable} on C{reactor}'s clock if L{None}.
     @return: a L{Deferred} firing with the L{Sighting}s, the latest of each
         identity, address and port, sorted by identity.
     """
-    heard: dict[tuple[str, str, int], Sighting] = {}
-
-    def note(sighting: Sighting) -> None:
-        heard[sighting.identity, sighting.host, sighting.port] = sighting
-
+    if table is None:
+        table = SightingTable(reactor)
     listening = listen_for_announcements(
-        reactor, AnnouncementReceiver(note, ignore), port, interface
+        reactor, AnnouncementReceiver(table.add, ignore), port, interface
     )
     d = task.deferLater(reactor, seconds, lambda: None)
     d.addCallback(lambda _: maybeDeferred(listening.stopListening))
-    d.addCallback(lambda _: sorted(heard.values(), key=lambda s: (s.identity, s.host, s.port)))
+    d.addCallback(lambda _: table.sightings())
     return d
 
 
@@ -341,7 +461,8 @@ def parse_target(text: str) -> tuple[str, int]:
         raise ValueError(f"{text!r}: want an IPv4 address, optionally with :PORT") from None
     port = ANNOUNCE_PORT
     if colon:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"{text!r}: invalid port {port_text[:10]!r}")
-        port = int(port_text)
+        try:
+            port = parse_port(port_text)
+        except InvalidAddress:
+            raise ValueError(f"{text!r}: invalid port {port_text[:10]!r}") from None
     return host, port

@@ -183,13 +183,13 @@ def make_invite(
 
 def arm_invite(store: KeyStore, invite: InviteForms) -> None:
     """
-    Arm every key of an invite, replacing whatever was armed.
+    Arm every key of an invite and its strong code, as one invite that is
+    used once, replacing whatever was armed.
 
     @param store: the key store.
     @param invite: the invite.
     """
-    store.arm(list(invite.keys), expires_at=invite.expires_at)
-    store.arm_strong_code(invite.strong_code, expires_at=invite.expires_at)
+    store.arm(list(invite.keys), expires_at=invite.expires_at, strong_code=invite.strong_code)
 
 
 # The address to invite to

@@ -21,14 +21,16 @@ from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
 from relaymesh import pairing
+from relaymesh.address import InvalidAddress, parse_port
 from relaymesh.codes import Invite
 from relaymesh.connection import HANDSHAKE_TIMEOUT, RelayProtocol
 from relaymesh.dialer import CONNECT_TIMEOUT
-from relaymesh.handshake.base import Authenticated
+from relaymesh.handshake.base import Authenticated, HandshakeFailed
 from relaymesh.handshake.connector import ConnectorHandshake
 from relaymesh.joinforms import FORM_DESCRIPTIONS, LEGACY_FORMS, RELAYMESH_FORMS
-from relaymesh.keystore import KeyStore
+from relaymesh.keystore import KeyStore, KeyStoreError
 from relaymesh.mesh import Mesh
+from relaymesh.printable import printable
 from relaymesh.tls import NodeCertificate, TLSError
 
 #: Seconds a join may take in all; its TCP connection must be made sooner.
@@ -48,6 +50,43 @@ class JoinDenied(JoinError):
     """
 
 
+class AlreadyPaired(JoinError):
+    """
+    The inviting node is a peer this node is already paired with, and the
+    join was not asked to replace its key.
+
+    @ivar peer_id: that peer.
+    """
+
+    def __init__(self, message: str, peer_id: str) -> None:
+        super().__init__(message)
+        self.peer_id = peer_id
+
+
+def already_paired(peer_id: str) -> AlreadyPaired:
+    """
+    The refusal to join a peer already paired with, before connecting.
+    """
+    return AlreadyPaired(
+        f"already paired with {peer_id}: joining would replace its key; "
+        f"run relaymesh forget {peer_id} first, or join again with --replace",
+        peer_id,
+    )
+
+
+def paired_meanwhile(peer_id: str, addr: str) -> AlreadyPaired:
+    """
+    The refusal to store the key of a peer already paired with, learnt only
+    from the handshake (the invite did not name it).
+    """
+    return AlreadyPaired(
+        f"{printable(addr)} is {peer_id}, already paired with this node: kept its key "
+        f"and stored no new one, but the invite is used up; to replace the key, "
+        f"ask {peer_id} for a new invite and join it with --replace",
+        peer_id,
+    )
+
+
 @dataclass(frozen=True)
 class JoinResult:
     """
@@ -57,12 +96,14 @@ class JoinResult:
     @ivar addr: where it listens, C{host:port}.
     @ivar form: the form joined with, now its C{paired_via}.
     @ivar through: C{"direct"}, or C{"node"} when the running node paired.
+    @ivar replaced: whether a key already stored for the peer was replaced.
     """
 
     peer_id: str
     addr: str
     form: str
     through: str = "direct"
+    replaced: bool = False
 
     @property
     def peer(self) -> str:
@@ -79,15 +120,16 @@ def denial_message(invite: Invite) -> str:
     @param invite: the invite joined with.
     @return: one line.
     """
+    addr = printable(invite.addr)
     if invite.form in LEGACY_FORMS:
         what = FORM_DESCRIPTIONS[invite.form]
         return (
-            f"{invite.addr} refused the key of this {what}: it may have expired or been "
+            f"{addr} refused the key of this {what}: it may have expired or been "
             f"used; and claudectl 0.49 relay codes and word phrases cannot pair at all, "
             f"so if claudectl printed it, join with its invite link (cctl://...) instead"
         )
     return (
-        f"{invite.addr} refused the key: the invite may have expired, been used "
+        f"{addr} refused the key: the invite may have expired, been used "
         f"already, or been replaced by a newer one"
     )
 
@@ -100,6 +142,9 @@ class JoinFactory(ClientFactory):
     @ivar done: fires with the L{RelayProtocol} once the handshake
         succeeds, or fails with a L{JoinError}.
     @ivar closed: fires once the connection is gone (or was never made).
+    @ivar replace: whether a key already stored for the peer that answers
+        may be replaced.
+    @ivar shown_addr: the address joined, escaped for an error message.
     """
 
     noisy = False
@@ -109,12 +154,16 @@ class JoinFactory(ClientFactory):
         mesh: Mesh,
         invite: Invite,
         keys: KeyStore | None = None,
+        replace: bool = False,
         certificate: NodeCertificate | None = None,
     ) -> None:
         """
         @param mesh: a mesh with this node's identity, for the protocol.
         @param invite: what to join: the address, the key and, if known,
             the peer id that must answer.
+        @param keys: this node's key store.
+        @param replace: whether to replace a key already stored for the
+            peer that answers; if not, such a join fails (L{AlreadyPaired}).
         @param certificate: this node's certificate, for the upgrade to TLS
             that a relaymesh node offers.
         """
@@ -122,8 +171,11 @@ class JoinFactory(ClientFactory):
         self.certificate = certificate
         self.invite = invite
         self.keys = keys
+        self.replace = replace
+        self.shown_addr = printable(invite.addr)
         self.done: Deferred = Deferred()
         self.closed: Deferred = Deferred()
+        self._refusal: JoinError | None = None
 
     def buildProtocol(self, addr: IAddress) -> RelayProtocol:
         # A relaymesh node names itself, upgrades to TLS and proves the key
@@ -147,7 +199,22 @@ class JoinFactory(ClientFactory):
         """
         The inviting node proved the key: nothing is recorded until the
         join ends (L{join_directly} records the key with the address).
+
+        A form that does not name the inviting node (a relay code, a word
+        phrase) tells who it is only now: if that is a peer already paired
+        with, and the join may not replace its key, the join ends here.
+
+        @raise HandshakeFailed: for such a peer.
         """
+        if self.replace or self.keys is None:
+            return
+        try:
+            known = self.keys.key(outcome.peer_id) is not None
+        except (KeyStoreError, OSError) as e:
+            raise HandshakeFailed(f"cannot read the key of {outcome.peer_id}: {e}") from None
+        if known:
+            self._refusal = paired_meanwhile(outcome.peer_id, self.invite.addr)
+            raise HandshakeFailed(str(self._refusal))
 
     def handshakeSucceeded(self, protocol: RelayProtocol) -> None:
         """
@@ -162,23 +229,26 @@ class JoinFactory(ClientFactory):
         """
         if self.done.called:
             return
-        if protocol.proof_rejected and reason.startswith("the peer denied"):
+        reason = printable(reason, REASON_LIMIT)
+        if self._refusal is not None:
+            self.done.errback(self._refusal)
+        elif protocol.proof_rejected and reason.startswith("the peer denied"):
             self.done.errback(JoinDenied(denial_message(self.invite)))
         elif protocol.traffic.msgs_in == 0:
             self.done.errback(
                 JoinError(
-                    f"{self.invite.addr} closed the connection before the handshake "
+                    f"{self.shown_addr} closed the connection before the handshake "
                     f"({reason}): it may be at its peer limit, or refusing this address "
                     f"for a minute after failed attempts"
                 )
             )
         else:
-            self.done.errback(JoinError(f"the handshake with {self.invite.addr} failed: {reason}"))
+            self.done.errback(JoinError(f"the handshake with {self.shown_addr} failed: {reason}"))
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         if not self.done.called:
             self.done.errback(
-                JoinError(f"cannot connect to {self.invite.addr}: {_describe(reason)}")
+                JoinError(f"cannot connect to {self.shown_addr}: {_describe(reason)}")
             )
         self._closed()
 
@@ -191,7 +261,12 @@ class JoinFactory(ClientFactory):
 
 
 def _describe(reason: Failure) -> str:
-    return " ".join(reason.getErrorMessage().split()).rstrip(".") or "failed"
+    text = " ".join(reason.getErrorMessage().split()).rstrip(".") or "failed"
+    return printable(text, REASON_LIMIT)
+
+
+#: Characters of a reason from the network kept in a join's error.
+REASON_LIMIT = 300
 
 
 @inlineCallbacks
@@ -202,6 +277,7 @@ def join_directly(
     connect_timeout: float = JOIN_CONNECT_TIMEOUT,
     timeout: float = JOIN_TIMEOUT,
     certificate: NodeCertificate | None = None,
+    replace: bool = False,
 ):
     """
     Pair with an inviting node over one connection of our own.
@@ -209,6 +285,11 @@ def join_directly(
     On success the key is stored for the peer id that answered, with meta
     C{addr}, C{paired_at} (epoch milliseconds) and C{paired_via}; then the
     connection is closed.
+
+    A peer already paired with keeps its key unless C{replace}: when the
+    invite names the peer, the join is refused before connecting; when it
+    does not (a relay code, a word phrase), once the handshake says who
+    answered, and then the new key is not stored.
 
     @param store: this node's key store.
     @param invite: what to join.
@@ -219,35 +300,46 @@ def join_directly(
         connection; without one, the join dials plain TCP and upgrades to TLS
         in band with the certificate of the key store's directory (made if
         there is none yet). The peer's certificate is then pinned.
+    @param replace: whether to replace the key of a peer already paired
+        with.
     @return: a L{Deferred} firing with a L{JoinResult}, or failing with a
-        L{JoinError}.
+        L{JoinError} (L{AlreadyPaired} for a peer already paired with).
     """
     identity = store.identity()
     if invite.identity == identity:
         raise JoinError(f"this invite is from this node itself ({identity})")
-    if certificate is not None:
-        factory = JoinFactory(Mesh(identity, reactor), invite, keys=store, certificate=certificate)
+    if invite.identity is not None and _has_key(store, invite.identity) and not replace:
+        raise already_paired(invite.identity)
+    over_tls = certificate is not None
+    if certificate is None:
+        try:
+            certificate = NodeCertificate.for_data_dir(store.path, identity)
+        except TLSError as e:
+            raise JoinError(str(e)) from None
+    factory = JoinFactory(
+        Mesh(identity, reactor), invite, keys=store, replace=replace, certificate=certificate
+    )
+    if over_tls:
         connector = reactor.connectSSL(
             invite.host, invite.port, factory, certificate.client_options(), timeout=connect_timeout
         )
     else:
-        try:
-            own = NodeCertificate.for_data_dir(store.path, identity)
-        except TLSError as e:
-            raise JoinError(str(e)) from None
-        factory = JoinFactory(Mesh(identity, reactor), invite, keys=store, certificate=own)
         connector = reactor.connectTCP(invite.host, invite.port, factory, timeout=connect_timeout)
 
     def give_up() -> None:
         if not factory.done.called:
-            factory.done.errback(JoinError(f"no answer from {invite.addr} within {timeout:g} s"))
+            factory.done.errback(
+                JoinError(f"no answer from {factory.shown_addr} within {timeout:g} s")
+            )
         connector.disconnect()
 
     timer = reactor.callLater(timeout, give_up)
     protocol = None
+    replaced = False
     try:
         protocol = yield factory.done
         outcome = dataclasses.replace(protocol.outcome, paired_via=invite.form)
+        replaced = _has_key(store, outcome.peer_id)
         pairing.record(
             store,
             outcome,
@@ -260,7 +352,19 @@ def join_directly(
         if protocol is not None:
             protocol.close("paired")
         yield _at_most(factory.closed, CLOSE_WAIT, reactor)
-    return JoinResult(protocol.peer_id, invite.addr, invite.form)
+    return JoinResult(protocol.peer_id, invite.addr, invite.form, replaced=replaced)
+
+
+def _has_key(store: KeyStore, peer_id: str) -> bool:
+    """
+    Whether a key is stored for C{peer_id}.
+
+    @raise JoinError: if the key store cannot say.
+    """
+    try:
+        return store.key(peer_id) is not None
+    except (KeyStoreError, OSError) as e:
+        raise JoinError(f"cannot read the key of {peer_id}: {e}") from None
 
 
 #: Seconds to wait for the connection to close after a join.
@@ -288,6 +392,9 @@ def _at_most(d: Deferred, seconds: float, clock: Any) -> Deferred:
 
 #: Seconds to wait for the local node's API.
 LOCAL_NODE_TIMEOUT = 5.0
+
+#: The HTTP status of a peer the node does not know.
+NOT_FOUND = 404
 
 
 def local_node(data_dir: str, identity: str) -> Any | None:
@@ -336,14 +443,21 @@ def local_node_port(data_dir: str, identity: str) -> int | None:
     listen = node.status.get("listen") if node is not None else None
     if not isinstance(listen, str):
         return None
-    port = listen.rpartition(":")[2]
-    return int(port) if port.isdigit() and 0 < int(port) < 65536 else None
+    try:
+        return parse_port(listen.rpartition(":")[2])
+    except InvalidAddress:
+        return None
 
 
 def ask_node_to_dial(node: Any, result: JoinResult) -> bool:
     """
     Ask the running node to dial a peer just paired with, so that it keeps
     a connection to it.
+
+    When the pairing replaced the peer's key, the node is first asked to
+    close its connection to the peer and stop dialling it
+    (C{DELETE /api/peers/ID}): a connection made with the old key would
+    otherwise go on, and the old dialler would keep its address.
 
     @param node: the node's API client, from L{local_node}.
     @param result: the pairing.
@@ -352,6 +466,13 @@ def ask_node_to_dial(node: Any, result: JoinResult) -> bool:
     from relaymesh.control import client as apiclient
 
     try:
+        if result.replaced:
+            try:
+                node.call("DELETE", f"/api/peers/{result.peer_id}")
+            except apiclient.ApiRequestError as e:
+                if e.status != NOT_FOUND:
+                    raise
+                # the node knows nothing of the peer: nothing to close
         node.call("POST", "/api/peers", {"addr": result.peer})
     except (apiclient.NodeNotRunning, apiclient.ApiRequestError, OSError):
         return False

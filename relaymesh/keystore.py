@@ -13,7 +13,8 @@ The layout is claudectl's, under a data directory::
                             when they expire (relaymesh only)
 
 The peers' files are L{relaymesh.keyfiles}'s, the armed secrets
-L{relaymesh.armed}'s and the atomic writes L{relaymesh.files}'s; this
+L{relaymesh.armed}'s (with the strong code and, from L{relaymesh.tickets},
+each invite's one use) and the atomic writes L{relaymesh.files}'s; this
 module names the data directory, makes the identity and lists and forgets
 peers. It does not depend on Twisted.
 """
@@ -23,7 +24,7 @@ import re
 import socket
 from typing import Sequence
 
-from relaymesh.armed import PAIR_CODE_FORM, ArmedKey, PairingSlots
+from relaymesh.armed import PAIR_CODE_FORM, ArmedKey, InviteUsed, PairingSlots, UsedInvite
 from relaymesh.files import (
     FILE_MODE,
     fsync_directory,
@@ -49,8 +50,10 @@ __all__ = [
     "ArmedKey",
     "CorruptKeyFile",
     "InsecureKeyFile",
+    "InviteUsed",
     "KeyStore",
     "KeyStoreError",
+    "UsedInvite",
     "default_data_dir",
     "generate_identity",
     "write_atomically",
@@ -212,19 +215,24 @@ class KeyStore(KeyFiles):
         """
         return self.pairing.clear_pending_key()
 
-    def claim_pending_key(self, peer_id: str) -> bytes | None:
+    def claim_pending_key(self, peer_id: str, now: float | None = None) -> bytes | None:
         """
         Make the pending pairing key the key of C{peer_id}
         (L{PairingSlots.claim_pending_key}).
         """
-        return self.pairing.claim_pending_key(peer_id)
+        return self.pairing.claim_pending_key(peer_id, now)
 
-    def arm(self, keys: Sequence[tuple[str, bytes]], expires_at: float | None = None) -> None:
+    def arm(
+        self,
+        keys: Sequence[tuple[str, bytes]],
+        expires_at: float | None = None,
+        strong_code: str | None = None,
+    ) -> None:
         """
-        Arm keys for pairing, replacing whatever was armed
+        Arm the keys of one invite for pairing, replacing whatever was armed
         (L{PairingSlots.arm}).
         """
-        self.pairing.arm(keys, expires_at)
+        self.pairing.arm(keys, expires_at, strong_code)
 
     def armed_keys(self, now: float) -> list[ArmedKey]:
         """
@@ -244,6 +252,12 @@ class KeyStore(KeyFiles):
         (L{PairingSlots.claim_armed_key}).
         """
         return self.pairing.claim_armed_key(peer_id, armed, now)
+
+    def used_invite(self, now: float) -> UsedInvite | None:
+        """
+        Who used the last invite (L{PairingSlots.used_invite}).
+        """
+        return self.pairing.used_invite(now)
 
     def disarm(self) -> bool:
         """

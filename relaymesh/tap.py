@@ -39,7 +39,7 @@ def _heartbeat(text: str) -> float:
 
 
 def _max_peers(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise ValueError(f"--max-peers: {text!r} is not a whole number of at least 1")
     return int(text)
 
@@ -226,8 +226,17 @@ def _endpoint(option: str, description: str) -> str:
     """
     Check that a server endpoint description parses, without listening.
 
+    Twisted reads its numbers (the port, C{backlog}) with C{int}, which
+    takes any script's digits: C{tcp:\u0669\u0668\u0664\u0667} would
+    listen on 9847. Numbers here are ASCII digits only, as everywhere else
+    a port is read.
+
     @raise usage.UsageError: naming the option, if it does not.
     """
+    if any(c.isdigit() and not c.isascii() for c in description):
+        raise usage.UsageError(
+            f"{option}: invalid endpoint {description!r}: write ports and numbers in ASCII digits"
+        )
     try:
         # Parsing a description only builds an endpoint object; nothing
         # listens on it, so it needs no reactor.

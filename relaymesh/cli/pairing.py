@@ -15,9 +15,10 @@ import io
 import time
 from typing import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 
-from relaymesh.address import DEFAULT_PORT
+from relaymesh.address import DEFAULT_PORT, InvalidAddress, parse_port
 from relaymesh.cli.base import (
     PROG,
     Command,
@@ -28,7 +29,13 @@ from relaymesh.cli.base import (
     run_reactor,
 )
 from relaymesh.codes import InvalidCode
-from relaymesh.discovery import ANNOUNCE_PORT, DEFAULT_LISTEN_SECONDS, discover
+from relaymesh.discovery import (
+    ANNOUNCE_PORT,
+    DEFAULT_LISTEN_SECONDS,
+    MAX_SIGHTINGS,
+    SightingTable,
+    discover,
+)
 from relaymesh.invite import (
     DEFAULT_EXPIRY,
     FORM_DESCRIPTIONS,
@@ -44,6 +51,7 @@ from relaymesh.invite import (
     parse_join_input,
 )
 from relaymesh.handshake.pake import generate_strong_code
+from relaymesh.printable import printable
 from relaymesh.tls import NodeCertificate, TLSError
 
 #: What tells the time: epoch seconds.
@@ -68,9 +76,10 @@ def _positive_minutes(text: str) -> float:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
-    return int(text)
+    try:
+        return parse_port(text)
+    except InvalidAddress:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a port from 1 to 65535") from None
 
 
 def _seconds(text: str) -> float:
@@ -345,6 +354,11 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="join over TLS with this node's certificate (relaymesh tls-init)",
     )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the key of a peer already paired with (refused otherwise)",
+    )
 
 
 def run_join(context: Context, args: argparse.Namespace) -> None:
@@ -365,28 +379,34 @@ def run_join(context: Context, args: argparse.Namespace) -> None:
             raise CommandError(str(e)) from None
     try:
         result = run_reactor(
-            lambda reactor: join_directly(store, invite, reactor, certificate=certificate)
+            lambda reactor: join_directly(
+                store, invite, reactor, certificate=certificate, replace=args.replace
+            )
         )
     except JoinError as e:
         raise CommandError(str(e)) from None
     node = local_node(context.data_dir, store.identity())
     dialling = node is not None and ask_node_to_dial(node, result)
-    text = f"Paired with {result.peer_id} ({result.addr})"
-    if dialling:
-        text += f"\nThe running node is connecting to {result.peer_id}."
+    peer_id, addr, peer = printable(result.peer_id), printable(result.addr), printable(result.peer)
+    if result.replaced:
+        text = f"Replaced the key of {peer_id}: paired again with {peer_id} ({addr})"
     else:
-        text += f"\nA node on this key store connects to it when run with --peers {result.peer}"
-    context.emit(
-        {
-            "peer_id": result.peer_id,
-            "addr": result.addr,
-            "peer": result.peer,
-            "form": result.form,
-            "paired_via": FORM_DESCRIPTIONS.get(result.form, result.form),
-            "node_dialling": dialling,
-        },
-        text,
-    )
+        text = f"Paired with {peer_id} ({addr})"
+    if dialling:
+        new_key = " with the new key" if result.replaced else ""
+        text += f"\nThe running node is connecting to {peer_id}{new_key}."
+    else:
+        text += f"\nA node on this key store connects to it when run with --peers {peer}"
+    data = {
+        "peer_id": result.peer_id,
+        "addr": result.addr,
+        "peer": result.peer,
+        "form": result.form,
+        "paired_via": FORM_DESCRIPTIONS.get(result.form, result.form),
+        "node_dialling": dialling,
+        "replaced": result.replaced,
+    }
+    context.emit(data, text)
 
 
 # discover
@@ -420,19 +440,35 @@ def run_discover(context: Context, args: argparse.Namespace) -> None:
     @param args: the parsed arguments, with C{seconds} and C{port}.
     """
     own = context.store.identity()
+    tables: list[SightingTable] = []
+
+    def listen(reactor) -> Deferred:
+        tables.append(SightingTable(reactor))
+        return discover(reactor, args.seconds, args.port, ignore=own, table=tables[0])
+
     try:
-        sightings = run_reactor(
-            lambda reactor: discover(reactor, args.seconds, args.port, ignore=own)
-        )
+        sightings = run_reactor(listen)
     except CannotListenError as e:
         raise CommandError(f"cannot listen on UDP port {args.port}: {e.socketError}") from None
+    turned_away = tables[0].turned_away if tables else 0
     if sightings:
+        # What a node announces is printed escaped, whatever parsing let by.
         rows = [("IDENTITY", "ADDRESS", "VERSION")]
-        rows += [(s.identity, s.addr, s.version or "-") for s in sightings]
+        rows += [
+            (printable(s.identity), printable(s.addr), printable(s.version) or "-")
+            for s in sightings
+        ]
         text = format_table(rows)
     else:
         text = f"No nodes heard in {args.seconds:g} s."
-    context.emit({"nodes": [s.to_dict() for s in sightings], "seconds": args.seconds}, text)
+    data = {"nodes": [s.to_dict() for s in sightings], "seconds": args.seconds}
+    if turned_away:
+        text += (
+            f"\n{turned_away} more announcements were not kept: the list was full "
+            f"({MAX_SIGHTINGS} nodes). Something on this network sends many of them."
+        )
+        data["turned_away"] = turned_away
+    context.emit(data, text)
 
 
 #: The pairing and discovery commands, in the order the help lists them.

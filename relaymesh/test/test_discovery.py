@@ -12,7 +12,9 @@ from io import StringIO
 
 from twisted.internet import defer, reactor
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -23,11 +25,15 @@ from relaymesh.discovery import (
     ANNOUNCE_INTERVAL,
     ANNOUNCE_PORT,
     BROADCAST_ADDRESS,
+    MAX_SIGHTINGS,
+    MAX_SIGHTINGS_PER_SOURCE,
+    SIGHTING_EXPIRY,
     Announcement,
     AnnouncementReceiver,
     Announcer,
     InvalidAnnouncement,
     Sighting,
+    SightingTable,
     discover,
     parse_announcement,
     parse_target,
@@ -76,6 +82,12 @@ class UDPReactor(MemoryReactorClock):
         fake = FakeUDPPort(port)
         self.udp.append((fake, protocol))
         return fake
+
+    def listenMulticast(self, port, protocol, interface="", maxPacketSize=8192, listenMultiple=False):
+        """
+        Listen in memory: the test hands datagrams to C{protocol} itself.
+        """
+        return self.listenUDP(port, protocol, interface, maxPacketSize)
 
 
 CLAUDECTL_STYLE = b'CCTL{"identity":"laptop-a3f2","port":9847,"version":"0.49.2"}'
@@ -422,3 +434,202 @@ class LoopbackTests(TestCase):
         self.addCleanup(announcer.stopService)
         results = yield defer.gatherResults([first, second])
         self.assertEqual([[s.identity for s in r] for r in results], [["alpha"], ["alpha"]])
+
+
+def spoofed(i: int) -> tuple[bytes, tuple[str, int]]:
+    """
+    The C{i}th announcement of a flood: a new identity each time, from a
+    new (spoofed) source address.
+    """
+    datagram = Announcement(f"spoof-{i}", 9847, "x").encode()
+    return datagram, (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 9848)
+
+
+class SightingTableTests(SynchronousTestCase):
+    """
+    L{SightingTable} stays bounded whatever arrives, and keeps the nodes it
+    heard first as long as they go on announcing.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.table = SightingTable(self.clock)
+
+    def sighting(self, i: int, host: str | None = None) -> Sighting:
+        return Sighting(f"node-{i}", host or f"10.0.{i >> 8}.{i & 255}", 9847, "v")
+
+    def test_refresh(self):
+        """
+        Hearing an entry again updates it in place.
+        """
+        self.assertTrue(self.table.add(Sighting("a", "10.0.0.1", 9847, "1")))
+        self.assertTrue(self.table.add(Sighting("a", "10.0.0.1", 9847, "2")))
+        self.assertEqual(self.table.sightings(), [Sighting("a", "10.0.0.1", 9847, "2")])
+
+    def test_fullTableTurnsNewcomersAway(self):
+        """
+        A full table of live entries turns a newcomer away and counts it.
+        """
+        for i in range(MAX_SIGHTINGS):
+            self.assertTrue(self.table.add(self.sighting(i)))
+        self.clock.advance(SIGHTING_EXPIRY - 1)
+        self.assertFalse(self.table.add(self.sighting(MAX_SIGHTINGS)))
+        self.assertEqual((len(self.table), self.table.turned_away), (MAX_SIGHTINGS, 1))
+        self.assertNotIn(self.sighting(MAX_SIGHTINGS), self.table.sightings())
+
+    def test_expiredMakeRoom(self):
+        """
+        An entry not heard for the expiry makes room, the one heard longest
+        ago first; entries heard again keep their place.
+        """
+        for i in range(MAX_SIGHTINGS):
+            self.table.add(self.sighting(i))
+        self.clock.advance(SIGHTING_EXPIRY)
+        self.table.add(self.sighting(0))  # heard again: now the newest
+        self.assertTrue(self.table.add(self.sighting(1000)))
+        kept = self.table.sightings()
+        self.assertEqual(len(kept), MAX_SIGHTINGS)
+        self.assertIn(self.sighting(0), kept)
+        self.assertIn(self.sighting(1000), kept)
+        self.assertNotIn(self.sighting(1), kept)
+
+    def test_perSource(self):
+        """
+        One source address holds at most L{MAX_SIGHTINGS_PER_SOURCE}
+        entries; its newest announcements replace its oldest.
+        """
+        for i in range(100):
+            self.table.add(self.sighting(i, host="127.0.0.1"))
+        self.table.add(self.sighting(500, host="127.0.0.2"))
+        kept = self.table.sightings()
+        self.assertEqual(len(kept), MAX_SIGHTINGS_PER_SOURCE + 1)
+        self.assertEqual(
+            sorted(s.identity for s in kept if s.host == "127.0.0.1"),
+            sorted(f"node-{i}" for i in range(100 - MAX_SIGHTINGS_PER_SOURCE, 100)),
+        )
+        self.assertEqual(self.table.turned_away, 0)
+
+    def test_badLimits(self):
+        self.assertRaises(ValueError, SightingTable, self.clock, capacity=0)
+        self.assertRaises(ValueError, SightingTable, self.clock, per_source=0)
+
+
+class FloodTests(SynchronousTestCase):
+    """
+    The flood that filled C{discover} with 65,000 spoofed entries in 4 s,
+    replayed in memory: the list stays at L{MAX_SIGHTINGS} and the real
+    nodes heard before the flood stay in it.
+    """
+
+    def setUp(self):
+        self.reactor = UDPReactor()
+        self.table = SightingTable(self.reactor)
+        self.result = discover(self.reactor, seconds=6.0, port=9848, ignore="me", table=self.table)
+        [(self.port, self.protocol)] = self.reactor.udp
+        self.events: list = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def announce(self, identity: str, host: str, port: int = 9847) -> None:
+        self.protocol.datagramReceived(Announcement(identity, port, VERSION).encode(), (host, 40000))
+
+    def test_flood(self):
+        self.announce("alpha", "127.0.0.2")
+        self.announce("beta", "127.0.0.3")
+        flood = 65000
+        for step in range(4):  # 65,000 spoofed announcements over 4 s
+            for i in range(step * flood // 4, (step + 1) * flood // 4):
+                self.protocol.datagramReceived(*spoofed(i))
+            self.reactor.advance(1)
+        self.announce("alpha", "127.0.0.2")  # the real nodes go on announcing
+        self.announce("beta", "127.0.0.3")
+        self.reactor.advance(2)
+        found = self.successResultOf(self.result)
+        self.assertEqual(len(found), MAX_SIGHTINGS)
+        identities = {s.identity for s in found}
+        self.assertTrue({"alpha", "beta"} <= identities)
+        self.assertEqual(self.table.turned_away, flood - (MAX_SIGHTINGS - 2))
+        self.assertFalse(self.port.listening)
+        self.assertEqual(self.events, [])  # nothing logged per datagram
+
+    def test_floodFromOneAddress(self):
+        """
+        A flood from one address takes only its own few places.
+        """
+        self.announce("alpha", "127.0.0.2")
+        for i in range(65000):
+            self.announce(f"spoof-{i}", "127.0.0.9")
+        self.reactor.advance(6)
+        found = self.successResultOf(self.result)
+        self.assertEqual(len(found), MAX_SIGHTINGS_PER_SOURCE + 1)
+        self.assertIn("alpha", {s.identity for s in found})
+        self.assertEqual(self.table.turned_away, 0)
+
+    def test_malformedDroppedCheaply(self):
+        """
+        Datagrams that are no announcements are counted and dropped before
+        any JSON is parsed when they cannot be one; deep nesting, which made
+        the JSON parser raise C{RecursionError} out of C{datagramReceived},
+        is one of them. Nothing is logged.
+        """
+        junk = [
+            b"CCTL" + b"[" * 2040,
+            b"CCTL" + b'{"a":' * 400,
+            b"CCTL" + b"x" * 5000,
+            b"XXXX" + b"{" * 100,
+            b'CCTL{"identity":"a","port":9847,"version":"x","more":[[[[[[[[[1]]]]]]]]]}',
+        ]
+        for datagram in junk:
+            self.assertRaises(InvalidAnnouncement, parse_announcement, datagram)
+            self.protocol.datagramReceived(datagram, ("127.0.0.9", 1))
+        self.assertEqual(self.protocol.malformed, len(junk))
+        self.reactor.advance(6)
+        self.assertEqual(self.successResultOf(self.result), [])
+        self.assertEqual(self.events, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_commandSaysSo(self):
+        """
+        C{relaymesh discover} lists what the table kept and says how many
+        announcements it turned away.
+        """
+        data_dir = self.mktemp()
+        KeyStore(data_dir).set_identity("me")
+
+        def run(work):
+            memory = UDPReactor()
+            d = work(memory)
+            [(_, protocol)] = memory.udp
+            protocol.datagramReceived(Announcement("alpha", 9847, VERSION).encode(), ("127.0.0.2", 1))
+            for i in range(MAX_SIGHTINGS + 10):
+                protocol.datagramReceived(*spoofed(i))
+            memory.advance(60)
+            return self.successResultOf(d)
+
+        self.patch(cli_pairing, "run_reactor", run)
+        for args, check in [
+            ([], lambda out: self.assertIn("11 more announcements were not kept", out)),
+            (["--json"], lambda out: self.assertEqual(json.loads(out)["turned_away"], 11)),
+        ]:
+            stdout, stderr = StringIO(), StringIO()
+            status = main(["discover", "--data-dir", data_dir, *args], stdout=stdout, stderr=stderr)
+            self.assertEqual((status, stderr.getvalue()), (0, ""))
+            check(stdout.getvalue())
+
+
+class PrintableOutputTests(SynchronousTestCase):
+    """
+    What a node announces is printed escaped.
+    """
+
+    def test_escaped(self):
+        data_dir = self.mktemp()
+        KeyStore(data_dir).set_identity("me")
+        hostile = Sighting("alpha", "10.0.0.2", 9847, "1.0\x1b]52;c;aGk=\x07\u202e\nforged line")
+        self.patch(cli_pairing, "run_reactor", lambda work: [hostile])
+        stdout, stderr = StringIO(), StringIO()
+        self.assertEqual(main(["discover", "--data-dir", data_dir], stdout=stdout, stderr=stderr), 0)
+        out = stdout.getvalue()
+        self.assertEqual(len(out.splitlines()), 2)
+        self.assertIn("1.0\\x1b]52;c;aGk=\\x07\\u202e\\nforged line", out)
+        self.assertFalse(any(c in out for c in "\x1b\x07\u202e"))

@@ -1,9 +1,7 @@
 """
 Tests for L{relaymesh.handshake}, against claudectl 0.49.2's own transcript.
-
-The rules handshake v2 added (the in-band TLS upgrade, what may be proved
-in clear, reflected nonces, the bare dial's key) are tested in
-L{relaymesh.test.test_handshake_v2}.
+The rules of handshake v2 (the TLS upgrade, what may be proved in clear,
+reflected nonces, the bare dial's key): L{relaymesh.test.test_handshake_v2}.
 """
 
 import hashlib
@@ -42,6 +40,7 @@ from relaymesh.test.support import (
     server_protocol,
     written,
 )
+from relaymesh.testing import network
 from relaymesh.wire import RelayMessage, decode
 
 TRANSCRIPT_KEY = bytes.fromhex(
@@ -130,19 +129,6 @@ class AcceptorHandshakeTests(SynchronousTestCase):
 
     def proof(self, key):
         return {"proof": compute_proof(key, self.handshake.nonce), "version": "x"}
-
-    def test_challenge(self):
-        """
-        The challenge carries the nonce (all claudectl reads), this node's
-        id and its capabilities, with the TLS upgrade only when offered.
-        """
-        nonce = self.handshake.nonce
-        self.assertRegex(nonce, r"\A[0-9a-f]{64}\Z")
-        self.assertEqual(
-            self.handshake.challenge_payload(), {"nonce": nonce, "peer": "alpha", "caps": ["mutual-auth/2"]}
-        )
-        offering = AcceptorHandshake(self.keys, identity="alpha", can_upgrade=True)
-        self.assertEqual(offering.challenge_payload()["caps"], ["mutual-auth/2", "starttls/1"])
 
     def test_stored_key(self):
         verdict = self.handshake.verify(handshake_message("beta", self.proof(self.key)))
@@ -477,17 +463,42 @@ class MutualAuthenticationTests(SynchronousTestCase):
 
     def test_both_prove(self):
         """
-        The connector sends its nonce and capabilities; the acceptor answers
-        with its own proof and capabilities; both learn the other's, over
-        the TLS the connection upgraded to.
+        In clear only the upgrade is agreed; inside TLS, after a fresh
+        challenge, the connector sends its nonce and capabilities, the
+        acceptor answers with its own proof and capabilities, and both
+        learn the other's.
         """
+        writes = []  # what the application writes, at both ends, in order
+        self.patch(network._Transport, "recorded", writes)
         server, client, pump = connect(self.alpha, self.beta)
+        sent = [decode(raw) for raw in b"".join(writes).split(b"\n") if raw]
+        clear = [("challenge", ["caps", "nonce", "peer"]), ("handshake", ["starttls", "version"]), ("handshake_ack", ["status"])]
+        tls = [("challenge", ["caps", "nonce", "peer"]), ("handshake", ["caps", "nonce", "proof", "version"])]
+        tls.append(("handshake_ack", ["caps", "proof", "status"]))
+        self.assertEqual([(m.msg_type, sorted(m.payload)) for m in sent], clear + tls)
+        self.assertEqual(sent[0].payload["caps"], ["mutual-auth/2", "starttls/1"])
+        self.assertEqual(sent[3].payload["caps"], ["mutual-auth/2"])
         self.assertIs(client.state, State.CONNECTED)
         self.assertIs(server.state, State.CONNECTED)
         for outcome in (client.outcome, server.outcome):
             self.assertEqual((outcome.mutual, outcome.encrypted), (True, True))
             self.assertEqual(outcome.capabilities, {"mutual-auth/2"})
         self.assertTrue(client.encrypted and server.encrypted)
+
+    def test_message_as_the_peer_connects(self):
+        """
+        A message the acceptor sends as the peer connects goes in the TLS
+        record of its ack; longer than the handshake's limit, it is taken.
+        """
+
+        def welcome(event):
+            if event.kind == "connected":
+                self.alpha.mesh.send(event.peer_id, "task_status", {"pad": "x" * 12000})
+
+        self.alpha.mesh.watch_peers(welcome)
+        server, client, pump = connect(self.alpha, self.beta)
+        self.assertIs(client.state, State.CONNECTED, client.close_reason)
+        self.assertEqual([m.msg_type for _, m in self.beta.received], ["task_status"])
 
     def exchange(self, tamper):
         """
@@ -650,10 +661,8 @@ class StrongPairingTests(SynchronousTestCase):
 class DocumentedExampleTests(SynchronousTestCase):
     """
     The byte-level examples of the handshake (docs/protocol.rst) are what
-    the code computes, and what the documented formulas give: claudectl's
-    proof of the transcript's nonce, and version 2's labelled proofs of it
-    with the connector nonce C{5c5c…5c} and the fingerprints
-    C{sha256:1111…11} (server) and C{sha256:2222…22} (client).
+    the code computes and the documented formulas give, for the transcript's
+    nonce, the connector nonce C{5c…5c}, and fingerprints C{11…} and C{22…}.
     """
 
     NONCE = "9f242fb8bfee69aeb49a319fdd21cc7d6398705d4aa6cfcb472cc44ac5625bee"

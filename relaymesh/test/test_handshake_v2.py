@@ -6,6 +6,9 @@ nonces, and the key a bare dial proves. Most drive the handshake objects
 with no I/O, the TLS session stood for by the fingerprints it binds.
 """
 
+import itertools
+import os
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import StringTransportWithDisconnection
@@ -18,21 +21,9 @@ from relaymesh.handshake.acceptor import AcceptorHandshake, Step
 from relaymesh.handshake.base import PENDING_FORM, HandshakeFailed, IssuedNonces
 from relaymesh.handshake.connector import ConnectorHandshake
 from relaymesh.handshake.connector import Step as ConnectorStep
-from relaymesh.handshake.proofs import (
-    VERSION,
-    acceptor_proof,
-    compute_proof,
-    connector_proof,
-)
+from relaymesh.handshake.proofs import VERSION, acceptor_proof, compute_proof, connector_proof
 from relaymesh.test.support import (
-    MemoryKeys,
-    Node,
-    client_protocol,
-    line,
-    load_transcript,
-    make_clock,
-    server_protocol,
-    written,
+    MemoryKeys, Node, client_protocol, line, load_transcript, make_clock, server_protocol, written,
 )
 from relaymesh.wire import RelayMessage, decode
 
@@ -87,6 +78,11 @@ class _Pair:
     through the rounds by hand.
     """
 
+    def assertRefused(self, fragment, call):
+        with self.assertRaises(HandshakeFailed) as ctx:
+            call()
+        self.assertIn(fragment, str(ctx.exception))
+
     def acceptor(self, keys, identity="alpha", issued=None):
         return AcceptorHandshake(keys, identity=identity, can_upgrade=True, issued=issued)
 
@@ -94,7 +90,8 @@ class _Pair:
         """
         The C{starttls} round in clear, checked; both sides then upgraded.
         """
-        verdict = acceptor.verify(message("handshake", claimed, connector.answer(challenge(acceptor.challenge_payload()))))
+        request = connector.answer(challenge(acceptor.challenge_payload()))
+        verdict = acceptor.verify(message("handshake", claimed, request))
         self.assertEqual((verdict.ack, verdict.upgrade, verdict.outcome), ({"status": "starttls"}, True, None))
         self.assertEqual(connector.check_ack(ack(acceptor.identity, verdict.ack)), (None, None))
         acceptor.upgraded()
@@ -146,10 +143,7 @@ class StartTLSTests(_Pair, SynchronousTestCase):
         self.assertTrue(connector.encrypted and connector.mutual)
 
     def test_listener_without_tls(self):
-        """
-        An acceptor that cannot start TLS offers no upgrade and refuses a
-        request for one.
-        """
+        """An acceptor that cannot start TLS offers no upgrade, and refuses one."""
         acceptor = AcceptorHandshake(MemoryKeys({"beta": KEY}), identity="alpha")
         self.assertNotIn("starttls/1", acceptor.challenge_payload()["caps"])
         with self.assertRaises(HandshakeFailed) as ctx:
@@ -160,8 +154,7 @@ class StartTLSTests(_Pair, SynchronousTestCase):
     def test_nothing_in_clear_after_the_upgrade(self):
         """
         Once upgraded, neither side takes a handshake message from outside
-        the TLS session, nor a request to upgrade again.
-        """
+        the TLS session, nor a request to upgrade again."""
         acceptor = self.acceptor(MemoryKeys({"beta": KEY}))
         connector = ConnectorHandshake("beta", KEY, "alpha")
         self.upgrade(acceptor, connector)
@@ -179,10 +172,7 @@ class StartTLSTests(_Pair, SynchronousTestCase):
         self.assertIn("over TLS lacks its nonce", str(ctx.exception))
 
     def test_upgrade_not_acked(self):
-        """
-        An acceptor that answers the request for TLS with anything but
-        C{starttls} ends the handshake.
-        """
+        """An answer to the request for TLS other than C{starttls} ends the handshake."""
         for status in ("ok", "denied", None):
             connector = ConnectorHandshake("beta", KEY, "alpha")
             connector.answer(named())
@@ -192,9 +182,7 @@ class StartTLSTests(_Pair, SynchronousTestCase):
             self.assertIs(connector.step, ConnectorStep.FAILED)
 
     def test_same_connector_inside(self):
-        """
-        The connector that proves inside TLS is the one that asked for it.
-        """
+        """The connector that proves inside TLS is the one that asked for it."""
         acceptor = self.acceptor(MemoryKeys({"beta": KEY, "gamma": KEY}))
         connector = ConnectorHandshake("gamma", KEY, "alpha")
         self.upgrade(acceptor, ConnectorHandshake("beta", KEY, "alpha"))
@@ -212,53 +200,37 @@ class StateTableTests(_Pair, SynchronousTestCase):
         acceptor = self.acceptor(MemoryKeys({"beta": KEY}))
         connector = ConnectorHandshake("beta", KEY, "alpha")
         self.assertIs(acceptor.step, Step.AWAITING_HANDSHAKE)
-        with self.assertRaises(HandshakeFailed) as ctx:
-            acceptor.upgraded()
-        self.assertIn("TLS upgrade when awaiting the connector's handshake", str(ctx.exception))
-        request = connector.answer(challenge(acceptor.challenge_payload()))
-        acceptor.verify(message("handshake", "beta", request))
+        self.assertRefused("TLS upgrade when awaiting the connector's handshake", acceptor.upgraded)
+        request = message("handshake", "beta", connector.answer(challenge(acceptor.challenge_payload())))
+        acceptor.verify(request)
         self.assertIs(acceptor.step, Step.UPGRADING)
-        with self.assertRaises(HandshakeFailed) as ctx:
-            acceptor.verify(message("handshake", "beta", request))
-        self.assertIn("handshake message when upgrading to TLS", str(ctx.exception))
+        self.assertRefused("handshake message when upgrading to TLS", lambda: acceptor.verify(request))
         acceptor.upgraded()
         self.assertIs(acceptor.step, Step.AWAITING_HANDSHAKE)
         connector.check_ack(ack("alpha", {"status": "starttls"}))
         connector.upgraded()
         self.prove(acceptor, connector)
         self.assertIs(acceptor.step, Step.AUTHENTICATED)
-        with self.assertRaises(HandshakeFailed) as ctx:
-            acceptor.upgraded()
-        self.assertIn("TLS upgrade when authenticated", str(ctx.exception))
+        self.assertRefused("TLS upgrade when authenticated", acceptor.upgraded)
         failed = self.acceptor(MemoryKeys({"beta": KEY}))
         self.upgrade(failed, ConnectorHandshake("beta", KEY, "alpha"))
         self.assertRaises(HandshakeFailed, failed.verify, message("handshake", "beta", {"nonce": "cd" * 32}), BINDING)
         self.assertIs(failed.step, Step.FAILED)
-        with self.assertRaises(HandshakeFailed) as ctx:
-            failed.upgraded()
-        self.assertIn("TLS upgrade when failed", str(ctx.exception))
+        self.assertRefused("TLS upgrade when failed", failed.upgraded)
 
     def test_connector(self):
         acceptor = self.acceptor(MemoryKeys({"beta": KEY}))
         connector = ConnectorHandshake("beta", KEY, "alpha")
-        with self.assertRaises(HandshakeFailed) as ctx:
-            connector.upgraded()
-        self.assertIn("TLS upgrade when awaiting the challenge", str(ctx.exception))
+        self.assertRefused("TLS upgrade when awaiting the challenge", connector.upgraded)
         request = connector.answer(challenge(acceptor.challenge_payload()))
         self.assertIs(connector.step, ConnectorStep.AWAITING_UPGRADE)
-        with self.assertRaises(HandshakeFailed) as ctx:
-            connector.answer(named())
-        self.assertIn("challenge when awaiting the answer to the TLS upgrade", str(ctx.exception))
+        self.assertRefused("challenge when awaiting the answer to the TLS upgrade", lambda: connector.answer(named()))
         verdict = acceptor.verify(message("handshake", "beta", request))
         self.assertEqual(connector.check_ack(ack("alpha", verdict.ack)), (None, None))
         self.assertIs(connector.step, ConnectorStep.UPGRADING)
-        for refused, fragment in [
-            (lambda: connector.answer(named()), "challenge when upgrading to TLS"),
-            (lambda: connector.check_ack(ack("alpha", {"status": "ok"})), "handshake_ack when upgrading to TLS"),
-        ]:
-            with self.assertRaises(HandshakeFailed) as ctx:
-                refused()
-            self.assertIn(fragment, str(ctx.exception))
+        self.assertRefused("challenge when upgrading to TLS", lambda: connector.answer(named()))
+        ok = ack("alpha", {"status": "ok"})
+        self.assertRefused("handshake_ack when upgrading to TLS", lambda: connector.check_ack(ok))
         self.assertIs(connector.step, ConnectorStep.UPGRADING)
         acceptor.upgraded()
         connector.upgraded()
@@ -273,7 +245,7 @@ class StateTableTests(_Pair, SynchronousTestCase):
         self.assertIn("handshake_ack when authenticated", str(ctx.exception))
 
 
-class ClearProofTests(SynchronousTestCase):
+class ClearProofTests(_Pair, SynchronousTestCase):
     """
     What the acceptor takes in clear: claudectl's one-way proof, of a key
     marked legacy or armed for pairing; nothing of relaymesh's.
@@ -339,37 +311,21 @@ class ClearProofTests(SynchronousTestCase):
 
 
 class LegacyRecordTests(_Pair, SynchronousTestCase):
-    """
-    What L{pairing.record} writes of the legacy mark.
-    """
-
     def test_cleared_by_relaymesh_proofs(self):
         """
-        A key marked legacy and then proved inside TLS is no longer legacy
-        (for claudectl's form marking it: L{ClearProofTests}).
+        A key marked legacy and then proved inside TLS is recorded as no
+        longer legacy, once (for claudectl's form marking a key legacy:
+        L{ClearProofTests.test_armed_key_pairs}).
         """
         keys = MemoryKeys({"beta": KEY})
         keys.metas["beta"] = {"legacy": True}
-        acceptor = self.acceptor(keys)
-        connector = ConnectorHandshake("beta", KEY, "alpha")
-        self.upgrade(acceptor, connector)
-        accepted, _ = self.prove(acceptor, connector)
-        pairing.record(keys, accepted, 0)
-        self.assertIs(keys.meta("beta")["legacy"], False)
-
-    def test_written_only_when_changed(self):
-        """
-        A key already recorded as not legacy is not written again: only the
-        certificate seen for the first time is pinned.
-        """
-        keys = MemoryKeys({"beta": KEY})
-        keys.metas["beta"] = {"legacy": False}
-        acceptor = self.acceptor(keys)
-        connector = ConnectorHandshake("beta", KEY, "alpha")
-        self.upgrade(acceptor, connector)
-        accepted, _ = self.prove(acceptor, connector)
-        pairing.record(keys, accepted, 0)
-        self.assertEqual(keys.meta_updates, [("beta", {"tls_fingerprint": CLIENT_FP})])
+        for _ in range(2):
+            acceptor = self.acceptor(keys)
+            connector = ConnectorHandshake("beta", KEY, "alpha")
+            self.upgrade(acceptor, connector)
+            pairing.record(keys, self.prove(acceptor, connector)[0], 0)
+            self.assertIs(keys.meta("beta")["legacy"], False)
+        self.assertEqual(keys.meta_updates, [("beta", {"tls_fingerprint": CLIENT_FP, "legacy": False})])
 
 
 class ConnectorRulesTests(_Pair, SynchronousTestCase):
@@ -378,16 +334,13 @@ class ConnectorRulesTests(_Pair, SynchronousTestCase):
     """
 
     def refused(self, connector, challenge_message, fragment, binding=None):
-        with self.assertRaises(HandshakeFailed) as ctx:
-            connector.answer(challenge_message, binding)
-        self.assertIn(fragment, str(ctx.exception))
+        self.assertRefused(fragment, lambda: connector.answer(challenge_message, binding))
         self.assertIs(connector.step, ConnectorStep.FAILED)
 
     def test_stripped_upgrade(self):
         """
-        A relaymesh acceptor (it names itself) that offers no upgrade in
-        clear had it stripped on the path: nothing is proved, not even for
-        a legacy key.
+        A relaymesh acceptor (named) offering no upgrade in clear had it
+        stripped on the path: nothing is proved, even of a legacy key.
         """
         for legacy in (False, True):
             self.refused(
@@ -398,9 +351,8 @@ class ConnectorRulesTests(_Pair, SynchronousTestCase):
 
     def test_unnamed_acceptor(self):
         """
-        An acceptor that does not name itself (claudectl) gets claudectl's
-        proof only of a key marked legacy; otherwise the reason says how to
-        dial a claudectl peer. A bare dial has no key to prove to it.
+        An unnamed (claudectl) acceptor gets claudectl's proof only of a key
+        marked legacy, else is told how to dial one; a bare dial has none.
         """
         unnamed = challenge({"nonce": "ab" * 32})
         self.refused(ConnectorHandshake("beta", KEY, "alpha"), unnamed, "dial it as legacy:alpha@HOST:PORT")
@@ -413,9 +365,8 @@ class ConnectorRulesTests(_Pair, SynchronousTestCase):
 
     def test_issued_nonce(self):
         """
-        A challenge carrying a nonce this node's acceptor issued is its own
-        reflected: refused in clear and inside TLS, named or not, legacy or
-        not; once the acceptor's handshake is over, the nonce is forgotten.
+        A challenge with a nonce this node's acceptor issued is refused, in
+        clear or TLS, named or not; once that handshake ends it is forgotten.
         """
         issued = IssuedNonces()
         acceptor = self.acceptor(MemoryKeys({"beta": KEY}), issued=issued)
@@ -451,19 +402,15 @@ class ConnectorRulesTests(_Pair, SynchronousTestCase):
 
     def test_acceptor_named_otherwise(self):
         """
-        An acceptor that names itself as another peer than the one dialled,
-        or as this node, is refused at the challenge.
-        """
+        An acceptor named as another peer than the one dialled, or as this
+        node, is refused at the challenge."""
         self.refused(ConnectorHandshake("beta", KEY, "alpha"), named("gamma"), "expected peer alpha but gamma answered")
         self.refused(ConnectorHandshake("beta", KEY), named("beta"), "the peer answered with this node's own id beta")
         self.refused(ConnectorHandshake("beta", KEY), named("../x"), "invalid peer id '../x'")
         self.refused(ConnectorHandshake("beta", KEY, "alpha"), named("gamma", starttls=False), "gamma", BINDING)
 
     def answered(self):
-        """
-        A bare connector (no peer expected) that proved its key inside TLS
-        to C{alpha}, and alpha's verdict.
-        """
+        """A bare connector that proved its key to C{alpha} in TLS, and alpha's verdict."""
         acceptor = self.acceptor(MemoryKeys({"beta": KEY}))
         connector = ConnectorHandshake("beta", KEY)
         self.upgrade(acceptor, connector)
@@ -474,8 +421,7 @@ class ConnectorRulesTests(_Pair, SynchronousTestCase):
     def test_ack_from_another(self):
         """
         The ack must come from the peer the challenge named, even on a bare
-        dial: alpha's own ack relayed as gamma's, or gamma's proof, is
-        refused, as is gamma's answer in strong pairing.
+        dial: alpha's ack relayed as gamma's, gamma's proof or pake, refused.
         """
         acceptor, connector, answer, verdict = self.answered()
         outcome, _ = connector.check_ack(ack("alpha", verdict.ack), BINDING)
@@ -519,9 +465,8 @@ class BareDialKeyTests(_Pair, SynchronousTestCase):
 
     def test_pending_key(self):
         """
-        To an acceptor it has no key for, it proves the pending key, which
-        recorded becomes that peer's key, on both sides.
-        """
+        To an acceptor it has no key for, the pending key: recorded, that
+        peer's key, on both sides."""
         delta_keys = MemoryKeys(pending=PENDING)
         acceptor = self.acceptor(delta_keys, identity="delta")
         connector = ConnectorHandshake("beta", keys=self.keys)
@@ -570,9 +515,8 @@ class ReflectionTests(SynchronousTestCase):
 
     def test_forgotten_when_closed(self):
         """
-        Once the inbound connection is closed its nonce is forgotten: a
-        claudectl acceptor's challenge is answered again.
-        """
+        Once the inbound connection closes its nonce is forgotten: a
+        claudectl acceptor's challenge with it is answered."""
         self.inbound.transport.loseConnection()
         self.assertNotIn(self.nonce, self.alpha.mesh.issued_nonces)
         protocol, transport = client_protocol(self.alpha.client("mallory"))
@@ -584,17 +528,17 @@ class ReflectionTests(SynchronousTestCase):
 class UpgradingAcceptorTests(SynchronousTestCase):
     """
     An acceptor whose transport can start TLS, with claudectl's nonce and
-    its recorded connector's key marked legacy.
-    """
+    its recorded connector's key marked legacy."""
 
     ACCEPTOR, CONNECTOR = "laptop-a3f2", "ci-runner-9d1e"
 
     def setUp(self):
         self.lines = [entry["line"].encode() for entry in load_transcript()]
-        key = bytes.fromhex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
-        self.node = Node(self.ACCEPTOR, make_clock(), MemoryKeys({self.CONNECTOR: key}))
+        self.node = Node(self.ACCEPTOR, make_clock(), MemoryKeys({self.CONNECTOR: KEY}))  # the transcript's
         self.node.keys.metas[self.CONNECTOR] = {"legacy": True}
-        self.node.server._randbytes = lambda n: bytes.fromhex(decode(self.lines[0]).payload["nonce"])
+        first = bytes.fromhex(decode(self.lines[0]).payload["nonce"])
+        nonces = itertools.chain([first], iter(lambda: os.urandom(32), None))
+        self.node.server._randbytes = lambda n: next(nonces)
         self.protocol = self.node.server.buildProtocol(IPv4Address("TCP", "10.0.0.2", 40000))
         self.transport = tls_capable(self.protocol)
         [self.challenge] = written(self.transport)
@@ -653,6 +597,33 @@ class UpgradingAcceptorTests(SynchronousTestCase):
         self.assertFalse(self.node.mesh.is_connected(self.CONNECTOR))
 
 
+class UpgradingConnectorTests(SynchronousTestCase):
+    """
+    A connector whose transport can start TLS (unless told it cannot).
+    """
+
+    def connect(self, certificate=True):
+        node = Node("beta", make_clock(), MemoryKeys({"alpha": KEY}))
+        factory = node.client("alpha")
+        factory.certificate = factory.certificate if certificate else None
+        protocol, transport = client_protocol(factory)
+        transport.startTLS = lambda options, normal=True: self.fail("TLS started")
+        alsoProvides(transport, ITLSTransport)
+        return protocol, transport
+
+    def test_bytes_in_clear_after_the_ack(self):
+        protocol, transport = self.connect()
+        protocol.dataReceived(line(named()) + line(ack("alpha", {"status": "starttls"})) + line(named()))
+        self.assertIs(protocol.state, State.CLOSED)
+        self.assertIn("bytes in clear after the TLS upgrade was agreed", protocol.close_reason)
+
+    def test_no_certificate(self):
+        protocol, transport = self.connect(certificate=False)
+        protocol.dataReceived(line(named()))
+        self.assertEqual(transport.value(), b"")
+        self.assertIn("this node has no certificate to upgrade with", protocol.close_reason)
+
+
 class ChannelBindingTests(SynchronousTestCase):
     """
     Over TLS the proofs cover both certificates, and fingerprints are pinned
@@ -690,10 +661,7 @@ class ChannelBindingTests(SynchronousTestCase):
         self.assertIn("wrong proof", str(ctx.exception))
 
     def test_plain_proof_refused_over_tls(self):
-        """
-        claudectl's unbound proof does not pass over TLS, even for a key
-        marked legacy.
-        """
+        """claudectl's unbound proof does not pass over TLS, even of a legacy key."""
         self.alpha_keys.metas["beta"] = {"legacy": True}
         for extra, fragment in (({}, "over TLS lacks its nonce"), ({"nonce": "cd" * 32}, "wrong proof")):
             acceptor = AcceptorHandshake(self.alpha_keys, identity="alpha")
@@ -704,10 +672,8 @@ class ChannelBindingTests(SynchronousTestCase):
 
     def test_labelled_proofs_name_both_peers(self):
         """
-        A proof made for one acceptor, one connector or one TLS session
-        proves nothing for another; neither direction's is the other's or
-        claudectl's.
-        """
+        A proof for one acceptor, connector or TLS session proves nothing
+        for another; neither direction's is the other's or claudectl's."""
         na, nc = "ab" * 32, "cd" * 32
         proof = connector_proof(KEY, na, nc, "beta", "alpha", BINDING)
         others = [

@@ -1117,7 +1117,7 @@ class JoinCommandTests(CommandTestsMixin, SynchronousTestCase):
             result.raiseException()
         return result
 
-    def fakeJoin(self, store, invite, reactor, certificate=None):
+    def fakeJoin(self, store, invite, reactor, certificate=None, replace=False):
         self.joined.append(invite)
         return succeed(JoinResult(invite.identity or "alpha", invite.addr, invite.form))
 
@@ -1144,6 +1144,7 @@ class JoinCommandTests(CommandTestsMixin, SynchronousTestCase):
                 "form": "relay_code",
                 "paired_via": "relay code",
                 "node_dialling": False,
+                "replaced": False,
             },
         )
 
@@ -1187,7 +1188,7 @@ class JoinCommandTests(CommandTestsMixin, SynchronousTestCase):
         A refused key is one error line, exit status 2.
         """
 
-        def denied(store, invite, reactor, certificate=None):
+        def denied(store, invite, reactor, certificate=None, replace=False):
             from twisted.internet.defer import fail
 
             return fail(JoinDenied("10.0.0.2:9847 refused the key of this relay code: ..."))

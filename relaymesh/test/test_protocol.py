@@ -4,11 +4,13 @@ machine, and what ends a connection.
 """
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import alsoProvides
 
-from relaymesh.handshake.proofs import compute_proof
-from relaymesh.connection import HANDSHAKE_TIMEOUT, State
+from relaymesh.handshake.proofs import VERSION, compute_proof
+from relaymesh.connection import HANDSHAKE_MAX_LINE, HANDSHAKE_TIMEOUT, State
 from relaymesh.outbound import FLUSH_BYTES
 from relaymesh.test.support import (
     accepted,
@@ -28,12 +30,14 @@ KEY = bytes(range(32))
 
 class AcceptorTests(SynchronousTestCase):
     """
-    The accepting side, fed bytes as a connector would send them.
+    The accepting side, fed bytes as a claudectl connector (its key marked
+    legacy) would send them, on a transport that cannot start TLS.
     """
 
     def setUp(self):
         self.clock = make_clock()
         self.node = Node("alpha", self.clock, MemoryKeys({"beta": KEY}))
+        self.node.keys.metas["beta"] = {"legacy": True}
         self.protocol, self.transport = server_protocol(self.node.server)
         [self.challenge] = written(self.transport)
 
@@ -52,12 +56,14 @@ class AcceptorTests(SynchronousTestCase):
 
     def test_challenge_first(self):
         """
-        The acceptor speaks first: a challenge with an empty from_peer and a
-        64-hex-character nonce.
+        The acceptor speaks first: a challenge with an empty from_peer, a
+        64-hex-character nonce, its name and capabilities (no TLS upgrade:
+        the transport cannot start it).
         """
         self.assertEqual(self.challenge.msg_type, "challenge")
         self.assertEqual(self.challenge.from_peer, "")
         self.assertRegex(self.challenge.payload["nonce"], r"\A[0-9a-f]{64}\Z")
+        self.assertEqual((self.challenge.payload["peer"], self.challenge.payload["caps"]), ("alpha", ["mutual-auth/2"]))
         self.assertIs(self.protocol.state, State.AWAITING_HANDSHAKE)
 
     def test_fresh_nonce_per_connection(self):
@@ -129,16 +135,17 @@ class AcceptorTests(SynchronousTestCase):
 
     def test_endless_line(self):
         """
-        A line that never ends is cut off once it passes 1 MiB, and what was
-        buffered is dropped.
+        A line that never ends is cut off once it passes the handshake's
+        limit (8 KiB, over any handshake message); what was buffered is
+        dropped.
         """
-        chunk = b"x" * 65536
-        for _ in range(MAX_LINE_BYTES // len(chunk)):
+        chunk = b"x" * 1024
+        for _ in range(HANDSHAKE_MAX_LINE // len(chunk)):
             self.protocol.dataReceived(chunk)
         self.assertIs(self.protocol.state, State.AWAITING_HANDSHAKE)
         self.protocol.dataReceived(chunk)
         self.assertIs(self.protocol.state, State.CLOSED)
-        self.assertIn("longer than", self.protocol.close_reason)
+        self.assertIn(f"longer than {HANDSHAKE_MAX_LINE} bytes", self.protocol.close_reason)
         self.assertEqual(self.protocol._buffer, b"")
         self.protocol.dataReceived(chunk)
         self.assertEqual(self.protocol._buffer, b"")
@@ -231,17 +238,27 @@ class ConnectedTests(SynchronousTestCase):
 
 class ConnectorTests(SynchronousTestCase):
     """
-    The connecting side, fed bytes as an acceptor would send them.
+    The connecting side, fed bytes as an acceptor would send them, on a
+    transport that can start TLS (it notes the options, writes on in clear).
     """
 
     def setUp(self):
         self.clock = make_clock()
         self.node = Node("beta", self.clock, MemoryKeys({"alpha": KEY}))
+        self.node.keys.metas["alpha"] = {"legacy": True}  # which a relaymesh acceptor ignores
         self.factory = self.node.client("alpha")
-        self.protocol, self.transport = client_protocol(self.factory)
+        self.protocol, self.transport = self.connect()
 
-    def challenge(self, nonce="ab" * 32):
-        return line(RelayMessage("c", "challenge", "", 1, {"nonce": nonce}))
+    def connect(self):
+        protocol, transport = client_protocol(self.factory)
+        transport.tls_started = []
+        transport.startTLS = lambda options, normal=True: transport.tls_started.append(options)
+        alsoProvides(transport, ITLSTransport)
+        return protocol, transport
+
+    def challenge(self, nonce="ab" * 32, peer="alpha"):  # with no peer, claudectl's
+        named = {} if peer is None else {"peer": peer, "caps": ["mutual-auth/2", "starttls/1"]}
+        return line(RelayMessage("c", "challenge", "", 1, {"nonce": nonce, **named}))
 
     def ack(self, status="ok", peer="alpha"):
         return line(RelayMessage("a", "handshake_ack", peer, 1, {"status": status}))
@@ -250,24 +267,41 @@ class ConnectorTests(SynchronousTestCase):
         self.assertEqual(self.transport.value(), b"")
         self.assertIs(self.protocol.state, State.AWAITING_CHALLENGE)
 
-    def test_answers_challenge(self):
+    def test_asks_for_tls(self):
+        """
+        To a relaymesh acceptor it proves nothing in clear: it asks for TLS.
+        """
         self.protocol.dataReceived(self.challenge())
         [handshake] = written(self.transport)
+        self.assertEqual((handshake.from_peer, handshake.payload), ("beta", {"starttls": True, "version": VERSION}))
+        self.assertIs(self.protocol.state, State.AWAITING_ACK)
+        self.protocol.dataReceived(self.ack("starttls"))
+        self.assertEqual(self.transport.tls_started, [self.node.certificate.client_options()])
+        self.assertIs(self.protocol.state, State.AWAITING_CHALLENGE)
+        self.assertTrue(self.protocol.encrypted)
+
+    def test_answers_legacy_challenge(self):
+        self.protocol.dataReceived(self.challenge(peer=None))
+        [handshake] = written(self.transport)
         self.assertEqual(handshake.from_peer, "beta")
-        self.assertEqual(handshake.payload["proof"], compute_proof(KEY, "ab" * 32))
+        self.assertEqual(handshake.payload, {"proof": compute_proof(KEY, "ab" * 32), "version": VERSION})
         self.assertIs(self.protocol.state, State.AWAITING_ACK)
 
     def test_denied(self):
-        self.protocol.dataReceived(self.challenge() + self.ack("denied"))
+        self.protocol.dataReceived(self.challenge(peer=None) + self.ack("denied"))
         self.assertIs(self.protocol.state, State.CLOSED)
         self.assertTrue(self.protocol.proof_rejected)
         [event] = [e for e in self.node.events if e.kind == "denied"]
         self.assertEqual((event.direction, event.peer_id), ("outbound", "alpha"))
 
     def test_wrong_peer_answers(self):
-        self.protocol.dataReceived(self.challenge() + self.ack(peer="mallory"))
-        self.assertIs(self.protocol.state, State.CLOSED)
-        self.assertIn("expected peer alpha", self.protocol.close_reason)
+        self.protocol.dataReceived(self.challenge(peer="mallory"))
+        self.assertEqual(self.transport.value(), b"")
+        self.assertIn("expected peer alpha but mallory answered", self.protocol.close_reason)
+        protocol, transport = self.connect()
+        protocol.dataReceived(self.challenge(peer=None) + self.ack(peer="mallory"))
+        self.assertIs(protocol.state, State.CLOSED)
+        self.assertIn("expected peer alpha but mallory answered", protocol.close_reason)
 
     def test_bad_challenge(self):
         self.protocol.dataReceived(self.challenge(nonce="short"))
@@ -277,14 +311,28 @@ class ConnectorTests(SynchronousTestCase):
 
     def test_message_before_ack(self):
         self.protocol.dataReceived(self.challenge())
+        self.assertIs(self.protocol.state, State.AWAITING_ACK)
         self.protocol.dataReceived(line(RelayMessage("x", "heartbeat", "alpha", 1, {})))
         self.assertIs(self.protocol.state, State.CLOSED)
+        self.assertIn("expected handshake_ack, got heartbeat", self.protocol.close_reason)
 
     def test_handshake_timeout(self):
         self.protocol.dataReceived(self.challenge())
+        self.assertIs(self.protocol.state, State.AWAITING_ACK)
         self.clock.advance(HANDSHAKE_TIMEOUT)
         self.assertIs(self.protocol.state, State.CLOSED)
         self.assertTrue(self.transport.disconnected)
+
+    def test_long_message_with_the_ack(self):
+        """
+        A message over the handshake's line limit in the chunk of the ack
+        (sent as the peer connected) is taken: it is a connected peer's.
+        """
+        self.protocol.dataReceived(self.challenge(peer=None))
+        long = line(RelayMessage("m", "task_status", "alpha", 1, {"pad": "x" * (2 * HANDSHAKE_MAX_LINE)}))
+        self.protocol.dataReceived(self.ack() + long)
+        self.assertIs(self.protocol.state, State.CONNECTED, self.protocol.close_reason)
+        self.assertEqual([m.id for _, m in self.node.received], ["m"])
 
 
 class TwoNodesTests(SynchronousTestCase):
