@@ -1,6 +1,7 @@
 """
-What the benchmark scripts share: messages, keys, the raw handshake, and how
-a worker process reports to C{run.py}.
+What the benchmark scripts share: messages, keys, the raw handshakes (the
+claudectl one in clear, and the relaymesh one upgraded to TLS), the bench's
+certificates, and how a worker process reports to C{run.py}.
 
 A worker prints C{READY {json}} once it can be used (a listener gives its
 port) and C{RESULT {json}} with its measurements; C{run.py} reads both from
@@ -30,6 +31,21 @@ KEY = bytes(range(32))
 #: The peer ids of the benchmark nodes.
 SINK_ID = "bench-sink"
 SOURCE_ID = "bench-source"
+
+#: How the ids of C{raw.py}'s load generators that authenticate as a
+#: claudectl peer does (one-way, in clear) begin: a relaymesh node accepts
+#: that proof only for a key marked legacy, so the bench's relaymesh nodes
+#: treat these peers' keys as legacy ones. (C{raw.py hammer --tls} does
+#: relaymesh's handshake instead, as C{bench-tls-N}.)
+CLAUDECTL_PEER_PREFIXES = ("bench-src-", "bench-fan-", "bench-idle-", "bench-hs-")
+TLS_HAMMER_PREFIX = "bench-tls-"
+
+#: relaymesh's handshake over TLS (docs/protocol.rst): the capability that
+#: offers the in-band upgrade, and the labels of the two proofs.
+CAP_STARTTLS = "starttls/1"
+CAP_MUTUAL_AUTH = "mutual-auth/2"
+CONNECTOR_LABEL = b"relaymesh/2 connector proof"
+ACCEPTOR_LABEL = b"relaymesh/2 acceptor proof"
 
 #: A plausible epoch-millisecond timestamp for pre-encoded messages.
 EPOCH_MS = 1764180000000
@@ -153,6 +169,83 @@ def proof(key: bytes, nonce: str) -> str:
     The relay handshake's proof: hex HMAC-SHA256 of the nonce.
     """
     return hmac.new(key, nonce.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def labelled_proof(key: bytes, label: bytes, *parts: str) -> str:
+    """
+    One of relaymesh's proofs between nodes: hex HMAC-SHA256 of the label
+    and the parts, each after a NUL byte. The parts are the acceptor's and
+    the connector's nonces, the connector's and the acceptor's ids, and the
+    server's and the client's certificate fingerprints.
+    """
+    message = label + b"".join(b"\x00" + part.encode("utf-8") for part in parts)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def fingerprint(der: bytes) -> str:
+    """
+    A certificate's fingerprint as relaymesh writes it: C{sha256:} and the
+    hex SHA-256 of its DER form.
+    """
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def message_line(msg_type: str, peer_id: str, payload: dict) -> bytes:
+    """
+    One handshake message line, newline included.
+    """
+    return b'{"id":"msg_%d_0_bench","msg_type":"%s","from_peer":"%s","timestamp":%d,"payload":%s}\n' % (
+        EPOCH_MS,
+        msg_type.encode(),
+        peer_id.encode(),
+        EPOCH_MS,
+        json.dumps(payload, separators=(",", ":")).encode(),
+    )
+
+
+def self_signed(common_name: str, directory: str) -> tuple[str, str, str]:
+    """
+    A self-signed certificate of the kind a relaymesh node makes (EC P-256,
+    SHA-256, no CA), written as PEM files into C{directory}, for programs
+    that take files (Python's C{ssl}).
+
+    @return: the certificate's path, the key's path and the certificate's
+        L{fingerprint}.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = os.path.join(directory, "cert.pem")
+    key_path = os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_path, key_path, fingerprint(certificate.public_bytes(serialization.Encoding.DER))
 
 
 def handshake_line(peer_id: str, nonce: str, key: bytes = KEY) -> bytes:

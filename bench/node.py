@@ -4,7 +4,9 @@ relaymesh nodes for the benchmarks, one role per process.
 Each node is built from relaymesh's public pieces (L{Mesh},
 L{RelayServerFactory}, L{RelayClientFactory}, or a whole L{RelayService}
 with a L{KeyStore} in a temporary directory) on the real reactor, listening
-on 127.0.0.1. Roles:
+on 127.0.0.1. Like a real node, each process has one TLS certificate (made
+in memory at start, L{NodeCertificate.generate}), so links between bench
+nodes upgrade to TLS in band, relaymesh's default. Roles:
 
   - C{sink}: accept peers, count the C{task_status} messages delivered to a
     subscriber, report the rate once C{--expect} have arrived;
@@ -19,33 +21,68 @@ on 127.0.0.1. Roles:
   - C{middle}: dial a sink, accept a source, and route between them
     (C{--routing} on the sink and the source too: the source then sends to
     the sink, which is not its peer, through the middle).
+
+Keys: every peer has the bench key. The keys of C{raw.py}'s load
+generators, which authenticate as a claudectl peer does (one-way, in
+clear), are treated as legacy keys (as C{relaymesh mark-legacy} would mark
+them), since a relaymesh node accepts that proof for no other key.
+
+C{--plain} (every role): the claudectl-compatible path between relaymesh
+nodes, plain TCP, to measure what TLS costs. An acceptor then answers with
+claudectl's challenge, the nonce alone (see L{claudectl_challenge}: a
+benchmark-only override of how the acceptor builds its challenge's
+payload; a relaymesh node always names itself and offers the upgrade), and
+every key is treated as legacy, so connectors prove their key in
+claudectl's one-way form and the link stays in clear. Such a process has
+no certificate.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import os
 import shutil
 import tempfile
 import time
 
 import benchlib
-from benchlib import DATA_TYPE, KEY, PROBE_TYPE, SINK_ID, SOURCE_ID, Stopwatch, report
+from benchlib import (
+    CLAUDECTL_PEER_PREFIXES,
+    DATA_TYPE,
+    KEY,
+    PROBE_TYPE,
+    SINK_ID,
+    SOURCE_ID,
+    TLS_HAMMER_PREFIX,
+    Stopwatch,
+    report,
+)
 
 from twisted.internet import reactor
 
 from relaymesh.address import PeerAddress
 from relaymesh.acceptor import RelayServerFactory
 from relaymesh.dialer import RelayClientFactory
+from relaymesh.handshake.proofs import LEGACY_FIELD
 from relaymesh.keystore import KeyStore
 from relaymesh.mesh import Mesh
+from relaymesh.tls import NodeCertificate
+
+#: Whether this process's links stay plain TCP, proved in claudectl's
+#: one-way form (C{--plain}).
+PLAIN = False
 
 
 class BenchKeys(KeyStore):
     """
     A key store in a temporary directory that holds the bench key for
     every peer id, without a key file for each (thousands of bench peers).
+
+    What it records about a peer (L{meta}) says the key is legacy for the
+    claudectl-style load generators of C{raw.py}, and with C{--plain} for
+    every peer, unless a handshake recorded otherwise.
     """
 
     def __init__(self, identity: str) -> None:
@@ -55,6 +92,39 @@ class BenchKeys(KeyStore):
     def key(self, peer_id):
         stored = KeyStore.key(self, peer_id)
         return KEY if stored is None else stored
+
+    def meta(self, peer_id):
+        meta = KeyStore.meta(self, peer_id)
+        if LEGACY_FIELD not in meta and (PLAIN or peer_id.startswith(CLAUDECTL_PEER_PREFIXES)):
+            meta[LEGACY_FIELD] = True
+        return meta
+
+
+_certificates: dict[str, NodeCertificate] = {}
+
+
+def node_certificate(identity: str) -> NodeCertificate | None:
+    """
+    This process's certificate, made in memory the first time it is asked
+    for (one per process, as a node has one); L{None} with C{--plain}.
+    """
+    if PLAIN:
+        return None
+    if not _certificates:
+        _certificates[identity] = NodeCertificate.generate(identity)
+    return next(iter(_certificates.values()))
+
+
+def claudectl_challenge(handshake) -> dict:
+    """
+    The payload of claudectl's challenge: the nonce alone.
+
+    Benchmark only (C{--plain}): it replaces the acceptor handshake's own
+    C{challenge_payload}, which names this node and offers the TLS upgrade,
+    so that a relaymesh connector takes the claudectl-compatible one-way
+    path in clear, the path the bench compares TLS with.
+    """
+    return {"nonce": handshake.nonce}
 
 
 def temporary_directory() -> str:
@@ -93,12 +163,17 @@ class Server(RelayServerFactory):
     """
 
     def __init__(self, mesh: Mesh) -> None:
-        RelayServerFactory.__init__(self, mesh, BenchKeys(mesh.identity))
+        RelayServerFactory.__init__(
+            self, mesh, BenchKeys(mesh.identity), certificate=node_certificate(mesh.identity)
+        )
         self.protocols: list = []
 
     def buildProtocol(self, addr):
         protocol = RelayServerFactory.buildProtocol(self, addr)
         if protocol is not None:
+            if PLAIN:
+                handshake = protocol.handshake
+                handshake.challenge_payload = functools.partial(claudectl_challenge, handshake)
             self.protocols.append(protocol)
         return protocol
 
@@ -120,7 +195,12 @@ class Dialer(RelayClientFactory):
 
     def __init__(self, mesh: Mesh, port: int, peer_id: str, connected, lost) -> None:
         RelayClientFactory.__init__(
-            self, mesh, BenchKeys(mesh.identity), PeerAddress(peer_id, "127.0.0.1", port), reactor
+            self,
+            mesh,
+            BenchKeys(mesh.identity),
+            PeerAddress(peer_id, "127.0.0.1", port),
+            reactor,
+            certificate=node_certificate(mesh.identity),
         )
         self._connected = connected
         self._lost = lost
@@ -166,6 +246,11 @@ def deadline(seconds: float) -> None:
 
 
 def sink(options) -> None:
+    """
+    Count what a subscriber is given. With C{--plain} the challenge is
+    claudectl's, the nonce alone (L{claudectl_challenge}), and the source's
+    key is legacy: the link stays in clear.
+    """
     mesh = make_mesh(SINK_ID, options.routing)
     watch = Stopwatch()
     expect = options.expect
@@ -292,6 +377,8 @@ def hold(options) -> None:
         keystore.set_identity(SINK_ID)
         for i in range(options.keys):
             keystore.set_key(f"bench-hs-{i}", KEY)
+            keystore.update_meta(f"bench-hs-{i}", **{LEGACY_FIELD: True})  # claudectl-style
+            keystore.set_key(f"{TLS_HAMMER_PREFIX}{i}", KEY)
         node = RelayService(
             keystore,
             listen="tcp:0:interface=127.0.0.1",
@@ -309,7 +396,9 @@ def hold(options) -> None:
     mesh = make_mesh(SINK_ID)
     factory, port = listen(mesh)
     for i in range(options.keys):
-        factory.keys.set_key(f"bench-hs-{i}", KEY)  # read from its file, as in a real node
+        # read from their files, as in a real node
+        factory.keys.set_key(f"bench-hs-{i}", KEY)
+        factory.keys.set_key(f"{TLS_HAMMER_PREFIX}{i}", KEY)
     report("READY", port=port)
 
 
@@ -348,8 +437,11 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=16)
     parser.add_argument("--service", action="store_true")
     parser.add_argument("--routing", action="store_true")
+    parser.add_argument("--plain", action="store_true", help="links in clear, claudectl's handshake")
     parser.add_argument("--timeout", type=float, default=120.0)
     options = parser.parse_args()
+    global PLAIN
+    PLAIN = options.plain
     benchlib.raise_fd_limit()
     benchlib.quiet_twisted_logs()
     deadline(options.timeout)

@@ -113,6 +113,11 @@ def parse_peer_address(text: str) -> PeerAddress:
             validate_peer_id(peer_id)
         except InvalidPeerId as e:
             raise InvalidAddress(f"{original!r}: {e}") from None
+    elif flags["legacy"]:
+        raise InvalidAddress(
+            f"{original!r}: a legacy (claudectl) peer needs its id, legacy:ID@HOST:PORT "
+            f"(claudectl does not say who it is, and no key is proved to a node that does not)"
+        )
     port = DEFAULT_PORT
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")

@@ -51,7 +51,7 @@ from relaymesh.handshake.proofs import (
     new_nonce,
     same_proof,
 )
-from relaymesh.keystore import KeyStoreError
+from relaymesh.keystore import InviteUsed, KeyStoreError
 from relaymesh.peerid import is_valid_peer_id
 from relaymesh.wire import MessageType, RelayMessage
 
@@ -385,8 +385,20 @@ class AcceptorHandshake:
             raise HandshakeFailed(f"cannot read the armed pairing keys: {e}") from None
         matches = [candidate for candidate in armed if proves(candidate.key)]
         if not matches:
-            raise HandshakeFailed(f"no key for peer {claimed}")
+            raise HandshakeFailed(f"no key for peer {claimed}{self._used_invite()}")
         return matches[0]
+
+    def _used_invite(self) -> str:
+        """
+        Why nothing matched when the last invite was used already: C{": "}
+        and who used it; else nothing.
+        """
+        used_invite = getattr(self._keys, "used_invite", None)
+        try:
+            used = used_invite(self._now()) if used_invite is not None else None
+        except (KeyStoreError, OSError, ValueError):
+            return ""
+        return "" if used is None else f": {used.describe()}"
 
     def _pake_round(self, handshake: _Handshake) -> Verdict:
         """
@@ -400,6 +412,8 @@ class AcceptorHandshake:
             raise HandshakeFailed(f"{claimed} is already paired; forget it before pairing again")
         try:
             code = self._keys.take_strong_code(self._now())
+        except InviteUsed as e:
+            raise HandshakeFailed(f"{claimed} tried strong pairing: {e}") from None
         except (KeyStoreError, OSError) as e:
             raise HandshakeFailed(f"cannot read the strong pairing code: {e}") from None
         if code is None:

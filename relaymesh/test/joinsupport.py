@@ -10,13 +10,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
-from twisted.test import iosim
 
 from relaymesh.codes import Invite
 from relaymesh.events import EventKind
 from relaymesh.invite import InviteForms, arm_invite, make_invite
 from relaymesh.join import join_directly
 from relaymesh.keystore import KeyStore
+from relaymesh.testing import MemoryNetwork
 from relaymesh.test.support import EPOCH, Node
 
 
@@ -85,14 +85,9 @@ class InvitingNode:
         source = IPv4Address("TCP", f"10.0.1.{self._sources}", 40000)
         server = self.node.server.buildProtocol(source)
         client = factory.buildProtocol(IPv4Address("TCP", host, port))
-        pump = iosim.connect(
-            server,
-            iosim.FakeTransport(server, isServer=True, peerAddress=source),
-            client,
-            iosim.FakeTransport(client, isServer=False, peerAddress=IPv4Address("TCP", host, port)),
-            clock=self.reactor,
-        )
-        pump.flush()
+        network = MemoryNetwork()  # the bytes, and the TLS upgrade
+        network.join(server, client, source, IPv4Address("TCP", host, port))
+        network.flush()
         factory.clientConnectionLost(None, Failure(ConnectionDone()))
 
     def denials(self) -> list[str]:

@@ -23,7 +23,7 @@ class ParsePeerAddressTests(SynchronousTestCase):
             self.assertEqual(parse_peer_address(text), expected, text)
 
     def test_round_trip(self):
-        for text in ("h:1", "p@h:1", "p@[::1]:2", "tls:p@h:3", "legacy:h:4"):
+        for text in ("h:1", "p@h:1", "p@[::1]:2", "tls:p@h:3", "legacy:p@h:4"):
             self.assertEqual(str(parse_peer_address(text)), text)
         self.assertEqual(PeerAddress(None, "::1", 5).hostport, "[::1]:5")
 
@@ -46,6 +46,7 @@ class ParsePeerAddressTests(SynchronousTestCase):
             ("a/b:1", "invalid host"),
             ("tls:legacy:p@h", "cannot use TLS"),
             ("tls:tls:h", "given twice"),
+            ("legacy:h:4", "needs its id"),
         ]:
             with self.assertRaises(InvalidAddress) as ctx:
                 parse_peer_address(text)

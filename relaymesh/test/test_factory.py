@@ -1,6 +1,6 @@
 """
 Tests for L{relaymesh.acceptor} and L{relaymesh.dialer}: the acceptor's limits and the connector's
-backoff, key choice and pacing.
+backoff and key choice.
 """
 
 from twisted.internet.address import IPv4Address
@@ -12,6 +12,7 @@ from relaymesh.acceptor import FailureTracker, LOCKOUT_FAILURES, LOCKOUT_WINDOW,
 
 from relaymesh.dialer import RelayClientFactory
 from relaymesh.connection import State
+from relaymesh.handshake.base import PENDING_FORM
 from relaymesh.test.support import (
     authenticate,
     FakeConnector,
@@ -27,6 +28,7 @@ from relaymesh.test.support import (
 from relaymesh.wire import RelayMessage
 
 KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
 REFUSED = Failure(ConnectionRefusedError())
 DONE = Failure(ConnectionDone())
 
@@ -84,6 +86,8 @@ class ServerLimitTests(SynchronousTestCase):
     def setUp(self):
         self.clock = make_clock()
         self.node = Node("alpha", self.clock, MemoryKeys({f"p{i}": KEY for i in range(20)}), max_peers=3)
+        # claudectl peers: authenticate() proves their keys in claudectl's form
+        self.node.keys.metas.update({f"p{i}": {"legacy": True} for i in range(20)})
 
     def build(self, host="10.0.0.2"):
         return self.node.server.buildProtocol(IPv4Address("TCP", host, 40000))
@@ -205,15 +209,26 @@ class BackoffTests(SynchronousTestCase):
     def test_denied_key_is_not_hammered(self):
         """
         A peer that accepts TCP and then denies the key does not reset the
-        backoff.
+        backoff, whether it is a relaymesh peer (inside TLS) or a claudectl
+        peer.
         """
+        alpha = Node("alpha", self.clock, MemoryKeys({"beta": OTHER_KEY}))
         delays = []
-        for _ in range(5):
+        for _ in range(3):
+            server, client, pump = connect(alpha, self.node, self.factory)
+            self.assertEqual((client.state, client.encrypted, client.proof_rejected), (State.CLOSED, True, True))
+            self.factory.clientConnectionLost(self.connector, DONE)
+            [delay] = scheduled_delays(self.clock)
+            delays.append(delay)
+            self.clock.advance(delay)
+        self.node.keys.metas["alpha"] = {"legacy": True}
+        for _ in range(2):
             protocol, transport = client_protocol(self.factory, self.connector)
             protocol.dataReceived(
                 line(RelayMessage("c", "challenge", "", 1, {"nonce": "ab" * 32}))
                 + line(RelayMessage("a", "handshake_ack", "alpha", 1, {"status": "denied"}))
             )
+            self.assertTrue(protocol.proof_rejected)
             self.factory.clientConnectionLost(self.connector, DONE)
             [delay] = scheduled_delays(self.clock)
             delays.append(delay)
@@ -230,8 +245,9 @@ class BackoffTests(SynchronousTestCase):
         alpha = Node("alpha", self.clock, MemoryKeys({"beta": KEY}))
         server, client, pump = connect(alpha, self.node, self.factory)
         self.assertIs(client.state, State.CONNECTED)
-        server.transport.loseConnection()
+        server.close("done")
         pump.flush()
+        self.assertIs(client.state, State.CLOSED)
         self.factory.clientConnectionLost(self.connector, DONE)
         self.assertEqual(scheduled_delays(self.clock), [5])
 
@@ -267,6 +283,13 @@ class KeyChoiceTests(SynchronousTestCase):
     def setUp(self):
         self.clock = make_clock()
 
+    def handshake(self, factory):
+        """
+        The handshake of the factory's next connection.
+        """
+        factory.startedConnecting(FakeConnector())
+        return factory.buildProtocol(FakeConnector().getDestination()).handshake
+
     def test_no_key(self):
         """
         Without a key for the peer, the dial is stopped before TCP connects,
@@ -283,42 +306,47 @@ class KeyChoiceTests(SynchronousTestCase):
         node.keys.keys["alpha"] = KEY
         self.clock.advance(5)
         self.assertEqual(connector.stopped, 1)
-        self.assertEqual(factory._current.key, KEY)
+        self.assertEqual(factory.buildProtocol(connector.getDestination()).handshake.psk, KEY)
 
     def test_named_peer_uses_its_key_then_pending(self):
         node = Node("beta", self.clock, MemoryKeys({"alpha": KEY, "gamma": bytes(32)}, pending=b"p" * 32))
-        factory = node.client("alpha")
-        factory.startedConnecting(FakeConnector())
-        self.assertEqual([c.key for c in factory._candidates], [KEY])
-        factory = node.client("delta")
-        factory.startedConnecting(FakeConnector())
-        self.assertEqual([c.key for c in factory._candidates], [b"p" * 32])
+        handshake = self.handshake(node.client("alpha"))
+        self.assertEqual((handshake.psk, handshake.expected_peer, handshake.paired_via), (KEY, "alpha", None))
+        handshake = self.handshake(node.client("delta"))
+        self.assertEqual((handshake.psk, handshake.expected_peer), (b"p" * 32, "delta"))
+        self.assertEqual(handshake.paired_via, PENDING_FORM)
 
-    def test_bare_address_tries_every_key(self):
+    def test_bare_address_proves_the_named_peers_key(self):
         """
-        Without a peer id, every stored key and then the pending key is tried,
-        one connection each; the working key tells us who answered.
+        Without a peer id, no key is chosen before the acceptor names
+        itself: then its peer's key is proved, in the one connection.
         """
         keys = MemoryKeys({"alpha": b"a" * 32, "gamma": b"g" * 32}, pending=b"p" * 32)
         node = Node("beta", self.clock, keys)
         factory = node.client(None)
-        connector = FakeConnector()
-        connector.factory = factory
-        connector.connect()
-        tried = []
+        self.assertIsNone(self.handshake(factory).psk)
         acceptor = Node("gamma", self.clock, MemoryKeys({"beta": b"g" * 32}))
-        for expected in ("alpha", "gamma"):
-            tried.append(factory._current.peer_id)
-            server, client, pump = connect(acceptor, node, factory)
-            if expected == "alpha":
-                self.assertIs(client.state, State.CLOSED)
-                self.assertTrue(client.proof_rejected)
-                factory.clientConnectionLost(connector, DONE)
-                self.assertEqual(scheduled_delays(self.clock), [0])
-                self.clock.advance(0)
-        self.assertEqual(tried, ["alpha", "gamma"])
+        server, client, pump = connect(acceptor, node, factory)
         self.assertIs(client.state, State.CONNECTED)
+        self.assertEqual((client.outcome.key, client.outcome.paired_via), (b"g" * 32, None))
         self.assertEqual(factory.peer_id, "gamma")
+        self.assertEqual((keys.pending, acceptor.server.failures.count("10.0.0.2")), (b"p" * 32, 0))
+
+    def test_bare_address_without_a_key(self):
+        """
+        When the acceptor names a peer with no key here and there is no
+        pending key, nothing is proved, and no other key is tried: the dial
+        waits for the backoff.
+        """
+        node = Node("beta", self.clock, MemoryKeys({"alpha": b"a" * 32}))
+        factory = node.client(None)
+        acceptor = Node("gamma", self.clock, MemoryKeys({"beta": b"g" * 32}))
+        server, client, pump = connect(acceptor, node, factory)
+        self.assertIs(client.state, State.CLOSED)
+        self.assertIn("no key for gamma", client.close_reason)
+        self.assertFalse(client.proof_rejected)
+        factory.clientConnectionLost(FakeConnector(), DONE)
+        self.assertEqual(scheduled_delays(self.clock), [5])
 
     def test_pending_key_claimed_by_connector(self):
         """
@@ -333,30 +361,49 @@ class KeyChoiceTests(SynchronousTestCase):
         self.assertIs(client.state, State.CONNECTED)
         self.assertEqual(keys.keys, {"alpha": KEY})
         self.assertIsNone(keys.pending)
+        self.assertIs(keys.meta("alpha")["legacy"], False)
 
-    def test_paced_below_lockout(self):
+    def test_rejected_key_not_cycled(self):
         """
-        Trying many keys against one address never puts five rejections
-        within the acceptor's 60 s window.
+        A bare dial whose proof is refused tries no other stored key: it
+        dials again after the backoff with the same key, so the acceptor
+        never locks it out.
         """
         keys = MemoryKeys({f"k{i}": bytes([i]) * 32 for i in range(9)})
+        keys.keys["alpha"] = b"a" * 32
         node = Node("beta", self.clock, keys)
         factory = node.client(None)
         connector = FakeConnector()
         connector.factory = factory
         connector.connect()
         acceptor = Node("alpha", self.clock, MemoryKeys({"beta": b"z" * 32}))
-        rejected_at = []
-        for _ in range(8):
+        delays = []
+        for _ in range(6):
             server, client, pump = connect(acceptor, node, factory)
-            self.assertTrue(client.proof_rejected)
-            rejected_at.append(self.clock.seconds())
+            self.assertEqual((client.proof_rejected, client.handshake.psk), (True, b"a" * 32))
             factory.clientConnectionLost(connector, DONE)
             [delay] = scheduled_delays(self.clock)
+            delays.append(delay)
             self.clock.advance(delay)
-        for i in range(len(rejected_at) - 4):
-            self.assertGreaterEqual(rejected_at[i + 4] - rejected_at[i], LOCKOUT_WINDOW)
+        self.assertEqual(delays, [5, 10, 20, 40, 60, 60])
         self.assertFalse(acceptor.server.failures.refused("10.0.0.2"))
+
+    def test_legacy(self):
+        """
+        A key is proved in claudectl's form to a peer marked legacy, or
+        dialled as C{legacy:} if the key was never used; a key used with a
+        relaymesh peer is not, whatever the address says; a bare dial never.
+        """
+        node = Node("beta", self.clock, MemoryKeys({"alpha": KEY}))
+        for meta, address, legacy in [
+            ({}, False, False),
+            ({}, True, True),
+            ({"legacy": True}, False, True),
+            ({"legacy": False}, True, False),
+        ]:
+            node.keys.metas["alpha"] = meta
+            self.assertIs(self.handshake(node.client("alpha", legacy=address)).legacy, legacy, (meta, address))
+        self.assertIs(self.handshake(node.client(None, legacy=True)).legacy, False)
 
 
 class ParkingTests(SynchronousTestCase):
@@ -382,7 +429,7 @@ class ParkingTests(SynchronousTestCase):
         beta_factory.clientConnectionLost(connector, DONE)
         self.assertTrue(beta_factory.parked)
         self.assertNotIn(5.0, scheduled_delays(clock))
-        b_server.transport.loseConnection()
+        b_server.close("done")
         pump2.flush()
         self.assertFalse(beta.mesh.is_connected("alpha"))
         beta_factory.wake()

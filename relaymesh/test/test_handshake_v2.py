@@ -598,14 +598,12 @@ class UpgradingAcceptorTests(SynchronousTestCase):
 
 
 class UpgradingConnectorTests(SynchronousTestCase):
-    """
-    A connector whose transport can start TLS (unless told it cannot).
-    """
+    """A connector on a transport that can start TLS, where it must not."""
 
     def connect(self, certificate=True):
         node = Node("beta", make_clock(), MemoryKeys({"alpha": KEY}))
         factory = node.client("alpha")
-        factory.certificate = factory.certificate if certificate else None
+        factory.certificate = factory.certificate if certificate else None  # then no upgrade
         protocol, transport = client_protocol(factory)
         transport.startTLS = lambda options, normal=True: self.fail("TLS started")
         alsoProvides(transport, ITLSTransport)
