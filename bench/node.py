@@ -100,7 +100,7 @@ class BenchKeys(KeyStore):
         return meta
 
 
-_certificates: dict[str, NodeCertificate] = {}
+_certificate: list[NodeCertificate] = []
 
 
 def node_certificate(identity: str) -> NodeCertificate | None:
@@ -110,9 +110,9 @@ def node_certificate(identity: str) -> NodeCertificate | None:
     """
     if PLAIN:
         return None
-    if not _certificates:
-        _certificates[identity] = NodeCertificate.generate(identity)
-    return next(iter(_certificates.values()))
+    if not _certificate:
+        _certificate.append(NodeCertificate.generate(identity))
+    return _certificate[0]
 
 
 def claudectl_challenge(handshake) -> dict:

@@ -1,6 +1,7 @@
 """
-C{relaymesh tls-init} and C{tls-unpin}: this node's TLS certificate, and
-the certificates pinned for peers.
+C{relaymesh tls-init}, C{tls-unpin} and C{mark-legacy}: this node's TLS
+certificate, the certificates pinned for peers, and which peers may use
+claudectl's one-way handshake in clear.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from relaymesh.cli.base import PROG, Command, CommandError, Context
-from relaymesh.handshake.proofs import PIN_FIELD
+from relaymesh.handshake.proofs import LEGACY_FIELD, PIN_FIELD
 from relaymesh.peerid import validate_peer_id
 from relaymesh.tls import NodeCertificate, TLSError, create_certificate
 
@@ -46,7 +47,8 @@ def run_tls_init(context: Context, args: argparse.Namespace) -> None:
     context.emit(
         {"certificate": cert_path, "key": key_path, "fingerprint": fingerprint},
         f"Certificate: {cert_path}\nKey: {key_path}\nFingerprint: {fingerprint}\n"
-        f"Start the node with --tls (or listen on tls:PORT) and dial peers as tls:ID@HOST:PORT.\n"
+        f"The node upgrades its links to relaymesh peers to TLS with it; --tls (or tls:PORT "
+        f"and tls:ID@HOST:PORT) runs TLS from the first byte instead.\n"
         f"Peers pin this fingerprint on first contact; compare it out of band if you can "
         f"({PROG} tls-init --json prints it).",
     )
@@ -76,7 +78,40 @@ def run_tls_unpin(context: Context, args: argparse.Namespace) -> None:
     )
 
 
-#: The TLS commands, in the order the help lists them.
+def add_mark_legacy_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{mark-legacy}'s arguments: the peer, and C{--off}.
+    """
+    parser.add_argument("peer_id", metavar="PEER_ID", help="a paired peer that is a claudectl node")
+    parser.add_argument(
+        "--off", action="store_true",
+        help="stop accepting claudectl's one-way handshake for this peer",
+    )
+
+
+def run_mark_legacy(context: Context, args: argparse.Namespace) -> None:
+    """
+    Mark a paired peer's key as a claudectl peer's (or, with C{--off}, as a
+    relaymesh peer's): whether it may be proved in claudectl's one-way
+    handshake, in clear. Applies from the peer's next connection.
+    """
+    peer_id = validate_peer_id(args.peer_id)
+    if context.store.key(peer_id) is None:
+        raise CommandError(f"no key for {peer_id}: pair with it first")
+    legacy = not args.off
+    context.store.update_meta(peer_id, **{LEGACY_FIELD: legacy})
+    if legacy:
+        text = (
+            f"Marked {peer_id} legacy: its key may now be proved in claudectl's one-way handshake, "
+            f"in clear (no encryption, and {peer_id} does not prove the key back). "
+            f"Undo with: {PROG} mark-legacy --off {peer_id}"
+        )
+    else:
+        text = f"{peer_id} must now use relaymesh's handshake, over TLS."
+    context.emit({"peer_id": peer_id, LEGACY_FIELD: legacy}, text)
+
+
+#: The TLS and trust commands, in the order the help lists them.
 COMMANDS = (
     Command("tls-init", "make this node's TLS certificate", add_tls_init_arguments, run_tls_init),
     Command(
@@ -84,5 +119,11 @@ COMMANDS = (
         "forget the TLS certificate pinned for a peer",
         add_tls_unpin_arguments,
         run_tls_unpin,
+    ),
+    Command(
+        "mark-legacy",
+        "let a paired claudectl peer use claudectl's one-way handshake, in clear",
+        add_mark_legacy_arguments,
+        run_mark_legacy,
     ),
 )

@@ -503,6 +503,7 @@ class ParserTests(CommandTestsMixin, SynchronousTestCase):
                 "discover",
                 "tls-init",
                 "tls-unpin",
+                "mark-legacy",
             ],
         )
         self.assertEqual(len(set(names)), len(names))

@@ -1,5 +1,5 @@
 """
-Tests for C{relaymesh tls-init} and C{relaymesh tls-unpin}.
+Tests for C{relaymesh tls-init}, C{tls-unpin} and C{mark-legacy}.
 """
 
 import io
@@ -46,6 +46,34 @@ class TLSCommandTests(SynchronousTestCase):
         self.assertEqual(status, 2)
         self.assertIn("no certificate is pinned for beta", err)
         self.assertEqual(self.run_cli("tls-unpin", "../x")[0], 2)
+
+    def test_mark_legacy(self):
+        """
+        C{mark-legacy} lets a paired peer use claudectl's one-way handshake,
+        and says what that gives up; C{--off} takes it back.
+        """
+        store = KeyStore(self.data_dir)
+        store.set_key("beta", bytes(32))
+        store.update_meta("beta", legacy=False)  # used with relaymesh before
+        status, out, err = self.run_cli("mark-legacy", "beta")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIs(store.meta("beta")["legacy"], True)
+        self.assertIn("in clear", out)
+        status, out, err = self.run_cli("--json", "mark-legacy", "--off", "beta")
+        self.assertEqual((status, json.loads(out)), (0, {"peer_id": "beta", "legacy": False}))
+        self.assertIs(store.meta("beta")["legacy"], False)
+
+    def test_mark_legacy_refusals(self):
+        """
+        A peer without a key, or an invalid id, is refused with one line
+        and nothing is written.
+        """
+        status, out, err = self.run_cli("mark-legacy", "gamma")
+        self.assertEqual(status, 2)
+        self.assertEqual(err.strip(), "relaymesh: error: no key for gamma: pair with it first")
+        self.assertEqual(KeyStore(self.data_dir).meta("gamma"), {})
+        status, out, err = self.run_cli("mark-legacy", "../x")
+        self.assertEqual((status, len(err.splitlines())), (2, 1))
 
 
 class StrongPairCommandTests(SynchronousTestCase):

@@ -136,6 +136,27 @@ def plausible(msg_type, peers, payloads):
 #: Handshakes a connector might send, among random messages.
 handshakes = plausible("handshake", ["beta", "gamma"], handshake_payloads) | random_messages()
 
+#: A relaymesh connector's request for TLS, to start with or not.
+requests = st.lists(plausible("handshake", ["beta", "gamma"], st.just({"starttls": True, "version": "x"})), max_size=1)
+
+#: A challenge (claudectl's, or one naming a relaymesh node and offering
+#: TLS) and an ack, to start with or not.
+hex_nonces = st.binary(min_size=32, max_size=32).map(bytes.hex)
+openings = st.tuples(
+    st.lists(
+        plausible("challenge", [""], st.fixed_dictionaries({"nonce": hex_nonces}))
+        | plausible(
+            "challenge",
+            [""],
+            st.fixed_dictionaries(
+                {"nonce": hex_nonces, "peer": st.sampled_from(["alpha", "mallory"]), "caps": st.just(["starttls/1"])}
+            ),
+        ),
+        max_size=1,
+    ),
+    st.lists(plausible("handshake_ack", ["alpha"], st.fixed_dictionaries({"status": st.sampled_from(["ok", "starttls"])})), max_size=1),
+)
+
 #: Challenges and acks an acceptor might send, among random messages.
 acceptor_messages = st.one_of(
     plausible("challenge", [""], acceptor_payloads),
@@ -248,15 +269,15 @@ class UpgradingAcceptorFuzzTests(SynchronousTestCase):
         return node, protocol, transport
 
     @fuzz
-    @given(st.lists(handshakes, min_size=1, max_size=6), st.booleans())
-    def test_random_handshakes(self, messages, one_chunk):
+    @given(requests, st.lists(handshakes, min_size=1, max_size=6), st.booleans())
+    def test_random_handshakes(self, request, messages, one_chunk):
         """
         Nothing raises, nobody is authenticated, the armed keys stay armed,
         and TLS starts only on a first line that asks for it, alone in its
         chunk.
         """
         node, protocol, transport = self.fresh()
-        sent = encodable(messages)
+        sent = encodable(request + messages)
         if one_chunk:
             protocol.dataReceived(b"".join(data for _, data in sent))
         else:
@@ -307,10 +328,10 @@ class ConnectorFuzzTests(SynchronousTestCase):
         return answers
 
     @fuzz
-    @given(st.lists(acceptor_messages, min_size=1, max_size=6), st.booleans())
-    def test_random_acceptor(self, messages, legacy):
+    @given(openings, st.lists(acceptor_messages, min_size=1, max_size=5), st.booleans())
+    def test_random_acceptor(self, opening, messages, legacy):
         node, protocol, transport = self.fresh(legacy)
-        sent = encodable(messages)
+        sent = encodable(opening[0] + opening[1] + messages)
         for _, data in sent:
             protocol.dataReceived(data)
         answers = self.assertProvedOnlyWhereItMay([m for m, _ in sent], transport, legacy)
