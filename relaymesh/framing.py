@@ -79,6 +79,7 @@ class LineFramer(LineOnlyReceiver):
                 if stopped():
                     self.stoppedBefore(data[end + 1 :])
                     return
+                limit = self.MAX_LENGTH  # a line may change it (a handshake's end)
                 start = end + 1
                 end = data.find(b"\n", start)
             find = data.find
@@ -90,6 +91,7 @@ class LineFramer(LineOnlyReceiver):
                 if stopped():
                     self.stoppedBefore(data[end + 1 :])
                     return
+                limit = self.MAX_LENGTH
                 start = end + 1
                 end = find(b"\n", start)
             if start < len(data):
