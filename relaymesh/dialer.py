@@ -64,6 +64,7 @@ class RelayClientFactory(ReconnectingClientFactory):
         M{[1 - j, 1 + j]} and kept within 5..60 s; 0 (the default) for none.
     @ivar parked: Whether the factory waits for the peer's other connection
         to end.
+    @ivar current: The protocol of the latest connection it made, if any.
     """
 
     log = Logger()
@@ -96,6 +97,7 @@ class RelayClientFactory(ReconnectingClientFactory):
         self.jitter_fraction = jitter
         self._rng = rng
         self.parked = False
+        self.current: RelayProtocol | None = None
         self._key: bytes | None = None
         self._paired_via: str | None = None
 
@@ -149,6 +151,7 @@ class RelayClientFactory(ReconnectingClientFactory):
             self.certificate,
         )
         protocol.factory = self
+        self.current = protocol
         return protocol
 
     def _is_legacy(self, peer_id: str | None) -> bool:

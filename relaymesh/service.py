@@ -86,6 +86,11 @@ class OutboundPeer(Service):
     def stopService(self) -> None:
         Service.stopService(self)
         self.factory.stopTrying()
+        current = self.factory.current
+        if current is not None and current.state is not State.CLOSED:
+            # A connection still in its handshake: over TLS, the transport
+            # would wait for the protocol to stop producing before closing.
+            current.close("stopped dialling")
         if self.connector is not None:
             self.connector.disconnect()
             self.connector = None

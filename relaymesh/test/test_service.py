@@ -532,3 +532,58 @@ class GracefulStopTests(SynchronousTestCase):
         self.assertEqual(aborted, [True])
         self.successResultOf(d)
         self.assertFalse(self.service.mesh.is_connected("beta"))
+
+
+class StopDiallingTests(SynchronousTestCase):
+    """
+    Removing a peer whose connection is still in its handshake closes that
+    connection at once, TLS upgrade or not.
+    """
+
+    def test_remove_peer_mid_handshake(self):
+        from twisted.internet.protocol import Factory, Protocol
+
+        from relaymesh.connection import State
+        from relaymesh.testing import MemoryNetwork, memory_node
+        from relaymesh.tls import NodeCertificate
+
+        network = MemoryNetwork()
+        alice = memory_node(network, "alice")
+        alice.keystore.set_key("bob", os.urandom(32))
+        alice.startService()
+        self.addCleanup(alice.stopService)
+        lost = []
+
+        class Stalling(Protocol):
+            """
+            Names itself as bob, upgrades to TLS, then never challenges.
+            """
+
+            def connectionMade(self):
+                self.transport.write(
+                    b'{"id":"c","msg_type":"challenge","from_peer":"","timestamp":1,'
+                    b'"payload":{"nonce":"' + b"ab" * 32 + b'","peer":"bob","caps":["starttls/1"]}}\n'
+                )
+
+            def dataReceived(self, data):
+                if b"starttls" in data:
+                    self.transport.write(
+                        b'{"id":"a","msg_type":"handshake_ack","from_peer":"bob","timestamp":1,'
+                        b'"payload":{"status":"starttls"}}\n'
+                    )
+                    self.transport.startTLS(NodeCertificate.generate("bob").server_options())
+
+            def connectionLost(self, reason=None):
+                lost.append(reason)
+
+        port = network.listenTCP(0, Factory.forProtocol(Stalling)).port
+        outbound = alice.add_peer(f"bob@127.0.0.1:{port}")
+        network.flush()
+        protocol = outbound.factory.current
+        self.assertTrue(protocol.encrypted)
+        self.assertEqual(protocol.state, State.AWAITING_CHALLENGE)
+        alice.remove_peer("bob")
+        network.flush()
+        self.assertEqual(len(lost), 1)
+        self.assertEqual(protocol.state, State.CLOSED)
+        self.assertEqual(protocol.close_reason, "stopped dialling")
