@@ -16,27 +16,58 @@ the role says so. Roles mirror C{node.py}:
     keys in memory, then nothing;
   - C{middle}: dial a sink, accept a source, decode each line from the
     source and write it to the sink.
+
+C{--tls} (C{sink}, C{source}, C{hmac}, C{middle}): the TLS baseline. Each side starts
+TLS on its TCP connection as it connects (Twisted's C{startTLS}, as
+relaymesh does in band) with a certificate of the kind a relaymesh node
+has and the same TLS settings (L{relaymesh.tls.NodeCertificate}, used to
+make the certificate and its context only). Twisted's TLS layer makes
+every C{write} a TLS record, where its TCP transport joins what is written
+before sending it; so the TLS C{source} writes what one batch builds in one
+C{write} (at most 64 KiB, as relaymesh does), and not each message on its
+own, and the TLS C{middle} writes on what one read brings in one write.
+The TLS C{hmac} acceptor speaks relaymesh's handshake over TLS: it
+names itself and offers the upgrade, upgrades, and checks the labelled
+proof bound to both certificates (docs/protocol.rst).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import os
 import time
 
 import benchlib
-from benchlib import DATA_TYPE, EPOCH_MS, KEY, PROBE_TYPE, Stopwatch, report
+from benchlib import (
+    ACCEPTOR_LABEL,
+    CAP_MUTUAL_AUTH,
+    CAP_STARTTLS,
+    CONNECTOR_LABEL,
+    DATA_TYPE,
+    EPOCH_MS,
+    KEY,
+    PROBE_TYPE,
+    Stopwatch,
+    report,
+)
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
 CODEC_NAME = None
 loads = dumps = None
+
+#: This process's certificate with C{--tls} (a L{relaymesh.tls.NodeCertificate}).
+CERTIFICATE = None
+
+#: Bytes a TLS source joins into one write at most.
+TLS_WRITE_BYTES = 65536
 
 
 class Lines(LineOnlyReceiver):
@@ -85,6 +116,22 @@ class Writer(Lines):
         self.factory.lost(self)
 
 
+@implementer(IHandshakeListener)
+class TLSWriter(Writer):
+    """
+    A L{Writer} that starts TLS as it connects and is ready once the TLS
+    handshake is done.
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.startTLS(CERTIFICATE.client_options())
+        self.transport.registerProducer(self, True)
+        self.waiters = []
+
+    def handshakeCompleted(self) -> None:
+        self.factory.connected(self)
+
+
 def message(i: int, msg_type: str, payload, peer_id: str, tag: str) -> bytes:
     """
     One message, built and encoded the plain way.
@@ -118,6 +165,10 @@ def sink(options) -> None:
     seen = [0]
 
     class Sink(Lines):
+        def connectionMade(self) -> None:
+            if CERTIFICATE is not None:
+                self.transport.startTLS(CERTIFICATE.server_options())
+
         def lineReceived(self, line: bytes) -> None:
             loads(line)
             seen[0] += 1
@@ -137,12 +188,44 @@ class _Client(ClientFactory):
     def __init__(self, connected, lost) -> None:
         self.connected = connected
         self._lost = lost
+        if CERTIFICATE is not None:
+            self.protocol = TLSWriter
 
     def lost(self, protocol) -> None:
         self._lost()
 
     def clientConnectionFailed(self, connector, reason) -> None:
         self._lost()
+
+
+def coalesced(write, build):
+    """
+    A C{send} that collects the lines C{build} makes, and a C{batched}
+    context that writes them in one C{write} when it ends (or once
+    L{TLS_WRITE_BYTES} wait).
+    """
+    pending: list[bytes] = []
+    size = [0]
+
+    def flush() -> None:
+        write(b"".join(pending))
+        pending.clear()
+        size[0] = 0
+
+    def send() -> None:
+        line = build()
+        pending.append(line)
+        size[0] += len(line)
+        if size[0] >= TLS_WRITE_BYTES:
+            flush()
+
+    @contextlib.contextmanager
+    def batched():
+        yield
+        if pending:
+            flush()
+
+    return send, batched
 
 
 def source(options) -> None:
@@ -154,11 +237,20 @@ def source(options) -> None:
     def connected(protocol) -> None:
         write = protocol.transport.write
 
-        def send() -> None:
-            write(message(next(counter), DATA_TYPE, payload, benchlib.SOURCE_ID, tag) + b"\n")
+        def build() -> bytes:
+            return message(next(counter), DATA_TYPE, payload, benchlib.SOURCE_ID, tag) + b"\n"
+
+        if CERTIFICATE is None:
+
+            def send() -> None:  # each message written on its own, as before
+                write(message(next(counter), DATA_TYPE, payload, benchlib.SOURCE_ID, tag) + b"\n")
+
+            batched = contextlib.nullcontext
+        else:
+            send, batched = coalesced(write, build)
 
         watch.start()
-        benchlib.pump([protocol], send, options.count, options.batch, lambda: None)
+        benchlib.pump([protocol], send, options.count, options.batch, lambda: None, batched=batched)
 
     def lost() -> None:
         watch.stop()
@@ -247,22 +339,64 @@ def hold(options) -> None:
 
 
 def hmac_acceptor(options) -> None:
+    if CERTIFICATE is not None:
+        from OpenSSL import crypto
+
     class Acceptor(Lines):
         def connectionMade(self) -> None:
             self.nonce = os.urandom(32).hex()
-            self.transport.write(message(0, "challenge", {"nonce": self.nonce}, "", "hs") + b"\n")
+            self.upgraded = False
+            payload = {"nonce": self.nonce}
+            if CERTIFICATE is not None:
+                payload.update(peer=benchlib.SINK_ID, caps=[CAP_MUTUAL_AUTH, CAP_STARTTLS])
+            self.transport.write(message(0, "challenge", payload, "", "hs") + b"\n")
 
         def lineReceived(self, line: bytes) -> None:
             if self.nonce is None:
                 return
             obj = loads(line)
-            expected = benchlib.proof(KEY, self.nonce)
+            if CERTIFICATE is None:
+                expected = benchlib.proof(KEY, self.nonce)
+                ok = hmac.compare_digest(expected, obj["payload"]["proof"])
+                self.nonce = None
+                self.ack({"status": "ok" if ok else "denied"})
+            elif not self.upgraded:
+                self.upgrade(obj["payload"])
+            else:
+                self.verify(obj)
+
+        def ack(self, payload: dict) -> None:
+            self.transport.write(message(1, "handshake_ack", payload, benchlib.SINK_ID, "hs") + b"\n")
+
+        def upgrade(self, payload: dict) -> None:
+            if payload.get("starttls") is not True:
+                self.nonce = None
+                self.ack({"status": "denied"})
+                return
+            self.ack({"status": "starttls"})
+            self.transport.startTLS(CERTIFICATE.server_options())
+            self.upgraded = True
+            self.nonce = os.urandom(32).hex()
+            challenge = {"nonce": self.nonce, "peer": benchlib.SINK_ID, "caps": [CAP_MUTUAL_AUTH]}
+            self.transport.write(message(0, "challenge", challenge, "", "hs") + b"\n")
+
+        def verify(self, obj: dict) -> None:
+            peer = crypto.dump_certificate(crypto.FILETYPE_ASN1, self.transport.getPeerCertificate())
+            parts = (
+                self.nonce,
+                obj["payload"]["nonce"],
+                obj["from_peer"],
+                benchlib.SINK_ID,
+                CERTIFICATE.fingerprint,
+                benchlib.fingerprint(peer),
+            )
+            expected = benchlib.labelled_proof(KEY, CONNECTOR_LABEL, *parts)
             ok = hmac.compare_digest(expected, obj["payload"]["proof"])
             self.nonce = None
-            status = "ok" if ok else "denied"
-            self.transport.write(
-                message(1, "handshake_ack", {"status": status}, benchlib.SINK_ID, "hs") + b"\n"
-            )
+            answer = {"status": "ok" if ok else "denied"}
+            if ok:
+                answer.update(proof=benchlib.labelled_proof(KEY, ACCEPTOR_LABEL, *parts), caps=[CAP_MUTUAL_AUTH])
+            self.ack(answer)
 
     report("READY", port=listen(Factory.forProtocol(Acceptor)))
 
@@ -273,8 +407,27 @@ def middle(options) -> None:
             loads(line)
             self.factory.sink.transport.write(line + b"\n")
 
+    class TLSForward(Lines):
+        """
+        Over TLS: what one read brings is written on in one write.
+        """
+
+        def connectionMade(self) -> None:
+            self.transport.startTLS(CERTIFICATE.server_options())
+            self.out: list[bytes] = []
+
+        def dataReceived(self, data: bytes) -> None:
+            Lines.dataReceived(self, data)
+            if self.out:
+                self.factory.sink.transport.write(b"".join(self.out))
+                self.out.clear()
+
+        def lineReceived(self, line: bytes) -> None:
+            loads(line)
+            self.out.append(line + b"\n")
+
     def connected(protocol) -> None:
-        factory = Factory.forProtocol(Forward)
+        factory = Factory.forProtocol(Forward if CERTIFICATE is None else TLSForward)
         factory.sink = protocol
         report("READY", port=listen(factory))
 
@@ -294,10 +447,11 @@ ROLES = {
 
 
 def main() -> None:
-    global CODEC_NAME, loads, dumps
+    global CODEC_NAME, loads, dumps, CERTIFICATE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("role", choices=sorted(ROLES))
     parser.add_argument("--codec", choices=("orjson", "json"))
+    parser.add_argument("--tls", action="store_true", help="TLS on every connection (sink, source, hmac)")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--expect", type=int, default=0)
     parser.add_argument("--count", type=int, default=0)
@@ -309,6 +463,10 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0)
     options = parser.parse_args()
     CODEC_NAME, loads, dumps = benchlib.codec(options.codec)
+    if options.tls:
+        from relaymesh.tls import NodeCertificate
+
+        CERTIFICATE = NodeCertificate.generate(f"bench-minimal-{options.role}")
     benchlib.raise_fd_limit()
     benchlib.quiet_twisted_logs()
 

@@ -19,7 +19,9 @@ C{--handshake} each connection first authenticates as claudectl would):
   - C{prober}: time C{--count} round trips of a probe and its answer;
   - C{fanout-recv}: C{--peers} connections, each counting C{--expect} lines;
   - C{hammer}: C{--conns} concurrent connectors doing handshakes in a loop
-    for C{--duration} seconds;
+    for C{--duration} seconds: claudectl's, or with C{--tls} relaymesh's
+    (the in-band upgrade to TLS, then the proof bound to both
+    certificates; Python's C{ssl}, a certificate per process);
   - C{idle}: connect idle peers in steps (C{--steps 1,10,100,1000}), each
     sending C{--heartbeats} heartbeats, pausing after each step.
 """
@@ -27,11 +29,15 @@ C{--handshake} each connection first authenticates as claudectl would):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import selectors
+import shutil
 import socket
+import ssl
 import struct
 import sys
+import tempfile
 import time
 
 import benchlib
@@ -335,6 +341,9 @@ def fanout_recv(options) -> None:
 
 
 def hammer(options) -> None:
+    if options.tls:
+        tls_hammer(options)
+        return
     address = ("127.0.0.1", options.port)
     sel = selectors.DefaultSelector()
     done = failed = 0
@@ -400,6 +409,150 @@ def hammer(options) -> None:
     )
 
 
+class TLSConnector:
+    """
+    One connector doing relaymesh's handshake over TLS, as a relaymesh node
+    dialling another does it (docs/protocol.rst), step by step on a
+    non-blocking socket: the challenge in clear, the request to upgrade and
+    its ack, the TLS handshake (client certificate included), the challenge
+    inside TLS, the labelled proof bound to both certificates, the ack. The
+    acceptor's proof in the ack is not checked (neither is anything in the
+    claudectl hammer): the acceptor's side is what is measured.
+    """
+
+    def __init__(self, sel, context: ssl.SSLContext, client_fp: str, i: int, address) -> None:
+        self.sel = sel
+        self.context = context
+        self.client_fp = client_fp
+        self.peer_id = f"{benchlib.TLS_HAMMER_PREFIX}{i}"
+        self.i = i
+        self.step = "challenge"
+        self.buffer = b""
+        self.tls: ssl.SSLSocket | None = None
+        self.sock = socket.socket()
+        self.sock.bind((f"127.1.0.{i + 1}", 0))
+        self.sock.setblocking(False)
+        self.sock.connect_ex(address)
+        sel.register(self.sock, selectors.EVENT_READ, self)
+
+    def close(self) -> None:
+        sock = self.tls or self.sock
+        self.sel.unregister(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        sock.close()
+
+    def ready(self) -> str | None:
+        """
+        The socket is ready: go as far as possible. C{"ok"} or C{"failed"}
+        when the handshake is over, else L{None}.
+        """
+        try:
+            if self.step == "tls":
+                self.tls.do_handshake()
+                self.step = "tls-challenge"
+                self.sel.modify(self.tls, selectors.EVENT_READ, self)
+            sock = self.tls or self.sock
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return "failed"
+                self.buffer += data
+                if self.tls is None or not self.tls.pending():
+                    break
+        except ssl.SSLWantReadError:
+            self.sel.modify(self.tls, selectors.EVENT_READ, self)
+            if self.step == "tls":
+                return None
+        except ssl.SSLWantWriteError:
+            self.sel.modify(self.tls, selectors.EVENT_WRITE, self)
+            return None
+        except BlockingIOError:
+            return None
+        except (ConnectionError, ssl.SSLError):
+            return "failed"
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            outcome = self.line(json.loads(line))
+            if outcome is not None:
+                return outcome
+        return None
+
+    def line(self, message: dict) -> str | None:
+        payload = message["payload"]
+        if self.step == "challenge":
+            if benchlib.CAP_STARTTLS not in payload.get("caps", ()):
+                return "failed"
+            self.sock.send(benchlib.message_line("handshake", self.peer_id, {"starttls": True, "version": "bench"}))
+            self.step = "starttls"
+        elif self.step == "starttls":
+            if payload.get("status") != "starttls":
+                return "failed"
+            self.sel.unregister(self.sock)
+            self.tls = self.context.wrap_socket(self.sock, do_handshake_on_connect=False)
+            self.sel.register(self.tls, selectors.EVENT_WRITE, self)
+            self.step = "tls"
+        elif self.step == "tls-challenge":
+            nonce = os.urandom(32).hex()
+            server_fp = benchlib.fingerprint(self.tls.getpeercert(binary_form=True))
+            proof = benchlib.labelled_proof(
+                benchlib.KEY,
+                benchlib.CONNECTOR_LABEL,
+                payload["nonce"],
+                nonce,
+                self.peer_id,
+                payload["peer"],
+                server_fp,
+                self.client_fp,
+            )
+            answer = {"proof": proof, "version": "bench", "nonce": nonce, "caps": [benchlib.CAP_MUTUAL_AUTH]}
+            self.tls.send(benchlib.message_line("handshake", self.peer_id, answer))
+            self.step = "ack"
+        else:
+            return "ok" if payload.get("status") == "ok" else "failed"
+        return None
+
+
+def tls_hammer(options) -> None:
+    directory = tempfile.mkdtemp(prefix="relaymesh-bench-")
+    try:
+        cert, key, client_fp = benchlib.self_signed("bench-hammer", directory)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.load_cert_chain(cert, key)
+    finally:
+        shutil.rmtree(directory, True)
+    address = ("127.0.0.1", options.port)
+    sel = selectors.DefaultSelector()
+    done = failed = 0
+    report("READY")
+    for i in range(options.conns):
+        TLSConnector(sel, context, client_fp, i, address)
+    began = time.perf_counter()
+    cpu0 = benchlib.cpu_seconds()
+    while time.perf_counter() - began < options.duration:
+        for key, _ in sel.select(timeout=0.5):
+            connector = key.data
+            outcome = connector.ready()
+            if outcome is None:
+                continue
+            if outcome == "ok":
+                done += 1
+            else:
+                failed += 1
+            connector.close()
+            TLSConnector(sel, context, client_fp, connector.i, address)
+    elapsed = time.perf_counter() - began
+    report(
+        "RESULT",
+        count=done,
+        failed=failed,
+        seconds=elapsed,
+        rate=done / elapsed,
+        cpu=benchlib.cpu_seconds() - cpu0,
+    )
+
+
 def idle(options) -> None:
     steps = [int(s) for s in options.steps.split(",")]
     peers: list[socket.socket] = []
@@ -443,6 +596,7 @@ def main() -> None:
     parser.add_argument("role", choices=sorted(ROLES))
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--handshake", action="store_true")
+    parser.add_argument("--tls", action="store_true", help="hammer: relaymesh's handshake over TLS")
     parser.add_argument("--expect", type=int, default=0)
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--size", type=int, default=200)
