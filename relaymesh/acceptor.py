@@ -132,16 +132,6 @@ class FailureTracker:
         times = self._recent(host, self._clock.seconds())
         return 0 if times is None else len(times)
 
-    def wait(self, host: str, below: int) -> float:
-        """
-        Seconds until fewer than C{below} recent failures from C{host} count.
-        """
-        now = self._clock.seconds()
-        times = self._recent(host, now)
-        if times is None or len(times) < below:
-            return 0.0
-        return times[len(times) - below] + self._window - now
-
     def record(self, host: str) -> None:
         """
         Count one failed handshake from C{host}.

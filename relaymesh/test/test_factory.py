@@ -58,16 +58,6 @@ class FailureTrackerTests(SynchronousTestCase):
         self.assertFalse(tracker.refused("10.0.0.9"))
         self.assertEqual(tracker.count("10.0.0.9"), 4)
 
-    def test_wait(self):
-        clock = make_clock()
-        tracker = FailureTracker(clock)
-        self.assertEqual(tracker.wait("h", 4), 0.0)
-        for _ in range(4):
-            tracker.record("h")
-            clock.advance(10)
-        # failures at 0, 10, 20, 30; now 40: fewer than 4 once the first is 60 s old
-        self.assertEqual(tracker.wait("h", 4), 20.0)
-
     def test_memory_bounded(self):
         """
         Stale addresses are swept, so a scan from many addresses does not
