@@ -430,6 +430,9 @@ class TLSConnector:
         self.buffer = b""
         self.tls: ssl.SSLSocket | None = None
         self.sock = socket.socket()
+        # TLS sends its handshake in several small writes: Nagle's algorithm
+        # would hold them back for the peer's delayed acks
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.bind((f"127.1.0.{i + 1}", 0))
         self.sock.setblocking(False)
         self.sock.connect_ex(address)
