@@ -1,5 +1,5 @@
 """
-The API's L{twisted.web} resources, and the site that serves them.
+The API's L{twisted.web} resources (L{relaymesh.control.site} serves them).
 
 Every C{/api} resource checks the token and answers JSON (see
 L{relaymesh.control.api} for the endpoints); C{/} is the dashboard page and
@@ -15,12 +15,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from relaymesh.control.plane import ControlPlane
 from relaymesh.control.requests import (
     ApiError,
-    ApiRequest,
     Field,
     as_api_error,
     read_body,
@@ -362,24 +361,3 @@ class _Directory(Resource):
 
     def render(self, request: Request) -> bytes:
         return NotFound(self.control).render(request)
-
-
-class ApiSite(Site):
-    """
-    The API's site: L{ApiRequest}s, no tracebacks shown, and no access log
-    lines in the node's log.
-    """
-
-    requestFactory = ApiRequest
-    displayTracebacks = False
-    noisy = False
-
-    def log(self, request: Request) -> None:
-        pass
-
-
-def make_site(control: ControlPlane) -> ApiSite:
-    """
-    The site serving the control plane.
-    """
-    return ApiSite(Root(control))
