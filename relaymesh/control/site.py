@@ -1,6 +1,7 @@
 """
 The API's site: the resources of L{relaymesh.control.resources} behind an
-HTTP channel with limits, and a cap on connections.
+HTTP channel with limits, a cap on connections and a check of the C{Host}
+header.
 
   - At most L{ControlPlane.max_connections} connections are open at once; a
     connection over the cap is closed as soon as it is accepted, so a flood
@@ -12,6 +13,8 @@ HTTP channel with limits, and a cap on connections.
     the connection closed.
   - A body announced (or sent) larger than L{MAX_BODY} is answered 413
     before it is read.
+  - A request whose C{Host} is not the API's (L{relaymesh.control.hosts})
+    is answered 421.
 """
 
 from __future__ import annotations
@@ -25,16 +28,17 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from relaymesh.control.hosts import HostPolicy
 from relaymesh.control.plane import ControlPlane
-from relaymesh.control.requests import MAX_BODY, ApiRequest, dumps
+from relaymesh.control.requests import MAX_BODY, ApiError, ApiRequest, dumps, write_error
 from relaymesh.control.resources import Root
 
 #: Seconds a refused connection has to read its answer and close before it
 #: is cut.
 CLOSE_GRACE = 2.0
 
-#: Reason phrases where Twisted has an old one.
-_REASONS = {408: b"Request Timeout"}
+#: Reason phrases where Twisted has none (421) or an old one (408).
+_REASONS = {408: b"Request Timeout", 421: b"Misdirected Request"}
 
 _log = Logger()
 
@@ -136,13 +140,33 @@ class ApiChannel(http.HTTPChannel):
         self._timer = None
 
 
+class Refusal(Resource):
+    """
+    Answers every request with one error.
+
+    @ivar error: The error.
+    """
+
+    isLeaf = True
+
+    def __init__(self, error: ApiError) -> None:
+        Resource.__init__(self)
+        self.error = error
+
+    def render(self, request: Request) -> bytes:
+        body = write_error(request, self.error)
+        request.setResponseCode(self.error.status, _REASONS.get(self.error.status))
+        return body
+
+
 class ApiSite(Site):
     """
     The API's site: L{ApiChannel}s, at most C{max_connections} of them at
-    once, L{ApiRequest}s, no tracebacks shown, and no access log lines in
-    the node's log.
+    once, L{ApiRequest}s, the C{Host} check, no tracebacks shown, and no
+    access log lines in the node's log.
 
     @ivar clock: Times the deadlines.
+    @ivar hosts: The C{Host} headers answered.
     @ivar max_connections: Connections open at once at most.
     @ivar request_deadline: Seconds to send a whole request.
     @ivar channels: The open channels.
@@ -158,11 +182,13 @@ class ApiSite(Site):
         self,
         resource: Resource,
         clock: IReactorTime,
+        hosts: HostPolicy,
         max_connections: int,
         request_deadline: float,
     ) -> None:
         Site.__init__(self, resource, reactor=clock, timeout=None)
         self.clock = clock
+        self.hosts = hosts
         self.max_connections = max_connections
         self.request_deadline = request_deadline
         self.channels: set[ApiChannel] = set()
@@ -200,6 +226,23 @@ class ApiSite(Site):
                 count=self.refused_connections,
             )
 
+    def getResourceFor(self, request: Request) -> Resource:
+        """
+        The resource for a request, or a L{Refusal} (421) if its C{Host} is
+        not the API's.
+        """
+        local = request.getHost()
+        problem = self.hosts.refusal(
+            request.getHeader(b"host"),
+            getattr(local, "host", None),
+            getattr(local, "port", None),
+            request.isSecure(),
+        )
+        if problem is not None:
+            request.site = self
+            return Refusal(ApiError(421, problem))
+        return Site.getResourceFor(self, request)
+
     def log(self, request: Request) -> None:
         pass
 
@@ -211,6 +254,7 @@ def make_site(control: ControlPlane) -> ApiSite:
     return ApiSite(
         Root(control),
         control.clock,
+        control.hosts,
         control.max_connections,
         control.request_deadline,
     )
