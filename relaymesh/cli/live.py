@@ -13,7 +13,9 @@ control API (L{relaymesh.control.api}), with the token from its token file.
 C{--api URL} chooses the node (see L{relaymesh.control.client.resolve_url}). When
 no node answers, a command prints one line saying so and how to start one,
 and exits with status 1; a request the node refuses is a user error (status
-2) like the offline commands' errors.
+2) like the offline commands' errors. The token is sent only to a node that
+first proves it holds it (L{relaymesh.control.proof}); when what answers
+cannot, that is a user error too, and the token was not sent.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from relaymesh.control.client import (
     TOKEN_FILE,
     ApiRequestError,
     NodeClient,
+    NodeNotProven,
     NodeNotRunning,
     TokenMissing,
     read_token,
@@ -103,6 +106,17 @@ def not_running(context: Context, args: argparse.Namespace, error: Exception) ->
     return EXIT_NOT_RUNNING
 
 
+def not_proven(context: Context, args: argparse.Namespace, error: NodeNotProven) -> CommandError:
+    """
+    The user error for a URL where what answers did not prove it holds the
+    token (so the token was not sent).
+    """
+    return CommandError(
+        f"{error.url} did not prove that it holds the API token in {_token_file(context, args)} "
+        f"({error.reason}); the token was not sent. Is the node of {context.data_dir} running there?"
+    )
+
+
 def refused(error: ApiRequestError, context: Context, args: argparse.Namespace) -> CommandError:
     """
     The user error a refused request stands for.
@@ -125,6 +139,8 @@ def live(run: Callable[[Context, argparse.Namespace, NodeClient], int | None]) -
     def command(context: Context, args: argparse.Namespace) -> int | None:
         try:
             return run(context, args, client(context, args))
+        except NodeNotProven as e:
+            raise not_proven(context, args, e) from None
         except (NodeNotRunning, TokenMissing) as e:
             return not_running(context, args, e)
         except ApiRequestError as e:
@@ -260,6 +276,9 @@ def live_peers(context: Context, args: argparse.Namespace) -> bool:
         return False
     try:
         peers = client(context, args).call("GET", "/api/peers")["peers"]
+    except NodeNotProven as e:
+        context.stderr.write(f"{PROG}: {not_proven(context, args, e)} Showing the stored peers.\n")
+        return False
     except (NodeNotRunning, TokenMissing):
         return False
     except ApiRequestError as e:

@@ -1,9 +1,10 @@
 """
 The API's L{twisted.web} resources (L{relaymesh.control.site} serves them).
 
-Every C{/api} resource checks the token and answers JSON (see
-L{relaymesh.control.api} for the endpoints); C{/} is the dashboard page and
-C{/metrics} the Prometheus exposition.
+Every C{/api} resource but C{/api/proof} checks the token, and every one
+answers JSON (see L{relaymesh.control.api} for the
+endpoints); C{/} is the dashboard page and C{/metrics} the Prometheus
+exposition.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from relaymesh.control.plane import ControlPlane
+from relaymesh.control.proof import NONCE_BYTES, canonical_address, make_proof, parse_nonce
 from relaymesh.control.requests import (
     ApiError,
     Field,
@@ -243,6 +245,29 @@ class Events(ApiResource):
         return NOT_DONE_YET
 
 
+class Proof(ApiResource):
+    """
+    C{/api/proof?nonce=HEX}: the node's proof that it holds the token, for
+    the address the request came in at (L{relaymesh.control.proof}). It
+    needs no token: the command line asks for it before it sends one.
+    """
+
+    public = True
+
+    def do_GET(self, request: Request) -> dict[str, Any]:
+        values = request.args.get(b"nonce", [])
+        nonce = parse_nonce(values[0].decode("ascii", "replace")) if len(values) == 1 else None
+        if nonce is None:
+            raise ApiError(http.BAD_REQUEST, f"query 'nonce' must be {2 * NONCE_BYTES} hex digits")
+        token = self.control.token
+        if token is None:
+            raise ApiError(http.SERVICE_UNAVAILABLE, "the API token is not loaded yet")
+        local = request.getHost()
+        host, port = getattr(local, "host", None), getattr(local, "port", None)
+        address = str(local) if host is None or port is None else canonical_address(host, port)
+        return {"proof": make_proof(token, nonce, address), "address": address}
+
+
 class Dashboard(Resource):
     """
     The dashboard page: static, so it needs no token; the data it shows
@@ -338,6 +363,7 @@ class Root(Resource):
             (b"events", Events),
             (b"sessions", Sessions),
             (b"workers", Workers),
+            (b"proof", Proof),
         ]
         for name, endpoint in endpoints:
             api.putChild(name, endpoint(control))

@@ -197,8 +197,10 @@ class LiveCommandTests(TestCase):
         with open(path, "w") as f:
             f.write("not-the-token\n")
         status, out, err = yield self.run_cli(self.alpha, "status", "--api-token-file", path)
-        self.assertEqual(status, 2)
-        self.assertIn("refused the API token", err)
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn(f"did not prove that it holds the API token in {path}", err)
+        self.assertIn("the token was not sent", err)
+        self.assertEqual(err.count("\n"), 1)
 
     @defer.inlineCallbacks
     def test_connect_and_disconnect(self):
