@@ -1,8 +1,8 @@
 """
 The API's L{twisted.web} resources (L{relaymesh.control.site} serves them).
 
-Every C{/api} resource but C{/api/proof} checks the token, and every one
-answers JSON (see L{relaymesh.control.api} for the
+Every C{/api} resource but C{/api/proof} and C{DELETE /api/cookie} checks the
+token, and every one answers JSON (see L{relaymesh.control.api} for the
 endpoints); C{/} is the dashboard page and C{/metrics} the Prometheus
 exposition.
 """
@@ -18,6 +18,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from relaymesh.control.auth import COOKIE_PATH, cookie_name, cookie_value
 from relaymesh.control.plane import ControlPlane
 from relaymesh.control.proof import NONCE_BYTES, canonical_address, make_proof, parse_nonce
 from relaymesh.control.requests import (
@@ -268,6 +269,52 @@ class Proof(ApiResource):
         return {"proof": make_proof(token, nonce, address), "address": address}
 
 
+class Cookie(ApiResource):
+    """
+    C{/api/cookie}: the cookie that lets a browser's C{EventSource}, which
+    cannot send headers, follow C{/api/events}. C{POST} (with the token)
+    sets it: HttpOnly, so the page's scripts cannot read it; SameSite=Strict,
+    so no other site's page sends it; sent to C{/api/events} only; and its
+    value is derived from the token (L{cookie_value}), so it opens an event
+    stream and nothing else. C{DELETE} (no token needed) removes it.
+    """
+
+    public = True
+
+    def _name(self, request: Request) -> bytes:
+        return cookie_name(getattr(request.getHost(), "port", None))
+
+    def do_POST(self, request: Request) -> dict[str, Any]:
+        self.control.authorize(request)
+        token = self.control.token
+        if token is None:  # authorize() refuses every request then
+            raise ApiError(http.SERVICE_UNAVAILABLE, "the API token is not loaded yet")
+        name = self._name(request)
+        request.addCookie(
+            name,
+            cookie_value(token),
+            path=COOKIE_PATH,
+            httpOnly=True,
+            sameSite="strict",
+            secure=request.isSecure(),
+        )
+        return {"cookie": name.decode("ascii"), "path": COOKIE_PATH.decode("ascii")}
+
+    def do_DELETE(self, request: Request) -> dict[str, Any]:
+        name = self._name(request)
+        request.addCookie(
+            name,
+            b"",
+            path=COOKIE_PATH,
+            max_age=b"0",
+            expires=b"Thu, 01 Jan 1970 00:00:00 GMT",
+            httpOnly=True,
+            sameSite="strict",
+            secure=request.isSecure(),
+        )
+        return {"cookie": name.decode("ascii"), "removed": True}
+
+
 class Dashboard(Resource):
     """
     The dashboard page: static, so it needs no token; the data it shows
@@ -364,6 +411,7 @@ class Root(Resource):
             (b"sessions", Sessions),
             (b"workers", Workers),
             (b"proof", Proof),
+            (b"cookie", Cookie),
         ]
         for name, endpoint in endpoints:
             api.putChild(name, endpoint(control))
