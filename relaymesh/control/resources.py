@@ -32,6 +32,7 @@ from relaymesh.control.requests import (
 from relaymesh.control.sse import parse_event_types
 from relaymesh.errors import UnknownPeer
 from relaymesh.peerid import is_valid_peer_id
+from relaymesh.printable import printable
 
 
 class ApiResource(Resource):
@@ -76,7 +77,11 @@ class ApiResource(Resource):
         except Exception as e:
             error = as_api_error(e)
             if error is None:
-                self.log.failure("{method} {path} failed", method=method, path=request.path)
+                self.log.failure(
+                    "{method} {path} failed",
+                    method=printable(method, 16),
+                    path=printable(request.path.decode("latin-1")),
+                )
                 error = ApiError(http.INTERNAL_SERVER_ERROR, f"internal error: {type(e).__name__}")
             return write_error(request, error)
         if result is NOT_DONE_YET:
