@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -140,6 +141,17 @@ class ApiChannel(http.HTTPChannel):
         self._timer = None
 
 
+class OverCap(Protocol):
+    """
+    A connection over the cap: closed as soon as it is made. (A factory may
+    not return L{None} for a connection: a TLS endpoint's wrapper would
+    fail on it.)
+    """
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
+
+
 class Refusal(Resource):
     """
     Answers every request with one error.
@@ -197,7 +209,7 @@ class ApiSite(Site):
 
     def buildProtocol(self, addr: IAddress) -> Any:
         """
-        A channel, or L{None} (the connection is closed at once) when
+        A channel, or an L{OverCap} that closes the connection at once when
         C{max_connections} are open.
         """
         if len(self.channels) >= self.max_connections:
@@ -209,7 +221,7 @@ class ApiSite(Site):
                     "closing new ones until some end",
                     count=len(self.channels),
                 )
-            return None
+            return OverCap()
         channel = Site.buildProtocol(self, addr)
         self.channels.add(channel)
         return channel

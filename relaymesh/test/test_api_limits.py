@@ -1,7 +1,8 @@
 """
 The control API's limits (L{relaymesh.control.site}): a cap on open
 connections, a deadline for each request, and bodies refused before they
-are read; on a fake clock and in-memory transports.
+are read; on a fake clock and in-memory transports (and the cap once over
+TLS on 127.0.0.1).
 
 The attack they answer (half-sent requests holding connections, and so file
 descriptors, until the node could not accept a peer any more) is replayed
@@ -10,19 +11,26 @@ on real sockets in L{relaymesh.test.test_api_flood}.
 
 from __future__ import annotations
 
+import socket
+import ssl
+
+from twisted.internet import defer, reactor, threads
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh.control.plane import ControlPlane
 from relaymesh.control.requests import MAX_BODY, MAX_CONNECTIONS, REQUEST_DEADLINE
-from relaymesh.control.site import CLOSE_GRACE, ApiChannel, ApiSite, make_site, raw_answer
+from relaymesh.control.service import ApiService
+from relaymesh.control.site import CLOSE_GRACE, ApiChannel, ApiSite, OverCap, make_site, raw_answer
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
 from relaymesh.test.apisupport import TOKEN
+from relaymesh.tls import create_certificate
 
 #: The API's address in these tests.
 API = IPv4Address("TCP", "127.0.0.1", 9849)
@@ -38,8 +46,7 @@ class Link:
     def __init__(self, site: ApiSite, port: int = 50000) -> None:
         self.transport = StringTransport(API, IPv4Address("TCP", "127.0.0.1", port))
         self.channel = site.buildProtocol(self.transport.getPeer())
-        if self.channel is not None:
-            self.channel.makeConnection(self.transport)
+        self.channel.makeConnection(self.transport)
 
     def send(self, data: bytes) -> None:
         self.channel.dataReceived(data)
@@ -240,8 +247,10 @@ class ConnectionCapTests(LimitsTestCase):
         links = [Link(self.site, 40000 + i) for i in range(MAX_CONNECTIONS)]
         self.assertTrue(all(isinstance(link.channel, ApiChannel) for link in links))
         self.assertEqual(len(self.site.channels), MAX_CONNECTIONS)
-        self.assertIsNone(self.site.buildProtocol(API))
-        self.assertIsNone(self.site.buildProtocol(API))
+        over = [Link(self.site), Link(self.site)]
+        self.assertEqual([type(link.channel) for link in over], [OverCap, OverCap])
+        self.assertEqual([link.aborted for link in over], [True, True])
+        self.assertEqual(len(self.site.channels), MAX_CONNECTIONS)
         self.assertEqual(self.site.refused_connections, 2)
         full = [e for e in events if "closing new ones" in e.get("log_format", "")]
         self.assertEqual(len(full), 1)
@@ -259,20 +268,66 @@ class ConnectionCapTests(LimitsTestCase):
         links = [Link(self.site, 40000 + i) for i in range(MAX_CONNECTIONS)]
         for link in links:
             link.send(b"GET /api/status HTTP/1.1\r\n")
-        self.assertIsNone(self.site.buildProtocol(API))
+        self.assertTrue(Link(self.site).aborted)
         self.clock.advance(REQUEST_DEADLINE)
         self.clock.advance(CLOSE_GRACE)
         self.assertTrue(all(link.aborted for link in links))
         for link in links:
             link.close()
         self.assertEqual(self.site.channels, set())
-        self.assertIsNotNone(Link(self.site).channel)
+        self.assertIsInstance(Link(self.site).channel, ApiChannel)
 
     def test_configured(self):
         control = ControlPlane(self.make_node(), self.clock, token=TOKEN, max_connections=2, request_deadline=3)
         site = make_site(control)
         links = [Link(site), Link(site)]
-        self.assertIsNone(site.buildProtocol(API))
+        self.assertTrue(Link(site).aborted)
         links[0].send(b"GET / HTTP/1.1\r\n")
         self.clock.advance(3)
         self.assertEqual(links[0].answers(), [b"HTTP/1.1 408 Request Timeout"])
+
+
+class TLSCapTests(TestCase):
+    """
+    The cap over a TLS endpoint (C{--api ssl:...}): a connection over it is
+    closed, and the one within it is served.
+    """
+
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_over_cap(self):
+        keystore = KeyStore(self.mktemp())
+        keystore.set_identity("alpha")
+        cert, key = create_certificate(keystore.path, "alpha")
+        node = RelayService(keystore, listen=None, reactor=reactor)
+        endpoint = serverFromString(reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+        api = ApiService(node, endpoint, reactor, max_connections=1)
+        api.startService()
+        self.addCleanup(api.stopService)
+        port = api.port.getHost().port
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+        def connect() -> ssl.SSLSocket:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+            return context.wrap_socket(raw)
+
+        def two_clients() -> tuple[bytes, str]:
+            with connect() as first:
+                first.sendall(b"GET /api/proof?nonce=" + b"00" * 32 + b" HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port)
+                answer = first.recv(65536)
+                try:
+                    with connect() as second:
+                        second.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                        refused = "answered" if second.recv(65536) else "closed"
+                except OSError:
+                    refused = "closed"
+            return answer, refused
+
+        answer, refused = yield threads.deferToThread(two_clients)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK"), answer)
+        self.assertEqual(refused, "closed")
+        self.assertEqual(api.factory.refused_connections, 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
