@@ -70,6 +70,9 @@ class NodeConfig:
     @ivar metrics_public: Whether C{/metrics} is served without the token.
     @ivar api_fallback: Where to serve the API if C{api} cannot be listened
         on (its port is taken), or L{None} to fail then.
+    @ivar api_hosts: Host names (or C{NAME:PORT}s) the API answers to besides
+        C{localhost}, C{127.0.0.1}, C{[::1]} and its own address: any other
+        C{Host} header is refused (L{relaymesh.control.hosts}).
     @ivar announce_to: Where to announce the node on the LAN by UDP (an IPv4
         address and port, see L{relaymesh.discovery}), or L{None} not to;
         only a listening node announces.
@@ -102,6 +105,7 @@ class NodeConfig:
     api_token_file: str | None = None
     metrics_public: bool = False
     api_fallback: str | None = None
+    api_hosts: tuple[str, ...] = ()
     announce_to: tuple[str, int] | None = None
     tls: NodeCertificate | None = None
     outbox: bool | StoreOpener = False

@@ -205,6 +205,7 @@ class RelayService(MultiService):
                 token_file=config.api_token_file,
                 metrics_public=config.metrics_public,
                 fallback=None if fallback is None else serverFromString(reactor, fallback),
+                hosts=config.api_hosts,
             )
             self.api.setServiceParent(self)
         self.store: Store | None = None

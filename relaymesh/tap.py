@@ -12,6 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from relaymesh.address import InvalidAddress, PeerAddress, parse_peer_address
+from relaymesh.control.hosts import InvalidHost, parse_host
 from relaymesh.discovery import ANNOUNCE_PORT, BROADCAST_ADDRESS, parse_target
 from relaymesh.keystore import KeyStore, KeyStoreError, default_data_dir
 from relaymesh.heartbeats import DEFAULT_HEARTBEAT_INTERVAL
@@ -134,6 +135,7 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         self["peers"] = []
         self["listen"] = []
+        self["api-host"] = []
 
     def opt_listen(self, value: str) -> None:
         """
@@ -159,6 +161,17 @@ class Options(usage.Options):
                 self["peers"].append(address)
 
     opt_p = opt_peers
+
+    def opt_api_host(self, value: str) -> None:
+        """
+        A host name (or NAME:PORT) the control API answers to besides
+        localhost, 127.0.0.1, [::1] and its own address (repeatable).
+        """
+        try:
+            parse_host(value.strip())
+        except InvalidHost as e:
+            raise usage.UsageError(f"--api-host: {e}") from None
+        self["api-host"].append(value.strip())
 
     def postOptions(self) -> None:
         self["tls"] = bool(self["tls"])
@@ -268,6 +281,7 @@ def node_config(options: Options) -> NodeConfig:
         api_token_file=options["api-token-file"],
         metrics_public=options["metrics-public"],
         api_fallback=DEFAULT_API_FALLBACK if options["api"] == DEFAULT_API else None,
+        api_hosts=tuple(options["api-host"]),
         announce_to=None if options["no-announce"] else options["announce-to"],
         tls=options["certificate"],
         outbox=not options["no-outbox"],

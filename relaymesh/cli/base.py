@@ -6,6 +6,12 @@ helpers that lay out results.
 Errors meant for users (L{CommandError}, bad peer ids and codes, key store
 and file system errors: L{USER_ERRORS}) end a command with one line on
 standard error, C{relaymesh: error: ...}, and exit status L{EXIT_ERROR}.
+
+Text from peers (ids, addresses, reasons, payloads) goes through
+L{relaymesh.printable.printable} where a command lays it out; and whatever
+a command prints for people passes L{terminal_text} on its way out, so that
+no character a terminal acts on (an escape sequence, a clipboard write, a
+carriage return that hides a line) reaches it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from twisted.python.failure import Failure
 from relaymesh.codes import InvalidCode
 from relaymesh.keystore import KeyStore, KeyStoreError
 from relaymesh.peerid import InvalidPeerId
+from relaymesh.printable import printable
 
 PROG = "relaymesh"
 EXIT_OK = 0
@@ -36,6 +43,22 @@ class CommandError(Exception):
 
 #: The exceptions reported as C{relaymesh: error: ...} instead of a traceback.
 USER_ERRORS = (CommandError, InvalidPeerId, InvalidCode, KeyStoreError, OSError)
+
+
+def terminal_text(text: str) -> str:
+    """
+    Text for a terminal, line by line: every character a terminal could act
+    on but the line breaks is written as L{printable} writes it; the rest,
+    backslashes included, is left as it is, so text that already went
+    through L{printable} comes out unchanged.
+    """
+    return "\n".join(_visible(line) for line in text.split("\n"))
+
+
+def _visible(line: str) -> str:
+    if line.isprintable():
+        return line
+    return "".join(c if c.isprintable() else printable(c) for c in line)
 
 
 class Context:
@@ -83,7 +106,13 @@ class Context:
         if self.json_output:
             self.stdout.write(json.dumps(data) + "\n")
         else:
-            self.stdout.write(text.rstrip("\n") + "\n")
+            self.stdout.write(terminal_text(text.rstrip("\n")) + "\n")
+
+    def warn(self, text: str) -> None:
+        """
+        Print one line for people on standard error, C{relaymesh: TEXT}.
+        """
+        self.stderr.write(f"{PROG}: {terminal_text(' '.join(text.split()))}\n")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from relaymesh.cli.pairing import run_strong_pair
 from relaymesh.codes import generate_pair_code, parse_pair_code
 from relaymesh.invite import FORM_DESCRIPTIONS
 from relaymesh.peerid import validate_peer_id
+from relaymesh.printable import printable
 
 
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,11 +161,11 @@ def run_peers(context: Context, args: argparse.Namespace) -> None:
         rows = [("PEER ID", "ADDRESS", "LAST SEEN", "PAIRED", "VIA")]
         rows += [
             (
-                p["peer_id"],
-                p["addr"] or "-",
+                printable(p["peer_id"]),
+                printable(p["addr"] or "-"),
                 p["last_seen"] or "never",
                 p["paired_at"] or "-",
-                FORM_DESCRIPTIONS.get(p["paired_via"], p["paired_via"] or "-"),
+                FORM_DESCRIPTIONS.get(p["paired_via"], printable(p["paired_via"] or "-")),
             )
             for p in peers
         ]

@@ -13,7 +13,13 @@ control API (L{relaymesh.control.api}), with the token from its token file.
 C{--api URL} chooses the node (see L{relaymesh.control.client.resolve_url}). When
 no node answers, a command prints one line saying so and how to start one,
 and exits with status 1; a request the node refuses is a user error (status
-2) like the offline commands' errors.
+2) like the offline commands' errors. The token is sent only to a node that
+first proves it holds it (L{relaymesh.control.proof}); when what answers
+cannot, that is a user error too, and the token was not sent.
+
+Whatever came from peers (ids, addresses, message types and ids, payloads,
+reasons) is printed through L{relaymesh.printable.printable}, and C{watch
+--json} writes ASCII-only JSON, so a peer cannot drive the terminal.
 """
 
 from __future__ import annotations
@@ -29,17 +35,19 @@ from datetime import datetime
 from typing import Any, Callable
 from urllib.parse import quote
 
-from relaymesh.cli.base import PROG, Command, CommandError, Context, format_table
+from relaymesh.cli.base import PROG, Command, CommandError, Context, format_table, terminal_text
 from relaymesh.control.client import (
     API_ENV,
     TOKEN_FILE,
     ApiRequestError,
     NodeClient,
+    NodeNotProven,
     NodeNotRunning,
     TokenMissing,
     read_token,
     resolve_url,
 )
+from relaymesh.printable import printable
 
 #: Exit status when no node is running.
 EXIT_NOT_RUNNING = 1
@@ -99,8 +107,19 @@ def not_running(context: Context, args: argparse.Namespace, error: Exception) ->
         what = f"no node is running for {context.data_dir} ({error})"
     else:
         what = str(error)
-    context.stderr.write(f"{PROG}: {what}; start one with: {_start_hint(context, args)}\n")
+    context.warn(f"{what}; start one with: {_start_hint(context, args)}")
     return EXIT_NOT_RUNNING
+
+
+def not_proven(context: Context, args: argparse.Namespace, error: NodeNotProven) -> CommandError:
+    """
+    The user error for a URL where what answers did not prove it holds the
+    token (so the token was not sent).
+    """
+    return CommandError(
+        f"{error.url} did not prove that it holds the API token in {_token_file(context, args)} "
+        f"({error.reason}); the token was not sent. Is the node of {context.data_dir} running there?"
+    )
 
 
 def refused(error: ApiRequestError, context: Context, args: argparse.Namespace) -> CommandError:
@@ -125,6 +144,8 @@ def live(run: Callable[[Context, argparse.Namespace, NodeClient], int | None]) -
     def command(context: Context, args: argparse.Namespace) -> int | None:
         try:
             return run(context, args, client(context, args))
+        except NodeNotProven as e:
+            raise not_proven(context, args, e) from None
         except (NodeNotRunning, TokenMissing) as e:
             return not_running(context, args, e)
         except ApiRequestError as e:
@@ -166,37 +187,65 @@ def duration(seconds: float) -> str:
 
 
 def _compact(value: Any, limit: int = 200) -> str:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """
+    A JSON value on one line of at most C{limit} visible characters.
+    """
+    return printable(json.dumps(value, ensure_ascii=False, separators=(",", ":")), limit)
+
+
+def _shown(value: object, default: str = "?") -> str:
+    """
+    A field of an event as it may be printed: text through L{printable},
+    anything else (a number, a missing field) as JSON.
+    """
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return printable(value)
+    return _compact(value, 40)
+
+
+def _stamp(moment: object) -> str:
+    if isinstance(moment, bool) or not isinstance(moment, (int, float)):
+        return "--:--:--"
+    try:
+        return datetime.fromtimestamp(moment).strftime("%H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return "--:--:--"
 
 
 def describe_event(event: dict[str, Any]) -> str:
     """
-    One line for an event of /api/events.
+    One line for an event of /api/events; every field of it that a peer
+    could have chosen goes through L{printable}.
     """
     kind = event.get("event")
-    moment = event.get("time")
-    stamp = datetime.fromtimestamp(moment).strftime("%H:%M:%S") if isinstance(moment, (int, float)) else "--:--:--"
-    peer = event.get("peer_id") or "(unknown peer)"
+    peer = _shown(event.get("peer_id"), "(unknown peer)")
+    address, direction, reason = (_shown(event.get(k)) for k in ("address", "direction", "reason"))
     if kind == "message":
-        message = event.get("message") or {}
+        message = event.get("message")
+        message = message if isinstance(message, dict) else {}
         text = (
-            f"message from {event.get('from')}: {message.get('msg_type')} "
-            f"{_compact(message.get('payload'))} ({message.get('id')})"
+            f"message from {_shown(event.get('from'))}: {_shown(message.get('msg_type'))} "
+            f"{_compact(message.get('payload'))} ({_shown(message.get('id'))})"
         )
     elif kind == "peer_connected":
-        text = f"{peer} connected ({event.get('direction')}, {event.get('address')})"
+        text = f"{peer} connected ({direction}, {address})"
     elif kind == "peer_disconnected":
-        text = f"{peer} disconnected: {event.get('reason')}"
+        text = f"{peer} disconnected: {reason}"
     elif kind == "peer_denied":
-        text = f"handshake denied with {event.get('address')} ({event.get('direction')}): {event.get('reason')}"
+        text = f"handshake denied with {address} ({direction}): {reason}"
     elif kind == "peer_reconnect_scheduled":
-        text = f"reconnecting to {event.get('peer_id') or event.get('address')} in {event.get('delay'):g} s"
+        delay = event.get("delay")
+        seconds = f"{delay:g}" if isinstance(delay, (int, float)) and not isinstance(delay, bool) else "?"
+        target = event.get("peer_id") or event.get("address")
+        text = f"reconnecting to {_shown(target)} in {seconds} s"
     elif kind == "peer_connecting":
-        text = f"dialling {event.get('peer_id') or ''} at {event.get('address')}".replace("  ", " ")
+        who = event.get("peer_id")
+        text = f"dialling {_shown(who) + ' ' if who else ''}at {address}"
     else:
         text = _compact(event)
-    return f"{stamp} {text}"
+    return f"{_stamp(event.get('time'))} {text}"
 
 
 def _payload(text: str) -> Any:
@@ -219,8 +268,8 @@ def run_status(context: Context, args: argparse.Namespace, node: NodeClient) -> 
     s = node.call("GET", "/api/status")
     peers = s.get("peers", {})
     rows = [
-        ("Node:", f"{s['identity']} (relaymesh {s['version']})"),
-        ("Relay:", s.get("listen") or "not listening"),
+        ("Node:", f"{_shown(s.get('identity'))} (relaymesh {_shown(s.get('version'))})"),
+        ("Relay:", _shown(s.get("listen"), "not listening")),
         ("API:", node.url),
         ("Up:", duration(s.get("uptime", 0))),
         (
@@ -260,6 +309,9 @@ def live_peers(context: Context, args: argparse.Namespace) -> bool:
         return False
     try:
         peers = client(context, args).call("GET", "/api/peers")["peers"]
+    except NodeNotProven as e:
+        context.warn(f"{not_proven(context, args, e)} Showing the stored peers.")
+        return False
     except (NodeNotRunning, TokenMissing):
         return False
     except ApiRequestError as e:
@@ -271,9 +323,9 @@ def live_peers(context: Context, args: argparse.Namespace) -> bool:
             rtt = "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.1f} ms"
             rows.append(
                 (
-                    p["peer_id"],
-                    p["state"],
-                    p.get("address") or "-",
+                    _shown(p.get("peer_id")),
+                    _shown(p.get("state")),
+                    _shown(p.get("address") or None, "-"),
                     ago(p.get("last_seen")),
                     rtt,
                     f"{p.get('msgs_in', 0)}/{p.get('msgs_out', 0)}",
@@ -311,7 +363,10 @@ def run_send(context: Context, args: argparse.Namespace, node: NodeClient) -> No
     answer = node.call(
         "POST", "/api/send", {"to": args.peer_id, "msg_type": args.msg_type, "payload": _payload(args.payload)}
     )
-    context.emit(answer, f"Sent {args.msg_type} {answer['id']} to {answer['to']}.")
+    context.emit(
+        answer,
+        f"Sent {printable(args.msg_type)} {_shown(answer.get('id'))} to {_shown(answer.get('to'))}.",
+    )
 
 
 def add_broadcast_arguments(parser: argparse.ArgumentParser) -> None:
@@ -329,9 +384,12 @@ def run_broadcast(context: Context, args: argparse.Namespace, node: NodeClient) 
     Send one message to every connected peer.
     """
     answer = node.call("POST", "/api/broadcast", {"msg_type": args.msg_type, "payload": _payload(args.payload)})
-    peers = sorted(answer.get("ids", {}))
+    peers = sorted(printable(p) for p in answer.get("ids", {}))
     if peers:
-        text = f"Sent {args.msg_type} {answer['id']} to {len(peers)} peer{'s' if len(peers) != 1 else ''}: {', '.join(peers)}."
+        text = (
+            f"Sent {printable(args.msg_type)} {_shown(answer.get('id'))} to {len(peers)} "
+            f"peer{'s' if len(peers) != 1 else ''}: {', '.join(peers)}."
+        )
     else:
         text = "No peer is connected: nothing was sent."
     context.emit(answer, text)
@@ -368,14 +426,14 @@ def run_watch(context: Context, args: argparse.Namespace, node: NodeClient) -> i
             message = event.get("message")
             if not args.heartbeats and isinstance(message, dict) and message.get("msg_type") == "heartbeat":
                 continue
-            out.write((json.dumps(event, ensure_ascii=False) if context.json_output else describe_event(event)) + "\n")
+            out.write((json.dumps(event) if context.json_output else terminal_text(describe_event(event))) + "\n")
             out.flush()
             shown += 1
             if args.count is not None and shown >= args.count:
                 return None
     except KeyboardInterrupt:
         return None
-    context.stderr.write(f"{PROG}: the node at {node.url} closed the event stream\n")
+    context.warn(f"the node at {node.url} closed the event stream")
     return EXIT_NOT_RUNNING
 
 
@@ -414,16 +472,17 @@ def run_connect(context: Context, args: argparse.Namespace, node: NodeClient) ->
                     raise
                 state = "connecting"
             if state == "connected":
-                context.emit({**answer, "state": state}, f"Connected to {peer_id}.")
+                context.emit({**answer, "state": state}, f"Connected to {printable(peer_id)}.")
                 return None
             if time.monotonic() >= deadline:
                 context.emit(
                     {**answer, "state": state},
-                    f"{peer_id} is not connected after {args.wait:g} s ({state}); the node keeps dialling it.",
+                    f"{printable(peer_id)} is not connected after {args.wait:g} s ({_shown(state)}); "
+                    "the node keeps dialling it.",
                 )
                 return EXIT_NOT_RUNNING
             time.sleep(WAIT_STEP)
-    context.emit(answer, f"Dialling {answer['addr']}; see its state with: {PROG} peers")
+    context.emit(answer, f"Dialling {_shown(answer.get('addr'))}; see its state with: {PROG} peers")
     return None
 
 
@@ -441,12 +500,13 @@ def run_disconnect(context: Context, args: argparse.Namespace, node: NodeClient)
     Close a peer's connection and stop dialling it.
     """
     answer = node.call("DELETE", f"/api/peers/{quote(args.peer_id, safe='')}")
+    peer = printable(args.peer_id)
     done = []
     if answer.get("was_connected"):
-        done.append(f"Disconnected {args.peer_id}")
+        done.append(f"Disconnected {peer}")
     if answer.get("stopped_dialling"):
-        done.append(f"stopped dialling {args.peer_id}" if done else f"Stopped dialling {args.peer_id}")
-    text = "; ".join(done) + "." if done else f"{args.peer_id} was neither connected nor dialled."
+        done.append(f"stopped dialling {peer}" if done else f"Stopped dialling {peer}")
+    text = "; ".join(done) + "." if done else f"{peer} was neither connected nor dialled."
     context.emit(answer, text)
 
 

@@ -27,6 +27,7 @@ from relaymesh.cli.base import (
     Command,
     CommandError,
     Context,
+    terminal_text,
 )
 from relaymesh.keystore import DATA_DIR_ENV, DEFAULT_DATA_DIR, default_data_dir
 
@@ -135,6 +136,6 @@ def main(
         context = Context(data_dir, args.json, stdout, stderr)
         status = args.command.run(context, args)
     except USER_ERRORS as e:
-        stderr.write(f"{PROG}: error: {_one_line(e)}\n")
+        stderr.write(f"{PROG}: error: {terminal_text(_one_line(e))}\n")
         return EXIT_ERROR
     return EXIT_OK if status is None else status

@@ -3,13 +3,17 @@ The API token: where it is kept, how it is made, and how a request proves
 that it holds it.
 
 The token is kept in a file (C{DATA_DIR/api-token}, mode 0600, made on first
-start). A request carries it as C{Authorization: Bearer TOKEN}; where
-allowed (C{/api/events}, whose browser client cannot send headers), in a
-cookie whose name starts with L{TOKEN_COOKIE}.
+start). A request carries it as C{Authorization: Bearer TOKEN}. Where
+allowed (C{/api/events}, whose browser client cannot send headers), a
+cookie whose name starts with L{TOKEN_COOKIE} may stand in for it: the node
+sets that cookie (C{POST /api/cookie}, with the token) HttpOnly and
+SameSite=Strict, and its value is L{cookie_value}, derived from the token,
+so the cookie can open an event stream and nothing else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -24,9 +28,32 @@ from relaymesh.keystore import KeyStoreError, write_atomically
 #: The token file's name in the data directory.
 TOKEN_FILE = "api-token"
 
-#: The name of the cookie (or its prefix) that may carry the token to
-#: /api/events.
+#: The name of the cookie (or its prefix) that may stand in for the token
+#: on /api/events.
 TOKEN_COOKIE = b"relaymesh_token"
+
+#: The only path the cookie is sent to.
+COOKIE_PATH = b"/api/events"
+
+#: What the cookie's value is derived with.
+COOKIE_LABEL = b"relaymesh events cookie 1"
+
+
+def cookie_value(token: str) -> bytes:
+    """
+    The value of the events cookie for a token: an HMAC of a fixed label, so
+    that the cookie never holds the token itself.
+    """
+    digest = hmac.new(token.encode("utf-8"), COOKIE_LABEL, hashlib.sha256).hexdigest()
+    return digest.encode("ascii")
+
+
+def cookie_name(port: int | None) -> bytes:
+    """
+    The events cookie's name for an API on C{port}: browsers send a host's
+    cookies to all its ports, so each port gets a name of its own.
+    """
+    return TOKEN_COOKIE if port is None else TOKEN_COOKIE + b"_" + str(port).encode("ascii")
 
 
 def token_path(data_dir: str) -> str:
@@ -76,23 +103,25 @@ def token_is_private(path: str) -> bool:
 
 def authorize(request: Request, token: str | None, allow_cookie: bool = False) -> None:
     """
-    Check the request's bearer token (or, if allowed, its token cookie).
+    Check the request's bearer token (or, if allowed, its events cookie).
 
     @param token: The API token, or L{None} when none is loaded (nothing is
         authorized then).
-    @param allow_cookie: Whether a cookie named L{TOKEN_COOKIE}... may carry
-        the token when there is no bearer token.
+    @param allow_cookie: Whether a cookie named L{TOKEN_COOKIE}... holding
+        L{cookie_value} may stand in for the token when there is no bearer
+        token.
     @raise ApiError: 401 if the token is missing or wrong.
     """
     header = request.getHeader(b"authorization") or b""
     scheme, _, credentials = header.partition(b" ")
-    offered: list[bytes] = []
-    if scheme.lower() == b"bearer":
-        offered.append(credentials.strip())
-    elif allow_cookie:
-        offered = [v for k, v in request.received_cookies.items() if k.startswith(TOKEN_COOKIE)]
     if token is not None:
-        expected = token.encode("ascii")
+        offered: list[bytes] = []
+        expected = token.encode("utf-8")
+        if scheme.lower() == b"bearer":
+            offered.append(credentials.strip())
+        elif allow_cookie:
+            offered = [v for k, v in request.received_cookies.items() if k.startswith(TOKEN_COOKIE)]
+            expected = cookie_value(token)
         if any(hmac.compare_digest(candidate, expected) for candidate in offered):
             return
     raise ApiError(

@@ -7,6 +7,13 @@ L{NodeClient.events} follows C{/api/events}. Which node: the URL given, else
 C{$RELAYMESH_API}, else the URL a node running with the data directory wrote
 to its C{api-url} file, else C{http://127.0.0.1:9849}. The token is read from
 the token file (C{DATA_DIR/api-token} unless another is given).
+
+The token goes only to a node that holds it: before every request, on the
+same connection, the node must prove that it knows the token for the
+address the client dialled (L{relaymesh.control.proof}). Whatever else
+answers at that URL (a stale C{api-url}, someone else on the default port,
+something relaying to the real node) gets a nonce and nothing more, and the
+request fails with L{NodeNotProven}.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ import os
 import socket
 from typing import Any, Iterator
 from urllib.parse import quote, urlsplit
+
+from relaymesh.control.proof import PROOF_PATH, canonical_address, check_proof, new_nonce
+from relaymesh.printable import printable
 
 #: The environment variable naming the node's API URL.
 API_ENV = "RELAYMESH_API"
@@ -46,6 +56,27 @@ class NodeNotRunning(Exception):
     def __init__(self, url: str, reason: str = "") -> None:
         Exception.__init__(self, f"no node is running at {url}" + (f" ({reason})" if reason else ""))
         self.url = url
+
+
+class NodeNotProven(NodeNotRunning):
+    """
+    What answers at the URL did not prove that it holds the API token, so
+    the token was not sent: it is not the node of the token's data
+    directory (or it runs with another token).
+
+    @ivar reason: Why the proof failed, one line.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        Exception.__init__(
+            self, f"{url} did not prove that it holds the API token ({reason}); the token was not sent"
+        )
+        self.url = url
+        self.reason = reason
+
+
+#: Bytes of the answer to a proof request read at most.
+MAX_PROOF_ANSWER = 4096
 
 
 class ApiRequestError(Exception):
@@ -122,19 +153,55 @@ class NodeClient:
         kind = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
         return kind(self._parts.hostname, self._parts.port, timeout=timeout)
 
-    def _send(self, method: str, path: str, body: Any, timeout: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def _base_path(self) -> str:
+        return self._parts.path.rstrip("/")
+
+    def _open(self, timeout: float) -> http.client.HTTPConnection:
+        """
+        Connect, and have the node prove on that connection that it holds
+        the token; the connection never reconnects by itself afterwards, so
+        the token goes only where the proof came from.
+
+        @raise NodeNotRunning: if nothing answers.
+        @raise NodeNotProven: if what answers cannot prove it.
+        """
         connection = self._connection(timeout)
+        nonce = new_nonce()
+        try:
+            connection.connect()
+            dialled = connection.sock.getpeername()
+            connection.request(
+                "GET",
+                f"{self._base_path()}{PROOF_PATH}?nonce={nonce.hex()}",
+                headers={"Accept": "application/json"},
+            )
+            response = connection.getresponse()
+            raw = response.read(MAX_PROOF_ANSWER)
+        except (ConnectionRefusedError, socket.gaierror) as e:
+            connection.close()
+            raise NodeNotRunning(self.url) from e
+        except (OSError, http.client.HTTPException) as e:
+            connection.close()
+            raise NodeNotRunning(self.url, _reason(e)) from e
+        problem = _proof_problem(self._token, nonce, canonical_address(dialled[0], dialled[1]), response, raw)
+        if problem is not None:
+            connection.close()
+            raise NodeNotProven(self.url, problem)
+        connection.auto_open = 0
+        return connection
+
+    def _send(self, method: str, path: str, body: Any, timeout: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        connection = self._open(timeout)
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
         data = None
         if body is not None:
             data = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
         try:
-            connection.request(method, self._parts.path.rstrip("/") + path, body=data, headers=headers)
+            connection.request(method, self._base_path() + path, body=data, headers=headers)
             return connection, connection.getresponse()
-        except (ConnectionRefusedError, socket.gaierror) as e:
-            connection.close()
-            raise NodeNotRunning(self.url) from e
+        except http.client.NotConnected as e:
+            raise NodeNotRunning(self.url, "it closed the connection after its proof") from e
         except (OSError, http.client.HTTPException) as e:
             connection.close()
             raise NodeNotRunning(self.url, _reason(e)) from e
@@ -206,7 +273,37 @@ class NodeClient:
             connection.close()
 
 
+def _proof_problem(
+    token: str, nonce: bytes, dialled: str, response: http.client.HTTPResponse, raw: bytes
+) -> str | None:
+    """
+    Why an answer to a proof request proves nothing, or L{None} if it is the
+    proof for the address dialled.
+    """
+    if response.status != 200:
+        return f"it answered HTTP {response.status} to the proof request"
+    if not response.isclosed():
+        return "its answer to the proof request is too long"
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        return "its answer to the proof request is not a JSON object"
+    offered, address = value.get("proof"), value.get("address")
+    if check_proof(token, nonce, dialled, offered):
+        return None
+    if isinstance(address, str) and address != dialled and check_proof(token, nonce, address, offered):
+        return (
+            f"its proof is for {printable(address, 64)}, not {dialled}: something at {dialled} "
+            "passes the connection on to the node"
+        )
+    return "its proof does not match the token"
+
+
 def _reason(error: BaseException) -> str:
     if isinstance(error, socket.timeout):
         return "no answer in time"
+    if isinstance(error, http.client.RemoteDisconnected):
+        return "it closed the connection without answering; it may have too many connections open"
     return str(error) or type(error).__name__

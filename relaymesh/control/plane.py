@@ -4,13 +4,15 @@ L{ControlPlane}: what the API's resources share about the node they serve.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
 from relaymesh.control.auth import authorize
+from relaymesh.control.hosts import HostPolicy
 from relaymesh.control.metrics import NodeMetrics, RoundTrips
+from relaymesh.control.requests import MAX_CONNECTIONS, REQUEST_DEADLINE
 from relaymesh.control.sse import KEEPALIVE_INTERVAL, MAX_STREAM_BACKLOG, EventStream
 from relaymesh.control.views import NodeViews
 from relaymesh.interfaces import INode
@@ -28,6 +30,9 @@ class ControlPlane:
     @ivar metrics_public: Whether /metrics is served without the token.
     @ivar keepalive_interval: Seconds between an event stream's keepalives.
     @ivar max_stream_backlog: Bytes an event stream client may fall behind.
+    @ivar hosts: The C{Host} headers the API answers.
+    @ivar max_connections: Connections the API serves at once.
+    @ivar request_deadline: Seconds a client has to send a whole request.
     @ivar started_at: When the control plane was made (clock seconds).
     @ivar round_trips: The node's L{RoundTrips}.
     @ivar metrics: The node's L{NodeMetrics}.
@@ -44,7 +49,16 @@ class ControlPlane:
         metrics_public: bool = False,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         max_stream_backlog: int = MAX_STREAM_BACKLOG,
+        hosts: Iterable[str] = (),
+        max_connections: int = MAX_CONNECTIONS,
+        request_deadline: float = REQUEST_DEADLINE,
     ) -> None:
+        """
+        @param hosts: Names (or C{NAME:PORT}s) the API answers to besides
+            the loopback names and its own address (L{HostPolicy}).
+        @raise relaymesh.control.hosts.InvalidHost: for a name that does not
+            parse.
+        """
         self.node = node
         self.mesh = node.mesh
         self.clock = clock
@@ -52,6 +66,9 @@ class ControlPlane:
         self.metrics_public = metrics_public
         self.keepalive_interval = keepalive_interval
         self.max_stream_backlog = max_stream_backlog
+        self.hosts = HostPolicy(hosts)
+        self.max_connections = max_connections
+        self.request_deadline = request_deadline
         self.started_at = clock.seconds()
         self.round_trips = RoundTrips(self.mesh, clock)
         self.metrics = NodeMetrics(self.mesh, clock, self.round_trips, self.started_at)

@@ -19,6 +19,14 @@ from relaymesh.wire import WireError, loads
 #: The largest request body taken, in bytes.
 MAX_BODY = 1024 * 1024
 
+#: Connections the API serves at once; more are closed as soon as they are
+#: accepted.
+MAX_CONNECTIONS = 64
+
+#: Seconds a client has to send a whole request (line, headers and body),
+#: from when its connection opened or its previous answer was written.
+REQUEST_DEADLINE = 10.0
+
 
 class ApiError(Exception):
     """
@@ -59,8 +67,9 @@ def as_api_error(error: Exception) -> ApiError | None:
 
 class ApiRequest(Request):
     """
-    A request that keeps at most L{MAX_BODY} bytes of its body, and notes
-    when there was more.
+    A request that keeps at most L{MAX_BODY} bytes of its body, notes when
+    there was more, and then has its channel answer 413 at once if the
+    channel can (L{relaymesh.control.site.ApiChannel.refuse}).
 
     @ivar body_too_large: Whether the body was over L{MAX_BODY} bytes.
     """
@@ -70,10 +79,13 @@ class ApiRequest(Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_received += len(data)
-        if self._body_received > MAX_BODY:
-            self.body_too_large = True
-        else:
+        if self._body_received <= MAX_BODY:
             Request.handleContentChunk(self, data)
+        elif not self.body_too_large:
+            self.body_too_large = True
+            refuse = getattr(self.channel, "refuse", None)
+            if refuse is not None:
+                refuse(http.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY} bytes")
 
 
 def dumps(value: object) -> bytes:

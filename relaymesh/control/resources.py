@@ -1,9 +1,10 @@
 """
-The API's L{twisted.web} resources, and the site that serves them.
+The API's L{twisted.web} resources (L{relaymesh.control.site} serves them).
 
-Every C{/api} resource checks the token and answers JSON (see
-L{relaymesh.control.api} for the endpoints); C{/} is the dashboard page and
-C{/metrics} the Prometheus exposition.
+Every C{/api} resource but C{/api/proof} and C{DELETE /api/cookie} checks the
+token, and every one answers JSON (see L{relaymesh.control.api} for the
+endpoints); C{/} is the dashboard page and C{/metrics} the Prometheus
+exposition.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
+from relaymesh.control.auth import COOKIE_PATH, cookie_name, cookie_value
 from relaymesh.control.plane import ControlPlane
+from relaymesh.control.proof import NONCE_BYTES, canonical_address, make_proof, parse_nonce
 from relaymesh.control.requests import (
     ApiError,
-    ApiRequest,
     Field,
     as_api_error,
     read_body,
@@ -30,6 +32,7 @@ from relaymesh.control.requests import (
 from relaymesh.control.sse import parse_event_types
 from relaymesh.errors import UnknownPeer
 from relaymesh.peerid import is_valid_peer_id
+from relaymesh.printable import printable
 
 
 class ApiResource(Resource):
@@ -74,7 +77,11 @@ class ApiResource(Resource):
         except Exception as e:
             error = as_api_error(e)
             if error is None:
-                self.log.failure("{method} {path} failed", method=method, path=request.path)
+                self.log.failure(
+                    "{method} {path} failed",
+                    method=printable(method, 16),
+                    path=printable(request.path.decode("latin-1")),
+                )
                 error = ApiError(http.INTERNAL_SERVER_ERROR, f"internal error: {type(e).__name__}")
             return write_error(request, error)
         if result is NOT_DONE_YET:
@@ -244,6 +251,75 @@ class Events(ApiResource):
         return NOT_DONE_YET
 
 
+class Proof(ApiResource):
+    """
+    C{/api/proof?nonce=HEX}: the node's proof that it holds the token, for
+    the address the request came in at (L{relaymesh.control.proof}). It
+    needs no token: the command line asks for it before it sends one.
+    """
+
+    public = True
+
+    def do_GET(self, request: Request) -> dict[str, Any]:
+        values = request.args.get(b"nonce", [])
+        nonce = parse_nonce(values[0].decode("ascii", "replace")) if len(values) == 1 else None
+        if nonce is None:
+            raise ApiError(http.BAD_REQUEST, f"query 'nonce' must be {2 * NONCE_BYTES} hex digits")
+        token = self.control.token
+        if token is None:
+            raise ApiError(http.SERVICE_UNAVAILABLE, "the API token is not loaded yet")
+        local = request.getHost()
+        host, port = getattr(local, "host", None), getattr(local, "port", None)
+        address = str(local) if host is None or port is None else canonical_address(host, port)
+        return {"proof": make_proof(token, nonce, address), "address": address}
+
+
+class Cookie(ApiResource):
+    """
+    C{/api/cookie}: the cookie that lets a browser's C{EventSource}, which
+    cannot send headers, follow C{/api/events}. C{POST} (with the token)
+    sets it: HttpOnly, so the page's scripts cannot read it; SameSite=Strict,
+    so no other site's page sends it; sent to C{/api/events} only; and its
+    value is derived from the token (L{cookie_value}), so it opens an event
+    stream and nothing else. C{DELETE} (no token needed) removes it.
+    """
+
+    public = True
+
+    def _name(self, request: Request) -> bytes:
+        return cookie_name(getattr(request.getHost(), "port", None))
+
+    def do_POST(self, request: Request) -> dict[str, Any]:
+        self.control.authorize(request)
+        token = self.control.token
+        if token is None:  # authorize() refuses every request then
+            raise ApiError(http.SERVICE_UNAVAILABLE, "the API token is not loaded yet")
+        name = self._name(request)
+        request.addCookie(
+            name,
+            cookie_value(token),
+            path=COOKIE_PATH,
+            httpOnly=True,
+            sameSite="strict",
+            secure=request.isSecure(),
+        )
+        return {"cookie": name.decode("ascii"), "path": COOKIE_PATH.decode("ascii")}
+
+    def do_DELETE(self, request: Request) -> dict[str, Any]:
+        name = self._name(request)
+        request.addCookie(
+            name,
+            b"",
+            path=COOKIE_PATH,
+            max_age=b"0",
+            expires=b"Thu, 01 Jan 1970 00:00:00 GMT",
+            httpOnly=True,
+            sameSite="strict",
+            secure=request.isSecure(),
+        )
+        return {"cookie": name.decode("ascii"), "removed": True}
+
+
 class Dashboard(Resource):
     """
     The dashboard page: static, so it needs no token; the data it shows
@@ -339,6 +415,8 @@ class Root(Resource):
             (b"events", Events),
             (b"sessions", Sessions),
             (b"workers", Workers),
+            (b"proof", Proof),
+            (b"cookie", Cookie),
         ]
         for name, endpoint in endpoints:
             api.putChild(name, endpoint(control))
@@ -362,24 +440,3 @@ class _Directory(Resource):
 
     def render(self, request: Request) -> bytes:
         return NotFound(self.control).render(request)
-
-
-class ApiSite(Site):
-    """
-    The API's site: L{ApiRequest}s, no tracebacks shown, and no access log
-    lines in the node's log.
-    """
-
-    requestFactory = ApiRequest
-    displayTracebacks = False
-    noisy = False
-
-    def log(self, request: Request) -> None:
-        pass
-
-
-def make_site(control: ControlPlane) -> ApiSite:
-    """
-    The site serving the control plane.
-    """
-    return ApiSite(Root(control))

@@ -5,6 +5,7 @@ L{ApiService}: the control plane of a node, served on an endpoint.
 from __future__ import annotations
 
 import os
+from typing import Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -14,7 +15,8 @@ from twisted.logger import Logger
 from relaymesh.address import format_address
 from relaymesh.control.auth import load_token, token_is_private, token_path
 from relaymesh.control.plane import ControlPlane
-from relaymesh.control.resources import make_site
+from relaymesh.control.requests import MAX_CONNECTIONS, REQUEST_DEADLINE
+from relaymesh.control.site import make_site
 from relaymesh.interfaces import INode
 from relaymesh.keystore import write_atomically
 from relaymesh.listener import ListenerService
@@ -66,6 +68,9 @@ class ApiService(ListenerService):
         token_file: str | None = None,
         metrics_public: bool = False,
         fallback: IStreamServerEndpoint | None = None,
+        hosts: Iterable[str] = (),
+        max_connections: int = MAX_CONNECTIONS,
+        request_deadline: float = REQUEST_DEADLINE,
     ) -> None:
         """
         @param node: The node (L{relaymesh.service.RelayService}).
@@ -75,9 +80,23 @@ class ApiService(ListenerService):
         @param metrics_public: Whether /metrics needs no token.
         @param fallback: Where to listen if C{endpoint} cannot (its port is
             taken, by another node on the host, say), or L{None} to fail.
+        @param hosts: Names (or C{NAME:PORT}s) the API answers to besides
+            the loopback names and its own address.
+        @param max_connections: Connections served at once at most.
+        @param request_deadline: Seconds a client has to send a whole
+            request.
+        @raise relaymesh.control.hosts.InvalidHost: for a name in C{hosts}
+            that does not parse.
         """
         self.fallback = fallback
-        self.control = ControlPlane(node, clock, metrics_public=metrics_public)
+        self.control = ControlPlane(
+            node,
+            clock,
+            metrics_public=metrics_public,
+            hosts=hosts,
+            max_connections=max_connections,
+            request_deadline=request_deadline,
+        )
         self.data_dir = node.keystore.path
         self.token_file = token_file or token_path(self.data_dir)
         self.url_file = os.path.join(self.data_dir, URL_FILE)

@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from relaymesh.address import PeerAddress, parse_peer_address
 from relaymesh.control.plane import ControlPlane
-from relaymesh.control.resources import make_site
+from relaymesh.control.site import make_site
 from relaymesh.events import PeerEvent, PeerSessions, PeerStatus
 from relaymesh.interfaces import INode
 from relaymesh.keystore import KeyStore

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyChannel
 
 from relaymesh import tap
-from relaymesh.control.auth import load_token, token_is_private
+from relaymesh.control.auth import cookie_value, load_token, token_is_private
 from relaymesh.control.requests import MAX_BODY, ApiError, ApiRequest, as_api_error
 from relaymesh.control.service import ApiService
 from relaymesh.control.sse import EventStream, message_object, parse_event_types
@@ -509,13 +509,38 @@ class EventsTests(TestCase):
     @defer.inlineCallbacks
     def test_cookie(self):
         """
-        A browser's EventSource sends the token as a cookie.
+        A browser's EventSource sends a cookie instead of the token: the
+        node sets it (POST /api/cookie, with the token) HttpOnly,
+        SameSite=Strict, for /api/events only, holding a value derived from
+        the token; the token itself in a cookie opens nothing.
         """
-        response, reader = yield self.h.stream(token=None, headers={"cookie": [f"a=b; relaymesh_token_1234={TOKEN}"]})
+        port = self.h.port.getHost().port
+        code, body, response = yield self.h.request("POST", "/api/cookie")
+        self.assertEqual(code, 200)
+        self.assertEqual(body, {"cookie": f"relaymesh_token_{port}", "path": "/api/events"})
+        [header] = response.headers.getRawHeaders(b"set-cookie")
+        pair, *attributes = [part.strip() for part in header.split(b";")]
+        name, _, value = pair.partition(b"=")
+        self.assertEqual(name, f"relaymesh_token_{port}".encode())
+        self.assertEqual(value, cookie_value(TOKEN))
+        self.assertNotIn(TOKEN.encode(), header)
+        self.assertEqual(
+            sorted(a.lower() for a in attributes), [b"httponly", b"path=/api/events", b"samesite=strict"]
+        )
+        response, reader = yield self.h.stream(token=None, headers={"cookie": [b"a=b; " + pair]})
         self.assertEqual(response.code, 200)
         yield wait_for(lambda: b"relaymesh events" in reader.data)
-        response, reader = yield self.h.stream(token=None, headers={"cookie": ["relaymesh_token_1234=nope"]})
-        self.assertEqual(response.code, 401)
+        for cookie in [f"relaymesh_token_{port}={TOKEN}", f"relaymesh_token_{port}=nope"]:
+            response, reader = yield self.h.stream(token=None, headers={"cookie": [cookie]})
+            self.assertEqual((cookie, response.code), (cookie, 401))
+        code, _, response = yield self.h.request("POST", "/api/cookie", token=None)
+        self.assertEqual(code, 401)
+        self.assertIsNone(response.headers.getRawHeaders(b"set-cookie"))
+        code, body, response = yield self.h.request("DELETE", "/api/cookie", token=None)
+        self.assertEqual((code, body["removed"]), (200, True))
+        [header] = response.headers.getRawHeaders(b"set-cookie")
+        self.assertTrue(header.startswith(f"relaymesh_token_{port}=;".encode()), header)
+        self.assertIn(b"Max-Age=0", header)
 
     @defer.inlineCallbacks
     def test_closed_on_stop(self):

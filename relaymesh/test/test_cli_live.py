@@ -101,6 +101,34 @@ class LiveCommandTests(TestCase):
         )
 
     @defer.inlineCallbacks
+    def test_watch_hostile_message(self):
+        """
+        A peer chooses its messages' ids and payloads: terminal escapes in
+        them (erase the line and write a fake event, set the clipboard with
+        OSC 52, turn the text around) are shown as escapes, one line per
+        event; with --json the line is ASCII-only JSON.
+        """
+        hostile = "\x1b[2K\r12:00:00 gamma connected\x1b]52;c;ZXZpbA==\x07\u202e\x9b31m"
+        for json_output in (False, True):
+            message = {"id": hostile + str(json_output), "msg_type": "task_status", "from_peer": "beta",
+                       "timestamp": 1, "payload": {"note": hostile}}  # fmt: skip
+            line = json.dumps(message).encode()
+            argv = ["--json"] * json_output + ["watch", "--count", "1"]
+            watching = self.run_cli(self.alpha, *argv)
+            yield wait_for(lambda: bool(self.alpha.api.control.streams), 10)
+            self.assertTrue(self.beta.mesh.send_line("alpha", line, "task_status"))
+            status, out, err = yield watching
+            self.assertEqual((status, err), (0, ""))
+            self.assertEqual(out.count("\n"), 1)
+            self.assertTrue(out[:-1].isprintable(), repr(out))
+            if json_output:
+                self.assertTrue(out.isascii())
+                self.assertEqual(json.loads(out)["message"], message)
+            else:
+                self.assertIn("\\x1b[2K\\r12:00:00 gamma connected\\x1b]52;c;ZXZpbA==\\x07\\u202e\\x9b31m", out)
+            yield wait_for(lambda: not self.alpha.api.control.streams, 10)
+
+    @defer.inlineCallbacks
     def test_watch_json_and_types(self):
         watching = self.run_cli(self.alpha, "--json", "watch", "--types", "disconnected", "--count", "1")
         yield wait_for(lambda: bool(self.alpha.api.control.streams), 10)
@@ -197,8 +225,10 @@ class LiveCommandTests(TestCase):
         with open(path, "w") as f:
             f.write("not-the-token\n")
         status, out, err = yield self.run_cli(self.alpha, "status", "--api-token-file", path)
-        self.assertEqual(status, 2)
-        self.assertIn("refused the API token", err)
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn(f"did not prove that it holds the API token in {path}", err)
+        self.assertIn("the token was not sent", err)
+        self.assertEqual(err.count("\n"), 1)
 
     @defer.inlineCallbacks
     def test_connect_and_disconnect(self):
@@ -285,6 +315,20 @@ class NotRunningTests(SynchronousTestCase):
         self.assertEqual((status, err), (0, ""))
         self.assertIn("beta", out)
         self.assertIn("Pending pairing key: none", out)
+
+    def test_peers_hostile_address(self):
+        """
+        The stored list shows a peer's recorded address (from an invite it
+        sent) without acting on escapes in it.
+        """
+        store = KeyStore(self.data_dir)
+        store.set_key("beta", os.urandom(32))
+        store.replace_meta("beta", {"addr": "\x1b]52;c;ZXZpbA==\x07h:1", "paired_via": "\x1b[31mlink"})
+        status, out, err = self.run_cli("peers")
+        self.assertEqual((status, err), (0, ""))
+        self.assertTrue(all(line.isprintable() for line in out.splitlines()), repr(out))
+        self.assertIn("\\x1b]52;c;ZXZpbA==\\x07h:1", out)
+        self.assertIn("\\x1b[31mlink", out)
 
     def test_bad_url(self):
         with open(os.path.join(self.data_dir, "api-token"), "w") as f:

@@ -134,6 +134,15 @@ class WebDriver:
     def script(self, source: str, *args):
         return self.call("POST", self._s("/execute/sync"), {"script": source, "args": list(args)})
 
+    def cookies(self) -> list[dict]:
+        """
+        Every cookie the browser holds, with its attributes (through the
+        DevTools protocol: WebDriver's own list leaves out cookies whose
+        path is not the page's).
+        """
+        value = self.call("POST", self._s("/goog/cdp/execute"), {"cmd": "Network.getAllCookies", "params": {}})
+        return value["cookies"]
+
     def screenshot(self) -> bytes:
         return base64.b64decode(self.call("GET", self._s("/screenshot")))
 
@@ -282,6 +291,14 @@ class DashboardBrowserTests(SynchronousTestCase):
             lambda: driver.script("return !!document.querySelector('#workers [data-peer=\"buildbox-7c1e\"]')"),
         )
         self.assertEqual(driver.script("return sessionStorage.length"), 1)
+        # The event stream's cookie: set by the node, out of the page's reach.
+        [cookie] = [c for c in driver.cookies() if c["name"].startswith("relaymesh_token")]
+        self.assertEqual(
+            (cookie["name"], cookie["path"], cookie["httpOnly"], cookie["sameSite"]),
+            (f"relaymesh_token_{api_a}", "/api/events", True, "Strict"),
+        )
+        self.assertNotIn(token, cookie["value"])
+        self.assertEqual(driver.script("return document.cookie"), "")
 
         # Stop the other node: it goes disconnected, without a reload.
         self.stop(beta_process)
@@ -324,4 +341,12 @@ class DashboardBrowserTests(SynchronousTestCase):
             ".filter(function (n) { return n.indexOf(location.origin + '/') !== 0; })"
         )
         self.assertEqual(outside, [])
+        # Forget token: the page signs out and the node removes the cookie.
+        driver.click(driver.find("#signout"))
+        self.wait("the sign-in form", lambda: driver.script("return !document.getElementById('login').hidden"))
+        self.wait(
+            "the cookie removed",
+            lambda: not [c for c in driver.cookies() if c["name"].startswith("relaymesh_token")],
+        )
+        self.assertEqual(driver.script("return sessionStorage.length"), 0)
         self.assertLess(time.monotonic() - started, BUDGET)
