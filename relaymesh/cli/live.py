@@ -318,7 +318,7 @@ def live_peers(context: Context, args: argparse.Namespace) -> bool:
         raise refused(e, context, args) from None
     pending = context.store.pending_key() is not None
     if peers:
-        rows = [("PEER ID", "STATE", "ADDRESS", "LAST SEEN", "RTT", "MSGS IN/OUT")]
+        rows = [("PEER ID", "STATE", "ADDRESS", "LINK", "LAST SEEN", "RTT", "MSGS IN/OUT")]
         for p in peers:
             rtt = "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.1f} ms"
             rows.append(
@@ -326,6 +326,7 @@ def live_peers(context: Context, args: argparse.Namespace) -> bool:
                     _shown(p.get("peer_id")),
                     _shown(p.get("state")),
                     _shown(p.get("address") or None, "-"),
+                    _shown(p.get("link"), "-"),
                     ago(p.get("last_seen")),
                     rtt,
                     f"{p.get('msgs_in', 0)}/{p.get('msgs_out', 0)}",

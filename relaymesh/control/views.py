@@ -208,6 +208,9 @@ class NodeViews:
             "dialled": peer_id in dialled,
             "via": status.via,
             "hops": status.hops,
+            "encrypted": status.encrypted,
+            "mutual": status.mutual,
+            "link": _link(status),
         }
 
     def _unseen(
@@ -236,3 +239,16 @@ class NodeViews:
             direction=Direction.OUTBOUND if peer_id in dialled else None,
             last_seen=None if last_seen is None else last_seen / 1000,
         )
+
+
+def _link(status: PeerStatus) -> str | None:
+    """
+    What protects a connected peer's link, in a word or two: C{"tls"}
+    between relaymesh nodes, C{"plain, one-way"} for a claudectl peer;
+    L{None} when it is not connected.
+    """
+    if status.encrypted is None:
+        return None
+    if status.encrypted:
+        return "tls"
+    return "plain" if status.mutual else "plain, one-way"

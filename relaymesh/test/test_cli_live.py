@@ -166,13 +166,17 @@ class LiveCommandTests(TestCase):
         status, out, err = yield self.run_cli(self.alpha, "peers")
         self.assertEqual((status, err), (0, ""))
         header, row, pending = out.splitlines()
-        self.assertEqual(header.split(), ["PEER", "ID", "STATE", "ADDRESS", "LAST", "SEEN", "RTT", "MSGS", "IN/OUT"])
+        self.assertEqual(
+            header.split(), ["PEER", "ID", "STATE", "ADDRESS", "LINK", "LAST", "SEEN", "RTT", "MSGS", "IN/OUT"]
+        )
         self.assertEqual(row.split()[:2], ["beta", "connected"])
+        self.assertEqual(row.split()[3], "tls")  # relaymesh peers upgrade their link
         self.assertEqual(pending, "Pending pairing key: none")
         status, out, err = yield self.run_cli(self.alpha, "peers", "--json")
         body = json.loads(out)
         self.assertTrue(body["live"])
         self.assertEqual(body["peers"][0]["state"], "connected")
+        self.assertEqual((body["peers"][0]["encrypted"], body["peers"][0]["link"]), (True, "tls"))
 
     @defer.inlineCallbacks
     def test_peers_offline(self):

@@ -42,6 +42,8 @@ def connected(peer_id: str, address: str) -> PeerStatus:
         next_retry_at=None,
         via=peer_id,
         hops=1,
+        encrypted=True,
+        mutual=True,
     )
 
 
@@ -112,8 +114,23 @@ class NodeViewsTests(SynchronousTestCase):
                 "dialled": False,
                 "via": "beta",
                 "hops": 1,
+                "encrypted": True,
+                "mutual": True,
+                "link": "tls",
             },
         )
+
+    def test_link(self):
+        """
+        A peer's link says what protects it: TLS between relaymesh nodes,
+        plain and one-way for a claudectl peer, nothing when not connected.
+        """
+        from relaymesh.control.views import _link
+
+        tls = connected("beta", "10.0.0.2:40000")
+        self.assertEqual(_link(tls), "tls")
+        self.assertEqual(_link(dataclasses.replace(tls, encrypted=False, mutual=False)), "plain, one-way")
+        self.assertIsNone(_link(dataclasses.replace(tls, encrypted=None, mutual=None)))
 
     def test_learned_peer_id(self):
         """
