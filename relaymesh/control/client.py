@@ -46,6 +46,22 @@ TIMEOUT = 10.0
 STREAM_TIMEOUT = 60.0
 
 
+def _bad_port(parts: Any) -> bool:
+    """
+    Whether a split URL names a port that is not 1 to 5 ASCII digits in
+    range (C{urlsplit} takes some non-ASCII digits for digits, and raises
+    for others only when its C{port} is read).
+    """
+    hostport = parts.netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        text = hostport.partition("]")[2].removeprefix(":")
+    else:
+        text = hostport.partition(":")[2]
+    if not text:
+        return False
+    return not (text.isascii() and text.isdigit() and len(text) <= 5 and 0 < int(text) < 65536)
+
+
 class NodeNotRunning(Exception):
     """
     No node answers at the URL.
@@ -144,6 +160,8 @@ class NodeClient:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"--api: {url!r} is not an http:// URL")
+        if _bad_port(parts):
+            raise ValueError(f"--api: {url!r} has an invalid port (ASCII digits, 1 to 65535)")
         self.url = url.rstrip("/")
         self._parts = parts
         self._token = token

@@ -210,3 +210,31 @@ class ApiTests(TestCase):
         code, body, _ = yield self.h.request("POST", "/api/peers", {"addr": "gamma@127.0.0.1:9900"})
         self.assertEqual((code, body["peer_id"]), (202, "gamma"))
         self.assertEqual(json.loads(json.dumps(body))["addr"], "gamma@127.0.0.1:9900")
+
+
+class ApiUrlPortTests(SynchronousTestCase):
+    """
+    The command line's C{--api} URL (or a stale C{api-url} file) with a port
+    that is not ASCII digits gets its one-line error, not a traceback.
+    """
+
+    def test_api_url_ports(self) -> None:
+        from relaymesh.control.client import NodeClient
+
+        for url in ("http://127.0.0.1:\u00b2", "http://127.0.0.1:\u0669\u0668\u0664\u0667", "http://[::1]:99999"):
+            with self.assertRaises(ValueError) as caught:
+                NodeClient(url, "token")
+            self.assertIn("has an invalid port", str(caught.exception))
+        for url in ("http://127.0.0.1:9849", "http://[::1]:9849/", "http://localhost"):
+            self.assertEqual(NodeClient(url, "token").url, url.rstrip("/"))
+
+    def test_status_command(self) -> None:
+        data_dir = self.mktemp()
+        KeyStore(data_dir).set_identity("alpha")
+        with open(os.path.join(data_dir, "api-token"), "w") as f:
+            f.write("token\n")
+        out, err = StringIO(), StringIO()
+        status = main(["--data-dir", data_dir, "status", "--api", "http://127.0.0.1:\u00b2"], out, err)
+        self.assertEqual(status, 2)
+        self.assertEqual(len(err.getvalue().splitlines()), 1, err.getvalue())
+        self.assertIn("invalid port", err.getvalue())
