@@ -17,16 +17,16 @@ the role says so. Roles mirror C{node.py}:
   - C{middle}: dial a sink, accept a source, decode each line from the
     source and write it to the sink.
 
-C{--tls} (C{sink}, C{source}, C{hmac}, C{middle}): the TLS baseline. Each side starts
-TLS on its TCP connection as it connects (Twisted's C{startTLS}, as
-relaymesh does in band) with a certificate of the kind a relaymesh node
-has and the same TLS settings (L{relaymesh.tls.NodeCertificate}, used to
-make the certificate and its context only). Twisted's TLS layer makes
-every C{write} a TLS record, where its TCP transport joins what is written
-before sending it; so the TLS C{source} writes what one batch builds in one
-C{write} (at most 64 KiB, as relaymesh does), and not each message on its
-own, and the TLS C{middle} writes on what one read brings in one write.
-The TLS C{hmac} acceptor speaks relaymesh's handshake over TLS: it
+C{--tls} (C{sink}, C{source}, C{hmac}, C{middle}): the TLS baseline, the
+same programs with TLS on every connection. Each side starts TLS on its TCP
+connection as it connects (Twisted's C{startTLS}, as relaymesh does in
+band) with a certificate of the kind a relaymesh node has and the same TLS
+settings (L{relaymesh.tls.NodeCertificate}, used to make the certificate
+and its context only); a TLS client starts sending once the TLS handshake
+is done. Writes stay one per message: Twisted's TLS layer joins small
+writes (up to 64,000 bytes, or until the reactor's next turn) before
+encrypting them, as its TCP transport joins them before sending. The TLS
+C{hmac} acceptor speaks relaymesh's handshake over TLS: it
 names itself and offers the upgrade, upgrades, and checks the labelled
 proof bound to both certificates (docs/protocol.rst).
 """
@@ -34,7 +34,6 @@ proof bound to both certificates (docs/protocol.rst).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hmac
 import os
 import time
@@ -65,9 +64,6 @@ loads = dumps = None
 
 #: This process's certificate with C{--tls} (a L{relaymesh.tls.NodeCertificate}).
 CERTIFICATE = None
-
-#: Bytes a TLS source joins into one write at most.
-TLS_WRITE_BYTES = 65536
 
 
 class Lines(LineOnlyReceiver):
@@ -198,36 +194,6 @@ class _Client(ClientFactory):
         self._lost()
 
 
-def coalesced(write, build):
-    """
-    A C{send} that collects the lines C{build} makes, and a C{batched}
-    context that writes them in one C{write} when it ends (or once
-    L{TLS_WRITE_BYTES} wait).
-    """
-    pending: list[bytes] = []
-    size = [0]
-
-    def flush() -> None:
-        write(b"".join(pending))
-        pending.clear()
-        size[0] = 0
-
-    def send() -> None:
-        line = build()
-        pending.append(line)
-        size[0] += len(line)
-        if size[0] >= TLS_WRITE_BYTES:
-            flush()
-
-    @contextlib.contextmanager
-    def batched():
-        yield
-        if pending:
-            flush()
-
-    return send, batched
-
-
 def source(options) -> None:
     payload = benchlib.payload_for(options.size)
     tag = os.urandom(8).hex()
@@ -237,20 +203,11 @@ def source(options) -> None:
     def connected(protocol) -> None:
         write = protocol.transport.write
 
-        def build() -> bytes:
-            return message(next(counter), DATA_TYPE, payload, benchlib.SOURCE_ID, tag) + b"\n"
-
-        if CERTIFICATE is None:
-
-            def send() -> None:  # each message written on its own, as before
-                write(message(next(counter), DATA_TYPE, payload, benchlib.SOURCE_ID, tag) + b"\n")
-
-            batched = contextlib.nullcontext
-        else:
-            send, batched = coalesced(write, build)
+        def send() -> None:
+            write(message(next(counter), DATA_TYPE, payload, benchlib.SOURCE_ID, tag) + b"\n")
 
         watch.start()
-        benchlib.pump([protocol], send, options.count, options.batch, lambda: None, batched=batched)
+        benchlib.pump([protocol], send, options.count, options.batch, lambda: None)
 
     def lost() -> None:
         watch.stop()
@@ -403,31 +360,16 @@ def hmac_acceptor(options) -> None:
 
 def middle(options) -> None:
     class Forward(Lines):
+        def connectionMade(self) -> None:
+            if CERTIFICATE is not None:
+                self.transport.startTLS(CERTIFICATE.server_options())
+
         def lineReceived(self, line: bytes) -> None:
             loads(line)
             self.factory.sink.transport.write(line + b"\n")
 
-    class TLSForward(Lines):
-        """
-        Over TLS: what one read brings is written on in one write.
-        """
-
-        def connectionMade(self) -> None:
-            self.transport.startTLS(CERTIFICATE.server_options())
-            self.out: list[bytes] = []
-
-        def dataReceived(self, data: bytes) -> None:
-            Lines.dataReceived(self, data)
-            if self.out:
-                self.factory.sink.transport.write(b"".join(self.out))
-                self.out.clear()
-
-        def lineReceived(self, line: bytes) -> None:
-            loads(line)
-            self.out.append(line + b"\n")
-
     def connected(protocol) -> None:
-        factory = Factory.forProtocol(Forward if CERTIFICATE is None else TLSForward)
+        factory = Factory.forProtocol(Forward)
         factory.sink = protocol
         report("READY", port=listen(factory))
 
