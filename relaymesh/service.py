@@ -99,15 +99,15 @@ class OutboundPeer(Service):
 def _node_certificate(keystore: Any, identity: str) -> NodeCertificate:
     """
     The node's certificate for the TLS upgrade of its links: the one in its
-    data directory, made there on the first start; a key store without a
-    directory gets one that lives in memory.
+    data directory, made there on the first start; any key store but a
+    L{KeyStore} (one in memory) gets one that lives in memory.
 
     @raise TLSError: if the certificate cannot be read or made.
     """
-    data_dir = getattr(keystore, "path", None)
-    if not isinstance(data_dir, str):
+    if not isinstance(keystore, KeyStore):
+        # an in-memory store (its path, if any, is only a placeholder)
         return NodeCertificate.generate(identity)
-    return NodeCertificate.for_data_dir(data_dir, identity)
+    return NodeCertificate.for_data_dir(keystore.path, identity)
 
 
 @implementer(INode)

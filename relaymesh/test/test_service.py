@@ -587,3 +587,21 @@ class StopDiallingTests(SynchronousTestCase):
         self.assertEqual(len(lost), 1)
         self.assertEqual(protocol.state, State.CLOSED)
         self.assertEqual(protocol.close_reason, "stopped dialling")
+
+
+class InMemoryCertificateTests(SynchronousTestCase):
+    def test_memory_node_writes_no_certificate(self):
+        """
+        A node on an in-memory key store gets a certificate in memory, and
+        writes nothing into the current directory.
+        """
+        from relaymesh.testing import MemoryNetwork, memory_node
+
+        here = os.path.abspath(self.mktemp())
+        os.makedirs(here)
+        previous = os.getcwd()
+        os.chdir(here)
+        self.addCleanup(os.chdir, previous)
+        node = memory_node(MemoryNetwork(), "alice")
+        self.assertTrue(node.certificate.fingerprint.startswith("sha256:"))
+        self.assertEqual(os.listdir(here), [])
