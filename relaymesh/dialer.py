@@ -18,9 +18,14 @@ from relaymesh import pairing
 from relaymesh.address import PeerAddress
 from relaymesh.connection import RelayProtocol
 from relaymesh.events import Direction
-from relaymesh.handshake.base import PENDING_FORM, Authenticated, HandshakeFailed, KeyLookup
+from relaymesh.handshake.base import (
+    PENDING_FORM,
+    Authenticated,
+    HandshakeFailed,
+    KeyLookup,
+    legacy_mark,
+)
 from relaymesh.handshake.connector import ConnectorHandshake
-from relaymesh.handshake.proofs import LEGACY_FIELD
 from relaymesh.interfaces import IHandshakeObserver
 from relaymesh.keystore import KeyStoreError
 from relaymesh.mesh import Mesh
@@ -165,8 +170,8 @@ class RelayClientFactory(ReconnectingClientFactory):
         if peer_id is None:
             return False
         try:
-            marked = self.keys.meta(peer_id).get(LEGACY_FIELD)
-        except (KeyStoreError, OSError, ValueError):
+            marked = legacy_mark(self.keys, peer_id)
+        except HandshakeFailed:
             return False
         if self.target.legacy and marked is False:
             self.log.error(

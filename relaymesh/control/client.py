@@ -25,6 +25,7 @@ import socket
 from typing import Any, Iterator
 from urllib.parse import quote, urlsplit
 
+from relaymesh.address import InvalidAddress, parse_port
 from relaymesh.control.proof import PROOF_PATH, canonical_address, check_proof, new_nonce
 from relaymesh.printable import printable
 
@@ -48,9 +49,9 @@ STREAM_TIMEOUT = 60.0
 
 def _bad_port(parts: Any) -> bool:
     """
-    Whether a split URL names a port that is not 1 to 5 ASCII digits in
-    range (C{urlsplit} takes some non-ASCII digits for digits, and raises
-    for others only when its C{port} is read).
+    Whether a split URL names a port L{relaymesh.address.parse_port} refuses
+    (C{urlsplit} takes some non-ASCII digits for digits, and raises for
+    others only when its C{port} is read).
     """
     hostport = parts.netloc.rpartition("@")[2]
     if hostport.startswith("["):
@@ -59,7 +60,11 @@ def _bad_port(parts: Any) -> bool:
         text = hostport.partition(":")[2]
     if not text:
         return False
-    return not (text.isascii() and text.isdigit() and len(text) <= 5 and 0 < int(text) < 65536)
+    try:
+        parse_port(text)
+    except InvalidAddress:
+        return True
+    return False
 
 
 class NodeNotRunning(Exception):

@@ -29,6 +29,7 @@ from relaymesh.handshake.base import (
     HandshakeFailed,
     IssuedNonces,
     KeyLookup,
+    legacy_mark,
     pin_to_record,
     read_capabilities,
     read_nonce,
@@ -41,7 +42,6 @@ from relaymesh.handshake.proofs import (
     ACK_STARTTLS,
     CAP_STARTTLS,
     DEFAULT_CAPABILITIES,
-    LEGACY_FIELD,
     STARTTLS_FIELD,
     STRONG_FORM,
     Binding,
@@ -307,7 +307,7 @@ class AcceptorHandshake:
         claimed = handshake.claimed
         stored = self._stored_key(claimed)
         if stored is not None:
-            if binding is None and not self._is_legacy(claimed):
+            if binding is None and legacy_mark(self._keys, claimed) is not True:
                 raise HandshakeFailed(
                     f"{claimed} sent claudectl's one-way proof, but its key is not marked legacy; "
                     f"if {claimed} is a claudectl peer, run: relaymesh mark-legacy {claimed}"
@@ -318,11 +318,7 @@ class AcceptorHandshake:
         armed = self._pair(claimed, proves)
         return self._authenticated(handshake, binding, armed.key, armed.form, armed)
 
-    def _is_legacy(self, claimed: str) -> bool:
-        try:
-            return self._keys.meta(claimed).get(LEGACY_FIELD) is True
-        except (KeyStoreError, OSError, ValueError) as e:
-            raise HandshakeFailed(f"cannot read what is recorded about {claimed}: {e}") from None
+
 
     def _confirmation(self, handshake: _Handshake, binding: Binding | None) -> Verdict:
         """

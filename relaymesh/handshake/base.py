@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from relaymesh.handshake.proofs import (
     HEX64,
+    LEGACY_FIELD,
     MAX_CAPABILITIES,
     MAX_CAPABILITY_LENGTH,
     PIN_FIELD,
@@ -162,6 +163,21 @@ def read_nonce(payload: dict[str, Any], field: str = "nonce") -> str | None:
     if not isinstance(value, str) or not HEX64.match(value):
         raise HandshakeFailed(f"{field} is not 64 hex characters")
     return value
+
+
+def legacy_mark(keys: KeyLookup, peer_id: str) -> bool | None:
+    """
+    What is recorded of whether C{peer_id}'s key may be proved in
+    claudectl's one-way form: C{True} (a claudectl peer), C{False} (used
+    with relaymesh's handshake), or L{None} (never said).
+
+    @raise HandshakeFailed: if the peer's record cannot be read.
+    """
+    try:
+        marked = keys.meta(peer_id).get(LEGACY_FIELD)
+    except (KeyStoreError, OSError, ValueError) as e:
+        raise HandshakeFailed(f"cannot read what is recorded about {peer_id}: {e}") from None
+    return marked if isinstance(marked, bool) else None
 
 
 def pin_to_record(keys: KeyLookup, peer_id: str, fingerprint: str) -> str | None:

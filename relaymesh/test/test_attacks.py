@@ -25,13 +25,14 @@ from relaymesh.handshake.connector import ConnectorHandshake
 from relaymesh.handshake.proofs import compute_proof
 from relaymesh.service import RelayService
 from relaymesh.testing import MemoryKeys, MemoryNetwork, memory_node
-from relaymesh.wire import RelayMessage, encode
+from relaymesh.test.support import line
+from relaymesh.wire import RelayMessage
 
 SECRET = "the launch codes are 0000"
 
 
 def message_line(msg_type: str, from_peer: str, payload: object) -> bytes:
-    return encode(RelayMessage("m1", msg_type, from_peer, 1, payload)) + b"\n"
+    return line(RelayMessage("m1", msg_type, from_peer, 1, payload))
 
 
 class _Pipe(Protocol):
