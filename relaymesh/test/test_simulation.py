@@ -8,7 +8,6 @@ no checkout (relaymesh installed alone, tests started elsewhere).
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import random
@@ -16,47 +15,10 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-import relaymesh
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL
+from relaymesh.test.checkout import load_tools
 
-def _checkout() -> str | None:
-    """
-    The checkout whose C{tools/} to test: the one relaymesh was imported
-    from, or else the one the tests were started in (where an installed
-    relaymesh is tested, as CI does), or L{None}.
-    """
-    imported_from = os.path.dirname(os.path.dirname(os.path.abspath(relaymesh.__file__)))
-    here = os.path.abspath(os.getcwd())
-    candidates = [imported_from, here]
-    while os.path.dirname(here) != here:
-        here = os.path.dirname(here)
-        candidates.append(here)
-    for candidate in candidates:
-        if os.path.isfile(os.path.join(candidate, "tools", "simulate.py")) and os.path.isfile(
-            os.path.join(candidate, "relaymesh", "__init__.py")
-        ):
-            return candidate
-    return None
-
-
-#: The checkout C{tools/} comes from, if there is one.
-CHECKOUT = _checkout()
-
-
-def _load_tools():
-    """
-    Import C{tools.simulate} and C{tools.topology} from the checkout.
-
-    @return: the two modules, or L{None} without a checkout.
-    """
-    if CHECKOUT is None:
-        return None
-    if CHECKOUT not in sys.path:
-        sys.path.append(CHECKOUT)
-    return importlib.import_module("tools.simulate"), importlib.import_module("tools.topology")
-
-
-_tools = _load_tools()
+_tools = load_tools("simulate", "topology")
 
 #: Why the tests are skipped, or L{None}.
 SKIP = None if _tools is not None else "no checkout with tools/simulate.py: relaymesh is installed alone"
