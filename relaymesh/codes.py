@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from relaymesh.address import format_hostport, is_port_text
 from relaymesh.peerid import validate_peer_id
 
-KEY_LENGTH = 32  # claudectl: 32-byte PSK
-
 PAIR_CODE_BYTES = 8  # claudectl: format_psk shows the first 8 bytes
 PAIR_CODE_GROUP = 4  # claudectl: xxxx-xxxx-xxxx-xxxx
 
@@ -510,7 +508,7 @@ def _check_host(host: str) -> None:
         return
     except ValueError:
         pass
-    if _HOSTNAME.match(host) is None or host.replace(".", "").isdigit() or ":" in host:
+    if _HOSTNAME.match(host) is None or host.replace(".", "").isdigit():
         raise InvalidCode(f"bad host {host!r}")
 
 
