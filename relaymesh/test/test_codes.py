@@ -1,10 +1,12 @@
 """
-Tests for L{relaymesh.codes}, checked against claudectl 0.49.2's own output.
+Tests for L{relaymesh.codes}, checked against claudectl 0.49.2's own output,
+and for how L{relaymesh.joinforms} tells apart what a user gives to join.
 """
 
 import dataclasses
 import json
 import random
+from io import StringIO
 
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
@@ -33,6 +35,14 @@ from relaymesh.codes import (
     parse_pair_code,
     wordlist,
 )
+from relaymesh.cli import live as cli_live
+from relaymesh.cli.main import main
+from relaymesh.joinforms import (
+    looks_like_pair_code,
+    looks_like_strong_code,
+    parse_join_input,
+)
+from relaymesh.keystore import KeyStore
 from relaymesh.peerid import InvalidPeerId
 
 FIXTURES = FilePath(__file__).sibling("fixtures")
@@ -212,6 +222,22 @@ class KeyDerivationTests(SynchronousTestCase):
         self.assertRaises(InvalidCode, derive_seed_key, PREFIX)
         self.assertRaises(InvalidCode, derive_seed_key, "0001")
 
+    def test_wrongLengthSaysWhy(self):
+        """
+        Key material of the wrong length or type is refused with one line
+        giving the length wanted and the length or type given.
+        """
+        for derive, value, message in [
+            (derive_seed_key, PREFIX, "key material must be 4 bytes, not 8"),
+            (derive_pair_key, SEED, "key material must be 8 bytes, not 4"),
+            (derive_pair_key, PREFIX + b"\0", "key material must be 8 bytes, not 9"),
+            (derive_seed_key, "0001", "key material must be bytes, not str"),
+        ]:
+            error = self.assertRaises(InvalidCode, derive, value)
+            self.assertEqual(str(error), message)
+        self.assertEqual(derive_pair_key(bytearray(PREFIX)), PAIR_KEY)
+        self.assertEqual(derive_seed_key(memoryview(SEED)), SEED_KEY)
+
 
 class PairCodeTests(SynchronousTestCase):
     """
@@ -247,6 +273,23 @@ class PairCodeTests(SynchronousTestCase):
         self.assertEqual(format_pair_code(PREFIX), "0001-0203-0405-0607")
         self.assertRaises(InvalidCode, format_pair_code, PREFIX[:7])
         self.assertRaises(InvalidCode, format_pair_code, PREFIX + b"\0")
+
+    def test_formatSaysWhy(self):
+        """
+        A prefix of the wrong length is refused with both lengths.
+        """
+        error = self.assertRaises(InvalidCode, format_pair_code, PREFIX[:7])
+        self.assertEqual(str(error), "a pair code prefix must be 8 bytes, not 7")
+
+    def test_parseIgnoresLettersPastF(self):
+        """
+        Letters past C{f}, in either case, are not hex digits: they neither
+        count towards the 16 digits nor make the code unreadable.
+        """
+        for text in ["0001-0203-0405-0607-XYZ", "X0001-0203-0405-0607x", "G0001020304050607"]:
+            self.assertEqual(parse_pair_code(text), PAIR_KEY, text)
+        error = self.assertRaises(InvalidCode, parse_pair_code, "0001-0203-0405-060X")
+        self.assertEqual(str(error), "a pair code has 16 hex digits, found 15")
 
     def test_parseIgnoresOtherCharacters(self):
         """
@@ -456,6 +499,44 @@ class RelayCodeTests(SynchronousTestCase):
             self.assertRaises(InvalidCode, encode_relay_code, host, port, seed)
             self.assertRaises(InvalidCode, encode_word_phrase, host, port, seed)
 
+    def test_badValuesSayWhy(self):
+        """
+        A host that is not an IP address (only brackets around it are
+        dropped), a seed that is not 4 bytes and a port out of range are
+        refused with one line naming the value.
+        """
+        for host, port, seed, message in [
+            ("10.0.0.7X", 9847, SEED, "carry an IP address, not '10.0.0.7X'"),
+            ("X10.0.0.7", 9847, SEED, "carry an IP address, not 'X10.0.0.7'"),
+            ("10.0.0.7", 9847, SEED[:3], "a key seed must be 4 bytes, not 3"),
+            ("10.0.0.7", 9847, PREFIX, "a key seed must be 4 bytes, not 8"),
+            ("10.0.0.7", 65536, SEED, "bad port 65536: a TCP port is 1 to 65535"),
+            ("10.0.0.7", 0, SEED, "bad port 0: a TCP port is 1 to 65535"),
+        ]:
+            for encode in [encode_relay_code, encode_word_phrase]:
+                error = self.assertRaises(InvalidCode, encode, host, port, seed)
+                self.assertIn(message, str(error))
+                self.assertNotIn("\n", str(error))
+        self.assertEqual(
+            decode_relay_code(encode_relay_code("[10.0.0.7]", 9848, SEED)).addr,
+            "10.0.0.7:9848",
+        )
+
+    def test_highestPort(self):
+        """
+        65535 is a TCP port: it is encoded (as claudectl does, clamped to
+        the highest port byte), though C{strict} refuses it as lost.
+        """
+        self.assertEqual(decode_relay_code(encode_relay_code("10.0.0.7", 65535, SEED)).port, 10102)
+        self.assertEqual(decode_word_phrase(encode_word_phrase("10.0.0.7", 65535, SEED)).port, 10102)
+        error = self.assertRaises(
+            InvalidCode, encode_relay_code, "10.0.0.7", 65535, SEED, strict=True
+        )
+        self.assertEqual(
+            str(error),
+            "bad port 65535: relay codes and word phrases carry only 9847 to 10102, except 9975",
+        )
+
 
 class WordPhraseTests(SynchronousTestCase):
     """
@@ -470,6 +551,24 @@ class WordPhraseTests(SynchronousTestCase):
         self.assertEqual(list(wordlist()), expected.decode("ascii").split())
         self.assertEqual(len(set(wordlist())), 256)
         self.assertEqual((wordlist()[0], wordlist()[255]), ("ace", "rum"))
+
+    def test_damagedWordList(self):
+        """
+        A shipped word list that has not 256 distinct words is refused
+        rather than used: with it, phrases would decode to other bytes.
+        """
+        words = list(wordlist())
+        self.addCleanup(wordlist.cache_clear)
+        for damaged in [words[:255], words + ["zzz"], words[:255] + [words[0]]]:
+            path = FilePath(self.mktemp())
+            path.setContent("\n".join(damaged).encode("ascii"))
+            self.patch(codes, "WORDLIST_RESOURCE", path.path)
+            wordlist.cache_clear()
+            error = self.assertRaises(RuntimeError, wordlist)
+            self.assertEqual(str(error), f"{path.path} must hold 256 distinct words")
+        path.setContent("\n".join(words).encode("ascii"))
+        wordlist.cache_clear()
+        self.assertEqual(list(wordlist()), words)
 
     def test_roundTrip(self):
         """
@@ -685,6 +784,66 @@ class InviteLinkTests(SynchronousTestCase):
         self.assertRaises(InvalidCode, encode_invite_link, "n", "h", 0, PREFIX)
         self.assertRaises(InvalidCode, encode_invite_link, "n", "h", 1, PREFIX[:4])
 
+    def test_portLimits(self):
+        """
+        A link carries any TCP port, 1 to 65535; 0 and 65536 are refused
+        both ways.
+        """
+        for port in [1, 65535]:
+            link = encode_invite_link("n", "10.0.0.7", port, PREFIX)
+            self.assertEqual(link, f"cctl://n@10.0.0.7:{port}/k/0001020304050607")
+            self.assertEqual(decode_invite_link(link).port, port)
+        for port in [0, 65536]:
+            error = self.assertRaises(InvalidCode, encode_invite_link, "n", "10.0.0.7", port, PREFIX)
+            self.assertEqual(str(error), f"bad port {port}: a TCP port is 1 to 65535")
+            self.assertMalformed(
+                f"cctl://n@10.0.0.7:{port}/k/0001020304050607", f"bad port {port} in invite link"
+            )
+
+    def test_encodeSaysWhy(self):
+        """
+        Encoding a link with a host bracketed on one side only, or a prefix
+        that is not 8 bytes, is refused naming the value.
+        """
+        for host in ["[::1", "::1]", "[10.0.0.7", "10.0.0.7]"]:
+            error = self.assertRaises(InvalidCode, encode_invite_link, "n", host, 1, PREFIX)
+            self.assertEqual(str(error), f"bad host {host!r}")
+        error = self.assertRaises(InvalidCode, encode_invite_link, "n", "h", 1, PREFIX[:4])
+        self.assertEqual(str(error), "a pair code prefix must be 8 bytes, not 4")
+
+    def test_peerIdReasons(self):
+        """
+        A link naming a bad peer id (one an attacker could use to reach a
+        file of the key store, or to flood a log) is refused, and the one
+        line says why: empty, reserved, longer than 128 characters, or a
+        character outside letters, digits, C{-} and C{_}. 128 characters
+        are allowed.
+        """
+        for identity, reason in [
+            ("", "peer id is empty"),
+            ("_pending", "'_pending' is reserved and cannot be a peer id"),
+            ("x" * 129, "peer id is 129 characters long, at most 128 allowed"),
+            ("x" * 1000, "peer id is 1000 characters long, at most 128 allowed"),
+            (
+                "x" * 127 + ".",
+                f"invalid peer id {'x' * 40!r}: only ASCII letters, digits, '-' and '_' are allowed",
+            ),
+            (
+                "..",
+                "invalid peer id '..': only ASCII letters, digits, '-' and '_' are allowed",
+            ),
+        ]:
+            link = f"cctl://{identity}@10.0.0.7:9847/k/0001020304050607"
+            error = self.assertRaises(InvalidCode, decode_invite_link, link)
+            self.assertEqual(str(error), f"bad peer id in invite link: {reason}")
+            error = self.assertRaises(InvalidPeerId, encode_invite_link, identity, "h", 1, PREFIX)
+            self.assertEqual(str(error), reason)
+        longest = "x" * 128
+        link = encode_invite_link(longest, "10.0.0.7", 9847, PREFIX)
+        self.assertEqual(decode_invite_link(link).identity, longest)
+        error = self.assertRaises(InvalidPeerId, encode_invite_link, 7, "h", 1, PREFIX)
+        self.assertEqual(str(error), "peer id must be a string, not int")
+
 
 class DetectInviteFormTests(SynchronousTestCase):
     """
@@ -748,6 +907,16 @@ class DetectInviteFormTests(SynchronousTestCase):
         error = self.assertRaises(InvalidCode, decode_invite, "cctl://x")
         self.assertIn("missing '/k/'", str(error))
 
+    def test_formNames(self):
+        """
+        The form a decoded invite names is stored as the peer's
+        C{paired_via}: the names are fixed, for key stores written earlier.
+        """
+        self.assertEqual(
+            [decode_invite(text).form for text in [LINK, WORD_PHRASE, RELAY_CODE]],
+            ["link", "words", "relay_code"],
+        )
+
 
 class InviteTests(SynchronousTestCase):
     """
@@ -778,3 +947,137 @@ class InviteTests(SynchronousTestCase):
         """
         self.assertTrue(issubclass(InvalidCode, ValueError))
         self.assertIs(codes.InvalidCode, InvalidCode)
+
+
+class JoinInputTests(SynchronousTestCase):
+    """
+    How L{parse_join_input} tells a strong code, a pair code, a relay code
+    and a word phrase apart, beyond what C{test_invite} checks.
+    """
+
+    PEER = "alpha@10.0.0.2:9847"
+
+    def assertRefused(self, message: str, text: str, peer: str | None = None) -> None:
+        """
+        Assert that C{text} (with C{peer}) is refused with the one line
+        C{message}.
+        """
+        error = self.assertRaises(InvalidCode, parse_join_input, text, peer)
+        self.assertEqual(str(error), message)
+
+    def test_strongCodeShape(self):
+        """
+        A strong code is a number and two words, each made only of letters;
+        anything else is not taken for one.
+        """
+        for text in ["7-ace-act", " 12-Ace-ACT\n", "7-zzzzz-act"]:
+            self.assertTrue(looks_like_strong_code(text), text)
+        for text in ["7-a1-act", "7-ace-a1", "x-ace-act", "7-ace", "7-ace-act-age", "-ace-act", "7--act"]:
+            self.assertFalse(looks_like_strong_code(text), text)
+
+    def test_badStrongCode(self):
+        """
+        A strong code with a word not in the list is refused naming the
+        word, with or without C{--peer}.
+        """
+        for peer in [None, self.PEER]:
+            self.assertRefused("unknown word 'zzzzz' in the strong code", "7-ace-zzzzz", peer)
+
+    def test_pairCodeWithoutNonBase32Digits(self):
+        """
+        16 hex digits make a pair code even when none of them is 0, 1, 8 or
+        9 (the digits no relay code has); 15 or 17 such digits do not.
+        """
+        text = "abcd-ef23-4567-7654"
+        self.assertTrue(looks_like_pair_code(text))
+        self.assertRefused(
+            "a pair code needs --peer ID@HOST:PORT (the inviting node's id and address)", text
+        )
+        invite = parse_join_input(text, self.PEER)
+        self.assertEqual(invite.key, parse_pair_code(text))
+        self.assertEqual((invite.identity, invite.addr), ("alpha", "10.0.0.2:9847"))
+        for other in ["abcd-ef23-4567-765", "abcd-ef23-4567-7654-7", "abcd-ef23"]:
+            self.assertFalse(looks_like_pair_code(other), other)
+
+    def test_hexLettersAreNotPairCodes(self):
+        """
+        A relay code or word phrase spelt only with hex letters and digits
+        2 to 7 decodes as what it is, not as a pair code.
+        """
+        invite = parse_join_input("ACE-BAD-CAB-222-33A")
+        self.assertEqual(invite, decode_relay_code("ACE-BAD-CAB-222-33A"))
+        self.assertEqual(invite.form, FORM_RELAY_CODE)
+        phrase = "ace-bed-bee-cab-fed-ace-bed-bee-cab"
+        invite = parse_join_input(phrase)
+        self.assertEqual(invite, decode_word_phrase(phrase))
+        self.assertEqual(invite.form, FORM_WORDS)
+
+    def test_strayLetters(self):
+        """
+        Text with a letter past C{f} is not a pair code, even with 16 hex
+        digits: with C{--peer} it is refused as no pair code.
+        """
+        for text in ["0001-0203-0405-060X", "0001-0203-0405-0607X", "0001-0203-0405-0607 x"]:
+            self.assertFalse(looks_like_pair_code(text), text)
+            self.assertRefused(
+                "--peer goes only with a pair code; links and codes carry the address",
+                text,
+                self.PEER,
+            )
+
+    def test_separatorsOnly(self):
+        """
+        Dashes, spaces and tabs with no hex digit are no pair code; text
+        with hex digits in both cases and every separator is one.
+        """
+        for text in ["-", "- \t-", "--"]:
+            self.assertFalse(looks_like_pair_code(text), text)
+            self.assertRefused(
+                "--peer goes only with a pair code; links and codes carry the address",
+                text,
+                self.PEER,
+            )
+        every = "0123-4567 89ab\tcdef-ABCDEF"
+        self.assertTrue(looks_like_pair_code(every))
+        self.assertRefused("a pair code has 16 hex digits, found 22", every, self.PEER)
+
+
+class PairedViaTests(SynchronousTestCase):
+    """
+    C{relaymesh peers} names how each peer paired.
+    """
+
+    def test_everyForm(self):
+        """
+        Every form a node records as a peer's C{paired_via} reads by name;
+        the recorded names are those earlier versions wrote.
+        """
+        described = {
+            "strong_code": "strong code",
+            "strong_link": "relaymesh link (strong code)",
+            "relaymesh_link": "relaymesh link",
+            "link": "cctl:// link",
+            "relay_code": "relay code",
+            "words": "word phrase",
+            "pair_code": "pair code",
+            "invite": "invite link or pair code",
+            "invite_legacy": "relay code or word phrase",
+        }
+        self.patch(cli_live, "live_peers", lambda context, args: False)
+        path = self.mktemp()
+        store = KeyStore(path)
+        store.set_identity("laptop")
+        names = {}
+        for n, via in enumerate(described):
+            names[f"peer{n}"] = via
+            store.set_key(f"peer{n}", bytes(32))
+            store.update_meta(f"peer{n}", paired_via=via)
+        stdout, stderr = StringIO(), StringIO()
+        self.assertEqual(main(["peers", "--data-dir", path], stdout=stdout, stderr=stderr), 0)
+        self.assertEqual(stderr.getvalue(), "")
+        rows = {}
+        for line in stdout.getvalue().splitlines():
+            if line.startswith("peer"):
+                peer, rest = line.split(" ", 1)
+                rows[peer] = rest.split("  ")[-1].strip()
+        self.assertEqual(rows, {peer: described[via] for peer, via in names.items()})
