@@ -64,6 +64,8 @@ _HOSTNAME = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z"
 )
 _PAIR_HEX = re.compile(r"[0-9A-Fa-f]{%d}\Z" % (2 * PAIR_CODE_BYTES,))
+#: An IPv6 zone (an interface name or number) a link may carry.
+_ZONE = re.compile(r"[A-Za-z0-9_.-]+\Z")
 
 
 class InvalidCode(ValueError):
@@ -251,7 +253,7 @@ def _invite_bytes(host: str, port: int, seed: bytes, strict: bool) -> bytes:
     if address.version == 6:
         if strict:
             raise InvalidCode(
-                f"relay codes and word phrases cannot carry the IPv6 address {host}"
+                f"relay codes and word phrases cannot carry the IPv6 address {host!r}"
             )
         address = ipaddress.IPv4Address(FALLBACK_IPV4)
     port_byte = encode_port_byte(port)
@@ -475,10 +477,8 @@ def _split_host_port(text: str) -> tuple[str, int]:
         if not bracket or not port_text.startswith(":"):
             raise InvalidCode(f"bad address {text!r} in invite link")
         port_text = port_text[1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise InvalidCode(f"bad host {host!r} in invite link") from None
+        if not _is_ip_address(host, version=6):
+            raise InvalidCode(f"bad host {host!r} in invite link")
     else:
         host, colon, port_text = text.rpartition(":")
         if not colon:
@@ -499,15 +499,28 @@ def _split_host_port(text: str) -> tuple[str, int]:
     return host, port
 
 
+def _is_ip_address(host: str, version: int | None = None) -> bool:
+    """
+    Whether C{host} is an IP address (of C{version}, if given); an IPv6
+    zone is allowed only in letters, digits, C{.}, C{-} and C{_}, so that
+    no character a terminal acts on rides along.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if version is not None and address.version != version:
+        return False
+    zone = address.scope_id if address.version == 6 else None
+    return zone is None or _ZONE.match(zone) is not None
+
+
 def _check_host(host: str) -> None:
     """
     @raise InvalidCode: unless C{host} is an IP address or a DNS name.
     """
-    try:
-        ipaddress.ip_address(host)
+    if _is_ip_address(host):
         return
-    except ValueError:
-        pass
     if _HOSTNAME.match(host) is None or host.replace(".", "").isdigit():
         raise InvalidCode(f"bad host {host!r}")
 

@@ -800,6 +800,33 @@ class InviteLinkTests(SynchronousTestCase):
                 f"cctl://n@10.0.0.7:{port}/k/0001020304050607", f"bad port {port} in invite link"
             )
 
+    def test_ipv6Zone(self):
+        """
+        A link-local IPv6 address may name its zone (an interface) in
+        letters, digits, C{.}, C{-} and C{_}; a zone with any other
+        character (a terminal escape, a new line, a right-to-left override,
+        a space) is refused both ways, with one line.
+        """
+        for host in ["fe80::1%eth0", "fe80::1%3", "fe80::1%br-lan.10_x"]:
+            link = encode_invite_link("n", host, 1, PREFIX)
+            self.assertEqual(link, f"cctl://n@[{host}]:1/k/0001020304050607")
+            self.assertEqual(decode_invite_link(link).host, host)
+        for zone in ["\x1b[31m\x07", "eth0\n", "\u202e", "eth 0", "eth/0", "\u00e9"]:
+            host = "fe80::1%" + zone
+            error = self.assertRaises(InvalidCode, encode_invite_link, "n", host, 1, PREFIX)
+            self.assertEqual(str(error), f"bad host {host!r}")
+            self.assertMalformed(
+                f"cctl://n@[{host}]:1/k/0001020304050607", f"bad host {host!r} in invite link"
+            )
+            error = self.assertRaises(
+                InvalidCode, encode_relay_code, host, 9847, SEED, strict=True
+            )
+            self.assertIn("relay codes and word phrases ", str(error))
+            self.assertTrue(str(error).endswith(f" {host!r}"), str(error))
+        self.assertMalformed(
+            "cctl://n@[10.0.0.7]:1/k/0001020304050607", "bad host '10.0.0.7' in invite link"
+        )
+
     def test_encodeSaysWhy(self):
         """
         Encoding a link with a host bracketed on one side only, or a prefix
