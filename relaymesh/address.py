@@ -133,7 +133,7 @@ def parse_peer_address(text: str) -> PeerAddress:
         host, sep, port_text = text.partition(":")
         if sep:
             port = parse_port(port_text)
-    if not host or any(c.isspace() or c in "/@" for c in host):
+    if not host or any(c.isspace() or not c.isprintable() or c in "/@" for c in host):
         raise InvalidAddress(f"{original!r}: invalid host {host!r}")
     return PeerAddress(peer_id, host, port, **flags)
 

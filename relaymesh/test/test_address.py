@@ -44,6 +44,11 @@ class ParsePeerAddressTests(SynchronousTestCase):
             ("[::1]9", "expected ':port'"),
             ("peer@", "invalid host"),
             ("a/b:1", "invalid host"),
+            # a terminal escape or a new line in a host (an IPv6 zone takes
+            # any character) never reaches the key store or a log line
+            ("[fe80::1%\x1b[31m]:9847", "invalid host"),
+            ("p@[fe80::1%a\nb]:9847", "invalid host"),
+            ("host\x07:1", "invalid host"),
             ("tls:legacy:p@h", "cannot use TLS"),
             ("tls:tls:h", "given twice"),
             ("legacy:h:4", "needs its id"),
