@@ -136,7 +136,7 @@ GROUPS: tuple[Group, ...] = (
     Group(
         "codes",
         ("relaymesh/codes.py", "relaymesh/joinforms.py", "relaymesh/peerid.py"),
-        _tests("test_codes", "test_invite", "test_pake", "test_keystore", "test_join_errors"),
+        _tests("test_codes", "test_peerid", "test_invite", "test_pake", "test_keystore", "test_join_errors"),
     ),
     Group(
         "keystore",
