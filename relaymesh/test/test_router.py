@@ -502,13 +502,16 @@ class RouterTests(SynchronousTestCase):
         message = RelayMessage("hb", "heartbeat", "carol", 1, {})
         return self.router.take(self.carol, message, {**message.to_dict(), **fields})
 
-    def routed(self, link, origin, to, hops, msg_id="m1", sealed="c2VhbGVk", from_peer=None):
+    def routed(
+        self, link, origin, to, hops, msg_id="m1", sealed="c2VhbGVk", from_peer=None, origin_id=None
+    ):
         """
         Hand the router a routed message from C{link}; return whether it
         took it.
         """
         message = RelayMessage(msg_id, "delegate_task", from_peer or link.peer_id, 1, None)
-        line = encode_routed(message, RouteHeader(origin, to, hops, msg_id), sealed)
+        header = RouteHeader(origin, to, hops, origin_id or msg_id)
+        line = encode_routed(message, header, sealed)
         message, fields = decode_fields(line)
         return self.router.take(link, message, fields)
 
@@ -749,3 +752,19 @@ class RouterTests(SynchronousTestCase):
         arrive(0)
         self.assertEqual(len(self.host.delivered), 4098)
         self.assertEqual(self.host.delivered[-1][1].payload, {"n": 0})
+
+    def test_delivered_under_origin_id(self):
+        """
+        A routed message is delivered as its origin's, under the origin id
+        it is deduplicated by; a reliable one is handed to the reliable
+        delivery under its own id (its copies differ in origin id).
+        """
+        delta = Sealer("delta", MemoryKeys({"alpha": PSK}, identity="delta"))
+        for n, fields in enumerate([{}, {"reliable": True}]):
+            message = RelayMessage(f"m{n}", "delegate_task", "delta", 1, {"n": n})
+            sealed = delta.seal("alpha", message, f"o{n}", fields)
+            self.routed(self.carol, "delta", "alpha", 2, msg_id=f"m{n}", sealed=sealed, origin_id=f"o{n}")
+        self.assertEqual(
+            [(peer, m.id, m.from_peer, m.payload) for peer, m in self.host.delivered],
+            [("delta", "o0", "delta", {"n": 0}), ("delta", "m1", "delta", {"n": 1})],
+        )
