@@ -522,7 +522,10 @@ class RouterTests(SynchronousTestCase):
         """
         self.assertEqual(self.router.route("delta"), Route("delta", "carol", 2))
         self.assertIsNone(self.router.route("zeta"))
-        self.assertEqual(self.router.next_hops(), {"beta": ("beta", 1), "carol": ("carol", 1), "delta": ("carol", 2)})
+        self.assertEqual(
+            self.router.next_hops(),
+            {"beta": ("beta", 1), "carol": ("carol", 1), "delta": ("carol", 2)},
+        )
         self.assertTrue(self.router.paired("delta"))
         self.assertFalse(self.router.paired("carol"))
 
@@ -564,14 +567,19 @@ class RouterTests(SynchronousTestCase):
         self.router.start()
         self.router.neighbour_up("echo")
         self.host.clock.advance(0)
-        self.assertEqual((self.host.changes, self.host.advertisements), (before[0] + 1, before[1] + 1))
+        self.assertEqual(
+            (self.host.changes, self.host.advertisements), (before[0] + 1, before[1] + 1)
+        )
 
     def test_neighbour_down_forgotten(self):
         """
         A neighbour that went down gets no advertisement, and what it sends
         is not taken as routed.
         """
-        self.assertEqual(self.router.heartbeat_fields("beta"), {"routes": advertisement({"carol": 1, "delta": 2})})
+        self.assertEqual(
+            self.router.heartbeat_fields("beta"),
+            {"routes": advertisement({"carol": 1, "delta": 2})},
+        )
         self.router.neighbour_down("beta")
         self.assertIsNone(self.router.heartbeat_fields("beta"))
         self.assertFalse(self.routed(self.beta, "beta", "delta", 1))
@@ -610,7 +618,9 @@ class RouterTests(SynchronousTestCase):
         """
         self.assertFalse(self.heartbeat({"routes": {"v": 2, "routes": {}}}))
         [event] = self.logged("ignoring a malformed route advertisement")
-        self.assertEqual((event["peer_id"], event["error"]), ("carol", "advertisement version must be 1"))
+        self.assertEqual(
+            (event["peer_id"], event["error"]), ("carol", "advertisement version must be 1")
+        )
         self.assertEqual(self.router.route("delta"), Route("delta", "carol", 2))
 
     def test_refusals_logged_when_they_change(self):
@@ -662,7 +672,9 @@ class RouterTests(SynchronousTestCase):
         self.assertEqual(self.host.lines, [])
         self.assertEqual(len(self.logged("broadcast {msg_id} not sent through routes")), 1)
         small = RelayMessage("b2", "knowledge_sync", "alpha", 1, {"n": 1})
-        self.assertEqual(self.router.broadcast_routed(small, frozenset({"beta", "carol"})), ["delta", "echo"])
+        self.assertEqual(
+            self.router.broadcast_routed(small, frozenset({"beta", "carol"})), ["delta", "echo"]
+        )
 
     def test_bad_envelope_logged(self):
         """
@@ -672,22 +684,26 @@ class RouterTests(SynchronousTestCase):
         message = RelayMessage("m", "delegate_task", "beta", 1, None)
         fields = {**message.to_dict(), "route": {"origin": "beta"}}
         self.assertTrue(self.router.take(self.beta, message, fields))
-        self.assertEqual(self.beta.close_reason, "bad routed message: route is missing the field 'to'")
+        why = "route is missing the field 'to'"
+        self.assertEqual(self.beta.close_reason, f"bad routed message: {why}")
         [event] = self.logged("closing connection to {peer_id}: bad routed message")
-        self.assertEqual((event["peer_id"], event["error"]), ("beta", "route is missing the field 'to'"))
+        self.assertEqual((event["peer_id"], event["error"]), ("beta", why))
 
     def test_too_long_to_forward(self):
         """
         A routed line at the length limit that would be too long with this
         node's id in it is dropped, with a log line, and nothing is sent.
         """
-        empty = len(encode_routed(RelayMessage("m1", "delegate_task", "b", 1, None), RouteHeader("beta", "delta", 1, "m1"), ""))
+        message = RelayMessage("m1", "delegate_task", "b", 1, None)
+        empty = len(encode_routed(message, RouteHeader("beta", "delta", 1, "m1"), ""))
         sealed = "x" * (MAX_LINE_BYTES - empty)
         self.assertTrue(self.routed(self.beta, "beta", "delta", 1, sealed=sealed, from_peer="b"))
         self.assertEqual(self.host.lines, [])
         [event] = self.logged("dropping routed {msg_type} {origin_id} from {origin}: {error}")
         self.assertIn("exceeds the 1048576-byte line limit", str(event["error"]))
-        self.assertTrue(self.routed(self.beta, "beta", "delta", 1, msg_id="m2", sealed=sealed[4:], from_peer="b"))
+        self.assertTrue(
+            self.routed(self.beta, "beta", "delta", 1, msg_id="m2", sealed=sealed[4:], from_peer="b")
+        )
         self.assertEqual(len(self.host.lines), 1)
 
     def test_drops_logged_once(self):
@@ -739,7 +755,7 @@ class RouterTests(SynchronousTestCase):
         def arrive(n):
             message = RelayMessage(f"m{n}", "delegate_task", "delta", 1, {"n": n})
             sealed = delta.seal("alpha", message, message.id, {})
-            self.routed(self.carol, "delta", "alpha", 2, msg_id=message.id, sealed=sealed, from_peer="carol")
+            self.routed(self.carol, "delta", "alpha", 2, msg_id=message.id, sealed=sealed)
 
         for n in range(4096):
             arrive(n)
@@ -763,7 +779,9 @@ class RouterTests(SynchronousTestCase):
         for n, fields in enumerate([{}, {"reliable": True}]):
             message = RelayMessage(f"m{n}", "delegate_task", "delta", 1, {"n": n})
             sealed = delta.seal("alpha", message, f"o{n}", fields)
-            self.routed(self.carol, "delta", "alpha", 2, msg_id=f"m{n}", sealed=sealed, origin_id=f"o{n}")
+            self.routed(
+                self.carol, "delta", "alpha", 2, msg_id=f"m{n}", sealed=sealed, origin_id=f"o{n}"
+            )
         self.assertEqual(
             [(peer, m.id, m.from_peer, m.payload) for peer, m in self.host.delivered],
             [("delta", "o0", "delta", {"n": 0}), ("delta", "m1", "delta", {"n": 1})],
