@@ -318,7 +318,7 @@ class Router:
         @raise SealError: no key is shared with C{to}.
         @raise WireError: the line would be too long.
         """
-        decision = originate(self.table, self.seen, to, origin_id)
+        decision = originate(self.table, to, origin_id)
         if not decision.targets:
             return False
         assert decision.header is not None

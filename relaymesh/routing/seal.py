@@ -162,7 +162,7 @@ def box_bytes(text: Any) -> bytes:
 
     @raise SealError: (L{MALFORMED}) for anything else.
     """
-    if type(text) is not str or not _BOX_TEXT.match(text) or len(text) % 4 == 1:
+    if type(text) is not str or not _BOX_TEXT.match(text):
         raise SealError(MALFORMED, "the sealed field is not unpadded URL-safe base64")
     try:
         box = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

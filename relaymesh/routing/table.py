@@ -248,7 +248,9 @@ class RoutingTable:
                 unreachable.append(destination)
             else:
                 reachable.append((route.hops, destination))
-        unreachable.extend(d for d in untold if d != neighbour and d not in self._routes)
+        # Never a destination with a route, nor the neighbour itself (which
+        # has one while it is a neighbour): _recompute drops those.
+        unreachable.extend(untold)
         untold.clear()
         limit = self.max_routes
         if len(reachable) > limit:
@@ -488,16 +490,16 @@ class Decision:
     header: RouteHeader | None
 
 
-def originate(table: RoutingTable, seen: SeenMessages, to: str, origin_id: str) -> Decision:
+def originate(table: RoutingTable, to: str, origin_id: str) -> Decision:
     """
     Where a message this node starts for C{to} goes first.
 
-    The message is recorded as seen, so a copy that comes back is dropped.
+    A copy that comes back is dropped by its origin (L{decide}), so it is
+    not recorded in the relays' memory.
 
     @param origin_id: The message's id.
     """
     header = RouteHeader(table.identity, to, 0, origin_id)
-    seen.check(table.identity, to, origin_id, 0)
     targets = table.forward_targets(table.identity, None, to, 0)
     return Decision(False, targets, header.forwarded() if targets else None)
 

@@ -11,6 +11,7 @@ tests write raw lines to, as a modified carol would.
 
 from __future__ import annotations
 
+import base64
 import os
 
 from prometheus_client import generate_latest
@@ -319,11 +320,10 @@ class IdFloodTests(Attack):
         self.assertTrue(self.nodes["alice"].mesh.is_connected("carol"))
 
 
-class RelayPrivacyTests(Attack):
+class Relayed(Attack):
     """
-    alice — carol — bob: carol relays between alice and bob, who are paired,
-    and learns nothing of what they say; replaying what it relayed gets
-    nothing delivered twice.
+    alice — carol — bob: carol relays between alice and bob, who are
+    paired; what carol gets from each is recorded.
     """
 
     def setUp(self):
@@ -335,6 +335,13 @@ class RelayPrivacyTests(Attack):
         self.link("carol", "bob")
         self.from_alice = self.tap("carol", "alice")
         self.from_bob = self.tap("carol", "bob")
+
+
+class RelayPrivacyTests(Relayed):
+    """
+    carol learns nothing of what alice and bob say; replaying what she
+    relayed gets nothing delivered twice.
+    """
 
     def test_relay_sees_no_plaintext(self):
         alice = self.nodes["alice"].mesh
@@ -412,3 +419,81 @@ class PairedOfflinePeerTests(Attack):
         self.successResultOf(delivery.delivered())
         [(peer, _)] = self.apps("bob")
         self.assertEqual(peer, "alice")
+
+
+class RelayTamperingTests(Relayed):
+    """
+    carol relays between alice and bob, and changes what she relays, or
+    sends it back the other way, to have it taken as something else.
+    """
+
+    def routed_lines(self, data: list[bytes]) -> list[dict]:
+        return [loads(line) for line in b"".join(data).split(b"\n") if b'"route"' in line]
+
+    def test_tampered_fields_refused(self):
+        """
+        Every field the seal binds that carol changes on the way (the id,
+        the type, the timestamp, the origin id, the origin, the box itself,
+        or the box of one message on the envelope of another) gets the copy
+        refused as forged; the true message is delivered once.
+        """
+        alice = self.nodes["alice"].mesh
+        alice.send("bob", "delegate_task", {"n": 1})
+        alice.send("bob", "delegate_task", {"n": 2})
+        self.network.flush()
+        self.assertEqual(sorted(m.payload["n"] for _, m in self.apps("bob")), [1, 2])
+        first, second = self.routed_lines(self.from_alice)
+        box = bytearray(base64.urlsafe_b64decode(first["sealed"] + "=" * (-len(first["sealed"]) % 4)))
+        box[-1] ^= 1
+        tampered = [
+            dict(first, id=first["id"] + "x"),
+            dict(first, msg_type="task_status"),
+            dict(first, timestamp=first["timestamp"] + 1),
+            dict(first, route=dict(first["route"], origin_id=first["route"]["origin_id"] + "x")),
+            dict(first, route=dict(first["route"], origin="carol")),
+            dict(first, sealed=box_text(bytes(box))),
+            dict(second, sealed=first["sealed"]),
+        ]
+        for obj in tampered:
+            self.raw("carol", "bob", dict(obj, from_peer="carol"))
+        self.assertEqual(len(self.apps("bob")) + len(self.apps("bob", "task_status")), 2)
+        self.assertEqual(self.nodes["bob"].mesh.router.rejected, {"forged": len(tampered)})
+        self.assertTrue(self.nodes["bob"].mesh.is_connected("carol"))
+
+    def test_reflected_back_refused(self):
+        """
+        A message alice sealed for bob, sent back to alice as if bob had
+        sealed it for her, does not open: each direction has its own key.
+        """
+        self.nodes["alice"].mesh.send("bob", "delegate_task", {"n": 1})
+        self.network.flush()
+        [line] = self.routed_lines(self.from_alice)
+        route = dict(line["route"], origin="bob", to="alice")
+        self.raw("carol", "alice", dict(line, from_peer="carol", route=route))
+        self.assertEqual(self.apps("alice"), [])
+        self.assertEqual(self.nodes["alice"].mesh.router.rejected, {"forged": 1})
+
+    def test_replayed_ack_is_no_message(self):
+        """
+        An ack that came back through carol, replayed by her, is no
+        message to alice's application, and changes nothing.
+        """
+        delivery = self.nodes["alice"].mesh.send_reliable("bob", "delegate_task", {"n": 1})
+        self.network.flush()
+        self.successResultOf(delivery.delivered())
+        [ack] = [obj for obj in self.routed_lines(self.from_bob) if obj["msg_type"] == "ack"]
+        for _ in range(2):
+            self.raw("carol", "alice", dict(ack, from_peer="carol"))
+        self.assertEqual(self.apps("alice", "ack"), [])
+        self.assertEqual(self.nodes["alice"].mesh.router.rejected, {})
+
+    def test_malformed_box_counted(self):
+        """
+        A routed message whose box is not one is refused as malformed, and
+        counted so.
+        """
+        self.nodes["alice"].mesh.send("bob", "delegate_task", {"n": 1})
+        self.network.flush()
+        [line] = self.routed_lines(self.from_alice)
+        self.raw("carol", "bob", dict(line, id="m2", from_peer="carol", sealed="A"))
+        self.assertEqual(self.nodes["bob"].mesh.router.rejected, {"malformed": 1})

@@ -11,6 +11,7 @@ nothing changes; the result is checked against breadth-first search.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -31,6 +32,8 @@ from relaymesh.routing.table import (
     RoutingError,
     RoutingTable,
     SEALED_FIELD,
+    ROUTING_CAPABILITY,
+    Decision,
     SeenMessages,
     check_envelope,
     decide,
@@ -268,6 +271,26 @@ class ConvergenceTests(SynchronousTestCase):
             self.assertRaises(ValueError, RoutingTable, "alpha", bad)
         RoutingTable("alpha", INFINITY - 1)
 
+    def test_hop_limit_boundaries(self):
+        """
+        A hop limit of 1 is accepted (a node then routes only to its
+        neighbours), and so is 15; 0 and 16 are refused. At most one
+        destination, or one route limit of 1, is as valid as any other.
+        """
+        for bad in (0, 16):
+            e = self.assertRaises(ValueError, RoutingTable, "alpha", bad)
+            self.assertEqual(str(e), "hop limit must be an integer from 1 to 15")
+        self.assertEqual(RoutingTable("alpha", 15).max_hops, 15)
+        net = Network(line(3), max_hops=1)
+        net.converge()
+        self.assertEqual(net.tables["n00"].routes(), [Route("n01", "n01", 1)])
+        self.assertRaises(ValueError, RoutingTable, "alpha", MAX_HOPS, 0)
+        table = RoutingTable("alpha", max_routes=1)
+        table.neighbour_up("beta")
+        table.receive_advertisement("beta", {"v": 1, "routes": {"gamma": 2, "delta": 1}})
+        self.assertEqual(table.routes(), [Route("beta", "beta", 1), Route("delta", "beta", 2)])
+        self.assertEqual(table.excess, {"beta": 1})
+
     def test_equal_routes_do_not_flap(self):
         """
         Between routes of equal length a node keeps the one it has.
@@ -465,6 +488,59 @@ class AdvertisementTests(SynchronousTestCase):
         self.assertFalse(self.b.neighbour_up("n00"))
         self.assertEqual(self.b.neighbours(), ["n00", "n02"])
 
+    def test_neighbour_up_again_keeps_routes(self):
+        """
+        A neighbour reported up a second time (a second connection) keeps
+        what it advertised: the routes learned through it stay, and nothing
+        changed.
+        """
+        before = self.b.routes()
+        self.assertEqual(self.b.route("n03"), Route("n03", "n02", 2))
+        self.assertFalse(self.b.neighbour_up("n02"))
+        self.assertEqual(self.b.routes(), before)
+
+    def test_change_without_route_change(self):
+        """
+        An advertisement that differs from the neighbour's last one but
+        changes no route (a longer way to a destination) reports no change,
+        so it sets off no early advertisement.
+        """
+        before = self.b.routes()
+        self.assertFalse(self.b.receive_advertisement("n00", {"v": 1, "routes": {"n03": 5}}))
+        self.assertEqual(self.b.routes(), before)
+        # ... and the longer way is taken when the short one goes
+        self.assertTrue(self.b.receive_advertisement("n02", {"v": 1, "routes": {}}))
+        self.assertEqual(self.b.route("n03"), Route("n03", "n00", 6))
+
+    def test_relearned_before_told(self):
+        """
+        A destination withdrawn and learned again before the next
+        advertisement is advertised with its hops, not as unreachable.
+        """
+        self.assertTrue(self.b.receive_advertisement("n02", {"v": 1, "routes": {}}))
+        self.assertIsNone(self.b.route("n03"))
+        self.assertTrue(self.b.receive_advertisement("n02", {"v": 1, "routes": {"n03": 1}}))
+        self.assertEqual(self.b.advertisement_for("n00"), {"v": 1, "routes": {"n02": 1, "n03": 2}})
+
+    def test_infinity_is_16(self):
+        """
+        On the wire, 16 hops means unreachable (as in RIP), whatever the
+        nodes' hop limits: an advertisement may say 16 and no more, and a
+        node says 16 of what it lost; 15 is a route, when the limit allows.
+        """
+        self.assertTrue(self.b.receive_advertisement("n02", {"v": 1, "routes": {"n03": 16}}))
+        self.assertIsNone(self.b.route("n03"))
+        self.assertEqual(self.b.advertisement_for("n00"), {"v": 1, "routes": {"n02": 1, "n03": 16}})
+        e = self.assertRaises(
+            RoutingError, self.b.receive_advertisement, "n02", {"v": 1, "routes": {"n03": 17}}
+        )
+        self.assertIn("from 1 to 16", str(e))
+        far = RoutingTable("a", max_hops=15)
+        far.neighbour_up("b")
+        self.assertTrue(far.receive_advertisement("b", {"v": 1, "routes": {"x14": 14, "x15": 15}}))
+        self.assertEqual(far.route("x14"), Route("x14", "b", 15))
+        self.assertIsNone(far.route("x15"))
+
     def test_malformed_refused(self):
         """
         Every malformed advertisement is refused with a one-line reason, and
@@ -525,6 +601,43 @@ class RouteLimitTests(SynchronousTestCase):
         table.receive_advertisement("b", advertisement)
         table.neighbour_down("b")
         self.assertEqual(table.excess, {})
+
+    def test_limit_boundary(self):
+        """
+        An advertisement naming exactly the limit of reachable destinations
+        is taken whole; one more, and the farthest is refused. What the
+        neighbour says of itself, or of this node, and its L{INFINITY}
+        entries take no room.
+        """
+        table = RoutingTable("a", max_routes=3)
+        table.neighbour_up("b")
+        routes = {"b": 1, "a": 2, "x1": 1, "x2": 2, "x3": 3, "gone": 16}
+        self.assertTrue(table.receive_advertisement("b", {"v": 1, "routes": routes}))
+        self.assertEqual(
+            [(r.destination, r.hops) for r in table.routes()],
+            [("b", 1), ("x1", 2), ("x2", 3), ("x3", 4)],
+        )
+        self.assertEqual(table.excess, {})
+        routes["x4"] = 4
+        self.assertFalse(table.receive_advertisement("b", {"v": 1, "routes": routes}))
+        self.assertEqual(
+            [(r.destination, r.hops) for r in table.routes()],
+            [("b", 1), ("x1", 2), ("x2", 3), ("x3", 4)],
+        )
+        self.assertEqual(table.excess, {"b": 1})
+        self.assertEqual(RoutingTable("a").max_routes, 256)
+
+    def test_unreachable_entries_by_id(self):
+        """
+        When only some unreachable entries fit, they are the first by id,
+        whatever order the routes were learned in.
+        """
+        table = RoutingTable("a", max_routes=2)
+        table.neighbour_up("b")
+        table.neighbour_up("c")
+        table.receive_advertisement("b", {"v": 1, "routes": {"z1": 1, "y1": 1}})
+        self.assertEqual(table.excess, {})
+        self.assertEqual(table.advertisement_for("b"), {"v": 1, "routes": {"c": 1, "y1": INFINITY}})
 
     def test_flood_of_destinations(self):
         """
@@ -630,6 +743,34 @@ class SeenMessagesTests(SynchronousTestCase):
         self.assertEqual(seen.check("a", "z", "0", 1), NEW)
         self.assertRaises(ValueError, SeenMessages, 0)
 
+    def test_default_capacity(self):
+        """
+        A node remembers the last 65,536 routed messages it passed on; a
+        memory of one message is allowed.
+        """
+        seen = SeenMessages()
+        for i in range(65536):
+            seen.check("a", "z", str(i), 1)
+        self.assertEqual(len(seen), 65536)
+        self.assertIn(("a", "z", "0"), seen)
+        self.assertEqual(seen.check("a", "z", "65536", 1), NEW)
+        self.assertNotIn(("a", "z", "0"), seen)
+        self.assertIn(("a", "z", "1"), seen)
+        one = SeenMessages(1)
+        self.assertEqual(one.check("a", "z", "m1", 1), NEW)
+        self.assertEqual(one.check("a", "z", "m1", 1), DUPLICATE)
+        self.assertEqual(one.check("a", "z", "m2", 1), NEW)
+        self.assertEqual(one.check("a", "z", "m1", 1), NEW)
+
+    def test_verdict_names(self):
+        """
+        The verdicts are the strings C{"new"}, C{"shorter"} and
+        C{"duplicate"}.
+        """
+        seen = SeenMessages()
+        verdicts = [seen.check("a", "z", "m", hops) for hops in (3, 2, 2)]
+        self.assertEqual(verdicts, ["new", "shorter", "duplicate"])
+
 
 class Walk:
     """
@@ -648,7 +789,7 @@ class Walk:
         Send one message from C{origin}; deliver the copies in flight in
         FIFO order, or in random order with C{rng}.
         """
-        first = originate(self.net.tables[origin], self.seen[origin], to, "m1")
+        first = originate(self.net.tables[origin], to, "m1")
         in_flight = [(origin, t, first.header) for t in first.targets]
         while in_flight:
             index = rng.randrange(len(in_flight)) if rng is not None else 0
@@ -702,11 +843,27 @@ class WalkTests(SynchronousTestCase):
         net = Network([("a", "b"), ("b", "c"), ("a", "c")])
         net.converge()
         seen = SeenMessages()
-        first = originate(net.tables["a"], seen, "c", "m1")
+        first = originate(net.tables["a"], "c", "m1")
         self.assertEqual(first.targets, ["c"])
         self.assertEqual(first.header, RouteHeader("a", "c", 1, "m1"))
         back = decide(net.tables["a"], seen, RouteHeader("a", "b", 2, "m1"), "c")
         self.assertEqual((back.deliver, back.targets), (False, []))
+
+    def test_originate_uses_no_hop(self):
+        """
+        At its origin a message has crossed no link: it goes to a
+        destination exactly the hop limit away, with one hop counted on the
+        first link, and is never taken by the origin itself.
+        """
+        net = Network(line(5), max_hops=3)
+        net.converge()
+        table = net.tables["n00"]
+        self.assertEqual(table.route("n03").hops, 3)
+        first = originate(table, "n03", "m1")
+        self.assertEqual(first, Decision(False, ["n01"], RouteHeader("n00", "n03", 1, "m1")))
+        near = originate(table, "n01", "m2")
+        self.assertEqual(near, Decision(False, ["n01"], RouteHeader("n00", "n01", 1, "m2")))
+        self.assertEqual(originate(table, "n04", "m3"), Decision(False, [], None))
 
     def test_unicast_along_shortest_paths(self):
         """
@@ -733,7 +890,7 @@ class WalkTests(SynchronousTestCase):
         """
         net = Network(line(3))
         net.converge()
-        decision = originate(net.tables["n00"], SeenMessages(), "zz", "m1")
+        decision = originate(net.tables["n00"], "zz", "m1")
         self.assertEqual((decision.targets, decision.header), ([], None))
 
 
@@ -874,6 +1031,69 @@ class EnvelopeTests(SynchronousTestCase):
             self.assertRaises(EnvelopeError, encode_routed, self.message, header, self.sealed)
         long_id = RelayMessage("m" * 129, "delegate_task", "beta", 1, None)
         self.assertRaises(EnvelopeError, encode_routed, long_id, self.header, self.sealed)
+
+    def test_capability(self):
+        """
+        A node that routes announces the capability C{route/2}.
+        """
+        self.assertEqual(ROUTING_CAPABILITY, "route/2")
+
+    def test_wire_hop_bounds(self):
+        """
+        A routed message on the wire has crossed 1 to 15 links.
+        """
+        good = self.header.to_object()
+        self.assertEqual(header_from_object({**good, "hops": 1}).hops, 1)
+        self.assertEqual(header_from_object({**good, "hops": 15}).hops, 15)
+        for hops in (0, 16):
+            e = self.assertRaises(EnvelopeError, header_from_object, {**good, "hops": hops})
+            self.assertEqual(str(e), "route field 'hops' must be from 1 to 15")
+
+    def test_id_length_boundary(self):
+        """
+        A routed message's id may be 128 characters long, not 129, both
+        when it is encoded and when it arrives.
+        """
+        route = {ROUTE_FIELD: self.header.to_object(), SEALED_FIELD: "x"}
+        for length in (128, 129):
+            message = RelayMessage("m" * length, "delegate_task", "beta", 1, None)
+            if length == 128:
+                line = encode_routed(message, self.header, "x")
+                self.assertEqual(wire.decode_fields(line)[0].id, "m" * 128)
+                self.assertEqual(check_envelope(message, route), (self.header, "x"))
+            else:
+                self.assertRaises(EnvelopeError, encode_routed, message, self.header, "x")
+                self.assertRaises(EnvelopeError, check_envelope, message, route)
+
+    def test_line_limit_boundary(self):
+        """
+        A routed line of exactly 1 MiB is written, and read back; one byte
+        more is refused.
+        """
+        empty = len(encode_routed(self.message, self.header, ""))
+        sealed = "x" * (wire.MAX_LINE_BYTES - empty)
+        line = encode_routed(self.message, self.header, sealed)
+        self.assertEqual(len(line), 1024 * 1024)
+        message, fields = wire.decode_fields(line)
+        self.assertEqual(check_envelope(message, fields), (self.header, sealed))
+        e = self.assertRaises(WireError, encode_routed, self.message, self.header, sealed + "x")
+        self.assertIn("1048577 bytes", str(e))
+
+    def test_values_cannot_change(self):
+        """
+        A route, a route header and a decision are values: once made (a
+        header once checked) they cannot be changed; routes and headers can
+        be kept in sets, and routes sort by destination.
+        """
+        route = Route("b", "x", 2)
+        decision = Decision(False, [], None)
+        for value, name in ((route, "hops"), (self.header, "hops"), (decision, "deliver")):
+            self.assertRaises(dataclasses.FrozenInstanceError, setattr, value, name, 1)
+        self.assertEqual(len({route, Route("b", "x", 2), self.header, self.header.forwarded()}), 3)
+        self.assertEqual(
+            sorted([route, Route("a", "y", 3), Route("b", "a", 1)]),
+            [Route("a", "y", 3), Route("b", "a", 1), route],
+        )
 
     def test_too_long(self):
         """

@@ -245,6 +245,100 @@ class SealTests(SynchronousTestCase):
         self.assertRaises(SealError, unseal, key, b"short", ad)
 
 
+class EdgeTests(SynchronousTestCase):
+    """
+    The edges of the box format and of the sealer's rules.
+    """
+
+    def setUp(self):
+        self.message = RelayMessage("msg_1_0_ab", "delegate_task", "alpha", 1795718866757, {"t": 1})
+        self.gamma = sealer("gamma", {"alpha": PSK})
+
+    def test_reason_names(self):
+        """
+        The reasons a routed message is refused, as the rejection counter
+        and the metrics name them, are C{"unpaired"}, C{"forged"} and
+        C{"malformed"}; each comes with a one-line message.
+        """
+        sealed = sealer("alpha", {"gamma": PSK}).seal("gamma", self.message, "m", {})
+        tampered = bytearray(box_bytes(sealed))
+        tampered[NONCE_BYTES] ^= 1
+        cases = [
+            (sealer("gamma", {}), sealed, "unpaired", "no key is shared with alpha"),
+            (self.gamma, box_text(bytes(tampered)), "forged", "the seal does not verify"),
+            (self.gamma, "a", "malformed", "the sealed field is not unpadded URL-safe base64"),
+        ]
+        for receiver, text, reason, words in cases:
+            e = self.assertRaises(SealError, receiver.open, "alpha", self.message, "m", text)
+            self.assertEqual((e.reason, str(e)), (reason, words))
+        e = self.assertRaises(SealError, sealer("alpha", {}).seal, "gamma", self.message, "m", {})
+        self.assertEqual((e.reason, str(e)), ("unpaired", "no key is shared with gamma"))
+
+    def test_shortest_box(self):
+        """
+        A box of a nonce and a tag alone (28 bytes) is long enough to be
+        checked, and fails as forged when its tag is wrong; 27 bytes are
+        malformed.
+        """
+        e = self.assertRaises(
+            SealError, self.gamma.open, "alpha", self.message, "m", box_text(bytes(28))
+        )
+        self.assertEqual(e.reason, FORGED)
+        e = self.assertRaises(
+            SealError, self.gamma.open, "alpha", self.message, "m", box_text(bytes(27))
+        )
+        self.assertEqual((e.reason, str(e)), (MALFORMED, "sealed box of 27 bytes is too short"))
+
+    def test_box_text(self):
+        """
+        A box's text is its unpadded URL-safe base64, whatever character it
+        ends with, and reads back to the same bytes, down to a box of one
+        byte.
+        """
+        for box, text in [
+            (b"\x00\x00\x17", "AAAX"),
+            (b"\x00\x00\x17\x00", "AAAXAA"),
+            (b"\xfb\xff", "-_8"),
+            (b"\x00", "AA"),
+            (b"\x00\x00\x00", "AAAA"),
+            (b"\x00\x00\x00\x00\x00\x00", "AAAAAAAA"),
+        ]:
+            self.assertEqual(box_text(box), text)
+            self.assertEqual(box_bytes(text), box)
+        for text in ("A", "AAAAA"):
+            e = self.assertRaises(SealError, box_bytes, text)
+            self.assertEqual(e.reason, MALFORMED)
+
+    def test_nonce_length(self):
+        """
+        A source of nonces that gives anything but 12 bytes is refused
+        before anything is sealed.
+        """
+        for length in (8, 13):
+            short = Sealer("alpha", MemoryKeys({"gamma": PSK}), randbytes=lambda n: bytes(length))
+            e = self.assertRaises(ValueError, short.seal, "gamma", self.message, "m", {})
+            self.assertEqual(str(e), "a nonce is 12 bytes")
+
+    def test_derived_keys_bounded(self):
+        """
+        At most 4,096 derived keys are kept: the 4,097th direction starts
+        the cache afresh, and every key is still right.
+        """
+        peers = {f"p{i:04d}": PSK for i in range(4097)}
+        node = sealer("alpha", peers)
+        for peer in peers:
+            node.seal(peer, self.message, "m", {})
+        self.assertEqual(len(node._derived), 1)
+        node = sealer("alpha", peers)
+        for peer in list(peers)[:4096]:
+            node.seal(peer, self.message, "m", {})
+        self.assertEqual(len(node._derived), 4096)
+        sealed = node.seal("p4096", self.message, "m", {})
+        self.assertEqual(len(node._derived), 1)
+        opened = sealer("p4096", {"alpha": PSK}).open("alpha", self.message, "m", sealed)
+        self.assertEqual(opened, ({"t": 1}, {}))
+
+
 class VectorTests(SynchronousTestCase):
     """
     The checked-in vectors (C{fixtures/routed-seal-vectors.json}): the keys,
