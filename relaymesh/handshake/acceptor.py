@@ -399,11 +399,11 @@ class AcceptorHandshake:
     def _pake_round(self, handshake: _Handshake) -> Verdict:
         """
         The first round of strong pairing: answer the connector's SPAKE2
-        message. The armed code is used up by this one try.
+        message. The armed code is used up by this one try. (It comes only
+        inside TLS, where L{_read} has refused a handshake without the
+        connector's nonce.)
         """
         claimed, payload = handshake.claimed, handshake.payload
-        if handshake.connector_nonce is None:
-            raise HandshakeFailed(f"strong pairing from {claimed} lacks its nonce")
         if self._stored_key(claimed) is not None:
             raise HandshakeFailed(f"{claimed} is already paired; forget it before pairing again")
         try:

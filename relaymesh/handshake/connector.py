@@ -204,7 +204,7 @@ class ConnectorHandshake:
         if binding is None and self.encrypted:
             raise HandshakeFailed("challenge outside the TLS session this connection upgraded to")
         if named is None and binding is None:
-            return self._legacy_answer()
+            return self._legacy_answer(nonce)
         acceptor = self._check_peer(named, "the challenge")
         self._acceptor = acceptor
         if binding is None:
@@ -220,7 +220,7 @@ class ConnectorHandshake:
             self._choose_key(acceptor)
         return self._proof_payload(binding)
 
-    def _legacy_answer(self) -> dict[str, Any]:
+    def _legacy_answer(self, nonce: str) -> dict[str, Any]:
         """
         claudectl's handshake, to an acceptor that does not name itself:
         only for a key marked legacy.
@@ -231,7 +231,7 @@ class ConnectorHandshake:
                 f"{who} did not name itself as a relaymesh node; if it is a claudectl peer, "
                 f"dial it as legacy:{self.expected_peer or 'ID'}@HOST:PORT"
             )
-        return {"proof": compute_proof(self.psk, self._challenge or ""), "version": VERSION}
+        return {"proof": compute_proof(self.psk, nonce), "version": VERSION}
 
     def _choose_key(self, acceptor: str) -> None:
         """
@@ -311,7 +311,7 @@ class ConnectorHandshake:
         assert isinstance(payload, dict)
         assert self._challenge is not None and self.psk is not None
         if binding is None:
-            return self._legacy_outcome(message.from_peer), None
+            return self._legacy_outcome(message.from_peer, self.psk), None
         peer = self._check_peer(message.from_peer, "the ack")
         if peer != self._acceptor:
             raise HandshakeFailed(f"{self._acceptor} named itself in the challenge but {peer} answered")
@@ -335,12 +335,12 @@ class ConnectorHandshake:
         )
         return outcome, None
 
-    def _legacy_outcome(self, from_peer: str) -> Authenticated:
+    def _legacy_outcome(self, from_peer: str, key: bytes) -> Authenticated:
         """
         claudectl's ack of claudectl's proof: the acceptor proves nothing.
         """
         peer = self._check_peer(from_peer, "the ack")
-        return Authenticated(peer, self.psk or b"", frozenset(), mutual=False, paired_via=self.paired_via)
+        return Authenticated(peer, key, frozenset(), mutual=False, paired_via=self.paired_via)
 
     def _check_peer(self, peer: object, where: str) -> str:
         if not isinstance(peer, str) or not is_valid_peer_id(peer):
