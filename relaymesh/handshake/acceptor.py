@@ -22,7 +22,7 @@ import dataclasses
 import enum
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from relaymesh.handshake.base import (
     Authenticated,
@@ -73,8 +73,7 @@ class Step(enum.Enum):
     FAILED = "failed"
 
 
-@dataclasses.dataclass(frozen=True)
-class _Handshake:
+class _Handshake(NamedTuple):
     """
     A connector's C{handshake}, as every round reads it first.
     """

@@ -190,15 +190,14 @@ class ConnectorHandshake:
     def _answer(self, message: RelayMessage, binding: Binding | None) -> dict[str, Any]:
         if message.msg_type != MessageType.CHALLENGE:
             raise HandshakeFailed(f"expected challenge, got {message.msg_type}")
-        payload = message.payload
-        nonce = payload.get("nonce") if isinstance(payload, dict) else None
+        payload = message.payload if isinstance(message.payload, dict) else {}
+        nonce = payload.get("nonce")
         if not isinstance(nonce, str) or not HEX64.match(nonce):
             raise HandshakeFailed("challenge has no 64-hex-character nonce")
         if nonce in self._issued:
             raise HandshakeFailed(
                 "the challenge carries a nonce this node issued itself (a reflection attempt)"
             )
-        assert isinstance(payload, dict)
         self._challenge = nonce
         named = payload.get(ACCEPTOR_FIELD)
         if binding is None and self.encrypted:
@@ -298,8 +297,8 @@ class ConnectorHandshake:
     ) -> tuple[Authenticated | None, dict[str, Any] | None]:
         if message.msg_type != MessageType.HANDSHAKE_ACK:
             raise HandshakeFailed(f"expected handshake_ack, got {message.msg_type}")
-        payload = message.payload
-        status = payload.get("status") if isinstance(payload, dict) else None
+        payload = message.payload if isinstance(message.payload, dict) else {}
+        status = payload.get("status")
         if self.step is Step.AWAITING_UPGRADE:
             if status != ACK_STARTTLS:
                 raise HandshakeFailed(f"the peer did not start TLS (status {status!r})")
@@ -308,7 +307,6 @@ class ConnectorHandshake:
             return None, self._finish_pake(message, payload, binding)
         if status != ACK_OK:
             raise HandshakeFailed(f"the peer denied the handshake (status {status!r})")
-        assert isinstance(payload, dict)
         assert self._challenge is not None and self.psk is not None
         if binding is None:
             return self._legacy_outcome(message.from_peer, self.psk), None
