@@ -1005,7 +1005,9 @@ class PayloadRulesTests(_Pair, SynchronousTestCase):
         for payload in (["ok"], "ok", None):
             connector = ConnectorHandshake("beta", KEY, "alpha")
             connector.answer(named())
-            self.assertRefused("the peer did not start TLS (status None)", lambda: connector.check_ack(ack("alpha", payload)))
+            self.assertRefused(
+                "the peer did not start TLS (status None)", lambda: connector.check_ack(ack("alpha", payload))
+            )
             connector = ConnectorHandshake("beta", KEY, "alpha")
             connector.answer(named(starttls=False), BINDING)
             self.assertRefused(
@@ -1019,14 +1021,17 @@ class PayloadRulesTests(_Pair, SynchronousTestCase):
         cut to 40 characters so that a peer cannot fill the log.
         """
         long = "/" + "a" * 100
+        short = repr(long[:40])
         ok = {"status": "ok"}
-        cases = []
-        cases.append((ConnectorHandshake("beta", KEY), named(long), None, None, "the challenge", repr(long[:40])))
-        cases.append((ConnectorHandshake("beta", KEY), named(5), None, None, "the challenge", "5"))
-        cases.append((ConnectorHandshake("beta", KEY, legacy=True), challenge({"nonce": "ab" * 32}), None, ok, "the ack", repr(long[:40])))
-        cases.append((ConnectorHandshake("beta", KEY), named(starttls=False), BINDING, ok, "the ack", repr(long[:40])))
         pake = {"status": "pake", "pake": "A" * 44, "confirm": "A" * 43}
-        cases.append((ConnectorHandshake("beta", strong_code="7-ace-act"), named(starttls=False), BINDING, pake, "the ack", repr(long[:40])))
+        unnamed, inside = challenge({"nonce": "ab" * 32}), named(starttls=False)
+        cases = [
+            (ConnectorHandshake("beta", KEY), named(long), None, None, "the challenge", short),
+            (ConnectorHandshake("beta", KEY), named(5), None, None, "the challenge", "5"),
+            (ConnectorHandshake("beta", KEY, legacy=True), unnamed, None, ok, "the ack", short),
+            (ConnectorHandshake("beta", KEY), inside, BINDING, ok, "the ack", short),
+            (ConnectorHandshake("beta", strong_code="7-ace-act"), inside, BINDING, pake, "the ack", short),
+        ]
         for connector, challenge_message, binding, ack_payload, where, shown in cases:
             if ack_payload is None:
                 call = lambda: connector.answer(challenge_message, binding)  # noqa: E731
