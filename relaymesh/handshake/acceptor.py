@@ -22,7 +22,7 @@ import dataclasses
 import enum
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from relaymesh.handshake.base import (
     Authenticated,
@@ -73,8 +73,7 @@ class Step(enum.Enum):
     FAILED = "failed"
 
 
-@dataclasses.dataclass(frozen=True)
-class _Handshake:
+class _Handshake(NamedTuple):
     """
     A connector's C{handshake}, as every round reads it first.
     """
@@ -399,11 +398,11 @@ class AcceptorHandshake:
     def _pake_round(self, handshake: _Handshake) -> Verdict:
         """
         The first round of strong pairing: answer the connector's SPAKE2
-        message. The armed code is used up by this one try.
+        message. The armed code is used up by this one try. (It comes only
+        inside TLS, where L{_read} has refused a handshake without the
+        connector's nonce.)
         """
         claimed, payload = handshake.claimed, handshake.payload
-        if handshake.connector_nonce is None:
-            raise HandshakeFailed(f"strong pairing from {claimed} lacks its nonce")
         if self._stored_key(claimed) is not None:
             raise HandshakeFailed(f"{claimed} is already paired; forget it before pairing again")
         try:

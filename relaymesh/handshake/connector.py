@@ -190,21 +190,20 @@ class ConnectorHandshake:
     def _answer(self, message: RelayMessage, binding: Binding | None) -> dict[str, Any]:
         if message.msg_type != MessageType.CHALLENGE:
             raise HandshakeFailed(f"expected challenge, got {message.msg_type}")
-        payload = message.payload
-        nonce = payload.get("nonce") if isinstance(payload, dict) else None
+        payload = message.payload if isinstance(message.payload, dict) else {}
+        nonce = payload.get("nonce")
         if not isinstance(nonce, str) or not HEX64.match(nonce):
             raise HandshakeFailed("challenge has no 64-hex-character nonce")
         if nonce in self._issued:
             raise HandshakeFailed(
                 "the challenge carries a nonce this node issued itself (a reflection attempt)"
             )
-        assert isinstance(payload, dict)
         self._challenge = nonce
         named = payload.get(ACCEPTOR_FIELD)
         if binding is None and self.encrypted:
             raise HandshakeFailed("challenge outside the TLS session this connection upgraded to")
         if named is None and binding is None:
-            return self._legacy_answer()
+            return self._legacy_answer(nonce)
         acceptor = self._check_peer(named, "the challenge")
         self._acceptor = acceptor
         if binding is None:
@@ -220,7 +219,7 @@ class ConnectorHandshake:
             self._choose_key(acceptor)
         return self._proof_payload(binding)
 
-    def _legacy_answer(self) -> dict[str, Any]:
+    def _legacy_answer(self, nonce: str) -> dict[str, Any]:
         """
         claudectl's handshake, to an acceptor that does not name itself:
         only for a key marked legacy.
@@ -231,7 +230,7 @@ class ConnectorHandshake:
                 f"{who} did not name itself as a relaymesh node; if it is a claudectl peer, "
                 f"dial it as legacy:{self.expected_peer or 'ID'}@HOST:PORT"
             )
-        return {"proof": compute_proof(self.psk, self._challenge or ""), "version": VERSION}
+        return {"proof": compute_proof(self.psk, nonce), "version": VERSION}
 
     def _choose_key(self, acceptor: str) -> None:
         """
@@ -298,8 +297,8 @@ class ConnectorHandshake:
     ) -> tuple[Authenticated | None, dict[str, Any] | None]:
         if message.msg_type != MessageType.HANDSHAKE_ACK:
             raise HandshakeFailed(f"expected handshake_ack, got {message.msg_type}")
-        payload = message.payload
-        status = payload.get("status") if isinstance(payload, dict) else None
+        payload = message.payload if isinstance(message.payload, dict) else {}
+        status = payload.get("status")
         if self.step is Step.AWAITING_UPGRADE:
             if status != ACK_STARTTLS:
                 raise HandshakeFailed(f"the peer did not start TLS (status {status!r})")
@@ -308,10 +307,9 @@ class ConnectorHandshake:
             return None, self._finish_pake(message, payload, binding)
         if status != ACK_OK:
             raise HandshakeFailed(f"the peer denied the handshake (status {status!r})")
-        assert isinstance(payload, dict)
         assert self._challenge is not None and self.psk is not None
         if binding is None:
-            return self._legacy_outcome(message.from_peer), None
+            return self._legacy_outcome(message.from_peer, self.psk), None
         peer = self._check_peer(message.from_peer, "the ack")
         if peer != self._acceptor:
             raise HandshakeFailed(f"{self._acceptor} named itself in the challenge but {peer} answered")
@@ -335,12 +333,12 @@ class ConnectorHandshake:
         )
         return outcome, None
 
-    def _legacy_outcome(self, from_peer: str) -> Authenticated:
+    def _legacy_outcome(self, from_peer: str, key: bytes) -> Authenticated:
         """
         claudectl's ack of claudectl's proof: the acceptor proves nothing.
         """
         peer = self._check_peer(from_peer, "the ack")
-        return Authenticated(peer, self.psk or b"", frozenset(), mutual=False, paired_via=self.paired_via)
+        return Authenticated(peer, key, frozenset(), mutual=False, paired_via=self.paired_via)
 
     def _check_peer(self, peer: object, where: str) -> str:
         if not isinstance(peer, str) or not is_valid_peer_id(peer):

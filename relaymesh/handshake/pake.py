@@ -67,8 +67,7 @@ def normalize_strong_code(text: str) -> str:
 
     @raise InvalidStrongCode: naming what is wrong.
     """
-    code = "-".join(text.strip().lower().replace(" ", "-").split("-"))
-    code = re.sub(r"-+", "-", code)
+    code = re.sub(r"-+", "-", text.strip().lower().replace(" ", "-"))
     match = _CODE.match(code)
     if match is None:
         raise InvalidStrongCode(
@@ -83,7 +82,7 @@ def normalize_strong_code(text: str) -> str:
 
 
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+    return base64.urlsafe_b64encode(data).decode("ascii").replace("=", "")
 
 
 def _unb64(text: object, what: str) -> bytes:

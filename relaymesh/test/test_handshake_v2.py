@@ -6,6 +6,7 @@ nonces, and the key a bare dial proves. Most drive the handshake objects
 with no I/O, the TLS session stood for by the fingerprints it binds.
 """
 
+import dataclasses
 import itertools
 import os
 
@@ -18,10 +19,13 @@ from zope.interface import alsoProvides
 from relaymesh import pairing
 from relaymesh.connection import State
 from relaymesh.handshake.acceptor import AcceptorHandshake, Step
-from relaymesh.handshake.base import PENDING_FORM, HandshakeFailed, IssuedNonces
+from relaymesh.handshake.base import PENDING_FORM, Authenticated, HandshakeFailed, IssuedNonces, legacy_mark
 from relaymesh.handshake.connector import ConnectorHandshake
 from relaymesh.handshake.connector import Step as ConnectorStep
+from relaymesh.handshake.pake import PakeConnector
 from relaymesh.handshake.proofs import VERSION, acceptor_proof, compute_proof, connector_proof
+from relaymesh.keystore import InviteUsed, KeyStoreError, UsedInvite
+from relaymesh.pairing import PairingFailed
 from relaymesh.test.support import (
     MemoryKeys, Node, client_protocol, line, load_transcript, make_clock, server_protocol, written,
 )
@@ -487,6 +491,7 @@ class BareDialKeyTests(_Pair, SynchronousTestCase):
             connector.answer(named("delta", starttls=False), BINDING)
         self.assertIn("no key for delta: pair first", str(ctx.exception))
         self.assertIsNone(connector.psk)
+        self.assertIsNone(connector.paired_via)
 
 
 class ReflectionTests(SynchronousTestCase):
@@ -697,3 +702,368 @@ class ChannelBindingTests(SynchronousTestCase):
         with self.assertRaises(HandshakeFailed) as ctx:
             self.run_handshake((MITM_FP, CLIENT_FP), (MITM_FP, CLIENT_FP))
         self.assertIn("TLS CERTIFICATE OF alpha CHANGED", str(ctx.exception))
+
+
+def failing(error):
+    """
+    A key store call that fails with C{error}, as a damaged store's does.
+    """
+
+    def call(*args, **kwargs):
+        raise error
+
+    return call
+
+
+class StrongPairingAttackTests(_Pair, SynchronousTestCase):
+    """
+    Strong pairing (SPAKE2 inside TLS) as an attacker tries it: in the
+    middle of TLS, as another peer in the second round, with a forged
+    confirmation, without the connector's nonce, with a broken message.
+    """
+
+    def setUp(self):
+        self.fresh()
+
+    def fresh(self):
+        self.keys = MemoryKeys()
+        self.keys.strong_code = "7-ace-act"
+        self.alpha = self.acceptor(self.keys)
+
+    def start(self, acceptor_sees=BINDING, connector_sees=BINDING):
+        """
+        The upgrade and strong pairing's first round, between C{alpha} and a
+        connector C{beta} that holds the code.
+
+        @return: the connector, its request and its confirmation to send.
+        """
+        connector = ConnectorHandshake("beta", strong_code="7-ace-act")
+        self.upgrade(self.alpha, connector)
+        request = connector.answer(challenge(self.alpha.challenge_payload()), connector_sees)
+        verdict = self.alpha.verify(message("handshake", "beta", request), acceptor_sees)
+        self.assertEqual((verdict.ack["status"], verdict.outcome), ("pake", None))
+        outcome, reply = connector.check_ack(ack("alpha", verdict.ack), connector_sees)
+        self.assertIsNone(outcome)
+        return connector, request, reply
+
+    def confirm(self, reply, claimed="beta", binding=BINDING):
+        return lambda: self.alpha.verify(message("handshake", claimed, reply), binding)
+
+    def test_man_in_the_middle(self):
+        """
+        A relay that terminates TLS on both sides with its own certificate
+        and passes every message on unchanged gets both SPAKE2 rounds and the
+        confirmation through (they name no certificate), but the connector's
+        proof of the new key covers the certificates the connector saw: the
+        acceptor refuses it, and stores no key.
+        """
+        _, _, reply = self.start((SERVER_FP, MITM_FP), (MITM_FP, CLIENT_FP))
+        self.assertRefused("wrong proof after strong pairing with beta", self.confirm(reply, binding=(SERVER_FP, MITM_FP)))
+        self.assertIs(self.alpha.step, Step.FAILED)
+        self.assertEqual(self.keys.keys, {})
+        self.assertIsNone(self.keys.strong_code)
+
+    def test_same_peer_both_rounds(self):
+        """
+        The confirmation must come from the peer that started the exchange:
+        beta's, relayed as gamma's, pairs nobody.
+        """
+        _, _, reply = self.start()
+        self.assertRefused("gamma continued the handshake of beta", self.confirm(reply, claimed="gamma"))
+        self.assertEqual(self.keys.keys, {})
+
+    def test_forged_confirmation(self):
+        """
+        A connector that does not hold the code cannot confirm: a made-up
+        confirmation, or none, is refused, even with a proof made with the
+        key it guessed.
+        """
+        for confirm, reason in [
+            ("A" * 43, "strong pairing with beta: the pairing code does not match"),
+            (None, "strong pairing with beta: missing or malformed confirmation"),
+        ]:
+            self.fresh()
+            _, _, reply = self.start()
+            self.assertRefused(reason, self.confirm({**reply, "confirm": confirm}))
+            self.assertEqual(self.keys.keys, {})
+
+    def test_request_without_nonce(self):
+        """
+        A strong pairing request without the connector's nonce (what a
+        downgrade to claudectl's unbound form would send) is refused, in
+        clear or inside TLS, before the armed code is taken.
+        """
+        connector = ConnectorHandshake("beta", strong_code="7-ace-act")
+        self.upgrade(self.alpha, connector)
+        request = connector.answer(challenge(self.alpha.challenge_payload()), BINDING)
+        del request["nonce"]
+        self.assertRefused("handshake from beta over TLS lacks its nonce", self.confirm(request))
+        self.assertEqual(self.keys.strong_code, "7-ace-act")
+        self.fresh()
+        request = {"pake": PakeConnector("7-ace-act").message, "version": VERSION}
+        self.assertRefused(
+            "beta tried to authenticate in clear without upgrading to TLS", self.confirm(request, binding=None)
+        )
+        self.assertEqual(self.keys.strong_code, "7-ace-act")
+
+    def test_broken_message_uses_up_the_code(self):
+        """
+        A request whose SPAKE2 message is not one is refused, and it was the
+        one try: the code is gone.
+        """
+        self.upgrade(self.alpha, ConnectorHandshake("beta", strong_code="7-ace-act"))
+        request = {"pake": "!!", "version": VERSION, "nonce": "cd" * 32}
+        self.assertRefused("strong pairing with beta: malformed pake message", self.confirm(request))
+        self.assertIsNone(self.keys.strong_code)
+
+    def test_wire_and_steps(self):
+        """
+        The request and the confirmation carry the documented fields (the
+        connector's nonce in both); between the rounds neither side takes
+        another upgrade or challenge, and the connector takes the acceptor's
+        answer only inside TLS.
+        """
+        connector, request, reply = self.start()
+        self.assertEqual(
+            request, {"pake": request["pake"], "version": VERSION, "nonce": request["nonce"], "caps": ["mutual-auth/2"]}
+        )
+        self.assertEqual(sorted(reply), ["caps", "confirm", "nonce", "proof", "version"])
+        self.assertEqual((reply["nonce"], reply["version"]), (request["nonce"], VERSION))
+        self.assertRefused("TLS upgrade when awaiting the confirmation of strong pairing", self.alpha.upgraded)
+        self.assertRefused(
+            "challenge when awaiting the ack of the strong pairing confirmation",
+            lambda: connector.answer(named(starttls=False), BINDING),
+        )
+        self.fresh()
+        connector = ConnectorHandshake("beta", strong_code="7-ace-act")
+        self.upgrade(self.alpha, connector)
+        request = connector.answer(challenge(self.alpha.challenge_payload()), BINDING)
+        verdict = self.alpha.verify(message("handshake", "beta", request), BINDING)
+        self.assertRefused("strong pairing answered outside TLS", lambda: connector.check_ack(ack("alpha", verdict.ack)))
+        self.assertIs(connector.step, ConnectorStep.FAILED)
+
+
+class KeyStoreErrorTests(_Pair, SynchronousTestCase):
+    """
+    A key store that cannot be read fails the handshake, saying what could
+    not be read: it never passes for a peer without a key, a key never
+    marked legacy, a certificate never pinned, or no code armed.
+    """
+
+    DAMAGED = KeyStoreError("the key store is damaged")
+
+    def verify_in_tls(self, keys, connector, claimed="beta"):
+        """
+        C{connector}'s answer to an acceptor C{alpha} on C{keys}, inside TLS
+        from the start (a C{tls:} listener).
+        """
+        acceptor = AcceptorHandshake(keys, identity="alpha")
+        answer = connector.answer(challenge(acceptor.challenge_payload()), BINDING)
+        return lambda: acceptor.verify(message("handshake", claimed, answer), BINDING)
+
+    def test_acceptor(self):
+        keys = MemoryKeys(pending=PENDING)
+        keys.key = failing(self.DAMAGED)
+        self.assertRefused(  # not a peer without a key: the armed key it proves pairs nothing
+            "cannot use the key of beta: the key store is damaged",
+            self.verify_in_tls(keys, ConnectorHandshake("beta", PENDING, "alpha")),
+        )
+        keys = MemoryKeys(pending=PENDING)
+        keys.armed_keys = failing(OSError("disk error"))
+        self.assertRefused(
+            "cannot read the armed pairing keys: disk error",
+            self.verify_in_tls(keys, ConnectorHandshake("beta", PENDING, "alpha")),
+        )
+        keys = MemoryKeys({"beta": KEY})
+        keys.meta = failing(self.DAMAGED)
+        self.assertRefused(
+            "cannot read or pin the certificate of beta: the key store is damaged",
+            self.verify_in_tls(keys, ConnectorHandshake("beta", KEY, "alpha")),
+        )
+        acceptor = AcceptorHandshake(keys, identity="alpha")
+        proof = {"proof": compute_proof(KEY, acceptor.nonce)}
+        self.assertRefused(
+            "cannot read what is recorded about beta: the key store is damaged",
+            lambda: acceptor.verify(message("handshake", "beta", proof)),
+        )
+
+    def test_strong_code(self):
+        """
+        A strong code whose invite was used is refused saying so; one that
+        cannot be read is not taken for none armed.
+        """
+        used = UsedInvite("0123456789abcdef", "strong_code", None, None, None)
+        for error, reason in [
+            (InviteUsed(used), f"beta tried strong pairing: {used.describe()}"),
+            (self.DAMAGED, "cannot read the strong pairing code: the key store is damaged"),
+        ]:
+            keys = MemoryKeys()
+            keys.take_strong_code = failing(error)
+            self.assertRefused(reason, self.verify_in_tls(keys, ConnectorHandshake("beta", strong_code="7-ace-act")))
+
+    def test_connector(self):
+        keys = MemoryKeys(pending=PENDING)
+        keys.key = failing(self.DAMAGED)
+        connector = ConnectorHandshake("beta", keys=keys)
+        self.assertRefused(  # not an acceptor without a key: the pending key is not proved to it
+            "cannot use the key of alpha: the key store is damaged",
+            lambda: connector.answer(named(starttls=False), BINDING),
+        )
+        keys = MemoryKeys({"alpha": KEY})
+        keys.meta = failing(OSError("disk error"))
+        connector = ConnectorHandshake("beta", KEY, "alpha", keys=keys)
+        acceptor = AcceptorHandshake(MemoryKeys({"beta": KEY}), identity="alpha")
+        answer = connector.answer(challenge(acceptor.challenge_payload()), BINDING)
+        verdict = acceptor.verify(message("handshake", "beta", answer), BINDING)
+        self.assertRefused(
+            "cannot read or pin the certificate of alpha: disk error",
+            lambda: connector.check_ack(ack("alpha", verdict.ack), BINDING),
+        )
+        self.assertIs(connector.step, ConnectorStep.FAILED)
+
+    def test_recording(self):
+        """
+        An outcome that cannot be recorded fails with L{PairingFailed}; so
+        does an armed key that another handshake claimed meanwhile (two
+        peers proving the same invite at once): the second pairs nothing.
+        """
+        keys = MemoryKeys()
+        keys.set_key = failing(OSError("disk full"))
+        outcome = Authenticated("beta", KEY, frozenset(), mutual=True, encrypted=True, paired_via="strong_code")
+        with self.assertRaises(PairingFailed) as ctx:
+            pairing.record(keys, outcome, 0)
+        self.assertEqual(str(ctx.exception), "could not store the key of beta: disk full")
+        keys = MemoryKeys(pending=PENDING)
+        first = self.verify_in_tls(keys, ConnectorHandshake("beta", PENDING, "alpha"))().outcome
+        second = self.verify_in_tls(keys, ConnectorHandshake("gamma", PENDING, "alpha"), "gamma")().outcome
+        pairing.record(keys, first, 0)
+        with self.assertRaises(PairingFailed) as ctx:
+            pairing.record(keys, second, 0)
+        self.assertEqual(str(ctx.exception), "the pairing key gamma proved was claimed meanwhile")
+        self.assertEqual(keys.keys, {"beta": PENDING})
+        self.assertNotIn("gamma", keys.metas)
+
+    def test_no_key_says_why(self):
+        """
+        A peer without a key that proves none of the armed keys is told so,
+        and who used the last invite if one was used; a store that keeps no
+        such note, or cannot read it, adds nothing.
+        """
+        used = UsedInvite("0123456789abcdef", "invite", "gamma", None, None)
+        for used_invite, reason in [
+            (None, "no key for peer stranger"),
+            (lambda now: None, "no key for peer stranger"),
+            (lambda now: used, f"no key for peer stranger: {used.describe()}"),
+            (failing(self.DAMAGED), "no key for peer stranger"),
+        ]:
+            keys = MemoryKeys(pending=PENDING)
+            if used_invite is not None:
+                keys.used_invite = used_invite
+            acceptor = AcceptorHandshake(keys, identity="alpha")
+            with self.assertRaises(HandshakeFailed) as ctx:
+                acceptor.verify(message("handshake", "stranger", {"proof": compute_proof(KEY, acceptor.nonce)}))
+            self.assertEqual(str(ctx.exception), reason)
+
+
+class PayloadRulesTests(_Pair, SynchronousTestCase):
+    """
+    How both sides read what the other sends: capabilities, the legacy
+    mark, ack payloads and peer ids, and what a connector is given to prove.
+    """
+
+    def test_capability_limits(self):
+        """
+        At most 32 capabilities of 1 to 64 characters each are read; one
+        more, a longer one or an empty one makes the list malformed.
+        """
+        most = [f"{i:064d}" for i in range(31)] + ["c"]
+        for caps, accepted in [(most, True), (most + ["d"], False), (["x" * 65], False), ([""], False)]:
+            acceptor = AcceptorHandshake(MemoryKeys({"beta": KEY}), identity="alpha")
+            connector = ConnectorHandshake("beta", KEY, "alpha", capabilities=tuple(caps))
+            answer = connector.answer(challenge(acceptor.challenge_payload()), BINDING)
+            verify = lambda: acceptor.verify(message("handshake", "beta", answer), BINDING)  # noqa: E731
+            if accepted:
+                self.assertEqual(verify().outcome.capabilities, frozenset(caps))
+            else:
+                self.assertRefused("malformed capability list", verify)
+
+    def test_legacy_mark(self):
+        """
+        Only a boolean says whether a key may be proved in claudectl's form;
+        anything else in the field says nothing, like no field.
+        """
+        keys = MemoryKeys()
+        for value, mark in [(True, True), (False, False), ("true", None), (1, None), (None, None)]:
+            keys.metas["beta"] = {"legacy": value}
+            self.assertIs(legacy_mark(keys, "beta"), mark)
+
+    def test_ack_not_an_object(self):
+        """
+        An ack whose payload is not an object has no status: it neither
+        agrees to the upgrade nor accepts the proof.
+        """
+        for payload in (["ok"], "ok", None):
+            connector = ConnectorHandshake("beta", KEY, "alpha")
+            connector.answer(named())
+            self.assertRefused(
+                "the peer did not start TLS (status None)", lambda: connector.check_ack(ack("alpha", payload))
+            )
+            connector = ConnectorHandshake("beta", KEY, "alpha")
+            connector.answer(named(starttls=False), BINDING)
+            self.assertRefused(
+                "the peer denied the handshake (status None)", lambda: connector.check_ack(ack("alpha", payload), BINDING)
+            )
+
+    def test_invalid_ids_named_short(self):
+        """
+        An invalid peer id in the challenge or in an ack (claudectl's, the
+        proof's or strong pairing's) fails the handshake saying where, shown
+        cut to 40 characters so that a peer cannot fill the log.
+        """
+        long = "/" + "a" * 100
+        short = repr(long[:40])
+        ok = {"status": "ok"}
+        pake = {"status": "pake", "pake": "A" * 44, "confirm": "A" * 43}
+        unnamed, inside = challenge({"nonce": "ab" * 32}), named(starttls=False)
+        cases = [
+            (ConnectorHandshake("beta", KEY), named(long), None, None, "the challenge", short),
+            (ConnectorHandshake("beta", KEY), named(5), None, None, "the challenge", "5"),
+            (ConnectorHandshake("beta", KEY, legacy=True), unnamed, None, ok, "the ack", short),
+            (ConnectorHandshake("beta", KEY), inside, BINDING, ok, "the ack", short),
+            (ConnectorHandshake("beta", strong_code="7-ace-act"), inside, BINDING, pake, "the ack", short),
+        ]
+        for connector, challenge_message, binding, ack_payload, where, shown in cases:
+            if ack_payload is None:
+                call = lambda: connector.answer(challenge_message, binding)  # noqa: E731
+            else:
+                connector.answer(challenge_message, binding)
+                call = lambda: connector.check_ack(ack(long, ack_payload), binding)  # noqa: E731
+            with self.assertRaises(HandshakeFailed) as ctx:
+                call()
+            self.assertEqual(str(ctx.exception), f"the peer named an invalid peer id {shown} in {where}")
+
+    def test_what_to_prove(self):
+        """
+        A connector proves a key or pairs with a strong code, not both; with
+        neither it needs the keys to choose from.
+        """
+        with self.assertRaises(ValueError) as ctx:
+            ConnectorHandshake("beta", KEY, strong_code="7-ace-act")
+        self.assertEqual(str(ctx.exception), "give a key or a strong code, not both")
+        with self.assertRaises(ValueError) as ctx:
+            ConnectorHandshake("beta")
+        self.assertEqual(str(ctx.exception), "give a key, a strong code, or the keys to choose from")
+
+    def test_decided(self):
+        """
+        A verdict and its outcome are values: once made they cannot be
+        changed, by whatever sees them before they are recorded.
+        """
+        acceptor = AcceptorHandshake(MemoryKeys({"beta": KEY}), identity="alpha")
+        answer = ConnectorHandshake("beta", KEY, "alpha").answer(challenge(acceptor.challenge_payload()), BINDING)
+        verdict = acceptor.verify(message("handshake", "beta", answer), BINDING)
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            verdict.outcome = None
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            verdict.outcome.peer_id = "mallory"
+        self.assertEqual(verdict.outcome.peer_id, "beta")
