@@ -172,10 +172,8 @@ if os.environ.get("RELAYMESH_CODEC") == "json":  # pragma: no cover
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S][^"\\]*)*(?:"|\\?\Z)')
 #: Every byte but the four brackets, for C{bytes.translate} to delete.
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-#: How each byte changes the nesting depth.
-_DEPTH_STEP = [0] * 256
-_DEPTH_STEP[0x5B] = _DEPTH_STEP[0x7B] = 1
-_DEPTH_STEP[0x5D] = _DEPTH_STEP[0x7D] = -1
+#: How each bracket changes the nesting depth.
+_DEPTH_STEP = {0x5B: 1, 0x7B: 1, 0x5D: -1, 0x7D: -1}  # [ { ] }
 
 
 def _nesting_depth(line: bytes) -> int:
