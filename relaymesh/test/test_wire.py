@@ -615,6 +615,10 @@ class DecodeFieldsTests(SynchronousTestCase):
         self.assertEqual(fields, obj(route={"hops": ["a", "b"]}, ttl=3))
 
     def test_same_refusals(self):
+        """
+        Every line L{decode} refuses, L{decode_fields} refuses with the same
+        reason.
+        """
         cases = [
             b'{"id":',
             b"[1,2]",
