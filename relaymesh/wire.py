@@ -172,10 +172,8 @@ if os.environ.get("RELAYMESH_CODEC") == "json":  # pragma: no cover
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S][^"\\]*)*(?:"|\\?\Z)')
 #: Every byte but the four brackets, for C{bytes.translate} to delete.
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-#: How each byte changes the nesting depth.
-_DEPTH_STEP = [0] * 256
-_DEPTH_STEP[0x5B] = _DEPTH_STEP[0x7B] = 1
-_DEPTH_STEP[0x5D] = _DEPTH_STEP[0x7D] = -1
+#: How each bracket changes the nesting depth.
+_DEPTH_STEP = {0x5B: 1, 0x7B: 1, 0x5D: -1, 0x7D: -1}  # [ { ] }
 
 
 def _nesting_depth(line: bytes) -> int:
@@ -213,7 +211,7 @@ def _may_be_too_deep(line: bytes) -> bool:
     # of brackets, which bytes.find (memchr) skips to much faster than
     # bytes.count walks the whole line.
     if len(line) < _SHORTEST_TOO_DEEP:
-        return False
+        return False  # too short to be valid and that deep
     find = line.find
     seen = 0
     for opener in (b"{", b"["):
@@ -223,7 +221,7 @@ def _may_be_too_deep(line: bytes) -> bool:
             if seen > 16:
                 return line.count(b"[") + line.count(b"{") > MAX_NESTING
             at = find(opener, at + 1)
-    return False
+    return False  # 16 brackets or fewer
 
 
 def _parse_error(line: bytes, error: Exception) -> WireError:
@@ -385,7 +383,7 @@ def _shallow(obj: dict, payload: Any) -> bool:
     for value in obj.values():
         if not _flat(value):
             return False
-    return True
+    return True  # every field flat
 
 
 def _flat(value: Any) -> bool:
@@ -399,14 +397,14 @@ def _flat(value: Any) -> bool:
     elif kind is list:
         values = value
     else:
-        return True
+        return True  # a scalar
     if len(values) > 32:
         return False
     for item in values:
         kind = type(item)
         if kind is dict or kind is list:
             return False
-    return True
+    return True  # scalars only
 
 
 def _refuse(line: bytes, obj: Any) -> RelayMessage:

@@ -2,7 +2,12 @@
 Tests for L{relaymesh.wire}: the message format claudectl 0.49 speaks.
 """
 
+import importlib
 import json
+import os
+import sys
+import types
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +23,7 @@ from relaymesh.wire import (
     RelayMessage,
     WireError,
     decode,
+    decode_fields,
     encode,
 )
 
@@ -36,6 +42,44 @@ def obj(**overrides):
 
 def raw(value) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def with_payload(payload: bytes, **fields) -> bytes:
+    """
+    A message line whose payload is the JSON text C{payload}.
+    """
+    return raw(obj(**fields)).replace(b'"payload":{}', b'"payload":' + payload, 1)
+
+
+def arrays(depth: int) -> bytes:
+    """
+    JSON text of C{depth} nested arrays: C{[[...]]}.
+    """
+    return b"[" * depth + b"]" * depth
+
+
+def objects(depth: int) -> bytes:
+    """
+    JSON text of C{depth} nested objects: C{{"a":{"a":...1}}}.
+    """
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+def mixed(depth: int) -> bytes:
+    """
+    JSON text of C{depth} levels, arrays and objects in turn: C{[{"a":[...]}]}.
+    """
+    opening = b"".join(b"[" if level % 2 == 0 else b'{"a":' for level in range(depth))
+    closing = b"".join(b"]" if level % 2 == 0 else b"}" for level in reversed(range(depth)))
+    return opening + b"1" + closing
+
+
+def codecs():
+    """
+    The parsers L{wire} may run: the one this machine uses, and the
+    standard library's.
+    """
+    return [("installed", wire._loads), ("json", wire._stdlib_loads)]
 
 
 class MessageTypeTests(SynchronousTestCase):
@@ -387,6 +431,449 @@ class FastPathTests(SynchronousTestCase):
             self.assertEqual(str(fast.exception), str(slow.exception), case)
 
     def test_same_message(self):
-        for case in (obj(), obj(payload=None), obj(payload=[1, {"a": "b"}], extra=True)):
+        for case in (
+            obj(),
+            obj(payload=None),
+            obj(payload=[1, {"a": "b"}], extra=True),
+            obj(timestamp=0),
+            obj(timestamp=2**64 - 1),
+        ):
             self.assertEqual(decode(raw(case)), wire.message_from_object(wire.loads(raw(case))))
 
+
+
+class RelayMessageTests(SynchronousTestCase):
+    """
+    L{RelayMessage} compares and prints by its five fields.
+    """
+
+    def test_equality(self):
+        """
+        Two messages are equal when their five fields are; a message is not
+        equal to anything else, not even its own fields as a dict.
+        """
+        message = RelayMessage("m", "ack", "alpha", 1, {"ack_id": "x"})
+        self.assertIs(message == RelayMessage("m", "ack", "alpha", 1, {"ack_id": "x"}), True)
+        for other in (
+            RelayMessage("n", "ack", "alpha", 1, {"ack_id": "x"}),
+            RelayMessage("m", "heartbeat", "alpha", 1, {"ack_id": "x"}),
+            RelayMessage("m", "ack", "beta", 1, {"ack_id": "x"}),
+            RelayMessage("m", "ack", "alpha", 2, {"ack_id": "x"}),
+            RelayMessage("m", "ack", "alpha", 1, {"ack_id": "y"}),
+        ):
+            self.assertIs(message == other, False, other)
+            self.assertIs(message != other, True, other)
+        for other in (message.to_dict(), "m", None):
+            self.assertIs(message == other, False, other)
+            self.assertIs(message != other, True, other)
+
+    def test_repr(self):
+        """
+        The repr names every field.
+        """
+        self.assertEqual(
+            repr(RelayMessage("m", "ack", "alpha", 1, {"ack_id": "x"})),
+            "RelayMessage(id='m', msg_type='ack', from_peer='alpha', timestamp=1, "
+            "payload={'ack_id': 'x'})",
+        )
+
+
+class ValuesTests(SynchronousTestCase):
+    """
+    What a value becomes on the wire and back, on the installed codec and on
+    the standard library's.
+    """
+
+    def each_codec(self):
+        for name, loads in codecs():
+            self.patch(wire, "_loads", loads)
+            yield name
+
+    def test_numbers_keep_their_value(self):
+        """
+        Integers stay integers and floats stay floats of the same value, up
+        to the largest a double holds.
+        """
+        payload = {"i": -7, "f": 2.5, "tiny": -1e-7, "max": 1.7976931348623157e308, "zero": -0.0}
+        line = with_payload(json.dumps(payload, separators=(",", ":")).encode())
+        for name in self.each_codec():
+            decoded = decode(line).payload
+            self.assertEqual(decoded, payload, name)
+            self.assertEqual({k: type(v) for k, v in decoded.items()}, {k: type(v) for k, v in payload.items()})
+            self.assertEqual(str(decoded["zero"]), "-0.0")
+
+    def test_non_finite_numbers_refused(self):
+        """
+        NaN, Infinity, and numbers beyond a double's range are not JSON to
+        serde_json; they are refused, each with its reason, never read as
+        infinity.
+        """
+        self.patch(wire, "_loads", wire._stdlib_loads)
+        for text, reason in (
+            (b"NaN", "NaN is not valid JSON"),
+            (b"Infinity", "Infinity is not valid JSON"),
+            (b"-Infinity", "-Infinity is not valid JSON"),
+            (b"1e400", "number 1e400 is out of range"),
+            (b"-1e400", "number -1e400 is out of range"),
+        ):
+            for parse in (decode, decode_fields, wire.loads):
+                with self.assertRaises(WireError) as ctx:
+                    parse(with_payload(text))
+                self.assertEqual(str(ctx.exception), reason)
+
+    def test_non_finite_numbers_never_sent(self):
+        """
+        A payload holding NaN or an infinity never puts a line on the wire
+        that peers refuse: it is refused, or written as JSON they accept.
+        """
+        for dumps in (wire._dumps, wire._stdlib_dumps):
+            self.patch(wire, "_dumps", dumps)
+            for number in (float("nan"), float("inf"), float("-inf")):
+                message = RelayMessage("m", "task_status", "a", 1, {"x": number})
+                try:
+                    line = encode(message)
+                except WireError as e:
+                    self.assertIn("not serializable as JSON", str(e))
+                else:
+                    self.assertEqual(decode(line).payload, {"x": None})
+        self.patch(wire, "_dumps", wire._stdlib_dumps)
+        with self.assertRaises(WireError):
+            encode(RelayMessage("m", "task_status", "a", 1, {"x": float("nan")}))
+
+    def test_non_ascii_on_the_wire(self):
+        """
+        Non-ASCII text, in and beyond the Basic Multilingual Plane, goes on
+        the wire as raw UTF-8, as serde_json writes it, on either codec.
+        """
+        payload = {"status": "fertig ✓", "face": "\U0001f600"}
+        for dumps in (wire._dumps, wire._stdlib_dumps):
+            self.patch(wire, "_dumps", dumps)
+            line = encode(RelayMessage("m", "task_status", "a", 1, payload))
+            self.assertTrue(line.endswith('"payload":{"status":"fertig ✓","face":"😀"}}'.encode()))
+            self.assertNotIn(b"\\u", line)
+
+    def test_lone_surrogate_named(self):
+        """
+        A lone UTF-16 surrogate escape, which serde_json refuses, is refused
+        as such by the standard library's codec, wherever it is.
+        """
+        self.patch(wire, "_loads", wire._stdlib_loads)
+        for line in (
+            raw(obj()).replace(b'"alpha"', b'"\\ud800"'),
+            raw(obj()).replace(b'"alpha"', b'"a\\uDFFFb"'),
+            with_payload(b'{"\\udbff":1}'),
+        ):
+            for parse in (decode, decode_fields, wire.loads):
+                with self.assertRaises(WireError) as ctx:
+                    parse(line)
+                self.assertEqual(str(ctx.exception), "lone UTF-16 surrogate in a string")
+
+    def test_parser_out_of_stack(self):
+        """
+        A parser that runs out of stack (the standard library's, called with
+        little stack left) refuses the line with a L{WireError}: no
+        C{RecursionError} gets out.
+        """
+
+        def out_of_stack(line):
+            raise RecursionError("maximum recursion depth exceeded while decoding a JSON object")
+
+        self.patch(wire, "_loads", out_of_stack)
+        for parse in (decode, decode_fields, wire.loads):
+            with self.assertRaises(WireError) as ctx:
+                parse(raw(obj()))
+            self.assertEqual(str(ctx.exception), "JSON nested too deeply")
+
+    def test_loads_refuses(self):
+        """
+        L{wire.loads} refuses what is not JSON, with the reason.
+        """
+        for line, reason in (
+            (b'{"id":', "bad JSON"),
+            (b"", "bad JSON"),
+            (b"\xff", "invalid UTF-8 at byte 0"),
+            (b"[1]x", "bad JSON"),
+        ):
+            with self.assertRaises(WireError) as ctx:
+                wire.loads(line)
+            self.assertIn(reason, str(ctx.exception))
+
+
+class DecodeFieldsTests(SynchronousTestCase):
+    """
+    L{decode_fields}, which every connection reads lines with, takes and
+    refuses exactly what L{decode} does, and also gives the whole object.
+    """
+
+    def test_fields(self):
+        """
+        The whole object comes back, extension fields included.
+        """
+        line = raw(obj(route={"hops": ["a", "b"]}, ttl=3))
+        message, fields = decode_fields(line)
+        self.assertEqual(message, decode(line))
+        self.assertEqual(fields, obj(route={"hops": ["a", "b"]}, ttl=3))
+
+    def test_same_refusals(self):
+        """
+        Every line L{decode} refuses, L{decode_fields} refuses with the same
+        reason.
+        """
+        cases = [
+            b'{"id":',
+            b"[1,2]",
+            raw(obj(id=5)),
+            raw(obj(msg_type="route_update")),
+            raw(obj(timestamp=-1)),
+            raw(obj(timestamp=2**64)),
+            with_payload(arrays(128)),
+            with_payload(objects(128)),
+            raw(obj()).replace(b'"alpha"', b'"\\ud800"'),
+            b" " * (MAX_LINE_BYTES + 1),
+        ]
+        for line in cases:
+            with self.assertRaises(WireError) as ctx:
+                decode(line)
+            with self.assertRaises(WireError) as fields_ctx:
+                decode_fields(line)
+            self.assertEqual(str(fields_ctx.exception), str(ctx.exception), line[:60])
+
+    def test_line_limit(self):
+        """
+        A message of exactly L{MAX_LINE_BYTES} bytes is taken; one byte more
+        is refused before it is parsed.
+        """
+        padding = MAX_LINE_BYTES - len(raw(obj(payload="")))
+        at_limit = raw(obj(payload="x" * padding))
+        self.assertEqual(len(at_limit), MAX_LINE_BYTES)
+        over = raw(obj(payload="x" * (padding + 1)))
+        for parse in (decode, lambda line: decode_fields(line)[0]):
+            self.assertEqual(len(parse(at_limit).payload), padding)
+            with self.assertRaises(WireError) as ctx:
+                parse(over)
+            self.assertEqual(
+                str(ctx.exception),
+                f"line of {MAX_LINE_BYTES + 1} bytes exceeds the {MAX_LINE_BYTES}-byte limit",
+            )
+
+
+class NestingLimitTests(SynchronousTestCase):
+    """
+    serde_json's limit of 128 levels holds for arrays, objects and mixes of
+    them, on every way in (L{decode}, L{decode_fields}, L{wire.loads}) and on
+    either codec: at the limit a line is taken, one level more is refused,
+    as "nested deeper than 128 levels".
+    """
+
+    deep = "JSON nested deeper than 128 levels"
+
+    def assertTaken(self, parse, line):
+        try:
+            parse(line)
+        except WireError as e:
+            self.fail(f"{line[:40]!r}... refused: {e}")
+
+    def assertTooDeep(self, parse, line):
+        with self.assertRaises(WireError) as ctx:
+            parse(line)
+        self.assertEqual(str(ctx.exception), self.deep, line[:40])
+
+    def each_codec(self):
+        for name, loads in codecs():
+            self.patch(wire, "_loads", loads)
+            yield name
+
+    def test_messages(self):
+        """
+        The message object is the first level: a payload of 127 levels is
+        taken, of 128 refused, whatever brackets nest, and wherever in the
+        message the nesting is.
+        """
+        for _codec in self.each_codec():
+            for nested in (arrays, objects, mixed):
+                for parse in (decode, decode_fields):
+                    self.assertTaken(parse, with_payload(nested(127)))
+                    self.assertTooDeep(parse, with_payload(nested(128)))
+                    # In an object or array of the payload, an extension
+                    # field, or among many extension fields.
+                    self.assertTaken(parse, with_payload(b'{"k":' + nested(126) + b"}"))
+                    self.assertTooDeep(parse, with_payload(b'{"k":' + nested(127) + b"}"))
+                    self.assertTooDeep(parse, with_payload(b"[1," + nested(127) + b"]"))
+                    self.assertTooDeep(parse, with_payload(b'{"k":[' + nested(126) + b"]}"))
+                    extra = b"".join(b',"x%d":%d' % (i, i) for i in range(20))
+                    self.assertTaken(parse, with_payload(b"1" + extra + b',"deep":' + nested(127)))
+                    self.assertTooDeep(parse, with_payload(b"1" + extra + b',"deep":' + nested(128)))
+
+    def test_bare_json(self):
+        """
+        L{wire.loads} counts levels from the top, down to the shortest text
+        that nests too deeply (129 brackets and 129 closing ones).
+        """
+        for _codec in self.each_codec():
+            for nested in (arrays, objects, mixed):
+                self.assertTaken(wire.loads, nested(128))
+                self.assertTooDeep(wire.loads, nested(129))
+                self.assertTooDeep(wire.loads, b'{"k":' + nested(128) + b"}")
+            self.assertEqual(len(arrays(129)), 258)
+            self.assertEqual(wire.loads(arrays(2)), [[]])
+
+    def test_many_brackets_at_the_limit(self):
+        """
+        Many shallow brackets besides one branch at the limit do not make a
+        line too deep; and a line refused for another reason is refused for
+        that reason, not as too deep.
+        """
+        shallow = b",".join([b"{}"] * 200)
+        payload = b"[" + arrays(126) + b"," + shallow + b"]"
+        for _codec in self.each_codec():
+            for parse in (decode, decode_fields):
+                self.assertTaken(parse, with_payload(payload))
+                self.assertTaken(parse, with_payload(b"[" + shallow + b"]"))
+            self.assertTaken(wire.loads, b"[" + payload + b"]")
+            self.assertTaken(wire.loads, b"[" + shallow + b"]")
+            line = with_payload(payload)
+            for parse in (decode, decode_fields):
+                with self.assertRaises(WireError) as ctx:
+                    parse(line.replace(b'"id":"msg_1_0",', b""))
+                self.assertEqual(str(ctx.exception), "missing field 'id'")
+                with self.assertRaises(WireError) as ctx:
+                    parse(line[:-1])
+                self.assertIn("bad JSON", str(ctx.exception))
+                with self.assertRaises(WireError) as ctx:
+                    parse(with_payload(b"[" + shallow + b",x]"))
+                self.assertIn("bad JSON", str(ctx.exception))
+            with self.assertRaises(WireError) as ctx:
+                wire.loads(b"[" + shallow + b",x]")
+            self.assertIn("bad JSON", str(ctx.exception))
+
+    def test_any_byte_among_brackets(self):
+        """
+        Whatever byte stands among hundreds of brackets, the line is taken
+        if it is JSON (a digit: the last item of an array) and refused with
+        a L{WireError} otherwise, never with another exception.
+        """
+        items = b",".join([b"[]"] * 130)
+        for _codec in self.each_codec():
+            for parse in (decode, decode_fields, wire.loads):
+                taken = bytearray()
+                for byte in range(256):
+                    line = with_payload(b"[" + items + b"," + bytes([byte]) + b"]")
+                    try:
+                        parse(line)
+                    except WireError:
+                        pass
+                    else:
+                        taken.append(byte)
+                self.assertEqual(bytes(taken), b"0123456789")
+
+    def test_too_deep_first(self):
+        """
+        A line too deep is refused as too deep whatever else is wrong with
+        it, as serde_json stops at the nesting before it sees anything else.
+        """
+        for _codec in self.each_codec():
+            for nested in (arrays, objects, mixed):
+                for parse in (decode, decode_fields, wire.loads):
+                    self.assertTooDeep(parse, with_payload(nested(128), id=5))
+                    self.assertTooDeep(parse, with_payload(nested(128)).replace(b'"id":"msg_1_0",', b""))
+                    self.assertTooDeep(parse, with_payload(nested(128))[:-1])
+                    self.assertTooDeep(parse, with_payload(nested(128)).replace(b'"alpha"', b'"\\ud800"'))
+                    self.assertTooDeep(parse, with_payload(nested(128)) + b"\xff")
+
+
+class FakeOrjson(types.ModuleType):
+    """
+    A stand-in for orjson that speaks JSON through the standard library and
+    records the calls it gets.
+    """
+
+    def __init__(self):
+        super().__init__("orjson")
+        self.calls = []
+
+    def loads(self, line):
+        self.calls.append(("loads", line))
+        return json.loads(line)
+
+    def dumps(self, value):
+        self.calls.append(("dumps", value))
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class CodecChoiceTests(SynchronousTestCase):
+    """
+    L{wire} uses orjson when it is installed, unless C{RELAYMESH_CODEC=json}
+    says to use the standard library; L{wire.CODEC} names the choice.
+    """
+
+    def import_afresh(self, orjson, codec_variable):
+        """
+        Import a separate copy of L{relaymesh.wire}, as a new process would,
+        with C{orjson} as the orjson module (C{None}: not installed) and
+        C{RELAYMESH_CODEC} set to C{codec_variable} (C{None}: unset). The
+        copy every other module uses is left in place.
+        """
+        import relaymesh
+
+        saved = {name: sys.modules.get(name) for name in ("relaymesh.wire", "orjson")}
+        had_orjson = "orjson" in sys.modules
+
+        def restore():
+            sys.modules["relaymesh.wire"] = saved["relaymesh.wire"]
+            relaymesh.wire = saved["relaymesh.wire"]
+            if had_orjson:
+                sys.modules["orjson"] = saved["orjson"]
+            else:
+                sys.modules.pop("orjson", None)
+
+        self.addCleanup(restore)
+        sys.modules["orjson"] = orjson
+        del sys.modules["relaymesh.wire"]
+        with mock.patch.dict(os.environ):
+            os.environ.pop("RELAYMESH_CODEC", None)
+            if codec_variable is not None:
+                os.environ["RELAYMESH_CODEC"] = codec_variable
+            fresh = importlib.import_module("relaymesh.wire")
+        restore()
+        self.assertIsNot(fresh, wire)
+        return fresh
+
+    def round_trip(self, module):
+        message = module.RelayMessage("m", "task_status", "a", 1, {"t": "✓"})
+        line = module.encode(message)
+        self.assertEqual(line, encode(RelayMessage("m", "task_status", "a", 1, {"t": "✓"})))
+        self.assertEqual(module.decode(line), message)
+        return line
+
+    def test_orjson_when_installed(self):
+        """
+        With orjson installed, and C{RELAYMESH_CODEC} unset or anything but
+        C{json}, lines are parsed and written by orjson.
+        """
+        for variable in (None, "", "orjson", "JSON"):
+            orjson = FakeOrjson()
+            module = self.import_afresh(orjson, variable)
+            self.assertEqual(module.CODEC, "orjson")
+            line = self.round_trip(module)
+            self.assertEqual([name for name, _ in orjson.calls], ["dumps", "loads"])
+            self.assertEqual(orjson.calls[1], ("loads", line))
+
+    def test_json_when_asked(self):
+        """
+        C{RELAYMESH_CODEC=json} makes the standard library parse and write
+        lines even with orjson installed.
+        """
+        orjson = FakeOrjson()
+        module = self.import_afresh(orjson, "json")
+        self.assertEqual(module.CODEC, "json")
+        self.round_trip(module)
+        self.assertEqual(orjson.calls, [])
+
+    def test_json_without_orjson(self):
+        """
+        Without orjson, the standard library parses and writes lines.
+        """
+        for variable in (None, "json"):
+            module = self.import_afresh(None, variable)
+            self.assertEqual(module.CODEC, "json")
+            self.round_trip(module)
