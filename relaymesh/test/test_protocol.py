@@ -9,7 +9,7 @@ from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides
@@ -51,9 +51,10 @@ def warnings(events):
     The warnings about closed connections among logged C{events}, as text.
     """
     return [
-        event["log_format"].format(**event)
+        formatEvent(event)
         for event in events
-        if event["log_level"] is LogLevel.warn and event["log_format"].startswith("closing connection")
+        if event.get("log_level") is LogLevel.warn
+        and (event.get("log_format") or "").startswith("closing connection")
     ]
 
 
@@ -381,7 +382,6 @@ class ConnectedTests(SynchronousTestCase):
         self.node.mesh.send("beta", "ack", {"ack_id": "m1"})
         self.assertEqual(self.node.mesh.peer("beta").msgs_out, 3)  # challenge, ack, ack
 
-
     def test_violation_logged(self):
         """
         A connected peer that breaks the protocol is logged as a warning
@@ -534,7 +534,6 @@ class ConnectorTests(SynchronousTestCase):
         self.assertIs(self.protocol.state, State.CONNECTED, self.protocol.close_reason)
         self.assertEqual([m.id for _, m in self.node.received], ["m"])
 
-
     def test_lost_once(self):
         """
         A connection told twice that it is lost reports it once: a failed
@@ -616,7 +615,8 @@ class UpgradeTests(SynchronousTestCase):
         """
         The acceptor's ack of the upgrade is on the wire in clear before TLS
         starts, even when the request is read inside a batch that is still
-        open (an application's around a run of the in-memory network).
+        open (an application that runs the in-memory network inside
+        C{Mesh.batch}).
         """
         in_clear = []
         protocol = self.alpha.server.buildProtocol(IPv4Address("TCP", "10.0.0.2", 40000))
@@ -657,8 +657,8 @@ class UpgradeTests(SynchronousTestCase):
         """
         protocol = self.beta.client("alpha").buildProtocol(IPv4Address("TCP", "127.0.0.1", 9847))
         transport = self.attach(protocol, self.refuse)
-        nonce = {"nonce": "ab" * 32, "peer": "alpha", "caps": ["mutual-auth/2", "starttls/1"]}
-        protocol.dataReceived(line(RelayMessage("c", "challenge", "", 1, nonce)))
+        offer = {"nonce": "ab" * 32, "peer": "alpha", "caps": ["mutual-auth/2", "starttls/1"]}
+        protocol.dataReceived(line(RelayMessage("c", "challenge", "", 1, offer)))
         [request] = written(transport)
         self.assertEqual(request.payload, {"starttls": True, "version": VERSION})
         protocol.dataReceived(line(RelayMessage("a", "handshake_ack", "alpha", 1, {"status": "starttls"})))
