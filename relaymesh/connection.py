@@ -172,7 +172,6 @@ class RelayProtocol(LineFramer, LineWriter):
             State.AWAITING_CHALLENGE: self._challengeReceived,
             State.AWAITING_HANDSHAKE: self._handshakeReceived,
             State.AWAITING_ACK: self._ackReceived,
-            State.CONNECTED: self._messageReceived,
         }
 
     # -- connection lifecycle ------------------------------------------------
@@ -304,8 +303,7 @@ class RelayProtocol(LineFramer, LineWriter):
         self._violation(f"line longer than {self.MAX_LENGTH} bytes")
 
     def lineReceived(self, line: bytes) -> None:
-        if self.close_reason is not None:
-            return
+        # Never after this side closed: LineFramer asks stopped() first.
         if self.state is not _CONNECTED and self.parse_budget is not None:
             if not self.parse_budget.spend(len(line)):
                 self.abort("too much handshake traffic from unauthenticated connections")
@@ -325,15 +323,15 @@ class RelayProtocol(LineFramer, LineWriter):
             return
         self.traffic.received(message.msg_type, size)
         if self.state is _CONNECTED:
-            # Nearly every line: _messageReceived's checks, inlined; it runs
-            # only to refuse the message and say why.
+            # Nearly every line: checked inline; _messageRefused only says
+            # why a message is refused.
             if message.from_peer == self.peer_id and message.msg_type not in HANDSHAKE_TYPES:
                 if fields is None:
                     self.owner.message_received(self, message)
                 else:
                     self.owner.fields_received(self, message, fields)
             else:
-                self._messageReceived(message)
+                self._messageRefused(message)
         else:
             self._dispatch[self.state](message)
 
@@ -411,13 +409,15 @@ class RelayProtocol(LineFramer, LineWriter):
             return
         self._authenticated(outcome)
 
-    def _messageReceived(self, message: RelayMessage) -> None:
+    def _messageRefused(self, message: RelayMessage) -> None:
+        """
+        Close for a connected peer's message that is not its to send: a
+        handshake message, or one that claims another sender.
+        """
         if message.msg_type in HANDSHAKE_TYPES:
             self._violation(f"unexpected {message.msg_type} after the handshake")
-        elif message.from_peer != self.peer_id:
-            self._violation(f"message claims to be from {message.from_peer[:40]!r}")
         else:
-            self.owner.message_received(self, message)
+            self._violation(f"message claims to be from {message.from_peer[:40]!r}")
 
     # -- handshake outcome ---------------------------------------------------
 

@@ -3,15 +3,23 @@ Tests for L{relaymesh.connection.RelayProtocol}: framing, the handshake state
 machine, and what ends a connection.
 """
 
+import json
+
+from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITLSTransport
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides
 
+from relaymesh.acceptor import PREAUTH_BURST
+from relaymesh.handshake.base import HandshakeFailed
 from relaymesh.handshake.proofs import VERSION, compute_proof
 from relaymesh.connection import HANDSHAKE_MAX_LINE, HANDSHAKE_TIMEOUT, State
 from relaymesh.outbound import FLUSH_BYTES
+from relaymesh.testing import MemoryStore
 from relaymesh.test.support import (
     accepted,
     MemoryKeys,
@@ -26,6 +34,28 @@ from relaymesh.test.support import (
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage
 
 KEY = bytes(range(32))
+
+
+def watch_log(case):
+    """
+    Collect the events logged until the end of the test C{case}.
+    """
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    case.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+def warnings(events):
+    """
+    The warnings about closed connections among logged C{events}, as text.
+    """
+    return [
+        formatEvent(event)
+        for event in events
+        if event.get("log_level") is LogLevel.warn
+        and (event.get("log_format") or "").startswith("closing connection")
+    ]
 
 
 class AcceptorTests(SynchronousTestCase):
@@ -150,6 +180,121 @@ class AcceptorTests(SynchronousTestCase):
         self.protocol.dataReceived(chunk)
         self.assertEqual(self.protocol._buffer, b"")
 
+    def padded_handshake(self, size):
+        """
+        claudectl's handshake padded to a line of C{size} bytes (without its
+        newline).
+        """
+        proof = compute_proof(KEY, self.challenge.payload["nonce"])
+        bare = line(RelayMessage("h1", "handshake", "beta", 1, {"proof": proof, "pad": ""}))
+        pad = "x" * (size - len(bare) + 1)
+        padded = line(RelayMessage("h1", "handshake", "beta", 1, {"proof": proof, "pad": pad}))
+        self.assertEqual(len(padded), size + 1)
+        return padded
+
+    def test_handshake_line_limit(self):
+        """
+        Before the handshake a line of 8192 bytes is read; one of 8193 is
+        refused unread, and the connection closed.
+        """
+        self.protocol.dataReceived(self.padded_handshake(8192))
+        self.assertIs(self.protocol.state, State.CONNECTED, self.protocol.close_reason)
+        protocol, transport = server_protocol(self.node.server, host="10.0.0.3")
+        [challenge] = written(transport)
+        self.challenge = challenge
+        protocol.dataReceived(self.padded_handshake(8193))
+        self.assertIs(protocol.state, State.CLOSED)
+        self.assertEqual(protocol.close_reason, "line longer than 8192 bytes")
+        self.assertEqual(transport.value(), b"")
+
+    def test_parse_budget(self):
+        """
+        What unauthenticated connections may have parsed is one budget for
+        the listener (1 MiB, spent line by line): a connection accepted
+        while some was left has its line dropped unread once there is not
+        enough left for it.
+        """
+        self.assertEqual(PREAUTH_BURST, 1024 * 1024)
+        garbage = b"x" * HANDSHAKE_MAX_LINE + b"\n"
+        for i in range(PREAUTH_BURST // HANDSHAKE_MAX_LINE - 2):
+            protocol, transport = server_protocol(self.node.server, host=f"10.1.{i // 200}.{i % 200 + 1}")
+            protocol.dataReceived(garbage)
+            self.assertIn("unparseable line", protocol.close_reason)
+        last = [server_protocol(self.node.server, host=f"10.2.0.{i}") for i in (1, 2, 3)]
+        for protocol, transport in last:
+            protocol.dataReceived(garbage)
+        self.assertEqual([p.close_reason.startswith("unparseable line") for p, _ in last], [True, True, False])
+        protocol, transport = last[2]
+        self.assertEqual(protocol.close_reason, "too much handshake traffic from unauthenticated connections")
+        self.assertTrue(transport.disconnected)
+        [event] = [e for e in self.node.events if e.kind == "denied" and e.reason == protocol.close_reason]
+        self.assertEqual(event.direction, "inbound")
+        self.assertIsNone(self.node.server.buildProtocol(IPv4Address("TCP", "10.3.0.1", 40000)))
+
+    def test_first_reason_kept(self):
+        """
+        The first reason this side gives for closing is the one reported,
+        whatever ends the connection after it: here a refused proof, then
+        the handshake's deadline while the transport still closes.
+        """
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.4", 40000))
+        protocol = self.node.server.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        [challenge] = written(transport)
+        proof = compute_proof(bytes(32), challenge.payload["nonce"])
+        protocol.dataReceived(line(RelayMessage("h1", "handshake", "beta", 1, {"proof": proof})))
+        self.assertTrue(transport.disconnecting)
+        self.clock.advance(HANDSHAKE_TIMEOUT)
+        protocol.close("closed again")
+        protocol.connectionLost(Failure(error.ConnectionAborted()))
+        [event] = [e for e in self.node.events if e.address == "10.0.0.4:40000"]
+        self.assertEqual((event.kind, event.reason), ("denied", "wrong proof for the key of beta"))
+        self.assertEqual(protocol.close_reason, event.reason)
+
+    def lost(self, reason):
+        """
+        The reason reported for a connection lost with C{reason} before its
+        handshake, this side having given none.
+        """
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 40000))
+        protocol = self.node.server.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        protocol.connectionLost(reason)
+        return self.node.events[-1].reason
+
+    def test_reasons_of_a_lost_connection(self):
+        """
+        A connection that ends without a reason of this side's is reported
+        with the transport's, without its final full stops, or as
+        C{connection closed} when that says nothing.
+        """
+        self.assertEqual(self.lost(Failure(error.ConnectionDone())), "Connection was closed cleanly")
+        self.assertEqual(self.lost(Failure(OSError("dropped by relay-X..."))), "dropped by relay-X")
+        self.assertEqual(self.lost(Failure(OSError(""))), "connection closed")
+        self.assertEqual(self.lost(None), "connection closed")
+
+    def test_when_closed(self):
+        """
+        C{whenClosed} fires once the connection is closed, and at once for
+        a closed one.
+        """
+        waiting = self.protocol.whenClosed()
+        self.assertNoResult(waiting)
+        self.protocol.close("done")
+        self.assertIsNone(self.successResultOf(waiting))
+        self.assertIsNone(self.successResultOf(self.protocol.whenClosed()))
+
+    def test_no_warning_before_authentication(self):
+        """
+        A peer that proved nothing and breaks the protocol is reported as a
+        failed handshake, not logged as a warning: a scanner cannot fill
+        the log.
+        """
+        logged = watch_log(self)
+        self.protocol.dataReceived(b"{not json\n")
+        self.assertIs(self.protocol.state, State.CLOSED)
+        self.assertEqual(warnings(logged), [])
+
 
 class ConnectedTests(SynchronousTestCase):
     """
@@ -232,8 +377,63 @@ class ConnectedTests(SynchronousTestCase):
         status = self.node.mesh.peer("beta")
         self.assertEqual(status.msgs_in, 2)  # the handshake and the message
         self.assertGreater(status.bytes_in, len(data))
+        self.protocol.dataReceived(data + data)
+        self.assertEqual(self.node.mesh.peer("beta").bytes_in, status.bytes_in + 2 * len(data))
         self.node.mesh.send("beta", "ack", {"ack_id": "m1"})
         self.assertEqual(self.node.mesh.peer("beta").msgs_out, 3)  # challenge, ack, ack
+
+    def test_violation_logged(self):
+        """
+        A connected peer that breaks the protocol is logged as a warning
+        that names it, its address and what it did.
+        """
+        logged = watch_log(self)
+        self.protocol.dataReceived(self.message("handshake"))
+        self.assertEqual(
+            warnings(logged),
+            ["closing connection to beta (10.0.0.2:40000): unexpected handshake after the handshake"],
+        )
+
+    def test_idle_deadline_to_the_second(self):
+        """
+        The idle deadline is 90 s after the last line to the fraction of a
+        second: the check that finds a line came since waits only for what
+        is left.
+        """
+        self.clock.advance(0.5)
+        self.protocol.dataReceived(self.message())
+        self.clock.advance(90 - 0.5)
+        self.assertIs(self.protocol.state, State.CONNECTED)
+        self.clock.advance(0.49)
+        self.assertIs(self.protocol.state, State.CONNECTED)
+        self.clock.advance(0.01)
+        self.assertIs(self.protocol.state, State.CLOSED)
+        self.assertEqual(self.protocol.close_reason, "no message for 90 s")
+
+
+class LegacyFieldsTests(SynchronousTestCase):
+    """
+    A claudectl peer announced no capability whose fields this node reads:
+    its messages' other top-level fields mean nothing.
+    """
+
+    def test_reliable_field_ignored(self):
+        """
+        A message from a claudectl peer that says it is reliable is
+        delivered as a plain message: not recorded as delivered nor
+        acknowledged, as it would be from a peer that announced reliable
+        delivery.
+        """
+        store = MemoryStore()
+        node = Node("alpha", make_clock(), MemoryKeys({"beta": KEY}), store=store)
+        protocol, transport = accepted(node, "beta", KEY)
+        message = json.loads(line(RelayMessage("r1", "task_status", "beta", 1, {"n": 1})))
+        message["reliable"] = True
+        protocol.dataReceived(json.dumps(message).encode() + b"\n")
+        self.assertEqual([(p, m.id, m.payload) for p, m in node.received], [("beta", "r1", {"n": 1})])
+        self.assertEqual(store.delivered, set())
+        self.assertEqual(written(transport), [])
+        self.assertIs(protocol.state, State.CONNECTED)
 
 
 class ConnectorTests(SynchronousTestCase):
@@ -333,6 +533,139 @@ class ConnectorTests(SynchronousTestCase):
         self.protocol.dataReceived(self.ack() + long)
         self.assertIs(self.protocol.state, State.CONNECTED, self.protocol.close_reason)
         self.assertEqual([m.id for _, m in self.node.received], ["m"])
+
+    def test_lost_once(self):
+        """
+        A connection told twice that it is lost reports it once: a failed
+        handshake is one denial, and a connected peer's link is one
+        disconnection, not also a denial.
+        """
+        for _ in range(2):
+            self.protocol.connectionLost(Failure(error.ConnectionDone()))
+        protocol, transport = self.connect()
+        protocol.dataReceived(self.challenge(peer=None) + self.ack())
+        self.assertIs(protocol.state, State.CONNECTED)
+        for _ in range(2):
+            protocol.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(
+            [e.kind for e in self.node.events],
+            ["connecting", "denied", "connecting", "connected", "disconnected"],
+        )
+
+    def test_outcome_not_recorded(self):
+        """
+        A proof the factory cannot record (a join that may not replace a
+        key already paired) ends the handshake: the connection is closed
+        with the factory's reason, never connected.
+        """
+
+        def refuse(protocol, outcome):
+            raise HandshakeFailed(f"{outcome.peer_id} is paired already")
+
+        self.factory.handshakeVerified = refuse
+        self.protocol.dataReceived(self.challenge(peer=None) + self.ack())
+        self.assertIs(self.protocol.state, State.CLOSED)
+        self.assertEqual(self.protocol.close_reason, "alpha is paired already")
+        self.assertFalse(self.node.mesh.is_connected("alpha"))
+        self.assertEqual([e.kind for e in self.node.events], ["connecting", "denied"])
+
+    def test_bytes_in_clear_after_the_ack(self):
+        """
+        A line in clear behind the upgrade's ack is never read: the
+        connection is dropped, TLS not started, and the reason says why.
+        """
+        self.protocol.dataReceived(self.challenge())
+        written(self.transport)
+        self.protocol.dataReceived(self.ack("starttls") + self.ack())
+        self.assertEqual(self.transport.tls_started, [])
+        self.assertIs(self.protocol.state, State.CLOSED)
+        self.assertEqual(
+            self.protocol.close_reason,
+            "bytes in clear after the TLS upgrade was agreed (injected on the path?)",
+        )
+        self.assertEqual(self.transport.value(), b"")
+
+
+class UpgradeTests(SynchronousTestCase):
+    """
+    The switch to TLS on a transport that can start it, on both sides.
+    """
+
+    def setUp(self):
+        self.clock = make_clock()
+        self.alpha = Node("alpha", self.clock, MemoryKeys({"beta": KEY}))
+        self.beta = Node("beta", self.clock, MemoryKeys({"alpha": KEY}))
+
+    def attach(self, protocol, start_tls):
+        """
+        Connect C{protocol} to a transport that can start TLS, by calling
+        C{start_tls(transport, options)}.
+        """
+        transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", "10.0.0.2", 40000))
+        transport.protocol = protocol
+        transport.startTLS = lambda options, normal=True: start_tls(transport, options)
+        alsoProvides(transport, ITLSTransport)
+        protocol.makeConnection(transport)
+        return transport
+
+    def request(self):
+        return line(RelayMessage("h", "handshake", "beta", 1, {"starttls": True, "version": VERSION}))
+
+    def test_ack_in_clear_before_tls(self):
+        """
+        The acceptor's ack of the upgrade is on the wire in clear before TLS
+        starts, even when the request is read inside a batch that is still
+        open (an application that runs the in-memory network inside
+        C{Mesh.batch}).
+        """
+        in_clear = []
+        protocol = self.alpha.server.buildProtocol(IPv4Address("TCP", "10.0.0.2", 40000))
+        transport = self.attach(protocol, lambda transport, options: in_clear.append(written(transport)))
+        written(transport)
+        with self.alpha.mesh.batch():
+            protocol.dataReceived(self.request())
+        [[ack]] = in_clear
+        self.assertEqual((ack.msg_type, ack.payload), ("handshake_ack", {"status": "starttls"}))
+        [challenge] = written(transport)
+        self.assertEqual(challenge.msg_type, "challenge")
+        self.assertTrue(protocol.encrypted)
+
+    def refuse(self, transport, options):
+        raise OSError("the TLS layer is gone")
+
+    def test_acceptor_cannot_start_tls(self):
+        """
+        An acceptor that cannot start TLS once it agreed drops the
+        connection: it never goes on in clear.
+        """
+        protocol = self.alpha.server.buildProtocol(IPv4Address("TCP", "10.0.0.2", 40000))
+        transport = self.attach(protocol, self.refuse)
+        written(transport)
+        protocol.dataReceived(self.request())
+        self.assertEqual([m.payload for m in written(transport)], [{"status": "starttls"}])
+        self.assertIs(protocol.state, State.CLOSED)
+        self.assertTrue(transport.disconnected)
+        self.assertFalse(protocol.encrypted)
+        self.assertEqual(protocol.close_reason, "cannot start TLS: the TLS layer is gone")
+        [event] = self.alpha.events
+        self.assertEqual((event.kind, event.reason), ("denied", protocol.close_reason))
+
+    def test_connector_cannot_start_tls(self):
+        """
+        A connector that cannot start TLS once its request was acked drops
+        the connection: it never proves its key in clear.
+        """
+        protocol = self.beta.client("alpha").buildProtocol(IPv4Address("TCP", "127.0.0.1", 9847))
+        transport = self.attach(protocol, self.refuse)
+        offer = {"nonce": "ab" * 32, "peer": "alpha", "caps": ["mutual-auth/2", "starttls/1"]}
+        protocol.dataReceived(line(RelayMessage("c", "challenge", "", 1, offer)))
+        [request] = written(transport)
+        self.assertEqual(request.payload, {"starttls": True, "version": VERSION})
+        protocol.dataReceived(line(RelayMessage("a", "handshake_ack", "alpha", 1, {"status": "starttls"})))
+        self.assertIs(protocol.state, State.CLOSED)
+        self.assertEqual(protocol.close_reason, "cannot start TLS: the TLS layer is gone")
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(protocol.encrypted)
 
 
 class TwoNodesTests(SynchronousTestCase):
