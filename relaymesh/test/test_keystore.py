@@ -3,17 +3,19 @@ Tests for L{relaymesh.keystore}, the files it keeps (L{relaymesh.keyfiles},
 L{relaymesh.armed}) and how it writes them (L{relaymesh.files}).
 """
 
+import dataclasses
+import errno
 import json
 import os
 import re
 import stat
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from relaymesh import files, keystore
-from relaymesh.files import write_atomically
+from relaymesh.files import link_or_replace, make_private_directory, write_atomically
 from relaymesh.keyfiles import CorruptKeyFile, InsecureKeyFile, KeyStoreError
-from relaymesh.keystore import KeyStore, default_data_dir, generate_identity
+from relaymesh.keystore import ArmedKey, KeyStore, UsedInvite, default_data_dir, generate_identity
 from relaymesh.peerid import InvalidPeerId
 
 KEY = bytes(range(32))
@@ -54,6 +56,52 @@ def mode(path: str) -> int:
     The permission bits of C{path}.
     """
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def contents(path: str) -> list[str]:
+    """
+    Every file and directory under C{path}, as sorted relative paths.
+    """
+    found = []
+    for directory, names, fileNames in os.walk(path):
+        for name in names + fileNames:
+            found.append(os.path.relpath(os.path.join(directory, name), path))
+    return sorted(found)
+
+
+def fileIdentity(path: str) -> tuple[int, int]:
+    """
+    The device and inode of C{path}: which file it is, whatever its name.
+    """
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
+def recordSyncs(testCase) -> list[tuple[int, int]]:
+    """
+    Record, in order, which files and directories C{os.fsync} flushes to
+    disk (see L{fileIdentity}), for one test.
+    """
+    synced = []
+    realFsync = os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+        return realFsync(fd)
+
+    testCase.patch(os, "fsync", fsync)
+    return synced
+
+
+def openDescriptors(testCase) -> set[str]:
+    """
+    The file descriptors this process has open.
+    """
+    for directory in ["/proc/self/fd", "/dev/fd"]:
+        if os.path.isdir(directory):
+            return set(os.listdir(directory))
+    raise SkipTest("no way to list open file descriptors here")
 
 
 class DefaultDataDirTests(SynchronousTestCase):
@@ -329,7 +377,7 @@ class KeyTests(SynchronousTestCase):
         A key file that group or others may read or write is refused, with
         a message naming the file and the C{chmod} that fixes it.
         """
-        for fileMode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o666]:
+        for fileMode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o666, 0o610, 0o601, 0o700 | 0o001]:
             self.writeKeyFile(KEY.hex().encode(), fileMode)
             error = self.assertRaises(InsecureKeyFile, self.store.key, "ci-runner-9d1e")
             self.assertIsInstance(error, KeyStoreError)
@@ -764,3 +812,342 @@ class ReexportTests(SynchronousTestCase):
         self.assertIs(keystore.CorruptKeyFile, keyfiles.CorruptKeyFile)
         self.assertIs(keystore.ArmedKey, armed.ArmedKey)
         self.assertEqual(keystore.PAIR_CODE_FORM, armed.PAIR_CODE_FORM)
+
+
+class DurableWriteTests(SynchronousTestCase):
+    """
+    What the store writes reaches the disk before it is relied on, and no
+    write leaves a file descriptor open.
+    """
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "target")
+
+    def test_flushed(self):
+        """
+        L{write_atomically} flushes the new file before renaming it, then the
+        directory holding the new name; with C{sync=False} it flushes
+        nothing.
+        """
+        synced = recordSyncs(self)
+        write_atomically(self.path, b"new")
+        self.assertEqual(synced, [fileIdentity(self.path), fileIdentity(self.directory)])
+        del synced[:]
+        write_atomically(self.path, b"newer", sync=False)
+        self.assertEqual(synced, [])
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"newer")
+
+    def test_flushedRelative(self):
+        """
+        A file named without a directory is in the current one, which is
+        the directory flushed.
+        """
+        cwd = os.getcwd()
+        self.addCleanup(os.chdir, cwd)
+        os.chdir(self.directory)
+        synced = recordSyncs(self)
+        write_atomically("target", b"new")
+        self.assertEqual(synced, [fileIdentity(self.path), fileIdentity(self.directory)])
+
+    def test_identityFlushed(self):
+        """
+        A new identity is flushed to disk, then the data directory holding
+        its name; only the C{identity} file is left.
+        """
+        store = KeyStore(os.path.join(self.directory, "data"))
+        synced = recordSyncs(self)
+        store.identity()
+        self.assertEqual(synced, [fileIdentity(store.identity_path()), fileIdentity(store.path)])
+        self.assertEqual(contents(store.path), ["identity"])
+
+    def test_metaFlushedByDefault(self):
+        """
+        Metadata is flushed to disk unless C{sync=False} says it can do
+        without (as C{last_seen} bookkeeping can).
+        """
+        store = KeyStore(self.directory)
+        metaPath = store.meta_path("peer-a")
+        synced = recordSyncs(self)
+        store.update_meta("peer-a", addr="h:1")
+        self.assertIn(fileIdentity(metaPath), synced)
+        del synced[:]
+        store.replace_meta("peer-a", {"addr": "h:2"})
+        self.assertIn(fileIdentity(metaPath), synced)
+        del synced[:]
+        store.update_meta("peer-a", sync=False, last_seen=1)
+        store.replace_meta("peer-a", {"addr": "h:3"}, sync=False)
+        self.assertEqual(synced, [])
+        self.assertEqual(store.meta("peer-a"), {"addr": "h:3"})
+
+    def test_noDescriptorLeft(self):
+        """
+        Writing files, making an identity and flushing directories leave no
+        file descriptor open: a long-running node writes metadata for ever.
+        """
+        store = KeyStore(os.path.join(self.directory, "data"))
+        store.identity()
+        before = openDescriptors(self)
+        for _ in range(3):
+            KeyStore(os.path.join(self.mktemp())).identity()
+            write_atomically(self.path, b"data")
+            store.update_meta("peer-a", last_seen=1)
+            files.fsync_directory(self.directory)
+        self.assertEqual(openDescriptors(self), before)
+
+
+class PrivateDirectoryTests(SynchronousTestCase):
+    """
+    Tests for L{make_private_directory}.
+    """
+
+    def test_umask(self):
+        """
+        Under a umask that takes even the owner's write bit, the store's
+        directories are still 0700, and keys can be stored in them.
+        """
+        old = os.umask(0o277)
+        self.addCleanup(os.umask, old)
+        store = KeyStore(self.mktemp())
+        store.set_key("peer-a", KEY)
+        os.umask(old)
+        self.assertEqual(mode(store.path), 0o700)
+        self.assertEqual(mode(store.peers_path()), 0o700)
+        self.assertEqual(store.key("peer-a"), KEY)
+
+    def test_notADirectory(self):
+        """
+        A file where the directory should be is refused with
+        L{NotADirectoryError} naming it, and left alone.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"mine")
+        error = self.assertRaises(NotADirectoryError, make_private_directory, path)
+        self.assertEqual(error.filename, path)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"mine")
+
+    def test_existing(self):
+        """
+        An existing directory is kept as it is, with what it holds.
+        """
+        path = self.mktemp()
+        os.makedirs(path)
+        open(os.path.join(path, "kept"), "w").close()
+        make_private_directory(path)
+        self.assertEqual(os.listdir(path), ["kept"])
+
+
+class LinkOrReplaceTests(SynchronousTestCase):
+    """
+    Tests for L{link_or_replace}: of two processes creating the same file,
+    the first wins, with or without hard links.
+    """
+
+    def setUp(self):
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.source = os.path.join(self.directory, "source")
+        self.target = os.path.join(self.directory, "target")
+        with open(self.source, "wb") as f:
+            f.write(b"second")
+
+    def existingTarget(self) -> None:
+        with open(self.target, "wb") as f:
+            f.write(b"first")
+
+    def assertTarget(self, content: bytes) -> None:
+        with open(self.target, "rb") as f:
+            self.assertEqual(f.read(), content)
+
+    def withoutHardLinks(self, code: int) -> None:
+        """
+        Make C{os.link} fail with C{code}, as on a file system without hard
+        links.
+        """
+
+        def link(source, target):
+            raise OSError(code, os.strerror(code))
+
+        self.patch(os, "link", link)
+
+    def test_linked(self):
+        """
+        A missing target is created with the source's content.
+        """
+        link_or_replace(self.source, self.target)
+        self.assertTarget(b"second")
+
+    def test_existing(self):
+        """
+        An existing target is not replaced: L{FileExistsError}.
+        """
+        self.existingTarget()
+        self.assertRaises(FileExistsError, link_or_replace, self.source, self.target)
+        self.assertTarget(b"first")
+
+    def test_noHardLinks(self):
+        """
+        Where the file system has no hard links, a missing target is
+        created by a rename, and an existing one is still not replaced.
+        """
+        for code in [errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV]:
+            self.withoutHardLinks(code)
+            with open(self.source, "wb") as f:
+                f.write(b"second")
+            link_or_replace(self.source, self.target)
+            self.assertTarget(b"second")
+            with open(self.source, "wb") as f:
+                f.write(b"third")
+            error = self.assertRaises(FileExistsError, link_or_replace, self.source, self.target)
+            self.assertEqual(error.filename, self.target)
+            self.assertTarget(b"second")
+            os.unlink(self.target)
+
+    def test_otherErrors(self):
+        """
+        Any other failure of the link is raised as it is, and creates
+        nothing.
+        """
+        for code in [errno.EIO, errno.ENOSPC, errno.EACCES]:
+            self.withoutHardLinks(code)
+            error = self.assertRaises(OSError, link_or_replace, self.source, self.target)
+            self.assertEqual(error.errno, code)
+            self.assertFalse(os.path.exists(self.target))
+            self.assertTrue(os.path.exists(self.source))
+
+
+class IdentityRaceTests(SynchronousTestCase):
+    """
+    Two processes making the first identity of one data directory at once:
+    both end up with the one stored first.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+
+    def otherProcessFirst(self) -> None:
+        """
+        Make another process store its identity just while this one makes
+        its own.
+        """
+        store = self.store
+
+        def generate():
+            with open(store.identity_path(), "w") as f:
+                f.write("other-0a0b0c0d")
+            return "mine-01020304"
+
+        self.patch(keystore, "generate_identity", generate)
+
+    def test_otherWins(self):
+        """
+        The identity stored first is the one returned and kept; nothing
+        else is left in the data directory.
+        """
+        self.otherProcessFirst()
+        self.assertEqual(self.store.identity(), "other-0a0b0c0d")
+        self.assertEqual(KeyStore(self.store.path).identity(), "other-0a0b0c0d")
+        self.assertEqual(contents(self.store.path), ["identity"])
+
+    def test_otherWinsWithoutHardLinks(self):
+        """
+        Without hard links too.
+        """
+
+        def link(source, target):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+        self.patch(os, "link", link)
+        self.assertRegex(KeyStore(self.mktemp()).identity(), GENERATED_ID)
+        self.otherProcessFirst()
+        self.assertEqual(self.store.identity(), "other-0a0b0c0d")
+        self.assertEqual(contents(self.store.path), ["identity"])
+
+    def test_repr(self):
+        """
+        A store shows its data directory.
+        """
+        self.assertEqual(repr(KeyStore("/srv/relay")), "KeyStore('/srv/relay')")
+
+
+class KeyFileLimitTests(SynchronousTestCase):
+    """
+    A key file holds 64 hex digits and at most L{keyfiles.MAX_KEY_FILE}
+    bytes in all.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+        self.store.set_key("peer-a", KEY)
+        self.keyPath = self.store.key_path("peer-a")
+
+    def write(self, content: bytes) -> None:
+        with open(self.keyPath, "wb") as f:
+            f.write(content)
+
+    def test_limit(self):
+        """
+        White space around the digits is accepted up to 128 bytes in all;
+        one byte more is corrupt, and so is anything after white space, however
+        much of it there is.
+        """
+        from relaymesh.keyfiles import MAX_KEY_FILE
+
+        self.assertEqual(MAX_KEY_FILE, 128)
+        digits = KEY.hex().encode()
+        for content in [digits + b"\n" * 64, b" " * 32 + digits + b"\n" * 32]:
+            self.write(content)
+            self.assertEqual(len(content), 128)
+            self.assertEqual(self.store.key("peer-a"), KEY)
+        for content in [
+            digits + b"\n" * 65,
+            b" " * 65 + digits,
+            digits + b"\n" * 65 + b"junk",
+            digits + b" " * 100 + OTHER_KEY.hex().encode(),
+            digits + b"\n" * 4096,
+        ]:
+            self.write(content)
+            error = self.assertRaises(CorruptKeyFile, self.store.key, "peer-a")
+            self.assertIn(self.keyPath, str(error))
+            with open(self.keyPath, "rb") as f:
+                self.assertEqual(f.read(), content)
+
+
+class MetaFormatTests(SynchronousTestCase):
+    """
+    Metadata is written as claudectl writes it.
+    """
+
+    def test_utf8(self):
+        """
+        Text beyond ASCII is written as UTF-8, not as C{\\u} escapes.
+        """
+        store = KeyStore(self.mktemp())
+        store.update_meta("peer-a", note="B\u00fcro")
+        with open(store.meta_path("peer-a"), "rb") as f:
+            self.assertEqual(f.read(), '{\n  "note": "B\u00fcro"\n}'.encode("utf-8"))
+        self.assertEqual(store.meta("peer-a"), {"note": "B\u00fcro"})
+
+
+class ForgetOtherFilesTests(SynchronousTestCase):
+    """
+    Forgetting a peer removes every file of its own.
+    """
+
+    def test_otherFileOnly(self):
+        """
+        A peer with only another C{peers/<peer_id>.*} file is forgotten too,
+        and forgetting says so; other peers' files stay.
+        """
+        store = KeyStore(self.mktemp())
+        store.set_key("peer-ab", KEY)
+        for name in ["peer-a.pin", "peer-ab.pin"]:
+            with open(os.path.join(store.peers_path(), name), "w") as f:
+                f.write("x")
+        self.assertTrue(store.forget("peer-a"))
+        self.assertEqual(sorted(os.listdir(store.peers_path())), ["peer-ab.key", "peer-ab.pin"])
+        self.assertFalse(store.forget("peer-a"))
