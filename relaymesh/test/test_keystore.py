@@ -1151,3 +1151,308 @@ class ForgetOtherFilesTests(SynchronousTestCase):
         self.assertTrue(store.forget("peer-a"))
         self.assertEqual(sorted(os.listdir(store.peers_path())), ["peer-ab.key", "peer-ab.pin"])
         self.assertFalse(store.forget("peer-a"))
+
+
+#: When the invites armed in these tests are made, and when they expire.
+ARMED_AT = 1000.0
+EXPIRES_AT = 1600.0
+
+#: A third key, and the strong code of the invites armed here.
+LEGACY_KEY = bytes(range(200, 232))
+STRONG_CODE = "7-ace-act"
+
+
+def armInvite(store: KeyStore, strongCode: str | None = STRONG_CODE) -> list[ArmedKey]:
+    """
+    Arm an invite of two keys (forms C{invite} and C{invite_legacy}) and a
+    strong code, as C{relaymesh invite} does.
+
+    @return: its armed keys.
+    """
+    store.arm([("invite", KEY), ("invite_legacy", LEGACY_KEY)], EXPIRES_AT, strongCode)
+    return store.armed_keys(ARMED_AT)
+
+
+def writeJSON(path: str, value) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f)
+
+
+class ArmedValueTests(SynchronousTestCase):
+    """
+    Armed keys and used invites are values.
+    """
+
+    def test_immutable(self):
+        """
+        They cannot be changed, and equal ones hash alike: an armed key is
+        the same key whatever invite it was armed under.
+        """
+        armed = ArmedKey("invite", KEY, None, "0123456789abcdef")
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, armed, "key", OTHER_KEY)
+        self.assertEqual({armed, ArmedKey("invite", KEY, None, None)}, {armed})
+        used = UsedInvite("0123456789abcdef", "invite", "beta", 1.0, 2.0, True)
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, used, "peer_id", "gamma")
+        self.assertEqual(len({used, UsedInvite("0123456789abcdef", "invite", "beta", 1.0, 2.0, True)}), 1)
+
+
+class FailedClaimTests(SynchronousTestCase):
+    """
+    A claim that fails changes nothing stored, and says why with its own
+    error.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+        self.pendingPath = os.path.join(self.store.peers_path(), "_pending.key")
+
+    def test_peerKeyNotWritable(self):
+        """
+        When the peer's key cannot be written, the claim fails with that
+        error, and the pending key is back in its place, alone.
+        """
+        self.store.set_pending_key(KEY)
+        os.makedirs(self.store.key_path("beta"))
+        self.assertRaises(IsADirectoryError, self.store.claim_pending_key, "beta")
+        [armed] = self.store.armed_keys(ARMED_AT)
+        self.assertRaises(IsADirectoryError, self.store.claim_armed_key, "beta", armed, ARMED_AT)
+        self.assertEqual(self.store.pending_key(), KEY)
+        self.assertEqual(sorted(os.listdir(self.store.peers_path())), ["_pending.key", "beta.key"])
+        self.assertEqual(self.store.meta("beta"), {})
+
+    def test_madeInsecure(self):
+        """
+        A pending key opened to other users after it was listed is not
+        claimed: the error names it, and it stays where it was.
+        """
+        self.store.set_pending_key(KEY)
+        [armed] = self.store.armed_keys(ARMED_AT)
+        os.chmod(self.pendingPath, 0o644)
+        error = self.assertRaises(InsecureKeyFile, self.store.claim_armed_key, "beta", armed, ARMED_AT)
+        self.assertIn(f"chmod 600 {self.pendingPath}", str(error))
+        self.assertEqual(os.listdir(self.store.peers_path()), ["_pending.key"])
+        self.assertEqual(mode(self.pendingPath), 0o644)
+
+    def test_forgedSlot(self):
+        """
+        An armed key whose slot or invite is not a name the store made is
+        refused before it becomes a path.
+        """
+        armInvite(self.store)
+        before = contents(self.store.path)
+        victim = os.path.join(self.store.path, "victim.key")
+        for forged in [
+            ArmedKey("invite", KEY, "../../victim"),
+            ArmedKey("invite", KEY, "Bad"),
+            ArmedKey("invite", KEY, None, "../../victim"),
+            ArmedKey("invite", KEY, None, "0123456789ABCDEF"),
+        ]:
+            self.assertRaises(ValueError, self.store.claim_armed_key, "beta", forged, ARMED_AT)
+        self.assertEqual(contents(self.store.path), before)
+        self.assertFalse(os.path.exists(victim))
+
+    def test_expiredWithTicket(self):
+        """
+        A key claimed at its expiry is not stored, the peer gets no
+        metadata, nobody is noted as having used the invite, and the invite
+        is disarmed.
+        """
+        [pending, legacy] = armInvite(self.store)
+        self.assertIsNone(self.store.claim_armed_key("beta", legacy, EXPIRES_AT))
+        self.assertEqual(self.store.meta("beta"), {})
+        self.assertIsNone(self.store.used_invite(ARMED_AT))
+        self.assertIsNone(self.store.claim_armed_key("beta", pending, ARMED_AT))
+        self.assertEqual(contents(self.store.path), ["peers"])
+
+    def test_pendingKeyGone(self):
+        """
+        Once claudectl took the pending key, the invite's other keys are not
+        claimed: no key, no metadata, nobody noted.
+        """
+        [_, legacy] = armInvite(self.store)
+        os.unlink(self.pendingPath)
+        self.assertIsNone(self.store.claim_armed_key("gamma", legacy, ARMED_AT))
+        self.assertEqual(self.store.peers(), [])
+        self.assertEqual(self.store.meta("gamma"), {})
+        self.assertIsNone(self.store.used_invite(ARMED_AT))
+        self.assertEqual(contents(self.store.path), ["peers"])
+
+    def test_invalidIdAfterUse(self):
+        """
+        An invalid peer id is refused as such before the invite is looked
+        at, even once the invite is used or expired.
+        """
+        [pending, legacy] = armInvite(self.store)
+        self.store.claim_armed_key("beta", pending, ARMED_AT)
+        for when in [ARMED_AT, EXPIRES_AT]:
+            self.assertRaises(InvalidPeerId, self.store.claim_armed_key, "../x", legacy, when)
+        self.assertEqual(self.store.used_invite(ARMED_AT).peer_id, "beta")
+
+
+class ArmedNoteTests(SynchronousTestCase):
+    """
+    The armed keys' note and the files it names.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+        self.peers = self.store.peers_path()
+        self.notePath = os.path.join(self.peers, "_pending.meta")
+
+    def editNote(self, **fields) -> None:
+        with open(self.notePath) as f:
+            note = json.load(f)
+        note.update(fields)
+        writeJSON(self.notePath, note)
+
+    def test_pendingFormRecorded(self):
+        """
+        The pending key of an invite claimed by a connector is noted as used
+        with its form, which the next claim is told.
+        """
+        [_, legacy] = armInvite(self.store)
+        self.assertEqual(self.store.claim_pending_key("beta", ARMED_AT + 1), KEY)
+        used = self.store.used_invite(ARMED_AT)
+        self.assertEqual((used.form, used.peer_id, used.at, used.expires_at), ("invite", "beta", ARMED_AT + 1, EXPIRES_AT))
+        error = self.assertRaises(keystore.InviteUsed, self.store.claim_armed_key, "gamma", legacy, ARMED_AT + 2)
+        self.assertEqual(
+            str(error),
+            "this invite was already used: beta paired with its link or pair code "
+            "at 1970-01-01 00:16:41 UTC; make a new invite",
+        )
+
+    def test_damagedForm(self):
+        """
+        A pending form in the note that is not a form name counts as the
+        pair code's, when listed and when claimed.
+        """
+        for form in [5, "Not A Form", None]:
+            store = KeyStore(self.mktemp())
+            armInvite(store)
+            with open(os.path.join(store.peers_path(), "_pending.meta")) as f:
+                note = json.load(f)
+            note["pending_form"] = form
+            writeJSON(os.path.join(store.peers_path(), "_pending.meta"), note)
+            [pending, legacy] = store.armed_keys(ARMED_AT)
+            self.assertEqual((pending.form, legacy.form), ("pair_code", "invite_legacy"))
+            self.assertEqual(store.claim_pending_key("beta", ARMED_AT), KEY)
+            self.assertEqual(store.used_invite(ARMED_AT).form, "pair_code")
+
+    def test_damagedSlots(self):
+        """
+        Slots in the note that are not form names are ignored: listing and
+        disarming go on with the valid ones.
+        """
+        armInvite(self.store)
+        self.editNote(slots=[7, "../../victim", "Bad", None, "invite_legacy"])
+        [pending, legacy] = self.store.armed_keys(ARMED_AT)
+        self.assertEqual((pending.key, legacy.key, legacy.slot), (KEY, LEGACY_KEY, "invite_legacy"))
+        self.assertTrue(self.store.disarm())
+        self.assertEqual(contents(self.store.path), ["peers"])
+
+    def test_slotFileGone(self):
+        """
+        A slot whose key file is gone is left out of the armed keys.
+        """
+        armInvite(self.store)
+        os.unlink(os.path.join(self.peers, "_pending.invite_legacy.key"))
+        [pending] = self.store.armed_keys(ARMED_AT)
+        self.assertEqual(pending.key, KEY)
+
+    def test_expiredLeavesNothing(self):
+        """
+        Listing the armed keys at the invite's expiry disarms every form of
+        it: no key, ticket, note or strong code is left.
+        """
+        armInvite(self.store)
+        self.assertEqual(self.store.armed_keys(EXPIRES_AT), [])
+        self.assertEqual(contents(self.store.path), ["peers"])
+
+    def test_strayArmedKeys(self):
+        """
+        Disarming removes armed keys no note names (left by an arm that
+        crashed before writing its note), and says something was armed; it
+        leaves every other file, peers' keys whose names look alike
+        included.
+        """
+        self.store.set_key("workstation_2", KEY)
+        make_private_directory(self.store.path)
+        kept = ["_pending.Old.key", "_pending.notes", "workstation_2.key"]
+        for name in ["_pending.invite_legacy.key", "_pending.Old.key", "_pending.notes"]:
+            with open(os.path.join(self.peers, name), "w") as f:
+                f.write(KEY.hex())
+            os.chmod(os.path.join(self.peers, name), 0o600)
+        self.assertIs(self.store.disarm(), True)
+        self.assertEqual(sorted(os.listdir(self.peers)), kept)
+        self.assertIs(self.store.disarm(), False)
+
+    def test_orphanTicket(self):
+        """
+        Disarming removes an invite's ticket no note names, taken or not,
+        and says something was armed; other files stay.
+        """
+        make_private_directory(self.store.path)
+        for name in ["invite-0123456789abcdef.ticket", "invite-fedcba9876543210.taken", "invite-link.txt", "notes.ticket"]:
+            open(os.path.join(self.store.path, name), "w").close()
+        self.assertIs(self.store.disarm(), True)
+        self.assertEqual(sorted(os.listdir(self.store.path)), ["invite-link.txt", "notes.ticket"])
+
+    def test_armKeepsStrongCodeAlone(self):
+        """
+        Arming an invite without a strong code leaves a strong code armed
+        on its own (C{pair --strong}) as it is.
+        """
+        self.store.arm_strong_code("7-gem-oak", EXPIRES_AT)
+        armInvite(self.store, strongCode=None)
+        self.assertEqual(self.store.take_strong_code(ARMED_AT), "7-gem-oak")
+
+
+class StrongCodeFileTests(SynchronousTestCase):
+    """
+    The strong code's file: damaged files refused, one attempt per code.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+        self.path = os.path.join(self.store.path, "strong-code")
+
+    def test_damaged(self):
+        """
+        A file that is not a JSON object with a code is refused with one
+        line naming it, and left for the user to delete.
+        """
+        self.store.arm_strong_code(STRONG_CODE, None)
+        for content in [b"{", b"[1, 2]", b'"7-ace-act"', b'{"code": 7}', b'{"expires_at": 1}', b"\xff"]:
+            with open(self.path, "wb") as f:
+                f.write(content)
+            for call in [self.store.take_strong_code, self.store.strong_code_armed]:
+                error = self.assertRaises(KeyStoreError, call, ARMED_AT)
+                self.assertEqual(str(error), f"{self.path} is damaged; delete it")
+            with open(self.path, "rb") as f:
+                self.assertEqual(f.read(), content)
+
+    def test_takenLeavesNothing(self):
+        """
+        A code taken for an attempt leaves no file behind.
+        """
+        self.store.arm_strong_code(STRONG_CODE, None)
+        self.assertEqual(self.store.take_strong_code(ARMED_AT), STRONG_CODE)
+        self.assertEqual(os.listdir(self.store.path), [])
+
+    def test_attemptDisarmsInvite(self):
+        """
+        A strong code attempt uses its invite up on disk too: the pending
+        key is gone (claudectl sharing the directory cannot pair with it),
+        and so is every other form; the use is told until the invite would
+        have expired.
+        """
+        armInvite(self.store)
+        self.assertEqual(self.store.take_strong_code(ARMED_AT + 1), STRONG_CODE)
+        self.assertIsNone(self.store.pending_key())
+        self.assertEqual(contents(self.store.path), ["invite-used", "peers"])
+        used = self.store.used_invite(EXPIRES_AT - 1)
+        self.assertEqual(
+            (used.form, used.peer_id, used.at, used.expires_at, used.had_strong_code),
+            ("strong_code", None, ARMED_AT + 1, EXPIRES_AT, True),
+        )
+        self.assertIsNone(self.store.used_invite(EXPIRES_AT))
