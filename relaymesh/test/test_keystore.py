@@ -1321,6 +1321,30 @@ class ArmedNoteTests(SynchronousTestCase):
             "at 1970-01-01 00:16:41 UTC; make a new invite",
         )
 
+    def test_pairKeyClaimedEndsInvite(self):
+        """
+        A pending key armed by C{relaymesh pair} over an invite's, claimed
+        by a connector, ends what was left of the invite: its other key,
+        strong code, ticket and note are removed.
+        """
+        [_, legacy] = armInvite(self.store)
+        self.store.set_pending_key(OTHER_KEY)
+        self.assertEqual(self.store.claim_pending_key("beta", ARMED_AT), OTHER_KEY)
+        self.assertEqual(contents(self.store.path), ["peers", "peers/beta.key"])
+        self.assertIsNone(self.store.claim_armed_key("gamma", legacy, ARMED_AT))
+        self.assertIsNone(self.store.take_strong_code(ARMED_AT))
+
+    def test_nothingPendingChangesNothing(self):
+        """
+        A connector's claim that finds no pending key (claudectl took it)
+        gets nothing and changes nothing stored.
+        """
+        armInvite(self.store)
+        os.unlink(os.path.join(self.peers, "_pending.key"))
+        before = contents(self.store.path)
+        self.assertIsNone(self.store.claim_pending_key("beta", ARMED_AT))
+        self.assertEqual(contents(self.store.path), before)
+
     def test_damagedForm(self):
         """
         A pending form in the note that is not a form name counts as the
