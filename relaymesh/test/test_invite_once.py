@@ -376,7 +376,11 @@ LEGACY_KEY = bytes(range(200, 232))
 NEW_KEY = bytes(range(100, 132))
 
 
-def arm(store: KeyStore, strong_code: str | None = "7-ace-act", keys=(("invite", PENDING_KEY), ("invite_legacy", LEGACY_KEY))):
+def arm(
+    store: KeyStore,
+    strong_code: str | None = "7-ace-act",
+    keys=(("invite", PENDING_KEY), ("invite_legacy", LEGACY_KEY)),
+):
     """
     Arm an invite of two keys, and a strong code, as C{relaymesh invite}.
 
@@ -577,6 +581,12 @@ class RaceTests(SynchronousTestCase):
         self.path = self.mktemp()
         self.first, self.second = KeyStore(self.path), KeyStore(self.path)
 
+    def rearmStrongCode(self) -> None:
+        """
+        Arm a new strong code on its own from the other process.
+        """
+        self.second.arm_strong_code("9-new-one", None)
+
     def test_newInviteDuringClaim(self):
         """
         A new invite armed by another process just after a claim of the old
@@ -610,9 +620,7 @@ class RaceTests(SynchronousTestCase):
         attempt gets nothing.
         """
         self.first.arm_strong_code("7-gem-oak", EXPIRES_AT)
-        interleave(
-            self, self.first.pairing.strong_code, "read", lambda: self.second.arm_strong_code("9-new-one", None), after=True
-        )
+        interleave(self, self.first.pairing.strong_code, "read", self.rearmStrongCode, after=True)
         self.assertIsNone(self.first.take_strong_code(ARMED_AT))
         self.assertEqual(self.second.take_strong_code(ARMED_AT), "9-new-one")
         self.assertEqual(os.listdir(self.path), [])
@@ -622,9 +630,7 @@ class RaceTests(SynchronousTestCase):
         The same when the code read had expired.
         """
         self.first.arm_strong_code("7-gem-oak", ARMED_AT)
-        interleave(
-            self, self.first.pairing.strong_code, "read", lambda: self.second.arm_strong_code("9-new-one", None), after=True
-        )
+        interleave(self, self.first.pairing.strong_code, "read", self.rearmStrongCode, after=True)
         self.assertIsNone(self.first.take_strong_code(ARMED_AT))
         self.assertEqual(self.second.take_strong_code(ARMED_AT), "9-new-one")
 
@@ -644,9 +650,10 @@ class RaceTests(SynchronousTestCase):
         gets it.
         """
         self.first.arm_strong_code("7-gem-oak", EXPIRES_AT)
-        interleave(
-            self, self.first.pairing.strong_code, "read", lambda: self.assertEqual(self.second.take_strong_code(ARMED_AT), "7-gem-oak"), after=True
-        )
+        def otherAttempt():
+            self.assertEqual(self.second.take_strong_code(ARMED_AT), "7-gem-oak")
+
+        interleave(self, self.first.pairing.strong_code, "read", otherAttempt, after=True)
         self.assertIsNone(self.first.take_strong_code(ARMED_AT))
         self.assertEqual(os.listdir(self.path), [])
 
@@ -657,7 +664,10 @@ class RaceTests(SynchronousTestCase):
         """
         arm(self.first)
         [_, legacy] = self.second.armed_keys(ARMED_AT)
-        interleave(self, self.first.pairing.tickets, "take", lambda: self.second.claim_armed_key("beta", legacy, ARMED_AT))
+        def otherClaim():
+            self.second.claim_armed_key("beta", legacy, ARMED_AT)
+
+        interleave(self, self.first.pairing.tickets, "take", otherClaim)
         error = self.assertRaises(InviteUsed, self.first.claim_pending_key, "gamma")
         self.assertIn("beta paired with its relay code or word phrase", str(error))
         self.assertEqual(self.first.peers(), ["beta"])
@@ -708,7 +718,13 @@ class UsedNoteTests(SynchronousTestCase):
         A damaged note tells nothing; a peer id that is not text is left
         out.
         """
-        valid = {"invite": "0123456789abcdef", "form": "invite", "peer_id": "beta", "at": 1.0, "expires_at": None}
+        valid = {
+            "invite": "0123456789abcdef",
+            "form": "invite",
+            "peer_id": "beta",
+            "at": 1.0,
+            "expires_at": None,
+        }
         os.makedirs(self.store.path)
         for note in [
             [valid],
@@ -723,7 +739,10 @@ class UsedNoteTests(SynchronousTestCase):
             self.assertIsNone(self.store.used_invite(ARMED_AT), note)
         with open(self.notePath, "w") as f:
             json.dump(dict(valid, peer_id=5), f)
-        self.assertEqual(self.store.used_invite(ARMED_AT), UsedInvite("0123456789abcdef", "invite", None, 1.0, None, False))
+        self.assertEqual(
+            self.store.used_invite(ARMED_AT),
+            UsedInvite("0123456789abcdef", "invite", None, 1.0, None, False),
+        )
 
 
 class DescribeTests(SynchronousTestCase):
@@ -745,7 +764,8 @@ class DescribeTests(SynchronousTestCase):
         ]:
             self.assertEqual(
                 UsedInvite("0123456789abcdef", form, "beta", at, None, False).describe(),
-                f"this invite was already used: beta paired with {how} at 2025-11-26 18:00:00 UTC; make a new invite",
+                f"this invite was already used: beta paired with {how} "
+                f"at 2025-11-26 18:00:00 UTC; make a new invite",
             )
 
     def test_nobody(self):
@@ -759,5 +779,6 @@ class DescribeTests(SynchronousTestCase):
         )
         self.assertEqual(
             UsedInvite("0123456789abcdef", "invite", None, 0.0, None, False).describe(),
-            "this invite was already used: its link or pair code was used at 1970-01-01 00:00:00 UTC; make a new invite",
+            "this invite was already used: its link or pair code was used "
+            "at 1970-01-01 00:00:00 UTC; make a new invite",
         )

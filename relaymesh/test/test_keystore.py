@@ -1313,8 +1313,12 @@ class ArmedNoteTests(SynchronousTestCase):
         [_, legacy] = armInvite(self.store)
         self.assertEqual(self.store.claim_pending_key("beta", ARMED_AT + 1), KEY)
         used = self.store.used_invite(ARMED_AT)
-        self.assertEqual((used.form, used.peer_id, used.at, used.expires_at), ("invite", "beta", ARMED_AT + 1, EXPIRES_AT))
-        error = self.assertRaises(keystore.InviteUsed, self.store.claim_armed_key, "gamma", legacy, ARMED_AT + 2)
+        self.assertEqual(
+            (used.form, used.peer_id, used.at, used.expires_at), ("invite", "beta", ARMED_AT + 1, EXPIRES_AT)
+        )
+        error = self.assertRaises(
+            keystore.InviteUsed, self.store.claim_armed_key, "gamma", legacy, ARMED_AT + 2
+        )
         self.assertEqual(
             str(error),
             "this invite was already used: beta paired with its link or pair code "
@@ -1416,7 +1420,12 @@ class ArmedNoteTests(SynchronousTestCase):
         and says something was armed; other files stay.
         """
         make_private_directory(self.store.path)
-        for name in ["invite-0123456789abcdef.ticket", "invite-fedcba9876543210.taken", "invite-link.txt", "notes.ticket"]:
+        for name in [
+            "invite-0123456789abcdef.ticket",
+            "invite-fedcba9876543210.taken",
+            "invite-link.txt",
+            "notes.ticket",
+        ]:
             open(os.path.join(self.store.path, name), "w").close()
         self.assertIs(self.store.disarm(), True)
         self.assertEqual(sorted(os.listdir(self.store.path)), ["invite-link.txt", "notes.ticket"])
