@@ -115,6 +115,15 @@ def _fingerprint(key: bytes) -> str:
     return hashlib.sha256(b"relaymesh armed key\0" + key).hexdigest()[:32]
 
 
+def _pending_form(note: dict) -> str:
+    """
+    The form an armed keys' note gives its pending key; L{PAIR_CODE_FORM}
+    if it names none that is valid.
+    """
+    form = note.get("pending_form")
+    return form if isinstance(form, str) and _FORM.match(form) else PAIR_CODE_FORM
+
+
 def _slots(note: dict) -> list[str]:
     """
     The valid extra key slots named in an armed keys' note.
@@ -149,8 +158,10 @@ def _take_key_file(
             return None
         files.write_key_file(key_path, key)
     except BaseException:
-        if os.path.exists(claimed):
+        try:
             os.replace(claimed, path)
+        except FileNotFoundError:
+            pass
         raise
     os.unlink(claimed)
     return key
@@ -232,9 +243,7 @@ class PairingSlots:
         note = self._armed_note()
         pending = self.pending_key()
         if pending is not None and self._invite_of(note, pending) is not None:
-            form = note.get("pending_form")
-            form = form if isinstance(form, str) else PAIR_CODE_FORM
-            armed = ArmedKey(form, pending, None, note["invite"])
+            armed = ArmedKey(_pending_form(note), pending, None, note["invite"])
             return self._claim_invite_key(peer_id, armed, now)
         key = _take_key_file(self.files, self._pending_path(), peer_id, None)
         if key is not None:
@@ -355,22 +364,19 @@ class PairingSlots:
         if invite is not None and not self.tickets.valid(invite) and not expired(note, now):
             return []  # used, or being used: whoever took the ticket disarms it
         if note and (expired(note, now) or not noted):
+            # The noted pending key goes with its invite; a pending key
+            # armed since (even by another process meanwhile) stays.
             self._disarm_invite(note)
             if noted:
-                self.clear_pending_key()
                 pending = None
-            noted = False
+            note, invite = {}, None
         armed = []
         if pending is not None:
-            form = note.get("pending_form") if noted else None
-            if not isinstance(form, str) or _FORM.match(form) is None:
-                form = PAIR_CODE_FORM
-            armed.append(ArmedKey(form, pending, None, invite if noted else None))
-        if noted:
-            for slot in _slots(note):
-                key = read_key_file(self._armed_path(slot))
-                if key is not None:
-                    armed.append(ArmedKey(slot, key, slot, invite))
+            armed.append(ArmedKey(_pending_form(note), pending, None, invite))
+        for slot in _slots(note):
+            key = read_key_file(self._armed_path(slot))
+            if key is not None:
+                armed.append(ArmedKey(slot, key, slot, invite))
         return armed
 
     def armed_until(self) -> float | None:
@@ -473,7 +479,7 @@ class PairingSlots:
 
         @return: whether anything was armed.
         """
-        removed = self._disarm_invite(self._armed_note(), keep_pending=False)
+        removed = self._disarm_invite(self._armed_note())
         try:
             entries = list(os.scandir(self.files.peers_path()))
         except (FileNotFoundError, NotADirectoryError):
@@ -486,33 +492,31 @@ class PairingSlots:
         removed = self.tickets.clear() or removed
         return self.clear_pending_key() or removed
 
-    def _disarm_invite(self, note: dict, keep_pending: bool = True) -> bool:
+    def _disarm_invite(self, note: dict) -> bool:
         """
         Remove the forms of the invite C{note} arms: its extra keys, its
         note, its ticket, its strong code and, if it is still the one the
-        note names, its pending key.
+        note names, its pending key (a pending key armed since, by
+        C{relaymesh pair} or claudectl, stays).
 
-        @param keep_pending: keep a pending key the note does not name (one
-            armed since by C{relaymesh pair} or claudectl).
+        @return: whether the note was there; everything else removed here
+            is named by it.
         """
-        removed = False
         for slot in _slots(note):
-            removed = remove_file(self._armed_path(slot)) or removed
+            remove_file(self._armed_path(slot))
         invite = invite_named(note)
         if invite is not None:
             if self.strong_code.invite() == invite:
-                removed = remove_file(self.strong_code.path) or removed
+                remove_file(self.strong_code.path)
             self.tickets.take(invite)
             self.tickets.discard(invite)
         try:
             pending = self.pending_key()
         except KeyStoreError:
             pending = None
-        if note and pending is not None and (
-            not keep_pending or note.get("pending_fingerprint") == _fingerprint(pending)
-        ):
-            removed = self.clear_pending_key() or removed
-        return remove_file(self._note_path()) or removed
+        if note and pending is not None and note.get("pending_fingerprint") == _fingerprint(pending):
+            self.clear_pending_key()
+        return remove_file(self._note_path())
 
     # The strong pairing code: a one-time password for SPAKE2
 
@@ -565,11 +569,11 @@ class PairingSlots:
                     raise refused
             return None
         if expired(note, now):
-            self.strong_code.take()
+            self.strong_code.take(note)
             return None
         invite = invite_named(note)
         if invite is None:
-            return note["code"] if self.strong_code.take() else None
+            return note["code"] if self.strong_code.take(note) else None
         # The code of an invite: its ticket first, so that whoever finds
         # the code or the ticket gone can tell the invite was used.
         if not self.tickets.take(invite):
@@ -583,7 +587,7 @@ class PairingSlots:
         if current:
             expires_at = number(note.get("expires_at"))
             self.tickets.record_use(UsedInvite(invite, STRONG_CODE_FORM, None, now, expires_at, True))
-        self.strong_code.take()
+        self.strong_code.take(note)
         self.tickets.discard(invite)
         if invite_named(armed) == invite:
             self._disarm_invite(armed)
@@ -610,9 +614,7 @@ class StrongCodeFile:
         Arm C{code}, replacing any other.
         """
         make_private_directory(self.data_dir)
-        note = {"code": code, "expires_at": expires_at}
-        if invite is not None:
-            note["invite"] = invite
+        note = {"code": code, "expires_at": expires_at, "invite": invite}
         write_atomically(self.path, json.dumps(note).encode())
 
     def read(self) -> dict | None:
@@ -639,16 +641,22 @@ class StrongCodeFile:
         """
         return invite_named(read_json(self.path))
 
-    def take(self) -> bool:
+    def take(self, expected: dict) -> bool:
         """
         Remove the code with one rename, so that one attempt gets it.
 
+        @param expected: the file's content as L{read} gave it: a code armed
+            since (by another process) is not this attempt's, and is put
+            back.
         @return: whether this call took it.
         """
         claimed = temporary_path(self.path, "claim")
         try:
             os.rename(self.path, claimed)
         except FileNotFoundError:
+            return False
+        if read_json(claimed) != expected:
+            os.replace(claimed, self.path)
             return False
         os.unlink(claimed)
         return True

@@ -32,6 +32,10 @@ KEY_LENGTH = 32  # claudectl: 32-byte PSK, stored as 64 hex characters
 #: Permission bits that must not be set on a key file.
 _GROUP_OTHER_BITS = 0o077
 
+#: The most a key file may hold: its 64 hex digits and as much white space
+#: around them. A longer file is corrupt, whatever it starts with.
+MAX_KEY_FILE = 4 * KEY_LENGTH
+
 _HEX_KEY = re.compile(r"[0-9A-Fa-f]{%d}\Z" % (2 * KEY_LENGTH,))
 
 
@@ -77,7 +81,9 @@ def read_key_file(path: str, shown_as: str | None = None) -> bytes | None:
     @param shown_as: the path to name in errors, if not C{path}.
     @return: the 32-byte key, or L{None} if there is no such file.
     @raise InsecureKeyFile: if group or others have any access to it.
-    @raise CorruptKeyFile: if it does not hold exactly 64 hex digits.
+    @raise CorruptKeyFile: if it does not hold exactly 64 hex digits, with
+        nothing but white space around them, in at most L{MAX_KEY_FILE}
+        bytes.
     """
     shown = shown_as or path
     try:
@@ -91,9 +97,9 @@ def read_key_file(path: str, shown_as: str | None = None) -> bytes | None:
                 f"key file {shown} is accessible by other users "
                 f"(mode {mode:04o}); run: chmod 600 {shlex.quote(shown)}"
             )
-        raw = f.read(4 * KEY_LENGTH + 1)
+        raw = f.read(MAX_KEY_FILE + 1)
     text = raw.decode("ascii", "replace").strip()
-    if _HEX_KEY.match(text) is None:
+    if len(raw) > MAX_KEY_FILE or _HEX_KEY.match(text) is None:
         raise CorruptKeyFile(
             f"key file {shown} is corrupt: it must hold exactly "
             f"{2 * KEY_LENGTH} hex characters"

@@ -64,11 +64,11 @@ def new_invite_id() -> str:
     return os.urandom(INVITE_ID_BYTES).hex()
 
 
-def invite_named(note: dict | None) -> str | None:
+def invite_named(note: dict) -> str | None:
     """
     The invite a note names (its C{"invite"} field), if it names a valid one.
     """
-    invite = note.get("invite") if note is not None else None
+    invite = note.get("invite")
     return invite if isinstance(invite, str) and _INVITE_ID.match(invite) else None
 
 
@@ -127,7 +127,7 @@ class UsedInvite:
     peer_id: str | None
     at: float | None
     expires_at: float | None
-    had_strong_code: bool = False
+    had_strong_code: bool
 
     def describe(self) -> str:
         """
@@ -279,7 +279,7 @@ class InviteTickets:
         """
         used = self.used(now if now is not None else float("-inf"), invite)
         if used is None and os.path.exists(self._path(invite, TAKEN_SUFFIX)):
-            used = UsedInvite(invite, IN_USE_FORM, None, None, None)
+            used = UsedInvite(invite, IN_USE_FORM, None, None, None, False)
         return InviteUsed(used) if used is not None else None
 
     def clear(self) -> bool:

@@ -12,6 +12,7 @@ data directory; a later join is refused.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from relaymesh.handshake.proofs import compute_proof
 from relaymesh.invite import make_invite
 from relaymesh.join import JoinError
 from relaymesh.joinforms import parse_join_input
-from relaymesh.keystore import ArmedKey, InviteUsed, KeyStore
+from relaymesh.keystore import ArmedKey, InviteUsed, KeyStore, UsedInvite
 from relaymesh.test.joinsupport import InvitingNode
 from relaymesh.test.support import EPOCH
 from relaymesh.wire import RelayMessage
@@ -363,3 +364,421 @@ class ProcessesTests(SynchronousTestCase):
             self.assertLessEqual(len(store.peers()), 1)
             self.assertEqual(store.armed_keys(EPOCH + 1), [])
             self.assertFalse(store.strong_code_armed(EPOCH + 1))
+
+
+#: When the invites armed below are made, and when they expire.
+ARMED_AT = 1000.0
+EXPIRES_AT = 1600.0
+
+#: Keys of the invites armed below: the pending key's, and the other form's.
+PENDING_KEY = bytes(range(32))
+LEGACY_KEY = bytes(range(200, 232))
+NEW_KEY = bytes(range(100, 132))
+
+
+def arm(
+    store: KeyStore,
+    strong_code: str | None = "7-ace-act",
+    keys=(("invite", PENDING_KEY), ("invite_legacy", LEGACY_KEY)),
+):
+    """
+    Arm an invite of two keys, and a strong code, as C{relaymesh invite}.
+
+    @return: its armed keys.
+    """
+    store.arm(list(keys), EXPIRES_AT, strong_code)
+    return store.armed_keys(ARMED_AT)
+
+
+def files_of(path: str) -> list[str]:
+    """
+    The names in a data directory and its C{peers} directory, sorted.
+    """
+    names = sorted(os.listdir(path))
+    if "peers" in names:
+        names += ["peers/" + name for name in sorted(os.listdir(os.path.join(path, "peers")))]
+    return names
+
+
+def ticket_of(store: KeyStore) -> str:
+    """
+    The name of the one invite ticket in a data directory.
+    """
+    [name] = [n for n in os.listdir(store.path) if n.startswith("invite-") and n.endswith(".ticket")]
+    return name
+
+
+def take_ticket_elsewhere(store: KeyStore) -> None:
+    """
+    Do what another process does first when it claims the armed invite:
+    take its ticket (rename C{invite-<id>.ticket} to C{invite-<id>.taken}).
+    """
+    name = ticket_of(store)
+    os.rename(os.path.join(store.path, name), os.path.join(store.path, name[: -len(".ticket")] + ".taken"))
+
+
+def interleave(test: SynchronousTestCase, obj, name: str, action, after: bool = False) -> None:
+    """
+    Run C{action} (what another process does meanwhile) once, just before
+    (or just after) the next call of C{obj.name}.
+    """
+    real = getattr(obj, name)
+    todo = [action]
+
+    def wrapper(*args, **kwargs):
+        if todo and not after:
+            todo.pop()()
+        result = real(*args, **kwargs)
+        if todo and after:
+            todo.pop()()
+        return result
+
+    test.patch(obj, name, wrapper)
+
+
+IN_USE = "this invite was already used: another pairing took it a moment ago; make a new invite"
+
+
+class ClaimUnderWayTests(SynchronousTestCase):
+    """
+    While another process is claiming the invite (it took the ticket and
+    has not finished), nothing else of the invite is handed out, and what
+    asks is told.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+        self.armed = arm(self.store)
+        take_ticket_elsewhere(self.store)
+
+    def test_nothingListed(self):
+        """
+        No key is listed, and nothing is removed: the claim under way
+        disarms the invite when it is done.
+        """
+        before = files_of(self.store.path)
+        self.assertEqual(self.store.armed_keys(ARMED_AT), [])
+        self.assertEqual(files_of(self.store.path), before)
+
+    def test_expired(self):
+        """
+        Once the invite has expired, listing disarms all of it.
+        """
+        self.assertEqual(self.store.armed_keys(EXPIRES_AT), [])
+        self.assertEqual(files_of(self.store.path), ["peers"])
+
+    def test_claimsRefused(self):
+        """
+        A key claim, a connector's claim of the pending key and a strong
+        code attempt are each refused as a use under way; nothing is stored.
+        """
+        [pending, legacy] = self.armed
+        for claim in [
+            lambda: self.store.claim_armed_key("gamma", legacy, ARMED_AT),
+            lambda: self.store.claim_armed_key("gamma", pending, ARMED_AT),
+            lambda: self.store.claim_pending_key("gamma"),
+            lambda: self.store.take_strong_code(ARMED_AT),
+        ]:
+            error = self.assertRaises(InviteUsed, claim)
+            self.assertEqual(str(error), IN_USE)
+            self.assertEqual(error.used.form, "in_use")
+        self.assertEqual(self.store.peers(), [])
+        self.assertTrue(self.store.strong_code_armed(ARMED_AT))
+
+    def test_strongCodeTakenToo(self):
+        """
+        When the other process took the strong code as well, a strong code
+        attempt is still told the invite is being used.
+        """
+        os.unlink(os.path.join(self.store.path, "strong-code"))
+        error = self.assertRaises(InviteUsed, self.store.take_strong_code, ARMED_AT)
+        self.assertEqual(str(error), IN_USE)
+
+    def test_pairReplaces(self):
+        """
+        A key armed by C{relaymesh pair} meanwhile is not the invite's: it
+        is listed.
+        """
+        self.store.set_pending_key(NEW_KEY)
+        self.assertEqual(self.store.armed_keys(ARMED_AT), [ArmedKey("pair_code", NEW_KEY)])
+
+
+class StrongCodeGoneTests(SynchronousTestCase):
+    """
+    A strong code attempt that finds no code armed.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+
+    def test_inviteWithoutStrongCode(self):
+        """
+        An invite without a strong code being claimed elsewhere is not the
+        attempt's business: there is simply no code.
+        """
+        arm(self.store, strong_code=None)
+        take_ticket_elsewhere(self.store)
+        self.assertIsNone(self.store.take_strong_code(ARMED_AT))
+
+    def test_deletedByHand(self):
+        """
+        An invite's strong code deleted by hand: there is no code, and the
+        invite's keys are still armed.
+        """
+        armed = arm(self.store)
+        os.unlink(os.path.join(self.store.path, "strong-code"))
+        self.assertIsNone(self.store.take_strong_code(ARMED_AT))
+        self.assertEqual(self.store.armed_keys(ARMED_AT), armed)
+
+    def test_armNotFinished(self):
+        """
+        While C{arm} has not issued the invite's ticket yet (its last step),
+        the code is not handed out.
+        """
+        arm(self.store)
+        os.unlink(os.path.join(self.store.path, ticket_of(self.store)))
+        self.assertIsNone(self.store.take_strong_code(ARMED_AT))
+        self.assertEqual(self.store.peers(), [])
+
+
+class NoteGoneTests(SynchronousTestCase):
+    """
+    The armed keys' note deleted by hand: the invite is over, and using what
+    is left of it leaves nothing behind.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+        self.armed = arm(self.store)
+        os.unlink(os.path.join(self.store.peers_path(), "_pending.meta"))
+
+    def test_claim(self):
+        """
+        A key claim gets nothing, and its ticket is not left taken: a later
+        claim is not told a use is under way.
+        """
+        [_, legacy] = self.armed
+        self.assertIsNone(self.store.claim_armed_key("gamma", legacy, ARMED_AT))
+        self.assertIsNone(self.store.claim_armed_key("gamma", legacy, ARMED_AT))
+        self.assertEqual([n for n in os.listdir(self.store.path) if n.startswith("invite-")], [])
+        self.assertEqual(self.store.peers(), [])
+
+    def test_strongCode(self):
+        """
+        A strong code attempt gets nothing and uses the code up.
+        """
+        self.assertIsNone(self.store.take_strong_code(ARMED_AT))
+        self.assertFalse(self.store.strong_code_armed(ARMED_AT))
+        self.assertEqual([n for n in os.listdir(self.store.path) if n.startswith("invite-")], [])
+
+
+class RaceTests(SynchronousTestCase):
+    """
+    Another process acting on the data directory in the middle of a claim.
+    """
+
+    def setUp(self):
+        self.path = self.mktemp()
+        self.first, self.second = KeyStore(self.path), KeyStore(self.path)
+
+    def rearmStrongCode(self) -> None:
+        """
+        Arm a new strong code on its own from the other process.
+        """
+        self.second.arm_strong_code("9-new-one", None)
+
+    def test_newInviteDuringClaim(self):
+        """
+        A new invite armed by another process just after a claim of the old
+        one took its ticket is left whole: the claim gets nothing.
+        """
+        [_, legacy] = arm(self.first)
+        new = [("invite", NEW_KEY), ("invite_legacy", bytes(32))]
+        interleave(self, self.first.pairing.tickets, "take", lambda: arm(self.second, keys=new), after=True)
+        self.assertIsNone(self.first.claim_armed_key("gamma", legacy, ARMED_AT))
+        self.assertEqual([a.key for a in self.second.armed_keys(ARMED_AT)], [NEW_KEY, bytes(32)])
+        self.assertEqual(self.second.peers(), [])
+
+    def test_newInviteDuringStrongCode(self):
+        """
+        The same for a strong code attempt on the old invite: the new
+        invite's keys and strong code stay armed.
+        """
+        arm(self.first)
+        new = [("invite", NEW_KEY), ("invite_legacy", bytes(32))]
+        interleave(
+            self, self.first.pairing.tickets, "take", lambda: arm(self.second, "9-new-one", new), after=True
+        )
+        self.assertIsNone(self.first.take_strong_code(ARMED_AT))
+        self.assertEqual([a.key for a in self.second.armed_keys(ARMED_AT)], [NEW_KEY, bytes(32)])
+        self.assertEqual(self.second.take_strong_code(ARMED_AT), "9-new-one")
+
+    def test_newStrongCodeDuringAttempt(self):
+        """
+        A strong code armed on its own by another process while an attempt
+        takes the one it read is not that attempt's: it stays armed, and the
+        attempt gets nothing.
+        """
+        self.first.arm_strong_code("7-gem-oak", EXPIRES_AT)
+        interleave(self, self.first.pairing.strong_code, "read", self.rearmStrongCode, after=True)
+        self.assertIsNone(self.first.take_strong_code(ARMED_AT))
+        self.assertEqual(self.second.take_strong_code(ARMED_AT), "9-new-one")
+        self.assertEqual(os.listdir(self.path), [])
+
+    def test_newStrongCodeAtExpiry(self):
+        """
+        The same when the code read had expired.
+        """
+        self.first.arm_strong_code("7-gem-oak", ARMED_AT)
+        interleave(self, self.first.pairing.strong_code, "read", self.rearmStrongCode, after=True)
+        self.assertIsNone(self.first.take_strong_code(ARMED_AT))
+        self.assertEqual(self.second.take_strong_code(ARMED_AT), "9-new-one")
+
+    def test_pairDuringExpiry(self):
+        """
+        A pending key armed by C{relaymesh pair} in another process while
+        an expired invite is being disarmed stays armed.
+        """
+        arm(self.first)
+        interleave(self, self.first.pairing.tickets, "take", lambda: self.second.set_pending_key(NEW_KEY))
+        self.assertEqual(self.first.armed_keys(EXPIRES_AT), [])
+        self.assertEqual(self.second.armed_keys(EXPIRES_AT), [ArmedKey("pair_code", NEW_KEY)])
+
+    def test_strongCodeAloneTwice(self):
+        """
+        Of two attempts at once with a strong code armed on its own, one
+        gets it.
+        """
+        self.first.arm_strong_code("7-gem-oak", EXPIRES_AT)
+        def otherAttempt():
+            self.assertEqual(self.second.take_strong_code(ARMED_AT), "7-gem-oak")
+
+        interleave(self, self.first.pairing.strong_code, "read", otherAttempt, after=True)
+        self.assertIsNone(self.first.take_strong_code(ARMED_AT))
+        self.assertEqual(os.listdir(self.path), [])
+
+    def test_connectorRefusedWithoutTime(self):
+        """
+        A connector's claim of the pending key (made without the time) that
+        loses the invite to another process is told who used it.
+        """
+        arm(self.first)
+        [_, legacy] = self.second.armed_keys(ARMED_AT)
+        def otherClaim():
+            self.second.claim_armed_key("beta", legacy, ARMED_AT)
+
+        interleave(self, self.first.pairing.tickets, "take", otherClaim)
+        error = self.assertRaises(InviteUsed, self.first.claim_pending_key, "gamma")
+        self.assertIn("beta paired with its relay code or word phrase", str(error))
+        self.assertEqual(self.first.peers(), ["beta"])
+
+
+class UsedNoteTests(SynchronousTestCase):
+    """
+    The note of who used the last invite.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+        self.notePath = os.path.join(self.store.path, "invite-used")
+
+    def test_expires(self):
+        """
+        The use is told until the invite would have expired; then the note
+        is removed, and a claim of another of its keys gets nothing.
+        """
+        [pending, legacy] = arm(self.store)
+        self.store.claim_armed_key("beta", pending, ARMED_AT)
+        self.assertEqual(self.store.used_invite(EXPIRES_AT - 1).expires_at, EXPIRES_AT)
+        self.assertIsNone(self.store.claim_armed_key("gamma", legacy, EXPIRES_AT))
+        self.assertIsNone(self.store.used_invite(EXPIRES_AT))
+        self.assertNotIn("invite-used", os.listdir(self.store.path))
+
+    def test_removedWhenRead(self):
+        """
+        A note read past the invite's expiry is removed.
+        """
+        [pending, _] = arm(self.store)
+        self.store.claim_armed_key("beta", pending, ARMED_AT)
+        self.assertIsNone(self.store.used_invite(EXPIRES_AT))
+        self.assertEqual(files_of(self.store.path), ["peers", "peers/beta.key", "peers/beta.meta"])
+
+    def test_otherInvite(self):
+        """
+        A key of an old invite claimed after a new invite was used is simply
+        no longer armed: the new invite's use is not its.
+        """
+        [_, old] = arm(self.store)
+        [new, _] = arm(self.store, keys=(("invite", NEW_KEY), ("invite_legacy", bytes(32))))
+        self.store.claim_armed_key("beta", new, ARMED_AT)
+        self.assertIsNone(self.store.claim_armed_key("gamma", old, ARMED_AT))
+
+    def test_damaged(self):
+        """
+        A damaged note tells nothing; a peer id that is not text is left
+        out.
+        """
+        valid = {
+            "invite": "0123456789abcdef",
+            "form": "invite",
+            "peer_id": "beta",
+            "at": 1.0,
+            "expires_at": None,
+        }
+        os.makedirs(self.store.path)
+        for note in [
+            [valid],
+            dict(valid, invite="../../x"),
+            dict(valid, invite=12),
+            dict(valid, invite="0123456789ABCDEF"),
+            dict(valid, form=5),
+            dict(valid, invite=None, form="invite"),
+        ]:
+            with open(self.notePath, "w") as f:
+                json.dump(note, f)
+            self.assertIsNone(self.store.used_invite(ARMED_AT), note)
+        with open(self.notePath, "w") as f:
+            json.dump(dict(valid, peer_id=5), f)
+        self.assertEqual(
+            self.store.used_invite(ARMED_AT),
+            UsedInvite("0123456789abcdef", "invite", None, 1.0, None, False),
+        )
+
+
+class DescribeTests(SynchronousTestCase):
+    """
+    Tests for L{UsedInvite.describe}: one line saying how and when.
+    """
+
+    def test_forms(self):
+        """
+        Each form reads as what the user handed out.
+        """
+        at = 1764180000.0
+        for form, how in [
+            ("invite", "its link or pair code"),
+            ("invite_legacy", "its relay code or word phrase"),
+            ("pair_code", "its pair code"),
+            ("strong_code", "its strong code"),
+            ("other", "other"),
+        ]:
+            self.assertEqual(
+                UsedInvite("0123456789abcdef", form, "beta", at, None, False).describe(),
+                f"this invite was already used: beta paired with {how} "
+                f"at 2025-11-26 18:00:00 UTC; make a new invite",
+            )
+
+    def test_nobody(self):
+        """
+        Without a peer: a strong code was tried, another form was used; and
+        without a time, no time is said.
+        """
+        self.assertEqual(
+            UsedInvite("0123456789abcdef", "strong_code", None, None, None, True).describe(),
+            "this invite was already used: its strong code was tried; make a new invite",
+        )
+        self.assertEqual(
+            UsedInvite("0123456789abcdef", "invite", None, 0.0, None, False).describe(),
+            "this invite was already used: its link or pair code was used "
+            "at 1970-01-01 00:00:00 UTC; make a new invite",
+        )

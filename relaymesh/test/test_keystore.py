@@ -3,17 +3,19 @@ Tests for L{relaymesh.keystore}, the files it keeps (L{relaymesh.keyfiles},
 L{relaymesh.armed}) and how it writes them (L{relaymesh.files}).
 """
 
+import dataclasses
+import errno
 import json
 import os
 import re
 import stat
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from relaymesh import files, keystore
-from relaymesh.files import write_atomically
+from relaymesh.files import link_or_replace, make_private_directory, write_atomically
 from relaymesh.keyfiles import CorruptKeyFile, InsecureKeyFile, KeyStoreError
-from relaymesh.keystore import KeyStore, default_data_dir, generate_identity
+from relaymesh.keystore import ArmedKey, KeyStore, UsedInvite, default_data_dir, generate_identity
 from relaymesh.peerid import InvalidPeerId
 
 KEY = bytes(range(32))
@@ -54,6 +56,52 @@ def mode(path: str) -> int:
     The permission bits of C{path}.
     """
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def contents(path: str) -> list[str]:
+    """
+    Every file and directory under C{path}, as sorted relative paths.
+    """
+    found = []
+    for directory, names, fileNames in os.walk(path):
+        for name in names + fileNames:
+            found.append(os.path.relpath(os.path.join(directory, name), path))
+    return sorted(found)
+
+
+def fileIdentity(path: str) -> tuple[int, int]:
+    """
+    The device and inode of C{path}: which file it is, whatever its name.
+    """
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
+def recordSyncs(testCase) -> list[tuple[int, int]]:
+    """
+    Record, in order, which files and directories C{os.fsync} flushes to
+    disk (see L{fileIdentity}), for one test.
+    """
+    synced = []
+    realFsync = os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+        return realFsync(fd)
+
+    testCase.patch(os, "fsync", fsync)
+    return synced
+
+
+def openDescriptors(testCase) -> set[str]:
+    """
+    The file descriptors this process has open.
+    """
+    for directory in ["/proc/self/fd", "/dev/fd"]:
+        if os.path.isdir(directory):
+            return set(os.listdir(directory))
+    raise SkipTest("no way to list open file descriptors here")
 
 
 class DefaultDataDirTests(SynchronousTestCase):
@@ -329,7 +377,7 @@ class KeyTests(SynchronousTestCase):
         A key file that group or others may read or write is refused, with
         a message naming the file and the C{chmod} that fixes it.
         """
-        for fileMode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o666]:
+        for fileMode in [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o666, 0o610, 0o601, 0o700 | 0o001]:
             self.writeKeyFile(KEY.hex().encode(), fileMode)
             error = self.assertRaises(InsecureKeyFile, self.store.key, "ci-runner-9d1e")
             self.assertIsInstance(error, KeyStoreError)
@@ -764,3 +812,680 @@ class ReexportTests(SynchronousTestCase):
         self.assertIs(keystore.CorruptKeyFile, keyfiles.CorruptKeyFile)
         self.assertIs(keystore.ArmedKey, armed.ArmedKey)
         self.assertEqual(keystore.PAIR_CODE_FORM, armed.PAIR_CODE_FORM)
+
+
+class DurableWriteTests(SynchronousTestCase):
+    """
+    What the store writes reaches the disk before it is relied on, and no
+    write leaves a file descriptor open.
+    """
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "target")
+
+    def test_flushed(self):
+        """
+        L{write_atomically} flushes the new file before renaming it, then the
+        directory holding the new name; with C{sync=False} it flushes
+        nothing.
+        """
+        synced = recordSyncs(self)
+        write_atomically(self.path, b"new")
+        self.assertEqual(synced, [fileIdentity(self.path), fileIdentity(self.directory)])
+        del synced[:]
+        write_atomically(self.path, b"newer", sync=False)
+        self.assertEqual(synced, [])
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), b"newer")
+
+    def test_flushedRelative(self):
+        """
+        A file named without a directory is in the current one, which is
+        the directory flushed.
+        """
+        cwd = os.getcwd()
+        self.addCleanup(os.chdir, cwd)
+        os.chdir(self.directory)
+        synced = recordSyncs(self)
+        write_atomically("target", b"new")
+        self.assertEqual(synced, [fileIdentity(self.path), fileIdentity(self.directory)])
+
+    def test_identityFlushed(self):
+        """
+        A new identity is flushed to disk, then the data directory holding
+        its name; only the C{identity} file is left.
+        """
+        store = KeyStore(os.path.join(self.directory, "data"))
+        synced = recordSyncs(self)
+        store.identity()
+        self.assertEqual(synced, [fileIdentity(store.identity_path()), fileIdentity(store.path)])
+        self.assertEqual(contents(store.path), ["identity"])
+
+    def test_metaFlushedByDefault(self):
+        """
+        Metadata is flushed to disk unless C{sync=False} says it can do
+        without (as C{last_seen} bookkeeping can).
+        """
+        store = KeyStore(self.directory)
+        metaPath = store.meta_path("peer-a")
+        synced = recordSyncs(self)
+        store.update_meta("peer-a", addr="h:1")
+        self.assertIn(fileIdentity(metaPath), synced)
+        del synced[:]
+        store.replace_meta("peer-a", {"addr": "h:2"})
+        self.assertIn(fileIdentity(metaPath), synced)
+        del synced[:]
+        store.update_meta("peer-a", sync=False, last_seen=1)
+        store.replace_meta("peer-a", {"addr": "h:3"}, sync=False)
+        self.assertEqual(synced, [])
+        self.assertEqual(store.meta("peer-a"), {"addr": "h:3"})
+
+    def test_noDescriptorLeft(self):
+        """
+        Writing files, making an identity and flushing directories leave no
+        file descriptor open: a long-running node writes metadata for ever.
+        """
+        store = KeyStore(os.path.join(self.directory, "data"))
+        store.identity()
+        before = openDescriptors(self)
+        for _ in range(3):
+            KeyStore(os.path.join(self.mktemp())).identity()
+            write_atomically(self.path, b"data")
+            store.update_meta("peer-a", last_seen=1)
+            files.fsync_directory(self.directory)
+        self.assertEqual(openDescriptors(self), before)
+
+
+class PrivateDirectoryTests(SynchronousTestCase):
+    """
+    Tests for L{make_private_directory}.
+    """
+
+    def test_umask(self):
+        """
+        Under a umask that takes even the owner's write bit, the store's
+        directories are still 0700, and keys can be stored in them.
+        """
+        old = os.umask(0o277)
+        self.addCleanup(os.umask, old)
+        store = KeyStore(self.mktemp())
+        store.set_key("peer-a", KEY)
+        os.umask(old)
+        self.assertEqual(mode(store.path), 0o700)
+        self.assertEqual(mode(store.peers_path()), 0o700)
+        self.assertEqual(store.key("peer-a"), KEY)
+
+    def test_notADirectory(self):
+        """
+        A file where the directory should be is refused with
+        L{NotADirectoryError} naming it, and left alone.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"mine")
+        error = self.assertRaises(NotADirectoryError, make_private_directory, path)
+        self.assertEqual(error.filename, path)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"mine")
+
+    def test_existing(self):
+        """
+        An existing directory is kept as it is, with what it holds.
+        """
+        path = self.mktemp()
+        os.makedirs(path)
+        open(os.path.join(path, "kept"), "w").close()
+        make_private_directory(path)
+        self.assertEqual(os.listdir(path), ["kept"])
+
+
+class LinkOrReplaceTests(SynchronousTestCase):
+    """
+    Tests for L{link_or_replace}: of two processes creating the same file,
+    the first wins, with or without hard links.
+    """
+
+    def setUp(self):
+        self.directory = self.mktemp()
+        os.makedirs(self.directory)
+        self.source = os.path.join(self.directory, "source")
+        self.target = os.path.join(self.directory, "target")
+        with open(self.source, "wb") as f:
+            f.write(b"second")
+
+    def existingTarget(self) -> None:
+        with open(self.target, "wb") as f:
+            f.write(b"first")
+
+    def assertTarget(self, content: bytes) -> None:
+        with open(self.target, "rb") as f:
+            self.assertEqual(f.read(), content)
+
+    def withoutHardLinks(self, code: int) -> None:
+        """
+        Make C{os.link} fail with C{code}, as on a file system without hard
+        links.
+        """
+
+        def link(source, target):
+            raise OSError(code, os.strerror(code))
+
+        self.patch(os, "link", link)
+
+    def test_linked(self):
+        """
+        A missing target is created with the source's content.
+        """
+        link_or_replace(self.source, self.target)
+        self.assertTarget(b"second")
+
+    def test_existing(self):
+        """
+        An existing target is not replaced: L{FileExistsError}.
+        """
+        self.existingTarget()
+        self.assertRaises(FileExistsError, link_or_replace, self.source, self.target)
+        self.assertTarget(b"first")
+
+    def test_noHardLinks(self):
+        """
+        Where the file system has no hard links, a missing target is
+        created by a rename, and an existing one is still not replaced.
+        """
+        for code in [errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV]:
+            self.withoutHardLinks(code)
+            with open(self.source, "wb") as f:
+                f.write(b"second")
+            link_or_replace(self.source, self.target)
+            self.assertTarget(b"second")
+            with open(self.source, "wb") as f:
+                f.write(b"third")
+            error = self.assertRaises(FileExistsError, link_or_replace, self.source, self.target)
+            self.assertEqual(error.filename, self.target)
+            self.assertTarget(b"second")
+            os.unlink(self.target)
+
+    def test_otherErrors(self):
+        """
+        Any other failure of the link is raised as it is, and creates
+        nothing.
+        """
+        for code in [errno.EIO, errno.ENOSPC, errno.EACCES]:
+            self.withoutHardLinks(code)
+            error = self.assertRaises(OSError, link_or_replace, self.source, self.target)
+            self.assertEqual(error.errno, code)
+            self.assertFalse(os.path.exists(self.target))
+            self.assertTrue(os.path.exists(self.source))
+
+
+class IdentityRaceTests(SynchronousTestCase):
+    """
+    Two processes making the first identity of one data directory at once:
+    both end up with the one stored first.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+
+    def otherProcessFirst(self) -> None:
+        """
+        Make another process store its identity just while this one makes
+        its own.
+        """
+        store = self.store
+
+        def generate():
+            with open(store.identity_path(), "w") as f:
+                f.write("other-0a0b0c0d")
+            return "mine-01020304"
+
+        self.patch(keystore, "generate_identity", generate)
+
+    def test_otherWins(self):
+        """
+        The identity stored first is the one returned and kept; nothing
+        else is left in the data directory.
+        """
+        self.otherProcessFirst()
+        self.assertEqual(self.store.identity(), "other-0a0b0c0d")
+        self.assertEqual(KeyStore(self.store.path).identity(), "other-0a0b0c0d")
+        self.assertEqual(contents(self.store.path), ["identity"])
+
+    def test_otherWinsWithoutHardLinks(self):
+        """
+        Without hard links too.
+        """
+
+        def link(source, target):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+        self.patch(os, "link", link)
+        self.assertRegex(KeyStore(self.mktemp()).identity(), GENERATED_ID)
+        self.otherProcessFirst()
+        self.assertEqual(self.store.identity(), "other-0a0b0c0d")
+        self.assertEqual(contents(self.store.path), ["identity"])
+
+    def test_repr(self):
+        """
+        A store shows its data directory.
+        """
+        self.assertEqual(repr(KeyStore("/srv/relay")), "KeyStore('/srv/relay')")
+
+
+class KeyFileLimitTests(SynchronousTestCase):
+    """
+    A key file holds 64 hex digits and at most L{keyfiles.MAX_KEY_FILE}
+    bytes in all.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+        self.store.set_key("peer-a", KEY)
+        self.keyPath = self.store.key_path("peer-a")
+
+    def write(self, content: bytes) -> None:
+        with open(self.keyPath, "wb") as f:
+            f.write(content)
+
+    def test_limit(self):
+        """
+        White space around the digits is accepted up to 128 bytes in all;
+        one byte more is corrupt, and so is anything after white space, however
+        much of it there is.
+        """
+        from relaymesh.keyfiles import MAX_KEY_FILE
+
+        self.assertEqual(MAX_KEY_FILE, 128)
+        digits = KEY.hex().encode()
+        for content in [digits + b"\n" * 64, b" " * 32 + digits + b"\n" * 32]:
+            self.write(content)
+            self.assertEqual(len(content), 128)
+            self.assertEqual(self.store.key("peer-a"), KEY)
+        for content in [
+            digits + b"\n" * 65,
+            b" " * 65 + digits,
+            digits + b"\n" * 65 + b"junk",
+            digits + b" " * 100 + OTHER_KEY.hex().encode(),
+            digits + b"\n" * 4096,
+        ]:
+            self.write(content)
+            error = self.assertRaises(CorruptKeyFile, self.store.key, "peer-a")
+            self.assertIn(self.keyPath, str(error))
+            with open(self.keyPath, "rb") as f:
+                self.assertEqual(f.read(), content)
+
+
+class MetaFormatTests(SynchronousTestCase):
+    """
+    Metadata is written as claudectl writes it.
+    """
+
+    def test_utf8(self):
+        """
+        Text beyond ASCII is written as UTF-8, not as C{\\u} escapes.
+        """
+        store = KeyStore(self.mktemp())
+        store.update_meta("peer-a", note="B\u00fcro")
+        with open(store.meta_path("peer-a"), "rb") as f:
+            self.assertEqual(f.read(), '{\n  "note": "B\u00fcro"\n}'.encode("utf-8"))
+        self.assertEqual(store.meta("peer-a"), {"note": "B\u00fcro"})
+
+
+class ForgetOtherFilesTests(SynchronousTestCase):
+    """
+    Forgetting a peer removes every file of its own.
+    """
+
+    def test_otherFileOnly(self):
+        """
+        A peer with only another C{peers/<peer_id>.*} file is forgotten too,
+        and forgetting says so; other peers' files stay.
+        """
+        store = KeyStore(self.mktemp())
+        store.set_key("peer-ab", KEY)
+        for name in ["peer-a.pin", "peer-ab.pin"]:
+            with open(os.path.join(store.peers_path(), name), "w") as f:
+                f.write("x")
+        self.assertTrue(store.forget("peer-a"))
+        self.assertEqual(sorted(os.listdir(store.peers_path())), ["peer-ab.key", "peer-ab.pin"])
+        self.assertFalse(store.forget("peer-a"))
+
+
+#: When the invites armed in these tests are made, and when they expire.
+ARMED_AT = 1000.0
+EXPIRES_AT = 1600.0
+
+#: A third key, and the strong code of the invites armed here.
+LEGACY_KEY = bytes(range(200, 232))
+STRONG_CODE = "7-ace-act"
+
+
+def armInvite(store: KeyStore, strongCode: str | None = STRONG_CODE) -> list[ArmedKey]:
+    """
+    Arm an invite of two keys (forms C{invite} and C{invite_legacy}) and a
+    strong code, as C{relaymesh invite} does.
+
+    @return: its armed keys.
+    """
+    store.arm([("invite", KEY), ("invite_legacy", LEGACY_KEY)], EXPIRES_AT, strongCode)
+    return store.armed_keys(ARMED_AT)
+
+
+def writeJSON(path: str, value) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f)
+
+
+class ArmedValueTests(SynchronousTestCase):
+    """
+    Armed keys and used invites are values.
+    """
+
+    def test_immutable(self):
+        """
+        They cannot be changed, and equal ones hash alike: an armed key is
+        the same key whatever invite it was armed under.
+        """
+        armed = ArmedKey("invite", KEY, None, "0123456789abcdef")
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, armed, "key", OTHER_KEY)
+        self.assertEqual({armed, ArmedKey("invite", KEY, None, None)}, {armed})
+        used = UsedInvite("0123456789abcdef", "invite", "beta", 1.0, 2.0, True)
+        self.assertRaises(dataclasses.FrozenInstanceError, setattr, used, "peer_id", "gamma")
+        self.assertEqual(len({used, UsedInvite("0123456789abcdef", "invite", "beta", 1.0, 2.0, True)}), 1)
+
+
+class FailedClaimTests(SynchronousTestCase):
+    """
+    A claim that fails changes nothing stored, and says why with its own
+    error.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+        self.pendingPath = os.path.join(self.store.peers_path(), "_pending.key")
+
+    def test_peerKeyNotWritable(self):
+        """
+        When the peer's key cannot be written, the claim fails with that
+        error, and the pending key is back in its place, alone.
+        """
+        self.store.set_pending_key(KEY)
+        os.makedirs(self.store.key_path("beta"))
+        self.assertRaises(IsADirectoryError, self.store.claim_pending_key, "beta")
+        [armed] = self.store.armed_keys(ARMED_AT)
+        self.assertRaises(IsADirectoryError, self.store.claim_armed_key, "beta", armed, ARMED_AT)
+        self.assertEqual(self.store.pending_key(), KEY)
+        self.assertEqual(sorted(os.listdir(self.store.peers_path())), ["_pending.key", "beta.key"])
+        self.assertEqual(self.store.meta("beta"), {})
+
+    def test_madeInsecure(self):
+        """
+        A pending key opened to other users after it was listed is not
+        claimed: the error names it, and it stays where it was.
+        """
+        self.store.set_pending_key(KEY)
+        [armed] = self.store.armed_keys(ARMED_AT)
+        os.chmod(self.pendingPath, 0o644)
+        error = self.assertRaises(InsecureKeyFile, self.store.claim_armed_key, "beta", armed, ARMED_AT)
+        self.assertIn(f"chmod 600 {self.pendingPath}", str(error))
+        self.assertEqual(os.listdir(self.store.peers_path()), ["_pending.key"])
+        self.assertEqual(mode(self.pendingPath), 0o644)
+
+    def test_forgedSlot(self):
+        """
+        An armed key whose slot or invite is not a name the store made is
+        refused before it becomes a path.
+        """
+        armInvite(self.store)
+        before = contents(self.store.path)
+        victim = os.path.join(self.store.path, "victim.key")
+        for forged in [
+            ArmedKey("invite", KEY, "../../victim"),
+            ArmedKey("invite", KEY, "Bad"),
+            ArmedKey("invite", KEY, None, "../../victim"),
+            ArmedKey("invite", KEY, None, "0123456789ABCDEF"),
+        ]:
+            self.assertRaises(ValueError, self.store.claim_armed_key, "beta", forged, ARMED_AT)
+        self.assertEqual(contents(self.store.path), before)
+        self.assertFalse(os.path.exists(victim))
+
+    def test_expiredWithTicket(self):
+        """
+        A key claimed at its expiry is not stored, the peer gets no
+        metadata, nobody is noted as having used the invite, and the invite
+        is disarmed.
+        """
+        [pending, legacy] = armInvite(self.store)
+        self.assertIsNone(self.store.claim_armed_key("beta", legacy, EXPIRES_AT))
+        self.assertEqual(self.store.meta("beta"), {})
+        self.assertIsNone(self.store.used_invite(ARMED_AT))
+        self.assertIsNone(self.store.claim_armed_key("beta", pending, ARMED_AT))
+        self.assertEqual(contents(self.store.path), ["peers"])
+
+    def test_pendingKeyGone(self):
+        """
+        Once claudectl took the pending key, the invite's other keys are not
+        claimed: no key, no metadata, nobody noted.
+        """
+        [_, legacy] = armInvite(self.store)
+        os.unlink(self.pendingPath)
+        self.assertIsNone(self.store.claim_armed_key("gamma", legacy, ARMED_AT))
+        self.assertEqual(self.store.peers(), [])
+        self.assertEqual(self.store.meta("gamma"), {})
+        self.assertIsNone(self.store.used_invite(ARMED_AT))
+        self.assertEqual(contents(self.store.path), ["peers"])
+
+    def test_invalidIdAfterUse(self):
+        """
+        An invalid peer id is refused as such before the invite is looked
+        at, even once the invite is used or expired.
+        """
+        [pending, legacy] = armInvite(self.store)
+        self.store.claim_armed_key("beta", pending, ARMED_AT)
+        for when in [ARMED_AT, EXPIRES_AT]:
+            self.assertRaises(InvalidPeerId, self.store.claim_armed_key, "../x", legacy, when)
+        self.assertEqual(self.store.used_invite(ARMED_AT).peer_id, "beta")
+
+
+class ArmedNoteTests(SynchronousTestCase):
+    """
+    The armed keys' note and the files it names.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+        self.peers = self.store.peers_path()
+        self.notePath = os.path.join(self.peers, "_pending.meta")
+
+    def editNote(self, **fields) -> None:
+        with open(self.notePath) as f:
+            note = json.load(f)
+        note.update(fields)
+        writeJSON(self.notePath, note)
+
+    def test_pendingFormRecorded(self):
+        """
+        The pending key of an invite claimed by a connector is noted as used
+        with its form, which the next claim is told.
+        """
+        [_, legacy] = armInvite(self.store)
+        self.assertEqual(self.store.claim_pending_key("beta", ARMED_AT + 1), KEY)
+        used = self.store.used_invite(ARMED_AT)
+        self.assertEqual(
+            (used.form, used.peer_id, used.at, used.expires_at), ("invite", "beta", ARMED_AT + 1, EXPIRES_AT)
+        )
+        error = self.assertRaises(
+            keystore.InviteUsed, self.store.claim_armed_key, "gamma", legacy, ARMED_AT + 2
+        )
+        self.assertEqual(
+            str(error),
+            "this invite was already used: beta paired with its link or pair code "
+            "at 1970-01-01 00:16:41 UTC; make a new invite",
+        )
+
+    def test_pairKeyClaimedEndsInvite(self):
+        """
+        A pending key armed by C{relaymesh pair} over an invite's, claimed
+        by a connector, ends what was left of the invite: its other key,
+        strong code, ticket and note are removed.
+        """
+        [_, legacy] = armInvite(self.store)
+        self.store.set_pending_key(OTHER_KEY)
+        self.assertEqual(self.store.claim_pending_key("beta", ARMED_AT), OTHER_KEY)
+        self.assertEqual(contents(self.store.path), ["peers", "peers/beta.key"])
+        self.assertIsNone(self.store.claim_armed_key("gamma", legacy, ARMED_AT))
+        self.assertIsNone(self.store.take_strong_code(ARMED_AT))
+
+    def test_nothingPendingChangesNothing(self):
+        """
+        A connector's claim that finds no pending key (claudectl took it)
+        gets nothing and changes nothing stored.
+        """
+        armInvite(self.store)
+        os.unlink(os.path.join(self.peers, "_pending.key"))
+        before = contents(self.store.path)
+        self.assertIsNone(self.store.claim_pending_key("beta", ARMED_AT))
+        self.assertEqual(contents(self.store.path), before)
+
+    def test_damagedForm(self):
+        """
+        A pending form in the note that is not a form name counts as the
+        pair code's, when listed and when claimed.
+        """
+        for form in [5, "Not A Form", None]:
+            store = KeyStore(self.mktemp())
+            armInvite(store)
+            with open(os.path.join(store.peers_path(), "_pending.meta")) as f:
+                note = json.load(f)
+            note["pending_form"] = form
+            writeJSON(os.path.join(store.peers_path(), "_pending.meta"), note)
+            [pending, legacy] = store.armed_keys(ARMED_AT)
+            self.assertEqual((pending.form, legacy.form), ("pair_code", "invite_legacy"))
+            self.assertEqual(store.claim_pending_key("beta", ARMED_AT), KEY)
+            self.assertEqual(store.used_invite(ARMED_AT).form, "pair_code")
+
+    def test_damagedSlots(self):
+        """
+        Slots in the note that are not form names are ignored: listing and
+        disarming go on with the valid ones.
+        """
+        armInvite(self.store)
+        self.editNote(slots=[7, "../../victim", "Bad", None, "invite_legacy"])
+        [pending, legacy] = self.store.armed_keys(ARMED_AT)
+        self.assertEqual((pending.key, legacy.key, legacy.slot), (KEY, LEGACY_KEY, "invite_legacy"))
+        self.assertTrue(self.store.disarm())
+        self.assertEqual(contents(self.store.path), ["peers"])
+
+    def test_slotFileGone(self):
+        """
+        A slot whose key file is gone is left out of the armed keys.
+        """
+        armInvite(self.store)
+        os.unlink(os.path.join(self.peers, "_pending.invite_legacy.key"))
+        [pending] = self.store.armed_keys(ARMED_AT)
+        self.assertEqual(pending.key, KEY)
+
+    def test_expiredLeavesNothing(self):
+        """
+        Listing the armed keys at the invite's expiry disarms every form of
+        it: no key, ticket, note or strong code is left.
+        """
+        armInvite(self.store)
+        self.assertEqual(self.store.armed_keys(EXPIRES_AT), [])
+        self.assertEqual(contents(self.store.path), ["peers"])
+
+    def test_strayArmedKeys(self):
+        """
+        Disarming removes armed keys no note names (left by an arm that
+        crashed before writing its note), and says something was armed; it
+        leaves every other file, peers' keys whose names look alike
+        included.
+        """
+        self.store.set_key("workstation_2", KEY)
+        make_private_directory(self.store.path)
+        kept = ["_pending.Old.key", "_pending.notes", "workstation_2.key"]
+        for name in ["_pending.invite_legacy.key", "_pending.Old.key", "_pending.notes"]:
+            with open(os.path.join(self.peers, name), "w") as f:
+                f.write(KEY.hex())
+            os.chmod(os.path.join(self.peers, name), 0o600)
+        self.assertIs(self.store.disarm(), True)
+        self.assertEqual(sorted(os.listdir(self.peers)), kept)
+        self.assertIs(self.store.disarm(), False)
+
+    def test_orphanTicket(self):
+        """
+        Disarming removes an invite's ticket no note names, taken or not,
+        and says something was armed; other files stay.
+        """
+        make_private_directory(self.store.path)
+        for name in [
+            "invite-0123456789abcdef.ticket",
+            "invite-fedcba9876543210.taken",
+            "invite-link.txt",
+            "notes.ticket",
+        ]:
+            open(os.path.join(self.store.path, name), "w").close()
+        self.assertIs(self.store.disarm(), True)
+        self.assertEqual(sorted(os.listdir(self.store.path)), ["invite-link.txt", "notes.ticket"])
+
+    def test_armKeepsStrongCodeAlone(self):
+        """
+        Arming an invite without a strong code leaves a strong code armed
+        on its own (C{pair --strong}) as it is.
+        """
+        self.store.arm_strong_code("7-gem-oak", EXPIRES_AT)
+        armInvite(self.store, strongCode=None)
+        self.assertEqual(self.store.take_strong_code(ARMED_AT), "7-gem-oak")
+
+
+class StrongCodeFileTests(SynchronousTestCase):
+    """
+    The strong code's file: damaged files refused, one attempt per code.
+    """
+
+    def setUp(self):
+        self.store = KeyStore(self.mktemp())
+        self.path = os.path.join(self.store.path, "strong-code")
+
+    def test_damaged(self):
+        """
+        A file that is not a JSON object with a code is refused with one
+        line naming it, and left for the user to delete.
+        """
+        self.store.arm_strong_code(STRONG_CODE, None)
+        for content in [b"{", b"[1, 2]", b'"7-ace-act"', b'{"code": 7}', b'{"expires_at": 1}', b"\xff"]:
+            with open(self.path, "wb") as f:
+                f.write(content)
+            for call in [self.store.take_strong_code, self.store.strong_code_armed]:
+                error = self.assertRaises(KeyStoreError, call, ARMED_AT)
+                self.assertEqual(str(error), f"{self.path} is damaged; delete it")
+            with open(self.path, "rb") as f:
+                self.assertEqual(f.read(), content)
+
+    def test_takenLeavesNothing(self):
+        """
+        A code taken for an attempt leaves no file behind.
+        """
+        self.store.arm_strong_code(STRONG_CODE, None)
+        self.assertEqual(self.store.take_strong_code(ARMED_AT), STRONG_CODE)
+        self.assertEqual(os.listdir(self.store.path), [])
+
+    def test_attemptDisarmsInvite(self):
+        """
+        A strong code attempt uses its invite up on disk too: the pending
+        key is gone (claudectl sharing the directory cannot pair with it),
+        and so is every other form; the use is told until the invite would
+        have expired.
+        """
+        armInvite(self.store)
+        self.assertEqual(self.store.take_strong_code(ARMED_AT + 1), STRONG_CODE)
+        self.assertIsNone(self.store.pending_key())
+        self.assertEqual(contents(self.store.path), ["invite-used", "peers"])
+        used = self.store.used_invite(EXPIRES_AT - 1)
+        self.assertEqual(
+            (used.form, used.peer_id, used.at, used.expires_at, used.had_strong_code),
+            ("strong_code", None, ARMED_AT + 1, EXPIRES_AT, True),
+        )
+        self.assertIsNone(self.store.used_invite(EXPIRES_AT))
