@@ -892,7 +892,7 @@ class KeyStoreErrorTests(_Pair, SynchronousTestCase):
         A strong code whose invite was used is refused saying so; one that
         cannot be read is not taken for none armed.
         """
-        used = UsedInvite("0123456789abcdef", "strong_code", None, None, None)
+        used = UsedInvite("0123456789abcdef", "strong_code", None, None, None, True)
         for error, reason in [
             (InviteUsed(used), f"beta tried strong pairing: {used.describe()}"),
             (self.DAMAGED, "cannot read the strong pairing code: the key store is damaged"),
@@ -949,7 +949,7 @@ class KeyStoreErrorTests(_Pair, SynchronousTestCase):
         and who used the last invite if one was used; a store that keeps no
         such note, or cannot read it, adds nothing.
         """
-        used = UsedInvite("0123456789abcdef", "invite", "gamma", None, None)
+        used = UsedInvite("0123456789abcdef", "invite", "gamma", None, None, False)
         for used_invite, reason in [
             (None, "no key for peer stranger"),
             (lambda now: None, "no key for peer stranger"),
