@@ -308,34 +308,9 @@ class ChannelBindingTests(SynchronousTestCase):
         its own fingerprint and the other's, the other way round.
         """
         server_cert, client_cert = self.certificate("server"), self.certificate("client")
-        seen = {}
-
-        class Recorder(Protocol):
-            def dataReceived(self, data):
-                seen[data] = channel_binding(self.transport)
-                if data == b"client":
-                    self.transport.write(b"server")
-
-        class Greeter(Recorder):
-            def connectionMade(self):
-                self.transport.write(b"client")
-
-        clock = Clock()  # TLS transports flush their writes on the clock
-        server_factory = TLSMemoryBIOFactory(
-            server_cert.server_options(), False, Factory.forProtocol(Recorder), clock
-        )
-        client_factory = TLSMemoryBIOFactory(
-            client_cert.client_options(), True, Factory.forProtocol(Greeter), clock
-        )
-        client, server, pump = iosim.connectedServerAndClient(
-            lambda: server_factory.buildProtocol(None),
-            lambda: client_factory.buildProtocol(None),
-            clock=clock,
-        )
-        pump.flush()
+        seen = self.exchange(server_cert.server_options(), client_cert.client_options())
         self.assertEqual(seen[b"client"], (server_cert.fingerprint, client_cert.fingerprint))
         self.assertEqual(seen[b"server"], (client_cert.fingerprint, server_cert.fingerprint))
-
 
     def exchange(self, server_options, client_options):
         """
@@ -358,7 +333,7 @@ class ChannelBindingTests(SynchronousTestCase):
             def connectionMade(self):
                 self.transport.write(b"client")
 
-        clock = Clock()
+        clock = Clock()  # TLS transports flush their writes on the clock
         server_factory = TLSMemoryBIOFactory(server_options, False, Factory.forProtocol(Recorder), clock)
         client_factory = TLSMemoryBIOFactory(client_options, True, Factory.forProtocol(Greeter), clock)
         client, server, pump = iosim.connectedServerAndClient(
