@@ -38,7 +38,9 @@ them out::
     score = (killed + timed out) / (tried - equivalent)
 
 C{--check-equivalents} runs them anyway and names any a test now kills;
-entries that match no mutant any more are reported as stale.
+entries that match no mutant any more are reported as stale, and entries
+whose line is written in several places are named (the reason must hold
+at each).
 """
 
 from __future__ import annotations
@@ -232,7 +234,6 @@ class Mutant:
 class _Context:
     in_function: bool = False
     quiet_strings: bool = False
-    statement: ast.stmt | None = None
 
 
 def _short(node: ast.AST) -> str:
@@ -303,8 +304,6 @@ def _walk(tree: ast.Module) -> Iterator[tuple[ast.AST, _Context, Callable[[ast.A
                         setattr(node, field, new)
 
                 inner = dataclasses.replace(context)
-                if isinstance(child, ast.stmt):
-                    inner.statement = child
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and field == "body":
                     inner.in_function = True
                 if isinstance(child, ast.ClassDef):
@@ -861,7 +860,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, ROOT)
     chosen = _resolve(args.selection)
     equivalents = read_all_equivalents()
-    used_equivalents: set[tuple[str, str, str]] = set()
+    matched: dict[tuple[str, str, str], list[Mutant]] = {}
     known = {(e.path, e.source_line, e.change): e for e in equivalents}
     workroot = tempfile.mkdtemp(prefix="relaymesh-mutants-")
     started = time.monotonic()
@@ -881,7 +880,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for module in modules:
                 for mutant in mutants_of(module):
                     if mutant.key in known:
-                        used_equivalents.add(mutant.key)
+                        matched.setdefault(mutant.key, []).append(mutant)
                         outcomes.append(Outcome(mutant, "equivalent"))
                         if not args.check_equivalents:
                             continue
@@ -918,12 +917,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     report(table, outcomes)
     stale = [
         e for e in equivalents
-        if e.path in modules and (e.path, e.source_line, e.change) not in used_equivalents
+        if e.path in modules and (e.path, e.source_line, e.change) not in matched
     ]
     if stale:
         print(f"\n{len(stale)} equivalents entries match no mutant (stale):")
         for entry in stale:
             print(f"{os.path.relpath(entry.filename, ROOT)}:{entry.at}: {entry.path}: {entry.change}")
+    several = {key: mutants for key, mutants in matched.items() if len(mutants) > 1}
+    if several:
+        # One entry names a line's text: where the same line is written in
+        # several places, its reason must hold at each of them.
+        print(f"\n{len(several)} equivalents entries match several mutants (the reason must hold for each):")
+        for mutants in several.values():
+            places = ", ".join(str(m.line) for m in mutants)
+            print(f"{mutants[0].path}:{places}: {mutants[0].change}")
     if wrongly_equivalent:
         print(f"\n{len(wrongly_equivalent)} mutants listed as equivalent are killed by a test:")
         for mutant in wrongly_equivalent:
