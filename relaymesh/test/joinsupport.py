@@ -19,6 +19,22 @@ from relaymesh.keystore import KeyStore
 from relaymesh.testing import MemoryNetwork
 from relaymesh.test.support import EPOCH, Node
 
+#: Every form of an invite: a name, how to read it from the printed invite
+#: (L{InviteForms}), and the --peer a bare code needs.
+FORMS = [
+    ("strong link", lambda i: i.strong_link, None),
+    ("strong code", lambda i: i.strong_code, "alpha@10.0.0.2:9847"),
+    ("relaymesh link", lambda i: i.relaymesh_link, None),
+    ("cctl:// link", lambda i: i.link, None),
+    ("pair code", lambda i: i.pair_code, "alpha@10.0.0.2:9847"),
+    ("relay code", lambda i: i.relay_code, None),
+    ("word phrase", lambda i: i.words, None),
+]
+
+#: The forms that do not name the inviting node: it is known only once it
+#: answers.
+ANONYMOUS = ("relay code", "word phrase")
+
 
 class InvitingNode:
     """

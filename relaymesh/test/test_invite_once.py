@@ -28,21 +28,9 @@ from relaymesh.invite import make_invite
 from relaymesh.join import JoinError
 from relaymesh.joinforms import parse_join_input
 from relaymesh.keystore import ArmedKey, InviteUsed, KeyStore, UsedInvite
-from relaymesh.test.joinsupport import InvitingNode
+from relaymesh.test.joinsupport import FORMS, InvitingNode
 from relaymesh.test.support import EPOCH
 from relaymesh.wire import RelayMessage
-
-#: Every form of an invite: a name, how to read it from the printed
-#: invite, and the --peer a bare code needs.
-FORMS = [
-    ("strong link", lambda i: i.strong_link, None),
-    ("strong code", lambda i: i.strong_code, "alpha@10.0.0.2:9847"),
-    ("relaymesh link", lambda i: i.relaymesh_link, None),
-    ("cctl:// link", lambda i: i.link, None),
-    ("pair code", lambda i: i.pair_code, "alpha@10.0.0.2:9847"),
-    ("relay code", lambda i: i.relay_code, None),
-    ("word phrase", lambda i: i.words, None),
-]
 
 STRONG_FORMS = ("strong link", "strong code")
 

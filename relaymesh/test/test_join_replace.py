@@ -26,26 +26,17 @@ from relaymesh.control import client as apiclient
 from relaymesh.join import AlreadyPaired, JoinResult, ask_node_to_dial
 from relaymesh.joinforms import parse_join_input
 from relaymesh.test.apisupport import TOKEN, ApiHarness
-from relaymesh.test.joinsupport import InvitingNode
+from relaymesh.test.joinsupport import ANONYMOUS, FORMS, InvitingNode
 from relaymesh.test.support import EPOCH
 
 #: beta's key for alpha from an earlier pairing.
 OLD_KEY = bytes(range(32))
 
 #: The forms that name the inviting node, and the --peer a bare code needs.
-NAMING_FORMS = [
-    ("strong link", lambda i: i.strong_link, None),
-    ("strong code", lambda i: i.strong_code, "alpha@10.0.0.2:9847"),
-    ("relaymesh link", lambda i: i.relaymesh_link, None),
-    ("cctl:// link", lambda i: i.link, None),
-    ("pair code", lambda i: i.pair_code, "alpha@10.0.0.2:9847"),
-]
+NAMING_FORMS = [form for form in FORMS if form[0] not in ANONYMOUS]
 
 #: The forms that do not: the node is known only once it answers.
-ANONYMOUS_FORMS = [
-    ("relay code", lambda i: i.relay_code),
-    ("word phrase", lambda i: i.words),
-]
+ANONYMOUS_FORMS = [(name, pick) for name, pick, _peer in FORMS if name in ANONYMOUS]
 
 
 class DirectJoinTests(SynchronousTestCase):

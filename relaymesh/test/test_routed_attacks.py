@@ -101,6 +101,24 @@ class Attack(SynchronousTestCase):
         protocol.sendEncoded(dumps(obj), obj["msg_type"])
         self.network.flush()
 
+    def advertise(self, sender: str, receiver: str, routes: dict) -> None:
+        """
+        Send C{receiver} a heartbeat in which C{sender} advertises
+        C{routes} (destination to hops), whatever it really reaches.
+        """
+        self.raw(
+            sender,
+            receiver,
+            {
+                "id": "hb1",
+                "msg_type": "heartbeat",
+                "from_peer": sender,
+                "timestamp": 1,
+                "payload": {},
+                "routes": {"v": 1, "routes": routes},
+            },
+        )
+
     def tap(self, receiver: str, sender: str) -> list[bytes]:
         """
         Record every byte C{receiver} gets from C{sender} from now on.
@@ -208,18 +226,7 @@ class RouteHijackTests(Attack):
         self.successResultOf(delivery.accepted())
 
         seen_by_carol = self.tap("carol", "alice")
-        self.raw(
-            "carol",
-            "alice",
-            {
-                "id": "hb1",
-                "msg_type": "heartbeat",
-                "from_peer": "carol",
-                "timestamp": 1,
-                "payload": {},
-                "routes": {"v": 1, "routes": {"bob": 1}},
-            },
-        )
+        self.advertise("carol", "alice", {"bob": 1})
         self.assertEqual(alice.peer("bob").via, "carol")
         wire_bytes = b"".join(seen_by_carol)
         self.assertIn(b'"to":"bob"', wire_bytes)
@@ -256,18 +263,7 @@ class AdvertisementFloodTests(Attack):
         self.link("dave", "erin")
         self.pair("erin", "carol")
         invented = {f"fake{i:04d}": 1 + i % 3 for i in range(1024)}
-        self.raw(
-            "carol",
-            "alice",
-            {
-                "id": "hb1",
-                "msg_type": "heartbeat",
-                "from_peer": "carol",
-                "timestamp": 1,
-                "payload": {},
-                "routes": {"v": 1, "routes": invented},
-            },
-        )
+        self.advertise("carol", "alice", invented)
         self.settle()
         alice, dave = self.nodes["alice"].mesh, self.nodes["dave"].mesh
         [refusal] = self.logged("refusing {excess} destinations")
