@@ -205,47 +205,25 @@ def message_line(msg_type: str, peer_id: str, payload: dict) -> bytes:
 
 def self_signed(common_name: str, directory: str) -> tuple[str, str, str]:
     """
-    A self-signed certificate of the kind a relaymesh node makes (EC P-256,
-    SHA-256, no CA), written as PEM files into C{directory}, for programs
-    that take files (Python's C{ssl}).
+    A certificate such as a relaymesh node makes for itself
+    (L{relaymesh.tls.NodeCertificate.generate}), written as PEM files into
+    C{directory}, for programs that take files (Python's C{ssl}).
 
     @return: the certificate's path, the key's path and the certificate's
         L{fingerprint}.
     """
-    import datetime
+    from OpenSSL import crypto
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from relaymesh.tls import NodeCertificate
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    node = NodeCertificate.generate(common_name)
     cert_path = os.path.join(directory, "cert.pem")
     key_path = os.path.join(directory, "key.pem")
     with open(cert_path, "wb") as f:
-        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+        f.write(crypto.dump_certificate(crypto.FILETYPE_PEM, node.certificate))
     with open(key_path, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return cert_path, key_path, fingerprint(certificate.public_bytes(serialization.Encoding.DER))
+        f.write(crypto.dump_privatekey(crypto.FILETYPE_PEM, node.key))
+    return cert_path, key_path, node.fingerprint
 
 
 def handshake_line(peer_id: str, nonce: str, key: bytes = KEY) -> bytes:
