@@ -398,6 +398,14 @@ def hammer(options) -> None:
                     failed += 1
                 finish(sock)
                 start(entry[0])
+    report_handshakes(done, failed, began, cpu0)
+
+
+def report_handshakes(done: int, failed: int, began: float, cpu0: float) -> None:
+    """
+    Report a hammer's handshakes: how many, how many failed, and their rate
+    and CPU since C{began} (a L{time.perf_counter}) and C{cpu0}.
+    """
     elapsed = time.perf_counter() - began
     report(
         "RESULT",
@@ -545,15 +553,7 @@ def tls_hammer(options) -> None:
                 failed += 1
             connector.close()
             TLSConnector(sel, context, client_fp, connector.i, address)
-    elapsed = time.perf_counter() - began
-    report(
-        "RESULT",
-        count=done,
-        failed=failed,
-        seconds=elapsed,
-        rate=done / elapsed,
-        cpu=benchlib.cpu_seconds() - cpu0,
-    )
+    report_handshakes(done, failed, began, cpu0)
 
 
 def idle(options) -> None:
