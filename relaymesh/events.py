@@ -174,15 +174,21 @@ class PeerStatus:
 @dataclasses.dataclass(frozen=True)
 class PeerSessions:
     """
-    A peer's latest session list, from its heartbeats.
+    A peer's latest session list, from its heartbeats; or this node's own.
 
-    @ivar age: Seconds since the heartbeat that carried it.
+    @ivar peer_id: The peer it came from (this node's id for its own).
+    @ivar worker_id: The C{worker_id} its heartbeats name (the peer's claim;
+        C{peer_id} is the authenticated one).
+    @ivar age: Seconds since the heartbeat that carried it (since it was set,
+        for this node's own).
+    @ivar local: Whether it is this node's own list.
     """
 
     peer_id: str
     worker_id: Any
     sessions: list[Any]
     age: float
+    local: bool = False
 
 
 def _plain(value: Any) -> Any:

@@ -1,8 +1,9 @@
 """
 Heartbeats: the L{LoopingCall} that sends one to every connected peer each
-interval with this node's session list, the expiry of the peers' session
-lists, and the extension fields some peers' heartbeats carry (a routing
-neighbour's route advertisement).
+interval with this node's session list (L{relaymesh.fleet}), an early one
+when that list changes in a way peers should hear of soon, one to each
+peer as it connects, and the extension fields some peers' heartbeats carry
+(a routing neighbour's route advertisement).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from relaymesh.connection import WriteBatch
-from relaymesh.events import PeerSessions
+from relaymesh.fleet import Fleet
 from relaymesh.registry import PeerRecord
 from relaymesh.wire import MessageType, RelayMessage, dumps, encode
 
@@ -24,6 +25,10 @@ DEFAULT_HEARTBEAT_INTERVAL = 30.0  # claudectl 0.49: 30 s
 #: Heartbeat intervals of silence after which a peer is dropped, and after
 #: which a peer's session list expires.
 DEAD_AFTER_INTERVALS = 3  # claudectl 0.49: 3
+
+#: Seconds at least between two early heartbeats (sent when this node's
+#: sessions start, end or change status).
+EARLY_HEARTBEAT_GAP = 1.0
 
 _HEARTBEAT = MessageType.HEARTBEAT.value
 
@@ -45,7 +50,7 @@ class Heartbeats:
     One node's heartbeats and the session lists they carry.
 
     @ivar interval: Seconds between heartbeats.
-    @ivar expiry: Seconds after which a peer's session list expires.
+    @ivar fleet: The L{Fleet} of session lists they carry and bring.
     """
 
     log = Logger()
@@ -61,13 +66,12 @@ class Heartbeats:
     ) -> None:
         self.clock = clock
         self.interval = interval
-        self.expiry = interval * DEAD_AFTER_INTERVALS
-        self._identity = identity
+        self.fleet = Fleet(clock, identity, interval * DEAD_AFTER_INTERVALS, peers)
         self._message = message
         self._peers = peers
         self._writes = writes
-        self._sessions: list[Any] | None = None
-        self._worker_id: Any = None
+        self._early: Any = None
+        self._early_at = float("-inf")
         self.extensions: list[HeartbeatFields] = []
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
@@ -86,22 +90,16 @@ class Heartbeats:
         """
         if self._loop.running:
             self._loop.stop()
-
-    def _payload(self, now: float) -> dict[str, Any]:
-        if self._sessions is None:
-            return {}
-        return {
-            "worker_id": self._worker_id if self._worker_id is not None else self._identity,
-            "timestamp": int(now * 1000),
-            "sessions": self._sessions,
-        }
+        if self._early is not None and self._early.active():
+            self._early.cancel()
+        self._early = None
 
     def _send(self, peers: Iterable[PeerRecord], only_extended: bool) -> None:
         """
         Send one heartbeat to each connected peer of C{peers}: the same line
         to all, except those an extension adds fields for.
         """
-        heartbeat = self._message(_HEARTBEAT, self._payload(self.clock.seconds()))
+        heartbeat = self._message(_HEARTBEAT, self.fleet.payload(self.clock.seconds()))
         line: bytes | None = None
         for peer in peers:
             protocol = peer.protocol
@@ -130,11 +128,7 @@ class Heartbeats:
         for extension in self.extensions:
             extension.heartbeat_sent()
         self._send(self._peers.values(), only_extended=False)
-        now = self.clock.seconds()
-        for peer in self._peers.values():
-            if peer.sessions is not None and now - peer.sessions_at >= self.expiry:
-                peer.sessions = None
-                peer.worker_id = None
+        self.fleet.expire()
 
     def send_extended(self) -> None:
         """
@@ -146,34 +140,28 @@ class Heartbeats:
 
     def set_sessions(self, sessions: Iterable[Any] | None, worker_id: Any = None) -> None:
         """
-        Set the session list that this node's heartbeats carry.
+        Set the session list that this node's heartbeats carry; when a
+        session started, ended or changed status, send every peer a
+        heartbeat soon (at most one early heartbeat per
+        L{EARLY_HEARTBEAT_GAP} seconds) rather than at the next interval.
 
         @raise relaymesh.wire.WireError: if the list is not JSON-serializable.
         """
-        if sessions is None:
-            self._sessions = self._worker_id = None
-            return
-        sessions = list(sessions)
-        dumps({"worker_id": worker_id, "sessions": sessions})
-        self._sessions = sessions
-        self._worker_id = worker_id
+        if self.fleet.set_local(sessions, worker_id) and self._loop.running:
+            if self._early is None or not self._early.active():
+                wait = max(0.0, self._early_at + EARLY_HEARTBEAT_GAP - self.clock.seconds())
+                self._early = self.clock.callLater(wait, self._send_early)
 
-    def received(self, peer: PeerRecord, payload: Any) -> None:
-        """
-        Take the session list a peer's heartbeat carried, if any.
-        """
-        if isinstance(payload, dict) and isinstance(payload.get("sessions"), list):
-            peer.sessions = payload["sessions"]
-            peer.worker_id = payload.get("worker_id")
-            peer.sessions_at = self.clock.seconds()
+    def _send_early(self) -> None:
+        self._early = None
+        self._early_at = self.clock.seconds()
+        with self._writes:
+            self._send(self._peers.values(), only_extended=False)
 
-    def sessions(self) -> dict[str, PeerSessions]:
+    def greet(self, peer: PeerRecord) -> None:
         """
-        Every peer's latest session list that has not yet expired.
+        Send a peer that just connected this node's session list at once,
+        rather than one interval later.
         """
-        now = self.clock.seconds()
-        return {
-            p.peer_id: PeerSessions(p.peer_id, p.worker_id, p.sessions, now - p.sessions_at)
-            for p in self._peers.values()
-            if p.sessions is not None and now - p.sessions_at < self.expiry
-        }
+        if self.fleet.local() is not None and self._loop.running:
+            self._send([peer], only_extended=False)

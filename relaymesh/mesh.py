@@ -123,8 +123,7 @@ class Mesh:
     @ivar heartbeat_interval: Seconds between heartbeats.
     @ivar idle_timeout: Seconds of silence after which a peer is dropped.
     @ivar max_peers: How many connected peers an acceptor admits.
-    @ivar writes: The L{WriteBatch} this mesh's connections share (see
-        L{batch}).
+    @ivar writes: The L{WriteBatch} its connections share (see L{batch}).
     @ivar reliable: The reliable delivery once the node has an outbox (see
         L{enable_reliable}), else L{None}.
     @ivar router: The router once the node routes (see L{enable_routing}),
@@ -133,6 +132,7 @@ class Mesh:
         factories report dialling and failed handshakes.
     @ivar issued_nonces: The challenge nonces this node's acceptors issued,
         which its connectors refuse to answer (reflection).
+    @ivar fleet: The L{relaymesh.fleet.Fleet} of this node's sessions and its peers'.
     """
 
     log = Logger()
@@ -159,6 +159,7 @@ class Mesh:
         self._heartbeats = Heartbeats(
             clock, heartbeat_interval, identity, self.message, self._peers, self.writes
         )
+        self.fleet = self._heartbeats.fleet
         self.reliable: ReliableExtension | None = None
         self.router: RoutingExtension | None = None
         # the capabilities whose peers send top-level fields this node reads
@@ -258,7 +259,8 @@ class Mesh:
 
     def set_sessions(self, sessions: Iterable[Any] | None, worker_id: Any = None) -> None:
         """
-        Set the session list that this node's heartbeats carry.
+        Set the session list that this node's heartbeats carry (peers hear
+        of a session's start, end or new status within a second).
 
         @param sessions: JSON-serializable session objects, or L{None} to send
             bare heartbeats.
@@ -272,7 +274,7 @@ class Mesh:
         """
         Every peer's latest session list that has not yet expired.
         """
-        return self._heartbeats.sessions()
+        return self.fleet.sessions()
 
     # -- called by the connections (ILinkOwner) ------------------------------
 
@@ -303,6 +305,7 @@ class Mesh:
         reliable = self.reliable
         if reliable is not None and self.announced(peer_id, reliable.capability):
             reliable.peer_up(peer_id)
+        self._heartbeats.greet(self._peers[peer_id])
         return True
 
     def connection_lost(self, protocol: RelayProtocol, reason: str) -> None:
@@ -317,17 +320,16 @@ class Mesh:
         """
         Deliver a message from an authenticated peer, unless it is a duplicate.
 
-        Heartbeats are not deduplicated: delivering one twice only refreshes
-        the same session list and liveness again, which is harmless, while
-        remembering their ids would cost every idle peer a full window
-        (about 120 KB) within 1000 heartbeats. Every other message is
-        checked against the last L{DEDUP_WINDOW} ids from the same peer.
+        Heartbeats are not deduplicated (a second copy only refreshes the
+        same list again, while their ids would cost every idle peer a full
+        window, about 120 KB); every other message is checked against the
+        last L{DEDUP_WINDOW} ids from the same peer.
         """
         # Runs for every message: no allocation beyond the dedup window's
         # entry, no logging, the subscribers looked up once per type.
         peer = self._peers[protocol.peer_id]  # type: ignore[index]
         if message.msg_type == _HEARTBEAT:
-            self._heartbeats.received(peer, message.payload)
+            self.fleet.received(peer, message.payload)
         else:
             recent = peer.recent
             if recent is None:
