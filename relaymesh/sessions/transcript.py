@@ -23,6 +23,10 @@ from relaymesh.sessions.models import Usage, cost, profile
 #: the next scan. A line longer than this is skipped.
 MAX_READ_PER_SCAN = 8 * 1024 * 1024
 
+#: Bytes before the offset checked at each read: a file rewritten in place
+#: (truncated, then written longer) is noticed and read again.
+TAIL_CHECK_BYTES = 64
+
 #: Bytes of a tool error's text that are kept.
 MAX_ERROR_BYTES = 256  # claudectl 0.49: 256
 
@@ -251,11 +255,13 @@ class TranscriptReader:
         self.readable = False
         self._identity: tuple[int, int] | None = None
         self._skipping = False
+        self._tail = b""
 
     def _restart(self) -> None:
         self.state = TranscriptState()
         self.offset = 0
         self._skipping = False
+        self._tail = b""
 
     def read(self) -> None:
         """
@@ -278,11 +284,17 @@ class TranscriptReader:
                 self._identity = identity
             self.mtime = info.st_mtime
             self.readable = True
+            if self._tail:
+                f.seek(self.offset - len(self._tail))
+                if f.read(len(self._tail)) != self._tail:
+                    self._restart()
             if info.st_size == self.offset:
                 return
             f.seek(self.offset)
             chunk = f.read(self.max_read)
+        before = self.offset
         self._consume(chunk)
+        self._tail = (self._tail + chunk[: self.offset - before])[-TAIL_CHECK_BYTES:]
 
     def _consume(self, chunk: bytes) -> None:
         end = chunk.rfind(b"\n")

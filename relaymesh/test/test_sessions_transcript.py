@@ -302,3 +302,16 @@ class ReaderTests(SynchronousTestCase):
         reader = TranscriptReader(self.path)
         reader.read()
         self.assertEqual(reader.state.messages, 2)
+
+    def test_rewritten_in_place(self) -> None:
+        """
+        A file truncated and written again longer, in place, is read again
+        from its start.
+        """
+        reader = TranscriptReader(self.path)
+        reader.read()
+        with open(self.path, "w") as f:
+            f.write(assistant_text("a") + "\n" + assistant_text("b") + "\n")
+        reader.read()
+        self.assertEqual(reader.state.messages, 2)
+        self.assertEqual(reader.state.last_role, "assistant")
