@@ -349,3 +349,240 @@ class CpuTests(ScannerCase):
         for i, (seconds, expected) in enumerate([(10.0, 10.0), (11.0, 30.0), (11.0, 20.0), (11.0, 50.0 / 3)]):
             self.table.processes[100] = ProcessFacts(100, ("claude",), 0, cpu_seconds=seconds, age=100.0)
             self.assertAlmostEqual(self.one(self.now + 2 * i)["cpu"], round(expected, 2))
+
+
+class BadFileTests(ScannerCase):
+    """
+    Files that cannot be used are skipped, never raised, and logged once.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events: list[dict] = []
+        self.scanner.log = Logger(observer=self.events.append)
+        self.home.add_session(100, UUID, transcript_lines=[user_text("x")])
+        self.table.run(100)
+
+    def test_session_files(self) -> None:
+        """
+        Session files that are not JSON, have wrong types, are too big or
+        are not files are skipped; the good one is still read.
+        """
+        bad = [
+            b"not json",
+            b"\xff\xfe",
+            b"[1]",
+            json.dumps({"pid": "101", "sessionId": UUID, "cwd": "/", "startedAt": 0}).encode(),
+            json.dumps({"pid": True, "sessionId": UUID, "cwd": "/", "startedAt": 0}).encode(),
+            json.dumps({"pid": -4, "sessionId": UUID, "cwd": "/", "startedAt": 0}).encode(),
+            json.dumps({"pid": 2**40, "sessionId": UUID, "cwd": "/", "startedAt": 0}).encode(),
+            json.dumps({"pid": 101, "sessionId": "../../x", "cwd": "/", "startedAt": 0}).encode(),
+            json.dumps({"pid": 101, "sessionId": UUID, "cwd": 3, "startedAt": 0}).encode(),
+            json.dumps({"pid": 101, "sessionId": UUID, "cwd": "/", "startedAt": "now"}).encode(),
+            b'{"pid": 101, "sessionId": "a", "cwd": "/", "startedAt": NaN}',
+            json.dumps({"pid": 101, "sessionId": UUID, "cwd": "/", "startedAt": 0, "pad": "x" * 70000}).encode(),
+            b"[" * 50000,
+        ]
+        for i, content in enumerate(bad):
+            self.home.write_session(200 + i, content)
+            self.table.run(101)
+        os.mkdir(os.path.join(self.home.path, "sessions", "dir.json"))
+        with open(os.path.join(self.home.path, "sessions", "notes.txt"), "w") as f:
+            f.write("{}")
+        for now in (self.now, self.now + 2):
+            self.assertEqual([s["pid"] for s in self.scan(now)], [100])
+        self.assertEqual(len(self.events), len(bad))
+
+    def test_unreadable(self) -> None:
+        """
+        Unreadable session files, transcripts and directories are skipped.
+        """
+        if os.getuid() == 0:
+            raise self.skipTest("root reads files whatever their mode")
+        transcript = self.home.transcript_path("/home/u/backend", UUID)
+        os.chmod(transcript, 0)
+        self.addCleanup(os.chmod, transcript, 0o644)
+        found = self.one()
+        self.assertEqual((found["status"], found["telemetry"]["state"]), ("Unknown", "Unreadable transcript"))
+        self.home.add_session(101, OTHER, transcript_lines=[user_text("x")])
+        os.chmod(self.home.session_path(101), 0)
+        self.addCleanup(os.chmod, self.home.session_path(101), 0o644)
+        self.assertEqual([s["pid"] for s in self.scan()], [100])
+        sessions = os.path.join(self.home.path, "sessions")
+        os.chmod(sessions, 0)
+        self.addCleanup(os.chmod, sessions, 0o755)
+        self.assertEqual(self.scan(), [])
+
+    def test_transcript_not_a_file(self) -> None:
+        """
+        A transcript that is a directory or a FIFO is skipped without
+        blocking.
+        """
+        transcript = self.home.transcript_path("/home/u/backend", UUID)
+        os.remove(transcript)
+        os.mkfifo(transcript)
+        self.assertEqual(self.one()["status"], "Unknown")
+
+    def test_logged_once(self) -> None:
+        """
+        A problem is logged once, and no log line holds transcript text.
+        """
+        self.home.write_session(300, b"secret prompt text")
+        for now in (self.now, self.now + 2, self.now + 4):
+            self.scan(now)
+        self.assertEqual(len(self.events), 1)
+        self.assertNotIn("secret", repr(self.events))
+
+    def test_scan_never_raises(self) -> None:
+        """
+        A failing process table does not escape scan().
+        """
+
+        class Broken:
+            def lookup(self, pids):
+                raise RuntimeError("boom")
+
+        self.scanner.processes = Broken()
+        self.assertEqual(self.scan(), [])
+        self.assertEqual(len(self.events), 1)
+
+
+class ManySessionsTests(ScannerCase):
+    def test_thousands(self) -> None:
+        """
+        3000 session files of dead pids, some with transcripts, old and
+        new: the scan completes, shows only those within the linger, and
+        the next scans too.
+        """
+        lines = [user_text("x"), assistant_text("Done.")]
+        for i in range(3000):
+            pid = 100000 + i
+            cwd = f"/work/p{i % 40}"
+            path = self.home.add_session(pid, f"s-{i}", cwd=cwd, transcript_lines=lines if i % 3 == 0 else None)
+            if i % 2:
+                self.home.touch(self.home.session_path(pid), self.now - 5000)
+                if i % 3 == 0:
+                    self.home.touch(path, self.now - 5000)
+        started = time.monotonic()
+        found = self.scan()
+        first = time.monotonic() - started
+        started = time.monotonic()
+        again = self.scan(self.now + 2)
+        second = time.monotonic() - started
+        self.assertEqual(len(found), 1500)
+        self.assertEqual(found, sorted(found, key=lambda s: s["pid"]))
+        self.assertEqual({s["status"] for s in found}, {"Finished"})
+        self.assertEqual(len(again), 1500)
+        self.assertEqual(self.table.lookups[0], sorted(self.table.lookups[0]))
+        print(f"\n3000 session files: first scan {first:.3f} s, second {second:.3f} s")
+
+
+class PrivacyTests(ScannerCase):
+    """
+    No transcript text leaves the scanner but, with details, file paths
+    and tool error text.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        lines = [
+            user_text("PROMPT-SECRET-1"),
+            tool_use("Write", {"file_path": "/p/PATH-OK.py", "content": "INPUT-SECRET-2"}, tool_id="t1"),
+            tool_result("RESULT-SECRET-3", tool_id="t1"),
+            tool_use("Bash", {"command": "INPUT-SECRET-4"}, tool_id="t2"),
+            tool_result([{"type": "text", "text": "ERROR-OK"}], is_error=True, tool_id="t2"),
+            assistant_text("REPLY-SECRET-5"),
+            waiting_for_task(),
+        ]
+        self.home.add_session(100, UUID, cwd="/p", transcript_lines=lines)
+        self.table.run(100)
+
+    def test_default(self) -> None:
+        text = json.dumps(self.scan())
+        self.assertNotIn("SECRET", text)
+        self.assertNotIn("PATH-OK", text)
+        self.assertNotIn("ERROR-OK", text)
+        found = self.one()
+        self.assertFalse(DETAIL_KEYS & set(found))
+        self.assertEqual(found["tool_usage"], {"Bash": {"calls": 1}, "Write": {"calls": 1}})
+
+    def test_details(self) -> None:
+        self.scanner = self.make(details=True)
+        found = self.one()
+        self.assertNotIn("SECRET", json.dumps(found))
+        self.assertEqual(found["files_modified"], {"/p/PATH-OK.py": 1})
+        self.assertEqual(found["recent_errors"], [{"tool": "Bash", "message": "ERROR-OK"}])
+        self.assertEqual(found["last_error"], "ERROR-OK")
+        self.assertTrue(KEYS | DETAIL_KEYS <= set(found))
+
+
+class ReceiverShapeTests(ScannerCase):
+    """
+    What claudectl's from_remote_json reads, typed as it reads it
+    (serde_json's as_u64, as_f64, as_str: an integer must be an int, not a
+    float).
+    """
+
+    def check(self, found: dict) -> None:
+        self.assertTrue(KEYS <= set(found), KEYS - set(found))
+        self.assertIs(type(found["pid"]), int)
+        self.assertIs(type(found["project"]), str)
+        self.assertIn(found["status"], ("Needs Input", "Processing", "Waiting", "Idle", "Finished", "Unknown"))
+        self.assertIs(type(found["elapsed_secs"]), int)
+        self.assertGreaterEqual(found["elapsed_secs"], 0)
+        for key in ("context_pct", "cost_usd", "burn_rate_per_hr"):
+            self.assertIn(type(found[key]), (float, int, type(None)), key)
+        for key in ("tokens_in", "tokens_out"):
+            self.assertIn(type(found[key]), (int, type(None)), key)
+        self.assertIn(type(found["model"]), (str, type(None)))
+        self.assertIs(type(found["subagents"]), int)
+        self.assertIs(type(found["cpu"]), float)
+        self.assertIs(type(found["mem_mb"]), float)
+        self.assertEqual(found["estimate"]["profile_source"], "built-in")
+        self.assertIs(type(found["estimate"]["verified"]), bool)
+        self.assertEqual(json.loads(json.dumps(found, allow_nan=False)), found)
+
+    def test_metered(self) -> None:
+        lines = [user_text("x"), tool_use(), tool_result(), assistant_text("Done.", model="claude-opus-4-6")]
+        self.home.add_session(100, UUID, started_at=self.now - 320.7, transcript_lines=lines)
+        self.table.run(100, cpu=1.0, rss_kb=422227)
+        found = self.one()
+        self.check(found)
+        self.assertEqual(found["elapsed_secs"], 320)
+        self.assertEqual(found["model"], "claude-opus-4-6")
+        self.assertEqual(found["tokens_in"], 80512 + 5)
+        self.assertEqual(found["tokens_out"], 130)
+        self.assertEqual(found["context_pct"], 0.0)
+        self.assertEqual(found["mem_mb"], 412.33)
+        self.assertEqual(found["cost_usd"], round((12 * 3 + 80000 * 0.375 + 500 * 3.75 + 90 * 15 + 5 * 15 + 40 * 75) / 1e6, 2))
+        self.assertEqual(found["estimate"], {"verified": True, "profile_source": "built-in"})
+
+    def test_context_and_burn(self) -> None:
+        """
+        Context % of the latest model's window; the burn rate is the cost's
+        growth per hour between scans.
+        """
+        big = {"input_tokens": 0, "cache_read_input_tokens": 100000, "output_tokens": 0}
+        path = self.home.add_session(
+            100, UUID, transcript_lines=[assistant_text("a", model="claude-sonnet-4-6", used=big)]
+        )
+        self.table.run(100)
+        found = self.one()
+        self.check(found)
+        self.assertEqual(found["context_pct"], 50.0)
+        self.assertEqual(found["burn_rate_per_hr"], 0.0)
+        self.home.append(path, assistant_text("b", model="claude-sonnet-4-6", used={"input_tokens": 0, "output_tokens": 1000}))
+        found = self.one(self.now + 2)
+        self.assertEqual(found["burn_rate_per_hr"], round(0.015 / 2 * 3600, 2))
+        self.assertEqual(self.one(self.now + 4)["burn_rate_per_hr"], round(0.015 / 2 * 3600 / 2, 2))
+
+    def test_unmetered_and_unverified(self) -> None:
+        self.home.add_session(100, UUID, transcript_lines=[user_text("x")])
+        self.home.add_session(101, OTHER, transcript_lines=[assistant_text("x", model="gpt-5")])
+        self.table.run(100)
+        first, second = self.scan()
+        self.check(first)
+        self.check(second)
+        self.assertEqual([first[k] for k in ("context_pct", "cost_usd", "burn_rate_per_hr", "tokens_in", "tokens_out")], [None] * 5)
+        self.assertFalse(second["estimate"]["verified"])
+        self.assertEqual(second["model"], "gpt-5")
