@@ -33,6 +33,9 @@ DEFAULT_CLAUDE_HOME = "~/.claude"
 #: activity.
 FINISHED_LINGER = 600.0
 
+#: Session files read at most per scan: the most recently modified.
+MAX_SESSION_FILES = 10_000
+
 #: Session files larger than this are skipped.
 MAX_SESSION_FILE_BYTES = 64 * 1024
 
@@ -416,20 +419,24 @@ class ClaudeCodeScanner:
         The readable session files, one per pid (the latest started).
         """
         directory = os.path.join(self.home, "sessions")
-        files: dict[str, tuple[tuple[int, int, int, int], SessionFile | None]] = {}
+        listed = []
         for entry in _entries(directory):
-            if not entry.name.endswith(".json"):
-                continue
-            try:
-                info = entry.stat()
-            except OSError:
-                continue
+            if entry.name.endswith(".json"):
+                try:
+                    listed.append((entry.stat(), entry.path))
+                except OSError:
+                    continue
+        if len(listed) > MAX_SESSION_FILES:
+            self._problem("session files skipped", directory, f"more than {MAX_SESSION_FILES}")
+            listed = sorted(listed, key=lambda found: found[0].st_mtime, reverse=True)[:MAX_SESSION_FILES]
+        files: dict[str, tuple[tuple[int, int, int, int], SessionFile | None]] = {}
+        for info, path in listed:
             key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-            cached = self._files.get(entry.path)
+            cached = self._files.get(path)
             if cached is not None and cached[0] == key:
-                files[entry.path] = cached
+                files[path] = cached
                 continue
-            files[entry.path] = (key, self._parse_file(entry.path, info))
+            files[path] = (key, self._parse_file(path, info))
         self._files = files
         by_pid: dict[int, SessionFile] = {}
         for _, session in files.values():

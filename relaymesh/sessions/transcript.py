@@ -54,13 +54,17 @@ def cut_utf8(text: str, limit: int) -> str:
     return encoded[:limit].decode("utf-8", "ignore")
 
 
+#: Token counts above this in one message are taken as garbage (and 0).
+MAX_TOKENS_PER_MESSAGE = 2**40
+
+
 def _count(value: Any) -> int:
     """
     A token count from a usage field: a non-negative int, else 0.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int):
         return 0
-    return value
+    return value if 0 <= value <= MAX_TOKENS_PER_MESSAGE else 0
 
 
 def _short(value: Any, limit: int) -> str | None:
@@ -311,4 +315,8 @@ class TranscriptReader:
             self._skipping = False
         for line in lines:
             if line.strip():
-                self.state.line_received(line)
+                try:
+                    self.state.line_received(line)
+                except (TypeError, ValueError, OverflowError, RecursionError):
+                    # a line of a shape nobody foresaw is garbage too
+                    continue

@@ -12,6 +12,7 @@ import time
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from relaymesh.sessions import claude
 from relaymesh.sessions.claude import (
     FINISHED_LINGER,
     ClaudeCodeScanner,
@@ -20,6 +21,7 @@ from relaymesh.sessions.claude import (
     session_name,
 )
 from relaymesh.sessions.procs import ProcessFacts, default_process_table
+from relaymesh.sessions.transcript import TranscriptReader
 from relaymesh.test.claudehome import (
     STATUS_TRANSCRIPTS,
     ClaudeHome,
@@ -413,6 +415,25 @@ class BadFileTests(ScannerCase):
         self.addCleanup(os.chmod, sessions, 0o755)
         self.assertEqual(self.scan(), [])
 
+    def test_transcript_read_fails(self) -> None:
+        """
+        A transcript that cannot be read (as a file of mode 000 for a user
+        other than root) leaves the session Unknown, logged once; once
+        readable it is read.
+        """
+
+        def refuse(reader: TranscriptReader) -> None:
+            raise PermissionError(13, "Permission denied")
+
+        original = TranscriptReader.read
+        self.patch(TranscriptReader, "read", refuse)
+        for now in (self.now, self.now + 2):
+            found = self.one(now)
+            self.assertEqual((found["status"], found["telemetry"]["state"]), ("Unknown", "Unreadable transcript"))
+        self.assertEqual(len(self.events), 1)
+        self.patch(TranscriptReader, "read", original)
+        self.assertEqual(self.one(self.now + 4)["status"], "Processing")
+
     def test_transcript_not_a_file(self) -> None:
         """
         A transcript that is a directory or a FIFO is skipped without
@@ -448,6 +469,16 @@ class BadFileTests(ScannerCase):
 
 
 class ManySessionsTests(ScannerCase):
+    def test_too_many(self) -> None:
+        """
+        Past MAX_SESSION_FILES, only the most recently modified are read.
+        """
+        self.patch(claude, "MAX_SESSION_FILES", 3)
+        for pid in range(100, 106):
+            self.home.add_session(pid, f"s-{pid}")
+            self.home.touch(self.home.session_path(pid), self.now - pid)
+        self.assertEqual([s["pid"] for s in self.scan()], [100, 101, 102])
+
     def test_thousands(self) -> None:
         """
         3000 session files of dead pids, some with transcripts, old and

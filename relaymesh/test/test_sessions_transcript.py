@@ -315,3 +315,14 @@ class ReaderTests(SynchronousTestCase):
         reader.read()
         self.assertEqual(reader.state.messages, 2)
         self.assertEqual(reader.state.last_role, "assistant")
+
+    def test_absurd_numbers(self) -> None:
+        """
+        Token counts too large to price are ignored, not raised.
+        """
+        self.append(assistant_text("x", used={"input_tokens": 10**400, "output_tokens": 2**41}) + "\n")
+        self.append(assistant_text("y", used={"input_tokens": 1e308, "output_tokens": 3}) + "\n")
+        reader = TranscriptReader(self.path)
+        reader.read()
+        self.assertEqual(reader.state.messages, 3)
+        self.assertEqual((reader.state.tokens_in, reader.state.tokens_out), (0, 3))
