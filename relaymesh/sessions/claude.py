@@ -478,7 +478,8 @@ class ClaudeCodeScanner:
                 memory.name = session_name(process.argv)
                 path = finder.locate(session, resume_id(process.argv))
             else:
-                path = self._gone_transcript(session, finder)
+                # the transcript read while it was alive, else look once
+                path = memory.reader.path if memory.reader else self._gone_transcript(session, finder)
                 gone[session.path] = (session.session_id, path)
                 last = max(memory.last_alive or 0.0, session.mtime)
                 if now - last >= FINISHED_LINGER and now - _mtime(path) >= FINISHED_LINGER:

@@ -309,6 +309,9 @@ class NameAndLocationTests(ScannerCase):
         self.home.touch(resumed, self.now - 100)
         self.table.run(100, argv=("claude", "--resume", UUID))
         self.assertEqual(self.one()["status"], "Waiting")
+        self.table.kill(100)
+        self.assertEqual((self.one(self.now + 2)["status"], self.scanner._tracked[100].reader.path), ("Finished", resumed))
+        self.scanner = self.make()
         self.table.run(100, argv=("claude",))
         self.assertEqual(self.one(self.now + 2)["status"], "Processing")
 
