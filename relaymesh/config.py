@@ -20,6 +20,7 @@ from relaymesh.mesh import DEFAULT_MAX_PEERS
 from relaymesh.reliable.outbox import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_RESEND_AFTER
 from relaymesh.reliable.store import Store
 from relaymesh.routing.table import MAX_HOPS
+from relaymesh.sessions.source import DEFAULT_CLAUDE_HOME
 from relaymesh.tls import NodeCertificate
 
 #: The prefix of a listen description served over TLS with the node's
@@ -91,6 +92,16 @@ class NodeConfig:
     @ivar max_hops: The hop limit of routes and routed messages.
     @ivar shutdown_timeout: Seconds a stopping node waits for its
         connections to close before it aborts them.
+    @ivar sessions: Where the session list its heartbeats carry comes from
+        (L{relaymesh.sessions.source}): C{"claude-code"} (this machine's
+        Claude Code sessions; C{twistd relaymesh}'s default), C{"none"},
+        C{"api"} (what the application or C{PUT /api/sessions} sets; the
+        default here), or the path of a JSON file another program keeps
+        current.
+    @ivar claude_home: Where C{"claude-code"} looks for Claude Code's
+        sessions.
+    @ivar session_details: Whether sessions from C{"claude-code"} carry the
+        paths of the files they changed and their tools' error messages.
     """
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -114,6 +125,9 @@ class NodeConfig:
     routing: bool = False
     max_hops: int = MAX_HOPS
     shutdown_timeout: float = SHUTDOWN_TIMEOUT
+    sessions: str = "api"
+    claude_home: str = DEFAULT_CLAUDE_HOME
+    session_details: bool = False
 
     @classmethod
     def make(

@@ -80,6 +80,11 @@ class IRelayMesh(Interface):
         @return: an object whose C{cancel()} unsubscribes.
         """
 
+    fleet = Attribute(
+        "The L{relaymesh.fleet.Fleet}: this node's session list and its peers', "
+        "with watchers of their changes."
+    )
+
     def set_sessions(sessions, worker_id=None):
         """
         Set the session list this node's heartbeats carry (L{None} for none).

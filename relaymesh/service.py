@@ -20,8 +20,9 @@ import os
 from typing import Any, Iterable, Sequence
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -45,6 +46,15 @@ from relaymesh.mesh import Mesh
 from relaymesh.reliable.outbox import DEFAULT_SCAN_INTERVAL, ReliableDelivery
 from relaymesh.reliable.store import STORE_FILE, Store, open_store
 from relaymesh.routing.router import Router
+from relaymesh.sessions.source import (
+    CLAUDE_CODE_SOURCE,
+    FILE_SOURCE,
+    ClaudeHomeSessions,
+    SessionFile,
+    SessionSource,
+    in_thread_pool,
+    parse_sessions_option,
+)
 from relaymesh.tls import NodeCertificate, TLSError, TLSServerFactory
 
 class OutboundPeer(Service):
@@ -128,6 +138,8 @@ class RelayService(MultiService):
         close before it aborts them.
     @ivar config: The L{NodeConfig} the node was built from.
     @ivar last_seen: The L{LastSeen} bookkeeping of the peers.
+    @ivar session_source: The L{SessionSource} that refreshes the node's
+        session list, or L{None} when nothing does (C{none}, C{api}).
     """
 
     log = Logger()
@@ -218,6 +230,34 @@ class RelayService(MultiService):
             self.add_peer(address)
         self.mesh.watch_peers(self._wake_parked)
         self.last_seen = LastSeen(self.mesh, keystore, reactor, config.heartbeat_interval)
+        self.session_source = self._session_source(config)
+
+    def _session_source(self, config: NodeConfig) -> SessionSource | None:
+        """
+        The service that refreshes the node's session list, if any.
+
+        @raise ValueError: for a C{sessions} option that does not parse.
+        """
+        option = parse_sessions_option(config.sessions)
+        self.mesh.fleet.source = option.kind
+        reader: ClaudeHomeSessions | SessionFile
+        if option.kind == CLAUDE_CODE_SOURCE:
+            reader = ClaudeHomeSessions(config.claude_home, config.session_details)
+        elif option.kind == FILE_SOURCE:
+            assert option.path is not None
+            reader = SessionFile(option.path)
+        else:
+            return None
+        reactor = self._reactor
+        if IReactorThreads.providedBy(reactor):
+            run = in_thread_pool(reactor)
+        else:  # a reactor without threads (a simulation): scan in its thread
+            run = maybeDeferred
+        source = SessionSource(
+            self.mesh, reader.scan, option.kind, reactor, run, description=str(reader)
+        )
+        source.setServiceParent(self)
+        return source
 
     def _listener(self, description: str) -> ListenerService:
         """

@@ -26,6 +26,11 @@ from relaymesh.config import (
     NodeConfig,
 )
 from relaymesh.service import RelayService
+from relaymesh.sessions.source import (
+    CLAUDE_CODE_SOURCE,
+    DEFAULT_CLAUDE_HOME,
+    parse_sessions_option,
+)
 from relaymesh.tls import NodeCertificate, TLSError
 
 
@@ -100,6 +105,22 @@ class Options(usage.Options):
             "The API token file [default: DATA_DIR/api-token, made on first start].",
         ],
         [
+            "sessions",
+            None,
+            CLAUDE_CODE_SOURCE,
+            "Where the session list the heartbeats carry comes from: claude-code "
+            "(this machine's Claude Code sessions, refreshed every 2 s), none, api "
+            "(only what PUT /api/sessions sets), or the path of a JSON file another "
+            "program keeps current.",
+        ],
+        [
+            "claude-home",
+            None,
+            DEFAULT_CLAUDE_HOME,
+            "Where Claude Code keeps its sessions and transcripts, for --sessions "
+            "claude-code.",
+        ],
+        [
             "announce-to",
             None,
             BROADCAST_ADDRESS,
@@ -117,6 +138,12 @@ class Options(usage.Options):
             "over TLS.",
         ],
         ["metrics-public", None, "Serve /metrics without the API token."],
+        [
+            "session-details",
+            None,
+            "Let sessions carry the paths of the files they changed and their tools' "
+            "error messages (never prompts or replies).",
+        ],
         ["no-announce", None, "Do not announce this node on the LAN (UDP broadcast)."],
         [
             "no-outbox",
@@ -182,6 +209,13 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--announce-to: {e}") from None
         self["no-announce"] = bool(self["no-announce"])
+        self["session-details"] = bool(self["session-details"])
+        try:
+            parse_sessions_option(self["sessions"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if not self["claude-home"].strip():
+            raise usage.UsageError("--claude-home must not be empty")
         self["data-dir"] = self["data-dir"] or default_data_dir()
         keystore = KeyStore(self["data-dir"])
         try:
@@ -286,4 +320,7 @@ def node_config(options: Options) -> NodeConfig:
         tls=options["certificate"],
         outbox=not options["no-outbox"],
         routing=not options["no-routing"],
+        sessions=options["sessions"],
+        claude_home=options["claude-home"],
+        session_details=options["session-details"],
     )

@@ -278,8 +278,21 @@ def run_status(context: Context, args: argparse.Namespace, node: NodeClient) -> 
             f"{peers.get('dialled', 0)} dialled",
         ),
         ("Workers:", str(s.get("workers", 0))),
+        ("Sessions:", _session_counts(s.get("sessions"))),
     ]
     context.emit(s, format_table(rows))
+
+
+def _session_counts(counts: object) -> str:
+    """
+    The status's session counts for people: C{"2 here (claude-code), 3 from
+    peers"}.
+    """
+    if not isinstance(counts, dict):
+        return "?"
+    local = counts.get("local")
+    here = "none here" if local is None else f"{_shown(local)} here"
+    return f"{here} ({_shown(counts.get('source'))}), {_shown(counts.get('peers'), '0')} from peers"
 
 
 # -- peers (live) --------------------------------------------------------------

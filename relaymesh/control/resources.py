@@ -31,6 +31,7 @@ from relaymesh.control.requests import (
 )
 from relaymesh.control.sse import parse_event_types
 from relaymesh.errors import UnknownPeer
+from relaymesh.fleet import API_SOURCE
 from relaymesh.peerid import is_valid_peer_id
 from relaymesh.printable import printable
 
@@ -213,10 +214,22 @@ class Broadcast(ApiResource):
 
 class Sessions(ApiResource):
     """
-    C{/api/sessions}: set the session list this node's heartbeats carry.
+    C{/api/sessions}: every session the node knows (C{GET}); the session
+    list this node's heartbeats carry, on a node started with
+    C{--sessions api} (C{PUT}).
     """
 
+    def do_GET(self, request: Request) -> dict[str, Any]:
+        return self.control.views.fleet()
+
     def do_PUT(self, request: Request) -> dict[str, Any]:
+        source = self.control.mesh.fleet.source
+        if source != API_SOURCE:
+            raise ApiError(
+                http.CONFLICT,
+                f"this node's sessions come from --sessions {source}; "
+                "start it with --sessions api to set them here",
+            )
         body = read_body(
             request,
             [

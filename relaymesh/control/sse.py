@@ -18,7 +18,8 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from relaymesh.control.requests import ApiError, dumps
-from relaymesh.events import PeerEvent
+from relaymesh.control.sessions import STALE_AFTER_INTERVALS, session_rows, worker_of
+from relaymesh.events import PeerEvent, PeerSessions
 from relaymesh.interfaces import IRelayMesh
 from relaymesh.wire import RelayMessage
 
@@ -35,9 +36,13 @@ MESSAGE_EVENT = "message"
 #: What a peer event's type starts with; its L{relaymesh.events.EventKind} follows.
 PEER_EVENT_PREFIX = "peer_"
 
+#: The event type of a session list that arrived, changed or expired.
+SESSIONS_EVENT = "sessions"
+
 #: The event types of /api/events.
 EVENT_TYPES = (
     MESSAGE_EVENT,
+    SESSIONS_EVENT,
     "peer_connecting",
     "peer_connected",
     "peer_disconnected",
@@ -89,6 +94,27 @@ def message_object(peer_id: str, message: RelayMessage, now: float) -> dict[str,
         "event": MESSAGE_EVENT,
         "from": peer_id,
         "message": message.to_dict(),
+        "time": round(now, 3),
+    }
+
+
+def sessions_object(
+    mesh: IRelayMesh, peer_id: str, held: PeerSessions | None, now: float
+) -> dict[str, Any]:
+    """
+    A session list that arrived, changed or expired (C{sessions} null) as
+    the JSON object /api/events sends: C{peer_id} null for this node's own,
+    its sessions as C{GET /api/sessions} shows them.
+    """
+    local = peer_id == mesh.identity
+    rows = None
+    if held is not None:
+        rows = session_rows([held], mesh.heartbeat_interval * STALE_AFTER_INTERVALS)
+    return {
+        "event": SESSIONS_EVENT,
+        "peer_id": None if local else peer_id,
+        "worker_id": None if held is None else worker_of(held),
+        "sessions": rows,
         "time": round(now, 3),
     }
 
@@ -158,8 +184,10 @@ class EventStream:
         self._write(b"retry: 2000\n: relaymesh events\n\n")
         if self._wants(MESSAGE_EVENT):
             self._cancels.append(self.mesh.subscribe(self._message).cancel)
-        if self.wanted is None or self.wanted - {MESSAGE_EVENT}:
+        if self.wanted is None or self.wanted - {MESSAGE_EVENT, SESSIONS_EVENT}:
             self._cancels.append(self.mesh.watch_peers(self._peer).cancel)
+        if self._wants(SESSIONS_EVENT):
+            self._cancels.append(self.mesh.fleet.watch(self._sessions).cancel)
         self._keepalive.start(self._interval, now=False)
 
     def _wants(self, event_type: str) -> bool:
@@ -167,6 +195,9 @@ class EventStream:
 
     def _message(self, peer_id: str, message: RelayMessage) -> None:
         self.send(message_object(peer_id, message, self.clock.seconds()))
+
+    def _sessions(self, peer_id: str, held: PeerSessions | None) -> None:
+        self.send(sessions_object(self.mesh, peer_id, held, self.clock.seconds()))
 
     def _peer(self, event: PeerEvent) -> None:
         if self._wants(PEER_EVENT_PREFIX + event.kind):

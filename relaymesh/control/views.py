@@ -17,6 +17,7 @@ from twisted.web import http
 from relaymesh._version import __version__
 from relaymesh.address import PeerAddress, parse_peer_address
 from relaymesh.control.requests import ApiError
+from relaymesh.control.sessions import STALE_AFTER_INTERVALS, session_rows
 from relaymesh.errors import UnknownPeer
 from relaymesh.events import Direction, PeerState, PeerStatus
 from relaymesh.interfaces import INode
@@ -82,9 +83,19 @@ class NodeViews:
                 "dialled": len(self.node.dialled()),
             },
             "workers": len(mesh.sessions()),
+            "sessions": self._session_counts(),
             "event_streams": event_streams,
             "heartbeat_interval": mesh.heartbeat_interval,
             "max_peers": mesh.max_peers,
+        }
+
+    def _session_counts(self) -> dict[str, Any]:
+        fleet = self.node.mesh.fleet
+        local = fleet.local()
+        return {
+            "source": fleet.source,
+            "local": None if local is None else len(local.sessions),
+            "peers": sum(len(held.sessions) for held in fleet.sessions().values()),
         }
 
     def peer_list(self) -> list[dict[str, Any]]:
@@ -122,6 +133,25 @@ class NodeViews:
             }
             for _, s in sorted(self.node.mesh.sessions().items())
         ]
+
+    def fleet(self) -> dict[str, Any]:
+        """
+        Every session the node knows, its own first, then each peer's by
+        peer id (see L{relaymesh.control.sessions}).
+        """
+        mesh = self.node.mesh
+        fleet = mesh.fleet
+        local = fleet.local()
+        lists = ([] if local is None else [local]) + [
+            held for _, held in sorted(fleet.sessions().items())
+        ]
+        stale_after = mesh.heartbeat_interval * STALE_AFTER_INTERVALS
+        return {
+            "sessions": session_rows(lists, stale_after),
+            "source": fleet.source,
+            "stale_after": stale_after,
+            "expire_after": fleet.expiry,
+        }
 
     # -- actions -------------------------------------------------------------
 

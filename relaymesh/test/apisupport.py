@@ -186,6 +186,34 @@ class _Subscription:
             self._callbacks.remove(self._callback)
 
 
+class FakeFleet:
+    """
+    The part of a L{relaymesh.fleet.Fleet} the control plane uses: the test
+    sets this node's own list and tells the watchers of changes.
+    """
+
+    expiry = 90.0
+
+    def __init__(self, mesh: FakeMesh) -> None:
+        self.source = "api"
+        self.own: PeerSessions | None = None
+        self.watchers: list = []
+        self._mesh = mesh
+
+    def local(self) -> PeerSessions | None:
+        return self.own
+
+    def sessions(self) -> dict[str, PeerSessions]:
+        return self._mesh.sessions()
+
+    def watch(self, callback) -> _Subscription:
+        return _Subscription(self.watchers, callback)
+
+    def tell(self, peer_id: str, held: PeerSessions | None) -> None:
+        for callback in list(self.watchers):
+            callback(peer_id, held)
+
+
 class FakeMesh:
     """
     The part of an L{IRelayMesh} the control plane's views and event streams
@@ -206,6 +234,7 @@ class FakeMesh:
         self.connected: set[str] = set()
         self.subscribers: list = []
         self.watchers: list = []
+        self.fleet = FakeFleet(self)
 
     def subscribe(self, callback, msg_type=None) -> _Subscription:
         return _Subscription(self.subscribers, callback)

@@ -143,6 +143,9 @@ class ProcessesMixin:
                 "relaymesh",
                 "--data-dir",
                 home,
+                # the machine's own Claude Code sessions stay out of tests
+                "--claude-home",
+                os.path.join(self.base, "no-claude"),
                 *args,
             ],
             env=self.env,

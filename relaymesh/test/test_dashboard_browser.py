@@ -243,12 +243,14 @@ class DashboardBrowserTests(SynchronousTestCase):
         alpha.set_key("buildbox-7c1e", key)
         beta.set_key("laptop-a3f2", key)
         relay_a, api_a, api_b, driver_port = free_port(), free_port(), free_port(), free_port()
-        common = ["--heartbeat", "1"]
+        # no Claude Code sessions but the test's own
+        common = ["--heartbeat", "1", "--claude-home", os.path.join(self.base, "no-claude")]
         self.node("a", home_a, "--listen", f"tcp:{relay_a}:interface=127.0.0.1", "--api", f"tcp:{api_a}:interface=127.0.0.1", *common)
         beta_args = [
             "--listen", "none",
             "--api", f"tcp:{api_b}:interface=127.0.0.1",
             "--peers", f"laptop-a3f2@127.0.0.1:{relay_a}",
+            "--sessions", "api",
             *common,
         ]  # fmt: skip
         beta_process = self.node("b", home_b, *beta_args)
