@@ -20,7 +20,7 @@ from relaymesh.mesh import DEFAULT_MAX_PEERS
 from relaymesh.reliable.outbox import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_RESEND_AFTER
 from relaymesh.reliable.store import Store
 from relaymesh.routing.table import MAX_HOPS
-from relaymesh.sessions.source import DEFAULT_CLAUDE_HOME
+from relaymesh.sessions.claude import DEFAULT_CLAUDE_HOME
 from relaymesh.tls import NodeCertificate
 
 #: The prefix of a listen description served over TLS with the node's

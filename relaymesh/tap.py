@@ -26,11 +26,8 @@ from relaymesh.config import (
     NodeConfig,
 )
 from relaymesh.service import RelayService
-from relaymesh.sessions.source import (
-    CLAUDE_CODE_SOURCE,
-    DEFAULT_CLAUDE_HOME,
-    parse_sessions_option,
-)
+from relaymesh.sessions.claude import DEFAULT_CLAUDE_HOME
+from relaymesh.sessions.source import CLAUDE_CODE_SOURCE, parse_sessions_option
 from relaymesh.tls import NodeCertificate, TLSError
 
 

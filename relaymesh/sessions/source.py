@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from relaymesh.fleet import API_SOURCE
 from relaymesh.interfaces import IRelayMesh
-from relaymesh.sessions.claude import DEFAULT_CLAUDE_HOME, ClaudeCodeScanner
+from relaymesh.sessions.claude import ClaudeCodeScanner
 from relaymesh.wire import WireError
 
 #: Seconds between two refreshes of the session list (claudectl's tick).
