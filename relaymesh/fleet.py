@@ -65,6 +65,8 @@ class Fleet:
         C{"none"} or C{"file"}); only an C{"api"} fleet takes lists from
         C{PUT /api/sessions}.
     @ivar expiry: Seconds after which a peer's list expires.
+    @ivar significant: Called when this node's list changes in a way peers
+        should hear of soon (L{signature}); the heartbeats send one early.
     """
 
     log = Logger()
@@ -85,27 +87,34 @@ class Fleet:
         self._worker_id: Any = None
         self._local_at = 0.0
         self._watchers: list[SessionWatcher] = []
+        self.significant: Callable[[], None] = lambda: None
 
     # -- this node's list ----------------------------------------------------
 
-    def set_local(self, sessions: Iterable[Any] | None, worker_id: Any = None) -> bool:
+    def set_local(
+        self, sessions: Iterable[Any] | None, worker_id: Any = None, checked: bool = False
+    ) -> None:
         """
         Set this node's session list.
 
-        @return: whether peers should hear of it soon (L{signature} changed).
+        @param checked: Whether the list is known to be JSON-serializable
+            (checked off the reactor thread, L{relaymesh.sessions.source}).
+
         @raise relaymesh.wire.WireError: if the list is not JSON-serializable;
             the list in use is then unchanged.
         """
         if sessions is not None:
             sessions = list(sessions)
-            dumps({"worker_id": worker_id, "sessions": sessions})
+            if not checked:
+                dumps({"worker_id": worker_id, "sessions": sessions})
         before, changed = signature(self._local), sessions != self._local
         self._local = sessions
         self._worker_id = None if sessions is None else worker_id
         self._local_at = self.clock.seconds()
         if changed:
             self._tell(self.identity, self.local())
-        return signature(sessions) != before
+        if signature(sessions) != before:
+            self.significant()
 
     def local(self) -> PeerSessions | None:
         """

@@ -67,6 +67,7 @@ class Heartbeats:
         self.clock = clock
         self.interval = interval
         self.fleet = Fleet(clock, identity, interval * DEAD_AFTER_INTERVALS, peers)
+        self.fleet.significant = self._sessions_changed
         self._message = message
         self._peers = peers
         self._writes = writes
@@ -138,19 +139,15 @@ class Heartbeats:
         with self._writes:
             self._send(self._peers.values(), only_extended=True)
 
-    def set_sessions(self, sessions: Iterable[Any] | None, worker_id: Any = None) -> None:
+    def _sessions_changed(self) -> None:
         """
-        Set the session list that this node's heartbeats carry; when a
-        session started, ended or changed status, send every peer a
+        A session started, ended or changed status: send every peer a
         heartbeat soon (at most one early heartbeat per
         L{EARLY_HEARTBEAT_GAP} seconds) rather than at the next interval.
-
-        @raise relaymesh.wire.WireError: if the list is not JSON-serializable.
         """
-        if self.fleet.set_local(sessions, worker_id) and self._loop.running:
-            if self._early is None or not self._early.active():
-                wait = max(0.0, self._early_at + EARLY_HEARTBEAT_GAP - self.clock.seconds())
-                self._early = self.clock.callLater(wait, self._send_early)
+        if self._loop.running and (self._early is None or not self._early.active()):
+            wait = max(0.0, self._early_at + EARLY_HEARTBEAT_GAP - self.clock.seconds())
+            self._early = self.clock.callLater(wait, self._send_early)
 
     def _send_early(self) -> None:
         self._early = None

@@ -268,7 +268,7 @@ class Mesh:
             identity by default.
         @raise relaymesh.wire.WireError: if the list is not JSON-serializable.
         """
-        self._heartbeats.set_sessions(sessions, worker_id)
+        self.fleet.set_local(sessions, worker_id)
 
     def sessions(self) -> dict[str, PeerSessions]:
         """

@@ -50,7 +50,7 @@ from relaymesh.sessions.source import (
     CLAUDE_CODE_SOURCE,
     FILE_SOURCE,
     ClaudeHomeSessions,
-    SessionFile,
+    SessionListFile,
     SessionSource,
     in_thread_pool,
     parse_sessions_option,
@@ -240,12 +240,12 @@ class RelayService(MultiService):
         """
         option = parse_sessions_option(config.sessions)
         self.mesh.fleet.source = option.kind
-        reader: ClaudeHomeSessions | SessionFile
+        reader: ClaudeHomeSessions | SessionListFile
         if option.kind == CLAUDE_CODE_SOURCE:
             reader = ClaudeHomeSessions(config.claude_home, config.session_details)
         elif option.kind == FILE_SOURCE:
             assert option.path is not None
-            reader = SessionFile(option.path)
+            reader = SessionListFile(option.path)
         else:
             return None
         reactor = self._reactor

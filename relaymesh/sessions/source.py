@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from relaymesh.fleet import API_SOURCE
 from relaymesh.interfaces import IRelayMesh
 from relaymesh.sessions.claude import ClaudeCodeScanner
-from relaymesh.wire import WireError
+from relaymesh.wire import WireError, dumps
 
 #: Seconds between two refreshes of the session list (claudectl's tick).
 REFRESH_INTERVAL = 2.0
@@ -99,7 +99,7 @@ def parse_sessions_option(text: str) -> SessionOption:
     return SessionOption(FILE_SOURCE, path)
 
 
-class SessionFile:
+class SessionListFile:
     """
     A session list another program keeps current in a JSON file: an array
     of session objects, or an object whose C{sessions} is one.
@@ -243,17 +243,25 @@ class SessionSource(Service):
         """
         Scan once and publish what the scan found.
         """
-        d = self._run(self._scan, self._clock.seconds())
+        d = self._run(self._checked_scan, self._clock.seconds())
         return d.addCallbacks(self._publish, self._failed)
+
+    def _checked_scan(self, now: float) -> list[Any] | None:
+        """
+        Scan, and check that the list can be sent, off the reactor thread.
+        """
+        sessions = self._scan(now)
+        if sessions is not None:
+            try:
+                dumps({"sessions": sessions})
+            except WireError as e:
+                raise SessionSourceError(f"cannot publish the session list: {e}") from None
+        return sessions
 
     def _publish(self, sessions: list[Any] | None) -> None:
         if not self.running:
             return
-        try:
-            self.mesh.set_sessions(sessions)
-        except WireError as e:
-            self._note(f"cannot publish the session list: {e}")
-            return
+        self.mesh.fleet.set_local(sessions, checked=True)
         if self.problem is not None:
             self.log.info("sessions ({kind}): read again", kind=self.kind)
             self.problem = None
