@@ -5,9 +5,11 @@ Two C{relaymesh} nodes run as processes on loopback ports; headless Chromium,
 driven through chromedriver's W3C WebDriver protocol (plain HTTP, spoken
 here with the standard library), opens the dashboard of the first, signs in
 with its token, and watches the second connect, go away when it is stopped,
-and come back when it is started again. It takes the screenshot the
-documentation shows (to the path in C{$RELAYMESH_DASHBOARD_SCREENSHOT}, if
-set).
+and come back when it is started again. The second publishes the Claude
+Code sessions of a fixture Claude home, whose processes are live dummies:
+the first's dashboard shows them, and shows one finished once its process
+is killed. It takes the screenshot the documentation shows (to the path in
+C{$RELAYMESH_DASHBOARD_SCREENSHOT}, if set).
 
 Without Chromium and chromedriver the test is skipped, unless
 C{$RELAYMESH_REQUIRE_BROWSER} is C{1} (as in CI), where that is a failure.
@@ -33,6 +35,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 import relaymesh
 from relaymesh.control.client import ApiRequestError, NodeClient, NodeNotRunning
 from relaymesh.keystore import KeyStore
+from relaymesh.test.claudehome import ClaudeHome, assistant_text, spawn_claude, user_text
 
 #: Seconds the whole test may take.
 BUDGET = 60.0
@@ -47,7 +50,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-proxy-server",
-    "--window-size=1280,600",
+    "--window-size=1280,740",
 ]
 
 
@@ -160,6 +163,12 @@ var row = document.querySelector('tr[data-peer="' + arguments[0] + '"] .state');
 return row ? row.textContent : null;
 """
 
+#: The Sessions view's row of a machine's session: [project, status] or null.
+SESSION_OF = """
+var row = document.querySelector('#session-groups [data-machine="' + arguments[0] + '"] tr[data-pid="' + arguments[1] + '"]');
+return row ? [row.querySelector('td.project').textContent, row.querySelector('.status').textContent] : null;
+"""
+
 
 class DashboardBrowserTests(SynchronousTestCase):
     """
@@ -243,14 +252,29 @@ class DashboardBrowserTests(SynchronousTestCase):
         alpha.set_key("buildbox-7c1e", key)
         beta.set_key("laptop-a3f2", key)
         relay_a, api_a, api_b, driver_port = free_port(), free_port(), free_port(), free_port()
-        # no Claude Code sessions but the test's own
-        common = ["--heartbeat", "1", "--claude-home", os.path.join(self.base, "no-claude")]
-        self.node("a", home_a, "--listen", f"tcp:{relay_a}:interface=127.0.0.1", "--api", f"tcp:{api_a}:interface=127.0.0.1", *common)
+        # No Claude Code sessions on a; on b, those of a fixture Claude home
+        # whose processes are live dummies (killed at cleanup).
+        common = ["--heartbeat", "1"]
+        no_claude = ["--claude-home", os.path.join(self.base, "no-claude")]
+        self.node("a", home_a, "--listen", f"tcp:{relay_a}:interface=127.0.0.1", "--api", f"tcp:{api_a}:interface=127.0.0.1", *common, *no_claude)
+        claude = ClaudeHome(os.path.join(self.base, "claude-b"))
+        working, done = spawn_claude(self, name="relaymesh"), spawn_claude(self, name="website")
+        for process, cwd, session_id, minutes in [
+            (working, "/home/dev/src/relaymesh", "5a1f0c2e-8d3b-4e6a-9f70-1b2c3d4e5f60", 42),
+            (done, "/home/dev/src/website", "6b2e1d3f-9e4c-4f7b-8a81-2c3d4e5f6071", 7),
+        ]:
+            claude.add_session(
+                process.pid,
+                session_id=session_id,
+                cwd=cwd,
+                started_at=time.time() - minutes * 60,
+                transcript_lines=[user_text("Run the tests."), assistant_text("All tests pass.")],
+            )
         beta_args = [
             "--listen", "none",
             "--api", f"tcp:{api_b}:interface=127.0.0.1",
             "--peers", f"laptop-a3f2@127.0.0.1:{relay_a}",
-            "--sessions", "api",
+            "--claude-home", claude.path,
             *common,
         ]  # fmt: skip
         beta_process = self.node("b", home_b, *beta_args)
@@ -258,11 +282,6 @@ class DashboardBrowserTests(SynchronousTestCase):
         node_b = self.client(home_b, api_b)
         self.wait("node a's API", lambda: self.answers(node_a))
         self.wait("node b's API", lambda: self.answers(node_b))
-        sessions = [
-            {"id": "sess-41", "cwd": "~/src/relaymesh", "status": "running", "model": "claude"},
-            {"id": "sess-42", "cwd": "~/src/website", "status": "idle"},
-        ]
-        node_b.call("PUT", "/api/sessions", {"sessions": sessions, "worker_id": "buildbox"})
 
         driver_log = os.path.join(self.base, "chromedriver.log")
         self.processes.append(
@@ -292,6 +311,14 @@ class DashboardBrowserTests(SynchronousTestCase):
             "buildbox's sessions",
             lambda: driver.script("return !!document.querySelector('#workers [data-peer=\"buildbox-7c1e\"]')"),
         )
+        # The Sessions view: b's sessions under b, waiting for their user.
+        self.assertEqual(
+            self.wait("b's session", lambda: driver.script(SESSION_OF, "buildbox-7c1e", working.pid), limit=10),
+            ["relaymesh", "Waiting"],
+        )
+        self.assertEqual(driver.script(SESSION_OF, "buildbox-7c1e", done.pid), ["website", "Waiting"])
+        self.assertEqual(driver.script("return document.querySelectorAll('#session-groups [data-machine]').length"), 1)
+        self.assertEqual(driver.script("return document.getElementById('session-source').hidden"), True)
         self.assertEqual(driver.script("return sessionStorage.length"), 1)
         # The event stream's cookie: set by the node, out of the page's reach.
         [cookie] = [c for c in driver.cookies() if c["name"].startswith("relaymesh_token")]
@@ -317,7 +344,6 @@ class DashboardBrowserTests(SynchronousTestCase):
         )
         # It works on: a message, and the restarted node's sessions.
         self.wait("node b's API again", lambda: self.answers(node_b))
-        node_b.call("PUT", "/api/sessions", {"sessions": sessions, "worker_id": "buildbox"})
         node_b.call(
             "POST",
             "/api/send",
@@ -331,6 +357,20 @@ class DashboardBrowserTests(SynchronousTestCase):
             "buildbox's sessions",
             lambda: driver.script("return !!document.querySelector('#workers [data-peer=\"buildbox-7c1e\"]')"),
         )
+        # One session's process ends: it shows as finished, the other waits on.
+        done.kill()
+        done.wait()
+        self.wait(
+            "the session finished",
+            lambda: driver.script(SESSION_OF, "buildbox-7c1e", done.pid) == ["website", "Finished"],
+            limit=10,
+        )
+        self.assertEqual(driver.script(SESSION_OF, "buildbox-7c1e", working.pid), ["relaymesh", "Waiting"])
+        totals = driver.script(
+            "return Array.prototype.map.call(document.querySelectorAll('#session-totals .status'),"
+            " function (e) { return e.textContent; })"
+        )
+        self.assertEqual(totals, ["1 Waiting", "1 Finished"])
         time.sleep(0.6)  # let the traffic counters catch up with the message
         screenshot = driver.screenshot()
         self.assertEqual(screenshot[:8], b"\x89PNG\r\n\x1a\n")
