@@ -22,6 +22,7 @@ from relaymesh.cli.base import Command, Context, format_table, terminal_text
 from relaymesh.cli.live import add_node_arguments, duration, live
 from relaymesh.control.client import NodeClient
 from relaymesh.printable import printable
+from relaymesh.sessions.models import profile
 
 #: Seconds between two refreshes of C{sessions --watch}.
 WATCH_INTERVAL = 2.0
@@ -60,7 +61,7 @@ def _number(value: object) -> float | None:
 def _model(value: object) -> str:
     if not isinstance(value, str) or not value:
         return "-"
-    return printable(value.removeprefix("claude-"), 30)
+    return printable(profile(value).short_name, 30)
 
 
 def machine(row: dict[str, Any]) -> str:

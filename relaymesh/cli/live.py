@@ -25,6 +25,7 @@ reasons) is printed through L{relaymesh.printable.printable}, and C{watch
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import os
@@ -243,9 +244,26 @@ def describe_event(event: dict[str, Any]) -> str:
     elif kind == "peer_connecting":
         who = event.get("peer_id")
         text = f"dialling {_shown(who) + ' ' if who else ''}at {address}"
+    elif kind == "sessions":
+        text = _describe_sessions(event)
     else:
         text = _compact(event)
     return f"{_stamp(event.get('time'))} {text}"
+
+
+def _describe_sessions(event: dict[str, Any]) -> str:
+    """
+    A C{sessions} event: whose list, how many sessions in each status.
+    """
+    whose = "this node's" if event.get("peer_id") is None else f"{_shown(event.get('peer_id'))}'s"
+    sessions = event.get("sessions")
+    if not isinstance(sessions, list):
+        return f"{whose} sessions are gone"
+    statuses = collections.Counter(
+        _shown(s.get("status")) for s in sessions if isinstance(s, dict)
+    )
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    return f"{whose} sessions: {len(sessions)}" + (f" ({counts})" if counts else "")
 
 
 def _payload(text: str) -> Any:
@@ -420,7 +438,8 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
         "--types",
         metavar="TYPES",
         help="only these events, comma-separated: message, connected, disconnected, "
-        "denied, reconnect_scheduled, connecting",
+        "denied, reconnect_scheduled, connecting, sessions (session lists, left out unless "
+        "named)",
     )
     parser.add_argument("--heartbeats", action="store_true", help="show heartbeat messages too")
     parser.add_argument("--count", metavar="N", type=int, help="stop after N events")
@@ -440,6 +459,8 @@ def run_watch(context: Context, args: argparse.Namespace, node: NodeClient) -> i
             message = event.get("message")
             if not args.heartbeats and isinstance(message, dict) and message.get("msg_type") == "heartbeat":
                 continue
+            if event.get("event") == "sessions" and types is None:
+                continue  # every refresh of this node's list: only when asked
             out.write((json.dumps(event) if context.json_output else terminal_text(describe_event(event))) + "\n")
             out.flush()
             shown += 1

@@ -51,6 +51,10 @@ FORBIDDEN = [
     ("relaymesh.routing", "relaymesh.reliable.outbox"),
     ("relaymesh.routing", "relaymesh.reliable.store"),
     ("relaymesh.reliable", "relaymesh.routing"),
+    # the session sources publish through the mesh's interface only
+    ("relaymesh.sessions", "relaymesh.mesh"),
+    ("relaymesh.sessions", "relaymesh.service"),
+    ("relaymesh.sessions", "relaymesh.control"),
 ]
 
 

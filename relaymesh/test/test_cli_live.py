@@ -140,6 +140,42 @@ class LiveCommandTests(TestCase):
         self.assertEqual((event["event"], event["peer_id"]), ("peer_disconnected", "beta"))
 
     @defer.inlineCallbacks
+    def test_watch_sessions_only_when_named(self):
+        """
+        A node's own list changes at every refresh: watch shows session
+        lists only with --types sessions.
+        """
+        watching = self.run_cli(self.alpha, "watch", "--count", "1")
+        yield wait_for(lambda: bool(self.alpha.api.control.streams), 10)
+        self.alpha.mesh.set_sessions([{"pid": 1, "status": "Idle"}])
+        self.beta.mesh.send("alpha", "task_status", {})
+        status, out, err = yield watching
+        self.assertIn("message from beta: task_status", out)
+        yield wait_for(lambda: not self.alpha.api.control.streams, 10)
+        watching = self.run_cli(self.alpha, "watch", "--types", "sessions", "--count", "1")
+        yield wait_for(lambda: bool(self.alpha.api.control.streams), 10)
+        self.alpha.mesh.set_sessions([{"pid": 1, "status": "Processing"}])
+        status, out, err = yield watching
+        self.assertRegex(out, r"^\d\d:\d\d:\d\d this node's sessions: 1 \(1 Processing\)\n$")
+
+    @defer.inlineCallbacks
+    def test_sessions(self):
+        """
+        relaymesh sessions lists the sessions of the node and its peers, as
+        a table or as the API's JSON.
+        """
+        self.beta.mesh.set_sessions([{"pid": 42, "project": "website", "status": "Idle", "cost_usd": 1.25}])
+        yield wait_for(lambda: "beta" in self.alpha.mesh.sessions(), 10)
+        status, out, err = yield self.run_cli(self.alpha, "sessions")
+        self.assertEqual((status, err), (0, ""))
+        lines = out.splitlines()
+        self.assertEqual(lines[1].split()[:4], ["beta", "website", "42", "Idle"])
+        self.assertEqual(lines[-2], "1 session on 1 machine: 1 Idle; $1.25 in all")
+        self.assertEqual(lines[-1], "(This node's own sessions come from --sessions api.)")
+        status, out, err = yield self.run_cli(self.alpha, "--json", "sessions")
+        self.assertEqual(json.loads(out)["sessions"][0]["peer_id"], "beta")
+
+    @defer.inlineCallbacks
     def test_watch_stream_ends(self):
         """
         When the node stops, watch says the stream closed, status 1.

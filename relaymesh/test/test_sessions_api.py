@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh.cli.fleet import machine, session_table
+from relaymesh.cli.live import describe_event
 from relaymesh.control.sessions import session_rows
 from relaymesh.events import PeerSessions
 from relaymesh.test.apisupport import ApiHarness, wait_for
@@ -180,7 +181,7 @@ class SessionTableTests(SynchronousTestCase):
         self.assertIn("alpha *", lines[1])
         self.assertIn("84.2k/9.1k", lines[1])
         self.assertIn("$1.40", lines[1])
-        self.assertIn("opus-4-6", lines[1])
+        self.assertIn("opus-4.6", lines[1])
         self.assertIn("5m 20s", lines[1])
         self.assertTrue(lines[2].startswith("beta "))
         self.assertEqual(lines[-1], "2 sessions on 2 machines: 1 Idle, 1 Processing; $1.90 in all")
@@ -201,3 +202,16 @@ class SessionTableTests(SynchronousTestCase):
         [_, row, _] = text.splitlines()
         self.assertEqual(row.split()[2], "?")
         self.assertIn("-/-", row)
+
+
+class WatchTests(SynchronousTestCase):
+    def test_describe(self):
+        event = {"event": "sessions", "peer_id": "beta", "sessions": [THEIRS, {**THEIRS, "status": "Processing"}, 3], "time": None}
+        self.assertEqual(describe_event(event), "--:--:-- beta's sessions: 3 (1 Idle, 1 Processing)")
+        self.assertEqual(
+            describe_event({"event": "sessions", "peer_id": None, "sessions": None, "time": None}),
+            "--:--:-- this node's sessions are gone",
+        )
+        hostile = describe_event({"event": "sessions", "peer_id": "\x1b[2J", "sessions": [{"status": "\x07"}]})
+        self.assertNotIn("\x1b", hostile)
+        self.assertNotIn("\x07", hostile)

@@ -13,7 +13,7 @@ import threading
 import time
 
 from twisted.internet import defer, reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
