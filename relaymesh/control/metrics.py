@@ -18,6 +18,7 @@ never acks has no round-trip time (L{None}), rather than a guessed one.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Callable, Iterator
 
@@ -28,6 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from relaymesh._version import __version__
 from relaymesh.events import EventKind, PeerEvent, PeerState, PeerStatus
 from relaymesh.interfaces import IRelayMesh
+from relaymesh.sessions.status import Status
 from relaymesh.wire import MessageType, RelayMessage
 
 #: Buckets of the round-trip time histogram, in seconds.
@@ -36,6 +38,9 @@ RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 #: An ack naming a message of ours older than this many heartbeat intervals
 #: is not timed: it cannot be an answer to a live exchange.
 RTT_MAX_INTERVALS = 3
+
+#: The statuses a session is counted under; any other counts as Unknown.
+SESSION_STATUSES = frozenset(status.value for status in Status)
 
 _OUR_ID = re.compile(r"msg_(\d+)_\d+_([0-9a-f]+)\Z")
 
@@ -109,7 +114,7 @@ class _Snapshot:
     thread so that the exposition may run in another.
     """
 
-    __slots__ = ("peers", "connected", "uptime", "delivered", "routed_rejected")
+    __slots__ = ("peers", "connected", "uptime", "delivered", "routed_rejected", "sessions", "costs")
 
     def __init__(
         self,
@@ -118,12 +123,42 @@ class _Snapshot:
         uptime: float,
         delivered: dict[tuple[str, str], int],
         routed_rejected: dict[str, int] | None = None,
+        sessions: dict[tuple[str, str], int] | None = None,
+        costs: dict[str, float] | None = None,
     ) -> None:
         self.peers = peers
         self.connected = connected
         self.uptime = uptime
         self.delivered = delivered
         self.routed_rejected = routed_rejected or {}
+        self.sessions = sessions or {}
+        self.costs = costs or {}
+
+
+def _session_counts(mesh: IRelayMesh) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
+    """
+    Sessions per machine and status, and their cost per machine: the node's
+    own under its identity, each peer's under its authenticated id. A status
+    outside claudectl's counts as C{Unknown}, so a peer cannot mint labels.
+    """
+    fleet = mesh.fleet
+    own = fleet.local()
+    lists = ([] if own is None else [own]) + list(fleet.sessions().values())
+    counts: dict[tuple[str, str], int] = {}
+    costs: dict[str, float] = {}
+    for held in lists:
+        costs[held.peer_id] = 0.0
+        for session in held.sessions:
+            if not isinstance(session, dict):
+                continue
+            status = session.get("status")
+            label = status if status in SESSION_STATUSES else "Unknown"
+            key = (held.peer_id, label)
+            counts[key] = counts.get(key, 0) + 1
+            cost = session.get("cost_usd")
+            if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost):
+                costs[held.peer_id] += cost
+    return counts, costs
 
 
 class _MeshCollector:
@@ -209,7 +244,22 @@ class _MeshCollector:
         )
         for reason, count in sorted(snapshot.routed_rejected.items()):
             rejected.add_metric([reason], count)
+        sessions = GaugeMetricFamily(
+            "relaymesh_sessions",
+            "Claude Code sessions per machine (this node's identity, or the peer's) and status.",
+            labels=["machine", "status"],
+        )
+        for (machine, status), count in sorted(snapshot.sessions.items()):
+            sessions.add_metric([machine, status], count)
+        costs = GaugeMetricFamily(
+            "relaymesh_sessions_cost_usd",
+            "The estimated cost of the Claude Code sessions listed per machine, in dollars.",
+            labels=["machine"],
+        )
+        for machine, cost in sorted(snapshot.costs.items()):
+            costs.add_metric([machine], cost)
         yield from (up, attempt, messages, octets, by_type, messages_by_type, bytes_by_type, rejected)
+        yield from (sessions, costs)
 
 
 class NodeMetrics:
@@ -284,6 +334,7 @@ class NodeMetrics:
             self._clock.seconds() - self.started_at,
             dict(self.delivered),
             routed_rejected() if routed_rejected is not None else {},
+            *_session_counts(mesh),
         )
 
     def stop(self) -> None:

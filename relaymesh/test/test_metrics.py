@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh.control.metrics import NodeMetrics, RoundTrips
-from relaymesh.test.support import Node, connect, make_clock, pair_keys
+from relaymesh.test.support import Node, connect, line, make_clock, pair_keys
 from relaymesh.test.apisupport import TOKEN, ApiHarness
 
 
@@ -86,6 +86,27 @@ class ScrapeTimeTests(MetricsTestCase):
         self.assertEqual(self.sample("relaymesh_peers_connected"), 0)
         self.assertEqual(self.sample("relaymesh_peer_up", peer="beta"), 0)
         self.assertEqual(self.sample("relaymesh_messages_total", peer="beta", direction="in"), status.msgs_in)
+
+    def test_sessions(self):
+        """
+        Sessions per machine and status, and their cost per machine: this
+        node's under its identity, a peer's under its authenticated id; a
+        status a peer made up counts as Unknown.
+        """
+        server, client, pump = self.join()
+        self.alpha.mesh.set_sessions([{"status": "Idle", "cost_usd": 1.5}, {"status": "Idle"}])
+        beat = self.beta.mesh.message("heartbeat", {"worker_id": "alpha", "sessions": [
+            {"status": "Processing", "cost_usd": 0.25}, {"status": "x" * 200, "cost_usd": True},
+            {"status": "Waiting", "cost_usd": "lots"}, "junk"]})  # fmt: skip
+        server.dataReceived(line(beat))
+        self.assertEqual(self.sample("relaymesh_sessions", machine="alpha", status="Idle"), 2)
+        self.assertEqual(self.sample("relaymesh_sessions", machine="beta", status="Processing"), 1)
+        self.assertEqual(self.sample("relaymesh_sessions", machine="beta", status="Unknown"), 1)
+        self.assertEqual(self.sample("relaymesh_sessions", machine="beta", status="Waiting"), 1)
+        self.assertEqual(self.sample("relaymesh_sessions_cost_usd", machine="alpha"), 1.5)
+        self.assertEqual(self.sample("relaymesh_sessions_cost_usd", machine="beta"), 0.25)
+        self.alpha.mesh.set_sessions(None)
+        self.assertIsNone(self.sample("relaymesh_sessions", machine="alpha", status="Idle"))
 
     def test_snapshot_until_refresh(self):
         """
