@@ -228,13 +228,13 @@ class FakeProcessTable:
         return {pid: self.processes[pid] for pid in wanted if pid in self.processes}
 
 
-def spawn_claude(test_case: SynchronousTestCase, name: str = "x") -> subprocess.Popen:
+def _spawn(test_case: SynchronousTestCase, argv: list[str]) -> subprocess.Popen:
     """
-    Start a dummy process whose command line holds C{claude} and
-    C{--name name}; the test's cleanup kills it by its handle.
+    Start a dummy process that sleeps for two minutes; the test's cleanup
+    kills it by its handle.
     """
     process = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)", "claude", "--name", name],
+        [sys.executable, "-c", "import time; time.sleep(120)", *argv],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -247,6 +247,14 @@ def spawn_claude(test_case: SynchronousTestCase, name: str = "x") -> subprocess.
 
     test_case.addCleanup(stop)
     return process
+
+
+def spawn_claude(test_case: SynchronousTestCase, name: str = "x") -> subprocess.Popen:
+    """
+    Start a dummy process whose command line holds C{claude} and
+    C{--name name}; the test's cleanup kills it by its handle.
+    """
+    return _spawn(test_case, ["claude", "--name", name])
 
 
 def spawn_other(test_case: SynchronousTestCase) -> subprocess.Popen:
@@ -254,17 +262,4 @@ def spawn_other(test_case: SynchronousTestCase) -> subprocess.Popen:
     Start a dummy process whose command line lacks C{claude} (a reused
     pid); the test's cleanup kills it by its handle.
     """
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def stop() -> None:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
-    test_case.addCleanup(stop)
-    return process
+    return _spawn(test_case, [])

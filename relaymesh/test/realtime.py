@@ -67,6 +67,22 @@ def free_port(kind: int = socket.SOCK_STREAM, low: int = 0, high: int = 0) -> in
     raise SkipTest(f"no free port from {low} to {high}")
 
 
+def paired_homes(base: str, id_a: str, id_b: str) -> tuple[str, str]:
+    """
+    Two data directories under C{base}, C{a} and C{b}, with the identities
+    C{id_a} and C{id_b} and a shared key for each other.
+    """
+    from relaymesh.keystore import KeyStore
+
+    homes = os.path.join(base, "a"), os.path.join(base, "b")
+    key = os.urandom(32)
+    for home, identity, other in ((homes[0], id_a, id_b), (homes[1], id_b, id_a)):
+        store = KeyStore(home)
+        store.set_identity(identity)
+        store.set_key(other, key)
+    return homes
+
+
 def log_lines(path: str) -> list[str]:
     """
     The lines of a log file so far (none if it does not exist yet).

@@ -34,7 +34,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import relaymesh
 from relaymesh.control.client import ApiRequestError, NodeClient, NodeNotRunning
-from relaymesh.keystore import KeyStore
+from relaymesh.test.realtime import paired_homes
 from relaymesh.test.claudehome import ClaudeHome, assistant_text, spawn_claude, user_text
 
 #: Seconds the whole test may take.
@@ -244,13 +244,7 @@ class DashboardBrowserTests(SynchronousTestCase):
 
     def test_dashboard(self):
         started = time.monotonic()
-        home_a, home_b = os.path.join(self.base, "a"), os.path.join(self.base, "b")
-        alpha, beta = KeyStore(home_a), KeyStore(home_b)
-        alpha.set_identity("laptop-a3f2")
-        beta.set_identity("buildbox-7c1e")
-        key = os.urandom(32)
-        alpha.set_key("buildbox-7c1e", key)
-        beta.set_key("laptop-a3f2", key)
+        home_a, home_b = paired_homes(self.base, "laptop-a3f2", "buildbox-7c1e")
         relay_a, api_a, api_b, driver_port = free_port(), free_port(), free_port(), free_port()
         # No Claude Code sessions on a; on b, those of a fixture Claude home
         # whose processes are live dummies (killed at cleanup).

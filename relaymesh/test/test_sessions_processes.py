@@ -16,9 +16,8 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from relaymesh.control.client import NodeClient
-from relaymesh.keystore import KeyStore
 from relaymesh.test.claudehome import ClaudeHome, assistant_text, spawn_claude, tool_result, tool_use, user_text
-from relaymesh.test.realtime import ProcessesMixin, free_port, wait_for
+from relaymesh.test.realtime import ProcessesMixin, free_port, paired_homes, wait_for
 
 #: Text of the transcript that must never leave the machine.
 SECRETS = ("prompt-4f1c", "reply-9d2e", "input-77aa", "result-1b3c")
@@ -35,13 +34,7 @@ class FleetProcessTests(ProcessesMixin, TestCase):
 
     @defer.inlineCallbacks
     def test_peer_sees_session_and_its_end(self):
-        home_a, home_b = os.path.join(self.base, "a"), os.path.join(self.base, "b")
-        alpha, beta = KeyStore(home_a), KeyStore(home_b)
-        alpha.set_identity("laptop-a3f2c1d0")
-        beta.set_identity("desk-7c1e0b2a")
-        key = os.urandom(32)
-        alpha.set_key("desk-7c1e0b2a", key)
-        beta.set_key("laptop-a3f2c1d0", key)
+        home_a, home_b = paired_homes(self.base, "laptop-a3f2c1d0", "desk-7c1e0b2a")
 
         claude = ClaudeHome(os.path.join(self.base, "claude-a"))
         process = spawn_claude(self, name="fleet-demo")
