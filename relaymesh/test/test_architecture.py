@@ -268,3 +268,34 @@ class TestModulesTests(SynchronousTestCase):
                         if a.name.startswith("test_")
                     )
         self.assertEqual(found, [])
+
+
+class PackagingTests(SynchronousTestCase):
+    """
+    What C{pip install .} installs: every package of the source tree.
+    """
+
+    def test_every_package_listed(self):
+        """
+        C{setup.cfg} lists each directory of the package that has an
+        C{__init__.py}; one left out would be missing from an installed
+        node (and its import would fail only there).
+        """
+        import configparser
+
+        from twisted.trial.unittest import SkipTest
+
+        setup = os.path.join(os.path.dirname(PACKAGE), "setup.cfg")
+        if not os.path.isfile(setup):
+            raise SkipTest("relaymesh is installed, not run from its checkout")
+        config = configparser.ConfigParser()
+        config.read(setup)
+        listed = set(config["options"]["packages"].split())
+        root = os.path.dirname(PACKAGE)
+        found = {
+            os.path.relpath(directory, root).replace(os.sep, ".")
+            for directory, _, files in os.walk(PACKAGE)
+            if "__init__.py" in files and "__pycache__" not in directory
+        }
+        self.assertEqual(sorted(found - listed), [])
+
