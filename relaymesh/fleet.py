@@ -84,6 +84,7 @@ class Fleet:
         self.source = API_SOURCE
         self._peers = peers
         self._local: list[Any] | None = None
+        self._signature: Any = None
         self._worker_id: Any = None
         self._local_at = 0.0
         self._watchers: list[SessionWatcher] = []
@@ -107,13 +108,13 @@ class Fleet:
             sessions = list(sessions)
             if not checked:
                 dumps({"worker_id": worker_id, "sessions": sessions})
-        before, changed = signature(self._local), sessions != self._local
-        self._local = sessions
+        changed, before = sessions != self._local, self._signature
+        self._local, self._signature = sessions, signature(sessions)
         self._worker_id = None if sessions is None else worker_id
         self._local_at = self.clock.seconds()
         if changed:
             self._tell(self.identity, self.local())
-        if signature(sessions) != before:
+        if self._signature != before:
             self.significant()
 
     def local(self) -> PeerSessions | None:
@@ -162,6 +163,14 @@ class Fleet:
                 peer.sessions = None
                 peer.worker_id = None
                 self._tell(peer.peer_id, None)
+
+    def lists(self) -> list[PeerSessions]:
+        """
+        Every list this node knows: its own first (if it has one), then
+        each peer's unexpired one, by peer id.
+        """
+        own = self.local()
+        return ([] if own is None else [own]) + [held for _, held in sorted(self.sessions().items())]
 
     def sessions(self) -> dict[str, PeerSessions]:
         """

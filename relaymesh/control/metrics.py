@@ -141,12 +141,9 @@ def _session_counts(mesh: IRelayMesh) -> tuple[dict[tuple[str, str], int], dict[
     own under its identity, each peer's under its authenticated id. A status
     outside claudectl's counts as C{Unknown}, so a peer cannot mint labels.
     """
-    fleet = mesh.fleet
-    own = fleet.local()
-    lists = ([] if own is None else [own]) + list(fleet.sessions().values())
     counts: dict[tuple[str, str], int] = {}
     costs: dict[str, float] = {}
-    for held in lists:
+    for held in mesh.fleet.lists():
         costs[held.peer_id] = 0.0
         for session in held.sessions:
             if not isinstance(session, dict):

@@ -141,13 +141,9 @@ class NodeViews:
         """
         mesh = self.node.mesh
         fleet = mesh.fleet
-        local = fleet.local()
-        lists = ([] if local is None else [local]) + [
-            held for _, held in sorted(fleet.sessions().items())
-        ]
         stale_after = mesh.heartbeat_interval * STALE_AFTER_INTERVALS
         return {
-            "sessions": session_rows(lists, stale_after),
+            "sessions": session_rows(fleet.lists(), stale_after),
             "source": fleet.source,
             "stale_after": stale_after,
             "expire_after": fleet.expiry,

@@ -151,15 +151,13 @@ class ClaudeHomeSessions:
     def __str__(self) -> str:
         return f"Claude Code in {self.home}"
 
-    def __init__(self, home: str, details: bool = False, scanner: Any = None) -> None:
+    def __init__(self, home: str, details: bool = False) -> None:
         """
         @param home: The Claude home (C{~} is expanded).
         @param details: Whether sessions carry file paths and tool errors.
-        @param scanner: What reads the home (a
-            L{relaymesh.sessions.claude.ClaudeCodeScanner} by default).
         """
         self.home = os.path.expanduser(home)
-        self._scanner = scanner or ClaudeCodeScanner(home=self.home, details=details)
+        self._scanner = ClaudeCodeScanner(home=self.home, details=details)
 
     def scan(self, now: float) -> list[Any] | None:
         if not os.path.isdir(os.path.join(self.home, "sessions")):

@@ -206,6 +206,10 @@ class FakeFleet:
     def sessions(self) -> dict[str, PeerSessions]:
         return self._mesh.sessions()
 
+    def lists(self) -> list[PeerSessions]:
+        own = [] if self.own is None else [self.own]
+        return own + [held for _, held in sorted(self.sessions().items())]
+
     def watch(self, callback) -> _Subscription:
         return _Subscription(self.watchers, callback)
 

@@ -107,52 +107,58 @@ class ProofResourceTests(TestCase):
         self.assertEqual(code, 503)
 
 
-class Listener(protocol.Protocol):
+class _Recording(protocol.Protocol):
+    """
+    Records every byte it receives in its factory, and keeps what came
+    since its last answer in C{buffer}.
+    """
+
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self)
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.factory.received.append(data)
+        self.buffer += data
+        self.received()
+
+    def received(self) -> None:
+        raise NotImplementedError
+
+    def answer(self, body: bytes, headers: bytes = b"") -> None:
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n%s\r\n%s" % (len(body), headers, body)
+        )
+
+
+class Listener(_Recording):
     """
     What listens where a node used to be: it records every byte, and answers
     each request with a canned HTTP answer, keeping the connection open for
     whatever comes next.
     """
 
-    def connectionMade(self) -> None:
-        self.factory.connections.append(self)
-        self.buffer = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.factory.received.append(data)
-        self.buffer += data
+    def received(self) -> None:
         while b"\r\n\r\n" in self.buffer:
             _, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-            body = self.factory.answer
-            self.transport.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\n\r\n%s" % (len(body), body)
-            )
+            self.answer(self.factory.answer)
 
 
-class ClosingProver(protocol.Protocol):
+class ClosingProver(_Recording):
     """
     Knows the token: proves it for its own address, then closes the
     connection.
     """
 
-    def connectionMade(self) -> None:
-        self.factory.connections.append(self)
-        self.buffer = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.factory.received.append(data)
-        self.buffer += data
+    def received(self) -> None:
         if b"\r\n\r\n" not in self.buffer:
             return
         nonce = parse_nonce(self.buffer.split(b"nonce=", 1)[1].split(b" ", 1)[0].decode())
         local = self.transport.getHost()
         address = canonical_address(local.host, local.port)
         body = json.dumps({"proof": make_proof(self.factory.token, nonce, address), "address": address}).encode()
-        self.transport.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-        )
+        self.answer(body, b"connection: close\r\n")
         self.transport.loseConnection()
 
 
