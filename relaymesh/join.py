@@ -397,7 +397,9 @@ LOCAL_NODE_TIMEOUT = 5.0
 NOT_FOUND = 404
 
 
-def local_node(data_dir: str, identity: str) -> Any | None:
+def local_node(
+    data_dir: str, identity: str, api: str | None = None, token_file: str | None = None
+) -> Any | None:
     """
     The control API of the node running on this key store, if one runs.
 
@@ -407,6 +409,8 @@ def local_node(data_dir: str, identity: str) -> Any | None:
 
     @param data_dir: the key store's directory.
     @param identity: this node's peer id.
+    @param api: the node's API URL, if named (C{--api}).
+    @param token_file: the API token file, if not the data directory's.
     @return: a C{NodeClient}, or L{None} if no such node answers.
     """
     try:
@@ -414,9 +418,9 @@ def local_node(data_dir: str, identity: str) -> Any | None:
     except ImportError:
         return None
     try:
-        token = apiclient.read_token(os.path.join(data_dir, apiclient.TOKEN_FILE))
+        token = apiclient.read_token(token_file or os.path.join(data_dir, apiclient.TOKEN_FILE))
         client = apiclient.NodeClient(
-            apiclient.resolve_url(data_dir), token, timeout=LOCAL_NODE_TIMEOUT
+            apiclient.resolve_url(data_dir, api), token, timeout=LOCAL_NODE_TIMEOUT
         )
         status = client.call("GET", "/api/status")
     except (

@@ -44,6 +44,7 @@ from relaymesh.control.client import (
     NodeClient,
     NodeNotProven,
     NodeNotRunning,
+    NoApiUrl,
     TokenMissing,
     read_token,
     resolve_url,
@@ -57,19 +58,32 @@ EXIT_NOT_RUNNING = 1
 WAIT_STEP = 0.25
 
 
-def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+def add_node_arguments(parser: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
     """
     Add the options that choose the node: C{--api} and C{--api-token-file}.
+
+    Every C{relaymesh} parser has them already, as global options
+    (L{relaymesh.cli.main}), before or after the command; on such a parser
+    this adds nothing.
+
+    @param default: their default; L{argparse.SUPPRESS} (the default) for a
+        subcommand's parser, so that it leaves the main parser's value alone
+        unless given.
     """
-    parser.add_argument(
-        "--api",
-        metavar="URL",
-        help="the node's API, e.g. http://127.0.0.1:9849 (default: $RELAYMESH_API, "
-        "else the node running with the data directory, else http://127.0.0.1:9849)",
-    )
+    try:
+        parser.add_argument(
+            "--api",
+            metavar="URL",
+            default=default,
+            help="the node's API, e.g. http://127.0.0.1:9849 (default: $RELAYMESH_API, "
+            "else the URL in DATA_DIR/api-url, which a node running with the data directory writes)",
+        )
+    except argparse.ArgumentError:
+        return  # a relaymesh parser: they are global options
     parser.add_argument(
         "--api-token-file",
         metavar="FILE",
+        default=default,
         help="the API token file (default: DATA_DIR/api-token)",
     )
 
@@ -94,7 +108,10 @@ def client(context: Context, args: argparse.Namespace) -> NodeClient:
 
 
 def _start_hint(context: Context, args: argparse.Namespace) -> str:
-    command = "twist relaymesh"
+    """
+    The command that starts a node on the data directory, as README shows it.
+    """
+    command = "twistd -n relaymesh"
     if getattr(args, "data_dir", None):
         command += f" --data-dir {shlex.quote(context.data_dir)}"
     return command
@@ -102,13 +119,19 @@ def _start_hint(context: Context, args: argparse.Namespace) -> str:
 
 def not_running(context: Context, args: argparse.Namespace, error: Exception) -> int:
     """
-    Say on one line that no node runs, and how to start one.
+    Say on one line that no node can be reached, and how to start one.
+
+    Without an C{api-url} file a node may still run, started with C{--api
+    none}: the line says so too, since nothing tells the two apart.
     """
     if isinstance(error, TokenMissing):
         what = f"no node is running for {context.data_dir} ({error})"
     else:
         what = str(error)
-    context.warn(f"{what}; start one with: {_start_hint(context, args)}")
+    hint = f"start one with: {_start_hint(context, args)}"
+    if isinstance(error, NoApiUrl):
+        hint += " (a node started with --api none has no control API to reach)"
+    context.warn(f"{what}; {hint}")
     return EXIT_NOT_RUNNING
 
 

@@ -39,7 +39,8 @@ COMMANDS: tuple[Command, ...] = (
 
 def _add_global_options(parser: argparse.ArgumentParser, subcommand: bool) -> None:
     """
-    Add the options every command takes.
+    Add the options every command takes: C{--data-dir}, C{--json}, and the
+    options that choose the running node, C{--api} and C{--api-token-file}.
 
     They are added to the main parser and to each subcommand's, so they may
     come before or after the subcommand; a subcommand's copy has no default,
@@ -57,6 +58,7 @@ def _add_global_options(parser: argparse.ArgumentParser, subcommand: bool) -> No
         default=argparse.SUPPRESS if subcommand else False,
         help="print the result as one JSON object",
     )
+    live.add_node_arguments(parser, default=argparse.SUPPRESS if subcommand else None)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,7 +46,6 @@ from relaymesh.invite import (
     default_invite_host,
     join_directly,
     local_node,
-    local_node_port,
     make_invite,
     parse_join_input,
 )
@@ -106,6 +105,35 @@ def _duration(seconds: float) -> str:
             return f"{count} {unit}{'s' if count != 1 else ''}"
     count = round(seconds)
     return f"{count} second{'s' if count != 1 else ''}"
+
+
+# The running node
+
+
+def running_node(context: Context, args: argparse.Namespace, identity: str):
+    """
+    The control API client of the node running on the key store, found as
+    the live commands find it (C{--api}, C{--api-token-file}, else the data
+    directory's C{api-url} and C{api-token}), or L{None} if none answers
+    with this key store's identity.
+    """
+    return local_node(
+        context.data_dir, identity, getattr(args, "api", None), getattr(args, "api_token_file", None)
+    )
+
+
+def _node_port(node) -> int | None:
+    """
+    The TCP port a running node accepts peers on, from its status; L{None}
+    without a node, or if it does not listen.
+    """
+    listen = node.status.get("listen") if node is not None else None
+    if not isinstance(listen, str):
+        return None
+    try:
+        return parse_port(listen.rpartition(":")[2])
+    except InvalidAddress:
+        return None
 
 
 # QR codes
@@ -234,7 +262,7 @@ def run_invite(context: Context, args: argparse.Namespace) -> None:
     host = args.host if args.host is not None else default_invite_host()
     port = args.port
     if port is None:
-        port = local_node_port(context.data_dir, identity) or DEFAULT_PORT
+        port = _node_port(running_node(context, args, identity)) or DEFAULT_PORT
     now = clock()
     invite = make_invite(identity, host, port, now, args.expires * 60)
     if args.words and invite.words is None:
@@ -323,7 +351,7 @@ def run_strong_pair(context: Context, args: argparse.Namespace) -> None:
         host = default_invite_host()
     except InvalidCode:
         host = "HOST"
-    port = local_node_port(context.data_dir, identity) or DEFAULT_PORT
+    port = _node_port(running_node(context, args, identity)) or DEFAULT_PORT
     peer = f"{identity}@{host}:{port}"
     context.emit(
         {"strong_code": code, "identity": identity, "peer": peer, "expires_at": _iso(now + args.expires * 60)},
@@ -385,7 +413,7 @@ def run_join(context: Context, args: argparse.Namespace) -> None:
         )
     except JoinError as e:
         raise CommandError(str(e)) from None
-    node = local_node(context.data_dir, store.identity())
+    node = running_node(context, args, store.identity())
     dialling = node is not None and ask_node_to_dial(node, result)
     peer_id, addr, peer = printable(result.peer_id), printable(result.addr), printable(result.peer)
     if result.replaced:

@@ -5,8 +5,10 @@ command line.
 It uses only the standard library. L{NodeClient.call} answers one request;
 L{NodeClient.events} follows C{/api/events}. Which node: the URL given, else
 C{$RELAYMESH_API}, else the URL a node running with the data directory wrote
-to its C{api-url} file, else C{http://127.0.0.1:9849}. The token is read from
-the token file (C{DATA_DIR/api-token} unless another is given).
+to its C{api-url} file; with none of them no node of that data directory
+serves an API (L{NoApiUrl}), and nothing is asked of whatever else may
+answer on the default port. The token is read from the token file
+(C{DATA_DIR/api-token} unless another is given).
 
 The token goes only to a node that holds it: before every request, on the
 same connection, the node must prove that it knows the token for the
@@ -32,7 +34,8 @@ from relaymesh.printable import printable
 #: The environment variable naming the node's API URL.
 API_ENV = "RELAYMESH_API"
 
-#: The API URL when nothing else names one.
+#: The API URL a node serves on unless told otherwise (it is never dialled
+#: unless named: see L{resolve_url}).
 DEFAULT_API_URL = "http://127.0.0.1:9849"
 
 #: The files a node keeps in its data directory (see relaymesh.control.api).
@@ -77,6 +80,21 @@ class NodeNotRunning(Exception):
     def __init__(self, url: str, reason: str = "") -> None:
         Exception.__init__(self, f"no node is running at {url}" + (f" ({reason})" if reason else ""))
         self.url = url
+
+
+class NoApiUrl(NodeNotRunning):
+    """
+    No URL was named and the data directory has no C{api-url} file: no node
+    serves a control API for it (a node started with C{--api none} may run,
+    but cannot be reached).
+
+    @ivar data_dir: The data directory.
+    """
+
+    def __init__(self, data_dir: str) -> None:
+        Exception.__init__(self, f"no node running on {data_dir} (no {URL_FILE} file)")
+        self.url = None
+        self.data_dir = data_dir
 
 
 class NodeNotProven(NodeNotRunning):
@@ -131,11 +149,14 @@ def _read_first_line(path: str) -> str | None:
 def resolve_url(data_dir: str, api: str | None = None) -> str:
     """
     The API URL to use (see the module's docstring for the order).
+
+    @raise NoApiUrl: if none is named and the data directory has no
+        C{api-url} file.
     """
     for candidate in (api, os.environ.get(API_ENV), _read_first_line(os.path.join(data_dir, URL_FILE))):
         if candidate:
             return candidate.rstrip("/")
-    return DEFAULT_API_URL
+    raise NoApiUrl(data_dir)
 
 
 def read_token(path: str) -> str:

@@ -334,8 +334,8 @@ class NotRunningTests(SynchronousTestCase):
             status, out, err = self.run_cli(*argv)
             self.assertEqual((argv, status, out), (argv, 1, ""))
             self.assertEqual(err.count("\n"), 1, err)
-            self.assertIn("no node is running", err)
-            self.assertIn(f"start one with: twist relaymesh --data-dir {self.data_dir}", err)
+            self.assertIn(f"no node running on {self.data_dir} (no api-url file)", err)
+            self.assertIn(f"start one with: twistd -n relaymesh --data-dir {self.data_dir}", err)
 
     def test_nothing_listening(self):
         with open(os.path.join(self.data_dir, "api-token"), "w") as f:
@@ -343,7 +343,7 @@ class NotRunningTests(SynchronousTestCase):
         url = f"http://127.0.0.1:{free_port()}"
         status, out, err = self.run_cli("status", "--api", url)
         self.assertEqual(status, 1)
-        self.assertEqual(err, f"relaymesh: no node is running at {url}; start one with: twist relaymesh --data-dir {self.data_dir}\n")
+        self.assertEqual(err, f"relaymesh: no node is running at {url}; start one with: twistd -n relaymesh --data-dir {self.data_dir}\n")
 
     def test_peers_falls_back(self):
         KeyStore(self.data_dir).set_key("beta", os.urandom(32))
@@ -381,14 +381,13 @@ class NotRunningTests(SynchronousTestCase):
 class ClientTests(SynchronousTestCase):
     def test_resolve_url(self):
         """
-        --api, then $RELAYMESH_API, then the data directory's api-url, then
-        the default.
+        --api, then $RELAYMESH_API, then the data directory's api-url (and
+        no default: see test_cli_consistency).
         """
         data_dir = self.mktemp()
         os.makedirs(data_dir)
         environ = {k: v for k, v in os.environ.items() if k != "RELAYMESH_API"}
         self.patch(os, "environ", environ)
-        self.assertEqual(resolve_url(data_dir), "http://127.0.0.1:9849")
         with open(os.path.join(data_dir, "api-url"), "w") as f:
             f.write("http://127.0.0.1:5000\n")
         self.assertEqual(resolve_url(data_dir), "http://127.0.0.1:5000")

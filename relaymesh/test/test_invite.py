@@ -1104,7 +1104,7 @@ class JoinCommandTests(CommandTestsMixin, SynchronousTestCase):
         self.joined: list[Invite] = []
         self.patch(cli_pairing, "run_reactor", self.runNow)
         self.patch(cli_pairing, "join_directly", self.fakeJoin)
-        self.patch(cli_pairing, "local_node", lambda data_dir, identity: None)
+        self.patch(cli_pairing, "local_node", lambda data_dir, identity, *node_options: None)
 
     def runNow(self, work):
         """
@@ -1158,7 +1158,7 @@ class JoinCommandTests(CommandTestsMixin, SynchronousTestCase):
         When a node runs on this key store, it is asked to dial the peer.
         """
         asked = []
-        self.patch(cli_pairing, "local_node", lambda data_dir, identity: (data_dir, identity))
+        self.patch(cli_pairing, "local_node", lambda data_dir, identity, *node_options: (data_dir, identity))
         self.patch(cli_pairing, "ask_node_to_dial", lambda node, result: asked.append((node, result)) or True)
         out = self.assertSucceeds("join", "relaymesh://alpha@10.0.0.2:9900/k/0001020304050607")
         self.assertEqual(out, "Paired with alpha (10.0.0.2:9900)\nThe running node is connecting to alpha.\n")

@@ -155,7 +155,7 @@ class CommandTests(SynchronousTestCase):
         self.beta.set_key("alpha", OLD_KEY)
         self.calls: list[tuple] = []
         self.patch(cli_pairing, "run_reactor", self.runReactor)
-        self.patch(cli_pairing, "local_node", lambda data_dir, identity: None)
+        self.patch(cli_pairing, "local_node", lambda data_dir, identity, *node_options: None)
 
     def runReactor(self, work):
         d = work(self.alpha.reactor)
@@ -209,7 +209,7 @@ class CommandTests(SynchronousTestCase):
         again (C{POST}); a refused join asks it nothing.
         """
         node = RecordingNode()
-        self.patch(cli_pairing, "local_node", lambda data_dir, identity: node)
+        self.patch(cli_pairing, "local_node", lambda data_dir, identity, *node_options: node)
         printed = self.alpha.invite()
         status, _, err = self.command("join", printed.relaymesh_link)
         self.assertEqual(status, 2, err)

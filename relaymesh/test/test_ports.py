@@ -117,7 +117,7 @@ class RunningNodePortTests(SynchronousTestCase):
         ]:
             node = Node()
             node.status = {"listen": listen}
-            self.patch(join, "local_node", lambda data_dir, identity: node)
+            self.patch(join, "local_node", lambda data_dir, identity, *node_options: node)
             self.assertEqual(join.local_node_port("dir", "me"), expected, listen)
 
 

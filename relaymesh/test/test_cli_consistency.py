@@ -1,0 +1,179 @@
+"""
+Tests for the consistency of the C{relaymesh} command: the global options
+before or after the command, the hint when no node can be reached, and that
+nothing is asked of whatever answers on the default API port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from io import StringIO
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from relaymesh.cli import pairing as cli_pairing
+from relaymesh.cli.main import main
+from relaymesh.control.client import NoApiUrl, resolve_url
+from relaymesh.join import JoinResult
+from relaymesh.keystore import KeyStore
+from relaymesh.service import RelayService
+from relaymesh.test.realtime import wait_for
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    stdout, stderr = StringIO(), StringIO()
+    status = main(argv, stdout=stdout, stderr=stderr)
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+class GlobalOptionsTests(TestCase):
+    """
+    One node with its API on a free loopback port, reached with C{--api} and
+    C{--api-token-file} given before or after the command.
+    """
+
+    timeout = 30
+
+    def setUp(self):
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "RELAYMESH_API"})
+        self.store = KeyStore(self.mktemp())
+        self.store.set_identity("alpha")
+        self.node = RelayService(
+            self.store, listen="tcp:0:interface=127.0.0.1", api="tcp:0:interface=127.0.0.1", reactor=reactor
+        )
+        self.node.startService()
+        self.addCleanup(lambda: self.node.stopService() if self.node.running else None)
+        return wait_for(lambda: self.node.api.control.api_address is not None, 10)
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.node.api.port.getHost().port}"
+
+    def elsewhere(self) -> tuple[str, str]:
+        """
+        Another data directory, without api-url, and a copy of the node's
+        token file outside it: only the options can lead there.
+        """
+        other = self.mktemp()
+        os.makedirs(other)
+        token = os.path.join(self.mktemp() + "-token")
+        shutil.copy(os.path.join(self.store.path, "api-token"), token)
+        return other, token
+
+    def cli(self, *argv: str) -> defer.Deferred:
+        return threads.deferToThread(run, list(argv))
+
+    @defer.inlineCallbacks
+    def test_before_and_after(self):
+        """
+        C{--api}, C{--api-token-file}, C{--data-dir} and C{--json} work on
+        either side of the command, in any mix.
+        """
+        other, token = self.elsewhere()
+        url = self.url()
+        for argv in [
+            ["--data-dir", other, "--api", url, "--api-token-file", token, "--json", "status"],
+            ["status", "--data-dir", other, "--api", url, "--api-token-file", token, "--json"],
+            ["--api", url, "status", "--api-token-file", token, "--data-dir", other, "--json"],
+            ["--json", "--api-token-file", token, "status", "--api", url, "--data-dir", other],
+        ]:
+            status, out, err = yield self.cli(*argv)
+            self.assertEqual((argv, status, err), (argv, 0, ""))
+            self.assertEqual(json.loads(out)["identity"], "alpha")
+
+    @defer.inlineCallbacks
+    def test_invite_finds_node_by_api(self):
+        """
+        C{invite --api URL} asks the node at URL for the port it accepts
+        peers on, when the data directory has no api-url.
+        """
+        os.remove(os.path.join(self.store.path, "api-url"))
+        port = self.node.listener.port.getHost().port
+        for argv in [
+            ["--data-dir", self.store.path, "--api", self.url(), "invite", "--host", "127.0.0.1", "--json"],
+            ["--data-dir", self.store.path, "invite", "--host", "127.0.0.1", "--json", "--api", self.url()],
+        ]:
+            status, out, err = yield self.cli(*argv)
+            self.assertEqual((status, err), (0, ""))
+            self.assertEqual(json.loads(out)["port"], port)
+        status, out, err = yield self.cli("--data-dir", self.store.path, "invite", "--host", "127.0.0.1", "--json")
+        self.assertEqual(json.loads(out)["port"], 9847)
+
+    @defer.inlineCallbacks
+    def test_join_asks_node_by_api(self):
+        """
+        C{join --api URL} asks the node at URL to dial the peer just paired
+        with (the pairing itself is done in memory here: the command runs
+        in this process, whose reactor already runs).
+        """
+
+        def paired(store, invite, reactor, certificate=None, replace=False):
+            store.set_key(invite.identity, os.urandom(32))
+            return defer.succeed(JoinResult(invite.identity, invite.addr, invite.form))
+
+        self.patch(cli_pairing, "join_directly", paired)
+        self.patch(cli_pairing, "run_reactor", lambda work: work(None).result)
+        os.remove(os.path.join(self.store.path, "api-url"))
+        link = "relaymesh://beta@127.0.0.1:1/k/0001020304050607"
+        status, out, err = yield self.cli("--data-dir", self.store.path, "join", link, "--json")
+        self.assertEqual((status, err), (0, ""))
+        self.assertFalse(json.loads(out)["node_dialling"])
+        self.store.forget("beta")
+        status, out, err = yield self.cli("--data-dir", self.store.path, "join", link, "--api", self.url(), "--json")
+        self.assertEqual((status, err), (0, ""))
+        self.assertTrue(json.loads(out)["node_dialling"])
+        self.assertEqual([a.peer_id for a in self.node.dialled()], ["beta"])
+
+
+class NoNodeTests(SynchronousTestCase):
+    """
+    Without an api-url file (and no --api nor $RELAYMESH_API), the live
+    commands say that no node runs on the data directory, and how to start
+    one, without asking anything of the default port.
+    """
+
+    def setUp(self):
+        self.environ = {k: v for k, v in os.environ.items() if k != "RELAYMESH_API"}
+        self.patch(os, "environ", self.environ)
+        self.data_dir = self.mktemp()
+        os.makedirs(self.data_dir)
+        with open(os.path.join(self.data_dir, "api-token"), "w") as f:
+            f.write("token\n")
+
+    def test_resolve_url(self):
+        """
+        --api, then $RELAYMESH_API, then the data directory's api-url; with
+        none, L{NoApiUrl}.
+        """
+        error = self.assertRaises(NoApiUrl, resolve_url, self.data_dir)
+        self.assertEqual(str(error), f"no node running on {self.data_dir} (no api-url file)")
+        self.assertEqual(resolve_url(self.data_dir, "http://h:7/"), "http://h:7")
+        self.environ["RELAYMESH_API"] = "http://[::1]:6000/"
+        self.assertEqual(resolve_url(self.data_dir), "http://[::1]:6000")
+
+    def test_no_api_url(self):
+        """
+        One line: no node running on DATA_DIR (no api-url file), the twistd
+        command that starts one, and that a node started with --api none
+        cannot be reached; exit status 1.
+        """
+        for argv in [["status"], ["send", "beta", "task_status", "{}"], ["watch"], ["broadcast", "task_status", "{}"]]:
+            status, out, err = run(["--data-dir", self.data_dir, *argv])
+            self.assertEqual((status, out), (1, ""))
+            self.assertEqual(
+                err,
+                f"relaymesh: no node running on {self.data_dir} (no api-url file); start one with: "
+                f"twistd -n relaymesh --data-dir {self.data_dir} "
+                "(a node started with --api none has no control API to reach)\n",
+            )
+
+    def test_hint_without_data_dir(self):
+        """
+        With the default data directory, the hint names no --data-dir.
+        """
+        self.environ["RELAYMESH_HOME"] = self.data_dir
+        status, out, err = run(["status"])
+        self.assertEqual(status, 1)
+        self.assertIn("; start one with: twistd -n relaymesh (a node", err)
