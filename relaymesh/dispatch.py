@@ -11,7 +11,7 @@ from typing import Callable, Generic, TypeVar
 from twisted.logger import Logger
 
 from relaymesh.errors import UnsupportedMessageType
-from relaymesh.wire import HANDSHAKE_TYPES, MESSAGE_TYPES, RelayMessage
+from relaymesh.wire import HANDSHAKE_TYPES, MESSAGE_TYPES, MessageType, RelayMessage
 
 #: Message ids remembered per sender for deduplication.
 DEDUP_WINDOW = 1000  # claudectl 0.49: 1000 (but shared by all peers)
@@ -21,18 +21,26 @@ T = TypeVar("T")
 MessageCallback = Callable[[str, RelayMessage], None]
 
 
+#: The message types an application may send, in the protocol's order.
+SENDABLE_TYPES = tuple(t.value for t in MessageType if t.value not in HANDSHAKE_TYPES)
+
+
 def sendable(msg_type: object) -> str:
     """
     C{msg_type} as a string, if an application may send it.
 
     @raise UnsupportedMessageType: if it is unknown or belongs to the
-        handshake.
+        handshake; the message lists L{SENDABLE_TYPES}.
     """
     msg_type = str(msg_type)
     if msg_type not in MESSAGE_TYPES:
-        raise UnsupportedMessageType(f"unknown message type {msg_type!r}")
+        raise UnsupportedMessageType(
+            f"unknown message type {msg_type[:64]!r}: send one of {', '.join(SENDABLE_TYPES)}"
+        )
     if msg_type in HANDSHAKE_TYPES:
-        raise UnsupportedMessageType(f"{msg_type} belongs to the handshake")
+        raise UnsupportedMessageType(
+            f"{msg_type} belongs to the handshake: send one of {', '.join(SENDABLE_TYPES)}"
+        )
     return msg_type
 
 

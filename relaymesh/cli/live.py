@@ -49,10 +49,19 @@ from relaymesh.control.client import (
     read_token,
     resolve_url,
 )
+from relaymesh.dispatch import SENDABLE_TYPES
 from relaymesh.printable import printable
 
 #: Exit status when no node is running.
 EXIT_NOT_RUNNING = 1
+
+#: The message types C{send} and C{broadcast} take, for their help.
+MSG_TYPES_HELP = ", ".join(SENDABLE_TYPES)
+
+#: Seconds C{send --reliable} waits for the peer's ack unless told, and at
+#: most (the API's limit).
+RELIABLE_WAIT = 5.0
+MAX_SEND_WAIT = 30.0
 
 #: Seconds between looks at the peer list while C{connect --wait} waits.
 WAIT_STEP = 0.25
@@ -400,35 +409,74 @@ def live_peers(context: Context, args: argparse.Namespace) -> bool:
 # -- send and broadcast ----------------------------------------------------------
 
 
+def _wait_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_SEND_WAIT:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r}: give a number of seconds from 0 to {MAX_SEND_WAIT:g}")
+    return value
+
+
 def add_send_arguments(parser: argparse.ArgumentParser) -> None:
     """
-    C{send PEER MSG_TYPE JSON}.
+    C{send PEER MSG_TYPE JSON [--reliable [--wait SECONDS]]}.
     """
     parser.add_argument("peer_id", metavar="PEER", help="the connected peer to send to")
-    parser.add_argument("msg_type", metavar="MSG_TYPE", help="a relay message type, e.g. task_status")
+    parser.add_argument("msg_type", metavar="MSG_TYPE", help=f"the message type: {MSG_TYPES_HELP}")
     parser.add_argument("payload", metavar="JSON", help="the payload as JSON ('-' reads it from standard input)")
+    parser.add_argument(
+        "--reliable",
+        action="store_true",
+        help="through the node's durable outbox, sent again until the peer (a relaymesh node) "
+        "acknowledges it, across reconnects and restarts",
+    )
+    parser.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=_wait_seconds,
+        help=f"with --reliable: how long to wait for the peer's ack (default {RELIABLE_WAIT:g}, "
+        f"at most {MAX_SEND_WAIT:g}); the message stays queued if it does not come",
+    )
     add_node_arguments(parser)
 
 
 @live
 def run_send(context: Context, args: argparse.Namespace, node: NodeClient) -> None:
     """
-    Send one message to one peer.
+    Send one message to one peer; with C{--reliable}, through the outbox,
+    and say whether the peer acknowledged it or it is queued.
     """
-    answer = node.call(
-        "POST", "/api/send", {"to": args.peer_id, "msg_type": args.msg_type, "payload": _payload(args.payload)}
-    )
-    context.emit(
-        answer,
-        f"Sent {printable(args.msg_type)} {_shown(answer.get('id'))} to {_shown(answer.get('to'))}.",
-    )
+    if args.wait is not None and not args.reliable:
+        raise CommandError("--wait goes only with --reliable")
+    body = {"to": args.peer_id, "msg_type": args.msg_type, "payload": _payload(args.payload)}
+    if not args.reliable:
+        answer = node.call("POST", "/api/send", body)
+        context.emit(
+            answer,
+            f"Sent {printable(args.msg_type)} {_shown(answer.get('id'))} to {_shown(answer.get('to'))}.",
+        )
+        return
+    wait = RELIABLE_WAIT if args.wait is None else args.wait
+    answer = node.call("POST", "/api/send", {**body, "reliable": True, "wait": wait}, wait=wait)
+    what, to = f"{printable(args.msg_type)} {_shown(answer.get('id'))}", _shown(answer.get("to"))
+    if answer.get("delivered") is True:
+        text = f"Delivered {what} to {to} (acknowledged)."
+    else:
+        late = f"not acknowledged within {wait:g} s; " if wait else ""
+        text = (
+            f"Queued {what} for {to}: {late}the node sends it again until {to} acknowledges it, "
+            "across reconnects and restarts."
+        )
+    context.emit(answer, text)
 
 
 def add_broadcast_arguments(parser: argparse.ArgumentParser) -> None:
     """
     C{broadcast MSG_TYPE JSON}.
     """
-    parser.add_argument("msg_type", metavar="MSG_TYPE", help="a relay message type, e.g. knowledge_sync")
+    parser.add_argument("msg_type", metavar="MSG_TYPE", help=f"the message type: {MSG_TYPES_HELP}")
     parser.add_argument("payload", metavar="JSON", help="the payload as JSON ('-' reads it from standard input)")
     add_node_arguments(parser)
 

@@ -10,7 +10,7 @@ L{ApiService} serves, on its own endpoint (loopback by default)::
     POST   /api/peers           {"addr": "peer_id@host:port"}: dial a peer
     GET    /api/peers/PEER_ID   one peer
     DELETE /api/peers/PEER_ID   disconnect a peer and stop dialling it
-    POST   /api/send            {"to", "msg_type", "payload", "reliable"}
+    POST   /api/send            {"to", "msg_type", "payload", "reliable", "wait"}
     POST   /api/broadcast       {"msg_type", "payload"}
     GET    /api/events          Server-Sent Events: messages and peer events
     PUT    /api/sessions        {"sessions": [...], "worker_id": ...}

@@ -250,14 +250,16 @@ class NodeClient:
             connection.close()
             raise NodeNotRunning(self.url, _reason(e)) from e
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None, wait: float = 0.0) -> Any:
         """
         Make one request; return the JSON answer.
 
+        @param wait: seconds the node may take on purpose before it answers
+            (C{POST /api/send}'s C{"wait"}), on top of the usual timeout.
         @raise NodeNotRunning: if nothing answers.
         @raise ApiRequestError: if the node refuses the request.
         """
-        connection, response = self._send(method, path, body, self._timeout)
+        connection, response = self._send(method, path, body, self._timeout + wait)
         try:
             raw = response.read()
         except (OSError, http.client.HTTPException) as e:

@@ -162,18 +162,30 @@ _MSG_TYPE = Field("msg_type", (str,), "a string: a relay message type")
 _RELIABLE = Field("reliable", (bool,), "true or false", required=False, default=False)
 
 
+#: Seconds C{POST /api/send} may wait for a reliable message's ack at most.
+MAX_SEND_WAIT = 30.0
+
+_WAIT = Field("wait", (int, float), f"a number of seconds from 0 to {MAX_SEND_WAIT:g}", required=False, default=0)
+
+
 class Send(ApiResource):
     """
     Send one message; with C{"reliable": true} (to a peer that announced
     C{ack/1}) the answer comes once the message is in the durable outbox,
-    or is a 503 if the outbox cannot take it.
+    or is a 503 if the outbox cannot take it. With C{"wait": SECONDS} as
+    well, it comes once the peer acknowledged the message or those seconds
+    passed; C{"delivered"} says which (the message stays queued otherwise).
     """
 
     def do_POST(self, request: Request) -> dict[str, Any] | int:
         body = read_body(
-            request, [Field("to", (str,), "a string: a peer id"), _MSG_TYPE, _PAYLOAD, _RELIABLE]
+            request, [Field("to", (str,), "a string: a peer id"), _MSG_TYPE, _PAYLOAD, _RELIABLE, _WAIT]
         )
-        to = body["to"]
+        to, wait = body["to"], body["wait"]
+        if not 0 <= wait <= MAX_SEND_WAIT:
+            raise ApiError(http.BAD_REQUEST, f"field 'wait' must be {_WAIT.what}")
+        if wait and not body["reliable"]:
+            raise ApiError(http.BAD_REQUEST, "field 'wait' goes only with \"reliable\": true")
         if not body["reliable"]:
             message_id = self.control.mesh.send(to, body["msg_type"], body["payload"])
             return {"id": message_id, "to": to}
@@ -186,8 +198,21 @@ class Send(ApiResource):
                 request.write(data)
                 request.finish()
 
+        def settle(message_id: str, delivered: bool) -> None:
+            answer(write_json(request, {"id": message_id, "to": to, "reliable": True, "delivered": delivered}))
+
         def accepted(message_id: str) -> None:
-            answer(write_json(request, {"id": message_id, "to": to, "reliable": True}))
+            if not wait:
+                settle(message_id, False)
+                return
+            timer = self.control.clock.callLater(wait, settle, message_id, False)
+
+            def acknowledged(outcome: object) -> None:
+                if timer.active():
+                    timer.cancel()
+                    settle(message_id, not isinstance(outcome, Failure))
+
+            delivery.delivered().addBoth(acknowledged)
 
         def refused(failure: Failure) -> None:
             error = ApiError(

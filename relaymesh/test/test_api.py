@@ -79,6 +79,53 @@ class ReliableSendTests(TestCase):
         self.assertIn("outbox", body["error"])
 
     @defer.inlineCallbacks
+    def test_wait_delivered(self):
+        """
+        With C{"wait"}, the answer comes once the peer acknowledged the
+        message: C{"delivered": true}. Without, it comes once the message
+        is queued: C{"delivered": false}.
+        """
+        code, body, _ = yield self.send()
+        self.assertEqual((code, body["delivered"]), (200, False))
+        self.pump.flush()
+        answer = self.send(wait=5)
+        yield wait_for(lambda: bool(self.store.outbox), 10)
+        self.pump.flush()
+        code, body, _ = yield answer
+        self.assertEqual((code, body["delivered"], body["reliable"]), (200, True, True))
+        self.assertEqual(self.store.outbox, {})
+
+    @defer.inlineCallbacks
+    def test_wait_not_acknowledged(self):
+        """
+        Without an ack within C{"wait"} seconds (of the node's clock), the
+        answer says C{"delivered": false}, and the message stays queued.
+        Beta cannot record the message (its store is closed), so it never
+        acknowledges it.
+        """
+        self.beta.store.close()
+        answer = self.send(wait=5)
+        yield wait_for(lambda: bool(self.store.outbox), 10)
+        self.h.clock.advance(4.9)
+        self.assertNoResult(answer)
+        self.h.clock.advance(0.1)
+        code, body, _ = yield answer
+        self.assertEqual((code, body["delivered"]), (200, False))
+        self.assertEqual(list(self.store.outbox), [body["id"]])
+
+    @defer.inlineCallbacks
+    def test_bad_wait(self):
+        for extra, error in [
+            ({"wait": 31}, "field 'wait' must be a number of seconds from 0 to 30"),
+            ({"wait": -1}, "field 'wait' must be a number of seconds from 0 to 30"),
+            ({"wait": True}, "field 'wait' must be a number of seconds from 0 to 30"),
+            ({"wait": 1, "reliable": False}, "field 'wait' goes only with \"reliable\": true"),
+        ]:
+            code, body, _ = yield self.send(**extra)
+            self.assertEqual((extra, code, body["error"]), (extra, 400, error))
+        self.assertEqual(self.store.outbox, {})
+
+    @defer.inlineCallbacks
     def test_not_a_boolean(self):
         code, body, _ = yield self.send(reliable="yes")
         self.assertEqual(code, 400)

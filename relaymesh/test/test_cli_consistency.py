@@ -14,9 +14,13 @@ from io import StringIO
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from relaymesh.cli import live
 from relaymesh.cli import pairing as cli_pairing
 from relaymesh.cli.main import main
+from relaymesh.control import resources
 from relaymesh.control.client import NoApiUrl, resolve_url
+from relaymesh.dispatch import sendable
+from relaymesh.errors import UnsupportedMessageType
 from relaymesh.join import JoinResult
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
@@ -177,3 +181,127 @@ class NoNodeTests(SynchronousTestCase):
         status, out, err = run(["status"])
         self.assertEqual(status, 1)
         self.assertIn("; start one with: twistd -n relaymesh (a node", err)
+
+
+class ReliableSendTests(TestCase):
+    """
+    C{send --reliable} between two nodes with outboxes, beta dialling alpha.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "RELAYMESH_API"})
+        self.alpha = self.make_node("alpha")
+        yield self.alpha.whenStarted()
+        port = self.alpha.listener.port.getHost().port
+        self.beta = self.make_node("beta", peers=[f"alpha@127.0.0.1:{port}"])
+        yield self.beta.whenStarted()
+        yield wait_for(lambda: self.beta.mesh.is_connected("alpha") and self.alpha.mesh.is_connected("beta"), 10)
+        self.received = []
+        self.alpha.mesh.subscribe(lambda peer_id, message: self.received.append(message), "task_status")
+
+    def make_node(self, identity: str, peers=()) -> RelayService:
+        store = KeyStore(self.mktemp())
+        store.set_identity(identity)
+        store.set_key("beta" if identity == "alpha" else "alpha", b"k" * 32)
+        node = RelayService(
+            store, listen="tcp:0:interface=127.0.0.1", api="tcp:0:interface=127.0.0.1",
+            peers=peers, outbox=True, reactor=reactor,
+        )  # fmt: skip
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        return node
+
+    def send(self, *argv: str) -> defer.Deferred:
+        return threads.deferToThread(run, ["--data-dir", self.beta.keystore.path, "send", "alpha", *argv])
+
+    @defer.inlineCallbacks
+    def test_delivered(self):
+        """
+        It waits for alpha's ack and says the message was delivered.
+        """
+        status, out, err = yield self.send("task_status", '{"task_id": "t1"}', "--reliable")
+        self.assertEqual((status, err), (0, ""))
+        self.assertRegex(out, r"^Delivered task_status msg_\d+_\d+_[0-9a-f]+ to alpha \(acknowledged\)\.\n$")
+        [message] = self.received
+        self.assertEqual(message.id, out.split()[2])
+
+    @defer.inlineCallbacks
+    def test_queued(self):
+        """
+        With C{--wait 0} it does not wait: the message is queued, and its id
+        is printed (and it arrives all the same).
+        """
+        status, out, err = yield self.send("task_status", "{}", "--reliable", "--wait", "0", "--json")
+        self.assertEqual((status, err), (0, ""))
+        answer = json.loads(out)
+        self.assertEqual((answer["to"], answer["reliable"], answer["delivered"]), ("alpha", True, False))
+        yield wait_for(lambda: bool(self.received), 10)
+        self.assertEqual([m.id for m in self.received], [answer["id"]])
+        status, out, err = yield self.send("task_status", "{}", "--reliable", "--wait", "0")
+        self.assertRegex(
+            out,
+            r"^Queued task_status msg_\S+ for alpha: the node sends it again until alpha acknowledges "
+            r"it, across reconnects and restarts\.\n$",
+        )
+
+    @defer.inlineCallbacks
+    def test_wait_errors(self):
+        """
+        C{--wait} goes only with C{--reliable}, from 0 to the API's limit;
+        nothing is sent otherwise.
+        """
+        status, out, err = yield self.send("task_status", "{}", "--wait", "3")
+        self.assertEqual((status, out, err), (2, "", "relaymesh: error: --wait goes only with --reliable\n"))
+        status, out, err = yield self.send("task_status", "{}", "--reliable", "--wait", "31")
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("'31': give a number of seconds from 0 to 30", err)
+        self.assertEqual(live.MAX_SEND_WAIT, resources.MAX_SEND_WAIT)
+        self.assertEqual(self.received, [])
+
+    @defer.inlineCallbacks
+    def test_unknown_type(self):
+        """
+        The node's refusal of an unknown type lists the types it sends.
+        """
+        for argv in [("hello", "{}"), ("hello", "{}", "--reliable")]:
+            status, out, err = yield self.send(*argv)
+            self.assertEqual((status, out), (2, ""))
+            self.assertEqual(
+                err, f"relaymesh: error: unknown message type 'hello': send one of {MessageTypeTests.TYPES}\n"
+            )
+
+
+class MessageTypeTests(SynchronousTestCase):
+    """
+    A message type that cannot be sent gets an error that lists the ones
+    that can; C{send --help} and C{broadcast --help} list them too.
+    """
+
+    TYPES = (
+        "heartbeat, ack, delegate_task, task_status, task_handoff, task_interrupt, "
+        "knowledge_sync, knowledge_request, knowledge_snapshot"
+    )
+
+    def test_unknown(self):
+        error = self.assertRaises(UnsupportedMessageType, sendable, "hello")
+        self.assertEqual(str(error), f"unknown message type 'hello': send one of {self.TYPES}")
+        error = self.assertRaises(UnsupportedMessageType, sendable, "handshake")
+        self.assertEqual(str(error), f"handshake belongs to the handshake: send one of {self.TYPES}")
+        self.assertEqual(sendable("task_status"), "task_status")
+
+    def test_long_unknown(self):
+        """
+        A long unknown type is cut short in the error, which stays one line.
+        """
+        error = self.assertRaises(UnsupportedMessageType, sendable, "x" * 10000 + "\n")
+        self.assertLess(len(str(error)), 300)
+        self.assertNotIn("\n", str(error))
+
+    def test_help(self):
+        for command in ("send", "broadcast"):
+            status, out, err = run([command, "--help"])
+            self.assertEqual(status, 0)
+            self.assertIn(self.TYPES, " ".join(out.split()))
