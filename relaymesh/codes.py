@@ -176,6 +176,9 @@ def format_pair_code(prefix: bytes) -> str:
     )
 
 
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
 def pair_code_prefix(text: str) -> bytes:
     """
     Read the 8-byte prefix out of a pair code, as claudectl does.
@@ -184,13 +187,21 @@ def pair_code_prefix(text: str) -> bytes:
 
     @param text: the pair code as typed.
     @return: the 8 bytes.
-    @raise InvalidCode: unless exactly 16 hex digits are found.
+    @raise InvalidCode: unless exactly 16 hex digits are found; the message
+        names the first character that is neither a hex digit nor a dash or
+        space, and its position (from 1), as the likely typo.
     """
-    digits = "".join(c for c in text if c in "0123456789abcdefABCDEF")
+    digits = "".join(c for c in text if c in _HEX_DIGITS)
     if len(digits) != 2 * PAIR_CODE_BYTES:
-        raise InvalidCode(
-            f"a pair code has {2 * PAIR_CODE_BYTES} hex digits, " f"found {len(digits)}"
+        problem = f"a pair code has {2 * PAIR_CODE_BYTES} hex digits, found {len(digits)}"
+        stray = next(
+            ((i, c) for i, c in enumerate(text, 1) if c not in _HEX_DIGITS and c != "-" and not c.isspace()),
+            None,
         )
+        if stray is not None:
+            position, character = stray
+            problem += f": {character!r} at position {position} is not a hex digit (0-9, a-f)"
+        raise InvalidCode(problem)
     return bytes.fromhex(digits)
 
 

@@ -22,6 +22,7 @@ from relaymesh.codes import (
     FORM_WORDS,
     LINK_SCHEME,
     PAIR_CODE_BYTES,
+    RELAY_CODE_LENGTH,
     InvalidCode,
     Invite,
     decode_invite,
@@ -180,8 +181,11 @@ def parse_join_input(text: str, peer: str | None = None) -> Invite:
     Decode what a user gives C{relaymesh join}, in whichever form it is.
 
     C{relaymesh://} starts a relaymesh link, C{cctl://} a claudectl link; a
-    pair code (see L{looks_like_pair_code}) needs C{peer}; anything else is
-    told apart as claudectl does (L{relaymesh.codes.decode_invite}).
+    pair code (see L{looks_like_pair_code}, or four groups of four typed
+    with a typo) needs C{peer}; words and letters typed with spaces read as
+    if typed with hyphens; one token no form could be is refused with the
+    forms C{join} takes (L{JOIN_FORMS}); anything else is told apart as
+    claudectl does (L{relaymesh.codes.decode_invite}).
 
     @param text: a link, relay code, word phrase or pair code.
     @param peer: C{ID@HOST:PORT}, the inviting node, for a bare pair code.
@@ -203,7 +207,7 @@ def parse_join_input(text: str, peer: str | None = None) -> Invite:
             raise InvalidCode("a strong code needs --peer ID@HOST:PORT (the inviting node's id and address)")
         invite = _pair_code_invite(None, peer)
         return dataclasses.replace(invite, form=FORM_STRONG_CODE, strong_code=code)
-    if looks_like_pair_code(text) or (peer is not None and _hex_only(text)):
+    if looks_like_pair_code(text) or _pair_code_shaped(text) or (peer is not None and _hex_only(text)):
         key = parse_pair_code(text)
         if peer is None:
             raise InvalidCode(
@@ -214,6 +218,13 @@ def parse_join_input(text: str, peer: str | None = None) -> Invite:
         raise InvalidCode("--peer goes only with a pair code; links and codes carry the address")
     if text[: len(RELAYMESH_LINK_SCHEME)].lower() == RELAYMESH_LINK_SCHEME:
         return decode_relaymesh_link(text)
+    hyphenated = _hyphenated(text)
+    if hyphenated != text:
+        text = hyphenated
+        if detect_invite_form(text) != FORM_WORDS and sum(c.isalpha() for c in text) != RELAY_CODE_LENGTH:
+            return decode_word_phrase(text)  # not a relay code's length: words, with a word's error
+    if _not_an_invite(text):
+        raise InvalidCode(f"{text[:40]!r} is not an invite: {JOIN_FORMS}")
     if detect_invite_form(text) == FORM_WORDS:
         try:
             return decode_word_phrase(text)
@@ -222,6 +233,47 @@ def parse_join_input(text: str, peer: str | None = None) -> Invite:
                 raise
         return decode_relay_code(text)  # a relay code with a character too few or many
     return decode_invite(text)
+
+
+#: What C{relaymesh join} takes, for the error about anything else.
+JOIN_FORMS = (
+    "join takes a relaymesh:// or cctl:// link, a relay code (15 letters and digits, "
+    "XXX-XXX-XXX-XXX-XXX), a word phrase (9 words, joined by hyphens or spaces), or a pair code "
+    "(xxxx-xxxx-xxxx-xxxx) or strong code with --peer ID@HOST:PORT"
+)
+
+
+def _hyphenated(text: str) -> str:
+    """
+    C{text} with the spaces between its parts turned into hyphens, when it
+    is made only of letters and spaces: a word phrase (or relay code) typed
+    with spaces, as read out, reads as the one typed with hyphens.
+    """
+    parts = text.split()
+    if len(parts) > 1 and all(p.isascii() and p.isalpha() for p in parts):
+        return "-".join(parts)
+    return text
+
+
+def _pair_code_shaped(text: str) -> bool:
+    """
+    Whether C{text} is four groups of four letters or digits joined by
+    hyphens, the shape of a pair code (relay codes have five groups of
+    three), whatever typo is in it.
+    """
+    groups = text.split("-")
+    return len(groups) == 4 and all(len(g) == 4 and g.isascii() and g.isalnum() for g in groups)
+
+
+def _not_an_invite(text: str) -> bool:
+    """
+    Whether C{text} is one word or token that no form could be a mistyped
+    version of: no separators, and not the 15 characters of a relay code
+    typed without them.
+    """
+    if any(c == "-" or c.isspace() or c == "/" for c in text):
+        return False
+    return sum(c.isascii() and c.isalnum() for c in text) != RELAY_CODE_LENGTH
 
 
 def _no_words(text: str) -> bool:

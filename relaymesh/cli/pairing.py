@@ -64,13 +64,20 @@ QR_MISSING = "--qr needs the qrcode package: pip install 'relaymesh[qr]'"
 QR_BORDER = 2
 
 
+#: The longest an invite may last, in minutes.
+MAX_EXPIRY_MINUTES = 7 * 24 * 60
+
+
 def _positive_minutes(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = 0.0
-    if not 0 < value <= 7 * 24 * 60:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes from 0 to 10080")
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a number of minutes") from None
+    if not 0 < value <= MAX_EXPIRY_MINUTES:
+        raise argparse.ArgumentTypeError(
+            f"{text[:20]!r}: an invite must last more than 0 minutes and at most "
+            f"{MAX_EXPIRY_MINUTES} (7 days)"
+        )
     return value
 
 
@@ -85,9 +92,9 @@ def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = 0.0
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a number of seconds") from None
     if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 to 3600")
+        raise argparse.ArgumentTypeError(f"{text[:20]!r}: give more than 0 seconds and at most 3600")
     return value
 
 
@@ -370,7 +377,9 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "invite",
         metavar="INPUT",
-        help="a relaymesh:// or cctl:// link, a relay code, a word phrase, or a pair code",
+        nargs="+",
+        help="a relaymesh:// or cctl:// link, a relay code, a word phrase (its words may be "
+        "separate arguments), or a pair code",
     )
     parser.add_argument(
         "--peer",
@@ -397,7 +406,7 @@ def run_join(context: Context, args: argparse.Namespace) -> None:
     @param args: the parsed arguments, with C{invite} and C{peer}.
     @raise CommandError: if the join fails.
     """
-    invite = parse_join_input(args.invite, args.peer)
+    invite = parse_join_input(" ".join(args.invite), args.peer)
     store = context.store
     certificate = None
     if args.tls:

@@ -305,3 +305,112 @@ class MessageTypeTests(SynchronousTestCase):
             status, out, err = run([command, "--help"])
             self.assertEqual(status, 0)
             self.assertIn(self.TYPES, " ".join(out.split()))
+
+
+def vector() -> dict:
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "claudectl-0.49.2-codes.json")
+    with open(path) as f:
+        return json.load(f)["invites"][0]
+
+
+class ParseErrorTests(SynchronousTestCase):
+    """
+    What C{join}, C{accept} and C{invite} say about input they cannot use
+    names the real problem, on one line, and nothing is tried.
+    """
+
+    def setUp(self):
+        self.data_dir = self.mktemp()
+        self.joined = []
+
+        def join(store, invite, reactor, certificate=None, replace=False):
+            self.joined.append(invite)
+            return defer.succeed(JoinResult(invite.identity or "alpha", invite.addr, invite.form))
+
+        self.patch(cli_pairing, "join_directly", join)
+        self.patch(cli_pairing, "run_reactor", lambda work: work(None).result)
+        self.patch(cli_pairing, "running_node", lambda context, args, identity: None)
+
+    def fails(self, *argv: str) -> str:
+        status, out, err = run(["--data-dir", self.data_dir, *argv])
+        self.assertEqual((argv, status, out), (argv, 2, ""))
+        self.assertEqual(err.count("\n"), 1, err)
+        return err
+
+    def test_words_with_spaces(self):
+        """
+        A word phrase typed with spaces, quoted or as separate arguments,
+        is the word phrase; so is a relay code typed with spaces.
+        """
+        v = vector()
+        words = v["word_phrase"].split("-")
+        for argv in (words, [" ".join(words)], [" ".join(w.upper() for w in words)]):
+            status, out, err = run(["--data-dir", self.data_dir, "join", *argv, "--json"])
+            self.assertEqual((status, err), (0, ""))
+            self.assertEqual(json.loads(out)["form"], "words")
+        status, out, err = run(["--data-dir", self.data_dir, "join", *v["relay_code"].split("-"), "--json"])
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(json.loads(out)["form"], "relay_code")
+        self.assertEqual({i.addr for i in self.joined}, {v["addr"]})
+        self.assertEqual({i.key.hex() for i in self.joined}, {v["word_phrase_decodes_to"]["psk"]})
+
+    def test_wrong_words_with_spaces(self):
+        """
+        Words that are not a phrase's get the word phrase's errors, not the
+        relay code's length.
+        """
+        err = self.fails("join", "apple", "banana", "cherry")
+        self.assertEqual(err, "relaymesh: error: wrong length for a word phrase (got 3, want 9 words)\n")
+        err = self.fails("join", "apple banana cherry dates elder figs grape honey icing")
+        self.assertEqual(err, "relaymesh: error: unknown word 'apple' in word phrase\n")
+        self.assertEqual(self.joined, [])
+
+    def test_not_an_invite(self):
+        """
+        One word no form could be: the error says what join takes.
+        """
+        for text in ("hello", "YCUACMUAAAAQEA"):
+            err = self.fails("join", text)
+            self.assertEqual(
+                err,
+                f"relaymesh: error: {text!r} is not an invite: join takes a relaymesh:// or cctl:// "
+                "link, a relay code (15 letters and digits, XXX-XXX-XXX-XXX-XXX), a word phrase "
+                "(9 words, joined by hyphens or spaces), or a pair code (xxxx-xxxx-xxxx-xxxx) or "
+                "strong code with --peer ID@HOST:PORT\n",
+            )
+        self.assertIn("wrong length for a relay code (got 14", self.fails("join", "YCU-ACM-UAA-AAQ-EA"))
+        self.assertEqual(self.joined, [])
+
+    def test_pair_code_typo(self):
+        """
+        A pair code with a character that is not a hex digit: the error
+        names it and its position, for join (with or without --peer) and
+        accept.
+        """
+        code = vector()["pair_code"][:-1] + "g"
+        expected = (
+            "relaymesh: error: a pair code has 16 hex digits, found 15: "
+            "'g' at position 19 is not a hex digit (0-9, a-f)\n"
+        )
+        self.assertEqual(self.fails("join", code), expected)
+        self.assertEqual(self.fails("join", code, "--peer", "alpha@127.0.0.1:9847"), expected)
+        self.assertEqual(self.fails("accept", code, "alpha"), expected)
+        self.assertEqual(self.joined, [])
+
+    def usage_error(self, *argv: str) -> str:
+        status, out, err = run(["--data-dir", self.data_dir, *argv])
+        self.assertEqual((argv, status, out), (argv, 2, ""))
+        return err.splitlines()[-1]
+
+    def test_expires(self):
+        """
+        C{invite --expires} says what it wants: more than 0 minutes, at most
+        a week; or that it is not a number at all. No key is armed.
+        """
+        err = self.usage_error("invite", "--expires", "0")
+        self.assertIn("argument --expires: '0': an invite must last more than 0 minutes and at most 10080 (7 days)", err)
+        self.assertNotIn("not a number", err)
+        err = self.usage_error("invite", "--expires", "10081")
+        self.assertIn("'10081': an invite must last more than 0 minutes and at most 10080", err)
+        self.assertIn("argument --expires: 'soon' is not a number of minutes", self.usage_error("invite", "--expires", "soon"))
+        self.assertEqual(KeyStore(self.data_dir).pending_key(), None)

@@ -289,7 +289,9 @@ class PairCodeTests(SynchronousTestCase):
         for text in ["0001-0203-0405-0607-XYZ", "X0001-0203-0405-0607x", "G0001020304050607"]:
             self.assertEqual(parse_pair_code(text), PAIR_KEY, text)
         error = self.assertRaises(InvalidCode, parse_pair_code, "0001-0203-0405-060X")
-        self.assertEqual(str(error), "a pair code has 16 hex digits, found 15")
+        self.assertEqual(
+            str(error), "a pair code has 16 hex digits, found 15: 'X' at position 19 is not a hex digit (0-9, a-f)"
+        )
 
     def test_parseIgnoresOtherCharacters(self):
         """
@@ -327,12 +329,28 @@ class PairCodeTests(SynchronousTestCase):
             ("", 0),
             ("0001-0203-0405-060", 15),
             ("0001-0203-0405-0607-0", 17),
-            ("ghij-klmn-opqr-stuv", 0),
             ("bead", 4),
         ]:
             error = self.assertRaises(InvalidCode, parse_pair_code, text)
             self.assertEqual(
                 str(error), f"a pair code has 16 hex digits, found {found}"
+            )
+
+    def test_parseWrongCountNamesTypo(self):
+        """
+        When the count is wrong, the first character that is neither a hex
+        digit nor a dash or space is named, with its position from 1.
+        """
+        for text, found, typo in [
+            ("ghij-klmn-opqr-stuv", 0, "'g' at position 1"),
+            ("0123-4567-89ab-cdeg", 15, "'g' at position 19"),
+            ("0123 4567 89ab\tcdx", 14, "'x' at position 18"),
+            ("0123-4567-89ab-cd\x1b", 14, "'\\x1b' at position 18"),
+        ]:
+            error = self.assertRaises(InvalidCode, parse_pair_code, text)
+            self.assertEqual(
+                str(error),
+                f"a pair code has 16 hex digits, found {found}: {typo} is not a hex digit (0-9, a-f)",
             )
 
 
@@ -1042,14 +1060,23 @@ class JoinInputTests(SynchronousTestCase):
     def test_strayLetters(self):
         """
         Text with a letter past C{f} is not a pair code, even with 16 hex
-        digits: with C{--peer} it is refused as no pair code.
+        digits: with C{--peer} it is refused as no pair code; but four
+        groups of four (a pair code's shape) are refused as a pair code with
+        a typo, naming it.
         """
-        for text in ["0001-0203-0405-060X", "0001-0203-0405-0607X", "0001-0203-0405-0607 x"]:
+        for text in ["0001-0203-0405-0607X", "0001-0203-0405-0607 x"]:
             self.assertFalse(looks_like_pair_code(text), text)
             self.assertRefused(
                 "--peer goes only with a pair code; links and codes carry the address",
                 text,
                 self.PEER,
+            )
+        self.assertFalse(looks_like_pair_code("0001-0203-0405-060X"))
+        for peer in (self.PEER, None):
+            self.assertRefused(
+                "a pair code has 16 hex digits, found 15: 'X' at position 19 is not a hex digit (0-9, a-f)",
+                "0001-0203-0405-060X",
+                peer,
             )
 
     def test_separatorsOnly(self):
