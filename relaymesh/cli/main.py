@@ -2,8 +2,8 @@
 The C{relaymesh} command: the parser and L{main}.
 
 The subcommands are in L{COMMANDS}, gathered from the command modules:
-L{relaymesh.cli.keys}, L{relaymesh.cli.live}, L{relaymesh.cli.fleet},
-L{relaymesh.cli.pairing} and L{relaymesh.cli.security}. Each L{Command} adds its arguments to its own
+L{relaymesh.cli.keys}, L{relaymesh.cli.live}, L{relaymesh.cli.dashboard},
+L{relaymesh.cli.fleet}, L{relaymesh.cli.pairing} and L{relaymesh.cli.security}. Each L{Command} adds its arguments to its own
 parser and runs with a L{Context}, which holds the key store and prints
 results as text or, with C{--json}, as one JSON object.
 
@@ -18,7 +18,7 @@ import sys
 from typing import TextIO
 
 from relaymesh._version import __version__
-from relaymesh.cli import fleet, keys, live, pairing, security
+from relaymesh.cli import dashboard, fleet, keys, live, pairing, security
 from relaymesh.cli.base import (
     EXIT_ERROR,
     EXIT_OK,
@@ -33,7 +33,12 @@ from relaymesh.keystore import DATA_DIR_ENV, DEFAULT_DATA_DIR, default_data_dir
 
 #: The subcommands, in the order the help lists them.
 COMMANDS: tuple[Command, ...] = (
-    keys.COMMANDS + live.COMMANDS + fleet.COMMANDS + pairing.COMMANDS + security.COMMANDS
+    keys.COMMANDS
+    + live.COMMANDS
+    + dashboard.COMMANDS
+    + fleet.COMMANDS
+    + pairing.COMMANDS
+    + security.COMMANDS
 )
 
 

@@ -193,6 +193,13 @@ class NodeClient:
         self._token = token
         self._timeout = timeout
 
+    @property
+    def token(self) -> str:
+        """
+        The API token the client sends (once the node proved it holds it).
+        """
+        return self._token
+
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         kind = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
         return kind(self._parts.hostname, self._parts.port, timeout=timeout)

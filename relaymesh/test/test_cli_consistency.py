@@ -14,7 +14,7 @@ from io import StringIO
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaymesh.cli import live
+from relaymesh.cli import dashboard, live
 from relaymesh.cli import pairing as cli_pairing
 from relaymesh.cli.main import main
 from relaymesh.control import resources
@@ -33,10 +33,9 @@ def run(argv: list[str]) -> tuple[int, str, str]:
     return status, stdout.getvalue(), stderr.getvalue()
 
 
-class GlobalOptionsTests(TestCase):
+class NodeCase(TestCase):
     """
-    One node with its API on a free loopback port, reached with C{--api} and
-    C{--api-token-file} given before or after the command.
+    One node, alpha, with its API on a free loopback port.
     """
 
     timeout = 30
@@ -68,6 +67,13 @@ class GlobalOptionsTests(TestCase):
 
     def cli(self, *argv: str) -> defer.Deferred:
         return threads.deferToThread(run, list(argv))
+
+
+class GlobalOptionsTests(NodeCase):
+    """
+    The node reached with C{--api} and C{--api-token-file} given before or
+    after the command.
+    """
 
     @defer.inlineCallbacks
     def test_before_and_after(self):
@@ -414,3 +420,97 @@ class ParseErrorTests(SynchronousTestCase):
         self.assertIn("'10081': an invite must last more than 0 minutes and at most 10080", err)
         self.assertIn("argument --expires: 'soon' is not a number of minutes", self.usage_error("invite", "--expires", "soon"))
         self.assertEqual(KeyStore(self.data_dir).pending_key(), None)
+
+
+class DashboardCommandTests(NodeCase):
+    """
+    C{relaymesh dashboard} prints the dashboard's URL with the token in its
+    fragment, and opens it when there is a display; the opener is a
+    recorder here.
+    """
+
+    def setUp(self):
+        self.opened = []
+        self.answer = True
+        self.patch(dashboard, "open_browser", lambda url: self.opened.append(url) or self.answer)
+        self.patch(dashboard, "platform", "linux")
+        d = NodeCase.setUp(self)
+        os.environ.pop("DISPLAY", None)
+        os.environ.pop("WAYLAND_DISPLAY", None)
+        return d
+
+    def expected_url(self) -> str:
+        with open(os.path.join(self.store.path, "api-token")) as f:
+            token = f.read().strip()
+        return f"{self.url()}/#token={token}"
+
+    @defer.inlineCallbacks
+    def test_opens_with_display(self):
+        os.environ["DISPLAY"] = ":0"
+        status, out, err = yield self.cli("--data-dir", self.store.path, "dashboard")
+        self.assertEqual((status, err), (0, ""))
+        url = self.expected_url()
+        self.assertEqual(
+            out,
+            f"Dashboard: {url}\n(the URL carries the API token: do not share it)\nOpened in the browser.\n",
+        )
+        self.assertEqual(self.opened, [url])
+
+    @defer.inlineCallbacks
+    def test_wayland_and_macos(self):
+        os.environ["WAYLAND_DISPLAY"] = "wayland-0"
+        status, out, err = yield self.cli("--data-dir", self.store.path, "dashboard", "--json")
+        self.assertEqual(json.loads(out), {"url": self.expected_url(), "opened": True})
+        del os.environ["WAYLAND_DISPLAY"]
+        for platform in ("darwin", "win32"):
+            self.patch(dashboard, "platform", platform)
+            status, out, err = yield self.cli("--data-dir", self.store.path, "dashboard", "--json")
+            self.assertEqual(json.loads(out), {"url": self.expected_url(), "opened": True})
+        self.assertEqual(len(self.opened), 3)
+
+    @defer.inlineCallbacks
+    def test_no_display(self):
+        status, out, err = yield self.cli("--data-dir", self.store.path, "dashboard")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out.splitlines()[-1], "No display to open a browser on: open the URL above.")
+        self.assertEqual(self.opened, [])
+
+    @defer.inlineCallbacks
+    def test_no_open(self):
+        os.environ["DISPLAY"] = ":0"
+        status, out, err = yield self.cli("--data-dir", self.store.path, "dashboard", "--no-open", "--json")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(json.loads(out), {"url": self.expected_url(), "opened": False})
+        self.assertEqual(self.opened, [])
+
+    @defer.inlineCallbacks
+    def test_browser_fails(self):
+        os.environ["DISPLAY"] = ":0"
+        self.answer = False
+        status, out, err = yield self.cli("--data-dir", self.store.path, "dashboard")
+        self.assertEqual(status, 0)
+        self.assertEqual(out.splitlines()[-1], "Could not open a browser: open the URL above.")
+
+    @defer.inlineCallbacks
+    def test_token_not_proven(self):
+        """
+        When what answers does not prove it holds the token, no URL is
+        printed and nothing is opened: the token goes nowhere.
+        """
+        os.environ["DISPLAY"] = ":0"
+        other = self.mktemp()
+        with open(other, "w") as f:
+            f.write("another-token\n")
+        status, out, err = yield self.cli("--data-dir", self.store.path, "dashboard", "--api-token-file", other)
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("did not prove that it holds the API token", err)
+        self.assertNotIn("another-token", err)
+        self.assertEqual(self.opened, [])
+
+    @defer.inlineCallbacks
+    def test_no_node(self):
+        os.remove(os.path.join(self.store.path, "api-url"))
+        status, out, err = yield self.cli("--data-dir", self.store.path, "dashboard")
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("(no api-url file)", err)
+        self.assertEqual(self.opened, [])
