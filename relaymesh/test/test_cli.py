@@ -13,7 +13,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 import relaymesh
-from relaymesh.cli import fleet, keys, live, main as cli_main, pairing, security
+from relaymesh.cli import dashboard, fleet, keys, live, main as cli_main, pairing, security
 from relaymesh.cli.base import Command, CommandError, format_last_seen
 from relaymesh.cli.main import COMMANDS, main
 from relaymesh.codes import parse_pair_code
@@ -498,6 +498,7 @@ class ParserTests(CommandTestsMixin, SynchronousTestCase):
                 "watch",
                 "connect",
                 "disconnect",
+                "dashboard",
                 "sessions",
                 "invite",
                 "join",
@@ -510,7 +511,12 @@ class ParserTests(CommandTestsMixin, SynchronousTestCase):
         self.assertEqual(len(set(names)), len(names))
         self.assertEqual(
             COMMANDS,
-            keys.COMMANDS + live.COMMANDS + fleet.COMMANDS + pairing.COMMANDS + security.COMMANDS,
+            keys.COMMANDS
+            + live.COMMANDS
+            + dashboard.COMMANDS
+            + fleet.COMMANDS
+            + pairing.COMMANDS
+            + security.COMMANDS,
         )
         status, out, err = self.runCommand("--help", dataDir=False)
         self.assertEqual((status, err), (0, ""))
