@@ -145,6 +145,14 @@ class INode(Interface):
             does not listen (yet).
         """
 
+    def listening_tls():
+        """
+        Whether the node's first listener is a C{tls:} one, so that peers
+        join it over TLS (C{relaymesh join --tls}).
+
+        @return: a bool; C{False} when it does not listen.
+        """
+
     def dialled():
         """
         The peer addresses the node keeps dialling.

@@ -345,6 +345,12 @@ class RelayService(MultiService):
         port = self.listener.port if self.listener is not None else None
         return None if port is None else format_address(port.getHost())
 
+    def listening_tls(self) -> bool:
+        """
+        Whether the first listener is a C{tls:} one (see L{INode}).
+        """
+        return self.listener is not None and isinstance(self.listener.factory, TLSServerFactory)
+
     # -- lifecycle -----------------------------------------------------------
 
     def startService(self) -> None:

@@ -143,6 +143,15 @@ def _node_port(node) -> int | None:
         return None
 
 
+def _tls_flag(node) -> str:
+    """
+    C{" --tls"} if the running node accepts peers over TLS only (a C{tls:}
+    listener, as with C{twistd relaymesh --tls}), so that the join command
+    printed for the other node dials it over TLS; else C{""}.
+    """
+    return " --tls" if node is not None and node.status.get("listen_tls") is True else ""
+
+
 # QR codes
 
 
@@ -267,9 +276,11 @@ def run_invite(context: Context, args: argparse.Namespace) -> None:
     store = context.store
     identity = store.identity()
     host = args.host if args.host is not None else default_invite_host()
+    node = running_node(context, args, identity)
     port = args.port
     if port is None:
-        port = _node_port(running_node(context, args, identity)) or DEFAULT_PORT
+        port = _node_port(node) or DEFAULT_PORT
+    tls = _tls_flag(node)
     now = clock()
     invite = make_invite(identity, host, port, now, args.expires * 60)
     if args.words and invite.words is None:
@@ -298,13 +309,13 @@ def run_invite(context: Context, args: argparse.Namespace) -> None:
         "relay_code": invite.relay_code,
         "words": invite.words,
         "legacy_forms": [] if invite.relay_code is None else ["relay_code", "words"],
-        "join": f"{PROG} join {suggested}",
+        "join": f"{PROG} join {suggested}{tls}",
     }
     if qr is not None:
         data["qr"] = qr
     if args.qr_png is not None:
         data["qr_png"] = args.qr_png
-    context.emit(data, (qr or "") + _invite_text(invite, now, suggested, args.qr_png))
+    context.emit(data, (qr or "") + _invite_text(invite, now, suggested + tls, args.qr_png))
 
 
 def _invite_text(invite: InviteForms, now: float, suggested: str, png: str | None) -> str:
@@ -358,12 +369,20 @@ def run_strong_pair(context: Context, args: argparse.Namespace) -> None:
         host = default_invite_host()
     except InvalidCode:
         host = "HOST"
-    port = _node_port(running_node(context, args, identity)) or DEFAULT_PORT
+    node = running_node(context, args, identity)
+    port = _node_port(node) or DEFAULT_PORT
     peer = f"{identity}@{host}:{port}"
+    join = f"{PROG} join {code} --peer {peer}{_tls_flag(node)}"
     context.emit(
-        {"strong_code": code, "identity": identity, "peer": peer, "expires_at": _iso(now + args.expires * 60)},
+        {
+            "strong_code": code,
+            "identity": identity,
+            "peer": peer,
+            "expires_at": _iso(now + args.expires * 60),
+            "join": join,
+        },
         f"Strong code: {code} (one try; expires in {_duration(args.expires * 60)})\n"
-        f"On the other node, run: {PROG} join {code} --peer {peer}",
+        f"On the other node, run: {join}",
     )
 
 

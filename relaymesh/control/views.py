@@ -74,6 +74,7 @@ class NodeViews:
             "identity": mesh.identity,
             "version": __version__,
             "listen": self.node.listening_address(),
+            "listen_tls": self.node.listening_tls(),
             "api": api_address,
             "started_at": _time(self.started_at),
             "uptime": round(now - self.started_at, 3),

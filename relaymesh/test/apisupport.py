@@ -288,6 +288,9 @@ class FakeNode:
     def listening_address(self) -> str | None:
         return self.listening
 
+    def listening_tls(self) -> bool:
+        return False
+
     def dialled(self) -> list[PeerAddress]:
         return list(self.addresses)
 

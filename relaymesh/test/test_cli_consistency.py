@@ -514,3 +514,61 @@ class DashboardCommandTests(NodeCase):
         self.assertEqual((status, out), (1, ""))
         self.assertIn("(no api-url file)", err)
         self.assertEqual(self.opened, [])
+
+
+class TLSJoinCommandTests(TestCase):
+    """
+    C{pair --strong} and C{invite} on a node whose listener is C{tls:}
+    print a join command with C{--tls}; on a plain one, without.
+    """
+
+    timeout = 30
+
+    def setUp(self):
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "RELAYMESH_API"})
+
+    def start(self, listen: str) -> RelayService:
+        store = KeyStore(self.mktemp())
+        store.set_identity("alpha")
+        node = RelayService(store, listen=listen, api="tcp:0:interface=127.0.0.1", reactor=reactor)
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        return node
+
+    def cli(self, node: RelayService, *argv: str) -> defer.Deferred:
+        return threads.deferToThread(run, ["--data-dir", node.keystore.path, *argv, "--json"])
+
+    @defer.inlineCallbacks
+    def test_tls_listener(self):
+        node = self.start("tls:0:interface=127.0.0.1")
+        yield wait_for(lambda: node.api.control.api_address is not None and node.listener.port is not None, 10)
+        port = node.listener.port.getHost().port
+        status, out, err = yield self.cli(node, "status")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIs(json.loads(out)["listen_tls"], True)
+        status, out, err = yield self.cli(node, "pair", "--strong")
+        self.assertEqual((status, err), (0, ""))
+        answer = json.loads(out)
+        self.assertTrue(answer["peer"].endswith(f":{port}"), answer)
+        self.assertEqual(answer["join"], f"relaymesh join {answer['strong_code']} --peer {answer['peer']} --tls")
+        status, out, err = yield self.cli(node, "invite", "--host", "127.0.0.1")
+        self.assertEqual((status, err), (0, ""))
+        answer = json.loads(out)
+        self.assertEqual(answer["join"], f"relaymesh join {answer['strong_link']} --tls")
+        status, out, err = yield threads.deferToThread(
+            run, ["--data-dir", node.keystore.path, "invite", "--host", "127.0.0.1"]
+        )
+        self.assertRegex(out, r"On the other node, run: relaymesh join relaymesh://\S+ --tls\n")
+
+    @defer.inlineCallbacks
+    def test_plain_listener(self):
+        node = self.start("tcp:0:interface=127.0.0.1")
+        yield wait_for(lambda: node.api.control.api_address is not None and node.listener.port is not None, 10)
+        status, out, err = yield self.cli(node, "status")
+        self.assertIs(json.loads(out)["listen_tls"], False)
+        status, out, err = yield self.cli(node, "pair", "--strong")
+        answer = json.loads(out)
+        self.assertEqual(answer["join"], f"relaymesh join {answer['strong_code']} --peer {answer['peer']}")
+        status, out, err = yield self.cli(node, "invite", "--host", "127.0.0.1")
+        answer = json.loads(out)
+        self.assertEqual(answer["join"], f"relaymesh join {answer['strong_link']}")
