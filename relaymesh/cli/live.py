@@ -4,13 +4,14 @@ control API (L{relaymesh.control.api}), with the token from its token file.
 
     relaymesh status
     relaymesh peers                         (live; the stored list without a node)
-    relaymesh send PEER MSG_TYPE JSON
+    relaymesh send PEER MSG_TYPE JSON [--reliable [--wait SECONDS]]
     relaymesh broadcast MSG_TYPE JSON
     relaymesh watch [--types T,...] [--heartbeats] [--count N]
     relaymesh connect peer_id@host:port [--wait SECONDS]
     relaymesh disconnect PEER
 
-C{--api URL} chooses the node (see L{relaymesh.control.client.resolve_url}). When
+C{--api URL} chooses the node (see L{relaymesh.control.client.resolve_url}); it
+and C{--api-token-file} are global options, before or after the command. When
 no node answers, a command prints one line saying so and how to start one,
 and exits with status 1; a request the node refuses is a user error (status
 2) like the offline commands' errors. The token is sent only to a node that

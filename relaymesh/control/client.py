@@ -34,10 +34,6 @@ from relaymesh.printable import printable
 #: The environment variable naming the node's API URL.
 API_ENV = "RELAYMESH_API"
 
-#: The API URL a node serves on unless told otherwise (it is never dialled
-#: unless named: see L{resolve_url}).
-DEFAULT_API_URL = "http://127.0.0.1:9849"
-
 #: The files a node keeps in its data directory (see relaymesh.control.api).
 TOKEN_FILE = "api-token"
 URL_FILE = "api-url"
