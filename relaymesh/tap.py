@@ -28,6 +28,7 @@ from relaymesh.config import (
 from relaymesh.service import RelayService
 from relaymesh.sessions.claude import DEFAULT_CLAUDE_HOME
 from relaymesh.sessions.source import CLAUDE_CODE_SOURCE, parse_sessions_option
+from relaymesh.startup import exit_on_start_failure
 from relaymesh.tls import NodeCertificate, TLSError
 
 
@@ -293,8 +294,19 @@ def _endpoint(option: str, description: str) -> str:
 def makeService(options: Options, reactor: Any = None) -> RelayService:
     """
     Build the node described by the options.
+
+    @param reactor: The node's reactor. Without one (as C{twistd} calls
+        this), the node runs on the global reactor, and a node that cannot
+        start stops it and ends the process with a non-zero exit status
+        (L{exit_on_start_failure}).
     """
-    return RelayService(options["keystore"], reactor=reactor, config=node_config(options))
+    if reactor is not None:
+        return RelayService(options["keystore"], reactor=reactor, config=node_config(options))
+    from twisted.internet import reactor as global_reactor
+
+    node = RelayService(options["keystore"], reactor=global_reactor, config=node_config(options))
+    exit_on_start_failure(node.whenStarted(), global_reactor)
+    return node
 
 
 def node_config(options: Options) -> NodeConfig:
