@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
@@ -28,7 +29,7 @@ from relaymesh.config import (
 from relaymesh.service import RelayService
 from relaymesh.sessions.claude import DEFAULT_CLAUDE_HOME
 from relaymesh.sessions.source import CLAUDE_CODE_SOURCE, parse_sessions_option
-from relaymesh.startup import exit_on_start_failure
+from relaymesh.startup import exit_on_start_failure, os_error_text
 from relaymesh.tls import NodeCertificate, TLSError
 
 
@@ -216,15 +217,46 @@ class Options(usage.Options):
             raise usage.UsageError("--claude-home must not be empty")
         self["data-dir"] = self["data-dir"] or default_data_dir()
         keystore = KeyStore(self["data-dir"])
-        try:
-            if self["identity"] is not None:
+        if self["identity"] is not None:
+            try:
                 validate_peer_id(self["identity"])
-            else:
+            except InvalidPeerId as e:
+                raise usage.UsageError(f"--identity: {e}") from None
+            try:
+                os.makedirs(self["data-dir"], mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise usage.UsageError(
+                    f"--data-dir {self['data-dir']}: cannot make it: {os_error_text(e)}"
+                ) from None
+        else:
+            try:
                 self["identity"] = keystore.identity()
-        except (InvalidPeerId, KeyStoreError, OSError) as e:
-            raise usage.UsageError(f"--identity: {e}") from None
+            except KeyStoreError as e:
+                raise usage.UsageError(f"--data-dir {self['data-dir']}: {e}") from None
+            except OSError as e:
+                raise usage.UsageError(
+                    f"--data-dir {self['data-dir']}: cannot read or make its identity file "
+                    f"{keystore.identity_path()}: {os_error_text(e)}"
+                ) from None
         self["keystore"] = keystore
         self._check_tls()
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse the options; under C{twistd}, an error ends the process with
+        one line and a pointer to C{--help}, not the whole usage.
+
+        C{twistd} prints all of its usage before an option error of a
+        plugin. Parsed on their own (by an application, or a test), these
+        options raise the L{usage.UsageError} for the caller to report.
+        """
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            command = f"{os.path.basename(sys.argv[0]) or 'twistd'} {self.parent.subCommand}"
+            raise SystemExit(f"{command}: {e}\nRun '{command} --help' for the options.") from None
 
     def _check_listen(self) -> None:
         listen = self["listen"] or [TLS_LISTEN_PREFIX + "9847" if self["tls"] else DEFAULT_LISTEN]

@@ -12,15 +12,18 @@ import errno
 import os
 import socket
 import subprocess
+import sys
 
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from relaymesh import tap
 from relaymesh.control.service import URL_FILE
 from relaymesh.keystore import KeyStore
 from relaymesh.listener import ListenerService
@@ -418,6 +421,74 @@ class FakeReactor:
         self.stops += 1
 
 
+class OptionTests(SynchronousTestCase):
+    """
+    Option errors of C{twistd relaymesh}.
+    """
+
+    def test_under_twistd(self):
+        """
+        Parsed as twistd's subcommand, an error ends the process with one
+        line and a pointer to C{--help}, not the usage.
+        """
+        from twisted.scripts.twistd import ServerOptions
+
+        self.patch(sys, "argv", ["twistd", "relaymesh", "--bogus"])
+        for args, error in [
+            (["--bogus"], "option --bogus not recognized"),
+            (["--listen", "bogus:1"], "--listen: invalid endpoint 'bogus:1'"),
+        ]:
+            config = ServerOptions()
+            with self.assertRaises(SystemExit) as ctx:
+                config.parseOptions(["relaymesh", *args])
+            first, second = str(ctx.exception.code).split("\n")
+            self.assertTrue(first.startswith(f"twistd relaymesh: {error}"), first)
+            self.assertEqual(second, "Run 'twistd relaymesh --help' for the options.")
+
+    def test_on_their_own(self):
+        """
+        Parsed on their own, the options raise the usage error for the
+        caller to report, and --help still lists every option.
+        """
+        options = tap.Options()
+        with self.assertRaises(usage.UsageError):
+            options.parseOptions(["--bogus"])
+        text = str(tap.Options())
+        for name in ("--listen", "--peers", "--api", "--announce", "--announce-to", "--no-announce", "--data-dir"):
+            self.assertIn(name, text)
+
+    def test_data_dir_under_a_file(self):
+        """
+        A data directory that cannot be made or read is blamed on
+        --data-dir, with the cause; not on --identity.
+        """
+        base = self.mktemp()
+        with open(base, "w") as f:
+            f.write("")
+        data_dir = os.path.join(base, "sub")
+        reason = os.strerror(errno.ENOTDIR).lower()
+        for extra in ([], ["--identity", "alpha"]):
+            with self.assertRaises(usage.UsageError) as ctx:
+                tap.Options().parseOptions(["--data-dir", data_dir, *extra])
+            message = str(ctx.exception)
+            self.assertTrue(message.startswith(f"--data-dir {data_dir}: "), message)
+            self.assertTrue(message.endswith(reason), message)
+            self.assertNotIn("--identity", message)
+
+    def test_identity_file_damaged(self):
+        """
+        An identity file that holds no peer id is the data directory's
+        fault too.
+        """
+        data_dir = self.mktemp()
+        os.makedirs(data_dir)
+        with open(os.path.join(data_dir, "identity"), "w") as f:
+            f.write("not a peer id!\n")
+        with self.assertRaises(usage.UsageError) as ctx:
+            tap.Options().parseOptions(["--data-dir", data_dir])
+        self.assertTrue(str(ctx.exception).startswith(f"--data-dir {data_dir}: "))
+
+
 class TwistdTests(ProcessesMixin, TestCase):
     """
     C{twistd relaymesh} processes that cannot start, on 127.0.0.1.
@@ -476,6 +547,37 @@ class TwistdTests(ProcessesMixin, TestCase):
         self.assertIn(f"--api tcp:{port}:interface=127.0.0.1: port {port} is already in use", line)
         self.assertTrue(refused(relay_port))
         self.assertFalse([line for line in log_lines(logfile) if "Traceback" in line])
+
+    def test_option_error(self):
+        """
+        C{twistd relaymesh --bogus}: one line and a pointer to --help on
+        standard error, nothing else, exit status 1.
+        """
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
+                "-n",
+                "relaymesh",
+                "--bogus",
+            ],
+            env=self.env,
+            cwd=self.base,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stdout, "")
+        self.assertEqual(
+            result.stderr.splitlines(),
+            [
+                "twistd relaymesh: option --bogus not recognized",
+                "Run 'twistd relaymesh --help' for the options.",
+            ],
+        )
 
 
 class ListenerServiceTests(SynchronousTestCase):
