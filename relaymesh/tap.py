@@ -14,7 +14,7 @@ from twisted.python import usage
 
 from relaymesh.address import InvalidAddress, PeerAddress, parse_peer_address
 from relaymesh.control.hosts import InvalidHost, parse_host
-from relaymesh.discovery import ANNOUNCE_PORT, BROADCAST_ADDRESS, parse_target
+from relaymesh.discovery import ANNOUNCE_INTERVAL, ANNOUNCE_PORT, BROADCAST_ADDRESS, parse_target
 from relaymesh.keystore import KeyStore, KeyStoreError, default_data_dir
 from relaymesh.heartbeats import DEFAULT_HEARTBEAT_INTERVAL
 from relaymesh.mesh import DEFAULT_MAX_PEERS
@@ -122,9 +122,9 @@ class Options(usage.Options):
         [
             "announce-to",
             None,
-            BROADCAST_ADDRESS,
-            f"Where LAN announcements go: an IPv4 address, with :PORT [default port "
-            f"{ANNOUNCE_PORT}].",
+            None,
+            f"Where LAN announcements go: an IPv4 address, with :PORT [default: "
+            f"{BROADCAST_ADDRESS}:{ANNOUNCE_PORT}]; implies --announce.",
         ],
     ]
 
@@ -143,7 +143,13 @@ class Options(usage.Options):
             "Let sessions carry the paths of the files they changed and their tools' "
             "error messages (never prompts or replies).",
         ],
-        ["no-announce", None, "Do not announce this node on the LAN (UDP broadcast)."],
+        [
+            "announce",
+            None,
+            f"Announce this node on the LAN: its identity and TCP port, by UDP "
+            f"broadcast every {ANNOUNCE_INTERVAL:g} s [default: off].",
+        ],
+        ["no-announce", None, "Do not announce this node on the LAN (the default)."],
         [
             "no-outbox",
             None,
@@ -203,11 +209,7 @@ class Options(usage.Options):
         self["tls"] = bool(self["tls"])
         self._check_listen()
         self._check_api()
-        try:
-            self["announce-to"] = parse_target(self["announce-to"])
-        except ValueError as e:
-            raise usage.UsageError(f"--announce-to: {e}") from None
-        self["no-announce"] = bool(self["no-announce"])
+        self._check_announce()
         self["session-details"] = bool(self["session-details"])
         try:
             parse_sessions_option(self["sessions"])
@@ -257,6 +259,20 @@ class Options(usage.Options):
                 raise
             command = f"{os.path.basename(sys.argv[0]) or 'twistd'} {self.parent.subCommand}"
             raise SystemExit(f"{command}: {e}\nRun '{command} --help' for the options.") from None
+
+    def _check_announce(self) -> None:
+        """
+        LAN announcements are off unless --announce or --announce-to.
+        """
+        target = self["announce-to"]
+        try:
+            self["announce-to"] = parse_target(BROADCAST_ADDRESS if target is None else target)
+        except ValueError as e:
+            raise usage.UsageError(f"--announce-to: {e}") from None
+        self["announce"] = bool(self["announce"]) or target is not None
+        self["no-announce"] = bool(self["no-announce"])
+        if self["announce"] and self["no-announce"]:
+            raise usage.UsageError("--no-announce: give it or --announce (or --announce-to), not both")
 
     def _check_listen(self) -> None:
         listen = self["listen"] or [TLS_LISTEN_PREFIX + "9847" if self["tls"] else DEFAULT_LISTEN]
@@ -357,7 +373,7 @@ def node_config(options: Options) -> NodeConfig:
         metrics_public=options["metrics-public"],
         api_fallback=DEFAULT_API_FALLBACK if options["api"] == DEFAULT_API else None,
         api_hosts=tuple(options["api-host"]),
-        announce_to=None if options["no-announce"] else options["announce-to"],
+        announce_to=options["announce-to"] if options["announce"] else None,
         tls=options["certificate"],
         outbox=not options["no-outbox"],
         routing=not options["no-routing"],
