@@ -18,7 +18,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -78,8 +78,6 @@ def error_lines(events: EventLoggingObserver) -> list[str]:
     """
     The text of each event logged at level error or above.
     """
-    from twisted.logger import formatEvent
-
     return [
         formatEvent(e)
         for e in events
@@ -389,6 +387,7 @@ class ExitTests(SynchronousTestCase):
         self.reactor.running = True
         self.reactor.stopping = True
         self.started.errback(Failure(StartupError("--listen tcp:1", "taken")))
+        self.assertEqual(self.reactor.stops, 0)
         self.assertEqual(self.status, [EXIT_START_FAILED])
 
 
@@ -545,6 +544,12 @@ class TwistdTests(ProcessesMixin, TestCase):
         self.assertEqual(process.returncode, EXIT_START_FAILED)
         [line] = self.error_lines(logfile)
         self.assertIn(f"--api tcp:{port}:interface=127.0.0.1: port {port} is already in use", line)
+        lines = log_lines(logfile)
+        opened = [i for i, text in enumerate(lines) if f"listening on 127.0.0.1:{relay_port}" in text]
+        closed = [i for i, text in enumerate(lines) if f"Port {relay_port} Closed" in text]
+        self.assertEqual(len(opened), 1, lines)
+        self.assertEqual(len(closed), 1, lines)
+        self.assertLess(opened[0], closed[0])
         self.assertTrue(refused(relay_port))
         self.assertFalse([line for line in log_lines(logfile) if "Traceback" in line])
 
