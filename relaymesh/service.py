@@ -360,7 +360,7 @@ class RelayService(MultiService):
         A node that cannot start (a listener or the API cannot listen, the
         outbox cannot open) raises nothing: it logs one line that names the
         option and the cause, stops what had started, and fails
-        L{whenStarted} with a L{StartupError}.
+        L{whenStarted} with a L{relaymesh.startup.StartupError}.
         """
         self._start_failure = None
         outbox = self.config.outbox
@@ -442,9 +442,10 @@ class RelayService(MultiService):
     def whenStarted(self) -> Deferred[None]:
         """
         A L{Deferred} that fires once the listeners and diallers run (at
-        once if they do), or fails with the L{StartupError} that kept the
-        node from starting, once what had started is stopped again (no
-        port it opened still listens).
+        once if they do), or fails with the
+        L{relaymesh.startup.StartupError} that kept the node from starting,
+        once what had started is stopped again (no port it opened still
+        listens).
         """
         if self.running:
             return succeed(None)
