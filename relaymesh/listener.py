@@ -10,35 +10,74 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relaymesh.address import format_address
+from relaymesh.startup import StartupError, listen_failure_reason
 
 
 class ListenerService(Service):
     """
-    Listens on a server endpoint; fails C{startService} at once when the
-    endpoint fails at once (a port in use), so C{twistd} reports it.
+    Listens on a server endpoint; fails C{startService} at once, with a
+    L{StartupError} that names L{option}, when the endpoint fails at once
+    (a port in use).
 
     @ivar port: The L{IListeningPort}, once listening.
+    @ivar option: The option and value this listener comes from, for
+        errors: C{--listen tcp:9847}.
     """
 
     log = Logger()
 
-    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, identity: str) -> None:
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, factory: Any, identity: str, option: str = "--listen"
+    ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.identity = identity
+        self.option = option
         self.port: IListeningPort | None = None
         self.listening: Deferred = Deferred()
+        self._starting = False
 
     def startService(self) -> None:
+        """
+        Listen.
+
+        @raise StartupError: if the endpoint cannot listen, with the
+            endpoint's error as its C{__cause__}; the service is then not
+            running.
+        """
         Service.startService(self)
-        failures: list = []
-        d = self.endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, failures.append)
+        failures: list[Failure] = []
+        self._starting = True
+        try:
+            d = self.endpoint.listen(self.factory)
+            d.addCallbacks(self._listening, self._not_listening, errbackArgs=(failures,))
+        finally:
+            self._starting = False
         if failures:
             self.running = 0
-            failures[0].raiseException()
+            error = self.startup_error(failures[0])
+            if error is failures[0].value:
+                raise error
+            raise error from failures[0].value
+
+    def startup_error(self, failure: Failure) -> StartupError:
+        """
+        The L{StartupError} for an endpoint that could not listen.
+        """
+        if isinstance(failure.value, StartupError):
+            return failure.value
+        return StartupError(self.option, listen_failure_reason(failure.value))
+
+    def _not_listening(self, failure: Failure, failures: list[Failure]) -> None:
+        if self._starting:
+            failures.append(failure)
+            return
+        # an endpoint that fails later than at once: nothing else waits for it
+        self.running = 0
+        self.log.error("{error}", error=str(self.startup_error(failure)))
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.port = port

@@ -46,6 +46,7 @@ from relaymesh.mesh import Mesh
 from relaymesh.reliable.outbox import DEFAULT_SCAN_INTERVAL, ReliableDelivery
 from relaymesh.reliable.store import STORE_FILE, Store, open_store
 from relaymesh.routing.router import Router
+from relaymesh.startup import as_startup_error
 from relaymesh.sessions.source import (
     CLAUDE_CODE_SOURCE,
     FILE_SOURCE,
@@ -218,6 +219,7 @@ class RelayService(MultiService):
                 metrics_public=config.metrics_public,
                 fallback=None if fallback is None else serverFromString(reactor, fallback),
                 hosts=config.api_hosts,
+                option=f"--api {config.api}",
             )
             self.api.setServiceParent(self)
         self.store: Store | None = None
@@ -266,13 +268,14 @@ class RelayService(MultiService):
         for its certificate too (for the channel binding and pinning).
         """
         factory: Any = self.server_factory
+        option = f"--listen {description}"
         if description.startswith(TLS_LISTEN_PREFIX):
             if self.certificate is None:
                 raise TLSError(f"{description} needs this node's certificate: run relaymesh tls-init")
             description = "tcp:" + description[len(TLS_LISTEN_PREFIX) :]
             factory = TLSServerFactory(self.certificate.server_options(), False, factory)
         return ListenerService(
-            serverFromString(self._reactor, description), factory, self.mesh.identity
+            serverFromString(self._reactor, description), factory, self.mesh.identity, option
         )
 
     # -- outbound peers ------------------------------------------------------
@@ -359,6 +362,11 @@ class RelayService(MultiService):
         first and start the heartbeats, listeners and diallers once it is
         open and its outbox loaded, so that every handshake announces
         C{ack/1} (see L{whenStarted}).
+
+        A node that cannot start (a listener or the API cannot listen, the
+        outbox cannot open) raises nothing: it logs one line that names the
+        option and the cause, stops what had started, and fails
+        L{whenStarted} with a L{relaymesh.startup.StartupError}.
         """
         self._start_failure = None
         outbox = self.config.outbox
@@ -401,31 +409,49 @@ class RelayService(MultiService):
 
     def _start(self) -> None:
         self.mesh.start()
-        MultiService.startService(self)
+        Service.startService(self)
+        for service in self:
+            try:
+                service.startService()
+            except Exception:
+                self._failed(Failure(), getattr(service, "option", type(service).__name__))
+                return
         waiters, self._start_waiters = self._start_waiters, []
         for d in waiters:
             d.callback(None)
 
-    def _failed(self, failure: Failure) -> None:
+    def _failed(self, failure: Failure, option: str | None = None) -> None:
+        """
+        The node cannot start: log why in one line, stop what started (and
+        close the store), then fail L{whenStarted}.
+
+        @param option: what failed to start (the option of a listener), or
+            L{None} for the outbox.
+        """
         self._opening = None
-        self._start_failure = failure
-        self.log.failure(
-            "cannot open the outbox in {path}; the node does not start",
-            failure,
-            path=self.keystore.path,
-        )
-        store, self.store = self.store, None
-        if store is not None:
-            store.close()
-        waiters, self._start_waiters = self._start_waiters, []
-        for d in waiters:
-            d.errback(failure)
+        if option is not None:
+            error = as_startup_error(option, failure)
+        else:
+            error = as_startup_error(
+                f"--data-dir {self.keystore.path}", failure, "cannot open the outbox"
+            )
+        self.log.error("{error}; the node does not start", error=str(error))
+
+        def stopped(_: object) -> None:
+            self._start_failure = Failure(error)
+            waiters, self._start_waiters = self._start_waiters, []
+            for d in waiters:
+                d.errback(self._start_failure)
+
+        self.stopService().addBoth(stopped)
 
     def whenStarted(self) -> Deferred[None]:
         """
         A L{Deferred} that fires once the listeners and diallers run (at
-        once if they do), or fails with the error that kept the outbox
-        from opening.
+        once if they do), or fails with the
+        L{relaymesh.startup.StartupError} that kept the node from starting,
+        once what had started is stopped again (no port it opened still
+        listens).
         """
         if self.running:
             return succeed(None)

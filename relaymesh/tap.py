@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
@@ -13,7 +14,7 @@ from twisted.python import usage
 
 from relaymesh.address import InvalidAddress, PeerAddress, parse_peer_address
 from relaymesh.control.hosts import InvalidHost, parse_host
-from relaymesh.discovery import ANNOUNCE_PORT, BROADCAST_ADDRESS, parse_target
+from relaymesh.discovery import ANNOUNCE_INTERVAL, ANNOUNCE_PORT, BROADCAST_ADDRESS, parse_target
 from relaymesh.keystore import KeyStore, KeyStoreError, default_data_dir
 from relaymesh.heartbeats import DEFAULT_HEARTBEAT_INTERVAL
 from relaymesh.mesh import DEFAULT_MAX_PEERS
@@ -28,6 +29,7 @@ from relaymesh.config import (
 from relaymesh.service import RelayService
 from relaymesh.sessions.claude import DEFAULT_CLAUDE_HOME
 from relaymesh.sessions.source import CLAUDE_CODE_SOURCE, parse_sessions_option
+from relaymesh.startup import exit_on_start_failure, os_error_text
 from relaymesh.tls import NodeCertificate, TLSError
 
 
@@ -120,9 +122,9 @@ class Options(usage.Options):
         [
             "announce-to",
             None,
-            BROADCAST_ADDRESS,
-            f"Where LAN announcements go: an IPv4 address, with :PORT [default port "
-            f"{ANNOUNCE_PORT}].",
+            None,
+            f"Where LAN announcements go: an IPv4 address, with :PORT [default: "
+            f"{BROADCAST_ADDRESS}:{ANNOUNCE_PORT}]; implies --announce.",
         ],
     ]
 
@@ -141,7 +143,13 @@ class Options(usage.Options):
             "Let sessions carry the paths of the files they changed and their tools' "
             "error messages (never prompts or replies).",
         ],
-        ["no-announce", None, "Do not announce this node on the LAN (UDP broadcast)."],
+        [
+            "announce",
+            None,
+            f"Announce this node on the LAN: its identity and TCP port, by UDP "
+            f"broadcast every {ANNOUNCE_INTERVAL:g} s [default: off].",
+        ],
+        ["no-announce", None, "Do not announce this node on the LAN (the default)."],
         [
             "no-outbox",
             None,
@@ -201,11 +209,7 @@ class Options(usage.Options):
         self["tls"] = bool(self["tls"])
         self._check_listen()
         self._check_api()
-        try:
-            self["announce-to"] = parse_target(self["announce-to"])
-        except ValueError as e:
-            raise usage.UsageError(f"--announce-to: {e}") from None
-        self["no-announce"] = bool(self["no-announce"])
+        self._check_announce()
         self["session-details"] = bool(self["session-details"])
         try:
             parse_sessions_option(self["sessions"])
@@ -215,15 +219,60 @@ class Options(usage.Options):
             raise usage.UsageError("--claude-home must not be empty")
         self["data-dir"] = self["data-dir"] or default_data_dir()
         keystore = KeyStore(self["data-dir"])
-        try:
-            if self["identity"] is not None:
+        if self["identity"] is not None:
+            try:
                 validate_peer_id(self["identity"])
-            else:
+            except InvalidPeerId as e:
+                raise usage.UsageError(f"--identity: {e}") from None
+            try:
+                os.makedirs(self["data-dir"], mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise usage.UsageError(
+                    f"--data-dir {self['data-dir']}: cannot make it: {os_error_text(e)}"
+                ) from None
+        else:
+            try:
                 self["identity"] = keystore.identity()
-        except (InvalidPeerId, KeyStoreError, OSError) as e:
-            raise usage.UsageError(f"--identity: {e}") from None
+            except KeyStoreError as e:
+                raise usage.UsageError(f"--data-dir {self['data-dir']}: {e}") from None
+            except OSError as e:
+                raise usage.UsageError(
+                    f"--data-dir {self['data-dir']}: cannot read or make its identity file "
+                    f"{keystore.identity_path()}: {os_error_text(e)}"
+                ) from None
         self["keystore"] = keystore
         self._check_tls()
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse the options; under C{twistd}, an error ends the process with
+        one line and a pointer to C{--help}, not the whole usage.
+
+        C{twistd} prints all of its usage before an option error of a
+        plugin. Parsed on their own (by an application, or a test), these
+        options raise the L{usage.UsageError} for the caller to report.
+        """
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            command = f"{os.path.basename(sys.argv[0]) or 'twistd'} {self.parent.subCommand}"
+            raise SystemExit(f"{command}: {e}\nRun '{command} --help' for the options.") from None
+
+    def _check_announce(self) -> None:
+        """
+        LAN announcements are off unless --announce or --announce-to.
+        """
+        target = self["announce-to"]
+        try:
+            self["announce-to"] = parse_target(BROADCAST_ADDRESS if target is None else target)
+        except ValueError as e:
+            raise usage.UsageError(f"--announce-to: {e}") from None
+        self["announce"] = bool(self["announce"]) or target is not None
+        self["no-announce"] = bool(self["no-announce"])
+        if self["announce"] and self["no-announce"]:
+            raise usage.UsageError("--no-announce: give it or --announce (or --announce-to), not both")
 
     def _check_listen(self) -> None:
         listen = self["listen"] or [TLS_LISTEN_PREFIX + "9847" if self["tls"] else DEFAULT_LISTEN]
@@ -293,8 +342,19 @@ def _endpoint(option: str, description: str) -> str:
 def makeService(options: Options, reactor: Any = None) -> RelayService:
     """
     Build the node described by the options.
+
+    @param reactor: The node's reactor. Without one (as C{twistd} calls
+        this), the node runs on the global reactor, and a node that cannot
+        start stops it and ends the process with a non-zero exit status
+        (L{exit_on_start_failure}).
     """
-    return RelayService(options["keystore"], reactor=reactor, config=node_config(options))
+    if reactor is not None:
+        return RelayService(options["keystore"], reactor=reactor, config=node_config(options))
+    from twisted.internet import reactor as global_reactor
+
+    node = RelayService(options["keystore"], reactor=global_reactor, config=node_config(options))
+    exit_on_start_failure(node.whenStarted(), global_reactor)
+    return node
 
 
 def node_config(options: Options) -> NodeConfig:
@@ -313,7 +373,7 @@ def node_config(options: Options) -> NodeConfig:
         metrics_public=options["metrics-public"],
         api_fallback=DEFAULT_API_FALLBACK if options["api"] == DEFAULT_API else None,
         api_hosts=tuple(options["api-host"]),
-        announce_to=None if options["no-announce"] else options["announce-to"],
+        announce_to=options["announce-to"] if options["announce"] else None,
         tls=options["certificate"],
         outbox=not options["no-outbox"],
         routing=not options["no-routing"],

@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relaymesh.address import format_address
 from relaymesh.control.auth import load_token, token_is_private, token_path
@@ -18,8 +19,10 @@ from relaymesh.control.plane import ControlPlane
 from relaymesh.control.requests import MAX_CONNECTIONS, REQUEST_DEADLINE
 from relaymesh.control.site import make_site
 from relaymesh.interfaces import INode
+from relaymesh.keyfiles import KeyStoreError
 from relaymesh.keystore import write_atomically
 from relaymesh.listener import ListenerService
+from relaymesh.startup import StartupError, as_startup_error
 
 #: The file in the data directory where a running node writes its API's URL,
 #: so that the command line finds the node of a data directory.
@@ -71,6 +74,7 @@ class ApiService(ListenerService):
         hosts: Iterable[str] = (),
         max_connections: int = MAX_CONNECTIONS,
         request_deadline: float = REQUEST_DEADLINE,
+        option: str = "--api",
     ) -> None:
         """
         @param node: The node (L{relaymesh.service.RelayService}).
@@ -85,6 +89,8 @@ class ApiService(ListenerService):
         @param max_connections: Connections served at once at most.
         @param request_deadline: Seconds a client has to send a whole
             request.
+        @param option: The option and value the endpoint comes from, for
+            errors: C{--api tcp:9849:interface=127.0.0.1}.
         @raise relaymesh.control.hosts.InvalidHost: for a name in C{hosts}
             that does not parse.
         """
@@ -99,16 +105,26 @@ class ApiService(ListenerService):
         )
         self.data_dir = node.keystore.path
         self.token_file = token_file or token_path(self.data_dir)
+        self._token_option = (
+            f"--data-dir {self.data_dir}" if token_file is None else f"--api-token-file {token_file}"
+        )
         self.url_file = os.path.join(self.data_dir, URL_FILE)
         self._url: str | None = None
-        ListenerService.__init__(self, endpoint, make_site(self.control), node.mesh.identity)
+        ListenerService.__init__(self, endpoint, make_site(self.control), node.mesh.identity, option)
 
     def startService(self) -> None:
         """
         Load (or make) the token, and listen: on the fallback endpoint if
         the endpoint cannot.
+
+        @raise StartupError: if the token cannot be read or made, or no
+            endpoint can listen.
         """
-        self.control.token = load_token(self.token_file)
+        try:
+            self.control.token = load_token(self.token_file)
+        except (OSError, KeyStoreError) as e:
+            what = "" if isinstance(e, KeyStoreError) else f"cannot read or make {self.token_file}"
+            raise as_startup_error(self._token_option, Failure(e), what) from e
         if not token_is_private(self.token_file):
             self.log.warn(
                 "API token file {path} is readable by other users; run: chmod 600 {path}",
@@ -116,8 +132,8 @@ class ApiService(ListenerService):
             )
         try:
             ListenerService.startService(self)
-        except CannotListenError as e:
-            if self.fallback is None:
+        except StartupError as e:
+            if self.fallback is None or not isinstance(e.__cause__, CannotListenError):
                 raise
             self.log.warn(
                 "cannot serve the control API where asked ({error}); using a free port instead",

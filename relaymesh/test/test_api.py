@@ -27,6 +27,7 @@ from relaymesh.events import Direction, EventKind, PeerEvent
 from relaymesh.keystore import KeyStore
 from relaymesh.reliable.outbox import ReliableDelivery
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL, Router
+from relaymesh.startup import StartupError
 from relaymesh.service import RelayService
 from relaymesh.test.apisupport import TOKEN, ApiHarness, FakeMesh, wait_for
 from relaymesh.test.support import EPOCH, MemoryStore, Node, connect, pair_keys
@@ -898,7 +899,10 @@ class ApiServiceTests(SynchronousTestCase):
 
         reactor_ = Taken()
         node = RelayService(self.keystore, listen=None, api="tcp:9849", reactor=reactor_)
-        self.assertRaises(CannotListenError, node.startService)
+        node.startService()
+        error = self.failureResultOf(node.whenStarted(), StartupError).value
+        self.assertIsInstance(error.__cause__, CannotListenError)
+        self.assertFalse(node.running)
         node = RelayService(
             self.keystore,
             listen=None,

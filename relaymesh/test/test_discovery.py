@@ -269,7 +269,8 @@ class AnnouncerTests(SynchronousTestCase):
 class ServiceWiringTests(SynchronousTestCase):
     """
     L{RelayService} announces only when asked and only while listening;
-    C{twistd relaymesh} asks unless told C{--no-announce}.
+    C{twistd relaymesh} asks only when told C{--announce} or
+    C{--announce-to}.
     """
 
     def setUp(self):
@@ -303,19 +304,48 @@ class ServiceWiringTests(SynchronousTestCase):
         options.parseOptions(["--data-dir", self.keystore.path, "--api", "none", *args])
         return options
 
+    def announcer(self, *args: str):
+        return tap.makeService(self.parse(*args), reactor=UDPReactor()).announcer
+
     def test_options(self):
         """
-        C{--announce-to} takes an IPv4 address and an optional port;
-        C{--no-announce} turns announcing off.
+        C{twistd relaymesh} announces nothing unless told C{--announce}
+        (to the broadcast address) or C{--announce-to}, which takes an IPv4
+        address and an optional port; C{--no-announce}, the default, is
+        still accepted.
         """
         options = self.parse()
-        self.assertEqual(options["announce-to"], ("255.255.255.255", 9848))
-        self.assertFalse(options["no-announce"])
-        self.assertEqual(tap.makeService(options, reactor=UDPReactor()).announcer.target, ("255.255.255.255", 9848))
-        options = self.parse("--announce-to", "127.0.0.1:5000")
-        self.assertEqual(tap.makeService(options, reactor=UDPReactor()).announcer.target, ("127.0.0.1", 5000))
-        options = self.parse("--no-announce")
-        self.assertIsNone(tap.makeService(options, reactor=UDPReactor()).announcer)
+        self.assertFalse(options["announce"])
+        self.assertIsNone(self.announcer())
+        self.assertIsNone(self.announcer("--no-announce"))
+        self.assertEqual(self.announcer("--announce").target, ("255.255.255.255", 9848))
+        self.assertEqual(self.announcer("--announce-to", "127.0.0.1:5000").target, ("127.0.0.1", 5000))
+        self.assertEqual(
+            self.announcer("--announce", "--announce-to", "127.0.0.1").target, ("127.0.0.1", 9848)
+        )
+
+    def test_startsNoUDPPortByDefault(self):
+        """
+        A node started with the default options opens no UDP port and
+        sends nothing, however long it runs.
+        """
+        reactor_ = UDPReactor()
+        service = tap.makeService(self.parse("--no-outbox", "--sessions", "none"), reactor=reactor_)
+        service.startService()
+        self.addCleanup(service.stopService)
+        reactor_.advance(60)
+        self.assertEqual(reactor_.udp, [])
+
+    def test_announceAndNoAnnounce(self):
+        """
+        C{--no-announce} with C{--announce} or C{--announce-to} is a
+        one-line error, not a silent choice.
+        """
+        for args in (["--announce"], ["--announce-to", "127.0.0.1"]):
+            with self.assertRaises(usage.UsageError) as ctx:
+                self.parse("--no-announce", *args)
+            self.assertIn("--no-announce", str(ctx.exception))
+            self.assertNotIn("\n", str(ctx.exception))
 
     def test_badTarget(self):
         for value in ["example.com", "::1", "10.0.0.1:0", "10.0.0.1:x", ""]:

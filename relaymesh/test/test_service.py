@@ -23,6 +23,7 @@ from relaymesh.bookkeeping import LastSeen
 from relaymesh.config import SHUTDOWN_TIMEOUT, NodeConfig
 from relaymesh.events import Direction, EventKind, PeerEvent
 from relaymesh.service import RelayService
+from relaymesh.startup import StartupError
 from relaymesh.reliable.store import STORE_FILE, StoreError
 from relaymesh.tls import TLSServerFactory
 from relaymesh.test.support import EPOCH, Node, connect
@@ -473,10 +474,11 @@ class OutboxServiceTests(TestCase):
         node = self.make()
         os.makedirs(os.path.join(node.keystore.path, STORE_FILE))
         node.startService()
-        with self.assertRaises(StoreError):
+        with self.assertRaises(StartupError) as ctx:
             yield node.whenStarted()
+        self.assertIsInstance(ctx.exception.__cause__, StoreError)
+        self.assertIn(": cannot open the outbox: ", str(ctx.exception))
         self.assertIsNone(node.listener.port)
-        self.flushLoggedErrors(StoreError)
 
 
 class GracefulStopTests(SynchronousTestCase):
