@@ -28,6 +28,8 @@ class PeerRecord:
         this window).
     @ivar traffic: The traffic of its closed connections.
     @ivar capabilities: What its latest authenticated connection announced.
+    @ivar rtt: Its latest round-trip time in seconds (a C{ping} answered by
+        a C{pong}), or L{None} if none was measured.
     """
 
     __slots__ = (
@@ -46,6 +48,7 @@ class PeerRecord:
         "reconnect_attempt",
         "next_retry_at",
         "capabilities",
+        "rtt",
     )
 
     def __init__(self, peer_id: str) -> None:
@@ -64,6 +67,7 @@ class PeerRecord:
         self.reconnect_attempt = 0
         self.next_retry_at: float | None = None
         self.capabilities: frozenset[str] = frozenset()
+        self.rtt: float | None = None
 
     def status(self, via: str | None = None, hops: int | None = None) -> PeerStatus:
         """
@@ -135,6 +139,8 @@ def log_event(log: Logger, event: PeerEvent) -> None:
 
 PeerObserver = Callable[[PeerEvent], None]
 
+RoundTripObserver = Callable[[str, float], None]
+
 
 class Registry:
     """
@@ -156,6 +162,7 @@ class Registry:
         self.fresh_for = fresh_for
         self.records: dict[str, PeerRecord] = {}
         self._observers: list[PeerObserver] = []
+        self._round_trip_observers: list[RoundTripObserver] = []
 
     # -- the records ---------------------------------------------------------
 
@@ -305,6 +312,29 @@ class Registry:
                 EventKind.RECONNECT_SCHEDULED, peer_id, address, Direction.OUTBOUND, delay=delay
             )
         )
+
+    # -- round trips -----------------------------------------------------------
+
+    def round_trip(self, peer_id: str, seconds: float) -> None:
+        """
+        Record a round-trip time measured on the peer's connection, and tell
+        every round-trip observer.
+        """
+        peer = self.records.get(peer_id)
+        if peer is not None:
+            peer.rtt = seconds
+        for callback in tuple(self._round_trip_observers):
+            try:
+                callback(peer_id, seconds)
+            except Exception:
+                self.log.failure("round-trip observer {callback!r} failed", callback=callback)
+
+    def watch_round_trips(self, callback: RoundTripObserver) -> Subscription[RoundTripObserver]:
+        """
+        Call C{callback(peer_id, seconds)} with every round-trip time
+        measured from now on.
+        """
+        return Subscription(self._round_trip_observers, callback)
 
     # -- events --------------------------------------------------------------
 
