@@ -51,6 +51,7 @@ from relaymesh.handshake.connector import Step as ConnectorStep
 from relaymesh.handshake.proofs import ACK_DENIED, STARTTLS_FIELD, Binding
 from relaymesh.interfaces import IHandshakeObserver, ILinkOwner
 from relaymesh.outbound import LineWriter, WriteBatch
+from relaymesh.linkerrors import MismatchWatch
 from relaymesh.pings import Pinger
 from relaymesh.tls import channel_binding
 from relaymesh.wire import (
@@ -94,7 +95,7 @@ _CONNECTED = State.CONNECTED
 
 
 @implementer(IPushProducer)
-class RelayProtocol(LineFramer, LineWriter, Pinger):
+class RelayProtocol(LineFramer, LineWriter, Pinger, MismatchWatch):
     """
     One relay protocol connection: framing, handshake, then messages.
 
@@ -195,6 +196,8 @@ class RelayProtocol(LineFramer, LineWriter, Pinger):
         if isinstance(self.handshake, AcceptorHandshake):
             self.handshake.can_upgrade = self._canUpgrade()
             self._sendChallenge()
+        else:
+            self._watchChallenge()  # a TLS listener would never answer a plain dial
 
     def _canUpgrade(self) -> bool:
         """
@@ -214,6 +217,8 @@ class RelayProtocol(LineFramer, LineWriter, Pinger):
         )
 
     def dataReceived(self, data: bytes) -> None:
+        if not self._heard and self._firstBytes(data, self.direction is Direction.OUTBOUND):
+            return
         LineFramer.dataReceived(self, data)
         if self._upgrade is not None and self.close_reason is None:
             self._startTLS()
@@ -243,11 +248,16 @@ class RelayProtocol(LineFramer, LineWriter, Pinger):
             self.handshake.retire()
         previous, self.state = self.state, State.CLOSED
         self._cancelTimer()
+        self._stopWatching()
         self._closeOutbound()
         closed, self._closed_waiters = self._closed_waiters, []
         for d in closed:
             d.callback(None)
-        why = self.close_reason or _describe(reason)
+        why = (
+            self.close_reason
+            or self._explainLoss(reason, self.direction is Direction.OUTBOUND)
+            or _describe(reason)
+        )
         if previous is State.CONNECTED:
             self.owner.connection_lost(self, why)
         elif previous is not State.CLOSED:
