@@ -11,7 +11,7 @@ listener disagree about TLS, which would otherwise end in a silent
   while the TLS server waits for a ClientHello, so nothing ever comes; after
   L{CHALLENGE_TIMEOUT} seconds of silence (or at once, if the first byte
   that comes is a TLS record's) the connector gives up and says to dial
-  C{tls:};
+  C{tls:}; the listener says the peer closed without a word;
 - a C{tls:} dial to a plain listener: the TLS handshake fails on the plain
   challenge line; the connector says to dial without C{tls:}. The plain
   acceptor sees a TLS record as the first byte and says so too.
@@ -138,10 +138,21 @@ class MismatchWatch:
 
     def _explainLoss(self, reason: Failure | None, connector: bool) -> str | None:
         """
-        Why a connector dialled over TLS lost its connection before reading
-        a line, if its TLS handshake failed (the listener is plain).
+        Why a connection that ran TLS from the first byte was lost before a
+        line came: for a connector, its TLS handshake failed (the listener
+        is plain); for a C{tls:} listener, the peer closed without a byte
+        (a plain dial gives up waiting for the challenge).
         """
-        if not connector or not self.encrypted or self.traffic.msgs_in or not _tls_error(reason):
+        if not self.encrypted or self.traffic.msgs_in:
+            return None
+        if not connector:
+            if self._heard or _tls_error(reason):
+                return None
+            return (
+                f"{self.address} closed the connection without a word: it may have dialled "
+                f"this tls: listener in clear (it should dial tls:ID@HOST:PORT)"
+            )
+        if not _tls_error(reason):
             return None
         assert reason is not None
         self.mismatch = PLAIN_EXPECTED

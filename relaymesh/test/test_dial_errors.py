@@ -190,10 +190,18 @@ class TLSMismatchTests(DialTestCase):
         waits for a ClientHello): after a few seconds the dialler says to
         dial C{tls:}, rather than waiting 30 s for the handshake timeout.
         """
+        captured_alpha = Captured(self.alpha.mesh.registry)
         self.clock.listenTCP(PORT, TLSServerFactory(self.alpha.certificate.server_options(), False, self.alpha.server))
         factory = self.dial(self.beta, "alpha")
         self.assertIsNone(factory.last_error)
         self.clock.advance(CHALLENGE_TIMEOUT)
+        [line] = captured_alpha.loud()
+        self.assertRegex(
+            line,
+            r"\Ahandshake denied with 127\.0\.0\.1:(\d+) \(inbound\): 127\.0\.0\.1:\1 closed the "
+            r"connection without a word: it may have dialled this tls: listener in clear \(it "
+            r"should dial tls:ID@HOST:PORT\)\Z",
+        )
         self.assertEqual(
             factory.last_error,
             f"no challenge from 127.0.0.1:{PORT} within {CHALLENGE_TIMEOUT:g} s: it may be a TLS "
