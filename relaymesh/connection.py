@@ -24,7 +24,9 @@ node's mesh), which owns the registry and the application's callbacks. The
 connection counts its traffic in a L{relaymesh.counters.Traffic}.
 
 Outbound lines are coalesced per burst of work and follow the transport's
-backpressure: see L{relaymesh.outbound}.
+backpressure: see L{relaymesh.outbound}. A connected peer that announced
+C{ping/1} is pinged, and its pings answered, by the connection itself
+(L{relaymesh.pings}): C{ping} and C{pong} never go to the owner.
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ from relaymesh.handshake.connector import Step as ConnectorStep
 from relaymesh.handshake.proofs import ACK_DENIED, STARTTLS_FIELD, Binding
 from relaymesh.interfaces import IHandshakeObserver, ILinkOwner
 from relaymesh.outbound import LineWriter, WriteBatch
+from relaymesh.linkerrors import MismatchWatch
+from relaymesh.pings import Pinger
 from relaymesh.tls import channel_binding
 from relaymesh.wire import (
     HANDSHAKE_TYPES,
+    LINK_TYPES,
     MAX_LINE_BYTES,
     MessageType,
     RelayMessage,
@@ -90,7 +95,7 @@ _CONNECTED = State.CONNECTED
 
 
 @implementer(IPushProducer)
-class RelayProtocol(LineFramer, LineWriter):
+class RelayProtocol(LineFramer, LineWriter, Pinger, MismatchWatch):
     """
     One relay protocol connection: framing, handshake, then messages.
 
@@ -166,6 +171,7 @@ class RelayProtocol(LineFramer, LineWriter):
         self.traffic = Traffic()
         self.outcome: Authenticated | None = None
         self._timer: IDelayedCall | None = None
+        self._ping = None  # see Pinger
         self._initOutbound(owner.writes)
         self._closed_waiters: list[Deferred] = []
         self._dispatch = {
@@ -190,6 +196,8 @@ class RelayProtocol(LineFramer, LineWriter):
         if isinstance(self.handshake, AcceptorHandshake):
             self.handshake.can_upgrade = self._canUpgrade()
             self._sendChallenge()
+        else:
+            self._watchChallenge()  # a TLS listener would never answer a plain dial
 
     def _canUpgrade(self) -> bool:
         """
@@ -209,6 +217,8 @@ class RelayProtocol(LineFramer, LineWriter):
         )
 
     def dataReceived(self, data: bytes) -> None:
+        if not self._heard and self._firstBytes(data, self.direction is Direction.OUTBOUND):
+            return
         LineFramer.dataReceived(self, data)
         if self._upgrade is not None and self.close_reason is None:
             self._startTLS()
@@ -238,11 +248,16 @@ class RelayProtocol(LineFramer, LineWriter):
             self.handshake.retire()
         previous, self.state = self.state, State.CLOSED
         self._cancelTimer()
+        self._stopWatching()
         self._closeOutbound()
         closed, self._closed_waiters = self._closed_waiters, []
         for d in closed:
             d.callback(None)
-        why = self.close_reason or _describe(reason)
+        why = (
+            self.close_reason
+            or self._explainLoss(reason, self.direction is Direction.OUTBOUND)
+            or _describe(reason)
+        )
         if previous is State.CONNECTED:
             self.owner.connection_lost(self, why)
         elif previous is not State.CLOSED:
@@ -326,7 +341,9 @@ class RelayProtocol(LineFramer, LineWriter):
             # Nearly every line: checked inline; _messageRefused only says
             # why a message is refused.
             if message.from_peer == self.peer_id and message.msg_type not in HANDSHAKE_TYPES:
-                if fields is None:
+                if message.msg_type in LINK_TYPES:
+                    self._linkMessage(message)
+                elif fields is None:
                     self.owner.message_received(self, message)
                 else:
                     self.owner.fields_received(self, message, fields)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Callable
 
+from twisted.internet import error
 from twisted.internet.interfaces import IAddress, IConnector, IReactorTime
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.logger import Logger
@@ -28,6 +29,7 @@ from relaymesh.handshake.base import (
 from relaymesh.handshake.connector import ConnectorHandshake
 from relaymesh.interfaces import IHandshakeObserver
 from relaymesh.keystore import KeyStoreError
+from relaymesh.linkerrors import connect_failure
 from relaymesh.mesh import Mesh
 
 if TYPE_CHECKING:
@@ -70,6 +72,15 @@ class RelayClientFactory(ReconnectingClientFactory):
     @ivar parked: Whether the factory waits for the peer's other connection
         to end.
     @ivar current: The protocol of the latest connection it made, if any.
+    @ivar last_error: Why the latest attempt failed (TCP refused or timed
+        out, host unknown, a TLS mismatch, a handshake denied or failed),
+        one line; L{None} before any failure and once a handshake succeeds.
+        With a peer id it is also the peer's L{PeerStatus.last_error}.
+    @ivar last_error_at: When that failure happened (clock seconds).
+
+    Each failure is logged once per change of reason: an attempt that
+    fails like the one before, and the retry it schedules, are logged at
+    debug level only.
     """
 
     log = Logger()
@@ -105,6 +116,9 @@ class RelayClientFactory(ReconnectingClientFactory):
         self.current: RelayProtocol | None = None
         self._key: bytes | None = None
         self._paired_via: str | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self._repeated = False
 
     # -- choosing a key ------------------------------------------------------
 
@@ -123,13 +137,15 @@ class RelayClientFactory(ReconnectingClientFactory):
                 self._key = self.keys.pending_key()
                 self._paired_via = PENDING_FORM
         except KeyStoreError as e:
-            self.log.error("cannot use the key of {peer_id}: {error}", peer_id=self.peer_id, error=e)
+            if not self._failed(f"cannot use the key of {self.peer_id}: {e}"):
+                self.log.error("cannot use the key of {peer_id}: {error}", peer_id=self.peer_id, error=e)
             return False
         if self._key is None:
-            self.log.error(
-                "no key to connect to {peer_id}: pair first (relaymesh invite / relaymesh join)",
-                peer_id=self.peer_id,
-            )
+            if not self._failed(f"no key for {self.peer_id}: pair first (relaymesh invite / relaymesh join)"):
+                self.log.error(
+                    "no key to connect to {peer_id}: pair first (relaymesh invite / relaymesh join)",
+                    peer_id=self.peer_id,
+                )
             return False
         return True
 
@@ -212,14 +228,57 @@ class RelayClientFactory(ReconnectingClientFactory):
             )
         self.resetDelay()
         self.peer_id = outcome.peer_id
+        self.last_error = self.last_error_at = None
+        self._repeated = False
 
     def handshakeFailed(self, protocol: RelayProtocol, reason: str) -> None:
         """
-        Report the failure.
+        Report the failure: logged (quietly if it failed as the attempt
+        before did) and kept as the last error.
         """
-        self.mesh.registry.handshake_denied(self.peer_id, protocol.address, Direction.OUTBOUND, reason)
+        if protocol.proof_rejected and reason.startswith("the peer denied"):
+            reason = (
+                f"{reason}: {protocol.address} does not accept this node's key (it has no key "
+                f"for {self.mesh.identity}, or another one); pair again (relaymesh invite / "
+                f"relaymesh join)"
+            )
+        repeated = self._failed(reason)
+        self.mesh.registry.handshake_denied(
+            self.peer_id, protocol.address, Direction.OUTBOUND, reason, quiet=repeated
+        )
+
+    def _failed(self, reason: str) -> bool:
+        """
+        Keep C{reason} as the last error (the peer's too, when its id is
+        known).
+
+        @return: whether the attempt before failed for the same reason
+            (this failure is then logged quietly).
+        """
+        repeated = self._repeated = reason == self.last_error
+        self.last_error, self.last_error_at = reason, self.clock.seconds()
+        if self.peer_id is not None:
+            self.mesh.registry.failed(self.peer_id, reason)
+        return repeated
 
     # -- scheduling ----------------------------------------------------------
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        """
+        TCP did not connect: say why (once per change of reason), and retry.
+        """
+        if type(reason.value) is error.UserError:  # stopped here (no key): said already
+            ReconnectingClientFactory.clientConnectionFailed(self, connector, reason)
+            return
+        why = connect_failure(reason, self.target.host, self.target.hostport, CONNECT_TIMEOUT)
+        if not self._failed(why):
+            self.log.warn(
+                "cannot connect to {peer} at {address}: {reason}",
+                peer=self.peer_id or "(unknown peer)",
+                address=self.target.hostport,
+                reason=why,
+            )
+        ReconnectingClientFactory.clientConnectionFailed(self, connector, reason)
 
     def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
         if not self.continueTrying:
@@ -251,7 +310,9 @@ class RelayClientFactory(ReconnectingClientFactory):
         """
         ReconnectingClientFactory.retry(self, connector)
         if self.continueTrying and (self.maxRetries is None or self.retries <= self.maxRetries):
-            self.mesh.registry.reconnect_scheduled(self.peer_id, self.target.hostport, self.retries, wait)
+            self.mesh.registry.reconnect_scheduled(
+                self.peer_id, self.target.hostport, self.retries, wait, quiet=self._repeated
+            )
 
     def wake(self) -> None:
         """

@@ -111,6 +111,10 @@ class PeerStatus:
     @ivar mutual: Whether its live connection's handshake proved the key
         both ways; false for a claudectl peer (one-way, in clear); L{None}
         when not connected.
+    @ivar last_error: Why the latest attempt to reach it failed (connection
+        refused, timed out, host unknown, a TLS mismatch, a denied
+        handshake), one line; L{None} once it connects.
+    @ivar last_error_at: When that failure happened (clock seconds).
     """
 
     peer_id: str
@@ -130,6 +134,8 @@ class PeerStatus:
     by_type: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     encrypted: bool | None = None
     mutual: bool | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
 
     @classmethod
     def without_traffic(

@@ -4,6 +4,11 @@ interval with this node's session list (L{relaymesh.fleet}), an early one
 when that list changes in a way peers should hear of soon, one to each
 peer as it connects, and the extension fields some peers' heartbeats carry
 (a routing neighbour's route advertisement).
+
+Each interval, before the heartbeats, every peer that announced C{ping/1}
+is sent a C{ping} (L{relaymesh.connection.RelayProtocol.ping}); the time
+until its C{pong} is the peer's round-trip time, recorded in the
+L{Registry} (L{Registry.round_trip}).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from twisted.logger import Logger
 
 from relaymesh.connection import WriteBatch
 from relaymesh.fleet import Fleet
-from relaymesh.registry import PeerRecord
+from relaymesh.registry import PeerRecord, Registry
 from relaymesh.wire import MessageType, RelayMessage, dumps, encode
 
 #: Seconds between heartbeats.
@@ -61,10 +66,16 @@ class Heartbeats:
         interval: float,
         identity: str,
         message: Callable[[str, Any], RelayMessage],
-        peers: Mapping[str, PeerRecord],
+        registry: Registry,
         writes: WriteBatch,
     ) -> None:
+        """
+        @param registry: The node's peers: each connected one gets the
+            heartbeats, and its round-trip times are recorded there.
+        """
+        peers: Mapping[str, PeerRecord] = registry.records
         self.clock = clock
+        self._registry = registry
         self.interval = interval
         self.fleet = Fleet(clock, identity, interval * DEAD_AFTER_INTERVALS, peers)
         self.fleet.significant = self._sessions_changed
@@ -123,13 +134,28 @@ class Heartbeats:
 
     def tick(self) -> None:
         """
-        Send every connected peer a heartbeat, and expire the session lists
-        that no heartbeat renewed for L{expiry} seconds.
+        Ping every connected peer that announced C{ping/1}, send every
+        connected peer a heartbeat, and expire the session lists that no
+        heartbeat renewed for L{expiry} seconds.
+
+        The pings go first, so that no heartbeat is ahead of them on the
+        wire.
         """
+        self.ping()
         for extension in self.extensions:
             extension.heartbeat_sent()
         self._send(self._peers.values(), only_extended=False)
         self.fleet.expire()
+
+    def ping(self) -> None:
+        """
+        Send a C{ping} to every connected peer that announced C{ping/1} and
+        whose connection has nothing waiting to be written.
+        """
+        for peer in self._peers.values():
+            protocol = peer.protocol
+            if protocol is not None:
+                protocol.ping(self._registry.round_trip)
 
     def send_extended(self) -> None:
         """

@@ -25,6 +25,7 @@ from relaymesh.address import InvalidAddress, parse_port
 from relaymesh.codes import Invite
 from relaymesh.connection import HANDSHAKE_TIMEOUT, RelayProtocol
 from relaymesh.dialer import CONNECT_TIMEOUT
+from relaymesh.linkerrors import PLAIN_EXPECTED, TLS_EXPECTED
 from relaymesh.handshake.base import Authenticated, HandshakeFailed
 from relaymesh.handshake.connector import ConnectorHandshake
 from relaymesh.joinforms import FORM_DESCRIPTIONS, LEGACY_FORMS, RELAYMESH_FORMS
@@ -234,6 +235,20 @@ class JoinFactory(ClientFactory):
             self.done.errback(self._refusal)
         elif protocol.proof_rejected and reason.startswith("the peer denied"):
             self.done.errback(JoinDenied(denial_message(self.invite)))
+        elif protocol.mismatch == TLS_EXPECTED:
+            self.done.errback(
+                JoinError(
+                    f"no challenge from {self.shown_addr}: it may be a TLS listener; "
+                    f"run relaymesh join again with --tls"
+                )
+            )
+        elif protocol.mismatch == PLAIN_EXPECTED:
+            self.done.errback(
+                JoinError(
+                    f"the TLS handshake with {self.shown_addr} failed: it may be a plain "
+                    f"listener; run relaymesh join again without --tls"
+                )
+            )
         elif protocol.traffic.msgs_in == 0:
             self.done.errback(
                 JoinError(

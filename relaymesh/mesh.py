@@ -157,7 +157,7 @@ class Mesh:
         self._dispatch = Dispatcher()
         self.writes = WriteBatch()
         self._heartbeats = Heartbeats(
-            clock, heartbeat_interval, identity, self.message, self._peers, self.writes
+            clock, heartbeat_interval, identity, self.message, self.registry, self.writes
         )
         self.fleet = self._heartbeats.fleet
         self.reliable: ReliableExtension | None = None

@@ -28,6 +28,11 @@ class PeerRecord:
         this window).
     @ivar traffic: The traffic of its closed connections.
     @ivar capabilities: What its latest authenticated connection announced.
+    @ivar rtt: Its latest round-trip time in seconds (a C{ping} answered by
+        a C{pong}), or L{None} if none was measured.
+    @ivar last_error: Why the latest attempt to reach it failed, one line,
+        or L{None} (cleared when it connects).
+    @ivar last_error_at: When that failure happened (clock seconds).
     """
 
     __slots__ = (
@@ -46,6 +51,9 @@ class PeerRecord:
         "reconnect_attempt",
         "next_retry_at",
         "capabilities",
+        "rtt",
+        "last_error",
+        "last_error_at",
     )
 
     def __init__(self, peer_id: str) -> None:
@@ -64,6 +72,9 @@ class PeerRecord:
         self.reconnect_attempt = 0
         self.next_retry_at: float | None = None
         self.capabilities: frozenset[str] = frozenset()
+        self.rtt: float | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
 
     def status(self, via: str | None = None, hops: int | None = None) -> PeerStatus:
         """
@@ -101,6 +112,8 @@ class PeerRecord:
             by_type=traffic.by_type_dict(),
             encrypted=encrypted,
             mutual=mutual,
+            last_error=self.last_error,
+            last_error_at=self.last_error_at,
         )
 
 
@@ -120,11 +133,12 @@ _EVENT_FORMATS = {
 }
 
 
-def log_event(log: Logger, event: PeerEvent) -> None:
+def log_event(log: Logger, event: PeerEvent, quiet: bool = False) -> None:
     """
-    Log one line for a peer event (C{connecting} at debug level).
+    Log one line for a peer event (C{connecting}, and a C{quiet} one, at
+    debug level).
     """
-    emit = log.debug if event.kind is EventKind.CONNECTING else log.info
+    emit = log.debug if quiet or event.kind is EventKind.CONNECTING else log.info
     emit(
         _EVENT_FORMATS[event.kind],
         event=event,
@@ -134,6 +148,8 @@ def log_event(log: Logger, event: PeerEvent) -> None:
 
 
 PeerObserver = Callable[[PeerEvent], None]
+
+RoundTripObserver = Callable[[str, float], None]
 
 
 class Registry:
@@ -156,6 +172,7 @@ class Registry:
         self.fresh_for = fresh_for
         self.records: dict[str, PeerRecord] = {}
         self._observers: list[PeerObserver] = []
+        self._round_trip_observers: list[RoundTripObserver] = []
 
     # -- the records ---------------------------------------------------------
 
@@ -233,6 +250,7 @@ class Registry:
         peer.reconnect_attempt = 0
         peer.next_retry_at = None
         peer.capabilities = outcome.capabilities
+        peer.last_error = peer.last_error_at = None
         self.emit(PeerEvent(EventKind.CONNECTED, peer_id, protocol.address, protocol.direction))
         return True
 
@@ -281,18 +299,26 @@ class Registry:
         self.emit(PeerEvent(EventKind.CONNECTING, peer_id, address, Direction.OUTBOUND))
 
     def handshake_denied(
-        self, peer_id: str | None, address: str, direction: Direction, reason: str
+        self,
+        peer_id: str | None,
+        address: str,
+        direction: Direction,
+        reason: str,
+        quiet: bool = False,
     ) -> None:
         """
-        Note that a handshake with C{address} failed.
+        Note that a handshake with C{address} failed; C{quiet} when it failed
+        for the same reason as the previous attempt (logged at debug level).
         """
-        self.emit(PeerEvent(EventKind.DENIED, peer_id, address, direction, reason=reason))
+        self.emit(PeerEvent(EventKind.DENIED, peer_id, address, direction, reason=reason), quiet)
 
     def reconnect_scheduled(
-        self, peer_id: str | None, address: str, attempt: int, delay: float
+        self, peer_id: str | None, address: str, attempt: int, delay: float, quiet: bool = False
     ) -> None:
         """
-        Note that the next attempt to reach C{address} is C{delay} seconds away.
+        Note that the next attempt to reach C{address} is C{delay} seconds
+        away; C{quiet} when the last attempt failed for the same reason as
+        the one before (logged at debug level).
         """
         if peer_id is not None:
             peer = self.record(peer_id)
@@ -303,8 +329,42 @@ class Registry:
         self.emit(
             PeerEvent(
                 EventKind.RECONNECT_SCHEDULED, peer_id, address, Direction.OUTBOUND, delay=delay
-            )
+            ),
+            quiet,
         )
+
+    def failed(self, peer_id: str, reason: str) -> None:
+        """
+        Note why the latest attempt to reach C{peer_id} failed (its
+        L{PeerStatus.last_error}).
+        """
+        peer = self.record(peer_id)
+        if peer.protocol is None:
+            peer.last_error = reason
+            peer.last_error_at = self.clock.seconds()
+
+    # -- round trips -----------------------------------------------------------
+
+    def round_trip(self, peer_id: str, seconds: float) -> None:
+        """
+        Record a round-trip time measured on the peer's connection, and tell
+        every round-trip observer.
+        """
+        peer = self.records.get(peer_id)
+        if peer is not None:
+            peer.rtt = seconds
+        for callback in tuple(self._round_trip_observers):
+            try:
+                callback(peer_id, seconds)
+            except Exception:
+                self.log.failure("round-trip observer {callback!r} failed", callback=callback)
+
+    def watch_round_trips(self, callback: RoundTripObserver) -> Subscription[RoundTripObserver]:
+        """
+        Call C{callback(peer_id, seconds)} with every round-trip time
+        measured from now on.
+        """
+        return Subscription(self._round_trip_observers, callback)
 
     # -- events --------------------------------------------------------------
 
@@ -314,12 +374,12 @@ class Registry:
         """
         return Subscription(self._observers, callback)
 
-    def emit(self, event: PeerEvent) -> None:
+    def emit(self, event: PeerEvent, quiet: bool = False) -> None:
         """
-        Log an event and tell every observer; an observer that raises is
-        logged, and the others are still told.
+        Log an event (at debug level if C{quiet}) and tell every observer;
+        an observer that raises is logged, and the others are still told.
         """
-        log_event(self.log, event)
+        log_event(self.log, event, quiet)
         for callback in tuple(self._observers):
             try:
                 callback(event)

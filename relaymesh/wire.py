@@ -62,6 +62,17 @@ class MessageType(str, enum.Enum):
 #: Every C{msg_type} a claudectl 0.49 peer understands.
 MESSAGE_TYPES = frozenset(t.value for t in MessageType)
 
+#: The link types: a C{ping}, and the C{pong} that answers it, measure the
+#: round trip between two relaymesh nodes that announced C{ping/1}. They are
+#: no claudectl type and never reach an application (see
+#: L{relaymesh.connection}).
+PING_TYPE = "ping"
+PONG_TYPE = "pong"
+LINK_TYPES = frozenset({PING_TYPE, PONG_TYPE})
+
+#: Every C{msg_type} a line may carry.
+_WIRE_TYPES = MESSAGE_TYPES | LINK_TYPES
+
 #: The types that belong to the handshake and never come from an application.
 HANDSHAKE_TYPES = frozenset(
     {MessageType.CHALLENGE.value, MessageType.HANDSHAKE.value, MessageType.HANDSHAKE_ACK.value}
@@ -296,7 +307,7 @@ def message_from_object(obj: Any) -> RelayMessage:
     msg_type = get("msg_type", _MISSING)
     if type(msg_type) is not str:
         raise _field_error("msg_type", "a string", msg_type)
-    if msg_type not in MESSAGE_TYPES:
+    if msg_type not in _WIRE_TYPES:
         raise WireError(f"unknown msg_type {msg_type[:40]!r}")
     from_peer = get("from_peer", _MISSING)
     if type(from_peer) is not str:
@@ -352,7 +363,7 @@ def _checked(line: bytes, obj: Any) -> RelayMessage:
     if (
         type(msg_id) is str
         and type(msg_type) is str
-        and msg_type in MESSAGE_TYPES
+        and msg_type in _WIRE_TYPES
         and type(from_peer) is str
         and type(timestamp) is int
         and 0 <= timestamp <= MAX_TIMESTAMP

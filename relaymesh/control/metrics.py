@@ -8,18 +8,19 @@ read when Prometheus scrapes, from counters the mesh keeps anyway
 from its events: handshakes by result, reconnection attempts, delivered
 messages by type, and round-trip times.
 
-Round-trip times are measured honestly or not at all. The relay protocol has
-no ping: a claudectl peer answers nothing to a heartbeat. The one reply that
-names what it answers is C{ack} (payload C{{"ack_id": ID}}), so
-L{RoundTrips} times an C{ack} against the message of ours it names, whose id
-carries the millisecond it was made and this node's random tag. A peer that
-never acks has no round-trip time (L{None}), rather than a guessed one.
+Round-trip times are measured honestly or not at all. Each heartbeat
+interval a node sends every peer that announced C{ping/1} a C{ping}, timed
+from the moment it went to the transport, and only when it went at once
+(nothing queued ahead of it, send buffer not full); the peer answers with a
+C{pong} at once (see L{relaymesh.connection.RelayProtocol.ping}). The
+registry records each round trip, and L{RoundTrips} reads them from there.
+A claudectl peer is never pinged and has no round-trip time (L{None}), and
+neither an C{ack} nor a queued message's wait is ever timed.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -30,47 +31,32 @@ from relaymesh._version import __version__
 from relaymesh.events import EventKind, PeerEvent, PeerState, PeerStatus
 from relaymesh.interfaces import IRelayMesh
 from relaymesh.sessions.status import Status
-from relaymesh.wire import MessageType, RelayMessage
+from relaymesh.wire import RelayMessage
 
 #: Buckets of the round-trip time histogram, in seconds.
 RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-#: An ack naming a message of ours older than this many heartbeat intervals
-#: is not timed: it cannot be an answer to a live exchange.
-RTT_MAX_INTERVALS = 3
-
 #: The statuses a session is counted under; any other counts as Unknown.
 SESSION_STATUSES = frozenset(status.value for status in Status)
 
-_OUR_ID = re.compile(r"msg_(\d+)_\d+_([0-9a-f]+)\Z")
-
-
-def _id_tag(message_id: str) -> str | None:
-    match = _OUR_ID.match(message_id)
-    return None if match is None else match.group(2)
-
-
 class RoundTrips:
     """
-    Round-trip times from this node's messages to the peers' acks of them.
+    The round-trip times the node's registry records (C{ping} to C{pong}).
 
     @ivar last: The latest round-trip time per peer id, in seconds.
     """
 
     def __init__(self, mesh: IRelayMesh, clock: IReactorTime) -> None:
         """
-        @param mesh: The node's mesh; acks are read from it, and
-            L{IRelayMesh.message} tells the tag of this node's message ids.
-        @param clock: The clock the mesh stamps its messages with.
+        @param mesh: The node's mesh; round trips are read from its
+            registry.
+        @param clock: The node's clock.
         """
         self._mesh = mesh
         self._clock = clock
-        # The tag every id this mesh makes ends with; a message made here
-        # for the purpose is never sent.
-        self._tag = _id_tag(mesh.message(MessageType.ACK, {}).id)
         self._observers: list[Callable[[str, float], None]] = []
         self.last: dict[str, float] = {}
-        self._subscription = mesh.subscribe(self._ack, MessageType.ACK.value)
+        self._subscription = mesh.registry.watch_round_trips(self._measured)
 
     def observe(self, callback: Callable[[str, float], None]) -> None:
         """
@@ -80,30 +66,20 @@ class RoundTrips:
 
     def rtt_ms(self, peer_id: str) -> float | None:
         """
-        The peer's latest round-trip time in milliseconds, or L{None} if it
-        never acked a message of ours.
+        The peer's latest round-trip time in milliseconds, or L{None} if none
+        was measured (a claudectl peer, or a relaymesh peer not yet pinged).
         """
         seconds = self.last.get(peer_id)
         return None if seconds is None else round(seconds * 1000, 3)
 
-    def _ack(self, peer_id: str, message: RelayMessage) -> None:
-        payload = message.payload
-        acked = payload.get("ack_id") if isinstance(payload, dict) else None
-        if not isinstance(acked, str) or self._tag is None:
-            return
-        match = _OUR_ID.match(acked)
-        if match is None or match.group(2) != self._tag:
-            return  # not one of ours: nothing to time it against
-        seconds = self._clock.seconds() - int(match.group(1)) / 1000
-        if not 0 <= seconds <= RTT_MAX_INTERVALS * self._mesh.heartbeat_interval:
-            return
+    def _measured(self, peer_id: str, seconds: float) -> None:
         self.last[peer_id] = seconds
         for callback in tuple(self._observers):
             callback(peer_id, seconds)
 
     def stop(self) -> None:
         """
-        Stop reading acks.
+        Stop reading round trips.
         """
         self._subscription.cancel()
 
@@ -304,7 +280,7 @@ class NodeMetrics:
         )
         self.rtt = Histogram(
             "relaymesh_rtt_seconds",
-            "Round trip from a message of this node to the peer's ack naming it.",
+            "Round trip from a ping of this node to the peer's pong answering it.",
             ["peer"],
             buckets=RTT_BUCKETS,
             registry=self.registry,

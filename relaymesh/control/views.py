@@ -238,6 +238,8 @@ class NodeViews:
             "encrypted": status.encrypted,
             "mutual": status.mutual,
             "link": _link(status),
+            "last_error": status.last_error,
+            "last_error_at": _time(status.last_error_at),
         }
 
     def _unseen(

@@ -40,6 +40,7 @@ from relaymesh.handshake.proofs import (
     ACK_OK,
     ACK_PAKE,
     ACK_STARTTLS,
+    CAP_PING,
     CAP_STARTTLS,
     DEFAULT_CAPABILITIES,
     STARTTLS_FIELD,
@@ -160,6 +161,10 @@ class AcceptorHandshake:
         in clear if offered.
         """
         caps = list(self.capabilities)
+        if not self._encrypted:
+            # ping/1 is agreed inside TLS; a claudectl connector, which
+            # reads the challenge in clear, sees what it always saw
+            caps = [cap for cap in caps if cap != CAP_PING]
         if self.can_upgrade and not self._encrypted:
             caps.append(CAP_STARTTLS)
         return {"nonce": self.nonce, ACCEPTOR_FIELD: self.identity, "caps": caps}

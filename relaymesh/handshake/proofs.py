@@ -39,8 +39,12 @@ CAP_MUTUAL_AUTH = "mutual-auth/2"
 #: connection to TLS before any proof (L{STARTTLS_FIELD}).
 CAP_STARTTLS = "starttls/1"
 
+#: The capability of answering a C{ping} at once with a C{pong}, which
+#: measures the round trip (see L{relaymesh.connection}).
+CAP_PING = "ping/1"
+
 #: The capabilities a node announces unless told otherwise.
-DEFAULT_CAPABILITIES = (CAP_MUTUAL_AUTH,)
+DEFAULT_CAPABILITIES = (CAP_MUTUAL_AUTH, CAP_PING)
 
 #: The challenge field in which a relaymesh acceptor names itself; claudectl
 #: connectors read only the nonce, so they ignore it.

@@ -70,6 +70,11 @@ DEFAULT_RESEND_AFTER = 30.0
 #: Seconds between two scans of the outbox for overdue and expired messages.
 DEFAULT_SCAN_INTERVAL = 5.0
 
+#: Settled messages (acknowledged or given up) whose ids the outbox
+#: remembers, so that a second ack of one (the peer answered a copy sent
+#: again) is taken, never handed to the application.
+SETTLED_MEMORY = 4096
+
 #: Messages at most waiting in the outbox for one destination; the next
 #: send to it fails with L{OutboxFull} until some are acknowledged or given
 #: up.
@@ -223,6 +228,8 @@ class ReliableDelivery:
         self._outbox: dict[str, _Outgoing] = {}
         # destination -> messages accepted for it and not yet settled
         self._queued: collections.Counter[str] = collections.Counter()
+        # msg_id -> destination of the last SETTLED_MEMORY settled messages
+        self._settled_ids: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._scan = LoopingCall(self.scan)
         self._scan.clock = self.clock
 
@@ -353,6 +360,16 @@ class ReliableDelivery:
         if self._queued[peer_id] <= 0:
             del self._queued[peer_id]
 
+    def _remember(self, entry: OutboxEntry) -> None:
+        """
+        Remember a settled message's id for L{SETTLED_MEMORY} settlements,
+        so that a late second ack of it is recognised.
+        """
+        settled = self._settled_ids
+        settled[entry.msg_id] = entry.peer_id
+        if len(settled) > SETTLED_MEMORY:
+            settled.popitem(last=False)
+
     def _refused(self, failure: Failure, delivery: Delivery, queued: str | None = None) -> None:
         if queued is not None:
             self._settled(queued)
@@ -445,6 +462,7 @@ class ReliableDelivery:
         entry = outgoing.entry
         del self._outbox[entry.msg_id]
         self._settled(entry.peer_id)
+        self._remember(entry)
         self.store.remove(entry.msg_id).addErrback(self._log_store_failure)
         self.log.warn(
             "gave up on reliable message {msg_id} ({msg_type}) to {peer_id}: "
@@ -487,8 +505,12 @@ class ReliableDelivery:
         """
         Take an C{ack} from C{peer_id}.
 
-        @return: whether it acknowledged a message in the outbox (it is then
-            not an application's message).
+        An ack of a message in the outbox settles it; a second ack of a
+        message settled lately (the peer answered a copy sent again after a
+        lost ack, a resend or a reconnection) is taken too, and dropped.
+
+        @return: whether it named a reliable message of this node to that
+            peer (it is then not an application's message).
         """
         if type(payload) is not dict:
             return False
@@ -497,9 +519,10 @@ class ReliableDelivery:
             return False
         outgoing = self._outbox.get(ack_id)
         if outgoing is None or outgoing.entry.peer_id != peer_id:
-            return False
+            return self._settled_ids.get(ack_id) == peer_id
         del self._outbox[ack_id]
         self._settled(peer_id)
+        self._remember(outgoing.entry)
         self.store.remove(ack_id).addErrback(self._log_store_failure)
         if outgoing.delivery is not None:
             outgoing.delivery._settle(True, True)

@@ -117,6 +117,8 @@ class NodeViewsTests(SynchronousTestCase):
                 "encrypted": True,
                 "mutual": True,
                 "link": "tls",
+                "last_error": None,
+                "last_error_at": None,
             },
         )
 

@@ -477,12 +477,12 @@ class MutualAuthenticationTests(SynchronousTestCase):
         tls.append(("handshake_ack", ["caps", "proof", "status"]))
         self.assertEqual([(m.msg_type, sorted(m.payload)) for m in sent], clear + tls)
         self.assertEqual(sent[0].payload["caps"], ["mutual-auth/2", "starttls/1"])
-        self.assertEqual(sent[3].payload["caps"], ["mutual-auth/2"])
+        self.assertEqual(sent[3].payload["caps"], ["mutual-auth/2", "ping/1"])
         self.assertIs(client.state, State.CONNECTED)
         self.assertIs(server.state, State.CONNECTED)
         for outcome in (client.outcome, server.outcome):
             self.assertEqual((outcome.mutual, outcome.encrypted), (True, True))
-            self.assertEqual(outcome.capabilities, {"mutual-auth/2"})
+            self.assertEqual(outcome.capabilities, {"mutual-auth/2", "ping/1"})
         self.assertTrue(client.encrypted and server.encrypted)
 
     def test_message_as_the_peer_connects(self):

@@ -139,7 +139,7 @@ class StartTLSTests(_Pair, SynchronousTestCase):
         connector.upgraded()
         second = acceptor.challenge_payload()
         self.assertNotEqual(second["nonce"], first["nonce"])
-        self.assertEqual(second, {"nonce": acceptor.nonce, "peer": "alpha", "caps": ["mutual-auth/2"]})
+        self.assertEqual(second, {"nonce": acceptor.nonce, "peer": "alpha", "caps": ["mutual-auth/2", "ping/1"]})
         accepted, connected = self.prove(acceptor, connector)
         for outcome, peer in ((accepted, "beta"), (connected, "alpha")):
             self.assertEqual((outcome.peer_id, outcome.key), (peer, KEY))
@@ -586,7 +586,7 @@ class UpgradingAcceptorTests(SynchronousTestCase):
         self.assertEqual(self.transport.tls_started, [self.node.certificate.server_options()])
         self.assertEqual(fresh.msg_type, "challenge")
         self.assertNotEqual(fresh.payload["nonce"], self.challenge.payload["nonce"])
-        self.assertEqual(fresh.payload["caps"], ["mutual-auth/2"])
+        self.assertEqual(fresh.payload["caps"], ["mutual-auth/2", "ping/1"])
         self.assertTrue(self.protocol.encrypted)
         self.assertIs(self.protocol.state, State.AWAITING_HANDSHAKE)
 
@@ -825,7 +825,7 @@ class StrongPairingAttackTests(_Pair, SynchronousTestCase):
         """
         connector, request, reply = self.start()
         self.assertEqual(
-            request, {"pake": request["pake"], "version": VERSION, "nonce": request["nonce"], "caps": ["mutual-auth/2"]}
+            request, {"pake": request["pake"], "version": VERSION, "nonce": request["nonce"], "caps": ["mutual-auth/2", "ping/1"]}
         )
         self.assertEqual(sorted(reply), ["caps", "confirm", "nonce", "proof", "version"])
         self.assertEqual((reply["nonce"], reply["version"]), (request["nonce"], VERSION))

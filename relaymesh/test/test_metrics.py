@@ -177,9 +177,29 @@ class EventCounterTests(MetricsTestCase):
 
 
 class RoundTripTests(MetricsTestCase):
-    def test_ack_timed(self):
+    def test_ping_timed(self):
         """
-        An ack naming one of our messages gives the time since we made it.
+        A pong gives the time since the ping it answers was written; the
+        histogram counts it.
+        """
+        server, client, pump = self.join()
+        self.assertTrue(server.ping(self.alpha.mesh.registry.round_trip))
+        held = client.transport.link
+        held.pump = lambda: None  # the ping stays on the wire for a while
+        self.clock.advance(0.25)
+        del held.pump
+        held.changed()
+        pump.flush()
+        self.assertAlmostEqual(self.metrics.round_trips.last["beta"], 0.25, places=3)
+        self.assertEqual(self.metrics.round_trips.rtt_ms("beta"), 250.0)
+        self.assertEqual(self.sample("relaymesh_rtt_seconds_count", peer="beta"), 1)
+        self.assertEqual(self.sample("relaymesh_rtt_seconds_bucket", peer="beta", le="0.25"), 1)
+        self.assertEqual(self.sample("relaymesh_rtt_seconds_bucket", peer="beta", le="0.1"), 0)
+
+    def test_ack_not_timed(self):
+        """
+        An ack naming one of our messages is no round trip: the message may
+        have waited anywhere before it went out.
         """
         server, client, pump = self.join()
         sent = self.alpha.mesh.send("beta", "delegate_task", {"task_id": "t"})
@@ -187,11 +207,8 @@ class RoundTripTests(MetricsTestCase):
         self.clock.advance(0.25)
         self.beta.mesh.send("alpha", "ack", {"ack_id": sent})
         pump.flush()
-        self.assertAlmostEqual(self.metrics.round_trips.last["beta"], 0.25, places=3)
-        self.assertEqual(self.metrics.round_trips.rtt_ms("beta"), 250.0)
-        self.assertEqual(self.sample("relaymesh_rtt_seconds_count", peer="beta"), 1)
-        self.assertEqual(self.sample("relaymesh_rtt_seconds_bucket", peer="beta", le="0.25"), 1)
-        self.assertEqual(self.sample("relaymesh_rtt_seconds_bucket", peer="beta", le="0.1"), 0)
+        self.assertEqual(self.metrics.round_trips.last, {})
+        self.assertIsNone(self.sample("relaymesh_rtt_seconds_count", peer="beta"))
 
     def test_untimed(self):
         """
@@ -216,8 +233,7 @@ class RoundTripTests(MetricsTestCase):
         trips = RoundTrips(self.alpha.mesh, self.clock)
         trips.stop()
         server, client, pump = self.join()
-        sent = self.alpha.mesh.send("beta", "delegate_task", {})
-        self.beta.mesh.send("alpha", "ack", {"ack_id": sent})
+        self.assertTrue(server.ping(self.alpha.mesh.registry.round_trip))
         pump.flush()
         self.assertEqual(trips.last, {})
         self.assertIn("beta", self.metrics.round_trips.last)
@@ -266,14 +282,16 @@ class MetricsResourceTests(TestCase):
     @defer.inlineCallbacks
     def test_rtt_in_peers(self):
         """
-        /api/peers reports the round-trip time measured from acks.
+        /api/peers reports the round-trip time measured by a ping.
         """
         h = ApiHarness(self)
         beta, (server, client, pump) = h.connect_beta()
-        sent = h.node.mesh.send("beta", "delegate_task", {})
-        pump.flush()
+        self.assertTrue(server.ping(h.node.mesh.registry.round_trip))
+        held = server.transport.link
+        held.pump = lambda: None  # the ping stays on the wire for a while
         h.clock.advance(0.012)
-        beta.mesh.send("alpha", "ack", {"ack_id": sent})
+        del held.pump
+        held.changed()
         pump.flush()
         code, body, _ = yield h.request("GET", "/api/peers/beta", token=TOKEN)
         self.assertEqual(body["rtt_ms"], 12.0)
