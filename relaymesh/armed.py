@@ -531,13 +531,28 @@ class PairingSlots:
 
     def strong_code_armed(self, now: float) -> bool:
         """
-        Whether an unexpired strong pairing code is armed.
+        Whether an unexpired strong pairing code is armed that an attempt
+        could still use.
+
+        The code of an invite lives as long as the invite: once the
+        invite's ticket is gone or its pending key is (claudectl sharing
+        the data directory took it, or C{relaymesh pair} replaced it), the
+        code is no longer armed, whether or not its file is still there.
 
         @param now: the time (epoch seconds).
         @raise relaymesh.keyfiles.KeyStoreError: if the code's file is damaged.
         """
         note = self.strong_code.read()
-        return note is not None and not expired(note, now)
+        if note is None or expired(note, now):
+            return False
+        invite = invite_named(note)
+        if invite is None:
+            return True
+        try:
+            current = self._still_armed(self._armed_note(), invite)
+        except KeyStoreError:
+            current = False
+        return current and self.tickets.valid(invite)
 
     def take_strong_code(self, now: float) -> str | None:
         """
