@@ -7,6 +7,8 @@ which replays it before the live events; and which connections were joins.
 from __future__ import annotations
 
 import json
+import re
+from importlib import resources
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -309,3 +311,49 @@ class PeerListTests(TestCase):
         self.assertEqual([p["peer_id"] for p in body["peers"]], ["gamma"])
         code, body, _ = yield h.request("GET", "/api/status")
         self.assertEqual(body["peers"]["known"], 1)
+
+
+def page_script() -> str:
+    text = resources.files("relaymesh.control").joinpath("dashboard.html").read_text("utf-8")
+    [body] = re.findall(r"<script>(.*?)</script>", text, re.S)
+    return body
+
+
+class DashboardPageTests(SynchronousTestCase):
+    """
+    The page, read as a file (the browser test drives it live).
+    """
+
+    def setUp(self):
+        self.script = page_script()
+
+    def test_peersOnlyFromTheApi(self):
+        """
+        The peer table is what C{GET /api/peers} answers: nothing else
+        assigns the list, and events only make it reload.
+        """
+        self.assertEqual(re.findall(r"\bpeers = [^;]*;", self.script), ["peers = [];", "peers = body.peers;"])
+        self.assertIn('api("/api/peers").then(function (body) { peers = body.peers; renderPeers(); })', self.script)
+
+    def test_history(self):
+        """
+        The stream is opened with the recent events first; a replayed event
+        goes to the feed only (the lists loaded when the stream opened are
+        newer), and the feed starts again whenever the stream opens.
+        """
+        self.assertIn('new EventSource("/api/events?history=" + HISTORY)', self.script)
+        self.assertIn("var HISTORY = 200;", self.script)
+        self.assertRegex(self.script, r"addToFeed\(e\);\s*(//[^\n]*\s*)*if \(e\.history === true\) return;")
+        self.assertRegex(self.script, r"source\.onopen = function \(\) \{\s*setLive\(\"live\"\);\s*clearFeed\(\);")
+
+    def test_removeButtons(self):
+        """
+        Disconnect and Forget call the API's DELETE (forget: C{?forget=all})
+        with the peer's id encoded, after a confirmation, and show the
+        node's error line.
+        """
+        self.assertIn('api("/api/peers/" + encodeURIComponent(key) + what.query, "DELETE")', self.script)
+        self.assertIn('query: "?forget=all"', self.script)
+        self.assertIn('$("peer-confirm-yes").addEventListener("click", runAction);', self.script)
+        self.assertIn('"Could not " + action + " " + key + ": " + (err && err.message', self.script)
+        self.assertIn("p.last_error", self.script)
