@@ -24,6 +24,7 @@ alone (C{pair --strong}) are each taken with one rename of their own file.
 This module does not depend on Twisted.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -607,6 +608,23 @@ class PairingSlots:
         if invite_named(armed) == invite:
             self._disarm_invite(armed)
         return note["code"] if current else None
+
+    def note_strong_pairing(self, peer_id: str, now: float) -> bool:
+        """
+        A strong code attempt this node accepted paired C{peer_id}: name it
+        in the used note the attempt wrote (naming nobody, as nothing was
+        proved then) if that was at most a minute ago, so that a later
+        join is told who used the invite.
+
+        @return: whether the note was changed.
+        """
+        used = self.tickets.used(now)
+        if used is None or used.form != STRONG_CODE_FORM or used.peer_id is not None:
+            return False
+        if used.at is None or not 0 <= now - used.at <= 60:
+            return False
+        self.tickets.record_use(dataclasses.replace(used, peer_id=peer_id))
+        return True
 
 
 class StrongCodeFile:

@@ -65,7 +65,7 @@ class EveryFormOnceTests(SynchronousTestCase):
                 self.assertIsNone(gamma.key("alpha"), case)
                 [reason] = alpha.denials()
                 if second_name in STRONG_FORMS and first_name in STRONG_FORMS:
-                    self.assertIn("this invite was already used: its strong code was tried at", reason, case)
+                    self.assertIn("this invite was already used: beta paired with its strong code at", reason, case)
                 elif second_name in STRONG_FORMS:
                     self.assertIn("this invite was already used: beta paired with", reason, case)
                 else:
@@ -155,10 +155,37 @@ class ReportedPairsTests(SynchronousTestCase):
     def test_strongLinkThenKeyLink(self):
         """
         After a join with the strong link, the C{/k/} link of the same
-        invite pairs nobody: the strong code's attempt used the invite.
+        invite pairs nobody, and the refusal names the peer the strong code
+        paired.
         """
         reason = self.secondJoin("strong_link", "relaymesh_link")
-        self.assertIn(f"this invite was already used: its strong code was tried at {self.AT}", reason)
+        self.assertIn(f"this invite was already used: beta paired with its strong code at {self.AT}", reason)
+
+    def test_strongCodeThenStrongLink(self):
+        """
+        After a join with the bare strong code, the strong link is refused,
+        naming beta.
+        """
+        reason = self.secondJoin("strong_code", "strong_link")
+        self.assertIn(f"this invite was already used: beta paired with its strong code at {self.AT}", reason)
+
+    def test_strongPairingNamedOnlyWhenAccepted(self):
+        """
+        The used note of a strong code attempt names the peer it paired
+        only on the node that accepted it, and only for an attempt of the
+        last minute: an old attempt's note, or one that names a peer
+        already, is left as it is.
+        """
+        store = KeyStore(self.mktemp())
+        invite = make_invite("alpha", "10.0.0.2", 9847, EPOCH)
+        store.arm(list(invite.keys), invite.expires_at, invite.strong_code)
+        self.assertEqual(store.take_strong_code(EPOCH), invite.strong_code)
+        self.assertFalse(store.note_strong_pairing("beta", EPOCH + 61))
+        self.assertIsNone(store.used_invite(EPOCH + 61).peer_id)
+        self.assertTrue(store.note_strong_pairing("beta", EPOCH + 5))
+        self.assertEqual(store.used_invite(EPOCH + 5).peer_id, "beta")
+        self.assertFalse(store.note_strong_pairing("gamma", EPOCH + 6))
+        self.assertEqual(store.used_invite(EPOCH + 6).peer_id, "beta")
 
     def test_pairCodeThenStrongLink(self):
         """
