@@ -541,19 +541,15 @@ class PairingSlots:
         code is no longer armed, whether or not its file is still there.
 
         @param now: the time (epoch seconds).
-        @raise relaymesh.keyfiles.KeyStoreError: if the code's file is damaged.
+        @raise relaymesh.keyfiles.KeyStoreError: if the code's file (or the
+            pending key's) is damaged.
         """
         note = self.strong_code.read()
         if note is None or expired(note, now):
             return False
         invite = invite_named(note)
-        if invite is None:
-            return True
-        try:
-            current = self._still_armed(self._armed_note(), invite)
-        except KeyStoreError:
-            current = False
-        return current and self.tickets.valid(invite)
+        armed = self._armed_note()
+        return invite is None or (self.tickets.valid(invite) and self._still_armed(armed, invite))
 
     def take_strong_code(self, now: float) -> str | None:
         """
@@ -612,19 +608,26 @@ class PairingSlots:
     def note_strong_pairing(self, peer_id: str, now: float) -> bool:
         """
         A strong code attempt this node accepted paired C{peer_id}: name it
-        in the used note the attempt wrote (naming nobody, as nothing was
-        proved then) if that was at most a minute ago, so that a later
-        join is told who used the invite.
-
-        @return: whether the note was changed.
+        in the invite's used note (L{_name_strong_pairing}).
         """
-        used = self.tickets.used(now)
-        if used is None or used.form != STRONG_CODE_FORM or used.peer_id is not None:
-            return False
-        if used.at is None or not 0 <= now - used.at <= 60:
-            return False
-        self.tickets.record_use(dataclasses.replace(used, peer_id=peer_id))
-        return True
+        return _name_strong_pairing(self.tickets, peer_id, now)
+
+
+def _name_strong_pairing(tickets: InviteTickets, peer_id: str, now: float) -> bool:
+    """
+    Name C{peer_id} in the used note a strong code attempt wrote (naming
+    nobody, as nothing was proved then) if that was at most a minute ago,
+    so that a later join is told who used the invite.
+
+    @return: whether the note was changed.
+    """
+    used = tickets.used(now)
+    if used is None or used.form != STRONG_CODE_FORM or used.peer_id is not None:
+        return False
+    if used.at is None or not 0 <= now - used.at <= 60:
+        return False
+    tickets.record_use(dataclasses.replace(used, peer_id=peer_id))
+    return True
 
 
 class StrongCodeFile:
