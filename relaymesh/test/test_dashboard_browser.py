@@ -8,7 +8,9 @@ with its token, and watches the second connect, go away when it is stopped,
 and come back when it is started again; the events from before the page
 was opened are in its feed at once (the node's recent history). It
 disconnects the second from the dashboard, after a confirmation, and shows
-the error line the node answers when the peer is gone meanwhile. The second publishes the Claude
+the error line the node answers when the peer is gone meanwhile. A third
+machine joins with an invite: the feed says so, and the table lists it as
+a paired peer. The second publishes the Claude
 Code sessions of a fixture Claude home, whose processes are live dummies:
 the first's dashboard shows them, and shows one finished once its process
 is killed. It takes the screenshot the documentation shows (to the path in
@@ -37,6 +39,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import relaymesh
 from relaymesh.control.client import ApiRequestError, NodeClient, NodeNotRunning
+from relaymesh.invite import arm_invite, make_invite
+from relaymesh.keystore import KeyStore
 from relaymesh.test.realtime import paired_homes
 from relaymesh.test.claudehome import ClaudeHome, assistant_text, spawn_claude, user_text
 
@@ -178,6 +182,12 @@ FEED_OF = """
 var wanted = arguments[1] ? '[data-history]' : ':not([data-history])';
 return Array.prototype.map.call(
   document.querySelectorAll('#feed li[data-event="' + arguments[0] + '"]' + wanted),
+  function (li) { return li.querySelector('.text').textContent; });
+"""
+
+#: The feed's lines about joins, newest first.
+JOINS = """
+return Array.prototype.map.call(document.querySelectorAll('#feed li[data-join]'),
   function (li) { return li.querySelector('.text').textContent; });
 """
 
@@ -416,6 +426,30 @@ class DashboardBrowserTests(SynchronousTestCase):
             ".filter(function (n) { return n.indexOf(location.origin + '/') !== 0; })"
         )
         self.assertEqual(outside, [])
+        # A third machine joins a with an invite (relaymesh join, which
+        # closes its connection once paired): the feed says it joined and
+        # that its join connection closed; the table lists it as a paired
+        # peer, as /api/peers does.
+        store_a = KeyStore(home_a)
+        invite = make_invite("laptop-a3f2", "127.0.0.1", relay_a, time.time())
+        arm_invite(store_a, invite)
+        home_c = os.path.join(self.base, "c")
+        KeyStore(home_c).set_identity("phone-9d0e")
+        joined = subprocess.run(
+            [sys.executable, "-m", "relaymesh", "--data-dir", home_c, "join", invite.relaymesh_link],
+            env=self.env, cwd=self.base, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+        )  # fmt: skip
+        self.assertEqual(joined.returncode, 0, joined.stderr)
+        self.wait("the join in the feed", lambda: len(driver.script(JOINS)) == 2)
+        self.assertEqual(
+            [text.split(":")[0] for text in driver.script(JOINS)],
+            ["phone-9d0e's join connection closed", "phone-9d0e joined from 127.0.0.1"],
+        )
+        self.wait("the joined peer listed", lambda: driver.script(STATE_OF, "phone-9d0e") == "disconnected")
+        self.assertEqual(
+            [p["peer_id"] for p in node_a.call("GET", "/api/peers")["peers"]], ["buildbox-7c1e", "phone-9d0e"]
+        )
+        self.assertEqual(driver.script("return document.querySelectorAll('#peers tbody tr').length"), 2)
         # Disconnect b from the dashboard: it asks first; Cancel does nothing.
         driver.script(CLICK_ACTION, "buildbox-7c1e", "disconnect")
         self.wait("the confirmation", lambda: driver.script("return !document.getElementById('peer-confirm').hidden"))
