@@ -245,7 +245,7 @@ class RelayServerFactory(Factory):
 
         @raise relaymesh.pairing.PairingFailed: if that cannot be recorded.
         """
-        pairing.record(self.keys, outcome, self.mesh.clock.seconds())
+        pairing.record(self.keys, outcome, self.mesh.clock.seconds(), accepted=True)
 
     def handshakeSucceeded(self, protocol: RelayProtocol) -> None:
         """

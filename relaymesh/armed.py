@@ -24,6 +24,7 @@ alone (C{pair --strong}) are each taken with one rename of their own file.
 This module does not depend on Twisted.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -531,13 +532,24 @@ class PairingSlots:
 
     def strong_code_armed(self, now: float) -> bool:
         """
-        Whether an unexpired strong pairing code is armed.
+        Whether an unexpired strong pairing code is armed that an attempt
+        could still use.
+
+        The code of an invite lives as long as the invite: once the
+        invite's ticket is gone or its pending key is (claudectl sharing
+        the data directory took it, or C{relaymesh pair} replaced it), the
+        code is no longer armed, whether or not its file is still there.
 
         @param now: the time (epoch seconds).
-        @raise relaymesh.keyfiles.KeyStoreError: if the code's file is damaged.
+        @raise relaymesh.keyfiles.KeyStoreError: if the code's file (or the
+            pending key's) is damaged.
         """
         note = self.strong_code.read()
-        return note is not None and not expired(note, now)
+        if note is None or expired(note, now):
+            return False
+        invite = invite_named(note)
+        armed = self._armed_note()
+        return invite is None or (self.tickets.valid(invite) and self._still_armed(armed, invite))
 
     def take_strong_code(self, now: float) -> str | None:
         """
@@ -592,6 +604,30 @@ class PairingSlots:
         if invite_named(armed) == invite:
             self._disarm_invite(armed)
         return note["code"] if current else None
+
+    def note_strong_pairing(self, peer_id: str, now: float) -> bool:
+        """
+        A strong code attempt this node accepted paired C{peer_id}: name it
+        in the invite's used note (L{_name_strong_pairing}).
+        """
+        return _name_strong_pairing(self.tickets, peer_id, now)
+
+
+def _name_strong_pairing(tickets: InviteTickets, peer_id: str, now: float) -> bool:
+    """
+    Name C{peer_id} in the used note a strong code attempt wrote (naming
+    nobody, as nothing was proved then) if that was at most a minute ago,
+    so that a later join is told who used the invite.
+
+    @return: whether the note was changed.
+    """
+    used = tickets.used(now)
+    if used is None or used.form != STRONG_CODE_FORM or used.peer_id is not None:
+        return False
+    if used.at is None or not 0 <= now - used.at <= 60:
+        return False
+    tickets.record_use(dataclasses.replace(used, peer_id=peer_id))
+    return True
 
 
 class StrongCodeFile:

@@ -285,6 +285,13 @@ class KeyStore(KeyFiles):
         """
         return self.pairing.take_strong_code(now)
 
+    def note_strong_pairing(self, peer_id: str, now: float) -> bool:
+        """
+        Name the peer a strong code attempt of this node's invite paired
+        (L{PairingSlots.note_strong_pairing}).
+        """
+        return self.pairing.note_strong_pairing(peer_id, now)
+
     # Listing and removal
 
     def peers(self) -> list[str]:

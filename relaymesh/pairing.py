@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from relaymesh.handshake.base import PENDING_FORM, Authenticated, HandshakeFailed, KeyLookup
-from relaymesh.handshake.proofs import LEGACY_FIELD, PIN_FIELD
+from relaymesh.handshake.proofs import LEGACY_FIELD, PIN_FIELD, STRONG_FORM
 from relaymesh.keystore import KeyStoreError
 
 
@@ -29,13 +29,18 @@ class PairingFailed(HandshakeFailed):
     """
 
 
-def record(keys: KeyLookup, outcome: Authenticated, now: float, **meta: Any) -> None:
+def record(
+    keys: KeyLookup, outcome: Authenticated, now: float, accepted: bool = False, **meta: Any
+) -> None:
     """
     Write what C{outcome} leaves to record.
 
     @param keys: The key store.
     @param outcome: A successful handshake's outcome.
     @param now: The time, in clock seconds, recorded as C{paired_at}.
+    @param accepted: Whether this node accepted the handshake: a strong
+        pairing it accepted used its invite's strong code, and the invite's
+        used note then names the peer.
     @param meta: More fields to record about a peer paired by this
         handshake (a join records the address and whether it is legacy).
     @raise PairingFailed: if the key store refuses, or the armed key the
@@ -53,6 +58,9 @@ def record(keys: KeyLookup, outcome: Authenticated, now: float, **meta: Any) -> 
             keys.update_meta(
                 peer_id, paired_at=int(now * 1000), paired_via=outcome.paired_via, **meta
             )
+            note = getattr(keys, "note_strong_pairing", None)
+            if accepted and outcome.paired_via == STRONG_FORM and note is not None:
+                note(peer_id, now)
         fields: dict[str, Any] = {}
         if outcome.pin is not None:
             fields[PIN_FIELD] = outcome.pin

@@ -10,6 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
 from relaymesh.control.auth import authorize
+from relaymesh.control.history import EventHistory
 from relaymesh.control.hosts import HostPolicy
 from relaymesh.control.metrics import NodeMetrics, RoundTrips
 from relaymesh.control.requests import MAX_CONNECTIONS, REQUEST_DEADLINE
@@ -38,6 +39,7 @@ class ControlPlane:
     @ivar metrics: The node's L{NodeMetrics}.
     @ivar views: The node's L{NodeViews}.
     @ivar streams: The open L{EventStream}s.
+    @ivar history: The recent events (L{EventHistory}).
     @ivar api_address: Where the API listens (C{host:port}), once it does.
     """
 
@@ -74,6 +76,7 @@ class ControlPlane:
         self.metrics = NodeMetrics(self.mesh, clock, self.round_trips, self.started_at)
         self.views = NodeViews(node, clock, self.round_trips.rtt_ms, self.started_at)
         self.streams: set[EventStream] = set()
+        self.history = EventHistory(self.mesh, clock)
         self.api_address: str | None = None
 
     def authorize(self, request: Request, allow_cookie: bool = False) -> None:
@@ -91,12 +94,16 @@ class ControlPlane:
         """
         return self.views.status(self.api_address, len(self.streams))
 
-    def open_stream(self, request: Request, wanted: frozenset[str] | None) -> EventStream:
+    def open_stream(
+        self, request: Request, wanted: frozenset[str] | None, history: int = 0
+    ) -> EventStream:
         """
         Start answering a request with an event stream, kept in L{streams}
         until it ends.
 
         @param wanted: The event types to send (L{None}: all).
+        @param history: How many recent events of those types to send
+            first.
         """
         stream = EventStream(
             request,
@@ -105,6 +112,8 @@ class ControlPlane:
             wanted,
             self.keepalive_interval,
             self.max_stream_backlog,
+            replay=self.history.recent(history, wanted),
+            peer_object=self.history.joins.event_object,
         )
         self.streams.add(stream)
         stream.finished.addBoth(lambda _: self.streams.discard(stream))

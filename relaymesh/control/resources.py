@@ -29,6 +29,7 @@ from relaymesh.control.requests import (
     write_error,
     write_json,
 )
+from relaymesh.control.history import parse_history
 from relaymesh.control.sse import parse_event_types
 from relaymesh.errors import UnknownPeer
 from relaymesh.fleet import API_SOURCE
@@ -278,14 +279,18 @@ class Workers(ApiResource):
 
 class Events(ApiResource):
     """
-    The event stream (L{relaymesh.control.sse}); the token may also come in
-    a cookie, because a browser's C{EventSource} cannot send headers.
+    The event stream (L{relaymesh.control.sse}), with C{?history=N} the last
+    N recent events first (L{relaymesh.control.history}); the token may also
+    come in a cookie, because a browser's C{EventSource} cannot send
+    headers.
     """
 
     cookie_auth = True
 
     def do_GET(self, request: Request) -> int:
-        self.control.open_stream(request, parse_event_types(request.args.get(b"types", [])))
+        wanted = parse_event_types(request.args.get(b"types", []))
+        history = parse_history(request.args.get(b"history", []))
+        self.control.open_stream(request, wanted, history)
         return NOT_DONE_YET
 
 

@@ -3,7 +3,9 @@ C{/api/events}: the mesh's messages and peer events as Server-Sent Events.
 
 Each event is one C{data:} line holding a JSON object whose C{event} is one
 of L{EVENT_TYPES}; a comment line every L{KEEPALIVE_INTERVAL} seconds keeps
-the connection (and the client's patience) alive.
+the connection (and the client's patience) alive. With C{?history=N} the
+last N recent events (L{relaymesh.control.history}) come first, each with
+C{"history": true}.
 """
 
 from __future__ import annotations
@@ -146,6 +148,8 @@ class EventStream:
         wanted: frozenset[str] | None = None,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         max_backlog: int = MAX_STREAM_BACKLOG,
+        replay: list[dict[str, Any]] | None = None,
+        peer_object: Callable[[PeerEvent, float], dict[str, Any]] = event_object,
     ) -> None:
         """
         @param request: The C{GET /api/events} request to answer.
@@ -155,6 +159,8 @@ class EventStream:
         @param keepalive_interval: Seconds between keepalive comments.
         @param max_backlog: Bytes the client may fall behind before it is
             dropped.
+        @param replay: Recent events to send first, before the live ones.
+        @param peer_object: Makes a peer event's JSON object.
         """
         self.request = request
         self.mesh = mesh
@@ -169,6 +175,8 @@ class EventStream:
         self._keepalive = LoopingCall(self._write, b": keepalive\n\n")
         self._keepalive.clock = clock
         self._interval = keepalive_interval
+        self._replay = replay or []
+        self._peer_object = peer_object
         self.finished = request.notifyFinish()
         self.finished.addBoth(self._ended)
 
@@ -182,6 +190,9 @@ class EventStream:
         request.setHeader(b"x-accel-buffering", b"no")
         request.registerProducer(self, True)
         self._write(b"retry: 2000\n: relaymesh events\n\n")
+        for value in self._replay:
+            self.send(value)
+        self._replay = []
         if self._wants(MESSAGE_EVENT):
             self._cancels.append(self.mesh.subscribe(self._message).cancel)
         if self.wanted is None or self.wanted - {MESSAGE_EVENT, SESSIONS_EVENT}:
@@ -201,7 +212,7 @@ class EventStream:
 
     def _peer(self, event: PeerEvent) -> None:
         if self._wants(PEER_EVENT_PREFIX + event.kind):
-            self.send(event_object(event, self.clock.seconds()))
+            self.send(self._peer_object(event, self.clock.seconds()))
 
     def send(self, value: dict[str, Any]) -> None:
         """

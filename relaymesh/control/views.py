@@ -101,11 +101,17 @@ class NodeViews:
 
     def peer_list(self) -> list[dict[str, Any]]:
         """
-        Every known peer: connected or seen by the mesh, paired, or dialled.
+        Every known peer: paired, dialled, connected (or connecting, or
+        reachable through routing); a peer the mesh saw once and that is
+        none of those now (a key forgotten since) is not listed.
         """
         paired = set(self._paired())
         dialled = self._dialled()
-        views = {p.peer_id: self._view(p, paired, dialled) for p in self.node.mesh.peers()}
+        views = {
+            p.peer_id: self._view(p, paired, dialled)
+            for p in self.node.mesh.peers()
+            if p.state != PeerState.DISCONNECTED or p.peer_id in paired or p.peer_id in dialled
+        }
         for peer_id in (paired | set(dialled)) - set(views):
             views[peer_id] = self._view(self._unseen(peer_id, paired, dialled), paired, dialled)
         return [views[k] for k in sorted(views)]

@@ -5,7 +5,12 @@ Two C{relaymesh} nodes run as processes on loopback ports; headless Chromium,
 driven through chromedriver's W3C WebDriver protocol (plain HTTP, spoken
 here with the standard library), opens the dashboard of the first, signs in
 with its token, and watches the second connect, go away when it is stopped,
-and come back when it is started again. The second publishes the Claude
+and come back when it is started again; the events from before the page
+was opened are in its feed at once (the node's recent history). It
+disconnects the second from the dashboard, after a confirmation, and shows
+the error line the node answers when the peer is gone meanwhile. A third
+machine joins with an invite: the feed says so, and the table lists it as
+a paired peer. The second publishes the Claude
 Code sessions of a fixture Claude home, whose processes are live dummies:
 the first's dashboard shows them, and shows one finished once its process
 is killed. It takes the screenshot the documentation shows (to the path in
@@ -34,6 +39,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import relaymesh
 from relaymesh.control.client import ApiRequestError, NodeClient, NodeNotRunning
+from relaymesh.invite import arm_invite, make_invite
+from relaymesh.keystore import KeyStore
 from relaymesh.test.realtime import paired_homes
 from relaymesh.test.claudehome import ClaudeHome, assistant_text, spawn_claude, user_text
 
@@ -170,6 +177,35 @@ return row ? [row.querySelector('td.project').textContent, row.querySelector('.s
 """
 
 
+#: The feed's lines of one event type, replayed from the history or live.
+FEED_OF = """
+var wanted = arguments[1] ? '[data-history]' : ':not([data-history])';
+return Array.prototype.map.call(
+  document.querySelectorAll('#feed li[data-event="' + arguments[0] + '"]' + wanted),
+  function (li) { return li.querySelector('.text').textContent; });
+"""
+
+#: The feed's lines about joins, newest first.
+JOINS = """
+return Array.prototype.map.call(document.querySelectorAll('#feed li[data-join]'),
+  function (li) { return li.querySelector('.text').textContent; });
+"""
+
+#: Click a peer row's action button (in one step: the table is redrawn
+#: every second).
+CLICK_ACTION = """
+var button = document.querySelector('tr[data-peer="' + arguments[0] + '"] button[data-action="' + arguments[1] + '"]');
+if (!button) throw new Error('no ' + arguments[1] + ' button for ' + arguments[0]);
+button.click();
+"""
+
+#: The answer shown under the peer table: [class, text].
+RESULT = """
+var result = document.getElementById('peer-result');
+return [result.className, result.textContent];
+"""
+
+
 class DashboardBrowserTests(SynchronousTestCase):
     """
     Two nodes as processes, and the first one's dashboard in Chromium.
@@ -235,6 +271,13 @@ class DashboardBrowserTests(SynchronousTestCase):
             return NodeClient(f"http://127.0.0.1:{api_port}", f.read().strip(), timeout=5)
 
     @staticmethod
+    def state_on(client: NodeClient, peer_id: str) -> str | None:
+        try:
+            return client.call("GET", f"/api/peers/{peer_id}")["state"]
+        except (NodeNotRunning, ApiRequestError):
+            return None
+
+    @staticmethod
     def answers(client: NodeClient) -> bool:
         try:
             client.call("GET", "/api/status")
@@ -276,6 +319,9 @@ class DashboardBrowserTests(SynchronousTestCase):
         node_b = self.client(home_b, api_b)
         self.wait("node a's API", lambda: self.answers(node_a))
         self.wait("node b's API", lambda: self.answers(node_b))
+        # b connects before the page is opened: the page learns it from the
+        # node's recent events.
+        self.wait("b connected to a", lambda: self.state_on(node_a, "buildbox-7c1e") == "connected")
 
         driver_log = os.path.join(self.base, "chromedriver.log")
         self.processes.append(
@@ -301,6 +347,9 @@ class DashboardBrowserTests(SynchronousTestCase):
         driver.click(driver.find("#connect"))
         self.wait("the live pill", lambda: driver.script("return document.getElementById('live').textContent") == "live")
         self.wait("buildbox connected", lambda: driver.script(STATE_OF, "buildbox-7c1e") == "connected")
+        past = self.wait("the connection in the feed, from before the page", lambda: driver.script(FEED_OF, "peer_connected", True))
+        self.assertIn("buildbox-7c1e connected (inbound", past[0])
+        self.assertEqual(driver.script(FEED_OF, "peer_connected", False), [])
         self.wait(
             "buildbox's sessions",
             lambda: driver.script("return !!document.querySelector('#workers [data-peer=\"buildbox-7c1e\"]')"),
@@ -331,7 +380,7 @@ class DashboardBrowserTests(SynchronousTestCase):
             lambda: driver.script("return document.querySelectorAll('#feed li[data-event=\"peer_disconnected\"]').length"),
         )
         # Start it again: it comes back.
-        self.node("b2", home_b, *beta_args)
+        beta_again = self.node("b2", home_b, *beta_args)
         self.wait("buildbox connected again", lambda: driver.script(STATE_OF, "buildbox-7c1e") == "connected")
         self.assertGreaterEqual(
             driver.script("return document.querySelectorAll('#feed li[data-event=\"peer_connected\"]').length"), 1
@@ -377,6 +426,60 @@ class DashboardBrowserTests(SynchronousTestCase):
             ".filter(function (n) { return n.indexOf(location.origin + '/') !== 0; })"
         )
         self.assertEqual(outside, [])
+        # A third machine joins a with an invite (relaymesh join, which
+        # closes its connection once paired): the feed says it joined and
+        # that its join connection closed; the table lists it as a paired
+        # peer, as /api/peers does.
+        store_a = KeyStore(home_a)
+        invite = make_invite("laptop-a3f2", "127.0.0.1", relay_a, time.time())
+        arm_invite(store_a, invite)
+        home_c = os.path.join(self.base, "c")
+        KeyStore(home_c).set_identity("phone-9d0e")
+        joined = subprocess.run(
+            [sys.executable, "-m", "relaymesh", "--data-dir", home_c, "join", invite.relaymesh_link],
+            env=self.env, cwd=self.base, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+        )  # fmt: skip
+        self.assertEqual(joined.returncode, 0, joined.stderr)
+        self.wait("the join in the feed", lambda: len(driver.script(JOINS)) == 2)
+        self.assertEqual(
+            [text.split(":")[0] for text in driver.script(JOINS)],
+            ["phone-9d0e's join connection closed", "phone-9d0e joined from 127.0.0.1"],
+        )
+        self.wait("the joined peer listed", lambda: driver.script(STATE_OF, "phone-9d0e") == "disconnected")
+        self.assertEqual(
+            [p["peer_id"] for p in node_a.call("GET", "/api/peers")["peers"]], ["buildbox-7c1e", "phone-9d0e"]
+        )
+        self.assertEqual(driver.script("return document.querySelectorAll('#peers tbody tr').length"), 2)
+        # Disconnect b from the dashboard: it asks first; Cancel does nothing.
+        driver.script(CLICK_ACTION, "buildbox-7c1e", "disconnect")
+        self.wait("the confirmation", lambda: driver.script("return !document.getElementById('peer-confirm').hidden"))
+        self.assertIn("Disconnect buildbox-7c1e?", driver.script("return document.getElementById('peer-confirm-text').textContent"))
+        driver.click(driver.find("#peer-confirm-no"))
+        self.assertEqual(driver.script("return document.getElementById('peer-confirm').hidden"), True)
+        self.assertEqual(self.state_on(node_a, "buildbox-7c1e"), "connected")
+        live_disconnections = len(driver.script(FEED_OF, "peer_disconnected", False))
+        driver.script(CLICK_ACTION, "buildbox-7c1e", "disconnect")
+        self.wait("the confirmation", lambda: driver.script("return !document.getElementById('peer-confirm').hidden"))
+        driver.click(driver.find("#peer-confirm-yes"))
+        self.wait("the answer", lambda: driver.script(RESULT) == ["done", "Disconnected buildbox-7c1e."])
+        self.wait(
+            "the disconnection by request in the feed",
+            lambda: len(driver.script(FEED_OF, "peer_disconnected", False)) > live_disconnections,
+        )
+        # b is stopped and its key forgotten (by relaymesh forget on a's
+        # data directory) while the page still lists it: the node's error
+        # line is shown, and the row goes once the node no longer lists it.
+        self.stop(beta_again)
+        self.wait("buildbox disconnected", lambda: driver.script(STATE_OF, "buildbox-7c1e") == "disconnected")
+        driver.script(CLICK_ACTION, "buildbox-7c1e", "disconnect")
+        self.wait("the confirmation", lambda: driver.script("return !document.getElementById('peer-confirm').hidden"))
+        os.unlink(os.path.join(home_a, "peers", "buildbox-7c1e.key"))
+        driver.click(driver.find("#peer-confirm-yes"))
+        self.assertEqual(
+            self.wait("the error line", lambda: driver.script(RESULT) if driver.script(RESULT)[1] else None),
+            ["error", "Could not disconnect buildbox-7c1e: unknown peer 'buildbox-7c1e'"],
+        )
+        self.wait("buildbox gone from the table", lambda: driver.script(STATE_OF, "buildbox-7c1e") is None, limit=10)
         # Forget token: the page signs out and the node removes the cookie.
         driver.click(driver.find("#signout"))
         self.wait("the sign-in form", lambda: driver.script("return !document.getElementById('login').hidden"))

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -64,7 +65,7 @@ class EveryFormOnceTests(SynchronousTestCase):
                 self.assertIsNone(gamma.key("alpha"), case)
                 [reason] = alpha.denials()
                 if second_name in STRONG_FORMS and first_name in STRONG_FORMS:
-                    self.assertIn("this invite was already used: its strong code was tried at", reason, case)
+                    self.assertIn("this invite was already used: beta paired with its strong code at", reason, case)
                 elif second_name in STRONG_FORMS:
                     self.assertIn("this invite was already used: beta paired with", reason, case)
                 else:
@@ -118,6 +119,97 @@ class EveryFormOnceTests(SynchronousTestCase):
         self.failureResultOf(alpha.join(gamma, parse_join_input(old.link)), JoinError)
         self.successResultOf(alpha.join(gamma, parse_join_input(new.link)))
         self.assertEqual(alpha.store.peers(), ["beta", "gamma"])
+
+
+class ReportedPairsTests(SynchronousTestCase):
+    """
+    The pairs of forms as they were reported: each second join is refused
+    with one line saying the invite was used, by whom and when, and pairs
+    nothing.
+    """
+
+    AT = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(EPOCH))
+
+    def secondJoin(self, first: str, second: str, second_peer: str | None = None) -> str:
+        """
+        Join beta with the form C{first} of one invite, then gamma with the
+        form C{second}; return alpha's refusal of gamma.
+        """
+        alpha = InvitingNode(self)
+        printed = alpha.invite()
+        peer = "alpha@10.0.0.2:9847"
+        beta, gamma = alpha.joiner("beta"), alpha.joiner("gamma")
+        first_text = getattr(printed, first)
+        first_peer = peer if first in ("pair_code", "strong_code") else None
+        self.successResultOf(alpha.join(beta, parse_join_input(first_text, first_peer)))
+        d = alpha.join(gamma, parse_join_input(getattr(printed, second), second_peer))
+        self.failureResultOf(d, JoinError)
+        self.assertEqual(alpha.store.peers(), ["beta"])
+        self.assertIsNone(gamma.key("alpha"))
+        self.assertEqual(alpha.store.armed_keys(alpha.reactor.seconds()), [])
+        self.assertFalse(alpha.store.strong_code_armed(alpha.reactor.seconds()))
+        [reason] = alpha.denials()
+        self.assertNotIn("\n", reason)
+        return reason
+
+    def test_strongLinkThenKeyLink(self):
+        """
+        After a join with the strong link, the C{/k/} link of the same
+        invite pairs nobody, and the refusal names the peer the strong code
+        paired.
+        """
+        reason = self.secondJoin("strong_link", "relaymesh_link")
+        self.assertIn(f"this invite was already used: beta paired with its strong code at {self.AT}", reason)
+
+    def test_strongCodeThenStrongLink(self):
+        """
+        After a join with the bare strong code, the strong link is refused,
+        naming beta.
+        """
+        reason = self.secondJoin("strong_code", "strong_link")
+        self.assertIn(f"this invite was already used: beta paired with its strong code at {self.AT}", reason)
+
+    def test_strongPairingNamedOnlyWhenAccepted(self):
+        """
+        The used note of a strong code attempt names the peer it paired
+        only on the node that accepted it, and only for an attempt of the
+        last minute: an old attempt's note, or one that names a peer
+        already, is left as it is.
+        """
+        store = KeyStore(self.mktemp())
+        invite = make_invite("alpha", "10.0.0.2", 9847, EPOCH)
+        store.arm(list(invite.keys), invite.expires_at, invite.strong_code)
+        self.assertEqual(store.take_strong_code(EPOCH), invite.strong_code)
+        self.assertFalse(store.note_strong_pairing("beta", EPOCH + 61))
+        self.assertIsNone(store.used_invite(EPOCH + 61).peer_id)
+        self.assertTrue(store.note_strong_pairing("beta", EPOCH + 5))
+        self.assertEqual(store.used_invite(EPOCH + 5).peer_id, "beta")
+        self.assertFalse(store.note_strong_pairing("gamma", EPOCH + 6))
+        self.assertEqual(store.used_invite(EPOCH + 6).peer_id, "beta")
+
+    def test_pairCodeThenStrongLink(self):
+        """
+        After a join with the pair code, the strong link pairs nobody, and
+        the refusal names the peer that used the invite and when.
+        """
+        reason = self.secondJoin("pair_code", "strong_link")
+        self.assertIn(f"this invite was already used: beta paired with its link or pair code at {self.AT}", reason)
+
+    def test_keyLinkThenPairCode(self):
+        """
+        After a join with the C{/k/} link, the pair code (the same key) is
+        refused as used, naming beta.
+        """
+        reason = self.secondJoin("relaymesh_link", "pair_code", "alpha@10.0.0.2:9847")
+        self.assertIn(f"this invite was already used: beta paired with its link or pair code at {self.AT}", reason)
+
+    def test_wordPhraseThenStrongCode(self):
+        """
+        After a join with claudectl's word phrase, the strong code is
+        refused, naming beta.
+        """
+        reason = self.secondJoin("words", "strong_code", "alpha@10.0.0.2:9847")
+        self.assertIn(f"this invite was already used: beta paired with its relay code or word phrase at {self.AT}", reason)
 
 
 def proof_for(acceptor: AcceptorHandshake, peer: str, key: bytes) -> RelayMessage:
@@ -280,6 +372,30 @@ class AloneTests(SynchronousTestCase):
         self.assertEqual(store.armed_keys(EPOCH), [])
         self.assertEqual(store.peers(), [])
         self.assertFalse(store.strong_code_armed(EPOCH))
+
+    def test_claudectlTakesPendingKeyStrongCodeDisarmed(self):
+        """
+        Once claudectl has taken the pending key, the invite's strong code
+        is no longer armed, before anything tries it: the invite is used.
+        """
+        store = KeyStore(self.mktemp())
+        invite = make_invite("alpha", "10.0.0.2", 9847, EPOCH)
+        store.arm(list(invite.keys), invite.expires_at, invite.strong_code)
+        self.assertTrue(store.strong_code_armed(EPOCH))
+        os.unlink(os.path.join(store.path, "peers", "_pending.key"))  # claudectl's claim
+        self.assertFalse(store.strong_code_armed(EPOCH))
+        self.assertIsNone(store.take_strong_code(EPOCH))
+
+    def test_strongCodeAloneStaysArmedAfterClaudectl(self):
+        """
+        A strong code armed on its own (C{pair --strong}) is no invite's:
+        claudectl taking the pending key leaves it armed.
+        """
+        store = KeyStore(self.mktemp())
+        store.set_pending_key(bytes(32))
+        store.arm_strong_code("7-gem-oak", EPOCH + 600)
+        os.unlink(os.path.join(store.path, "peers", "_pending.key"))
+        self.assertTrue(store.strong_code_armed(EPOCH))
 
 
 #: A claim made by one process: it arms nothing, reads the armed keys,
@@ -471,7 +587,10 @@ class ClaimUnderWayTests(SynchronousTestCase):
             self.assertEqual(str(error), IN_USE)
             self.assertEqual(error.used.form, "in_use")
         self.assertEqual(self.store.peers(), [])
-        self.assertTrue(self.store.strong_code_armed(ARMED_AT))
+        # The code's file stays for the claim under way to remove, but no
+        # attempt can use the code: it is not armed.
+        self.assertTrue(os.path.exists(os.path.join(self.store.path, "strong-code")))
+        self.assertFalse(self.store.strong_code_armed(ARMED_AT))
 
     def test_strongCodeTakenToo(self):
         """
