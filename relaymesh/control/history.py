@@ -35,7 +35,8 @@ from relaymesh.control.sse import (
 )
 from relaymesh.events import Direction, EventKind, PeerEvent, PeerSessions
 from relaymesh.interfaces import IRelayMesh
-from relaymesh.wire import RelayMessage
+from relaymesh.wire import RelayMessage, WireError
+from relaymesh.wire import dumps as wire_dumps
 
 #: Events kept, routine ones not counted.
 HISTORY_LIMIT = 200
@@ -119,6 +120,28 @@ def shorten(value: dict[str, Any], limit: int = MAX_EVENT_BYTES) -> tuple[dict[s
     return kept, data
 
 
+#: Bytes an event object adds to its message's payload JSON: the field names,
+#: the id, the peer ids and the times, generously.
+_MESSAGE_OVERHEAD = 512
+
+
+class _LazyMessage:
+    """
+    A received message kept in the history, made into its event object only
+    when the history is read.
+    """
+
+    __slots__ = ("peer_id", "message", "time")
+
+    def __init__(self, peer_id: str, message: RelayMessage, time: float) -> None:
+        self.peer_id = peer_id
+        self.message = message
+        self.time = time
+
+    def event(self) -> dict[str, Any]:
+        return message_object(self.peer_id, self.message, self.time)
+
+
 class JoinNotes:
     """
     Which connections were joins: an inbound connection whose handshake
@@ -196,8 +219,8 @@ class EventHistory:
         self.max_bytes = max_bytes
         self.max_event_bytes = max_event_bytes
         self.joins = JoinNotes(mesh)
-        self._events: deque[tuple[int, dict[str, Any], int]] = deque(maxlen=limit)
-        self._routine: deque[tuple[int, dict[str, Any], int]] = deque(maxlen=routine_limit)
+        self._events: deque[tuple[int, dict[str, Any] | _LazyMessage, int]] = deque(maxlen=limit)
+        self._routine: deque[tuple[int, dict[str, Any] | _LazyMessage, int]] = deque(maxlen=routine_limit)
         self._seq = 0
         self.size = 0
         mesh.subscribe(self._message)
@@ -205,7 +228,20 @@ class EventHistory:
         mesh.fleet.watch(self._sessions)
 
     def _message(self, peer_id: str, message: RelayMessage) -> None:
-        self.add(message_object(peer_id, message, self.clock.seconds()))
+        # Every message passes here, so the event object is built only when
+        # someone asks for the history: a message is kept as it came, sized
+        # by its payload's JSON (the codec's fast path), and shortened at
+        # once only when it is too long to keep whole.
+        now = self.clock.seconds()
+        try:
+            size = len(wire_dumps(message.payload)) + _MESSAGE_OVERHEAD
+        except WireError:
+            size = self.max_event_bytes + 1
+        if size > self.max_event_bytes:
+            self.add(message_object(peer_id, message, now))
+            return
+        routine = message.msg_type == HEARTBEAT
+        self._keep(_LazyMessage(peer_id, message, now), size, routine)
 
     def _peer(self, event: PeerEvent) -> None:
         self.add(self.joins.event_object(event, self.clock.seconds()))
@@ -219,12 +255,15 @@ class EventHistory:
         ones past the limits.
         """
         kept, data = shorten(value, self.max_event_bytes)
-        ring = self._routine if _routine(value) else self._events
+        self._keep(kept, len(data), _routine(value))
+
+    def _keep(self, kept: dict[str, Any] | _LazyMessage, size: int, routine: bool) -> None:
+        ring = self._routine if routine else self._events
         if len(ring) == ring.maxlen:
             self.size -= ring[0][2]
         self._seq += 1
-        ring.append((self._seq, kept, len(data)))
-        self.size += len(data)
+        ring.append((self._seq, kept, size))
+        self.size += size
         while self.size > self.max_bytes:
             rings = [r for r in (self._events, self._routine) if r]
             oldest = min(rings, key=lambda r: r[0][0])
@@ -240,7 +279,8 @@ class EventHistory:
         """
         types = None if wanted is None else frozenset(wanted)
         merged = sorted(list(self._events) + list(self._routine), key=lambda e: e[0])
-        chosen = [v for _, v, _ in merged if types is None or v["event"] in types]
         if count <= 0:
             return []
+        events = (v.event() if isinstance(v, _LazyMessage) else v for _, v, _ in merged)
+        chosen = [v for v in events if types is None or v["event"] in types]
         return [dict(v, history=True) for v in chosen[-count:]]

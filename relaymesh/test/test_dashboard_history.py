@@ -117,7 +117,11 @@ class EventHistoryTests(SynchronousTestCase):
             self.mesh.deliver("beta", message("task_status", {"text": "x" * 1000}, n))
         events = history.recent(HISTORY_LIMIT)
         self.assertLessEqual(history.size, 20_000)
-        self.assertEqual(history.size, sum(len(dumps({k: v for k, v in e.items() if k != "history"})) for e in events))
+        # Messages are sized generously (their payload's JSON and a margin)
+        # so that they need not be encoded as they arrive: the budget never
+        # counts less than what the events take.
+        taken = sum(len(dumps({k: v for k, v in e.items() if k != "history"})) for e in events)
+        self.assertLessEqual(taken, history.size)
         self.assertLess(len(events), 100)
         self.assertGreater(len(events), 10)
         self.assertEqual(events[-1]["message"]["id"], "m99")
