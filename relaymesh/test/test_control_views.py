@@ -117,6 +117,11 @@ class NodeViewsTests(SynchronousTestCase):
                 "encrypted": True,
                 "mutual": True,
                 "link": "tls",
+                "dial_address": None,
+                "connected_by_dial": False,
+                "stored_address": None,
+                "address_source": None,
+                "address_learned_at": None,
             },
         )
 
@@ -159,7 +164,8 @@ class NodeViewsTests(SynchronousTestCase):
         self.keystore.set_key("gamma", os.urandom(32))
         first = self.views.connect("gamma@10.0.0.3:9847")
         self.assertEqual(
-            first, {"addr": "gamma@10.0.0.3:9847", "peer_id": "gamma", "already_dialled": False}
+            first,
+            {"addr": "gamma@10.0.0.3:9847", "peer_id": "gamma", "already_dialled": False, "already_connected": False},
         )
         self.assertTrue(self.views.connect("gamma@10.0.0.3:9847")["already_dialled"])
         self.assertEqual(self.node.dialled(), [parse_peer_address("gamma@10.0.0.3:9847")])
