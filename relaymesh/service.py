@@ -391,10 +391,12 @@ class RelayService(MultiService):
 
     def dial_connected(self, address: PeerAddress) -> bool:
         """Whether the dialler of C{address} made the live connection (see L{INode})."""
-        outbound = self._outbound.get(address)
-        current = None if outbound is None else outbound.factory.current
-        peer_id = None if current is None else current.peer_id
-        return peer_id is not None and self.mesh.registry.connection(peer_id) is current
+        unnamed = dataclasses.replace(address, peer_id=None)
+        for outbound in (self._outbound.get(address), self._outbound.get(unnamed)):
+            current = None if outbound is None else outbound.factory.current
+            if current is not None and current.peer_id == address.peer_id is not None:
+                return self.mesh.registry.connection(current.peer_id) is current
+        return False
 
     def dialled(self) -> list[PeerAddress]:
         """

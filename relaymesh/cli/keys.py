@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from twisted.internet.defer import inlineCallbacks
 
+from relaymesh.address import InvalidAddress
 from relaymesh.addresses import SET_ADDRESS, AddressBook, with_peer_id
 from relaymesh.cli import live, peertable
 from relaymesh.cli.base import (
@@ -325,7 +326,10 @@ def run_peer(context: Context, args: argparse.Namespace) -> None:
     @raise CommandError: for a bad address, or a peer with no key.
     """
     peer_id = validate_peer_id(args.peer_id)
-    address = str(with_peer_id(args.address, peer_id))
+    try:
+        address = str(with_peer_id(args.address, peer_id))
+    except InvalidAddress as e:
+        raise CommandError(str(e)) from None
     if context.store.key(peer_id) is None:
         raise CommandError(f"no key for {peer_id}: pair first (relaymesh invite / relaymesh join)")
     AddressBook(context.data_dir).record(peer_id, address, SET_ADDRESS)

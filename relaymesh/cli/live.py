@@ -638,6 +638,11 @@ def _disconnect(context: Context, args: argparse.Namespace, node: NodeClient) ->
     if answer.get("forgot_address"):
         done.append("forgot its address" if done else f"Forgot the address of {peer}")
     text = "; ".join(done) + "." if done else f"{peer} was neither connected nor dialled."
+    if answer.get("address_remembered"):
+        text += (
+            f" Its address is remembered: the node redials it when it starts again "
+            f"({PROG} disconnect {peer} --forget-address forgets it)."
+        )
     context.emit(answer, text)
 
 

@@ -257,6 +257,8 @@ class NodeViews:
                 answer["forgot_address"] = self.node.forget_address(peer_id)
         except (KeyStoreError, OSError) as e:
             raise ApiError(http.INTERNAL_SERVER_ERROR, f"cannot forget {peer_id}: {e}") from None
+        if forget is None and peer_id in stored:
+            answer["address_remembered"] = stored[peer_id].address
         return answer
 
     def _stop_address(self, text: str) -> dict[str, Any]:

@@ -285,11 +285,15 @@ class LiveCommandTests(TestCase):
         self.assertEqual((status, out, err), (0, "Connected to gamma.\n", ""))
         self.assertTrue(gamma.mesh.is_connected("alpha"))
         status, out, err = yield self.run_cli(self.alpha, "disconnect", "gamma")
-        self.assertEqual((status, out, err), (0, "Disconnected gamma; stopped dialling gamma.\n", ""))
+        remembered = (
+            " Its address is remembered: the node redials it when it starts again "
+            "(relaymesh disconnect gamma --forget-address forgets it).\n"
+        )
+        self.assertEqual((status, out, err), (0, "Disconnected gamma; stopped dialling gamma." + remembered, ""))
         self.assertEqual([o.target.peer_id for o in self.alpha.outbound()], [])
         yield wait_for(lambda: not gamma.mesh.is_connected("alpha"), 5)
         status, out, err = yield self.run_cli(self.alpha, "disconnect", "gamma")
-        self.assertEqual(out, "gamma was neither connected nor dialled.\n")
+        self.assertEqual(out, "gamma was neither connected nor dialled." + remembered)
         status, out, err = yield self.run_cli(self.alpha, "disconnect", "nobody")
         self.assertEqual(status, 2)
         self.assertIn("unknown peer", err)
