@@ -240,9 +240,8 @@ class AddressKeeper:
 
     @ivar book: The book, or L{None} for a node whose key store is in
         memory (nothing is remembered).
-    @ivar sources: The source of each address dialled (L{None}: remember
-        nothing), for an address without a peer id, remembered once its
-        first handshake names the peer.
+    @ivar sources: The source of each address dialled that is to be
+        remembered once its dial connects (L{None}: nothing to remember).
     """
 
     log = Logger()
@@ -252,13 +251,14 @@ class AddressKeeper:
         book: AddressBook | None,
         keystore: Any,
         mesh: Any,
-        outbound: Callable[[], dict[PeerAddress, str | None]],
+        outbound: Callable[[], dict[PeerAddress, Any]],
     ) -> None:
         """
         @param keystore: The node's key store (whose peers are redialled).
         @param mesh: Its mesh, whose registry has the connections.
-        @param outbound: The addresses dialled, each with the peer id its
-            dialler learned (or was given).
+        @param outbound: The addresses dialled, each with its dialler (a
+            L{relaymesh.dialer.RelayClientFactory}: its C{peer_id} and
+            C{current} connection).
         """
         self.book = book
         self.sources: dict[PeerAddress, str | None] = {}
@@ -274,12 +274,16 @@ class AddressKeeper:
 
     def dialling(self, address: PeerAddress, source: str | None) -> None:
         """
-        A dialler of C{address} starts: remember the address now if it
-        names the peer, else once a handshake does.
+        A dialler of C{address} starts: remember the address once this dial
+        connects (a mistyped address never replaces a good one); one a user
+        set for good (C{--peers}, C{set-address}) that names its peer at
+        once.
         """
-        self.sources.setdefault(address, source)
-        if source is not None and address.peer_id is not None:
+        if source in (PEERS_OPTION, SET_ADDRESS) and address.peer_id is not None:
             self.remember(address.peer_id, address, source)
+            source = None
+        if self.sources.get(address) is None:
+            self.sources[address] = source
 
     def stopped(self, address: PeerAddress) -> None:
         """
@@ -316,7 +320,7 @@ class AddressKeeper:
         except OSError as e:
             self.log.warn("cannot list the paired peers, so none is redialled: {error}", error=e)
             return []
-        dialled = set(self._outbound().values())
+        dialled = {factory.peer_id for factory in self._outbound().values()}
         found = []
         for peer_id, entry in sorted(self.book.entries().items()):
             if peer_id in held and peer_id not in dialled:
@@ -331,20 +335,21 @@ class AddressKeeper:
 
     def learned(self, event: PeerEvent) -> None:
         """
-        A peer connected: remember where a bare address dialled turned out
-        to lead, or where an inbound peer said it accepts connections (in
+        A peer connected: remember the address whose dial made the
+        connection, or where an inbound peer said it accepts connections (in
         its handshake inside TLS; claudectl never says).
         """
         if event.kind != EventKind.CONNECTED or event.peer_id is None:
             return
         peer_id = event.peer_id
-        if event.direction == Direction.OUTBOUND:
-            for address, learned_id in self._outbound().items():
-                source = self.sources.get(address)
-                if address.peer_id is None and source is not None and learned_id == peer_id:
-                    self.remember(peer_id, address, source)
-            return
         protocol = self._mesh.registry.connection(peer_id)
+        if event.direction == Direction.OUTBOUND:
+            for address, factory in self._outbound().items():
+                source = self.sources.get(address)
+                if source is not None and factory.peer_id == peer_id and factory.current is protocol:
+                    self.remember(peer_id, address, source)
+                    self.sources[address] = None
+            return
         handshake = getattr(protocol, "handshake", None)
         port = getattr(handshake, "listen_port", None)
         transport = getattr(protocol, "transport", None)

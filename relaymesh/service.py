@@ -249,7 +249,7 @@ class RelayService(MultiService):
         self._start_failure: Failure | None = None
         self._outbound: dict[PeerAddress, OutboundPeer] = {}
         book = AddressBook(keystore.path) if isinstance(keystore, KeyStore) else None
-        self.addresses = AddressKeeper(book, keystore, self.mesh, self._outbound_ids)
+        self.addresses = AddressKeeper(book, keystore, self.mesh, self._diallers)
         for address in config.peers:
             self.add_peer(address, PEERS_OPTION)
         self.mesh.watch_peers(self._wake_parked)
@@ -307,9 +307,8 @@ class RelayService(MultiService):
         Start dialling a peer (now if the service runs, else when it starts).
 
         @param source: Where the address comes from (L{relaymesh.addresses}),
-            to remember it for the next start: at once when it names the
-            peer, else once its first handshake did; L{None} to remember
-            nothing.
+            to remember it for the next starts once this dial connects (at
+            once for C{--peers}); L{None} to remember nothing.
         @raise relaymesh.address.InvalidAddress: for an address that does not
             parse.
         """
@@ -359,8 +358,8 @@ class RelayService(MultiService):
         Stop dialling an address whose peer is not known yet (see L{INode}).
         """
         wanted = parse_peer_address(text)
-        matching = [a for a, peer_id in self._outbound_ids().items() if a.hostport == wanted.hostport
-                    and wanted.peer_id in (None, peer_id)]
+        matching = [a for a, f in self._diallers().items() if a.hostport == wanted.hostport
+                    and wanted.peer_id in (None, f.peer_id)]
         for address in matching:
             self._stop_dialling(address)
         return bool(matching)
@@ -577,8 +576,8 @@ class RelayService(MultiService):
             except (InvalidAddress, TLSError) as e:
                 self.log.warn("not redialling {peer_id}: {error}", peer_id=entry.peer_id, error=e)
 
-    def _outbound_ids(self) -> dict[PeerAddress, str | None]:
-        return {address: o.factory.peer_id for address, o in self._outbound.items()}
+    def _diallers(self) -> dict[PeerAddress, RelayClientFactory]:
+        return {address: o.factory for address, o in self._outbound.items()}
 
     # -- bookkeeping ---------------------------------------------------------
 

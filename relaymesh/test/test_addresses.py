@@ -220,16 +220,19 @@ class RedialTests(SynchronousTestCase):
 
     def test_add_peer_remembers(self):
         """
-        L{RelayService.add_peer} with a source remembers the address;
-        without one (the redial itself), it does not.
+        L{RelayService.add_peer} remembers an address set for good
+        (C{--peers}, C{set-address}) at once; one from C{connect} only once
+        its dial connects (see L{AnnounceTests}); without a source (the
+        redial itself), none.
         """
         self.keystore.set_key("beta", KEY)
         node = self.node()
         node.startService()
         node.add_peer("beta@10.0.0.2:9900")
-        self.assertIsNone(self.book.get("beta"))
         node.add_peer("beta@10.0.0.2:9901", CONNECT)
-        self.assertEqual(self.book.get("beta").address, "beta@10.0.0.2:9901")
+        self.assertIsNone(self.book.get("beta"))
+        node.add_peer("beta@10.0.0.2:9902", SET_ADDRESS)
+        self.assertEqual(self.book.get("beta").address, "beta@10.0.0.2:9902")
 
     def test_forget_address(self):
         self.keystore.set_key("beta", KEY)
@@ -363,6 +366,40 @@ class AnnounceTests(SynchronousTestCase):
         self.assertTrue(restarted.dial_connected(restarted.dialled()[0]))
         restarted.stopService()
         beta.stopService()
+        network.advance(10)
+
+    def test_connect_remembered_once_connected(self):
+        """
+        A C{connect} address is remembered once its dial connects: a wrong
+        one never replaces the address the peer was joined at.
+        """
+        network = make_clock()
+        alpha_store, beta_store = KeyStore(self.mktemp()), KeyStore(self.mktemp())
+        alpha_store.set_identity("alpha")
+        beta_store.set_identity("beta")
+        alpha_store.set_key("beta", KEY)
+        beta_store.set_key("alpha", KEY)
+        book = AddressBook(beta_store.path)
+        book.record("alpha", f"127.0.0.1:{FIRST_LISTENING_PORT}", JOIN)
+        alpha = RelayService(alpha_store, listen=f"tcp:{FIRST_LISTENING_PORT}", reactor=network)
+        alpha.startService()
+        beta = RelayService(beta_store, listen=None, reactor=network)
+        beta.startService()
+        network.advance(1)
+        self.assertTrue(beta.mesh.is_connected("alpha"))  # redialled at the joined address
+        beta.remove_peer("alpha")
+        network.advance(1)
+        beta.add_peer(f"alpha@127.0.0.1:{FIRST_LISTENING_PORT + 1}", CONNECT)  # nothing there
+        network.advance(1)
+        self.assertEqual(book.get("alpha").source, JOIN)
+        beta.remove_peer("alpha")
+        beta.add_peer(f"alpha@127.0.0.1:{FIRST_LISTENING_PORT}", CONNECT)
+        self.assertEqual(book.get("alpha").source, JOIN)
+        network.advance(1)
+        self.assertTrue(beta.mesh.is_connected("alpha"))
+        self.assertEqual(book.get("alpha").source, CONNECT)
+        beta.stopService()
+        alpha.stopService()
         network.advance(10)
 
     def test_bare_address_learned(self):
