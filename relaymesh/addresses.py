@@ -252,6 +252,7 @@ class AddressKeeper:
         keystore: Any,
         mesh: Any,
         outbound: Callable[[], dict[PeerAddress, Any]],
+        stop: Callable[[PeerAddress], None] = lambda address: None,
     ) -> None:
         """
         @param keystore: The node's key store (whose peers are redialled).
@@ -259,12 +260,14 @@ class AddressKeeper:
         @param outbound: The addresses dialled, each with its dialler (a
             L{relaymesh.dialer.RelayClientFactory}: its C{peer_id} and
             C{current} connection).
+        @param stop: Stops the dialler of an address.
         """
         self.book = book
         self.sources: dict[PeerAddress, str | None] = {}
         self._keystore = keystore
         self._mesh = mesh
         self._outbound = outbound
+        self._stop = stop
 
     def entries(self) -> dict[str, StoredAddress]:
         """
@@ -343,12 +346,24 @@ class AddressKeeper:
             return
         peer_id = event.peer_id
         protocol = self._mesh.registry.connection(peer_id)
+        for address, factory in self._outbound().items():
+            source = self.sources.get(address)
+            if source is None or factory.peer_id != peer_id:
+                continue
+            if factory.current is protocol:
+                self.remember(peer_id, address, source)
+                self.sources[address] = None
+            elif source == CONNECT:
+                # a connect that never connected: the peer is reached through
+                # another link, so that address is not dialled forever
+                self.log.info(
+                    "{peer_id} connected through another link; stopped dialling {address}, "
+                    "which never connected",
+                    peer_id=peer_id,
+                    address=str(address),
+                )
+                self._stop(address)
         if event.direction == Direction.OUTBOUND:
-            for address, factory in self._outbound().items():
-                source = self.sources.get(address)
-                if source is not None and factory.peer_id == peer_id and factory.current is protocol:
-                    self.remember(peer_id, address, source)
-                    self.sources[address] = None
             return
         handshake = getattr(protocol, "handshake", None)
         port = getattr(handshake, "listen_port", None)

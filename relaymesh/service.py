@@ -249,7 +249,7 @@ class RelayService(MultiService):
         self._start_failure: Failure | None = None
         self._outbound: dict[PeerAddress, OutboundPeer] = {}
         book = AddressBook(keystore.path) if isinstance(keystore, KeyStore) else None
-        self.addresses = AddressKeeper(book, keystore, self.mesh, self._diallers)
+        self.addresses = AddressKeeper(book, keystore, self.mesh, self._diallers, self._stop_dialling)
         for address in config.peers:
             self.add_peer(address, PEERS_OPTION)
         self.mesh.watch_peers(self._wake_parked)

@@ -389,15 +389,19 @@ class AnnounceTests(SynchronousTestCase):
         self.assertTrue(beta.mesh.is_connected("alpha"))  # redialled at the joined address
         beta.remove_peer("alpha")
         network.advance(1)
-        beta.add_peer(f"alpha@127.0.0.1:{FIRST_LISTENING_PORT + 1}", CONNECT)  # nothing there
+        wrong = parse_peer_address(f"alpha@127.0.0.1:{FIRST_LISTENING_PORT + 1}")  # nothing there
+        beta.add_peer(wrong, CONNECT)
         network.advance(1)
         self.assertEqual(book.get("alpha").source, JOIN)
-        beta.remove_peer("alpha")
+        self.assertEqual(beta.dialled(), [wrong])
         beta.add_peer(f"alpha@127.0.0.1:{FIRST_LISTENING_PORT}", CONNECT)
         self.assertEqual(book.get("alpha").source, JOIN)
         network.advance(1)
         self.assertTrue(beta.mesh.is_connected("alpha"))
+        self.assertEqual(book.get("alpha").address, f"alpha@127.0.0.1:{FIRST_LISTENING_PORT}")
         self.assertEqual(book.get("alpha").source, CONNECT)
+        # the wrong address, which never connected, is no longer dialled
+        self.assertEqual([str(a) for a in beta.dialled()], [f"alpha@127.0.0.1:{FIRST_LISTENING_PORT}"])
         beta.stopService()
         alpha.stopService()
         network.advance(10)
