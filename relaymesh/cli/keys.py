@@ -315,6 +315,11 @@ def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
         "address", metavar="ADDRESS", help="[tls:|legacy:][PEER_ID@]HOST[:PORT], as for --peers"
     )
     live.add_node_arguments(set_address)
+    # the global options may come after the nested command too (relaymesh.cli.main)
+    set_address.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS, help="key store directory")
+    set_address.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON object"
+    )
 
 
 def run_peer(context: Context, args: argparse.Namespace) -> None:

@@ -52,6 +52,10 @@ class OfflineTests(SynchronousTestCase):
         self.assertEqual(out, "beta will be dialled at tls:beta@10.0.0.2:9900 on every start.\n")
         entry = self.book.get("beta")
         self.assertEqual((entry.address, entry.source), ("tls:beta@10.0.0.2:9900", SET_ADDRESS))
+        stdout, stderr = StringIO(), StringIO()
+        argv = ["peer", "set-address", "beta", "10.0.0.2", "--data-dir", self.data_dir, "--json"]
+        self.assertEqual(main(argv, stdout=stdout, stderr=stderr), 0, stderr.getvalue())
+        self.assertEqual(json.loads(stdout.getvalue())["address"], "beta@10.0.0.2:9847")
 
     def test_set_address_errors(self):
         """
