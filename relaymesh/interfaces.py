@@ -162,9 +162,11 @@ class INode(Interface):
             none.
         """
 
-    def add_peer(address):
+    def add_peer(address, source=None):
         """
-        Start dialling a L{relaymesh.address.PeerAddress} (or its text).
+        Start dialling a L{relaymesh.address.PeerAddress} (or its text), and
+        remember it for the next start under C{source}
+        (L{relaymesh.addresses.SOURCES}) unless that is L{None}.
 
         @raise relaymesh.address.InvalidAddress: for text that does not parse.
         """
@@ -174,6 +176,36 @@ class INode(Interface):
         Stop dialling a peer and close its connection.
 
         @return: whether there was anything to stop or close.
+        """
+
+    def remove_address(text):
+        """
+        Stop dialling an address whose peer is not known yet.
+
+        @return: whether any dialler was stopped.
+        @raise relaymesh.address.InvalidAddress: for text that does not parse.
+        """
+
+    def dial_connected(address):
+        """
+        Whether the dialler of a L{relaymesh.address.PeerAddress} made its
+        peer's live connection.
+        """
+
+    def stored_addresses():
+        """
+        The remembered addresses: peer id -> L{relaymesh.addresses.StoredAddress}.
+        """
+
+    def forget_address(peer_id):
+        """
+        Drop the address remembered for a peer; whether there was one.
+        """
+
+    def forget_peer(peer_id):
+        """
+        Forget a peer entirely (connection, dialling, key, address, outbox);
+        whether anything was there.
         """
 
 

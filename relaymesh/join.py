@@ -18,10 +18,12 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IAddress, IConnector
 from twisted.internet.protocol import ClientFactory
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaymesh import pairing
 from relaymesh.address import InvalidAddress, parse_port
+from relaymesh.addresses import JOIN, AddressBook
 from relaymesh.codes import Invite
 from relaymesh.connection import HANDSHAKE_TIMEOUT, RelayProtocol
 from relaymesh.dialer import CONNECT_TIMEOUT
@@ -98,6 +100,7 @@ class JoinResult:
     @ivar form: the form joined with, now its C{paired_via}.
     @ivar through: C{"direct"}, or C{"node"} when the running node paired.
     @ivar replaced: whether a key already stored for the peer was replaced.
+    @ivar tls: whether it was joined over TLS from the start (C{--tls}).
     """
 
     peer_id: str
@@ -105,13 +108,14 @@ class JoinResult:
     form: str
     through: str = "direct"
     replaced: bool = False
+    tls: bool = False
 
     @property
     def peer(self) -> str:
         """
-        C{ID@HOST:PORT}, for C{--peers}.
+        C{[tls:]ID@HOST:PORT}, for C{--peers}.
         """
-        return f"{self.peer_id}@{self.addr}"
+        return f"{'tls:' if self.tls else ''}{self.peer_id}@{self.addr}"
 
 
 def denial_message(invite: Invite) -> str:
@@ -298,8 +302,10 @@ def join_directly(
     Pair with an inviting node over one connection of our own.
 
     On success the key is stored for the peer id that answered, with meta
-    C{addr}, C{paired_at} (epoch milliseconds) and C{paired_via}; then the
-    connection is closed.
+    C{addr}, C{paired_at} (epoch milliseconds) and C{paired_via}, and the
+    address joined at is remembered for the node to redial
+    (L{relaymesh.addresses}, source C{join}); then the connection is
+    closed.
 
     A peer already paired with keeps its key unless C{replace}: when the
     invite names the peer, the join is refused before connecting; when it
@@ -361,13 +367,25 @@ def join_directly(
             reactor.seconds(),
             addr=invite.addr,
         )
+        _remember(store, outcome.peer_id, invite.addr, over_tls)
     finally:
         if timer.active():
             timer.cancel()
         if protocol is not None:
             protocol.close("paired")
         yield _at_most(factory.closed, CLOSE_WAIT, reactor)
-    return JoinResult(protocol.peer_id, invite.addr, invite.form, replaced=replaced)
+    return JoinResult(protocol.peer_id, invite.addr, invite.form, replaced=replaced, tls=over_tls)
+
+
+def _remember(store: KeyStore, peer_id: str, addr: str, tls: bool) -> None:
+    """
+    Remember where a peer was joined, so that a node on this key store
+    redials it after any restart; a failure only loses that (logged).
+    """
+    try:
+        AddressBook(store.path).record(peer_id, f"{'tls:' if tls else ''}{peer_id}@{addr}", JOIN)
+    except (OSError, ValueError) as e:
+        Logger().warn("cannot remember the address of {peer_id}: {error}", peer_id=peer_id, error=e)
 
 
 def _has_key(store: KeyStore, peer_id: str) -> bool:
@@ -492,7 +510,7 @@ def ask_node_to_dial(node: Any, result: JoinResult) -> bool:
                 if e.status != NOT_FOUND:
                     raise
                 # the node knows nothing of the peer: nothing to close
-        node.call("POST", "/api/peers", {"addr": result.peer})
+        node.call("POST", "/api/peers", {"addr": result.peer, "source": JOIN})
     except (apiclient.NodeNotRunning, apiclient.ApiRequestError, OSError):
         return False
     return True

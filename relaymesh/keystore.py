@@ -24,6 +24,7 @@ import re
 import socket
 from typing import Sequence
 
+from relaymesh.addresses import AddressBook
 from relaymesh.armed import PAIR_CODE_FORM, ArmedKey, InviteUsed, PairingSlots, UsedInvite
 from relaymesh.files import (
     FILE_MODE,
@@ -317,8 +318,9 @@ class KeyStore(KeyFiles):
 
     def forget(self, peer_id: str) -> bool:
         """
-        Remove a peer's key and metadata (with what is pinned in it), and
-        any other C{peers/<peer_id>.*} file.
+        Remove a peer's key and metadata (with what is pinned in it), any
+        other C{peers/<peer_id>.*} file, and its remembered address
+        (L{relaymesh.addresses}).
 
         A peer id has no C{.}, so C{<peer_id>.} starts only that peer's files.
 
@@ -337,4 +339,5 @@ class KeyStore(KeyFiles):
         for entry in entries:
             if entry.name.startswith(prefix) and not entry.is_dir():
                 removed_other = remove_file(entry.path) or removed_other
-        return removed_key or removed_meta or removed_other
+        removed_address = AddressBook(self.path).forget(peer_id)
+        return removed_key or removed_meta or removed_other or removed_address

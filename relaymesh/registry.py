@@ -142,7 +142,7 @@ def log_event(log: Logger, event: PeerEvent, quiet: bool = False) -> None:
     emit(
         _EVENT_FORMATS[event.kind],
         event=event,
-        peer=event.peer_id or "(unknown peer)",
+        peer=event.peer_id or ("a node not named yet" if event.address else "(unknown peer)"),
         peer_id=event.peer_id,
     )
 

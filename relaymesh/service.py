@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
@@ -34,7 +34,8 @@ from relaymesh.config import (
     TLS_LISTEN_PREFIX,
     NodeConfig,
 )
-from relaymesh.address import PeerAddress, format_address, parse_peer_address
+from relaymesh.address import InvalidAddress, PeerAddress, format_address, parse_peer_address
+from relaymesh.addresses import PEERS_OPTION, AddressBook, AddressKeeper, StoredAddress
 from relaymesh.connection import State
 from relaymesh.dialer import CONNECT_TIMEOUT, RelayClientFactory
 from relaymesh.discovery import Announcer
@@ -107,6 +108,25 @@ class OutboundPeer(Service):
             self.connector = None
 
 
+class AnnouncingClientFactory(RelayClientFactory):
+    """
+    A L{RelayClientFactory} whose handshakes announce, inside TLS, the port
+    this node accepts peers on, so that the acceptor can remember where to
+    dial it back (L{relaymesh.addresses.INBOUND}).
+
+    @ivar announce: Returns the port and whether it speaks TLS from the
+        start, or L{None} and L{False} when the node does not listen.
+    """
+
+    announce: Callable[[], tuple[int | None, bool]] = staticmethod(lambda: (None, False))
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = RelayClientFactory.buildProtocol(self, addr)
+        handshake = protocol.handshake
+        handshake.listen, handshake.listen_tls = self.announce()
+        return protocol
+
+
 def _node_certificate(keystore: Any, identity: str) -> NodeCertificate:
     """
     The node's certificate for the TLS upgrade of its links: the one in its
@@ -141,6 +161,8 @@ class RelayService(MultiService):
     @ivar last_seen: The L{LastSeen} bookkeeping of the peers.
     @ivar session_source: The L{SessionSource} that refreshes the node's
         session list, or L{None} when nothing does (C{none}, C{api}).
+    @ivar addresses: The L{AddressKeeper} of the data directory's addresses:
+        the peers redialled on start.
     """
 
     log = Logger()
@@ -228,9 +250,12 @@ class RelayService(MultiService):
         self._start_waiters: list[Deferred[None]] = []
         self._start_failure: Failure | None = None
         self._outbound: dict[PeerAddress, OutboundPeer] = {}
+        book = AddressBook(keystore.path) if isinstance(keystore, KeyStore) else None
+        self.addresses = AddressKeeper(book, keystore, self.mesh, self._diallers, self._stop_dialling)
         for address in config.peers:
-            self.add_peer(address)
+            self.add_peer(address, PEERS_OPTION)
         self.mesh.watch_peers(self._wake_parked)
+        self.mesh.watch_peers(self.addresses.learned)
         self.last_seen = LastSeen(self.mesh, keystore, reactor, config.heartbeat_interval)
         self.session_source = self._session_source(config)
 
@@ -280,20 +305,24 @@ class RelayService(MultiService):
 
     # -- outbound peers ------------------------------------------------------
 
-    def add_peer(self, address: PeerAddress | str) -> OutboundPeer:
+    def add_peer(self, address: PeerAddress | str, source: str | None = None) -> OutboundPeer:
         """
         Start dialling a peer (now if the service runs, else when it starts).
 
+        @param source: Where the address comes from (L{relaymesh.addresses}),
+            to remember it for the next starts once this dial connects (at
+            once for C{--peers}); L{None} to remember nothing.
         @raise relaymesh.address.InvalidAddress: for an address that does not
             parse.
         """
         if isinstance(address, str):
             address = parse_peer_address(address)
+        self.addresses.dialling(address, source)
         existing = self._outbound.get(address)
         if existing is not None:
             return existing
         config = self.config
-        factory = RelayClientFactory(
+        factory = AnnouncingClientFactory(
             self.mesh,
             self.keystore,
             address,
@@ -303,6 +332,7 @@ class RelayService(MultiService):
         )
         factory.initialDelay = factory.delay = config.retry_initial_delay
         factory.maxDelay = config.retry_max_delay
+        factory.announce = self._announced_port
         outbound = OutboundPeer(address, factory, self._reactor, self.certificate)
         self._outbound[address] = outbound
         outbound.setServiceParent(self)
@@ -317,16 +347,58 @@ class RelayService(MultiService):
         found = False
         for address, outbound in list(self._outbound.items()):
             if outbound.factory.peer_id == peer_id:
-                del self._outbound[address]
-                outbound.disownServiceParent()
+                self._stop_dialling(address)
                 found = True
         return self.mesh.disconnect(peer_id, "removed by request") or found
+
+    def _stop_dialling(self, address: PeerAddress) -> None:
+        outbound = self._outbound.pop(address)
+        self.addresses.stopped(address)
+        outbound.disownServiceParent()
+
+    def remove_address(self, text: str) -> bool:
+        """
+        Stop dialling an address whose peer is not known yet (see L{INode}).
+        """
+        wanted = parse_peer_address(text)
+        matching = [a for a, f in self._diallers().items() if a.hostport == wanted.hostport
+                    and wanted.peer_id in (None, f.peer_id)]
+        for address in matching:
+            self._stop_dialling(address)
+        return bool(matching)
+
+    def forget_address(self, peer_id: str) -> bool:
+        """Drop the address remembered for a peer (see L{INode})."""
+        return self.addresses.forget(peer_id)
+
+    def forget_peer(self, peer_id: str) -> bool:
+        """
+        Forget a peer entirely: its connection, dialler, key store files and
+        address (L{KeyStore.forget}) and outbox messages (see L{INode}).
+        """
+        removed = self.remove_peer(peer_id)
+        if self.store is not None:
+            self.store.forget_peer(peer_id).addErrback(lambda f: self.log.failure("forget {p}", f, p=peer_id))
+        return self.keystore.forget(peer_id) or removed
+
+    def stored_addresses(self) -> dict[str, StoredAddress]:
+        """The remembered addresses, by peer id (see L{INode})."""
+        return self.addresses.entries()
 
     def outbound(self) -> list[OutboundPeer]:
         """
         The outbound peers being dialled.
         """
         return list(self._outbound.values())
+
+    def dial_connected(self, address: PeerAddress) -> bool:
+        """Whether the dialler of C{address} made the live connection (see L{INode})."""
+        unnamed = dataclasses.replace(address, peer_id=None)
+        for outbound in (self._outbound.get(address), self._outbound.get(unnamed)):
+            current = None if outbound is None else outbound.factory.current
+            if current is not None and current.peer_id == address.peer_id is not None:
+                return self.mesh.registry.connection(current.peer_id) is current
+        return False
 
     def dialled(self) -> list[PeerAddress]:
         """
@@ -409,6 +481,7 @@ class RelayService(MultiService):
 
     def _start(self) -> None:
         self.mesh.start()
+        self._dial_stored()
         Service.startService(self)
         for service in self:
             try:
@@ -512,6 +585,31 @@ class RelayService(MultiService):
         """
         port = self.listener.port if self.listener is not None else None
         return None if port is None else port.getHost().port
+
+    def _announced_port(self) -> tuple[int | None, bool]:
+        """
+        The port the handshakes announce, and whether it speaks TLS.
+        """
+        if self.listener is None:
+            return None, False
+        tls = self.config.listen[0].startswith(TLS_LISTEN_PREFIX)
+        return self._listening_port(), tls
+
+    # -- remembered addresses -----------------------------------------------
+
+    def _dial_stored(self) -> None:
+        """
+        Dial every peer whose address is remembered and whose key is still
+        held, unless it is dialled already (C{--peers} names it).
+        """
+        for entry in self.addresses.to_redial():
+            try:
+                self.add_peer(entry.peer_address())
+            except (InvalidAddress, TLSError) as e:
+                self.log.warn("not redialling {peer_id}: {error}", peer_id=entry.peer_id, error=e)
+
+    def _diallers(self) -> dict[PeerAddress, RelayClientFactory]:
+        return {address: o.factory for address, o in self._outbound.items()}
 
     # -- bookkeeping ---------------------------------------------------------
 

@@ -1,22 +1,25 @@
 """
 The C{relaymesh} commands on the key store: C{identity}, C{pair}, C{accept},
-C{peers} and C{forget}.
+C{peers}, C{forget} and C{peer set-address}.
 
 C{peers} asks a running node first (L{relaymesh.cli.live}); C{pair --strong}
 arms a strong code (L{relaymesh.cli.pairing}); C{forget} also drops the
-peer's messages waiting in the outbox.
+peer's remembered address and messages waiting in the outbox, and has a
+running node forget it too; C{peer set-address} sets the address a node
+redials the peer at (L{relaymesh.addresses}).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
 from typing import Any, Callable
 
 from twisted.internet.defer import inlineCallbacks
 
-from relaymesh.cli import live
+from relaymesh.address import InvalidAddress
+from relaymesh.addresses import SET_ADDRESS, AddressBook, with_peer_id
+from relaymesh.cli import live, peertable
 from relaymesh.cli.base import (
     PROG,
     Command,
@@ -141,28 +144,32 @@ def run_peers(context: Context, args: argparse.Namespace) -> None:
     if live.live_peers(context, args):
         return
     store = context.store
+    stored = AddressBook(context.data_dir).entries()
     peers = []
     for peer_id in store.peers():
         meta = store.meta(peer_id)
         addr = meta.get("addr")
         via = meta.get("paired_via")
+        remembered = stored.get(peer_id)
         peers.append(
             {
                 "peer_id": peer_id,
                 "addr": addr if isinstance(addr, str) else None,
+                "stored_address": None if remembered is None else remembered.address,
+                "address_source": None if remembered is None else remembered.source,
                 "last_seen": format_last_seen(meta.get("last_seen")),
                 "paired_at": format_last_seen(meta.get("paired_at")),
                 "paired_via": via if isinstance(via, str) else None,
             }
         )
-    pending = bool(store.armed_keys(time.time()))
-    expires_at = store.armed_until() if pending else None
+    pending, until = peertable.pending_state(context)
     if peers:
-        rows = [("PEER ID", "ADDRESS", "LAST SEEN", "PAIRED", "VIA")]
+        rows = [("PEER ID", "ADDRESS", "SOURCE", "LAST SEEN", "PAIRED", "VIA")]
         rows += [
             (
                 printable(p["peer_id"]),
-                printable(p["addr"] or "-"),
+                peertable.address_column(p["stored_address"] or p["addr"], p["peer_id"]),
+                peertable.source_column(p["address_source"]),
                 p["last_seen"] or "never",
                 p["paired_at"] or "-",
                 FORM_DESCRIPTIONS.get(p["paired_via"], printable(p["paired_via"] or "-")),
@@ -172,13 +179,9 @@ def run_peers(context: Context, args: argparse.Namespace) -> None:
         listing = format_table(rows)
     else:
         listing = "No paired peers."
-    state = "armed" if pending else "none"
-    until = None if expires_at is None else format_last_seen(int(expires_at * 1000))
-    if until is not None:
-        state = f"armed until {until}"
     context.emit(
         {"peers": peers, "pending": pending, "pending_expires_at": until},
-        f"{listing}\nPending pairing key: {state}",
+        f"{listing}\nPending pairing key: {peertable.pending_text(pending, until)}",
     )
 
 
@@ -192,6 +195,7 @@ def add_forget_arguments(parser: argparse.ArgumentParser) -> None:
     @param parser: C{forget}'s parser.
     """
     parser.add_argument("peer_id", metavar="PEER_ID", help="the peer to forget")
+    live.add_node_arguments(parser)
 
 
 @inlineCallbacks
@@ -253,12 +257,108 @@ def run_forget(context: Context, args: argparse.Namespace) -> None:
     @raise CommandError: if nothing is stored for that peer.
     """
     peer_id = validate_peer_id(args.peer_id)
+    node = _forget_on_node(context, args, peer_id)
     removed = context.store.forget(peer_id)
-    for hook in FORGET_HOOKS:
-        removed = hook(context, peer_id) or removed
+    if node is not None:
+        removed = node or removed  # the node dropped the outbox messages
+    else:
+        for hook in FORGET_HOOKS:
+            removed = hook(context, peer_id) or removed
     if not removed:
         raise CommandError(f"no such peer: {peer_id}")
-    context.emit({"forgotten": peer_id}, f"Forgot {peer_id}.")
+    if node is None:
+        context.emit({"forgotten": peer_id}, f"Forgot {peer_id}.")
+    else:
+        context.emit({"forgotten": peer_id, "node": True}, f"Forgot {peer_id}; the running node forgot it too.")
+
+
+def _forget_on_node(context: Context, args: argparse.Namespace, peer_id: str) -> bool | None:
+    """
+    Have the node running on this data directory forget the peer too
+    (C{DELETE /api/peers/ID?forget=all}): it leaves its list, its
+    connection is closed, its key, address and outbox messages go.
+
+    @return: whether the node had anything of it; L{None} if no node runs.
+    @raise CommandError: if the node refused.
+    """
+    if not live.wants_live_peers(context, args):
+        return None
+    try:
+        answer = live.client(context, args).call("DELETE", f"/api/peers/{peer_id}?forget=all")
+    except (live.NodeNotRunning, live.TokenMissing):
+        return None
+    except live.NodeNotProven as e:
+        context.warn(f"{live.not_proven(context, args, e)} Forgetting {peer_id} in the key store only.")
+        return None
+    except live.ApiRequestError as e:
+        if e.status == 404:
+            return False
+        raise live.refused(e, context, args) from None
+    return bool(answer.get("forgotten") or answer.get("was_connected") or answer.get("stopped_dialling"))
+
+
+# peer set-address
+
+
+def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    C{peer set-address PEER_ID ADDRESS}.
+    """
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="peer_command", required=True)
+    set_address = commands.add_parser(
+        "set-address",
+        help="set the address a node redials a paired peer at on every start",
+        description="set the address a node redials a paired peer at on every start",
+    )
+    set_address.add_argument("peer_id", metavar="PEER_ID", help="the paired peer")
+    set_address.add_argument(
+        "address", metavar="ADDRESS", help="[tls:|legacy:][PEER_ID@]HOST[:PORT], as for --peers"
+    )
+    live.add_node_arguments(set_address)
+    # the global options may come after the nested command too (relaymesh.cli.main)
+    set_address.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS, help="key store directory")
+    set_address.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON object"
+    )
+
+
+def run_peer(context: Context, args: argparse.Namespace) -> None:
+    """
+    C{peer set-address}: remember the address in the data directory (works
+    without a node) and, if a node runs on it, have it dial there now
+    (unless the peer is connected).
+
+    @raise CommandError: for a bad address, or a peer with no key.
+    """
+    peer_id = validate_peer_id(args.peer_id)
+    try:
+        address = str(with_peer_id(args.address, peer_id))
+    except InvalidAddress as e:
+        raise CommandError(str(e)) from None
+    if context.store.key(peer_id) is None:
+        raise CommandError(f"no key for {peer_id}: pair first (relaymesh invite / relaymesh join)")
+    AddressBook(context.data_dir).record(peer_id, address, SET_ADDRESS)
+    text = f"{peer_id} will be dialled at {address} on every start."
+    data: dict[str, Any] = {"peer_id": peer_id, "address": address, "source": SET_ADDRESS, "node": None}
+    answer = None
+    if live.wants_live_peers(context, args):
+        try:
+            answer = live.client(context, args).call(
+                "POST", "/api/peers", {"addr": address, "source": SET_ADDRESS}
+            )
+        except (live.NodeNotRunning, live.TokenMissing, live.NodeNotProven):
+            answer = None
+        except live.ApiRequestError as e:
+            raise live.refused(e, context, args) from None
+    if answer is not None:
+        data["node"] = answer
+        if answer.get("already_connected"):
+            text += " The running node is connected to it already, so it does not dial it now."
+        else:
+            text += " The running node dials it there now."
+    context.emit(data, text)
+
+
 
 
 #: The key store commands, in the order the help lists them.
@@ -277,5 +377,6 @@ COMMANDS = (
         live.add_node_arguments,
         run_peers,
     ),
-    Command("forget", "remove a peer's key", add_forget_arguments, run_forget),
+    Command("forget", "remove a peer's key (and from a running node)", add_forget_arguments, run_forget),
+    Command("peer", "set a paired peer's address: peer set-address ID ADDRESS", add_peer_arguments, run_peer),
 )

@@ -7,8 +7,8 @@ control API (L{relaymesh.control.api}), with the token from its token file.
     relaymesh send PEER MSG_TYPE JSON [--reliable [--wait SECONDS]]
     relaymesh broadcast MSG_TYPE JSON
     relaymesh watch [--types T,...] [--heartbeats] [--count N]
-    relaymesh connect peer_id@host:port [--wait SECONDS]
-    relaymesh disconnect PEER
+    relaymesh connect [peer_id@]host:port [--wait SECONDS]
+    relaymesh disconnect PEER|HOST:PORT [--forget-address]
 
 C{--api URL} chooses the node (see L{relaymesh.control.client.resolve_url}); it
 and C{--api-token-file} are global options, before or after the command. When
@@ -37,7 +37,9 @@ from datetime import datetime
 from typing import Any, Callable
 from urllib.parse import quote
 
+from relaymesh.addresses import AddressBook
 from relaymesh.cli.base import PROG, Command, CommandError, Context, format_table, terminal_text
+from relaymesh.cli.peertable import address_column, pairing_columns, pending_state, pending_text, source_column
 from relaymesh.control.client import (
     API_ENV,
     TOKEN_FILE,
@@ -380,29 +382,37 @@ def live_peers(context: Context, args: argparse.Namespace) -> bool:
         return False
     except ApiRequestError as e:
         raise refused(e, context, args) from None
-    pending = context.store.pending_key() is not None
+    pending, until = pending_state(context)
     if peers:
-        rows = [("PEER ID", "STATE", "ADDRESS", "LINK", "LAST SEEN", "RTT", "MSGS IN/OUT")]
+        rows = [
+            ("PEER ID", "STATE", "ADDRESS", "SOURCE", "LINK", "LAST SEEN", "RTT", "MSGS IN/OUT")
+            + ("PAIRED", "VIA", "LAST ERROR")
+        ]
         for p in peers:
-            rtt = "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.1f} ms"
+            rtt = p.get("rtt_ms")
+            rtt = f"{rtt:.1f} ms" if isinstance(rtt, (int, float)) and not isinstance(rtt, bool) else "-"
+            paired_at, via = pairing_columns(context, p.get("peer_id"))
             rows.append(
                 (
-                    _shown(p.get("peer_id")),
+                    _shown(p.get("peer_id"), "-"),
                     _shown(p.get("state")),
-                    _shown(p.get("address") or None, "-"),
+                    address_column(p.get("address") or p.get("stored_address"), p.get("peer_id")),
+                    source_column(p.get("address_source")),
                     _shown(p.get("link"), "-"),
                     ago(p.get("last_seen")),
                     rtt,
                     f"{p.get('msgs_in', 0)}/{p.get('msgs_out', 0)}",
+                    paired_at,
+                    via,
+                    _shown(p.get("last_error") or None, "-"),
                 )
             )
         listing = format_table(rows)
     else:
         listing = "No peers."
-    state = "armed" if pending else "none"
     context.emit(
-        {"peers": peers, "pending": pending, "live": True},
-        f"{listing}\nPending pairing key: {state}",
+        {"peers": peers, "pending": pending, "pending_expires_at": until, "live": True},
+        f"{listing}\nPending pairing key: {pending_text(pending, until)}",
     )
     return True
 
@@ -549,15 +559,15 @@ def run_watch(context: Context, args: argparse.Namespace, node: NodeClient) -> i
 
 def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
     """
-    C{connect peer_id@host:port [--wait SECONDS]}.
+    C{connect [peer_id@]host:port [--wait SECONDS]}.
     """
-    parser.add_argument("addr", metavar="PEER_ID@HOST:PORT", help="the peer to dial")
+    parser.add_argument("addr", metavar="[PEER_ID@]HOST:PORT", help="the peer to dial")
     parser.add_argument(
         "--wait",
         metavar="SECONDS",
         type=float,
         default=0.0,
-        help="wait up to this long for the peer to connect (exit status 1 if it does not)",
+        help="wait up to this long for this address to connect (exit status 1 if it does not)",
     )
     add_node_arguments(parser)
 
@@ -565,55 +575,146 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
 @live
 def run_connect(context: Context, args: argparse.Namespace, node: NodeClient) -> int | None:
     """
-    Make the node dial a peer (until it is disconnected or the node stops).
+    Make the node dial a peer (until it is disconnected or the node stops)
+    and remember the address for its next start; a peer already connected
+    through another link is not dialled.
     """
     answer = node.call("POST", "/api/peers", {"addr": args.addr})
     peer_id = answer.get("peer_id")
-    if args.wait > 0 and peer_id:
-        deadline = time.monotonic() + args.wait
-        while True:
-            try:
-                state = node.call("GET", f"/api/peers/{quote(peer_id, safe='')}")["state"]
-            except ApiRequestError as e:
-                if e.status != 404:
-                    raise
-                state = "connecting"
-            if state == "connected":
-                context.emit({**answer, "state": state}, f"Connected to {printable(peer_id)}.")
-                return None
-            if time.monotonic() >= deadline:
-                context.emit(
-                    {**answer, "state": state},
-                    f"{printable(peer_id)} is not connected after {args.wait:g} s ({_shown(state)}); "
-                    "the node keeps dialling it.",
-                )
-                return EXIT_NOT_RUNNING
-            time.sleep(WAIT_STEP)
-    context.emit(answer, f"Dialling {_shown(answer.get('addr'))}; see its state with: {PROG} peers")
+    addr = _shown(answer.get("addr"))
+    if answer.get("already_connected"):
+        context.emit(
+            answer,
+            f"{printable(peer_id)} is already connected ({_shown(answer.get('direction'))}, "
+            f"{_shown(answer.get('connected_address'))}): not dialling {addr}. To dial it there "
+            f"after restarts, run: {PROG} peer set-address {printable(peer_id)} {addr}",
+        )
+        return EXIT_NOT_RUNNING if args.wait > 0 else None
+    if args.wait > 0:
+        return _wait_connected(context, args, node, answer)
+    context.emit(answer, f"Dialling {addr}; see its state with: {PROG} peers")
     return None
+
+
+def _dial_row(node: NodeClient, answer: dict[str, Any]) -> dict[str, Any] | None:
+    """
+    The peer row of what C{connect} dials: by its peer id, or the dialler
+    of its address while the peer is not known, or the row of the peer
+    that dialler reached.
+    """
+    peers = node.call("GET", "/api/peers")["peers"]
+    peer_id = answer.get("peer_id")
+    for row in peers:
+        if peer_id is not None and row.get("peer_id") == peer_id:
+            return row
+        if peer_id is None and row.get("dial_address") == answer.get("addr") and row.get("peer_id") is None:
+            return row
+    if peer_id is None:  # the dialler learned its peer: find the row it dials
+        for row in peers:
+            dialled = row.get("dial_address")
+            if isinstance(dialled, str) and dialled.endswith("@" + str(answer.get("addr"))):
+                return row
+    return None
+
+
+def _wait_connected(
+    context: Context, args: argparse.Namespace, node: NodeClient, answer: dict[str, Any]
+) -> int | None:
+    """
+    Wait until THIS dial connected (not the peer through another link).
+    """
+    deadline = time.monotonic() + args.wait
+    addr = _shown(answer.get("addr"))
+    while True:
+        row = _dial_row(node, answer) or {}
+        state = row.get("state", "dialling")
+        who = printable(row.get("peer_id") or answer.get("peer_id") or addr)
+        if state == "connected" and row.get("connected_by_dial"):
+            where = "" if answer.get("peer_id") else f" at {addr}"
+            context.emit({**answer, "state": state}, f"Connected to {who}{where}.")
+            return None
+        if time.monotonic() >= deadline:
+            if state == "connected":
+                text = (
+                    f"{who} is connected through another link ({_shown(row.get('direction'))}, "
+                    f"{_shown(row.get('address'))}), but {addr} did not connect within {args.wait:g} s"
+                )
+            else:
+                text = f"{addr} is not connected after {args.wait:g} s ({_shown(state)})"
+            error = row.get("last_error")
+            if isinstance(error, str) and error:
+                text += f": {printable(error)}"
+            context.emit(
+                {**answer, "state": state},
+                f"{text}; the node keeps dialling it (stop with: {PROG} disconnect {printable(answer.get('peer_id') or addr)}).",
+            )
+            return EXIT_NOT_RUNNING
+        time.sleep(WAIT_STEP)
 
 
 def add_disconnect_arguments(parser: argparse.ArgumentParser) -> None:
     """
-    C{disconnect PEER}.
+    C{disconnect PEER|HOST:PORT [--forget-address]}.
     """
-    parser.add_argument("peer_id", metavar="PEER", help="the peer to disconnect")
+    parser.add_argument(
+        "peer_id", metavar="PEER", help="the peer to disconnect, or an address dialled without a peer id"
+    )
+    parser.add_argument(
+        "--forget-address",
+        action="store_true",
+        help="also forget the peer's remembered address, so that it is not redialled on the next start",
+    )
     add_node_arguments(parser)
 
 
-@live
-def run_disconnect(context: Context, args: argparse.Namespace, node: NodeClient) -> None:
+def run_disconnect(context: Context, args: argparse.Namespace) -> int | None:
     """
-    Close a peer's connection and stop dialling it.
+    Close a peer's connection and stop dialling it (C{--forget-address}:
+    and forget its address; without a running node, that alone is done).
     """
-    answer = node.call("DELETE", f"/api/peers/{quote(args.peer_id, safe='')}")
+    if args.forget_address and not wants_live_peers(context, args):
+        return _forget_address_offline(context, args)
+    try:
+        return _disconnect(context, args, client(context, args))
+    except NodeNotProven as e:
+        raise not_proven(context, args, e) from None
+    except (NodeNotRunning, TokenMissing) as e:
+        if args.forget_address:
+            return _forget_address_offline(context, args)
+        return not_running(context, args, e)
+    except ApiRequestError as e:
+        raise refused(e, context, args) from None
+
+
+def _forget_address_offline(context: Context, args: argparse.Namespace) -> None:
+    try:
+        forgot = AddressBook(context.data_dir).forget(args.peer_id)
+    except OSError as e:
+        raise CommandError(f"cannot forget the address of {printable(args.peer_id)}: {e}") from None
+    peer = printable(args.peer_id)
+    text = f"Forgot the address of {peer}." if forgot else f"No address is remembered for {peer}."
+    context.emit({"peer_id": args.peer_id, "forgot_address": forgot, "live": False}, text)
+
+
+def _disconnect(context: Context, args: argparse.Namespace, node: NodeClient) -> None:
+    path = f"/api/peers/{quote(args.peer_id, safe='')}"
+    if args.forget_address:
+        path += "?forget=address"
+    answer = node.call("DELETE", path)
     peer = printable(args.peer_id)
     done = []
     if answer.get("was_connected"):
         done.append(f"Disconnected {peer}")
     if answer.get("stopped_dialling"):
         done.append(f"stopped dialling {peer}" if done else f"Stopped dialling {peer}")
+    if answer.get("forgot_address"):
+        done.append("forgot its address" if done else f"Forgot the address of {peer}")
     text = "; ".join(done) + "." if done else f"{peer} was neither connected nor dialled."
+    if answer.get("address_remembered"):
+        text += (
+            f" Its address is remembered: the node redials it when it starts again "
+            f"({PROG} disconnect {peer} --forget-address forgets it)."
+        )
     context.emit(answer, text)
 
 

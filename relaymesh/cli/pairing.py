@@ -452,7 +452,7 @@ def run_join(context: Context, args: argparse.Namespace) -> None:
         new_key = " with the new key" if result.replaced else ""
         text += f"\nThe running node is connecting to {peer_id}{new_key}."
     else:
-        text += f"\nA node on this key store connects to it when run with --peers {peer}"
+        text += f"\nA node started on this key store dials {peer} (its address is remembered)."
     data = {
         "peer_id": result.peer_id,
         "addr": result.addr,

@@ -31,6 +31,7 @@ from relaymesh.control.requests import (
 )
 from relaymesh.control.history import parse_history
 from relaymesh.control.sse import parse_event_types
+from relaymesh.control.views import CONNECT, POST_SOURCES
 from relaymesh.errors import UnknownPeer
 from relaymesh.fleet import API_SOURCE
 from relaymesh.peerid import is_valid_peer_id
@@ -131,13 +132,24 @@ class Peers(ApiResource):
         return {"peers": self.control.views.peer_list()}
 
     def do_POST(self, request: Request) -> tuple[int, dict[str, Any]]:
-        body = read_body(request, [Field("addr", (str,), "a string: peer_id@host:port")])
-        return http.ACCEPTED, self.control.views.connect(body["addr"])
+        body = read_body(
+            request,
+            [
+                Field("addr", (str,), "a string: peer_id@host:port"),
+                Field("source", (str,), "'connect', 'join' or 'set-address'", required=False, default=CONNECT),
+            ],
+        )
+        if body["source"] not in POST_SOURCES:
+            raise ApiError(http.BAD_REQUEST, "field 'source': want 'connect', 'join' or 'set-address'")
+        answer = self.control.views.connect(body["addr"], body["source"])
+        return (http.OK if answer["already_connected"] else http.ACCEPTED), answer
 
 
 class Peer(ApiResource):
     """
-    One peer: look at it, or disconnect it.
+    One peer: look at it, or disconnect it (C{?forget=address} also
+    forgets its remembered address, C{?forget=all} the whole peer; an
+    address dialled without a peer id, C{host:port}, stops its dialler).
 
     @ivar peer_id: The peer id the path names (not checked yet).
     """
@@ -155,7 +167,14 @@ class Peer(ApiResource):
         return self.control.views.peer_view(self._known_id())
 
     def do_DELETE(self, request: Request) -> dict[str, Any]:
-        return self.control.views.disconnect(self._known_id())
+        forget = request.args.get(b"forget", [None])[-1]
+        if forget is not None:
+            forget = forget.decode("ascii", "replace")
+        if is_valid_peer_id(self.peer_id):
+            return self.control.views.disconnect(self.peer_id, forget)
+        if forget is not None or len(self.peer_id) > 300:
+            self._known_id()  # raises UnknownPeer
+        return self.control.views.disconnect(self.peer_id)
 
 
 _PAYLOAD = Field("payload", (object,), "a JSON value", required=False, default={})

@@ -15,13 +15,22 @@ from twisted.logger import Logger
 from twisted.web import http
 
 from relaymesh._version import __version__
-from relaymesh.address import PeerAddress, parse_peer_address
+from relaymesh.address import InvalidAddress, PeerAddress, parse_peer_address
+from relaymesh.addresses import CONNECT, JOIN, SET_ADDRESS, StoredAddress
 from relaymesh.control.requests import ApiError
 from relaymesh.control.sessions import STALE_AFTER_INTERVALS, session_rows
 from relaymesh.errors import UnknownPeer
 from relaymesh.events import Direction, PeerState, PeerStatus
 from relaymesh.interfaces import INode
 from relaymesh.keystore import KeyStoreError
+from relaymesh.peerid import is_valid_peer_id
+
+#: What C{DELETE /api/peers/ID?forget=...} may forget besides disconnecting.
+FORGET_ADDRESS = "address"
+FORGET_ALL = "all"
+
+#: The sources C{POST /api/peers} may give an address.
+POST_SOURCES = (CONNECT, JOIN, SET_ADDRESS)
 
 
 def _time(value: float | None) -> float | None:
@@ -107,14 +116,32 @@ class NodeViews:
         """
         paired = set(self._paired())
         dialled = self._dialled()
+        stored = self._stored()
         views = {
-            p.peer_id: self._view(p, paired, dialled)
+            p.peer_id: self._view(p, paired, dialled, stored)
             for p in self.node.mesh.peers()
             if p.state != PeerState.DISCONNECTED or p.peer_id in paired or p.peer_id in dialled
         }
         for peer_id in (paired | set(dialled)) - set(views):
-            views[peer_id] = self._view(self._unseen(peer_id, paired, dialled), paired, dialled)
-        return [views[k] for k in sorted(views)]
+            status = self._unseen(peer_id, paired, dialled)
+            views[peer_id] = self._view(status, paired, dialled, stored)
+        return [views[k] for k in sorted(views)] + self._unnamed_dials()
+
+    def _unnamed_dials(self) -> list[dict[str, Any]]:
+        """
+        The addresses dialled whose peer is not known yet: a row each, with
+        no peer id, in state C{dialling}.
+        """
+        rows = []
+        for address in self.node.dialled():
+            if address.peer_id is None:
+                status = PeerStatus.without_traffic(
+                    None, PeerState.DISCONNECTED, address=address.hostport, direction=Direction.OUTBOUND
+                )
+                row = self._view(status, set(), {}, {})
+                row.update(state="dialling", dialled=True, dial_address=str(address))
+                rows.append(row)
+        return rows
 
     def peer_view(self, peer_id: str) -> dict[str, Any]:
         """
@@ -158,15 +185,31 @@ class NodeViews:
 
     # -- actions -------------------------------------------------------------
 
-    def connect(self, text: str) -> dict[str, Any]:
+    def connect(self, text: str, source: str = CONNECT) -> dict[str, Any]:
         """
-        Start dialling a peer address.
+        Start dialling a peer address, and remember it for the next start.
+
+        A peer already connected (through another link) is not dialled at
+        this address: the answer says C{already_connected} and where it is
+        connected, and nothing is remembered. An address set with
+        C{set-address} replaces the peer's other diallers.
 
         @param text: The address, C{[tls:|legacy:][peer_id@]host[:port]}.
+        @param source: Where the address comes from (L{POST_SOURCES}).
         @raise relaymesh.address.InvalidAddress: if it does not parse.
         @raise ApiError: 400 if no key could authenticate to it.
         """
         address = parse_peer_address(text)
+        if address.peer_id is not None and self.node.mesh.is_connected(address.peer_id):
+            view = self.peer_view(address.peer_id)
+            return {
+                "addr": str(address),
+                "peer_id": address.peer_id,
+                "already_dialled": False,
+                "already_connected": True,
+                "connected_address": view["address"],
+                "direction": view["direction"],
+            }
         if not self._has_key_for(address):
             who = address.peer_id or address.hostport
             raise ApiError(
@@ -174,22 +217,70 @@ class NodeViews:
                 f"field 'addr': no key for {who} and no pending pairing key; pair first "
                 "(relaymesh pair / relaymesh accept)",
             )
+        if source == SET_ADDRESS and address.peer_id is not None:
+            self.node.remove_peer(address.peer_id)  # its old addresses; it is not connected
         before = len(self.node.dialled())
-        self.node.add_peer(address)
+        try:
+            self.node.add_peer(address, source)
+        except OSError as e:
+            raise ApiError(http.INTERNAL_SERVER_ERROR, f"cannot remember the address: {e}") from None
         known = len(self.node.dialled()) == before
-        return {"addr": str(address), "peer_id": address.peer_id, "already_dialled": known}
+        return {
+            "addr": str(address),
+            "peer_id": address.peer_id,
+            "already_dialled": known,
+            "already_connected": False,
+        }
 
-    def disconnect(self, peer_id: str) -> dict[str, Any]:
+    def disconnect(self, peer_id: str, forget: str | None = None) -> dict[str, Any]:
         """
-        Close a peer's connection and stop dialling it.
+        Close a peer's connection and stop dialling it; with C{forget},
+        also forget its remembered address (L{FORGET_ADDRESS}) or the peer
+        entirely: key, address, outbox (L{FORGET_ALL}).
 
-        @raise UnknownPeer: if no peer has that id.
+        C{peer_id} may be an address dialled without a peer id instead
+        (C{host:port}): its dialler is stopped.
+
+        @raise UnknownPeer: if no peer has that id (nor a dialler that
+            address).
+        @raise ApiError: 400 for another C{forget}.
         """
-        self.peer_view(peer_id)  # raises UnknownPeer
+        if forget not in (None, FORGET_ADDRESS, FORGET_ALL):
+            raise ApiError(http.BAD_REQUEST, f"forget must be {FORGET_ADDRESS!r} or {FORGET_ALL!r}")
+        if not is_valid_peer_id(peer_id):
+            return self._stop_address(peer_id)
+        stored = self._stored()
+        if peer_id not in stored:
+            self.peer_view(peer_id)  # raises UnknownPeer
         was_connected = self.node.mesh.is_connected(peer_id)
         was_dialled = peer_id in self._dialled()
-        self.node.remove_peer(peer_id)
-        return {"peer_id": peer_id, "was_connected": was_connected, "stopped_dialling": was_dialled}
+        answer: dict[str, Any] = {"peer_id": peer_id, "was_connected": was_connected, "stopped_dialling": was_dialled}
+        try:
+            if forget == FORGET_ALL:
+                answer["forgotten"] = self.node.forget_peer(peer_id)
+            else:
+                self.node.remove_peer(peer_id)
+            if forget == FORGET_ADDRESS:
+                answer["forgot_address"] = self.node.forget_address(peer_id)
+        except (KeyStoreError, OSError) as e:
+            raise ApiError(http.INTERNAL_SERVER_ERROR, f"cannot forget {peer_id}: {e}") from None
+        if forget is None and peer_id in stored:
+            answer["address_remembered"] = stored[peer_id].address
+        return answer
+
+    def _stop_address(self, text: str) -> dict[str, Any]:
+        """
+        Stop the diallers of an address whose peer is not known yet.
+
+        @raise UnknownPeer: if none dials it.
+        """
+        try:
+            stopped = self.node.remove_address(text)
+        except InvalidAddress:
+            stopped = False
+        if not stopped:
+            raise UnknownPeer(f"unknown peer {text[:130]!r}")
+        return {"peer_id": None, "addr": text, "was_connected": False, "stopped_dialling": True}
 
     # -- reading the node ----------------------------------------------------
 
@@ -199,6 +290,13 @@ class NodeViews:
         except (KeyStoreError, OSError) as e:
             self.log.warn("cannot list the paired peers: {error}", error=e)
             return []
+
+    def _stored(self) -> dict[str, StoredAddress]:
+        try:
+            return self.node.stored_addresses()
+        except OSError as e:
+            self.log.warn("cannot read the remembered addresses: {error}", error=e)
+            return {}
 
     def _dialled(self) -> dict[str, PeerAddress]:
         """
@@ -218,10 +316,16 @@ class NodeViews:
             raise ApiError(http.INTERNAL_SERVER_ERROR, f"cannot read the key store: {e}") from None
 
     def _view(
-        self, status: PeerStatus, paired: set[str], dialled: dict[str, PeerAddress]
+        self,
+        status: PeerStatus,
+        paired: set[str],
+        dialled: dict[str, PeerAddress],
+        stored: dict[str, StoredAddress],
     ) -> dict[str, Any]:
         peer_id = status.peer_id
         connected = status.state == PeerState.CONNECTED
+        remembered = stored.get(peer_id)
+        dial = dialled.get(peer_id)
         return {
             "peer_id": peer_id,
             "state": status.state,
@@ -246,6 +350,11 @@ class NodeViews:
             "link": _link(status),
             "last_error": status.last_error,
             "last_error_at": _time(status.last_error_at),
+            "dial_address": None if dial is None else str(dial),
+            "connected_by_dial": dial is not None and connected and self.node.dial_connected(dial),
+            "stored_address": None if remembered is None else remembered.address,
+            "address_source": None if remembered is None else remembered.source,
+            "address_learned_at": None if remembered is None else _time(remembered.learned_at),
         }
 
     def _unseen(

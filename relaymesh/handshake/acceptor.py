@@ -34,6 +34,7 @@ from relaymesh.handshake.base import (
     read_capabilities,
     read_nonce,
 )
+from relaymesh.handshake.connector import LISTEN_FIELD, LISTEN_TLS_FIELD
 from relaymesh.handshake.pake import PakeAcceptor, PakeError
 from relaymesh.handshake.proofs import (
     ACCEPTOR_FIELD,
@@ -111,6 +112,10 @@ class AcceptorHandshake:
     @ivar claimed_peer: The peer id the connector claimed, once it did.
     @ivar peer_capabilities: What the connector announced.
     @ivar step: Where the handshake stands (L{Step}).
+    @ivar listen_port: The port the connector announced it accepts peers
+        on, inside TLS (L{LISTEN_FIELD}); L{None} if it announced none or
+        no valid one.
+    @ivar listen_tls: Whether it announced that port speaks TLS.
     """
 
     def __init__(
@@ -146,6 +151,8 @@ class AcceptorHandshake:
         self.claimed_peer: str | None = None
         self.peer_capabilities: frozenset[str] = frozenset()
         self.step = Step.AWAITING_HANDSHAKE
+        self.listen_port: int | None = None
+        self.listen_tls = False
         self._pake: PakeAcceptor | None = None
         self._encrypted = False
 
@@ -241,7 +248,19 @@ class AcceptorHandshake:
             raise HandshakeFailed(f"handshake from {claimed} over TLS lacks its nonce")
         if binding is None and self._encrypted:
             raise HandshakeFailed(f"handshake from {claimed} outside the TLS session it upgraded to")
+        if binding is not None:
+            self._read_listen(payload)
         return _Handshake(claimed, payload, connector_nonce)
+
+    def _read_listen(self, payload: dict[str, Any]) -> None:
+        """
+        Note the port the connector announced (inside TLS only); a value
+        that is not a port is ignored, not refused.
+        """
+        port = payload.get(LISTEN_FIELD)
+        if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
+            self.listen_port = port
+            self.listen_tls = payload.get(LISTEN_TLS_FIELD) is True
 
     def _proof_checker(
         self, handshake: _Handshake, binding: Binding | None

@@ -56,6 +56,13 @@ from relaymesh.keystore import KeyStoreError
 from relaymesh.peerid import is_valid_peer_id
 from relaymesh.wire import MessageType, RelayMessage
 
+#: The field of a handshake inside TLS that announces the port the
+#: connector accepts peers on (relaymesh only, optional).
+LISTEN_FIELD = "listen"
+
+#: Sent with L{LISTEN_FIELD} when that port speaks TLS from the start.
+LISTEN_TLS_FIELD = "listen_tls"
+
 
 class Step(enum.Enum):
     """
@@ -92,6 +99,11 @@ class ConnectorHandshake:
     @ivar encrypted: Whether the proofs are bound to a TLS session.
     @ivar peer_capabilities: What the acceptor announced.
     @ivar step: Where the handshake stands (L{Step}).
+    @ivar listen: The TCP port this node accepts peers on, announced inside
+        TLS (C{"listen"}) so that the acceptor can dial back; L{None} to
+        announce none (claudectl's handshake never carries it).
+    @ivar listen_tls: Whether that port speaks TLS from the start
+        (C{"listen_tls": true}, announced with it).
     """
 
     def __init__(
@@ -141,6 +153,8 @@ class ConnectorHandshake:
         self.encrypted = False
         self.peer_capabilities: frozenset[str] = frozenset()
         self.step = Step.AWAITING_CHALLENGE
+        self.listen: int | None = None
+        self.listen_tls = False
         self._keys = keys
         self._issued = issued if issued is not None else IssuedNonces()
         self._nonce = new_nonce(randbytes)
@@ -252,6 +266,10 @@ class ConnectorHandshake:
     def _extended(self, payload: dict[str, Any]) -> dict[str, Any]:
         payload["nonce"] = self._nonce
         payload["caps"] = list(self.capabilities)
+        if self.listen is not None:
+            payload[LISTEN_FIELD] = self.listen
+            if self.listen_tls:
+                payload[LISTEN_TLS_FIELD] = True
         return payload
 
     def _proof_payload(self, binding: Binding) -> dict[str, Any]:

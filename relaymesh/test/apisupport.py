@@ -24,6 +24,7 @@ from relaymesh.address import PeerAddress, parse_peer_address
 from relaymesh.control.plane import ControlPlane
 from relaymesh.control.site import make_site
 from relaymesh.events import PeerEvent, PeerSessions, PeerStatus
+from relaymesh.addresses import AddressBook
 from relaymesh.interfaces import INode
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
@@ -277,6 +278,8 @@ class FakeNode:
 
     @ivar addresses: What L{dialled} returns.
     @ivar listening: What L{listening_address} returns.
+    @ivar book: The key store's L{AddressBook}.
+    @ivar connected_by_dial: The dialled addresses L{dial_connected} is true of.
     """
 
     def __init__(self, keystore: KeyStore, mesh: FakeMesh | None = None) -> None:
@@ -284,6 +287,8 @@ class FakeNode:
         self.mesh = mesh or FakeMesh()
         self.addresses: list[PeerAddress] = []
         self.listening: str | None = None
+        self.book = AddressBook(keystore.path)
+        self.connected_by_dial: set[PeerAddress] = set()
 
     def listening_address(self) -> str | None:
         return self.listening
@@ -294,9 +299,11 @@ class FakeNode:
     def dialled(self) -> list[PeerAddress]:
         return list(self.addresses)
 
-    def add_peer(self, address: PeerAddress | str) -> None:
+    def add_peer(self, address: PeerAddress | str, source: str | None = None) -> None:
         if isinstance(address, str):
             address = parse_peer_address(address)
+        if source is not None and address.peer_id is not None:
+            self.book.record(address.peer_id, address, source)
         if address not in self.addresses:
             self.addresses.append(address)
 
@@ -305,3 +312,23 @@ class FakeNode:
         found = len(kept) != len(self.addresses)
         self.addresses = kept
         return self.mesh.disconnect(peer_id) or found
+
+    def remove_address(self, text: str) -> bool:
+        wanted = parse_peer_address(text)
+        kept = [a for a in self.addresses if a.peer_id is not None or a.hostport != wanted.hostport]
+        found = len(kept) != len(self.addresses)
+        self.addresses = kept
+        return found
+
+    def dial_connected(self, address: PeerAddress) -> bool:
+        return address in self.connected_by_dial
+
+    def stored_addresses(self) -> dict:
+        return self.book.entries()
+
+    def forget_address(self, peer_id: str) -> bool:
+        return self.book.forget(peer_id)
+
+    def forget_peer(self, peer_id: str) -> bool:
+        found = self.remove_peer(peer_id)
+        return self.keystore.forget(peer_id) or found

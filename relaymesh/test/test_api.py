@@ -278,7 +278,10 @@ class PeersTests(TestCase):
         self.h.keystore.set_key("gamma", os.urandom(32))
         code, body, _ = yield self.h.request("POST", "/api/peers", {"addr": "gamma@127.0.0.1:9900"})
         self.assertEqual(code, 202)
-        self.assertEqual(body, {"addr": "gamma@127.0.0.1:9900", "peer_id": "gamma", "already_dialled": False})
+        self.assertEqual(
+            body,
+            {"addr": "gamma@127.0.0.1:9900", "peer_id": "gamma", "already_dialled": False, "already_connected": False},
+        )
         [outbound] = self.h.node.outbound()
         self.assertEqual((outbound.target.peer_id, outbound.target.port), ("gamma", 9900))
         code, body, _ = yield self.h.request("POST", "/api/peers", {"addr": "gamma@127.0.0.1:9900"})

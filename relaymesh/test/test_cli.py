@@ -319,9 +319,9 @@ class PeersCommandTests(CommandTestsMixin, SynchronousTestCase):
         out = self.assertSucceeds("peers")
         self.assertEqual(
             out,
-            "PEER ID         ADDRESS        LAST SEEN             PAIRED  VIA\n"
-            "b               -              never                 -       -\n"
-            "ci-runner-9d1e  10.0.0.7:9847  2025-11-26T18:00:00Z  -       -\n"
+            "PEER ID         ADDRESS        SOURCE  LAST SEEN             PAIRED  VIA\n"
+            "b               -              -       never                 -       -\n"
+            "ci-runner-9d1e  10.0.0.7:9847  -       2025-11-26T18:00:00Z  -       -\n"
             "Pending pairing key: armed\n",
         )
 
@@ -338,6 +338,8 @@ class PeersCommandTests(CommandTestsMixin, SynchronousTestCase):
                     {
                         "peer_id": "b",
                         "addr": None,
+                        "stored_address": None,
+                        "address_source": None,
                         "last_seen": None,
                         "paired_at": None,
                         "paired_via": None,
@@ -345,6 +347,8 @@ class PeersCommandTests(CommandTestsMixin, SynchronousTestCase):
                     {
                         "peer_id": "ci-runner-9d1e",
                         "addr": "10.0.0.7:9847",
+                        "stored_address": None,
+                        "address_source": None,
                         "last_seen": "2025-11-26T18:00:00Z",
                         "paired_at": None,
                         "paired_via": None,
@@ -370,6 +374,8 @@ class PeersCommandTests(CommandTestsMixin, SynchronousTestCase):
                 {
                     "peer_id": "peer-a",
                     "addr": None,
+                    "stored_address": None,
+                    "address_source": None,
                     "last_seen": None,
                     "paired_at": None,
                     "paired_via": None,
@@ -492,6 +498,7 @@ class ParserTests(CommandTestsMixin, SynchronousTestCase):
                 "accept",
                 "peers",
                 "forget",
+                "peer",
                 "status",
                 "send",
                 "broadcast",

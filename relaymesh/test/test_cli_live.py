@@ -203,10 +203,12 @@ class LiveCommandTests(TestCase):
         self.assertEqual((status, err), (0, ""))
         header, row, pending = out.splitlines()
         self.assertEqual(
-            header.split(), ["PEER", "ID", "STATE", "ADDRESS", "LINK", "LAST", "SEEN", "RTT", "MSGS", "IN/OUT"]
+            header.split(),
+            ["PEER", "ID", "STATE", "ADDRESS", "SOURCE", "LINK", "LAST", "SEEN", "RTT", "MSGS", "IN/OUT"]
+            + ["PAIRED", "VIA", "LAST", "ERROR"],
         )
         self.assertEqual(row.split()[:2], ["beta", "connected"])
-        self.assertEqual(row.split()[3], "tls")  # relaymesh peers upgrade their link
+        self.assertEqual(row.split()[4], "tls")  # relaymesh peers upgrade their link
         self.assertEqual(pending, "Pending pairing key: none")
         status, out, err = yield self.run_cli(self.alpha, "peers", "--json")
         body = json.loads(out)
@@ -225,7 +227,7 @@ class LiveCommandTests(TestCase):
             self.assertTrue(f.read().strip())  # a node ran here
         status, out, err = yield self.run_cli(data_dir, "peers", "--api", f"http://127.0.0.1:{free_port()}")
         self.assertEqual((status, err), (0, ""))
-        self.assertIn("PEER ID  ADDRESS  LAST SEEN", out)
+        self.assertEqual(out.split()[:8], ["PEER", "ID", "ADDRESS", "SOURCE", "LAST", "SEEN", "PAIRED", "VIA"])
         self.assertIn("beta", out)
 
     @defer.inlineCallbacks
@@ -283,11 +285,15 @@ class LiveCommandTests(TestCase):
         self.assertEqual((status, out, err), (0, "Connected to gamma.\n", ""))
         self.assertTrue(gamma.mesh.is_connected("alpha"))
         status, out, err = yield self.run_cli(self.alpha, "disconnect", "gamma")
-        self.assertEqual((status, out, err), (0, "Disconnected gamma; stopped dialling gamma.\n", ""))
+        remembered = (
+            " Its address is remembered: the node redials it when it starts again "
+            "(relaymesh disconnect gamma --forget-address forgets it).\n"
+        )
+        self.assertEqual((status, out, err), (0, "Disconnected gamma; stopped dialling gamma." + remembered, ""))
         self.assertEqual([o.target.peer_id for o in self.alpha.outbound()], [])
         yield wait_for(lambda: not gamma.mesh.is_connected("alpha"), 5)
         status, out, err = yield self.run_cli(self.alpha, "disconnect", "gamma")
-        self.assertEqual(out, "gamma was neither connected nor dialled.\n")
+        self.assertEqual(out, "gamma was neither connected nor dialled." + remembered)
         status, out, err = yield self.run_cli(self.alpha, "disconnect", "nobody")
         self.assertEqual(status, 2)
         self.assertIn("unknown peer", err)

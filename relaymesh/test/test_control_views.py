@@ -119,6 +119,11 @@ class NodeViewsTests(SynchronousTestCase):
                 "link": "tls",
                 "last_error": None,
                 "last_error_at": None,
+                "dial_address": None,
+                "connected_by_dial": False,
+                "stored_address": None,
+                "address_source": None,
+                "address_learned_at": None,
             },
         )
 
@@ -161,7 +166,8 @@ class NodeViewsTests(SynchronousTestCase):
         self.keystore.set_key("gamma", os.urandom(32))
         first = self.views.connect("gamma@10.0.0.3:9847")
         self.assertEqual(
-            first, {"addr": "gamma@10.0.0.3:9847", "peer_id": "gamma", "already_dialled": False}
+            first,
+            {"addr": "gamma@10.0.0.3:9847", "peer_id": "gamma", "already_dialled": False, "already_connected": False},
         )
         self.assertTrue(self.views.connect("gamma@10.0.0.3:9847")["already_dialled"])
         self.assertEqual(self.node.dialled(), [parse_peer_address("gamma@10.0.0.3:9847")])

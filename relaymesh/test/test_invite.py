@@ -1129,7 +1129,7 @@ class JoinCommandTests(CommandTestsMixin, SynchronousTestCase):
         self.assertEqual(
             out,
             "Paired with alpha (10.0.0.2:9900)\n"
-            "A node on this key store connects to it when run with --peers alpha@10.0.0.2:9900\n",
+            "A node started on this key store dials alpha@10.0.0.2:9900 (its address is remembered).\n",
         )
         self.assertEqual(self.joined, [parse_join_input("cctl://alpha@10.0.0.2:9900/k/0001020304050607")])
 
@@ -1217,9 +1217,9 @@ class PeersAndForgetTests(CommandTestsMixin, SynchronousTestCase):
         out = self.assertSucceeds("peers")
         self.assertEqual(
             out,
-            "PEER ID  ADDRESS        LAST SEEN  PAIRED                VIA\n"
-            "beta     -              never      2025-11-26T18:00:00Z  relay code or word phrase\n"
-            "gamma    10.0.0.2:9847  never      2025-11-26T18:01:00Z  relaymesh link\n"
+            "PEER ID  ADDRESS        SOURCE  LAST SEEN  PAIRED                VIA\n"
+            "beta     -              -       never      2025-11-26T18:00:00Z  relay code or word phrase\n"
+            "gamma    10.0.0.2:9847  -       never      2025-11-26T18:01:00Z  relaymesh link\n"
             "Pending pairing key: none\n",
         )
         peers = json.loads(self.assertSucceeds("peers", "--json"))["peers"]

@@ -191,7 +191,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(
             out,
             "Replaced the key of alpha: paired again with alpha (10.0.0.2:9847)\n"
-            "A node on this key store connects to it when run with --peers alpha@10.0.0.2:9847\n",
+            "A node started on this key store dials alpha@10.0.0.2:9847 (its address is remembered).\n",
         )
         self.assertEqual(self.beta.key("alpha"), self.alpha.store.key("beta"))
 
@@ -218,7 +218,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(status, 0, err)
         self.assertEqual(
             node.calls,
-            [("DELETE", "/api/peers/alpha", None), ("POST", "/api/peers", {"addr": "alpha@10.0.0.2:9847"})],
+            [("DELETE", "/api/peers/alpha", None), ("POST", "/api/peers", {"addr": "alpha@10.0.0.2:9847", "source": "join"})],
         )
         self.assertEqual(out.splitlines()[1], "The running node is connecting to alpha with the new key.")
 

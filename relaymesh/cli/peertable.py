@@ -1,0 +1,71 @@
+"""
+The columns the C{peers} tables share, offline (L{relaymesh.cli.keys}) and
+live (L{relaymesh.cli.live}): the address and where it was learned, when
+and how the peer was paired, and whether a pairing key is armed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from relaymesh.addresses import SOURCE_DESCRIPTIONS
+from relaymesh.cli.base import Context, format_last_seen
+from relaymesh.invite import FORM_DESCRIPTIONS
+from relaymesh.printable import printable
+
+
+def pending_state(context: Context) -> tuple[bool, str | None]:
+    """
+    Whether a pairing key is armed now (an expired one is not, and is
+    disarmed), and until when (ISO 8601 UTC), if that is noted.
+    """
+    store = context.store
+    pending = bool(store.armed_keys(time.time()))
+    expires_at = store.armed_until() if pending else None
+    return pending, None if expires_at is None else format_last_seen(int(expires_at * 1000))
+
+
+def pending_text(pending: bool, until: str | None) -> str:
+    """
+    C{armed}, C{armed until ...} or C{none}.
+    """
+    if not pending:
+        return "none"
+    return "armed" if until is None else f"armed until {until}"
+
+
+def pairing_columns(context: Context, peer_id: object) -> tuple[str, str]:
+    """
+    The PAIRED and VIA columns of a peer: when and how it was paired, from
+    its metadata in the key store (C{-} when not known).
+    """
+    if not isinstance(peer_id, str):
+        return "-", "-"
+    try:
+        meta = context.store.meta(peer_id)
+    except ValueError:
+        return "-", "-"
+    via = meta.get("paired_via")
+    via = FORM_DESCRIPTIONS.get(via, printable(via)) if isinstance(via, str) else "-"
+    return format_last_seen(meta.get("paired_at")) or "-", via
+
+
+def source_column(source: object) -> str:
+    """
+    Where a remembered address came from, for the SOURCE column.
+    """
+    if not isinstance(source, str):
+        return "-"
+    return SOURCE_DESCRIPTIONS.get(source, printable(source))
+
+
+def address_column(address: object, peer_id: object) -> str:
+    """
+    A peer's address for the ADDRESS column, without the peer id a
+    remembered address carries (C{-} when none is known).
+    """
+    if not isinstance(address, str) or not address:
+        return "-"
+    if isinstance(peer_id, str):
+        address = address.replace(f"{peer_id}@", "", 1)
+    return printable(address)
