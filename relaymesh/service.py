@@ -20,9 +20,9 @@ import os
 from typing import Any, Callable, Iterable, Sequence
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -48,15 +48,7 @@ from relaymesh.reliable.outbox import DEFAULT_SCAN_INTERVAL, ReliableDelivery
 from relaymesh.reliable.store import STORE_FILE, Store, open_store
 from relaymesh.routing.router import Router
 from relaymesh.startup import as_startup_error
-from relaymesh.sessions.source import (
-    CLAUDE_CODE_SOURCE,
-    FILE_SOURCE,
-    ClaudeHomeSessions,
-    SessionListFile,
-    SessionSource,
-    in_thread_pool,
-    parse_sessions_option,
-)
+from relaymesh.sessions.source import session_source
 from relaymesh.tls import NodeCertificate, TLSError, TLSServerFactory
 
 class OutboundPeer(Service):
@@ -125,6 +117,28 @@ class AnnouncingClientFactory(RelayClientFactory):
         handshake = protocol.handshake
         handshake.listen, handshake.listen_tls = self.announce()
         return protocol
+
+
+def closed_within(connections: list[Any], reactor: IReactorTime, timeout: float) -> Deferred[None]:
+    """
+    Fire once every one of C{connections} is closed, aborting those still
+    open after C{timeout} seconds.
+    """
+    if not connections:
+        return succeed(None)
+
+    def abort() -> None:
+        for protocol in connections:
+            if protocol.state is not State.CLOSED:
+                protocol.abort(f"not closed within {timeout:g} s of shutdown")
+
+    timer = reactor.callLater(timeout, abort)
+
+    def done(_: object) -> None:
+        if timer.active():
+            timer.cancel()
+
+    return gatherResults([p.whenClosed() for p in connections]).addCallback(done)
 
 
 def _node_certificate(keystore: Any, identity: str) -> NodeCertificate:
@@ -257,34 +271,11 @@ class RelayService(MultiService):
         self.mesh.watch_peers(self._wake_parked)
         self.mesh.watch_peers(self.addresses.learned)
         self.last_seen = LastSeen(self.mesh, keystore, reactor, config.heartbeat_interval)
-        self.session_source = self._session_source(config)
-
-    def _session_source(self, config: NodeConfig) -> SessionSource | None:
-        """
-        The service that refreshes the node's session list, if any.
-
-        @raise ValueError: for a C{sessions} option that does not parse.
-        """
-        option = parse_sessions_option(config.sessions)
-        self.mesh.fleet.source = option.kind
-        reader: ClaudeHomeSessions | SessionListFile
-        if option.kind == CLAUDE_CODE_SOURCE:
-            reader = ClaudeHomeSessions(config.claude_home, config.session_details)
-        elif option.kind == FILE_SOURCE:
-            assert option.path is not None
-            reader = SessionListFile(option.path)
-        else:
-            return None
-        reactor = self._reactor
-        if IReactorThreads.providedBy(reactor):
-            run = in_thread_pool(reactor)
-        else:  # a reactor without threads (a simulation): scan in its thread
-            run = maybeDeferred
-        source = SessionSource(
-            self.mesh, reader.scan, option.kind, reactor, run, description=str(reader)
+        self.session_source = session_source(
+            self.mesh, config.sessions, config.claude_home, config.session_details, reactor
         )
-        source.setServiceParent(self)
-        return source
+        if self.session_source is not None:
+            self.session_source.setServiceParent(self)
 
     def _listener(self, description: str) -> ListenerService:
         """
@@ -552,32 +543,11 @@ class RelayService(MultiService):
         connections = self.mesh.connections() + self.server_factory.handshaking()
         for protocol in connections:
             protocol.close("node shutting down")
-        d = gatherResults([stopped, self._closed(connections)], consumeErrors=True)
+        d = gatherResults([stopped, closed_within(connections, self._reactor, self.shutdown_timeout)], consumeErrors=True)
         store, self.store = self.store, None
         if store is not None:
             d.addBoth(lambda result: store.close().addCallback(lambda _: result))
         return d.addCallback(lambda _: None)
-
-    def _closed(self, connections: list[Any]) -> Deferred[None]:
-        """
-        Fire once every one of C{connections} is closed, aborting those
-        still open after L{shutdown_timeout} seconds.
-        """
-        if not connections:
-            return succeed(None)
-
-        def abort() -> None:
-            for protocol in connections:
-                if protocol.state is not State.CLOSED:
-                    protocol.abort(f"not closed within {self.shutdown_timeout:g} s of shutdown")
-
-        timer = self._reactor.callLater(self.shutdown_timeout, abort)
-
-        def done(_: object) -> None:
-            if timer.active():
-                timer.cancel()
-
-        return gatherResults([p.whenClosed() for p in connections]).addCallback(done)
 
     def _listening_port(self) -> int | None:
         """

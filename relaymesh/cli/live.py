@@ -7,8 +7,8 @@ control API (L{relaymesh.control.api}), with the token from its token file.
     relaymesh send PEER MSG_TYPE JSON [--reliable [--wait SECONDS]]
     relaymesh broadcast MSG_TYPE JSON
     relaymesh watch [--types T,...] [--heartbeats] [--count N]
-    relaymesh connect [peer_id@]host:port [--wait SECONDS]
-    relaymesh disconnect PEER|HOST:PORT [--forget-address]
+
+(C{connect} and C{disconnect} are in L{relaymesh.cli.dialling}.)
 
 C{--api URL} chooses the node (see L{relaymesh.control.client.resolve_url}); it
 and C{--api-token-file} are global options, before or after the command. When
@@ -35,10 +35,8 @@ import sys
 import time
 from datetime import datetime
 from typing import Any, Callable
-from urllib.parse import quote
 
-from relaymesh.addresses import AddressBook
-from relaymesh.cli.base import PROG, Command, CommandError, Context, format_table, terminal_text
+from relaymesh.cli.base import Command, CommandError, Context, format_table, terminal_text
 from relaymesh.cli.peertable import address_column, pairing_columns, pending_state, pending_text, source_column
 from relaymesh.control.client import (
     API_ENV,
@@ -65,9 +63,6 @@ MSG_TYPES_HELP = ", ".join(SENDABLE_TYPES)
 #: most (the API's limit).
 RELIABLE_WAIT = 5.0
 MAX_SEND_WAIT = 30.0
-
-#: Seconds between looks at the peer list while C{connect --wait} waits.
-WAIT_STEP = 0.25
 
 
 def add_node_arguments(parser: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
@@ -229,7 +224,7 @@ def _compact(value: Any, limit: int = 200) -> str:
     return printable(json.dumps(value, ensure_ascii=False, separators=(",", ":")), limit)
 
 
-def _shown(value: object, default: str = "?") -> str:
+def shown(value: object, default: str = "?") -> str:
     """
     A field of an event as it may be printed: text through L{printable},
     anything else (a number, a missing field) as JSON.
@@ -256,14 +251,14 @@ def describe_event(event: dict[str, Any]) -> str:
     could have chosen goes through L{printable}.
     """
     kind = event.get("event")
-    peer = _shown(event.get("peer_id"), "(unknown peer)")
-    address, direction, reason = (_shown(event.get(k)) for k in ("address", "direction", "reason"))
+    peer = shown(event.get("peer_id"), "(unknown peer)")
+    address, direction, reason = (shown(event.get(k)) for k in ("address", "direction", "reason"))
     if kind == "message":
         message = event.get("message")
         message = message if isinstance(message, dict) else {}
         text = (
-            f"message from {_shown(event.get('from'))}: {_shown(message.get('msg_type'))} "
-            f"{_compact(message.get('payload'))} ({_shown(message.get('id'))})"
+            f"message from {shown(event.get('from'))}: {shown(message.get('msg_type'))} "
+            f"{_compact(message.get('payload'))} ({shown(message.get('id'))})"
         )
     elif kind == "peer_connected":
         text = f"{peer} connected ({direction}, {address})"
@@ -275,10 +270,10 @@ def describe_event(event: dict[str, Any]) -> str:
         delay = event.get("delay")
         seconds = f"{delay:g}" if isinstance(delay, (int, float)) and not isinstance(delay, bool) else "?"
         target = event.get("peer_id") or event.get("address")
-        text = f"reconnecting to {_shown(target)} in {seconds} s"
+        text = f"reconnecting to {shown(target)} in {seconds} s"
     elif kind == "peer_connecting":
         who = event.get("peer_id")
-        text = f"dialling {_shown(who) + ' ' if who else ''}at {address}"
+        text = f"dialling {shown(who) + ' ' if who else ''}at {address}"
     elif kind == "sessions":
         text = _describe_sessions(event)
     else:
@@ -290,12 +285,12 @@ def _describe_sessions(event: dict[str, Any]) -> str:
     """
     A C{sessions} event: whose list, how many sessions in each status.
     """
-    whose = "this node's" if event.get("peer_id") is None else f"{_shown(event.get('peer_id'))}'s"
+    whose = "this node's" if event.get("peer_id") is None else f"{shown(event.get('peer_id'))}'s"
     sessions = event.get("sessions")
     if not isinstance(sessions, list):
         return f"{whose} sessions are gone"
     statuses = collections.Counter(
-        _shown(s.get("status")) for s in sessions if isinstance(s, dict)
+        shown(s.get("status")) for s in sessions if isinstance(s, dict)
     )
     counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
     return f"{whose} sessions: {len(sessions)}" + (f" ({counts})" if counts else "")
@@ -321,8 +316,8 @@ def run_status(context: Context, args: argparse.Namespace, node: NodeClient) -> 
     s = node.call("GET", "/api/status")
     peers = s.get("peers", {})
     rows = [
-        ("Node:", f"{_shown(s.get('identity'))} (relaymesh {_shown(s.get('version'))})"),
-        ("Relay:", _shown(s.get("listen"), "not listening")),
+        ("Node:", f"{shown(s.get('identity'))} (relaymesh {shown(s.get('version'))})"),
+        ("Relay:", shown(s.get("listen"), "not listening")),
         ("API:", node.url),
         ("Up:", duration(s.get("uptime", 0))),
         (
@@ -344,8 +339,8 @@ def _session_counts(counts: object) -> str:
     if not isinstance(counts, dict):
         return "?"
     local = counts.get("local")
-    here = "none here" if local is None else f"{_shown(local)} here"
-    return f"{here} ({_shown(counts.get('source'))}), {_shown(counts.get('peers'), '0')} from peers"
+    here = "none here" if local is None else f"{shown(local)} here"
+    return f"{here} ({shown(counts.get('source'))}), {shown(counts.get('peers'), '0')} from peers"
 
 
 # -- peers (live) --------------------------------------------------------------
@@ -394,17 +389,17 @@ def live_peers(context: Context, args: argparse.Namespace) -> bool:
             paired_at, via = pairing_columns(context, p.get("peer_id"))
             rows.append(
                 (
-                    _shown(p.get("peer_id"), "-"),
-                    _shown(p.get("state")),
+                    shown(p.get("peer_id"), "-"),
+                    shown(p.get("state")),
                     address_column(p.get("address") or p.get("stored_address"), p.get("peer_id")),
                     source_column(p.get("address_source")),
-                    _shown(p.get("link"), "-"),
+                    shown(p.get("link"), "-"),
                     ago(p.get("last_seen")),
                     rtt,
                     f"{p.get('msgs_in', 0)}/{p.get('msgs_out', 0)}",
                     paired_at,
                     via,
-                    _shown(p.get("last_error") or None, "-"),
+                    shown(p.get("last_error") or None, "-"),
                 )
             )
         listing = format_table(rows)
@@ -466,12 +461,12 @@ def run_send(context: Context, args: argparse.Namespace, node: NodeClient) -> No
         answer = node.call("POST", "/api/send", body)
         context.emit(
             answer,
-            f"Sent {printable(args.msg_type)} {_shown(answer.get('id'))} to {_shown(answer.get('to'))}.",
+            f"Sent {printable(args.msg_type)} {shown(answer.get('id'))} to {shown(answer.get('to'))}.",
         )
         return
     wait = RELIABLE_WAIT if args.wait is None else args.wait
     answer = node.call("POST", "/api/send", {**body, "reliable": True, "wait": wait}, wait=wait)
-    what, to = f"{printable(args.msg_type)} {_shown(answer.get('id'))}", _shown(answer.get("to"))
+    what, to = f"{printable(args.msg_type)} {shown(answer.get('id'))}", shown(answer.get("to"))
     if answer.get("delivered") is True:
         text = f"Delivered {what} to {to} (acknowledged)."
     else:
@@ -501,7 +496,7 @@ def run_broadcast(context: Context, args: argparse.Namespace, node: NodeClient) 
     peers = sorted(printable(p) for p in answer.get("ids", {}))
     if peers:
         text = (
-            f"Sent {printable(args.msg_type)} {_shown(answer.get('id'))} to {len(peers)} "
+            f"Sent {printable(args.msg_type)} {shown(answer.get('id'))} to {len(peers)} "
             f"peer{'s' if len(peers) != 1 else ''}: {', '.join(peers)}."
         )
     else:
@@ -534,7 +529,7 @@ def run_watch(context: Context, args: argparse.Namespace, node: NodeClient) -> i
     Follow the node's events, one line each (a JSON object with --json).
     """
     types = [t for t in (args.types or "").split(",") if t.strip()] or None
-    shown = 0
+    written = 0
     out = context.stdout
     try:
         for event in node.events(types):
@@ -545,177 +540,13 @@ def run_watch(context: Context, args: argparse.Namespace, node: NodeClient) -> i
                 continue  # every refresh of this node's list: only when asked
             out.write((json.dumps(event) if context.json_output else terminal_text(describe_event(event))) + "\n")
             out.flush()
-            shown += 1
-            if args.count is not None and shown >= args.count:
+            written += 1
+            if args.count is not None and written >= args.count:
                 return None
     except KeyboardInterrupt:
         return None
     context.warn(f"the node at {node.url} closed the event stream")
     return EXIT_NOT_RUNNING
-
-
-# -- connect and disconnect ------------------------------------------------------
-
-
-def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
-    """
-    C{connect [peer_id@]host:port [--wait SECONDS]}.
-    """
-    parser.add_argument("addr", metavar="[PEER_ID@]HOST:PORT", help="the peer to dial")
-    parser.add_argument(
-        "--wait",
-        metavar="SECONDS",
-        type=float,
-        default=0.0,
-        help="wait up to this long for this address to connect (exit status 1 if it does not)",
-    )
-    add_node_arguments(parser)
-
-
-@live
-def run_connect(context: Context, args: argparse.Namespace, node: NodeClient) -> int | None:
-    """
-    Make the node dial a peer (until it is disconnected or the node stops)
-    and remember the address for its next start; a peer already connected
-    through another link is not dialled.
-    """
-    answer = node.call("POST", "/api/peers", {"addr": args.addr})
-    peer_id = answer.get("peer_id")
-    addr = _shown(answer.get("addr"))
-    if answer.get("already_connected"):
-        context.emit(
-            answer,
-            f"{printable(peer_id)} is already connected ({_shown(answer.get('direction'))}, "
-            f"{_shown(answer.get('connected_address'))}): not dialling {addr}. To dial it there "
-            f"after restarts, run: {PROG} peer set-address {printable(peer_id)} {addr}",
-        )
-        return EXIT_NOT_RUNNING if args.wait > 0 else None
-    if args.wait > 0:
-        return _wait_connected(context, args, node, answer)
-    context.emit(answer, f"Dialling {addr}; see its state with: {PROG} peers")
-    return None
-
-
-def _dial_row(node: NodeClient, answer: dict[str, Any]) -> dict[str, Any] | None:
-    """
-    The peer row of what C{connect} dials: by its peer id, or the dialler
-    of its address while the peer is not known, or the row of the peer
-    that dialler reached.
-    """
-    peers = node.call("GET", "/api/peers")["peers"]
-    peer_id = answer.get("peer_id")
-    for row in peers:
-        if peer_id is not None and row.get("peer_id") == peer_id:
-            return row
-        if peer_id is None and row.get("dial_address") == answer.get("addr") and row.get("peer_id") is None:
-            return row
-    if peer_id is None:  # the dialler learned its peer: find the row it dials
-        for row in peers:
-            dialled = row.get("dial_address")
-            if isinstance(dialled, str) and dialled.endswith("@" + str(answer.get("addr"))):
-                return row
-    return None
-
-
-def _wait_connected(
-    context: Context, args: argparse.Namespace, node: NodeClient, answer: dict[str, Any]
-) -> int | None:
-    """
-    Wait until THIS dial connected (not the peer through another link).
-    """
-    deadline = time.monotonic() + args.wait
-    addr = _shown(answer.get("addr"))
-    while True:
-        row = _dial_row(node, answer) or {}
-        state = row.get("state", "dialling")
-        who = printable(row.get("peer_id") or answer.get("peer_id") or addr)
-        if state == "connected" and row.get("connected_by_dial"):
-            where = "" if answer.get("peer_id") else f" at {addr}"
-            context.emit({**answer, "state": state}, f"Connected to {who}{where}.")
-            return None
-        if time.monotonic() >= deadline:
-            if state == "connected":
-                text = (
-                    f"{who} is connected through another link ({_shown(row.get('direction'))}, "
-                    f"{_shown(row.get('address'))}), but {addr} did not connect within {args.wait:g} s"
-                )
-            else:
-                text = f"{addr} is not connected after {args.wait:g} s ({_shown(state)})"
-            error = row.get("last_error")
-            if isinstance(error, str) and error:
-                text += f": {printable(error)}"
-            context.emit(
-                {**answer, "state": state},
-                f"{text}; the node keeps dialling it (stop with: {PROG} disconnect {printable(answer.get('peer_id') or addr)}).",
-            )
-            return EXIT_NOT_RUNNING
-        time.sleep(WAIT_STEP)
-
-
-def add_disconnect_arguments(parser: argparse.ArgumentParser) -> None:
-    """
-    C{disconnect PEER|HOST:PORT [--forget-address]}.
-    """
-    parser.add_argument(
-        "peer_id", metavar="PEER", help="the peer to disconnect, or an address dialled without a peer id"
-    )
-    parser.add_argument(
-        "--forget-address",
-        action="store_true",
-        help="also forget the peer's remembered address, so that it is not redialled on the next start",
-    )
-    add_node_arguments(parser)
-
-
-def run_disconnect(context: Context, args: argparse.Namespace) -> int | None:
-    """
-    Close a peer's connection and stop dialling it (C{--forget-address}:
-    and forget its address; without a running node, that alone is done).
-    """
-    if args.forget_address and not wants_live_peers(context, args):
-        return _forget_address_offline(context, args)
-    try:
-        return _disconnect(context, args, client(context, args))
-    except NodeNotProven as e:
-        raise not_proven(context, args, e) from None
-    except (NodeNotRunning, TokenMissing) as e:
-        if args.forget_address:
-            return _forget_address_offline(context, args)
-        return not_running(context, args, e)
-    except ApiRequestError as e:
-        raise refused(e, context, args) from None
-
-
-def _forget_address_offline(context: Context, args: argparse.Namespace) -> None:
-    try:
-        forgot = AddressBook(context.data_dir).forget(args.peer_id)
-    except OSError as e:
-        raise CommandError(f"cannot forget the address of {printable(args.peer_id)}: {e}") from None
-    peer = printable(args.peer_id)
-    text = f"Forgot the address of {peer}." if forgot else f"No address is remembered for {peer}."
-    context.emit({"peer_id": args.peer_id, "forgot_address": forgot, "live": False}, text)
-
-
-def _disconnect(context: Context, args: argparse.Namespace, node: NodeClient) -> None:
-    path = f"/api/peers/{quote(args.peer_id, safe='')}"
-    if args.forget_address:
-        path += "?forget=address"
-    answer = node.call("DELETE", path)
-    peer = printable(args.peer_id)
-    done = []
-    if answer.get("was_connected"):
-        done.append(f"Disconnected {peer}")
-    if answer.get("stopped_dialling"):
-        done.append(f"stopped dialling {peer}" if done else f"Stopped dialling {peer}")
-    if answer.get("forgot_address"):
-        done.append("forgot its address" if done else f"Forgot the address of {peer}")
-    text = "; ".join(done) + "." if done else f"{peer} was neither connected nor dialled."
-    if answer.get("address_remembered"):
-        text += (
-            f" Its address is remembered: the node redials it when it starts again "
-            f"({PROG} disconnect {peer} --forget-address forgets it)."
-        )
-    context.emit(answer, text)
 
 
 #: The commands that talk to a running node, in the order the help lists them
@@ -725,6 +556,4 @@ COMMANDS = (
     Command("send", "send a message to a peer through a running node", add_send_arguments, run_send),
     Command("broadcast", "send a message to every connected peer", add_broadcast_arguments, run_broadcast),
     Command("watch", "follow a running node's messages and peer events", add_watch_arguments, run_watch),
-    Command("connect", "make a running node dial a peer", add_connect_arguments, run_connect),
-    Command("disconnect", "disconnect a peer and stop dialling it", add_disconnect_arguments, run_disconnect),
 )

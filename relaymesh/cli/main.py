@@ -18,7 +18,7 @@ import sys
 from typing import TextIO
 
 from relaymesh._version import __version__
-from relaymesh.cli import dashboard, fleet, keys, live, pairing, security
+from relaymesh.cli import dashboard, dialling, fleet, keys, live, pairing, security
 from relaymesh.cli.base import (
     EXIT_ERROR,
     EXIT_OK,
@@ -35,6 +35,7 @@ from relaymesh.keystore import DATA_DIR_ENV, DEFAULT_DATA_DIR, default_data_dir
 COMMANDS: tuple[Command, ...] = (
     keys.COMMANDS
     + live.COMMANDS
+    + dialling.COMMANDS
     + dashboard.COMMANDS
     + fleet.COMMANDS
     + pairing.COMMANDS

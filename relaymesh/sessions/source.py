@@ -22,8 +22,8 @@ import os
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -277,3 +277,30 @@ class SessionSource(Service):
                 "sessions ({kind}): {problem}; keeping the list in use", kind=self.kind, problem=problem
             )
         self.problem = problem
+
+
+def session_source(
+    mesh: IRelayMesh, sessions: str, claude_home: str, details: bool, reactor: Any
+) -> SessionSource | None:
+    """
+    The service that refreshes a node's session list for its C{--sessions}
+    option, if any (L{None} for C{none} and C{api}); it also tells the
+    mesh's fleet which source it is.
+
+    @raise ValueError: for a C{sessions} option that does not parse.
+    """
+    option = parse_sessions_option(sessions)
+    mesh.fleet.source = option.kind
+    reader: ClaudeHomeSessions | SessionListFile
+    if option.kind == CLAUDE_CODE_SOURCE:
+        reader = ClaudeHomeSessions(claude_home, details)
+    elif option.kind == FILE_SOURCE:
+        assert option.path is not None
+        reader = SessionListFile(option.path)
+    else:
+        return None
+    if IReactorThreads.providedBy(reactor):
+        run = in_thread_pool(reactor)
+    else:  # a reactor without threads (a simulation): scan in its thread
+        run = maybeDeferred
+    return SessionSource(mesh, reader.scan, option.kind, reactor, run, description=str(reader))

@@ -13,7 +13,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 import relaymesh
-from relaymesh.cli import dashboard, fleet, keys, live, main as cli_main, pairing, security
+from relaymesh.cli import dashboard, dialling, fleet, keys, live, main as cli_main, pairing, security
 from relaymesh.cli.base import Command, CommandError, format_last_seen
 from relaymesh.cli.main import COMMANDS, main
 from relaymesh.codes import parse_pair_code
@@ -520,6 +520,7 @@ class ParserTests(CommandTestsMixin, SynchronousTestCase):
             COMMANDS,
             keys.COMMANDS
             + live.COMMANDS
+            + dialling.COMMANDS
             + dashboard.COMMANDS
             + fleet.COMMANDS
             + pairing.COMMANDS
