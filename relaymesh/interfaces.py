@@ -192,6 +192,12 @@ class INode(Interface):
         peer's live connection.
         """
 
+    def dial_error(address):
+        """
+        Why the dialler of a L{relaymesh.address.PeerAddress} last failed,
+        and when (clock seconds): C{(reason, time)}, or C{(None, None)}.
+        """
+
     def stored_addresses():
         """
         The remembered addresses: peer id -> L{relaymesh.addresses.StoredAddress}.

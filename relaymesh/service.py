@@ -391,6 +391,12 @@ class RelayService(MultiService):
                 return self.mesh.registry.connection(current.peer_id) is current
         return False
 
+    def dial_error(self, address: PeerAddress) -> tuple[str | None, float | None]:
+        """Why the dialler of C{address} last failed, and when (see L{INode})."""
+        outbound = self._outbound.get(address)
+        factory = None if outbound is None else outbound.factory
+        return (None, None) if factory is None else (factory.last_error, factory.last_error_at)
+
     def dialled(self) -> list[PeerAddress]:
         """
         The addresses being dialled, each with the peer id learned from its

@@ -8,6 +8,8 @@ L{IRelayMesh}.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
@@ -138,6 +140,8 @@ class NodeViews:
                 status = PeerStatus.without_traffic(
                     None, PeerState.DISCONNECTED, address=address.hostport, direction=Direction.OUTBOUND
                 )
+                error, error_at = self.node.dial_error(address)
+                status = dataclasses.replace(status, last_error=error, last_error_at=error_at)
                 row = self._view(status, set(), {}, {})
                 row.update(state="dialling", dialled=True, dial_address=str(address))
                 rows.append(row)

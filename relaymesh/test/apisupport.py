@@ -289,6 +289,7 @@ class FakeNode:
         self.listening: str | None = None
         self.book = AddressBook(keystore.path)
         self.connected_by_dial: set[PeerAddress] = set()
+        self.dial_errors: dict[PeerAddress, tuple[str | None, float | None]] = {}
 
     def listening_address(self) -> str | None:
         return self.listening
@@ -322,6 +323,9 @@ class FakeNode:
 
     def dial_connected(self, address: PeerAddress) -> bool:
         return address in self.connected_by_dial
+
+    def dial_error(self, address: PeerAddress) -> tuple[str | None, float | None]:
+        return self.dial_errors.get(address, (None, None))
 
     def stored_addresses(self) -> dict:
         return self.book.entries()

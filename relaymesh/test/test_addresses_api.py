@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from relaymesh.addresses import INBOUND, JOIN, SET_ADDRESS, AddressBook
@@ -137,6 +140,14 @@ class AddressesApiTests(TestCase):
             (row["state"], row["address"], row["dial_address"], row["dialled"]),
             ("dialling", "127.0.0.1:9999", "127.0.0.1:9999", True),
         )
+        self.assertIsNone(row["last_error"])
+        [outbound] = self.h.node.outbound()
+        connector = MemoryReactorClock().connectTCP("127.0.0.1", 9999, outbound.factory)
+        outbound.factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+        code, body, _ = yield self.h.request("GET", "/api/peers")
+        [row] = [p for p in body["peers"] if p["peer_id"] is None]
+        self.assertIn("connection refused", row["last_error"])
+        self.assertIsNotNone(row["last_error_at"])
         code, body, _ = yield self.h.request("DELETE", "/api/peers/127.0.0.1:9999")
         self.assertEqual((code, body["stopped_dialling"]), (200, True))
         self.assertEqual(self.h.node.outbound(), [])
