@@ -9,8 +9,8 @@ and come back when it is started again; the events from before the page
 was opened are in its feed at once (the node's recent history). It
 disconnects the second from the dashboard, after a confirmation, and shows
 the error line the node answers when the peer is gone meanwhile. A third
-machine joins with an invite: the feed says so, and the table lists it as
-a paired peer. The second publishes the Claude
+machine joins with an invite: the feed says so, the table lists it as
+a paired peer, and Forget removes it (its key too). The second publishes the Claude
 Code sessions of a fixture Claude home, whose processes are live dummies:
 the first's dashboard shows them, and shows one finished once its process
 is killed. It takes the screenshot the documentation shows (to the path in
@@ -450,6 +450,16 @@ class DashboardBrowserTests(SynchronousTestCase):
             [p["peer_id"] for p in node_a.call("GET", "/api/peers")["peers"]], ["buildbox-7c1e", "phone-9d0e"]
         )
         self.assertEqual(driver.script("return document.querySelectorAll('#peers tbody tr').length"), 2)
+        # Forget the joined peer from the dashboard: after a confirmation the
+        # node drops its key, and the row goes.
+        driver.script(CLICK_ACTION, "phone-9d0e", "forget")
+        self.wait("the confirmation", lambda: driver.script("return !document.getElementById('peer-confirm').hidden"))
+        self.assertIn("Forget phone-9d0e?", driver.script("return document.getElementById('peer-confirm-text').textContent"))
+        driver.click(driver.find("#peer-confirm-yes"))
+        self.wait("the answer", lambda: driver.script(RESULT) == ["done", "Forgot phone-9d0e."])
+        self.wait("phone gone from the table", lambda: driver.script(STATE_OF, "phone-9d0e") is None)
+        self.assertFalse(os.path.exists(os.path.join(home_a, "peers", "phone-9d0e.key")))
+        self.assertEqual([p["peer_id"] for p in node_a.call("GET", "/api/peers")["peers"]], ["buildbox-7c1e"])
         # Disconnect b from the dashboard: it asks first; Cancel does nothing.
         driver.script(CLICK_ACTION, "buildbox-7c1e", "disconnect")
         self.wait("the confirmation", lambda: driver.script("return !document.getElementById('peer-confirm').hidden"))
