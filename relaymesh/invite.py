@@ -45,7 +45,7 @@ from relaymesh.codes import (
     format_pair_code,
 )
 from relaymesh.handshake.pake import generate_strong_code
-from relaymesh.join import JoinError, ask_node_to_dial, join_directly, local_node, local_node_port
+from relaymesh.join import JoinError, ask_node_to_dial, join_directly, local_node, local_node_port, node_port
 from relaymesh.joinforms import (
     ARMED_INVITE,
     ARMED_INVITE_LEGACY,
@@ -69,6 +69,7 @@ __all__ = [
     "local_node",
     "local_node_port",
     "make_invite",
+    "node_port",
     "parse_join_input",
 ]
 

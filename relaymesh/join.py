@@ -476,7 +476,14 @@ def local_node_port(data_dir: str, identity: str) -> int | None:
 
     @return: the port, or L{None} if no node answers or it does not listen.
     """
-    node = local_node(data_dir, identity)
+    return node_port(local_node(data_dir, identity))
+
+
+def node_port(node: Any) -> int | None:
+    """
+    The TCP port a running node accepts peers on, from its status; L{None}
+    without a node, or if it does not listen.
+    """
     listen = node.status.get("listen") if node is not None else None
     if not isinstance(listen, str):
         return None

@@ -47,6 +47,7 @@ from relaymesh.invite import (
     join_directly,
     local_node,
     make_invite,
+    node_port,
     parse_join_input,
 )
 from relaymesh.handshake.pake import generate_strong_code
@@ -127,20 +128,6 @@ def running_node(context: Context, args: argparse.Namespace, identity: str):
     return local_node(
         context.data_dir, identity, getattr(args, "api", None), getattr(args, "api_token_file", None)
     )
-
-
-def _node_port(node) -> int | None:
-    """
-    The TCP port a running node accepts peers on, from its status; L{None}
-    without a node, or if it does not listen.
-    """
-    listen = node.status.get("listen") if node is not None else None
-    if not isinstance(listen, str):
-        return None
-    try:
-        return parse_port(listen.rpartition(":")[2])
-    except InvalidAddress:
-        return None
 
 
 def _tls_flag(node) -> str:
@@ -279,7 +266,7 @@ def run_invite(context: Context, args: argparse.Namespace) -> None:
     node = running_node(context, args, identity)
     port = args.port
     if port is None:
-        port = _node_port(node) or DEFAULT_PORT
+        port = node_port(node) or DEFAULT_PORT
     tls = _tls_flag(node)
     now = clock()
     invite = make_invite(identity, host, port, now, args.expires * 60)
@@ -370,7 +357,7 @@ def run_strong_pair(context: Context, args: argparse.Namespace) -> None:
     except InvalidCode:
         host = "HOST"
     node = running_node(context, args, identity)
-    port = _node_port(node) or DEFAULT_PORT
+    port = node_port(node) or DEFAULT_PORT
     peer = f"{identity}@{host}:{port}"
     join = f"{PROG} join {code} --peer {peer}{_tls_flag(node)}"
     context.emit(

@@ -83,6 +83,31 @@ def paired_homes(base: str, id_a: str, id_b: str) -> tuple[str, str]:
     return homes
 
 
+def loopback_node(case, identity: str, peers=(), start: bool = True):
+    """
+    A L{relaymesh.service.RelayService} in this process on the real
+    reactor, on a fresh key store with C{identity}, listening and serving
+    its control API on free loopback ports; started unless C{start} is
+    false, and stopped when C{case} cleans up.
+    """
+    from relaymesh.keystore import KeyStore
+    from relaymesh.service import RelayService
+
+    keystore = KeyStore(case.mktemp())
+    keystore.set_identity(identity)
+    node = RelayService(
+        keystore,
+        listen="tcp:0:interface=127.0.0.1",
+        api="tcp:0:interface=127.0.0.1",
+        peers=peers,
+        reactor=reactor,
+    )
+    if start:
+        node.startService()
+    case.addCleanup(lambda: node.stopService() if node.running else None)
+    return node
+
+
 def log_lines(path: str) -> list[str]:
     """
     The lines of a log file so far (none if it does not exist yet).
@@ -125,6 +150,15 @@ class ProcessesMixin:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+    def home(self, name: str) -> str:
+        """
+        A data directory in the test's folder, with an identity made by
+        C{relaymesh identity}.
+        """
+        home = os.path.join(self.base, name)
+        self.cli(home, "identity")
+        return home
 
     def cli(self, home: str, *args: str, status: int = 0) -> subprocess.CompletedProcess:
         """

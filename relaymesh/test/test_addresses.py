@@ -289,6 +289,17 @@ class AnnounceTests(SynchronousTestCase):
     acceptor remembers where to dial it back.
     """
 
+    def paired_stores(self) -> tuple[KeyStore, KeyStore]:
+        """
+        Key stores of alpha and beta, each holding the other's key.
+        """
+        alpha_store, beta_store = KeyStore(self.mktemp()), KeyStore(self.mktemp())
+        alpha_store.set_identity("alpha")
+        beta_store.set_identity("beta")
+        alpha_store.set_key("beta", KEY)
+        beta_store.set_key("alpha", KEY)
+        return alpha_store, beta_store
+
     def test_connector_field(self):
         """
         The proof inside TLS carries C{listen} (and C{listen_tls}); the
@@ -339,11 +350,7 @@ class AnnounceTests(SynchronousTestCase):
         restart redials it there.
         """
         network = make_clock()
-        alpha_store, beta_store = KeyStore(self.mktemp()), KeyStore(self.mktemp())
-        alpha_store.set_identity("alpha")
-        beta_store.set_identity("beta")
-        alpha_store.set_key("beta", KEY)
-        beta_store.set_key("alpha", KEY)
+        alpha_store, beta_store = self.paired_stores()
         alpha = RelayService(alpha_store, listen="tcp:0", reactor=network)
         alpha.startService()
         alpha_port = alpha.listener.port.getHost().port
@@ -374,11 +381,7 @@ class AnnounceTests(SynchronousTestCase):
         one never replaces the address the peer was joined at.
         """
         network = make_clock()
-        alpha_store, beta_store = KeyStore(self.mktemp()), KeyStore(self.mktemp())
-        alpha_store.set_identity("alpha")
-        beta_store.set_identity("beta")
-        alpha_store.set_key("beta", KEY)
-        beta_store.set_key("alpha", KEY)
+        alpha_store, beta_store = self.paired_stores()
         book = AddressBook(beta_store.path)
         book.record("alpha", f"127.0.0.1:{FIRST_LISTENING_PORT}", JOIN)
         alpha = RelayService(alpha_store, listen=f"tcp:{FIRST_LISTENING_PORT}", reactor=network)
@@ -412,11 +415,7 @@ class AnnounceTests(SynchronousTestCase):
         its handshake learned, with the dialler's source.
         """
         network = make_clock()
-        alpha_store, beta_store = KeyStore(self.mktemp()), KeyStore(self.mktemp())
-        alpha_store.set_identity("alpha")
-        beta_store.set_identity("beta")
-        alpha_store.set_key("beta", KEY)
-        beta_store.set_key("alpha", KEY)
+        alpha_store, beta_store = self.paired_stores()
         alpha = RelayService(alpha_store, listen=f"tcp:{FIRST_LISTENING_PORT}", reactor=network)
         alpha.startService()
         beta = RelayService(beta_store, listen=None, reactor=network)

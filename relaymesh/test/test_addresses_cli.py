@@ -12,14 +12,14 @@ import os
 import time
 from io import StringIO
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh.addresses import CONNECT, INBOUND, JOIN, SET_ADDRESS, AddressBook
 from relaymesh.cli.main import main
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
-from relaymesh.test.realtime import free_port, wait_for
+from relaymesh.test.realtime import loopback_node, free_port, wait_for
 
 KEY = bytes(range(32))
 
@@ -132,19 +132,7 @@ class LiveTests(TestCase):
         return wait_for(lambda: self.alpha.mesh.is_connected("beta") and self.beta.mesh.is_connected("alpha"), 10)
 
     def make_node(self, identity: str, peers=(), start: bool = True) -> RelayService:
-        keystore = KeyStore(self.mktemp())
-        keystore.set_identity(identity)
-        node = RelayService(
-            keystore,
-            listen="tcp:0:interface=127.0.0.1",
-            api="tcp:0:interface=127.0.0.1",
-            peers=peers,
-            reactor=reactor,
-        )
-        if start:
-            node.startService()
-        self.addCleanup(lambda: node.stopService() if node.running else None)
-        return node
+        return loopback_node(self, identity, peers, start)
 
     def run_cli(self, node: RelayService, *argv: str) -> defer.Deferred:
         stdout, stderr = StringIO(), StringIO()

@@ -10,7 +10,6 @@ nothing is announced on the network.
 from __future__ import annotations
 
 import json
-import os
 import signal
 
 from twisted.internet import defer
@@ -36,11 +35,6 @@ class JoinedNodeRestartTests(ProcessesMixin, TestCase):
 
     def setUp(self):
         self.setUpProcesses()
-
-    def home(self, name: str) -> str:
-        home = os.path.join(self.base, name)
-        self.cli(home, "identity")
-        return home
 
     def node(self, name: str, home: str, *args: str):
         return self.twistd(name, home, "--heartbeat", str(HEARTBEAT), "--no-announce", "--api", "none", *args)

@@ -11,7 +11,7 @@ import os
 import socket
 from io import StringIO
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh.control.client import NodeClient, NodeNotRunning, TokenMissing, read_token, resolve_url
@@ -19,7 +19,7 @@ from relaymesh.cli.main import main
 from relaymesh.cli.live import describe_event, duration
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
-from relaymesh.test.realtime import wait_for
+from relaymesh.test.realtime import loopback_node, wait_for
 
 
 def free_port() -> int:
@@ -46,19 +46,7 @@ class LiveCommandTests(TestCase):
         return wait_for(lambda: self.alpha.mesh.is_connected("beta") and self.beta.mesh.is_connected("alpha"), 10)
 
     def make_node(self, identity: str, peers=(), start: bool = True) -> RelayService:
-        keystore = KeyStore(self.mktemp())
-        keystore.set_identity(identity)
-        node = RelayService(
-            keystore,
-            listen="tcp:0:interface=127.0.0.1",
-            api="tcp:0:interface=127.0.0.1",
-            peers=peers,
-            reactor=reactor,
-        )
-        if start:
-            node.startService()
-        self.addCleanup(lambda: node.stopService() if node.running else None)
-        return node
+        return loopback_node(self, identity, peers, start)
 
     @staticmethod
     def pair(a: RelayService, b: RelayService) -> None:

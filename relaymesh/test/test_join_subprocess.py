@@ -42,11 +42,6 @@ class InviteJoinTests(ProcessesMixin, TestCase):
     def setUp(self):
         self.setUpProcesses()
 
-    def home(self, name: str) -> str:
-        home = os.path.join(self.base, name)
-        self.cli(home, "identity")
-        return home
-
     def node(self, name: str, home: str, *args: str) -> str:
         """
         Start C{twistd relaymesh} in the foreground; return its log file.
