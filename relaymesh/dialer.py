@@ -272,10 +272,12 @@ class RelayClientFactory(ReconnectingClientFactory):
             return
         why = connect_failure(reason, self.target.host, self.target.hostport, CONNECT_TIMEOUT)
         if not self._failed(why):
+            where = self.target.hostport
             self.log.warn(
-                "cannot connect to {peer} at {address}: {reason}",
-                peer=self.peer_id or "(unknown peer)",
-                address=self.target.hostport,
+                "cannot connect to {target}: {reason}",
+                target=where if self.peer_id is None else f"{self.peer_id} at {where}",
+                peer=self.peer_id,
+                address=where,
                 reason=why,
             )
         ReconnectingClientFactory.clientConnectionFailed(self, connector, reason)
