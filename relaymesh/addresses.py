@@ -278,11 +278,11 @@ class AddressKeeper:
     def dialling(self, address: PeerAddress, source: str | None) -> None:
         """
         A dialler of C{address} starts: remember the address once this dial
-        connects (a mistyped address never replaces a good one); one a user
-        set for good (C{--peers}, C{set-address}) that names its peer at
-        once.
+        connects (a mistyped address, in C{connect} or C{--peers}, never
+        replaces a good one); one set with C{set-address} that names its
+        peer at once.
         """
-        if source in (PEERS_OPTION, SET_ADDRESS) and address.peer_id is not None:
+        if source == SET_ADDRESS and address.peer_id is not None:
             self.remember(address.peer_id, address, source)
             source = None
         if self.sources.get(address) is None:

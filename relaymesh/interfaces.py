@@ -203,6 +203,12 @@ class INode(Interface):
         The remembered addresses: peer id -> L{relaymesh.addresses.StoredAddress}.
         """
 
+    def remember_address(peer_id, address, source):
+        """
+        Remember a L{relaymesh.address.PeerAddress} for a peer now, with its
+        source (L{relaymesh.addresses}), without dialling it.
+        """
+
     def forget_address(peer_id):
         """
         Drop the address remembered for a peer; whether there was one.

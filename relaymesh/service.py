@@ -358,6 +358,10 @@ class RelayService(MultiService):
             self._stop_dialling(address)
         return bool(matching)
 
+    def remember_address(self, peer_id: str, address: PeerAddress, source: str) -> None:
+        """Remember an address for a peer now (see L{INode})."""
+        self.addresses.remember(peer_id, address, source)
+
     def forget_address(self, peer_id: str) -> bool:
         """Drop the address remembered for a peer (see L{INode})."""
         return self.addresses.forget(peer_id)

@@ -195,8 +195,9 @@ class NodeViews:
 
         A peer already connected (through another link) is not dialled at
         this address: the answer says C{already_connected} and where it is
-        connected, and nothing is remembered. An address set with
-        C{set-address} replaces the peer's other diallers.
+        connected, and only an address set with C{set-address} is
+        remembered (C{remembered}). An address set with C{set-address}
+        replaces the peer's other diallers.
 
         @param text: The address, C{[tls:|legacy:][peer_id@]host[:port]}.
         @param source: Where the address comes from (L{POST_SOURCES}).
@@ -206,6 +207,12 @@ class NodeViews:
         address = parse_peer_address(text)
         if address.peer_id is not None and self.node.mesh.is_connected(address.peer_id):
             view = self.peer_view(address.peer_id)
+            remembered = source == SET_ADDRESS
+            if remembered:
+                try:
+                    self.node.remember_address(address.peer_id, address, source)
+                except OSError as e:
+                    raise ApiError(http.INTERNAL_SERVER_ERROR, f"cannot remember the address: {e}") from None
             return {
                 "addr": str(address),
                 "peer_id": address.peer_id,
@@ -213,6 +220,7 @@ class NodeViews:
                 "already_connected": True,
                 "connected_address": view["address"],
                 "direction": view["direction"],
+                "remembered": remembered,
             }
         if not self._has_key_for(address):
             who = address.peer_id or address.hostport

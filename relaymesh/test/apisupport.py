@@ -330,6 +330,9 @@ class FakeNode:
     def stored_addresses(self) -> dict:
         return self.book.entries()
 
+    def remember_address(self, peer_id: str, address: PeerAddress, source: str) -> None:
+        self.book.record(peer_id, address, source)
+
     def forget_address(self, peer_id: str) -> bool:
         return self.book.forget(peer_id)
 

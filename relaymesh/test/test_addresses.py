@@ -207,29 +207,30 @@ class RedialTests(SynchronousTestCase):
 
     def test_peers_option_wins(self):
         """
-        A peer named by C{--peers} is dialled there only, and that address
-        is remembered (source C{peers-option}).
+        A peer named by C{--peers} is dialled there only; that address is
+        remembered (source C{peers-option}) only once its dial connects
+        (L{AnnounceTests}), so a mistyped one never replaces a good one.
         """
         self.keystore.set_key("beta", KEY)
-        self.book.record("beta", "10.0.0.2:9900", INBOUND)
+        self.book.record("beta", "10.0.0.2:9900", JOIN)
         node = self.node(peers=["beta@10.0.0.7:9847"])
         node.startService()
         self.assertEqual(self.dialled(), [("10.0.0.7", 9847)])
         entry = self.book.get("beta")
-        self.assertEqual((entry.address, entry.source), ("beta@10.0.0.7:9847", PEERS_OPTION))
+        self.assertEqual((entry.address, entry.source), ("beta@10.0.0.2:9900", JOIN))
 
     def test_add_peer_remembers(self):
         """
-        L{RelayService.add_peer} remembers an address set for good
-        (C{--peers}, C{set-address}) at once; one from C{connect} only once
-        its dial connects (see L{AnnounceTests}); without a source (the
-        redial itself), none.
+        L{RelayService.add_peer} remembers an address from C{set-address} at
+        once; one from C{connect} or C{--peers} only once its dial connects
+        (see L{AnnounceTests}); without a source (the redial itself), none.
         """
         self.keystore.set_key("beta", KEY)
         node = self.node()
         node.startService()
         node.add_peer("beta@10.0.0.2:9900")
         node.add_peer("beta@10.0.0.2:9901", CONNECT)
+        node.add_peer("beta@10.0.0.2:9903", PEERS_OPTION)
         self.assertIsNone(self.book.get("beta"))
         node.add_peer("beta@10.0.0.2:9902", SET_ADDRESS)
         self.assertEqual(self.book.get("beta").address, "beta@10.0.0.2:9902")

@@ -78,6 +78,22 @@ class AddressesApiTests(TestCase):
         )
         self.assertEqual(self.h.node.outbound(), [])
         self.assertIsNone(self.book.get("beta"))
+        self.assertFalse(body["remembered"])
+
+    @defer.inlineCallbacks
+    def test_set_address_while_connected(self):
+        """
+        An address set with C{set-address} for a peer connected through
+        another link is remembered at once, and not dialled.
+        """
+        self.h.connect_beta()
+        code, body, _ = yield self.h.request(
+            "POST", "/api/peers", {"addr": "beta@127.0.0.1:9999", "source": "set-address"}
+        )
+        self.assertEqual((code, body["already_connected"], body["remembered"]), (200, True, True))
+        self.assertEqual(self.h.node.outbound(), [])
+        entry = self.book.get("beta")
+        self.assertEqual((entry.address, entry.source), ("beta@127.0.0.1:9999", SET_ADDRESS))
 
     @defer.inlineCallbacks
     def test_forget_address(self):
