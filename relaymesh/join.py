@@ -196,6 +196,7 @@ class JoinFactory(ClientFactory):
             strong_code=self.invite.strong_code,
             issued=self.mesh.issued_nonces,
         )
+        handshake.one_shot = True  # said inside TLS: the inviter lists no lasting peer for it
         protocol = RelayProtocol(self.mesh, handshake, self.certificate)
         protocol.factory = self
         return protocol

@@ -144,21 +144,24 @@ class _LazyMessage:
 
 class JoinNotes:
     """
-    Which connections were joins: an inbound connection whose handshake
-    paired the peer's key (with an invite's form, or the pending key) is a
-    peer joining this node. C{relaymesh join} closes it once paired; the
-    peer stays listed only as a paired peer.
+    Which connections were joins. C{relaymesh join} says so inside TLS
+    (C{"join": true} in its handshake) and closes its connection once
+    paired; the peer stays listed only as a paired peer. claudectl's join
+    says nothing: an inbound connection in clear whose handshake paired the
+    peer's key (with an invite's form, or the pending key) is taken for
+    one. A relaymesh node that pairs with the pending key and stays
+    connected is not a join.
 
     Its connected event says C{"join": true} with the form it paired with
-    (C{"paired_via"}), and so does the disconnected event of that same
-    connection.
+    (C{"paired_via"}, L{None} if none), and so does the disconnected event
+    of that same connection.
 
     @ivar mesh: The mesh whose connections to look at.
     """
 
     def __init__(self, mesh: IRelayMesh) -> None:
         self.mesh = mesh
-        self._joined: dict[str, str] = {}
+        self._joined: dict[str, str | None] = {}
 
     def fields(self, event: PeerEvent) -> dict[str, Any]:
         """
@@ -169,22 +172,30 @@ class JoinNotes:
         if peer_id is None:
             return {}
         if event.kind == EventKind.CONNECTED:
-            form = self._paired_via(peer_id) if event.direction == Direction.INBOUND else None
-            if form is None:
-                self._joined.pop(peer_id, None)
-            else:
+            joined, form = self._join(peer_id) if event.direction == Direction.INBOUND else (False, None)
+            if joined:
                 self._joined[peer_id] = form
+            else:
+                self._joined.pop(peer_id, None)
         elif event.kind != EventKind.DISCONNECTED:
             return {}
-        form = self._joined.get(peer_id)
-        return {} if form is None else {"join": True, "paired_via": form}
+        if peer_id not in self._joined:
+            return {}
+        return {"join": True, "paired_via": self._joined[peer_id]}
 
-    def _paired_via(self, peer_id: str) -> str | None:
+    def _join(self, peer_id: str) -> tuple[bool, str | None]:
+        """
+        Whether the peer's live connection is a join, and the form its
+        handshake paired with.
+        """
         registry = getattr(self.mesh, "registry", None)
         connection = registry.connection(peer_id) if registry is not None else None
         outcome = getattr(connection, "outcome", None)
         form = getattr(outcome, "paired_via", None)
-        return form if isinstance(form, str) else None
+        form = form if isinstance(form, str) else None
+        if getattr(getattr(connection, "handshake", None), "one_shot", False) is True:
+            return True, form
+        return form is not None and getattr(outcome, "encrypted", True) is False, form
 
     def event_object(self, event: PeerEvent, now: float) -> dict[str, Any]:
         """

@@ -34,7 +34,7 @@ from relaymesh.handshake.base import (
     read_capabilities,
     read_nonce,
 )
-from relaymesh.handshake.connector import LISTEN_FIELD, LISTEN_TLS_FIELD
+from relaymesh.handshake.connector import JOIN_FIELD, LISTEN_FIELD, LISTEN_TLS_FIELD
 from relaymesh.handshake.pake import PakeAcceptor, PakeError
 from relaymesh.handshake.proofs import (
     ACCEPTOR_FIELD,
@@ -116,6 +116,8 @@ class AcceptorHandshake:
         on, inside TLS (L{LISTEN_FIELD}); L{None} if it announced none or
         no valid one.
     @ivar listen_tls: Whether it announced that port speaks TLS.
+    @ivar one_shot: Whether the connector said, inside TLS, that it is a
+        one-shot C{relaymesh join}.
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class AcceptorHandshake:
         self.step = Step.AWAITING_HANDSHAKE
         self.listen_port: int | None = None
         self.listen_tls = False
+        self.one_shot = False
         self._pake: PakeAcceptor | None = None
         self._encrypted = False
 
@@ -254,9 +257,11 @@ class AcceptorHandshake:
 
     def _read_listen(self, payload: dict[str, Any]) -> None:
         """
-        Note the port the connector announced (inside TLS only); a value
-        that is not a port is ignored, not refused.
+        Note the port the connector announced (inside TLS only), and
+        whether it is a one-shot join; a value that is not a port is
+        ignored, not refused.
         """
+        self.one_shot = payload.get(JOIN_FIELD) is True
         port = payload.get(LISTEN_FIELD)
         if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
             self.listen_port = port

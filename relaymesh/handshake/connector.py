@@ -63,6 +63,10 @@ LISTEN_FIELD = "listen"
 #: Sent with L{LISTEN_FIELD} when that port speaks TLS from the start.
 LISTEN_TLS_FIELD = "listen_tls"
 
+#: The field of a handshake inside TLS that says the connection is a
+#: one-shot C{relaymesh join}: it closes once paired (relaymesh only).
+JOIN_FIELD = "join"
+
 
 class Step(enum.Enum):
     """
@@ -104,6 +108,9 @@ class ConnectorHandshake:
         announce none (claudectl's handshake never carries it).
     @ivar listen_tls: Whether that port speaks TLS from the start
         (C{"listen_tls": true}, announced with it).
+    @ivar one_shot: Whether this is a one-shot C{relaymesh join}, said
+        inside TLS (C{"join": true}) so that the acceptor does not take it
+        for a peer's lasting connection.
     """
 
     def __init__(
@@ -155,6 +162,7 @@ class ConnectorHandshake:
         self.step = Step.AWAITING_CHALLENGE
         self.listen: int | None = None
         self.listen_tls = False
+        self.one_shot = False
         self._keys = keys
         self._issued = issued if issued is not None else IssuedNonces()
         self._nonce = new_nonce(randbytes)
@@ -270,6 +278,8 @@ class ConnectorHandshake:
             payload[LISTEN_FIELD] = self.listen
             if self.listen_tls:
                 payload[LISTEN_TLS_FIELD] = True
+        if self.one_shot:
+            payload[JOIN_FIELD] = True
         return payload
 
     def _proof_payload(self, binding: Binding) -> dict[str, Any]:

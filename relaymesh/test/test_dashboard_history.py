@@ -24,9 +24,11 @@ from relaymesh.control.history import (
 from relaymesh.control.requests import dumps
 from relaymesh.events import Direction, EventKind, PeerEvent, PeerSessions
 from relaymesh.joinforms import parse_join_input
+from relaymesh.keystore import KeyStore
+from relaymesh.service import RelayService
 from relaymesh.test.apisupport import TOKEN, ApiHarness, FakeMesh, wait_for
 from relaymesh.test.joinsupport import InvitingNode
-from relaymesh.test.support import EPOCH
+from relaymesh.test.support import EPOCH, make_clock
 from relaymesh.wire import RelayMessage
 
 
@@ -191,6 +193,35 @@ class JoinEventsTests(SynchronousTestCase):
         [joined] = [e for e in history.recent(HISTORY_LIMIT) if e["event"] == "peer_connected"]
         self.assertIs(joined["join"], True)
         self.assertIsInstance(joined["paired_via"], str)
+
+
+    def test_lastingPairingNotAJoin(self):
+        """
+        A relaymesh node that pairs with the pending key (C{relaymesh
+        accept} on this side) and stays connected is not a join: its
+        connection says nothing of the kind, and its events are plain.
+        """
+        network = make_clock()
+        alpha_store, beta_store = KeyStore(self.mktemp()), KeyStore(self.mktemp())
+        alpha_store.set_identity("alpha")
+        beta_store.set_identity("beta")
+        key = bytes(range(32))
+        alpha_store.set_pending_key(key)
+        beta_store.set_key("alpha", key)
+        alpha = RelayService(alpha_store, listen="tcp:0", reactor=network)
+        alpha.startService()
+        history = EventHistory(alpha.mesh, network)
+        port = alpha.listener.port.getHost().port
+        beta = RelayService(beta_store, listen=None, peers=[f"alpha@127.0.0.1:{port}"], reactor=network)
+        beta.startService()
+        network.advance(1)
+        self.assertTrue(alpha.mesh.is_connected("beta"))
+        self.assertIsNotNone(alpha.mesh.registry.connection("beta").outcome.paired_via)
+        [connected] = [e for e in history.recent(HISTORY_LIMIT) if e["event"] == "peer_connected"]
+        self.assertNotIn("join", connected)
+        beta.stopService()
+        alpha.stopService()
+        network.advance(10)
 
 
 class HistoryApiTests(TestCase):
