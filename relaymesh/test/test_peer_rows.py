@@ -8,8 +8,10 @@ that is gone) and a failed dial does not erase when the peer was last seen.
 from __future__ import annotations
 
 import os
+import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh.address import parse_peer_address
 from relaymesh.control.views import NodeViews
@@ -17,6 +19,7 @@ from relaymesh.events import Direction
 from relaymesh.keystore import KeyStore
 from relaymesh.registry import Registry
 from relaymesh.test.apisupport import FakeNode
+from relaymesh.test.realtime import free_port, loopback_node, wait_for
 from relaymesh.test.support import EPOCH, make_clock
 
 PEER = "beta"
@@ -145,3 +148,63 @@ class PeerRowTests(SynchronousTestCase):
         record.direction = Direction.OUTBOUND
         record.since = EPOCH
         self.assertEqual(self.row()["rtt_ms"], 12.5)
+
+
+class LiveNodeRowTests(TestCase):
+    """
+    The same rows from running nodes on loopback: beta dials alpha.
+    """
+
+    timeout = 40
+
+    def make_beta(self, alpha_address: str):
+        beta = loopback_node(self, "beta", [f"alpha@{alpha_address}"], start=False)
+        beta.keystore.set_key("alpha", self.key)
+        return beta
+
+    def row(self, node, peer_id: str = "alpha"):
+        return node.api.control.views.peer_view(peer_id)
+
+    def setUp(self):
+        self.key = os.urandom(32)
+
+    @defer.inlineCallbacks
+    def test_disconnect_clears_retry(self):
+        """
+        After alpha goes away, beta's dials of it fail and are retried; once
+        C{disconnect} stops them, alpha's row has no attempt, no retry time
+        and no round trip, and still says when alpha was last seen.
+        """
+        alpha = loopback_node(self, "alpha")
+        alpha.keystore.set_key("beta", self.key)
+        beta = self.make_beta(f"127.0.0.1:{alpha.listener.port.getHost().port}")
+        beta.startService()
+        yield wait_for(lambda: beta.mesh.is_connected("alpha"), 10, what="beta connected to alpha")
+        yield alpha.stopService()
+        yield wait_for(
+            lambda: self.row(beta)["last_error"] is not None and self.row(beta)["reconnect_attempt"] >= 1,
+            30,
+            what="a failed dial of alpha",
+        )
+        row = self.row(beta)
+        self.assertIsNotNone(row["last_seen"])
+        beta.api.control.views.disconnect("alpha")
+        after = self.row(beta)
+        self.assertEqual(
+            (after["dialled"], after["reconnect_attempt"], after["next_retry_at"], after["rtt_ms"]),
+            (False, 0, None, None),
+        )
+        self.assertEqual(after["last_seen"], row["last_seen"])
+
+    @defer.inlineCallbacks
+    def test_restart_failed_dial_keeps_last_seen(self):
+        """
+        A node that starts and fails to dial a peer it saw in an earlier run
+        still shows when it last saw it.
+        """
+        beta = self.make_beta(f"127.0.0.1:{free_port()}")
+        seen = int((time.time() - 60) * 1000)
+        beta.keystore.update_meta("alpha", last_seen=seen)
+        beta.startService()
+        yield wait_for(lambda: self.row(beta)["last_error"] is not None, 10, what="a failed dial of alpha")
+        self.assertEqual(self.row(beta)["last_seen"], seen / 1000)
