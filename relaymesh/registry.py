@@ -296,6 +296,7 @@ class Registry:
             peer.state = PeerState.CONNECTING
             peer.address = address
             peer.direction = Direction.OUTBOUND
+            peer.next_retry_at = None  # the retry is this dial
         self.emit(PeerEvent(EventKind.CONNECTING, peer_id, address, Direction.OUTBOUND))
 
     def handshake_denied(

@@ -169,7 +169,9 @@ def run_peers(context: Context, args: argparse.Namespace) -> None:
             (
                 printable(p["peer_id"]),
                 peertable.address_column(p["stored_address"] or p["addr"], p["peer_id"]),
-                peertable.source_column(p["address_source"]),
+                peertable.source_column(
+                    p["address_source"], p["stored_address"], p["stored_address"] or p["addr"], p["peer_id"]
+                ),
                 p["last_seen"] or "never",
                 p["paired_at"] or "-",
                 FORM_DESCRIPTIONS.get(p["paired_via"], printable(p["paired_via"] or "-")),

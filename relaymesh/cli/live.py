@@ -387,12 +387,13 @@ def live_peers(context: Context, args: argparse.Namespace) -> bool:
             rtt = p.get("rtt_ms")
             rtt = f"{rtt:.1f} ms" if isinstance(rtt, (int, float)) and not isinstance(rtt, bool) else "-"
             paired_at, via = pairing_columns(context, p.get("peer_id"))
+            address, remembered = p.get("address") or p.get("stored_address"), p.get("stored_address")
             rows.append(
                 (
                     shown(p.get("peer_id"), "-"),
                     shown(p.get("state")),
-                    address_column(p.get("address") or p.get("stored_address"), p.get("peer_id")),
-                    source_column(p.get("address_source")),
+                    address_column(address, p.get("peer_id")),
+                    source_column(p.get("address_source"), remembered, address, p.get("peer_id")),
                     shown(p.get("link"), "-"),
                     ago(p.get("last_seen")),
                     rtt,

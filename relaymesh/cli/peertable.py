@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from relaymesh.address import InvalidAddress, parse_peer_address
 from relaymesh.addresses import SOURCE_DESCRIPTIONS
 from relaymesh.cli.base import Context, format_last_seen
 from relaymesh.invite import FORM_DESCRIPTIONS
@@ -50,13 +51,40 @@ def pairing_columns(context: Context, peer_id: object) -> tuple[str, str]:
     return format_last_seen(meta.get("paired_at")) or "-", via
 
 
-def source_column(source: object) -> str:
+def source_column(
+    source: object, remembered: object = None, shown: object = None, peer_id: object = None
+) -> str:
     """
-    Where a remembered address came from, for the SOURCE column.
+    Where a remembered address came from, for the SOURCE column: the
+    source alone when the remembered address is the one the ADDRESS column
+    shows, C{source: address} when that shows another one (a live
+    connection's, or the address dialled), so the two columns never seem
+    to agree when they do not.
+
+    @param source: The remembered address's source (C{-} when none).
+    @param remembered: The remembered address (C{[tls:]peer_id@host:port}).
+    @param shown: What the ADDRESS column shows, before L{address_column}.
+    @param peer_id: The peer's id.
     """
     if not isinstance(source, str):
         return "-"
-    return SOURCE_DESCRIPTIONS.get(source, printable(source))
+    text = SOURCE_DESCRIPTIONS.get(source, printable(source))
+    if not isinstance(remembered, str) or not remembered or _same_place(remembered, shown):
+        return text
+    return f"{text}: {address_column(remembered, peer_id)}"
+
+
+def _same_place(remembered: str, shown: object) -> bool:
+    """
+    Whether a remembered address and the one shown name the same host and
+    port (the shown one may lack the C{tls:} and the peer id).
+    """
+    if not isinstance(shown, str):
+        return False
+    try:
+        return parse_peer_address(remembered).hostport == parse_peer_address(shown).hostport
+    except InvalidAddress:
+        return remembered == shown
 
 
 def address_column(address: object, peer_id: object) -> str:

@@ -120,7 +120,7 @@ class NodeViews:
         dialled = self._dialled()
         stored = self._stored()
         views = {
-            p.peer_id: self._view(p, paired, dialled, stored)
+            p.peer_id: self._view(self._seen_before(p, paired), paired, dialled, stored)
             for p in self.node.mesh.peers()
             if p.state != PeerState.DISCONNECTED or p.peer_id in paired or p.peer_id in dialled
         }
@@ -338,6 +338,13 @@ class NodeViews:
         connected = status.state == PeerState.CONNECTED
         remembered = stored.get(peer_id)
         dial = dialled.get(peer_id)
+        # A retry is shown only while something still dials the peer (an
+        # unnamed dial's row is dialled by construction), and only when it
+        # is still to come.
+        retrying = peer_id is None or peer_id in dialled
+        next_retry_at = status.next_retry_at if retrying else None
+        if next_retry_at is not None and next_retry_at <= self._clock.seconds():
+            next_retry_at = None
         return {
             "peer_id": peer_id,
             "state": status.state,
@@ -346,13 +353,14 @@ class NodeViews:
             "connected_since": _time(status.since) if connected else None,
             "state_since": _time(status.since),
             "last_seen": _time(status.last_seen),
-            "rtt_ms": self._rtt_ms(peer_id),
+            # a round trip measured on a link that is gone says nothing now
+            "rtt_ms": self._rtt_ms(peer_id) if connected else None,
             "msgs_in": status.msgs_in,
             "msgs_out": status.msgs_out,
             "bytes_in": status.bytes_in,
             "bytes_out": status.bytes_out,
-            "reconnect_attempt": status.reconnect_attempt,
-            "next_retry_at": _time(status.next_retry_at),
+            "reconnect_attempt": status.reconnect_attempt if retrying else 0,
+            "next_retry_at": _time(next_retry_at),
             "paired": peer_id in paired,
             "dialled": peer_id in dialled,
             "via": status.via,
@@ -376,25 +384,54 @@ class NodeViews:
         The status of a peer the mesh has not seen: disconnected, at the
         address it is dialled at or its key store metadata names.
         """
-        meta: dict[str, Any] = {}
-        if peer_id in paired:
-            try:
-                meta = self.node.keystore.meta(peer_id)
-            except (KeyStoreError, OSError, ValueError):
-                meta = {}
+        meta = self._meta(peer_id, paired)
         address = meta.get("addr") if isinstance(meta.get("addr"), str) else None
         if peer_id in dialled:
             address = dialled[peer_id].hostport
-        last_seen = meta.get("last_seen")
-        if isinstance(last_seen, bool) or not isinstance(last_seen, int):
-            last_seen = None
         return PeerStatus.without_traffic(
             peer_id,
             PeerState.DISCONNECTED,
             address=address,
             direction=Direction.OUTBOUND if peer_id in dialled else None,
-            last_seen=None if last_seen is None else last_seen / 1000,
+            last_seen=_meta_last_seen(meta),
         )
+
+    def _seen_before(self, status: PeerStatus, paired: set[str]) -> PeerStatus:
+        """
+        C{status}, with the C{last_seen} its key store metadata records when
+        the mesh has not seen the peer since the node started (a peer dialled
+        since, even in vain, has a record without one).
+        """
+        if status.last_seen is not None or status.peer_id not in paired:
+            return status
+        last_seen = _meta_last_seen(self._meta(status.peer_id, paired))
+        if last_seen is None:
+            return status
+        return dataclasses.replace(status, last_seen=last_seen)
+
+    def _meta(self, peer_id: str, paired: set[str]) -> dict[str, Any]:
+        """
+        A paired peer's key store metadata; empty for another peer, or one
+        whose metadata cannot be read.
+        """
+        if peer_id not in paired:
+            return {}
+        try:
+            meta = self.node.keystore.meta(peer_id)
+        except (KeyStoreError, OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+
+def _meta_last_seen(meta: dict[str, Any]) -> float | None:
+    """
+    The C{last_seen} of a peer's key store metadata (epoch milliseconds
+    there) in clock seconds, or L{None} if it records none.
+    """
+    last_seen = meta.get("last_seen")
+    if isinstance(last_seen, bool) or not isinstance(last_seen, int):
+        return None
+    return last_seen / 1000
 
 
 def _link(status: PeerStatus) -> str | None:

@@ -153,6 +153,9 @@ class WebDriver:
         value = self.call("POST", self._s("/goog/cdp/execute"), {"cmd": "Network.getAllCookies", "params": {}})
         return value["cookies"]
 
+    def window_size(self, width: int, height: int) -> None:
+        self.call("POST", self._s("/window/rect"), {"width": width, "height": height})
+
     def screenshot(self) -> bytes:
         return base64.b64decode(self.call("GET", self._s("/screenshot")))
 
@@ -197,6 +200,33 @@ CLICK_ACTION = """
 var button = document.querySelector('tr[data-peer="' + arguments[0] + '"] button[data-action="' + arguments[1] + '"]');
 if (!button) throw new Error('no ' + arguments[1] + ' button for ' + arguments[0]);
 button.click();
+"""
+
+#: The action buttons of the peer table that a person cannot see and click
+#: where they are: outside the window, or clipped by the table's scrolling
+#: box ([data-peer, label] each). The page is scrolled to its top first.
+HIDDEN_ACTIONS = """
+window.scrollTo(0, 0);
+var box = document.querySelector('#peers').parentNode.getBoundingClientRect();
+var width = document.documentElement.clientWidth, height = document.documentElement.clientHeight;
+var hidden = [];
+document.querySelectorAll('#peers button[data-action]').forEach(function (button) {
+  var r = button.getBoundingClientRect();
+  var x = r.left + r.width / 2, y = r.top + r.height / 2;
+  var inside = r.width > 0 && r.left >= Math.max(0, box.left) && r.right <= Math.min(width, box.right)
+    && r.top >= 0 && r.bottom <= height;
+  if (!inside || document.elementFromPoint(x, y) !== button) {
+    hidden.push([button.getAttribute('data-key'), button.textContent]);
+  }
+});
+return hidden;
+"""
+
+#: The row of an address dialled without a peer id: [state, has an error]
+#: or null.
+DIAL_ROW = """
+var row = document.querySelector('tr[data-peer$="' + arguments[0] + '"]');
+return row ? [row.querySelector('.state').textContent, !!row.querySelector('td.has-error')] : null;
 """
 
 #: The answer shown under the peer table: [class, text].
@@ -450,6 +480,22 @@ class DashboardBrowserTests(SynchronousTestCase):
             [p["peer_id"] for p in node_a.call("GET", "/api/peers")["peers"]], ["buildbox-7c1e", "phone-9d0e"]
         )
         self.assertEqual(driver.script("return document.querySelectorAll('#peers tbody tr').length"), 2)
+        # In a 1400x900 window, every row's action buttons are in sight,
+        # even with a wide row: an address dialled in vain, with its error
+        # and its next attempt.
+        driver.window_size(1400, 900)
+        self.wait("the window resized", lambda: driver.script("return window.innerWidth") == 1400, limit=5)
+        nothing = f"127.0.0.1:{free_port()}"
+        node_a.call("POST", "/api/peers", {"addr": nothing})
+        self.wait(
+            "the failed dial's row",
+            lambda: driver.script(DIAL_ROW, nothing) == ["dialling", True],
+            limit=10,
+        )
+        self.assertEqual(driver.script("return document.querySelectorAll('#peers button[data-action]').length"), 5)
+        self.assertEqual(driver.script(HIDDEN_ACTIONS), [])
+        node_a.call("DELETE", f"/api/peers/{nothing}")
+        self.wait("the dial's row gone", lambda: driver.script(DIAL_ROW, nothing) is None, limit=10)
         # Forget the joined peer from the dashboard: after a confirmation the
         # node drops its key, and the row goes.
         driver.script(CLICK_ACTION, "phone-9d0e", "forget")
