@@ -406,7 +406,9 @@ class ParseErrorTests(SynchronousTestCase):
     def usage_error(self, *argv: str) -> str:
         status, out, err = run(["--data-dir", self.data_dir, *argv])
         self.assertEqual((argv, status, out), (argv, 2, ""))
-        return err.splitlines()[-1]
+        error, pointer = err.splitlines()
+        self.assertRegex(pointer, r"^Run 'relaymesh [a-z -]+--help' for its options\.$")
+        return error
 
     def test_expires(self):
         """
