@@ -1,6 +1,8 @@
 """
 Tests for the last rough edges of the C{relaymesh} command: a node started
-with C{--api none} is known to run; usage errors are one line and a
+with C{--api none} is known to run; an explicit C{--api} that does not
+answer is an error for C{invite} and C{pair --strong}; an invite of a
+TLS-only node has no claudectl command; usage errors are one line and a
 pointer to C{--help}.
 """
 
@@ -8,16 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from io import StringIO
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, threads
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh import tap
+from relaymesh.cli import pairing as cli_pairing
 from relaymesh.cli.main import main
 from relaymesh.control.client import NoApiUrl, NoControlApi, NodeClient, node_without_api, resolve_url
 from relaymesh.control.service import URL_FILE, NoApiRecord, no_api_record
@@ -25,7 +29,6 @@ from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
 from relaymesh.test.realtime import ProcessesMixin, free_port, wait_for
 from relaymesh.test.support import EPOCH
-
 
 PAIR_KEY = bytes(range(32))
 
@@ -297,6 +300,135 @@ class NoApiProcessTests(ProcessesMixin, TestCase):
         self.assertFalse(os.path.exists(url_file))
         result = yield threads.deferToThread(self.cli, home, "status", status=1)
         self.assertIn(f"no node running on {home} (no api-url file)", result.stderr)
+
+
+class ExplicitApiTests(SynchronousTestCase):
+    """
+    C{invite} and C{pair --strong} with an C{--api} where nothing answers:
+    one line, exit status 1, nothing armed; without C{--api} and without a
+    node, the default port.
+    """
+
+    def setUp(self):
+        without_env_api(self)
+        self.patch(cli_pairing, "default_invite_host", lambda: "192.0.2.5")
+        self.data_dir = self.mktemp()
+        self.store = KeyStore(self.data_dir)
+        self.store.set_identity("alpha")
+        with open(os.path.join(self.data_dir, "api-token"), "w") as f:
+            f.write("token\n")
+        # bound but not listening: connections to it are refused, and no
+        # one else can take the port during the test
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(self.socket.close)
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+
+    def test_invite(self):
+        for argv in (["invite", "--api", self.url], ["--api", self.url, "invite", "--port", "9850"]):
+            status, out, err = run(["--data-dir", self.data_dir, *argv])
+            self.assertEqual((argv, status, out), (argv, 1, ""))
+            self.assertEqual(
+                err,
+                f"relaymesh: no node is running at {self.url}; start one with: "
+                f"twistd -n relaymesh --data-dir {self.data_dir}\n",
+            )
+            self.assertEqual(self.store.armed_keys(0), [])
+            self.assertIsNone(self.store.pending_key())
+
+    def test_pair_strong(self):
+        status, out, err = run(["--data-dir", self.data_dir, "pair", "--strong", "--api", self.url])
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn(f"no node is running at {self.url}", err)
+        self.assertEqual(self.store.armed_keys(0), [])
+
+    def test_fallback_without_api(self):
+        """
+        Without --api and without a node, the invite names port 9847.
+        """
+        status, out, err = run(["--data-dir", self.data_dir, "invite", "--json"])
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(json.loads(out)["port"], 9847)
+
+
+class NamedNodeTests(TestCase):
+    """
+    C{invite --api} naming a running node: another key store's node is an
+    error; the node of the key store gives its port. And a TLS-only node's
+    invite has no command for claudectl.
+    """
+
+    timeout = 30
+
+    def setUp(self):
+        without_env_api(self)
+        self.patch(cli_pairing, "default_invite_host", lambda: "192.0.2.5")
+
+    @defer.inlineCallbacks
+    def start(self, identity: str, listen: str):
+        store = KeyStore(self.mktemp())
+        store.set_identity(identity)
+        node = RelayService(store, listen=listen, api="tcp:0:interface=127.0.0.1", reactor=reactor)
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        yield wait_for(lambda: node.api.control.api_address is not None and node.listener.port is not None, 10)
+        return node
+
+    def cli(self, node: RelayService, *argv: str) -> defer.Deferred:
+        return threads.deferToThread(run, ["--data-dir", node.keystore.path, *argv])
+
+    @staticmethod
+    def url(node: RelayService) -> str:
+        return f"http://127.0.0.1:{node.api.port.getHost().port}"
+
+    @defer.inlineCallbacks
+    def test_other_node(self):
+        alpha = yield self.start("alpha", "tcp:0:interface=127.0.0.1")
+        beta = yield self.start("beta", "tcp:0:interface=127.0.0.1")
+        # beta's API with beta's token, but alpha's key store
+        token = os.path.join(beta.keystore.path, "api-token")
+        status, out, err = yield self.cli(alpha, "invite", "--api", self.url(beta), "--api-token-file", token)
+        self.assertEqual((status, out), (2, ""))
+        self.assertEqual(
+            err,
+            f"relaymesh: error: --api {self.url(beta)}: that node is beta, not alpha, "
+            f"the node of {alpha.keystore.path}\n",
+        )
+        self.assertEqual(alpha.keystore.armed_keys(0), [])
+        status, out, err = yield self.cli(alpha, "invite", "--api", self.url(alpha), "--json")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(json.loads(out)["port"], alpha.listener.port.getHost().port)
+
+    @defer.inlineCallbacks
+    def test_tls_only(self):
+        node = yield self.start("alpha", "tls:0:interface=127.0.0.1")
+        status, out, err = yield self.cli(node, "invite")
+        self.assertEqual((status, err), (0, ""))
+        self.assertNotIn("claudectl relay join", out)
+        self.assertTrue(
+            out.endswith(
+                " --tls\nclaudectl cannot join: this node listens with TLS only; "
+                "add a plain --listen for claudectl peers\n"
+            ),
+            out,
+        )
+        status, out, err = yield self.cli(node, "invite", "--json")
+        answer = json.loads(out)
+        self.assertIsNone(answer["claudectl_join"])
+        self.assertEqual(
+            answer["claudectl_unusable"],
+            "claudectl cannot join: this node listens with TLS only; add a plain --listen for claudectl peers",
+        )
+
+    @defer.inlineCallbacks
+    def test_plain(self):
+        node = yield self.start("alpha", "tcp:0:interface=127.0.0.1")
+        status, out, err = yield self.cli(node, "invite", "--json")
+        answer = json.loads(out)
+        self.assertEqual(answer["claudectl_join"], f"claudectl relay join {answer['link']}")
+        self.assertNotIn("claudectl_unusable", answer)
+        status, out, err = yield self.cli(node, "invite")
+        self.assertRegex(out, r"\nFrom claudectl, run:    claudectl relay join cctl://\S+\n$")
 
 
 class UsageErrorTests(SynchronousTestCase):
