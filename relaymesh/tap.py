@@ -349,11 +349,23 @@ def makeService(options: Options, reactor: Any = None) -> RelayService:
         (L{exit_on_start_failure}).
     """
     if reactor is not None:
-        return RelayService(options["keystore"], reactor=reactor, config=node_config(options))
+        return _record_no_api(RelayService(options["keystore"], reactor=reactor, config=node_config(options)))
     from twisted.internet import reactor as global_reactor
 
-    node = RelayService(options["keystore"], reactor=global_reactor, config=node_config(options))
+    node = _record_no_api(RelayService(options["keystore"], reactor=global_reactor, config=node_config(options)))
     exit_on_start_failure(node.whenStarted(), global_reactor)
+    return node
+
+
+def _record_no_api(node: RelayService) -> RelayService:
+    """
+    Have a node without a control API (C{--api none}) say so in its data
+    directory's C{api-url} while it runs (L{relaymesh.control.service.NoApiRecord}).
+    """
+    if node.api is None:
+        from relaymesh.control.service import NoApiRecord
+
+        NoApiRecord(node.keystore.path).setServiceParent(node)
     return node
 
 

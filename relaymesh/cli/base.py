@@ -20,7 +20,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, NoReturn, TextIO
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
@@ -113,6 +113,24 @@ class Context:
         Print one line for people on standard error, C{relaymesh: TEXT}.
         """
         self.stderr.write(f"{PROG}: {terminal_text(' '.join(text.split()))}\n")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """
+    An argument parser whose usage errors are one line,
+    C{relaymesh CMD: error: ...}, and a pointer to C{relaymesh CMD --help},
+    instead of the usage lines argparse prints first; the exit status
+    stays 2. The subcommands' parsers are of the same kind (argparse makes
+    them of their parent's class), and C{--help} is unchanged.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """
+        Print the error on one line, the pointer to C{--help}, and exit with
+        status 2.
+        """
+        text = terminal_text(" ".join(message.split()))
+        self.exit(2, f"{self.prog}: error: {text}\nRun '{self.prog} --help' for its options.\n")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from relaymesh.cli.base import (
 )
 from relaymesh.cli.pairing import run_strong_pair
 from relaymesh.codes import generate_pair_code, parse_pair_code
+from relaymesh.control.client import node_without_api
 from relaymesh.invite import FORM_DESCRIPTIONS
 from relaymesh.peerid import validate_peer_id
 from relaymesh.printable import printable
@@ -268,7 +269,15 @@ def run_forget(context: Context, args: argparse.Namespace) -> None:
             removed = hook(context, peer_id) or removed
     if not removed:
         raise CommandError(f"no such peer: {peer_id}")
-    if node is None:
+    unreachable = None if node is not None else node_without_api(context.data_dir, getattr(args, "api", None))
+    if unreachable is not None:
+        context.emit(
+            {"forgotten": peer_id, "node": False, "node_pid": unreachable},
+            f"Forgot {peer_id} in the key store; the node running on {context.data_dir} "
+            f"(pid {unreachable}) has no control API (--api none) and could not be told: "
+            "restart it to drop the peer there too.",
+        )
+    elif node is None:
         context.emit({"forgotten": peer_id}, f"Forgot {peer_id}.")
     else:
         context.emit({"forgotten": peer_id, "node": True}, f"Forgot {peer_id}; the running node forgot it too.")

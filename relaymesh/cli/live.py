@@ -45,7 +45,7 @@ from relaymesh.control.client import (
     NodeClient,
     NodeNotProven,
     NodeNotRunning,
-    NoApiUrl,
+    NoControlApi,
     TokenMissing,
     read_token,
     resolve_url,
@@ -126,19 +126,18 @@ def _start_hint(context: Context, args: argparse.Namespace) -> str:
 
 def not_running(context: Context, args: argparse.Namespace, error: Exception) -> int:
     """
-    Say on one line that no node can be reached, and how to start one.
-
-    Without an C{api-url} file a node may still run, started with C{--api
-    none}: the line says so too, since nothing tells the two apart.
+    Say on one line that no node can be reached, and how to start one; or,
+    for a node that runs without a control API (C{--api none}, recorded in
+    its C{api-url}), that it runs and how to make it reachable.
     """
+    if isinstance(error, NoControlApi):
+        context.warn(str(error))
+        return EXIT_NOT_RUNNING
     if isinstance(error, TokenMissing):
         what = f"no node is running for {context.data_dir} ({error})"
     else:
         what = str(error)
-    hint = f"start one with: {_start_hint(context, args)}"
-    if isinstance(error, NoApiUrl):
-        hint += " (a node started with --api none has no control API to reach)"
-    context.warn(f"{what}; {hint}")
+    context.warn(f"{what}; start one with: {_start_hint(context, args)}")
     return EXIT_NOT_RUNNING
 
 

@@ -24,6 +24,7 @@ from relaymesh.cli.base import (
     EXIT_OK,
     PROG,
     USER_ERRORS,
+    ArgumentParser,
     Command,
     CommandError,
     Context,
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     @return: the parser; the chosen L{Command} is in the C{command}
         attribute of the parsed namespace.
     """
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description="Manage the relaymesh identity and peer keys."
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")

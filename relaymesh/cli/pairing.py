@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 
 from relaymesh.address import DEFAULT_PORT, InvalidAddress, parse_port
+from relaymesh.cli import live
 from relaymesh.cli.base import (
     PROG,
     Command,
@@ -128,6 +129,45 @@ def running_node(context: Context, args: argparse.Namespace, identity: str):
     return local_node(
         context.data_dir, identity, getattr(args, "api", None), getattr(args, "api_token_file", None)
     )
+
+
+def named_node(context: Context, args: argparse.Namespace, identity: str):
+    """
+    The running node as L{running_node} finds it; but when C{--api} names
+    one and it cannot be used, say why instead of going on without it.
+
+    @return: the node's client (L{None} if none answers and none was named),
+        and the exit status to end the command with (L{None} to go on).
+    @raise CommandError: if the named node refused, did not prove that it
+        holds the token, or is another key store's node.
+    """
+    node = running_node(context, args, identity)
+    if node is not None or not getattr(args, "api", None):
+        return node, None
+    try:
+        node = live.client(context, args)
+        status = node.call("GET", "/api/status")
+    except live.NodeNotProven as e:
+        raise live.not_proven(context, args, e) from None
+    except (live.NodeNotRunning, live.TokenMissing) as e:
+        return None, live.not_running(context, args, e)
+    except live.ApiRequestError as e:
+        raise live.refused(e, context, args) from None
+    other = status.get("identity") if isinstance(status, dict) else None
+    if other == identity:  # it answers now
+        node.status = status
+        return node, None
+    raise CommandError(
+        f"--api {node.url}: that node is {printable(other) if isinstance(other, str) else '?'}, "
+        f"not {identity}, the node of {context.data_dir}"
+    )
+
+
+#: Why an invite of a node whose peers connect over TLS only has no
+#: command for claudectl.
+CLAUDECTL_NO_TLS = (
+    "claudectl cannot join: this node listens with TLS only; add a plain --listen for claudectl peers"
+)
 
 
 def _tls_flag(node) -> str:
@@ -253,9 +293,15 @@ def add_invite_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_invite(context: Context, args: argparse.Namespace) -> None:
+def run_invite(context: Context, args: argparse.Namespace) -> int | None:
     """
     Make an invite in every form, arm its keys and print it.
+
+    Without a node that answers the invite names the default port, unless
+    C{--api} named the node: then it is an error (status 1 when nothing
+    answers there, as for the live commands). For a node whose peers
+    connect over TLS only, the command for claudectl (which cannot) is left
+    out, and a line says why.
 
     @param context: the command's context.
     @param args: the parsed arguments.
@@ -263,7 +309,9 @@ def run_invite(context: Context, args: argparse.Namespace) -> None:
     store = context.store
     identity = store.identity()
     host = args.host if args.host is not None else default_invite_host()
-    node = running_node(context, args, identity)
+    node, status = named_node(context, args, identity)
+    if status is not None:
+        return status
     port = args.port
     if port is None:
         port = node_port(node) or DEFAULT_PORT
@@ -297,15 +345,19 @@ def run_invite(context: Context, args: argparse.Namespace) -> None:
         "words": invite.words,
         "legacy_forms": [] if invite.relay_code is None else ["relay_code", "words"],
         "join": f"{PROG} join {suggested}{tls}",
+        "claudectl_join": None if tls else f"claudectl relay join {invite.link}",
     }
+    if tls:
+        data["claudectl_unusable"] = CLAUDECTL_NO_TLS
     if qr is not None:
         data["qr"] = qr
     if args.qr_png is not None:
         data["qr_png"] = args.qr_png
-    context.emit(data, (qr or "") + _invite_text(invite, now, suggested + tls, args.qr_png))
+    context.emit(data, (qr or "") + _invite_text(invite, now, suggested + tls, args.qr_png, claudectl=not tls))
+    return None
 
 
-def _invite_text(invite: InviteForms, now: float, suggested: str, png: str | None) -> str:
+def _invite_text(invite: InviteForms, now: float, suggested: str, png: str | None, claudectl: bool = True) -> str:
     legacy = " (32-bit legacy form)"
     if invite.relay_code is not None:
         relay_code, words = invite.relay_code + legacy, invite.words + legacy
@@ -333,11 +385,14 @@ def _invite_text(invite: InviteForms, now: float, suggested: str, png: str | Non
     if png is not None:
         lines.append(f"QR code of the strong link saved to {png}.")
     lines.append(f"On the other node, run: {PROG} join {suggested}")
-    lines.append(f"From claudectl, run:    claudectl relay join {invite.link}")
+    if claudectl:
+        lines.append(f"From claudectl, run:    claudectl relay join {invite.link}")
+    else:
+        lines.append(CLAUDECTL_NO_TLS)
     return "\n".join(lines)
 
 
-def run_strong_pair(context: Context, args: argparse.Namespace) -> None:
+def run_strong_pair(context: Context, args: argparse.Namespace) -> int | None:
     """
     C{relaymesh pair --strong}: arm a one-time strong code and print it with
     the command the other node runs.
@@ -349,6 +404,9 @@ def run_strong_pair(context: Context, args: argparse.Namespace) -> None:
         raise CommandError(f"--expires: {args.expires:g} is not a positive number of minutes")
     store = context.store
     identity = store.identity()
+    node, status = named_node(context, args, identity)
+    if status is not None:
+        return status
     code = generate_strong_code()
     now = clock()
     store.arm_strong_code(code, expires_at=now + args.expires * 60)
@@ -356,7 +414,6 @@ def run_strong_pair(context: Context, args: argparse.Namespace) -> None:
         host = default_invite_host()
     except InvalidCode:
         host = "HOST"
-    node = running_node(context, args, identity)
     port = node_port(node) or DEFAULT_PORT
     peer = f"{identity}@{host}:{port}"
     join = f"{PROG} join {code} --peer {peer}{_tls_flag(node)}"
@@ -371,6 +428,7 @@ def run_strong_pair(context: Context, args: argparse.Namespace) -> None:
         f"Strong code: {code} (one try; expires in {_duration(args.expires * 60)})\n"
         f"On the other node, run: {join}",
     )
+    return None
 
 
 # join

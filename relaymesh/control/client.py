@@ -7,7 +7,9 @@ L{NodeClient.events} follows C{/api/events}. Which node: the URL given, else
 C{$RELAYMESH_API}, else the URL a node running with the data directory wrote
 to its C{api-url} file; with none of them no node of that data directory
 serves an API (L{NoApiUrl}), and nothing is asked of whatever else may
-answer on the default port. The token is read from the token file
+answer on the default port. A node started with C{--api none} writes
+C{none PID} there instead: while that process lives, L{NoControlApi} says
+that it runs but cannot be reached; once it has exited, L{NoApiUrl}. The token is read from the token file
 (C{DATA_DIR/api-token} unless another is given).
 
 The token goes only to a node that holds it: before every request, on the
@@ -37,6 +39,11 @@ API_ENV = "RELAYMESH_API"
 #: The files a node keeps in its data directory (see relaymesh.control.api).
 TOKEN_FILE = "api-token"
 URL_FILE = "api-url"
+
+#: What C{api-url} holds, followed by a process id, while a node runs
+#: without a control API (C{--api none}); see
+#: L{relaymesh.control.service.NoApiRecord}.
+NO_API = "none"
 
 #: Seconds to wait for an answer.
 TIMEOUT = 10.0
@@ -87,10 +94,31 @@ class NoApiUrl(NodeNotRunning):
     @ivar data_dir: The data directory.
     """
 
-    def __init__(self, data_dir: str) -> None:
-        Exception.__init__(self, f"no node running on {data_dir} (no {URL_FILE} file)")
+    def __init__(self, data_dir: str, reason: str = f"no {URL_FILE} file") -> None:
+        Exception.__init__(self, f"no node running on {data_dir} ({reason})")
         self.url = None
         self.data_dir = data_dir
+
+
+class NoControlApi(NodeNotRunning):
+    """
+    A node runs on the data directory without a control API (started with
+    C{--api none}): its C{api-url} file holds C{none PID} instead of a URL,
+    and that process is alive. It runs, but cannot be reached.
+
+    @ivar data_dir: The data directory.
+    @ivar pid: The node's process id.
+    """
+
+    def __init__(self, data_dir: str, pid: int) -> None:
+        Exception.__init__(
+            self,
+            f"the node on {data_dir} (pid {pid}) runs without a control API (--api none): "
+            "restart it with --api to use live commands",
+        )
+        self.url = None
+        self.data_dir = data_dir
+        self.pid = pid
 
 
 class NodeNotProven(NodeNotRunning):
@@ -149,10 +177,56 @@ def resolve_url(data_dir: str, api: str | None = None) -> str:
     @raise NoApiUrl: if none is named and the data directory has no
         C{api-url} file.
     """
-    for candidate in (api, os.environ.get(API_ENV), _read_first_line(os.path.join(data_dir, URL_FILE))):
+    for candidate in (api, os.environ.get(API_ENV)):
         if candidate:
             return candidate.rstrip("/")
-    raise NoApiUrl(data_dir)
+    recorded = _read_first_line(os.path.join(data_dir, URL_FILE))
+    if not recorded:
+        raise NoApiUrl(data_dir)
+    words = recorded.split()
+    if words[0] != NO_API:
+        return recorded.rstrip("/")
+    pid = _pid(words[1]) if len(words) == 2 else None
+    if pid is None:
+        raise NoApiUrl(data_dir, f"its {URL_FILE} file names neither a URL nor a node's process id")
+    if not _alive(pid):
+        raise NoApiUrl(data_dir, f"the node without a control API its {URL_FILE} file names, pid {pid}, has exited")
+    raise NoControlApi(data_dir, pid)
+
+
+def node_without_api(data_dir: str, api: str | None = None) -> int | None:
+    """
+    The process id of the node running on the data directory without a
+    control API, if one does and no other API is named (C{api},
+    C{$RELAYMESH_API}); else L{None}.
+    """
+    try:
+        resolve_url(data_dir, api)
+    except NoControlApi as e:
+        return e.pid
+    except NoApiUrl:
+        pass
+    return None
+
+
+def _pid(text: str) -> int | None:
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
+        return None
+    pid = int(text)
+    return pid if pid > 0 else None
+
+
+def _alive(pid: int) -> bool:
+    """
+    Whether a process with that id runs (maybe another user's).
+    """
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (ProcessLookupError, OverflowError, OSError):
+        return False
+    return True
 
 
 def read_token(path: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
@@ -27,6 +28,17 @@ from relaymesh.startup import StartupError, as_startup_error
 #: The file in the data directory where a running node writes its API's URL,
 #: so that the command line finds the node of a data directory.
 URL_FILE = "api-url"
+
+#: What a node running without a control API (C{--api none}) writes to
+#: L{URL_FILE} in place of a URL, followed by its process id: C{none 1234}.
+NO_API = "none"
+
+
+def no_api_record(pid: int) -> str:
+    """
+    The content of L{URL_FILE} of a node that runs without a control API.
+    """
+    return f"{NO_API} {pid}"
 
 
 def api_url(address: object) -> str | None:
@@ -169,6 +181,53 @@ class ApiService(ListenerService):
             _remove_if_holds(self.url_file, self._url)
             self._url = None
         return ListenerService.stopService(self)
+
+
+class NoApiRecord(Service):
+    """
+    Records in a data directory that a node runs there without a control
+    API (C{--api none}): on start it writes L{no_api_record} (C{none PID})
+    to L{URL_FILE}, where a node with an API writes its URL, and on stop it
+    removes the file if it still holds that. The command line can then say
+    that the node runs but cannot be reached, rather than that none runs.
+
+    @ivar url_file: Where the record is written.
+    @ivar pid: The process id recorded.
+    """
+
+    log = Logger()
+
+    def __init__(self, data_dir: str, pid: int | None = None) -> None:
+        """
+        @param data_dir: The node's data directory.
+        @param pid: The node's process id; this process's by default.
+        """
+        self.url_file = os.path.join(data_dir, URL_FILE)
+        self.pid = os.getpid() if pid is None else pid
+        self._written: str | None = None
+
+    def startService(self) -> None:
+        """
+        Write the record (a file that cannot be written is logged, and the
+        node runs on).
+        """
+        Service.startService(self)
+        record = no_api_record(self.pid)
+        try:
+            write_atomically(self.url_file, record.encode("ascii") + b"\n")
+        except OSError as e:
+            self.log.warn("could not write {path}: {error}", path=self.url_file, error=e)
+            return
+        self._written = record
+
+    def stopService(self) -> None:
+        """
+        Remove the record, if the file still holds it.
+        """
+        Service.stopService(self)
+        if self._written is not None:
+            _remove_if_holds(self.url_file, self._written)
+            self._written = None
 
 
 def _remove_if_holds(path: str, text: str) -> None:
