@@ -462,16 +462,23 @@ def add_join_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_join(context: Context, args: argparse.Namespace) -> None:
+def run_join(context: Context, args: argparse.Namespace) -> int | None:
     """
     Pair with the node that printed an invite.
 
     @param context: the command's context.
     @param args: the parsed arguments, with C{invite} and C{peer}.
+    @return: the exit status when C{--api} names a node that does not
+        answer (nothing is paired then).
     @raise CommandError: if the join fails.
     """
     invite = parse_join_input(" ".join(args.invite), args.peer)
     store = context.store
+    named = None
+    if getattr(args, "api", None):  # the node asked to dial must answer first
+        named, status = named_node(context, args, store.identity())
+        if status is not None:
+            return status
     certificate = None
     if args.tls:
         try:
@@ -486,7 +493,7 @@ def run_join(context: Context, args: argparse.Namespace) -> None:
         )
     except JoinError as e:
         raise CommandError(str(e)) from None
-    node = running_node(context, args, store.identity())
+    node = named or running_node(context, args, store.identity())
     dialling = node is not None and ask_node_to_dial(node, result)
     peer_id, addr, peer = printable(result.peer_id), printable(result.addr), printable(result.peer)
     if result.replaced:
@@ -508,6 +515,7 @@ def run_join(context: Context, args: argparse.Namespace) -> None:
         "replaced": result.replaced,
     }
     context.emit(data, text)
+    return None
 
 
 # discover

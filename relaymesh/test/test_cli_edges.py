@@ -304,7 +304,7 @@ class NoApiProcessTests(ProcessesMixin, TestCase):
 
 class ExplicitApiTests(SynchronousTestCase):
     """
-    C{invite} and C{pair --strong} with an C{--api} where nothing answers:
+    C{invite}, C{pair --strong} and C{join} with an C{--api} where nothing answers:
     one line, exit status 1, nothing armed; without C{--api} and without a
     node, the default port.
     """
@@ -341,6 +341,17 @@ class ExplicitApiTests(SynchronousTestCase):
         self.assertEqual((status, out), (1, ""))
         self.assertIn(f"no node is running at {self.url}", err)
         self.assertEqual(self.store.armed_keys(0), [])
+
+    def test_join(self):
+        """
+        C{join --api} where nothing answers stops before pairing: the
+        inviting node is never dialled, and no key is stored.
+        """
+        invite = "cctl://laptop-a3f2@127.0.0.1:9/k/0001020304050607"  # never dialled
+        status, out, err = run(["--data-dir", self.data_dir, "join", invite, "--api", self.url])
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn(f"no node is running at {self.url}", err)
+        self.assertEqual(self.store.peers(), [])
 
     def test_fallback_without_api(self):
         """
