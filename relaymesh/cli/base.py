@@ -26,13 +26,57 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from relaymesh.codes import InvalidCode
-from relaymesh.keystore import KeyStore, KeyStoreError
+from relaymesh.keystore import DATA_DIR_ENV, DEFAULT_DATA_DIR, KeyStore, KeyStoreError
 from relaymesh.peerid import InvalidPeerId
 from relaymesh.printable import printable
 
 PROG = "relaymesh"
 EXIT_OK = 0
 EXIT_ERROR = 2  # the same as argparse's usage errors
+
+
+def no_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Add no arguments: for commands that take none but the global options.
+    """
+
+
+def add_global_options(parser: argparse.ArgumentParser, subcommand: bool) -> None:
+    """
+    Add the options every command takes: C{--data-dir}, C{--json}, and the
+    options that choose the running node, C{--api} and C{--api-token-file}.
+
+    They are added to the main parser and to each command's (and nested
+    command's), so they may come before or after the command; a command's
+    copy has no default, so it leaves the main parser's value alone unless
+    given.
+    """
+    default = argparse.SUPPRESS if subcommand else None
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=default,
+        help=f"key store directory (default: ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if subcommand else False,
+        help="print the result as one JSON object",
+    )
+    parser.add_argument(
+        "--api",
+        metavar="URL",
+        default=default,
+        help="the node's API, e.g. http://127.0.0.1:9849 (default: $RELAYMESH_API, "
+        "else the URL in DATA_DIR/api-url, which a node running with the data directory writes)",
+    )
+    parser.add_argument(
+        "--api-token-file",
+        metavar="FILE",
+        default=default,
+        help="the API token file (default: DATA_DIR/api-token)",
+    )
 
 
 class CommandError(Exception):

@@ -22,7 +22,6 @@ from relaymesh.cli.base import PROG, Command, CommandError, Context
 from relaymesh.cli.live import (
     EXIT_NOT_RUNNING,
     shown,
-    add_node_arguments,
     client,
     live,
     not_proven,
@@ -49,7 +48,6 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="wait up to this long for this address to connect (exit status 1 if it does not)",
     )
-    add_node_arguments(parser)
 
 
 @live
@@ -144,7 +142,6 @@ def add_disconnect_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also forget the peer's remembered address, so that it is not redialled on the next start",
     )
-    add_node_arguments(parser)
 
 
 def run_disconnect(context: Context, args: argparse.Namespace) -> int | None:

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from relaymesh.cli.base import Command, Context, format_table, terminal_text
-from relaymesh.cli.live import add_node_arguments, duration, live
+from relaymesh.cli.live import duration, live
 from relaymesh.control.client import NodeClient
 from relaymesh.printable import printable
 from relaymesh.sessions.models import profile
@@ -124,7 +124,6 @@ def add_sessions_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"refresh every {WATCH_INTERVAL:g} s until interrupted (one JSON object per "
         "refresh with --json)",
     )
-    add_node_arguments(parser)
 
 
 def _sources_note(fleet: dict[str, Any]) -> str:

@@ -25,7 +25,9 @@ from relaymesh.cli.base import (
     Command,
     CommandError,
     Context,
+    add_global_options,
     format_last_seen,
+    no_arguments,
     format_table,
     run_reactor,
 )
@@ -35,12 +37,6 @@ from relaymesh.control.client import node_without_api
 from relaymesh.invite import FORM_DESCRIPTIONS
 from relaymesh.peerid import validate_peer_id
 from relaymesh.printable import printable
-
-
-def _no_arguments(parser: argparse.ArgumentParser) -> None:
-    """
-    Add no arguments: for subcommands that take none.
-    """
 
 
 # identity
@@ -198,7 +194,6 @@ def add_forget_arguments(parser: argparse.ArgumentParser) -> None:
     @param parser: C{forget}'s parser.
     """
     parser.add_argument("peer_id", metavar="PEER_ID", help="the peer to forget")
-    live.add_node_arguments(parser)
 
 
 @inlineCallbacks
@@ -325,12 +320,7 @@ def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
     set_address.add_argument(
         "address", metavar="ADDRESS", help="[tls:|legacy:][PEER_ID@]HOST[:PORT], as for --peers"
     )
-    live.add_node_arguments(set_address)
-    # the global options may come after the nested command too (relaymesh.cli.main)
-    set_address.add_argument("--data-dir", metavar="DIR", default=argparse.SUPPRESS, help="key store directory")
-    set_address.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON object"
-    )
+    add_global_options(set_address, subcommand=True)  # after the nested command too
 
 
 def run_peer(context: Context, args: argparse.Namespace) -> None:
@@ -374,7 +364,7 @@ def run_peer(context: Context, args: argparse.Namespace) -> None:
 
 #: The key store commands, in the order the help lists them.
 COMMANDS = (
-    Command("identity", "print this node's peer id", _no_arguments, run_identity),
+    Command("identity", "print this node's peer id", no_arguments, run_identity),
     Command("pair", "make a pair code and arm its key", add_pair_arguments, run_pair),
     Command(
         "accept",
@@ -385,7 +375,7 @@ COMMANDS = (
     Command(
         "peers",
         "list the peers (live from a running node, else the paired ones)",
-        live.add_node_arguments,
+        no_arguments,
         run_peers,
     ),
     Command("forget", "remove a peer's key (and from a running node)", add_forget_arguments, run_forget),

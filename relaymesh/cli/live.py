@@ -36,7 +36,7 @@ import time
 from datetime import datetime
 from typing import Any, Callable
 
-from relaymesh.cli.base import Command, CommandError, Context, format_table, terminal_text
+from relaymesh.cli.base import Command, CommandError, Context, format_table, no_arguments, terminal_text
 from relaymesh.cli.peertable import address_column, pairing_columns, pending_state, pending_text, source_column
 from relaymesh.control.client import (
     API_ENV,
@@ -63,36 +63,6 @@ MSG_TYPES_HELP = ", ".join(SENDABLE_TYPES)
 #: most (the API's limit).
 RELIABLE_WAIT = 5.0
 MAX_SEND_WAIT = 30.0
-
-
-def add_node_arguments(parser: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
-    """
-    Add the options that choose the node: C{--api} and C{--api-token-file}.
-
-    Every C{relaymesh} parser has them already, as global options
-    (L{relaymesh.cli.main}), before or after the command; on such a parser
-    this adds nothing.
-
-    @param default: their default; L{argparse.SUPPRESS} (the default) for a
-        subcommand's parser, so that it leaves the main parser's value alone
-        unless given.
-    """
-    try:
-        parser.add_argument(
-            "--api",
-            metavar="URL",
-            default=default,
-            help="the node's API, e.g. http://127.0.0.1:9849 (default: $RELAYMESH_API, "
-            "else the URL in DATA_DIR/api-url, which a node running with the data directory writes)",
-        )
-    except argparse.ArgumentError:
-        return  # a relaymesh parser: they are global options
-    parser.add_argument(
-        "--api-token-file",
-        metavar="FILE",
-        default=default,
-        help="the API token file (default: DATA_DIR/api-token)",
-    )
 
 
 def _token_file(context: Context, args: argparse.Namespace) -> str:
@@ -445,7 +415,6 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"with --reliable: how long to wait for the peer's ack (default {RELIABLE_WAIT:g}, "
         f"at most {MAX_SEND_WAIT:g}); the message stays queued if it does not come",
     )
-    add_node_arguments(parser)
 
 
 @live
@@ -484,7 +453,6 @@ def add_broadcast_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument("msg_type", metavar="MSG_TYPE", help=f"the message type: {MSG_TYPES_HELP}")
     parser.add_argument("payload", metavar="JSON", help="the payload as JSON ('-' reads it from standard input)")
-    add_node_arguments(parser)
 
 
 @live
@@ -520,7 +488,6 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--heartbeats", action="store_true", help="show heartbeat messages too")
     parser.add_argument("--count", metavar="N", type=int, help="stop after N events")
-    add_node_arguments(parser)
 
 
 @live
@@ -552,7 +519,7 @@ def run_watch(context: Context, args: argparse.Namespace, node: NodeClient) -> i
 #: The commands that talk to a running node, in the order the help lists them
 #: (C{peers}, which asks a node when one runs, is in L{relaymesh.cli.keys}).
 COMMANDS = (
-    Command("status", "show a running node's status", add_node_arguments, run_status),
+    Command("status", "show a running node's status", no_arguments, run_status),
     Command("send", "send a message to a peer through a running node", add_send_arguments, run_send),
     Command("broadcast", "send a message to every connected peer", add_broadcast_arguments, run_broadcast),
     Command("watch", "follow a running node's messages and peer events", add_watch_arguments, run_watch),

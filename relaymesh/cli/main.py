@@ -25,12 +25,13 @@ from relaymesh.cli.base import (
     PROG,
     USER_ERRORS,
     ArgumentParser,
+    add_global_options,
     Command,
     CommandError,
     Context,
     terminal_text,
 )
-from relaymesh.keystore import DATA_DIR_ENV, DEFAULT_DATA_DIR, default_data_dir
+from relaymesh.keystore import default_data_dir
 
 #: The subcommands, in the order the help lists them.
 COMMANDS: tuple[Command, ...] = (
@@ -44,30 +45,6 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
-def _add_global_options(parser: argparse.ArgumentParser, subcommand: bool) -> None:
-    """
-    Add the options every command takes: C{--data-dir}, C{--json}, and the
-    options that choose the running node, C{--api} and C{--api-token-file}.
-
-    They are added to the main parser and to each subcommand's, so they may
-    come before or after the subcommand; a subcommand's copy has no default,
-    so it leaves the main parser's value alone unless given.
-    """
-    parser.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        default=argparse.SUPPRESS if subcommand else None,
-        help=f"key store directory (default: ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        default=argparse.SUPPRESS if subcommand else False,
-        help="print the result as one JSON object",
-    )
-    live.add_node_arguments(parser, default=argparse.SUPPRESS if subcommand else None)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """
     Build the argument parser for every command in L{COMMANDS}.
@@ -79,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Manage the relaymesh identity and peer keys."
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    _add_global_options(parser, subcommand=False)
+    add_global_options(parser, subcommand=False)
     subparsers = parser.add_subparsers(
         title="commands", metavar="COMMAND", dest="command_name", required=True
     )
@@ -87,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         subparser = subparsers.add_parser(
             command.name, help=command.help, description=command.help
         )
-        _add_global_options(subparser, subcommand=True)
+        add_global_options(subparser, subcommand=True)
         command.add_arguments(subparser)
         subparser.set_defaults(command=command)
     return parser
