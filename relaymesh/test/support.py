@@ -10,6 +10,7 @@ import os
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
+from twisted.trial.unittest import SynchronousTestCase
 
 from relaymesh.address import PeerAddress
 from relaymesh.reliable.outbox import ReliableDelivery
@@ -258,3 +259,41 @@ def connect(
     network.join(server_proto, client_proto, client_address, fake.getDestination())
     network.flush()
     return server_proto, client_proto, network
+
+
+def record(link) -> None:
+    """
+    Start recording what each end of a link writes.
+    """
+    for protocol in link[:2]:
+        protocol.transport.recorded = []
+
+
+class ReliableTestCase(SynchronousTestCase):
+    """
+    alpha accepts beta; both have an outbox unless a test says otherwise.
+    """
+
+    def setUp(self):
+        self.clock = make_clock()
+        self.alpha = Node("alpha", self.clock, store=MemoryStore())
+        self.beta = Node("beta", self.clock, store=MemoryStore())
+        pair_keys(self.alpha, self.beta)
+        self.link = connect(self.alpha, self.beta)
+        record(self.link)
+
+    def flush(self):
+        self.link[2].flush()
+
+    def reconnect(self):
+        """
+        Close the link (what is in flight is lost) and join the nodes again.
+        """
+        server, client, network = self.link
+        server.transport.link.cut()
+        network.flush()
+        self.link = connect(self.alpha, self.beta)
+        record(self.link)
+
+    def tasks(self, node):
+        return [m for _, m in node.received if m.msg_type == "delegate_task"]

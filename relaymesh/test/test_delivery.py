@@ -26,7 +26,7 @@ from relaymesh.mesh import (
     UnsupportedMessageType,
 )
 from relaymesh.reliable.store import StoreClosed, StoreError
-from relaymesh.test.support import MemoryStore, Node, connect, make_clock, pair_keys
+from relaymesh.test.support import MemoryStore, Node, ReliableTestCase, connect, make_clock, pair_keys, record
 
 TASK = {"task_id": "t1", "prompt": "hello", "cwd": "/tmp"}
 
@@ -38,44 +38,6 @@ def lines(transport) -> list[dict]:
     """
     data = b"".join(transport.recorded)
     return [json.loads(line) for line in data.split(b"\n") if line]
-
-
-def record(link) -> None:
-    """
-    Start recording what each end of a link writes.
-    """
-    for protocol in link[:2]:
-        protocol.transport.recorded = []
-
-
-class ReliableTestCase(SynchronousTestCase):
-    """
-    alpha accepts beta; both have an outbox unless a test says otherwise.
-    """
-
-    def setUp(self):
-        self.clock = make_clock()
-        self.alpha = Node("alpha", self.clock, store=MemoryStore())
-        self.beta = Node("beta", self.clock, store=MemoryStore())
-        pair_keys(self.alpha, self.beta)
-        self.link = connect(self.alpha, self.beta)
-        record(self.link)
-
-    def flush(self):
-        self.link[2].flush()
-
-    def reconnect(self):
-        """
-        Close the link (what is in flight is lost) and join the nodes again.
-        """
-        server, client, network = self.link
-        server.transport.link.cut()
-        network.flush()
-        self.link = connect(self.alpha, self.beta)
-        record(self.link)
-
-    def tasks(self, node):
-        return [m for _, m in node.received if m.msg_type == "delegate_task"]
 
 
 class CapabilityTests(ReliableTestCase):

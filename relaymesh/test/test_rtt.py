@@ -18,6 +18,7 @@ from relaymesh.pings import PING_ID_FIELD
 from relaymesh.test.support import (
     MemoryStore,
     Node,
+    ReliableTestCase,
     accepted,
     connect,
     line,
@@ -264,19 +265,11 @@ class ClaudectlPeerTests(SynchronousTestCase):
         self.assertEqual([m.msg_type for _, m in alpha.received], [])
 
 
-class AckLeakTests(SynchronousTestCase):
+class AckLeakTests(ReliableTestCase):
     """
-    Acks that the outbox takes never reach an application.
+    Acks that the outbox takes never reach an application (alpha accepts
+    beta, both with an outbox).
     """
-
-    def setUp(self):
-        self.clock = make_clock()
-        self.alpha = Node("alpha", self.clock, store=MemoryStore())
-        self.beta = Node("beta", self.clock, store=MemoryStore())
-        pair_keys(self.alpha, self.beta)
-        self.link = connect(self.alpha, self.beta)
-        for protocol in self.link[:2]:
-            protocol.transport.recorded = []
 
     def test_duplicate_ack_not_delivered(self):
         """
