@@ -232,11 +232,14 @@ def _spawn(test_case: SynchronousTestCase, argv: list[str]) -> subprocess.Popen:
     """
     Start a dummy process that sleeps for two minutes; the test's cleanup
     kills it by its handle.
+
+    It is returned once it has said it runs: until the child has exec'd,
+    its command line in C{/proc} (or C{ps}) is not yet C{argv}.
     """
     process = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)", *argv],
+        [sys.executable, "-c", "import time; print(flush=True); time.sleep(120)", *argv],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
 
@@ -244,8 +247,12 @@ def _spawn(test_case: SynchronousTestCase, argv: list[str]) -> subprocess.Popen:
         if process.poll() is None:
             process.kill()
         process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
 
     test_case.addCleanup(stop)
+    assert process.stdout is not None
+    process.stdout.readline()  # it runs (an empty read if it died: the test says why)
     return process
 
 
