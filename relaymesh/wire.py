@@ -8,12 +8,17 @@ claudectl 0.49 would refuse: bad JSON, invalid UTF-8, a missing field, a field
 of the wrong type, an unknown C{msg_type}, nesting deeper than claudectl's JSON
 parser takes, or more than L{MAX_LINE_BYTES} bytes.
 
-When C{orjson} is installed it is used for speed; the bytes on the wire are
-the same either way.
+The codec is msgspec, a dependency: it decodes a line straight into a
+L{RelayMessage}, checking the fields' types as it goes. orjson and the
+standard library's C{json} are kept as alternatives (C{RELAYMESH_CODEC=orjson}
+or C{json}), and C{json} is the fallback where msgspec cannot be installed.
+The bytes on the wire and the lines refused are the same on every codec;
+L{CODEC} names the one in use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import json
@@ -21,10 +26,23 @@ import os
 import re
 from typing import Any, Callable
 
-try:  # pragma: no cover - exercised by whichever codec the machine has
+try:  # pragma: no cover - exercised by whichever codecs the machine has
+    import msgspec as _msgspec
+except ImportError:  # pragma: no cover
+    _msgspec = None
+
+try:  # pragma: no cover
     import orjson as _orjson
 except ImportError:  # pragma: no cover
     _orjson = None
+
+#: What L{RelayMessage} is built on: a C{msgspec.Struct} that refuses
+#: fields besides the five when it decodes a line (a line with more takes
+#: the path that reads every field), or nothing (a dataclass).
+_MESSAGE_BASES: tuple[type, ...] = (
+    (_msgspec.Struct,) if _msgspec is not None else ()
+)
+_MESSAGE_OPTIONS: dict[str, Any] = {"forbid_unknown_fields": True} if _msgspec is not None else {}
 
 #: The longest line, in bytes without the C{\n}, a node accepts or sends.
 MAX_LINE_BYTES = 1024 * 1024  # claudectl 0.49: 1 MiB
@@ -85,9 +103,14 @@ class WireError(ValueError):
     """
 
 
-class RelayMessage:
+class RelayMessage(*_MESSAGE_BASES, **_MESSAGE_OPTIONS):  # type: ignore[misc]
     """
     One relay protocol message.
+
+    With msgspec (the default codec) a message is a C{msgspec.Struct},
+    decoded from a line in one step; otherwise a slotted dataclass. Either
+    way it has the five fields, compares by value and shows them in its
+    repr.
 
     @ivar id: The message id, unique per sender.
     @ivar msg_type: One of L{MESSAGE_TYPES}, as a plain string.
@@ -96,16 +119,11 @@ class RelayMessage:
     @ivar payload: Any JSON value; normally an object.
     """
 
-    __slots__ = ("id", "msg_type", "from_peer", "timestamp", "payload")
-
-    def __init__(
-        self, id: str, msg_type: str, from_peer: str, timestamp: int, payload: Any
-    ) -> None:
-        self.id = id
-        self.msg_type = msg_type
-        self.from_peer = from_peer
-        self.timestamp = timestamp
-        self.payload = payload
+    id: str
+    msg_type: str
+    from_peer: str
+    timestamp: int
+    payload: Any
 
     def to_dict(self) -> dict[str, Any]:
         """
@@ -119,17 +137,9 @@ class RelayMessage:
             "payload": self.payload,
         }
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, RelayMessage):
-            return NotImplemented
-        return self.to_dict() == other.to_dict()
 
-    def __repr__(self) -> str:
-        return (
-            f"RelayMessage(id={self.id!r}, msg_type={self.msg_type!r}, "
-            f"from_peer={self.from_peer!r}, timestamp={self.timestamp!r}, "
-            f"payload={self.payload!r})"
-        )
+if _msgspec is None:  # pragma: no cover - the fallback for platforms without msgspec
+    RelayMessage = dataclasses.dataclass(slots=True)(RelayMessage)  # type: ignore[misc]
 
 
 def _reject_constant(name: str) -> Any:
@@ -166,17 +176,63 @@ def _stdlib_dumps(value: Any) -> bytes:
     return _stdlib_encoder.encode(value).encode("utf-8")
 
 
-if _orjson is not None:
-    _loads: Callable[[bytes], Any] = _orjson.loads
-    _dumps: Callable[[Any], bytes] = _orjson.dumps
-    CODEC = "orjson"
-else:  # pragma: no cover
-    _loads = _stdlib_loads
-    _dumps = _stdlib_dumps
-    CODEC = "json"
+def _msgspec_codec() -> dict[str, Any]:
+    """
+    msgspec's functions: a line is decoded straight into a L{RelayMessage}
+    (or, with extension fields, an L{_Envelope}), its fields' types checked
+    in C.
+    """
+    assert _msgspec is not None
+    encoder = _msgspec.json.Encoder()
+    return {
+        "_loads": _msgspec.json.Decoder().decode,
+        "_dumps": encoder.encode,
+        "_decode_message": _msgspec.json.Decoder(RelayMessage).decode,
+        "_decode_envelope": _msgspec.json.Decoder(_envelope_type()).decode,
+        "_encode_message": encoder.encode,
+    }
 
-if os.environ.get("RELAYMESH_CODEC") == "json":  # pragma: no cover
-    _loads, _dumps, CODEC = _stdlib_loads, _stdlib_dumps, "json"
+
+def _codec_functions(name: str) -> dict[str, Any]:
+    """
+    The module globals that make C{name} (C{msgspec}, C{orjson} or C{json})
+    the codec: C{_loads} and C{_dumps} for any JSON value, and the typed
+    decoders of the message path (L{None} where the codec has none).
+
+    @raise ValueError: if C{name} is not installed or not a codec.
+    """
+    if name == "msgspec" and _msgspec is not None:
+        return _msgspec_codec()
+    if name == "orjson" and _orjson is not None:
+        functions = {"_loads": _orjson.loads, "_dumps": _orjson.dumps}
+    elif name == "json":
+        functions = {"_loads": _stdlib_loads, "_dumps": _stdlib_dumps}
+    else:
+        raise ValueError(f"codec {name!r} is not available")
+    dumps = functions["_dumps"]
+    return {
+        **functions,
+        "_decode_message": None,
+        "_decode_envelope": None,
+        "_encode_message": lambda message: dumps(message.to_dict()),
+    }
+
+
+def _pick_codec(requested: str | None) -> str:
+    """
+    The codec to use: the one C{RELAYMESH_CODEC} names if it is installed,
+    else msgspec, else the standard library.
+    """
+    installed = [
+        name
+        for name, module in (("msgspec", _msgspec), ("orjson", _orjson), ("json", json))
+        if module is not None
+    ]
+    if requested in installed:
+        return requested
+    return installed[0]
+
+
 
 
 #: A JSON string, or an unterminated one running to the end of the line.
@@ -237,21 +293,40 @@ def _may_be_too_deep(line: bytes) -> bool:
 
 def _parse_error(line: bytes, error: Exception) -> WireError:
     """
-    The L{WireError} that says why the parser refused C{line}.
+    The L{WireError} that says why the parser refused C{line}, in the same
+    words on every codec.
     """
     if isinstance(error, WireError):
         return error
     if _too_deep(line):
         return WireError(f"JSON nested deeper than {MAX_NESTING} levels")
-    if isinstance(error, UnicodeDecodeError):
-        return WireError(f"invalid UTF-8 at byte {error.start}")
-    if isinstance(error, UnicodeEncodeError):
+    if isinstance(error, UnicodeEncodeError) or (
+        _LONE_SURROGATE_HINT.search(line) is not None and _has_lone_surrogate(line)
+    ):
         return WireError("lone UTF-16 surrogate in a string")
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return WireError(f"invalid UTF-8 at byte {e.start}")
     if isinstance(error, RecursionError):
         return WireError("JSON nested too deeply")
-    # json.JSONDecodeError and orjson.JSONDecodeError are ValueErrors, and so
-    # is int() refusing a number with thousands of digits.
+    # json.JSONDecodeError, orjson.JSONDecodeError and msgspec's errors are
+    # ValueErrors, and so is int() refusing a number with thousands of digits.
     return WireError(f"bad JSON: {str(error).splitlines()[0][:120]}")
+
+
+def _has_lone_surrogate(line: bytes) -> bool:
+    """
+    Whether a line that is valid UTF-8 holds a string with a lone UTF-16
+    surrogate escape.
+    """
+    try:
+        _stdlib_loads(line)
+    except UnicodeError:
+        return True
+    except (ValueError, RecursionError):
+        return False
+    return False
 
 
 def loads(line: bytes) -> Any:
@@ -323,6 +398,10 @@ def message_from_object(obj: Any) -> RelayMessage:
     return RelayMessage(msg_id, msg_type, from_peer, timestamp, payload)
 
 
+def _line_too_long(line: bytes) -> WireError:
+    return WireError(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
+
+
 def decode(line: bytes) -> RelayMessage:
     """
     Parse one line (without its C{\\n}) into a L{RelayMessage}.
@@ -330,16 +409,51 @@ def decode(line: bytes) -> RelayMessage:
     @raise WireError: if claudectl would not accept the line.
     """
     if len(line) > MAX_LINE_BYTES:
-        raise WireError(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
-    # Every message takes this path, so it is written for speed: the parse
-    # inlined, then _checked. The nesting limit is checked after parsing
-    # (orjson stops at 1024 levels, json at the recursion limit; both are
-    # refused as too deep).
+        raise _line_too_long(line)
+    # Every message from a claudectl peer takes this path, so it is written
+    # for speed. msgspec decodes a line of the five fields straight into a
+    # message, checking their types; the few checks left are made here
+    # (_taken). Anything else, refused or not, takes the path that reads
+    # every field (_parsed), which also says why a line is refused.
+    if _decode_message is not None:
+        try:
+            message = _decode_message(line)
+        except (ValueError, RecursionError):
+            pass  # not a plain message: _parsed says what it is
+        else:
+            if _taken(line, message, message.payload):
+                return message
+    return _checked(line, _parsed(line))
+
+
+def _parsed(line: bytes) -> Any:
+    """
+    The JSON value of a whole line.
+
+    @raise WireError: if it is not JSON claudectl would parse.
+    """
     try:
-        obj = _loads(line)
+        return _loads(line)
     except (ValueError, RecursionError) as e:
         raise _parse_error(line, e) from None
-    return _checked(line, obj)
+
+
+def _taken(line: bytes, message: Any, *values: Any) -> bool:
+    """
+    Whether a message whose fields msgspec decoded, typed, may be taken: its
+    type is a relay type, its timestamp fits in 64 bits, and it is nested
+    within L{MAX_NESTING} levels (plainly so when the top-level C{values} it
+    holds are L{_flat}, as nearly every message's are).
+    """
+    timestamp = message.timestamp
+    if message.msg_type not in _WIRE_TYPES or not 0 <= timestamp <= MAX_TIMESTAMP:
+        return False
+    if len(line) < _SHORTEST_TOO_DEEP:
+        return True
+    for value in values:
+        if not _flat(value):
+            return not (_may_be_too_deep(line) and _nesting_depth(line) > MAX_NESTING)
+    return True  # every value flat
 
 
 def _checked(line: bytes, obj: Any) -> RelayMessage:
@@ -428,21 +542,81 @@ def _refuse(line: bytes, obj: Any) -> RelayMessage:
     return message_from_object(obj)
 
 
+#: The top-level fields besides the five that relaymesh nodes read in each
+#: other's messages: a routed message's C{route} header and C{sealed} box
+#: (L{relaymesh.routing.table}), the C{routes} a heartbeat advertises
+#: (L{relaymesh.routing.router}), and the C{reliable} mark
+#: (L{relaymesh.reliable.fields}). msgspec decodes a line with these fields
+#: in one step; a line with any other goes the way that reads every field.
+EXTENSION_FIELDS = ("route", "sealed", "routes", "reliable")
+
+#: The protocol's own fields.
+_FIVE = frozenset(("id", "msg_type", "from_peer", "timestamp", "payload"))
+
+
+def _envelope_type() -> type:
+    """
+    The msgspec type of a message with L{EXTENSION_FIELDS}: the five fields,
+    then each extension field, left unset when absent.
+    """
+    assert _msgspec is not None
+    return _msgspec.defstruct(
+        "_Envelope",
+        [(name, kind) for name, kind in RelayMessage.__annotations__.items()]
+        + [(name, Any, _msgspec.UNSET) for name in EXTENSION_FIELDS],
+        forbid_unknown_fields=True,
+    )
+
+
 def decode_fields(line: bytes) -> tuple[RelayMessage, dict[str, Any]]:
     """
-    Parse one line (without its C{\\n}) into a L{RelayMessage} and the whole
-    JSON object, for the extension fields a message may carry besides the
-    five of the protocol.
+    Parse one line (without its C{\\n}) into a L{RelayMessage} and its
+    top-level fields besides the five of the protocol (the extension fields
+    a message between relaymesh nodes may carry, see L{EXTENSION_FIELDS}).
 
     @raise WireError: if claudectl would not accept the line.
     """
     if len(line) > MAX_LINE_BYTES:
-        raise WireError(f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
+        raise _line_too_long(line)
+    if _decode_message is not None:
+        try:
+            message = _decode_message(line)
+        except (ValueError, RecursionError):
+            taken = _extended(line)
+            if taken is not None:
+                return taken
+        else:
+            if _taken(line, message, message.payload):
+                return message, {}
+    obj = _parsed(line)
+    message = _checked(line, obj)
+    return message, {name: value for name, value in obj.items() if name not in _FIVE}
+
+
+def _extended(line: bytes) -> tuple[RelayMessage, dict[str, Any]] | None:
+    """
+    A line with L{EXTENSION_FIELDS} decoded by msgspec in one step, or
+    L{None} if it is not one (refused, or with other fields).
+    """
+    assert _decode_envelope is not None
     try:
-        obj = _loads(line)
-    except (ValueError, RecursionError) as e:
-        raise _parse_error(line, e) from None
-    return _checked(line, obj), obj
+        envelope = _decode_envelope(line)
+    except (ValueError, RecursionError):
+        return None
+    fields = {}
+    for name in EXTENSION_FIELDS:
+        value = getattr(envelope, name)
+        if value is not _UNSET:
+            fields[name] = value
+    if not _taken(line, envelope, envelope.payload, *fields.values()):
+        return None
+    message = RelayMessage(
+        envelope.id, envelope.msg_type, envelope.from_peer, envelope.timestamp, envelope.payload
+    )
+    return message, fields
+
+
+_UNSET = _msgspec.UNSET if _msgspec is not None else object()
 
 
 def encode(message: RelayMessage) -> bytes:
@@ -452,7 +626,10 @@ def encode(message: RelayMessage) -> bytes:
     @raise WireError: if the payload is not JSON or the line would be longer
         than L{MAX_LINE_BYTES}.
     """
-    line = dumps(message.to_dict())
+    try:
+        line = _encode_message(message)
+    except (TypeError, ValueError) as e:
+        raise WireError(f"not serializable as JSON: {e}") from None
     if len(line) > MAX_LINE_BYTES:
         raise WireError(
             f"message of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte line limit"
@@ -483,3 +660,14 @@ class MessageIds:
         A new id for a message sent at C{epoch_ms}.
         """
         return f"msg_{epoch_ms}_{next(self._counter)}_{self.tag}"
+
+
+#: The codec in use: C{"msgspec"}, C{"orjson"} or C{"json"}.
+CODEC = _pick_codec(os.environ.get("RELAYMESH_CODEC"))
+_functions = _codec_functions(CODEC)
+_loads: Callable[[bytes], Any] = _functions["_loads"]
+_dumps: Callable[[Any], bytes] = _functions["_dumps"]
+_decode_message: Callable[[bytes], RelayMessage] | None = _functions["_decode_message"]
+_decode_envelope: Callable[[bytes], Any] | None = _functions["_decode_envelope"]
+_encode_message: Callable[[RelayMessage], bytes] = _functions["_encode_message"]
+del _functions

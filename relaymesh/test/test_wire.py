@@ -3,6 +3,7 @@ Tests for L{relaymesh.wire}: the message format claudectl 0.49 speaks.
 """
 
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -76,10 +77,18 @@ def mixed(depth: int) -> bytes:
 
 def codecs():
     """
-    The parsers L{wire} may run: the one this machine uses, and the
-    standard library's.
+    The codecs L{wire} may run that this machine has: msgspec (the default),
+    orjson and the standard library's C{json}.
     """
-    return [("installed", wire._loads), ("json", wire._stdlib_loads)]
+    return [name for name in ("msgspec", "orjson", "json") if importlib.util.find_spec(name)]
+
+
+def use_codec(case, name):
+    """
+    Make L{wire} run codec C{name} for the rest of test C{case}.
+    """
+    for attribute, value in wire._codec_functions(name).items():
+        case.patch(wire, attribute, value)
 
 
 class MessageTypeTests(SynchronousTestCase):
@@ -378,8 +387,8 @@ class NestingTests(SynchronousTestCase):
         for _ in range(130):
             deep = [deep]
         cases = [obj(extra=deep), obj(payload=[1] * 40 + [deep]), obj(payload={"k": deep}), obj(payload=deep)]
-        for codec in (wire._loads, wire._stdlib_loads):
-            self.patch(wire, "_loads", codec)
+        for codec in codecs():
+            use_codec(self, codec)
             for case in cases:
                 with self.assertRaises(WireError) as ctx:
                     decode(raw(case))
@@ -485,8 +494,8 @@ class ValuesTests(SynchronousTestCase):
     """
 
     def each_codec(self):
-        for name, loads in codecs():
-            self.patch(wire, "_loads", loads)
+        for name in codecs():
+            use_codec(self, name)
             yield name
 
     def test_numbers_keep_their_value(self):
@@ -506,9 +515,15 @@ class ValuesTests(SynchronousTestCase):
         """
         NaN, Infinity, and numbers beyond a double's range are not JSON to
         serde_json; they are refused, each with its reason, never read as
-        infinity.
+        infinity. Every codec refuses them; the standard library's names
+        each reason.
         """
-        self.patch(wire, "_loads", wire._stdlib_loads)
+        for _codec in self.each_codec():
+            for text in (b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400", b"1" + b"0" * 5000):
+                for parse in (decode, decode_fields, wire.loads):
+                    with self.assertRaises(WireError, msg=_codec):
+                        parse(with_payload(text))
+        use_codec(self, "json")
         for text, reason in (
             (b"NaN", "NaN is not valid JSON"),
             (b"Infinity", "Infinity is not valid JSON"),
@@ -526,8 +541,7 @@ class ValuesTests(SynchronousTestCase):
         A payload holding NaN or an infinity never puts a line on the wire
         that peers refuse: it is refused, or written as JSON they accept.
         """
-        for dumps in (wire._dumps, wire._stdlib_dumps):
-            self.patch(wire, "_dumps", dumps)
+        for _codec in self.each_codec():
             for number in (float("nan"), float("inf"), float("-inf")):
                 message = RelayMessage("m", "task_status", "a", 1, {"x": number})
                 try:
@@ -536,18 +550,17 @@ class ValuesTests(SynchronousTestCase):
                     self.assertIn("not serializable as JSON", str(e))
                 else:
                     self.assertEqual(decode(line).payload, {"x": None})
-        self.patch(wire, "_dumps", wire._stdlib_dumps)
+        use_codec(self, "json")
         with self.assertRaises(WireError):
             encode(RelayMessage("m", "task_status", "a", 1, {"x": float("nan")}))
 
     def test_non_ascii_on_the_wire(self):
         """
         Non-ASCII text, in and beyond the Basic Multilingual Plane, goes on
-        the wire as raw UTF-8, as serde_json writes it, on either codec.
+        the wire as raw UTF-8, as serde_json writes it, on every codec.
         """
         payload = {"status": "fertig ✓", "face": "\U0001f600"}
-        for dumps in (wire._dumps, wire._stdlib_dumps):
-            self.patch(wire, "_dumps", dumps)
+        for _codec in self.each_codec():
             line = encode(RelayMessage("m", "task_status", "a", 1, payload))
             self.assertTrue(line.endswith('"payload":{"status":"fertig ✓","face":"😀"}}'.encode()))
             self.assertNotIn(b"\\u", line)
@@ -555,18 +568,19 @@ class ValuesTests(SynchronousTestCase):
     def test_lone_surrogate_named(self):
         """
         A lone UTF-16 surrogate escape, which serde_json refuses, is refused
-        as such by the standard library's codec, wherever it is.
+        as such on every codec, wherever it is.
         """
-        self.patch(wire, "_loads", wire._stdlib_loads)
         for line in (
             raw(obj()).replace(b'"alpha"', b'"\\ud800"'),
             raw(obj()).replace(b'"alpha"', b'"a\\uDFFFb"'),
             with_payload(b'{"\\udbff":1}'),
+            with_payload(b'"\\ud800abc"'),
         ):
-            for parse in (decode, decode_fields, wire.loads):
-                with self.assertRaises(WireError) as ctx:
-                    parse(line)
-                self.assertEqual(str(ctx.exception), "lone UTF-16 surrogate in a string")
+            for _codec in self.each_codec():
+                for parse in (decode, decode_fields, wire.loads):
+                    with self.assertRaises(WireError) as ctx:
+                        parse(line)
+                    self.assertEqual(str(ctx.exception), "lone UTF-16 surrogate in a string", _codec)
 
     def test_parser_out_of_stack(self):
         """
@@ -578,6 +592,7 @@ class ValuesTests(SynchronousTestCase):
         def out_of_stack(line):
             raise RecursionError("maximum recursion depth exceeded while decoding a JSON object")
 
+        use_codec(self, "json")
         self.patch(wire, "_loads", out_of_stack)
         for parse in (decode, decode_fields, wire.loads):
             with self.assertRaises(WireError) as ctx:
@@ -607,12 +622,36 @@ class DecodeFieldsTests(SynchronousTestCase):
 
     def test_fields(self):
         """
-        The whole object comes back, extension fields included.
+        The fields besides the five come back, on every codec: the
+        extension fields relaymesh reads, and any other.
         """
-        line = raw(obj(route={"hops": ["a", "b"]}, ttl=3))
-        message, fields = decode_fields(line)
-        self.assertEqual(message, decode(line))
-        self.assertEqual(fields, obj(route={"hops": ["a", "b"]}, ttl=3))
+        for codec in codecs():
+            use_codec(self, codec)
+            for extra in (
+                {"route": {"hops": ["a", "b"]}, "ttl": 3},
+                {"route": {"hops": ["a", "b"]}, "sealed": "box", "reliable": True},
+                {"routes": [{"to": "x", "hops": 1}]},
+                {"reliable": None},
+                {},
+            ):
+                line = raw(obj(**extra))
+                message, fields = decode_fields(line)
+                self.assertEqual(message, RelayMessage(**{k: obj()[k] for k in obj()}), codec)
+                self.assertEqual(fields, extra, codec)
+
+    def test_extension_fields_named(self):
+        """
+        The extension fields the wire module decodes in one step are those
+        the routing and the reliable delivery read.
+        """
+        from relaymesh.reliable.fields import RELIABLE_FIELD
+        from relaymesh.routing.router import ADVERTISEMENT_FIELD
+        from relaymesh.routing.table import ROUTE_FIELD, SEALED_FIELD
+
+        self.assertEqual(
+            set(wire.EXTENSION_FIELDS),
+            {ROUTE_FIELD, SEALED_FIELD, ADVERTISEMENT_FIELD, RELIABLE_FIELD},
+        )
 
     def test_same_refusals(self):
         """
@@ -631,12 +670,15 @@ class DecodeFieldsTests(SynchronousTestCase):
             raw(obj()).replace(b'"alpha"', b'"\\ud800"'),
             b" " * (MAX_LINE_BYTES + 1),
         ]
-        for line in cases:
-            with self.assertRaises(WireError) as ctx:
-                decode(line)
-            with self.assertRaises(WireError) as fields_ctx:
-                decode_fields(line)
-            self.assertEqual(str(fields_ctx.exception), str(ctx.exception), line[:60])
+        cases += [line[:-1] + b',"route":{"to":"b"}}' for line in cases if line.endswith(b"}")]
+        for codec in codecs():
+            use_codec(self, codec)
+            for line in cases:
+                with self.assertRaises(WireError) as ctx:
+                    decode(line)
+                with self.assertRaises(WireError) as fields_ctx:
+                    decode_fields(line)
+                self.assertEqual(str(fields_ctx.exception), str(ctx.exception), (codec, line[:60]))
 
     def test_line_limit(self):
         """
@@ -679,8 +721,8 @@ class NestingLimitTests(SynchronousTestCase):
         self.assertEqual(str(ctx.exception), self.deep, line[:40])
 
     def each_codec(self):
-        for name, loads in codecs():
-            self.patch(wire, "_loads", loads)
+        for name in codecs():
+            use_codec(self, name)
             yield name
 
     def test_messages(self):
@@ -802,32 +844,36 @@ class FakeOrjson(types.ModuleType):
 
 class CodecChoiceTests(SynchronousTestCase):
     """
-    L{wire} uses orjson when it is installed, unless C{RELAYMESH_CODEC=json}
-    says to use the standard library; L{wire.CODEC} names the choice.
+    L{wire} uses msgspec, a dependency; C{RELAYMESH_CODEC=orjson} or
+    C{json} picks orjson (when installed) or the standard library instead.
+    Without msgspec it falls back to orjson, then to the standard library.
+    L{wire.CODEC} names the choice.
     """
 
-    def import_afresh(self, orjson, codec_variable):
+    def import_afresh(self, msgspec, orjson, codec_variable):
         """
         Import a separate copy of L{relaymesh.wire}, as a new process would,
-        with C{orjson} as the orjson module (C{None}: not installed) and
-        C{RELAYMESH_CODEC} set to C{codec_variable} (C{None}: unset). The
-        copy every other module uses is left in place.
+        with C{msgspec} and C{orjson} as those modules (C{None}: not
+        installed) and C{RELAYMESH_CODEC} set to C{codec_variable}
+        (C{None}: unset). The copy every other module uses is left in place.
         """
         import relaymesh
 
-        saved = {name: sys.modules.get(name) for name in ("relaymesh.wire", "orjson")}
-        had_orjson = "orjson" in sys.modules
+        names = ("relaymesh.wire", "orjson", "msgspec")
+        saved = {name: sys.modules.get(name) for name in names}
+        present = {name for name in names if name in sys.modules}
 
         def restore():
-            sys.modules["relaymesh.wire"] = saved["relaymesh.wire"]
             relaymesh.wire = saved["relaymesh.wire"]
-            if had_orjson:
-                sys.modules["orjson"] = saved["orjson"]
-            else:
-                sys.modules.pop("orjson", None)
+            for name in names:
+                if name in present:
+                    sys.modules[name] = saved[name]
+                else:
+                    sys.modules.pop(name, None)
 
         self.addCleanup(restore)
         sys.modules["orjson"] = orjson
+        sys.modules["msgspec"] = msgspec
         del sys.modules["relaymesh.wire"]
         with mock.patch.dict(os.environ):
             os.environ.pop("RELAYMESH_CODEC", None)
@@ -839,41 +885,77 @@ class CodecChoiceTests(SynchronousTestCase):
         return fresh
 
     def round_trip(self, module):
+        """
+        A message written and read back by C{module} is the same, in the
+        same bytes as this process's codec writes, and a bad line is
+        refused in the same words.
+        """
         message = module.RelayMessage("m", "task_status", "a", 1, {"t": "✓"})
         line = module.encode(message)
         self.assertEqual(line, encode(RelayMessage("m", "task_status", "a", 1, {"t": "✓"})))
         self.assertEqual(module.decode(line), message)
+        self.assertEqual(module.decode_fields(line), (message, {}))
+        with self.assertRaises(module.WireError) as ctx:
+            module.decode(line.replace(b'"m"', b"5"))
+        self.assertEqual(str(ctx.exception), "field 'id' must be a string, not int")
         return line
 
-    def test_orjson_when_installed(self):
+    def test_msgspec_by_default(self):
         """
-        With orjson installed, and C{RELAYMESH_CODEC} unset or anything but
-        C{json}, lines are parsed and written by orjson.
+        With msgspec installed, and C{RELAYMESH_CODEC} unset or naming no
+        codec, msgspec reads and writes lines, even with orjson installed.
         """
-        for variable in (None, "", "orjson", "JSON"):
+        import msgspec
+
+        for variable in (None, "", "JSON", "simdjson"):
             orjson = FakeOrjson()
-            module = self.import_afresh(orjson, variable)
-            self.assertEqual(module.CODEC, "orjson")
-            line = self.round_trip(module)
-            self.assertEqual([name for name, _ in orjson.calls], ["dumps", "loads"])
-            self.assertEqual(orjson.calls[1], ("loads", line))
+            module = self.import_afresh(msgspec, orjson, variable)
+            self.assertEqual(module.CODEC, "msgspec")
+            self.round_trip(module)
+            self.assertEqual(orjson.calls, [])
+            self.assertTrue(issubclass(module.RelayMessage, msgspec.Struct))
+
+    def test_orjson_when_asked(self):
+        """
+        C{RELAYMESH_CODEC=orjson} makes orjson parse and write lines.
+        """
+        import msgspec
+
+        orjson = FakeOrjson()
+        module = self.import_afresh(msgspec, orjson, "orjson")
+        self.assertEqual(module.CODEC, "orjson")
+        line = self.round_trip(module)
+        self.assertEqual([name for name, _ in orjson.calls][:2], ["dumps", "loads"])
+        self.assertEqual(orjson.calls[1], ("loads", line))
 
     def test_json_when_asked(self):
         """
         C{RELAYMESH_CODEC=json} makes the standard library parse and write
-        lines even with orjson installed.
+        lines even with msgspec and orjson installed.
         """
+        import msgspec
+
         orjson = FakeOrjson()
-        module = self.import_afresh(orjson, "json")
+        module = self.import_afresh(msgspec, orjson, "json")
         self.assertEqual(module.CODEC, "json")
         self.round_trip(module)
         self.assertEqual(orjson.calls, [])
 
-    def test_json_without_orjson(self):
+    def test_fallbacks(self):
         """
-        Without orjson, the standard library parses and writes lines.
+        Without msgspec, orjson is used if it is installed, else the
+        standard library, and a message is a plain slotted class.
         """
-        for variable in (None, "json"):
-            module = self.import_afresh(None, variable)
+        orjson = FakeOrjson()
+        module = self.import_afresh(None, orjson, None)
+        self.assertEqual(module.CODEC, "orjson")
+        self.round_trip(module)
+        for variable in (None, "msgspec", "orjson", "json"):
+            module = self.import_afresh(None, None, variable)
             self.assertEqual(module.CODEC, "json")
             self.round_trip(module)
+            self.assertFalse(hasattr(module.RelayMessage("m", "ack", "a", 1, None), "__dict__"))
+            self.assertEqual(
+                repr(module.RelayMessage("m", "ack", "a", 1, None)),
+                "RelayMessage(id='m', msg_type='ack', from_peer='a', timestamp=1, payload=None)",
+            )
