@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaymesh.address import format_address
+from relaymesh.bulk import BULK_TYPES, BULK_TYPES_FIELDS, BulkReceiver
 from relaymesh.counters import Traffic
 from relaymesh.events import Direction
 from relaymesh.framing import LineFramer
@@ -95,7 +96,7 @@ _CONNECTED = State.CONNECTED
 
 
 @implementer(IPushProducer)
-class RelayProtocol(LineFramer, LineWriter, Pinger, MismatchWatch):
+class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch):
     """
     One relay protocol connection: framing, handshake, then messages.
 
@@ -168,6 +169,7 @@ class RelayProtocol(LineFramer, LineWriter, Pinger, MismatchWatch):
         self.close_reason: str | None = None
         self.proof_rejected = False
         self.reads_fields = False
+        self._fast_types: frozenset[str] | None = None  # see BulkReceiver
         self.traffic = Traffic()
         self.outcome: Authenticated | None = None
         self._timer: IDelayedCall | None = None
@@ -217,6 +219,9 @@ class RelayProtocol(LineFramer, LineWriter, Pinger, MismatchWatch):
         )
 
     def dataReceived(self, data: bytes) -> None:
+        if self._fast_types is not None:
+            self._bulkReceived(data)
+            return
         if not self._heard and self._firstBytes(data, self.direction is Direction.OUTBOUND):
             return
         LineFramer.dataReceived(self, data)
@@ -344,7 +349,7 @@ class RelayProtocol(LineFramer, LineWriter, Pinger, MismatchWatch):
                 if message.msg_type in LINK_TYPES:
                     self._linkMessage(message)
                 elif fields is None:
-                    self.owner.message_received(self, message)
+                    self.owner.messages_received(self, (message,))
                 else:
                     self.owner.fields_received(self, message, fields)
             else:
@@ -452,6 +457,8 @@ class RelayProtocol(LineFramer, LineWriter, Pinger, MismatchWatch):
         self.reads_fields = self.owner.reads_fields(outcome.capabilities)
         if self.owner.peer_authenticated(self):
             self._armIdleTimer()
+            if self.state is _CONNECTED:
+                self._fast_types = BULK_TYPES_FIELDS if self.reads_fields else BULK_TYPES
 
     def _handshakeEnded(self, reason: str) -> None:
         self.factory.handshakeFailed(self, reason)

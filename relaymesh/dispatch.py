@@ -50,7 +50,7 @@ class RecentIds:
 
     Memory is bounded by C{size} ids: a full window of claudectl-style ids
     takes about 120 KB, which is why a peer gets one only once it sends
-    something other than heartbeats (see L{relaymesh.mesh.Mesh.message_received}).
+    something other than heartbeats (see L{relaymesh.mesh.Mesh.messages_received}).
     """
 
     __slots__ = ("_order", "_members", "_size")

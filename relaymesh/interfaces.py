@@ -256,15 +256,16 @@ class ILinkOwner(Interface):
         @return: whether the connection was kept.
         """
 
-    def message_received(connection, message):
+    def messages_received(connection, messages):
         """
-        Take a message from an authenticated connection.
+        Take a sequence of plain messages from an authenticated connection,
+        in order; stop when the connection closes.
         """
 
     def fields_received(connection, message, fields):
         """
-        Take a message whose top-level fields (C{fields}, the whole JSON
-        object) this node reads.
+        Take a message whose top-level fields this node reads (C{fields}:
+        those besides the five of the protocol).
         """
 
     def connection_lost(connection, reason):

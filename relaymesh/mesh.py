@@ -19,10 +19,9 @@ as they always were.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from relaymesh.connection import RelayProtocol, WriteBatch
@@ -134,8 +133,6 @@ class Mesh:
         which its connectors refuse to answer (reflection).
     @ivar fleet: The L{relaymesh.fleet.Fleet} of this node's sessions and its peers'.
     """
-
-    log = Logger()
 
     def __init__(
         self,
@@ -316,45 +313,47 @@ class Mesh:
             assert protocol.peer_id is not None
             self.router.neighbour_down(protocol.peer_id)
 
-    def message_received(self, protocol: RelayProtocol, message: RelayMessage) -> None:
+    def messages_received(self, protocol: RelayProtocol, messages: Sequence[RelayMessage]) -> None:
         """
-        Deliver a message from an authenticated peer, unless it is a duplicate.
-
-        Heartbeats are not deduplicated (a second copy only refreshes the
-        same list again, while their ids would cost every idle peer a full
-        window, about 120 KB); every other message is checked against the
-        last L{DEDUP_WINDOW} ids from the same peer.
+        Deliver messages from an authenticated peer, each unless it is a
+        duplicate (of the last L{DEDUP_WINDOW} ids from that peer), until a
+        subscriber closes the connection. Heartbeats are not deduplicated:
+        a copy only refreshes the same list, while their ids would cost
+        every idle peer a full window (about 120 KB).
         """
-        # Runs for every message: no allocation beyond the dedup window's
-        # entry, no logging, the subscribers looked up once per type.
         peer = self._peers[protocol.peer_id]  # type: ignore[index]
-        if message.msg_type == _HEARTBEAT:
-            self.fleet.received(peer, message.payload)
-        else:
-            recent = peer.recent
-            if recent is None:
-                recent = peer.recent = RecentIds()
-            if recent.seen(message.id):
+        peer_id, deliver = peer.peer_id, self._dispatch.deliver
+        for message in messages:
+            if message.msg_type == _HEARTBEAT:
+                self.fleet.received(peer, message.payload)
+            else:
+                recent = peer.recent
+                if recent is None:
+                    recent = peer.recent = RecentIds()
+                if recent.seen(message.id):
+                    continue
+            deliver(peer_id, message)
+            if protocol.close_reason is not None:
                 return
-        self._dispatch.deliver(peer.peer_id, message)
 
     def fields_received(
         self, protocol: RelayProtocol, message: RelayMessage, fields: dict[str, Any]
     ) -> None:
         """
         Take a message from a peer whose messages may carry top-level fields
-        this node reads (L{reads_fields}): C{fields} is the whole JSON object.
+        this node reads (L{reads_fields}): C{fields} holds those besides
+        the five.
 
         The router takes a routing neighbour's routed message (and reads
         the routes its heartbeats carry); the reliable delivery takes a
         reliable message and an ack of its outbox; everything else goes on
-        as L{message_received} says.
+        as L{messages_received} says.
         """
         if self.router is not None and self.router.take(protocol, message, fields):
             return
         if self.reliable is not None and self.reliable.take(protocol.peer_id, message, fields):
             return
-        self.message_received(protocol, message)
+        self.messages_received(protocol, (message,))
 
     # -- called by the extensions (ExtensionHost) ----------------------------
 

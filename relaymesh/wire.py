@@ -26,6 +26,16 @@ import os
 import re
 from typing import Any, Callable
 
+from relaymesh.nesting import (
+    MAX_NESTING,
+    SHORTEST_TOO_DEEP,
+    flat,
+    may_be_too_deep,
+    nesting_depth,
+    shallow,
+    too_deep,
+)
+
 try:  # pragma: no cover - exercised by whichever codecs the machine has
     import msgspec as _msgspec
 except ImportError:  # pragma: no cover
@@ -46,10 +56,6 @@ _MESSAGE_OPTIONS: dict[str, Any] = {"forbid_unknown_fields": True} if _msgspec i
 
 #: The longest line, in bytes without the C{\n}, a node accepts or sends.
 MAX_LINE_BYTES = 1024 * 1024  # claudectl 0.49: 1 MiB
-
-#: The deepest nesting of arrays and objects a line may have. claudectl's JSON
-#: parser (serde_json) refuses anything deeper than 128 levels.
-MAX_NESTING = 128  # serde_json default recursion limit
 
 #: The largest timestamp claudectl accepts (an unsigned 64-bit integer).
 MAX_TIMESTAMP = 2**64 - 1
@@ -235,62 +241,6 @@ def _pick_codec(requested: str | None) -> str:
 
 
 
-#: A JSON string, or an unterminated one running to the end of the line.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S][^"\\]*)*(?:"|\\?\Z)')
-#: Every byte but the four brackets, for C{bytes.translate} to delete.
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-#: How each bracket changes the nesting depth.
-_DEPTH_STEP = {0x5B: 1, 0x7B: 1, 0x5D: -1, 0x7D: -1}  # [ { ] }
-
-
-def _nesting_depth(line: bytes) -> int:
-    """
-    The deepest nesting of arrays and objects in a JSON text, ignoring
-    brackets inside strings.
-    """
-    # Done in C, not byte by byte in Python: strings (with their escapes, and
-    # an unterminated one up to the end) are cut out, every byte but the
-    # brackets is deleted, and the running sum of +1/-1 steps gives the depth.
-    brackets = _JSON_STRING.sub(b"", line).translate(None, _NOT_BRACKETS)
-    return max(0, max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0))
-
-
-def _too_deep(line: bytes) -> bool:
-    """
-    Whether a JSON text nests deeper than L{MAX_NESTING}.
-    """
-    return line.count(b"[") + line.count(b"{") > MAX_NESTING and _nesting_depth(line) > MAX_NESTING
-
-
-#: The shortest valid JSON text nested deeper than L{MAX_NESTING}: that many
-#: opening brackets plus as many closing ones.
-_SHORTEST_TOO_DEEP = 2 * (MAX_NESTING + 1)
-
-
-def _may_be_too_deep(line: bytes) -> bool:
-    """
-    A cheap test that is true of every valid JSON text nested deeper than
-    L{MAX_NESTING}, and false of nearly every message.
-    """
-    # Shaped by what lines look like: a line shorter than _SHORTEST_TOO_DEEP
-    # cannot be both valid and too deep (the parser refuses it, and
-    # _parse_error then still names the nesting), and a line has a handful
-    # of brackets, which bytes.find (memchr) skips to much faster than
-    # bytes.count walks the whole line.
-    if len(line) < _SHORTEST_TOO_DEEP:
-        return False  # too short to be valid and that deep
-    find = line.find
-    seen = 0
-    for opener in (b"{", b"["):
-        at = find(opener)
-        while at >= 0:
-            seen += 1
-            if seen > 16:
-                return line.count(b"[") + line.count(b"{") > MAX_NESTING
-            at = find(opener, at + 1)
-    return False  # 16 brackets or fewer
-
-
 def _parse_error(line: bytes, error: Exception) -> WireError:
     """
     The L{WireError} that says why the parser refused C{line}, in the same
@@ -298,7 +248,7 @@ def _parse_error(line: bytes, error: Exception) -> WireError:
     """
     if isinstance(error, WireError):
         return error
-    if _too_deep(line):
+    if too_deep(line):
         return WireError(f"JSON nested deeper than {MAX_NESTING} levels")
     if isinstance(error, UnicodeEncodeError) or (
         _LONE_SURROGATE_HINT.search(line) is not None and _has_lone_surrogate(line)
@@ -336,7 +286,7 @@ def loads(line: bytes) -> Any:
     @raise WireError: if the line is not valid JSON, not valid UTF-8, or
         nested too deeply.
     """
-    if _may_be_too_deep(line) and _nesting_depth(line) > MAX_NESTING:
+    if may_be_too_deep(line) and nesting_depth(line) > MAX_NESTING:
         raise WireError(f"JSON nested deeper than {MAX_NESTING} levels")
     try:
         return _loads(line)
@@ -443,16 +393,16 @@ def _taken(line: bytes, message: Any, *values: Any) -> bool:
     Whether a message whose fields msgspec decoded, typed, may be taken: its
     type is a relay type, its timestamp fits in 64 bits, and it is nested
     within L{MAX_NESTING} levels (plainly so when the top-level C{values} it
-    holds are L{_flat}, as nearly every message's are).
+    holds are L{flat}, as nearly every message's are).
     """
     timestamp = message.timestamp
     if message.msg_type not in _WIRE_TYPES or not 0 <= timestamp <= MAX_TIMESTAMP:
         return False
-    if len(line) < _SHORTEST_TOO_DEEP:
+    if len(line) < SHORTEST_TOO_DEEP:
         return True
     for value in values:
-        if not _flat(value):
-            return not (_may_be_too_deep(line) and _nesting_depth(line) > MAX_NESTING)
+        if not flat(value):
+            return not (may_be_too_deep(line) and nesting_depth(line) > MAX_NESTING)
     return True  # every value flat
 
 
@@ -483,53 +433,14 @@ def _checked(line: bytes, obj: Any) -> RelayMessage:
         and 0 <= timestamp <= MAX_TIMESTAMP
     ):
         if (
-            len(line) >= _SHORTEST_TOO_DEEP
-            and not _shallow(obj, payload)
-            and _may_be_too_deep(line)
-            and _nesting_depth(line) > MAX_NESTING
+            len(line) >= SHORTEST_TOO_DEEP
+            and not shallow(obj, payload)
+            and may_be_too_deep(line)
+            and nesting_depth(line) > MAX_NESTING
         ):
             raise WireError(f"JSON nested deeper than {MAX_NESTING} levels")
         return RelayMessage(msg_id, msg_type, from_peer, timestamp, payload)
     return _refuse(line, obj)
-
-
-def _shallow(obj: dict, payload: Any) -> bool:
-    """
-    Whether a parsed message is plainly within the nesting limit: its
-    payload, and any field besides the five (a routing header, say), is a
-    scalar, or an object or array of at most 32 scalars.
-    """
-    # Looking at a few parsed values costs the same for any line length;
-    # scanning a 4 KiB line for brackets cost about 15% of receiving it.
-    if len(obj) == 5:
-        return _flat(payload)
-    if len(obj) > 16:
-        return False
-    for value in obj.values():
-        if not _flat(value):
-            return False
-    return True  # every field flat
-
-
-def _flat(value: Any) -> bool:
-    """
-    Whether a parsed value is a scalar, or an object or array of at most 32
-    scalars.
-    """
-    kind = type(value)
-    if kind is dict:
-        values = value.values()
-    elif kind is list:
-        values = value
-    else:
-        return True  # a scalar
-    if len(values) > 32:
-        return False
-    for item in values:
-        kind = type(item)
-        if kind is dict or kind is list:
-            return False
-    return True  # scalars only
 
 
 def _refuse(line: bytes, obj: Any) -> RelayMessage:
@@ -537,9 +448,56 @@ def _refuse(line: bytes, obj: Any) -> RelayMessage:
     Raise the L{WireError} that says why a parsed line is not a message: too
     deep, or the first field that is missing or wrong.
     """
-    if _too_deep(line):
+    if too_deep(line):
         raise WireError(f"JSON nested deeper than {MAX_NESTING} levels")
     return message_from_object(obj)
+
+
+def decode_many(
+    lines: list[bytes], start: int, types: frozenset[str], sender: str, counts: dict[str, list[int]]
+) -> tuple[list[RelayMessage], int, int]:
+    """
+    Decode C{lines[start:]} as long as each is a plain message (the five
+    fields) of one of C{types} from C{sender} that L{decode} would take: the
+    bulk of a connected peer's traffic, a chunk at a time.
+
+    @param counts: Per message type, a list whose first two items are the
+        messages and bytes (with the newline) received; each message
+        decoded is added to its type's.
+    @return: The messages, the index of the first line not decoded (the
+        caller reads it the way that says what it is, or why it is
+        refused) or C{len(lines)}, and the bytes of the lines decoded.
+    """
+    decode_message = _decode_message
+    messages: list[RelayMessage] = []
+    if decode_message is None:
+        return messages, start, 0
+    append = messages.append
+    size = 0
+    index = start
+    for index in range(start, len(lines)):
+        line = lines[index]
+        try:
+            message = decode_message(line)
+        except (ValueError, RecursionError):
+            return messages, index, size
+        msg_type = message.msg_type
+        length = len(line) + 1
+        if (
+            msg_type not in types
+            or message.from_peer != sender
+            or not 0 <= message.timestamp <= MAX_TIMESTAMP
+            or (length > SHORTEST_TOO_DEEP and not flat(message.payload) and may_be_too_deep(line))
+        ):
+            return messages, index, size
+        append(message)
+        size += length
+        tally = counts.get(msg_type)
+        if tally is None:
+            tally = counts[msg_type] = [0, 0, 0, 0]
+        tally[0] += 1
+        tally[1] += length
+    return messages, len(lines), size
 
 
 #: The top-level fields besides the five that relaymesh nodes read in each

@@ -307,7 +307,7 @@ class MessageIdsTests(SynchronousTestCase):
 def reference_depth(line: bytes) -> int:
     """
     The nesting depth the plain way, byte by byte: what
-    L{wire._nesting_depth} must agree with.
+    L{wire.nesting_depth} must agree with.
     """
     depth = deepest = 0
     in_string = escaped = False
@@ -348,13 +348,13 @@ class NestingTests(SynchronousTestCase):
             b'\\"[["',
             "[\u00e9\u2713]".encode(),
         ):
-            self.assertEqual(wire._nesting_depth(text), reference_depth(text), text)
+            self.assertEqual(wire.nesting_depth(text), reference_depth(text), text)
 
     @settings(max_examples=300, deadline=None)
     @given(st.lists(st.sampled_from([b"[", b"]", b"{", b"}", b'"', b"\\", b"a", b",", b"\xc3\xa9"]), max_size=60))
     def test_depth_property(self, pieces):
         text = b"".join(pieces)
-        self.assertEqual(wire._nesting_depth(text), reference_depth(text))
+        self.assertEqual(wire.nesting_depth(text), reference_depth(text))
 
     def nested(self, depth: int) -> bytes:
         payload = "[" * (depth - 1) + "]" * (depth - 1)

@@ -1,0 +1,98 @@
+"""
+L{BulkReceiver}: how a connection takes a connected peer's lines a chunk at
+a time, the path nearly every byte a node receives takes.
+
+The complete lines of a chunk are split at once and decoded as a batch
+(L{relaymesh.wire.decode_many}), in C as far as msgspec goes; each run of
+plain messages goes to the owner in one call
+(L{relaymesh.interfaces.ILinkOwner.messages_received}). A line that is not
+a plain message of the expected types and sender (a refusal, an C{ack} to a
+reliable sender, a routed message, a ping) goes through C{lineReceived},
+which says what it is. Nothing is delivered after the connection stops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relaymesh.framing import LineFramer
+from relaymesh.wire import HANDSHAKE_TYPES, MESSAGE_TYPES, MessageType, decode_many
+
+#: The types of the plain messages a connected claudectl peer sends that go
+#: straight to the owner (L{ILinkOwner.messages_received}): every type but
+#: the handshake's and the link's own.
+BULK_TYPES = MESSAGE_TYPES - HANDSHAKE_TYPES
+
+#: The same for a peer whose top-level fields this node reads: an C{ack}
+#: may settle a reliable message, so it goes through
+#: L{ILinkOwner.fields_received} (as does any line with extension fields).
+BULK_TYPES_FIELDS = BULK_TYPES - {MessageType.ACK.value}
+
+
+class BulkReceiver:
+    """
+    The bulk path of L{relaymesh.connection.RelayProtocol}, which mixes it
+    in before L{LineFramer} and provides C{owner}, C{peer_id}, C{traffic},
+    C{MAX_LENGTH}, C{stopped}, C{linesArriving} and C{lineReceived}.
+
+    @ivar _fast_types: The types of the plain messages that take the bulk
+        path (L{BULK_TYPES} or L{BULK_TYPES_FIELDS}), set once the peer is
+        connected; L{None} before.
+    """
+
+    _fast_types: frozenset[str] | None = None
+    _buffer: Any
+    owner: Any
+    peer_id: str | None
+    traffic: Any
+    MAX_LENGTH: int
+
+    def _bulkReceived(self, data: bytes) -> None:
+        """
+        Take a chunk from a connected peer: its complete lines are split at
+        once (one copy) and handed on as a batch (L{_linesReceived}); the
+        line that ends a partial one, and the unfinished rest, go through
+        L{LineFramer}, which keeps the limit on their length.
+        """
+        if self.stopped():
+            return
+        if len(data) > self.MAX_LENGTH:  # a line in it may be too long
+            LineFramer.dataReceived(self, data)  # type: ignore[arg-type]
+            return
+        lines = data.split(b"\n")
+        rest = lines.pop()  # after the last newline: b"" if it ends the chunk
+        first = 0
+        if lines and self._buffer:
+            LineFramer.dataReceived(self, lines[0] + b"\n")  # type: ignore[arg-type]
+            first = 1
+        if first < len(lines) and not self.stopped():
+            with self.linesArriving():  # type: ignore[attr-defined]
+                self._linesReceived(lines, first)
+        if rest and not self.stopped():
+            LineFramer.dataReceived(self, rest)  # type: ignore[arg-type]
+
+    def _linesReceived(self, lines: list[bytes], index: int) -> None:
+        """
+        Hand a connected peer's complete lines, from C{lines[index]} on:
+        runs of plain messages to the owner in one call, any other line
+        through L{lineReceived}, until the connection stops.
+        """
+        traffic = self.traffic
+        by_type = traffic.by_type
+        types = self._fast_types
+        peer_id = self.peer_id
+        assert types is not None and peer_id is not None
+        count = len(lines)
+        while index < count:
+            messages, index, size = decode_many(lines, index, types, peer_id, by_type)
+            if messages:
+                traffic.msgs_in += len(messages)
+                traffic.bytes_in += size
+                self.owner.messages_received(self, messages)
+                if self.stopped():
+                    return
+            if index < count:
+                self.lineReceived(lines[index])
+                index += 1
+                if self.stopped():
+                    return
