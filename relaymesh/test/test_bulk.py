@@ -1,0 +1,174 @@
+"""
+Tests for L{relaymesh.bulk}: a connected peer's chunks are split and
+decoded as a batch, and what the node does with them is exactly what it did
+line by line: the same messages delivered in the same order, the same
+refusals at the same place, nothing after the connection stops, the same
+traffic counted.
+"""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaymesh.bulk import BULK_TYPES, BULK_TYPES_FIELDS
+from relaymesh.connection import State
+from relaymesh.test.support import MemoryKeys, Node, accepted, line, make_clock
+from relaymesh.wire import MAX_LINE_BYTES, RelayMessage
+
+KEY = bytes(range(32))
+
+
+def message(i, msg_type="task_status", peer="beta", payload=None):
+    return RelayMessage(f"m{i}", msg_type, peer, 1, {"n": i} if payload is None else payload)
+
+
+class Connected:
+    """
+    A node with a connected claudectl-style peer C{beta}, fed bytes.
+    """
+
+    def __init__(self):
+        self.node = Node("alpha", make_clock(), MemoryKeys({"beta": KEY}))
+        self.protocol, self.transport = accepted(self.node, "beta", KEY)
+
+    def feed(self, data, cuts=()):
+        """
+        Feed C{data} in pieces cut at the offsets C{cuts}.
+        """
+        start = 0
+        for cut in sorted(set(cuts)) + [len(data)]:
+            if cut > start:
+                self.protocol.dataReceived(data[start:cut])
+                start = cut
+
+    def delivered(self):
+        return [m.id for _, m in self.node.received]
+
+
+#: Lines a peer may send, good and bad, with what a node does with each.
+GOOD = [line(message(i, t)) for i, t in enumerate(["task_status", "delegate_task", "ack", "knowledge_sync"])]
+BAD = {
+    b"\n": "bad JSON",
+    line(message(90, "handshake")): "unexpected handshake",
+    line(message(91, peer="gamma")): "claims to be from 'gamma'",
+    b'{"id":"x","msg_type":"bogus","from_peer":"beta","timestamp":1,"payload":{}}\n': "unknown msg_type",
+    b'{"id":"\xff","msg_type":"ack","from_peer":"beta","timestamp":1,"payload":{}}\n': "invalid UTF-8",
+    line(message(92, payload=[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]])).replace(b"[]", b"[" * 130 + b"]" * 130): "nested deeper",
+}
+
+
+class BulkTests(SynchronousTestCase):
+    @settings(max_examples=60, deadline=None)
+    @given(
+        count=st.integers(0, 40),
+        bad=st.one_of(st.none(), st.sampled_from(sorted(BAD))),
+        bad_at=st.integers(0, 40),
+        cuts=st.lists(st.integers(0, 4000), max_size=12),
+    )
+    def test_any_chunking(self, count, bad, bad_at, cuts):
+        """
+        However a stream is cut into chunks, the messages before a bad line
+        are delivered in order, the connection closes for the reason the
+        bad line gives, and nothing after it is delivered.
+        """
+        lines = [line(message(i)) for i in range(count)]
+        bad_at = min(bad_at, count)
+        if bad is not None:
+            lines.insert(bad_at, bad)
+        data = b"".join(lines)
+        peer = Connected()
+        peer.feed(data, [c % (len(data) + 1) for c in cuts])
+        if bad is None:
+            self.assertEqual(peer.delivered(), [f"m{i}" for i in range(count)])
+            self.assertIs(peer.protocol.state, State.CONNECTED)
+        else:
+            self.assertEqual(peer.delivered(), [f"m{i}" for i in range(bad_at)])
+            self.assertIs(peer.protocol.state, State.CLOSED)
+            self.assertIn(BAD[bad], peer.protocol.close_reason)
+
+    def test_same_traffic_counted(self):
+        """
+        The traffic counted for a chunk is what counting each line gives:
+        messages and bytes, in all and per type.
+        """
+        data = b"".join(GOOD * 5)
+        bulk, single = Connected(), Connected()
+        bulk.feed(data)
+        for piece in GOOD * 5:
+            single.feed(piece)
+        for traffic in (bulk.protocol.traffic, single.protocol.traffic):
+            self.assertEqual(traffic.by_type["task_status"][:2], [5, 5 * len(GOOD[0])])
+        self.assertEqual(bulk.protocol.traffic.by_type, single.protocol.traffic.by_type)
+        self.assertEqual(
+            (bulk.protocol.traffic.msgs_in, bulk.protocol.traffic.bytes_in),
+            (single.protocol.traffic.msgs_in, single.protocol.traffic.bytes_in),
+        )
+        self.assertEqual(bulk.delivered(), single.delivered())
+
+    def test_duplicates_in_one_chunk(self):
+        """
+        A message repeated within a chunk is delivered once; heartbeats are
+        not deduplicated.
+        """
+        beat = line(RelayMessage("hb", "heartbeat", "beta", 1, {"sessions": [], "worker_id": "w"}))
+        peer = Connected()
+        peer.feed(GOOD[0] * 3 + beat * 2 + GOOD[1])
+        self.assertEqual(peer.delivered(), ["m0", "hb", "hb", "m1"])
+
+    def test_subscriber_closes(self):
+        """
+        A subscriber that closes the connection on a message stops delivery
+        there: the rest of the chunk is not delivered.
+        """
+        peer = Connected()
+
+        def close_on_third(peer_id, received):
+            if received.id == "m2":
+                peer.protocol.close("enough")
+
+        peer.node.mesh.subscribe(close_on_third)
+        peer.feed(b"".join(line(message(i)) for i in range(10)))
+        self.assertEqual(peer.delivered(), ["m0", "m1", "m2"])
+        self.assertEqual(peer.protocol.close_reason, "enough")
+
+    def test_partial_line_limit(self):
+        """
+        A line that spans chunks is still held to the 1 MiB limit, and one
+        at the limit is taken.
+        """
+        padding = MAX_LINE_BYTES - len(line(message(0, payload="")))
+        at_limit = line(message(0, payload="x" * (padding + 1)))
+        self.assertEqual(len(at_limit), MAX_LINE_BYTES + 1)  # with its newline
+        peer = Connected()
+        peer.feed(GOOD[1] + at_limit + GOOD[2], cuts=range(100, len(at_limit), 65536))
+        self.assertEqual(peer.delivered(), ["m1", "m0", "m2"])
+        over = Connected()
+        over.feed(at_limit.replace(b'"x', b'"xx', 1), cuts=range(0, MAX_LINE_BYTES, 65536))
+        self.assertIs(over.protocol.state, State.CLOSED)
+        self.assertIn("line longer than", over.protocol.close_reason)
+
+    def test_one_chunk_over_the_limit(self):
+        """
+        A single chunk longer than the limit (as an in-memory transport may
+        give) is framed line by line, and a line in it over the limit is
+        refused.
+        """
+        peer = Connected()
+        peer.feed(GOOD[0] + b"x" * (MAX_LINE_BYTES + 1) + b"\n" + GOOD[1])
+        self.assertEqual(peer.delivered(), ["m0"])
+        self.assertIn("line longer than", peer.protocol.close_reason)
+
+    def test_types(self):
+        """
+        Every type but the handshake's and the link's takes the bulk path
+        from a claudectl peer; from a peer whose fields this node reads an
+        ack does not (it may settle a reliable message).
+        """
+        self.assertEqual(
+            BULK_TYPES,
+            {
+                "heartbeat", "ack", "delegate_task", "task_status", "task_handoff",
+                "task_interrupt", "knowledge_sync", "knowledge_request", "knowledge_snapshot",
+            },
+        )
+        self.assertEqual(BULK_TYPES - BULK_TYPES_FIELDS, {"ack"})
