@@ -2,7 +2,8 @@
 L{BulkReceiver}: how a connection takes a connected peer's lines a chunk at
 a time, the path nearly every byte a node receives takes.
 
-The complete lines of a chunk are split at once and decoded as a batch
+The complete lines of a chunk are split at once (or, when they are long,
+viewed in place) and decoded as a batch
 (L{relaymesh.wire.decode_many}), in C as far as msgspec goes; each run of
 plain messages goes to the owner in one call
 (L{relaymesh.interfaces.ILinkOwner.messages_received}). A line that is not
@@ -29,6 +30,30 @@ BULK_TYPES = MESSAGE_TYPES - HANDSHAKE_TYPES
 BULK_TYPES_FIELDS = BULK_TYPES - {MessageType.ACK.value}
 
 
+#: When a chunk's first or second line is longer than this, its lines are
+#: read as views of the chunk rather than split out of it: copying a few
+#: KiB per line cost more than finding each line.
+LONG_LINE = 1024
+
+
+def _views(data: bytes) -> tuple[list[memoryview], bytes]:
+    """
+    The complete lines of C{data} as views of it, without their newlines,
+    and the bytes after the last newline.
+    """
+    view = memoryview(data)
+    find = data.find
+    lines = []
+    append = lines.append
+    start = 0
+    end = find(b"\n")
+    while end >= 0:
+        append(view[start:end])
+        start = end + 1
+        end = find(b"\n", start)
+    return lines, data[start:]
+
+
 class BulkReceiver:
     """
     The bulk path of L{relaymesh.connection.RelayProtocol}, which mixes it
@@ -49,22 +74,31 @@ class BulkReceiver:
 
     def _bulkReceived(self, data: bytes) -> None:
         """
-        Take a chunk from a connected peer: its complete lines are split at
-        once (one copy) and handed on as a batch (L{_linesReceived}); the
-        line that ends a partial one, and the unfinished rest, go through
-        L{LineFramer}, which keeps the limit on their length.
+        Take a chunk from a connected peer: its complete lines (the first
+        joined to the partial line it ends) are split at once, or viewed in
+        place when they are long, and handed on as a batch
+        (L{_linesReceived}); the unfinished rest goes to L{LineFramer},
+        which keeps it and holds it to the limit on a line's length.
         """
         if self.stopped():
             return
         if len(data) > self.MAX_LENGTH:  # a line in it may be too long
             LineFramer.dataReceived(self, data)  # type: ignore[arg-type]
             return
-        lines = data.split(b"\n")
-        rest = lines.pop()  # after the last newline: b"" if it ends the chunk
+        end = data.find(b"\n")
+        if end > LONG_LINE or data.find(b"\n", end + 1, end + LONG_LINE + 2) < 0 <= end:
+            lines, rest = _views(data)
+        else:
+            lines = data.split(b"\n")
+            rest = lines.pop()  # after the last newline: b"" if it ends the chunk
         first = 0
         if lines and self._buffer:
-            LineFramer.dataReceived(self, lines[0] + b"\n")  # type: ignore[arg-type]
-            first = 1
+            if len(self._buffer) + len(lines[0]) > self.MAX_LENGTH:
+                LineFramer.dataReceived(self, bytes(lines[0]) + b"\n")  # type: ignore[arg-type]
+                first = 1  # the framer refused it as too long
+            else:
+                lines[0] = bytes(self._buffer + lines[0])  # the line it ends
+                self._buffer = b""
         if first < len(lines) and not self.stopped():
             with self.linesArriving():  # type: ignore[attr-defined]
                 self._linesReceived(lines, first)
@@ -92,7 +126,7 @@ class BulkReceiver:
                 if self.stopped():
                     return
             if index < count:
-                self.lineReceived(lines[index])
+                self.lineReceived(bytes(lines[index]))
                 index += 1
                 if self.stopped():
                     return

@@ -6,7 +6,7 @@ application's subscriptions, by message type.
 from __future__ import annotations
 
 import collections
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterable, Protocol, TypeVar
 
 from twisted.logger import Logger
 
@@ -19,6 +19,8 @@ DEDUP_WINDOW = 1000  # claudectl 0.49: 1000 (but shared by all peers)
 T = TypeVar("T")
 
 MessageCallback = Callable[[str, RelayMessage], None]
+
+_HEARTBEAT = MessageType.HEARTBEAT.value
 
 
 #: The message types an application may send, in the protocol's order.
@@ -76,6 +78,16 @@ class RecentIds:
 
     def __len__(self) -> int:
         return len(self._order)
+
+
+class Inbox(Protocol):
+    """
+    What L{Dispatcher.deliver_new} needs of a peer: its id, and its recent
+    ids (a L{RecentIds} once it sent something other than heartbeats).
+    """
+
+    peer_id: str
+    recent: RecentIds | None
 
 
 class Subscription(Generic[T]):
@@ -140,19 +152,73 @@ class Dispatcher:
         Hand a message to the subscribers of its type; a subscriber that
         raises is logged, and the others still get the message.
         """
-        msg_type = message.msg_type
-        callbacks = self._callbacks.get(msg_type)
-        if callbacks is None:
-            callbacks = self._callbacks[msg_type] = tuple(
-                self._subscribers.get(msg_type, ())
-            ) + tuple(self._subscribers.get(None, ()))
-        for callback in callbacks:
+        for callback in self._callbacks.get(message.msg_type) or self._lookup(message.msg_type):
             try:
                 callback(peer_id, message)
             except Exception:
-                self.log.failure(
-                    "subscriber {callback!r} failed on a {msg_type} from {peer_id}",
-                    callback=callback,
-                    msg_type=msg_type,
-                    peer_id=peer_id,
-                )
+                self._failed(callback, peer_id, message)
+
+    def deliver_new(
+        self,
+        peer: Inbox,
+        messages: Iterable[RelayMessage],
+        heartbeat: Callable[[Any, Any], None],
+        link: Any,
+    ) -> None:
+        """
+        Hand each message from C{peer} to the subscribers of its type (as
+        L{deliver} does), unless C{peer.recent} (a L{RecentIds}, made on
+        first use) holds its id: a duplicate. A heartbeat is given to
+        C{heartbeat(peer, payload)} first and never deduplicated: a copy
+        only refreshes the same list, while their ids would cost every idle
+        peer a full window. Stops as soon as C{link.close_reason} is set
+        (a subscriber closed the connection).
+        """
+        # Every message a peer sends passes here: the loop is written out
+        # so that a message costs no call but its subscribers'.
+        # RecentIds.seen is written out too, on the window's own parts.
+        peer_id = peer.peer_id
+        cache = self._callbacks
+        recent = peer.recent
+        members: set[str] | None = None
+        for message in messages:
+            msg_type = message.msg_type
+            if msg_type == _HEARTBEAT:
+                heartbeat(peer, message.payload)
+            else:
+                if members is None:
+                    if recent is None:
+                        recent = peer.recent = RecentIds()
+                    members, order, size = recent._members, recent._order, recent._size
+                message_id = message.id
+                if message_id in members:
+                    continue
+                members.add(message_id)
+                order.append(message_id)
+                if len(order) > size:
+                    members.discard(order.popleft())
+            for callback in cache.get(msg_type) or self._lookup(msg_type):
+                try:
+                    callback(peer_id, message)
+                except Exception:
+                    self._failed(callback, peer_id, message)
+            if link.close_reason is not None:
+                return
+
+    def _lookup(self, msg_type: str) -> tuple[MessageCallback, ...]:
+        """
+        The callbacks for C{msg_type}, specific ones first, kept until a
+        subscription changes.
+        """
+        callbacks = self._callbacks[msg_type] = tuple(
+            self._subscribers.get(msg_type, ())
+        ) + tuple(self._subscribers.get(None, ()))
+        return callbacks
+
+    def _failed(self, callback: MessageCallback, peer_id: str, message: RelayMessage) -> None:
+        self.log.failure(
+            "subscriber {callback!r} failed on a {msg_type} from {peer_id}",
+            callback=callback,
+            msg_type=message.msg_type,
+            peer_id=peer_id,
+        )

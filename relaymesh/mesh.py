@@ -316,25 +316,12 @@ class Mesh:
     def messages_received(self, protocol: RelayProtocol, messages: Sequence[RelayMessage]) -> None:
         """
         Deliver messages from an authenticated peer, each unless it is a
-        duplicate (of the last L{DEDUP_WINDOW} ids from that peer), until a
-        subscriber closes the connection. Heartbeats are not deduplicated:
-        a copy only refreshes the same list, while their ids would cost
-        every idle peer a full window (about 120 KB).
+        duplicate of one of the last L{DEDUP_WINDOW} from that peer
+        (heartbeats are not deduplicated), until a subscriber closes the
+        connection: see L{relaymesh.dispatch.Dispatcher.deliver_new}.
         """
         peer = self._peers[protocol.peer_id]  # type: ignore[index]
-        peer_id, deliver = peer.peer_id, self._dispatch.deliver
-        for message in messages:
-            if message.msg_type == _HEARTBEAT:
-                self.fleet.received(peer, message.payload)
-            else:
-                recent = peer.recent
-                if recent is None:
-                    recent = peer.recent = RecentIds()
-                if recent.seen(message.id):
-                    continue
-            deliver(peer_id, message)
-            if protocol.close_reason is not None:
-                return
+        self._dispatch.deliver_new(peer, messages, self.fleet.received, protocol)
 
     def fields_received(
         self, protocol: RelayProtocol, message: RelayMessage, fields: dict[str, Any]
