@@ -114,9 +114,10 @@ class RelayMessage(*_MESSAGE_BASES, **_MESSAGE_OPTIONS):  # type: ignore[misc]
     One relay protocol message.
 
     With msgspec (the default codec) a message is a C{msgspec.Struct},
-    decoded from a line in one step; otherwise a slotted dataclass. Either
-    way it has the five fields, compares by value and shows them in its
-    repr.
+    decoded from a line in one step, and not tracked by the garbage
+    collector (a payload must not refer back to its message); otherwise a
+    slotted dataclass. Either way it has the five fields, compares by value
+    and shows them in its repr.
 
     @ivar id: The message id, unique per sender.
     @ivar msg_type: One of L{MESSAGE_TYPES}, as a plain string.

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.bulk import BULK_TYPES, BULK_TYPES_FIELDS
+from relaymesh.bulk import BULK_TYPES, BULK_TYPES_FIELDS, LONG_LINE
 from relaymesh.connection import State
 from relaymesh.test.support import MemoryKeys, Node, accepted, line, make_clock
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage
@@ -63,15 +63,18 @@ class BulkTests(SynchronousTestCase):
         count=st.integers(0, 40),
         bad=st.one_of(st.none(), st.sampled_from(sorted(BAD))),
         bad_at=st.integers(0, 40),
-        cuts=st.lists(st.integers(0, 4000), max_size=12),
+        cuts=st.lists(st.integers(0, 80000), max_size=12),
+        long=st.booleans(),
     )
-    def test_any_chunking(self, count, bad, bad_at, cuts):
+    def test_any_chunking(self, count, bad, bad_at, cuts, long):
         """
-        However a stream is cut into chunks, the messages before a bad line
-        are delivered in order, the connection closes for the reason the
-        bad line gives, and nothing after it is delivered.
+        However a stream of short or long lines (split, or read as views of
+        their chunk) is cut into chunks, the messages before a bad line are
+        delivered in order, the connection closes for the reason the bad
+        line gives, and nothing after it is delivered.
         """
-        lines = [line(message(i)) for i in range(count)]
+        payload = {"text": "x" * (2 * LONG_LINE if long else 10)}
+        lines = [line(message(i, payload=payload)) for i in range(count)]
         bad_at = min(bad_at, count)
         if bad is not None:
             lines.insert(bad_at, bad)
@@ -85,6 +88,23 @@ class BulkTests(SynchronousTestCase):
             self.assertEqual(peer.delivered(), [f"m{i}" for i in range(bad_at)])
             self.assertIs(peer.protocol.state, State.CLOSED)
             self.assertIn(BAD[bad], peer.protocol.close_reason)
+
+    def test_views_of_long_lines(self):
+        """
+        A chunk whose lines are long is read as views of it; each message
+        delivered holds its own values, not the chunk, and a refused long
+        line is named as it would be alone.
+        """
+        long = [line(message(i, payload={"text": str(i) * 3000})) for i in range(4)]
+        peer = Connected()
+        chunk = b"".join(long)
+        peer.feed(chunk, cuts=[len(long[0]) // 2])
+        self.assertEqual(peer.delivered(), ["m0", "m1", "m2", "m3"])
+        self.assertEqual([m.payload["text"][:1] for _, m in peer.node.received], ["0", "1", "2", "3"])
+        deep = Connected()
+        deep.feed(long[0] + line(message(9, payload={"text": "y" * 3000, "a": [[[]]]})).replace(b"[[[]]]", b"[" * 129 + b"]" * 129) + long[1])
+        self.assertEqual(deep.delivered(), ["m0"])
+        self.assertIn("nested deeper than 128", deep.protocol.close_reason)
 
     def test_same_traffic_counted(self):
         """
