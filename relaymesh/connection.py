@@ -458,7 +458,7 @@ class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch)
         if self.owner.peer_authenticated(self):
             self._armIdleTimer()
             if self.state is _CONNECTED:
-                self._fast_types = BULK_TYPES_FIELDS if self.reads_fields else BULK_TYPES
+                self._startBulk(BULK_TYPES_FIELDS if self.reads_fields else BULK_TYPES)
 
     def _handshakeEnded(self, reason: str) -> None:
         self.factory.handshakeFailed(self, reason)

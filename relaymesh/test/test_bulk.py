@@ -8,11 +8,15 @@ traffic counted.
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.bulk import BULK_TYPES, BULK_TYPES_FIELDS, LONG_LINE
+from relaymesh.bulk import BULK_TYPES, BULK_TYPES_FIELDS, LONG_LINE, READ_SIZE
 from relaymesh.connection import State
-from relaymesh.test.support import MemoryKeys, Node, accepted, line, make_clock
+from relaymesh.handshake.proofs import LEGACY_FIELD
+from relaymesh.test.support import MemoryKeys, Node, accepted, authenticate, line, make_clock
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage
 
 KEY = bytes(range(32))
@@ -192,3 +196,27 @@ class BulkTests(SynchronousTestCase):
             },
         )
         self.assertEqual(BULK_TYPES - BULK_TYPES_FIELDS, {"ack"})
+
+
+class ReadSizeTests(SynchronousTestCase):
+    def test_reads_grow_once_connected(self):
+        """
+        A TCP transport reads 64 KiB at once by default; once its peer is
+        connected, a connection reads L{READ_SIZE} at once. A transport
+        without a read size is left alone.
+        """
+        self.assertEqual(FileDescriptor.bufferSize, 65536)
+        self.assertGreater(READ_SIZE, FileDescriptor.bufferSize)
+        self.assertFalse(hasattr(Connected().transport, "bufferSize"))
+        node = Node("alpha", make_clock(), MemoryKeys({"beta": KEY}))
+        node.keys.metas.setdefault("beta", {})[LEGACY_FIELD] = True
+        address = IPv4Address("TCP", "10.0.0.2", 40000)
+        protocol = node.server.buildProtocol(address)
+        transport = StringTransportWithDisconnection(peerAddress=address)
+        transport.bufferSize = FileDescriptor.bufferSize
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.assertEqual(transport.bufferSize, 65536)
+        authenticate(protocol, transport, "beta", KEY)
+        self.assertIs(protocol.state, State.CONNECTED)
+        self.assertEqual(transport.bufferSize, READ_SIZE)
