@@ -540,16 +540,12 @@ def decode_fields(line: bytes) -> tuple[RelayMessage, dict[str, Any]]:
     """
     if len(line) > MAX_LINE_BYTES:
         raise _line_too_long(line)
-    if _decode_message is not None:
-        try:
-            message = _decode_message(line)
-        except (ValueError, RecursionError):
-            taken = _extended(line)
-            if taken is not None:
-                return taken
-        else:
-            if _taken(line, message, message.payload):
-                return message, {}
+    # Plain messages from a connected peer take the bulk path (decode_many);
+    # the lines that come here mostly carry extension fields.
+    if _decode_envelope is not None:
+        taken = _extended(line)
+        if taken is not None:
+            return taken
     obj = _parsed(line)
     message = _checked(line, obj)
     return message, {name: value for name, value in obj.items() if name not in _FIVE}
