@@ -377,6 +377,14 @@ def decode(line: bytes) -> RelayMessage:
     return _checked(line, _parsed(line))
 
 
+def _decode_checked(line: bytes | memoryview) -> RelayMessage:
+    """
+    L{decode} on a codec that parses a line into plain JSON values (orjson,
+    json): the bulk path's decoder there.
+    """
+    return decode(bytes(line))
+
+
 def _parsed(line: bytes) -> Any:
     """
     The JSON value of a whole line.
@@ -469,10 +477,8 @@ def decode_many(
         caller reads it the way that says what it is, or why it is
         refused) or C{len(lines)}, and the bytes of the lines decoded.
     """
-    decode_message = _decode_message
+    decode_message = _decode_message or _decode_checked
     messages: list[RelayMessage] = []
-    if decode_message is None:
-        return messages, start, 0
     append = messages.append
     size = 0
     tallied = tally = None

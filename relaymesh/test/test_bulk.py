@@ -6,6 +6,8 @@ refusals at the same place, nothing after the connection stops, the same
 traffic counted.
 """
 
+import importlib.util
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.abstract import FileDescriptor
@@ -92,6 +94,26 @@ class BulkTests(SynchronousTestCase):
             self.assertEqual(peer.delivered(), [f"m{i}" for i in range(bad_at)])
             self.assertIs(peer.protocol.state, State.CLOSED)
             self.assertIn(BAD[bad], peer.protocol.close_reason)
+
+    def test_every_codec(self):
+        """
+        On each codec installed the bulk path delivers the messages before
+        a bad line, in order, and refuses the bad line for its reason.
+        """
+        from relaymesh import wire
+
+        for codec in [name for name in ("msgspec", "orjson", "json") if importlib.util.find_spec(name)]:
+            for attribute, value in wire._codec_functions(codec).items():
+                self.patch(wire, attribute, value)
+            for bad, reason in BAD.items():
+                for long in (False, True):
+                    payload = {"text": "x" * (2 * LONG_LINE if long else 10)}
+                    lines = [line(message(i, payload=payload)) for i in range(6)]
+                    data = b"".join(lines[:3] + [bad] + lines[3:])
+                    peer = Connected()
+                    peer.feed(data, cuts=[len(data) // 3])
+                    self.assertEqual(peer.delivered(), ["m0", "m1", "m2"], (codec, bad))
+                    self.assertIn(reason, peer.protocol.close_reason, (codec, bad))
 
     def test_views_of_long_lines(self):
         """
