@@ -32,6 +32,8 @@ from relaymesh.sessions.source import (
     in_thread_pool,
     parse_sessions_option,
 )
+from relaymesh.sessions.procs import ProcTable
+from relaymesh.sessions.status import QUIET_CPU
 from relaymesh.test.realtime import wait_for
 from relaymesh.test.claudehome import ClaudeHome, assistant_text, spawn_claude, user_text
 from relaymesh.testing import MemoryNetwork, connect_nodes, memory_node
@@ -105,6 +107,22 @@ class SessionListFileTests(SynchronousTestCase):
         self.assertIn("cannot read", str(caught.exception))
 
 
+def settle(pid: int, timeout: float = 10.0) -> None:
+    """
+    Wait (at most C{timeout} seconds) until a dummy process's first CPU
+    reading, its lifetime average, says it is idle: the interpreter's
+    start-up, counted in 10 ms ticks over a lifetime of a few, can read as
+    busy on a loaded machine.
+    """
+    table = ProcTable()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        facts = table.lookup([pid]).get(pid)
+        if facts is None or (facts.age and facts.cpu_seconds / facts.age * 100.0 < QUIET_CPU):
+            return
+        time.sleep(0.05)
+
+
 class ClaudeHomeSessionsTests(SynchronousTestCase):
     def test_no_claude_code(self):
         """
@@ -119,6 +137,7 @@ class ClaudeHomeSessionsTests(SynchronousTestCase):
     def test_sessions(self):
         home = ClaudeHome(self.mktemp())
         process = spawn_claude(self, name="demo")
+        settle(process.pid)
         home.add_session(process.pid, started_at=time.time() - 30, transcript_lines=[user_text("hi"), assistant_text("ok")])
         [session] = ClaudeHomeSessions(home.path).scan(time.time())
         self.assertEqual((session["pid"], session["project"], session["status"]), (process.pid, "demo", "Waiting"))
