@@ -52,7 +52,9 @@ except ImportError:  # pragma: no cover
 _MESSAGE_BASES: tuple[type, ...] = (
     (_msgspec.Struct,) if _msgspec is not None else ()
 )
-_MESSAGE_OPTIONS: dict[str, Any] = {"forbid_unknown_fields": True, "gc": False} if _msgspec is not None else {}
+_MESSAGE_OPTIONS: dict[str, Any] = (
+    {"forbid_unknown_fields": True, "gc": False} if _msgspec is not None else {}
+)
 
 #: The longest line, in bytes without the C{\n}, a node accepts or sends.
 MAX_LINE_BYTES = 1024 * 1024  # claudectl 0.49: 1 MiB
@@ -463,12 +465,17 @@ def _refuse(line: bytes, obj: Any) -> RelayMessage:
 
 
 def decode_many(
-    lines: Sequence[bytes | memoryview], start: int, types: frozenset[str], sender: str, counts: dict[str, list[int]]
+    lines: Sequence[bytes | memoryview],
+    start: int,
+    types: frozenset[str],
+    sender: str,
+    counts: dict[str, list[int]],
 ) -> tuple[list[RelayMessage], int, int]:
     """
-    Decode C{lines[start:]} (bytes, or views of them) as long as each is a plain message (the five
-    fields) of one of C{types} from C{sender} that L{decode} would take: the
-    bulk of a connected peer's traffic, a chunk at a time.
+    Decode C{lines[start:]} (bytes, or views of them) as long as each is a
+    plain message (the five fields) of one of C{types} from C{sender} that
+    L{decode} would take: the bulk of a connected peer's traffic, a chunk at
+    a time.
 
     @param counts: Per message type, a list whose first two items are the
         messages and bytes (with the newline) received; each message
@@ -495,7 +502,11 @@ def decode_many(
             msg_type not in types
             or message.from_peer != sender
             or not 0 <= message.timestamp <= MAX_TIMESTAMP
-            or (length > SHORTEST_TOO_DEEP and not flat(message.payload) and may_be_too_deep(bytes(line)))
+            or (
+                length > SHORTEST_TOO_DEEP
+                and not flat(message.payload)
+                and may_be_too_deep(bytes(line))
+            )
         ):
             break
         append(message)
