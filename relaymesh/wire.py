@@ -573,21 +573,18 @@ def _extended(line: bytes) -> tuple[RelayMessage, dict[str, Any]] | None:
     A line with L{EXTENSION_FIELDS} decoded by msgspec in one step, or
     L{None} if it is not one (refused, or with other fields).
     """
-    assert _decode_envelope is not None
+    assert _msgspec is not None and _decode_envelope is not None
     try:
-        envelope = _decode_envelope(line)
+        values = _msgspec.structs.astuple(_decode_envelope(line))
     except (ValueError, RecursionError):
         return None
+    message = RelayMessage(*values[:5])
     fields = {}
-    for name in EXTENSION_FIELDS:
-        value = getattr(envelope, name)
+    for name, value in zip(EXTENSION_FIELDS, values[5:]):
         if value is not _UNSET:
             fields[name] = value
-    if not _taken(line, envelope, envelope.payload, *fields.values()):
+    if not _taken(line, message, message.payload, *fields.values()):
         return None
-    message = RelayMessage(
-        envelope.id, envelope.msg_type, envelope.from_peer, envelope.timestamp, envelope.payload
-    )
     return message, fields
 
 
