@@ -114,7 +114,7 @@ class Router:
         self.clock = mesh.clock
         self.table = RoutingTable(mesh.identity, max_hops)
         self.seen = SeenMessages()
-        self.sealer = Sealer(mesh.identity, keys)
+        self.sealer = Sealer(mesh.identity, keys, clock=mesh.clock)
         self.advertise_interval = advertise_interval
         self.rejected: collections.Counter[str] = collections.Counter()
         self._delivered: dict[str, RecentIds] = {}
