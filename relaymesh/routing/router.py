@@ -45,23 +45,26 @@ from relaymesh.errors import PeerNotConnected, UnknownPeer
 from relaymesh.interfaces import ExtensionHost, PairwiseKeys
 from relaymesh.printable import printable
 from relaymesh.reliable.fields import RELIABLE_FIELD
-from relaymesh.routing.seal import Sealer, SealError
+from relaymesh.routing.seal import UNPAIRED, Sealer, SealError
+from relaymesh.routing.envelope import (
+    MAX_ORIGIN_ID_LENGTH,
+    ROUTE_FIELD,
+    EnvelopeError,
+    RoutingError,
+    envelope,
+    routed_line,
+)
 from relaymesh.routing.table import (
     MAX_HOPS,
-    ROUTE_FIELD,
+    MINE,
+    NEW,
     ROUTING_CAPABILITY,
-    EnvelopeError,
     Route,
-    RouteHeader,
-    RoutingError,
     RoutingTable,
     SeenMessages,
-    check_envelope,
-    decide,
-    encode_routed,
-    originate,
+    judge,
 )
-from relaymesh.wire import MessageType, RelayMessage, WireError
+from relaymesh.wire import HANDSHAKE_TYPES, MessageType, RelayMessage, WireError
 
 #: The top-level heartbeat field that carries a route advertisement to a
 #: routing neighbour.
@@ -74,6 +77,13 @@ ADVERTISE_MIN_INTERVAL = 1.0
 #: Ids of authenticated routed messages remembered per origin, to deliver
 #: each once (a copy that came two ways, or a replay).
 DELIVERED_WINDOW = 4096
+
+
+def _unpaired(to: str) -> UnknownPeer:
+    return UnknownPeer(
+        f"peer {to} is not paired with this node: a message through a route is "
+        "sealed with the key its two ends share"
+    )
 
 
 class Router:
@@ -277,12 +287,15 @@ class Router:
         @raise PeerNotConnected: no route leads there.
         @raise WireError: the sealed message would be too long.
         """
-        if not self.sealer.paired(to):
-            raise UnknownPeer(
-                f"peer {to} is not paired with this node: a message through a route is "
-                "sealed with the key its two ends share"
-            )
-        if not self._send_sealed(to, message, message.id, {}):
+        try:
+            went = self._send_sealed(to, message, message.id, {})
+        except SealError as e:
+            if e.reason == UNPAIRED:
+                raise _unpaired(to) from None
+            raise
+        if not went:
+            if not self.sealer.paired(to):
+                raise _unpaired(to)
             raise PeerNotConnected(f"peer {to} is not connected and no route leads to it")
         return message.id
 
@@ -312,20 +325,40 @@ class Router:
         self, to: str, message: RelayMessage, origin_id: str, extra: dict[str, Any]
     ) -> bool:
         """
-        Seal C{message} for C{to} and send it to the next hop.
+        Seal C{message} for C{to} and send it to the next hop, as
+        L{relaymesh.routing.table.originate} says.
+
+        A message without a route is not sealed.
 
         @return: whether a route led there.
-        @raise SealError: no key is shared with C{to}.
+        @raise SealError: no key is shared with C{to} (L{UNPAIRED}).
+        @raise EnvelopeError: the message cannot be routed (its id or type).
         @raise WireError: the line would be too long.
         """
-        decision = originate(self.table, to, origin_id)
-        if not decision.targets:
+        # Once per message this node sends through a route: the route looked
+        # up once, the key once (by the sealer), and the line encoded from
+        # parts known valid (the destination has a route, so it is a valid
+        # id other than this node's) after cheap checks of the rest.
+        identity = self.mesh.identity
+        targets = self.table.forward_targets(identity, None, to, 0)
+        if not targets:
             return False
-        assert decision.header is not None
+        msg_id = message.id
+        msg_type = message.msg_type
+        if msg_type in HANDSHAKE_TYPES:
+            raise EnvelopeError(f"a {msg_type} cannot be routed")
+        if len(msg_id) > MAX_ORIGIN_ID_LENGTH:
+            raise EnvelopeError(f"a routed message id is at most {MAX_ORIGIN_ID_LENGTH} characters")
+        if type(origin_id) is not str or not 0 < len(origin_id) <= MAX_ORIGIN_ID_LENGTH:
+            raise EnvelopeError(
+                f"route field 'origin_id' must be a string of 1 to {MAX_ORIGIN_ID_LENGTH} characters"
+            )
         sealed = self.sealer.seal(to, message, origin_id, extra)
-        line = encode_routed(message, decision.header, sealed)
-        for target in decision.targets:
-            self.mesh.send_line(target, line, message.msg_type)
+        line = routed_line(
+            msg_id, msg_type, identity, message.timestamp, (identity, to, 1, origin_id), sealed
+        )
+        for target in targets:
+            self.mesh.send_line(target, line, msg_type)
         return True
 
     def broadcast_routed(self, message: RelayMessage, connected: frozenset[str]) -> list[str]:
@@ -369,10 +402,13 @@ class Router:
         that can go no further is dropped. A malformed C{route} or
         C{sealed} field ends the connection, as any unparseable line does.
         """
+        # Once per routed message: the header checked once, into plain
+        # values (relaymesh.routing.table.envelope), and the forwarded line
+        # encoded from them, with no message or header object per hop.
         neighbour = protocol.peer_id
         assert neighbour is not None
         try:
-            header, sealed = check_envelope(message, fields)
+            origin, to, hops, origin_id, sealed = envelope(message, fields)
         except EnvelopeError as e:
             self.log.warn(
                 "closing connection to {peer_id}: bad routed message: {error}",
@@ -381,33 +417,35 @@ class Router:
             )
             protocol.close(f"bad routed message: {e}")
             return
-        fresh = (header.origin, header.to, header.origin_id) not in self.seen
-        decision = decide(self.table, self.seen, header, neighbour)
-        if decision.deliver:
-            self._arrived(header, message, sealed, neighbour)
-        elif decision.targets:
-            assert decision.header is not None
-            copy = RelayMessage(
-                message.id, message.msg_type, self.mesh.identity, message.timestamp, None
-            )
+        verdict, targets = judge(self.table, self.seen, origin, to, hops, origin_id, neighbour)
+        if verdict == MINE:
+            self._arrived(origin, origin_id, message, sealed, neighbour)
+        elif targets:
             try:
-                line = encode_routed(copy, decision.header, sealed)
+                line = routed_line(
+                    message.id,
+                    message.msg_type,
+                    self.mesh.identity,
+                    message.timestamp,
+                    (origin, to, hops + 1, origin_id),
+                    sealed,
+                )
             except WireError as e:  # this node's id made the line too long
                 self.log.warn(
                     "dropping routed {msg_type} {origin_id} from {origin}: {error}",
                     msg_type=message.msg_type,
-                    origin_id=printable(header.origin_id),
-                    origin=header.origin,
+                    origin_id=printable(origin_id),
+                    origin=origin,
                     error=e,
                 )
                 return
-            for target in decision.targets:
+            for target in targets:
                 self.mesh.send_line(target, line, message.msg_type)
-        elif fresh and header.origin != self.mesh.identity:
-            self._dropped(header, message.msg_type, neighbour)
+        elif verdict == NEW:
+            self._dropped(origin, to, hops, origin_id, message.msg_type, neighbour)
 
     def _arrived(
-        self, header: RouteHeader, message: RelayMessage, sealed: str, neighbour: str
+        self, origin: str, origin_id: str, message: RelayMessage, sealed: str, neighbour: str
     ) -> None:
         """
         A routed message for this node: open it with the key shared with
@@ -415,23 +453,22 @@ class Router:
         reliable delivery every time (its copies differ in origin id, and
         each is acknowledged), and deliver any other once per origin and id.
         """
-        origin = header.origin
         try:
-            payload, extra = self.sealer.open(origin, message, header.origin_id, sealed)
+            payload, extra = self.sealer.open(origin, message, origin_id, sealed)
         except SealError as e:
             self.rejected[e.reason] += 1
             self.log.warn(
                 "rejecting routed {msg_type} {origin_id} from {origin} "
                 "(came from {neighbour}): {why}",
                 msg_type=message.msg_type,
-                origin_id=printable(header.origin_id),
+                origin_id=printable(origin_id),
                 origin=printable(origin),
                 neighbour=neighbour,
                 why=printable(str(e)),
             )
             return
         reliable = extra.get(RELIABLE_FIELD) is True
-        msg_id = message.id if reliable else header.origin_id
+        msg_id = message.id if reliable else origin_id
         end_to_end = RelayMessage(msg_id, message.msg_type, origin, message.timestamp, payload)
         if reliable and self.mesh.receive_routed(origin, end_to_end, extra):
             return
@@ -444,10 +481,12 @@ class Router:
             return
         self.mesh.deliver(origin, end_to_end)
 
-    def _dropped(self, header: RouteHeader, msg_type: str, neighbour: str) -> None:
-        route = self.table.route(header.to)
-        if header.hops >= self.table.max_hops or (
-            route is not None and header.hops + route.hops > self.table.max_hops
+    def _dropped(
+        self, origin: str, to: str, hops: int, origin_id: str, msg_type: str, neighbour: str
+    ) -> None:
+        route = self.table.route(to)
+        if hops >= self.table.max_hops or (
+            route is not None and hops + route.hops > self.table.max_hops
         ):
             why = f"hop limit of {self.table.max_hops} reached"
         else:
@@ -456,10 +495,10 @@ class Router:
             "dropping routed {msg_type} {origin_id} from {origin} to {to} "
             "(came from {neighbour} after {hops} hops): {why}",
             msg_type=msg_type,
-            origin_id=printable(header.origin_id),
-            origin=header.origin,
-            to=header.to,
+            origin_id=printable(origin_id),
+            origin=origin,
+            to=to,
             neighbour=neighbour,
-            hops=header.hops,
+            hops=hops,
             why=why,
         )
