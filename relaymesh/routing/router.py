@@ -131,6 +131,7 @@ class Router:
         self._last_advertised = float("-inf")
         self._advertise_call: IDelayedCall | None = None
         self._neighbours: set[str] = set()
+        self._held: set[RelayProtocol] = set()
         self._stopped = False
 
     def start(self) -> None:
@@ -440,9 +441,34 @@ class Router:
                 )
                 return
             for target in targets:
-                self.mesh.send_line(target, line, message.msg_type)
+                sent = self.mesh.send_line(target, line, message.msg_type)
+                # (a host may answer only whether it sent)
+                if sent and not getattr(sent, "writable", True):
+                    self._hold(protocol, sent)
         elif verdict == NEW:
             self._dropped(origin, to, hops, origin_id, message.msg_type, neighbour)
+
+    def _hold(self, inbound: RelayProtocol, outbound: Any) -> None:
+        """
+        The next hop's send buffer is full: read nothing more from the
+        neighbour whose message went there until it has room (or its
+        connection is gone), so that a relay buffers at most what one
+        chunk read from a neighbour makes it send, not whatever a fast
+        neighbour sends a slow one.
+        """
+        if inbound in self._held or inbound.transport is None:
+            return
+        self._held.add(inbound)
+        inbound.transport.pauseProducing()
+        outbound.whenWritable().addCallback(self._release, inbound)
+
+    def _release(self, _: object, inbound: RelayProtocol) -> None:
+        """
+        Read from a neighbour held by L{_hold} again.
+        """
+        self._held.discard(inbound)
+        if inbound.close_reason is None and inbound.transport is not None:
+            inbound.transport.resumeProducing()
 
     def _arrived(
         self, origin: str, origin_id: str, message: RelayMessage, sealed: str, neighbour: str
