@@ -34,7 +34,6 @@ changed.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import os
 import re
@@ -90,6 +89,13 @@ _CANONICAL_LAST = {
     2: frozenset("AQgw"),
     3: frozenset("AEIMQUYcgkosw048"),
 }
+
+#: What makes a box text's last group whole, by its length modulo 4.
+_PADDING = {0: b"", 2: b"==", 3: b"="}
+
+#: URL-safe base64 to and from the standard alphabet, which binascii speaks.
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 _U32 = struct.Struct(">I").pack
 _U64 = struct.Struct(">Q").pack
@@ -203,7 +209,7 @@ def box_text(box: bytes) -> str:
     """
     A box as unpadded URL-safe base64.
     """
-    return base64.urlsafe_b64encode(box).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(box, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def box_bytes(text: Any) -> bytes:
@@ -225,7 +231,7 @@ def box_bytes(text: Any) -> bytes:
     if last is not None and text[-1] not in last:
         raise SealError(MALFORMED, "the sealed field is not in its canonical encoding")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return binascii.a2b_base64(text.encode("ascii").translate(_FROM_URLSAFE) + _PADDING[rest])
     except (binascii.Error, ValueError):  # not after the checks above; kept as a guard
         raise SealError(MALFORMED, "the sealed field is not unpadded URL-safe base64") from None
 
