@@ -107,6 +107,21 @@ def header_from_object(obj: Any) -> RouteHeader:
     return RouteHeader(*route_fields(obj))
 
 
+#: Peer ids a route header named lately that were found valid, so that the
+#: same origins and destinations are not matched against the pattern again
+#: for every message (at most L{VALID_IDS_KEPT}, forgotten all at once).
+_VALID_IDS: set[str] = set()
+
+#: Valid peer ids L{route_fields} remembers at most.
+VALID_IDS_KEPT = 4096
+
+
+def _remember_valid(peer_id: str) -> None:
+    if len(_VALID_IDS) >= VALID_IDS_KEPT:
+        _VALID_IDS.clear()
+    _VALID_IDS.add(peer_id)
+
+
 def route_fields(obj: Any) -> tuple[str, str, int, str]:
     """
     L{header_from_object}'s checks, and the header's four fields as a plain
@@ -134,10 +149,15 @@ def route_fields(obj: Any) -> tuple[str, str, int, str]:
             if name not in obj:
                 raise EnvelopeError(f"route is missing the field {name!r}") from None
         raise AssertionError("unreachable: four known fields, none missing") from None
-    if not is_valid_peer_id(origin):
-        raise EnvelopeError("route field 'origin' must be a valid peer id")
-    if not is_valid_peer_id(to):
-        raise EnvelopeError("route field 'to' must be a valid peer id")
+    valid = _VALID_IDS
+    if type(origin) is not str or origin not in valid:
+        if not is_valid_peer_id(origin):
+            raise EnvelopeError("route field 'origin' must be a valid peer id")
+        _remember_valid(origin)
+    if type(to) is not str or to not in valid:
+        if not is_valid_peer_id(to):
+            raise EnvelopeError("route field 'to' must be a valid peer id")
+        _remember_valid(to)
     if to == origin:
         raise EnvelopeError("route field 'to' names the origin itself")
     if type(hops) is not int:

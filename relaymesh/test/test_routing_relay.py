@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.routing.envelope import RouteHeader, encode_routed, routed_line
+from relaymesh.routing import envelope
+from relaymesh.routing.envelope import (
+    VALID_IDS_KEPT,
+    EnvelopeError,
+    RouteHeader,
+    encode_routed,
+    route_fields,
+    routed_line,
+)
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL
 from relaymesh.test.support import Node, connect, make_clock, pair_keys
 from relaymesh.wire import RelayMessage
@@ -37,6 +45,36 @@ class RoutedLineTests(SynchronousTestCase):
                 ),
                 encode_routed(message, header, "c2VhbGVk"),
             )
+
+
+class RememberedIdsTests(SynchronousTestCase):
+    def header(self, origin, to="delta"):
+        return {"origin": origin, "to": to, "hops": 1, "origin_id": "m"}
+
+    def test_only_valid_ids_remembered(self):
+        """
+        The peer ids a header names are remembered once found valid; an
+        invalid one is refused every time, however often it comes.
+        """
+        envelope._VALID_IDS.clear()
+        self.assertEqual(route_fields(self.header("alpha")), ("alpha", "delta", 1, "m"))
+        self.assertEqual(envelope._VALID_IDS, {"alpha", "delta"})
+        for bad in ("a b", "_pending", "x" * 129, 7, ["alpha"], None):
+            for _ in range(2):
+                self.assertRaises(EnvelopeError, route_fields, self.header(bad))
+                self.assertRaises(EnvelopeError, route_fields, self.header("alpha", bad))
+        self.assertEqual(envelope._VALID_IDS, {"alpha", "delta"})
+
+    def test_bounded(self):
+        """
+        At most L{VALID_IDS_KEPT} ids are remembered: one more starts
+        afresh.
+        """
+        envelope._VALID_IDS.clear()
+        for i in range(VALID_IDS_KEPT + 1):
+            route_fields(self.header(f"n{i}"))
+        self.assertLessEqual(len(envelope._VALID_IDS), VALID_IDS_KEPT)
+        self.assertIn(f"n{VALID_IDS_KEPT}", envelope._VALID_IDS)
 
 
 class Spy:
