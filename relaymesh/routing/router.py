@@ -36,7 +36,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from relaymesh.connection import RelayProtocol
@@ -78,12 +78,89 @@ ADVERTISE_MIN_INTERVAL = 1.0
 #: each once (a copy that came two ways, or a replay).
 DELIVERED_WINDOW = 4096
 
+#: Seconds at most a relay stops reading from a neighbour for a next hop
+#: whose send buffer stays full (L{Holds}).
+HOLD_AT_MOST = 1.0
+
 
 def _unpaired(to: str) -> UnknownPeer:
     return UnknownPeer(
         f"peer {to} is not paired with this node: a message through a route is "
         "sealed with the key its two ends share"
     )
+
+
+class Holds:
+    """
+    A relay's backpressure: the neighbours it stops reading from while the
+    next hop a message of theirs went to cannot take more (its send buffer
+    is full), so that a relay buffers about what one chunk read from a
+    neighbour makes it send, not whatever a fast neighbour sends a slow one.
+
+    A neighbour is read from again when that next hop has room or its
+    connection is gone, and after L{HOLD_AT_MOST} seconds in any case; it
+    is then not held again for that next hop until the next hop has had
+    room. Relays that hold each other around a loop of routes (each waiting
+    for the next to read) are so stalled no longer than that, and then
+    buffer as before (up to L{relaymesh.outbound.MAX_SEND_BACKLOG} per
+    connection).
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._held: dict[RelayProtocol, IDelayedCall] = {}
+        # neighbours whose hold ran out, until that hold's next hop had room
+        self._expired: dict[RelayProtocol, IDelayedCall] = {}
+
+    def __contains__(self, inbound: object) -> bool:
+        return inbound in self._held
+
+    def hold(self, inbound: RelayProtocol, outbound: Any) -> None:
+        """
+        Stop reading from C{inbound} until C{outbound} (a connection with
+        C{whenWritable}) has room, or for L{HOLD_AT_MOST} seconds.
+        """
+        if inbound in self._held or inbound in self._expired or inbound.transport is None:
+            return
+        inbound.transport.pauseProducing()
+        call = self._held[inbound] = self.clock.callLater(HOLD_AT_MOST, self._expire, inbound)
+        outbound.whenWritable().addCallback(self._writable, inbound, call)
+
+    def _writable(self, _: object, inbound: RelayProtocol, call: IDelayedCall) -> None:
+        if self._expired.get(inbound) is call:
+            del self._expired[inbound]
+        self.release(inbound, call)
+
+    def _expire(self, inbound: RelayProtocol) -> None:
+        call = self._held.get(inbound)
+        if call is not None:
+            self.release(inbound, call)
+            self._expired[inbound] = call
+
+    def release(self, inbound: RelayProtocol, call: IDelayedCall | None = None) -> None:
+        """
+        Read from C{inbound} again, if it is held (by the hold that C{call}
+        ends, when given: a later hold is not ended by an earlier one's
+        next hop).
+        """
+        current = self._held.get(inbound)
+        if current is None or (call is not None and call is not current):
+            return
+        del self._held[inbound]
+        if current.active():
+            current.cancel()
+        if inbound.close_reason is None and inbound.transport is not None:
+            inbound.transport.resumeProducing()
+
+    def stop(self) -> None:
+        """
+        Forget every hold and its timer (the node is stopping).
+        """
+        for call in self._held.values():
+            if call.active():
+                call.cancel()
+        self._held.clear()
+        self._expired.clear()
 
 
 class Router:
@@ -101,6 +178,8 @@ class Router:
     @ivar rejected: Routed messages for this node refused because their
         origin could not be authenticated, by reason
         (L{relaymesh.routing.seal.UNPAIRED}, C{FORGED}, C{MALFORMED}).
+    @ivar holds: The neighbours not read from while a next hop's send
+        buffer is full (L{Holds}).
     """
 
     log = Logger()
@@ -131,7 +210,7 @@ class Router:
         self._last_advertised = float("-inf")
         self._advertise_call: IDelayedCall | None = None
         self._neighbours: set[str] = set()
-        self._held: set[RelayProtocol] = set()
+        self.holds = Holds(self.clock)
         self._stopped = False
 
     def start(self) -> None:
@@ -149,6 +228,7 @@ class Router:
         if self._advertise_call is not None and self._advertise_call.active():
             self._advertise_call.cancel()
         self._advertise_call = None
+        self.holds.stop()
 
     # -- neighbours and advertisements ---------------------------------------
 
@@ -444,31 +524,9 @@ class Router:
                 sent = self.mesh.send_line(target, line, message.msg_type)
                 # (a host may answer only whether it sent)
                 if sent and not getattr(sent, "writable", True):
-                    self._hold(protocol, sent)
+                    self.holds.hold(protocol, sent)
         elif verdict == NEW:
             self._dropped(origin, to, hops, origin_id, message.msg_type, neighbour)
-
-    def _hold(self, inbound: RelayProtocol, outbound: Any) -> None:
-        """
-        The next hop's send buffer is full: read nothing more from the
-        neighbour whose message went there until it has room (or its
-        connection is gone), so that a relay buffers at most what one
-        chunk read from a neighbour makes it send, not whatever a fast
-        neighbour sends a slow one.
-        """
-        if inbound in self._held or inbound.transport is None:
-            return
-        self._held.add(inbound)
-        inbound.transport.pauseProducing()
-        outbound.whenWritable().addCallback(self._release, inbound)
-
-    def _release(self, _: object, inbound: RelayProtocol) -> None:
-        """
-        Read from a neighbour held by L{_hold} again.
-        """
-        self._held.discard(inbound)
-        if inbound.close_reason is None and inbound.transport is not None:
-            inbound.transport.resumeProducing()
 
     def _arrived(
         self, origin: str, origin_id: str, message: RelayMessage, sealed: str, neighbour: str

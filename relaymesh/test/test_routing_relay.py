@@ -18,7 +18,7 @@ from relaymesh.routing.envelope import (
     route_fields,
     routed_line,
 )
-from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL
+from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL, HOLD_AT_MOST
 from relaymesh.test.support import Node, connect, make_clock, pair_keys
 from relaymesh.wire import RelayMessage
 
@@ -170,4 +170,44 @@ class RelayBackpressureTests(SynchronousTestCase):
         self.send(1)
         self.from_alpha.close("closed by the test")
         self.to_gamma.resumeProducing()
+        self.assertEqual(self.spy.calls, ["pause"])
+
+    def test_held_one_second_at_most(self):
+        """
+        A neighbour is held for L{HOLD_AT_MOST} seconds at most, then read
+        from again even if the next hop still has no room, and not held
+        again for it until it has had room (relays holding each other
+        around a loop are not stalled for good).
+        """
+        self.to_gamma.pauseProducing()
+        self.send(1)
+        self.clock.advance(HOLD_AT_MOST - 0.01)
+        self.assertEqual(self.spy.calls, ["pause"])
+        self.clock.advance(0.01)
+        self.assertEqual(self.spy.calls, ["pause", "resume"])
+        self.send(2)
+        self.assertEqual(self.spy.calls, ["pause", "resume"])
+        self.to_gamma.resumeProducing()
+        self.assertEqual(self.spy.calls, ["pause", "resume"])
+        self.to_gamma.pauseProducing()
+        self.send(1)
+        self.assertEqual(self.spy.calls, ["pause", "resume", "pause"])
+        self.to_gamma.resumeProducing()
+        self.assertEqual(self.spy.calls, ["pause", "resume", "pause", "resume"])
+        self.clock.advance(HOLD_AT_MOST)
+        self.assertEqual(self.spy.calls, ["pause", "resume", "pause", "resume"])
+        self.flush()
+        self.assertEqual(len(self.tasks()), 4)
+
+    def test_stop_forgets_holds(self):
+        """
+        A stopping router leaves no timer behind for its holds.
+        """
+        self.to_gamma.pauseProducing()
+        self.send(1)
+        router = self.nodes["beta"].router
+        self.assertIn(self.from_alpha, router.holds)
+        router.stop()
+        self.assertNotIn(self.from_alpha, router.holds)
+        self.clock.advance(HOLD_AT_MOST)
         self.assertEqual(self.spy.calls, ["pause"])
