@@ -26,10 +26,16 @@ nodes upgrade to TLS in band, relaymesh's default. Roles:
     (C{--routing} on the sink and the source too: the source then sends to
     the sink, which is not its peer, through the middle).
 
-Keys: every peer has the bench key. The keys of C{raw.py}'s load
-generators, which authenticate as a claudectl peer does (one-way, in
-clear), are treated as legacy keys (as C{relaymesh mark-legacy} would mark
-them), since a relaymesh node accepts that proof for no other key.
+Keys: every peer has the bench key; with C{--routing}, the source, the
+middle and the sink keep each other's in key files, as paired nodes do.
+The keys of C{raw.py}'s load generators, which authenticate as a claudectl
+peer does (one-way, in clear), are treated as legacy keys (as C{relaymesh
+mark-legacy} would mark them), since a relaymesh node accepts that proof
+for no other key.
+
+C{RELAYMESH_BENCH_PROFILE=DIR} in the environment (every role): run the
+reactor under cProfile and write C{DIR/<role>.prof} when it stops (for
+C{pstats}; the rates measured so are not the figures).
 
 C{--plain} (every role): the claudectl-compatible path between relaymesh
 nodes, plain TCP, to measure what TLS costs. An acceptor then answers with
@@ -153,7 +159,13 @@ def make_mesh(identity: str, routing: bool = False) -> Mesh:
         try:
             from relaymesh.routing.router import Router
 
-            mesh.enable_routing(Router(mesh, keys=BenchKeys(identity)))
+            keys = BenchKeys(identity)
+            for peer_id in (SOURCE_ID, MIDDLE_ID, SINK_ID):
+                if peer_id != identity:
+                    # in a file, as a paired node keeps it (the router
+                    # reads a key file again only when it changed)
+                    keys.set_key(peer_id, KEY)
+            mesh.enable_routing(Router(mesh, keys=keys))
         except (ImportError, AttributeError) as e:
             report("RESULT", error=f"routing is not available: {e}")
             stop_soon()
@@ -459,7 +471,15 @@ def main() -> None:
     benchlib.quiet_twisted_logs()
     deadline(options.timeout)
     reactor.callWhenRunning(ROLES[options.role], options)
-    reactor.run()
+    profile_to = os.environ.get("RELAYMESH_BENCH_PROFILE")
+    if profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.runcall(reactor.run)
+        profiler.dump_stats(os.path.join(profile_to, f"{options.role}.prof"))
+    else:
+        reactor.run()
 
 
 if __name__ == "__main__":

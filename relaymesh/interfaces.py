@@ -338,8 +338,10 @@ class ExtensionHost(Protocol):
     def send(self, peer_id: str, msg_type: str, payload: Any) -> str:
         """Send a message to a peer, or through a route to a node."""
 
-    def send_line(self, peer_id: str, line: bytes, msg_type: str) -> bool:
-        """Write an encoded message to a connected peer; whether it was."""
+    def send_line(self, peer_id: str, line: bytes, msg_type: str) -> Any:
+        """Write an encoded message to a connected peer: its connection
+        (true; its C{writable} says whether its send buffer has room, and
+        C{whenWritable()} when it has), or L{None} if it was not connected."""
 
     def routable(self, peer_id: str) -> bool:
         """Whether a route leads to C{peer_id}."""

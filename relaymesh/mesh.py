@@ -374,18 +374,18 @@ class Mesh:
         """
         return self.router is not None and self.router.send_with_fields(to, message, origin_id, fields)
 
-    def send_line(self, peer_id: str, line: bytes, msg_type: str) -> bool:
+    def send_line(self, peer_id: str, line: bytes, msg_type: str) -> RelayProtocol | None:
         """
         Write an encoded message (without its C{\\n}) of type C{msg_type} to a
         connected peer.
 
-        @return: whether the peer was connected.
+        @return: the peer's connection (its C{writable} says whether its send
+            buffer has room: a relay follows it), or L{None} if not connected.
         """
         protocol = self.registry.connection(peer_id)
-        if protocol is None:
-            return False
-        protocol.sendEncoded(line, msg_type)
-        return True
+        if protocol is not None:
+            protocol.sendEncoded(line, msg_type)
+        return protocol
 
     def knows(self, peer_id: str) -> bool:
         """

@@ -36,7 +36,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from relaymesh.connection import RelayProtocol
@@ -45,23 +45,26 @@ from relaymesh.errors import PeerNotConnected, UnknownPeer
 from relaymesh.interfaces import ExtensionHost, PairwiseKeys
 from relaymesh.printable import printable
 from relaymesh.reliable.fields import RELIABLE_FIELD
-from relaymesh.routing.seal import Sealer, SealError
+from relaymesh.routing.seal import UNPAIRED, Sealer, SealError
+from relaymesh.routing.envelope import (
+    MAX_ORIGIN_ID_LENGTH,
+    ROUTE_FIELD,
+    EnvelopeError,
+    RoutingError,
+    envelope,
+    routed_line,
+)
 from relaymesh.routing.table import (
     MAX_HOPS,
-    ROUTE_FIELD,
+    MINE,
+    NEW,
     ROUTING_CAPABILITY,
-    EnvelopeError,
     Route,
-    RouteHeader,
-    RoutingError,
     RoutingTable,
     SeenMessages,
-    check_envelope,
-    decide,
-    encode_routed,
-    originate,
+    judge,
 )
-from relaymesh.wire import MessageType, RelayMessage, WireError
+from relaymesh.wire import HANDSHAKE_TYPES, MessageType, RelayMessage, WireError
 
 #: The top-level heartbeat field that carries a route advertisement to a
 #: routing neighbour.
@@ -74,6 +77,90 @@ ADVERTISE_MIN_INTERVAL = 1.0
 #: Ids of authenticated routed messages remembered per origin, to deliver
 #: each once (a copy that came two ways, or a replay).
 DELIVERED_WINDOW = 4096
+
+#: Seconds at most a relay stops reading from a neighbour for a next hop
+#: whose send buffer stays full (L{Holds}).
+HOLD_AT_MOST = 1.0
+
+
+def _unpaired(to: str) -> UnknownPeer:
+    return UnknownPeer(
+        f"peer {to} is not paired with this node: a message through a route is "
+        "sealed with the key its two ends share"
+    )
+
+
+class Holds:
+    """
+    A relay's backpressure: the neighbours it stops reading from while the
+    next hop a message of theirs went to cannot take more (its send buffer
+    is full), so that a relay buffers about what one chunk read from a
+    neighbour makes it send, not whatever a fast neighbour sends a slow one.
+
+    A neighbour is read from again when that next hop has room or its
+    connection is gone, and after L{HOLD_AT_MOST} seconds in any case; it
+    is then not held again for that next hop until the next hop has had
+    room. Relays that hold each other around a loop of routes (each waiting
+    for the next to read) are so stalled no longer than that, and then
+    buffer as before (up to L{relaymesh.outbound.MAX_SEND_BACKLOG} per
+    connection).
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._held: dict[RelayProtocol, IDelayedCall] = {}
+        # neighbours whose hold ran out, until that hold's next hop had room
+        self._expired: dict[RelayProtocol, IDelayedCall] = {}
+
+    def __contains__(self, inbound: object) -> bool:
+        return inbound in self._held
+
+    def hold(self, inbound: RelayProtocol, outbound: Any) -> None:
+        """
+        Stop reading from C{inbound} until C{outbound} (a connection with
+        C{whenWritable}) has room, or for L{HOLD_AT_MOST} seconds.
+        """
+        if inbound in self._held or inbound in self._expired or inbound.transport is None:
+            return
+        inbound.transport.pauseProducing()
+        call = self._held[inbound] = self.clock.callLater(HOLD_AT_MOST, self._expire, inbound)
+        outbound.whenWritable().addCallback(self._writable, inbound, call)
+
+    def _writable(self, _: object, inbound: RelayProtocol, call: IDelayedCall) -> None:
+        if self._expired.get(inbound) is call:
+            del self._expired[inbound]
+        self.release(inbound, call)
+
+    def _expire(self, inbound: RelayProtocol) -> None:
+        call = self._held.get(inbound)
+        if call is not None:
+            self.release(inbound, call)
+            self._expired[inbound] = call
+
+    def release(self, inbound: RelayProtocol, call: IDelayedCall | None = None) -> None:
+        """
+        Read from C{inbound} again, if it is held (by the hold that C{call}
+        ends, when given: a later hold is not ended by an earlier one's
+        next hop).
+        """
+        current = self._held.get(inbound)
+        if current is None or (call is not None and call is not current):
+            return
+        del self._held[inbound]
+        if current.active():
+            current.cancel()
+        if inbound.close_reason is None and inbound.transport is not None:
+            inbound.transport.resumeProducing()
+
+    def stop(self) -> None:
+        """
+        Forget every hold and its timer (the node is stopping).
+        """
+        for call in self._held.values():
+            if call.active():
+                call.cancel()
+        self._held.clear()
+        self._expired.clear()
 
 
 class Router:
@@ -91,6 +178,8 @@ class Router:
     @ivar rejected: Routed messages for this node refused because their
         origin could not be authenticated, by reason
         (L{relaymesh.routing.seal.UNPAIRED}, C{FORGED}, C{MALFORMED}).
+    @ivar holds: The neighbours not read from while a next hop's send
+        buffer is full (L{Holds}).
     """
 
     log = Logger()
@@ -114,13 +203,14 @@ class Router:
         self.clock = mesh.clock
         self.table = RoutingTable(mesh.identity, max_hops)
         self.seen = SeenMessages()
-        self.sealer = Sealer(mesh.identity, keys)
+        self.sealer = Sealer(mesh.identity, keys, clock=mesh.clock)
         self.advertise_interval = advertise_interval
         self.rejected: collections.Counter[str] = collections.Counter()
         self._delivered: dict[str, RecentIds] = {}
         self._last_advertised = float("-inf")
         self._advertise_call: IDelayedCall | None = None
         self._neighbours: set[str] = set()
+        self.holds = Holds(self.clock)
         self._stopped = False
 
     def start(self) -> None:
@@ -138,6 +228,7 @@ class Router:
         if self._advertise_call is not None and self._advertise_call.active():
             self._advertise_call.cancel()
         self._advertise_call = None
+        self.holds.stop()
 
     # -- neighbours and advertisements ---------------------------------------
 
@@ -277,12 +368,15 @@ class Router:
         @raise PeerNotConnected: no route leads there.
         @raise WireError: the sealed message would be too long.
         """
-        if not self.sealer.paired(to):
-            raise UnknownPeer(
-                f"peer {to} is not paired with this node: a message through a route is "
-                "sealed with the key its two ends share"
-            )
-        if not self._send_sealed(to, message, message.id, {}):
+        try:
+            went = self._send_sealed(to, message, message.id, {})
+        except SealError as e:
+            if e.reason == UNPAIRED:
+                raise _unpaired(to) from None
+            raise
+        if not went:
+            if not self.sealer.paired(to):
+                raise _unpaired(to)
             raise PeerNotConnected(f"peer {to} is not connected and no route leads to it")
         return message.id
 
@@ -312,20 +406,40 @@ class Router:
         self, to: str, message: RelayMessage, origin_id: str, extra: dict[str, Any]
     ) -> bool:
         """
-        Seal C{message} for C{to} and send it to the next hop.
+        Seal C{message} for C{to} and send it to the next hop, as
+        L{relaymesh.routing.table.originate} says.
+
+        A message without a route is not sealed.
 
         @return: whether a route led there.
-        @raise SealError: no key is shared with C{to}.
+        @raise SealError: no key is shared with C{to} (L{UNPAIRED}).
+        @raise EnvelopeError: the message cannot be routed (its id or type).
         @raise WireError: the line would be too long.
         """
-        decision = originate(self.table, to, origin_id)
-        if not decision.targets:
+        # Once per message this node sends through a route: the route looked
+        # up once, the key once (by the sealer), and the line encoded from
+        # parts known valid (the destination has a route, so it is a valid
+        # id other than this node's) after cheap checks of the rest.
+        identity = self.mesh.identity
+        targets = self.table.forward_targets(identity, None, to, 0)
+        if not targets:
             return False
-        assert decision.header is not None
+        msg_id = message.id
+        msg_type = message.msg_type
+        if msg_type in HANDSHAKE_TYPES:
+            raise EnvelopeError(f"a {msg_type} cannot be routed")
+        if len(msg_id) > MAX_ORIGIN_ID_LENGTH:
+            raise EnvelopeError(f"a routed message id is at most {MAX_ORIGIN_ID_LENGTH} characters")
+        if type(origin_id) is not str or not 0 < len(origin_id) <= MAX_ORIGIN_ID_LENGTH:
+            raise EnvelopeError(
+                f"route field 'origin_id' must be a string of 1 to {MAX_ORIGIN_ID_LENGTH} characters"
+            )
         sealed = self.sealer.seal(to, message, origin_id, extra)
-        line = encode_routed(message, decision.header, sealed)
-        for target in decision.targets:
-            self.mesh.send_line(target, line, message.msg_type)
+        line = routed_line(
+            msg_id, msg_type, identity, message.timestamp, (identity, to, 1, origin_id), sealed
+        )
+        for target in targets:
+            self.mesh.send_line(target, line, msg_type)
         return True
 
     def broadcast_routed(self, message: RelayMessage, connected: frozenset[str]) -> list[str]:
@@ -369,10 +483,13 @@ class Router:
         that can go no further is dropped. A malformed C{route} or
         C{sealed} field ends the connection, as any unparseable line does.
         """
+        # Once per routed message: the header checked once, into plain
+        # values (relaymesh.routing.table.envelope), and the forwarded line
+        # encoded from them, with no message or header object per hop.
         neighbour = protocol.peer_id
         assert neighbour is not None
         try:
-            header, sealed = check_envelope(message, fields)
+            origin, to, hops, origin_id, sealed = envelope(message, fields)
         except EnvelopeError as e:
             self.log.warn(
                 "closing connection to {peer_id}: bad routed message: {error}",
@@ -381,33 +498,38 @@ class Router:
             )
             protocol.close(f"bad routed message: {e}")
             return
-        fresh = (header.origin, header.to, header.origin_id) not in self.seen
-        decision = decide(self.table, self.seen, header, neighbour)
-        if decision.deliver:
-            self._arrived(header, message, sealed, neighbour)
-        elif decision.targets:
-            assert decision.header is not None
-            copy = RelayMessage(
-                message.id, message.msg_type, self.mesh.identity, message.timestamp, None
-            )
+        verdict, targets = judge(self.table, self.seen, origin, to, hops, origin_id, neighbour)
+        if verdict == MINE:
+            self._arrived(origin, origin_id, message, sealed, neighbour)
+        elif targets:
             try:
-                line = encode_routed(copy, decision.header, sealed)
+                line = routed_line(
+                    message.id,
+                    message.msg_type,
+                    self.mesh.identity,
+                    message.timestamp,
+                    (origin, to, hops + 1, origin_id),
+                    sealed,
+                )
             except WireError as e:  # this node's id made the line too long
                 self.log.warn(
                     "dropping routed {msg_type} {origin_id} from {origin}: {error}",
                     msg_type=message.msg_type,
-                    origin_id=printable(header.origin_id),
-                    origin=header.origin,
+                    origin_id=printable(origin_id),
+                    origin=origin,
                     error=e,
                 )
                 return
-            for target in decision.targets:
-                self.mesh.send_line(target, line, message.msg_type)
-        elif fresh and header.origin != self.mesh.identity:
-            self._dropped(header, message.msg_type, neighbour)
+            for target in targets:
+                sent = self.mesh.send_line(target, line, message.msg_type)
+                # (a host may answer only whether it sent)
+                if sent and not getattr(sent, "writable", True):
+                    self.holds.hold(protocol, sent)
+        elif verdict == NEW:
+            self._dropped(origin, to, hops, origin_id, message.msg_type, neighbour)
 
     def _arrived(
-        self, header: RouteHeader, message: RelayMessage, sealed: str, neighbour: str
+        self, origin: str, origin_id: str, message: RelayMessage, sealed: str, neighbour: str
     ) -> None:
         """
         A routed message for this node: open it with the key shared with
@@ -415,23 +537,22 @@ class Router:
         reliable delivery every time (its copies differ in origin id, and
         each is acknowledged), and deliver any other once per origin and id.
         """
-        origin = header.origin
         try:
-            payload, extra = self.sealer.open(origin, message, header.origin_id, sealed)
+            payload, extra = self.sealer.open(origin, message, origin_id, sealed)
         except SealError as e:
             self.rejected[e.reason] += 1
             self.log.warn(
                 "rejecting routed {msg_type} {origin_id} from {origin} "
                 "(came from {neighbour}): {why}",
                 msg_type=message.msg_type,
-                origin_id=printable(header.origin_id),
+                origin_id=printable(origin_id),
                 origin=printable(origin),
                 neighbour=neighbour,
                 why=printable(str(e)),
             )
             return
         reliable = extra.get(RELIABLE_FIELD) is True
-        msg_id = message.id if reliable else header.origin_id
+        msg_id = message.id if reliable else origin_id
         end_to_end = RelayMessage(msg_id, message.msg_type, origin, message.timestamp, payload)
         if reliable and self.mesh.receive_routed(origin, end_to_end, extra):
             return
@@ -444,10 +565,12 @@ class Router:
             return
         self.mesh.deliver(origin, end_to_end)
 
-    def _dropped(self, header: RouteHeader, msg_type: str, neighbour: str) -> None:
-        route = self.table.route(header.to)
-        if header.hops >= self.table.max_hops or (
-            route is not None and header.hops + route.hops > self.table.max_hops
+    def _dropped(
+        self, origin: str, to: str, hops: int, origin_id: str, msg_type: str, neighbour: str
+    ) -> None:
+        route = self.table.route(to)
+        if hops >= self.table.max_hops or (
+            route is not None and hops + route.hops > self.table.max_hops
         ):
             why = f"hop limit of {self.table.max_hops} reached"
         else:
@@ -456,10 +579,10 @@ class Router:
             "dropping routed {msg_type} {origin_id} from {origin} to {to} "
             "(came from {neighbour} after {hops} hops): {why}",
             msg_type=msg_type,
-            origin_id=printable(header.origin_id),
-            origin=header.origin,
-            to=header.to,
+            origin_id=printable(origin_id),
+            origin=origin,
+            to=to,
             neighbour=neighbour,
-            hops=header.hops,
+            hops=hops,
             why=why,
         )

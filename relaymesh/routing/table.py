@@ -18,17 +18,8 @@ Three parts, each usable and testable alone:
     is authenticated, and copies dropped, by the router, see
     L{relaymesh.routing.seal}).
   - The routed envelope (L{RouteHeader}, L{encode_routed},
-    L{header_from_object}): a relay message with two extra top-level fields,
-    which claudectl ignores (it never gets one)::
-
-        {"id": ..., "msg_type": ..., "from_peer": ..., "timestamp": ...,
-         "payload": null, "route": {"origin": "alpha", "to": "delta",
-                                    "hops": 2, "origin_id": "msg_..."},
-         "sealed": "..."}
-
-    C{from_peer} is always the neighbour that sent this copy (the protocol
-    checks it); C{origin} and C{origin_id} name the message end to end;
-    C{sealed} is its payload, sealed for C{to} by C{origin}.
+    L{header_from_object}) is L{relaymesh.routing.envelope}'s, and
+    importable from here too.
 
 Hops count links: a neighbour is 1 hop away, and a routed message's C{hops}
 is the number of links it has crossed when it arrives.
@@ -41,14 +32,32 @@ import dataclasses
 from typing import Any
 
 from relaymesh.peerid import is_valid_peer_id, validate_peer_id
-from relaymesh.reliable.fields import MAX_ID_LENGTH
-from relaymesh.wire import (
-    HANDSHAKE_TYPES,
-    MAX_LINE_BYTES,
-    RelayMessage,
-    WireError,
-    dumps,
+from relaymesh.routing.envelope import (
+    MAX_ORIGIN_ID_LENGTH,
+    MAX_WIRE_HOPS,
+    ROUTE_FIELD,
+    SEALED_FIELD,
+    EnvelopeError,
+    RouteHeader,
+    RoutingError,
+    check_envelope,
+    encode_routed,
+    envelope,
+    header_from_object,
+    route_fields,
+    routed_line,
 )
+
+__all__ = [
+    # the routed envelope, from relaymesh.routing.envelope
+    "MAX_ORIGIN_ID_LENGTH", "MAX_WIRE_HOPS", "ROUTE_FIELD", "SEALED_FIELD", "EnvelopeError",
+    "RouteHeader", "RoutingError", "check_envelope", "encode_routed", "envelope",
+    "header_from_object", "route_fields", "routed_line",
+    # the table and the forwarding rules
+    "ADVERTISEMENT_VERSION", "DUPLICATE", "INFINITY", "MAX_HOPS", "MAX_ROUTES", "MINE", "NEW",
+    "OWN", "ROUTING_CAPABILITY", "SEEN_CAPACITY", "SHORTER", "Decision", "Route",
+    "RoutingTable", "SeenMessages", "decide", "judge", "originate", "parse_advertisement",
+]
 
 #: The capability a node announces when it routes and understands the
 #: C{route} and C{sealed} fields and advertisements. (C{route/1}, whose
@@ -60,11 +69,9 @@ MAX_HOPS = 8
 
 #: The metric that means "unreachable" in an advertisement. It is fixed by
 #: the protocol, not by a node's hop limit, so nodes with different limits
-#: agree on what a withdrawal is; a node's hop limit must stay below it.
-INFINITY = 16  # as in RIP
-
-#: The most hops a routed message may carry on the wire.
-MAX_WIRE_HOPS = INFINITY - 1
+#: agree on what a withdrawal is; a node's hop limit must stay below it, as
+#: the hops a routed message carries do (L{MAX_WIRE_HOPS}).
+INFINITY = MAX_WIRE_HOPS + 1  # 16, as in RIP
 
 #: The most destinations a node accepts from one neighbour's advertisement
 #: (the nearest; the rest are refused), and the most entries an
@@ -74,16 +81,6 @@ MAX_ROUTES = 256
 #: The version of the advertisement format.
 ADVERTISEMENT_VERSION = 1
 
-#: The top-level field of a relay message that carries its L{RouteHeader}.
-ROUTE_FIELD = "route"
-
-#: The top-level field of a routed message that carries its sealed payload
-#: (L{relaymesh.routing.seal}).
-SEALED_FIELD = "sealed"
-
-#: The longest message id, and origin id, a routed message may carry.
-MAX_ORIGIN_ID_LENGTH = MAX_ID_LENGTH
-
 #: Routed messages remembered per node for deduplication.
 SEEN_CAPACITY = 65536
 
@@ -92,19 +89,10 @@ NEW = "new"
 SHORTER = "shorter"
 DUPLICATE = "duplicate"
 
-
-class RoutingError(ValueError):
-    """
-    An advertisement or a routing request that is not valid; one line says why.
-    """
-
-
-class EnvelopeError(RoutingError, WireError):
-    """
-    A routed message whose C{route} field is not valid; one line says why.
-
-    It is a L{WireError}, so the protocol treats it as any unparseable line.
-    """
+#: What L{judge} says besides: a routed message for this node, and one of
+#: this node's own that came back.
+MINE = "mine"
+OWN = "own"
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -515,148 +503,37 @@ def decide(
     by a shorter path, as L{RoutingTable.forward_targets} says. A message
     of this node's own that comes back is dropped.
     """
-    if header.origin == table.identity:
-        return Decision(False, [], None)
-    if header.to == table.identity:
+    verdict, targets = judge(
+        table, seen, header.origin, header.to, header.hops, header.origin_id, from_neighbour
+    )
+    if verdict == MINE:
         return Decision(True, [], None)
-    verdict = seen.check(header.origin, header.to, header.origin_id, header.hops)
+    return Decision(False, list(targets), header.forwarded() if targets else None)
+
+
+def judge(
+    table: RoutingTable,
+    seen: SeenMessages,
+    origin: str,
+    to: str,
+    hops: int,
+    origin_id: str,
+    from_neighbour: str,
+) -> tuple[str, list[str] | tuple[()]]:
+    """
+    L{decide}'s rules on a header's fields, making no objects: what the
+    message is here, and the neighbours to send it on to (with one hop
+    more).
+
+    @return: L{MINE} (for this node) or L{OWN} (this node's own, come
+        back), with no targets; else what L{SeenMessages.check} says
+        (L{NEW}, L{SHORTER}, L{DUPLICATE}) and the targets.
+    """
+    if origin == table.identity:
+        return OWN, ()
+    if to == table.identity:
+        return MINE, ()
+    verdict = seen.check(origin, to, origin_id, hops)
     if verdict == DUPLICATE:
-        return Decision(False, [], None)
-    targets = table.forward_targets(header.origin, from_neighbour, header.to, header.hops)
-    return Decision(False, targets, header.forwarded() if targets else None)
-
-
-# -- the routed envelope ------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class RouteHeader:
-    """
-    The C{route} field of a routed message.
-
-    @ivar origin: The node that first sent the message.
-    @ivar to: Its destination.
-    @ivar hops: The links it has crossed (at least 1 on the wire).
-    @ivar origin_id: Its id at the origin: with C{origin} and C{to}, the
-        key relays deduplicate by, and what the destination delivers it
-        under (a reliable message's copies differ in it: see
-        L{relaymesh.reliable.outbox.routed_origin_id}).
-    """
-
-    origin: str
-    to: str
-    hops: int
-    origin_id: str
-
-    def forwarded(self) -> RouteHeader:
-        """
-        The header for the next link: one more hop.
-        """
-        # Per forwarded message: a plain constructor call costs a fraction of
-        # dataclasses.replace, which showed in the middle node's profile.
-        return RouteHeader(self.origin, self.to, self.hops + 1, self.origin_id)
-
-    def to_object(self) -> dict[str, Any]:
-        """
-        The header as a JSON object.
-        """
-        return {
-            "origin": self.origin,
-            "to": self.to,
-            "hops": self.hops,
-            "origin_id": self.origin_id,
-        }
-
-
-_HEADER_FIELDS = ("origin", "to", "hops", "origin_id")
-_MISSING = object()
-
-
-def header_from_object(obj: Any) -> RouteHeader:
-    """
-    Validate a parsed C{route} field.
-
-    @raise EnvelopeError: naming the first field that is missing or wrong.
-    """
-    if type(obj) is not dict:
-        raise EnvelopeError(f"route must be a JSON object, not {type(obj).__name__}")
-    for key in obj:
-        if key not in _HEADER_FIELDS:
-            raise EnvelopeError(f"route has an unknown field {str(key)[:40]!r}")
-    values = [obj.get(name, _MISSING) for name in _HEADER_FIELDS]
-    for name, value in zip(_HEADER_FIELDS, values):
-        if value is _MISSING:
-            raise EnvelopeError(f"route is missing the field {name!r}")
-    origin, to, hops, origin_id = values
-    if not is_valid_peer_id(origin):
-        raise EnvelopeError("route field 'origin' must be a valid peer id")
-    if not is_valid_peer_id(to):
-        raise EnvelopeError("route field 'to' must be a valid peer id")
-    if to == origin:
-        raise EnvelopeError("route field 'to' names the origin itself")
-    if type(hops) is not int:
-        raise EnvelopeError(f"route field 'hops' must be an integer, not {type(hops).__name__}")
-    if not 1 <= hops <= MAX_WIRE_HOPS:
-        raise EnvelopeError(f"route field 'hops' must be from 1 to {MAX_WIRE_HOPS}")
-    if type(origin_id) is not str or not origin_id:
-        raise EnvelopeError("route field 'origin_id' must be a non-empty string")
-    if len(origin_id) > MAX_ORIGIN_ID_LENGTH:
-        raise EnvelopeError(
-            f"route field 'origin_id' is longer than {MAX_ORIGIN_ID_LENGTH} characters"
-        )
-    return RouteHeader(origin, to, hops, origin_id)
-
-
-def check_envelope(message: RelayMessage, fields: dict[str, Any]) -> tuple[RouteHeader, str]:
-    """
-    Validate a routed message as it arrived: its C{route} header, its id,
-    its type, and its C{sealed} field, checked only for its type (relays
-    pass it on unread; its destination opens it).
-
-    @param fields: The message's whole JSON object.
-    @return: the header and the C{sealed} text.
-    @raise EnvelopeError: naming what is wrong.
-    """
-    header = header_from_object(fields.get(ROUTE_FIELD))
-    if len(message.id) > MAX_ORIGIN_ID_LENGTH:
-        raise EnvelopeError(f"a routed message id is at most {MAX_ORIGIN_ID_LENGTH} characters")
-    if message.msg_type in HANDSHAKE_TYPES:
-        raise EnvelopeError(f"a {message.msg_type} cannot be routed")
-    sealed = fields.get(SEALED_FIELD)
-    if type(sealed) is not str or not sealed:
-        raise EnvelopeError(f"a routed message needs a non-empty string {SEALED_FIELD!r} field")
-    return header, sealed
-
-
-def encode_routed(message: RelayMessage, header: RouteHeader, sealed: str) -> bytes:
-    """
-    Serialize a routed message as one line, without C{\\n}: the message's
-    id, type and timestamp, a C{null} payload, its route header and the
-    C{sealed} box that holds its payload.
-
-    @param message: The message; its payload is not written (it travels in
-        C{sealed}), and C{from_peer} is this node, the neighbour sending.
-    @raise EnvelopeError: if the header is not valid on the wire, the id
-        is too long, or the message is a handshake message.
-    @raise WireError: if the line would be too long.
-    """
-    header_from_object(header.to_object())
-    if message.msg_type in HANDSHAKE_TYPES:
-        raise EnvelopeError(f"a {message.msg_type} cannot be routed")
-    if len(message.id) > MAX_ORIGIN_ID_LENGTH:
-        raise EnvelopeError(f"a routed message id is at most {MAX_ORIGIN_ID_LENGTH} characters")
-    obj = {
-        "id": message.id,
-        "msg_type": message.msg_type,
-        "from_peer": message.from_peer,
-        "timestamp": message.timestamp,
-        "payload": None,
-        ROUTE_FIELD: header.to_object(),
-        SEALED_FIELD: sealed,
-    }
-    line = dumps(obj)
-    if len(line) > MAX_LINE_BYTES:
-        raise WireError(
-            f"routed message of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte line limit"
-        )
-    return line
+        return verdict, ()
+    return verdict, table.forward_targets(origin, from_neighbour, to, hops)
