@@ -248,6 +248,11 @@ class NodeCertificate:
         return self._client
 
 
+#: OpenSSL's SSL_MODE_ENABLE_PARTIAL_WRITE (ssl.h), which pyOpenSSL sets on
+#: every context and does not name.
+SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1
+
+
 class _AnyPeerCertificateOptions(twisted_ssl.CertificateOptions):
     """
     Certificate options that request the peer's certificate and accept any.
@@ -261,6 +266,10 @@ class _AnyPeerCertificateOptions(twisted_ssl.CertificateOptions):
         context = super().getContext()
         if not self._verify_set:
             context.set_verify(SSL.VERIFY_PEER, lambda connection, cert, errno, depth, ok: True)
+            # A write through a memory BIO never blocks: without partial
+            # writes, one SSL_write seals a whole burst (L{RelayTLSProtocol})
+            # instead of returning after each record.
+            context.clear_mode(SSL_MODE_ENABLE_PARTIAL_WRITE)
             self._verify_set = True
         return context
 
@@ -279,14 +288,21 @@ READ_BYTES = 2**15
 
 class RelayTLSProtocol(BufferingTLSTransport):
     """
-    Twisted's TLS layer, with one change for bulk writes: a write is
-    encrypted record after record straight out of the caller's bytes (no
-    copy of each 16 KiB slice), and the encrypted records are read out of
-    OpenSSL and handed to the transport together, once per write, instead
-    of once per record (each read allocates and copies a buffer).
+    Twisted's TLS layer, with two changes for bulk traffic:
+
+      - a write is sealed straight out of the caller's bytes, in one
+        C{SSL_write} if the context allows whole writes (relaymesh's do:
+        L{NodeCertificate}), where Twisted copies each 16 KiB slice and
+        seals it on its own; the records are read out of OpenSSL and handed
+        to the transport together, once per write, instead of once per
+        record (each read allocates and copies a buffer);
+      - the records that arrive in one read are decrypted and handed to
+        the protocol in one C{dataReceived}, instead of one per record.
 
     relaymesh hands its TLS layer one write per burst of lines
-    (L{relaymesh.outbound}), up to 64 KiB: four records.
+    (L{relaymesh.outbound}), up to 64 KiB: four records. A TLS error that
+    ends the connection reaches the protocol without its traceback, whose
+    frames would make the connection cyclic garbage.
     """
 
     def _write(self, data: bytes) -> None:
@@ -298,7 +314,7 @@ class RelayTLSProtocol(BufferingTLSTransport):
         sent = 0
         while sent < size:
             try:
-                sent += connection.send(view[sent : sent + RECORD_BYTES])
+                sent += connection.send(view[sent:] if sent else view)
             except SSL.WantReadError:
                 # not until the handshake (or a key update) is done
                 self._flushRecords(sent)

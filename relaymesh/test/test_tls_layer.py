@@ -143,6 +143,19 @@ class LayerTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(server_app.received(), burst)
 
+    def test_whole_writes(self) -> None:
+        """
+        The context allows whole writes: one C{SSL_write} seals a burst of
+        several records, not just the first.
+        """
+        server_app, client_app = Recorder(), Recorder()
+        client, server, pump = self.connect(server_app, client_app)
+        burst = b"y" * (3 * RECORD_BYTES)
+        self.assertEqual(client.getHandle().send(burst), len(burst))
+        client._flushRecords(len(burst))
+        pump.flush()
+        self.assertEqual(server_app.received(), burst)
+
     def test_records_delivered_together(self) -> None:
         """
         The records that arrive together are decrypted and handed to the
