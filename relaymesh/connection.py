@@ -195,7 +195,7 @@ class RelayProtocol(LineFramer, LineWriter, Pinger, MismatchWatch):
         self._timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self._handshakeTimedOut)
         self.encrypted = ISSLTransport.providedBy(self.transport)
         if self.encrypted:
-            use_relay_tls(self.transport)  # a tls: dial (connectSSL)
+            self._tls = use_relay_tls(self.transport)  # a tls: listener or dial
         if isinstance(self.handshake, AcceptorHandshake):
             self.handshake.can_upgrade = self._canUpgrade()
             self._sendChallenge()
@@ -236,7 +236,7 @@ class RelayProtocol(LineFramer, LineWriter, Pinger, MismatchWatch):
         self.flush()
         try:
             self.transport.startTLS(options)
-            use_relay_tls(self.transport)
+            self._tls = use_relay_tls(self.transport)
             self.handshake.upgraded()
         except Exception as e:  # a transport or TLS library refusing
             self.abort(f"cannot start TLS: {e}")

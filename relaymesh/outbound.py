@@ -105,6 +105,9 @@ class LineWriter:
         self._backlog = 0
         self._writable_waiters: list[Deferred] = []
         self._outbound_closed = False
+        #: The connection's TLS layer (a L{relaymesh.tls.RelayTLSProtocol}),
+        #: told to seal each burst at once; L{None} in clear.
+        self._tls: Any = None
 
     def _startProducing(self) -> None:
         """
@@ -160,6 +163,9 @@ class LineWriter:
             self._pending = []
             self._pending_bytes = 0
             self.transport.write(b"\n".join(pending))
+            if self._tls is not None:
+                # a burst is joined already: TLS need not wait for more
+                self._tls.flushWrites()
 
     # -- backpressure (IPushProducer, as seen by the transport) ---------------
 

@@ -305,6 +305,15 @@ class RelayTLSProtocol(BufferingTLSTransport):
     frames would make the connection cyclic garbage.
     """
 
+    def flushWrites(self) -> None:
+        """
+        Seal what was written so far and hand it to the transport now,
+        rather than on the reactor's next turn: for a writer that joined
+        its writes itself (a burst of lines, L{relaymesh.outbound}), the
+        wait would only delay them.
+        """
+        self._aggregator.flush()
+
     def _write(self, data: bytes) -> None:
         if self._lostTLSConnection:
             return
@@ -378,14 +387,22 @@ class RelayTLSProtocol(BufferingTLSTransport):
             self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
 
-def use_relay_tls(transport: object) -> None:
+def use_relay_tls(transport: object) -> RelayTLSProtocol | None:
     """
-    Make the TLS layer that C{transport.startTLS} just put under a
-    connection a L{RelayTLSProtocol}, if it is Twisted's own.
+    Make the TLS layer under a connection a L{RelayTLSProtocol}: the one
+    C{transport.startTLS} (or C{connectSSL}) put under it, if it is
+    Twisted's own. (Twisted's C{startTLS} offers no choice of layer.)
+
+    @return: the connection's L{RelayTLSProtocol}: C{transport} itself if
+        it is one (a C{tls:} listener's), else its layer; L{None} if it has
+        none.
     """
+    if isinstance(transport, RelayTLSProtocol):
+        return transport
     layer = getattr(transport, "protocol", None)
     if type(layer) is BufferingTLSTransport:
         layer.__class__ = RelayTLSProtocol
+    return layer if isinstance(layer, RelayTLSProtocol) else None
 
 
 class TLSServerFactory(TLSMemoryBIOFactory):

@@ -156,6 +156,26 @@ class LayerTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(server_app.received(), burst)
 
+    def test_flush_writes(self) -> None:
+        """
+        A small write waits for the reactor's next turn, to be sealed with
+        those that follow it (Twisted's joining of small writes), unless
+        the writer says it joined its writes itself (C{flushWrites}).
+        """
+        server_app, client_app = Recorder(), Recorder()
+        client, server, pump = self.connect(server_app, client_app)
+        below = pump.clientIO
+        below.stream = []
+        client.write(b"one")
+        client.write(b"two")
+        self.assertEqual(below.stream, [])
+        client.flushWrites()
+        self.assertEqual(records(b"".join(below.stream)), [APPLICATION_DATA])
+        client.write(b"three")
+        self.clock.advance(0)
+        pump.flush()
+        self.assertEqual(server_app.received(), b"onetwothree")
+
     def test_records_delivered_together(self) -> None:
         """
         The records that arrive together are decrypted and handed to the
@@ -249,14 +269,15 @@ class UsedTests(SynchronousTestCase):
 
         transport = Transport()
         factory = TLSMemoryBIOFactory(NodeCertificate.generate("n").client_options(), True, None)
-        transport.protocol = BufferingTLSTransport(factory, Protocol(), False)
-        use_relay_tls(transport)
-        self.assertIs(type(transport.protocol), RelayTLSProtocol)
+        transport.protocol = layer = BufferingTLSTransport(factory, Protocol(), False)
+        self.assertIs(use_relay_tls(transport), layer)
+        self.assertIs(type(layer), RelayTLSProtocol)
+        self.assertIs(use_relay_tls(layer), layer)  # a tls: listener's connection
         other = Protocol()
         transport.protocol = other
-        use_relay_tls(transport)
+        self.assertIsNone(use_relay_tls(transport))
         self.assertIs(transport.protocol, other)
-        use_relay_tls(object())  # no protocol at all
+        self.assertIsNone(use_relay_tls(object()))  # no protocol at all
 
     def test_in_band_upgrade(self) -> None:
         """
@@ -275,6 +296,7 @@ class UsedTests(SynchronousTestCase):
         for link in (inbound, outbound):
             self.assertTrue(link.encrypted)
             self.assertIs(type(link.transport.protocol), RelayTLSProtocol)
+            self.assertIs(link._tls, link.transport.protocol)  # told to seal each burst
         # the channel binding, (server, client) on both ends, read once
         binding = (alpha.certificate.fingerprint, beta.certificate.fingerprint)
         self.assertEqual(inbound._binding(), binding)
