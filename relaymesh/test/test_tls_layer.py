@@ -6,16 +6,23 @@ where the layer is used: the in-band upgrade, C{tls:} listeners and dials.
 
 from __future__ import annotations
 
+import os
+from typing import Generator
+
 from OpenSSL import SSL
+from twisted.internet import defer, reactor
 from twisted.internet import ssl as twisted_ssl
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.test import iosim
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh import connection
+from relaymesh.keystore import KeyStore
+from relaymesh.service import RelayService
+from relaymesh.test.realtime import wait_for
 from relaymesh.testing.network import MemoryNetwork
 from relaymesh.testing.nodes import connect_nodes, memory_node
 from relaymesh.tls import (
@@ -23,6 +30,7 @@ from relaymesh.tls import (
     NodeCertificate,
     RelayTLSProtocol,
     TLSServerFactory,
+    create_certificate,
     use_relay_tls,
 )
 
@@ -318,3 +326,55 @@ class UsedTests(SynchronousTestCase):
             [(m.payload["task_id"], m.payload["detail"]) for m in received],
             [("a", detail), ("b", detail), ("c", detail)],
         )
+
+
+class RealSocketTests(TestCase):
+    """
+    Two nodes in this process on real sockets on 127.0.0.1: both TLS
+    paths run over a L{RelayTLSProtocol} on the real reactor, and messages
+    of several records cross them.
+    """
+
+    timeout = 20
+
+    def node(self, identity: str, **kwargs) -> RelayService:
+        data_dir = self.mktemp()
+        keystore = KeyStore(data_dir)
+        keystore.set_identity(identity)
+        create_certificate(data_dir, identity)
+        return RelayService(
+            keystore, reactor=reactor, tls=NodeCertificate.from_data_dir(data_dir), **kwargs
+        )
+
+    @defer.inlineCallbacks
+    def exchange(self, listen: str, dial: str) -> Generator[defer.Deferred, object, None]:
+        alpha = self.node("alpha", listen=f"{listen}0:interface=127.0.0.1")
+        alpha.startService()
+        self.addCleanup(alpha.stopService)
+        port = alpha.listener.port.getHost().port
+        key = os.urandom(32)
+        alpha.keystore.set_key("beta", key)
+        beta = self.node("beta", listen=None, peers=[f"{dial}alpha@127.0.0.1:{port}"])
+        beta.keystore.set_key("alpha", key)
+        beta.startService()
+        self.addCleanup(beta.stopService)
+        yield wait_for(lambda: beta.mesh.is_connected("alpha") and alpha.mesh.is_connected("beta"), 10)
+        [inbound] = alpha.mesh.connections()
+        [outbound] = beta.mesh.connections()
+        for link in (inbound, outbound):
+            self.assertTrue(link.encrypted)
+            self.assertIsInstance(link._tls, RelayTLSProtocol)
+        got = []
+        alpha.mesh.subscribe(lambda peer, m: got.append(m.payload["detail"]), "task_status")
+        detail = "q" * (2 * RECORD_BYTES + 1)
+        with beta.mesh.batch():
+            for task in range(5):
+                beta.mesh.send("alpha", "task_status", {"task_id": str(task), "status": "ok", "detail": detail})
+        yield wait_for(lambda: len(got) == 5, 10)
+        self.assertEqual(got, [detail] * 5)
+
+    def test_tls_listener_and_dial(self) -> defer.Deferred:
+        return self.exchange("tls:", "tls:")
+
+    def test_in_band_upgrade(self) -> defer.Deferred:
+        return self.exchange("tcp:", "")
