@@ -35,7 +35,7 @@ import enum
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITLSTransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport, ITLSTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -54,7 +54,7 @@ from relaymesh.interfaces import IHandshakeObserver, ILinkOwner
 from relaymesh.outbound import LineWriter, WriteBatch
 from relaymesh.linkerrors import MismatchWatch
 from relaymesh.pings import Pinger
-from relaymesh.tls import channel_binding
+from relaymesh.tls import channel_binding, use_relay_tls
 from relaymesh.wire import (
     HANDSHAKE_TYPES,
     LINK_TYPES,
@@ -154,6 +154,7 @@ class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch)
         self.certificate = certificate
         self.encrypted = False
         self._upgrade: CertificateOptions | None = None
+        self._tls_binding: Binding | None = None
         self.clock = owner.clock
         self.handshake = handshake
         if isinstance(handshake, AcceptorHandshake):
@@ -194,7 +195,9 @@ class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch)
         self._startProducing()
         self.last_received = self.clock.seconds()
         self._timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self._handshakeTimedOut)
-        self.encrypted = channel_binding(self.transport) is not None
+        self.encrypted = ISSLTransport.providedBy(self.transport)
+        if self.encrypted:
+            self._tls = use_relay_tls(self.transport)  # a tls: listener or dial
         if isinstance(self.handshake, AcceptorHandshake):
             self.handshake.can_upgrade = self._canUpgrade()
             self._sendChallenge()
@@ -238,6 +241,7 @@ class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch)
         self.flush()
         try:
             self.transport.startTLS(options)
+            self._tls = use_relay_tls(self.transport)
             self.handshake.upgraded()
         except Exception as e:  # a transport or TLS library refusing
             self.abort(f"cannot start TLS: {e}")
@@ -370,11 +374,22 @@ class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch)
     def _binding(self) -> Binding | None:
         """
         The TLS certificate fingerprints as (server, client), or L{None}.
+
+        Read from the TLS session once both certificates are known, then
+        kept: TLS 1.3 (the only version relaymesh speaks) cannot change
+        them on an open connection.
         """
-        binding = channel_binding(self.transport)
-        if binding is None or self.direction is Direction.INBOUND:
+        binding = self._tls_binding
+        if binding is not None:
             return binding
-        return binding[1], binding[0]
+        binding = channel_binding(self.transport)
+        if binding is None:
+            return None
+        if self.direction is Direction.OUTBOUND:
+            binding = binding[1], binding[0]
+        if binding[0] and binding[1]:
+            self._tls_binding = binding
+        return binding
 
     def _handshakeReceived(self, message: RelayMessage) -> None:
         try:

@@ -9,7 +9,10 @@ connection collects what it sends and hands it to its transport in one
 C{write} when the batch ends, or sooner once L{FLUSH_BYTES} are waiting.
 Outside a batch every line is written at once. A L{LineWriter} registers
 itself as a streaming producer with its transport, so L{LineWriter.writable}
-tells whether the transport's send buffer is full.
+tells whether the transport's send buffer is full. Over TLS the connection's
+layer (L{relaymesh.tls.RelayTLSProtocol}) seals a flushed burst at once, in
+one C{SSL_write}; a line written outside a batch waits there for the
+reactor's next turn, to be sealed with those that follow it.
 """
 
 from __future__ import annotations
@@ -105,6 +108,9 @@ class LineWriter:
         self._backlog = 0
         self._writable_waiters: list[Deferred] = []
         self._outbound_closed = False
+        #: The connection's TLS layer (a L{relaymesh.tls.RelayTLSProtocol}),
+        #: told to seal each burst at once; L{None} in clear.
+        self._tls: Any = None
 
     def _startProducing(self) -> None:
         """
@@ -160,6 +166,9 @@ class LineWriter:
             self._pending = []
             self._pending_bytes = 0
             self.transport.write(b"\n".join(pending))
+            if self._tls is not None:
+                # a burst is joined already: TLS need not wait for more
+                self._tls.flushWrites()
 
     # -- backpressure (IPushProducer, as seen by the transport) ---------------
 

@@ -26,7 +26,9 @@ from typing import Iterable
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl as twisted_ssl
 from twisted.internet.interfaces import ISSLTransport
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 
 from relaymesh.keystore import write_atomically
 
@@ -221,7 +223,9 @@ class NodeCertificate:
         return _AnyPeerCertificateOptions(
             privateKey=self.key,
             certificate=self.certificate,
-            raiseMinimumTo=twisted_ssl.TLSVersion.TLSv1_2,
+            # TLS 1.3 only: the channel binding names the certificates of
+            # the handshake, and 1.3 has no renegotiation to change them
+            raiseMinimumTo=twisted_ssl.TLSVersion.TLSv1_3,
         )
 
     def server_options(self) -> twisted_ssl.CertificateOptions:
@@ -244,6 +248,11 @@ class NodeCertificate:
         return self._client
 
 
+#: OpenSSL's SSL_MODE_ENABLE_PARTIAL_WRITE (ssl.h), which pyOpenSSL sets on
+#: every context and does not name.
+SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1
+
+
 class _AnyPeerCertificateOptions(twisted_ssl.CertificateOptions):
     """
     Certificate options that request the peer's certificate and accept any.
@@ -257,16 +266,154 @@ class _AnyPeerCertificateOptions(twisted_ssl.CertificateOptions):
         context = super().getContext()
         if not self._verify_set:
             context.set_verify(SSL.VERIFY_PEER, lambda connection, cert, errno, depth, ok: True)
+            # A write through a memory BIO never blocks: without partial
+            # writes, one SSL_write seals a whole burst (L{RelayTLSProtocol})
+            # instead of returning after each record.
+            context.clear_mode(SSL_MODE_ENABLE_PARTIAL_WRITE)
             self._verify_set = True
         return context
+
+
+#: Bytes of application data in a full TLS record (RFC 8446, 5.1).
+RECORD_BYTES = 16384
+
+#: Bytes a TLS 1.3 record adds to the data it protects: the header, the
+#: inner content type and the AEAD tag (RFC 8446, 5.2).
+RECORD_OVERHEAD = 5 + 1 + 16
+
+#: Bytes asked of OpenSSL per decrypted read, as Twisted does: at most one
+#: record comes out of each.
+READ_BYTES = 2**15
+
+
+class RelayTLSProtocol(BufferingTLSTransport):
+    """
+    Twisted's TLS layer, with two changes for bulk traffic:
+
+      - a write is sealed straight out of the caller's bytes, in one
+        C{SSL_write} if the context allows whole writes (relaymesh's do:
+        L{NodeCertificate}), where Twisted copies each 16 KiB slice and
+        seals it on its own; the records are read out of OpenSSL and handed
+        to the transport together, once per write, instead of once per
+        record (each read allocates and copies a buffer);
+      - the records that arrive in one read are decrypted and handed to
+        the protocol in one C{dataReceived}, instead of one per record.
+
+    relaymesh hands its TLS layer one write per burst of lines
+    (L{relaymesh.outbound}), up to 64 KiB: four records. A TLS error that
+    ends the connection reaches the protocol without its traceback, whose
+    frames would make the connection cyclic garbage.
+    """
+
+    def flushWrites(self) -> None:
+        """
+        Seal what was written so far and hand it to the transport now,
+        rather than on the reactor's next turn: for a writer that joined
+        its writes itself (a burst of lines, L{relaymesh.outbound}), the
+        wait would only delay them.
+        """
+        self._aggregator.flush()
+
+    def _write(self, data: bytes) -> None:
+        if self._lostTLSConnection:
+            return
+        connection = self._tlsConnection
+        size = len(data)
+        view = memoryview(data)
+        sent = 0
+        while sent < size:
+            try:
+                sent += connection.send(view[sent:] if sent else view)
+            except SSL.WantReadError:
+                # not until the handshake (or a key update) is done
+                self._flushRecords(sent)
+                self._bufferedWrite(data[sent:])
+                return
+            except SSL.Error as e:
+                self._flushRecords(sent)
+                self._tlsShutdownFinished(Failure(e.with_traceback(None)))
+                return
+        self._flushRecords(size)
+
+    def _flushReceiveBIO(self) -> None:
+        """
+        Decrypt every record that arrived and hand the lot to the protocol
+        in one C{dataReceived}, then send what OpenSSL has to send.
+        """
+        connection = self._tlsConnection
+        chunks: list[bytes] = []
+        closed = False
+        error: SSL.Error | None = None
+        while not self._lostTLSConnection:
+            try:
+                chunks.append(connection.recv(READ_BYTES))
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                closed = True  # the peer's close_notify
+                break
+            except SSL.Error as e:
+                # Without its traceback: the frames it holds would make the
+                # error, this frame and the connection cyclic garbage (every
+                # connection reset by a peer ends here).
+                error = e.with_traceback(None)
+                break
+        if chunks and not self._aborted:
+            ProtocolWrapper.dataReceived(self, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if closed:
+            self._shutdownTLS()
+            self._tlsShutdownFinished(None)
+        elif error is not None:
+            self._tlsShutdownFinished(Failure(error))
+        self._flushSendBIO()
+
+    def _flushRecords(self, size: int) -> None:
+        """
+        Hand what OpenSSL sealed of C{size} bytes of data to the transport,
+        in one write.
+        """
+        want = size + (size // RECORD_BYTES + 1) * RECORD_OVERHEAD + 512
+        read = self._tlsConnection.bio_read
+        chunks = []
+        while True:
+            try:
+                chunk = read(want)
+            except SSL.WantReadError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < want:
+                break
+        if chunks:
+            self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+
+def use_relay_tls(transport: object) -> RelayTLSProtocol | None:
+    """
+    Make the TLS layer under a connection a L{RelayTLSProtocol}: the one
+    C{transport.startTLS} (or C{connectSSL}) put under it, if it is
+    Twisted's own. (Twisted's C{startTLS} offers no choice of layer.)
+
+    @return: the connection's L{RelayTLSProtocol}: C{transport} itself if
+        it is one (a C{tls:} listener's), else its layer; L{None} if it has
+        none.
+    """
+    if isinstance(transport, RelayTLSProtocol):
+        return transport
+    layer = getattr(transport, "protocol", None)
+    if type(layer) is BufferingTLSTransport:
+        layer.__class__ = RelayTLSProtocol
+    return layer if isinstance(layer, RelayTLSProtocol) else None
 
 
 class TLSServerFactory(TLSMemoryBIOFactory):
     """
     Wraps the relay's server factory in TLS, and keeps its refusals: when the
     wrapped factory refuses a connection (returns L{None}), so does this one,
-    and Twisted closes the socket before any TLS byte.
+    and Twisted closes the socket before any TLS byte. Its TLS layer is a
+    L{RelayTLSProtocol}.
     """
+
+    protocol = RelayTLSProtocol
 
     def buildProtocol(self, addr: object) -> TLSMemoryBIOProtocol | None:
         wrapped = self.wrappedFactory.buildProtocol(addr)

@@ -443,9 +443,9 @@ class TranscriptTests(SynchronousTestCase):
         clock = make_clock()
         node = Node(CONNECTOR, clock, MemoryKeys({ACCEPTOR: TRANSCRIPT_KEY}))
         protocol, transport = client_protocol(node.client(ACCEPTOR, legacy=True), FakeConnector())
-        for line in (lines[0], lines[2], lines[3]):
-            for i in range(len(line)):
-                protocol.dataReceived(line[i : i + 1])
+        for each in (lines[0], lines[2], lines[3]):
+            for i in range(len(each)):
+                protocol.dataReceived(each[i : i + 1])
             protocol.dataReceived(b"\n")
         self.assertIs(protocol.state, State.CONNECTED)
         self.assertEqual(len(node.received), 1)
