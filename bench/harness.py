@@ -44,6 +44,25 @@ def worker_environment(codec: str | None = None) -> dict:
     return env
 
 
+def relaymesh_codec(codec: str | None = None) -> str:
+    """
+    The codec relaymesh picks in a worker's environment (L{worker_environment}),
+    asked of a short-lived process that imports relaymesh as the workers do.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", "import benchlib; from relaymesh import wire; print(wire.CODEC)"],
+        cwd=BENCH,  # on sys.path first, as for a worker script
+        env=worker_environment(codec),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["no output"]
+        raise BenchError(f"relaymesh does not import with {benchlib.CODEC_VARIABLE}={codec}: {lines[-1]}")
+    return done.stdout.strip()
+
+
 class Worker:
     """
     One benchmark process, spoken to through its standard streams.

@@ -38,7 +38,7 @@ sys.path.insert(0, BENCH)
 
 import benchlib  # noqa: E402
 import tables  # noqa: E402
-from harness import PATIENCE, BenchError, Workers, measure, wait_idle  # noqa: E402
+from harness import PATIENCE, BenchError, Workers, measure, relaymesh_codec, wait_idle  # noqa: E402
 
 #: Gate for CI: relaymesh's single-connection throughput of 200-byte
 #: messages over its baseline's, measured in the same run, must be at least
@@ -408,6 +408,11 @@ def forced_codec(results: dict, codec: str, size: int, count: int, runs: int) ->
         print(f"  {label}: relaymesh's default, measured above", flush=True)
         return dict(default)
     try:
+        used = relaymesh_codec(codec)
+        if used != codec:
+            reason = f"relaymesh picks {used} with {benchlib.CODEC_VARIABLE}={codec}"
+            print(f"  {label}: skipped, {reason}", flush=True)
+            return {"skipped": reason}
         figures = measure(label, runs, throughput_once, "relaymesh-rx", size, count, codec)
     except BenchError as e:
         print(f"  {label}: not measured: {str(e).splitlines()[0]}", flush=True)

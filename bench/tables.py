@@ -350,8 +350,8 @@ def json_report(results: dict) -> dict:
 
 def plot(results: dict, path: str) -> None:
     """
-    The receive rate, its ratio to the orjson receiver and the memory per
-    peer against the number of peers, as a PNG.
+    The receive rate, its ratio to the orjson receiver and the memory the
+    peers take against the number of peers, as a PNG.
     """
     import matplotlib
 
@@ -370,23 +370,29 @@ def plot(results: dict, path: str) -> None:
         rates.plot(peers, [r / 1000 for r in mine], "o-", label="relaymesh")
     if base:
         rates.plot(peers, [r / 1000 for r in base], "s--", label="minimal Twisted, orjson")
+    top = RECEIVE_GOAL[200]
     if mine and base:
         ratios.plot(peers, [a / b for a, b in zip(mine, base)], "o-", label="relaymesh / orjson receiver")
+        top = max(top, *(a / b for a, b in zip(mine, base)))
     ratios.axhline(RECEIVE_GOAL[200], color="grey", linestyle=":", label=f"goal, one connection ({RECEIVE_GOAL[200]}x)")
+    # growth over no peer rather than per peer: with few peers, per peer
+    # is mostly the allocator's granularity
     for variant, style, label in (("relaymesh", "o-", "relaymesh"), ("minimal", "s--", "minimal Twisted")):
         mem = results.get(f"memory_{variant}", {})
-        values = [mem.get(f"per_peer_{n}") for n in peers]
-        if all(v is not None for v in values):
-            memory.plot(peers, [v / 1e3 for v in values], style, label=label)
-    memory.axhline(MEMORY_GOAL_KB, color="grey", linestyle=":", label=f"goal ({MEMORY_GOAL_KB:g} KB)")
+        values = [mem.get(f"rss_{n}") for n in peers]
+        if mem.get("rss_0") is not None and all(v is not None for v in values):
+            memory.plot(peers, [(v - mem["rss_0"]) / 1e6 for v in values], style, label=label)
+    memory.plot(
+        peers, [n * MEMORY_GOAL_KB / 1e3 for n in peers], ":", color="grey", label=f"goal ({MEMORY_GOAL_KB:g} KB per peer)"
+    )
     for axes, ylabel, title in (
         (rates, "messages received per second (thousands)", "Receive throughput, 200 B"),
         (ratios, "relaymesh / orjson receiver", "Ratio to the baseline"),
-        (memory, "resident memory per idle peer (KB)", "Memory per idle peer"),
+        (memory, "resident memory over no peer (MB)", "Memory, idle peers"),
     ):
         axes.set_xscale("log")
         axes.set_xticks(peers, [str(n) for n in peers])
-        axes.set_ylim(bottom=0)
+        axes.set_ylim(bottom=0, top=top * 1.15 if axes is ratios else None)
         axes.set_xlabel("connected peers (log scale)")
         axes.set_ylabel(ylabel)
         axes.set_title(title)

@@ -222,3 +222,10 @@ class EnvironmentTests(unittest.TestCase):
 
     def test_forced_codec(self) -> None:
         self.assertEqual(self.harness.worker_environment("msgspec")["RELAYMESH_CODEC"], "msgspec")
+
+    def test_codec_asked_of_a_worker(self) -> None:
+        """
+        The codec relaymesh picks is asked of a process that imports it as
+        a worker does: forced to the standard library's, it says C{json}.
+        """
+        self.assertEqual(self.harness.relaymesh_codec("json"), "json")
