@@ -266,8 +266,9 @@ def header_lines(results: dict) -> list[tuple[str, str]]:
     """
     What was measured, as (name, value) pairs.
     """
-    env = results.get("environment", {})
-    codec = env.get("codec", "?")
+    # files written before the header existed have the version and codec
+    env = {"version": results.get("version", "?"), "codec": results.get("codec", "?"), **results.get("environment", {})}
+    codec = env["codec"]
     if env.get("codec_version"):
         codec += f" {env['codec_version']}"
     return [

@@ -7,6 +7,7 @@ the environment the workers get. The figures are given, not measured.
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 import sys
@@ -229,3 +230,20 @@ class EnvironmentTests(unittest.TestCase):
         a worker does: forced to the standard library's, it says C{json}.
         """
         self.assertEqual(self.harness.relaymesh_codec("json"), "json")
+
+    def test_orjson_missing(self) -> None:
+        """
+        Without orjson the baselines cannot run: the suite says so in one
+        line, measures nothing and exits with status 2.
+        """
+        run = load("run")
+        benchlib = run.benchlib
+        real = benchlib.importlib.util.find_spec
+        self.patch(benchlib.importlib.util, "find_spec", lambda name: None if name == "orjson" else real(name))
+        self.patch(sys, "argv", ["run.py", "--quick"])
+        errors = io.StringIO()
+        self.patch(sys, "stderr", errors)
+        self.patch(run, "run_suite", lambda *args: self.fail("measured without orjson"))
+        self.assertEqual(run.main(), 2)
+        self.assertEqual(errors.getvalue().count("\n"), 1)
+        self.assertIn("orjson, which is not installed", errors.getvalue())
