@@ -309,10 +309,14 @@ def routed_once(variant: str, size: int, count: int) -> dict:
         port = sink.expect("READY")["port"]
         middle = workers.start(script, "middle", "--port", port, *flags, timeout=120)
         port = middle.expect("READY")["port"]
-        workers.start(
+        source = workers.start(
             script, "source", "--port", port, "--count", count, "--size", size, *extra, *flags, timeout=120
         )
-        received = sink.expect("RESULT")
+        try:
+            received = sink.expect("RESULT")
+        except BenchError as e:
+            # what the middle and the source said is where a loss shows
+            raise BenchError(f"{e}{middle._tail()}{source._tail()}") from None
     return {"rate": received["rate"], "rx_cpu_per_million": received["cpu_per_million"]}
 
 
