@@ -361,6 +361,7 @@ def run_suite(options, results: dict) -> dict:
                 # routing is optional in a tree; its absence is a figure too
                 results[f"routed_{variant}"] = {"error": str(e).splitlines()[0]}
                 print(f"  {variant}: not measured: {str(e).splitlines()[0]}", flush=True)
+                print(str(e), file=sys.stderr, flush=True)
     if wanted("fanout"):
         print("fan-out (broadcast)", flush=True)
         for peers, count in ((8, 40_000), (64, 6_000)):
