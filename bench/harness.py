@@ -230,6 +230,31 @@ def measure(label: str, runs: int, once, *args) -> dict:
     return figures
 
 
+def measure_together(items: list, runs: int) -> dict:
+    """
+    Measure several figures that are compared with one another in turns:
+    each of C{runs} rounds runs every item once, so that each figure's
+    runs are spread over the same stretch of time as its baseline's and a
+    change in the machine's load moves both alike; then the median of each.
+
+    @param items: C{(key, label, once, args)} for each figure.
+    @return: the medians by key.
+    """
+    collected: dict = {key: [] for key, _, _, _ in items}
+    for _ in range(runs):
+        for key, _, once, args in items:
+            busy = wait_quiet(patience=PATIENCE["value"])
+            figures = once(*args)
+            figures["busy_before"] = busy
+            collected[key].append(figures)
+    medians = {}
+    for key, label, _, _ in items:
+        medians[key] = figures = median_of(collected[key])
+        shown = {k: v for k, v in figures.items() if k not in ("runs", "busy_before") and not isinstance(v, str)}
+        print(f"  {label}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()), flush=True)
+    return medians
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         if value != value:

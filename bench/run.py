@@ -11,7 +11,7 @@ change shows as a ratio rather than as an absolute time that drifts with
 the machine. relaymesh is the installed one when there is one (see the
 report's header), with the codec relaymesh.wire picks by itself.
 
-    python bench/run.py             the whole suite (about 15 minutes)
+    python bench/run.py             the whole suite (about 20 minutes)
     python bench/run.py --quick     single-connection throughput only, for
                                     CI (about a minute); exits 1 if relaymesh
                                     falls below half its baseline at 200 B:
@@ -38,7 +38,15 @@ sys.path.insert(0, BENCH)
 
 import benchlib  # noqa: E402
 import tables  # noqa: E402
-from harness import PATIENCE, BenchError, Workers, measure, relaymesh_codec, wait_idle  # noqa: E402
+from harness import (  # noqa: E402
+    PATIENCE,
+    BenchError,
+    Workers,
+    measure,
+    measure_together,
+    relaymesh_codec,
+    wait_idle,
+)
 
 #: Gate for CI: relaymesh's single-connection throughput of 200-byte
 #: messages over its baseline's, measured in the same run, must be at least
@@ -66,12 +74,6 @@ QUICK_VARIANTS = {200: [variant for _, mine, base in GATED for variant in (mine,
 THROUGHPUT_VARIANTS = ["relaymesh-rx", "minimal-rx", "relaymesh", "minimal-tls", "relaymesh-plain", "minimal"]
 
 
-# -- the benchmarks ----------------------------------------------------------
-#
-# Each *_once function runs one measurement once and returns its
-# figures; measure() repeats it and takes medians.
-
-
 def line_bytes(size: int) -> int:
     """
     The length of one benchmark message line of about C{size} bytes,
@@ -83,7 +85,7 @@ def line_bytes(size: int) -> int:
 # -- the benchmarks ----------------------------------------------------------
 #
 # Each *_once function runs one measurement once and returns its
-# figures; measure() repeats it and takes medians.
+# figures; measure() and measure_together() repeat it and take medians.
 
 
 def throughput_once(variant: str, size: int, count: int, codec: str | None = None) -> dict:
@@ -340,10 +342,9 @@ def run_suite(options, results: dict) -> dict:
     if wanted("throughput"):
         print("throughput, one connection", flush=True)
         for size, count in sizes.items():
-            for variant in QUICK_VARIANTS.get(size, []) if quick else THROUGHPUT_VARIANTS:
-                results[f"throughput_{size}_{variant}"] = measure(
-                    f"{size} B {variant}", runs, throughput_once, variant, size, count
-                )
+            variants = QUICK_VARIANTS.get(size, []) if quick else THROUGHPUT_VARIANTS
+            items = [(f"throughput_{size}_{v}", f"{size} B {v}", throughput_once, (v, size, count)) for v in variants]
+            results.update(measure_together(items, runs))
     if wanted("codecs"):
         print("receiving, relaymesh forced to each codec", flush=True)
         for size, count in sizes.items():
@@ -365,36 +366,39 @@ def run_suite(options, results: dict) -> dict:
     if wanted("fanout"):
         print("fan-out (broadcast)", flush=True)
         for peers, count in ((8, 40_000), (64, 6_000)):
-            for variant in ("relaymesh", "minimal"):
-                results[f"fanout_{peers}_{variant}"] = measure(
-                    f"{peers} peers {variant}", runs, fanout_once, variant, peers, count
-                )
+            items = [
+                (f"fanout_{peers}_{v}", f"{peers} peers {v}", fanout_once, (v, peers, count))
+                for v in ("relaymesh", "minimal")
+            ]
+            results.update(measure_together(items, runs))
     if wanted("handshakes"):
         print("handshakes, 16 concurrent connectors", flush=True)
         variants = (
             "relaymesh", "relaymesh-service", "minimal-tls", "relaymesh-plain", "relaymesh-service-plain", "minimal",
         )
-        for variant in variants:
-            results[f"handshakes_{variant}"] = measure(variant, runs, handshakes_once, variant, 3.0)
+        items = [(f"handshakes_{v}", v, handshakes_once, (v, 3.0)) for v in variants]
+        results.update(measure_together(items, runs))
     if wanted("memory"):
         print("memory, idle peers after 1000 heartbeats each", flush=True)
         steps = [1, 10, 100, 1000]
-        for variant in ("relaymesh", "minimal"):
-            results[f"memory_{variant}"] = measure(variant, runs, memory_once, variant, steps, 1000)
+        items = [(f"memory_{v}", v, memory_once, (v, steps, 1000)) for v in ("relaymesh", "minimal")]
+        results.update(measure_together(items, runs))
     if wanted("latency"):
         print("latency, round trip of a message and its reply", flush=True)
         base = results.get("throughput_200_relaymesh-plain", {}).get("rate", 200_000)
         load_rate = round(base / 2, -3)
         results["latency_load_rate"] = load_rate
-        for variant in ("relaymesh", "minimal-tls", "relaymesh-plain", "minimal"):
-            results[f"latency_{variant}"] = measure(variant, runs, latency_once, variant, load_rate, 2000)
+        variants = ("relaymesh", "minimal-tls", "relaymesh-plain", "minimal")
+        items = [(f"latency_{v}", v, latency_once, (v, load_rate, 2000)) for v in variants]
+        results.update(measure_together(items, runs))
     if wanted("growth"):
         print("receiving against the number of peers", flush=True)
         for peers in tables.PEER_COUNTS:
-            for variant in ("relaymesh", "minimal"):
-                results[f"growth_{peers}_{variant}"] = measure(
-                    f"{peers} peers {variant}", runs, growth_once, variant, peers, 300_000
-                )
+            items = [
+                (f"growth_{peers}_{v}", f"{peers} peers {v}", growth_once, (v, peers, 300_000))
+                for v in ("relaymesh", "minimal")
+            ]
+            results.update(measure_together(items, runs))
     return results
 
 
