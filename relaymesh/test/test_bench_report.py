@@ -247,3 +247,22 @@ class EnvironmentTests(unittest.TestCase):
         self.assertEqual(run.main(), 2)
         self.assertEqual(errors.getvalue().count("\n"), 1)
         self.assertIn("orjson, which is not installed", errors.getvalue())
+
+    def test_measured_in_rounds(self) -> None:
+        """
+        Figures compared with one another are measured in turns, one run
+        of each per round, and each gets the median of its runs.
+        """
+        self.patch(self.harness, "wait_quiet", lambda **kwargs: 0.0)
+        self.patch(sys, "stdout", io.StringIO())
+        calls = []
+        rates = {"a": iter([1.0, 5.0, 3.0]), "b": iter([10.0, 30.0, 20.0])}
+
+        def once(name: str) -> dict:
+            calls.append(name)
+            return {"rate": next(rates[name])}
+
+        medians = self.harness.measure_together([("key-a", "a", once, ("a",)), ("key-b", "b", once, ("b",))], 3)
+        self.assertEqual(calls, ["a", "b", "a", "b", "a", "b"])
+        self.assertEqual((medians["key-a"]["rate"], medians["key-b"]["rate"]), (3.0, 20.0))
+        self.assertEqual(medians["key-a"]["runs"], 3)
