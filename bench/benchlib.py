@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import hmac
 import json
 import os
@@ -22,8 +23,26 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)  # measure this checkout, installed or not
+
+#: Whether relaymesh is imported from this checkout because no other is
+#: importable. An installed relaymesh (C{pip install .}), or one on
+#: C{PYTHONPATH}, is the one measured: what users run. L{describe} says
+#: which one it was.
+FROM_CHECKOUT = importlib.util.find_spec("relaymesh") is None
+if FROM_CHECKOUT:
+    sys.path.insert(0, ROOT)
+
+#: The environment variable that forces relaymesh's codec
+#: (L{relaymesh.wire}); the codec comparison sets it per worker, every other
+#: figure runs without it.
+CODEC_VARIABLE = "RELAYMESH_CODEC"
+
+#: The codecs relaymesh can be forced to, in the order the comparison shows
+#: them.
+CODECS = ("msgspec", "orjson", "json")
+
+#: The JSON library of every baseline, whatever relaymesh uses.
+BASELINE_CODEC = "orjson"
 
 #: The key every benchmark peer shares with every other.
 KEY = bytes(range(32))
@@ -56,22 +75,84 @@ DATA_TYPE = "task_status"
 PROBE_TYPE = "delegate_task"
 
 
-def codec(name: str | None = None):
+def codec(name: str = BASELINE_CODEC):
     """
-    C{(name, loads, dumps)} of a JSON codec: the one relaymesh uses unless
-    C{name} (C{"orjson"} or C{"json"}) says otherwise. C{dumps} is compact
-    and returns bytes, as on the wire.
+    C{(name, loads, dumps)} of a JSON codec: orjson, the baselines' (always,
+    whatever relaymesh uses), or C{"json"}, the standard library's.
+    C{dumps} is compact and returns bytes, as on the wire.
     """
-    if name is None:
-        from relaymesh.wire import CODEC
-
-        name = CODEC
     if name == "orjson":
         import orjson
 
         return "orjson", orjson.loads, orjson.dumps
     encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
     return "json", json.loads, lambda value: encoder.encode(value).encode()
+
+
+def missing_baseline_codec() -> str | None:
+    """
+    Why the baselines cannot run, in one line, or L{None} if they can.
+    """
+    if importlib.util.find_spec(BASELINE_CODEC) is None:
+        return (
+            f"the baselines decode with {BASELINE_CODEC}, which is not installed: "
+            "pip install '.[bench]' (or pip install orjson)"
+        )
+    return None
+
+
+def codec_importable(name: str) -> bool:
+    """
+    Whether relaymesh could be forced to codec C{name}: its library imports.
+    """
+    return name == "json" or importlib.util.find_spec(name) is not None
+
+
+def describe() -> dict:
+    """
+    What is measured: Python, Twisted, OpenSSL, orjson (the baselines'),
+    and relaymesh: its version, codec, and where it is imported from.
+    """
+    import platform
+
+    import twisted
+    from OpenSSL import SSL
+
+    import relaymesh
+    from relaymesh import wire
+    from relaymesh._version import __version__
+
+    where = os.path.dirname(os.path.abspath(relaymesh.__file__))
+    if FROM_CHECKOUT:
+        origin = "this checkout, as no relaymesh is installed"
+    elif os.path.dirname(where) == ROOT:
+        origin = "this checkout, found on sys.path (PYTHONPATH)"
+    else:
+        origin = "installed"
+    library = {"json": None, "orjson": "orjson", "msgspec": "msgspec"}.get(wire.CODEC)
+    codec_version = ""
+    if library is not None:
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            codec_version = " " + version(library)
+    baseline_version = ""
+    with contextlib.suppress(Exception):
+        from importlib.metadata import version
+
+        baseline_version = " " + version(BASELINE_CODEC)
+    return {
+        "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
+        "twisted": twisted.__version__,
+        "openssl": SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),
+        "codec": wire.CODEC,
+        "codec_version": codec_version.strip(),
+        "baseline_codec": f"{BASELINE_CODEC}{baseline_version}",
+        "version": __version__,
+        "relaymesh_path": where,
+        "relaymesh_origin": origin,
+        "cores": os.cpu_count(),
+    }
 
 
 def cpu_seconds() -> float:
@@ -124,7 +205,7 @@ def payload_for(size: int, msg_type: str = DATA_TYPE, peer_id: str = SOURCE_ID) 
     A payload that makes a whole message line (without its newline) about
     C{size} bytes long, as relaymesh would encode it.
     """
-    _, _, dumps = codec()
+    _, _, dumps = codec("json")
     payload = {"task_id": "bench", "status": "running", "detail": ""}
     sample = dumps(
         {
@@ -153,7 +234,7 @@ def encoded_lines(
     Every line has the same length (the counter in the id has a fixed
     width), so a paced sender can cut the block at line boundaries.
     """
-    _, _, dumps = codec()
+    _, _, dumps = codec("json")
     if payload is None:
         payload = payload_for(size, msg_type, peer_id)
     tag = os.urandom(8).hex()

@@ -2,14 +2,18 @@
 The minimal-Twisted baselines: the least a Twisted program can do for each
 benchmark, and so the ceiling for relaymesh on this stack.
 
-Every line is decoded with the JSON codec relaymesh uses (C{--codec} picks
-another); nothing is validated, deduplicated or authenticated except where
-the role says so. Roles mirror C{node.py}:
+Every line is decoded with orjson, whatever codec relaymesh uses (C{--codec
+json} picks the standard library's): the baseline is a receiver that fully
+decodes every message with a fast C codec. Nothing is validated,
+deduplicated or authenticated except where the role says so. Roles mirror
+C{node.py}:
 
   - C{sink}: a C{LineOnlyReceiver} that decodes each line and counts it;
   - C{source}: builds each message as a dict, encodes it and writes it,
     pausing while the transport's buffer is full;
-  - C{echo} / C{prober}: decode each line; answer or time C{delegate_task};
+  - C{echo} / C{prober}: decode each line; answer or time C{delegate_task}
+    (with C{--tls}, C{echo} also listens in clear, on C{plain_port}, for
+    the load);
   - C{broadcast}: encode each message once and write it to every peer;
   - C{hold}: accept connections and decode their lines (memory);
   - C{hmac}: the relay handshake (challenge, HMAC-SHA256 proof, ack) with
@@ -17,7 +21,8 @@ the role says so. Roles mirror C{node.py}:
   - C{middle}: dial a sink, accept a source, decode each line from the
     source and write it to the sink.
 
-C{--tls} (C{sink}, C{source}, C{hmac}, C{middle}): the TLS baseline, the
+C{--tls} (C{sink}, C{source}, C{hmac}, C{middle}, C{echo}, C{prober}): the
+TLS baseline, the
 same programs with TLS on every connection. Each side starts TLS on its TCP
 connection as it connects (Twisted's C{startTLS}, as relaymesh does in
 band) with a certificate of the kind a relaymesh node has and the same TLS
@@ -219,13 +224,27 @@ def source(options) -> None:
 
 def echo(options) -> None:
     class Echo(Lines):
+        tls = False
+
+        def connectionMade(self) -> None:
+            if self.tls:
+                self.transport.startTLS(CERTIFICATE.server_options())
+
         def lineReceived(self, line: bytes) -> None:
             obj = loads(line)
             if obj["msg_type"] == PROBE_TYPE:
                 reply = message(0, "ack", {"ack_id": obj["id"]}, benchlib.SINK_ID, "echo")
                 self.transport.write(reply + b"\n")
 
-    report("READY", port=listen(Factory.forProtocol(Echo)))
+    class TLSEcho(Echo):
+        tls = True
+
+    if CERTIFICATE is None:
+        report("READY", port=listen(Factory.forProtocol(Echo)))
+    else:
+        # the prober over TLS, the load in clear, as relaymesh's load comes
+        # from a claudectl-style peer
+        report("READY", port=listen(Factory.forProtocol(TLSEcho)), plain_port=listen(Factory.forProtocol(Echo)))
 
 
 def prober(options) -> None:
@@ -235,6 +254,9 @@ def prober(options) -> None:
 
     class Prober(Writer):
         def connectionMade(self) -> None:
+            if CERTIFICATE is not None:
+                # the first probes wait for the TLS handshake: warm-up
+                self.transport.startTLS(CERTIFICATE.client_options())
             self.probe()
 
         def probe(self) -> None:
@@ -392,8 +414,8 @@ def main() -> None:
     global CODEC_NAME, loads, dumps, CERTIFICATE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("role", choices=sorted(ROLES))
-    parser.add_argument("--codec", choices=("orjson", "json"))
-    parser.add_argument("--tls", action="store_true", help="TLS on every connection (sink, source, hmac)")
+    parser.add_argument("--codec", choices=("orjson", "json"), default=benchlib.BASELINE_CODEC)
+    parser.add_argument("--tls", action="store_true", help="TLS on every connection")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--expect", type=int, default=0)
     parser.add_argument("--count", type=int, default=0)

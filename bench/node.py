@@ -9,7 +9,8 @@ in memory at start, L{NodeCertificate.generate}), so links between bench
 nodes upgrade to TLS in band, relaymesh's default. Roles:
 
   - C{sink}: accept peers, count the C{task_status} messages delivered to a
-    subscriber, report the rate once C{--expect} have arrived;
+    subscriber, report the rate (and the codec relaymesh used) once
+    C{--expect} have arrived;
   - C{source}: dial a sink and send C{--count} messages with C{Mesh.send}
     (in batches, pausing while the connection's send buffer is full);
   - C{echo}: accept peers, answer every C{delegate_task} with an C{ack};
@@ -72,6 +73,7 @@ from benchlib import (
 
 from twisted.internet import reactor
 
+from relaymesh import wire
 from relaymesh.address import PeerAddress
 from relaymesh.acceptor import ParseBudget, RelayServerFactory
 from relaymesh.dialer import RelayClientFactory
@@ -278,7 +280,7 @@ def sink(options) -> None:
             watch.start()
         elif seen[0] == expect:
             watch.stop()
-            report("RESULT", **watch.fields(expect - 1))
+            report("RESULT", codec=wire.CODEC, **watch.fields(expect - 1))
             stop_soon()
 
     mesh.subscribe(count, DATA_TYPE)
