@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import relaymesh
 from relaymesh.control.client import ApiRequestError, NodeClient, NodeNotRunning
 from relaymesh.invite import arm_invite, make_invite
 from relaymesh.keystore import KeyStore
+from relaymesh.test.realtime import free_port as realtime_free_port
 from relaymesh.test.realtime import paired_homes
 from relaymesh.test.claudehome import ClaudeHome, assistant_text, spawn_claude, user_text
 
@@ -62,9 +62,12 @@ CHROMIUM_FLAGS = [
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """
+    A free loopback port below the ephemeral range, for a process this test
+    starts: a port a bind to port 0 gave and released may be handed to
+    another test's listener (under C{trial -j}) before the process binds it.
+    """
+    return realtime_free_port(low=20000, high=32000)
 
 
 def find_browser() -> tuple[str, str]:
