@@ -15,7 +15,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.bulk import BULK_TYPES, BULK_TYPES_FIELDS, LONG_LINE, READ_SIZE
+from relaymesh.bulk import (
+    BULK_TYPES,
+    BULK_TYPES_FIELDS,
+    LONG_LINE,
+    READ_SIZE,
+    STREAMING_BYTES,
+    STREAMING_CHUNK,
+)
 from relaymesh.connection import State
 from relaymesh.handshake.proofs import LEGACY_FIELD
 from relaymesh.test.support import MemoryKeys, Node, accepted, authenticate, line, make_clock
@@ -221,15 +228,20 @@ class BulkTests(SynchronousTestCase):
 
 
 class ReadSizeTests(SynchronousTestCase):
-    def test_reads_grow_once_connected(self):
+    def test_reads_grow_once_streaming(self):
         """
-        A TCP transport reads 64 KiB at once by default; once its peer is
-        connected, a connection reads L{READ_SIZE} at once. A transport
-        without a read size is left alone.
+        A TCP transport reads 64 KiB at once by default; once its connected
+        peer streams (L{STREAMING_BYTES} in chunks of L{STREAMING_CHUNK}
+        bytes or more), the connection reads L{READ_SIZE} at once. Smaller
+        chunks, such as an idle peer's heartbeats, and a short burst leave
+        it as it is, and so does a transport without a read size.
         """
         self.assertEqual(FileDescriptor.bufferSize, 65536)
         self.assertGreater(READ_SIZE, FileDescriptor.bufferSize)
-        self.assertFalse(hasattr(Connected().transport, "bufferSize"))
+        self.assertLess(STREAMING_CHUNK, FileDescriptor.bufferSize)
+        unsized = Connected()
+        unsized.feed(b"".join(GOOD * 400))
+        self.assertFalse(hasattr(unsized.transport, "bufferSize"))
         node = Node("alpha", make_clock(), MemoryKeys({"beta": KEY}))
         node.keys.metas.setdefault("beta", {})[LEGACY_FIELD] = True
         address = IPv4Address("TCP", "10.0.0.2", 40000)
@@ -238,7 +250,17 @@ class ReadSizeTests(SynchronousTestCase):
         transport.bufferSize = FileDescriptor.bufferSize
         transport.protocol = protocol
         protocol.makeConnection(transport)
-        self.assertEqual(transport.bufferSize, 65536)
         authenticate(protocol, transport, "beta", KEY)
         self.assertIs(protocol.state, State.CONNECTED)
+        small = b"".join(GOOD)
+        for _ in range(STREAMING_BYTES // len(small) + 1):
+            protocol.dataReceived(small)
+        self.assertEqual(transport.bufferSize, 65536)
+        chunk = b"".join(GOOD * (STREAMING_CHUNK // len(small) + 1))
+        big_chunks = 0
+        while transport.bufferSize == 65536:
+            protocol.dataReceived(chunk)
+            big_chunks += 1
         self.assertEqual(transport.bufferSize, READ_SIZE)
+        self.assertEqual(big_chunks, -(-STREAMING_BYTES // len(chunk)))
+        self.assertIs(protocol.state, State.CONNECTED)
