@@ -171,6 +171,9 @@ class Registry:
         self.max_peers = max_peers
         self.fresh_for = fresh_for
         self.records: dict[str, PeerRecord] = {}
+        # how many records hold a live connection, kept as they change, so
+        # that admitting a connection does not walk every peer
+        self._live = 0
         self._observers: list[PeerObserver] = []
         self._round_trip_observers: list[RoundTripObserver] = []
 
@@ -204,7 +207,7 @@ class Registry:
         """
         How many peers are connected.
         """
-        return sum(1 for _ in self.live())
+        return self._live
 
     # -- connections ---------------------------------------------------------
 
@@ -242,6 +245,8 @@ class Registry:
                 protocol.close("duplicate connection; keeping the one initiated by the lower peer id")
                 return False
             old.close("replaced by a newer connection")
+        if peer.protocol is None:
+            self._live += 1
         peer.protocol = protocol
         peer.state = PeerState.CONNECTED
         peer.address = protocol.address
@@ -277,6 +282,7 @@ class Registry:
         if peer.protocol is not protocol:
             return False
         peer.protocol = None
+        self._live -= 1
         peer.state = PeerState.DISCONNECTED
         peer.since = self.clock.seconds()
         peer.last_seen = protocol.last_received
