@@ -108,6 +108,43 @@ def loopback_node(case, identity: str, peers=(), start: bool = True):
     return node
 
 
+def tls_node(case, identity: str, **kwargs):
+    """
+    A L{relaymesh.service.RelayService} on the real reactor, not started,
+    on a fresh key store with C{identity} and a certificate in its data
+    directory; C{kwargs} go to the service.
+    """
+    from relaymesh.keystore import KeyStore
+    from relaymesh.service import RelayService
+    from relaymesh.tls import NodeCertificate, create_certificate
+
+    data_dir = case.mktemp()
+    keystore = KeyStore(data_dir)
+    keystore.set_identity(identity)
+    create_certificate(data_dir, identity)
+    return RelayService(keystore, reactor=reactor, tls=NodeCertificate.from_data_dir(data_dir), **kwargs)
+
+
+def tls_pair(case, listen: str = "tls:", dial: str = "tls:"):
+    """
+    Two L{tls_node}s sharing a key: C{alpha}, started, listening on a free
+    loopback port with the endpoint prefix C{listen} (C{"tls:"} or
+    C{"tcp:"}), and C{beta}, not started yet, whose peer is alpha there,
+    dialled as C{dial} says (C{"tls:"}, or C{""} for the in-band upgrade).
+    Both are stopped when C{case} cleans up.
+    """
+    alpha = tls_node(case, "alpha", listen=f"{listen}0:interface=127.0.0.1")
+    alpha.startService()
+    case.addCleanup(alpha.stopService)
+    port = alpha.listener.port.getHost().port
+    key = os.urandom(32)
+    alpha.keystore.set_key("beta", key)
+    beta = tls_node(case, "beta", listen=None, peers=[f"{dial}alpha@127.0.0.1:{port}"])
+    beta.keystore.set_key("alpha", key)
+    case.addCleanup(lambda: beta.stopService() if beta.running else None)
+    return alpha, beta
+
+
 def log_lines(path: str) -> list[str]:
     """
     The lines of a log file so far (none if it does not exist yet).

@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
-from relaymesh.test.realtime import ProcessesMixin, free_port, log_lines, wait_for
+from relaymesh.test.realtime import ProcessesMixin, free_port, log_lines, tls_node, tls_pair, wait_for
 
 
 class InProcessTests(TestCase):
@@ -292,16 +292,7 @@ class TLSTests(TestCase):
     timeout = 20
 
     def node(self, identity: str, **kwargs) -> RelayService:
-        from relaymesh.tls import NodeCertificate, create_certificate
-
-        data_dir = self.mktemp()
-        keystore = KeyStore(data_dir)
-        keystore.set_identity(identity)
-        create_certificate(data_dir, identity)
-        node = RelayService(
-            keystore, reactor=reactor, tls=NodeCertificate.from_data_dir(data_dir), **kwargs
-        )
-        return node
+        return tls_node(self, identity, **kwargs)
 
     @defer.inlineCallbacks
     def test_tls_mutual_and_pinned(self):
@@ -310,18 +301,10 @@ class TLSTests(TestCase):
         certificates, and each pins the other's fingerprint; a changed
         certificate is then refused.
         """
-        alpha = self.node("alpha", listen="tls:0:interface=127.0.0.1")
-        alpha.startService()
-        self.addCleanup(alpha.stopService)
-        port = alpha.listener.port.getHost().port
-        key = os.urandom(32)
-        alpha.keystore.set_key("beta", key)
-        beta = self.node("beta", listen=None, peers=[f"tls:alpha@127.0.0.1:{port}"])
-        beta.keystore.set_key("alpha", key)
+        alpha, beta = tls_pair(self)
         events = []
         beta.mesh.watch_peers(events.append)
         beta.startService()
-        self.addCleanup(beta.stopService)
         yield wait_for(lambda: beta.mesh.is_connected("alpha"), 10)
         client = beta.mesh._peers["alpha"].protocol
         self.assertTrue(client.handshake.mutual)

@@ -6,11 +6,10 @@ where the layer is used: the in-band upgrade, C{tls:} listeners and dials.
 
 from __future__ import annotations
 
-import os
 from typing import Generator
 
 from OpenSSL import SSL
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet import ssl as twisted_ssl
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
@@ -20,9 +19,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh import connection
-from relaymesh.keystore import KeyStore
-from relaymesh.service import RelayService
-from relaymesh.test.realtime import wait_for
+from relaymesh.test.realtime import tls_pair, wait_for
 from relaymesh.testing.network import MemoryNetwork
 from relaymesh.testing.nodes import connect_nodes, memory_node
 from relaymesh.tls import (
@@ -30,7 +27,6 @@ from relaymesh.tls import (
     NodeCertificate,
     RelayTLSProtocol,
     TLSServerFactory,
-    create_certificate,
     use_relay_tls,
 )
 
@@ -337,27 +333,10 @@ class RealSocketTests(TestCase):
 
     timeout = 20
 
-    def node(self, identity: str, **kwargs) -> RelayService:
-        data_dir = self.mktemp()
-        keystore = KeyStore(data_dir)
-        keystore.set_identity(identity)
-        create_certificate(data_dir, identity)
-        return RelayService(
-            keystore, reactor=reactor, tls=NodeCertificate.from_data_dir(data_dir), **kwargs
-        )
-
     @defer.inlineCallbacks
     def exchange(self, listen: str, dial: str) -> Generator[defer.Deferred, object, None]:
-        alpha = self.node("alpha", listen=f"{listen}0:interface=127.0.0.1")
-        alpha.startService()
-        self.addCleanup(alpha.stopService)
-        port = alpha.listener.port.getHost().port
-        key = os.urandom(32)
-        alpha.keystore.set_key("beta", key)
-        beta = self.node("beta", listen=None, peers=[f"{dial}alpha@127.0.0.1:{port}"])
-        beta.keystore.set_key("alpha", key)
+        alpha, beta = tls_pair(self, listen, dial)
         beta.startService()
-        self.addCleanup(beta.stopService)
         yield wait_for(lambda: beta.mesh.is_connected("alpha") and alpha.mesh.is_connected("beta"), 10)
         [inbound] = alpha.mesh.connections()
         [outbound] = beta.mesh.connections()
