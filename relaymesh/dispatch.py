@@ -152,7 +152,10 @@ class Dispatcher:
         Hand a message to the subscribers of its type; a subscriber that
         raises is logged, and the others still get the message.
         """
-        for callback in self._callbacks.get(message.msg_type) or self._lookup(message.msg_type):
+        callbacks = self._callbacks.get(message.msg_type)
+        if callbacks is None:
+            callbacks = self._lookup(message.msg_type)
+        for callback in callbacks:
             try:
                 callback(peer_id, message)
             except Exception:
@@ -175,29 +178,23 @@ class Dispatcher:
         (a subscriber closed the connection).
         """
         # Every message a peer sends passes here: the loop is written out
-        # so that a message costs no call but its subscribers'.
-        # RecentIds.seen is written out too, on the window's own parts.
+        # so that a message costs the window's check and its subscribers.
         peer_id = peer.peer_id
         cache = self._callbacks
         recent = peer.recent
-        members: set[str] | None = None
         for message in messages:
             msg_type = message.msg_type
             if msg_type == _HEARTBEAT:
                 heartbeat(peer, message.payload)
             else:
-                if members is None:
-                    if recent is None:
-                        recent = peer.recent = RecentIds()
-                    members, order, size = recent._members, recent._order, recent._size
-                message_id = message.id
-                if message_id in members:
+                if recent is None:
+                    recent = peer.recent = RecentIds()
+                if recent.seen(message.id):
                     continue
-                members.add(message_id)
-                order.append(message_id)
-                if len(order) > size:
-                    members.discard(order.popleft())
-            for callback in cache.get(msg_type) or self._lookup(msg_type):
+            callbacks = cache.get(msg_type)
+            if callbacks is None:
+                callbacks = self._lookup(msg_type)
+            for callback in callbacks:
                 try:
                     callback(peer_id, message)
                 except Exception:
@@ -207,8 +204,8 @@ class Dispatcher:
 
     def _lookup(self, msg_type: str) -> tuple[MessageCallback, ...]:
         """
-        The callbacks for C{msg_type}, specific ones first, kept until a
-        subscription changes.
+        The callbacks for C{msg_type}, specific ones first, kept (even
+        when there are none) until a subscription changes.
         """
         callbacks = self._callbacks[msg_type] = tuple(
             self._subscribers.get(msg_type, ())

@@ -16,6 +16,7 @@ from relaymesh.mesh import (
     UnsupportedMessageType,
 )
 from relaymesh.connection import State
+from relaymesh.dispatch import Dispatcher
 from relaymesh.test.support import Node, connect, line, make_clock, pair_keys
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage, WireError
 
@@ -356,6 +357,40 @@ class HotPathTests(MeshTestCase):
         mesh.subscribe(lambda p, m: late.append("all:" + m.id))
         self.inject(self.ab, RelayMessage("3", "task_status", "beta", 1, {}))
         self.assertEqual(late, ["2", "3", "all:3"])
+
+    def test_lookup_kept_for_a_type_without_subscribers(self):
+        """
+        The subscribers of a type nobody subscribed to (none) are looked up
+        once too, not again for every message of that type.
+        """
+        dispatcher = Dispatcher()
+        dispatcher.subscribe(lambda p, m: None, "task_status")
+        lookups = []
+        real = dispatcher._lookup
+        self.patch(dispatcher, "_lookup", lambda msg_type: lookups.append(msg_type) or real(msg_type))
+        beats = [RelayMessage(f"hb-{i}", "heartbeat", "beta", 1, {}) for i in range(5)]
+        peer = self.alpha.mesh._peers["beta"]
+        dispatcher.deliver_new(peer, beats, lambda peer, payload: None, self.ab[0])
+        for beat in beats:
+            dispatcher.deliver("beta", beat)
+        self.assertEqual(lookups, ["heartbeat"])
+
+    def test_subscription_changes_within_a_batch(self):
+        """
+        A subscription made by a subscriber applies to the next message of
+        the same batch.
+        """
+        dispatcher = Dispatcher()
+        late = []
+
+        def first(peer_id, message):
+            if message.id == "1":
+                dispatcher.subscribe(lambda p, m: late.append(m.id), "task_status")
+
+        dispatcher.subscribe(first, "task_status")
+        batch = [RelayMessage(str(i), "task_status", "beta", 1, {}) for i in (1, 2, 3)]
+        dispatcher.deliver_new(self.alpha.mesh._peers["beta"], batch, lambda peer, payload: None, self.ab[0])
+        self.assertEqual(late, ["2", "3"])
 
     def test_batched_sends_arrive_in_order(self):
         mesh = self.alpha.mesh
