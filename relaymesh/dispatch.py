@@ -181,15 +181,17 @@ class Dispatcher:
         # so that a message costs the window's check and its subscribers.
         peer_id = peer.peer_id
         cache = self._callbacks
-        recent = peer.recent
+        seen = None if peer.recent is None else peer.recent.seen
         for message in messages:
             msg_type = message.msg_type
             if msg_type == _HEARTBEAT:
                 heartbeat(peer, message.payload)
             else:
-                if recent is None:
-                    recent = peer.recent = RecentIds()
-                if recent.seen(message.id):
+                if seen is None:
+                    if peer.recent is None:
+                        peer.recent = RecentIds()
+                    seen = peer.recent.seen
+                if seen(message.id):
                     continue
             callbacks = cache.get(msg_type)
             if callbacks is None:
