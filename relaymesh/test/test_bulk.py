@@ -139,6 +139,43 @@ class BulkTests(SynchronousTestCase):
         self.assertEqual(deep.delivered(), ["m0"])
         self.assertIn("nested deeper than 128", deep.protocol.close_reason)
 
+    def test_one_call_per_run(self):
+        """
+        A chunk of plain messages is decoded as one batch and handed to the
+        mesh in one call; a line that is not plain (a ping) splits the run
+        in two. Long lines reach the decoder as views of the chunk, short
+        ones as bytes split out of it.
+        """
+        from relaymesh import bulk
+
+        real_decode = bulk.decode_many
+        for size, kind in ((10, bytes), (2 * LONG_LINE, memoryview)):
+            peer = Connected()
+            batches, given = [], []
+            real_deliver = peer.node.mesh.messages_received
+
+            def messages_received(protocol, messages):
+                batches.append([m.id for m in messages])
+                real_deliver(protocol, messages)
+
+            def decode_many(lines, *args):
+                given.extend(type(line) for line in lines)
+                return real_decode(lines, *args)
+
+            self.patch(peer.node.mesh, "messages_received", messages_received)
+            self.patch(bulk, "decode_many", decode_many)
+            payload = {"text": "x" * size}
+            lines = [line(message(i, payload=payload)) for i in range(6)]
+            peer.feed(b"".join(lines))
+            self.assertEqual(batches, [["m0", "m1", "m2", "m3", "m4", "m5"]])
+            self.assertEqual(set(given), {kind})
+            del batches[:]
+            ping = line(RelayMessage("p", "ping", "beta", 1, {"ping_id": "x"}))
+            renamed = [piece.replace(b'"m', b'"n', 1) for piece in lines[:3]]
+            peer.feed(renamed[0] + renamed[1] + ping + renamed[2])
+            self.assertEqual(batches, [["n0", "n1"], ["n2"]])
+            self.assertIs(peer.protocol.state, State.CONNECTED)
+
     def test_same_traffic_counted(self):
         """
         The traffic counted for a chunk is what counting each line gives:
@@ -257,10 +294,10 @@ class ReadSizeTests(SynchronousTestCase):
             protocol.dataReceived(small)
         self.assertEqual(transport.bufferSize, 65536)
         chunk = b"".join(GOOD * (STREAMING_CHUNK // len(small) + 1))
-        big_chunks = 0
-        while transport.bufferSize == 65536:
+        needed = -(-STREAMING_BYTES // len(chunk))
+        for _ in range(needed - 1):
             protocol.dataReceived(chunk)
-            big_chunks += 1
+        self.assertEqual(transport.bufferSize, 65536)
+        protocol.dataReceived(chunk)
         self.assertEqual(transport.bufferSize, READ_SIZE)
-        self.assertEqual(big_chunks, -(-STREAMING_BYTES // len(chunk)))
         self.assertIs(protocol.state, State.CONNECTED)
