@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import hmac
+import importlib.util
 import json
 import os
 import resource
@@ -115,10 +115,10 @@ def describe() -> dict:
     """
     import platform
 
-    import twisted
     from OpenSSL import SSL
 
     import relaymesh
+    import twisted
     from relaymesh import wire
     from relaymesh._version import __version__
 

@@ -24,7 +24,7 @@ import importlib.util
 import json
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock

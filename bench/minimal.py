@@ -56,7 +56,6 @@ from benchlib import (
     Stopwatch,
     report,
 )
-
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer

@@ -70,12 +70,11 @@ from benchlib import (
     Stopwatch,
     report,
 )
-
 from twisted.internet import reactor
 
 from relaymesh import wire
-from relaymesh.address import PeerAddress
 from relaymesh.acceptor import ParseBudget, RelayServerFactory
+from relaymesh.address import PeerAddress
 from relaymesh.dialer import RelayClientFactory
 from relaymesh.handshake.proofs import LEGACY_FIELD
 from relaymesh.keystore import KeyStore

@@ -22,9 +22,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.internet import defer, task  # noqa: E402
+from twisted.internet import defer, task
 
-from relaymesh.reliable.store import OutboxEntry, open_store  # noqa: E402
+from relaymesh.reliable.store import OutboxEntry, open_store
 
 
 def entries(count: int, prefix: str) -> list[OutboxEntry]:

@@ -29,8 +29,8 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from relaymesh.files import make_private_directory, remove_file, temporary_path, write_atomically
 from relaymesh.keyfiles import (

@@ -353,7 +353,7 @@ def decode_relay_code(text: str) -> Invite:
 # Word phrases
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def wordlist() -> tuple[str, ...]:
     """
     Return claudectl's 256 words, byte value N being word N.
@@ -368,7 +368,7 @@ def wordlist() -> tuple[str, ...]:
     return words
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _word_values() -> dict[str, int]:
     return {word: value for value, word in enumerate(wordlist())}
 

@@ -9,7 +9,8 @@ make one), and C{twistd relaymesh} makes one from its options
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred
 

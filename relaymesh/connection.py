@@ -51,8 +51,8 @@ from relaymesh.handshake.connector import ConnectorHandshake
 from relaymesh.handshake.connector import Step as ConnectorStep
 from relaymesh.handshake.proofs import ACK_DENIED, STARTTLS_FIELD, Binding
 from relaymesh.interfaces import IHandshakeObserver, ILinkOwner
-from relaymesh.outbound import LineWriter, WriteBatch
 from relaymesh.linkerrors import MismatchWatch
+from relaymesh.outbound import LineWriter, WriteBatch
 from relaymesh.pings import Pinger
 from relaymesh.tls import channel_binding, use_relay_tls
 from relaymesh.wire import (

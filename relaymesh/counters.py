@@ -5,7 +5,7 @@ type, for one connection or summed over a peer's connections.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 #: The order of the four figures kept per message type.
 BY_TYPE_FIELDS = ("msgs_in", "bytes_in", "msgs_out", "bytes_out")

@@ -6,7 +6,8 @@ address with claudectl's backoff, and chooses the key to prove.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet import error
 from twisted.internet.interfaces import IAddress, IConnector, IReactorTime

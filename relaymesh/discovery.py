@@ -26,8 +26,9 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import task

@@ -6,7 +6,8 @@ application's subscriptions, by message type.
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Generic, Iterable, Protocol, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.logger import Logger
 

@@ -29,8 +29,8 @@ import dataclasses
 import ipaddress
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from relaymesh.address import format_hostport
 from relaymesh.codes import (

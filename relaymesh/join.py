@@ -10,9 +10,9 @@ offers its control API (L{local_node}), it is asked to dial the new peer
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
-import dataclasses
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -27,11 +27,11 @@ from relaymesh.addresses import JOIN, AddressBook
 from relaymesh.codes import Invite
 from relaymesh.connection import HANDSHAKE_TIMEOUT, RelayProtocol
 from relaymesh.dialer import CONNECT_TIMEOUT
-from relaymesh.linkerrors import PLAIN_EXPECTED, TLS_EXPECTED
 from relaymesh.handshake.base import Authenticated, HandshakeFailed
 from relaymesh.handshake.connector import ConnectorHandshake
 from relaymesh.joinforms import FORM_DESCRIPTIONS, LEGACY_FORMS, RELAYMESH_FORMS
 from relaymesh.keystore import KeyStore, KeyStoreError
+from relaymesh.linkerrors import PLAIN_EXPECTED, TLS_EXPECTED
 from relaymesh.mesh import Mesh
 from relaymesh.printable import printable
 from relaymesh.tls import NodeCertificate, TLSError

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from relaymesh.address import InvalidAddress, parse_peer_address
+from relaymesh.armed import PAIR_CODE_FORM
 from relaymesh.codes import (
     FORM_LINK,
     FORM_RELAY_CODE,
@@ -36,7 +37,6 @@ from relaymesh.codes import (
 )
 from relaymesh.handshake.pake import InvalidStrongCode, normalize_strong_code
 from relaymesh.handshake.proofs import STRONG_FORM
-from relaymesh.armed import PAIR_CODE_FORM
 
 #: relaymesh's own invite link scheme.
 RELAYMESH_LINK_SCHEME = "relaymesh://"

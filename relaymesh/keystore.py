@@ -22,7 +22,7 @@ peers. It does not depend on Twisted.
 import os
 import re
 import socket
-from typing import Sequence
+from collections.abc import Sequence
 
 from relaymesh.addresses import AddressBook
 from relaymesh.armed import PAIR_CODE_FORM, ArmedKey, InviteUsed, PairingSlots, UsedInvite

@@ -19,7 +19,8 @@ as they always were.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer

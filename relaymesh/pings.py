@@ -24,7 +24,8 @@ sees one. A claudectl peer announces nothing, so it is never sent one.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from relaymesh.handshake.proofs import CAP_PING
 from relaymesh.wire import PING_TYPE, PONG_TYPE, RelayMessage

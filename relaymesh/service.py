@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -28,14 +29,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaymesh.acceptor import RelayServerFactory
+from relaymesh.address import InvalidAddress, PeerAddress, format_address, parse_peer_address
+from relaymesh.addresses import PEERS_OPTION, AddressBook, AddressKeeper, StoredAddress
 from relaymesh.bookkeeping import LastSeen
 from relaymesh.config import (
     DEFAULT_LISTEN,
     TLS_LISTEN_PREFIX,
     NodeConfig,
 )
-from relaymesh.address import InvalidAddress, PeerAddress, format_address, parse_peer_address
-from relaymesh.addresses import PEERS_OPTION, AddressBook, AddressKeeper, StoredAddress
 from relaymesh.connection import State
 from relaymesh.dialer import CONNECT_TIMEOUT, RelayClientFactory
 from relaymesh.discovery import Announcer
@@ -47,9 +48,10 @@ from relaymesh.mesh import Mesh
 from relaymesh.reliable.outbox import DEFAULT_SCAN_INTERVAL, ReliableDelivery
 from relaymesh.reliable.store import STORE_FILE, Store, open_store
 from relaymesh.routing.router import Router
-from relaymesh.startup import as_startup_error
 from relaymesh.sessions.source import session_source
+from relaymesh.startup import as_startup_error
 from relaymesh.tls import NodeCertificate, TLSError, TLSServerFactory
+
 
 class OutboundPeer(Service):
     """

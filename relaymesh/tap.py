@@ -13,12 +13,6 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from relaymesh.address import InvalidAddress, PeerAddress, parse_peer_address
-from relaymesh.control.hosts import InvalidHost, parse_host
-from relaymesh.discovery import ANNOUNCE_INTERVAL, ANNOUNCE_PORT, BROADCAST_ADDRESS, parse_target
-from relaymesh.keystore import KeyStore, KeyStoreError, default_data_dir
-from relaymesh.heartbeats import DEFAULT_HEARTBEAT_INTERVAL
-from relaymesh.mesh import DEFAULT_MAX_PEERS
-from relaymesh.peerid import InvalidPeerId, validate_peer_id
 from relaymesh.config import (
     DEFAULT_API,
     DEFAULT_API_FALLBACK,
@@ -26,6 +20,12 @@ from relaymesh.config import (
     TLS_LISTEN_PREFIX,
     NodeConfig,
 )
+from relaymesh.control.hosts import InvalidHost, parse_host
+from relaymesh.discovery import ANNOUNCE_INTERVAL, ANNOUNCE_PORT, BROADCAST_ADDRESS, parse_target
+from relaymesh.heartbeats import DEFAULT_HEARTBEAT_INTERVAL
+from relaymesh.keystore import KeyStore, KeyStoreError, default_data_dir
+from relaymesh.mesh import DEFAULT_MAX_PEERS
+from relaymesh.peerid import InvalidPeerId, validate_peer_id
 from relaymesh.service import RelayService
 from relaymesh.sessions.claude import DEFAULT_CLAUDE_HOME
 from relaymesh.sessions.source import CLAUDE_CODE_SOURCE, parse_sessions_option

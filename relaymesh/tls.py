@@ -21,13 +21,13 @@ import hashlib
 import ipaddress
 import os
 import socket
-from typing import Iterable
+from collections.abc import Iterable
 
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl as twisted_ssl
 from twisted.internet.interfaces import ISSLTransport
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from relaymesh.keystore import write_atomically

@@ -24,7 +24,8 @@ import itertools
 import json
 import os
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from relaymesh.nesting import (
     MAX_NESTING,

@@ -43,18 +43,19 @@ import random
 import statistics
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 if __package__ in (None, ""):  # run as python tools/simulate.py: import from the checkout
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.internet.defer import Deferred, DeferredList, gatherResults  # noqa: E402
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 
-from relaymesh.mesh import DEFAULT_MAX_PEERS, PeerNotConnected, UnknownPeer  # noqa: E402
-from relaymesh.routing.table import INFINITY  # noqa: E402
-from relaymesh.service import RelayService  # noqa: E402
-from relaymesh.testing import MemoryNetwork, connect_nodes, memory_node  # noqa: E402
-from tools.topology import (  # noqa: E402
+from relaymesh.mesh import DEFAULT_MAX_PEERS, PeerNotConnected, UnknownPeer
+from relaymesh.routing.table import INFINITY
+from relaymesh.service import RelayService
+from relaymesh.testing import MemoryNetwork, connect_nodes, memory_node
+from tools.topology import (
     MIN_NODES,
     RANDOM,
     TOPOLOGIES,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from relaymesh.testing import hop_distances as distances
 

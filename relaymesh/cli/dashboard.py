@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 import webbrowser
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import quote
 
 from relaymesh.cli.base import Command, Context

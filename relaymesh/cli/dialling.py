@@ -21,12 +21,12 @@ from relaymesh.addresses import AddressBook
 from relaymesh.cli.base import PROG, Command, CommandError, Context
 from relaymesh.cli.live import (
     EXIT_NOT_RUNNING,
-    shown,
     client,
     live,
     not_proven,
     not_running,
     refused,
+    shown,
     wants_live_peers,
 )
 from relaymesh.control.client import ApiRequestError, NodeClient, NodeNotProven, NodeNotRunning, TokenMissing

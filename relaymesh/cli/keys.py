@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 
@@ -27,8 +28,8 @@ from relaymesh.cli.base import (
     Context,
     add_global_options,
     format_last_seen,
-    no_arguments,
     format_table,
+    no_arguments,
     run_reactor,
 )
 from relaymesh.cli.pairing import run_strong_pair
@@ -37,7 +38,6 @@ from relaymesh.control.client import node_without_api
 from relaymesh.invite import FORM_DESCRIPTIONS
 from relaymesh.peerid import validate_peer_id
 from relaymesh.printable import printable
-
 
 # identity
 

@@ -33,19 +33,26 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from relaymesh.cli.base import Command, CommandError, Context, format_table, no_arguments, terminal_text
-from relaymesh.cli.peertable import address_column, pairing_columns, pending_state, pending_text, source_column
+from relaymesh.cli.peertable import (
+    address_column,
+    pairing_columns,
+    pending_state,
+    pending_text,
+    source_column,
+)
 from relaymesh.control.client import (
     API_ENV,
     TOKEN_FILE,
     ApiRequestError,
+    NoControlApi,
     NodeClient,
     NodeNotProven,
     NodeNotRunning,
-    NoControlApi,
     TokenMissing,
     read_token,
     resolve_url,

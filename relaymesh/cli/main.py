@@ -25,10 +25,10 @@ from relaymesh.cli.base import (
     PROG,
     USER_ERRORS,
     ArgumentParser,
-    add_global_options,
     Command,
     CommandError,
     Context,
+    add_global_options,
     terminal_text,
 )
 from relaymesh.keystore import default_data_dir

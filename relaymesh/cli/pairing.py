@@ -13,7 +13,7 @@ import argparse
 import importlib.util
 import io
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -37,6 +37,7 @@ from relaymesh.discovery import (
     SightingTable,
     discover,
 )
+from relaymesh.handshake.pake import generate_strong_code
 from relaymesh.invite import (
     DEFAULT_EXPIRY,
     FORM_DESCRIPTIONS,
@@ -51,7 +52,6 @@ from relaymesh.invite import (
     node_port,
     parse_join_input,
 )
-from relaymesh.handshake.pake import generate_strong_code
 from relaymesh.printable import printable
 from relaymesh.tls import NodeCertificate, TLSError
 

@@ -26,7 +26,8 @@ import http.client
 import json
 import os
 import socket
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from relaymesh.address import InvalidAddress, parse_port

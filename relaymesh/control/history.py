@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import http

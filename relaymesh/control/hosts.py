@@ -18,8 +18,8 @@ is taken with its own port (behind a proxy or a tunnel).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from relaymesh.printable import printable
 

@@ -4,7 +4,8 @@ L{ControlPlane}: what the API's resources share about the node they serve.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request

@@ -6,7 +6,8 @@ body checks, and the one table mapping the mesh's exceptions to statuses.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from twisted.web import http
 from twisted.web.server import Request

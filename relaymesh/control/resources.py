@@ -9,8 +9,9 @@ exposition.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -19,6 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from relaymesh.control.auth import COOKIE_PATH, cookie_name, cookie_value
+from relaymesh.control.history import parse_history
 from relaymesh.control.plane import ControlPlane
 from relaymesh.control.proof import NONCE_BYTES, canonical_address, make_proof, parse_nonce
 from relaymesh.control.requests import (
@@ -29,7 +31,6 @@ from relaymesh.control.requests import (
     write_error,
     write_json,
 )
-from relaymesh.control.history import parse_history
 from relaymesh.control.sse import parse_event_types
 from relaymesh.control.views import CONNECT, POST_SOURCES
 from relaymesh.errors import UnknownPeer

@@ -5,7 +5,7 @@ L{ApiService}: the control plane of a node, served on an endpoint.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred

@@ -10,7 +10,8 @@ C{stale}. Items that are not JSON objects are left out.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from relaymesh.events import PeerSessions
 

@@ -9,8 +9,8 @@ L{IRelayMesh}.
 from __future__ import annotations
 
 import dataclasses
-
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger

@@ -22,7 +22,8 @@ import dataclasses
 import enum
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from relaymesh.handshake.base import (
     Authenticated,

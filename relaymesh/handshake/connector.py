@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import enum
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from relaymesh.handshake.base import (
     PENDING_FORM,

@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from typing import Callable
+from collections.abc import Callable
 
 from spake2 import SPAKE2_A, SPAKE2_B
 

@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from relaymesh._version import __version__
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from relaymesh.reliable.errors import SchemaTooNew, StoreError
 

@@ -45,7 +45,6 @@ from relaymesh.errors import PeerNotConnected, UnknownPeer
 from relaymesh.interfaces import ExtensionHost, PairwiseKeys
 from relaymesh.printable import printable
 from relaymesh.reliable.fields import RELIABLE_FIELD
-from relaymesh.routing.seal import UNPAIRED, Sealer, SealError
 from relaymesh.routing.envelope import (
     MAX_ORIGIN_ID_LENGTH,
     ROUTE_FIELD,
@@ -54,6 +53,7 @@ from relaymesh.routing.envelope import (
     envelope,
     routed_line,
 )
+from relaymesh.routing.seal import UNPAIRED, Sealer, SealError
 from relaymesh.routing.table import (
     MAX_HOPS,
     MINE,

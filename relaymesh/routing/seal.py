@@ -38,14 +38,14 @@ import binascii
 import os
 import re
 import struct
-from typing import Any, Callable
-
-from twisted.internet.interfaces import IReactorTime
+from collections.abc import Callable
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from twisted.internet.interfaces import IReactorTime
 
 from relaymesh.interfaces import PairwiseKeys
 from relaymesh.keyfiles import KeyStoreError

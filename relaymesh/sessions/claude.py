@@ -16,8 +16,9 @@ import os
 import re
 import stat
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from twisted.logger import Logger
 

@@ -14,22 +14,22 @@ from io import BytesIO
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Protocol
-from relaymesh.testing import MemoryNetwork
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from relaymesh.address import PeerAddress, parse_peer_address
+from relaymesh.addresses import AddressBook
 from relaymesh.control.plane import ControlPlane
 from relaymesh.control.site import make_site
 from relaymesh.events import PeerEvent, PeerSessions, PeerStatus
-from relaymesh.addresses import AddressBook
 from relaymesh.interfaces import INode
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
 from relaymesh.test import realtime
 from relaymesh.test.support import EPOCH, Node, connect
+from relaymesh.testing import MemoryNetwork
 
 TOKEN = "test-token-0123456789"
 

@@ -10,7 +10,8 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 

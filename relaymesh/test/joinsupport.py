@@ -16,8 +16,8 @@ from relaymesh.events import EventKind
 from relaymesh.invite import InviteForms, arm_invite, make_invite
 from relaymesh.join import join_directly
 from relaymesh.keystore import KeyStore
-from relaymesh.testing import MemoryNetwork
 from relaymesh.test.support import EPOCH, Node
+from relaymesh.testing import MemoryNetwork
 
 #: Every form of an invite: a name, how to read it from the printed invite
 #: (L{InviteForms}), and the --peer a bare code needs.

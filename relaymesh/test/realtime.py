@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SkipTest

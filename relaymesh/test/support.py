@@ -12,13 +12,13 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.address import PeerAddress
-from relaymesh.reliable.outbox import ReliableDelivery
 from relaymesh.acceptor import RelayServerFactory
+from relaymesh.address import PeerAddress
+from relaymesh.connection import RelayProtocol
 from relaymesh.dialer import RelayClientFactory
 from relaymesh.handshake.proofs import LEGACY_FIELD, compute_proof
 from relaymesh.mesh import Mesh
-from relaymesh.connection import RelayProtocol
+from relaymesh.reliable.outbox import ReliableDelivery
 from relaymesh.routing.router import Router
 from relaymesh.routing.table import MAX_HOPS
 from relaymesh.testing import MemoryKeys, MemoryNetwork, MemoryStore

@@ -19,7 +19,7 @@ from relaymesh.addresses import CONNECT, INBOUND, JOIN, SET_ADDRESS, AddressBook
 from relaymesh.cli.main import main
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
-from relaymesh.test.realtime import loopback_node, free_port, wait_for
+from relaymesh.test.realtime import free_port, loopback_node, wait_for
 
 KEY = bytes(range(32))
 

@@ -27,8 +27,8 @@ from relaymesh.events import Direction, EventKind, PeerEvent
 from relaymesh.keystore import KeyStore
 from relaymesh.reliable.outbox import ReliableDelivery
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL, Router
-from relaymesh.startup import StartupError
 from relaymesh.service import RelayService
+from relaymesh.startup import StartupError
 from relaymesh.test.apisupport import TOKEN, ApiHarness, FakeMesh, wait_for
 from relaymesh.test.support import EPOCH, MemoryStore, Node, connect, pair_keys
 from relaymesh.wire import RelayMessage, WireError

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,8 +24,8 @@ from relaymesh.handshake.base import HandshakeFailed
 from relaymesh.handshake.connector import ConnectorHandshake
 from relaymesh.handshake.proofs import compute_proof
 from relaymesh.service import RelayService
-from relaymesh.testing import MemoryKeys, MemoryNetwork, memory_node
 from relaymesh.test.support import line
+from relaymesh.testing import MemoryKeys, MemoryNetwork, memory_node
 from relaymesh.wire import RelayMessage
 
 SECRET = "the launch codes are 0000"

@@ -13,7 +13,8 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 import relaymesh
-from relaymesh.cli import dashboard, dialling, fleet, keys, live, main as cli_main, pairing, security
+from relaymesh.cli import dashboard, dialling, fleet, keys, live, pairing, security
+from relaymesh.cli import main as cli_main
 from relaymesh.cli.base import Command, CommandError, format_last_seen
 from relaymesh.cli.main import COMMANDS, main
 from relaymesh.codes import parse_pair_code

@@ -14,9 +14,9 @@ from io import StringIO
 from twisted.internet import defer, threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaymesh.control.client import NodeClient, NodeNotRunning, TokenMissing, read_token, resolve_url
-from relaymesh.cli.main import main
 from relaymesh.cli.live import describe_event, duration
+from relaymesh.cli.main import main
+from relaymesh.control.client import NodeClient, NodeNotRunning, TokenMissing, read_token, resolve_url
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
 from relaymesh.test.realtime import loopback_node, wait_for

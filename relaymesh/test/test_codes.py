@@ -12,12 +12,14 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaymesh import codes
+from relaymesh.cli import live as cli_live
+from relaymesh.cli.main import main
 from relaymesh.codes import (
     FORM_LINK,
     FORM_RELAY_CODE,
     FORM_WORDS,
-    Invite,
     InvalidCode,
+    Invite,
     decode_invite,
     decode_invite_link,
     decode_port_byte,
@@ -35,8 +37,6 @@ from relaymesh.codes import (
     parse_pair_code,
     wordlist,
 )
-from relaymesh.cli import live as cli_live
-from relaymesh.cli.main import main
 from relaymesh.joinforms import (
     looks_like_pair_code,
     looks_like_strong_code,

@@ -40,9 +40,9 @@ import relaymesh
 from relaymesh.control.client import ApiRequestError, NodeClient, NodeNotRunning
 from relaymesh.invite import arm_invite, make_invite
 from relaymesh.keystore import KeyStore
+from relaymesh.test.claudehome import ClaudeHome, assistant_text, spawn_claude, user_text
 from relaymesh.test.realtime import free_port as realtime_free_port
 from relaymesh.test.realtime import paired_homes
-from relaymesh.test.claudehome import ClaudeHome, assistant_text, spawn_claude, user_text
 
 #: Seconds the whole test may take.
 BUDGET = 60.0

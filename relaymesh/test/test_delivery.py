@@ -8,22 +8,22 @@ import json
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.reliable.errors import OutboxFull
-from relaymesh.reliable.outbox import (
-    ACK_CAPABILITY,
-    MAX_QUEUED_PER_PEER,
-    DEFAULT_DELIVERY_TIMEOUT,
-    DEFAULT_RESEND_AFTER,
-    DEFAULT_SCAN_INTERVAL,
-    Delivery,
-    ReliableDelivery,
-)
 from relaymesh.handshake.proofs import DEFAULT_CAPABILITIES
 from relaymesh.mesh import (
     DeliveryTimeout,
     ReliableUnsupported,
     UnknownPeer,
     UnsupportedMessageType,
+)
+from relaymesh.reliable.errors import OutboxFull
+from relaymesh.reliable.outbox import (
+    ACK_CAPABILITY,
+    DEFAULT_DELIVERY_TIMEOUT,
+    DEFAULT_RESEND_AFTER,
+    DEFAULT_SCAN_INTERVAL,
+    MAX_QUEUED_PER_PEER,
+    Delivery,
+    ReliableDelivery,
 )
 from relaymesh.reliable.store import StoreClosed, StoreError
 from relaymesh.test.support import MemoryStore, Node, ReliableTestCase, connect, make_clock, pair_keys, record

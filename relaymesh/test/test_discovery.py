@@ -403,7 +403,7 @@ class DiscoverCommandTests(SynchronousTestCase):
 
     def test_cannotListen(self):
         def fail(work):
-            raise CannotListenError("", 9848, socket.error(13, "Permission denied"))
+            raise CannotListenError("", 9848, OSError(13, "Permission denied"))
 
         self.patch(cli_pairing, "run_reactor", fail)
         stdout, stderr = StringIO(), StringIO()

@@ -8,16 +8,21 @@ from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.acceptor import FailureTracker, LOCKOUT_FAILURES, LOCKOUT_WINDOW, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS
-
-from relaymesh.dialer import RelayClientFactory
+from relaymesh.acceptor import (
+    LOCKOUT_FAILURES,
+    LOCKOUT_WINDOW,
+    MAX_HANDSHAKES,
+    MAX_HANDSHAKES_PER_ADDRESS,
+    FailureTracker,
+)
 from relaymesh.connection import State
+from relaymesh.dialer import RelayClientFactory
 from relaymesh.handshake.base import PENDING_FORM
 from relaymesh.test.support import (
-    authenticate,
     FakeConnector,
     MemoryKeys,
     Node,
+    authenticate,
     client_protocol,
     connect,
     line,

@@ -21,8 +21,8 @@ from relaymesh.dialer import RelayClientFactory
 from relaymesh.keystore import KeyStore
 from relaymesh.mesh import Mesh
 from relaymesh.service import RelayService
-from relaymesh.tls import NodeCertificate
 from relaymesh.test.realtime import sleep, wait_for
+from relaymesh.tls import NodeCertificate
 
 REPORT = os.environ.get("RELAYMESH_FLOOD_REPORT") == "1"
 

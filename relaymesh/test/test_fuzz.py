@@ -21,8 +21,8 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides
 
-from relaymesh.handshake.proofs import VERSION, compute_proof
 from relaymesh.connection import State
+from relaymesh.handshake.proofs import VERSION, compute_proof
 from relaymesh.test.support import (
     MemoryKeys,
     Node,

@@ -9,15 +9,13 @@ import hmac
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaymesh.handshake.acceptor import AcceptorHandshake, Step
-
-from relaymesh.handshake.base import HandshakeFailed
-
-from relaymesh.handshake.connector import ConnectorHandshake
-from relaymesh.handshake.connector import Step as ConnectorStep
-
 from relaymesh import pairing
 from relaymesh.armed import PAIR_CODE_FORM
+from relaymesh.connection import State
+from relaymesh.handshake.acceptor import AcceptorHandshake, Step
+from relaymesh.handshake.base import HandshakeFailed
+from relaymesh.handshake.connector import ConnectorHandshake
+from relaymesh.handshake.connector import Step as ConnectorStep
 from relaymesh.handshake.proofs import (
     VERSION,
     acceptor_proof,
@@ -26,7 +24,6 @@ from relaymesh.handshake.proofs import (
     new_nonce,
     same_proof,
 )
-from relaymesh.connection import State
 from relaymesh.test.support import (
     FakeConnector,
     MemoryKeys,

@@ -27,7 +27,14 @@ from relaymesh.handshake.proofs import VERSION, acceptor_proof, compute_proof, c
 from relaymesh.keystore import InviteUsed, KeyStoreError, UsedInvite
 from relaymesh.pairing import PairingFailed
 from relaymesh.test.support import (
-    MemoryKeys, Node, client_protocol, line, load_transcript, make_clock, server_protocol, written,
+    MemoryKeys,
+    Node,
+    client_protocol,
+    line,
+    load_transcript,
+    make_clock,
+    server_protocol,
+    written,
 )
 from relaymesh.wire import RelayMessage, decode
 

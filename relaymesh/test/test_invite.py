@@ -14,15 +14,18 @@ import random
 import sys
 from io import StringIO
 
-from twisted.internet.address import IPv4Address
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionRefusedError, UserError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from relaymesh.cli import base as cli_base, keys as cli_keys, pairing as cli_pairing
+from relaymesh import pairing
+from relaymesh.cli import base as cli_base
+from relaymesh.cli import keys as cli_keys
+from relaymesh.cli import pairing as cli_pairing
 from relaymesh.cli.main import main
 from relaymesh.codes import (
     FORM_LINK,
@@ -39,7 +42,7 @@ from relaymesh.codes import (
     format_pair_code,
     parse_pair_code,
 )
-from relaymesh import pairing
+from relaymesh.connection import State
 from relaymesh.handshake.acceptor import AcceptorHandshake
 from relaymesh.handshake.base import HandshakeFailed
 from relaymesh.handshake.proofs import compute_proof
@@ -58,7 +61,6 @@ from relaymesh.joinforms import (
     parse_join_input,
 )
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey, KeyStore
-from relaymesh.connection import State
 from relaymesh.test.support import EPOCH, MemoryKeys, Node, load_codes
 from relaymesh.testing import MemoryNetwork
 from relaymesh.wire import RelayMessage

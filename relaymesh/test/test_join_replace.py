@@ -15,8 +15,7 @@ import json
 import os
 from io import StringIO
 
-from twisted.internet import threads
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 

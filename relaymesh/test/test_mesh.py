@@ -2,11 +2,13 @@
 Tests for L{relaymesh.mesh}: the registry and the application interface.
 """
 
-from twisted.logger import globalLogPublisher
 from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from relaymesh.connection import State
+from relaymesh.dispatch import Dispatcher
 from relaymesh.interfaces import IRelayMesh
 from relaymesh.mesh import (
     DEDUP_WINDOW,
@@ -15,8 +17,6 @@ from relaymesh.mesh import (
     UnknownPeer,
     UnsupportedMessageType,
 )
-from relaymesh.connection import State
-from relaymesh.dispatch import Dispatcher
 from relaymesh.test.support import Node, connect, line, make_clock, pair_keys
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage, WireError
 

@@ -14,8 +14,8 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh.control.metrics import NodeMetrics, RoundTrips
-from relaymesh.test.support import Node, connect, line, make_clock, pair_keys
 from relaymesh.test.apisupport import TOKEN, ApiHarness
+from relaymesh.test.support import Node, connect, line, make_clock, pair_keys
 
 
 class MetricsTestCase(SynchronousTestCase):

@@ -15,15 +15,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides
 
 from relaymesh.acceptor import PREAUTH_BURST
+from relaymesh.connection import HANDSHAKE_MAX_LINE, HANDSHAKE_TIMEOUT, State
 from relaymesh.handshake.base import HandshakeFailed
 from relaymesh.handshake.proofs import VERSION, compute_proof
-from relaymesh.connection import HANDSHAKE_MAX_LINE, HANDSHAKE_TIMEOUT, State
 from relaymesh.outbound import FLUSH_BYTES
-from relaymesh.testing import MemoryStore
 from relaymesh.test.support import (
-    accepted,
     MemoryKeys,
     Node,
+    accepted,
     client_protocol,
     line,
     make_clock,
@@ -31,6 +30,7 @@ from relaymesh.test.support import (
     server_protocol,
     written,
 )
+from relaymesh.testing import MemoryStore
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage
 
 KEY = bytes(range(32))

@@ -10,22 +10,22 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from relaymesh.errors import PeerNotConnected, UnknownPeer
+from relaymesh.events import PeerState
+from relaymesh.handshake.proofs import DEFAULT_CAPABILITIES
 from relaymesh.reliable.outbox import (
     DEFAULT_RESEND_AFTER,
     DEFAULT_SCAN_INTERVAL,
     routed_origin_id,
 )
-from relaymesh.handshake.proofs import DEFAULT_CAPABILITIES
-from relaymesh.errors import PeerNotConnected, UnknownPeer
-from relaymesh.events import PeerState
 
 ROUTED = PeerState.ROUTED
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL, Router
 from relaymesh.routing.seal import Sealer
 from relaymesh.routing.table import MAX_HOPS, ROUTING_CAPABILITY, Route, RouteHeader, encode_routed
+from relaymesh.test.support import MemoryStore, Node, connect, make_clock, pair_keys
 from relaymesh.testing import MemoryKeys
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage, decode_fields
-from relaymesh.test.support import MemoryStore, Node, connect, make_clock, pair_keys
 
 #: The key every pair of nodes shares in L{RouterTests}.
 PSK = bytes(range(32))

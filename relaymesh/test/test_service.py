@@ -6,27 +6,27 @@ import os
 import types
 
 from twisted.application.service import IServiceMaker
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.python import usage
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from relaymesh import tap
 from relaymesh.address import PeerAddress
-from relaymesh.reliable.outbox import ACK_CAPABILITY
-from relaymesh.dialer import RelayClientFactory
-from relaymesh.keystore import KeyStore
 from relaymesh.bookkeeping import LastSeen
 from relaymesh.config import SHUTDOWN_TIMEOUT, NodeConfig
+from relaymesh.dialer import RelayClientFactory
 from relaymesh.events import Direction, EventKind, PeerEvent
+from relaymesh.keystore import KeyStore
+from relaymesh.reliable.outbox import ACK_CAPABILITY
+from relaymesh.reliable.store import STORE_FILE, StoreError
 from relaymesh.service import RelayService
 from relaymesh.startup import StartupError
-from relaymesh.reliable.store import STORE_FILE, StoreError
-from relaymesh.tls import TLSServerFactory
 from relaymesh.test.support import EPOCH, Node, connect
+from relaymesh.tls import TLSServerFactory
 
 
 def memory_reactor():

@@ -16,7 +16,14 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from relaymesh.control.client import NodeClient
-from relaymesh.test.claudehome import ClaudeHome, assistant_text, spawn_claude, tool_result, tool_use, user_text
+from relaymesh.test.claudehome import (
+    ClaudeHome,
+    assistant_text,
+    spawn_claude,
+    tool_result,
+    tool_use,
+    user_text,
+)
 from relaymesh.test.realtime import ProcessesMixin, free_port, paired_homes, wait_for
 
 #: Text of the transcript that must never leave the machine.

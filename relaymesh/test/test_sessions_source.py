@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from relaymesh import tap
 from relaymesh.keystore import KeyStore
 from relaymesh.mesh import Mesh
+from relaymesh.sessions.procs import ProcTable
 from relaymesh.sessions.source import (
     MAX_SESSION_FILE,
     REFRESH_INTERVAL,
@@ -32,10 +33,9 @@ from relaymesh.sessions.source import (
     in_thread_pool,
     parse_sessions_option,
 )
-from relaymesh.sessions.procs import ProcTable
 from relaymesh.sessions.status import QUIET_CPU
-from relaymesh.test.realtime import wait_for
 from relaymesh.test.claudehome import ClaudeHome, assistant_text, spawn_claude, user_text
+from relaymesh.test.realtime import wait_for
 from relaymesh.testing import MemoryNetwork, connect_nodes, memory_node
 
 SESSION = {"pid": 7, "project": "p", "status": "Idle"}

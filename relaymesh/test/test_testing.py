@@ -18,6 +18,7 @@ from relaymesh.events import EventKind
 
 CONNECTED, DISCONNECTED = EventKind.CONNECTED, EventKind.DISCONNECTED
 from relaymesh.reliable.store import OutboxEntry, StoreClosed
+from relaymesh.test.support import EPOCH
 from relaymesh.testing import (
     MemoryNetwork,
     MemoryNetworkError,
@@ -29,7 +30,6 @@ from relaymesh.testing import (
     memory_node,
     memory_store_opener,
 )
-from relaymesh.test.support import EPOCH
 from relaymesh.tls import NodeCertificate, channel_binding, create_certificate
 
 #: The message type the tests send.

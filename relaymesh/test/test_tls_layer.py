@@ -6,7 +6,7 @@ where the layer is used: the in-band upgrade, C{tls:} listeners and dials.
 
 from __future__ import annotations
 
-from typing import Generator
+from collections.abc import Generator
 
 from OpenSSL import SSL
 from twisted.internet import defer

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
@@ -31,7 +31,6 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import alsoProvides, implementer
-
 
 #: The address every connection of a L{MemoryNetwork} comes from, and the
 #: interface nodes made by L{memory_node} listen on.

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from twisted.internet.defer import Deferred
 
