@@ -1,0 +1,1 @@
+relaymesh ships its type annotations (``py.typed``), which ``mypy --strict`` checks, so an application's type checker checks its use of ``RelayService``, ``IRelayMesh``, ``relaymesh.testing`` and the rest of the API.
