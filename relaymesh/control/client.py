@@ -28,7 +28,7 @@ import os
 import socket
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 from relaymesh.address import InvalidAddress, parse_port
 from relaymesh.control.proof import PROOF_PATH, canonical_address, check_proof, new_nonce
@@ -54,7 +54,7 @@ TIMEOUT = 10.0
 STREAM_TIMEOUT = 60.0
 
 
-def _bad_port(parts: Any) -> bool:
+def _bad_port(parts: SplitResult) -> bool:
     """
     Whether a split URL names a port L{relaymesh.address.parse_port} refuses
     (C{urlsplit} takes some non-ASCII digits for digits, and raises for
@@ -78,12 +78,12 @@ class NodeNotRunning(Exception):
     """
     No node answers at the URL.
 
-    @ivar url: The URL tried.
+    @ivar url: The URL tried (L{None} when there was none to try).
     """
 
     def __init__(self, url: str, reason: str = "") -> None:
         Exception.__init__(self, f"no node is running at {url}" + (f" ({reason})" if reason else ""))
-        self.url = url
+        self.url: str | None = url
 
 
 class NoApiUrl(NodeNotRunning):
@@ -261,6 +261,7 @@ class NodeClient:
             raise ValueError(f"--api: {url!r} has an invalid port (ASCII digits, 1 to 65535)")
         self.url = url.rstrip("/")
         self._parts = parts
+        self._host = parts.hostname
         self._token = token
         self._timeout = timeout
 
@@ -273,7 +274,7 @@ class NodeClient:
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         kind = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
-        return kind(self._parts.hostname, self._parts.port, timeout=timeout)
+        return kind(self._host, self._parts.port, timeout=timeout)
 
     def _base_path(self) -> str:
         return self._parts.path.rstrip("/")
@@ -355,7 +356,7 @@ class NodeClient:
             raise ApiRequestError(response.status, f"{self.url} did not answer JSON: is it a relaymesh node?")
         return value
 
-    def events(self, types: list[str] | None = None, timeout: float = STREAM_TIMEOUT) -> Iterator[dict]:
+    def events(self, types: list[str] | None = None, timeout: float = STREAM_TIMEOUT) -> Iterator[dict[str, Any]]:
         """
         Follow C{/api/events}: yield each event's JSON object.
 

@@ -81,8 +81,10 @@ def parse_history(values: list[bytes]) -> int:
 def _routine(value: dict[str, Any]) -> bool:
     if value["event"] == SESSIONS_EVENT:
         return True
-    message = value.get("message")
-    return value["event"] == MESSAGE_EVENT and message.get("msg_type") == HEARTBEAT
+    if value["event"] != MESSAGE_EVENT:
+        return False
+    message: dict[str, object] = value["message"]
+    return message.get("msg_type") == HEARTBEAT
 
 
 def shorten(value: dict[str, Any], limit: int = MAX_EVENT_BYTES) -> tuple[dict[str, Any], bytes]:

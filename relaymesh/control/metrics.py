@@ -291,7 +291,10 @@ class NodeMetrics:
         self.delivered: dict[tuple[str, str], int] = {}
         self.round_trips = round_trips or RoundTrips(mesh, clock)
         self.round_trips.observe(self._round_trip)
-        self._subscriptions = [mesh.watch_peers(self._peer_event), mesh.subscribe(self._message)]
+        self._cancels: list[Callable[[], None]] = [
+            mesh.watch_peers(self._peer_event).cancel,
+            mesh.subscribe(self._message).cancel,
+        ]
         self.snapshot = _Snapshot([], 0, 0.0, {})
 
     def refresh(self) -> None:
@@ -314,8 +317,8 @@ class NodeMetrics:
         """
         Stop listening to the mesh.
         """
-        for subscription in self._subscriptions:
-            subscription.cancel()
+        for cancel in self._cancels:
+            cancel()
 
     def _peer_event(self, event: PeerEvent) -> None:
         if event.kind == EventKind.CONNECTED:

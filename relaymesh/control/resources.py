@@ -16,9 +16,10 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from relaymesh.addresses import CONNECT
 from relaymesh.control.auth import COOKIE_PATH, cookie_name, cookie_value
 from relaymesh.control.history import parse_history
 from relaymesh.control.plane import ControlPlane
@@ -32,7 +33,7 @@ from relaymesh.control.requests import (
     write_json,
 )
 from relaymesh.control.sse import parse_event_types
-from relaymesh.control.views import CONNECT, POST_SOURCES
+from relaymesh.control.views import POST_SOURCES
 from relaymesh.errors import UnknownPeer
 from relaymesh.fleet import API_SOURCE
 from relaymesh.peerid import is_valid_peer_id
@@ -67,7 +68,9 @@ class ApiResource(Resource):
 
     def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")
-        handler = getattr(self, "do_" + ("GET" if method == "HEAD" else method), None)
+        handler: Callable[[Request], object] | None = getattr(
+            self, "do_" + ("GET" if method == "HEAD" else method), None
+        )
         try:
             if not self.public:
                 self.control.authorize(request, allow_cookie=self.cookie_auth)
@@ -425,7 +428,7 @@ class Metrics(Resource):
     isLeaf = True
 
     def __init__(
-        self, control: ControlPlane, exposition: Callable[[], Resource] | None = None
+        self, control: ControlPlane, exposition: Callable[[], IResource] | None = None
     ) -> None:
         """
         @param control: The control plane whose metrics to expose.
@@ -435,14 +438,16 @@ class Metrics(Resource):
         Resource.__init__(self)
         self.control = control
         self._make_exposition = exposition or self._prometheus_resource
-        self._exposition: Resource | None = None
+        self._exposition: IResource | None = None
 
-    def _prometheus_resource(self) -> Resource:
+    def _prometheus_resource(self) -> IResource:
         # Imported late: it reads the global reactor, which twistd installs
         # only after the plugin is loaded.
         from prometheus_client.twisted import MetricsResource
 
-        return MetricsResource(registry=self.control.metrics.registry)
+        # prometheus_client defines it as an unannotated lambda: typed here
+        make: Callable[..., IResource] = MetricsResource
+        return make(registry=self.control.metrics.registry)
 
     def render(self, request: Request) -> bytes | int:
         try:
@@ -456,7 +461,8 @@ class Metrics(Resource):
         self.control.metrics.refresh()
         if self._exposition is None:
             self._exposition = self._make_exposition()
-        return self._exposition.render(request)
+        body: bytes | int = self._exposition.render(request)
+        return body
 
 
 class Root(Resource):

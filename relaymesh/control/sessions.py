@@ -34,7 +34,7 @@ def session_rows(lists: Iterable[PeerSessions], stale_after: float) -> list[dict
 
     @param stale_after: Seconds after which a list's sessions are stale.
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     for held in lists:
         age = round(held.age, 3)
         added = {

@@ -20,14 +20,13 @@ header.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from relaymesh.control.hosts import HostPolicy
@@ -65,11 +64,15 @@ class ApiChannel(http.HTTPChannel):
     (see the module's docstring).
 
     @ivar site: The L{ApiSite} (set when it builds the channel).
+    @ivar transport: Its connection's transport: TCP, TLS or UNIX, each of
+        which can abort the connection (as L{ITCPTransport} says, and
+        L{ITransport<twisted.internet.interfaces.ITransport>} does not).
     @ivar refused: Whether the channel answered an error of its own and
         takes no more input.
     """
 
     site: ApiSite
+    transport: ITCPTransport
     refused = False
     _timer: IDelayedCall | None = None
 
@@ -103,7 +106,7 @@ class ApiChannel(http.HTTPChannel):
         self._arm(self.site.request_deadline, self._too_slow)
         http.HTTPChannel.requestDone(self, request)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
         self.site.channel_closed(self)
         http.HTTPChannel.connectionLost(self, reason)
@@ -149,6 +152,8 @@ class OverCap(Protocol):
     fail on it.)
     """
 
+    transport: ITCPTransport
+
     def connectionMade(self) -> None:
         self.transport.abortConnection()
 
@@ -186,7 +191,9 @@ class ApiSite(Site):
     @ivar refused_connections: Connections closed at once for the cap.
     """
 
-    protocol = ApiChannel
+    # Twisted types a site's protocol as its own HTTP/2-capable wrapper of
+    # HTTPChannel; a site may serve any HTTPChannel subclass instead.
+    protocol = ApiChannel  # type: ignore[assignment]
     requestFactory = ApiRequest
     displayTracebacks = False
     noisy = False
@@ -208,7 +215,8 @@ class ApiSite(Site):
         self.refused_connections = 0
         self._full = False
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    # The override returns what the protocol above makes (see there).
+    def buildProtocol(self, addr: IAddress | None) -> ApiChannel | OverCap:  # type: ignore[override]
         """
         A channel, or an L{OverCap} that closes the connection at once when
         C{max_connections} are open.
@@ -223,7 +231,7 @@ class ApiSite(Site):
                     count=len(self.channels),
                 )
             return OverCap()
-        channel = Site.buildProtocol(self, addr)
+        channel: ApiChannel = Site.buildProtocol(self, addr)
         self.channels.add(channel)
         return channel
 
@@ -239,7 +247,7 @@ class ApiSite(Site):
                 count=self.refused_connections,
             )
 
-    def getResourceFor(self, request: Request) -> Resource:
+    def getResourceFor(self, request: Request) -> IResource:
         """
         The resource for a request, or a L{Refusal} (421) if its C{Host} is
         not the API's.
@@ -254,9 +262,10 @@ class ApiSite(Site):
         if problem is not None:
             request.site = self
             return Refusal(ApiError(421, problem))
-        return Site.getResourceFor(self, request)
+        found: IResource = Site.getResourceFor(self, request)
+        return found
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass
 
 

@@ -138,11 +138,11 @@ class NodeViews:
         for address in self.node.dialled():
             if address.peer_id is None:
                 status = PeerStatus.without_traffic(
-                    None, PeerState.DISCONNECTED, address=address.hostport, direction=Direction.OUTBOUND
+                    "", PeerState.DISCONNECTED, address=address.hostport, direction=Direction.OUTBOUND
                 )
                 error, error_at = self.node.dial_error(address)
                 status = dataclasses.replace(status, last_error=error, last_error_at=error_at)
-                row = self._view(status, set(), {}, {})
+                row = self._view(status, set(), {}, {}, named=False)
                 row.update(state="dialling", dialled=True, dial_address=str(address))
                 rows.append(row)
         return rows
@@ -333,7 +333,15 @@ class NodeViews:
         paired: set[str],
         dialled: dict[str, PeerAddress],
         stored: dict[str, StoredAddress],
+        named: bool = True,
     ) -> dict[str, Any]:
+        """
+        A peer's row of the peer list.
+
+        @param named: Whether the row names its peer: C{False} for an
+            address dialled without a peer id, whose row has none (and
+            C{status} an empty one).
+        """
         peer_id = status.peer_id
         connected = status.state == PeerState.CONNECTED
         remembered = stored.get(peer_id)
@@ -341,12 +349,12 @@ class NodeViews:
         # A retry is shown only while something still dials the peer (an
         # unnamed dial's row is dialled by construction), and only when it
         # is still to come.
-        retrying = peer_id is None or peer_id in dialled
+        retrying = not named or peer_id in dialled
         next_retry_at = status.next_retry_at if retrying else None
         if next_retry_at is not None and next_retry_at <= self._clock.seconds():
             next_retry_at = None
         return {
-            "peer_id": peer_id,
+            "peer_id": peer_id if named else None,
             "state": status.state,
             "address": status.address,
             "direction": status.direction,
