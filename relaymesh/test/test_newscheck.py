@@ -94,7 +94,7 @@ class NewsCheckTests(unittest.TestCase):
         self.commit("change the node")
         self.write("newsfragments/15.feature", "Nodes say hello.\n")
         self.commit("news")
-        self.assertEqual(self.check(), (0, "newscheck: ok (2 commit(s) since %s)\n" % self.base()))
+        self.assertEqual(self.check(), (0, f"newscheck: ok (2 commit(s) since {self.base()})\n"))
 
     def base(self) -> str:
         out = subprocess.run(
