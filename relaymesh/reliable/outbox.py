@@ -38,7 +38,7 @@ L{relaymesh.mesh.Mesh.send_reliable} and the L{Delivery} that returns.
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, Literal
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import LoopingCall
@@ -108,8 +108,8 @@ class Delivery:
         self.msg_id = msg_id
         self.peer_id = peer_id
         # None while unknown; then True, or the Failure.
-        self._accepted: bool | Failure | None = None
-        self._delivered: bool | Failure | None = None
+        self._accepted: Literal[True] | Failure | None = None
+        self._delivered: Literal[True] | Failure | None = None
         self._waiters: list[tuple[bool, Deferred[str]]] = []
 
     def accepted(self) -> Deferred[str]:
@@ -131,7 +131,7 @@ class Delivery:
         """
         return self._wait(True, self._delivered)
 
-    def _wait(self, delivered: bool, outcome: bool | Failure | None) -> Deferred[str]:
+    def _wait(self, delivered: bool, outcome: Literal[True] | Failure | None) -> Deferred[str]:
         if outcome is True:
             return succeed(self.msg_id)
         if isinstance(outcome, Failure):
@@ -140,7 +140,7 @@ class Delivery:
         self._waiters.append((delivered, d))
         return d
 
-    def _settle(self, delivered: bool, outcome: bool | Failure) -> None:
+    def _settle(self, delivered: bool, outcome: Literal[True] | Failure) -> None:
         if delivered:
             self._delivered = outcome
         else:

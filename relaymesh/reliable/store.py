@@ -168,7 +168,8 @@ class Store:
         self._pool = ThreadPool(1, 1, name="relaymesh-store")
         # Touched only by the worker thread, one call at a time.
         self._conn: sqlite3.Connection | None = None
-        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], Deferred]] = []
+        # Each call's op and its Deferred, of the op's result type.
+        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], Deferred[Any]]] = []
         self._flush_call: Any = None
         self._state = _NEW
         self._close_waiters: list[Deferred[None]] = []
@@ -342,7 +343,7 @@ class Store:
             raise
         return results
 
-    def _settle(self, outcome: list[tuple[bool, Any]] | Failure, deferreds: list[Deferred]) -> None:
+    def _settle(self, outcome: list[tuple[bool, Any]] | Failure, deferreds: list[Deferred[Any]]) -> None:
         """
         In the reactor: fire each call's Deferred with its result.
         """
@@ -374,9 +375,10 @@ class Store:
             with L{DuplicateMessage} if its id is already in the outbox, or
             L{StoreError} for an invalid entry.
         """
-        if not isinstance(entry, OutboxEntry):
+        given: object = entry  # an untyped caller may pass anything
+        if not isinstance(given, OutboxEntry):
             return fail(
-                StoreError(f"an outbox entry is an OutboxEntry, not {type(entry).__name__}")
+                StoreError(f"an outbox entry is an OutboxEntry, not {type(given).__name__}")
             )
         try:
             entry.check()
@@ -413,6 +415,7 @@ class Store:
         @param peer_id: Only those for this destination; all if L{None}.
         @return: a L{Deferred} firing with a list of L{OutboxEntry}.
         """
+        args: tuple[str, ...]
         if peer_id is None:
             query, args = f"SELECT {ENTRY_COLUMNS} FROM outbox ORDER BY created, seq", ()
         elif is_valid_peer_id(peer_id):
@@ -444,9 +447,10 @@ class Store:
                 == 0
             ):
                 return None
-            return conn.execute(
+            attempts: int = conn.execute(
                 "SELECT attempts FROM outbox WHERE msg_id = ?", (msg_id,)
             ).fetchone()[0]
+            return attempts
 
         return self._call(op)
 
@@ -555,6 +559,7 @@ class Store:
         """
         How many delivered ids are kept, of C{origin} or of all origins.
         """
+        args: tuple[str, ...]
         if origin is None:
             query, args = "SELECT COUNT(*) FROM delivered", ()
         elif is_valid_peer_id(origin):
