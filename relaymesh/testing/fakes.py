@@ -54,11 +54,11 @@ class MemoryKeys:
         self.keys = dict(keys or {})
         self.pending = pending
         self._identity = identity
-        self.meta_updates: list[tuple[str, dict]] = []
+        self.meta_updates: list[tuple[str, dict[str, object]]] = []
         self.extra: list[tuple[str, bytes]] = []
         self.pending_form = PAIR_CODE_FORM
         self.expires_at: float | None = None
-        self.metas: dict[str, dict] = {}
+        self.metas: dict[str, dict[str, object]] = {}
         self.strong_code: str | None = None
 
     def identity(self) -> str:
@@ -81,7 +81,7 @@ class MemoryKeys:
         code, self.strong_code = self.strong_code, None
         return code
 
-    def meta(self, peer_id: str) -> dict:
+    def meta(self, peer_id: str) -> dict[str, object]:
         return dict(self.metas.get(peer_id, {}))
 
     def pending_key(self) -> bytes | None:
@@ -126,7 +126,7 @@ class MemoryKeys:
     def peers(self) -> list[str]:
         return sorted(self.keys)
 
-    def update_meta(self, peer_id: str, *, sync: bool = True, **fields: Any) -> dict:
+    def update_meta(self, peer_id: str, /, *, sync: bool = True, **fields: object) -> dict[str, object]:
         self.meta_updates.append((peer_id, fields))
         self.metas.setdefault(peer_id, {}).update(fields)
         return self.meta(peer_id)
@@ -153,7 +153,7 @@ class MemoryStore:
         self._by_origin: dict[str, dict[str, None]] = {}
         self.closed = False
 
-    def _refuse(self) -> Deferred | None:
+    def _refuse(self) -> Deferred[Any] | None:
         return fail(StoreClosed("store is closed")) if self.closed else None
 
     def put(self, entry: OutboxEntry) -> Deferred[None]:
