@@ -57,7 +57,7 @@ from relaymesh.reliable.fields import (
     RELIABLE_FIELD,
     UNRELIABLE_TYPES,
 )
-from relaymesh.reliable.store import OutboxEntry, Store
+from relaymesh.reliable.store import OutboxEntry, OutboxStore
 from relaymesh.wire import MAX_LINE_BYTES, MessageType, RelayMessage, WireError, decode_fields, dumps
 
 #: Seconds after which an unacknowledged message is given up.
@@ -186,8 +186,8 @@ class ReliableDelivery:
     L{scan_interval} seconds (no timer per message).
 
     @ivar mesh: The node's L{ExtensionHost} (its mesh).
-    @ivar store: The open L{relaymesh.reliable.store.Store} (or a fake with its
-        interface).
+    @ivar store: The open L{relaymesh.reliable.store.Store} (or another
+        L{relaymesh.reliable.store.OutboxStore}, such as a fake).
     @ivar delivery_timeout: Seconds from sending to giving up.
     @ivar resend_after: Seconds an unacknowledged message waits before it is
         sent again.
@@ -203,7 +203,7 @@ class ReliableDelivery:
     def __init__(
         self,
         mesh: ExtensionHost,
-        store: Store,
+        store: OutboxStore,
         delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
         resend_after: float = DEFAULT_RESEND_AFTER,
         scan_interval: float = DEFAULT_SCAN_INTERVAL,

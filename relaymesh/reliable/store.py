@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -49,6 +49,7 @@ __all__ = [
     "STORE_FILE",
     "DuplicateMessage",
     "OutboxEntry",
+    "OutboxStore",
     "SchemaTooNew",
     "Store",
     "StoreClosed",
@@ -94,6 +95,35 @@ _SYNCHRONOUS = "FULL"
 
 
 _NEW, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
+
+
+class OutboxStore(Protocol):
+    """
+    What a node uses of its store (L{relaymesh.reliable.outbox.ReliableDelivery}
+    and L{relaymesh.service.RelayService}): a L{Store}, or an in-memory
+    L{relaymesh.testing.MemoryStore} in tests. Each method is as L{Store}'s.
+    """
+
+    def put(self, entry: OutboxEntry) -> Deferred[None]:
+        """Add a message to the outbox."""
+
+    def remove(self, msg_id: str) -> Deferred[bool]:
+        """Remove a message from the outbox; fires with whether it was there."""
+
+    def pending(self, peer_id: str | None = None) -> Deferred[list[OutboxEntry]]:
+        """The messages waiting for an acknowledgement, oldest first."""
+
+    def bump_attempts(self, msg_id: str) -> Deferred[int | None]:
+        """Count one more sending of a message; fires with the new count."""
+
+    def forget_peer(self, peer_id: str) -> Deferred[int]:
+        """Drop every outbox message for a destination; fires with how many."""
+
+    def mark_delivered(self, origin: str, msg_id: str, now: float) -> Deferred[bool]:
+        """Record that a message was delivered; fires with whether it was new."""
+
+    def close(self) -> Deferred[None]:
+        """Close the store."""
 
 
 def open_store(

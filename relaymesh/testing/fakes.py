@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey
+from relaymesh.peerid import is_valid_peer_id
 from relaymesh.reliable.entry import check_msg_id, check_origin
 from relaymesh.reliable.store import (
     MAX_DELIVERED_PER_ORIGIN,
@@ -126,6 +127,17 @@ class MemoryKeys:
     def peers(self) -> list[str]:
         return sorted(self.keys)
 
+    def forget(self, peer_id: str) -> bool:
+        """
+        Drop a peer's key and meta fields, as
+        L{relaymesh.keystore.KeyStore.forget} removes its files.
+
+        @return: whether there was anything to drop.
+        """
+        had_key = self.keys.pop(peer_id, None) is not None
+        had_meta = self.metas.pop(peer_id, None) is not None
+        return had_key or had_meta
+
     def update_meta(self, peer_id: str, /, *, sync: bool = True, **fields: object) -> dict[str, object]:
         self.meta_updates.append((peer_id, fields))
         self.metas.setdefault(peer_id, {}).update(fields)
@@ -136,7 +148,7 @@ class MemoryStore:
     """
     An in-memory store with the interface of L{relaymesh.reliable.store.Store}
     that L{relaymesh.reliable.outbox.ReliableDelivery} and L{RelayService}
-    use; every call fires at once.
+    use (L{relaymesh.reliable.store.OutboxStore}); every call fires at once.
 
     @ivar outbox: msg_id -> L{OutboxEntry}, in put order.
     @ivar delivered: The C{(origin, msg_id)} pairs marked delivered: at
@@ -192,6 +204,20 @@ class MemoryStore:
             return self._refuse() or succeed(None)
         entry = self.outbox[msg_id] = dataclasses.replace(entry, attempts=entry.attempts + 1)
         return self._refuse() or succeed(entry.attempts)
+
+    def forget_peer(self, peer_id: str) -> Deferred[int]:
+        """
+        Drop every entry for a destination; fires with how many there were.
+        """
+        refused = self._refuse()
+        if refused is not None:
+            return refused
+        if not is_valid_peer_id(peer_id):
+            return fail(StoreError("peer_id is not a valid peer id"))
+        dropped = [msg_id for msg_id, entry in self.outbox.items() if entry.peer_id == peer_id]
+        for msg_id in dropped:
+            del self.outbox[msg_id]
+        return succeed(len(dropped))
 
     def mark_delivered(self, origin: str, msg_id: str, now: float) -> Deferred[bool]:
         """
