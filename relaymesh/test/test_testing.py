@@ -494,14 +494,16 @@ class NodesTests(SynchronousTestCase):
         self.start()
         connect_nodes(self.network, self.alice, self.bob)
         self.alice.keystore.update_meta("bob", paired_via="test")
+        store = self.alice.store
+        assert store is not None
         waiting = OutboxEntry("m1", "bob", "alice", TASK, b"{}", EPOCH, EPOCH + 60)
-        self.successResultOf(self.alice.store.put(waiting))
+        self.successResultOf(store.put(waiting))
         self.assertTrue(self.alice.forget_peer("bob"))
         self.network.flush()
         self.assertEqual(self.alice.mesh.connections(), [])
         self.assertIsNone(self.alice.keystore.key("bob"))
         self.assertEqual(self.alice.keystore.meta("bob"), {})
-        self.assertEqual(self.successResultOf(self.alice.store.pending()), [])
+        self.assertEqual(self.successResultOf(store.pending()), [])
         self.assertFalse(self.alice.forget_peer("bob"))
 
 

@@ -252,14 +252,14 @@ class MemoryStore:
 
 def memory_store_opener(
     store: MemoryStore | None = None,
-) -> Callable[[str, Any], Deferred[MemoryStore]]:
+) -> Callable[[str, object], Deferred[MemoryStore]]:
     """
     A store opener for C{RelayService(outbox=...)}: each call opens
     C{store} again (its outbox kept across a restart of the node), or a new
     empty L{MemoryStore} if none is given; the path is ignored.
     """
 
-    def open_store(path: str, reactor: Any) -> Deferred[MemoryStore]:
+    def open_store(path: str, reactor: object) -> Deferred[MemoryStore]:
         opened = MemoryStore() if store is None else store
         opened.closed = False
         return succeed(opened)
