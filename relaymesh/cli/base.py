@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
@@ -140,7 +140,7 @@ class Context:
             self._store = KeyStore(self.data_dir)
         return self._store
 
-    def emit(self, data: dict, text: str) -> None:
+    def emit(self, data: Mapping[str, object], text: str) -> None:
         """
         Print a command's result.
 
@@ -196,7 +196,7 @@ class Command:
     run: Callable[[Context, argparse.Namespace], int | None]
 
 
-def format_table(rows: list[tuple[str, ...]]) -> str:
+def format_table(rows: Sequence[tuple[str, ...]]) -> str:
     """
     Lay rows out in left-aligned columns two spaces apart.
 
@@ -227,19 +227,23 @@ def format_last_seen(value: object) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def run_reactor(work: Callable[[Any], Deferred]) -> Any:
+_T = TypeVar("_T")
+
+
+def run_reactor(work: Callable[[Any], Deferred[_T]]) -> _T:
     """
     Run the global reactor until C{work(reactor)}'s L{Deferred} fires.
 
-    @param work: starts the work and returns its L{Deferred}.
+    @param work: starts the work and returns its L{Deferred}; it is given
+        the global reactor, which provides every reactor interface.
     @return: its result.
     @raise Exception: its error.
     """
     from twisted.internet import task
 
-    outcome: list = []
+    outcome: list[_T | Failure] = []
 
-    def main(reactor: Any) -> Deferred:
+    def main(reactor: Any) -> Deferred[None]:
         return maybeDeferred(work, reactor).addBoth(outcome.append)
 
     try:

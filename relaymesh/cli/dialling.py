@@ -80,7 +80,7 @@ def _dial_row(node: NodeClient, answer: dict[str, Any]) -> dict[str, Any] | None
     of its address while the peer is not known, or the row of the peer
     that dialler reached.
     """
-    peers = node.call("GET", "/api/peers")["peers"]
+    peers: list[dict[str, Any]] = node.call("GET", "/api/peers")["peers"]
     peer_id = answer.get("peer_id")
     for row in peers:
         if peer_id is not None and row.get("peer_id") == peer_id:
@@ -150,17 +150,20 @@ def run_disconnect(context: Context, args: argparse.Namespace) -> int | None:
     and forget its address; without a running node, that alone is done).
     """
     if args.forget_address and not wants_live_peers(context, args):
-        return _forget_address_offline(context, args)
+        _forget_address_offline(context, args)
+        return None
     try:
-        return _disconnect(context, args, client(context, args))
+        _disconnect(context, args, client(context, args))
     except NodeNotProven as e:
         raise not_proven(context, args, e) from None
     except (NodeNotRunning, TokenMissing) as e:
         if args.forget_address:
-            return _forget_address_offline(context, args)
+            _forget_address_offline(context, args)
+            return None
         return not_running(context, args, e)
     except ApiRequestError as e:
         raise refused(e, context, args) from None
+    return None
 
 
 def _forget_address_offline(context: Context, args: argparse.Namespace) -> None:

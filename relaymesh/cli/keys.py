@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 
 from relaymesh.address import InvalidAddress
 from relaymesh.addresses import SET_ADDRESS, AddressBook, with_peer_id
@@ -34,7 +34,13 @@ from relaymesh.cli.base import (
 )
 from relaymesh.cli.pairing import run_strong_pair
 from relaymesh.codes import generate_pair_code, parse_pair_code
-from relaymesh.control.client import node_without_api
+from relaymesh.control.client import (
+    ApiRequestError,
+    NodeNotProven,
+    NodeNotRunning,
+    TokenMissing,
+    node_without_api,
+)
 from relaymesh.invite import FORM_DESCRIPTIONS
 from relaymesh.peerid import validate_peer_id
 from relaymesh.printable import printable
@@ -76,7 +82,7 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_pair(context: Context, args: argparse.Namespace) -> None:
+def run_pair(context: Context, args: argparse.Namespace) -> int | None:
     """
     Arm a new pair code's key as the pending key and print the code; with
     C{--strong}, arm a one-time strong code instead.
@@ -94,6 +100,7 @@ def run_pair(context: Context, args: argparse.Namespace) -> None:
         f"Pair code: {code}\n"
         f"On the other node, run: {PROG} accept {code} {identity}",
     )
+    return None
 
 
 # accept
@@ -171,7 +178,7 @@ def run_peers(context: Context, args: argparse.Namespace) -> None:
                 ),
                 p["last_seen"] or "never",
                 p["paired_at"] or "-",
-                FORM_DESCRIPTIONS.get(p["paired_via"], printable(p["paired_via"] or "-")),
+                FORM_DESCRIPTIONS.get(p["paired_via"] or "-", printable(p["paired_via"] or "-")),
             )
             for p in peers
         ]
@@ -197,7 +204,7 @@ def add_forget_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @inlineCallbacks
-def forget_outbox(data_dir: str, peer_id: str, reactor: Any):
+def forget_outbox(data_dir: str, peer_id: str, reactor: Any) -> Generator[Deferred[Any], Any, int]:
     """
     Drop the messages waiting in the node's outbox for a forgotten peer.
 
@@ -210,7 +217,7 @@ def forget_outbox(data_dir: str, peer_id: str, reactor: Any):
 
     store = yield open_store(os.path.join(data_dir, STORE_FILE), reactor)
     try:
-        dropped = yield store.forget_peer(peer_id)
+        dropped: int = yield store.forget_peer(peer_id)
     finally:
         yield store.close()
     return dropped
@@ -291,12 +298,12 @@ def _forget_on_node(context: Context, args: argparse.Namespace, peer_id: str) ->
         return None
     try:
         answer = live.client(context, args).call("DELETE", f"/api/peers/{peer_id}?forget=all")
-    except (live.NodeNotRunning, live.TokenMissing):
+    except (NodeNotRunning, TokenMissing):
         return None
-    except live.NodeNotProven as e:
+    except NodeNotProven as e:
         context.warn(f"{live.not_proven(context, args, e)} Forgetting {peer_id} in the key store only.")
         return None
-    except live.ApiRequestError as e:
+    except ApiRequestError as e:
         if e.status == 404:
             return False
         raise live.refused(e, context, args) from None
@@ -347,9 +354,9 @@ def run_peer(context: Context, args: argparse.Namespace) -> None:
             answer = live.client(context, args).call(
                 "POST", "/api/peers", {"addr": address, "source": SET_ADDRESS}
             )
-        except (live.NodeNotRunning, live.TokenMissing, live.NodeNotProven):
+        except (NodeNotRunning, TokenMissing, NodeNotProven):
             answer = None
-        except live.ApiRequestError as e:
+        except ApiRequestError as e:
             raise live.refused(e, context, args) from None
     if answer is not None:
         data["node"] = answer

@@ -141,7 +141,9 @@ def refused(error: ApiRequestError, context: Context, args: argparse.Namespace) 
     return CommandError(error.message)
 
 
-def live(run: Callable[[Context, argparse.Namespace, NodeClient], int | None]) -> Callable:
+def live(
+    run: Callable[[Context, argparse.Namespace, NodeClient], int | None],
+) -> Callable[[Context, argparse.Namespace], int | None]:
     """
     Make a command that talks to a node: give it a client, and turn "no
     node" and refused requests into the right messages and statuses.

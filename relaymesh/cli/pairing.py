@@ -14,6 +14,7 @@ import importlib.util
 import io
 import time
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -30,10 +31,12 @@ from relaymesh.cli.base import (
     run_reactor,
 )
 from relaymesh.codes import InvalidCode
+from relaymesh.control.client import ApiRequestError, NodeClient, NodeNotProven, NodeNotRunning, TokenMissing
 from relaymesh.discovery import (
     ANNOUNCE_PORT,
     DEFAULT_LISTEN_SECONDS,
     MAX_SIGHTINGS,
+    Sighting,
     SightingTable,
     discover,
 )
@@ -119,19 +122,22 @@ def _duration(seconds: float) -> str:
 # The running node
 
 
-def running_node(context: Context, args: argparse.Namespace, identity: str):
+def running_node(context: Context, args: argparse.Namespace, identity: str) -> NodeClient | None:
     """
     The control API client of the node running on the key store, found as
     the live commands find it (C{--api}, C{--api-token-file}, else the data
     directory's C{api-url} and C{api-token}), or L{None} if none answers
     with this key store's identity.
     """
-    return local_node(
+    node: NodeClient | None = local_node(
         context.data_dir, identity, getattr(args, "api", None), getattr(args, "api_token_file", None)
     )
+    return node
 
 
-def named_node(context: Context, args: argparse.Namespace, identity: str):
+def named_node(
+    context: Context, args: argparse.Namespace, identity: str
+) -> tuple[NodeClient | None, int | None]:
     """
     The running node as L{running_node} finds it; but when C{--api} names
     one and it cannot be used, say why instead of going on without it.
@@ -147,11 +153,11 @@ def named_node(context: Context, args: argparse.Namespace, identity: str):
     try:
         node = live.client(context, args)
         status = node.call("GET", "/api/status")
-    except live.NodeNotProven as e:
+    except NodeNotProven as e:
         raise live.not_proven(context, args, e) from None
-    except (live.NodeNotRunning, live.TokenMissing) as e:
+    except (NodeNotRunning, TokenMissing) as e:
         return None, live.not_running(context, args, e)
-    except live.ApiRequestError as e:
+    except ApiRequestError as e:
         raise live.refused(e, context, args) from None
     other = status.get("identity") if isinstance(status, dict) else None
     if other == identity:  # it answers now
@@ -170,7 +176,7 @@ CLAUDECTL_NO_TLS = (
 )
 
 
-def _tls_flag(node) -> str:
+def _tls_flag(node: NodeClient | None) -> str:
     """
     C{" --tls"} if the running node accepts peers over TLS only (a C{tls:}
     listener, as with C{twistd relaymesh --tls}), so that the join command
@@ -195,7 +201,8 @@ def qr_matrix(data: str) -> list[list[bool]]:
     qr = qrcode.QRCode(border=QR_BORDER, error_correction=qrcode.constants.ERROR_CORRECT_M)
     qr.add_data(data)
     qr.make(fit=True)
-    return qr.get_matrix()
+    matrix: list[list[bool]] = qr.get_matrix()
+    return matrix
 
 
 def render_qr(matrix: list[list[bool]], encoding: str | None = "utf-8") -> str:
@@ -318,8 +325,11 @@ def run_invite(context: Context, args: argparse.Namespace) -> int | None:
     tls = _tls_flag(node)
     now = clock()
     invite = make_invite(identity, host, port, now, args.expires * 60)
-    if args.words and invite.words is None:
-        raise CommandError(f"--words: no word phrase for this address: {invite.no_legacy_reason}")
+    suggested = invite.strong_link
+    if args.words:
+        if invite.words is None:
+            raise CommandError(f"--words: no word phrase for this address: {invite.no_legacy_reason}")
+        suggested = invite.words
     qr = None
     if args.qr:
         encoding = None if context.json_output else getattr(context.stdout, "encoding", None)
@@ -327,7 +337,6 @@ def run_invite(context: Context, args: argparse.Namespace) -> int | None:
     if args.qr_png is not None:
         save_qr_png(invite.strong_link, args.qr_png)
     arm_invite(store, invite)
-    suggested = invite.words if args.words else invite.strong_link
     data = {
         "identity": identity,
         "host": invite.host,
@@ -359,7 +368,7 @@ def run_invite(context: Context, args: argparse.Namespace) -> int | None:
 
 def _invite_text(invite: InviteForms, now: float, suggested: str, png: str | None, claudectl: bool = True) -> str:
     legacy = " (32-bit legacy form)"
-    if invite.relay_code is not None:
+    if invite.relay_code is not None and invite.words is not None:  # both or neither
         relay_code, words = invite.relay_code + legacy, invite.words + legacy
     else:
         relay_code = words = f"none: {invite.no_legacy_reason}"
@@ -551,7 +560,7 @@ def run_discover(context: Context, args: argparse.Namespace) -> None:
     own = context.store.identity()
     tables: list[SightingTable] = []
 
-    def listen(reactor) -> Deferred:
+    def listen(reactor: Any) -> Deferred[list[Sighting]]:
         tables.append(SightingTable(reactor))
         return discover(reactor, args.seconds, args.port, ignore=own, table=tables[0])
 

@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from spake2 import SPAKE2_A, SPAKE2_B
 
@@ -36,7 +36,7 @@ CODE_WORDS = 2
 #: The code's number runs from 1 to this.
 CODE_NUMBER_MAX = 999
 
-_CODE = re.compile(r"\A([1-9][0-9]{0,2})((?:-[a-z]+){%d})\Z" % CODE_WORDS)
+_CODE = re.compile(r"\A([1-9][0-9]{0,2})((?:-[a-z]+){" + str(CODE_WORDS) + r"})\Z")
 
 
 class PakeError(Exception):
@@ -110,18 +110,48 @@ def _confirmations(secret: bytes, nonce: str, connector: str, acceptor: str) -> 
     )
 
 
+class _Spake2:
+    """
+    One side of a SPAKE2 exchange, typed: C{spake2} ships no type
+    information, so what relaymesh uses of it goes through here.
+    """
+
+    def __init__(self, connector: bool, password: bytes) -> None:
+        """
+        @param connector: whether this is the connector's side (SPAKE2's A),
+            else the acceptor's (B).
+        @param password: the code.
+        """
+        side = SPAKE2_A if connector else SPAKE2_B
+        self._spake = side(password, idA=CONNECTOR_IDENTITY, idB=ACCEPTOR_IDENTITY)
+
+    def start(self) -> bytes:
+        """
+        This side's message.
+        """
+        message: bytes = self._spake.start()
+        return message
+
+    def finish(self, theirs: bytes) -> bytes:
+        """
+        The shared secret, from the other side's message.
+
+        @raise Exception: whatever C{spake2} raises for a malformed message.
+        """
+        secret: bytes = self._spake.finish(theirs)
+        return secret
+
+
 class PakeConnector:
     """
     The joining side: knows the code, dials the inviting node.
     """
 
     def __init__(self, code: str) -> None:
-        self._spake = SPAKE2_A(
-            normalize_strong_code(code).encode(), idA=CONNECTOR_IDENTITY, idB=ACCEPTOR_IDENTITY
-        )
+        self._spake = _Spake2(True, normalize_strong_code(code).encode())
         self.message = _b64(self._spake.start())
 
-    def finish(self, payload: dict, nonce: str, connector: str, acceptor: str) -> tuple[str, bytes]:
+    def finish(self, payload: Mapping[str, object], nonce: str, connector: str, acceptor: str) -> tuple[str, bytes]:
         """
         Check the acceptor's answer.
 
@@ -146,11 +176,11 @@ class PakeAcceptor:
     """
 
     def __init__(self, code: str) -> None:
-        self._spake = SPAKE2_B(code.encode(), idA=CONNECTOR_IDENTITY, idB=ACCEPTOR_IDENTITY)
+        self._spake = _Spake2(False, code.encode())
         self._expected: bytes | None = None
         self.key: bytes | None = None
 
-    def respond(self, their_message: object, nonce: str, connector: str, acceptor: str) -> dict:
+    def respond(self, their_message: object, nonce: str, connector: str, acceptor: str) -> dict[str, str]:
         """
         Answer the connector's SPAKE2 message.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, TypeAlias
 
 from relaymesh.peerid import is_valid_peer_id
 from relaymesh.reliable.errors import StoreError
@@ -18,6 +18,9 @@ MAX_MSG_ID_LENGTH = MAX_ID_LENGTH
 
 #: The outbox columns an entry is stored in, in L{OutboxEntry.row} order.
 ENTRY_COLUMNS = "msg_id, peer_id, origin, msg_type, line, created, deadline, attempts"
+
+#: The values of L{ENTRY_COLUMNS}, as L{OutboxEntry.row} gives them.
+EntryRow: TypeAlias = tuple[str, str, str, str, bytes, float, float, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +49,7 @@ class OutboxEntry:
     attempts: int = 0
 
     @classmethod
-    def from_row(cls, row: tuple) -> OutboxEntry:
+    def from_row(cls, row: EntryRow) -> OutboxEntry:
         """
         Make an entry from a row of L{ENTRY_COLUMNS}.
 
@@ -77,7 +80,7 @@ class OutboxEntry:
         if type(self.attempts) is not int or self.attempts < 0:
             raise StoreError("outbox entry field 'attempts' must be a non-negative integer")
 
-    def row(self) -> tuple:
+    def row(self) -> EntryRow:
         """
         @return: the entry's values for L{ENTRY_COLUMNS}.
         """

@@ -38,7 +38,7 @@ L{relaymesh.mesh.Mesh.send_reliable} and the L{Delivery} that returns.
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, Literal
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import LoopingCall
@@ -57,7 +57,7 @@ from relaymesh.reliable.fields import (
     RELIABLE_FIELD,
     UNRELIABLE_TYPES,
 )
-from relaymesh.reliable.store import OutboxEntry, Store
+from relaymesh.reliable.store import OutboxEntry, OutboxStore
 from relaymesh.wire import MAX_LINE_BYTES, MessageType, RelayMessage, WireError, decode_fields, dumps
 
 #: Seconds after which an unacknowledged message is given up.
@@ -108,8 +108,8 @@ class Delivery:
         self.msg_id = msg_id
         self.peer_id = peer_id
         # None while unknown; then True, or the Failure.
-        self._accepted: bool | Failure | None = None
-        self._delivered: bool | Failure | None = None
+        self._accepted: Literal[True] | Failure | None = None
+        self._delivered: Literal[True] | Failure | None = None
         self._waiters: list[tuple[bool, Deferred[str]]] = []
 
     def accepted(self) -> Deferred[str]:
@@ -131,7 +131,7 @@ class Delivery:
         """
         return self._wait(True, self._delivered)
 
-    def _wait(self, delivered: bool, outcome: bool | Failure | None) -> Deferred[str]:
+    def _wait(self, delivered: bool, outcome: Literal[True] | Failure | None) -> Deferred[str]:
         if outcome is True:
             return succeed(self.msg_id)
         if isinstance(outcome, Failure):
@@ -140,7 +140,7 @@ class Delivery:
         self._waiters.append((delivered, d))
         return d
 
-    def _settle(self, delivered: bool, outcome: bool | Failure) -> None:
+    def _settle(self, delivered: bool, outcome: Literal[True] | Failure) -> None:
         if delivered:
             self._delivered = outcome
         else:
@@ -186,8 +186,8 @@ class ReliableDelivery:
     L{scan_interval} seconds (no timer per message).
 
     @ivar mesh: The node's L{ExtensionHost} (its mesh).
-    @ivar store: The open L{relaymesh.reliable.store.Store} (or a fake with its
-        interface).
+    @ivar store: The open L{relaymesh.reliable.store.Store} (or another
+        L{relaymesh.reliable.store.OutboxStore}, such as a fake).
     @ivar delivery_timeout: Seconds from sending to giving up.
     @ivar resend_after: Seconds an unacknowledged message waits before it is
         sent again.
@@ -203,7 +203,7 @@ class ReliableDelivery:
     def __init__(
         self,
         mesh: ExtensionHost,
-        store: Store,
+        store: OutboxStore,
         delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
         resend_after: float = DEFAULT_RESEND_AFTER,
         scan_interval: float = DEFAULT_SCAN_INTERVAL,

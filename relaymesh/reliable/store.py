@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -49,6 +49,7 @@ __all__ = [
     "STORE_FILE",
     "DuplicateMessage",
     "OutboxEntry",
+    "OutboxStore",
     "SchemaTooNew",
     "Store",
     "StoreClosed",
@@ -94,6 +95,35 @@ _SYNCHRONOUS = "FULL"
 
 
 _NEW, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
+
+
+class OutboxStore(Protocol):
+    """
+    What a node uses of its store (L{relaymesh.reliable.outbox.ReliableDelivery}
+    and L{relaymesh.service.RelayService}): a L{Store}, or an in-memory
+    L{relaymesh.testing.MemoryStore} in tests. Each method is as L{Store}'s.
+    """
+
+    def put(self, entry: OutboxEntry) -> Deferred[None]:
+        """Add a message to the outbox."""
+
+    def remove(self, msg_id: str) -> Deferred[bool]:
+        """Remove a message from the outbox; fires with whether it was there."""
+
+    def pending(self, peer_id: str | None = None) -> Deferred[list[OutboxEntry]]:
+        """The messages waiting for an acknowledgement, oldest first."""
+
+    def bump_attempts(self, msg_id: str) -> Deferred[int | None]:
+        """Count one more sending of a message; fires with the new count."""
+
+    def forget_peer(self, peer_id: str) -> Deferred[int]:
+        """Drop every outbox message for a destination; fires with how many."""
+
+    def mark_delivered(self, origin: str, msg_id: str, now: float) -> Deferred[bool]:
+        """Record that a message was delivered; fires with whether it was new."""
+
+    def close(self) -> Deferred[None]:
+        """Close the store."""
 
 
 def open_store(
@@ -168,7 +198,8 @@ class Store:
         self._pool = ThreadPool(1, 1, name="relaymesh-store")
         # Touched only by the worker thread, one call at a time.
         self._conn: sqlite3.Connection | None = None
-        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], Deferred]] = []
+        # Each call's op and its Deferred, of the op's result type.
+        self._batch: list[tuple[Callable[[sqlite3.Connection], Any], Deferred[Any]]] = []
         self._flush_call: Any = None
         self._state = _NEW
         self._close_waiters: list[Deferred[None]] = []
@@ -342,7 +373,7 @@ class Store:
             raise
         return results
 
-    def _settle(self, outcome: list[tuple[bool, Any]] | Failure, deferreds: list[Deferred]) -> None:
+    def _settle(self, outcome: list[tuple[bool, Any]] | Failure, deferreds: list[Deferred[Any]]) -> None:
         """
         In the reactor: fire each call's Deferred with its result.
         """
@@ -374,9 +405,10 @@ class Store:
             with L{DuplicateMessage} if its id is already in the outbox, or
             L{StoreError} for an invalid entry.
         """
-        if not isinstance(entry, OutboxEntry):
+        given: object = entry  # an untyped caller may pass anything
+        if not isinstance(given, OutboxEntry):
             return fail(
-                StoreError(f"an outbox entry is an OutboxEntry, not {type(entry).__name__}")
+                StoreError(f"an outbox entry is an OutboxEntry, not {type(given).__name__}")
             )
         try:
             entry.check()
@@ -413,6 +445,7 @@ class Store:
         @param peer_id: Only those for this destination; all if L{None}.
         @return: a L{Deferred} firing with a list of L{OutboxEntry}.
         """
+        args: tuple[str, ...]
         if peer_id is None:
             query, args = f"SELECT {ENTRY_COLUMNS} FROM outbox ORDER BY created, seq", ()
         elif is_valid_peer_id(peer_id):
@@ -444,9 +477,10 @@ class Store:
                 == 0
             ):
                 return None
-            return conn.execute(
+            attempts: int = conn.execute(
                 "SELECT attempts FROM outbox WHERE msg_id = ?", (msg_id,)
             ).fetchone()[0]
+            return attempts
 
         return self._call(op)
 
@@ -555,6 +589,7 @@ class Store:
         """
         How many delivered ids are kept, of C{origin} or of all origins.
         """
+        args: tuple[str, ...]
         if origin is None:
             query, args = "SELECT COUNT(*) FROM delivered", ()
         elif is_valid_peer_id(origin):

@@ -39,7 +39,7 @@ import os
 import re
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeGuard
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -236,6 +236,15 @@ def box_bytes(text: Any) -> bytes:
         raise SealError(MALFORMED, "the sealed field is not unpadded URL-safe base64") from None
 
 
+class FileKeys(PairwiseKeys, Protocol):
+    """
+    A key store that keeps each key in a file, which C{key_path} names.
+    """
+
+    def key_path(self, peer_id: str) -> str:
+        """The path of the file that holds the key shared with C{peer_id}."""
+
+
 class KeyFileCache:
     """
     The keys of a key store that keeps each key in a file
@@ -252,7 +261,7 @@ class KeyFileCache:
     an unsafe or damaged one) is not cached: it is asked for every time.
     """
 
-    def __init__(self, keys: Any, clock: IReactorTime, recheck: float = KEY_FILE_RECHECK) -> None:
+    def __init__(self, keys: FileKeys, clock: IReactorTime, recheck: float = KEY_FILE_RECHECK) -> None:
         """
         @param keys: The key store: its C{key_path(peer_id)} names the file
             C{key(peer_id)} reads.
@@ -294,7 +303,7 @@ class KeyFileCache:
         return key
 
 
-def file_backed(keys: Any) -> bool:
+def file_backed(keys: object) -> TypeGuard[FileKeys]:
     """
     Whether a key store keeps each key in a file that L{KeyFileCache} can
     watch (it names it with C{key_path}).

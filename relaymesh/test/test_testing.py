@@ -4,6 +4,8 @@ Tests for L{relaymesh.testing}: whole nodes on the in-memory network.
 
 from __future__ import annotations
 
+import dataclasses
+
 from OpenSSL import SSL
 from twisted.internet import error, ssl
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
@@ -17,7 +19,7 @@ from relaymesh.dialer import RETRY_FACTOR, RETRY_INITIAL_DELAY
 from relaymesh.events import EventKind
 
 CONNECTED, DISCONNECTED = EventKind.CONNECTED, EventKind.DISCONNECTED
-from relaymesh.reliable.store import OutboxEntry, StoreClosed
+from relaymesh.reliable.store import OutboxEntry, StoreClosed, StoreError
 from relaymesh.test.support import EPOCH
 from relaymesh.testing import (
     MemoryNetwork,
@@ -483,6 +485,27 @@ class NodesTests(SynchronousTestCase):
         self.assertEqual(sorted(c.peer_id for c in self.bob.mesh.connections()), [])
         self.assertEqual(self.network.connections(), [])
 
+    def test_forget_peer(self) -> None:
+        """
+        A node forgets a peer as one with its stores on disk does: the
+        connection closes, and the peer's key, meta fields and outbox
+        messages go.
+        """
+        self.start()
+        connect_nodes(self.network, self.alice, self.bob)
+        self.alice.keystore.update_meta("bob", paired_via="test")
+        store = self.alice.store
+        assert store is not None
+        waiting = OutboxEntry("m1", "bob", "alice", TASK, b"{}", EPOCH, EPOCH + 60)
+        self.successResultOf(store.put(waiting))
+        self.assertTrue(self.alice.forget_peer("bob"))
+        self.network.flush()
+        self.assertEqual(self.alice.mesh.connections(), [])
+        self.assertIsNone(self.alice.keystore.key("bob"))
+        self.assertEqual(self.alice.keystore.meta("bob"), {})
+        self.assertEqual(self.successResultOf(store.pending()), [])
+        self.assertFalse(self.alice.forget_peer("bob"))
+
 
 class MemoryStoreTests(SynchronousTestCase):
     """
@@ -505,6 +528,23 @@ class MemoryStoreTests(SynchronousTestCase):
         self.failureResultOf(opened.pending(), StoreClosed)
         again = self.successResultOf(opener("ignored", None))
         self.assertEqual([e.msg_id for e in self.successResultOf(again.pending())], ["m1"])
+
+    def test_forget_peer(self) -> None:
+        """
+        C{forget_peer} drops one destination's entries and fires with how
+        many; an invalid peer id fails with L{StoreError}, as in the store
+        on disk, and a closed store refuses.
+        """
+        store = MemoryStore()
+        self.successResultOf(store.put(self.entry()))
+        self.successResultOf(store.put(dataclasses.replace(self.entry(), msg_id="m2")))
+        self.successResultOf(store.put(dataclasses.replace(self.entry(), msg_id="m3", peer_id="carol")))
+        self.assertEqual(self.successResultOf(store.forget_peer("bob")), 2)
+        self.assertEqual([e.msg_id for e in self.successResultOf(store.pending())], ["m3"])
+        self.assertEqual(self.successResultOf(store.forget_peer("bob")), 0)
+        self.failureResultOf(store.forget_peer("not a peer"), StoreError)
+        self.successResultOf(store.close())
+        self.failureResultOf(store.forget_peer("carol"), StoreClosed)
 
     def test_fresh_store_each_time(self) -> None:
         """

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey
+from relaymesh.peerid import is_valid_peer_id
 from relaymesh.reliable.entry import check_msg_id, check_origin
 from relaymesh.reliable.store import (
     MAX_DELIVERED_PER_ORIGIN,
@@ -54,11 +55,11 @@ class MemoryKeys:
         self.keys = dict(keys or {})
         self.pending = pending
         self._identity = identity
-        self.meta_updates: list[tuple[str, dict]] = []
+        self.meta_updates: list[tuple[str, dict[str, object]]] = []
         self.extra: list[tuple[str, bytes]] = []
         self.pending_form = PAIR_CODE_FORM
         self.expires_at: float | None = None
-        self.metas: dict[str, dict] = {}
+        self.metas: dict[str, dict[str, object]] = {}
         self.strong_code: str | None = None
 
     def identity(self) -> str:
@@ -81,7 +82,7 @@ class MemoryKeys:
         code, self.strong_code = self.strong_code, None
         return code
 
-    def meta(self, peer_id: str) -> dict:
+    def meta(self, peer_id: str) -> dict[str, object]:
         return dict(self.metas.get(peer_id, {}))
 
     def pending_key(self) -> bytes | None:
@@ -126,7 +127,18 @@ class MemoryKeys:
     def peers(self) -> list[str]:
         return sorted(self.keys)
 
-    def update_meta(self, peer_id: str, *, sync: bool = True, **fields: Any) -> dict:
+    def forget(self, peer_id: str) -> bool:
+        """
+        Drop a peer's key and meta fields, as
+        L{relaymesh.keystore.KeyStore.forget} removes its files.
+
+        @return: whether there was anything to drop.
+        """
+        had_key = self.keys.pop(peer_id, None) is not None
+        had_meta = self.metas.pop(peer_id, None) is not None
+        return had_key or had_meta
+
+    def update_meta(self, peer_id: str, /, *, sync: bool = True, **fields: object) -> dict[str, object]:
         self.meta_updates.append((peer_id, fields))
         self.metas.setdefault(peer_id, {}).update(fields)
         return self.meta(peer_id)
@@ -136,7 +148,7 @@ class MemoryStore:
     """
     An in-memory store with the interface of L{relaymesh.reliable.store.Store}
     that L{relaymesh.reliable.outbox.ReliableDelivery} and L{RelayService}
-    use; every call fires at once.
+    use (L{relaymesh.reliable.store.OutboxStore}); every call fires at once.
 
     @ivar outbox: msg_id -> L{OutboxEntry}, in put order.
     @ivar delivered: The C{(origin, msg_id)} pairs marked delivered: at
@@ -153,7 +165,7 @@ class MemoryStore:
         self._by_origin: dict[str, dict[str, None]] = {}
         self.closed = False
 
-    def _refuse(self) -> Deferred | None:
+    def _refuse(self) -> Deferred[Any] | None:
         return fail(StoreClosed("store is closed")) if self.closed else None
 
     def put(self, entry: OutboxEntry) -> Deferred[None]:
@@ -193,6 +205,20 @@ class MemoryStore:
         entry = self.outbox[msg_id] = dataclasses.replace(entry, attempts=entry.attempts + 1)
         return self._refuse() or succeed(entry.attempts)
 
+    def forget_peer(self, peer_id: str) -> Deferred[int]:
+        """
+        Drop every entry for a destination; fires with how many there were.
+        """
+        refused = self._refuse()
+        if refused is not None:
+            return refused
+        if not is_valid_peer_id(peer_id):
+            return fail(StoreError("peer_id is not a valid peer id"))
+        dropped = [msg_id for msg_id, entry in self.outbox.items() if entry.peer_id == peer_id]
+        for msg_id in dropped:
+            del self.outbox[msg_id]
+        return succeed(len(dropped))
+
     def mark_delivered(self, origin: str, msg_id: str, now: float) -> Deferred[bool]:
         """
         Remember a delivered message; fires with whether it was new.
@@ -226,14 +252,14 @@ class MemoryStore:
 
 def memory_store_opener(
     store: MemoryStore | None = None,
-) -> Callable[[str, Any], Deferred[MemoryStore]]:
+) -> Callable[[str, object], Deferred[MemoryStore]]:
     """
     A store opener for C{RelayService(outbox=...)}: each call opens
     C{store} again (its outbox kept across a restart of the node), or a new
     empty L{MemoryStore} if none is given; the path is ignored.
     """
 
-    def open_store(path: str, reactor: Any) -> Deferred[MemoryStore]:
+    def open_store(path: str, reactor: object) -> Deferred[MemoryStore]:
         opened = MemoryStore() if store is None else store
         opened.closed = False
         return succeed(opened)

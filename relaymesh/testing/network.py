@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Callable
+from typing import Any, Generic
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
@@ -21,11 +22,13 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLContextFactory,
     IProducer,
+    IProtocol,
+    IProtocolFactory,
     IReactorTCP,
     IReactorTime,
     ISSLTransport,
 )
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import ClientFactory, P, Protocol
 from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -114,7 +117,9 @@ class MemoryNetwork(Clock):
         most of the time of a network with thousands of timers).
         """
 
-    def _run(self, callable: Callable[..., object], args: tuple, kw: dict) -> None:
+    def _run(
+        self, callable: Callable[..., object], args: tuple[object, ...], kw: dict[str, object]
+    ) -> None:
         callable(*args, **kw)
         self._pump()
 
@@ -152,7 +157,7 @@ class MemoryNetwork(Clock):
     # -- IReactorTCP ---------------------------------------------------------
 
     def listenTCP(
-        self, port: int, factory: Factory, backlog: int = 50, interface: str = ""
+        self, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = ""
     ) -> MemoryPort:
         """
         Listen on C{port} (a free one from L{FIRST_LISTENING_PORT} if 0).
@@ -172,10 +177,10 @@ class MemoryNetwork(Clock):
         self,
         host: str,
         port: int,
-        factory: ClientFactory,
+        factory: ClientFactory[P],
         timeout: float = 30,
         bindAddress: tuple[str, int] | None = None,
-    ) -> MemoryConnector:
+    ) -> MemoryConnector[P]:
         """
         Dial C{host:port}; the dial is answered at the next instant the
         network runs, so C{timeout} never expires. The connection comes from
@@ -205,7 +210,7 @@ class MemoryNetwork(Clock):
         """
         return list(self._connections)
 
-    def _dial(self, connector: MemoryConnector) -> None:
+    def _dial(self, connector: MemoryConnector[P]) -> None:
         listening = self._listening.get(connector.port)
         if listening is None or listening.interface not in _ANY_INTERFACE + (connector.host,):
             connector.failed(
@@ -230,14 +235,15 @@ class MemoryNetwork(Clock):
 
     def join(
         self,
-        server_protocol: Protocol,
-        client_protocol: Protocol,
+        server_protocol: IProtocol | None,
+        client_protocol: IProtocol | None,
         client_address: IPv4Address,
         server_address: IPv4Address,
     ) -> MemoryConnection:
         """
         Connect two protocols built by hand (not by a listener and a dial),
-        as the accepting and the dialling end of a new connection.
+        as the accepting and the dialling end of a new connection; L{None}
+        for an end whose factory refused it (that end closes at once).
         """
         connection = MemoryConnection(
             self, server_protocol, client_protocol, client_address, server_address, None
@@ -268,7 +274,7 @@ class MemoryPort:
     @ivar interface: The interface it accepts on (C{""}: every one).
     """
 
-    def __init__(self, network: MemoryNetwork, factory: Factory, address: IPv4Address) -> None:
+    def __init__(self, network: MemoryNetwork, factory: IProtocolFactory, address: IPv4Address) -> None:
         self._network = network
         self.factory = factory
         self._address = address
@@ -296,7 +302,7 @@ class MemoryPort:
 
 
 @implementer(IConnector)
-class MemoryConnector:
+class MemoryConnector(Generic[P]):
     """
     One dialler of a L{MemoryNetwork}, with the states and the factory
     calls of Twisted's TCP connector: C{startedConnecting} on each
@@ -306,7 +312,7 @@ class MemoryConnector:
     @ivar state: C{"disconnected"}, C{"connecting"} or C{"connected"}.
     """
 
-    def __init__(self, network: MemoryNetwork, host: str, port: int, factory: ClientFactory) -> None:
+    def __init__(self, network: MemoryNetwork, host: str, port: int, factory: ClientFactory[P]) -> None:
         self._network = network
         self.host = host
         self.port = port
@@ -412,6 +418,10 @@ class _Transport(iosim.FakeTransport):
     aborted = False
     TLS = False
 
+    #: Whether the registered producer streams (L{iosim.FakeTransport}
+    #: starts it at 0).
+    streamingProducer: bool
+
     #: When a list, every write of the application is also appended to it
     #: as it was written (before TLS): what a test reads of the traffic.
     recorded: list[bytes] | None = None
@@ -420,7 +430,7 @@ class _Transport(iosim.FakeTransport):
     #: failing link would lose it (TLS, below, stays intact).
     lose_writes = False
 
-    def __init__(self, connection: MemoryConnection, protocol: Protocol, isServer: bool,
+    def __init__(self, connection: MemoryConnection, protocol: IProtocol, isServer: bool,
                  hostAddress: IPv4Address, peerAddress: IPv4Address) -> None:
         iosim.FakeTransport.__init__(self, protocol, isServer, hostAddress, peerAddress)
         self._connection = connection
@@ -502,7 +512,11 @@ class _Transport(iosim.FakeTransport):
         # network, so that they go out when it runs (the default is the
         # global reactor, which a test does not run).
         client = not self.isServer if normal else self.isServer
-        factory = TLSMemoryBIOFactory(contextFactory, client, None, clock=self._connection.clock)
+        # No factory wraps the protocol (as in Twisted's own startTLS, which
+        # passes None too): the layer is built around the protocol there is.
+        factory = TLSMemoryBIOFactory(
+            contextFactory, client, None, clock=self._connection.clock  # type: ignore[arg-type]
+        )
         tls = factory.protocol(factory, self.protocol, False)
         self.protocol = tls
         self.getHandle = tls.getHandle
@@ -512,6 +526,22 @@ class _Transport(iosim.FakeTransport):
         tls.makeConnection(_BelowTLS(self))
         if producer is not None:
             self.registerProducer(producer, streaming)
+
+    def getOutBuffer(self) -> bytes | None:
+        """
+        Take what was written to the link and not yet delivered.
+
+        @return: the bytes, or L{None} if there are none.
+        """
+        data: bytes | None = iosim.FakeTransport.getOutBuffer(self)
+        return data
+
+    def bufferReceived(self, buf: bytes) -> None:
+        """
+        Hand bytes that came over the link to the protocol (the TLS layer's,
+        after L{startTLS}).
+        """
+        iosim.FakeTransport.bufferReceived(self, buf)
 
     @property
     def link(self) -> MemoryConnection:
@@ -576,9 +606,9 @@ class MemoryConnection:
     @ivar closed: Whether the connection is closed.
     """
 
-    def __init__(self, network: MemoryNetwork, server_protocol: Protocol | None,
-                 client_protocol: Protocol | None, client_address: IPv4Address,
-                 server_address: IPv4Address, connector: MemoryConnector | None) -> None:
+    def __init__(self, network: MemoryNetwork, server_protocol: IProtocol | None,
+                 client_protocol: IProtocol | None, client_address: IPv4Address,
+                 server_address: IPv4Address, connector: MemoryConnector[Any] | None) -> None:
         self._network = network
         self._connector = connector
         self._refused = [server_protocol is None, client_protocol is None]
@@ -618,7 +648,7 @@ class MemoryConnection:
             data = source.getOutBuffer()
             if data and not self.closed:
                 sink.bufferReceived(data)
-        for closer, other in ((self.client, self.server), (self.server, self.client)):
+        for closer in (self.client, self.server):
             if not self.closed and closer.disconnecting and not closer.stream:
                 if closer.aborted:
                     self._close(closer, error.ConnectionAborted(), error.ConnectionLost())
@@ -634,7 +664,7 @@ class MemoryConnection:
             self.client.stream, self.server.stream = [], []
             self._close(self.client, error.ConnectionLost(), error.ConnectionLost())
 
-    def protocols(self) -> tuple[Protocol, Protocol]:
+    def protocols(self) -> tuple[IProtocol, IProtocol]:
         """
         The accepting and the dialling end's protocols (the applications',
         not a TLS layer in between).

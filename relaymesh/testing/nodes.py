@@ -9,11 +9,12 @@ from __future__ import annotations
 import collections
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 
 from relaymesh.connection import RelayProtocol
+from relaymesh.keystore import KeyStore
 from relaymesh.service import OutboundPeer, RelayService
 from relaymesh.testing.fakes import MemoryKeys, memory_store_opener
 from relaymesh.testing.network import LOOPBACK, MemoryConnection, MemoryNetwork, MemoryNetworkError
@@ -34,8 +35,9 @@ def memory_node(
     @param listen: Where it listens (any free port by default).
     @param options: Further keyword arguments of L{RelayService}.
     """
+    # MemoryKeys has what RelayService uses of a KeyStore, not its type.
     return RelayService(
-        MemoryKeys(identity=identity),
+        cast(KeyStore, MemoryKeys(identity=identity)),
         listen=listen,
         reactor=network,
         outbox=memory_store_opener() if outbox else False,
