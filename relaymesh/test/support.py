@@ -9,8 +9,10 @@ import json
 import os
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IConnector
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from relaymesh.acceptor import RelayServerFactory
 from relaymesh.address import PeerAddress
@@ -43,7 +45,8 @@ def load_codes() -> dict:
     claudectl 0.49.2's codes and proofs.
     """
     with open(fixture_path("claudectl-0.49.2-codes.json")) as f:
-        return json.load(f)
+        codes: dict = json.load(f)
+    return codes
 
 
 def load_transcript() -> list[dict]:
@@ -54,6 +57,7 @@ def load_transcript() -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+@implementer(IConnector)
 class FakeConnector:
     """
     Enough of an L{IConnector} for a client factory: counts connect calls.
@@ -99,6 +103,7 @@ def server_protocol(
     """
     address = IPv4Address("TCP", host, port)
     protocol = factory.buildProtocol(address)
+    assert protocol is not None
     return protocol, _attach(protocol, address)
 
 
@@ -119,6 +124,7 @@ def client_protocol(
     factory.startedConnecting(connector)
     address = connector.getDestination()
     protocol = factory.buildProtocol(address)
+    assert protocol is not None
     return protocol, _attach(protocol, address)
 
 
@@ -256,6 +262,7 @@ def connect(
     client_address = IPv4Address("TCP", host, 40000)
     server_proto = acceptor.server.buildProtocol(client_address)
     client_proto = client.buildProtocol(fake.getDestination())
+    assert server_proto is not None
     network.join(server_proto, client_proto, client_address, fake.getDestination())
     network.flush()
     return server_proto, client_proto, network

@@ -25,7 +25,8 @@ from relaymesh.bulk import (
 )
 from relaymesh.connection import State
 from relaymesh.handshake.proofs import LEGACY_FIELD
-from relaymesh.test.support import MemoryKeys, Node, accepted, authenticate, line, make_clock
+from relaymesh.test.support import Node, accepted, authenticate, line, make_clock
+from relaymesh.testing import MemoryKeys
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage
 
 KEY = bytes(range(32))

@@ -27,7 +27,6 @@ from relaymesh.handshake.proofs import VERSION, acceptor_proof, compute_proof, c
 from relaymesh.keystore import InviteUsed, KeyStoreError, UsedInvite
 from relaymesh.pairing import PairingFailed
 from relaymesh.test.support import (
-    MemoryKeys,
     Node,
     client_protocol,
     line,
@@ -36,6 +35,7 @@ from relaymesh.test.support import (
     server_protocol,
     written,
 )
+from relaymesh.testing import MemoryKeys
 from relaymesh.wire import RelayMessage, decode
 
 KEY = bytes(range(32))

@@ -61,8 +61,8 @@ from relaymesh.joinforms import (
     parse_join_input,
 )
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey, KeyStore
-from relaymesh.test.support import EPOCH, MemoryKeys, Node, load_codes
-from relaymesh.testing import MemoryNetwork
+from relaymesh.test.support import EPOCH, Node, load_codes
+from relaymesh.testing import MemoryKeys, MemoryNetwork
 from relaymesh.wire import RelayMessage
 
 VECTORS = load_codes()

@@ -20,7 +20,6 @@ from relaymesh.handshake.base import HandshakeFailed
 from relaymesh.handshake.proofs import VERSION, compute_proof
 from relaymesh.outbound import FLUSH_BYTES
 from relaymesh.test.support import (
-    MemoryKeys,
     Node,
     accepted,
     client_protocol,
@@ -30,7 +29,7 @@ from relaymesh.test.support import (
     server_protocol,
     written,
 )
-from relaymesh.testing import MemoryStore
+from relaymesh.testing import MemoryKeys, MemoryStore
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage
 
 KEY = bytes(range(32))

@@ -16,7 +16,6 @@ from relaymesh.control.metrics import NodeMetrics
 from relaymesh.handshake.proofs import CAP_PING
 from relaymesh.pings import PING_ID_FIELD
 from relaymesh.test.support import (
-    MemoryStore,
     Node,
     ReliableTestCase,
     accepted,
@@ -26,6 +25,7 @@ from relaymesh.test.support import (
     pair_keys,
     written,
 )
+from relaymesh.testing import MemoryStore
 from relaymesh.wire import RelayMessage
 
 INTERVAL = 30.0
