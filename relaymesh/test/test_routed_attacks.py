@@ -150,7 +150,8 @@ class Attack(SynchronousTestCase):
         content = dumps({"payload": payload})
         box = seal(direction_key(key, origin, to), os.urandom(12), content, ad)
         message = RelayMessage(msg_id, msg_type, "carol", timestamp, None)
-        return loads(encode_routed(message, RouteHeader(origin, to, 1, msg_id), box_text(box)))
+        fields: dict = loads(encode_routed(message, RouteHeader(origin, to, 1, msg_id), box_text(box)))
+        return fields
 
 
 class OriginForgeryTests(Attack):

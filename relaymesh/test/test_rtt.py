@@ -76,7 +76,8 @@ class RoundTripTestCase(SynchronousTestCase):
 
     def sample(self, name: str, **labels) -> float | None:
         self.metrics.refresh()
-        return self.metrics.registry.get_sample_value(name, labels)
+        value: float | None = self.metrics.registry.get_sample_value(name, labels)
+        return value
 
     def to_next_heartbeat(self) -> None:
         self.clock.advance(INTERVAL)

@@ -118,7 +118,8 @@ class StatusTests(ScannerCase):
         path = self.home.add_session(100, UUID, transcript_lines=lines)
         self.table.run(100, cpu=cpu)
         self.home.touch(path, self.now - untouched)
-        return self.one()["status"]
+        status: str = self.one()["status"]
+        return status
 
     def test_transcripts(self) -> None:
         for expected, (untouched, lines) in STATUS_TRANSCRIPTS.items():

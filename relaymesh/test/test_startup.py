@@ -51,7 +51,8 @@ def taken_port(test: SynchronousTestCase) -> int:
     test.addCleanup(s.close)
     s.bind(("127.0.0.1", 0))
     s.listen(1)
-    return s.getsockname()[1]
+    port: int = s.getsockname()[1]
+    return port
 
 
 def refused(port: int) -> bool:
