@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IConnector
+from twisted.internet.interfaces import IConnector, IReactorTime
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -18,6 +19,7 @@ from relaymesh.acceptor import RelayServerFactory
 from relaymesh.address import PeerAddress
 from relaymesh.connection import RelayProtocol
 from relaymesh.dialer import RelayClientFactory
+from relaymesh.handshake.base import KeyLookup
 from relaymesh.handshake.proofs import LEGACY_FIELD, compute_proof
 from relaymesh.mesh import Mesh
 from relaymesh.reliable.outbox import ReliableDelivery
@@ -151,6 +153,7 @@ def accepted(
     marked legacy), that finished its handshake, with the transport's
     output cleared.
     """
+    assert isinstance(node.keys, MemoryKeys)
     node.keys.metas.setdefault(peer, {})[LEGACY_FIELD] = True
     protocol, transport = server_protocol(node.server, host=host)
     authenticate(protocol, transport, peer, key)
@@ -181,8 +184,8 @@ class Node:
     def __init__(
         self,
         identity: str,
-        clock: MemoryNetwork,
-        keys: MemoryKeys | None = None,
+        clock: IReactorTime,
+        keys: KeyLookup | None = None,
         heartbeat_interval: float = 30.0,
         max_peers: int = 8,
         store: MemoryStore | None = None,
@@ -191,6 +194,9 @@ class Node:
         certificate: NodeCertificate | None = None,
     ) -> None:
         """
+        @param clock: Best a L{MemoryNetwork} (L{make_clock}), on which
+            L{connect} carries the node's connections.
+        @param keys: Its key store; a new L{MemoryKeys} by default.
         @param store: With a store, the node sends and acknowledges reliable
             messages (L{ReliableDelivery}, as C{self.reliable}).
         @param routing: Whether the node routes (L{Router}, as
@@ -236,13 +242,30 @@ def pair_keys(a: Node, b: Node, key: bytes | None = None) -> bytes:
     Give two nodes the same key for each other.
     """
     key = key or os.urandom(32)
+    assert isinstance(a.keys, MemoryKeys) and isinstance(b.keys, MemoryKeys)
     a.keys.keys[b.identity] = key
     b.keys.keys[a.identity] = key
     return key
 
 
+class Accepting(typing.Protocol):
+    """
+    What L{connect} needs of the accepting end: a L{Node}, or the parts of
+    a node that has no L{Node}.
+    """
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    @property
+    def server(self) -> RelayServerFactory: ...
+
+
 def connect(
-    acceptor: Node,
+    acceptor: Accepting,
     connector: Node,
     client: RelayClientFactory | None = None,
     host: str = "10.0.0.2",

@@ -15,8 +15,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
-from twisted.test import iosim
 from twisted.python.failure import Failure
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh import connection
