@@ -98,7 +98,9 @@ class ApiHarness:
             return channel
 
         case.patch(self.site, "buildProtocol", tracking)
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        # Twisted annotates the factory as a bare ServerFactory, which no
+        # Site (a ServerFactory of HTTP channels) matches
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")  # type: ignore[arg-type]
         address = self.port.getHost()
         assert isinstance(address, IPv4Address)
         self.url = f"http://127.0.0.1:{address.port}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
@@ -101,7 +102,7 @@ class InvitingNode:
         source = IPv4Address("TCP", f"10.0.1.{self._sources}", 40000)
         server = self.node.server.buildProtocol(source)
         client = factory.buildProtocol(IPv4Address("TCP", host, port))
-        assert server is not None and client is not None
+        assert server is not None and isinstance(client, Protocol)
         network = MemoryNetwork()  # the bytes, and the TLS upgrade
         network.join(server, client, source, IPv4Address("TCP", host, port))
         network.flush()

@@ -508,7 +508,8 @@ def ticket_of(store: KeyStore) -> str:
     """
     The name of the one invite ticket in a data directory.
     """
-    [name] = [n for n in os.listdir(store.path) if n.startswith("invite-") and n.endswith(".ticket")]
+    names: list[str] = [n for n in os.listdir(store.path) if n.startswith("invite-") and n.endswith(".ticket")]
+    [name] = names
     return name
 
 
