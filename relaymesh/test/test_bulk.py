@@ -155,12 +155,13 @@ class BulkTests(SynchronousTestCase):
             batches, given = [], []
             real_deliver = peer.node.mesh.messages_received
 
+            # patched in for this iteration's messages only
             def messages_received(protocol, messages):
-                batches.append([m.id for m in messages])
-                real_deliver(protocol, messages)
+                batches.append([m.id for m in messages])  # noqa: B023
+                real_deliver(protocol, messages)  # noqa: B023
 
             def decode_many(lines, *args):
-                given.extend(type(line) for line in lines)
+                given.extend(type(line) for line in lines)  # noqa: B023
                 return real_decode(lines, *args)
 
             self.patch(peer.node.mesh, "messages_received", messages_received)

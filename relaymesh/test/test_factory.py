@@ -258,7 +258,7 @@ class BackoffTests(SynchronousTestCase):
         """
         for rng_value in (0.0, 1.0):
             factory = RelayClientFactory(
-                self.node.mesh, self.node.keys, self.factory.target, self.clock, jitter=0.5, rng=lambda: rng_value
+                self.node.mesh, self.node.keys, self.factory.target, self.clock, jitter=0.5, rng=lambda rng_value=rng_value: rng_value
             )
             connector = FakeConnector()
             connector.factory = factory

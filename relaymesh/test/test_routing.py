@@ -396,12 +396,13 @@ class WithdrawalTests(SynchronousTestCase):
             net.down("c", "d")
             seen = [0]
 
+            # called by converge_randomly, within this iteration
             def check():
-                for table in net.tables.values():
+                for table in net.tables.values():  # noqa: B023
                     route = table.route("d")
                     if route is not None:
                         self.assertLessEqual(route.hops, 6)
-                        seen[0] = max(seen[0], route.hops)
+                        seen[0] = max(seen[0], route.hops)  # noqa: B023
 
             net.converge_randomly(rng, check=check)
             net.assert_shortest(self)

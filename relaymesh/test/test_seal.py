@@ -316,7 +316,7 @@ class EdgeTests(SynchronousTestCase):
         before anything is sealed.
         """
         for length in (8, 13):
-            short = Sealer("alpha", MemoryKeys({"gamma": PSK}), randbytes=lambda n: bytes(length))
+            short = Sealer("alpha", MemoryKeys({"gamma": PSK}), randbytes=lambda n, length=length: bytes(length))
             e = self.assertRaises(ValueError, short.seal, "gamma", self.message, "m", {})
             self.assertEqual(str(e), "a nonce is 12 bytes")
 

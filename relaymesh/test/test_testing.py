@@ -22,8 +22,6 @@ from zope.interface import implementer
 
 from relaymesh.dialer import RETRY_FACTOR, RETRY_INITIAL_DELAY
 from relaymesh.events import EventKind
-
-CONNECTED, DISCONNECTED = EventKind.CONNECTED, EventKind.DISCONNECTED
 from relaymesh.reliable.store import OutboxEntry, StoreClosed
 from relaymesh.test.support import EPOCH
 from relaymesh.testing import (
@@ -38,6 +36,8 @@ from relaymesh.testing import (
     memory_store_opener,
 )
 from relaymesh.tls import NodeCertificate, channel_binding, create_certificate
+
+CONNECTED, DISCONNECTED = EventKind.CONNECTED, EventKind.DISCONNECTED
 
 #: The message type the tests send.
 TASK = "delegate_task"
