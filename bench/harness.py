@@ -102,7 +102,7 @@ class Worker:
             try:
                 line = self._lines.get(timeout=max(0.01, end - time.monotonic()))
             except queue.Empty:
-                raise BenchError(f"{self.name}: no {kind} within {timeout or self.timeout:g} s{self._tail()}")
+                raise BenchError(f"{self.name}: no {kind} within {timeout or self.timeout:g} s{self._tail()}") from None
             if line is None:
                 raise BenchError(f"{self.name}: exited before {kind}{self._tail()}")
             head, _, body = line.partition(" ")

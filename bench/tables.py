@@ -130,7 +130,7 @@ def figures(results: dict) -> list[dict]:
                 f.get(key), "orjson receiver", f.get(f"throughput_{size}_minimal-rx"), key=key,
             )
     for size, name in SIZES:
-        t = lambda v, field="rate": f.get(f"throughput_{size}_{v}", field)  # noqa: E731
+        t = lambda v, field="rate", size=size: f.get(f"throughput_{size}_{v}", field)  # noqa: E731
         f.add(f"{name} node to node over TLS: msgs/s", t("relaymesh"), "minimal over TLS", t("minimal-tls"))
         f.add(f"{name} node to node in clear: msgs/s", t("relaymesh-plain"), "minimal in clear", t("minimal"))
         f.add(
@@ -206,7 +206,7 @@ def tls_rows(results: dict) -> list[tuple[str, str, str, str]]:
         table.append((label, show(tls), show(plain), ratio))
 
     for size, name in SIZES:
-        t = lambda v, f: get(f"throughput_{size}_{v}", f)  # noqa: E731
+        t = lambda v, f, size=size: get(f"throughput_{size}_{v}", f)  # noqa: E731
         add(f"{name} node to node, relaymesh: msgs/s", t("relaymesh", "rate"), t("relaymesh-plain", "rate"))
         add(f"{name} node to node, minimal Twisted: msgs/s", t("minimal-tls", "rate"), t("minimal", "rate"))
         mine, plain = t("relaymesh", "rate"), t("relaymesh-plain", "rate")

@@ -286,7 +286,8 @@ def _walk(tree: ast.Module) -> Iterator[tuple[ast.AST, _Context, Callable[[ast.A
                 continue
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and field == "decorator_list":
                 continue
-            children = value if isinstance(value, list) else [value]
+            is_list = isinstance(value, list)
+            children = value if is_list else [value]
             for position, child in enumerate(children):
                 if not isinstance(child, ast.AST) or id(child) in docstrings:
                     continue
@@ -297,7 +298,7 @@ def _walk(tree: ast.Module) -> Iterator[tuple[ast.AST, _Context, Callable[[ast.A
                 ):
                     continue
 
-                def replace(new: ast.AST, node=node, field=field, position=position, is_list=isinstance(value, list)) -> None:
+                def replace(new: ast.AST, node=node, field=field, position=position, is_list=is_list) -> None:
                     if is_list:
                         getattr(node, field)[position] = new
                     else:
@@ -385,10 +386,11 @@ def _apply(source: str, path: str, index: int, variant: int) -> tuple[ast.Module
         before = _short(shown)
         holder: list[ast.AST] = [node]
 
+        # change() calls it at once, within this iteration
         def replacer(new: ast.AST) -> None:
-            ast.copy_location(new, node)
-            replace(new)
-            holder[0] = new
+            ast.copy_location(new, node)  # noqa: B023
+            replace(new)  # noqa: B023
+            holder[0] = new  # noqa: B023
 
         change(node, replacer)
         ast.fix_missing_locations(tree)
@@ -894,7 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             total = len(work)
             done = [0]
 
-            def progress(outcome: Outcome, group=group, total=total) -> None:
+            def progress(outcome: Outcome, group=group, total=total, done=done) -> None:
                 done[0] += 1
                 if not args.quiet:
                     sys.stderr.write(f"\r{group.name}: {done[0]}/{total} mutants run")

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import types
+from dataclasses import dataclass
 from io import BytesIO
 
 from twisted.internet import defer, reactor
-from twisted.internet.protocol import Protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
+from relaymesh.acceptor import RelayServerFactory
 from relaymesh.address import PeerAddress, parse_peer_address
 from relaymesh.addresses import AddressBook
 from relaymesh.control.plane import ControlPlane
@@ -29,7 +33,7 @@ from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
 from relaymesh.test import realtime
 from relaymesh.test.support import EPOCH, Node, connect
-from relaymesh.testing import MemoryNetwork
+from relaymesh.testing import MemoryKeys, MemoryNetwork
 
 TOKEN = "test-token-0123456789"
 
@@ -48,12 +52,12 @@ class StreamReader(Protocol):
 
     def __init__(self) -> None:
         self.data = b""
-        self.done = defer.Deferred()
+        self.done: defer.Deferred[None] = defer.Deferred()
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done.callback(None)
 
     def events(self) -> list[dict]:
@@ -65,7 +69,8 @@ class StreamReader(Protocol):
         return found
 
     def close(self) -> defer.Deferred:
-        self.transport.stopProducing()
+        # a response's body is delivered by a producer, not a transport
+        IPushProducer(self.transport).stopProducing()
         return self.done
 
 
@@ -92,9 +97,13 @@ class ApiHarness:
             self.channels.append(channel)
             return channel
 
-        self.site.buildProtocol = tracking
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
-        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+        case.patch(self.site, "buildProtocol", tracking)
+        # Twisted annotates the factory as a bare ServerFactory, which no
+        # Site (a ServerFactory of HTTP channels) matches
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")  # type: ignore[arg-type]
+        address = self.port.getHost()
+        assert isinstance(address, IPv4Address)
+        self.url = f"http://127.0.0.1:{address.port}"
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.agent = Agent(reactor, pool=self.pool)
         self.readers: list[StreamReader] = []
@@ -126,11 +135,9 @@ class ApiHarness:
         peer = Node(name, self.clock, **node_args)
         key = os.urandom(32)
         self.keystore.set_key(name, key)
+        assert isinstance(peer.keys, MemoryKeys)
         peer.keys.keys["alpha"] = key
-        alpha = types.SimpleNamespace(
-            identity="alpha", clock=self.clock, server=self.node.server_factory, mesh=self.node.mesh
-        )
-        link = connect(alpha, peer, host=host)
+        link = connect(_Alpha("alpha", self.clock, self.node.server_factory), peer, host=host)
         return peer, link
 
     # -- HTTP ----------------------------------------------------------------
@@ -170,6 +177,17 @@ class ApiHarness:
         self.readers.append(reader)
         response.deliverBody(reader)
         return response, reader
+
+
+@dataclass(frozen=True)
+class _Alpha:
+    """
+    What L{connect} needs of alpha, which is a service and not a L{Node}.
+    """
+
+    identity: str
+    clock: MemoryNetwork
+    server: RelayServerFactory
 
 
 class _Subscription:

@@ -26,7 +26,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, ISystemHandle, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,6 +42,9 @@ class _End(Protocol):
     """
     One socket of a proxied connection: the client's or the target's.
     """
+
+    #: The proxy runs on real TCP sockets only.
+    transport: ITCPTransport
 
     def __init__(self, proxy: FaultProxy, link: _Link | None, role: str) -> None:
         self.proxy = proxy
@@ -67,7 +70,7 @@ class _End(Protocol):
             self.proxy.received_from_target += len(data)
         self.link.pipe_from(self).push(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.gone = True
         if self.link is not None:
             self.link.end_lost(self)
@@ -87,7 +90,8 @@ class _End(Protocol):
         if self.gone:
             return
         if reset:
-            handle = self.transport.getHandle()
+            handle = ISystemHandle(self.transport).getHandle()
+            assert isinstance(handle, socket.socket)
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abortConnection()
 

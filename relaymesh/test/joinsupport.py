@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
@@ -16,7 +17,7 @@ from relaymesh.events import EventKind
 from relaymesh.invite import InviteForms, arm_invite, make_invite
 from relaymesh.join import join_directly
 from relaymesh.keystore import KeyStore
-from relaymesh.test.support import EPOCH, Node
+from relaymesh.test.support import EPOCH, FakeConnector, Node
 from relaymesh.testing import MemoryNetwork
 
 #: Every form of an invite: a name, how to read it from the printed invite
@@ -101,10 +102,11 @@ class InvitingNode:
         source = IPv4Address("TCP", f"10.0.1.{self._sources}", 40000)
         server = self.node.server.buildProtocol(source)
         client = factory.buildProtocol(IPv4Address("TCP", host, port))
+        assert server is not None and isinstance(client, Protocol)
         network = MemoryNetwork()  # the bytes, and the TLS upgrade
         network.join(server, client, source, IPv4Address("TCP", host, port))
         network.flush()
-        factory.clientConnectionLost(None, Failure(ConnectionDone()))
+        factory.clientConnectionLost(FakeConnector(host, port), Failure(ConnectionDone()))
 
     def denials(self) -> list[str]:
         """

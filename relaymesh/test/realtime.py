@@ -13,12 +13,23 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, reactor, task
-from twisted.trial.unittest import SkipTest
+from twisted.internet.address import IPv4Address
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import relaymesh
+
+if TYPE_CHECKING:
+    from relaymesh.listener import ListenerService
+    from relaymesh.service import RelayService
+
+    # what a mixin expects of the test case it is mixed into
+    _CaseBase = SynchronousTestCase
+else:
+    _CaseBase = object
 
 
 def wait_for(
@@ -63,7 +74,8 @@ def free_port(kind: int = socket.SOCK_STREAM, low: int = 0, high: int = 0) -> in
                 s.bind(("127.0.0.1", candidate))
             except OSError:
                 continue
-            return s.getsockname()[1]
+            port: int = s.getsockname()[1]
+            return port
     raise SkipTest(f"no free port from {low} to {high}")
 
 
@@ -83,7 +95,9 @@ def paired_homes(base: str, id_a: str, id_b: str) -> tuple[str, str]:
     return homes
 
 
-def loopback_node(case, identity: str, peers=(), start: bool = True):
+def loopback_node(
+    case: SynchronousTestCase, identity: str, peers: Sequence[str] = (), start: bool = True
+) -> RelayService:
     """
     A L{relaymesh.service.RelayService} in this process on the real
     reactor, on a fresh key store with C{identity}, listening and serving
@@ -108,7 +122,7 @@ def loopback_node(case, identity: str, peers=(), start: bool = True):
     return node
 
 
-def tls_node(case, identity: str, **kwargs):
+def tls_node(case: SynchronousTestCase, identity: str, **kwargs: Any) -> RelayService:
     """
     A L{relaymesh.service.RelayService} on the real reactor, not started,
     on a fresh key store with C{identity} and a certificate in its data
@@ -125,6 +139,17 @@ def tls_node(case, identity: str, **kwargs):
     return RelayService(keystore, reactor=reactor, tls=NodeCertificate.from_data_dir(data_dir), **kwargs)
 
 
+def listening_port(listener: ListenerService | None) -> int:
+    """
+    The TCP port a node's listener (its peers' or its API's) listens on: it
+    must be listening.
+    """
+    assert listener is not None and listener.port is not None
+    address = listener.port.getHost()
+    assert isinstance(address, IPv4Address)
+    return address.port
+
+
 def tls_pair(case, listen: str = "tls:", dial: str = "tls:"):
     """
     Two L{tls_node}s sharing a key: C{alpha}, started, listening on a free
@@ -136,7 +161,7 @@ def tls_pair(case, listen: str = "tls:", dial: str = "tls:"):
     alpha = tls_node(case, "alpha", listen=f"{listen}0:interface=127.0.0.1")
     alpha.startService()
     case.addCleanup(alpha.stopService)
-    port = alpha.listener.port.getHost().port
+    port = listening_port(alpha.listener)
     key = os.urandom(32)
     alpha.keystore.set_key("beta", key)
     beta = tls_node(case, "beta", listen=None, peers=[f"{dial}alpha@127.0.0.1:{port}"])
@@ -156,7 +181,7 @@ def log_lines(path: str) -> list[str]:
         return []
 
 
-class ProcessesMixin:
+class ProcessesMixin(_CaseBase):
     """
     For a trial C{TestCase}: runs the C{relaymesh} command and C{twistd
     relaymesh} nodes as processes of the relaymesh under test, in a private
@@ -197,7 +222,7 @@ class ProcessesMixin:
         self.cli(home, "identity")
         return home
 
-    def cli(self, home: str, *args: str, status: int = 0) -> subprocess.CompletedProcess:
+    def cli(self, home: str, *args: str, status: int = 0) -> subprocess.CompletedProcess[str]:
         """
         Run C{relaymesh --data-dir HOME ARGS}; check its exit status.
         """

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import json
 import os
+import typing
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IConnector, IReactorTime
 from twisted.internet.testing import StringTransport, StringTransportWithDisconnection
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from relaymesh.acceptor import RelayServerFactory
 from relaymesh.address import PeerAddress
 from relaymesh.connection import RelayProtocol
 from relaymesh.dialer import RelayClientFactory
+from relaymesh.handshake.base import KeyLookup
 from relaymesh.handshake.proofs import LEGACY_FIELD, compute_proof
 from relaymesh.mesh import Mesh
 from relaymesh.reliable.outbox import ReliableDelivery
@@ -43,7 +47,8 @@ def load_codes() -> dict:
     claudectl 0.49.2's codes and proofs.
     """
     with open(fixture_path("claudectl-0.49.2-codes.json")) as f:
-        return json.load(f)
+        codes: dict = json.load(f)
+    return codes
 
 
 def load_transcript() -> list[dict]:
@@ -54,6 +59,7 @@ def load_transcript() -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+@implementer(IConnector)
 class FakeConnector:
     """
     Enough of an L{IConnector} for a client factory: counts connect calls.
@@ -99,6 +105,7 @@ def server_protocol(
     """
     address = IPv4Address("TCP", host, port)
     protocol = factory.buildProtocol(address)
+    assert protocol is not None
     return protocol, _attach(protocol, address)
 
 
@@ -119,6 +126,7 @@ def client_protocol(
     factory.startedConnecting(connector)
     address = connector.getDestination()
     protocol = factory.buildProtocol(address)
+    assert protocol is not None
     return protocol, _attach(protocol, address)
 
 
@@ -145,6 +153,7 @@ def accepted(
     marked legacy), that finished its handshake, with the transport's
     output cleared.
     """
+    assert isinstance(node.keys, MemoryKeys)
     node.keys.metas.setdefault(peer, {})[LEGACY_FIELD] = True
     protocol, transport = server_protocol(node.server, host=host)
     authenticate(protocol, transport, peer, key)
@@ -175,8 +184,8 @@ class Node:
     def __init__(
         self,
         identity: str,
-        clock: MemoryNetwork,
-        keys: MemoryKeys | None = None,
+        clock: IReactorTime,
+        keys: KeyLookup | None = None,
         heartbeat_interval: float = 30.0,
         max_peers: int = 8,
         store: MemoryStore | None = None,
@@ -185,6 +194,9 @@ class Node:
         certificate: NodeCertificate | None = None,
     ) -> None:
         """
+        @param clock: Best a L{MemoryNetwork} (L{make_clock}), on which
+            L{connect} carries the node's connections.
+        @param keys: Its key store; a new L{MemoryKeys} by default.
         @param store: With a store, the node sends and acknowledges reliable
             messages (L{ReliableDelivery}, as C{self.reliable}).
         @param routing: Whether the node routes (L{Router}, as
@@ -230,13 +242,30 @@ def pair_keys(a: Node, b: Node, key: bytes | None = None) -> bytes:
     Give two nodes the same key for each other.
     """
     key = key or os.urandom(32)
+    assert isinstance(a.keys, MemoryKeys) and isinstance(b.keys, MemoryKeys)
     a.keys.keys[b.identity] = key
     b.keys.keys[a.identity] = key
     return key
 
 
+class Accepting(typing.Protocol):
+    """
+    What L{connect} needs of the accepting end: a L{Node}, or the parts of
+    a node that has no L{Node}.
+    """
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    @property
+    def server(self) -> RelayServerFactory: ...
+
+
 def connect(
-    acceptor: Node,
+    acceptor: Accepting,
     connector: Node,
     client: RelayClientFactory | None = None,
     host: str = "10.0.0.2",
@@ -256,6 +285,7 @@ def connect(
     client_address = IPv4Address("TCP", host, 40000)
     server_proto = acceptor.server.buildProtocol(client_address)
     client_proto = client.buildProtocol(fake.getDestination())
+    assert server_proto is not None
     network.join(server_proto, client_proto, client_address, fake.getDestination())
     network.flush()
     return server_proto, client_proto, network

@@ -30,7 +30,8 @@ from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL, Router
 from relaymesh.service import RelayService
 from relaymesh.startup import StartupError
 from relaymesh.test.apisupport import TOKEN, ApiHarness, FakeMesh, wait_for
-from relaymesh.test.support import EPOCH, MemoryStore, Node, connect, pair_keys
+from relaymesh.test.support import EPOCH, Node, connect, pair_keys
+from relaymesh.testing import MemoryStore
 from relaymesh.wire import RelayMessage, WireError
 
 

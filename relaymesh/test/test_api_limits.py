@@ -312,7 +312,8 @@ class TLSCapTests(TestCase):
 
         def connect() -> ssl.SSLSocket:
             raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-            return context.wrap_socket(raw)
+            wrapped: ssl.SSLSocket = context.wrap_socket(raw)
+            return wrapped
 
         def two_clients() -> tuple[bytes, str]:
             with connect() as first:

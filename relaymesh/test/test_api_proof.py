@@ -16,6 +16,8 @@ import os
 from io import StringIO
 
 from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IPushProducer, ITCPTransport, ITransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaymesh.cli.main import main
@@ -106,11 +108,25 @@ class ProofResourceTests(TestCase):
         self.assertEqual(code, 503)
 
 
+class _RecordingFactory(protocol.ServerFactory):
+    """
+    The factory of the protocols below: what they received, their
+    connections, and what a test gives them to answer with.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.connections: list[protocol.Protocol] = []
+
+
 class _Recording(protocol.Protocol):
     """
     Records every byte it receives in its factory, and keeps what came
     since its last answer in C{buffer}.
     """
+
+    #: Used only connected, over TCP.
+    transport: ITCPTransport
 
     def connectionMade(self) -> None:
         self.factory.connections.append(self)
@@ -154,6 +170,7 @@ class ClosingProver(_Recording):
         if b"\r\n\r\n" not in self.buffer:
             return
         nonce = parse_nonce(self.buffer.split(b"nonce=", 1)[1].split(b" ", 1)[0].decode())
+        assert nonce is not None
         local = self.transport.getHost()
         address = canonical_address(local.host, local.port)
         body = json.dumps({"proof": make_proof(self.factory.token, nonce, address), "address": address}).encode()
@@ -167,18 +184,23 @@ class Relay(protocol.Protocol):
     the C{Host} header to the node's, so that the node answers.
     """
 
+    #: Used only connected, over TCP.
+    transport: ITCPTransport
+
     def connectionMade(self) -> None:
-        self.transport.pauseProducing()
+        IPushProducer(self.transport).pauseProducing()
         self.pending: list[bytes] = []
-        self.upstream = None
+        self.upstream: ITransport | None = None
         relay = self
 
         class Upstream(protocol.Protocol):
+            transport: ITCPTransport
+
             def connectionMade(self) -> None:
                 relay.upstream = self.transport
                 for data in relay.pending:
                     self.transport.write(data)
-                relay.transport.resumeProducing()
+                IPushProducer(relay.transport).resumeProducing()
 
             def dataReceived(self, data: bytes) -> None:
                 relay.transport.write(data)
@@ -220,15 +242,16 @@ class StaleUrlTests(TestCase):
             f.write(self.token + "\n")
 
     def listen(self, kind: type[protocol.Protocol], **attributes) -> str:
-        factory = protocol.Factory.forProtocol(kind)
-        factory.received = []
-        factory.connections = []
+        factory = _RecordingFactory()
+        factory.protocol = kind
         for name, value in attributes.items():
             setattr(factory, name, value)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(self.close, port, factory)
         self.listener = factory
-        return f"http://127.0.0.1:{port.getHost().port}"
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        return f"http://127.0.0.1:{address.port}"
 
     @defer.inlineCallbacks
     def close(self, port, factory):

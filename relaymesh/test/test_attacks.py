@@ -15,10 +15,11 @@ import re
 from collections.abc import Callable
 
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.test.iosim import FakeTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaymesh.connection import HANDSHAKE_MAX_LINE
-from relaymesh.events import EventKind
+from relaymesh.events import EventKind, PeerEvent
 from relaymesh.handshake.acceptor import AcceptorHandshake
 from relaymesh.handshake.base import HandshakeFailed
 from relaymesh.handshake.connector import ConnectorHandshake
@@ -40,6 +41,9 @@ class _Pipe(Protocol):
     One side of mallory's proxy: what arrives goes, recorded and perhaps
     rewritten, to the other side.
     """
+
+    #: Used only connected, to a transport of the memory network.
+    transport: FakeTransport
 
     def __init__(self, proxy: MitmProxy, direction: str) -> None:
         self.proxy = proxy
@@ -117,27 +121,31 @@ class MitmProxy(Factory):
 class NetworkTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.network = MemoryNetwork()
+        #: What each node (by name) received, and its peer events.
+        self.received: dict[str, list[tuple[str, RelayMessage]]] = {}
+        self.events: dict[str, list[PeerEvent]] = {}
         self.alice = self.node("alice")
         self.bob = self.node("bob")
         self.key = os.urandom(32)
         self.alice.keystore.set_key("bob", self.key)
         self.bob.keystore.set_key("alice", self.key)
 
-    def node(self, name: str, **options: object) -> RelayService:
-        node = memory_node(self.network, name, **options)
-        node.received = []
-        node.events = []
-        node.mesh.subscribe(lambda peer, message: node.received.append((peer, message)))
-        node.mesh.watch_peers(node.events.append)
+    def node(self, name: str) -> RelayService:
+        node = memory_node(self.network, name)
+        received = self.received[name] = []
+        node.mesh.subscribe(lambda peer, message: received.append((peer, message)))
+        node.mesh.watch_peers(self.events.setdefault(name, []).append)
         node.startService()
         self.addCleanup(node.stopService)
         return node
 
     def port(self, node: RelayService) -> int:
-        return int(node.listening_address().rsplit(":", 1)[1])
+        address = node.listening_address()
+        assert address is not None
+        return int(address.rsplit(":", 1)[1])
 
     def denials(self, node: RelayService) -> list[str]:
-        return [e.reason for e in node.events if e.kind == EventKind.DENIED]
+        return [str(e.reason) for e in self.events[node.mesh.identity] if e.kind == EventKind.DENIED]
 
 
 class PrivateLinkTests(NetworkTestCase):
@@ -163,8 +171,8 @@ class PrivateLinkTests(NetworkTestCase):
         self.alice.mesh.send("bob", "delegate_task", {"prompt": SECRET})
         self.bob.mesh.send("alice", "task_status", {"status": SECRET})
         self.network.flush()
-        self.assertEqual(self.bob.received[-1][1].payload, {"prompt": SECRET})
-        self.assertEqual(self.alice.received[-1][1].payload, {"status": SECRET})
+        self.assertEqual(self.received["bob"][-1][1].payload, {"prompt": SECRET})
+        self.assertEqual(self.received["alice"][-1][1].payload, {"status": SECRET})
         for direction in ("up", "down"):
             seen = proxy.seen(direction)
             self.assertNotIn(SECRET.encode(), seen)
@@ -180,7 +188,7 @@ class PrivateLinkTests(NetworkTestCase):
         proxy = self.dial_through_proxy()
         proxy.inject("up", message_line("delegate_task", "alice", {"prompt": "rm -rf ~"}))
         self.network.flush()
-        self.assertEqual([m for _, m in self.bob.received if m.msg_type == "delegate_task"], [])
+        self.assertEqual([m for _, m in self.received["bob"] if m.msg_type == "delegate_task"], [])
         self.assertFalse(self.bob.mesh.is_connected("alice"))
 
     def test_stripped_upgrade_refused(self) -> None:
@@ -259,10 +267,14 @@ class LineClient(Protocol):
         self.buffer = b""
         self.on_line: Callable[[bytes], None] = lambda line: None
 
+    #: Used only connected, to a transport of the memory network.
+    transport: FakeTransport
+
     @classmethod
     def dial(cls, network: MemoryNetwork, port: int, source: str | None = None) -> LineClient:
         client = cls()
-        factory = ClientFactory.forProtocol(lambda: client)
+        factory = ClientFactory()
+        factory.protocol = lambda: client
         bind = None if source is None else (source, 0)
         network.connectTCP("127.0.0.1", port, factory, bindAddress=bind)
         network.flush()
@@ -333,7 +345,7 @@ class ReflectionTests(NetworkTestCase):
         [connection] = mallory.connections
         self.assertFalse([line for line in connection.lines if b'"proof"' in line])
         self.assertFalse(self.alice.mesh.is_connected("bob"))
-        self.assertEqual(self.alice.received, [])
+        self.assertEqual(self.received["alice"], [])
 
     def test_reflected_challenge_naming_bob(self) -> None:
         """

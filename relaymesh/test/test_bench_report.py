@@ -67,7 +67,8 @@ class ReportTests(unittest.TestCase):
     def row(self, results: dict, label: str) -> dict:
         for row in self.tables.figures(results):
             if row["figure"].startswith(label):
-                return row
+                found: dict = row
+                return found
         self.fail(f"no row {label!r} in {[r['figure'] for r in self.tables.figures(results)]}")
 
     def test_receive_goal(self) -> None:

@@ -25,7 +25,8 @@ from relaymesh.bulk import (
 )
 from relaymesh.connection import State
 from relaymesh.handshake.proofs import LEGACY_FIELD
-from relaymesh.test.support import MemoryKeys, Node, accepted, authenticate, line, make_clock
+from relaymesh.test.support import Node, accepted, authenticate, line, make_clock
+from relaymesh.testing import MemoryKeys
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage
 
 KEY = bytes(range(32))
@@ -154,12 +155,13 @@ class BulkTests(SynchronousTestCase):
             batches, given = [], []
             real_deliver = peer.node.mesh.messages_received
 
+            # patched in for this iteration's messages only
             def messages_received(protocol, messages):
-                batches.append([m.id for m in messages])
-                real_deliver(protocol, messages)
+                batches.append([m.id for m in messages])  # noqa: B023
+                real_deliver(protocol, messages)  # noqa: B023
 
             def decode_many(lines, *args):
-                given.extend(type(line) for line in lines)
+                given.extend(type(line) for line in lines)  # noqa: B023
                 return real_decode(lines, *args)
 
             self.patch(peer.node.mesh, "messages_received", messages_received)

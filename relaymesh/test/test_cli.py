@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from io import StringIO
+from typing import TYPE_CHECKING
 
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
@@ -30,7 +31,14 @@ CODE_PATTERN = r"[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}"
 PROJECT_ROOT = FilePath(relaymesh.__file__).parent().parent().path
 
 
-class CommandTestsMixin:
+if TYPE_CHECKING:
+    # what the mixin expects of the test case it is mixed into
+    _CaseBase = SynchronousTestCase
+else:
+    _CaseBase = object
+
+
+class CommandTestsMixin(_CaseBase):
     """
     Run C{relaymesh} in-process against a fresh data directory.
     """

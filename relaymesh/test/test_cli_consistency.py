@@ -315,7 +315,8 @@ class MessageTypeTests(SynchronousTestCase):
 def vector() -> dict:
     path = os.path.join(os.path.dirname(__file__), "fixtures", "claudectl-0.49.2-codes.json")
     with open(path) as f:
-        return json.load(f)["invites"][0]
+        invite: dict = json.load(f)["invites"][0]
+        return invite
 
 
 class ParseErrorTests(SynchronousTestCase):

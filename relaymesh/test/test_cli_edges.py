@@ -27,7 +27,7 @@ from relaymesh.control.client import NoApiUrl, NoControlApi, NodeClient, node_wi
 from relaymesh.control.service import URL_FILE, NoApiRecord, no_api_record
 from relaymesh.keystore import KeyStore
 from relaymesh.service import RelayService
-from relaymesh.test.realtime import ProcessesMixin, free_port, wait_for
+from relaymesh.test.realtime import ProcessesMixin, free_port, listening_port, wait_for
 from relaymesh.test.support import EPOCH
 
 PAIR_KEY = bytes(range(32))
@@ -382,7 +382,9 @@ class NamedNodeTests(TestCase):
         node = RelayService(store, listen=listen, api="tcp:0:interface=127.0.0.1", reactor=reactor)
         node.startService()
         self.addCleanup(lambda: node.stopService() if node.running else None)
-        yield wait_for(lambda: node.api.control.api_address is not None and node.listener.port is not None, 10)
+        api, listener = node.api, node.listener
+        assert api is not None and listener is not None
+        yield wait_for(lambda: api.control.api_address is not None and listener.port is not None, 10)
         return node
 
     def cli(self, node: RelayService, *argv: str) -> defer.Deferred:
@@ -390,7 +392,7 @@ class NamedNodeTests(TestCase):
 
     @staticmethod
     def url(node: RelayService) -> str:
-        return f"http://127.0.0.1:{node.api.port.getHost().port}"
+        return f"http://127.0.0.1:{listening_port(node.api)}"
 
     @defer.inlineCallbacks
     def test_other_node(self):

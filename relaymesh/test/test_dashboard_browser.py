@@ -136,7 +136,8 @@ class WebDriver:
 
     def find(self, css: str) -> str:
         value = self.call("POST", self._s("/element"), {"using": "css selector", "value": css})
-        return next(iter(value.values()))
+        found: str = next(iter(value.values()))
+        return found
 
     def type(self, element: str, text: str) -> None:
         self.call("POST", self._s(f"/element/{element}/value"), {"text": text})
@@ -154,7 +155,8 @@ class WebDriver:
         path is not the page's).
         """
         value = self.call("POST", self._s("/goog/cdp/execute"), {"cmd": "Network.getAllCookies", "params": {}})
-        return value["cookies"]
+        cookies: list[dict] = value["cookies"]
+        return cookies
 
     def window_size(self, width: int, height: int) -> None:
         self.call("POST", self._s("/window/rect"), {"width": width, "height": height})
@@ -306,7 +308,8 @@ class DashboardBrowserTests(SynchronousTestCase):
     @staticmethod
     def state_on(client: NodeClient, peer_id: str) -> str | None:
         try:
-            return client.call("GET", f"/api/peers/{peer_id}")["state"]
+            state: str | None = client.call("GET", f"/api/peers/{peer_id}")["state"]
+            return state
         except (NodeNotRunning, ApiRequestError):
             return None
 

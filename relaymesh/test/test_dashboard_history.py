@@ -350,7 +350,8 @@ class PeerListTests(TestCase):
 
 def page_script() -> str:
     text = resources.files("relaymesh.control").joinpath("dashboard.html").read_text("utf-8")
-    [body] = re.findall(r"<script>(.*?)</script>", text, re.S)
+    scripts: list[str] = re.findall(r"<script>(.*?)</script>", text, re.S)
+    [body] = scripts
     return body
 
 

@@ -20,7 +20,8 @@ def page() -> str:
 
 
 def script(text: str) -> str:
-    [body] = re.findall(r"<script>(.*?)</script>", text, re.S)
+    scripts: list[str] = re.findall(r"<script>(.*?)</script>", text, re.S)
+    [body] = scripts
     return body
 
 

@@ -16,8 +16,8 @@ from relaymesh.mesh import (
     UnsupportedMessageType,
 )
 from relaymesh.reliable.errors import OutboxFull
+from relaymesh.reliable.fields import ACK_CAPABILITY
 from relaymesh.reliable.outbox import (
-    ACK_CAPABILITY,
     DEFAULT_DELIVERY_TIMEOUT,
     DEFAULT_RESEND_AFTER,
     DEFAULT_SCAN_INTERVAL,
@@ -26,7 +26,8 @@ from relaymesh.reliable.outbox import (
     ReliableDelivery,
 )
 from relaymesh.reliable.store import StoreClosed, StoreError
-from relaymesh.test.support import MemoryStore, Node, ReliableTestCase, connect, make_clock, pair_keys, record
+from relaymesh.test.support import Node, ReliableTestCase, connect, make_clock, pair_keys, record
+from relaymesh.testing import MemoryStore
 
 TASK = {"task_id": "t1", "prompt": "hello", "cwd": "/tmp"}
 

@@ -9,10 +9,11 @@ peer rows, and quiet while the reason stays the same.
 from __future__ import annotations
 
 import os
+from typing import cast
 
 from twisted.internet import defer, error, reactor
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger, LogLevel
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -39,7 +40,8 @@ class Captured:
     def __init__(self, *owners) -> None:
         self.events: list[dict] = []
         for owner in owners:
-            owner.log = Logger(namespace="test", observer=self.events.append)
+            # the logger only calls its observer with each event
+            owner.log = Logger(namespace="test", observer=cast(ILogObserver, self.events.append))
 
     def lines(self, level: LogLevel | None = None) -> list[str]:
         from twisted.logger import formatEvent
@@ -78,10 +80,12 @@ class DialTestCase(SynchronousTestCase):
         )
         self.captured = Captured(factory, node.mesh.registry)
         self.addCleanup(factory.stopTrying)
-        wrapped = factory
         if tls:
-            wrapped = TLSMemoryBIOFactory(node.certificate.client_options(), True, factory)
-        self.clock.connectTCP("127.0.0.1", port, wrapped)
+            self.clock.connectTCP(
+                "127.0.0.1", port, TLSMemoryBIOFactory(node.certificate.client_options(), True, factory)
+            )
+        else:
+            self.clock.connectTCP("127.0.0.1", port, factory)
         self.clock.flush()
         return factory
 

@@ -203,7 +203,8 @@ class AnnouncerTests(SynchronousTestCase):
 
     def sent(self) -> list:
         [(udp, _)] = self.reactor.udp
-        return udp.written
+        written: list = udp.written
+        return written
 
     def test_announces(self):
         """
@@ -421,7 +422,8 @@ class DiscoverCommandTests(SynchronousTestCase):
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class LoopbackTests(TestCase):

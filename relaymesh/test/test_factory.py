@@ -20,7 +20,6 @@ from relaymesh.dialer import RelayClientFactory
 from relaymesh.handshake.base import PENDING_FORM
 from relaymesh.test.support import (
     FakeConnector,
-    MemoryKeys,
     Node,
     authenticate,
     client_protocol,
@@ -30,6 +29,7 @@ from relaymesh.test.support import (
     pair_keys,
     server_protocol,
 )
+from relaymesh.testing import MemoryKeys
 from relaymesh.wire import RelayMessage
 
 KEY = bytes(range(32))
@@ -258,7 +258,7 @@ class BackoffTests(SynchronousTestCase):
         """
         for rng_value in (0.0, 1.0):
             factory = RelayClientFactory(
-                self.node.mesh, self.node.keys, self.factory.target, self.clock, jitter=0.5, rng=lambda: rng_value
+                self.node.mesh, self.node.keys, self.factory.target, self.clock, jitter=0.5, rng=lambda rng_value=rng_value: rng_value
             )
             connector = FakeConnector()
             connector.factory = factory

@@ -43,6 +43,7 @@ class Peer(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.received += data
         if self.echo:
+            assert self.transport is not None
             self.transport.write(data)
 
     def connectionLost(self, reason=None) -> None:

@@ -14,6 +14,8 @@ import resource
 import sys
 
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.interfaces import IAddress, IConnector, ITransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
 from relaymesh.address import PeerAddress
@@ -51,6 +53,9 @@ class Bogus(protocol.Protocol):
     One hostile client: silent, garbage, or a handshake with a wrong proof.
     """
 
+    #: Used only connected, over TCP.
+    transport: ITransport
+
     def __init__(self, kind: str, done: defer.Deferred, stats: dict) -> None:
         self.kind = kind
         self.done = done
@@ -82,6 +87,23 @@ class Bogus(protocol.Protocol):
             timer.cancel()
         if not self.got and self.kind != "wrong-proof":
             self.stats["closed_silently"] += 1
+        self.done.callback(None)
+
+
+class BogusFactory(protocol.ClientFactory):
+    """
+    Dials one L{Bogus} client; fires its C{done} if the dial fails.
+    """
+
+    def __init__(self, kind: str, done: defer.Deferred, stats: dict) -> None:
+        self.kind = kind
+        self.done = done
+        self.stats = stats
+
+    def buildProtocol(self, addr: IAddress | None) -> Bogus:
+        return Bogus(self.kind, self.done, self.stats)
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         self.done.callback(None)
 
 
@@ -128,9 +150,7 @@ class FloodTests(TestCase):
 
         def launch(i: int) -> defer.Deferred:
             done: defer.Deferred = defer.Deferred()
-            factory = protocol.ClientFactory.forProtocol(lambda: None)
-            factory.buildProtocol = lambda addr: Bogus(kinds[i % 3], done, stats)
-            factory.clientConnectionFailed = lambda c, r: done.callback(None)
+            factory = BogusFactory(kinds[i % 3], done, stats)
             connector = reactor.connectTCP("127.0.0.1", port, factory, timeout=5)
             open_connections.append(connector)
             return done

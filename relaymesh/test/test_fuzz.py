@@ -23,15 +23,8 @@ from zope.interface import alsoProvides
 
 from relaymesh.connection import State
 from relaymesh.handshake.proofs import VERSION, compute_proof
-from relaymesh.test.support import (
-    MemoryKeys,
-    Node,
-    client_protocol,
-    line,
-    make_clock,
-    server_protocol,
-    written,
-)
+from relaymesh.test.support import Node, client_protocol, line, make_clock, server_protocol, written
+from relaymesh.testing import MemoryKeys
 from relaymesh.wire import MESSAGE_TYPES, RelayMessage, decode
 
 KEY = bytes(range(32))

@@ -26,7 +26,6 @@ from relaymesh.handshake.proofs import (
 )
 from relaymesh.test.support import (
     FakeConnector,
-    MemoryKeys,
     Node,
     client_protocol,
     connect,
@@ -37,7 +36,7 @@ from relaymesh.test.support import (
     server_protocol,
     written,
 )
-from relaymesh.testing import network
+from relaymesh.testing import MemoryKeys, network
 from relaymesh.wire import RelayMessage, decode
 
 TRANSCRIPT_KEY = bytes.fromhex(

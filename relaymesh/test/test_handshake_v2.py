@@ -27,7 +27,6 @@ from relaymesh.handshake.proofs import VERSION, acceptor_proof, compute_proof, c
 from relaymesh.keystore import InviteUsed, KeyStoreError, UsedInvite
 from relaymesh.pairing import PairingFailed
 from relaymesh.test.support import (
-    MemoryKeys,
     Node,
     client_protocol,
     line,
@@ -36,6 +35,7 @@ from relaymesh.test.support import (
     server_protocol,
     written,
 )
+from relaymesh.testing import MemoryKeys
 from relaymesh.wire import RelayMessage, decode
 
 KEY = bytes(range(32))
@@ -988,7 +988,8 @@ class PayloadRulesTests(_Pair, SynchronousTestCase):
             acceptor = AcceptorHandshake(MemoryKeys({"beta": KEY}), identity="alpha")
             connector = ConnectorHandshake("beta", KEY, "alpha", capabilities=tuple(caps))
             answer = connector.answer(challenge(acceptor.challenge_payload()), BINDING)
-            verify = lambda: acceptor.verify(message("handshake", "beta", answer), BINDING)  # noqa: E731
+            # called within this iteration only
+            verify = lambda: acceptor.verify(message("handshake", "beta", answer), BINDING)  # noqa: E731, B023
             if accepted:
                 self.assertEqual(verify().outcome.capabilities, frozenset(caps))
             else:
@@ -1010,15 +1011,18 @@ class PayloadRulesTests(_Pair, SynchronousTestCase):
         agrees to the upgrade nor accepts the proof.
         """
         for payload in (["ok"], "ok", None):
+            # each lambda is called at once, by assertRefused
             connector = ConnectorHandshake("beta", KEY, "alpha")
             connector.answer(named())
             self.assertRefused(
-                "the peer did not start TLS (status None)", lambda: connector.check_ack(ack("alpha", payload))
+                "the peer did not start TLS (status None)",
+                lambda: connector.check_ack(ack("alpha", payload)),  # noqa: B023
             )
             connector = ConnectorHandshake("beta", KEY, "alpha")
             connector.answer(named(starttls=False), BINDING)
             self.assertRefused(
-                "the peer denied the handshake (status None)", lambda: connector.check_ack(ack("alpha", payload), BINDING)
+                "the peer denied the handshake (status None)",
+                lambda: connector.check_ack(ack("alpha", payload), BINDING),  # noqa: B023
             )
 
     def test_invalid_ids_named_short(self):
@@ -1040,11 +1044,12 @@ class PayloadRulesTests(_Pair, SynchronousTestCase):
             (ConnectorHandshake("beta", strong_code="7-ace-act"), inside, BINDING, pake, "the ack", short),
         ]
         for connector, challenge_message, binding, ack_payload, where, shown in cases:
+            # each call is made within its iteration
             if ack_payload is None:
-                call = lambda: connector.answer(challenge_message, binding)  # noqa: E731
+                call = lambda: connector.answer(challenge_message, binding)  # noqa: E731, B023
             else:
                 connector.answer(challenge_message, binding)
-                call = lambda: connector.check_ack(ack(long, ack_payload), binding)  # noqa: E731
+                call = lambda: connector.check_ack(ack(long, ack_payload), binding)  # noqa: E731, B023
             with self.assertRaises(HandshakeFailed) as ctx:
                 call()
             self.assertEqual(str(ctx.exception), f"the peer named an invalid peer id {shown} in {where}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import re
@@ -157,6 +158,10 @@ def deferred_wait(process: subprocess.Popen, timeout: float = 15) -> defer.Defer
     return d.addCallback(lambda _: process.returncode)
 
 
+#: Numbers the messages of every L{_RawPeer}, so that their ids differ.
+_MESSAGE_NUMBERS = itertools.count(1)
+
+
 class _RawPeer(protocol.Protocol):
     """
     A peer written from the protocol description alone, byte by byte:
@@ -166,7 +171,7 @@ class _RawPeer(protocol.Protocol):
     def __init__(self) -> None:
         self.buffer = b""
         self.lines: list[dict] = []
-        self.closed = defer.Deferred()
+        self.closed: defer.Deferred[None] = defer.Deferred()
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
@@ -178,12 +183,12 @@ class _RawPeer(protocol.Protocol):
     def lineReceived(self, message: dict) -> None:
         pass
 
-    def send(self, msg_type: str, from_peer: str, payload: dict, counter: list = [0]) -> None:
+    def send(self, msg_type: str, from_peer: str, payload: dict) -> None:
         now = int(time.time() * 1000)
-        counter[0] += 1
+        assert self.transport is not None
         self.transport.write(
             b'{"id":"msg_%d_%d","msg_type":"%s","from_peer":"%s","timestamp":%d,"payload":%s}\n'
-            % (now, counter[0], msg_type.encode(), from_peer.encode(), now, json.dumps(payload, separators=(",", ":")).encode())
+            % (now, next(_MESSAGE_NUMBERS), msg_type.encode(), from_peer.encode(), now, json.dumps(payload, separators=(",", ":")).encode())
         )
 
     def connectionLost(self, reason=None) -> None:

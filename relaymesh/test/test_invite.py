@@ -13,6 +13,7 @@ import os
 import random
 import sys
 from io import StringIO
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
@@ -44,7 +45,7 @@ from relaymesh.codes import (
 )
 from relaymesh.connection import State
 from relaymesh.handshake.acceptor import AcceptorHandshake
-from relaymesh.handshake.base import HandshakeFailed
+from relaymesh.handshake.base import Authenticated, HandshakeFailed
 from relaymesh.handshake.proofs import compute_proof
 from relaymesh.invite import DEFAULT_EXPIRY, arm_invite, default_invite_host, make_invite
 from relaymesh.join import JOIN_TIMEOUT, JoinDenied, JoinError, JoinResult, join_directly
@@ -61,8 +62,8 @@ from relaymesh.joinforms import (
     parse_join_input,
 )
 from relaymesh.keystore import PAIR_CODE_FORM, ArmedKey, KeyStore
-from relaymesh.test.support import EPOCH, MemoryKeys, Node, load_codes
-from relaymesh.testing import MemoryNetwork
+from relaymesh.test.support import EPOCH, Node, load_codes
+from relaymesh.testing import MemoryKeys, MemoryNetwork
 from relaymesh.wire import RelayMessage
 
 VECTORS = load_codes()
@@ -597,11 +598,12 @@ class AcceptorArmedKeyTests(SynchronousTestCase):
         self.keys = MemoryKeys({"beta": KEY})
         self.keys.arm([("invite", OTHER), ("invite_legacy", bytes(32))], expires_at=EPOCH + 600)
 
-    def verify(self, peer: str, key: bytes) -> str:
+    def verify(self, peer: str, key: bytes) -> Authenticated:
         acceptor = AcceptorHandshake(self.keys, clock=self.clock)
-        verdict = acceptor.verify(handshake(peer, key, acceptor.nonce))
-        pairing.record(self.keys, verdict.outcome, self.clock.seconds())
-        return verdict.outcome
+        outcome = acceptor.verify(handshake(peer, key, acceptor.nonce)).outcome
+        assert outcome is not None
+        pairing.record(self.keys, outcome, self.clock.seconds())
+        return outcome
 
     def test_eachArmedKey(self):
         """
@@ -878,7 +880,14 @@ class JoinTests(SynchronousTestCase):
         self.assertIn("closed the connection before the handshake", str(failure.value))
 
 
-class CommandTestsMixin:
+if TYPE_CHECKING:
+    # what the mixin expects of the test case it is mixed into
+    _CaseBase = SynchronousTestCase
+else:
+    _CaseBase = object
+
+
+class CommandTestsMixin(_CaseBase):
     """
     Run C{relaymesh} in-process against a fresh data directory, with the
     clock and the reactor work replaced.
@@ -915,7 +924,8 @@ class InviteCommandTests(CommandTestsMixin, SynchronousTestCase):
     """
 
     def invite(self, *args: str) -> dict:
-        return json.loads(self.assertSucceeds("invite", "--json", "--host", "192.168.1.50", *args))
+        invite: dict = json.loads(self.assertSucceeds("invite", "--json", "--host", "192.168.1.50", *args))
+        return invite
 
     def test_json(self):
         """
@@ -1285,7 +1295,7 @@ class ForgetOutboxTests(TestCase):
         try:
             from relaymesh.reliable.store import STORE_FILE, OutboxEntry, open_store
         except ImportError:
-            raise SkipTest("no outbox in this relaymesh")
+            raise SkipTest("no outbox in this relaymesh") from None
         from twisted.internet import reactor
 
         dataDir = self.mktemp()
@@ -1315,7 +1325,7 @@ class ForgetOutboxTests(TestCase):
         try:
             from relaymesh.reliable.store import STORE_FILE
         except ImportError:
-            raise SkipTest("no outbox in this relaymesh")
+            raise SkipTest("no outbox in this relaymesh") from None
         os.makedirs(context.data_dir)
         open(os.path.join(context.data_dir, STORE_FILE), "wb").close()
         self.assertTrue(cli_keys.forget_outbox_hook(context, "beta"))

@@ -431,7 +431,7 @@ class ProcessesTests(SynchronousTestCase):
     def test_oneWins(self):
         root = os.path.dirname(os.path.dirname(os.path.abspath(relaymesh.__file__)))
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        for round_ in range(2):
+        for _round in range(2):
             path = self.mktemp()
             store = KeyStore(path)
             invite = make_invite("alpha", "10.0.0.2", 9847, EPOCH)
@@ -508,7 +508,8 @@ def ticket_of(store: KeyStore) -> str:
     """
     The name of the one invite ticket in a data directory.
     """
-    [name] = [n for n in os.listdir(store.path) if n.startswith("invite-") and n.endswith(".ticket")]
+    names: list[str] = [n for n in os.listdir(store.path) if n.startswith("invite-") and n.endswith(".ticket")]
+    [name] = names
     return name
 
 

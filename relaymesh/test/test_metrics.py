@@ -32,7 +32,8 @@ class MetricsTestCase(SynchronousTestCase):
 
     def sample(self, name: str, **labels) -> float | None:
         self.metrics.refresh()
-        return self.metrics.registry.get_sample_value(name, labels)
+        value: float | None = self.metrics.registry.get_sample_value(name, labels)
+        return value
 
     def join(self):
         pair_keys(self.alpha, self.beta)

@@ -164,7 +164,7 @@ class EquivalentsTests(SynchronousTestCase):
     skip = SKIP
 
     def _write(self, text: str) -> str:
-        path = self.mktemp()
+        path: str = self.mktemp()
         with open(path, "w") as f:
             f.write(textwrap.dedent(text))
         return path

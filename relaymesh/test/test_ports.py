@@ -117,7 +117,8 @@ class RunningNodePortTests(SynchronousTestCase):
         ]:
             node = Node()
             node.status = {"listen": listen}
-            self.patch(join, "local_node", lambda data_dir, identity, *node_options: node)
+            # called at once, by local_node_port
+            self.patch(join, "local_node", lambda data_dir, identity, *node_options: node)  # noqa: B023
             self.assertEqual(join.local_node_port("dir", "me"), expected, listen)
 
 

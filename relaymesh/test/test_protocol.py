@@ -20,7 +20,6 @@ from relaymesh.handshake.base import HandshakeFailed
 from relaymesh.handshake.proofs import VERSION, compute_proof
 from relaymesh.outbound import FLUSH_BYTES
 from relaymesh.test.support import (
-    MemoryKeys,
     Node,
     accepted,
     client_protocol,
@@ -30,7 +29,7 @@ from relaymesh.test.support import (
     server_protocol,
     written,
 )
-from relaymesh.testing import MemoryStore
+from relaymesh.testing import MemoryKeys, MemoryStore
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage
 
 KEY = bytes(range(32))
@@ -221,7 +220,7 @@ class AcceptorTests(SynchronousTestCase):
             protocol.dataReceived(garbage)
             self.assertIn("unparseable line", protocol.close_reason)
         last = [server_protocol(self.node.server, host=f"10.2.0.{i}") for i in (1, 2, 3)]
-        for protocol, transport in last:
+        for protocol, _ in last:
             protocol.dataReceived(garbage)
         self.assertEqual([p.close_reason.startswith("unparseable line") for p, _ in last], [True, True, False])
         protocol, transport = last[2]
@@ -920,7 +919,7 @@ class CoalescingTests(_Connected, SynchronousTestCase):
         with self.assertRaises(ZeroDivisionError):
             with self.node.mesh.batch():
                 self.node.mesh.send("beta", "ack", {"n": 1})
-                1 / 0
+                raise ZeroDivisionError()
         self.assertEqual([m.payload for m in written(self.transport)], [{"n": 1}])
         self.node.mesh.send("beta", "ack", {"n": 2})
         self.assertEqual([m.payload for m in written(self.transport)], [{"n": 2}])

@@ -98,6 +98,7 @@ class Attack(SynchronousTestCase):
         Write one line, as C{sender} on its connection to C{receiver}.
         """
         protocol = self.nodes[sender].mesh.registry.connection(receiver)
+        assert protocol is not None
         protocol.sendEncoded(dumps(obj), obj["msg_type"])
         self.network.flush()
 
@@ -124,6 +125,7 @@ class Attack(SynchronousTestCase):
         Record every byte C{receiver} gets from C{sender} from now on.
         """
         protocol = self.nodes[receiver].mesh.registry.connection(sender)
+        assert protocol is not None
         data: list[bytes] = []
         original = protocol.dataReceived
 
@@ -131,7 +133,7 @@ class Attack(SynchronousTestCase):
             data.append(chunk)
             original(chunk)
 
-        protocol.dataReceived = recording
+        self.patch(protocol, "dataReceived", recording)
         return data
 
     def apps(self, name: str, msg_type: str = "delegate_task") -> list:
@@ -150,7 +152,8 @@ class Attack(SynchronousTestCase):
         content = dumps({"payload": payload})
         box = seal(direction_key(key, origin, to), os.urandom(12), content, ad)
         message = RelayMessage(msg_id, msg_type, "carol", timestamp, None)
-        return loads(encode_routed(message, RouteHeader(origin, to, 1, msg_id), box_text(box)))
+        fields: dict = loads(encode_routed(message, RouteHeader(origin, to, 1, msg_id), box_text(box)))
+        return fields
 
 
 class OriginForgeryTests(Attack):

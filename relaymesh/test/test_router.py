@@ -18,14 +18,14 @@ from relaymesh.reliable.outbox import (
     DEFAULT_SCAN_INTERVAL,
     routed_origin_id,
 )
-
-ROUTED = PeerState.ROUTED
 from relaymesh.routing.router import ADVERTISE_MIN_INTERVAL, Router
 from relaymesh.routing.seal import Sealer
 from relaymesh.routing.table import MAX_HOPS, ROUTING_CAPABILITY, Route, RouteHeader, encode_routed
-from relaymesh.test.support import MemoryStore, Node, connect, make_clock, pair_keys
-from relaymesh.testing import MemoryKeys
+from relaymesh.test.support import Node, connect, make_clock, pair_keys
+from relaymesh.testing import MemoryKeys, MemoryStore
 from relaymesh.wire import MAX_LINE_BYTES, RelayMessage, decode_fields
+
+ROUTED = PeerState.ROUTED
 
 #: The key every pair of nodes shares in L{RouterTests}.
 PSK = bytes(range(32))

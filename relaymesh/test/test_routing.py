@@ -178,7 +178,7 @@ def random_graph(
     while len(edges) < (count - 1 if connected else 0) + extra:
         a, b = rng.sample(names, 2)
         edges.add(frozenset((a, b)))
-    return [tuple(sorted(e)) for e in edges]
+    return [(a, b) for a, b in (sorted(e) for e in edges)]
 
 
 def line(count: int) -> list[tuple[str, str]]:
@@ -396,12 +396,13 @@ class WithdrawalTests(SynchronousTestCase):
             net.down("c", "d")
             seen = [0]
 
+            # called by converge_randomly, within this iteration
             def check():
-                for table in net.tables.values():
+                for table in net.tables.values():  # noqa: B023
                     route = table.route("d")
                     if route is not None:
                         self.assertLessEqual(route.hops, 6)
-                        seen[0] = max(seen[0], route.hops)
+                        seen[0] = max(seen[0], route.hops)  # noqa: B023
 
             net.converge_randomly(rng, check=check)
             net.assert_shortest(self)
@@ -794,6 +795,7 @@ class Walk:
         while in_flight:
             index = rng.randrange(len(in_flight)) if rng is not None else 0
             sender, receiver, header = in_flight.pop(index)
+            assert header is not None
             self.crossings += 1
             assert frozenset((sender, receiver)) in self.net.edges
             # through the wire format, as between real nodes

@@ -16,7 +16,6 @@ from relaymesh.control.metrics import NodeMetrics
 from relaymesh.handshake.proofs import CAP_PING
 from relaymesh.pings import PING_ID_FIELD
 from relaymesh.test.support import (
-    MemoryStore,
     Node,
     ReliableTestCase,
     accepted,
@@ -26,6 +25,7 @@ from relaymesh.test.support import (
     pair_keys,
     written,
 )
+from relaymesh.testing import MemoryStore
 from relaymesh.wire import RelayMessage
 
 INTERVAL = 30.0
@@ -76,7 +76,8 @@ class RoundTripTestCase(SynchronousTestCase):
 
     def sample(self, name: str, **labels) -> float | None:
         self.metrics.refresh()
-        return self.metrics.registry.get_sample_value(name, labels)
+        value: float | None = self.metrics.registry.get_sample_value(name, labels)
+        return value
 
     def to_next_heartbeat(self) -> None:
         self.clock.advance(INTERVAL)

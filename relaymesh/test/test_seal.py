@@ -55,7 +55,8 @@ def hkdf_sha256(ikm: bytes, info: bytes, length: int = 32) -> bytes:
 
 def load_vectors() -> list[dict]:
     with open(fixture_path("routed-seal-vectors.json"), encoding="utf-8") as f:
-        return json.load(f)["vectors"]
+        vectors: list[dict] = json.load(f)["vectors"]
+        return vectors
 
 
 def sealer(identity: str, peers: dict[str, bytes], nonce: bytes | None = None) -> Sealer:
@@ -315,7 +316,7 @@ class EdgeTests(SynchronousTestCase):
         before anything is sealed.
         """
         for length in (8, 13):
-            short = Sealer("alpha", MemoryKeys({"gamma": PSK}), randbytes=lambda n: bytes(length))
+            short = Sealer("alpha", MemoryKeys({"gamma": PSK}), randbytes=lambda n, length=length: bytes(length))
             e = self.assertRaises(ValueError, short.seal, "gamma", self.message, "m", {})
             self.assertEqual(str(e), "a nonce is 12 bytes")
 

@@ -22,7 +22,7 @@ from relaymesh.config import SHUTDOWN_TIMEOUT, NodeConfig
 from relaymesh.dialer import RelayClientFactory
 from relaymesh.events import Direction, EventKind, PeerEvent
 from relaymesh.keystore import KeyStore
-from relaymesh.reliable.outbox import ACK_CAPABILITY
+from relaymesh.reliable.fields import ACK_CAPABILITY
 from relaymesh.reliable.store import STORE_FILE, StoreError
 from relaymesh.service import RelayService
 from relaymesh.startup import StartupError

@@ -37,7 +37,8 @@ class FleetProcessTests(ProcessesMixin, TestCase):
         self.setUpProcesses()
 
     def sessions(self, client: NodeClient) -> list[dict]:
-        return client.call("GET", "/api/sessions")["sessions"]
+        sessions: list[dict] = client.call("GET", "/api/sessions")["sessions"]
+        return sessions
 
     @defer.inlineCallbacks
     def test_peer_sees_session_and_its_end(self):

@@ -72,6 +72,7 @@ class LiveTests(SynchronousTestCase):
         facts = found[process.pid]
         self.assertEqual(facts.argv[-3:], ("claude", "--name", "viaproc"))
         self.assertGreater(facts.rss_kb, 0)
+        assert facts.cpu_seconds is not None
         self.assertGreaterEqual(facts.cpu_seconds, 0.0)
         self.assertIsNone(facts.cpu_percent)
         process.kill()

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import cast
 
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaymesh.sessions import claude
@@ -118,7 +119,8 @@ class StatusTests(ScannerCase):
         path = self.home.add_session(100, UUID, transcript_lines=lines)
         self.table.run(100, cpu=cpu)
         self.home.touch(path, self.now - untouched)
-        return self.one()["status"]
+        status: str = self.one()["status"]
+        return status
 
     def test_transcripts(self) -> None:
         for expected, (untouched, lines) in STATUS_TRANSCRIPTS.items():
@@ -310,7 +312,10 @@ class NameAndLocationTests(ScannerCase):
         self.table.run(100, argv=("claude", "--resume", UUID))
         self.assertEqual(self.one()["status"], "Waiting")
         self.table.kill(100)
-        self.assertEqual((self.one(self.now + 2)["status"], self.scanner._tracked[100].reader.path), ("Finished", resumed))
+        status = self.one(self.now + 2)["status"]
+        reader = self.scanner._tracked[100].reader
+        assert reader is not None
+        self.assertEqual((status, reader.path), ("Finished", resumed))
         self.scanner = self.make()
         self.table.run(100, argv=("claude",))
         self.assertEqual(self.one(self.now + 2)["status"], "Processing")
@@ -364,7 +369,8 @@ class BadFileTests(ScannerCase):
     def setUp(self) -> None:
         super().setUp()
         self.events: list[dict] = []
-        self.scanner.log = Logger(observer=self.events.append)
+        # the logger only calls its observer with each event
+        self.scanner.log = Logger(observer=cast(ILogObserver, self.events.append))
         self.home.add_session(100, UUID, transcript_lines=[user_text("x")])
         self.table.run(100)
 

@@ -118,7 +118,9 @@ def settle(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         facts = table.lookup([pid]).get(pid)
-        if facts is None or (facts.age and facts.cpu_seconds / facts.age * 100.0 < QUIET_CPU):
+        if facts is None or facts.cpu_seconds is None:  # nothing to wait for
+            return
+        if facts.age and facts.cpu_seconds / facts.age * 100.0 < QUIET_CPU:
             return
         time.sleep(0.05)
 

@@ -144,6 +144,7 @@ class LineTests(SynchronousTestCase):
         long = "é" * 200
         state = state_of(tool_use(), tool_result(long, is_error=True))
         message = state.last_error
+        assert message is not None
         self.assertLessEqual(len(message.encode("utf-8")), 256)
         self.assertEqual(message, "é" * 128)
         state = state_of(tool_use(), tool_result([{"type": "text", "text": "a"}, {"text": "b"}], is_error=True))

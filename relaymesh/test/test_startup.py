@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Generator
 
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
@@ -51,7 +52,8 @@ def taken_port(test: SynchronousTestCase) -> int:
     test.addCleanup(s.close)
     s.bind(("127.0.0.1", 0))
     s.listen(1)
-    return s.getsockname()[1]
+    port: int = s.getsockname()[1]
+    return port
 
 
 def refused(port: int) -> bool:
@@ -71,7 +73,10 @@ def error_events(test: SynchronousTestCase) -> EventLoggingObserver:
     """
     The log events of the test, to look for error lines in.
     """
-    return EventLoggingObserver.createWithCleanup(test, globalLogPublisher)
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    test.addCleanup(globalLogPublisher.removeObserver, observer)
+    return observer
 
 
 def error_lines(events: EventLoggingObserver) -> list[str]:
@@ -500,7 +505,9 @@ class TwistdTests(ProcessesMixin, TestCase):
         self.home = os.path.join(self.base, "home")
 
     @defer.inlineCallbacks
-    def ended(self, process: subprocess.Popen, bound: float = 15) -> defer.Deferred:
+    def ended(
+        self, process: subprocess.Popen, bound: float = 15
+    ) -> Generator[defer.Deferred[object], object, None]:
         yield wait_for(lambda: process.poll() is not None, bound, 0.05, what="the process to end")
 
     def error_lines(self, logfile: str) -> list[str]:

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Generator
 
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
@@ -755,7 +756,9 @@ class CrashTests(StoreTestCase):
     CHILD_DEADLINE = 20.0
 
     @defer.inlineCallbacks
-    def run_and_kill(self, script: str, kill_after: int) -> list[str]:
+    def run_and_kill(
+        self, script: str, kill_after: int
+    ) -> Generator[defer.Deferred[object], object, list[str]]:
         """
         Run C{script} against the store, kill it with SIGKILL once it has
         printed C{kill_after} lines, and return every complete line it printed.
@@ -769,7 +772,9 @@ class CrashTests(StoreTestCase):
             env=env,
         )
         self.addCleanup(self._reap, proc)
-        fd = proc.stdout.fileno()
+        stdout = proc.stdout
+        assert stdout is not None
+        fd = stdout.fileno()
         os.set_blocking(fd, False)
         output = bytearray()
         deadline = reactor.seconds() + self.CHILD_DEADLINE
@@ -796,8 +801,8 @@ class CrashTests(StoreTestCase):
         yield self._wait_exit(proc)
         self.assertEqual(proc.returncode, -signal.SIGKILL)
         os.set_blocking(fd, True)
-        output.extend(proc.stdout.read())
-        proc.stdout.close()
+        output.extend(stdout.read())
+        stdout.close()
         complete = bytes(output).split(b"\n")[:-1]
         return [line.decode() for line in complete]
 

@@ -8,8 +8,15 @@ import dataclasses
 
 from OpenSSL import SSL
 from twisted.internet import error, ssl
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IPushProducer,
+    ISSLTransport,
+    ITCPTransport,
+    ITLSTransport,
+)
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,8 +24,6 @@ from zope.interface import implementer
 
 from relaymesh.dialer import RETRY_FACTOR, RETRY_INITIAL_DELAY
 from relaymesh.events import EventKind
-
-CONNECTED, DISCONNECTED = EventKind.CONNECTED, EventKind.DISCONNECTED
 from relaymesh.reliable.store import OutboxEntry, StoreClosed, StoreError
 from relaymesh.test.support import EPOCH
 from relaymesh.testing import (
@@ -34,6 +39,8 @@ from relaymesh.testing import (
 )
 from relaymesh.tls import NodeCertificate, channel_binding, create_certificate
 
+CONNECTED, DISCONNECTED = EventKind.CONNECTED, EventKind.DISCONNECTED
+
 #: The message type the tests send.
 TASK = "delegate_task"
 
@@ -43,15 +50,32 @@ class Recorder(Protocol):
     Records what it receives and how it was closed.
     """
 
+    #: Used only connected, to a TCP transport of the network.
+    transport: ITCPTransport
+
     def __init__(self) -> None:
         self.received = b""
-        self.reason = None
+        self.reason: Failure | None = None
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.reason = reason
+
+
+class Accepting(Factory):
+    """
+    A server factory that keeps the protocols it builds.
+    """
+
+    def __init__(self, accepted: list[Recorder]) -> None:
+        self.accepted = accepted
+
+    def buildProtocol(self, addr: IAddress | None) -> Recorder:
+        protocol = Recorder()
+        self.accepted.append(protocol)
+        return protocol
 
 
 class Dialler(ClientFactory):
@@ -59,7 +83,7 @@ class Dialler(ClientFactory):
     A client factory that records what happened to its dials.
     """
 
-    protocol = Recorder
+    protocol: type[Protocol] = Recorder
 
     def __init__(self) -> None:
         self.failed: list = []
@@ -80,13 +104,7 @@ class MemoryNetworkTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.network = MemoryNetwork()
         self.accepted: list[Recorder] = []
-        self.server = Factory.forProtocol(Recorder)
-        self.server.buildProtocol = self.build
-
-    def build(self, addr) -> Recorder:
-        protocol = Recorder()
-        self.accepted.append(protocol)
-        return protocol
+        self.server = Accepting(self.accepted)
 
     def test_calls_run_at_their_time(self) -> None:
         """
@@ -169,6 +187,7 @@ class MemoryNetworkTests(SynchronousTestCase):
         cut.transport.write(b"lost")
         self.network.connections()[1].cut()
         self.network.flush()
+        assert closing.reason is not None and cut.reason is not None
         closing.reason.trap(error.ConnectionDone)
         cut.reason.trap(error.ConnectionLost)
         self.assertEqual([client.received for client in clients], [b"bye", b""])
@@ -182,6 +201,9 @@ class LineEnd(LineReceiver):
     often and why it was closed.
     """
 
+    #: Used only connected, to a transport of the network, which can start TLS.
+    transport: ITLSTransport
+
     def __init__(self) -> None:
         self.lines: list[bytes] = []
         self.lost: list[Failure] = []
@@ -189,7 +211,7 @@ class LineEnd(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         self.lines.append(line)
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost.append(reason)
 
 
@@ -227,7 +249,9 @@ class StartTLSTests(SynchronousTestCase):
         self.network.connectTCP("127.0.0.1", port, self.dialler)
         self.network.flush()
         [self.connection] = self.network.connections()
-        self.server, self.client = self.connection.protocols()
+        server, client = self.connection.protocols()
+        assert isinstance(server, LineEnd) and isinstance(client, LineEnd)
+        self.server, self.client = server, client
         self.crossed: list[bytes] = []
         for transport in (self.connection.server, self.connection.client):
             self.record(transport)
@@ -315,11 +339,13 @@ class StartTLSTests(SynchronousTestCase):
         unregistered.
         """
         producer = Producer()
-        self.client.transport.registerProducer(producer, True)
+        IConsumer(self.client.transport).registerProducer(producer, True)
         self.upgrade()
-        self.connection.client.producer.pauseProducing()
+        link_producer = self.connection.client.producer
+        assert link_producer is not None
+        link_producer.pauseProducing()
         self.assertTrue(producer.paused)
-        self.client.transport.unregisterProducer()
+        IConsumer(self.client.transport).unregisterProducer()
         self.assertIsNone(self.connection.client.producer)
 
     def test_lose(self) -> None:

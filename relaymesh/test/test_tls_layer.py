@@ -12,9 +12,10 @@ from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet import ssl as twisted_ssl
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -60,16 +61,17 @@ class Recorder(Protocol):
     def __init__(self, greeting: bytes = b"") -> None:
         self.greeting = greeting
         self.chunks: list[bytes] = []
-        self.reason = None
+        self.reason: Failure | None = None
 
     def connectionMade(self) -> None:
         if self.greeting:
+            assert self.transport is not None
             self.transport.write(self.greeting)
 
     def dataReceived(self, data: bytes) -> None:
         self.chunks.append(data)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.reason = reason
 
     def received(self) -> bytes:
@@ -81,7 +83,7 @@ class Given(Factory):
     A factory that hands out one protocol built beforehand.
     """
 
-    def __init__(self, protocol: Protocol) -> None:
+    def __init__(self, protocol: Protocol | None) -> None:
         self.built = protocol
 
     def buildProtocol(self, addr):
@@ -204,6 +206,7 @@ class LayerTests(SynchronousTestCase):
         client.loseConnection()
         pump.flush()
         self.assertEqual(server_app.received(), b"last words")
+        assert server_app.reason is not None and client_app.reason is not None
         server_app.reason.trap(ConnectionDone)
         client_app.reason.trap(ConnectionDone)
 
@@ -219,9 +222,12 @@ class LayerTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(server_app.chunks, [])
         self.assertIsNotNone(server_app.reason)
+        assert server_app.reason is not None
         server_app.reason.trap(SSL.Error)
         self.assertIsNone(server_app.reason.getTracebackObject())
-        self.assertEqual(server_app.reason.value.__traceback__, None)
+        error = server_app.reason.value
+        assert error is not None
+        self.assertEqual(error.__traceback__, None)
         self.assertTrue(server.transport.disconnecting or server.transport.disconnected)
 
     def test_tls_1_3(self) -> None:
@@ -247,6 +253,7 @@ class LayerTests(SynchronousTestCase):
         client, server, pump = self.connect(server_app, client_app, client_options=old)
         self.assertEqual(server_app.received(), b"")
         self.assertIsNotNone(client_app.reason)
+        assert client_app.reason is not None
         client_app.reason.trap(SSL.Error)
 
 
@@ -269,10 +276,10 @@ class UsedTests(SynchronousTestCase):
         """
 
         class Transport:
-            pass
+            protocol: Protocol
 
         transport = Transport()
-        factory = TLSMemoryBIOFactory(NodeCertificate.generate("n").client_options(), True, None)
+        factory = TLSMemoryBIOFactory(NodeCertificate.generate("n").client_options(), True, Factory())
         transport.protocol = layer = BufferingTLSTransport(factory, Protocol(), False)
         self.assertIs(use_relay_tls(transport), layer)
         self.assertIs(type(layer), RelayTLSProtocol)
