@@ -15,6 +15,7 @@ inventory that pydoctor writes first (roles such as
 
 import pathlib
 import re
+import shutil
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -82,5 +83,17 @@ def _readme_from_docs(app, relative_path, parent_docname, content):
         content[0] = content[0].replace(".. image:: docs/", ".. image:: ")
 
 
+def _drop_placeholder(app, exception):
+    """
+    Remove what Sphinx made of the API reference's placeholder page, which
+    pydoctor's extension moves aside to api.sphinx_files, so that the site
+    holds only what it shows.
+    """
+    if exception is None and app.builder.name == "html":
+        shutil.rmtree(pathlib.Path(app.outdir) / "api.sphinx_files", ignore_errors=True)
+
+
 def setup(app):
     app.connect("include-read", _readme_from_docs)
+    # after pydoctor's extension (priority 500) has put its pages in place
+    app.connect("build-finished", _drop_placeholder, priority=600)
