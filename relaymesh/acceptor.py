@@ -193,7 +193,7 @@ class RelayServerFactory(Factory):
 
     def refusal(self, host: str) -> str | None:
         """
-        Why a new connection from C{host} is refused now, or L{None}.
+        Why a new connection from C{host} is refused now, or C{None}.
         """
         if self.failures.refused(host):
             return f"too many failed handshakes from {host}"

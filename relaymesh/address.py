@@ -29,7 +29,7 @@ class PeerAddress:
     """
     Where to dial a peer, and which peer to expect there.
 
-    @ivar peer_id: The peer expected at the address, or L{None} to learn it
+    @ivar peer_id: The peer expected at the address, or C{None} to learn it
         from the handshake.
     @ivar host: A host name or an IP address (IPv6 without brackets).
     @ivar port: The TCP port.

@@ -170,7 +170,7 @@ class AddressBook:
         Remember a peer's address, unless an address a user gave would be
         replaced by one from L{INBOUND}.
 
-        @return: whether it was written (L{False} also when the same address
+        @return: whether it was written (C{False} also when the same address
             and source are there already).
         @raise InvalidAddress: for an address that does not parse or names
             another peer.
@@ -215,7 +215,7 @@ class AddressBook:
 
 def _entry(peer_id: object, fields: object) -> StoredAddress | None:
     """
-    One entry of the file, or L{None} if it is not valid.
+    One entry of the file, or C{None} if it is not valid.
     """
     if not isinstance(peer_id, str) or not is_valid_peer_id(peer_id) or not isinstance(fields, dict):
         return None
@@ -239,10 +239,10 @@ class AddressKeeper:
     accepted connections teach it, and which remembered peers to redial on
     start (L{relaymesh.service.RelayService} owns one).
 
-    @ivar book: The book, or L{None} for a node whose key store is in
+    @ivar book: The book, or C{None} for a node whose key store is in
         memory (nothing is remembered).
     @ivar sources: The source of each address dialled that is to be
-        remembered once its dial connects (L{None}: nothing to remember).
+        remembered once its dial connects (C{None}: nothing to remember).
     """
 
     log = Logger()

@@ -95,9 +95,9 @@ class ArmedKey:
     @ivar form: how the key was handed out, e.g. L{PAIR_CODE_FORM}; recorded
         as the peer's C{paired_via}.
     @ivar key: the 32-byte key.
-    @ivar slot: L{None} for the pending key (C{peers/_pending.key}), else
+    @ivar slot: C{None} for the pending key (C{peers/_pending.key}), else
         the name of its C{peers/_pending.<slot>.key} file.
-    @ivar invite: the invite the key is a form of, or L{None} for a pending
+    @ivar invite: the invite the key is a form of, or C{None} for a pending
         key armed on its own.
     """
 
@@ -143,8 +143,8 @@ def _take_key_file(
 
     @param files: the data directory's files.
     @param path: the armed key file.
-    @param expected: the key the file must hold, or L{None} for any.
-    @return: the key, or L{None} if the file is gone or holds another.
+    @param expected: the key the file must hold, or C{None} for any.
+    @return: the key, or C{None} if the file is gone or holds another.
     """
     key_path = files.key_path(peer_id)
     claimed = temporary_path(path, "claim")
@@ -195,7 +195,7 @@ class PairingSlots:
         """
         Return the pending pairing key.
 
-        @return: the 32-byte key, or L{None} if none is armed.
+        @return: the 32-byte key, or C{None} if none is armed.
         @raise relaymesh.keyfiles.InsecureKeyFile: if the key file is open to
             other users.
         @raise relaymesh.keyfiles.CorruptKeyFile: if the key file is damaged.
@@ -232,7 +232,7 @@ class PairingSlots:
         @param peer_id: the peer that proved it holds the pending key.
         @param now: the time (epoch seconds), noted as when an invite was
             used, if known.
-        @return: the key, now stored for C{peer_id}; L{None} if no key was
+        @return: the key, now stored for C{peer_id}; C{None} if no key was
             pending.
         @raise InviteUsed: if the pending key's invite was used meanwhile.
         @raise relaymesh.peerid.InvalidPeerId: if C{peer_id} is not valid.
@@ -304,9 +304,9 @@ class PairingSlots:
             (lowercase letters, digits and C{_}; each form once) and the
             32-byte key.
         @param expires_at: when they stop working (epoch seconds), or
-            L{None} for never.
+            C{None} for never.
         @param strong_code: the invite's one-time strong code, in its
-            canonical form, armed as part of it; L{None} leaves a strong
+            canonical form, armed as part of it; C{None} leaves a strong
             code armed on its own (C{pair --strong}) as it is.
         @raise ValueError: for no keys, a bad form or a key not 32 bytes.
         """
@@ -384,7 +384,7 @@ class PairingSlots:
         """
         Return when the armed keys expire, as noted by L{arm}.
 
-        @return: epoch seconds; L{None} if they never expire or none are
+        @return: epoch seconds; C{None} if they never expire or none are
             armed with a note.
         """
         return number(self._armed_note().get("expires_at"))
@@ -404,7 +404,7 @@ class PairingSlots:
         @param peer_id: the peer that proved it holds the key.
         @param armed: the key it proved, from L{armed_keys}.
         @param now: the time (epoch seconds).
-        @return: the key, now stored for C{peer_id}; L{None} if that key is
+        @return: the key, now stored for C{peer_id}; C{None} if that key is
             no longer armed (expired, replaced).
         @raise InviteUsed: if the key's invite was used meanwhile.
         @raise relaymesh.peerid.InvalidPeerId: if C{peer_id} is not valid.
@@ -424,8 +424,8 @@ class PairingSlots:
         Use an invite by one of its keys: take its ticket, then the key.
 
         @param now: the time, to check the invite's expiry against and to
-            note as when it was used; L{None} if unknown (no check).
-        @return: the key, now stored for C{peer_id}; L{None} if the invite
+            note as when it was used; C{None} if unknown (no check).
+        @return: the key, now stored for C{peer_id}; C{None} if the invite
             expired or was replaced, or the key is no longer its.
         @raise InviteUsed: if the ticket is gone and the invite is noted as
             used.
@@ -526,7 +526,7 @@ class PairingSlots:
         Arm a one-time strong pairing code on its own, replacing any other.
 
         @param code: the code, in its canonical form.
-        @param expires_at: when it stops working (epoch seconds), or L{None}.
+        @param expires_at: when it stops working (epoch seconds), or C{None}.
         """
         self.strong_code.write(code, expires_at, None)
 
@@ -562,7 +562,7 @@ class PairingSlots:
         guessing.
 
         @param now: the time (epoch seconds).
-        @return: the code, or L{None} if none is armed or it expired.
+        @return: the code, or C{None} if none is armed or it expired.
         @raise InviteUsed: if the code's invite was used already (the code
             is then disarmed too).
         @raise relaymesh.keyfiles.KeyStoreError: if the code's file is damaged.
@@ -655,7 +655,7 @@ class StrongCodeFile:
 
     def read(self) -> dict | None:
         """
-        The file's content, or L{None} if there is none.
+        The file's content, or C{None} if there is none.
 
         @raise KeyStoreError: if it is damaged.
         """

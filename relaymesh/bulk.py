@@ -82,7 +82,7 @@ class BulkReceiver:
 
     @ivar _fast_types: The types of the plain messages that take the bulk
         path (L{BULK_TYPES} or L{BULK_TYPES_FIELDS}), set once the peer is
-        connected; L{None} before.
+        connected; C{None} before.
     """
 
     _fast_types: frozenset[str] | None = None
@@ -154,7 +154,7 @@ class BulkReceiver:
         """
         Hand a connected peer's complete lines, from C{lines[index]} on:
         runs of plain messages to the owner in one call, any other line
-        through L{lineReceived}, until the connection stops.
+        through C{lineReceived}, until the connection stops.
         """
         traffic = self.traffic
         by_type = traffic.by_type

@@ -82,13 +82,13 @@ class Invite:
 
     @ivar host: the address to connect to.
     @ivar port: the TCP port to connect to.
-    @ivar key: the 32-byte pre-shared key; L{None} for a strong code.
+    @ivar key: the 32-byte pre-shared key; C{None} for a strong code.
     @ivar identity: the inviting node's peer id, if the form carries it
         (only links do).
     @ivar form: the form decoded: L{FORM_LINK}, L{FORM_WORDS} or
         L{FORM_RELAY_CODE} (and relaymesh's own forms).
     @ivar strong_code: a one-time code to pair with by SPAKE2 instead of a
-        key (relaymesh only), or L{None}.
+        key (relaymesh only), or C{None}.
     """
 
     host: str
@@ -138,7 +138,7 @@ def _derive(secret: bytes, length: int) -> bytes:
 
 def _exact_bytes(value: bytes, length: int, what: str) -> bytes:
     """
-    @return: C{value} as L{bytes} if it is C{length} bytes long.
+    @return: C{value} as C{bytes} if it is C{length} bytes long.
     @raise InvalidCode: otherwise.
     """
     if not isinstance(value, (bytes, bytearray, memoryview)):

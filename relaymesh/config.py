@@ -57,7 +57,7 @@ class NodeConfig:
         C{tls:PORT[:interface=ADDR]} for TLS with this node's certificate;
         empty to accept no connections.
     @ivar peers: Addresses to keep dialling.
-    @ivar identity: This node's peer id; the key store's if L{None}.
+    @ivar identity: This node's peer id; the key store's if C{None}.
     @ivar heartbeat_interval: Seconds between heartbeats; a peer silent for
         three intervals is dropped.
     @ivar max_peers: Connected peers at most; more inbound are refused.
@@ -66,17 +66,17 @@ class NodeConfig:
         claudectl); the delay doubles up to L{retry_max_delay}.
     @ivar retry_max_delay: The longest wait between two dials (60).
     @ivar api: A Twisted server endpoint string for the control API,
-        dashboard and metrics (L{relaymesh.control}), or L{None} for none.
+        dashboard and metrics (L{relaymesh.control}), or C{None} for none.
     @ivar api_token_file: The API token file; C{DATA_DIR/api-token} if
-        L{None}.
+        C{None}.
     @ivar metrics_public: Whether C{/metrics} is served without the token.
     @ivar api_fallback: Where to serve the API if C{api} cannot be listened
-        on (its port is taken), or L{None} to fail then.
+        on (its port is taken), or C{None} to fail then.
     @ivar api_hosts: Host names (or C{NAME:PORT}s) the API answers to besides
         C{localhost}, C{127.0.0.1}, C{[::1]} and its own address: any other
         C{Host} header is refused (L{relaymesh.control.hosts}).
     @ivar announce_to: Where to announce the node on the LAN by UDP (an IPv4
-        address and port, see L{relaymesh.discovery}), or L{None} not to;
+        address and port, see L{relaymesh.discovery}), or C{None} not to;
         only a listening node announces.
     @ivar tls: This node's certificate, for C{tls:} listeners and peers.
     @ivar outbox: Whether the node sends and acknowledges reliable messages
@@ -139,7 +139,7 @@ class NodeConfig:
     ) -> NodeConfig:
         """
         A config from the forms an application writes: C{listen} as one
-        description, several, or L{None}; C{peers} as addresses or their
+        description, several, or C{None}; C{peers} as addresses or their
         text.
 
         @raise relaymesh.address.InvalidAddress: for a peer that does not

@@ -8,7 +8,7 @@ into messages (L{relaymesh.wire}), and feeds them to a state machine::
     connector: AWAITING_CHALLENGE --challenge--> AWAITING_ACK --ack ok--> CONNECTED --> CLOSED
 
 Over plain TCP a relaymesh pair first upgrades the connection to TLS in
-band (the C{starttls} exchange, then L{ITLSTransport.startTLS}), and the
+band (the C{starttls} exchange, then C{ITLSTransport.startTLS}), and the
 handshake starts over inside it; see L{relaymesh.handshake}. Before the
 handshake succeeds, lines are limited to L{HANDSHAKE_MAX_LINE} bytes.
 
@@ -141,7 +141,7 @@ class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch)
 
     #: What lines before authentication may cost, shared by every inbound
     #: connection of a listener (L{relaymesh.acceptor.ParseBudget}), or
-    #: L{None}.
+    #: C{None}.
     parse_budget: Any = None
 
     def __init__(
@@ -373,7 +373,7 @@ class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch)
 
     def _binding(self) -> Binding | None:
         """
-        The TLS certificate fingerprints as (server, client), or L{None}.
+        The TLS certificate fingerprints as (server, client), or C{None}.
 
         Read from the TLS session once both certificates are known, then
         kept: TLS 1.3 (the only version relaymesh speaks) cannot change
@@ -516,7 +516,7 @@ class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch)
 
     def whenClosed(self) -> Deferred:
         """
-        A L{Deferred} that fires (with L{None}) once the connection is
+        A C{Deferred} that fires (with C{None}) once the connection is
         closed: at once if it is.
         """
         d: Deferred = Deferred()

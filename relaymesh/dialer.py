@@ -75,7 +75,7 @@ class RelayClientFactory(ReconnectingClientFactory):
     @ivar current: The protocol of the latest connection it made, if any.
     @ivar last_error: Why the latest attempt failed (TCP refused or timed
         out, host unknown, a TLS mismatch, a handshake denied or failed),
-        one line; L{None} before any failure and once a handshake succeeds.
+        one line; C{None} before any failure and once a handshake succeeds.
         With a peer id it is also the peer's L{PeerStatus.last_error}.
     @ivar last_error_at: When that failure happened (clock seconds).
 
@@ -126,7 +126,7 @@ class RelayClientFactory(ReconnectingClientFactory):
     def _choose_key(self) -> bool:
         """
         The key to prove to the peer named in the address: its own, or the
-        pending key (L{None} for a bare address or a strong code, when the
+        pending key (C{None} for a bare address or a strong code, when the
         handshake finds it). Whether there is something to prove.
         """
         self._key, self._paired_via = None, None
@@ -308,7 +308,7 @@ class RelayClientFactory(ReconnectingClientFactory):
 
     def _retry(self, connector: IConnector | None, wait: float) -> None:
         """
-        Have L{ReconnectingClientFactory.retry} schedule the next dial in
+        Have C{ReconnectingClientFactory.retry} schedule the next dial in
         C{wait} seconds (the current L{delay}), and report it.
         """
         ReconnectingClientFactory.retry(self, connector)

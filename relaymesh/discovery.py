@@ -65,7 +65,7 @@ MAX_ANNOUNCEMENT_BYTES = 2048
 #: Longest version string accepted.
 MAX_VERSION_LENGTH = 64
 
-#: Most C{{} and C{[} in an announcement: it is one flat JSON object, and
+#: Most C{E{lb}} and C{[} in an announcement: it is one flat JSON object, and
 #: deeper nesting would only make the parser recurse.
 MAX_BRACKETS = 8
 
@@ -293,9 +293,9 @@ class Announcer(Service):
     ) -> None:
         """
         @param identity: the node's peer id.
-        @param port: returns the TCP port the node listens on, or L{None}
+        @param port: returns the TCP port the node listens on, or C{None}
             while it does not (then nothing is sent).
-        @param reactor: an L{IReactorUDP} and L{IReactorTime}.
+        @param reactor: an C{IReactorUDP} and C{IReactorTime}.
         @param target: where to send, an IP address and a UDP port.
         @param interval: seconds between announcements.
         @param version: the version to announce.
@@ -401,7 +401,7 @@ def listen_for_announcements(
     machine (C{SO_REUSEADDR} and C{SO_REUSEPORT}), so that each one gets
     every broadcast.
 
-    @param reactor: an L{IReactorMulticast}.
+    @param reactor: an C{IReactorMulticast}.
     @param receiver: what hears them.
     @param port: the UDP port.
     @param interface: the address to bind, all by default.
@@ -421,14 +421,14 @@ def discover(
     """
     Listen for announcements for a while.
 
-    @param reactor: an L{IReactorMulticast} and L{IReactorTime}.
+    @param reactor: an C{IReactorMulticast} and C{IReactorTime}.
     @param seconds: how long to listen.
     @param port: the UDP port.
     @param ignore: this node's own identity, to leave out.
     @param interface: the address to bind, all by default.
     @param table: where to keep what is heard (to read its counts after);
-        a new L{SightingTable} on C{reactor}'s clock if L{None}.
-    @return: a L{Deferred} firing with the L{Sighting}s, the latest of each
+        a new L{SightingTable} on C{reactor}'s clock if C{None}.
+    @return: a C{Deferred} firing with the L{Sighting}s, the latest of each
         identity, address and port, sorted by identity.
     """
     if table is None:

@@ -136,7 +136,7 @@ class Dispatcher:
     ) -> Subscription[MessageCallback]:
         """
         Call C{callback(peer_id, message)} for every new message of
-        C{msg_type} (of every type if L{None}).
+        C{msg_type} (of every type if C{None}).
 
         @raise UnsupportedMessageType: for a type that is not a relay type.
         """

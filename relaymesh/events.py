@@ -66,7 +66,7 @@ class PeerEvent:
     Something that happened to a peer.
 
     @ivar kind: An L{EventKind}.
-    @ivar peer_id: The peer's id, or L{None} when it is not known (a denied
+    @ivar peer_id: The peer's id, or C{None} when it is not known (a denied
         connection that claimed no valid id, a dial to a bare address).
     @ivar address: The remote C{host:port}.
     @ivar direction: A L{Direction}, where it applies.
@@ -102,18 +102,18 @@ class PeerStatus:
     @ivar state: A L{PeerState}.
     @ivar via: The neighbour messages for it go through: itself when it is
         connected, the next hop when it is reachable only through routing
-        (state L{PeerState.ROUTED}), L{None} when it is unreachable.
-    @ivar hops: Links to it: 1 when connected, L{None} when unreachable.
+        (state L{PeerState.ROUTED}), C{None} when it is unreachable.
+    @ivar hops: Links to it: 1 when connected, C{None} when unreachable.
     @ivar by_type: Traffic per message type: C{{msg_type: {"msgs_in",
         "bytes_in", "msgs_out", "bytes_out"}}}.
     @ivar encrypted: Whether its live connection runs over TLS (the
-        default between relaymesh nodes); L{None} when not connected.
+        default between relaymesh nodes); C{None} when not connected.
     @ivar mutual: Whether its live connection's handshake proved the key
-        both ways; false for a claudectl peer (one-way, in clear); L{None}
+        both ways; false for a claudectl peer (one-way, in clear); C{None}
         when not connected.
     @ivar last_error: Why the latest attempt to reach it failed (connection
         refused, timed out, host unknown, a TLS mismatch, a denied
-        handshake), one line; L{None} once it connects.
+        handshake), one line; C{None} once it connects.
     @ivar last_error_at: When that failure happened (clock seconds).
     """
 

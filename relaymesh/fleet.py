@@ -26,7 +26,7 @@ from relaymesh.wire import dumps
 #: call L{Fleet.set_local} (through C{PUT /api/sessions} or the mesh).
 API_SOURCE = "api"
 
-#: Called with (peer id, its list or L{None} when it expired or was
+#: Called with (peer id, its list or C{None} when it expired or was
 #: withdrawn); this node's own list comes with this node's id and
 #: C{local} set.
 SessionWatcher = Callable[[str, "PeerSessions | None"], None]
@@ -120,7 +120,7 @@ class Fleet:
 
     def local(self) -> PeerSessions | None:
         """
-        This node's own list, or L{None} when it publishes none.
+        This node's own list, or C{None} when it publishes none.
         """
         if self._local is None:
             return None

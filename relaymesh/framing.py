@@ -1,6 +1,6 @@
 """
 L{LineFramer}: newline-delimited framing with claudectl's 1 MiB line limit,
-as a L{LineOnlyReceiver} whose line loop does not copy.
+as a C{LineOnlyReceiver} whose line loop does not copy.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ class LineFramer(LineOnlyReceiver):
     """
     Splits bytes into lines at C{\\n}, each at most L{MAX_LENGTH} bytes.
 
-    L{LineOnlyReceiver}'s loop joins the partial line to every chunk and
+    C{LineOnlyReceiver}'s loop joins the partial line to every chunk and
     splits the lot into a list; here each line is sliced once out of the
     chunk it ends in (found with C{bytes.find} from an offset), and only a
     line that spans chunks is assembled, in a C{bytearray} so that a long one
     is not copied again with every chunk. The limit holds as before: a
     complete line, or the unfinished rest, longer than L{MAX_LENGTH} goes to
-    L{lineLengthExceeded}.
+    C{lineLengthExceeded}.
 
-    Subclasses override L{lineReceived} and L{lineLengthExceeded} as with
-    L{LineOnlyReceiver}, and may override three more hooks: L{stopped} (no
+    Subclasses override C{lineReceived} and C{lineLengthExceeded} as with
+    C{LineOnlyReceiver}, and may override three more hooks: L{stopped} (no
     line after one that makes it true is delivered), L{stoppedBefore} (told
     what was left unread then) and L{linesArriving} (a context wrapped
     around the delivery of a chunk's lines).
@@ -56,7 +56,7 @@ class LineFramer(LineOnlyReceiver):
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Split bytes into lines and hand each to L{lineReceived}.
+        Split bytes into lines and hand each to C{lineReceived}.
         """
         if self.stopped():
             return

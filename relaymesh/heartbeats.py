@@ -1,5 +1,5 @@
 """
-Heartbeats: the L{LoopingCall} that sends one to every connected peer each
+Heartbeats: the C{LoopingCall} that sends one to every connected peer each
 interval with this node's session list (L{relaymesh.fleet}), an early one
 when that list changes in a way peers should hear of soon, one to each
 peer as it connects, and the extension fields some peers' heartbeats carry
@@ -45,7 +45,7 @@ class HeartbeatFields(Protocol):
     """
 
     def heartbeat_fields(self, peer_id: str) -> dict[str, Any] | None:
-        """The fields for C{peer_id}'s heartbeats, or L{None} for none."""
+        """The fields for C{peer_id}'s heartbeats, or C{None} for none."""
 
     def heartbeat_sent(self) -> None:
         """Every peer was just sent a heartbeat (and its fields)."""
@@ -137,7 +137,7 @@ class Heartbeats:
         """
         Ping every connected peer that announced C{ping/1}, send every
         connected peer a heartbeat, and expire the session lists that no
-        heartbeat renewed for L{expiry} seconds.
+        heartbeat renewed for L{Fleet.expiry} seconds.
 
         The pings go first, so that no heartbeat is ahead of them on the
         wire.

@@ -67,7 +67,7 @@ class IRelayMesh(Interface):
     def subscribe(callback, msg_type=None):
         """
         Call C{callback(peer_id, message)} for each new incoming message of
-        C{msg_type}, or of every type if it is L{None}.
+        C{msg_type}, or of every type if it is C{None}.
 
         @return: an object whose C{cancel()} unsubscribes.
         """
@@ -87,7 +87,7 @@ class IRelayMesh(Interface):
 
     def set_sessions(sessions, worker_id=None):
         """
-        Set the session list this node's heartbeats carry (L{None} for none).
+        Set the session list this node's heartbeats carry (C{None} for none).
         """
 
     def sessions():
@@ -141,7 +141,7 @@ class INode(Interface):
         """
         Where the node accepts peers, as C{host:port}.
 
-        @return: the address of its first listener (str), or L{None} when it
+        @return: the address of its first listener (str), or C{None} when it
             does not listen (yet).
         """
 
@@ -166,7 +166,7 @@ class INode(Interface):
         """
         Start dialling a L{relaymesh.address.PeerAddress} (or its text), and
         remember it for the next start under C{source}
-        (L{relaymesh.addresses.SOURCES}) unless that is L{None}.
+        (L{relaymesh.addresses.SOURCES}) unless that is C{None}.
 
         @raise relaymesh.address.InvalidAddress: for text that does not parse.
         """
@@ -240,7 +240,7 @@ class ILinkOwner(Interface):
     def admission_error(peer_id):
         """
         Why an inbound peer that just proved its key must still be refused,
-        or L{None} to admit it.
+        or C{None} to admit it.
         """
 
     def reads_fields(capabilities):
@@ -309,7 +309,7 @@ class PairwiseKeys(Protocol):
     """
 
     def key(self, peer_id: str) -> bytes | None:
-        """The 32-byte key shared with C{peer_id}, or L{None} if unpaired."""
+        """The 32-byte key shared with C{peer_id}, or C{None} if unpaired."""
 
 
 class ExtensionHost(Protocol):
@@ -341,7 +341,7 @@ class ExtensionHost(Protocol):
     def send_line(self, peer_id: str, line: bytes, msg_type: str) -> Any:
         """Write an encoded message to a connected peer: its connection
         (true; its C{writable} says whether its send buffer has room, and
-        C{whenWritable()} when it has), or L{None} if it was not connected."""
+        C{whenWritable()} when it has), or C{None} if it was not connected."""
 
     def routable(self, peer_id: str) -> bool:
         """Whether a route leads to C{peer_id}."""

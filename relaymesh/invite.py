@@ -91,9 +91,9 @@ class InviteForms:
     @ivar strong_link: the relaymesh link with the strong code.
     @ivar link: the claudectl C{cctl://} link.
     @ivar pair_code: the pair code, for C{join CODE --peer ID@HOST:PORT}.
-    @ivar relay_code: the claudectl relay code (32-bit), or L{None} if the
+    @ivar relay_code: the claudectl relay code (32-bit), or C{None} if the
         address cannot be put in one.
-    @ivar words: the word phrase (32-bit), or L{None} likewise.
+    @ivar words: the word phrase (32-bit), or C{None} likewise.
     @ivar no_legacy_reason: why there is no relay code or word phrase.
     @ivar keys: the C{(form, key)} pairs to arm, the pending key first.
     """

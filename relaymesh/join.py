@@ -315,7 +315,7 @@ def join_directly(
 
     @param store: this node's key store.
     @param invite: what to join.
-    @param reactor: an L{IReactorTCP} and L{IReactorTime}.
+    @param reactor: an C{IReactorTCP} and C{IReactorTime}.
     @param connect_timeout: seconds for TCP to connect.
     @param timeout: seconds for the whole join.
     @param certificate: this node's certificate, to join over a C{tls:}
@@ -324,7 +324,7 @@ def join_directly(
         there is none yet). The peer's certificate is then pinned.
     @param replace: whether to replace the key of a peer already paired
         with.
-    @return: a L{Deferred} firing with a L{JoinResult}, or failing with a
+    @return: a C{Deferred} firing with a L{JoinResult}, or failing with a
         L{JoinError} (L{AlreadyPaired} for a peer already paired with).
     """
     identity = store.identity()
@@ -407,7 +407,7 @@ CLOSE_WAIT = 5.0
 
 def _at_most(d: Deferred, seconds: float, clock: Any) -> Deferred:
     """
-    A L{Deferred} firing with L{None} when C{d} fires or C{seconds} pass,
+    A C{Deferred} firing with C{None} when C{d} fires or C{seconds} pass,
     whichever is first.
     """
     done: Deferred = Deferred()
@@ -445,7 +445,7 @@ def local_node(
     @param identity: this node's peer id.
     @param api: the node's API URL, if named (C{--api}).
     @param token_file: the API token file, if not the data directory's.
-    @return: a C{NodeClient}, or L{None} if no such node answers.
+    @return: a C{NodeClient}, or C{None} if no such node answers.
     """
     try:
         from relaymesh.control import client as apiclient
@@ -475,14 +475,14 @@ def local_node_port(data_dir: str, identity: str) -> int | None:
     """
     The TCP port the node running on this key store accepts peers on.
 
-    @return: the port, or L{None} if no node answers or it does not listen.
+    @return: the port, or C{None} if no node answers or it does not listen.
     """
     return node_port(local_node(data_dir, identity))
 
 
 def node_port(node: Any) -> int | None:
     """
-    The TCP port a running node accepts peers on, from its status; L{None}
+    The TCP port a running node accepts peers on, from its status; C{None}
     without a node, or if it does not listen.
     """
     listen = node.status.get("listen") if node is not None else None

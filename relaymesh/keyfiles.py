@@ -62,7 +62,7 @@ def check_key(key: bytes) -> bytes:
     Check that C{key} is a key: 32 bytes.
 
     @param key: bytes or a bytes-like object.
-    @return: C{key} as L{bytes}.
+    @return: C{key} as C{bytes}.
     @raise ValueError: if it is not 32 bytes.
     """
     if not isinstance(key, (bytes, bytearray, memoryview)):
@@ -79,7 +79,7 @@ def read_key_file(path: str, shown_as: str | None = None) -> bytes | None:
 
     @param path: the file.
     @param shown_as: the path to name in errors, if not C{path}.
-    @return: the 32-byte key, or L{None} if there is no such file.
+    @return: the 32-byte key, or C{None} if there is no such file.
     @raise InsecureKeyFile: if group or others have any access to it.
     @raise CorruptKeyFile: if it does not hold exactly 64 hex digits, with
         nothing but white space around them, in at most L{MAX_KEY_FILE}
@@ -172,7 +172,7 @@ class KeyFiles:
         Return the key stored for a peer.
 
         @param peer_id: the peer's id.
-        @return: the 32-byte key, or L{None} if none is stored.
+        @return: the 32-byte key, or C{None} if none is stored.
         @raise relaymesh.peerid.InvalidPeerId: if C{peer_id} is not valid.
         @raise InsecureKeyFile: if the key file is open to other users.
         @raise CorruptKeyFile: if the key file is damaged.

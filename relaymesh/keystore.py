@@ -99,7 +99,7 @@ def generate_identity(hostname: str | None = None, randbytes=os.urandom) -> str:
     the whole id stays within the peer id length limit.
 
     @param hostname: the host name to use; C{socket.gethostname()} if
-        L{None}.
+        C{None}.
     @param randbytes: a function returning that many random bytes.
     @return: a valid peer id.
     """

@@ -7,14 +7,14 @@ L{relaymesh.connection.RelayProtocol}, notices the two ways a dial and a
 listener disagree about TLS, which would otherwise end in a silent
 30-second handshake timeout or an opaque TLS error:
 
-- a plain dial to a C{tls:} listener: the connector waits for a challenge
-  while the TLS server waits for a ClientHello, so nothing ever comes; after
-  L{CHALLENGE_TIMEOUT} seconds of silence (or at once, if the first byte
-  that comes is a TLS record's) the connector gives up and says to dial
-  C{tls:}; the listener says the peer closed without a word;
-- a C{tls:} dial to a plain listener: the TLS handshake fails on the plain
-  challenge line; the connector says to dial without C{tls:}. The plain
-  acceptor sees a TLS record as the first byte and says so too.
+  - a plain dial to a C{tls:} listener: the connector waits for a challenge
+    while the TLS server waits for a ClientHello, so nothing ever comes; after
+    L{CHALLENGE_TIMEOUT} seconds of silence (or at once, if the first byte
+    that comes is a TLS record's) the connector gives up and says to dial
+    C{tls:}; the listener says the peer closed without a word;
+  - a C{tls:} dial to a plain listener: the TLS handshake fails on the plain
+    challenge line; the connector says to dial without C{tls:}. The plain
+    acceptor sees a TLS record as the first byte and says so too.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class MismatchWatch:
     C{traffic} and C{abort}.
 
     @ivar mismatch: L{TLS_EXPECTED} or L{PLAIN_EXPECTED} once detected, else
-        L{None}.
+        C{None}.
     """
 
     clock: Any

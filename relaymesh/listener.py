@@ -22,7 +22,7 @@ class ListenerService(Service):
     L{StartupError} that names L{option}, when the endpoint fails at once
     (a port in use).
 
-    @ivar port: The L{IListeningPort}, once listening.
+    @ivar port: The C{IListeningPort}, once listening.
     @ivar option: The option and value this listener comes from, for
         errors: C{--listen tcp:9847}.
     """

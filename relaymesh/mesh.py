@@ -119,15 +119,15 @@ class Mesh:
     The registry of peers and the application's interface to them.
 
     @ivar identity: This node's peer id.
-    @ivar clock: The L{IReactorTime} every timer uses.
+    @ivar clock: The C{IReactorTime} every timer uses.
     @ivar heartbeat_interval: Seconds between heartbeats.
     @ivar idle_timeout: Seconds of silence after which a peer is dropped.
     @ivar max_peers: How many connected peers an acceptor admits.
     @ivar writes: The L{WriteBatch} its connections share (see L{batch}).
     @ivar reliable: The reliable delivery once the node has an outbox (see
-        L{enable_reliable}), else L{None}.
+        L{enable_reliable}), else C{None}.
     @ivar router: The router once the node routes (see L{enable_routing}),
-        else L{None}.
+        else C{None}.
     @ivar registry: The L{Registry} of peers and connections, to which the
         factories report dialling and failed handshakes.
     @ivar issued_nonces: The challenge nonces this node's acceptors issued,
@@ -260,7 +260,7 @@ class Mesh:
         Set the session list that this node's heartbeats carry (peers hear
         of a session's start, end or new status within a second).
 
-        @param sessions: JSON-serializable session objects, or L{None} to send
+        @param sessions: JSON-serializable session objects, or C{None} to send
             bare heartbeats.
         @param worker_id: The C{worker_id} the heartbeats name; this node's
             identity by default.
@@ -279,7 +279,7 @@ class Mesh:
     def admission_error(self, peer_id: str) -> str | None:
         """
         Why an inbound peer that just proved its key must still be refused,
-        or L{None} to admit it.
+        or C{None} to admit it.
         """
         return self.registry.admission_error(peer_id)
 
@@ -381,7 +381,7 @@ class Mesh:
         connected peer.
 
         @return: the peer's connection (its C{writable} says whether its send
-            buffer has room: a relay follows it), or L{None} if not connected.
+            buffer has room: a relay follows it), or C{None} if not connected.
         """
         protocol = self.registry.connection(peer_id)
         if protocol is not None:
@@ -427,7 +427,7 @@ class Mesh:
     ) -> Subscription[MessageCallback]:
         """
         Call C{callback(peer_id, message)} for every new message of
-        C{msg_type} (of every type if L{None}) from any peer.
+        C{msg_type} (of every type if C{None}) from any peer.
 
         A subscription made or cancelled while a message is being delivered
         applies from the next message on.

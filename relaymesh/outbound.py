@@ -109,7 +109,7 @@ class LineWriter:
         self._writable_waiters: list[Deferred] = []
         self._outbound_closed = False
         #: The connection's TLS layer (a L{relaymesh.tls.RelayTLSProtocol}),
-        #: told to seal each burst at once; L{None} in clear.
+        #: told to seal each burst at once; C{None} in clear.
         self._tls: Any = None
 
     def _startProducing(self) -> None:
@@ -199,7 +199,7 @@ class LineWriter:
 
     def whenWritable(self) -> Deferred:
         """
-        A L{Deferred} that fires (with L{None}) once the transport's send
+        A C{Deferred} that fires (with C{None}) once the transport's send
         buffer has room: at once if it has, or when the connection closes.
         """
         if self.writable or self._outbound_closed:

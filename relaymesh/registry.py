@@ -1,7 +1,7 @@
 """
 The registry of peers: one L{PeerRecord} per peer the mesh knows, one live
 connection per peer (with the tie-break of a simultaneous connect), the
-snapshots made from the records (L{relaymesh.events.PeerStatus}), and the
+snapshots made from the records (L{relaymesh.PeerStatus}), and the
 peer events, told to observers and logged one line each.
 """
 
@@ -23,16 +23,16 @@ class PeerRecord:
     """
     The mesh's mutable record of one peer.
 
-    @ivar protocol: Its live authenticated connection, or L{None}.
+    @ivar protocol: Its live authenticated connection, or C{None}.
     @ivar recent: The ids it sent recently; made on the first message that
         is not a heartbeat (most of an idle peer's memory would otherwise be
         this window).
     @ivar traffic: The traffic of its closed connections.
     @ivar capabilities: What its latest authenticated connection announced.
     @ivar rtt: Its latest round-trip time in seconds (a C{ping} answered by
-        a C{pong}), or L{None} if none was measured.
+        a C{pong}), or C{None} if none was measured.
     @ivar last_error: Why the latest attempt to reach it failed, one line,
-        or L{None} (cleared when it connects).
+        or C{None} (cleared when it connects).
     @ivar last_error_at: When that failure happened (clock seconds).
     """
 
@@ -199,7 +199,7 @@ class Registry:
 
     def connection(self, peer_id: str) -> RelayProtocol | None:
         """
-        The peer's live authenticated connection, or L{None}.
+        The peer's live authenticated connection, or C{None}.
         """
         peer = self.records.get(peer_id)
         return None if peer is None else peer.protocol
@@ -215,7 +215,7 @@ class Registry:
     def admission_error(self, peer_id: str) -> str | None:
         """
         Why an inbound peer that just proved its key must still be refused,
-        or L{None} to admit it.
+        or C{None} to admit it.
         """
         if peer_id == self.identity:
             return f"peer claims this node's own id {peer_id}"

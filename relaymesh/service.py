@@ -58,7 +58,7 @@ class OutboundPeer(Service):
     Keeps dialling one peer address with a L{RelayClientFactory}, over TLS
     when the address says C{tls:}.
 
-    (A L{ReconnectingClientFactory} cannot use client endpoints, so the
+    (A C{ReconnectingClientFactory} cannot use client endpoints, so the
     reactor's C{connectTCP} and C{connectSSL} dial directly.)
     """
 
@@ -109,7 +109,7 @@ class AnnouncingClientFactory(RelayClientFactory):
     dial it back (L{relaymesh.addresses.INBOUND}).
 
     @ivar announce: Returns the port and whether it speaks TLS from the
-        start, or L{None} and L{False} when the node does not listen.
+        start, or C{None} and C{False} when the node does not listen.
     """
 
     announce: Callable[[], tuple[int | None, bool]] = staticmethod(lambda: (None, False))
@@ -165,18 +165,18 @@ class RelayService(MultiService):
     @ivar mesh: The L{Mesh}; the application's interface to the peers.
     @ivar keystore: The L{KeyStore} with this node's identity and keys.
     @ivar server_factory: The L{RelayServerFactory} behind the listener.
-    @ivar listener: The L{ListenerService}, or L{None} when not listening.
-    @ivar api: The L{relaymesh.control.api.ApiService}, or L{None} without an API.
-    @ivar announcer: The L{relaymesh.discovery.Announcer}, or L{None} when
+    @ivar listener: The L{ListenerService}, or C{None} when not listening.
+    @ivar api: The L{relaymesh.control.api.ApiService}, or C{None} without an API.
+    @ivar announcer: The L{relaymesh.discovery.Announcer}, or C{None} when
         the node does not announce itself.
     @ivar store: The open L{relaymesh.reliable.store.Store} of a node with an outbox
-        while it runs, else L{None}.
+        while it runs, else C{None}.
     @ivar shutdown_timeout: Seconds L{stopService} waits for connections to
         close before it aborts them.
     @ivar config: The L{NodeConfig} the node was built from.
     @ivar last_seen: The L{LastSeen} bookkeeping of the peers.
     @ivar session_source: The L{SessionSource} that refreshes the node's
-        session list, or L{None} when nothing does (C{none}, C{api}).
+        session list, or C{None} when nothing does (C{none}, C{api}).
     @ivar addresses: The L{AddressKeeper} of the data directory's addresses:
         the peers redialled on start.
     """
@@ -195,10 +195,10 @@ class RelayService(MultiService):
         """
         @param keystore: Where the identity and the keys are.
         @param listen: Where to accept peers (see L{NodeConfig.listen}): one
-            description, several, or L{None} to accept no connections.
+            description, several, or C{None} to accept no connections.
         @param peers: Addresses to keep dialling, as L{PeerAddress} or text
             (C{host:port}, C{peer_id@host:port}).
-        @param reactor: The reactor (L{IReactorTCP} and L{IReactorTime});
+        @param reactor: The reactor (C{IReactorTCP} and C{IReactorTime});
             the global one by default.
         @param config: The whole L{NodeConfig}, instead of C{listen},
             C{peers} and C{options}.
@@ -304,7 +304,7 @@ class RelayService(MultiService):
 
         @param source: Where the address comes from (L{relaymesh.addresses}),
             to remember it for the next starts once this dial connects (at
-            once for C{--peers}); L{None} to remember nothing.
+            once for C{--peers}); C{None} to remember nothing.
         @raise relaymesh.address.InvalidAddress: for an address that does not
             parse.
         """
@@ -418,7 +418,7 @@ class RelayService(MultiService):
     def listening_address(self) -> str | None:
         """
         Where the first listener accepts peers, as C{host:port}, or
-        L{None} (see L{INode}).
+        C{None} (see L{INode}).
         """
         port = self.listener.port if self.listener is not None else None
         return None if port is None else format_address(port.getHost())
@@ -502,7 +502,7 @@ class RelayService(MultiService):
         close the store), then fail L{whenStarted}.
 
         @param option: what failed to start (the option of a listener), or
-            L{None} for the outbox.
+            C{None} for the outbox.
         """
         self._opening = None
         if option is not None:
@@ -523,7 +523,7 @@ class RelayService(MultiService):
 
     def whenStarted(self) -> Deferred[None]:
         """
-        A L{Deferred} that fires once the listeners and diallers run (at
+        A C{Deferred} that fires once the listeners and diallers run (at
         once if they do), or fails with the
         L{relaymesh.startup.StartupError} that kept the node from starting,
         once what had started is stopped again (no port it opened still
@@ -545,7 +545,7 @@ class RelayService(MultiService):
         L{shutdown_timeout} seconds later; then close the store, which
         writes every outbox and delivered-id change already made.
 
-        @return: a L{Deferred} that fires once all of that is done.
+        @return: a C{Deferred} that fires once all of that is done.
         """
         self._opening = None
         self.mesh.stop()
@@ -563,7 +563,7 @@ class RelayService(MultiService):
 
     def _listening_port(self) -> int | None:
         """
-        The TCP port the listener has, for announcements; L{None} if none.
+        The TCP port the listener has, for announcements; C{None} if none.
         """
         port = self.listener.port if self.listener is not None else None
         return None if port is None else port.getHost().port

@@ -50,7 +50,7 @@ class StartupError(Exception):
 
 def os_error_text(error: BaseException) -> str:
     """
-    The cause an L{OSError} gives, in lower case and without its errno
+    The cause an C{OSError} gives, in lower case and without its errno
     (C{not a directory}); another exception's text (its type's name when
     it has none). Always one line.
     """
@@ -107,7 +107,7 @@ def exit_on_start_failure(
     C{twistd} is done (its log closed, its PID file removed).
 
     C{twistd} has no way to set its exit status: it exits with 0 whenever
-    its reactor stops. So a handler registered with L{atexit} now, before
+    its reactor stops. So a handler registered with C{atexit} now, before
     the process has registered others that should still run, ends the
     process with the status at interpreter exit, after flushing the
     standard streams.

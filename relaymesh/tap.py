@@ -250,7 +250,7 @@ class Options(usage.Options):
 
         C{twistd} prints all of its usage before an option error of a
         plugin. Parsed on their own (by an application, or a test), these
-        options raise the L{usage.UsageError} for the caller to report.
+        options raise the C{usage.UsageError} for the caller to report.
         """
         try:
             usage.Options.parseOptions(self, options)

@@ -74,7 +74,7 @@ def invite_named(note: dict) -> str | None:
 
 def number(value: object) -> float | None:
     """
-    C{value} as a float if it is a JSON number (not a boolean), else L{None}.
+    C{value} as a float if it is a JSON number (not a boolean), else C{None}.
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -113,7 +113,7 @@ class UsedInvite:
     @ivar invite: the invite's id.
     @ivar form: the form it was used with: an armed key's, or
         L{STRONG_CODE_FORM} for a strong code attempt.
-    @ivar peer_id: the peer that paired with it; L{None} for a strong code
+    @ivar peer_id: the peer that paired with it; C{None} for a strong code
         attempt (taken before the peer proves anything) or a claim made
         without saying who.
     @ivar at: when (epoch seconds), if known.
@@ -204,7 +204,7 @@ class InviteTickets:
         Take the invite's ticket, for one use: then L{give_back} it if the
         use fails before anything is recorded, else L{discard} it.
 
-        @return: whether this call took it (L{False}: someone else did, or
+        @return: whether this call took it (C{False}: someone else did, or
             there is none).
         """
         try:
@@ -246,7 +246,7 @@ class InviteTickets:
 
         @param now: the time (epoch seconds).
         @param invite: only this invite, if given.
-        @return: what its used note tells, or L{None}; a note past the
+        @return: what its used note tells, or C{None}; a note past the
             invite's expiry is removed.
         """
         note = read_json(self._used_path())
@@ -273,9 +273,9 @@ class InviteTickets:
         """
         The error for a claim that found the invite's ticket gone: the
         invite was used (as its used note says) or is being used (its
-        ticket is taken); L{None} if it is simply no longer armed.
+        ticket is taken); C{None} if it is simply no longer armed.
 
-        @param now: the time, for the used note's expiry; L{None} if unknown.
+        @param now: the time, for the used note's expiry; C{None} if unknown.
         """
         used = self.used(now if now is not None else float("-inf"), invite)
         if used is None and os.path.exists(self._path(invite, TAKEN_SUFFIX)):

@@ -394,7 +394,7 @@ def use_relay_tls(transport: object) -> RelayTLSProtocol | None:
     Twisted's own. (Twisted's C{startTLS} offers no choice of layer.)
 
     @return: the connection's L{RelayTLSProtocol}: C{transport} itself if
-        it is one (a C{tls:} listener's), else its layer; L{None} if it has
+        it is one (a C{tls:} listener's), else its layer; C{None} if it has
         none.
     """
     if isinstance(transport, RelayTLSProtocol):
@@ -408,7 +408,7 @@ def use_relay_tls(transport: object) -> RelayTLSProtocol | None:
 class TLSServerFactory(TLSMemoryBIOFactory):
     """
     Wraps the relay's server factory in TLS, and keeps its refusals: when the
-    wrapped factory refuses a connection (returns L{None}), so does this one,
+    wrapped factory refuses a connection (returns C{None}), so does this one,
     and Twisted closes the socket before any TLS byte. Its TLS layer is a
     L{RelayTLSProtocol}.
     """
@@ -425,7 +425,7 @@ class TLSServerFactory(TLSMemoryBIOFactory):
 def channel_binding(transport: object) -> tuple[str, str] | None:
     """
     The fingerprints of this side's and the peer's certificates on a TLS
-    transport, or L{None} if the transport is not TLS.
+    transport, or C{None} if the transport is not TLS.
 
     A side that presented no certificate is an empty string.
     """

@@ -189,7 +189,7 @@ def _stdlib_dumps(value: Any) -> bytes:
 def _msgspec_codec() -> dict[str, Any]:
     """
     msgspec's functions: a line is decoded straight into a L{RelayMessage}
-    (or, with extension fields, an L{_Envelope}), its fields' types checked
+    (or, with extension fields, a C{_Envelope} made by L{_envelope_type}), its fields' types checked
     in C.
     """
     assert _msgspec is not None
@@ -207,7 +207,7 @@ def _codec_functions(name: str) -> dict[str, Any]:
     """
     The module globals that make C{name} (C{msgspec}, C{orjson} or C{json})
     the codec: C{_loads} and C{_dumps} for any JSON value, and the typed
-    decoders of the message path (L{None} where the codec has none).
+    decoders of the message path (C{None} where the codec has none).
 
     @raise ValueError: if C{name} is not installed or not a codec.
     """
@@ -572,7 +572,7 @@ def decode_fields(line: bytes) -> tuple[RelayMessage, dict[str, Any]]:
 def _extended(line: bytes) -> tuple[RelayMessage, dict[str, Any]] | None:
     """
     A line with L{EXTENSION_FIELDS} decoded by msgspec in one step, or
-    L{None} if it is not one (refused, or with other fields).
+    C{None} if it is not one (refused, or with other fields).
     """
     assert _msgspec is not None and _decode_envelope is not None
     try:

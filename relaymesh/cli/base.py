@@ -186,7 +186,7 @@ class Command:
     @ivar name: the subcommand's name.
     @ivar help: one line saying what it does.
     @ivar add_arguments: adds the subcommand's arguments to its parser.
-    @ivar run: does the work; returns the exit status (L{None} for 0) and
+    @ivar run: does the work; returns the exit status (C{None} for 0) and
         raises one of L{USER_ERRORS} to fail with a message.
     """
 
@@ -216,7 +216,7 @@ def format_last_seen(value: object) -> str | None:
 
     @param value: epoch milliseconds.
     @return: ISO 8601 UTC time to the second, e.g. C{2025-11-26T18:00:00Z};
-        L{None} if C{value} is not a usable time.
+        C{None} if C{value} is not a usable time.
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
@@ -232,9 +232,9 @@ _T = TypeVar("_T")
 
 def run_reactor(work: Callable[[Any], Deferred[_T]]) -> _T:
     """
-    Run the global reactor until C{work(reactor)}'s L{Deferred} fires.
+    Run the global reactor until C{work(reactor)}'s C{Deferred} fires.
 
-    @param work: starts the work and returns its L{Deferred}; it is given
+    @param work: starts the work and returns its C{Deferred}; it is given
         the global reactor, which provides every reactor interface.
     @return: its result.
     @raise Exception: its error.

@@ -4,7 +4,8 @@ token in its fragment, and open it in a browser when there is a display.
 
 The fragment (C{#token=...}) never leaves the browser: the page takes the
 token from it once and removes it from the address (see
-L{relaymesh.control.dashboard}). The URL is printed only after the node
+C{relaymesh/control/dashboard.html}, served by
+L{relaymesh.control.resources.Dashboard}). The URL is printed only after the node
 proved that it holds the token (L{relaymesh.control.proof}), so the token
 is never handed to a page something else serves at that address.
 """

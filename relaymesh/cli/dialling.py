@@ -1,5 +1,5 @@
 """
-The C{relaymesh} commands that make a running node dial a peer or stop:
+The C{relaymesh} commands that make a running node dial a peer or stop::
 
     relaymesh connect [peer_id@]host:port [--wait SECONDS]
     relaymesh disconnect PEER|HOST:PORT [--forget-address]

@@ -1,6 +1,6 @@
 """
 C{relaymesh sessions}: every Claude Code session on this node and its
-peers, as one table (C{GET /api/sessions}).
+peers, as one table (C{GET /api/sessions})::
 
     relaymesh sessions [--watch] [--json]
 

@@ -210,8 +210,8 @@ def forget_outbox(data_dir: str, peer_id: str, reactor: Any) -> Generator[Deferr
 
     @param data_dir: the node's data directory, which holds the outbox.
     @param peer_id: the peer.
-    @param reactor: an L{IReactorThreads} and L{IReactorTime}.
-    @return: a L{Deferred} firing with how many messages were dropped.
+    @param reactor: an C{IReactorThreads} and C{IReactorTime}.
+    @return: a C{Deferred} firing with how many messages were dropped.
     """
     from relaymesh.reliable.store import STORE_FILE, open_store
 
@@ -291,7 +291,7 @@ def _forget_on_node(context: Context, args: argparse.Namespace, peer_id: str) ->
     (C{DELETE /api/peers/ID?forget=all}): it leaves its list, its
     connection is closed, its key, address and outbox messages go.
 
-    @return: whether the node had anything of it; L{None} if no node runs.
+    @return: whether the node had anything of it; C{None} if no node runs.
     @raise CommandError: if the node refused.
     """
     if not live.wants_live_peers(context, args):

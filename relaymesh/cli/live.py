@@ -1,6 +1,6 @@
 """
 The live C{relaymesh} commands: they talk to a running node through its
-control API (L{relaymesh.control.api}), with the token from its token file.
+control API (L{relaymesh.control.api}), with the token from its token file::
 
     relaymesh status
     relaymesh peers                         (live; the stored list without a node)
@@ -340,7 +340,7 @@ def live_peers(context: Context, args: argparse.Namespace) -> bool:
     """
     Print the live peer list if a node runs.
 
-    @return: whether it did; L{False} means no node answered, and the caller
+    @return: whether it did; C{False} means no node answered, and the caller
         shows the stored list.
     @raise CommandError: if the node refused the request.
     """

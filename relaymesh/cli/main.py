@@ -101,9 +101,9 @@ def main(
     Run the C{relaymesh} command.
 
     @param argv: the arguments after the program name; C{sys.argv[1:]} if
-        L{None}.
-    @param stdout: where results go; C{sys.stdout} if L{None}.
-    @param stderr: where errors go; C{sys.stderr} if L{None}.
+        C{None}.
+    @param stdout: where results go; C{sys.stdout} if C{None}.
+    @param stderr: where errors go; C{sys.stderr} if C{None}.
     @return: the exit status: 0 on success, 2 for a usage error or a
         failed command.
     """

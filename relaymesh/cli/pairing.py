@@ -4,7 +4,7 @@ C{discover}, and the strong code of C{pair --strong}.
 
 C{join} and C{discover} run the reactor for as long as they need it
 (L{run_reactor}); every other step, and every time they read
-(L{clock}), can be replaced in tests.
+(C{clock}), can be replaced in tests.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def running_node(context: Context, args: argparse.Namespace, identity: str) -> N
     """
     The control API client of the node running on the key store, found as
     the live commands find it (C{--api}, C{--api-token-file}, else the data
-    directory's C{api-url} and C{api-token}), or L{None} if none answers
+    directory's C{api-url} and C{api-token}), or C{None} if none answers
     with this key store's identity.
     """
     node: NodeClient | None = local_node(
@@ -142,8 +142,8 @@ def named_node(
     The running node as L{running_node} finds it; but when C{--api} names
     one and it cannot be used, say why instead of going on without it.
 
-    @return: the node's client (L{None} if none answers and none was named),
-        and the exit status to end the command with (L{None} to go on).
+    @return: the node's client (C{None} if none answers and none was named),
+        and the exit status to end the command with (C{None} to go on).
     @raise CommandError: if the named node refused, did not prove that it
         holds the token, or is another key store's node.
     """

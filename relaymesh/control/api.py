@@ -49,7 +49,7 @@ This module names the control plane's public parts; they live in:
   - L{relaymesh.control.views}: the status, peer and worker views, and the
     dial and disconnect actions;
   - L{relaymesh.control.sse}: the event stream (L{EVENT_TYPES});
-  - L{relaymesh.control.resources}: the L{twisted.web} resources;
+  - L{relaymesh.control.resources}: the C{twisted.web} resources;
   - L{relaymesh.control.site}: the site, its HTTP channel and its limits;
   - L{relaymesh.control.plane}: what the resources share;
   - L{relaymesh.control.metrics}: the Prometheus metrics.

@@ -105,7 +105,7 @@ def authorize(request: Request, token: str | None, allow_cookie: bool = False) -
     """
     Check the request's bearer token (or, if allowed, its events cookie).
 
-    @param token: The API token, or L{None} when none is loaded (nothing is
+    @param token: The API token, or C{None} when none is loaded (nothing is
         authorized then).
     @param allow_cookie: Whether a cookie named L{TOKEN_COOKIE}... holding
         L{cookie_value} may stand in for the token when there is no bearer

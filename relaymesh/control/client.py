@@ -199,7 +199,7 @@ def node_without_api(data_dir: str, api: str | None = None) -> int | None:
     """
     The process id of the node running on the data directory without a
     control API, if one does and no other API is named (C{api},
-    C{$RELAYMESH_API}); else L{None}.
+    C{$RELAYMESH_API}); else C{None}.
     """
     try:
         resolve_url(data_dir, api)
@@ -406,7 +406,7 @@ def _proof_problem(
     token: str, nonce: bytes, dialled: str, response: http.client.HTTPResponse, raw: bytes
 ) -> str | None:
     """
-    Why an answer to a proof request proves nothing, or L{None} if it is the
+    Why an answer to a proof request proves nothing, or C{None} if it is the
     proof for the address dialled.
     """
     if response.status != 200:

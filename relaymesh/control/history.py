@@ -156,7 +156,7 @@ class JoinNotes:
     connected is not a join.
 
     Its connected event says C{"join": true} with the form it paired with
-    (C{"paired_via"}, L{None} if none), and so does the disconnected event
+    (C{"paired_via"}, C{None} if none), and so does the disconnected event
     of that same connection.
 
     @ivar mesh: The mesh whose connections to look at.
@@ -288,7 +288,7 @@ class EventHistory:
 
     def recent(self, count: int, wanted: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """
-        The last C{count} kept events of the C{wanted} types (L{None}: all),
+        The last C{count} kept events of the C{wanted} types (C{None}: all),
         oldest first, each marked C{"history": true}.
         """
         types = None if wanted is None else frozenset(wanted)

@@ -39,7 +39,7 @@ class HostName:
     A host and maybe a port, as in a C{Host} header.
 
     @ivar host: The name in lower case, or the IP address without brackets.
-    @ivar port: The port, or L{None} if none was written.
+    @ivar port: The port, or C{None} if none was written.
     """
 
     host: str
@@ -111,12 +111,12 @@ class HostPolicy:
 
     def refusal(self, header: bytes | None, local_host: str | None, local_port: int | None, secure: bool) -> str | None:
         """
-        Why a request with this C{Host} header is refused, or L{None} if it
+        Why a request with this C{Host} header is refused, or C{None} if it
         is answered.
 
         @param header: The request's C{Host} header, if any.
         @param local_host: The IP address the connection came in on, or
-            L{None} if it is no IP connection (then any host is answered:
+            C{None} if it is no IP connection (then any host is answered:
             no browser reaches it by a name).
         @param local_port: The port it came in on.
         @param secure: Whether it is a TLS connection (the default port is

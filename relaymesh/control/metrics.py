@@ -1,7 +1,7 @@
 """
 A node's Prometheus metrics, and the round-trip times they report.
 
-Each node has its own L{CollectorRegistry} (never the library's global one),
+Each node has its own C{CollectorRegistry} (never the library's global one),
 so several nodes in one process, and tests, do not clash. Most numbers are
 read when Prometheus scrapes, from counters the mesh keeps anyway
 (L{IRelayMesh.peers}); only what the mesh does not count is fed
@@ -14,7 +14,7 @@ from the moment it went to the transport, and only when it went at once
 (nothing queued ahead of it, send buffer not full); the peer answers with a
 C{pong} at once (see L{relaymesh.connection.RelayProtocol.ping}). The
 registry records each round trip, and L{RoundTrips} reads them from there.
-A claudectl peer is never pinged and has no round-trip time (L{None}), and
+A claudectl peer is never pinged and has no round-trip time (C{None}), and
 neither an C{ack} nor a queued message's wait is ever timed.
 """
 
@@ -66,7 +66,7 @@ class RoundTrips:
 
     def rtt_ms(self, peer_id: str) -> float | None:
         """
-        The peer's latest round-trip time in milliseconds, or L{None} if none
+        The peer's latest round-trip time in milliseconds, or C{None} if none
         was measured (a claudectl peer, or a relaymesh peer not yet pinged).
         """
         seconds = self.last.get(peer_id)
@@ -242,7 +242,7 @@ class NodeMetrics:
     Call L{refresh} in the reactor thread before each exposition: it reads
     the mesh once, and the exposition reports that reading.
 
-    @ivar registry: The node's L{CollectorRegistry}.
+    @ivar registry: The node's C{CollectorRegistry}.
     @ivar snapshot: The latest reading of the mesh.
     """
 
@@ -257,9 +257,9 @@ class NodeMetrics:
         @param mesh: The node's mesh.
         @param clock: Its clock.
         @param round_trips: Where round-trip times come from; one is made
-            for the mesh if L{None}.
+            for the mesh if C{None}.
         @param started_at: When the node started (clock seconds); now if
-            L{None}.
+            C{None}.
         """
         self._mesh = mesh
         self._clock = clock

@@ -28,7 +28,7 @@ class ControlPlane:
     @ivar node: The node (L{INode}).
     @ivar mesh: The node's mesh (L{relaymesh.interfaces.IRelayMesh}).
     @ivar clock: The node's clock.
-    @ivar token: The API token, or L{None} until it is loaded.
+    @ivar token: The API token, or C{None} until it is loaded.
     @ivar metrics_public: Whether /metrics is served without the token.
     @ivar keepalive_interval: Seconds between an event stream's keepalives.
     @ivar max_stream_backlog: Bytes an event stream client may fall behind.
@@ -102,7 +102,7 @@ class ControlPlane:
         Start answering a request with an event stream, kept in L{streams}
         until it ends.
 
-        @param wanted: The event types to send (L{None}: all).
+        @param wanted: The event types to send (C{None}: all).
         @param history: How many recent events of those types to send
             first.
         """

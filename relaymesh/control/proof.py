@@ -45,7 +45,7 @@ def new_nonce() -> bytes:
 
 def parse_nonce(text: str) -> bytes | None:
     """
-    The nonce in its hex form, or L{None} if C{text} is not exactly
+    The nonce in its hex form, or C{None} if C{text} is not exactly
     C{2 * NONCE_BYTES} hex digits.
     """
     if len(text) != 2 * NONCE_BYTES:

@@ -56,7 +56,7 @@ ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
 
 def as_api_error(error: Exception) -> ApiError | None:
     """
-    The L{ApiError} an exception of the mesh stands for, or L{None}.
+    The L{ApiError} an exception of the mesh stands for, or C{None}.
     """
     if isinstance(error, ApiError):
         return error

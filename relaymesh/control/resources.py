@@ -1,5 +1,5 @@
 """
-The API's L{twisted.web} resources (L{relaymesh.control.site} serves them).
+The API's C{twisted.web} resources (L{relaymesh.control.site} serves them).
 
 Every C{/api} resource but C{/api/proof} and C{DELETE /api/cookie} checks the
 token, and every one answers JSON (see L{relaymesh.control.api} for the
@@ -433,7 +433,7 @@ class Metrics(Resource):
         """
         @param control: The control plane whose metrics to expose.
         @param exposition: Makes the resource that renders the registry;
-            C{prometheus_client}'s if L{None}.
+            C{prometheus_client}'s if C{None}.
         """
         Resource.__init__(self)
         self.control = control

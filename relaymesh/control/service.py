@@ -44,7 +44,7 @@ def no_api_record(pid: int) -> str:
 def api_url(address: object) -> str | None:
     """
     The URL a client on this host reaches a listening address at, or
-    L{None} for an address that is not TCP.
+    C{None} for an address that is not TCP.
     """
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
@@ -92,10 +92,10 @@ class ApiService(ListenerService):
         @param node: The node (L{relaymesh.service.RelayService}).
         @param endpoint: Where to listen.
         @param clock: The node's clock.
-        @param token_file: The token file; C{DATA_DIR/api-token} if L{None}.
+        @param token_file: The token file; C{DATA_DIR/api-token} if C{None}.
         @param metrics_public: Whether /metrics needs no token.
         @param fallback: Where to listen if C{endpoint} cannot (its port is
-            taken, by another node on the host, say), or L{None} to fail.
+            taken, by another node on the host, say), or C{None} to fail.
         @param hosts: Names (or C{NAME:PORT}s) the API answers to besides
             the loopback names and its own address.
         @param max_connections: Connections served at once at most.

@@ -4,7 +4,7 @@ this node's and each peer's, with where it came from and how old it is.
 
 A peer's session objects are its claims, passed on as they came except for
 the keys added here, which always win: C{peer_id} (the authenticated peer
-it came from; L{None} for this node's own), C{worker_id}, C{age} and
+it came from; C{None} for this node's own), C{worker_id}, C{age} and
 C{stale}. Items that are not JSON objects are left out.
 """
 

@@ -148,7 +148,7 @@ class ApiChannel(http.HTTPChannel):
 class OverCap(Protocol):
     """
     A connection over the cap: closed as soon as it is made. (A factory may
-    not return L{None} for a connection: a TLS endpoint's wrapper would
+    not return C{None} for a connection: a TLS endpoint's wrapper would
     fail on it.)
     """
 

@@ -56,7 +56,7 @@ EVENT_TYPES = (
 
 def parse_event_types(values: list[bytes]) -> frozenset[str] | None:
     """
-    The event types a C{?types=a,b} filter asks for (L{None}: all).
+    The event types a C{?types=a,b} filter asks for (C{None}: all).
 
     C{connected} is short for C{peer_connected}, and so on.
 
@@ -156,7 +156,7 @@ class EventStream:
         @param request: The C{GET /api/events} request to answer.
         @param mesh: The mesh whose events to follow.
         @param clock: Times the events and the keepalives.
-        @param wanted: The event types to send (L{None}: all).
+        @param wanted: The event types to send (C{None}: all).
         @param keepalive_interval: Seconds between keepalive comments.
         @param max_backlog: Bytes the client may fall behind before it is
             dropped.

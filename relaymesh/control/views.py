@@ -63,7 +63,7 @@ class NodeViews:
         @param node: The node.
         @param clock: Its clock.
         @param rtt_ms: A peer's latest round-trip time in milliseconds, or
-            L{None} (L{relaymesh.control.metrics.RoundTrips.rtt_ms}).
+            C{None} (L{relaymesh.control.metrics.RoundTrips.rtt_ms}).
         @param started_at: When the node started (clock seconds).
         """
         self.node = node
@@ -434,7 +434,7 @@ class NodeViews:
 def _meta_last_seen(meta: dict[str, Any]) -> float | None:
     """
     The C{last_seen} of a peer's key store metadata (epoch milliseconds
-    there) in clock seconds, or L{None} if it records none.
+    there) in clock seconds, or C{None} if it records none.
     """
     last_seen = meta.get("last_seen")
     if isinstance(last_seen, bool) or not isinstance(last_seen, int):
@@ -446,7 +446,7 @@ def _link(status: PeerStatus) -> str | None:
     """
     What protects a connected peer's link, in a word or two: C{"tls"}
     between relaymesh nodes, C{"plain, one-way"} for a claudectl peer;
-    L{None} when it is not connected.
+    C{None} when it is not connected.
     """
     if status.encrypted is None:
         return None

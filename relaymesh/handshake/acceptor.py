@@ -92,7 +92,7 @@ class Verdict:
     What the acceptor makes of a C{handshake}.
 
     @ivar ack: The payload of the C{handshake_ack} to send.
-    @ivar outcome: The L{Authenticated} outcome, or L{None} when the exchange
+    @ivar outcome: The L{Authenticated} outcome, or C{None} when the exchange
         goes on (the TLS upgrade, strong pairing's first round).
     @ivar upgrade: Whether the connection is to switch to TLS once the ack
         is sent.
@@ -114,7 +114,7 @@ class AcceptorHandshake:
     @ivar peer_capabilities: What the connector announced.
     @ivar step: Where the handshake stands (L{Step}).
     @ivar listen_port: The port the connector announced it accepts peers
-        on, inside TLS (L{LISTEN_FIELD}); L{None} if it announced none or
+        on, inside TLS (L{LISTEN_FIELD}); C{None} if it announced none or
         no valid one.
     @ivar listen_tls: Whether it announced that port speaks TLS.
     @ivar one_shot: Whether the connector said, inside TLS, that it is a
@@ -135,7 +135,7 @@ class AcceptorHandshake:
         @param keys: where the keys are.
         @param randbytes: a function returning that many random bytes.
         @param clock: what tells the time for the armed keys' expiry; the
-            system clock if L{None}.
+            system clock if C{None}.
         @param identity: this node's peer id, which the challenge and both
             proofs name.
         @param capabilities: what this node announces.
@@ -207,7 +207,7 @@ class AcceptorHandshake:
         only if there is none, every key armed for pairing (L{_pair}); or the
         connector starts strong pairing, which a second round confirms.
 
-        @param binding: the TLS fingerprints (server, client), or L{None}
+        @param binding: the TLS fingerprints (server, client), or C{None}
             over plain TCP.
         @raise HandshakeFailed: with the reason to log; the caller answers
             C{denied} and closes. The handshake is then L{Step.FAILED}.

@@ -45,13 +45,13 @@ class KeyLookup(Protocol):
     """
 
     def key(self, peer_id: str) -> bytes | None:
-        """The key stored for C{peer_id}, or L{None}."""
+        """The key stored for C{peer_id}, or C{None}."""
 
     def set_key(self, peer_id: str, key: bytes) -> None:
         """Store C{key} as C{peer_id}'s key."""
 
     def pending_key(self) -> bytes | None:
-        """The pending pairing key, or L{None}."""
+        """The pending pairing key, or C{None}."""
 
     def claim_pending_key(self, peer_id: str) -> bytes | None:
         """Store the pending key as C{peer_id}'s key and forget it as pending."""
@@ -61,7 +61,7 @@ class KeyLookup(Protocol):
 
     def claim_armed_key(self, peer_id: str, armed: ArmedKey, now: float) -> bytes | None:
         """Store C{armed} as C{peer_id}'s key (recording C{paired_at} and
-        C{paired_via}), disarm every armed key; L{None} if it was not armed."""
+        C{paired_via}), disarm every armed key; C{None} if it was not armed."""
 
     def take_strong_code(self, now: float) -> str | None:
         """The armed strong pairing code, disarmed as it is taken (one try)."""
@@ -90,11 +90,11 @@ class Authenticated:
         certificates.
     @ivar paired_via: How the key was paired in this handshake: an armed
         key's form, L{relaymesh.handshake.proofs.STRONG_FORM}, or
-        L{PENDING_FORM}; L{None} for a key that was already the peer's.
+        L{PENDING_FORM}; C{None} for a key that was already the peer's.
     @ivar armed: The armed key the connector proved, to be claimed as the
         peer's key (acceptor only).
     @ivar pin: A certificate fingerprint to pin for the peer, seen for the
-        first time in this handshake; L{None} if pinned already or not TLS.
+        first time in this handshake; C{None} if pinned already or not TLS.
     """
 
     peer_id: str
@@ -153,7 +153,7 @@ def read_capabilities(payload: dict[str, Any]) -> frozenset[str]:
 
 def read_nonce(payload: dict[str, Any], field: str = "nonce") -> str | None:
     """
-    A nonce field of a handshake payload, or L{None} if absent.
+    A nonce field of a handshake payload, or C{None} if absent.
 
     @raise HandshakeFailed: if it is present but not 64 hex characters.
     """
@@ -169,7 +169,7 @@ def legacy_mark(keys: KeyLookup, peer_id: str) -> bool | None:
     """
     What is recorded of whether C{peer_id}'s key may be proved in
     claudectl's one-way form: C{True} (a claudectl peer), C{False} (used
-    with relaymesh's handshake), or L{None} (never said).
+    with relaymesh's handshake), or C{None} (never said).
 
     @raise HandshakeFailed: if the peer's record cannot be read.
     """
@@ -185,7 +185,7 @@ def pin_to_record(keys: KeyLookup, peer_id: str, fingerprint: str) -> str | None
     Check a peer's certificate fingerprint against the one pinned for it.
 
     @return: the fingerprint, if none is pinned yet (to pin on success);
-        L{None} if it is the one pinned.
+        C{None} if it is the one pinned.
     @raise HandshakeFailed: if another fingerprint is pinned for the peer.
     """
     try:

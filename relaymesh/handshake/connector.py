@@ -90,22 +90,22 @@ class ConnectorHandshake:
     """
     The connecting side of one handshake.
 
-    @ivar expected_peer: The peer id the acceptor must answer as, or L{None}
+    @ivar expected_peer: The peer id the acceptor must answer as, or C{None}
         to learn it from the challenge.
     @ivar psk: The key this attempt proves (after strong pairing, the new
-        key); L{None} until the acceptor named itself, when the key is to be
+        key); C{None} until the acceptor named itself, when the key is to be
         found then.
     @ivar legacy: Whether the peer's key may be proved in claudectl's one-way
         form, to an acceptor that does not name itself.
     @ivar paired_via: How the key in hand is being paired (an invite's form,
         L{PENDING_FORM} for the pending key, L{STRONG_FORM} once strong
-        pairing agreed on a new key), or L{None} for a peer's own key.
+        pairing agreed on a new key), or C{None} for a peer's own key.
     @ivar mutual: Whether the acceptor proved the key.
     @ivar encrypted: Whether the proofs are bound to a TLS session.
     @ivar peer_capabilities: What the acceptor announced.
     @ivar step: Where the handshake stands (L{Step}).
     @ivar listen: The TCP port this node accepts peers on, announced inside
-        TLS (C{"listen"}) so that the acceptor can dial back; L{None} to
+        TLS (C{"listen"}) so that the acceptor can dial back; C{None} to
         announce none (claudectl's handshake never carries it).
     @ivar listen_tls: Whether that port speaks TLS from the start
         (C{"listen_tls": true}, announced with it).
@@ -129,7 +129,7 @@ class ConnectorHandshake:
     ):
         """
         @param identity: this node's peer id.
-        @param psk: the key to prove; L{None} with a C{strong_code}, or to
+        @param psk: the key to prove; C{None} with a C{strong_code}, or to
             prove the key stored for the peer the acceptor names (else the
             pending key).
         @param expected_peer: the peer that must answer, if known.
@@ -296,9 +296,9 @@ class ConnectorHandshake:
         """
         Check the acceptor's C{handshake_ack}.
 
-        @return: the L{Authenticated} outcome and L{None} when done; or
-            L{None} and the payload of the next C{handshake} to send (strong
-            pairing); or L{None} twice when the connection is to switch to
+        @return: the L{Authenticated} outcome and C{None} when done; or
+            C{None} and the payload of the next C{handshake} to send (strong
+            pairing); or C{None} twice when the connection is to switch to
             TLS now (L{step} is then L{Step.UPGRADING}; call L{upgraded}
             once it has).
         @raise HandshakeFailed: if it denied us, answered as the wrong or an

@@ -54,7 +54,7 @@ class OutboxEntry:
         Make an entry from a row of L{ENTRY_COLUMNS}.
 
         @param row: the columns' values.
-        @return: the entry, its line as L{bytes}.
+        @return: the entry, its line as C{bytes}.
         """
         msg_id, peer_id, origin, msg_type, line, created, deadline, attempts = row
         return cls(msg_id, peer_id, origin, msg_type, bytes(line), created, deadline, attempts)

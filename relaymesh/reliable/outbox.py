@@ -94,7 +94,7 @@ class Delivery:
     The fate of one reliable message, as L{relaymesh.mesh.Mesh.send_reliable}
     returns it.
 
-    Each of L{accepted} and L{delivered} returns a new L{Deferred}, so an
+    Each of L{accepted} and L{delivered} returns a new C{Deferred}, so an
     application asks only for what it waits for, and one that asks for
     nothing leaves no unhandled failure behind.
 
@@ -114,7 +114,7 @@ class Delivery:
 
     def accepted(self) -> Deferred[str]:
         """
-        A L{Deferred} that fires with L{msg_id} once the message is in the
+        A C{Deferred} that fires with L{msg_id} once the message is in the
         durable outbox (it survives a crash from then on), or fails with the
         L{relaymesh.reliable.store.StoreError} that kept it out.
         """
@@ -122,7 +122,7 @@ class Delivery:
 
     def delivered(self) -> Deferred[str]:
         """
-        A L{Deferred} that fires with L{msg_id} once the peer acknowledged
+        A C{Deferred} that fires with L{msg_id} once the peer acknowledged
         the message, or fails with L{relaymesh.mesh.DeliveryTimeout} at its
         deadline (or with the error that kept it out of the outbox).
 
@@ -160,9 +160,9 @@ class _Outgoing:
     One message in the outbox, as the reactor thread sees it.
 
     @ivar entry: What the store holds.
-    @ivar delivery: The application's L{Delivery}; L{None} for a message
+    @ivar delivery: The application's L{Delivery}; C{None} for a message
         found in the outbox at start-up.
-    @ivar last_sent: When it was last written (clock seconds), or L{None}.
+    @ivar last_sent: When it was last written (clock seconds), or C{None}.
     @ivar sends: How many times it has been written (counting those of
         earlier runs that the store recorded).
     """
@@ -182,7 +182,7 @@ class ReliableDelivery:
     acknowledgements, the resending and the receiver's duplicate check.
 
     The in-memory outbox mirrors the store's, so that sending again never
-    waits on the disk; one L{LoopingCall} scans it every
+    waits on the disk; one C{LoopingCall} scans it every
     L{scan_interval} seconds (no timer per message).
 
     @ivar mesh: The node's L{ExtensionHost} (its mesh).
@@ -213,7 +213,7 @@ class ReliableDelivery:
         """
         @param keys: The keys this node shares with its peers (the key
             store): a peer with a key takes reliable messages even before it
-            has connected in this run. With L{None}, only peers that have
+            has connected in this run. With C{None}, only peers that have
             connected do.
         """
         self.mesh = mesh
@@ -239,7 +239,7 @@ class ReliableDelivery:
         """
         Load what the outbox holds from an earlier run and start scanning it.
 
-        @return: a L{Deferred} that fires once the outbox is loaded.
+        @return: a C{Deferred} that fires once the outbox is loaded.
         """
 
         def loaded(entries: list[OutboxEntry]) -> None:

@@ -13,7 +13,7 @@ connection, so the reactor never waits on the disk, and calls take effect in
 the order they were made. Calls made in one reactor turn are written in one
 transaction (one C{fsync}): a burst of C{put}s costs about as much as one.
 
-Open a store with L{open_store}; every method returns a L{Deferred}::
+Open a store with L{open_store}; every method returns a C{Deferred}::
 
     store = yield open_store(os.path.join(data_dir, STORE_FILE), reactor)
     yield store.put(OutboxEntry(msg_id, peer_id, origin, "delegate_task",
@@ -139,13 +139,13 @@ def open_store(
     Open (creating or migrating it if needed) the store at C{path}.
 
     @param path: The database file; created with mode 0600 if missing.
-    @param reactor: An L{IReactorThreads} and L{IReactorTime} provider.
+    @param reactor: An C{IReactorThreads} and C{IReactorTime} provider.
     @param batch: Whether calls made in one reactor turn share one
-        transaction; L{False} commits every call on its own.
+        transaction; C{False} commits every call on its own.
     @param retention: Seconds a delivered id is remembered.
     @param schema: The schema to bring the file to; L{SCHEMA} but in tests.
     @param max_delivered: Delivered ids kept at most per origin.
-    @return: a L{Deferred} that fires with the open L{Store}, or fails with a
+    @return: a C{Deferred} that fires with the open L{Store}, or fails with a
         L{StoreError} (L{SchemaTooNew} for a file from a newer relaymesh).
     """
     return Store(
@@ -157,7 +157,7 @@ class Store:
     """
     The outbox and the delivered-id record, in one SQLite file.
 
-    Build it with L{open_store}. Every method returns a L{Deferred} and
+    Build it with L{open_store}. Every method returns a C{Deferred} and
     takes effect in call order; a method called after L{close} fails with
     L{StoreClosed}.
 
@@ -401,7 +401,7 @@ class Store:
         """
         Add a message to the outbox.
 
-        @return: a L{Deferred} that fires once the entry is on disk, or fails
+        @return: a C{Deferred} that fires once the entry is on disk, or fails
             with L{DuplicateMessage} if its id is already in the outbox, or
             L{StoreError} for an invalid entry.
         """
@@ -428,7 +428,7 @@ class Store:
         """
         Remove a message from the outbox (it was acknowledged, or given up).
 
-        @return: a L{Deferred} firing with whether it was there.
+        @return: a C{Deferred} firing with whether it was there.
         """
         try:
             check_msg_id(msg_id)
@@ -442,8 +442,8 @@ class Store:
         """
         The messages waiting for an acknowledgement, oldest first.
 
-        @param peer_id: Only those for this destination; all if L{None}.
-        @return: a L{Deferred} firing with a list of L{OutboxEntry}.
+        @param peer_id: Only those for this destination; all if C{None}.
+        @return: a C{Deferred} firing with a list of L{OutboxEntry}.
         """
         args: tuple[str, ...]
         if peer_id is None:
@@ -461,7 +461,7 @@ class Store:
         """
         Count one more sending of a message.
 
-        @return: a L{Deferred} firing with the new count, or L{None} if the
+        @return: a C{Deferred} firing with the new count, or C{None} if the
             message is not in the outbox.
         """
         try:
@@ -488,7 +488,7 @@ class Store:
         """
         Drop every outbox message for a destination (a peer removed for good).
 
-        @return: a L{Deferred} firing with how many were dropped.
+        @return: a C{Deferred} firing with how many were dropped.
         """
         if not is_valid_peer_id(peer_id):
             return fail(StoreError("peer_id is not a valid peer id"))
@@ -503,7 +503,7 @@ class Store:
         Record that a message was delivered, unless it already was.
 
         Deliver the message to the application only if this fires with
-        L{True}; acknowledge it either way. Every L{PRUNE_EVERY} calls, ids
+        C{True}; acknowledge it either way. Every L{PRUNE_EVERY} calls, ids
         older than L{retention} are pruned in the same transaction. An
         origin keeps at most L{max_delivered} ids: a new one drops its
         oldest.
@@ -511,7 +511,7 @@ class Store:
         @param origin: The node that first sent the message.
         @param msg_id: Its id at the origin.
         @param now: The current time (clock seconds).
-        @return: a L{Deferred} firing with whether it is new, once the
+        @return: a C{Deferred} firing with whether it is new, once the
             record is on disk.
         """
         try:
@@ -547,7 +547,7 @@ class Store:
         Forget delivered ids recorded more than L{retention} seconds before
         C{now}.
 
-        @return: a L{Deferred} firing with how many were forgotten.
+        @return: a C{Deferred} firing with how many were forgotten.
         """
         try:
             check_time("now", now)

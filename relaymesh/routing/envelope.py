@@ -28,6 +28,14 @@ from relaymesh.peerid import is_valid_peer_id
 from relaymesh.reliable.fields import MAX_ID_LENGTH
 from relaymesh.wire import HANDSHAKE_TYPES, MAX_LINE_BYTES, RelayMessage, WireError, dumps
 
+# This module's names are its own: relaymesh.routing.table re-exports them,
+# and an API reference documents them here, where they are defined.
+__all__ = [
+    "MAX_ORIGIN_ID_LENGTH", "MAX_WIRE_HOPS", "ROUTE_FIELD", "SEALED_FIELD", "VALID_IDS_KEPT",
+    "EnvelopeError", "RouteHeader", "RoutingError", "check_envelope", "encode_routed", "envelope",
+    "header_from_object", "route_fields", "routed_line",
+]
+
 #: The top-level field of a relay message that carries its L{RouteHeader}.
 ROUTE_FIELD = "route"
 

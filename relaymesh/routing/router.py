@@ -197,7 +197,7 @@ class Router:
         """
         @param keys: The keys this node shares with its peers (the key
             store), with which routed messages are sealed and opened; with
-            L{None}, the node only relays.
+            C{None}, the node only relays.
         """
         self.mesh = mesh
         self.clock = mesh.clock
@@ -279,7 +279,7 @@ class Router:
     def heartbeat_fields(self, peer_id: str) -> dict[str, Any] | None:
         """
         The top-level fields of a heartbeat to C{peer_id}: this node's
-        advertisement for it if it is a neighbour, else L{None}.
+        advertisement for it if it is a neighbour, else C{None}.
         """
         if peer_id not in self._neighbours:
             return None
@@ -331,14 +331,14 @@ class Router:
 
     def route(self, destination: str) -> Route | None:
         """
-        The route to C{destination}, or L{None}.
+        The route to C{destination}, or C{None}.
         """
         return self.table.route(destination)
 
     def next_hop(self, destination: str) -> tuple[str, int] | None:
         """
         The neighbour the route to C{destination} goes through and its
-        length in hops, or L{None} without a route.
+        length in hops, or C{None} without a route.
         """
         route = self.table.route(destination)
         return None if route is None else (route.via, route.hops)

@@ -342,7 +342,7 @@ class Sealer:
         clock: IReactorTime | None = None,
     ) -> None:
         """
-        @param keys: Where the pre-shared keys are; L{None} for a node that
+        @param keys: Where the pre-shared keys are; C{None} for a node that
             shares a key with nobody (it only relays).
         @param randbytes: Where nonces come from.
         @param clock: With a clock, the keys of a store that keeps them in

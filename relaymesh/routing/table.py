@@ -131,7 +131,7 @@ class RoutingTable:
     Call L{neighbour_up} and L{neighbour_down} as routing-capable peers
     connect and disconnect, L{receive_advertisement} with what each sends,
     and send each neighbour L{advertisement_for} it periodically (with the
-    heartbeat) and whenever a call returned L{True} (the table changed).
+    heartbeat) and whenever a call returned C{True} (the table changed).
 
     @ivar identity: This node's peer id.
     @ivar max_hops: The hop limit.
@@ -322,7 +322,7 @@ class RoutingTable:
 
     def next_hop(self, destination: str) -> str | None:
         """
-        The neighbour to send a message for C{destination} to, or L{None}
+        The neighbour to send a message for C{destination} to, or C{None}
         when no route is known.
         """
         route = self._routes.get(destination)
@@ -330,7 +330,7 @@ class RoutingTable:
 
     def route(self, destination: str) -> Route | None:
         """
-        The route to C{destination}, or L{None}.
+        The route to C{destination}, or C{None}.
         """
         return self._routes.get(destination)
 
@@ -349,7 +349,7 @@ class RoutingTable:
         The neighbours a routed message goes on to from this node.
 
         @param origin: The node that first sent it.
-        @param from_neighbour: The neighbour it came from; L{None} when this
+        @param from_neighbour: The neighbour it came from; C{None} when this
             node is the origin.
         @param destination: Its destination.
         @param hops: The links it has crossed to get here (0 at the origin).
@@ -470,7 +470,7 @@ class Decision:
         if its origin is authenticated and it is new).
     @ivar targets: The neighbours to send it on to, sorted.
     @ivar header: The L{RouteHeader} to send it with (hops counted), or
-        L{None} when there is nowhere to send it.
+        C{None} when there is nowhere to send it.
     """
 
     deliver: bool

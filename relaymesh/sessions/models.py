@@ -63,7 +63,7 @@ class ModelProfile:
     What relaymesh knows of one model.
 
     @ivar short_name: e.g. C{"opus-4.6"}, or the id itself when unknown.
-    @ivar family: C{"opus"}, C{"sonnet"}, C{"haiku"}, or L{None} when unknown.
+    @ivar family: C{"opus"}, C{"sonnet"}, C{"haiku"}, or C{None} when unknown.
     @ivar prices: Its prices.
     @ivar context_window: Its context window in tokens.
     @ivar verified: Whether the prices are known rather than assumed.

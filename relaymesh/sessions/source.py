@@ -50,7 +50,7 @@ FILE_SOURCE = "file"
 MAX_SESSION_FILE = 4 * 1024 * 1024
 
 #: Reads this machine's sessions at a time (epoch seconds): the new list,
-#: or L{None} to publish none; raises L{SessionSourceError} to keep the
+#: or C{None} to publish none; raises L{SessionSourceError} to keep the
 #: list in use.
 Scan = Callable[[float], "list[Any] | None"]
 
@@ -115,7 +115,7 @@ class SessionListFile:
 
     def scan(self, now: float) -> list[Any] | None:
         """
-        The file's list, or L{None} while the file does not exist.
+        The file's list, or C{None} while the file does not exist.
 
         @raise SessionSourceError: if it cannot be read or is not a list of
             objects.
@@ -181,7 +181,7 @@ def in_thread_pool(reactor: Any) -> Runner:
 
 class SessionSource(Service):
     """
-    Refreshes the node's session list from a scan every L{interval}
+    Refreshes the node's session list from a scan every C{interval}
     seconds, the first time as it starts.
 
     A scan that fails keeps the list in use and logs its reason once (again
@@ -189,7 +189,7 @@ class SessionSource(Service):
     delays the next, never overlaps it.
 
     @ivar kind: The source's kind, as L{SessionOption.kind}.
-    @ivar problem: Why the latest scan failed, or L{None}.
+    @ivar problem: Why the latest scan failed, or C{None}.
     """
 
     log = Logger()
@@ -209,7 +209,7 @@ class SessionSource(Service):
         @param kind: The source's kind, as L{SessionOption.kind}.
         @param run: Runs a scan off the reactor thread (L{in_thread_pool}).
         @param description: What the log calls the source (its kind if
-            L{None}).
+            C{None}).
         """
         self.mesh = mesh
         self.kind = kind
@@ -285,7 +285,7 @@ def session_source(
 ) -> SessionSource | None:
     """
     The service that refreshes a node's session list for its C{--sessions}
-    option, if any (L{None} for C{none} and C{api}); it also tells the
+    option, if any (C{None} for C{none} and C{api}); it also tells the
     mesh's fleet which source it is.
 
     @raise ValueError: for a C{sessions} option that does not parse.

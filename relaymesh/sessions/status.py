@@ -44,7 +44,7 @@ class Observation:
     @ivar cpu: The process's CPU percent (smoothed).
     @ivar waiting_for_task: A C{waiting_for_task} progress line came last.
     @ivar transcript: Whether a usable transcript was read.
-    @ivar last_role: The last message's role, or L{None}.
+    @ivar last_role: The last message's role, or C{None}.
     @ivar stop_reason: The last message's stop reason (C{""} for none).
     @ivar tool_pending: Whether a tool use has no result yet.
     @ivar untouched: Seconds since the transcript was last modified.

@@ -96,7 +96,7 @@ class TranscriptState:
     @ivar files_modified: Path -> edits.
     @ivar recent_errors: The last L{MAX_RECENT_ERRORS} tool errors, as
         C{(tool, message)}.
-    @ivar last_error: The last tool result's error text, or L{None} when the
+    @ivar last_error: The last tool result's error text, or C{None} when the
         last tool result was not an error.
     """
 
@@ -244,7 +244,7 @@ class TranscriptReader:
     @ivar path: The file.
     @ivar state: What its lines add up to so far.
     @ivar offset: Bytes of the file consumed (always after a new line).
-    @ivar mtime: The file's modification time at the last read, or L{None}
+    @ivar mtime: The file's modification time at the last read, or C{None}
         if it could not be read.
     @ivar readable: Whether the last read could open the file.
     @ivar max_read: Bytes read at most per call of L{read}.

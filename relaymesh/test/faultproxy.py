@@ -1,6 +1,6 @@
 """
 A TCP proxy for fault-injection tests: it sits between two nodes on
-127.0.0.1 and breaks the link between them on command.
+127.0.0.1 and breaks the link between them on command::
 
     proxy = FaultProxy(reactor, "127.0.0.1", acceptor_port)
     self.addCleanup(proxy.stop)

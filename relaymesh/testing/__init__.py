@@ -3,7 +3,7 @@ Test support for applications that embed relaymesh, and for relaymesh's
 own tests: whole nodes on an in-memory network driven by a fake clock.
 
 L{MemoryNetwork} is a reactor for tests. It keeps time like
-L{twisted.internet.task.Clock} and carries TCP connections in memory, so
+C{twisted.internet.task.Clock} and carries TCP connections in memory, so
 that many L{RelayService} instances listen, dial, pair and exchange
 messages in one process without a socket, a thread or a wall-clock wait::
 
@@ -23,7 +23,7 @@ L{MemoryKeys} is a key store and L{MemoryStore} a reliable-delivery store,
 both in memory; L{memory_store_opener} plugs the latter into
 C{RelayService(outbox=...)}.
 
-This module imports L{twisted.test.iosim}: it is for tests only, and
+This module imports C{twisted.test.iosim}: it is for tests only, and
 nothing else in relaymesh imports it.
 """
 

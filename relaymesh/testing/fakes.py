@@ -31,7 +31,7 @@ class MemoryKeys:
     and L{RelayService} use of L{relaymesh.keystore.KeyStore}.
 
     @ivar keys: peer id -> shared key.
-    @ivar pending: The armed pairing key, or L{None}.
+    @ivar pending: The armed pairing key, or C{None}.
     @ivar path: The directory L{RelayService} is told the store is in: the
         current one, which exists, so that a node with an in-memory outbox
         creates nothing on disk.
@@ -197,7 +197,7 @@ class MemoryStore:
 
     def bump_attempts(self, msg_id: str) -> Deferred[int | None]:
         """
-        Count one more attempt; fires with the count (L{None} if gone).
+        Count one more attempt; fires with the count (C{None} if gone).
         """
         entry = self.outbox.get(msg_id)
         if entry is None:

@@ -1,8 +1,8 @@
 """
 L{MemoryNetwork}: a reactor for tests that keeps time like
-L{twisted.internet.task.Clock} and carries TCP connections in memory over
-L{twisted.test.iosim}'s transports, which can upgrade to real TLS in band
-(L{twisted.internet.interfaces.ITLSTransport.startTLS}).
+C{twisted.internet.task.Clock} and carries TCP connections in memory over
+C{twisted.test.iosim}'s transports, which can upgrade to real TLS in band
+(C{twisted.internet.interfaces.ITLSTransport.startTLS}).
 """
 
 from __future__ import annotations
@@ -62,12 +62,12 @@ class MemoryNetworkError(Exception):
 @implementer(IReactorTime, IReactorTCP)
 class MemoryNetwork(Clock):
     """
-    A reactor whose time is a L{Clock} and whose TCP connections are in
+    A reactor whose time is a C{Clock} and whose TCP connections are in
     memory, between the listeners and the diallers of one host.
 
     A dial (L{connectTCP}) is answered at the next instant the network runs
     (L{flush}, L{advance}): it connects when a listener is on that port,
-    and fails with L{error.ConnectionRefusedError} otherwise. Bytes written
+    and fails with C{error.ConnectionRefusedError} otherwise. Bytes written
     to a connection are delivered, in order, when the network next pumps;
     it pumps after every timed call, so that the calls and the traffic of
     one instant interleave as with a real reactor, and no two connections
@@ -113,7 +113,7 @@ class MemoryNetwork(Clock):
     def _sortCalls(self) -> None:
         """
         Nothing to sort: L{callLater} and L{_moved} keep the pending calls
-        in order (L{Clock} sorts them all after every call, which takes
+        in order (C{Clock} sorts them all after every call, which takes
         most of the time of a network with thousands of timers).
         """
 
@@ -402,8 +402,8 @@ class _Transport(iosim.FakeTransport):
     something to pump, and upgrades to TLS on L{startTLS}.
 
     After L{startTLS}, as on a TCP transport of a real reactor
-    (L{twisted.internet._newtls}), L{protocol} is a
-    L{twisted.protocols.tls.TLSMemoryBIOProtocol} that wraps the
+    (C{twisted.internet._newtls}), L{protocol} is a
+    C{twisted.protocols.tls.TLSMemoryBIOProtocol} that wraps the
     application's protocol: what the network delivers goes through it, and
     what the application writes, closes or produces through this transport
     goes to it; the TLS layer itself writes to the link through a
@@ -411,7 +411,7 @@ class _Transport(iosim.FakeTransport):
 
     @ivar application: The application's protocol, with or without TLS.
     @ivar aborted: Whether L{abortConnection} dropped it.
-    @ivar TLS: Whether L{startTLS} was called; use L{ISSLTransport} to
+    @ivar TLS: Whether L{startTLS} was called; use C{ISSLTransport} to
         check for TLS instead.
     """
 
@@ -491,14 +491,14 @@ class _Transport(iosim.FakeTransport):
     def startTLS(self, contextFactory: IOpenSSLContextFactory, normal: bool = True) -> None:
         """
         Run TLS over this connection from now on, as
-        L{twisted.internet._newtls.startTLS} does for TCP: what was written
+        C{twisted.internet._newtls.startTLS} does for TCP: what was written
         before goes out first, in clear; from now on the bytes written, and
         those received, go through a TLS layer between this transport and
         the application's protocol. The transport then provides
-        L{ISSLTransport}, with C{getHandle} and C{getPeerCertificate}.
+        C{ISSLTransport}, with C{getHandle} and C{getPeerCertificate}.
 
         @param contextFactory: The TLS options, for instance a
-            L{twisted.internet.ssl.CertificateOptions}.
+            C{twisted.internet.ssl.CertificateOptions}.
         @param normal: Whether the dialling end is the TLS client (else the
             accepting end is).
         @raise RuntimeError: if TLS has started already.
@@ -565,7 +565,7 @@ class _BelowTLS:
     """
     The transport of the TLS layer of a L{_Transport}: the link itself,
     bypassing the TLS that L{_Transport} now applies to the application's
-    writes (the role of L{twisted.internet._newtls._BypassTLS}).
+    writes (the role of C{twisted.internet._newtls._BypassTLS}).
     """
 
     def __init__(self, transport: _Transport) -> None:
@@ -593,7 +593,7 @@ class _BelowTLS:
 
 class MemoryConnection:
     """
-    A TCP connection of a L{MemoryNetwork}: two L{iosim.FakeTransport}s
+    A TCP connection of a L{MemoryNetwork}: two C{iosim.FakeTransport}s
     between which the network pumps bytes, encrypted from the moment an
     end calls C{startTLS}.
 
@@ -658,7 +658,7 @@ class MemoryConnection:
     def cut(self) -> None:
         """
         Break the connection as a failing link would: what is in flight is
-        lost, and both ends see L{error.ConnectionLost}.
+        lost, and both ends see C{error.ConnectionLost}.
         """
         if not self.closed:
             self.client.stream, self.server.stream = [], []

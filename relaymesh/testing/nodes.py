@@ -108,7 +108,7 @@ def lose_node(network: MemoryNetwork, node: RelayService) -> Deferred[None]:
     Take a node off the network as a crash would: cut every connection it
     has, without a goodbye, then stop it.
 
-    @return: L{RelayService.stopService}'s L{Deferred}.
+    @return: L{RelayService.stopService}'s C{Deferred}.
     """
     for connection in network.connections():
         if node.mesh in _owners(connection):
