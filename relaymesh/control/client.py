@@ -78,7 +78,7 @@ class NodeNotRunning(Exception):
     """
     No node answers at the URL.
 
-    @ivar url: The URL tried (L{None} when there was none to try).
+    @ivar url: The URL tried (C{None} when there was none to try).
     """
 
     def __init__(self, url: str, reason: str = "") -> None:

@@ -65,8 +65,8 @@ class ApiChannel(http.HTTPChannel):
 
     @ivar site: The L{ApiSite} (set when it builds the channel).
     @ivar transport: Its connection's transport: TCP, TLS or UNIX, each of
-        which can abort the connection (as L{ITCPTransport} says, and
-        L{ITransport<twisted.internet.interfaces.ITransport>} does not).
+        which can abort the connection (as C{ITCPTransport} says, and
+        C{ITransport} does not).
     @ivar refused: Whether the channel answered an error of its own and
         takes no more input.
     """

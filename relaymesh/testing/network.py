@@ -242,7 +242,7 @@ class MemoryNetwork(Clock):
     ) -> MemoryConnection:
         """
         Connect two protocols built by hand (not by a listener and a dial),
-        as the accepting and the dialling end of a new connection; L{None}
+        as the accepting and the dialling end of a new connection; C{None}
         for an end whose factory refused it (that end closes at once).
         """
         connection = MemoryConnection(
@@ -418,7 +418,7 @@ class _Transport(iosim.FakeTransport):
     aborted = False
     TLS = False
 
-    #: Whether the registered producer streams (L{iosim.FakeTransport}
+    #: Whether the registered producer streams (C{iosim.FakeTransport}
     #: starts it at 0).
     streamingProducer: bool
 
@@ -531,7 +531,7 @@ class _Transport(iosim.FakeTransport):
         """
         Take what was written to the link and not yet delivered.
 
-        @return: the bytes, or L{None} if there are none.
+        @return: the bytes, or C{None} if there are none.
         """
         data: bytes | None = iosim.FakeTransport.getOutBuffer(self)
         return data
