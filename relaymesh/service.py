@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
@@ -566,7 +567,9 @@ class RelayService(MultiService):
         The TCP port the listener has, for announcements; L{None} if none.
         """
         port = self.listener.port if self.listener is not None else None
-        return None if port is None else port.getHost().port
+        host = None if port is None else port.getHost()
+        # none for an endpoint without ports (a unix: listener)
+        return host.port if isinstance(host, (IPv4Address, IPv6Address)) else None
 
     def _announced_port(self) -> tuple[int | None, bool]:
         """
