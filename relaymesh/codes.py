@@ -63,7 +63,7 @@ _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z"
 )
-_PAIR_HEX = re.compile(r"[0-9A-Fa-f]{%d}\Z" % (2 * PAIR_CODE_BYTES,))
+_PAIR_HEX = re.compile(rf"[0-9A-Fa-f]{{{2 * PAIR_CODE_BYTES}}}\Z")
 #: An IPv6 zone (an interface name or number) a link may carry.
 _ZONE = re.compile(r"[A-Za-z0-9_.-]+\Z")
 

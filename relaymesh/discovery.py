@@ -346,7 +346,7 @@ class Announcer(Service):
                 self._failing = True
                 self.log.warn(
                     "cannot announce to {target}: {error}",
-                    target="%s:%d" % self.target,
+                    target="{}:{}".format(*self.target),
                     error=e,
                 )
             return

@@ -6,7 +6,6 @@ as a L{LineOnlyReceiver} whose line loop does not copy.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
 
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -48,7 +47,7 @@ class LineFramer(LineOnlyReceiver):
         the chunk left after the last line delivered; they are dropped.
         """
 
-    def linesArriving(self) -> ContextManager[object]:
+    def linesArriving(self) -> contextlib.AbstractContextManager[object]:
         """
         A context in which the complete lines of one chunk are delivered.
         """

@@ -36,7 +36,7 @@ _GROUP_OTHER_BITS = 0o077
 #: around them. A longer file is corrupt, whatever it starts with.
 MAX_KEY_FILE = 4 * KEY_LENGTH
 
-_HEX_KEY = re.compile(r"[0-9A-Fa-f]{%d}\Z" % (2 * KEY_LENGTH,))
+_HEX_KEY = re.compile(rf"[0-9A-Fa-f]{{{2 * KEY_LENGTH}}}\Z")
 
 
 class KeyStoreError(Exception):

@@ -13,7 +13,7 @@ MAX_PEER_ID_LENGTH = 128  # claudectl 0.49: 128
 #: The key store's name for the pending pairing key; never a peer's id.
 PENDING = "_pending"
 
-_VALID = re.compile(r"[A-Za-z0-9_-]{1,%d}\Z" % (MAX_PEER_ID_LENGTH,))
+_VALID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_PEER_ID_LENGTH}}}\Z")
 
 
 class InvalidPeerId(ValueError):

@@ -46,7 +46,7 @@ IN_USE_FORM = "in_use"
 #: Random bytes naming an invite (twice as many hex digits).
 INVITE_ID_BYTES = 8
 
-_INVITE_ID = re.compile(r"[0-9a-f]{%d}\Z" % (2 * INVITE_ID_BYTES,))
+_INVITE_ID = re.compile(rf"[0-9a-f]{{{2 * INVITE_ID_BYTES}}}\Z")
 
 #: How a used invite's form reads in L{UsedInvite.describe}.
 _USED_WITH = {
