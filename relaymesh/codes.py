@@ -28,6 +28,7 @@ import importlib.resources
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from relaymesh.address import format_hostport, is_port_text
@@ -152,7 +153,7 @@ def _exact_bytes(value: bytes, length: int, what: str) -> bytes:
 # Pair codes
 
 
-def generate_pair_code(randbytes=os.urandom) -> str:
+def generate_pair_code(randbytes: Callable[[int], bytes] = os.urandom) -> str:
     """
     Make a new random pair code.
 

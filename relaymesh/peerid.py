@@ -7,6 +7,7 @@ path or put on the wire.
 """
 
 import re
+from typing import TypeGuard
 
 MAX_PEER_ID_LENGTH = 128  # claudectl 0.49: 128
 
@@ -22,7 +23,7 @@ class InvalidPeerId(ValueError):
     """
 
 
-def is_valid_peer_id(value: object) -> bool:
+def is_valid_peer_id(value: object) -> TypeGuard[str]:
     """
     Whether C{value} is a string that is a valid peer id.
 
@@ -40,7 +41,7 @@ def validate_peer_id(value: object) -> str:
     @raise InvalidPeerId: with a one-line reason otherwise.
     """
     if is_valid_peer_id(value):
-        return value  # type: ignore[return-value]
+        return value
     if not isinstance(value, str):
         raise InvalidPeerId(f"peer id must be a string, not {type(value).__name__}")
     if value == PENDING:

@@ -248,7 +248,11 @@ class NodeClient:
     Talks to one node's API.
 
     @ivar url: The API's base URL, e.g. C{http://127.0.0.1:9849}.
+    @ivar status: The node's C{/api/status} answer, once a command that
+        checked it keeps it (L{relaymesh.join.local_node}).
     """
+
+    status: dict[str, Any]
 
     def __init__(self, url: str, token: str, timeout: float = TIMEOUT) -> None:
         """
