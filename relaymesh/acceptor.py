@@ -145,7 +145,7 @@ class FailureTracker:
         times.append(now)
 
 
-def _host(address: IAddress) -> str:
+def _host(address: IAddress | None) -> str:
     return getattr(address, "host", None) or str(address)
 
 
@@ -207,7 +207,9 @@ class RelayServerFactory(Factory):
             return f"peer limit of {self.mesh.max_peers} reached"
         return None
 
-    def buildProtocol(self, addr: IAddress) -> RelayProtocol | None:
+    # Twisted's Factory wants protocols whose factory is a Factory of them;
+    # a RelayProtocol's is typed by what it tells it (IHandshakeObserver).
+    def buildProtocol(self, addr: IAddress | None) -> RelayProtocol | None:  # type: ignore[override]
         host = _host(addr)
         reason = self.refusal(host)
         if reason is not None:

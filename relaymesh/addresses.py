@@ -370,7 +370,7 @@ class AddressKeeper:
         port = getattr(handshake, "listen_port", None)
         transport = getattr(protocol, "transport", None)
         host = getattr(transport.getPeer(), "host", None) if transport is not None else None
-        if port is None or not isinstance(host, str):
+        if handshake is None or port is None or not isinstance(host, str):
             return
         address = PeerAddress(peer_id, host, port, tls=handshake.listen_tls)
         self.remember(peer_id, address, INBOUND)

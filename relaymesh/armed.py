@@ -29,8 +29,9 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from relaymesh.files import make_private_directory, remove_file, temporary_path, write_atomically
 from relaymesh.keyfiles import (
@@ -116,7 +117,7 @@ def _fingerprint(key: bytes) -> str:
     return hashlib.sha256(b"relaymesh armed key\0" + key).hexdigest()[:32]
 
 
-def _pending_form(note: dict) -> str:
+def _pending_form(note: Mapping[str, object]) -> str:
     """
     The form an armed keys' note gives its pending key; L{PAIR_CODE_FORM}
     if it names none that is valid.
@@ -125,7 +126,7 @@ def _pending_form(note: dict) -> str:
     return form if isinstance(form, str) and _FORM.match(form) else PAIR_CODE_FORM
 
 
-def _slots(note: dict) -> list[str]:
+def _slots(note: Mapping[str, object]) -> list[str]:
     """
     The valid extra key slots named in an armed keys' note.
     """
@@ -263,14 +264,14 @@ class PairingSlots:
     def _note_path(self) -> str:
         return os.path.join(self.files.peers_path(), ARMED_NOTE_FILE)
 
-    def _armed_note(self) -> dict:
+    def _armed_note(self) -> dict[str, Any]:
         """
         The armed keys' note, or an empty dict if there is none or it is
         damaged.
         """
         return read_json(self._note_path())
 
-    def _still_armed(self, note: dict, invite: str) -> bool:
+    def _still_armed(self, note: Mapping[str, object], invite: str) -> bool:
         """
         Whether C{note} arms C{invite} and its pending key is still there:
         claudectl sharing the data directory may have taken it (or
@@ -278,7 +279,7 @@ class PairingSlots:
         """
         return invite_named(note) == invite and self._invite_of(note, self.pending_key()) == invite
 
-    def _invite_of(self, note: dict, pending: bytes | None) -> str | None:
+    def _invite_of(self, note: Mapping[str, object], pending: bytes | None) -> str | None:
         """
         The invite C{note} arms, if C{pending} is still its pending key.
         """
@@ -493,7 +494,7 @@ class PairingSlots:
         removed = self.tickets.clear() or removed
         return self.clear_pending_key() or removed
 
-    def _disarm_invite(self, note: dict) -> bool:
+    def _disarm_invite(self, note: Mapping[str, object]) -> bool:
         """
         Remove the forms of the invite C{note} arms: its extra keys, its
         note, its ticket, its strong code and, if it is still the one the
@@ -653,7 +654,7 @@ class StrongCodeFile:
         note = {"code": code, "expires_at": expires_at, "invite": invite}
         write_atomically(self.path, json.dumps(note).encode())
 
-    def read(self) -> dict | None:
+    def read(self) -> dict[str, Any] | None:
         """
         The file's content, or C{None} if there is none.
 
@@ -677,7 +678,7 @@ class StrongCodeFile:
         """
         return invite_named(read_json(self.path))
 
-    def take(self, expected: dict) -> bool:
+    def take(self, expected: Mapping[str, object]) -> bool:
         """
         Remove the code with one rename, so that one attempt gets it.
 

@@ -14,8 +14,11 @@ which says what it is. Nothing is delivered after the connection stops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
+from relaymesh.counters import Traffic
 from relaymesh.framing import LineFramer
 from relaymesh.wire import HANDSHAKE_TYPES, MESSAGE_TYPES, MessageType, decode_many
 
@@ -36,14 +39,14 @@ BULK_TYPES_FIELDS = BULK_TYPES - {MessageType.ACK.value}
 LONG_LINE = 1024
 
 
-def _views(data: bytes) -> tuple[list[memoryview], bytes]:
+def _views(data: bytes) -> tuple[list[bytes | memoryview], bytes]:
     """
     The complete lines of C{data} as views of it, without their newlines,
     and the bytes after the last newline.
     """
     view = memoryview(data)
     find = data.find
-    lines = []
+    lines: list[bytes | memoryview] = []
     append = lines.append
     start = 0
     end = find(b"\n")
@@ -90,8 +93,11 @@ class BulkReceiver:
     _buffer: Any
     owner: Any
     peer_id: str | None
-    traffic: Any
+    traffic: Traffic
     MAX_LENGTH: int
+    stopped: Callable[[], bool]
+    linesArriving: Callable[[], AbstractContextManager[object]]
+    lineReceived: Callable[[bytes], None]
 
     transport: Any
 
@@ -134,8 +140,11 @@ class BulkReceiver:
         if end > LONG_LINE or data.find(b"\n", end + 1, end + LONG_LINE + 2) < 0 <= end:
             lines, rest = _views(data)
         else:
-            lines = data.split(b"\n")
-            rest = lines.pop()  # after the last newline: b"" if it ends the chunk
+            split = data.split(b"\n")
+            rest = split.pop()  # after the last newline: b"" if it ends the chunk
+            # a new list only this method holds, so a list of bytes or views
+            # (its first line may be replaced by bytes below)
+            lines = split  # type: ignore[assignment]
         first = 0
         if lines and self._buffer:
             if len(self._buffer) + len(lines[0]) > self.MAX_LENGTH:
@@ -145,12 +154,12 @@ class BulkReceiver:
                 lines[0] = bytes(self._buffer + lines[0])  # the line it ends
                 self._buffer = b""
         if first < len(lines) and not self.stopped():
-            with self.linesArriving():  # type: ignore[attr-defined]
+            with self.linesArriving():
                 self._linesReceived(lines, first)
         if rest and not self.stopped():
             LineFramer.dataReceived(self, rest)  # type: ignore[arg-type]
 
-    def _linesReceived(self, lines: list[bytes], index: int) -> None:
+    def _linesReceived(self, lines: list[bytes | memoryview], index: int) -> None:
         """
         Hand a connected peer's complete lines, from C{lines[index]} on:
         runs of plain messages to the owner in one call, any other line

@@ -28,6 +28,7 @@ import importlib.resources
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from relaymesh.address import format_hostport, is_port_text
@@ -63,7 +64,7 @@ _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z"
 )
-_PAIR_HEX = re.compile(r"[0-9A-Fa-f]{%d}\Z" % (2 * PAIR_CODE_BYTES,))
+_PAIR_HEX = re.compile(rf"[0-9A-Fa-f]{{{2 * PAIR_CODE_BYTES}}}\Z")
 #: An IPv6 zone (an interface name or number) a link may carry.
 _ZONE = re.compile(r"[A-Za-z0-9_.-]+\Z")
 
@@ -152,7 +153,7 @@ def _exact_bytes(value: bytes, length: int, what: str) -> bytes:
 # Pair codes
 
 
-def generate_pair_code(randbytes=os.urandom) -> str:
+def generate_pair_code(randbytes: Callable[[int], bytes] = os.urandom) -> str:
     """
     Make a new random pair code.
 

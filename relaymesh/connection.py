@@ -176,7 +176,7 @@ class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch)
         self._timer: IDelayedCall | None = None
         self._ping = None  # see Pinger
         self._initOutbound(owner.writes)
-        self._closed_waiters: list[Deferred] = []
+        self._closed_waiters: list[Deferred[None]] = []
         self._dispatch = {
             State.AWAITING_CHALLENGE: self._challengeReceived,
             State.AWAITING_HANDSHAKE: self._handshakeReceived,
@@ -252,7 +252,7 @@ class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch)
         else:
             self.state = State.AWAITING_CHALLENGE
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if isinstance(self.handshake, AcceptorHandshake):
             self.handshake.retire()
         previous, self.state = self.state, State.CLOSED
@@ -322,7 +322,7 @@ class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch)
         self.last_received = self.clock.seconds()
         return self._writes
 
-    def lineLengthExceeded(self, line: bytes) -> None:
+    def lineLengthExceeded(self, line: bytes | bytearray) -> None:
         self._buffer = b""
         self._violation(f"line longer than {self.MAX_LENGTH} bytes")
 
@@ -514,12 +514,12 @@ class RelayProtocol(BulkReceiver, LineFramer, LineWriter, Pinger, MismatchWatch)
         """
         self.sendEncoded(encode(message), message.msg_type)
 
-    def whenClosed(self) -> Deferred:
+    def whenClosed(self) -> Deferred[None]:
         """
         A C{Deferred} that fires (with C{None}) once the connection is
         closed: at once if it is.
         """
-        d: Deferred = Deferred()
+        d: Deferred[None] = Deferred()
         if self.state is State.CLOSED:
             d.callback(None)
         else:

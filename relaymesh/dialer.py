@@ -89,7 +89,12 @@ class RelayClientFactory(ReconnectingClientFactory):
 
     initialDelay = RETRY_INITIAL_DELAY
     delay = RETRY_INITIAL_DELAY  # the base class would start at its own 1 s
-    maxDelay = RETRY_MAX_DELAY
+    # ReconnectingClientFactory leaves these unannotated, so they are taken
+    # for the types of its defaults (an int, None, the global reactor); it
+    # documents a number, an optional int and an IReactorTime.
+    maxDelay: float = RETRY_MAX_DELAY  # type: ignore[assignment]
+    maxRetries: int | None  # type: ignore[assignment]
+    clock: IReactorTime  # type: ignore[assignment]
     factor = RETRY_FACTOR
     jitter = 0  # the base class's jitter compounds; see jitter_fraction
 
@@ -120,6 +125,13 @@ class RelayClientFactory(ReconnectingClientFactory):
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self._repeated = False
+
+    if TYPE_CHECKING:
+        # ReconnectingClientFactory's own, which Twisted leaves unannotated
+
+        def resetDelay(self) -> None: ...
+
+        def stopTrying(self) -> None: ...
 
     # -- choosing a key ------------------------------------------------------
 
@@ -156,7 +168,9 @@ class RelayClientFactory(ReconnectingClientFactory):
             return
         self.mesh.registry.peer_connecting(self.peer_id, self.target.hostport)
 
-    def buildProtocol(self, addr: IAddress) -> RelayProtocol:
+    # Twisted's Factory wants protocols whose factory is a Factory of them;
+    # a RelayProtocol's is typed by what it tells it (IHandshakeObserver).
+    def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:  # type: ignore[override]
         protocol = RelayProtocol(
             self.mesh,
             ConnectorHandshake(

@@ -28,12 +28,12 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import Service
+from twisted.application.service import IServiceCollection, Service
 from twisted.internet import task
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IMulticastTransport, IReactorMulticast, IReactorTime, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -282,6 +282,11 @@ class Announcer(Service):
 
     log = Logger()
 
+    if TYPE_CHECKING:
+        # Service's own, which Twisted leaves unannotated
+
+        def setServiceParent(self, parent: IServiceCollection) -> None: ...
+
     def __init__(
         self,
         identity: str,
@@ -307,7 +312,7 @@ class Announcer(Service):
         self.interval = interval
         self.version = version
         self.sent = 0
-        self._udp: IListeningPort | None = None
+        self._udp: IUDPTransport | None = None
         self._loop: LoopingCall | None = None
         self._failing = False
 
@@ -320,7 +325,7 @@ class Announcer(Service):
         d = self._loop.start(self.interval, now=True)
         d.addErrback(lambda f: self.log.failure("announcements stopped", f))
 
-    def stopService(self) -> Deferred | None:
+    def stopService(self) -> Deferred[None] | None:
         Service.stopService(self)
         if self._loop is not None and self._loop.running:
             self._loop.stop()
@@ -346,7 +351,7 @@ class Announcer(Service):
                 self._failing = True
                 self.log.warn(
                     "cannot announce to {target}: {error}",
-                    target="%s:%d" % self.target,
+                    target="{}:{}".format(*self.target),
                     error=e,
                 )
             return
@@ -367,7 +372,7 @@ class AnnouncementReceiver(DatagramProtocol):
     log = Logger()
     noisy = False
 
-    def __init__(self, on_sighting: Callable[[Sighting], None], ignore: str | None = None) -> None:
+    def __init__(self, on_sighting: Callable[[Sighting], object], ignore: str | None = None) -> None:
         """
         @param on_sighting: called with each L{Sighting}.
         @param ignore: this node's own identity, to leave out.
@@ -394,8 +399,8 @@ class AnnouncementReceiver(DatagramProtocol):
 
 
 def listen_for_announcements(
-    reactor: Any, receiver: AnnouncementReceiver, port: int = ANNOUNCE_PORT, interface: str = ""
-) -> IListeningPort:
+    reactor: IReactorMulticast, receiver: AnnouncementReceiver, port: int = ANNOUNCE_PORT, interface: str = ""
+) -> IMulticastTransport:
     """
     Listen for announcements, sharing the port with other listeners on this
     machine (C{SO_REUSEADDR} and C{SO_REUSEPORT}), so that each one gets
@@ -417,7 +422,7 @@ def discover(
     ignore: str | None = None,
     interface: str = "",
     table: SightingTable | None = None,
-) -> Deferred:
+) -> Deferred[list[Sighting]]:
     """
     Listen for announcements for a while.
 
@@ -437,9 +442,9 @@ def discover(
         reactor, AnnouncementReceiver(table.add, ignore), port, interface
     )
     d = task.deferLater(reactor, seconds, lambda: None)
-    d.addCallback(lambda _: maybeDeferred(listening.stopListening))
-    d.addCallback(lambda _: table.sightings())
-    return d
+    return d.addCallback(lambda _: maybeDeferred(listening.stopListening)).addCallback(
+        lambda _: table.sightings()
+    )
 
 
 def parse_target(text: str) -> tuple[str, int]:

@@ -22,7 +22,9 @@ class _Name(str, enum.Enum):
     """
 
     __str__ = str.__str__
-    __format__ = str.__format__
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
 
 class PeerState(_Name):

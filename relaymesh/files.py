@@ -109,7 +109,7 @@ def link_or_replace(source: str, target: str) -> None:
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
             raise
         if os.path.exists(target):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target)
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target) from e
         os.replace(source, target)
 
 

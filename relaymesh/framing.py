@@ -6,7 +6,7 @@ as a C{LineOnlyReceiver} whose line loop does not copy.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from typing import Any
 
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -35,6 +35,13 @@ class LineFramer(LineOnlyReceiver):
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE_BYTES
 
+    #: A connected transport, with the C{disconnecting} flag Twisted's
+    #: transports have and L{ITransport} does not declare.
+    transport: Any
+    #: The start of a line that did not end yet: a C{bytearray} once it
+    #: spans chunks (L{LineOnlyReceiver} declares it by its default, bytes).
+    _buffer: bytes | bytearray  # type: ignore[assignment]
+
     def stopped(self) -> bool:
         """
         Whether no more lines are to be delivered: by default, once the
@@ -48,7 +55,7 @@ class LineFramer(LineOnlyReceiver):
         the chunk left after the last line delivered; they are dropped.
         """
 
-    def linesArriving(self) -> ContextManager[object]:
+    def linesArriving(self) -> contextlib.AbstractContextManager[object]:
         """
         A context in which the complete lines of one chunk are delivered.
         """
@@ -96,6 +103,19 @@ class LineFramer(LineOnlyReceiver):
                 end = find(b"\n", start)
             if start < len(data):
                 self._keepPartial(data[start:])
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        Take one line, without its delimiter; subclasses override it.
+        """
+        raise NotImplementedError
+
+    def lineLengthExceeded(self, line: bytes | bytearray) -> None:
+        """
+        A line (or the unfinished rest) longer than L{MAX_LENGTH} came: as
+        in L{LineOnlyReceiver}, the connection is dropped.
+        """
+        self.transport.loseConnection()
 
     def _keepPartial(self, data: bytes) -> None:
         """

@@ -20,8 +20,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from relaymesh.connection import WriteBatch
 from relaymesh.fleet import Fleet
+from relaymesh.outbound import WriteBatch
 from relaymesh.registry import PeerRecord, Registry
 from relaymesh.wire import MessageType, RelayMessage, dumps, encode
 

@@ -1,16 +1,30 @@
 """
 The interfaces an embedding application may rely on.
+
+This module imports nothing that imports it, even for type checking: a
+connection (L{relaymesh.connection.RelayProtocol}), the fleet, the registry
+and a reliable delivery are therefore typed C{Any} here, and their
+documentation names them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ContextManager, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
+    from relaymesh.address import PeerAddress
+    from relaymesh.addresses import StoredAddress
+    from relaymesh.dispatch import MessageCallback, Subscription
+    from relaymesh.events import PeerEvent, PeerSessions, PeerStatus
+    from relaymesh.handshake.base import Authenticated
+    from relaymesh.keystore import KeyStore
+    from relaymesh.outbound import WriteBatch
     from relaymesh.wire import RelayMessage
 
 
@@ -22,11 +36,15 @@ class IRelayMesh(Interface):
     logged and does not affect the connection or other callbacks.
     """
 
-    identity = Attribute("This node's peer id (str).")
-    heartbeat_interval = Attribute("Seconds between heartbeats (float).")
-    max_peers = Attribute("How many connected peers an acceptor admits (int).")
+    identity: str = Attribute("This node's peer id (str).")
+    heartbeat_interval: float = Attribute("Seconds between heartbeats (float).")
+    max_peers: int = Attribute("How many connected peers an acceptor admits (int).")
+    registry = Attribute(
+        "The L{relaymesh.registry.Registry} of peers and connections, which"
+        " also records their round trips."
+    )
 
-    def message(msg_type, payload, from_peer=None):
+    def message(msg_type: str, payload: Any, from_peer: str | None = None) -> RelayMessage:
         """
         Make (without sending) a new message from this node, with a fresh id
         and the current time.
@@ -34,7 +52,7 @@ class IRelayMesh(Interface):
         @rtype: L{relaymesh.wire.RelayMessage}
         """
 
-    def send(peer_id, msg_type, payload):
+    def send(peer_id: str, msg_type: str, payload: Any) -> str:
         """
         Send C{payload} as a C{msg_type} message to a connected peer.
 
@@ -45,7 +63,7 @@ class IRelayMesh(Interface):
         @raise relaymesh.wire.WireError: the payload is not JSON or too long.
         """
 
-    def send_reliable(peer_id, msg_type, payload):
+    def send_reliable(peer_id: str, msg_type: str, payload: Any) -> Any:
         """
         Send C{payload} as a C{msg_type} message that reaches the peer's
         application exactly once, to a peer that announced C{ack/1}.
@@ -57,14 +75,16 @@ class IRelayMesh(Interface):
             or the peer did not announce C{ack/1}.
         """
 
-    def broadcast(msg_type, payload):
+    def broadcast(msg_type: str, payload: Any) -> dict[str, str]:
         """
         Send one message to every connected peer.
 
         @return: a dict of peer id to message id.
         """
 
-    def subscribe(callback, msg_type=None):
+    def subscribe(
+        callback: MessageCallback, msg_type: str | None = None
+    ) -> Subscription[MessageCallback]:
         """
         Call C{callback(peer_id, message)} for each new incoming message of
         C{msg_type}, or of every type if it is C{None}.
@@ -72,7 +92,9 @@ class IRelayMesh(Interface):
         @return: an object whose C{cancel()} unsubscribes.
         """
 
-    def watch_peers(callback):
+    def watch_peers(
+        callback: Callable[[PeerEvent], None],
+    ) -> Subscription[Callable[[PeerEvent], None]]:
         """
         Call C{callback(event)} with each L{relaymesh.mesh.PeerEvent}:
         connecting, connected, disconnected, denied, reconnect_scheduled.
@@ -85,43 +107,43 @@ class IRelayMesh(Interface):
         "with watchers of their changes."
     )
 
-    def set_sessions(sessions, worker_id=None):
+    def set_sessions(sessions: Iterable[Any] | None, worker_id: Any = None) -> None:
         """
         Set the session list this node's heartbeats carry (C{None} for none).
         """
 
-    def sessions():
+    def sessions() -> dict[str, PeerSessions]:
         """
         Every peer's latest unexpired session list.
 
         @return: a dict of peer id to L{relaymesh.mesh.PeerSessions}.
         """
 
-    def peers():
+    def peers() -> list[PeerStatus]:
         """
         Snapshots of every known peer.
 
         @return: a list of L{relaymesh.mesh.PeerStatus}, sorted by peer id.
         """
 
-    def peer(peer_id):
+    def peer(peer_id: str) -> PeerStatus:
         """
         A snapshot of one peer.
 
         @rtype: L{relaymesh.mesh.PeerStatus}
         """
 
-    def connected_count():
+    def connected_count() -> int:
         """
         How many peers are connected now (int).
         """
 
-    def is_connected(peer_id):
+    def is_connected(peer_id: str) -> bool:
         """
         Whether the peer has a live authenticated connection.
         """
 
-    def disconnect(peer_id, reason="disconnected by request"):
+    def disconnect(peer_id: str, reason: str = "disconnected by request") -> bool:
         """
         Close the peer's current connection (an outbound peer reconnects;
         use the service to stop dialling it).
@@ -134,10 +156,10 @@ class INode(Interface):
     mesh, the key store, where it listens and whom it dials.
     """
 
-    mesh = Attribute("The node's L{IRelayMesh}.")
-    keystore = Attribute("The node's L{relaymesh.keystore.KeyStore}.")
+    mesh: IRelayMesh = Attribute("The node's L{IRelayMesh}.")
+    keystore: KeyStore = Attribute("The node's L{relaymesh.keystore.KeyStore}.")
 
-    def listening_address():
+    def listening_address() -> str | None:
         """
         Where the node accepts peers, as C{host:port}.
 
@@ -145,7 +167,7 @@ class INode(Interface):
             does not listen (yet).
         """
 
-    def listening_tls():
+    def listening_tls() -> bool:
         """
         Whether the node's first listener is a C{tls:} one, so that peers
         join it over TLS (C{relaymesh join --tls}).
@@ -153,7 +175,7 @@ class INode(Interface):
         @return: a bool; C{False} when it does not listen.
         """
 
-    def dialled():
+    def dialled() -> list[PeerAddress]:
         """
         The peer addresses the node keeps dialling.
 
@@ -162,7 +184,7 @@ class INode(Interface):
             none.
         """
 
-    def add_peer(address, source=None):
+    def add_peer(address: PeerAddress | str, source: str | None = None) -> object:
         """
         Start dialling a L{relaymesh.address.PeerAddress} (or its text), and
         remember it for the next start under C{source}
@@ -171,14 +193,14 @@ class INode(Interface):
         @raise relaymesh.address.InvalidAddress: for text that does not parse.
         """
 
-    def remove_peer(peer_id):
+    def remove_peer(peer_id: str) -> bool:
         """
         Stop dialling a peer and close its connection.
 
         @return: whether there was anything to stop or close.
         """
 
-    def remove_address(text):
+    def remove_address(text: str) -> bool:
         """
         Stop dialling an address whose peer is not known yet.
 
@@ -186,35 +208,35 @@ class INode(Interface):
         @raise relaymesh.address.InvalidAddress: for text that does not parse.
         """
 
-    def dial_connected(address):
+    def dial_connected(address: PeerAddress) -> bool:
         """
         Whether the dialler of a L{relaymesh.address.PeerAddress} made its
         peer's live connection.
         """
 
-    def dial_error(address):
+    def dial_error(address: PeerAddress) -> tuple[str | None, float | None]:
         """
         Why the dialler of a L{relaymesh.address.PeerAddress} last failed,
         and when (clock seconds): C{(reason, time)}, or C{(None, None)}.
         """
 
-    def stored_addresses():
+    def stored_addresses() -> dict[str, StoredAddress]:
         """
         The remembered addresses: peer id -> L{relaymesh.addresses.StoredAddress}.
         """
 
-    def remember_address(peer_id, address, source):
+    def remember_address(peer_id: str, address: PeerAddress, source: str) -> None:
         """
         Remember a L{relaymesh.address.PeerAddress} for a peer now, with its
         source (L{relaymesh.addresses}), without dialling it.
         """
 
-    def forget_address(peer_id):
+    def forget_address(peer_id: str) -> bool:
         """
         Drop the address remembered for a peer; whether there was one.
         """
 
-    def forget_peer(peer_id):
+    def forget_peer(peer_id: str) -> bool:
         """
         Forget a peer entirely (connection, dialling, key, address, outbox);
         whether anything was there.
@@ -228,47 +250,51 @@ class ILinkOwner(Interface):
     their messages. L{relaymesh.mesh.Mesh} provides it.
     """
 
-    clock = Attribute("The IReactorTime every timer of the connection uses.")
-    idle_timeout = Attribute("Seconds of silence after which a connected peer is dropped.")
-    writes = Attribute("The WriteBatch the node's connections share.")
+    clock: IReactorTime = Attribute("The IReactorTime every timer of the connection uses.")
+    idle_timeout: float = Attribute("Seconds of silence after which a connected peer is dropped.")
+    writes: WriteBatch = Attribute("The WriteBatch the node's connections share.")
 
-    def message(msg_type, payload, from_peer=None):
+    def message(msg_type: str, payload: Any, from_peer: str | None = None) -> RelayMessage:
         """
         A new message from this node, with a fresh id and the current time.
         """
 
-    def admission_error(peer_id):
+    def admission_error(peer_id: str) -> str | None:
         """
         Why an inbound peer that just proved its key must still be refused,
         or C{None} to admit it.
         """
 
-    def reads_fields(capabilities):
+    def reads_fields(capabilities: frozenset[str]) -> bool:
         """
         Whether messages from a peer that announced C{capabilities} may carry
         top-level fields this node reads.
         """
 
-    def peer_authenticated(connection):
+    def peer_authenticated(connection: Any) -> bool:
         """
         Register a connection whose handshake succeeded.
 
         @return: whether the connection was kept.
         """
 
-    def messages_received(connection, messages):
+    def messages_received(
+        connection: Any, messages: Sequence[RelayMessage]
+    ) -> None:
         """
         Take a sequence of plain messages from an authenticated connection,
         in order; stop when the connection closes.
         """
 
-    def fields_received(connection, message, fields):
+    def fields_received(
+        connection: Any, message: RelayMessage, fields: dict[str, Any]
+    ) -> None:
         """
         Take a message whose top-level fields this node reads (C{fields}:
         those besides the five of the protocol).
         """
 
-    def connection_lost(connection, reason):
+    def connection_lost(connection: Any, reason: str) -> None:
         """
         Note that an authenticated connection closed.
         """
@@ -279,7 +305,7 @@ class IHandshakeObserver(Interface):
     What a connection tells the factory that made it about its handshake.
     """
 
-    def handshakeVerified(connection, outcome):
+    def handshakeVerified(connection: Any, outcome: Authenticated) -> None:
         """
         The peer proved its key (L{relaymesh.handshake.base.Authenticated}):
         record what the outcome leaves to record, before the connection
@@ -289,12 +315,12 @@ class IHandshakeObserver(Interface):
             recorded; the handshake then fails.
         """
 
-    def handshakeSucceeded(connection):
+    def handshakeSucceeded(connection: Any) -> None:
         """
         The connection is authenticated.
         """
 
-    def handshakeFailed(connection, reason):
+    def handshakeFailed(connection: Any, reason: str) -> None:
         """
         The connection closed before its handshake succeeded.
         """
@@ -361,7 +387,7 @@ class ExtensionHost(Protocol):
     def advertise(self) -> None:
         """Send every routing neighbour this node's routes now."""
 
-    def batch(self) -> ContextManager[object]:
+    def batch(self) -> AbstractContextManager[object]:
         """A block whose writes are coalesced."""
 
     def receive_routed(self, origin: str, message: RelayMessage, fields: dict[str, Any]) -> bool:

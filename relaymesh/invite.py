@@ -222,7 +222,7 @@ def local_ipv4_addresses() -> list[str]:
         pass
     try:
         for *_, sockaddr in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-            found.append(sockaddr[0])
+            found.append(str(sockaddr[0]))  # an IPv4 address: a str already
     except OSError:
         pass
     return list(dict.fromkeys(found))

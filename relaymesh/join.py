@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IAddress, IConnector
+from twisted.internet.interfaces import IAddress, IConnector, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from relaymesh import pairing
 from relaymesh.address import InvalidAddress, parse_port
@@ -29,6 +31,7 @@ from relaymesh.connection import HANDSHAKE_TIMEOUT, RelayProtocol
 from relaymesh.dialer import CONNECT_TIMEOUT
 from relaymesh.handshake.base import Authenticated, HandshakeFailed
 from relaymesh.handshake.connector import ConnectorHandshake
+from relaymesh.interfaces import IHandshakeObserver
 from relaymesh.joinforms import FORM_DESCRIPTIONS, LEGACY_FORMS, RELAYMESH_FORMS
 from relaymesh.keystore import KeyStore, KeyStoreError
 from relaymesh.linkerrors import PLAIN_EXPECTED, TLS_EXPECTED
@@ -139,6 +142,7 @@ def denial_message(invite: Invite) -> str:
     )
 
 
+@implementer(IHandshakeObserver)
 class JoinFactory(ClientFactory):
     """
     Makes one connection to an inviting node and runs the connector's side
@@ -178,11 +182,13 @@ class JoinFactory(ClientFactory):
         self.keys = keys
         self.replace = replace
         self.shown_addr = printable(invite.addr)
-        self.done: Deferred = Deferred()
-        self.closed: Deferred = Deferred()
+        self.done: Deferred[RelayProtocol] = Deferred()
+        self.closed: Deferred[None] = Deferred()
         self._refusal: JoinError | None = None
 
-    def buildProtocol(self, addr: IAddress) -> RelayProtocol:
+    # Twisted's Factory wants protocols whose factory is a Factory of them;
+    # a RelayProtocol's is typed by what it tells it (IHandshakeObserver).
+    def buildProtocol(self, addr: IAddress | None) -> RelayProtocol:  # type: ignore[override]
         # A relaymesh node names itself, upgrades to TLS and proves the key
         # back, whatever the form. Only claudectl's forms may come from
         # claudectl, which does none of that: to an acceptor that does not
@@ -298,7 +304,7 @@ def join_directly(
     timeout: float = JOIN_TIMEOUT,
     certificate: NodeCertificate | None = None,
     replace: bool = False,
-):
+) -> Generator[Deferred[Any], Any, JoinResult]:
     """
     Pair with an inviting node over one connection of our own.
 
@@ -405,12 +411,12 @@ def _has_key(store: KeyStore, peer_id: str) -> bool:
 CLOSE_WAIT = 5.0
 
 
-def _at_most(d: Deferred, seconds: float, clock: Any) -> Deferred:
+def _at_most(d: Deferred[Any], seconds: float, clock: IReactorTime) -> Deferred[None]:
     """
     A C{Deferred} firing with C{None} when C{d} fires or C{seconds} pass,
     whichever is first.
     """
-    done: Deferred = Deferred()
+    done: Deferred[None] = Deferred()
 
     def fire(_: object = None) -> None:
         if not done.called:

@@ -18,6 +18,8 @@ import os
 import re
 import shlex
 import stat
+from collections.abc import Mapping
+from typing import Any
 
 from relaymesh.files import make_private_directory, write_atomically
 from relaymesh.peerid import validate_peer_id
@@ -36,7 +38,7 @@ _GROUP_OTHER_BITS = 0o077
 #: around them. A longer file is corrupt, whatever it starts with.
 MAX_KEY_FILE = 4 * KEY_LENGTH
 
-_HEX_KEY = re.compile(r"[0-9A-Fa-f]{%d}\Z" % (2 * KEY_LENGTH,))
+_HEX_KEY = re.compile(rf"[0-9A-Fa-f]{{{2 * KEY_LENGTH}}}\Z")
 
 
 class KeyStoreError(Exception):
@@ -114,7 +116,7 @@ class KeyFiles:
     @ivar path: the data directory.
     """
 
-    def __init__(self, path) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         """
         @param path: the data directory; created when first written to.
         """
@@ -193,7 +195,7 @@ class KeyFiles:
 
     # Metadata
 
-    def meta(self, peer_id: str) -> dict:
+    def meta(self, peer_id: str) -> dict[str, Any]:
         """
         Return what is known about a peer besides its key.
 
@@ -214,7 +216,7 @@ class KeyFiles:
             return {}
         return value if isinstance(value, dict) else {}
 
-    def replace_meta(self, peer_id: str, meta: dict, sync: bool = True) -> None:
+    def replace_meta(self, peer_id: str, meta: Mapping[str, Any], sync: bool = True) -> None:
         """
         Write a peer's metadata as given, dropping fields not in C{meta}.
 
@@ -226,7 +228,7 @@ class KeyFiles:
         self.ensure_peers_directory()
         write_atomically(path, json.dumps(meta, indent=2, ensure_ascii=False).encode(), sync)
 
-    def update_meta(self, peer_id: str, /, *, sync: bool = True, **fields) -> dict:
+    def update_meta(self, peer_id: str, /, *, sync: bool = True, **fields: Any) -> dict[str, Any]:
         """
         Set some metadata fields of a peer, keeping the others.
 

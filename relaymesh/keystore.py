@@ -22,7 +22,7 @@ peers. It does not depend on Twisted.
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from relaymesh.addresses import AddressBook
 from relaymesh.armed import PAIR_CODE_FORM, ArmedKey, InviteUsed, PairingSlots, UsedInvite
@@ -89,7 +89,9 @@ def default_data_dir() -> str:
     return os.path.expanduser(DEFAULT_DATA_DIR)
 
 
-def generate_identity(hostname: str | None = None, randbytes=os.urandom) -> str:
+def generate_identity(
+    hostname: str | None = None, randbytes: Callable[[int], bytes] = os.urandom
+) -> str:
     """
     Make a new peer id the way claudectl does: C{<host>-<8 hex digits>}.
 
@@ -123,7 +125,7 @@ class KeyStore(KeyFiles):
         of the same names below are its.
     """
 
-    def __init__(self, path) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         """
         @param path: the data directory; created when first written to.
         """

@@ -4,9 +4,9 @@ L{ListenerService}: listening on a server endpoint as a service.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import Service
+from twisted.application.service import IServiceCollection, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -29,6 +29,11 @@ class ListenerService(Service):
 
     log = Logger()
 
+    if TYPE_CHECKING:
+        # Service's own, which Twisted leaves unannotated
+
+        def setServiceParent(self, parent: IServiceCollection) -> None: ...
+
     def __init__(
         self, endpoint: IStreamServerEndpoint, factory: Any, identity: str, option: str = "--listen"
     ) -> None:
@@ -37,7 +42,7 @@ class ListenerService(Service):
         self.identity = identity
         self.option = option
         self.port: IListeningPort | None = None
-        self.listening: Deferred = Deferred()
+        self.listening: Deferred[IListeningPort] = Deferred()
         self._starting = False
 
     def startService(self) -> None:
@@ -67,9 +72,11 @@ class ListenerService(Service):
         """
         The L{StartupError} for an endpoint that could not listen.
         """
-        if isinstance(failure.value, StartupError):
-            return failure.value
-        return StartupError(self.option, listen_failure_reason(failure.value))
+        value = failure.value
+        assert value is not None  # a Failure always holds its exception
+        if isinstance(value, StartupError):
+            return value
+        return StartupError(self.option, listen_failure_reason(value))
 
     def _not_listening(self, failure: Failure, failures: list[Failure]) -> None:
         if self._starting:
@@ -89,7 +96,7 @@ class ListenerService(Service):
         self.listening.callback(port)
         return port
 
-    def stopService(self) -> Deferred | None:
+    def stopService(self) -> Deferred[None] | None:
         Service.stopService(self)
         if self.port is not None:
             port, self.port = self.port, None

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from relaymesh.connection import RelayProtocol, WriteBatch
+from relaymesh.connection import RelayProtocol
 from relaymesh.dispatch import (
     DEDUP_WINDOW,
     Dispatcher,
@@ -47,6 +47,7 @@ from relaymesh.handshake.base import IssuedNonces
 from relaymesh.handshake.proofs import DEFAULT_CAPABILITIES
 from relaymesh.heartbeats import DEAD_AFTER_INTERVALS, DEFAULT_HEARTBEAT_INTERVAL, Heartbeats
 from relaymesh.interfaces import ILinkOwner, IRelayMesh
+from relaymesh.outbound import WriteBatch
 from relaymesh.registry import Registry, routed_status
 from relaymesh.wire import MessageIds, RelayMessage, encode
 
@@ -81,7 +82,9 @@ class RoutingExtension(Protocol):
     """
 
     capability: str
-    rejected: Mapping[str, int]
+
+    @property
+    def rejected(self) -> Mapping[str, int]: ...
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -108,6 +111,7 @@ class ReliableExtension(Protocol):
     capability: str
 
     def send(self, peer_id: str, msg_type: str, payload: Any) -> Any: ...
+    def stop(self) -> None: ...
     def peer_up(self, peer_id: str) -> None: ...
     def take(self, peer_id: str, message: RelayMessage, fields: dict[str, Any]) -> bool: ...
     def retry_unsent(self) -> None: ...
@@ -339,8 +343,12 @@ class Mesh:
         """
         if self.router is not None and self.router.take(protocol, message, fields):
             return
-        if self.reliable is not None and self.reliable.take(protocol.peer_id, message, fields):
-            return
+        reliable = self.reliable
+        if reliable is not None:
+            peer_id = protocol.peer_id
+            assert peer_id is not None  # only an authenticated connection gets here
+            if reliable.take(peer_id, message, fields):
+                return
         self.messages_received(protocol, (message,))
 
     # -- called by the extensions (ExtensionHost) ----------------------------

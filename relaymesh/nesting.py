@@ -76,7 +76,7 @@ def may_be_too_deep(line: bytes) -> bool:
     return False  # 16 brackets or fewer
 
 
-def shallow(obj: dict, payload: Any) -> bool:
+def shallow(obj: dict[str, Any], payload: Any) -> bool:
     """
     Whether a parsed message is plainly within the nesting limit: its
     payload, and any field besides the five (a routing header, say), is a

@@ -106,7 +106,7 @@ class LineWriter:
         self._producing = False
         self.writable = True
         self._backlog = 0
-        self._writable_waiters: list[Deferred] = []
+        self._writable_waiters: list[Deferred[None]] = []
         self._outbound_closed = False
         #: The connection's TLS layer (a L{relaymesh.tls.RelayTLSProtocol}),
         #: told to seal each burst at once; C{None} in clear.
@@ -197,13 +197,13 @@ class LineWriter:
         on our behalf.
         """
 
-    def whenWritable(self) -> Deferred:
+    def whenWritable(self) -> Deferred[None]:
         """
         A C{Deferred} that fires (with C{None}) once the transport's send
         buffer has room: at once if it has, or when the connection closes.
         """
         if self.writable or self._outbound_closed:
-            d: Deferred = Deferred()
+            d: Deferred[None] = Deferred()
             d.callback(None)
             return d
         d = Deferred()

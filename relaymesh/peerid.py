@@ -7,13 +7,14 @@ path or put on the wire.
 """
 
 import re
+from typing import TypeGuard
 
 MAX_PEER_ID_LENGTH = 128  # claudectl 0.49: 128
 
 #: The key store's name for the pending pairing key; never a peer's id.
 PENDING = "_pending"
 
-_VALID = re.compile(r"[A-Za-z0-9_-]{1,%d}\Z" % (MAX_PEER_ID_LENGTH,))
+_VALID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_PEER_ID_LENGTH}}}\Z")
 
 
 class InvalidPeerId(ValueError):
@@ -22,7 +23,7 @@ class InvalidPeerId(ValueError):
     """
 
 
-def is_valid_peer_id(value: object) -> bool:
+def is_valid_peer_id(value: object) -> TypeGuard[str]:
     """
     Whether C{value} is a string that is a valid peer id.
 
@@ -40,7 +41,7 @@ def validate_peer_id(value: object) -> str:
     @raise InvalidPeerId: with a one-line reason otherwise.
     """
     if is_valid_peer_id(value):
-        return value  # type: ignore[return-value]
+        return value
     if not isinstance(value, str):
         raise InvalidPeerId(f"peer id must be a string, not {type(value).__name__}")
     if value == PENDING:

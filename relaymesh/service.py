@@ -18,12 +18,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IServiceCollection, MultiService, Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IConnector, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -36,6 +37,7 @@ from relaymesh.config import (
     DEFAULT_LISTEN,
     TLS_LISTEN_PREFIX,
     NodeConfig,
+    StoreOpener,
 )
 from relaymesh.connection import State
 from relaymesh.dialer import CONNECT_TIMEOUT, RelayClientFactory
@@ -62,6 +64,13 @@ class OutboundPeer(Service):
     reactor's C{connectTCP} and C{connectSSL} dial directly.)
     """
 
+    if TYPE_CHECKING:
+        # Service's own, which Twisted leaves unannotated
+
+        def setServiceParent(self, parent: IServiceCollection) -> None: ...
+
+        def disownServiceParent(self) -> Deferred[None] | None: ...
+
     def __init__(
         self,
         target: PeerAddress,
@@ -75,7 +84,7 @@ class OutboundPeer(Service):
         self.factory = factory
         self._reactor = reactor
         self._certificate = certificate
-        self.connector = None
+        self.connector: IConnector | None = None
 
     def startService(self) -> None:
         Service.startService(self)
@@ -277,7 +286,8 @@ class RelayService(MultiService):
             self.mesh, config.sessions, config.claude_home, config.session_details, reactor
         )
         if self.session_source is not None:
-            self.session_source.setServiceParent(self)
+            # Service.setServiceParent, which Twisted leaves unannotated
+            self.session_source.setServiceParent(self)  # type: ignore[no-untyped-call]
 
     def _listener(self, description: str) -> ListenerService:
         """
@@ -394,7 +404,7 @@ class RelayService(MultiService):
         for outbound in (self._outbound.get(address), self._outbound.get(unnamed)):
             current = None if outbound is None else outbound.factory.current
             if current is not None and current.peer_id == address.peer_id is not None:
-                return self.mesh.registry.connection(current.peer_id) is current
+                return self.mesh.registry.connection(address.peer_id) is current
         return False
 
     def dial_error(self, address: PeerAddress) -> tuple[str | None, float | None]:
@@ -449,9 +459,8 @@ class RelayService(MultiService):
             self._start()
             return
         path = os.path.join(self.keystore.path, STORE_FILE)
-        opener = outbox
+        opener: StoreOpener = open_store if outbox is True else outbox
         if outbox is True:
-            opener = open_store
             try:
                 os.makedirs(self.keystore.path, exist_ok=True)
             except OSError as e:
@@ -537,7 +546,7 @@ class RelayService(MultiService):
         self._start_waiters.append(d)
         return d
 
-    def stopService(self) -> Deferred:
+    def stopService(self) -> Deferred[None]:
         """
         Stop the node gracefully: stop listening, dialling, heartbeats and
         the outbox scan; close every connection after what is already
@@ -566,7 +575,9 @@ class RelayService(MultiService):
         The TCP port the listener has, for announcements; C{None} if none.
         """
         port = self.listener.port if self.listener is not None else None
-        return None if port is None else port.getHost().port
+        host = None if port is None else port.getHost()
+        # none for an endpoint without ports (a unix: listener)
+        return host.port if isinstance(host, (IPv4Address, IPv6Address)) else None
 
     def _announced_port(self) -> tuple[int | None, bool]:
         """

@@ -86,11 +86,13 @@ def as_startup_error(option: str, failure: Failure, what: str = "") -> StartupEr
     The L{StartupError} for a failure of C{option}: the failure's own if it
     is one, else one that says C{what} failed and why.
     """
-    if isinstance(failure.value, StartupError):
-        return failure.value
-    reason = os_error_text(failure.value)
+    value = failure.value
+    assert value is not None  # a Failure always holds its exception
+    if isinstance(value, StartupError):
+        return value
+    reason = os_error_text(value)
     error = StartupError(option, f"{what}: {reason}" if what else reason)
-    error.__cause__ = failure.value
+    error.__cause__ = value
     return error
 
 

@@ -365,7 +365,8 @@ def _record_no_api(node: RelayService) -> RelayService:
     if node.api is None:
         from relaymesh.control.service import NoApiRecord
 
-        NoApiRecord(node.keystore.path).setServiceParent(node)
+        # Service.setServiceParent, which Twisted leaves unannotated
+        NoApiRecord(node.keystore.path).setServiceParent(node)  # type: ignore[no-untyped-call]
     return node
 
 

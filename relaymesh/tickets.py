@@ -21,7 +21,9 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from relaymesh.files import remove_file, write_atomically
 from relaymesh.keyfiles import KeyStoreError
@@ -46,7 +48,7 @@ IN_USE_FORM = "in_use"
 #: Random bytes naming an invite (twice as many hex digits).
 INVITE_ID_BYTES = 8
 
-_INVITE_ID = re.compile(r"[0-9a-f]{%d}\Z" % (2 * INVITE_ID_BYTES,))
+_INVITE_ID = re.compile(rf"[0-9a-f]{{{2 * INVITE_ID_BYTES}}}\Z")
 
 #: How a used invite's form reads in L{UsedInvite.describe}.
 _USED_WITH = {
@@ -64,7 +66,7 @@ def new_invite_id() -> str:
     return os.urandom(INVITE_ID_BYTES).hex()
 
 
-def invite_named(note: dict) -> str | None:
+def invite_named(note: Mapping[str, object]) -> str | None:
     """
     The invite a note names (its C{"invite"} field), if it names a valid one.
     """
@@ -81,7 +83,7 @@ def number(value: object) -> float | None:
     return None
 
 
-def expired(note: dict, now: float) -> bool:
+def expired(note: Mapping[str, object], now: float) -> bool:
     """
     Whether the C{"expires_at"} of a note has passed.
     """
@@ -89,7 +91,7 @@ def expired(note: dict, now: float) -> bool:
     return expires_at is not None and now >= expires_at
 
 
-def read_json(path: str) -> dict:
+def read_json(path: str) -> dict[str, Any]:
     """
     A JSON object from a file; an empty dict if it is missing or damaged.
     """

@@ -22,10 +22,11 @@ import ipaddress
 import os
 import socket
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol, cast
 
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl as twisted_ssl
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IAddress, ISSLTransport, ITransport
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -63,7 +64,7 @@ def _local_names() -> tuple[list[str], list[str]]:
         names.add(host.split(".", 1)[0])
         try:
             for info in socket.getaddrinfo(host, None):
-                addresses.add(info[4][0].split("%", 1)[0])
+                addresses.add(str(info[4][0]).split("%", 1)[0])  # an IP address: a str
         except OSError:
             pass
     return sorted(names), sorted(addresses)
@@ -104,7 +105,9 @@ def create_certificate(
 
 
 def _self_signed(
-    common_name: str, names: Iterable[str] = (), ips: Iterable[ipaddress._BaseAddress] = ()
+    common_name: str,
+    names: Iterable[str] = (),
+    ips: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
 ) -> tuple[bytes, bytes]:
     """
     A self-signed certificate and its EC P-256 key, as PEM.
@@ -127,7 +130,8 @@ def _self_signed(
         .not_valid_after(now + datetime.timedelta(days=365 * CERT_YEARS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
     )
-    alternatives = [x509.DNSName(n) for n in names] + [x509.IPAddress(ip) for ip in ips]
+    alternatives: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    alternatives += [x509.IPAddress(ip) for ip in ips]
     if alternatives:
         builder = builder.add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
     certificate = builder.sign(key, hashes.SHA256())
@@ -144,9 +148,10 @@ def fingerprint(certificate: crypto.X509 | twisted_ssl.Certificate) -> str:
     A certificate's SHA-256 fingerprint: C{sha256:} and 64 lowercase hex
     characters.
     """
-    if isinstance(certificate, twisted_ssl.Certificate):
-        certificate = certificate.original
-    der = crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate)
+    x509: crypto.X509 = (
+        certificate.original if isinstance(certificate, twisted_ssl.Certificate) else certificate
+    )
+    der = crypto.dump_certificate(crypto.FILETYPE_ASN1, x509)
     return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
@@ -305,6 +310,20 @@ class RelayTLSProtocol(BufferingTLSTransport):
     frames would make the connection cyclic garbage.
     """
 
+    #: The transport below, there while the layer is connected.
+    transport: ITransport
+
+    if TYPE_CHECKING:
+        # TLSMemoryBIOProtocol's own, which Twisted leaves unannotated
+
+        def _bufferedWrite(self, octets: bytes) -> None: ...
+
+        def _tlsShutdownFinished(self, reason: Failure | None) -> None: ...
+
+        def _shutdownTLS(self) -> None: ...
+
+        def _flushSendBIO(self) -> None: ...
+
     def flushWrites(self) -> None:
         """
         Seal what was written so far and hand it to the transport now,
@@ -415,11 +434,23 @@ class TLSServerFactory(TLSMemoryBIOFactory):
 
     protocol = RelayTLSProtocol
 
-    def buildProtocol(self, addr: object) -> TLSMemoryBIOProtocol | None:
+    # WrappingFactory's annotation leaves out the None a factory may return
+    # (IProtocolFactory) to refuse a connection.
+    def buildProtocol(self, addr: IAddress | None) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None
         return self.protocol(self, wrapped)
+
+
+class _TLSTransport(Protocol):
+    """
+    What L{channel_binding} uses of a TLS transport.
+    """
+
+    def getHandle(self) -> object: ...
+
+    def getPeerCertificate(self) -> crypto.X509 | None: ...
 
 
 def channel_binding(transport: object) -> tuple[str, str] | None:
@@ -431,9 +462,13 @@ def channel_binding(transport: object) -> tuple[str, str] | None:
     """
     if not ISSLTransport.providedBy(transport):
         return None
-    handle = transport.getHandle()
+    # Twisted's TLS transports (and relaymesh.testing's) have getHandle,
+    # which ISSLTransport does not declare, and their peer's certificate is
+    # a pyOpenSSL one.
+    tls = cast(_TLSTransport, transport)
+    handle = tls.getHandle()
     local = handle.get_certificate() if hasattr(handle, "get_certificate") else None
-    peer = transport.getPeerCertificate()
+    peer = tls.getPeerCertificate()
     return (
         fingerprint(local) if local is not None else "",
         fingerprint(peer) if peer is not None else "",

@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import re
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,10 @@ from relaymesh.nesting import (
     shallow,
     too_deep,
 )
+
+# The codecs are optional modules (None where one is not installed).
+_msgspec: types.ModuleType | None
+_orjson: types.ModuleType | None
 
 try:  # pragma: no cover - exercised by whichever codecs the machine has
     import msgspec as _msgspec
@@ -489,7 +494,8 @@ def decode_many(
     messages: list[RelayMessage] = []
     append = messages.append
     size = 0
-    tallied = tally = None
+    tallied: str | None = None
+    tally: list[int]  # the counts of type tallied, set with it
     # Written for speed: each line decoded becomes one message, so the
     # index of a line not decoded is start + len(messages).
     for line in lines[start:] if start else lines:
@@ -513,9 +519,10 @@ def decode_many(
         append(message)
         size += length
         if msg_type != tallied:  # a run of one type looks it up once
-            tally = counts.get(msg_type)
-            if tally is None:
-                tally = counts[msg_type] = [0, 0, 0, 0]
+            found = counts.get(msg_type)
+            if found is None:
+                found = counts[msg_type] = [0, 0, 0, 0]
+            tally = found
             tallied = msg_type
         tally[0] += 1
         tally[1] += length
@@ -540,12 +547,13 @@ def _envelope_type() -> type:
     then each extension field, left unset when absent.
     """
     assert _msgspec is not None
-    return _msgspec.defstruct(
+    envelope: type = _msgspec.defstruct(
         "_Envelope",
         [(name, kind) for name, kind in RelayMessage.__annotations__.items()]
         + [(name, Any, _msgspec.UNSET) for name in EXTENSION_FIELDS],
         forbid_unknown_fields=True,
     )
+    return envelope
 
 
 def decode_fields(line: bytes) -> tuple[RelayMessage, dict[str, Any]]:
@@ -640,7 +648,7 @@ CODEC = _pick_codec(os.environ.get("RELAYMESH_CODEC"))
 _functions = _codec_functions(CODEC)
 _loads: Callable[[bytes], Any] = _functions["_loads"]
 _dumps: Callable[[Any], bytes] = _functions["_dumps"]
-_decode_message: Callable[[bytes], RelayMessage] | None = _functions["_decode_message"]
+_decode_message: Callable[[bytes | memoryview], RelayMessage] | None = _functions["_decode_message"]
 _decode_envelope: Callable[[bytes], Any] | None = _functions["_decode_envelope"]
 _encode_message: Callable[[RelayMessage], bytes] = _functions["_encode_message"]
 del _functions

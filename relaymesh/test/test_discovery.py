@@ -300,6 +300,25 @@ class ServiceWiringTests(SynchronousTestCase):
         service = RelayService(self.keystore, listen=None, reactor=UDPReactor(), announce_to=("127.0.0.1", 1))
         self.assertIsNone(service.announcer)
 
+    def test_listenerWithoutPort(self):
+        """
+        A node whose listener has no port (C{unix:}) announces nothing, and
+        its handshakes announce no port, rather than failing on the address.
+        """
+        reactor_ = UDPReactor()
+        service = RelayService(
+            self.keystore,
+            listen="unix:" + self.mktemp(),
+            reactor=reactor_,
+            announce_to=("127.255.255.255", 5555),
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        [(udp, _)] = reactor_.udp
+        self.assertEqual(udp.written, [])
+        self.assertEqual(service._announced_port(), (None, False))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def parse(self, *args: str) -> tap.Options:
         options = tap.Options()
         options.parseOptions(["--data-dir", self.keystore.path, "--api", "none", *args])
