@@ -36,10 +36,10 @@ class LineFramer(LineOnlyReceiver):
     MAX_LENGTH = MAX_LINE_BYTES
 
     #: A connected transport, with the C{disconnecting} flag Twisted's
-    #: transports have and L{ITransport} does not declare.
+    #: transports have and C{ITransport} does not declare.
     transport: Any
     #: The start of a line that did not end yet: a C{bytearray} once it
-    #: spans chunks (L{LineOnlyReceiver} declares it by its default, bytes).
+    #: spans chunks (C{LineOnlyReceiver} declares it by its default, bytes).
     _buffer: bytes | bytearray  # type: ignore[assignment]
 
     def stopped(self) -> bool:
@@ -113,7 +113,7 @@ class LineFramer(LineOnlyReceiver):
     def lineLengthExceeded(self, line: bytes | bytearray) -> None:
         """
         A line (or the unfinished rest) longer than L{MAX_LENGTH} came: as
-        in L{LineOnlyReceiver}, the connection is dropped.
+        in C{LineOnlyReceiver}, the connection is dropped.
         """
         self.transport.loseConnection()
 

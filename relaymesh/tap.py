@@ -61,7 +61,7 @@ class Options(usage.Options):
         "with backoff. Wire-compatible with the claudectl 0.49 relay."
     )
 
-    optParameters = [
+    optParameters: list[list[object]] = [
         [
             "data-dir",
             "d",

@@ -27,12 +27,10 @@ from relaymesh.routing.seal import associated_data, box_text, direction_key, sea
 from relaymesh.routing.table import MAX_ROUTES, RouteHeader, encode_routed
 from relaymesh.service import RelayService
 from relaymesh.testing import (
-    MemoryKeys,
     MemoryNetwork,
     MemoryStore,
     connect_nodes,
     memory_node,
-    memory_store_opener,
 )
 from relaymesh.wire import RelayMessage, dumps, loads
 
@@ -55,16 +53,7 @@ class Attack(SynchronousTestCase):
         self.log = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
     def node(self, name: str, store: MemoryStore | None = None) -> RelayService:
-        if store is None:
-            node = memory_node(self.network, name, outbox=True, routing=True)
-        else:
-            node = RelayService(
-                MemoryKeys(identity=name),
-                listen="tcp:0:interface=127.0.0.1",
-                reactor=self.network,
-                outbox=memory_store_opener(store),
-                routing=True,
-            )
+        node = memory_node(self.network, name, outbox=True if store is None else store, routing=True)
         node.startService()
         self.addCleanup(node.stopService)
         self.nodes[name] = node

@@ -16,14 +16,14 @@ from twisted.internet.defer import Deferred
 from relaymesh.connection import RelayProtocol
 from relaymesh.keystore import KeyStore
 from relaymesh.service import OutboundPeer, RelayService
-from relaymesh.testing.fakes import MemoryKeys, memory_store_opener
+from relaymesh.testing.fakes import MemoryKeys, MemoryStore, memory_store_opener
 from relaymesh.testing.network import LOOPBACK, MemoryConnection, MemoryNetwork, MemoryNetworkError
 
 
 def memory_node(
     network: MemoryNetwork,
     identity: str,
-    outbox: bool = False,
+    outbox: bool | MemoryStore = False,
     listen: str = f"tcp:0:interface={LOOPBACK}",
     **options: Any,
 ) -> RelayService:
@@ -32,6 +32,9 @@ def memory_node(
     C{outbox}, a L{MemoryStore}; not started.
 
     @param identity: Its peer id.
+    @param outbox: Whether it keeps an outbox: C{True} for a new, empty
+        L{MemoryStore}, or the L{MemoryStore} to open (to keep an outbox
+        across a node's restart, or look into it).
     @param listen: Where it listens (any free port by default).
     @param options: Further keyword arguments of L{RelayService}.
     """
@@ -40,7 +43,7 @@ def memory_node(
         cast(KeyStore, MemoryKeys(identity=identity)),
         listen=listen,
         reactor=network,
-        outbox=memory_store_opener() if outbox else False,
+        outbox=memory_store_opener(outbox) if isinstance(outbox, MemoryStore) else outbox and memory_store_opener(),
         **options,
     )
 
