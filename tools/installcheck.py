@@ -110,7 +110,9 @@ def check_installed(bin_dir: Path, expected_root: Path, work: Path, tests: Seque
         raise CheckFailed("twistd --help does not list the relaymesh plugin")
     run([bin_dir / "relaymesh", "--version"], work, "relaymesh --version")
     if tests:
-        run([bin_dir / "trial", "--temp-directory", work / "_trial_temp", *tests], work, "trial " + " ".join(tests))
+        output = run([bin_dir / "trial", "--temp-directory", work / "_trial_temp", *tests], work, "trial " + " ".join(tests))
+        # trial's last line: PASSED (skips=N, successes=M)
+        print("    " + output.strip().splitlines()[-1])
 
 
 def check_wheel(tmp: Path, tests: Sequence[str]) -> None:
