@@ -107,35 +107,32 @@ def change_problems(root: Path, base: str | None) -> tuple[list[str], str]:
     if base is None:
         if not shallow:
             raise CheckError(f"no commit changed {NEWS}; give --base")
-        # The history we have does not reach the release: compare all of it.
-        commits = git(root, "rev-list", "HEAD").split()
-        base_arg = None
-        described = f"the {len(commits)} commit(s) of this shallow clone"
+        # The history we have does not reach the release: compare all of it,
+        # its oldest commit with the empty tree.
+        revisions = "HEAD"
+        since = git(root, "hash-object", "-t", "tree", "/dev/null").strip()
     else:
         try:
             git(root, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}")
         except CheckError:
             raise CheckError(f"unknown base {base!r}") from None
-        commits = git(root, "rev-list", f"{base}..HEAD").split()
-        base_arg = base
+        revisions, since = f"{base}..HEAD", base
+    commits = git(root, "rev-list", revisions).split()
+    if base is None:
+        described = f"the {len(commits)} commit(s) of this shallow clone"
+    else:
         described = f"{len(commits)} commit(s) since {base[:12]}"
     if not commits:
         return [], described
-    if base_arg is None:
-        # The oldest commit we have is compared with the empty tree.
-        empty = git(root, "hash-object", "-t", "tree", "/dev/null").strip()
-        changed = git(root, "diff", "--name-only", empty, "HEAD").split()
-        added = git(root, "diff", "--name-only", "--diff-filter=A", empty, "HEAD", "--", FRAGMENTS).split()
-    else:
-        changed = git(root, "diff", "--name-only", base_arg, "HEAD").split()
-        added = git(root, "diff", "--name-only", "--diff-filter=AM", base_arg, "HEAD", "--", FRAGMENTS).split()
+    changed = git(root, "diff", "--name-only", since, "HEAD").split()
+    added = git(root, "diff", "--name-only", "--diff-filter=AM", since, "HEAD", "--", FRAGMENTS).split()
     watched = [p for p in changed if p.startswith(WATCHED) and not p.startswith(UNWATCHED)]
     if not watched:
         return [], described
     added = [p for p in added if Path(p).name not in NOT_FRAGMENTS]
     if added:
         return [], described
-    messages = git(root, "log", "--format=%B", f"{base_arg}..HEAD" if base_arg else "HEAD")
+    messages = git(root, "log", "--format=%B", revisions)
     if NO_NEWS.search(messages):
         return [], described
     first = ", ".join(watched[:3]) + (" ..." if len(watched) > 3 else "")

@@ -48,11 +48,12 @@ class NewsCheckTests(unittest.TestCase):
         self.write("NEWS.rst", "news\n")
         self.commit("release")
 
-    def git(self, *args: str) -> None:
-        subprocess.run(
+    def git(self, *args: str) -> str:
+        """Run git in the repository; its standard output."""
+        return subprocess.run(
             ["git", "-C", self.root, "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
-            check=True, capture_output=True,
-        )
+            check=True, capture_output=True, text=True,
+        ).stdout
 
     def write(self, path: str, text: str) -> None:
         full = os.path.join(self.root, path)
@@ -97,11 +98,8 @@ class NewsCheckTests(unittest.TestCase):
         self.assertEqual(self.check(), (0, f"newscheck: ok (2 commit(s) since {self.base()})\n"))
 
     def base(self) -> str:
-        out = subprocess.run(
-            ["git", "-C", self.root, "log", "-1", "--format=%H", "--", "NEWS.rst"],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        return out.strip()[:12]
+        """The abbreviated hash of the release commit, made in setUp."""
+        return self.git("log", "-1", "--format=%H", "--", "NEWS.rst").strip()[:12]
 
     def test_no_news_reason_passes(self) -> None:
         self.write("relaymesh/node.py", "x: int = 1\n")
