@@ -38,12 +38,13 @@ def memory_node(
     @param listen: Where it listens (any free port by default).
     @param options: Further keyword arguments of L{RelayService}.
     """
+    store = outbox if isinstance(outbox, MemoryStore) else None
     # MemoryKeys has what RelayService uses of a KeyStore, not its type.
     return RelayService(
         cast(KeyStore, MemoryKeys(identity=identity)),
         listen=listen,
         reactor=network,
-        outbox=memory_store_opener(outbox) if isinstance(outbox, MemoryStore) else outbox and memory_store_opener(),
+        outbox=False if outbox is False else memory_store_opener(store),
         **options,
     )
 
